@@ -1,0 +1,258 @@
+/**
+ * The thread door: the only module that imports `node:worker_threads` and comlink.
+ *
+ * An actor is an object with async methods. It runs either on its own worker thread (comlink RPC over the
+ * worker's port) or in-thread (direct calls), behind the same {@link ActorHandle} interface. Wrapping fixes two
+ * comlink gaps: errors keep their `code` across threads, and every call settles, by its deadline or with
+ * `HALCYON_ACTOR_DIED` as soon as the worker exits.
+ */
+import { MessageChannel, type MessagePort, parentPort, Worker, workerData } from 'node:worker_threads';
+import * as Comlink from 'comlink';
+import { fromWireError, HalcyonError, toWireError, type WireError } from './errors.ts';
+
+// Comlink's own throw handler keeps only name/message/stack; ours carries the whole coded error. It must be
+// registered in every thread that uses comlink, which importing this module does.
+Comlink.transferHandlers.set('throw', {
+  canHandle: (v: unknown): v is { value: unknown } =>
+    typeof v === 'object' && v !== null && Object.getOwnPropertySymbols(v).some((s) => s.description === 'Comlink.thrown'),
+  serialize: (v: { value: unknown }) => [toWireError(v.value, 'HALCYON_INTERNAL'), []],
+  deserialize: (w: WireError) => {
+    throw fromWireError(w);
+  },
+});
+
+/** The async face of an actor: each method of `T` returning a promise. */
+export type Remote<T> = {
+  [K in keyof T]: T[K] extends (...args: infer A) => infer R ? (...args: A) => Promise<Awaited<R>> : never;
+};
+
+/** A running actor: its API and how to end it. */
+export interface ActorHandle<T> {
+  readonly api: Remote<T>;
+  /** Ends the actor (terminates its worker); pending calls reject. */
+  terminate(): Promise<void>;
+  /** Called once if the actor dies on its own (a worker crash); not called after {@link terminate}. */
+  onDeath(cb: (err: HalcyonError) => void): void;
+}
+
+/** A typed one-way message port: receives `In`, sends `Out`. */
+export interface Port<In, Out> {
+  post(msg: Out, transfer?: ArrayBuffer[]): void;
+  onMessage(cb: (msg: In) => void): void;
+  close(): void;
+}
+
+/** Per-method deadlines in ms; methods not listed use `default`. */
+export type Deadlines = { default: number } & Record<string, number>;
+
+type Pending = { reject: (e: HalcyonError) => void };
+
+/** Wraps a call function with deadlines and death tracking. */
+class Settler {
+  private readonly pending = new Set<Pending>();
+  private dead: HalcyonError | null = null;
+  constructor(
+    private readonly name: string,
+    private readonly deadlines: Deadlines,
+  ) {}
+
+  call<R>(method: string, run: () => Promise<R>): Promise<R> {
+    if (this.dead) return Promise.reject(this.dead);
+    const ms = this.deadlines[method] ?? this.deadlines.default;
+    return new Promise<R>((resolve, reject) => {
+      const entry: Pending = { reject };
+      const timer = setTimeout(() => {
+        this.pending.delete(entry);
+        reject(new HalcyonError('HALCYON_ACTOR_TIMEOUT', `${this.name}.${method} did not settle within ${ms} ms`));
+      }, ms);
+      timer.unref();
+      this.pending.add(entry);
+      run().then(
+        (v) => {
+          clearTimeout(timer);
+          this.pending.delete(entry);
+          resolve(v);
+        },
+        (e) => {
+          clearTimeout(timer);
+          this.pending.delete(entry);
+          reject(e);
+        },
+      );
+    });
+  }
+
+  kill(err: HalcyonError): void {
+    this.dead ??= err;
+    for (const p of this.pending) p.reject(err);
+    this.pending.clear();
+  }
+
+  wrap<T>(target: (method: string, args: unknown[]) => Promise<unknown>): Remote<T> {
+    return new Proxy({} as Remote<T>, {
+      get: (_t, prop) => {
+        if (typeof prop !== 'string' || prop === 'then') return undefined;
+        return (...args: unknown[]) => this.call(prop, () => target(prop, args));
+      },
+    });
+  }
+}
+
+/** Where the bundled worker entries live, relative to this module (source under tsx, or the built bundle). */
+function workerUrl(name: string): URL {
+  return import.meta.url.endsWith('.ts')
+    ? new URL(`../workers/${name}.ts`, import.meta.url)
+    : new URL(`./workers/${name}.js`, import.meta.url);
+}
+
+/**
+ * Starts `workers/<name>` on a worker thread. `ports` are handed to the worker (see {@link workerPorts}) so
+ * actors can talk to each other and to main without a hop through this thread.
+ */
+export function spawnWorkerActor<T>(name: string, deadlines: Deadlines, ports: Record<string, MessagePort> = {}): ActorHandle<T> {
+  const worker = new Worker(workerUrl(name), {
+    workerData: { ports },
+    transferList: Object.values(ports),
+    name: `halcyon-${name}`,
+  });
+  const settler = new Settler(name, deadlines);
+  const remote = Comlink.wrap<Record<string, (...a: unknown[]) => Promise<unknown>>>(nodeEndpoint(worker));
+  let terminating = false;
+  let deathCb: ((e: HalcyonError) => void) | null = null;
+  let lastError: unknown;
+  worker.on('error', (err) => {
+    lastError = err;
+  });
+  worker.on('exit', (code) => {
+    const err = new HalcyonError(
+      'HALCYON_ACTOR_DIED',
+      `the ${name} actor's worker exited (code ${code})${lastError ? `: ${(lastError as Error).message}` : ''}`,
+      lastError === undefined ? {} : { cause: lastError },
+    );
+    settler.kill(err);
+    if (!terminating) deathCb?.(err);
+  });
+  return {
+    api: settler.wrap<T>((method, args) => remote[method]!(...args)),
+    async terminate() {
+      terminating = true;
+      settler.kill(new HalcyonError('HALCYON_STOPPED', `the ${name} actor was stopped`));
+      await worker.terminate();
+    },
+    onDeath(cb) {
+      deathCb = cb;
+    },
+  };
+}
+
+/** Runs an actor object in this thread behind the same interface as a worker actor. */
+export function inThreadActor<T extends object>(name: string, impl: T, deadlines: Deadlines): ActorHandle<T> {
+  const settler = new Settler(name, deadlines);
+  return {
+    api: settler.wrap<T>(async (method, args) => (impl as Record<string, (...a: unknown[]) => unknown>)[method]!(...args)),
+    async terminate() {
+      settler.kill(new HalcyonError('HALCYON_STOPPED', `the ${name} actor was stopped`));
+    },
+    onDeath() {},
+  };
+}
+
+/** In a worker entry: serves `impl` to the thread that spawned it. */
+export function serveActor(impl: object): void {
+  if (!parentPort) throw new HalcyonError('HALCYON_INTERNAL', 'serveActor called outside a worker thread');
+  Comlink.expose(impl, nodeEndpoint(parentPort));
+}
+
+/** In a worker entry: the ports main handed over at spawn. */
+export function workerPorts(): Record<string, MessagePort> {
+  return (workerData as { ports: Record<string, MessagePort> }).ports;
+}
+
+/** Serves `impl` as an actor on an extra port (so another actor can call it directly). */
+export function serveOnPort(impl: object, port: MessagePort): void {
+  Comlink.expose(impl, nodeEndpoint(port));
+}
+
+/** Calls an actor served on an extra port, with deadlines. */
+export function remoteOnPort<T>(name: string, port: MessagePort, deadlines: Deadlines): Remote<T> {
+  const settler = new Settler(name, deadlines);
+  const remote = Comlink.wrap<Record<string, (...a: unknown[]) => Promise<unknown>>>(nodeEndpoint(port));
+  port.on('close', () => settler.kill(new HalcyonError('HALCYON_ACTOR_DIED', `the ${name} actor's port closed`)));
+  return settler.wrap<T>((method, args) => remote[method]!(...args));
+}
+
+/** Calls an in-thread actor object with the same deadlines as a remote one. */
+export function localRemote<T extends object>(name: string, impl: T, deadlines: Deadlines): Remote<T> {
+  return inThreadActor(name, impl, deadlines).api;
+}
+
+/** A pair of linked message ports between two threads. */
+export function portPair(): [MessagePort, MessagePort] {
+  const { port1, port2 } = new MessageChannel();
+  return [port1, port2];
+}
+
+/** Gives a raw message port a typed face. Messages are structured-cloned; pass `transfer` to move buffers. */
+export function typedPort<In, Out>(port: MessagePort): Port<In, Out> {
+  return {
+    post: (msg, transfer) => port.postMessage(msg, transfer),
+    onMessage: (cb) => port.on('message', cb as (m: unknown) => void),
+    close: () => port.close(),
+  };
+}
+
+/** Two linked in-thread ports (for in-thread actors): messages are delivered asynchronously, by reference. */
+export function localPortPair<A, B>(): [Port<A, B>, Port<B, A>] {
+  let cbA: ((m: A) => void) | null = null;
+  let cbB: ((m: B) => void) | null = null;
+  let open = true;
+  const a: Port<A, B> = {
+    post: (m) => {
+      if (open) setImmediate(() => cbB?.(m));
+    },
+    onMessage: (cb) => {
+      cbA = cb;
+    },
+    close: () => {
+      open = false;
+    },
+  };
+  const b: Port<B, A> = {
+    post: (m) => {
+      if (open) setImmediate(() => cbA?.(m));
+    },
+    onMessage: (cb) => {
+      cbB = cb;
+    },
+    close: () => {
+      open = false;
+    },
+  };
+  return [a, b];
+}
+
+/** Adapts a Node message port to comlink's endpoint shape. */
+function nodeEndpoint(port: MessagePort | Worker): Comlink.Endpoint {
+  const listeners = new WeakMap<object, (data: unknown) => void>();
+  const p = port as MessagePort;
+  return {
+    postMessage: (msg: unknown, transfer?: Transferable[]) => p.postMessage(msg, transfer as ArrayBuffer[]),
+    addEventListener: (_type: string, handler: EventListenerOrEventListenerObject) => {
+      const l = (data: unknown) => {
+        const ev = { data } as MessageEvent;
+        if ('handleEvent' in handler) handler.handleEvent(ev);
+        else handler(ev);
+      };
+      p.on('message', l);
+      listeners.set(handler, l);
+    },
+    removeEventListener: (_type: string, handler: EventListenerOrEventListenerObject) => {
+      const l = listeners.get(handler);
+      if (l) p.off('message', l);
+      listeners.delete(handler);
+    },
+    start: p.start?.bind(p),
+  } as Comlink.Endpoint;
+}
+
+export type { MessagePort };

@@ -1,0 +1,108 @@
+/**
+ * The cache actor: the one owner of room state. It applies state deltas from the sync actor, keeps the most
+ * recently used rooms in memory (lru-cache, the only importer) and every room in `cache.sqlite`, so a restart
+ * reads rooms back instead of refetching them from the server.
+ */
+import { LRUCache } from 'lru-cache';
+import type { CacheActorApi, CacheConfig, RoomInfo, RoomSummary, StateChanges } from '../protocol.ts';
+import { type Database, openDatabase } from '../store.ts';
+import { HalcyonError } from '../errors.ts';
+import { applyStateEvent, emptyRoom, type RoomState, roomInfo, sameSummary, summarize } from './state.ts';
+
+const SCALARS = ['membership', 'name', 'topic', 'canonicalAlias', 'avatarUrl', 'encrypted', 'creator', 'joinRule', 'powerLevels', 'joinedCount', 'invitedCount'] as const;
+
+/** Owns room state; see the module comment. */
+export class CacheActor implements CacheActorApi {
+  private db: Database | null = null;
+  private rooms: LRUCache<string, RoomState> | null = null;
+
+  async open(config: CacheConfig): Promise<void> {
+    const db = openDatabase(config.dataDir, 'cache.sqlite');
+    db.exec(`CREATE TABLE IF NOT EXISTS rooms (room_id TEXT PRIMARY KEY, data TEXT NOT NULL, summary TEXT NOT NULL);
+      CREATE TABLE IF NOT EXISTS members (room_id TEXT NOT NULL, user_id TEXT NOT NULL, display_name TEXT,
+        avatar_url TEXT, membership TEXT NOT NULL, PRIMARY KEY (room_id, user_id)) WITHOUT ROWID;`);
+    this.db = db;
+    this.rooms = new LRUCache({ max: Math.max(1, config.maxRoomsInMemory) });
+  }
+
+  async apply(changes: StateChanges): Promise<RoomSummary[]> {
+    const db = this.need();
+    const changed: RoomSummary[] = [];
+    const saveRoom = db.prepare('INSERT INTO rooms (room_id, data, summary) VALUES (?, ?, ?) ON CONFLICT(room_id) DO UPDATE SET data = excluded.data, summary = excluded.summary');
+    const saveMember = db.prepare('INSERT INTO members (room_id, user_id, display_name, avatar_url, membership) VALUES (?, ?, ?, ?, ?) ON CONFLICT(room_id, user_id) DO UPDATE SET display_name = excluded.display_name, avatar_url = excluded.avatar_url, membership = excluded.membership');
+    // One transaction per sync batch: the batch's state lands whole or not at all.
+    db.exec('BEGIN');
+    try {
+      for (const change of changes.rooms) {
+        const existing = this.load(change.roomId);
+        const room = existing ?? emptyRoom(change.roomId);
+        const before = existing ? summarize(room) : null;
+        room.membership = change.membership;
+        const touched = new Set<string>();
+        for (const ev of change.state) {
+          const uid = applyStateEvent(room, ev);
+          if (uid) touched.add(uid);
+        }
+        const s = change.summary;
+        if (s && typeof s['m.joined_member_count'] === 'number') room.joinedCount = s['m.joined_member_count'];
+        if (s && typeof s['m.invited_member_count'] === 'number') room.invitedCount = s['m.invited_member_count'];
+        const after = summarize(room);
+        saveRoom.run(room.roomId, JSON.stringify(Object.fromEntries(SCALARS.map((k) => [k, room[k]]))), JSON.stringify(after));
+        for (const uid of touched) {
+          const m = room.members.get(uid)!;
+          saveMember.run(room.roomId, uid, m.displayName, m.avatarUrl, m.membership);
+        }
+        this.rooms!.set(room.roomId, room);
+        if (!before || !sameSummary(before, after)) changed.push(after);
+      }
+      db.exec('COMMIT');
+    } catch (err) {
+      db.exec('ROLLBACK');
+      // Drop what this batch put in memory, so memory never runs ahead of the database.
+      for (const change of changes.rooms) this.rooms!.delete(change.roomId);
+      throw new HalcyonError('HALCYON_STORE', `cache: cannot save room state: ${(err as Error).message}`, { cause: err });
+    }
+    return changed;
+  }
+
+  async getRoom(roomId: string): Promise<RoomInfo | undefined> {
+    const room = this.load(roomId);
+    return room ? roomInfo(room) : undefined;
+  }
+
+  async summaries(): Promise<RoomSummary[]> {
+    const rows = this.need().prepare('SELECT summary FROM rooms').all() as Array<{ summary: string }>;
+    return rows.map((r) => JSON.parse(r.summary) as RoomSummary);
+  }
+
+  async close(): Promise<void> {
+    this.db?.close();
+    this.db = null;
+    this.rooms = null;
+  }
+
+  private need(): Database {
+    if (!this.db) throw new HalcyonError('HALCYON_NOT_RUNNING', 'the cache actor is not open');
+    return this.db;
+  }
+
+  /** The room from memory, else from SQLite (then kept in memory), else undefined. */
+  private load(roomId: string): RoomState | undefined {
+    const hit = this.rooms!.get(roomId);
+    if (hit) return hit;
+    const db = this.need();
+    const row = db.prepare('SELECT data FROM rooms WHERE room_id = ?').get(roomId) as { data: string } | undefined;
+    if (!row) return undefined;
+    const room = Object.assign(emptyRoom(roomId), JSON.parse(row.data) as Partial<RoomState>);
+    room.members = new Map();
+    const members = db.prepare('SELECT user_id, display_name, avatar_url, membership FROM members WHERE room_id = ?').all(roomId) as Array<{
+      user_id: string;
+      display_name: string | null;
+      avatar_url: string | null;
+      membership: string;
+    }>;
+    for (const m of members) room.members.set(m.user_id, { displayName: m.display_name, avatarUrl: m.avatar_url, membership: m.membership });
+    this.rooms!.set(roomId, room);
+    return room;
+  }
+}

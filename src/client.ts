@@ -1,0 +1,614 @@
+/**
+ * The Client: the public face of Halcyon. It starts the actors (sync, cache), receives batches from the sync
+ * actor, and runs the user's handlers through the dispatcher; it also sends. Handlers run on this thread;
+ * polling, parsing and room state live on worker threads.
+ */
+import { claimDataDir, storedDeviceId, storeAccount } from './account.ts';
+import { type ActorHandle, inThreadActor, localPortPair, localRemote, type Port, portPair, spawnWorkerActor, typedPort } from './actors.ts';
+import { CacheActor } from './cache/actor.ts';
+import { Dispatcher } from './dispatcher.ts';
+import { fromWireError, HalcyonError } from './errors.ts';
+import { type ContentInput, Edit, type Invite, MemberEvent, Message, Reaction, Redaction, Room, type RoomActions, RoomEvent } from './events.ts';
+import { htmlToText } from './html.ts';
+import { MatrixHttp, seg } from './http.ts';
+import { consoleLogger, type Logger } from './log.ts';
+import {
+  CACHE_DEADLINES,
+  type CacheActorApi,
+  type MainToSync,
+  type RoomInfo,
+  type RoomSummary,
+  SYNC_DEADLINES,
+  type SyncActorApi,
+  type SyncConfig,
+  type SyncToMain,
+  type WireBatch,
+} from './protocol.ts';
+import { SyncActor } from './sync/actor.ts';
+import { decodeToken, encodeToken, type Session } from './token.ts';
+
+/** Options of a {@link Client}. Only `dataDir` is required. */
+export interface ClientOptions {
+  /** Where the bot keeps its state (sync token, room cache, account). Created 0700; files are 0600. */
+  dataDir: string;
+  /** Join rooms the bot is invited to (default true). */
+  autoJoin?: boolean;
+  /** Rooms whose handlers may run at the same time (default 16); within a room, events run in order. */
+  concurrency?: number;
+  /** Events handed to main but not yet handled before the sync actor waits (default 10,000). */
+  maxQueuedEvents?: number;
+  /** A pino-compatible logger (default: warnings and errors to stderr). */
+  logger?: Logger;
+  /** `worker` (default): actors on worker threads. `inline`: actors on the main thread, for tests and debugging. */
+  threads?: 'worker' | 'inline';
+  /** Long-poll timeout of /sync in ms (default 30,000). */
+  pollTimeoutMs?: number;
+  /** Deliver the timeline of the very first sync of a new data dir to handlers (default false: no replies to old messages). */
+  deliverInitialTimeline?: boolean;
+  /** Skip the bot's own messages, edits, reactions and redactions (default true). */
+  ignoreOwnEvents?: boolean;
+  /** Backoff after a failed /sync: first wait and ceiling in ms (defaults 1,000 and 60,000). */
+  backoffMinMs?: number;
+  backoffMaxMs?: number;
+  /** Rooms whose full state the cache actor keeps in memory (default 1,000); the rest load from disk. */
+  maxRoomsInMemory?: number;
+  /** How long `stop()` waits for running handlers, in ms (default 20,000). */
+  stopTimeoutMs?: number;
+}
+
+/** Options of {@link Client.login}. */
+export interface LoginOptions {
+  homeserver: string;
+  /** Localpart (`bot`) or full user ID (`@bot:example.org`). */
+  user: string;
+  password: string;
+  /** Display name of the new device. */
+  deviceName?: string;
+  /** With a data dir, the device ID of an earlier login is reused instead of creating a new device. */
+  dataDir?: string;
+}
+
+/** Who the client is. */
+export interface WhoAmI {
+  userId: string;
+  deviceId: string;
+  homeserver: string;
+}
+
+/** Details passed with a `syncError` event. */
+export interface SyncErrorInfo {
+  /** Consecutive failed polls so far. */
+  attempt: number;
+  /** When the next poll is due. */
+  retryInMs: number;
+}
+
+/** The events a client emits and their handler arguments. */
+export interface ClientEvents {
+  ready: [];
+  message: [message: Message];
+  edit: [edit: Edit];
+  reaction: [reaction: Reaction];
+  member: [member: MemberEvent];
+  redaction: [redaction: Redaction];
+  invite: [invite: Invite];
+  event: [event: RoomEvent];
+  error: [error: HalcyonError];
+  syncError: [error: HalcyonError, info: SyncErrorInfo];
+  syncRecovered: [info: { afterAttempts: number }];
+}
+
+type Listener<K extends keyof ClientEvents> = (...args: ClientEvents[K]) => unknown;
+type EventKind = 'message' | 'edit' | 'reaction' | 'member' | 'redaction';
+
+/** Event types the sync actor posts by default; an `event` listener asks for all. */
+const DEFAULT_TYPES = ['m.room.message', 'm.reaction', 'm.room.member', 'm.room.redaction', 'm.sticker'];
+
+let txnCounter = 0;
+
+/** A Matrix bot client; see the README for a tour. */
+export class Client implements RoomActions {
+  private readonly opts: Required<Omit<ClientOptions, 'logger'>> & { logger: Logger };
+  private readonly listeners: { [K in keyof ClientEvents]?: Listener<K>[] } = {};
+  private readonly summaries = new Map<string, RoomSummary>();
+  private readonly roomHandles = new Map<string, Room>();
+  private state: 'idle' | 'starting' | 'running' | 'stopping' | 'stopped' = 'idle';
+  private session: Session | null = null;
+  private http: MatrixHttp | null = null;
+  private sync: ActorHandle<SyncActorApi> | null = null;
+  private cache: ActorHandle<CacheActorApi> | null = null;
+  private port: Port<SyncToMain, MainToSync> | null = null;
+  private dispatcher: Dispatcher;
+  private pendingBatches: WireBatch[] | null = [];
+  private readyWaiter: { resolve: () => void; reject: (e: HalcyonError) => void } | null = null;
+
+  constructor(options: ClientOptions) {
+    if (!options || typeof options.dataDir !== 'string' || options.dataDir === '') {
+      throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'new Client({ dataDir }) needs a data directory');
+    }
+    this.opts = {
+      autoJoin: true,
+      concurrency: 16,
+      maxQueuedEvents: 10_000,
+      threads: 'worker',
+      pollTimeoutMs: 30_000,
+      deliverInitialTimeline: false,
+      ignoreOwnEvents: true,
+      backoffMinMs: 1_000,
+      backoffMaxMs: 60_000,
+      maxRoomsInMemory: 1_000,
+      stopTimeoutMs: 20_000,
+      ...options,
+      logger: options.logger ?? consoleLogger(),
+    };
+    this.dispatcher = new Dispatcher(this.opts.concurrency, (err, roomId) => this.handlerFailed(err, 'handler', roomId));
+  }
+
+  /**
+   * Logs in with a password and returns a long-lived token (homeserver, user ID, device ID, access token; never
+   * the password). With `dataDir`, the device of an earlier login there is reused.
+   */
+  static async login(opts: LoginOptions): Promise<string> {
+    const homeserver = opts.homeserver.replace(/\/+$/, '');
+    const http = new MatrixHttp(homeserver);
+    try {
+      const deviceId = opts.dataDir ? storedDeviceId(opts.dataDir, homeserver, opts.user) : undefined;
+      let res: { user_id?: unknown; access_token?: unknown; device_id?: unknown };
+      try {
+        res = await http.json('POST', '/_matrix/client/v3/login', {
+          anonymous: true,
+          body: {
+            type: 'm.login.password',
+            identifier: { type: 'm.id.user', user: opts.user },
+            password: opts.password,
+            device_id: deviceId,
+            initial_device_display_name: opts.deviceName ?? 'Halcyon bot',
+          },
+        });
+      } catch (err) {
+        const e = err as HalcyonError;
+        if (e.code === 'HALCYON_MATRIX' || e.code === 'HALCYON_UNKNOWN_TOKEN') {
+          throw new HalcyonError('HALCYON_LOGIN_FAILED', `login refused: ${e.message}`, { status: e.status, errcode: e.errcode, cause: e } as never);
+        }
+        throw err;
+      }
+      if (typeof res.user_id !== 'string' || typeof res.access_token !== 'string' || typeof res.device_id !== 'string') {
+        throw new HalcyonError('HALCYON_BAD_RESPONSE', 'login: the answer lacks user_id, access_token or device_id');
+      }
+      if (opts.dataDir) storeAccount(opts.dataDir, homeserver, res.user_id, res.device_id);
+      return encodeToken({ homeserver, userId: res.user_id, deviceId: res.device_id, accessToken: res.access_token });
+    } finally {
+      await http.close();
+    }
+  }
+
+  /** Adds a handler. Handlers may be async; within a room the next event waits for them. */
+  on<K extends keyof ClientEvents>(event: K, listener: Listener<K>): this {
+    ((this.listeners[event] ??= []) as Listener<K>[]).push(listener);
+    if (event === 'event' && this.state === 'running') void this.sync?.api.setWantedTypes(null).catch(() => {});
+    return this;
+  }
+
+  /** Removes a handler added with {@link on}. */
+  off<K extends keyof ClientEvents>(event: K, listener: Listener<K>): this {
+    const list = this.listeners[event] as Listener<K>[] | undefined;
+    const i = list?.indexOf(listener) ?? -1;
+    if (list && i >= 0) list.splice(i, 1);
+    return this;
+  }
+
+  /** Adds a handler that runs once. */
+  once<K extends keyof ClientEvents>(event: K, listener: Listener<K>): this {
+    const wrapped: Listener<K> = (...args) => {
+      this.off(event, wrapped);
+      return listener(...args);
+    };
+    return this.on(event, wrapped);
+  }
+
+  /**
+   * Starts the bot with a token from {@link Client.login}. Resolves once `ready` has fired (the first sync is
+   * processed and the `ready` handlers have settled). Rejects with a coded error: `HALCYON_INVALID_TOKEN`,
+   * `HALCYON_UNKNOWN_TOKEN` (revoked), `HALCYON_STORE_MISMATCH`, ...
+   */
+  async run(token: string): Promise<void> {
+    if (this.state !== 'idle') throw new HalcyonError('HALCYON_ALREADY_RUNNING', `run() called on a client that is ${this.state}`);
+    this.state = 'starting';
+    try {
+      const session = decodeToken(token);
+      this.session = session;
+      this.http = new MatrixHttp(session.homeserver, session.accessToken);
+      claimDataDir(this.opts.dataDir, session.homeserver, session.userId, session.deviceId);
+      const who = await this.http.json<{ user_id?: unknown }>('GET', '/_matrix/client/v3/account/whoami');
+      if (who.user_id !== session.userId) {
+        throw new HalcyonError('HALCYON_INVALID_TOKEN', `the token's access token belongs to ${String(who.user_id)}, not ${session.userId}`);
+      }
+      const ready = new Promise<void>((resolve, reject) => (this.readyWaiter = { resolve, reject }));
+      await this.startActors(session);
+      this.state = 'running';
+      await ready;
+    } catch (err) {
+      await this.shutdown();
+      this.state = 'idle';
+      throw err;
+    }
+  }
+
+  /** Stops polling, lets running handlers finish (up to `stopTimeoutMs`), saves state and ends the workers. */
+  async stop(): Promise<void> {
+    if (this.state !== 'running' && this.state !== 'starting') return;
+    this.state = 'stopping';
+    await this.shutdown();
+    this.state = 'stopped';
+  }
+
+  /** Who the bot is. */
+  whoami(): WhoAmI {
+    const s = this.need();
+    return { userId: s.userId, deviceId: s.deviceId, homeserver: s.homeserver };
+  }
+
+  /** A handle on a room: its cached summary and room-bound shortcuts. */
+  room(roomId: string): Room {
+    let r = this.roomHandles.get(roomId);
+    if (!r) {
+      r = new Room(roomId, this.summaries, this);
+      this.roomHandles.set(roomId, r);
+    }
+    return r;
+  }
+
+  /** Everything the cache knows about a room (members, power levels, ...), or undefined. Never asks the server. */
+  async getRoom(roomId: string): Promise<RoomInfo | undefined> {
+    if (!this.cache) throw new HalcyonError('HALCYON_NOT_RUNNING', 'getRoom needs a running client');
+    return this.cache.api.getRoom(roomId);
+  }
+
+  /** Summaries of the rooms the bot has joined. */
+  async listRooms(): Promise<RoomSummary[]> {
+    return [...this.summaries.values()].filter((s) => s.membership === 'join');
+  }
+
+  /** Sends a message (a string becomes `m.text`); resolves with the event ID. */
+  sendMessage(roomId: string, content: ContentInput): Promise<string> {
+    return this.sendEvent(roomId, 'm.room.message', typeof content === 'string' ? { msgtype: 'm.text', body: content } : content);
+  }
+
+  /** Sends an `m.notice` (what bots send when they should not trigger other bots). */
+  sendNotice(roomId: string, text: string): Promise<string> {
+    return this.sendEvent(roomId, 'm.room.message', { msgtype: 'm.notice', body: text });
+  }
+
+  /** Sends an `m.emote` (`/me` text). */
+  sendEmote(roomId: string, text: string): Promise<string> {
+    return this.sendEvent(roomId, 'm.room.message', { msgtype: 'm.emote', body: text });
+  }
+
+  /** Sends HTML; the plain-text `body` is generated from it unless given. */
+  sendHtml(roomId: string, html: string, plainText?: string): Promise<string> {
+    return this.sendEvent(roomId, 'm.room.message', {
+      msgtype: 'm.text',
+      body: plainText ?? htmlToText(html),
+      format: 'org.matrix.custom.html',
+      formatted_body: html,
+    });
+  }
+
+  /** Sends any room event; resolves with its event ID. */
+  async sendEvent(roomId: string, type: string, content: Record<string, unknown>): Promise<string> {
+    const http = this.needHttp();
+    const txn = `hc${Date.now().toString(36)}.${(txnCounter++).toString(36)}`;
+    const res = await http.json<{ event_id?: unknown }>('PUT', `/_matrix/client/v3/rooms/${seg(roomId)}/send/${seg(type)}/${txn}`, { body: content });
+    if (typeof res.event_id !== 'string') throw new HalcyonError('HALCYON_BAD_RESPONSE', 'send: no event_id in the answer', { roomId });
+    return res.event_id;
+  }
+
+  /** Redacts an event; resolves with the redaction's event ID. */
+  async redactEvent(roomId: string, eventId: string, reason?: string): Promise<string> {
+    const http = this.needHttp();
+    const txn = `hc${Date.now().toString(36)}.${(txnCounter++).toString(36)}`;
+    const res = await http.json<{ event_id?: unknown }>('PUT', `/_matrix/client/v3/rooms/${seg(roomId)}/redact/${seg(eventId)}/${txn}`, {
+      body: reason === undefined ? {} : { reason },
+    });
+    return typeof res.event_id === 'string' ? res.event_id : '';
+  }
+
+  /** Shows the bot as typing (true, or a timeout in ms; default 30 s) or stops it (false). */
+  async sendTyping(roomId: string, on: boolean | number = true): Promise<void> {
+    const s = this.need();
+    const body = on === false ? { typing: false } : { typing: true, timeout: typeof on === 'number' ? on : 30_000 };
+    await this.needHttp().json('PUT', `/_matrix/client/v3/rooms/${seg(roomId)}/typing/${seg(s.userId)}`, { body });
+  }
+
+  /** Sets the bot's presence and status message. */
+  async setPresence(state: 'online' | 'offline' | 'unavailable', statusMsg?: string): Promise<void> {
+    const s = this.need();
+    await this.needHttp().json('PUT', `/_matrix/client/v3/presence/${seg(s.userId)}/status`, {
+      body: statusMsg === undefined ? { presence: state } : { presence: state, status_msg: statusMsg },
+    });
+    // Polls carry set_presence; keep it in step so the next poll does not undo what was just set.
+    await this.sync?.api.setPresence(state);
+  }
+
+  /** Joins a room by ID or alias; resolves with the room ID. */
+  async joinRoom(roomIdOrAlias: string): Promise<string> {
+    const res = await this.needHttp().json<{ room_id?: unknown }>('POST', `/_matrix/client/v3/join/${seg(roomIdOrAlias)}`, { body: {} });
+    if (typeof res.room_id !== 'string') throw new HalcyonError('HALCYON_BAD_RESPONSE', 'join: no room_id in the answer');
+    return res.room_id;
+  }
+
+  /** Leaves a room. */
+  async leaveRoom(roomId: string): Promise<void> {
+    await this.needHttp().json('POST', `/_matrix/client/v3/rooms/${seg(roomId)}/leave`, { body: {} });
+  }
+
+  // ---- internals ----
+
+  private need(): Session {
+    if (!this.session || (this.state !== 'running' && this.state !== 'starting' && this.state !== 'stopping')) {
+      throw new HalcyonError('HALCYON_NOT_RUNNING', 'the client is not running (call run(token) first)');
+    }
+    return this.session;
+  }
+
+  private needHttp(): MatrixHttp {
+    this.need();
+    return this.http!;
+  }
+
+  private wantedTypes(): string[] | null {
+    return this.listeners.event?.length ? null : DEFAULT_TYPES;
+  }
+
+  private async startActors(session: Session): Promise<void> {
+    const o = this.opts;
+    let syncImplOrPorts: 'worker' | SyncActor;
+    if (o.threads === 'inline') {
+      const cacheImpl = new CacheActor();
+      const [mainSide, syncSide] = localPortPair<SyncToMain, MainToSync>();
+      const syncImpl = new SyncActor({ cache: localRemote<CacheActorApi>('cache', cacheImpl, CACHE_DEADLINES), events: syncSide });
+      this.cache = inThreadActor<CacheActorApi>('cache', cacheImpl, CACHE_DEADLINES);
+      this.sync = inThreadActor<SyncActorApi>('sync', syncImpl, SYNC_DEADLINES);
+      this.port = mainSide;
+      syncImplOrPorts = syncImpl;
+    } else {
+      // The sync actor talks to the cache actor and to main over their own ports, never through this thread.
+      const [syncToCache, cacheFromSync] = portPair();
+      const [mainEvents, syncEvents] = portPair();
+      this.cache = spawnWorkerActor<CacheActorApi>('cache', CACHE_DEADLINES, { sync: cacheFromSync });
+      this.sync = spawnWorkerActor<SyncActorApi>('sync', SYNC_DEADLINES, { cache: syncToCache, events: syncEvents });
+      this.port = typedPort<SyncToMain, MainToSync>(mainEvents);
+      syncImplOrPorts = 'worker';
+    }
+    void syncImplOrPorts;
+    for (const actor of [this.cache, this.sync]) actor.onDeath((err) => this.fail(err));
+    this.port.onMessage((msg) => this.onSyncMessage(msg));
+    await this.cache.api.open({ dataDir: o.dataDir, maxRoomsInMemory: o.maxRoomsInMemory });
+    for (const s of await this.cache.api.summaries()) this.summaries.set(s.roomId, s);
+    const config: SyncConfig = {
+      homeserver: session.homeserver,
+      userId: session.userId,
+      deviceId: session.deviceId,
+      accessToken: session.accessToken,
+      dataDir: o.dataDir,
+      pollTimeoutMs: o.pollTimeoutMs,
+      deadlineMarginMs: 15_000,
+      maxInFlightEvents: o.maxQueuedEvents,
+      deliverInitialTimeline: o.deliverInitialTimeline,
+      backoffMinMs: o.backoffMinMs,
+      backoffMaxMs: o.backoffMaxMs,
+      wantedTypes: this.wantedTypes(),
+    };
+    await this.sync.api.start(config);
+  }
+
+  private async shutdown(): Promise<void> {
+    const { sync, cache, port } = this;
+    if (sync) {
+      // Handlers must finish (and acknowledge) while the sync actor drains, so both run together.
+      await Promise.all([sync.api.stop(this.opts.stopTimeoutMs).catch((e) => this.log('warn', e, 'sync actor stop')), this.dispatcher.idle()]);
+    }
+    if (cache) await cache.api.close().catch((e) => this.log('warn', e, 'cache actor close'));
+    await sync?.terminate();
+    await cache?.terminate();
+    port?.close();
+    await this.http?.close();
+    this.sync = this.cache = this.port = null;
+    this.http = null;
+  }
+
+  /** A fatal problem (dead token, dead worker): report it, fail `run` if it is still waiting, and shut down. */
+  private fail(err: HalcyonError): void {
+    if (this.state === 'stopping' || this.state === 'stopped' || this.state === 'idle') return;
+    this.emitError(err);
+    const waiter = this.readyWaiter;
+    this.readyWaiter = null;
+    if (waiter) {
+      waiter.reject(err);
+      return; // run() shuts down itself
+    }
+    this.state = 'stopping';
+    void this.shutdown().then(() => (this.state = 'stopped'));
+  }
+
+  private onSyncMessage(msg: SyncToMain): void {
+    switch (msg.kind) {
+      case 'batch':
+        if (this.pendingBatches) {
+          // Until `ready` has settled, batches wait, in order, so handlers see ready first.
+          this.pendingBatches.push(msg.batch);
+          if (msg.batch.first) void this.fireReady();
+        } else this.acceptBatch(msg.batch);
+        break;
+      case 'syncError':
+        this.emit('syncError', fromWireError(msg.error), { attempt: msg.attempt, retryInMs: msg.retryInMs });
+        break;
+      case 'syncRecovered':
+        this.emit('syncRecovered', { afterAttempts: msg.afterAttempts });
+        break;
+      case 'fatal':
+        this.fail(fromWireError(msg.error));
+        break;
+    }
+  }
+
+  private async fireReady(): Promise<void> {
+    // The first batch carries the room summaries; apply them before ready handlers look at rooms.
+    for (const b of this.pendingBatches ?? []) for (const s of b.summaries) this.summaries.set(s.roomId, s);
+    const r = this.emit('ready');
+    if (r) await r;
+    const batches = this.pendingBatches ?? [];
+    this.pendingBatches = null;
+    for (const b of batches) this.acceptBatch(b);
+    const waiter = this.readyWaiter;
+    this.readyWaiter = null;
+    waiter?.resolve();
+  }
+
+  /** Queues a batch's events on the dispatcher; acknowledges the batch to the sync actor when all are handled. */
+  private acceptBatch(b: WireBatch): void {
+    for (const s of b.summaries) this.summaries.set(s.roomId, s);
+    for (const e of b.errors) this.emitError(fromWireError(e));
+    let left = 1; // held by this function until every event is queued
+    const done = () => {
+      if (--left === 0) this.port?.post({ kind: 'handled', seq: b.seq });
+    };
+    const ev = b.events;
+    const own = this.session!.userId;
+    const skipOwn = this.opts.ignoreOwnEvents;
+    const anyEvent = (this.listeners.event?.length ?? 0) > 0;
+    for (let i = 0; i < ev.count; i++) {
+      const kind = classify(ev.type[i]!, ev.relType[i]!);
+      const wantKind = kind !== null && (this.listeners[kind]?.length ?? 0) > 0 && !(skipOwn && kind !== 'member' && ev.sender[i] === own);
+      if (!wantKind && !anyEvent) continue;
+      const roomId = b.rooms[ev.room[i]!]!;
+      left++;
+      this.dispatcher.push(roomId, () => settle(this.deliver(b, i, roomId, wantKind ? kind : null, anyEvent), done));
+    }
+    for (const inv of b.invites) {
+      left++;
+      this.dispatcher.push(inv.roomId, () => settle(this.deliverInvite(inv), done));
+    }
+    done();
+  }
+
+  private deliver(b: WireBatch, i: number, roomId: string, kind: EventKind | null, anyEvent: boolean): unknown {
+    const room = this.room(roomId);
+    let first: unknown;
+    if (kind !== null) {
+      const obj =
+        kind === 'message' ? new Message(b, i, room, this)
+        : kind === 'edit' ? new Edit(b, i, room, this)
+        : kind === 'reaction' ? new Reaction(b, i, room, this)
+        : kind === 'member' ? new MemberEvent(b, i, room, this)
+        : new Redaction(b, i, room, this);
+      first = this.emit(kind, obj as never);
+    }
+    if (!anyEvent) return first;
+    const generic = () => this.emit('event', new RoomEvent(b, i, room, this));
+    return isPromise(first) ? first.then(generic) : generic();
+  }
+
+  private deliverInvite(inv: WireBatch['invites'][number]): unknown {
+    const invite: Invite = { ...inv, accept: () => this.joinRoom(inv.roomId), decline: () => this.leaveRoom(inv.roomId) };
+    const r = this.emit('invite', invite);
+    if (!this.opts.autoJoin) return r;
+    const join = () =>
+      this.joinRoom(inv.roomId).then(
+        () => undefined,
+        (err: HalcyonError) => this.emitError(err),
+      );
+    return isPromise(r) ? r.then(join) : join();
+  }
+
+  /**
+   * Calls the listeners of `event` in order; returns a promise only if one of them is async. A listener that
+   * throws or rejects is reported as `HALCYON_HANDLER_FAILED` and the next listener still runs.
+   */
+  private emit<K extends keyof ClientEvents>(event: K, ...args: ClientEvents[K]): Promise<void> | undefined {
+    const list = this.listeners[event] as Listener<K>[] | undefined;
+    if (!list || list.length === 0) {
+      if (event === 'error') this.log('error', args[0], 'unhandled error event');
+      return undefined;
+    }
+    const snapshot = list.length === 1 ? list : [...list];
+    for (let k = 0; k < snapshot.length; k++) {
+      let r: unknown;
+      try {
+        r = snapshot[k]!(...args);
+      } catch (err) {
+        this.handlerFailed(err, event, undefined, args[0]);
+        continue;
+      }
+      if (isPromise(r)) return this.emitRest(event, snapshot, k, r, args);
+    }
+    return undefined;
+  }
+
+  private async emitRest<K extends keyof ClientEvents>(event: K, list: Listener<K>[], k: number, pending: Promise<unknown>, args: ClientEvents[K]): Promise<void> {
+    try {
+      await pending;
+    } catch (err) {
+      this.handlerFailed(err, event, undefined, args[0]);
+    }
+    for (let j = k + 1; j < list.length; j++) {
+      try {
+        await list[j]!(...args);
+      } catch (err) {
+        this.handlerFailed(err, event, undefined, args[0]);
+      }
+    }
+  }
+
+  private handlerFailed(err: unknown, event: string, roomId?: string, subject?: unknown): void {
+    if (event === 'error') {
+      // An error handler that fails must not recurse.
+      this.log('error', err, 'the error handler threw');
+      return;
+    }
+    const details: { cause: unknown; roomId?: string; eventId?: string } = { cause: err };
+    if (subject instanceof RoomEvent) {
+      details.roomId = subject.roomId;
+      details.eventId = subject.eventId;
+    } else if (roomId) details.roomId = roomId;
+    const msg = err instanceof Error ? err.message : String(err);
+    this.emitError(new HalcyonError('HALCYON_HANDLER_FAILED', `a '${event}' handler failed: ${msg}`, details));
+  }
+
+  private emitError(err: HalcyonError): void {
+    const r = this.emit('error', err);
+    if (r) r.catch(() => {});
+  }
+
+  private log(level: 'warn' | 'error', obj: unknown, msg: string): void {
+    this.opts.logger[level](obj, msg);
+  }
+}
+
+function classify(type: string, relType: string | null): EventKind | null {
+  switch (type) {
+    case 'm.room.message':
+      return relType === 'm.replace' ? 'edit' : 'message';
+    case 'm.reaction':
+      return 'reaction';
+    case 'm.room.member':
+      return 'member';
+    case 'm.room.redaction':
+      return 'redaction';
+    default:
+      return null;
+  }
+}
+
+function isPromise(v: unknown): v is Promise<unknown> {
+  return typeof v === 'object' && v !== null && typeof (v as { then?: unknown }).then === 'function';
+}
+
+/** Runs `done` once `r` settles (at once if it is not a promise), keeping a rejection for the dispatcher. */
+function settle(r: unknown, done: () => void): unknown {
+  if (!isPromise(r)) {
+    done();
+    return r;
+  }
+  return r.finally(done);
+}

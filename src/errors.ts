@@ -1,0 +1,104 @@
+/**
+ * Coded errors. Every error Halcyon raises or emits carries a `code` from {@link ERROR_CODES}, because errors
+ * cross worker threads as plain data and `instanceof` does not survive that trip; match on `code`.
+ */
+
+/** Every error code Halcyon uses, with a one-line meaning; the README lists the same table (a test checks it). */
+export const ERROR_CODES = {
+  HALCYON_INVALID_ARGUMENT: 'A method was called with an argument of the wrong shape or value.',
+  HALCYON_INVALID_TOKEN: 'The token string is not a Halcyon token (truncated, altered, or from something else).',
+  HALCYON_UNKNOWN_TOKEN: 'The homeserver rejected the access token (M_UNKNOWN_TOKEN or 401): log in again.',
+  HALCYON_LOGIN_FAILED: 'The homeserver refused the login (wrong user or password, or login type not offered).',
+  HALCYON_HTTP: 'The request failed at the transport level (connection refused or reset, DNS, TLS).',
+  HALCYON_TIMEOUT: 'A request or long-poll passed its client-side deadline.',
+  HALCYON_MATRIX: 'The homeserver answered with a Matrix error; see `errcode` and `status`.',
+  HALCYON_RATE_LIMITED: 'The homeserver kept answering 429 after the allowed retries.',
+  HALCYON_BAD_RESPONSE: 'The homeserver answered with a body that is not the JSON the spec describes.',
+  HALCYON_REDIRECT: 'The homeserver answered with a redirect; Halcyon never follows one with the token attached.',
+  HALCYON_BAD_SYNC: 'A /sync body was malformed (not JSON, truncated, wrong shape); it was skipped and retried.',
+  HALCYON_BAD_EVENT: 'An event in a /sync body was malformed (not an object, missing or mistyped fields); it was skipped.',
+  HALCYON_HANDLER_FAILED: 'A handler threw or rejected; the bot keeps running. The original error is `cause`.',
+  HALCYON_QUEUE_FULL: 'The dispatcher queue reached its bound; the sync actor waits before polling again.',
+  HALCYON_ACTOR_DIED: 'A worker thread exited; calls pending on it were rejected.',
+  HALCYON_ACTOR_TIMEOUT: 'A call to an actor did not settle within its deadline.',
+  HALCYON_NOT_RUNNING: 'The method needs a running client (call `run(token)` first).',
+  HALCYON_ALREADY_RUNNING: '`run` was called on a client that is already running.',
+  HALCYON_STOPPED: 'The client was stopped while the call was pending.',
+  HALCYON_STORE: 'The data directory or its SQLite store could not be opened, read, or written.',
+  HALCYON_STORE_MISMATCH: 'The data directory belongs to another user or homeserver than the token.',
+  HALCYON_INTERNAL: 'An unexpected error inside Halcyon (a bug); the message says where it happened.',
+} as const;
+
+/** One of the documented error codes. */
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+/** Extra fields an error may carry. */
+export interface ErrorDetails {
+  /** HTTP status of the response that caused it, when there was one. */
+  status?: number;
+  /** The Matrix `errcode` (e.g. `M_FORBIDDEN`) when the homeserver sent one. */
+  errcode?: string;
+  /** How long the server asked us to wait, for 429s. */
+  retryAfterMs?: number;
+  /** Room the error concerns, when it concerns one. */
+  roomId?: string;
+  /** Event the error concerns, when it concerns one. */
+  eventId?: string;
+  /** The underlying error. */
+  cause?: unknown;
+}
+
+/** The error class of Halcyon; `code` is always one of {@link ERROR_CODES}. */
+export class HalcyonError extends Error implements ErrorDetails {
+  readonly code: ErrorCode;
+  status?: number;
+  errcode?: string;
+  retryAfterMs?: number;
+  roomId?: string;
+  eventId?: string;
+
+  constructor(code: ErrorCode, message: string, details: ErrorDetails = {}) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    this.name = 'HalcyonError';
+    this.code = code;
+    if (details.status !== undefined) this.status = details.status;
+    if (details.errcode !== undefined) this.errcode = details.errcode;
+    if (details.retryAfterMs !== undefined) this.retryAfterMs = details.retryAfterMs;
+    if (details.roomId !== undefined) this.roomId = details.roomId;
+    if (details.eventId !== undefined) this.eventId = details.eventId;
+  }
+}
+
+/** An error flattened to structured-cloneable data, so it crosses threads with its code intact. */
+export interface WireError {
+  code: ErrorCode;
+  message: string;
+  status?: number;
+  errcode?: string;
+  retryAfterMs?: number;
+  roomId?: string;
+  eventId?: string;
+  stack?: string;
+}
+
+/** Flattens any thrown value to a {@link WireError}; values without a Halcyon code become `fallback`. */
+export function toWireError(err: unknown, fallback: ErrorCode = 'HALCYON_HTTP'): WireError {
+  if (err && typeof err === 'object') {
+    const e = err as Partial<HalcyonError> & { message?: unknown; stack?: unknown };
+    const code = typeof e.code === 'string' && e.code in ERROR_CODES ? (e.code as ErrorCode) : fallback;
+    const out: WireError = { code, message: typeof e.message === 'string' ? e.message : String(err) };
+    for (const k of ['status', 'errcode', 'retryAfterMs', 'roomId', 'eventId'] as const) {
+      if (e[k] !== undefined) (out as unknown as Record<string, unknown>)[k] = e[k];
+    }
+    if (typeof e.stack === 'string') out.stack = e.stack;
+    return out;
+  }
+  return { code: fallback, message: String(err) };
+}
+
+/** Rebuilds a {@link HalcyonError} from its wire form (the stack is that of the thread that threw). */
+export function fromWireError(w: WireError): HalcyonError {
+  const e = new HalcyonError(w.code, w.message, w);
+  if (w.stack) e.stack = w.stack;
+  return e;
+}

@@ -1,0 +1,31 @@
+/** The logger interface (pino-compatible) and the default console logger. */
+
+/** A pino-compatible logger: each method takes a message, or an object then a message. */
+export interface Logger {
+  debug(obj: unknown, msg?: string): void;
+  info(obj: unknown, msg?: string): void;
+  warn(obj: unknown, msg?: string): void;
+  error(obj: unknown, msg?: string): void;
+}
+
+const LEVELS = ['debug', 'info', 'warn', 'error'] as const;
+
+/** A logger writing one line per record to stderr, at `level` and above. Tokens never reach it: none is logged. */
+export function consoleLogger(level: (typeof LEVELS)[number] = 'warn'): Logger {
+  const min = LEVELS.indexOf(level);
+  const make = (l: (typeof LEVELS)[number]) => (obj: unknown, msg?: string) => {
+    if (LEVELS.indexOf(l) < min) return;
+    const text = typeof obj === 'string' ? obj : `${msg ?? ''} ${describe(obj)}`.trim();
+    process.stderr.write(`[halcyon] ${l}: ${text}\n`);
+  };
+  return { debug: make('debug'), info: make('info'), warn: make('warn'), error: make('error') };
+}
+
+function describe(obj: unknown): string {
+  if (obj instanceof Error) return `${(obj as { code?: string }).code ?? obj.name}: ${obj.message}`;
+  try {
+    return JSON.stringify(obj);
+  } catch {
+    return String(obj);
+  }
+}

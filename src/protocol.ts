@@ -1,0 +1,191 @@
+/**
+ * The one protocol file: every message that crosses a thread and every actor API is declared here.
+ *
+ * Threads: main (the user's handlers and the dispatcher), the sync actor (long-polls /sync), the cache actor
+ * (owns room state). RPC calls (`*Api`) go through comlink with deadlines; the event stream from the sync actor
+ * to main is a one-way message port carrying {@link SyncToMain} and {@link MainToSync} messages, so that the
+ * sync actor never waits on the main thread to keep polling.
+ */
+import type { WireError } from './errors.ts';
+
+/** Where the sync actor finds the account, and how it polls. */
+export interface SyncConfig {
+  homeserver: string;
+  userId: string;
+  deviceId: string;
+  accessToken: string;
+  /** Data directory; the actor owns `sync.sqlite` in it. */
+  dataDir: string;
+  /** Long-poll timeout sent to the server, in ms. The client-side deadline adds `deadlineMarginMs`. */
+  pollTimeoutMs: number;
+  deadlineMarginMs: number;
+  /** Events handed to main but not yet handled; past this the actor waits before its next poll. */
+  maxInFlightEvents: number;
+  /** Whether the timeline of the very first sync (no saved token) is delivered to handlers. */
+  deliverInitialTimeline: boolean;
+  /** Backoff after a failed poll: first wait and ceiling, in ms (jitter is added). */
+  backoffMinMs: number;
+  backoffMaxMs: number;
+  /** Presence sent with each poll (`set_presence`). */
+  setPresence?: 'online' | 'offline' | 'unavailable';
+  /** Timeline event types main wants delivered; `null` means all (an `event` listener exists). */
+  wantedTypes: string[] | null;
+}
+
+/** What the sync actor found in its store at start. */
+export interface SyncStartInfo {
+  /** Whether a since token was saved by an earlier run. */
+  resumed: boolean;
+}
+
+/** Health of the sync loop. */
+export interface SyncStatus {
+  running: boolean;
+  since: string | null;
+  polls: number;
+  consecutiveErrors: number;
+  inFlightEvents: number;
+  lastError?: WireError;
+}
+
+/** RPC surface of the sync actor (main → sync). */
+export interface SyncActorApi {
+  /** Opens the store, connects the cache actor port and the main event port, and starts polling. */
+  start(config: SyncConfig): Promise<SyncStartInfo>;
+  /** Stops polling (aborts the long-poll), waits up to `drainMs` for main to acknowledge held batches, saves the token. */
+  stop(drainMs?: number): Promise<void>;
+  status(): Promise<SyncStatus>;
+  /** Changes which timeline event types are posted to main (null: all). */
+  setWantedTypes(types: string[] | null): Promise<void>;
+  /** Changes the presence sent with each poll. */
+  setPresence(state: SyncConfig['setPresence']): Promise<void>;
+}
+
+/** Deadlines of actor calls, in ms. `stop` drains in-flight batches first, so it gets longer. */
+export const SYNC_DEADLINES = { default: 10_000, stop: 30_000 } as const;
+/** Deadlines of cache actor calls, in ms. */
+export const CACHE_DEADLINES = { default: 30_000 } as const;
+
+/** Timeline events of one batch as columns: one array per field, one slot per event. */
+export interface EventColumns {
+  count: number;
+  /** Index into {@link WireBatch.rooms}. */
+  room: Int32Array;
+  type: string[];
+  eventId: string[];
+  sender: string[];
+  ts: Float64Array;
+  /** `state_key`, or null for non-state events. */
+  stateKey: (string | null)[];
+  /** `content["m.relates_to"].rel_type` and `.event_id`, extracted in the worker for routing. */
+  relType: (string | null)[];
+  relEventId: (string | null)[];
+  /** The event's own JSON text, sliced from the response; main parses it only when a handler reads it. */
+  raw: string[];
+}
+
+/** A compact room description kept on main so every message carries its room cheaply. */
+export interface RoomSummary {
+  roomId: string;
+  name: string | null;
+  topic: string | null;
+  canonicalAlias: string | null;
+  avatarUrl: string | null;
+  encrypted: boolean;
+  joinedMemberCount: number;
+  invitedMemberCount: number;
+  membership: 'join' | 'invite' | 'leave' | 'ban' | 'knock';
+}
+
+/** A pending invite seen in a sync. */
+export interface InviteWire {
+  roomId: string;
+  /** Who invited us, when the stripped state says. */
+  inviter: string | null;
+  /** Room name from the stripped state, when present. */
+  name: string | null;
+}
+
+/** One /sync response after processing, as handed to main. Holds no parsed event objects. */
+export interface WireBatch {
+  /** Increasing per run; main acknowledges handled batches by this number. */
+  seq: number;
+  nextBatch: string;
+  /** True for the first batch of this run. */
+  first: boolean;
+  /** False when the timeline must not reach handlers (first ever sync, unless configured). */
+  deliver: boolean;
+  rooms: string[];
+  events: EventColumns;
+  invites: InviteWire[];
+  /** Rooms we left or were removed from. */
+  left: string[];
+  /** Room summaries that changed in this batch (computed by the cache actor). */
+  summaries: RoomSummary[];
+  /** Per-event problems: the events were skipped, the rest of the batch is delivered. */
+  errors: WireError[];
+}
+
+/** Messages from the sync actor to main on the event port. */
+export type SyncToMain =
+  | { kind: 'batch'; batch: WireBatch }
+  | { kind: 'syncError'; error: WireError; attempt: number; retryInMs: number }
+  | { kind: 'syncRecovered'; afterAttempts: number }
+  | { kind: 'fatal'; error: WireError };
+
+/** Messages from main to the sync actor on the event port. */
+export type MainToSync =
+  /** Every event of batch `seq` has been handled (handlers settled); its token may be saved. */
+  { kind: 'handled'; seq: number };
+
+/** State a sync batch changes, sent from the sync actor to the cache actor (parsed: state events are few). */
+export interface StateChanges {
+  rooms: Array<{
+    roomId: string;
+    membership: RoomSummary['membership'];
+    /** State events in order (state block first, then state events from the timeline). */
+    state: MatrixEvent[];
+    /** `summary` block of the sync room (heroes, member counts), when present. */
+    summary?: { 'm.joined_member_count'?: number; 'm.invited_member_count'?: number; 'm.heroes'?: string[] };
+  }>;
+}
+
+/** Full cached information about a room. */
+export interface RoomInfo extends RoomSummary {
+  creator: string | null;
+  joinRule: string | null;
+  powerLevels: Record<string, unknown> | null;
+  /** Known members (lazy-loaded: members who spoke or changed, plus any fetched). */
+  members: Array<{ userId: string; displayName: string | null; avatarUrl: string | null; membership: string }>;
+}
+
+/** Where the cache actor keeps its data and how much it holds in memory. */
+export interface CacheConfig {
+  dataDir: string;
+  /** Rooms held fully in memory; the rest stay in SQLite and load on demand. */
+  maxRoomsInMemory: number;
+}
+
+/** RPC surface of the cache actor. */
+export interface CacheActorApi {
+  open(config: CacheConfig): Promise<void>;
+  /** Applies a batch of state changes; resolves with the summaries that changed. */
+  apply(changes: StateChanges): Promise<RoomSummary[]>;
+  getRoom(roomId: string): Promise<RoomInfo | undefined>;
+  /** Summaries of every known room (main mirrors them at start). */
+  summaries(): Promise<RoomSummary[]>;
+  close(): Promise<void>;
+}
+
+/** A Matrix event as the spec's client format describes it. */
+export interface MatrixEvent {
+  type: string;
+  event_id?: string;
+  sender?: string;
+  origin_server_ts?: number;
+  state_key?: string;
+  content: Record<string, unknown>;
+  unsigned?: Record<string, unknown>;
+  redacts?: string;
+  room_id?: string;
+}

@@ -1,0 +1,52 @@
+/**
+ * The storage door: the only module that imports `node:sqlite`. Each actor opens its own database file in the
+ * data directory (one owner per file); files are created 0600 and the directory 0700, because they hold
+ * tokens and room state.
+ */
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
+import { join } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
+import { HalcyonError } from './errors.ts';
+
+/** A SQLite database owned by one actor. */
+export type Database = DatabaseSync;
+
+/** Creates the data directory (0700) if needed. */
+export function ensureDataDir(dataDir: string): void {
+  try {
+    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  } catch (err) {
+    throw new HalcyonError('HALCYON_STORE', `cannot create the data directory ${dataDir}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/**
+ * Opens (creating if needed) `<dataDir>/<name>` in WAL mode with mode 0600 on the file and its WAL/SHM files.
+ * WAL with synchronous=NORMAL survives a process crash (kill -9); a power cut may lose the last commits.
+ */
+export function openDatabase(dataDir: string, name: string): Database {
+  ensureDataDir(dataDir);
+  const path = join(dataDir, name);
+  try {
+    // Create the file ourselves so it is never world-readable, not even for an instant.
+    if (!existsSync(path)) closeSync(openSync(path, 'a', 0o600));
+    const db = new DatabaseSync(path);
+    db.exec('PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;');
+    db.exec('CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL)');
+    for (const suffix of ['', '-wal', '-shm']) if (existsSync(path + suffix)) chmodSync(path + suffix, 0o600);
+    return db;
+  } catch (err) {
+    throw new HalcyonError('HALCYON_STORE', `cannot open ${path}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** Reads a value from the `kv` table. */
+export function kvGet(db: Database, key: string): string | undefined {
+  const row = db.prepare('SELECT v FROM kv WHERE k = ?').get(key) as { v: string } | undefined;
+  return row?.v;
+}
+
+/** Writes a value to the `kv` table. */
+export function kvSet(db: Database, key: string, value: string): void {
+  db.prepare('INSERT INTO kv (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v').run(key, value);
+}
