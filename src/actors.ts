@@ -99,18 +99,20 @@ class Settler {
 }
 
 /** Where the bundled worker entries live, relative to this module (source under tsx, or the built bundle). */
-function workerUrl(name: string): URL {
+function workerUrl(name: string | URL): URL {
+  if (name instanceof URL) return name;
   return import.meta.url.endsWith('.ts')
     ? new URL(`../workers/${name}.ts`, import.meta.url)
     : new URL(`./workers/${name}.js`, import.meta.url);
 }
 
 /**
- * Starts `workers/<name>` on a worker thread. `ports` are handed to the worker (see {@link workerPorts}) so
+ * Starts `workers/<name>` (or the entry at a URL, for tests) on a worker thread. `ports` are handed to the worker (see {@link workerPorts}) so
  * actors can talk to each other and to main without a hop through this thread.
  */
-export function spawnWorkerActor<T>(name: string, deadlines: Deadlines, ports: Record<string, MessagePort> = {}): ActorHandle<T> {
-  const worker = new Worker(workerUrl(name), {
+export function spawnWorkerActor<T>(entry: string | URL, deadlines: Deadlines, ports: Record<string, MessagePort> = {}): ActorHandle<T> {
+  const name = entry instanceof URL ? entry.pathname.replace(/^.*\//, '') : entry;
+  const worker = new Worker(workerUrl(entry), {
     workerData: { ports },
     transferList: Object.values(ports),
     name: `halcyon-${name}`,

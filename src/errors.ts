@@ -51,11 +51,12 @@ export interface ErrorDetails {
 /** The error class of Halcyon; `code` is always one of {@link ERROR_CODES}. */
 export class HalcyonError extends Error implements ErrorDetails {
   readonly code: ErrorCode;
-  status?: number;
-  errcode?: string;
-  retryAfterMs?: number;
-  roomId?: string;
-  eventId?: string;
+  // `declare`: no class-field initialisers, so absent details stay absent instead of `undefined` own props.
+  declare status?: number;
+  declare errcode?: string;
+  declare retryAfterMs?: number;
+  declare roomId?: string;
+  declare eventId?: string;
 
   constructor(code: ErrorCode, message: string, details: ErrorDetails = {}) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause });

@@ -31,7 +31,8 @@ interface InFlight {
 const FILTER = {
   room: {
     state: { lazy_load_members: true },
-    timeline: { lazy_load_members: true },
+    // 50 rather than the server's default 10: a busy room between two polls should rarely come back gappy.
+    timeline: { lazy_load_members: true, limit: 50 },
   },
 };
 

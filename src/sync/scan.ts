@@ -133,6 +133,7 @@ export class Scanner {
 
   /** Reads a number value. */
   readNumber(): number {
+    this.peek();
     const start = this.i;
     this.i = this.skipNumber(start);
     return Number(this.s.slice(start, this.i));
@@ -140,8 +141,7 @@ export class Scanner {
 
   /** Reads any value by validating it and parsing its slice (for the small parts of a body). */
   readValue(): unknown {
-    const start = this.i;
-    this.skipValue();
+    const start = this.skipValue();
     return JSON.parse(this.s.slice(start, this.i));
   }
 

@@ -21,6 +21,8 @@ export interface Homeserver {
   serverName: string; // 'localhost'
   port: number;
   dataDir: string; // temp dir holding homeserver.yaml, homeserver.db and synapse.log (WARNING+ and stdio)
+  /** The shared secret for admin registration. */
+  registrationSecret: string;
   /** Registers via the shared-secret admin API (random localpart/password if omitted), then logs in with m.login.password. */
   registerUser(localpart?: string, password?: string): Promise<TestUser>;
   /** SIGTERM, SIGKILL after 10 s, then removes dataDir; safe to call twice. */
@@ -184,6 +186,35 @@ async function json(method: string, url: string, body?: unknown): Promise<any> {
   return JSON.parse(text);
 }
 
+/** Registers a user with the shared-secret admin API and logs it in. */
+export async function register(baseUrl: string, secret: string, localpart = `u${randomBytes(6).toString('hex')}`, password = randomBytes(12).toString('hex')): Promise<TestUser> {
+  const url = `${baseUrl}/_synapse/admin/v1/register`;
+  const { nonce } = await json('GET', url);
+  const mac = createHmac('sha1', secret).update([nonce, localpart, password, 'notadmin'].join('\0')).digest('hex');
+  await json('POST', url, { nonce, username: localpart, password, admin: false, mac });
+  const login = await json('POST', `${baseUrl}/_matrix/client/v3/login`, { type: 'm.login.password', identifier: { type: 'm.id.user', user: localpart }, password });
+  return { userId: login.user_id, localpart, password, accessToken: login.access_token, deviceId: login.device_id };
+}
+
+/** The environment variable through which the test runner shares one running Synapse with every test file. */
+export const SHARED_HS_ENV = 'HALCYON_TEST_HS';
+
+/**
+ * The homeserver for a test file: the one the test runner started (see test/run.ts), or, when the file runs on
+ * its own, a fresh one. `stop()` of a shared one does nothing (the runner owns it).
+ */
+export async function testHomeserver(): Promise<Homeserver> {
+  const shared = process.env[SHARED_HS_ENV];
+  if (!shared) return startSynapse();
+  const info = JSON.parse(shared) as { baseUrl: string; port: number; dataDir: string; registrationSecret: string };
+  return {
+    ...info,
+    serverName: SERVER_NAME,
+    registerUser: (localpart?: string, password?: string) => register(info.baseUrl, info.registrationSecret, localpart, password),
+    stop: async () => {},
+  };
+}
+
 /** Starts Synapse on a free port with `dataDir` (which must already hold signing.key and possibly homeserver.db). */
 async function launch(python: string, dataDir: string, secrets: Secrets, removeDir: boolean, log: Log): Promise<Homeserver> {
   hookExit();
@@ -222,16 +253,8 @@ async function launch(python: string, dataDir: string, secrets: Secrets, removeD
       if (res?.status === 200) {
         return {
           baseUrl, port, dataDir, serverName: SERVER_NAME, stop,
-          async registerUser(localpart = `u${randomBytes(6).toString('hex')}`, password = randomBytes(12).toString('hex')) {
-            const url = `${baseUrl}/_synapse/admin/v1/register`;
-            const { nonce } = await json('GET', url);
-            const mac = createHmac('sha1', secrets.registration_shared_secret)
-              .update([nonce, localpart, password, 'notadmin'].join('\0')).digest('hex');
-            await json('POST', url, { nonce, username: localpart, password, admin: false, mac });
-            const login = await json('POST', `${baseUrl}/_matrix/client/v3/login`,
-              { type: 'm.login.password', identifier: { type: 'm.id.user', user: localpart }, password });
-            return { userId: login.user_id, localpart, password, accessToken: login.access_token, deviceId: login.device_id };
-          },
+          registrationSecret: secrets.registration_shared_secret,
+          registerUser: (localpart?: string, password?: string) => register(baseUrl, secrets.registration_shared_secret, localpart, password),
         };
       }
       await sleep(100);

@@ -1,0 +1,46 @@
+/**
+ * `npm test`: builds, starts one Synapse for the whole run, runs every test file under node:test (through tsx)
+ * with the homeserver shared via an environment variable, then stops Synapse. If Synapse cannot be installed or
+ * started, the run fails with the reason: integration tests never skip silently.
+ */
+import { spawn } from 'node:child_process';
+import { readdirSync, statSync } from 'node:fs';
+import { join, relative } from 'node:path';
+import { SHARED_HS_ENV, startSynapse } from './harness/synapse.ts';
+
+const root = join(import.meta.dirname, '..');
+
+function testFiles(dir: string): string[] {
+  const out: string[] = [];
+  for (const name of readdirSync(dir)) {
+    const p = join(dir, name);
+    if (statSync(p).isDirectory()) out.push(...testFiles(p));
+    else if (name.endsWith('.test.ts')) out.push(relative(root, p));
+  }
+  return out.sort();
+}
+
+const filter = process.argv.slice(2);
+const files = testFiles(join(root, 'test')).filter((f) => filter.length === 0 || filter.some((x) => f.includes(x)));
+
+let hs;
+try {
+  hs = await startSynapse();
+} catch (err) {
+  process.stderr.write(`\nnpm test: cannot start the Synapse test homeserver, so the integration tests cannot run.\n${(err as Error).message}\n`);
+  process.exit(1);
+}
+process.stderr.write(`[test] Synapse ${hs.baseUrl} (data ${hs.dataDir}); ${files.length} test files\n`);
+const code = await new Promise<number>((resolve) => {
+  const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=2', '--test-timeout=240000', ...files], {
+    cwd: root,
+    stdio: 'inherit',
+    env: {
+      ...process.env,
+      [SHARED_HS_ENV]: JSON.stringify({ baseUrl: hs.baseUrl, port: hs.port, dataDir: hs.dataDir, registrationSecret: hs.registrationSecret }),
+    },
+  });
+  child.on('exit', (c, sig) => resolve(c ?? (sig ? 1 : 0)));
+});
+await hs.stop();
+process.exit(code);

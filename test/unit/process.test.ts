@@ -1,0 +1,160 @@
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { HalcyonError } from '../../src/errors.ts';
+import { processSync } from '../../src/sync/process.ts';
+
+const dir = join(import.meta.dirname, '..', 'fixtures', 'sync');
+const fixtures = readdirSync(dir)
+  .filter((f) => f.endsWith('.json'))
+  .sort()
+  .map((f) => ({ name: f, text: readFileSync(join(dir, f), 'utf8') }));
+const ALL = { wantedTypes: null };
+
+/** The reference: the same extraction done on JSON.parse output. */
+function reference(body: any) {
+  const events: any[] = [];
+  const state: any[] = [];
+  for (const section of ['join', 'leave'] as const) {
+    for (const [roomId, room] of Object.entries<any>(body.rooms?.[section] ?? {})) {
+      const st = [...(room.state?.events ?? [])];
+      for (const ev of room.timeline?.events ?? []) {
+        events.push({ roomId, ev });
+        if (typeof ev.state_key === 'string') st.push(ev);
+      }
+      state.push({ roomId, membership: section, state: st });
+    }
+  }
+  const invites = Object.keys(body.rooms?.invite ?? {});
+  return { events, state, invites };
+}
+
+test('recorded Synapse bodies: columns, raw slices and state match a JSON.parse reference', () => {
+  assert.ok(fixtures.length >= 5);
+  let total = 0;
+  for (const { name, text } of fixtures) {
+    const body = JSON.parse(text);
+    const ref = reference(body);
+    const p = processSync(text, ALL);
+    assert.equal(p.nextBatch, body.next_batch, name);
+    assert.deepEqual(p.errors, [], name);
+    assert.equal(p.events.count, ref.events.length, name);
+    ref.events.forEach(({ roomId, ev }, i) => {
+      assert.equal(p.rooms[p.events.room[i]!], roomId);
+      assert.equal(p.events.type[i], ev.type);
+      assert.equal(p.events.eventId[i], ev.event_id);
+      assert.equal(p.events.sender[i], ev.sender);
+      assert.equal(p.events.ts[i], ev.origin_server_ts);
+      assert.equal(p.events.stateKey[i], ev.state_key ?? null);
+      assert.equal(p.events.relType[i], ev.content['m.relates_to']?.rel_type ?? null);
+      assert.equal(p.events.relEventId[i], ev.content['m.relates_to']?.event_id ?? null);
+      assert.deepEqual(JSON.parse(p.events.raw[i]!), ev);
+    });
+    const state = p.state.rooms.filter((r) => r.membership !== 'invite');
+    assert.deepEqual(
+      state.map((r) => ({ roomId: r.roomId, membership: r.membership, state: r.state })),
+      ref.state,
+      name,
+    );
+    assert.deepEqual(p.invites.map((i) => i.roomId), ref.invites, name);
+    total += p.events.count;
+  }
+  assert.ok(total > 10);
+});
+
+test('recorded bodies: invite carries the inviter and room name; a kick shows up as a left room', () => {
+  const invite = processSync(fixtures.find((f) => f.name.includes('invite'))!.text, ALL);
+  assert.equal(invite.invites.length, 2);
+  assert.ok(invite.invites.every((i) => i.inviter === '@alice:localhost'));
+  assert.deepEqual(invite.invites.map((i) => i.name).sort(), ['Fixture room', 'Second room']);
+  const kicked = processSync(fixtures.find((f) => f.name.includes('kicked'))!.text, ALL);
+  assert.equal(kicked.left.length, 1);
+  assert.equal(kicked.events.type[0], 'm.room.member');
+});
+
+test('wantedTypes keeps only the listed timeline types, but state still reaches the cache', () => {
+  const text = fixtures.find((f) => f.name.includes('activity'))!.text;
+  const p = processSync(text, { wantedTypes: new Set(['m.reaction']) });
+  assert.equal(p.events.count, 1);
+  assert.equal(p.events.type[0], 'm.reaction');
+  const names = p.state.rooms.flatMap((r) => r.state.map((e) => e.type));
+  assert.ok(names.includes('m.room.name') && names.includes('m.room.topic'));
+});
+
+const good = (n: number) => ({ type: 'm.room.message', event_id: `$good${n}`, sender: '@a:x', origin_server_ts: n, content: { msgtype: 'm.text', body: `good ${n}` } });
+const bodyWith = (events: unknown[], extra: object = {}) =>
+  JSON.stringify({ next_batch: 's2', rooms: { join: { '!r:x': { timeline: { events }, state: { events: [] } } } }, ...extra });
+
+test('malformed events are reported with HALCYON_BAD_EVENT and skipped; the good ones around them are kept', () => {
+  const bad = [
+    42,
+    'a string',
+    null,
+    [],
+    { event_id: '$1', sender: '@a:x', origin_server_ts: 1, content: {} }, // no type
+    { type: 5, event_id: '$2', sender: '@a:x', origin_server_ts: 1, content: {} },
+    { type: 'm.room.message', event_id: '$3', origin_server_ts: 1, content: {} }, // no sender
+    { type: 'm.room.message', event_id: '$4', sender: '@a:x', origin_server_ts: 1 }, // no content
+    { type: 'm.room.message', event_id: '$5', sender: '@a:x', origin_server_ts: 1, content: 'x' },
+    { type: 'm.room.message', event_id: '$6', sender: '@a:x', origin_server_ts: '1', content: {} },
+    { type: 'm.room.member', event_id: '$7', sender: '@a:x', origin_server_ts: 1, content: {}, state_key: 7 },
+    { type: 'm.room.message', sender: '@a:x', origin_server_ts: 1, content: {} }, // no event_id
+    { type: 'm.room.message', event_id: { x: 1 }, sender: ['@a:x'], origin_server_ts: 1, content: {} },
+  ];
+  const p = processSync(bodyWith([good(1), ...bad, good(2)]), ALL);
+  assert.deepEqual(p.events.eventId, ['$good1', '$good2']);
+  assert.equal(p.errors.length, bad.length);
+  for (const e of p.errors) {
+    assert.equal(e.code, 'HALCYON_BAD_EVENT');
+    assert.equal(e.roomId, '!r:x');
+    assert.match(e.message, /skipped|not an object/);
+  }
+  assert.deepEqual(
+    p.errors.filter((e) => e.eventId).map((e) => e.eventId),
+    ['$1', '$2', '$3', '$4', '$5', '$6', '$7'],
+  );
+});
+
+test('malformed state events and room entries are reported and skipped', () => {
+  const text = JSON.stringify({
+    next_batch: 's2',
+    rooms: {
+      join: {
+        '!r:x': { state: { events: [{ type: 'm.room.name', state_key: '', content: { name: 'ok' } }, { type: 'm.room.topic' }, 'junk'] }, timeline: { events: [good(1)] } },
+        '!bad:x': 'not a room',
+      },
+      invite: { '!i:x': { invite_state: { events: [{ type: 'm.room.name' }, { type: 'm.room.name', state_key: '', content: { name: 'N' }, sender: '@a:x' }] } } },
+    },
+  });
+  const p = processSync(text, ALL);
+  assert.equal(p.events.count, 1);
+  assert.deepEqual(p.state.rooms.find((r) => r.roomId === '!r:x')!.state.map((e) => e.content.name), ['ok']);
+  assert.equal(p.invites[0]!.name, 'N');
+  assert.equal(p.errors.length, 4);
+});
+
+test('bodies that are not a sync response throw HALCYON_BAD_SYNC', () => {
+  for (const text of ['', '<html>502 Bad Gateway</html>', 'null', '[]', '"s1"', '{"rooms":{}}', '{"next_batch":5}', '{"next_batch":"s1"} trailing', '{"next_batch":"s1",}']) {
+    assert.throws(() => processSync(text, ALL), (e: HalcyonError) => e.code === 'HALCYON_BAD_SYNC', `for ${JSON.stringify(text)}`);
+  }
+});
+
+test('every truncation of a recorded body throws HALCYON_BAD_SYNC and nothing else', () => {
+  const { text } = fixtures.find((f) => f.name.includes('activity'))!;
+  const trimmed = text.trimEnd();
+  for (let n = 0; n < trimmed.length; n++) {
+    assert.throws(() => processSync(trimmed.slice(0, n), ALL), (e: HalcyonError) => e.code === 'HALCYON_BAD_SYNC', `prefix ${n}`);
+  }
+});
+
+test('10 MB bodies: one huge event and many events are processed, and the events after them delivered', () => {
+  const huge = { ...good(2), content: { msgtype: 'm.text', body: 'x'.repeat(10 * 1024 * 1024) } };
+  const p = processSync(bodyWith([good(1), huge, good(3)]), ALL);
+  assert.deepEqual(p.events.eventId, ['$good1', '$good2', '$good3']);
+  assert.equal((JSON.parse(p.events.raw[1]!) as { content: { body: string } }).content.body.length, 10 * 1024 * 1024);
+  const many = Array.from({ length: 60_000 }, (_, i) => good(i));
+  const text = bodyWith(many);
+  assert.ok(text.length > 8_000_000);
+  assert.equal(processSync(text, ALL).events.count, 60_000);
+});

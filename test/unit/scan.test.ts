@@ -1,0 +1,120 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { Scanner, ScanError } from '../../src/sync/scan.ts';
+
+/** A small seeded PRNG (mulberry32): failures reproduce. */
+function rng(seed: number): () => number {
+  return () => {
+    seed |= 0;
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function randomValue(r: () => number, depth: number): unknown {
+  const k = Math.floor(r() * (depth > 3 ? 5 : 7));
+  switch (k) {
+    case 0:
+      return null;
+    case 1:
+      return r() < 0.5;
+    case 2:
+      return [0, -1, 1.5, -2.5e-7, 1e21, 123456789, -0.0001][Math.floor(r() * 7)];
+    case 3:
+    case 4: {
+      const chars = ['a', 'Z', ' ', '"', '\\', '/', '\n', '\t', '\u0001', 'é', '🎉', '\ud800', '\u2028'];
+      let s = '';
+      for (let i = Math.floor(r() * 8); i > 0; i--) s += chars[Math.floor(r() * chars.length)];
+      return s;
+    }
+    case 5:
+      return Array.from({ length: Math.floor(r() * 4) }, () => randomValue(r, depth + 1));
+    default: {
+      const o: Record<string, unknown> = {};
+      for (let i = Math.floor(r() * 4); i > 0; i--) o[String(randomValue(r, 9))] = randomValue(r, depth + 1);
+      return o;
+    }
+  }
+}
+
+const NOISE = ['{', '}', '[', ']', '"', '\\', ',', ':', ' ', '1', '-', '.', 'e', 't', 'n', 'u', '0', '\u0000', 'x'];
+function mutate(s: string, r: () => number): string {
+  const i = Math.floor(r() * (s.length + 1));
+  switch (Math.floor(r() * 4)) {
+    case 0:
+      return s.slice(0, i) + s.slice(i + 1); // delete
+    case 1:
+      return s.slice(0, i) + NOISE[Math.floor(r() * NOISE.length)] + s.slice(i); // insert
+    case 2:
+      return s.slice(0, i); // truncate
+    default:
+      return s.slice(0, i) + NOISE[Math.floor(r() * NOISE.length)] + s.slice(i + 1); // replace
+  }
+}
+
+/** Scanner verdict: the parsed value, or ScanError. Any other exception fails the test. */
+function scan(text: string): { ok: true; value: unknown } | { ok: false } {
+  try {
+    const sc = new Scanner(text);
+    const v = sc.readValue();
+    sc.end();
+    return { ok: true, value: v };
+  } catch (err) {
+    if (err instanceof ScanError) return { ok: false };
+    throw err;
+  }
+}
+function parse(text: string): { ok: true; value: unknown } | { ok: false } {
+  try {
+    return { ok: true, value: JSON.parse(text) };
+  } catch {
+    return { ok: false };
+  }
+}
+
+test('scanner accepts exactly what JSON.parse accepts (20,000 generated and mutated texts)', () => {
+  const r = rng(42);
+  let accepted = 0;
+  for (let n = 0; n < 20_000; n++) {
+    let text = JSON.stringify(randomValue(r, 0), null, r() < 0.2 ? 1 : undefined);
+    if (n % 2 === 1) text = mutate(text, r);
+    const a = scan(text);
+    const b = parse(text);
+    assert.equal(a.ok, b.ok, `disagreement on ${JSON.stringify(text)}`);
+    if (a.ok && b.ok) {
+      assert.deepEqual(a.value, b.value);
+      accepted++;
+    }
+  }
+  assert.ok(accepted > 10_000);
+});
+
+test('scanner: hand-picked edge cases agree with JSON.parse', () => {
+  const cases = ['', ' ', '01', '-', '-0', '1.', '.5', '1e', '1e+', '1E+5', '"\\u12"', '"\\u12G4"', '"\\x"', '"a\u0000"', 'tru', 'nul', 'true ', '[1,]', '{"a":1,}', '{"a"1}', '{1:2}', '[1 2]', '{}x', '"\u2028"', '{"a":{"b":[]}}', '\t[\r\n]'];
+  for (const c of cases) assert.equal(scan(c).ok, parse(c).ok, `case ${JSON.stringify(c)}`);
+});
+
+test('scanner: deep nesting is a ScanError, not a stack overflow', () => {
+  assert.equal(scan('['.repeat(200_000)).ok, false);
+  const deep = '['.repeat(50_000) + ']'.repeat(50_000);
+  const sc = new Scanner(deep);
+  sc.skipValue();
+  sc.end();
+});
+
+test('scanner: object and array walking reads keys, strings and numbers', () => {
+  const sc = new Scanner(' { "a" : "x\\"y" , "b" : [ 1 , -2.5e3 ] , "c": {} } ');
+  sc.openObject();
+  const seen: unknown[] = [];
+  for (let k: string | null, first = true; (k = sc.key(first)) !== null; first = false) {
+    if (k === 'a') seen.push(sc.readString());
+    else if (k === 'b') {
+      sc.openArray();
+      for (let f = true; sc.item(f); f = false) seen.push(sc.readNumber());
+    } else seen.push(k, sc.readValue());
+  }
+  sc.end();
+  assert.deepEqual(seen, ['x"y', 1, -2500, 'c', {}]);
+});

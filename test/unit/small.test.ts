@@ -1,0 +1,64 @@
+import assert from 'node:assert/strict';
+import { readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { ERROR_CODES } from '../../src/errors.ts';
+import { htmlToText } from '../../src/html.ts';
+import { decodeToken, encodeToken } from '../../src/token.ts';
+
+const root = join(import.meta.dirname, '..', '..');
+
+test('token: round-trips the session and never holds a password field', () => {
+  const s = { homeserver: 'https://hs.example', userId: '@bot:example', deviceId: 'DEV', accessToken: 'syt_secret' };
+  const t = encodeToken(s);
+  assert.ok(t.startsWith('halcyon1.'));
+  assert.deepEqual(decodeToken(t), s);
+  assert.doesNotMatch(Buffer.from(t.slice(9), 'base64url').toString(), /password/);
+});
+
+test('token: garbage is HALCYON_INVALID_TOKEN and the message does not echo it', () => {
+  for (const bad of ['', 'syt_abcdef', 'halcyon1.!!!', `halcyon1.${Buffer.from('{"hs":"ftp://x"}').toString('base64url')}`]) {
+    assert.throws(() => decodeToken(bad), (e: { code: string; message: string }) => e.code === 'HALCYON_INVALID_TOKEN' && (bad.length < 4 || !e.message.includes(bad)));
+  }
+});
+
+test('htmlToText: tags go, block ends become newlines, entities decode', () => {
+  assert.equal(htmlToText('<b>hi</b> &amp; bye'), 'hi & bye');
+  assert.equal(htmlToText('<p>one</p><p>two<br>three</p>'), 'one\ntwo\nthree');
+  assert.equal(htmlToText('<ul><li>a</li><li>b</li></ul>'), '- a\n- b');
+  assert.equal(htmlToText('&lt;script&gt; &#65;&#x42; &quot;q&quot; <script>alert(1)</script>'), '<script> AB "q"');
+  assert.equal(htmlToText('&bogus; &#99999999;'), '&bogus; &#99999999;');
+});
+
+function sources(dir: string): string[] {
+  return readdirSync(dir, { recursive: true })
+    .map(String)
+    .filter((f) => f.endsWith('.ts'))
+    .map((f) => join(dir, f));
+}
+
+test('every error code is documented in the README, and every code used in src/ is declared', () => {
+  const readme = readFileSync(join(root, 'README.md'), 'utf8');
+  for (const code of Object.keys(ERROR_CODES)) assert.ok(readme.includes(`\`${code}\``), `README does not document ${code}`);
+  const used = new Set<string>();
+  for (const f of [...sources(join(root, 'src')), ...sources(join(root, 'workers'))]) {
+    for (const m of readFileSync(f, 'utf8').matchAll(/'(HALCYON_[A-Z_]+)'/g)) used.add(m[1]!);
+  }
+  for (const code of used) assert.ok(code in ERROR_CODES, `${code} is used in src/ but not declared in ERROR_CODES`);
+});
+
+test('one door per dependency: undici, comlink, worker_threads, lru-cache and node:sqlite are each imported by one module', () => {
+  const doors: Record<string, string> = {
+    undici: 'src/http.ts',
+    comlink: 'src/actors.ts',
+    'node:worker_threads': 'src/actors.ts',
+    'lru-cache': 'src/cache/actor.ts',
+    'node:sqlite': 'src/store.ts',
+  };
+  for (const f of [...sources(join(root, 'src')), ...sources(join(root, 'workers'))]) {
+    const text = readFileSync(f, 'utf8');
+    for (const [dep, door] of Object.entries(doors)) {
+      if (new RegExp(`from '${dep}'`).test(text)) assert.equal(f.slice(root.length + 1), door, `${dep} imported outside its door`);
+    }
+  }
+});
