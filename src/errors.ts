@@ -18,7 +18,6 @@ export const ERROR_CODES = {
   HALCYON_BAD_SYNC: 'A /sync body was malformed (not JSON, truncated, wrong shape); it was skipped and retried.',
   HALCYON_BAD_EVENT: 'An event in a /sync body was malformed (not an object, missing or mistyped fields); it was skipped.',
   HALCYON_HANDLER_FAILED: 'A handler threw or rejected; the bot keeps running. The original error is `cause`.',
-  HALCYON_QUEUE_FULL: 'The dispatcher queue reached its bound; the sync actor waits before polling again.',
   HALCYON_ACTOR_DIED: 'A worker thread exited; calls pending on it were rejected.',
   HALCYON_ACTOR_TIMEOUT: 'A call to an actor did not settle within its deadline.',
   HALCYON_NOT_RUNNING: 'The method needs a running client (call `run(token)` first).',
