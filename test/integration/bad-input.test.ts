@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -150,6 +150,34 @@ test('run() rejects with HALCYON_UNKNOWN_TOKEN when the server refuses the token
   } finally {
     await hs.close();
   }
+});
+
+test('a repeated next_batch is skipped: nothing in that response is delivered again', async () => {
+  const hs = await scripted([
+    (_q, res) => json(res, 200, syncBody('s1', [])),
+    (_q, res) => json(res, 200, syncBody('s2', [ev(1)])),
+    (_q, res) => json(res, 200, syncBody('s2', [ev(1)])), // the same batch again
+    (_q, res) => json(res, 200, syncBody('s3', [ev(2)])),
+  ]);
+  const dataDir = mkdtempSync(join(tmpdir(), 'hc-repeat-'));
+  const client = new Client({ dataDir, pollTimeoutMs: 1000 });
+  const seen: string[] = [];
+  let done!: () => void;
+  const second = new Promise<void>((r) => (done = r));
+  client.on('message', (m) => {
+    seen.push(m.eventId);
+    if (m.eventId === '$e2') done();
+  });
+  try {
+    await client.run(encodeToken({ homeserver: hs.url, userId: '@bot:s', deviceId: 'DEV', accessToken: ACCESS_TOKEN }));
+    await second;
+    assert.deepEqual(seen, ['$e1', '$e2']);
+  } finally {
+    await client.stop();
+    await hs.close();
+  }
+  for (const f of ['sync.sqlite', 'cache.sqlite', 'account.sqlite']) assert.equal(statSync(join(dataDir, f)).mode & 0o777, 0o600, f);
+  assert.equal(statSync(dataDir).mode & 0o777, 0o700);
 });
 
 function isRunning(client: Client): boolean {

@@ -1,0 +1,69 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { CacheActor } from '../../src/cache/actor.ts';
+import type { MatrixEvent } from '../../src/protocol.ts';
+
+const st = (type: string, stateKey: string, content: Record<string, unknown>, sender = '@alice:x'): MatrixEvent => ({ type, state_key: stateKey, content, sender });
+
+test('cache actor: applies state, reports only changed summaries, and reads rooms back from SQLite after a restart', async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'hc-cache-'));
+  const a = new CacheActor();
+  await a.open({ dataDir, maxRoomsInMemory: 1 });
+  const changed = await a.apply({
+    rooms: [
+      {
+        roomId: '!a:x',
+        membership: 'join',
+        state: [
+          st('m.room.create', '', { creator: '@alice:x' }),
+          st('m.room.name', '', { name: 'Room A' }),
+          st('m.room.topic', '', { topic: 'Topic A' }),
+          st('m.room.join_rules', '', { join_rule: 'invite' }),
+          st('m.room.power_levels', '', { users: { '@alice:x': 100 } }),
+          st('m.room.member', '@alice:x', { membership: 'join', displayname: 'Alice' }),
+          st('m.room.member', '@bot:x', { membership: 'join' }),
+        ],
+      },
+      { roomId: '!b:x', membership: 'join', state: [st('m.room.encryption', '', { algorithm: 'm.megolm.v1.aes-sha2' })], summary: { 'm.joined_member_count': 7, 'm.invited_member_count': 1 } },
+    ],
+  });
+  assert.deepEqual(changed.map((s) => s.roomId), ['!a:x', '!b:x']);
+  assert.equal(changed[0]!.joinedMemberCount, 2);
+  assert.equal(changed[1]!.joinedMemberCount, 7);
+  assert.equal(changed[1]!.encrypted, true);
+  // A no-op change reports nothing; an encryption event can never switch encryption off.
+  assert.deepEqual(await a.apply({ rooms: [{ roomId: '!b:x', membership: 'join', state: [st('m.room.encryption', '', {})] }] }), []);
+  const renamed = await a.apply({ rooms: [{ roomId: '!a:x', membership: 'join', state: [st('m.room.name', '', { name: 'Renamed' }), st('m.room.member', '@alice:x', { membership: 'leave' })] }] });
+  assert.deepEqual(renamed.map((s) => [s.name, s.joinedMemberCount]), [['Renamed', 1]]);
+  await a.close();
+
+  for (const f of ['cache.sqlite', 'cache.sqlite-wal']) {
+    try {
+      assert.equal(statSync(join(dataDir, f)).mode & 0o777, 0o600, f);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+  }
+  assert.equal(statSync(dataDir).mode & 0o777, 0o700);
+
+  const b = new CacheActor();
+  await b.open({ dataDir, maxRoomsInMemory: 1 });
+  assert.deepEqual((await b.summaries()).map((s) => s.roomId).sort(), ['!a:x', '!b:x']);
+  const room = await b.getRoom('!a:x');
+  assert.equal(room?.name, 'Renamed');
+  assert.equal(room?.topic, 'Topic A');
+  assert.equal(room?.creator, '@alice:x');
+  assert.equal(room?.joinRule, 'invite');
+  assert.deepEqual(room?.powerLevels, { users: { '@alice:x': 100 } });
+  assert.deepEqual(room?.members.sort((x, y) => x.userId.localeCompare(y.userId)), [
+    { userId: '@alice:x', displayName: null, avatarUrl: null, membership: 'leave' },
+    { userId: '@bot:x', displayName: null, avatarUrl: null, membership: 'join' },
+  ]);
+  assert.equal((await b.getRoom('!b:x'))?.encrypted, true); // evicts !a:x from the 1-room LRU
+  assert.equal((await b.getRoom('!a:x'))?.name, 'Renamed'); // and reads it back from disk
+  assert.equal(await b.getRoom('!nope:x'), undefined);
+  await b.close();
+});
