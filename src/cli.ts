@@ -2,7 +2,8 @@
  * The `halcyon` command: `halcyon login` gets a long-lived token (printed, or written to a 0600 file);
  * `halcyon whoami <token>` shows whom a token belongs to. Neither ever prints a password.
  */
-import { writeFileSync } from 'node:fs';
+import { closeSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline/promises';
 import { parseArgs } from 'node:util';
 import { Client } from './client.ts';
@@ -42,6 +43,26 @@ async function readToken(arg: string | undefined): Promise<string> {
   return arg;
 }
 
+/**
+ * Writes `text` to `path` with mode 0600, even when `path` already exists with a looser mode: a fresh file is
+ * created exclusively beside it and renamed over it (atomic, and never follows a link planted at `path`).
+ */
+function writeSecret(path: string, text: string): void {
+  const tmp = join(dirname(path), `.halcyon-token-${process.pid}-${Date.now()}`);
+  const fd = openSync(tmp, 'wx', 0o600);
+  try {
+    writeSync(fd, text);
+  } finally {
+    closeSync(fd);
+  }
+  try {
+    renameSync(tmp, path);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    throw err;
+  }
+}
+
 /** Runs the CLI with `argv` (without node and script); resolves with the exit code. */
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -68,7 +89,7 @@ export async function main(argv: string[]): Promise<number> {
       ...(values['data-dir'] ? { dataDir: values['data-dir'] } : {}),
     });
     if (values.out) {
-      writeFileSync(values.out, token + '\n', { mode: 0o600 });
+      writeSecret(values.out, token + '\n');
       process.stderr.write(`token written to ${values.out} (mode 0600)\n`);
     } else process.stdout.write(token + '\n');
     return 0;

@@ -1,0 +1,161 @@
+/**
+ * The `halcyon` bin (dist/cli.js, built by `npm run build`), run as a real process against a real Synapse.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, chmodSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { decodeToken } from '../../src/index.ts';
+import { testHomeserver, type Homeserver, type TestUser } from '../harness/synapse.ts';
+
+const ROOT = join(import.meta.dirname, '..', '..');
+const CLI = join(ROOT, 'dist', 'cli.js');
+
+let hs: Homeserver;
+let tmp: string;
+
+before(async () => {
+  assert.ok(existsSync(CLI), `${CLI} is missing: run \`npm run build\` first`);
+  hs = await testHomeserver();
+  tmp = mkdtempSync(join(tmpdir(), 'halcyon-cli-'));
+}, { timeout: 300_000 });
+
+after(async () => {
+  if (tmp) rmSync(tmp, { recursive: true, force: true });
+  await hs?.stop();
+});
+
+interface Run {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the bin with Node 24 (this process's node), stdin closed, and a hard deadline. */
+function halcyon(args: string[], opts: { env?: Record<string, string | undefined>; timeoutMs?: number } = {}): Promise<Run> {
+  const env: Record<string, string | undefined> = { ...process.env, ...opts.env };
+  delete env.HALCYON_PASSWORD;
+  if (opts.env?.HALCYON_PASSWORD !== undefined) env.HALCYON_PASSWORD = opts.env.HALCYON_PASSWORD;
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [CLI, ...args], { cwd: tmp, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    p.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    const ms = opts.timeoutMs ?? 30_000;
+    const timer = setTimeout(() => {
+      p.kill('SIGKILL');
+      reject(new Error(`halcyon ${args[0]} did not exit within ${ms} ms; stdout: ${stdout}; stderr: ${stderr}`));
+    }, ms);
+    p.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    p.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
+}
+
+const show = (r: Run) => `exit ${r.code}${r.signal ? ` (${r.signal})` : ''}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`;
+
+function assertNoSecrets(r: Run, secrets: string[]): void {
+  for (const s of secrets) {
+    assert.ok(!r.stdout.includes(s), `stdout leaks a secret (${s.slice(0, 4)}...)\n${show(r)}`);
+    assert.ok(!r.stderr.includes(s), `stderr leaks a secret (${s.slice(0, 4)}...)\n${show(r)}`);
+  }
+}
+
+/** A fresh user with a password that never appears by accident. */
+async function freshUser(): Promise<TestUser> {
+  return hs.registerUser(undefined, `pw-${Math.random().toString(36).slice(2)}-${Date.now().toString(36)}`);
+}
+
+test('login --out writes a 0600 token file and prints nothing secret; whoami @file reads it', async () => {
+  const user = await freshUser();
+  const out = join(tmp, `token-${user.localpart}`);
+  const r = await halcyon(['login', '--homeserver', hs.baseUrl, '--user', user.localpart, '--password', user.password, '--out', out]);
+  assert.equal(r.code, 0, show(r));
+  assert.equal(statSync(out).mode & 0o777, 0o600, `token file mode is ${(statSync(out).mode & 0o777).toString(8)}`);
+
+  const token = readFileSync(out, 'utf8').trim();
+  const session = decodeToken(token);
+  assert.equal(session.userId, user.userId);
+  assert.equal(session.homeserver, hs.baseUrl);
+  assert.ok(session.deviceId.length > 0);
+  assert.notEqual(session.deviceId, user.deviceId, 'login should create a new device');
+  assertNoSecrets(r, [user.password, session.accessToken, token]);
+  assert.equal(r.stdout, '', `--out should leave stdout empty\n${show(r)}`);
+
+  // The token works: the homeserver knows it.
+  const who = await fetch(`${hs.baseUrl}/_matrix/client/v3/account/whoami`, { headers: { authorization: `Bearer ${session.accessToken}` } });
+  assert.equal(who.status, 200);
+
+  const w = await halcyon(['whoami', `@${out}`]);
+  assert.equal(w.code, 0, show(w));
+  const info = JSON.parse(w.stdout) as { userId?: string; deviceId?: string; homeserver?: string };
+  assert.equal(info.userId, user.userId);
+  assert.equal(info.deviceId, session.deviceId);
+  assert.equal(info.homeserver, hs.baseUrl);
+  assertNoSecrets(w, [user.password, session.accessToken, token]);
+});
+
+test('login --out over an existing, world-readable file leaves it 0600', async () => {
+  const user = await freshUser();
+  const out = join(tmp, `existing-${user.localpart}`);
+  writeFileSync(out, 'old contents\n');
+  chmodSync(out, 0o644);
+  const r = await halcyon(['login', '--homeserver', hs.baseUrl, '--user', user.localpart, '--password', user.password, '--out', out]);
+  assert.equal(r.code, 0, show(r));
+  assert.equal(decodeToken(readFileSync(out, 'utf8').trim()).userId, user.userId);
+  assert.equal(statSync(out).mode & 0o777, 0o600, `the token file was left with mode ${(statSync(out).mode & 0o777).toString(8)}`);
+});
+
+test('login without --out prints the token on stdout', async () => {
+  const user = await freshUser();
+  const r = await halcyon(['login', '--homeserver', hs.baseUrl, '--user', user.localpart, '--password', user.password]);
+  assert.equal(r.code, 0, show(r));
+  const token = r.stdout.trim();
+  assert.equal(r.stdout, `${token}\n`, 'stdout should be the token and nothing else');
+  const session = decodeToken(token);
+  assert.equal(session.userId, user.userId);
+  assert.equal(session.homeserver, hs.baseUrl);
+  assert.ok(!r.stdout.includes(user.password) && !r.stderr.includes(user.password), `the password was printed\n${show(r)}`);
+  assert.ok(!r.stderr.includes(session.accessToken), `stderr leaks the access token\n${show(r)}`);
+});
+
+test('login takes the password from HALCYON_PASSWORD', async () => {
+  const user = await freshUser();
+  const out = join(tmp, `env-${user.localpart}`);
+  const r = await halcyon(['login', '--homeserver', hs.baseUrl, '--user', user.userId, '--out', out], { env: { HALCYON_PASSWORD: user.password } });
+  assert.equal(r.code, 0, show(r));
+  const session = decodeToken(readFileSync(out, 'utf8').trim());
+  assert.equal(session.userId, user.userId);
+  assert.equal(statSync(out).mode & 0o777, 0o600);
+  assertNoSecrets(r, [user.password, session.accessToken]);
+  assert.ok(!r.stderr.includes('Password'), `it asked for the password although HALCYON_PASSWORD was set\n${show(r)}`);
+});
+
+test('a wrong password exits non-zero with HALCYON_LOGIN_FAILED and does not echo the password', async () => {
+  const user = await freshUser();
+  const wrong = `wrong-${user.password}`;
+  const out = join(tmp, `wrong-${user.localpart}`);
+  const r = await halcyon(['login', '--homeserver', hs.baseUrl, '--user', user.localpart, '--password', wrong, '--out', out]);
+  assert.notEqual(r.code, 0, show(r));
+  assert.match(r.stderr, /HALCYON_LOGIN_FAILED/, show(r));
+  assertNoSecrets(r, [wrong, user.password]);
+  assert.equal(r.stdout, '', show(r));
+  assert.ok(!existsSync(out), 'a failed login wrote a token file');
+});
+
+test('whoami with a garbage token exits non-zero with HALCYON_INVALID_TOKEN', async () => {
+  const r = await halcyon(['whoami', 'garbage']);
+  assert.notEqual(r.code, 0, show(r));
+  assert.match(r.stderr, /HALCYON_INVALID_TOKEN/, show(r));
+  assert.equal(r.stdout, '', show(r));
+  assert.ok(!r.stderr.includes('garbage'), `the (bad) token was echoed\n${show(r)}`);
+});
