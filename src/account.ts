@@ -5,22 +5,17 @@
 import { HalcyonError } from './errors.ts';
 import { kvGet, kvSet, openDatabase } from './store.ts';
 
-/** The device ID a previous login of `userId` on `homeserver` stored in `dataDir`, if any. */
-export function storedDeviceId(dataDir: string, homeserver: string, userId: string): string | undefined {
+/**
+ * The device ID a previous login of `user` (localpart or user ID) on `homeserver` stored in `dataDir`, if any.
+ * Throws `HALCYON_STORE_MISMATCH` if the directory belongs to another account.
+ */
+export function storedDeviceId(dataDir: string, homeserver: string, user: string): string | undefined {
   const db = openDatabase(dataDir, 'account.sqlite');
   try {
     const rec = readAccount(kvGet(db, 'account'));
-    return rec && rec.homeserver === homeserver && sameUser(rec.userId, userId) ? rec.deviceId : undefined;
-  } finally {
-    db.close();
-  }
-}
-
-/** Records the account and device a login produced. */
-export function storeAccount(dataDir: string, homeserver: string, userId: string, deviceId: string): void {
-  const db = openDatabase(dataDir, 'account.sqlite');
-  try {
-    kvSet(db, 'account', JSON.stringify({ homeserver, userId, deviceId }));
+    if (!rec) return undefined;
+    if (rec.homeserver !== homeserver || !sameUser(rec.userId, user)) throw mismatch(dataDir, rec, user, homeserver);
+    return rec.deviceId;
   } finally {
     db.close();
   }
@@ -34,16 +29,18 @@ export function claimDataDir(dataDir: string, homeserver: string, userId: string
   const db = openDatabase(dataDir, 'account.sqlite');
   try {
     const rec = readAccount(kvGet(db, 'account'));
-    if (rec && (rec.userId !== userId || rec.homeserver !== homeserver)) {
-      throw new HalcyonError(
-        'HALCYON_STORE_MISMATCH',
-        `the data directory ${dataDir} belongs to ${rec.userId} on ${rec.homeserver}, not ${userId} on ${homeserver}; use another directory`,
-      );
-    }
+    if (rec && (rec.userId !== userId || rec.homeserver !== homeserver)) throw mismatch(dataDir, rec, userId, homeserver);
     if (!rec || rec.deviceId !== deviceId) kvSet(db, 'account', JSON.stringify({ homeserver, userId, deviceId }));
   } finally {
     db.close();
   }
+}
+
+function mismatch(dataDir: string, rec: { userId: string; homeserver: string }, user: string, homeserver: string): HalcyonError {
+  return new HalcyonError(
+    'HALCYON_STORE_MISMATCH',
+    `the data directory ${dataDir} belongs to ${rec.userId} on ${rec.homeserver}, not ${user} on ${homeserver}; use another directory`,
+  );
 }
 
 function readAccount(v: string | undefined): { homeserver: string; userId: string; deviceId: string } | undefined {

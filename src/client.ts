@@ -3,7 +3,7 @@
  * actor, and runs the user's handlers through the dispatcher; it also sends. Handlers run on this thread;
  * polling, parsing and room state live on worker threads.
  */
-import { claimDataDir, storedDeviceId, storeAccount } from './account.ts';
+import { claimDataDir, storedDeviceId } from './account.ts';
 import { type ActorHandle, inThreadActor, localPortPair, localRemote, type Port, portPair, spawnWorkerActor, typedPort } from './actors.ts';
 import { CacheActor } from './cache/actor.ts';
 import { Dispatcher } from './dispatcher.ts';
@@ -121,6 +121,7 @@ export class Client implements RoomActions {
   private dispatcher: Dispatcher;
   private pendingBatches: WireBatch[] | null = [];
   private readyWaiter: { resolve: () => void; reject: (e: HalcyonError) => void } | null = null;
+  private starting: Promise<void> | null = null;
 
   constructor(options: ClientOptions) {
     if (!options || typeof options.dataDir !== 'string' || options.dataDir === '') {
@@ -152,6 +153,7 @@ export class Client implements RoomActions {
     const homeserver = opts.homeserver.replace(/\/+$/, '');
     const http = new MatrixHttp(homeserver);
     try {
+      // Refuses (HALCYON_STORE_MISMATCH) before logging in if the data dir belongs to another account.
       const deviceId = opts.dataDir ? storedDeviceId(opts.dataDir, homeserver, opts.user) : undefined;
       let res: { user_id?: unknown; access_token?: unknown; device_id?: unknown };
       try {
@@ -175,7 +177,7 @@ export class Client implements RoomActions {
       if (typeof res.user_id !== 'string' || typeof res.access_token !== 'string' || typeof res.device_id !== 'string') {
         throw new HalcyonError('HALCYON_BAD_RESPONSE', 'login: the answer lacks user_id, access_token or device_id');
       }
-      if (opts.dataDir) storeAccount(opts.dataDir, homeserver, res.user_id, res.device_id);
+      if (opts.dataDir) claimDataDir(opts.dataDir, homeserver, res.user_id, res.device_id);
       return encodeToken({ homeserver, userId: res.user_id, deviceId: res.device_id, accessToken: res.access_token });
     } finally {
       await http.close();
@@ -214,29 +216,61 @@ export class Client implements RoomActions {
   async run(token: string): Promise<void> {
     if (this.state !== 'idle') throw new HalcyonError('HALCYON_ALREADY_RUNNING', `run() called on a client that is ${this.state}`);
     this.state = 'starting';
-    try {
-      const session = decodeToken(token);
-      this.session = session;
-      this.http = new MatrixHttp(session.homeserver, session.accessToken);
-      claimDataDir(this.opts.dataDir, session.homeserver, session.userId, session.deviceId);
-      const who = await this.http.json<{ user_id?: unknown }>('GET', '/_matrix/client/v3/account/whoami');
-      if (who.user_id !== session.userId) {
-        throw new HalcyonError('HALCYON_INVALID_TOKEN', `the token's access token belongs to ${String(who.user_id)}, not ${session.userId}`);
-      }
-      const ready = new Promise<void>((resolve, reject) => (this.readyWaiter = { resolve, reject }));
-      await this.startActors(session);
-      this.state = 'running';
-      await ready;
-    } catch (err) {
+    const attempt = this.startUp(token).catch(async (err: unknown) => {
       await this.shutdown();
-      this.state = 'idle';
       throw err;
+    });
+    // stop() during start-up waits for this, so the half-started actors are always ended by one party.
+    this.starting = attempt.then(
+      () => {},
+      () => {},
+    );
+    try {
+      await attempt;
+    } catch (err) {
+      if (this.state === 'starting') this.state = 'idle';
+      throw err;
+    } finally {
+      this.starting = null;
     }
+  }
+
+  private async startUp(token: string): Promise<void> {
+    const session = decodeToken(token);
+    this.session = session;
+    this.http = new MatrixHttp(session.homeserver, session.accessToken);
+    claimDataDir(this.opts.dataDir, session.homeserver, session.userId, session.deviceId);
+    const who = await this.http.json<{ user_id?: unknown }>('GET', '/_matrix/client/v3/account/whoami');
+    this.checkStarting();
+    if (who.user_id !== session.userId) {
+      throw new HalcyonError('HALCYON_INVALID_TOKEN', `the token's access token belongs to ${String(who.user_id)}, not ${session.userId}`);
+    }
+    const ready = new Promise<void>((resolve, reject) => (this.readyWaiter = { resolve, reject }));
+    ready.catch(() => {}); // observed below, or superseded by an earlier failure
+    await this.startActors(session);
+    this.checkStarting();
+    this.state = 'running';
+    await ready;
+  }
+
+  /** Throws `HALCYON_STOPPED` if stop() was called while run() was starting. */
+  private checkStarting(): void {
+    if (this.state !== 'starting') throw new HalcyonError('HALCYON_STOPPED', 'the client was stopped while starting');
   }
 
   /** Stops polling, lets running handlers finish (up to `stopTimeoutMs`), saves state and ends the workers. */
   async stop(): Promise<void> {
-    if (this.state !== 'running' && this.state !== 'starting') return;
+    if (this.state === 'starting' || (this.state === 'running' && this.starting)) {
+      // run() has not resolved yet: make it fail with HALCYON_STOPPED; its own clean-up ends what it started.
+      this.state = 'stopping';
+      const waiter = this.readyWaiter;
+      this.readyWaiter = null;
+      waiter?.reject(new HalcyonError('HALCYON_STOPPED', 'the client was stopped while starting'));
+      await this.starting;
+      this.state = 'stopped';
+      return;
+    }
+    if (this.state !== 'running') return;
     this.state = 'stopping';
     await this.shutdown();
     this.state = 'stopped';
@@ -403,18 +437,31 @@ export class Client implements RoomActions {
   }
 
   private async shutdown(): Promise<void> {
-    const { sync, cache, port } = this;
+    const { sync, cache, port, http } = this;
     if (sync) {
-      // Handlers must finish (and acknowledge) while the sync actor drains, so both run together.
-      await Promise.all([sync.api.stop(this.opts.stopTimeoutMs).catch((e) => this.log('warn', e, 'sync actor stop')), this.dispatcher.idle()]);
+      // Handlers must finish (and acknowledge) while the sync actor drains, so both run together; a handler
+      // that never settles is abandoned after stopTimeoutMs (its batch is redelivered by the next run).
+      let timer: NodeJS.Timeout | undefined;
+      const patience = new Promise<void>((resolve) => (timer = setTimeout(resolve, this.opts.stopTimeoutMs)));
+      const handlers = this.dispatcher.idle();
+      await Promise.all([
+        sync.api.stop(this.opts.stopTimeoutMs).catch((e) => this.log('warn', e, 'sync actor stop')),
+        Promise.race([handlers, patience]).then(() => {
+          if (this.dispatcher.size > 0) this.log('warn', { pending: this.dispatcher.size }, `stop: handlers still running after ${this.opts.stopTimeoutMs} ms were abandoned`);
+        }),
+      ]);
+      clearTimeout(timer);
     }
     if (cache) await cache.api.close().catch((e) => this.log('warn', e, 'cache actor close'));
     await sync?.terminate();
     await cache?.terminate();
+    // Cleared only now: handlers finishing during the drain still acknowledge over the port and send over http.
+    if (this.sync === sync) this.sync = null;
+    if (this.cache === cache) this.cache = null;
+    if (this.port === port) this.port = null;
     port?.close();
-    await this.http?.close();
-    this.sync = this.cache = this.port = null;
-    this.http = null;
+    await http?.close();
+    if (this.http === http) this.http = null;
   }
 
   /** A fatal problem (dead token, dead worker): report it, fail `run` if it is still waiting, and shut down. */
@@ -570,7 +617,8 @@ export class Client implements RoomActions {
     if (subject instanceof RoomEvent) {
       details.roomId = subject.roomId;
       details.eventId = subject.eventId;
-    } else if (roomId) details.roomId = roomId;
+    } else if (subject && typeof (subject as { roomId?: unknown }).roomId === 'string') details.roomId = (subject as { roomId: string }).roomId;
+    else if (roomId) details.roomId = roomId;
     const msg = err instanceof Error ? err.message : String(err);
     this.emitError(new HalcyonError('HALCYON_HANDLER_FAILED', `a '${event}' handler failed: ${msg}`, details));
   }

@@ -244,7 +244,8 @@ export class SyncActor implements SyncActorApi {
 
   /** The stored filter ID for our filter, uploading the filter on first use. */
   private async filterId(): Promise<string> {
-    const key = `filter:${JSON.stringify(FILTER)}`;
+    // Keyed by user too: a filter ID is only valid for the user who uploaded it.
+    const key = `filter:${this.config.userId}:${JSON.stringify(FILTER)}`;
     const known = kvGet(this.db, key);
     if (known) return known;
     const res = await this.http.json<{ filter_id?: unknown }>('POST', `/_matrix/client/v3/user/${seg(this.config.userId)}/filter`, {
