@@ -18,6 +18,13 @@ export interface ReplayServerOptions {
   bodies: string[];
   /** Upper bound (ms) on how long an exhausted `/sync` is held before answering empty. */
   longPollMs?: number;
+  /**
+   * Paced release: body `k` is only served once `k * releaseEveryMs` ms have passed since the first `/sync`
+   * request this server received; a request for a body not yet released is held (a long-poll) until then, or
+   * answered empty (`next_batch` = `since`) when its `timeout` (capped by `longPollMs`) runs out first.
+   * Unset: every body is served at once.
+   */
+  releaseEveryMs?: number;
 }
 
 /** Timing samples recorded by the replay server. */
@@ -38,16 +45,20 @@ export interface ReplayServer {
   stop(): Promise<void>;
   /** Fetches the recorded `/sync` timings from the child over IPC. */
   stats(): Promise<ReplayStats>;
+  /** The child's clock (`performance.timeOrigin + performance.now()`, epoch ms), for estimating the offset between processes. */
+  clock(): Promise<number>;
 }
 
 interface ChildConfig {
   files: string[];
   longPollMs?: number;
+  releaseEveryMs?: number;
 }
 
 type ChildMessage =
   | { type: 'listening'; port: number }
-  | { type: 'stats'; id: number; stats: ReplayStats };
+  | { type: 'stats'; id: number; stats: ReplayStats }
+  | { type: 'clock'; id: number; now: number };
 
 const SELF = fileURLToPath(import.meta.url);
 const CHILD_FLAG = '--replay-child';
@@ -63,7 +74,7 @@ export async function startReplayServer(opts: ReplayServerOptions): Promise<Repl
     }),
   );
   const configPath = join(dir, 'config.json');
-  await writeFile(configPath, JSON.stringify({ files, longPollMs: opts.longPollMs } satisfies ChildConfig));
+  await writeFile(configPath, JSON.stringify({ files, longPollMs: opts.longPollMs, releaseEveryMs: opts.releaseEveryMs } satisfies ChildConfig));
 
   const child = fork(SELF, [CHILD_FLAG, configPath], {
     execPath: process.execPath,
@@ -87,10 +98,14 @@ export async function startReplayServer(opts: ReplayServerOptions): Promise<Repl
 
   let nextId = 0;
   const pending = new Map<number, (s: ReplayStats) => void>();
+  const pendingClock = new Map<number, (now: number) => void>();
   child.on('message', (m: ChildMessage) => {
     if (m.type === 'stats') {
       pending.get(m.id)?.(m.stats);
       pending.delete(m.id);
+    } else if (m.type === 'clock') {
+      pendingClock.get(m.id)?.(m.now);
+      pendingClock.delete(m.id);
     }
   });
 
@@ -101,6 +116,12 @@ export async function startReplayServer(opts: ReplayServerOptions): Promise<Repl
         const id = nextId++;
         pending.set(id, resolve);
         child.send({ type: 'stats', id }, (err) => err && reject(err));
+      }),
+    clock: () =>
+      new Promise<number>((resolve, reject) => {
+        const id = nextId++;
+        pendingClock.set(id, resolve);
+        child.send({ type: 'clock', id }, (err) => err && reject(err));
       }),
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {
@@ -128,6 +149,7 @@ function runChild(configPath: string): void {
   const now = () => performance.timeOrigin + performance.now();
   const requestTimes: number[] = [];
   const responseTimes: number[] = [];
+  let firstSyncAt: number | null = null;
 
   const send = (res: ServerResponse, status: number, body: Buffer) => {
     res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': body.length });
@@ -141,17 +163,24 @@ function runChild(configPath: string): void {
     req.resume(); // drain any request body
 
     if (method === 'GET' && path === '/_matrix/client/v3/sync') {
-      const i = requestTimes.push(now()) - 1;
+      const arrived = now();
+      firstSyncAt ??= arrived;
+      const i = requestTimes.push(arrived) - 1;
       responseTimes.push(NaN);
       res.once('finish', () => (responseTimes[i] = now()));
       const since = url.searchParams.get('since');
       const k = since === null ? 0 : Number(/^s(\d+)/.exec(since)?.[1] ?? NaN);
       if (Number.isNaN(k)) return send(res, 400, json({ errcode: 'M_INVALID_PARAM', error: 'bad since' }));
-      if (k < bodies.length) return send(res, 200, bodies[k]!);
+      const releaseIn = k < bodies.length && config.releaseEveryMs ? firstSyncAt + k * config.releaseEveryMs - arrived : 0;
+      if (k < bodies.length && releaseIn <= 0) return send(res, 200, bodies[k]!);
       let wait = Number(url.searchParams.get('timeout') ?? 30000);
       if (!Number.isFinite(wait) || wait < 0) wait = 30000;
       if (config.longPollMs !== undefined) wait = Math.min(wait, config.longPollMs);
-      const timer = setTimeout(() => send(res, 200, json({ next_batch: since })), wait);
+      // A paced body not yet released is held until its release, if that comes within the poll's wait.
+      const timer =
+        k < bodies.length && releaseIn <= wait
+          ? setTimeout(() => send(res, 200, bodies[k]!), Math.ceil(releaseIn)) // never before the release
+          : setTimeout(() => send(res, 200, json({ next_batch: since })), wait);
       res.once('close', () => clearTimeout(timer));
       return;
     }
@@ -173,7 +202,8 @@ function runChild(configPath: string): void {
   process.on('disconnect', shutdown);
   process.on('SIGTERM', shutdown);
   process.on('message', (m: { type: string; id: number }) => {
-    if (m.type === 'stats') {
+    if (m.type === 'clock') process.send!({ type: 'clock', id: m.id, now: now() });
+    else if (m.type === 'stats') {
       const stats: ReplayStats = { syncRequests: requestTimes.length, requestTimes, responseTimes };
       process.send!({ type: 'stats', id: m.id, stats });
     }
