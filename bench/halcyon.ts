@@ -6,7 +6,10 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Client, encodeToken, type Logger, type Message, type Reaction } from '../src/index.ts';
+// The built package, as users run it: workers load plain JS bundles (from source, each worker would transpile through tsx).
+import type { Logger, Message, Reaction } from '../src/index.ts';
+
+const { Client, encodeToken } = (await import('../dist/index.js' as string)) as typeof import('../src/index.ts');
 
 /** What the handlers read: `trivial` reads routing fields only; `content` reads the content (forcing the lazy parse). */
 export type HandlerMode = 'trivial' | 'content';

@@ -8,13 +8,14 @@ import { type ActorHandle, inThreadActor, localPortPair, localRemote, type Port,
 import { CacheActor } from './cache/actor.ts';
 import { Dispatcher } from './dispatcher.ts';
 import { fromWireError, HalcyonError } from './errors.ts';
-import { type ContentInput, Edit, type Invite, MemberEvent, Message, Reaction, Redaction, Room, type RoomActions, RoomEvent } from './events.ts';
+import { BatchReader, type ContentInput, Edit, type Invite, MemberEvent, Message, Reaction, Redaction, Room, type RoomActions, RoomEvent } from './events.ts';
 import { htmlToText } from './html.ts';
 import { MatrixHttp, seg } from './http.ts';
 import { consoleLogger, type Logger } from './log.ts';
 import {
   CACHE_DEADLINES,
   type CacheActorApi,
+  EVENT_FLAGS,
   type MainToSync,
   type RoomInfo,
   type RoomSummary,
@@ -521,16 +522,16 @@ export class Client implements RoomActions {
       if (--left === 0) this.port?.post({ kind: 'handled', seq: b.seq });
     };
     const ev = b.events;
-    const own = this.session!.userId;
+    const reader = ev.count > 0 ? new BatchReader(b) : null;
     const skipOwn = this.opts.ignoreOwnEvents;
     const anyEvent = (this.listeners.event?.length ?? 0) > 0;
     for (let i = 0; i < ev.count; i++) {
-      const kind = classify(ev.type[i]!, ev.relType[i]!);
-      const wantKind = kind !== null && (this.listeners[kind]?.length ?? 0) > 0 && !(skipOwn && kind !== 'member' && ev.sender[i] === own);
+      const kind = classify(ev.strings[ev.type[i]!]!, ev.relType[i]! < 0 ? null : ev.strings[ev.relType[i]!]!);
+      const wantKind = kind !== null && (this.listeners[kind]?.length ?? 0) > 0 && !(skipOwn && kind !== 'member' && ev.flags[i]! & EVENT_FLAGS.own);
       if (!wantKind && !anyEvent) continue;
       const roomId = b.rooms[ev.room[i]!]!;
       left++;
-      this.dispatcher.push(roomId, () => settle(this.deliver(b, i, roomId, wantKind ? kind : null, anyEvent), done));
+      this.dispatcher.push(roomId, () => settle(this.deliver(reader!, i, roomId, wantKind ? kind : null, anyEvent), done));
     }
     for (const inv of b.invites) {
       left++;
@@ -539,7 +540,7 @@ export class Client implements RoomActions {
     done();
   }
 
-  private deliver(b: WireBatch, i: number, roomId: string, kind: EventKind | null, anyEvent: boolean): unknown {
+  private deliver(b: BatchReader, i: number, roomId: string, kind: EventKind | null, anyEvent: boolean): unknown {
     const room = this.room(roomId);
     let first: unknown;
     if (kind !== null) {

@@ -2,7 +2,7 @@
  * What handlers receive. Objects here read their fields lazily from the batch columns the sync actor sent, so
  * an event whose content no handler reads is never parsed on the main thread.
  */
-import type { EventColumns, InviteWire, MatrixEvent, RoomSummary, WireBatch } from './protocol.ts';
+import { EVENT_FLAGS, type InviteWire, type MatrixEvent, OFF, OFFSET_STRIDE, type RoomSummary, type WireBatch } from './protocol.ts';
 
 /** Content to send: a string becomes an `m.text` message. */
 export type ContentInput = string | Record<string, unknown>;
@@ -80,25 +80,61 @@ export class Room {
   }
 }
 
+/**
+ * Reads the events of one batch from its body bytes. Fields are decoded on demand: an event nobody looks at
+ * costs nothing on this thread. Event objects keep the batch's body alive while they are referenced.
+ */
+export class BatchReader {
+  private readonly buf: Buffer;
+  /** @internal */
+  constructor(readonly batch: WireBatch) {
+    const body = batch.body;
+    this.buf = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  }
+  /** Decodes the string field at `slot` of event `i`, or null when the event has none. */
+  str(i: number, slot: number): string | null {
+    const o = this.batch.events.offsets;
+    const s = o[i * OFFSET_STRIDE + slot]!;
+    if (s < 0) return null;
+    const e = o[i * OFFSET_STRIDE + slot + 1]!;
+    return this.batch.events.flags[i]! & EVENT_FLAGS.escaped(slot) ? (JSON.parse(this.buf.toString('utf8', s, e)) as string) : this.buf.toString('utf8', s + 1, e - 1);
+  }
+  /** Parses event `i`. */
+  parse(i: number): MatrixEvent {
+    const o = this.batch.events.offsets;
+    return JSON.parse(this.buf.toString('utf8', o[i * OFFSET_STRIDE + OFF.rawStart], o[i * OFFSET_STRIDE + OFF.rawEnd])) as MatrixEvent;
+  }
+  /** The type of event `i`. */
+  type(i: number): string {
+    const ev = this.batch.events;
+    return ev.strings[ev.type[i]!]!;
+  }
+  /** The relation type of event `i`, or null. */
+  relType(i: number): string | null {
+    const ev = this.batch.events;
+    const k = ev.relType[i]!;
+    return k < 0 ? null : ev.strings[k]!;
+  }
+}
+
 /** Any room event; the specific kinds below add typed fields. */
 export class RoomEvent {
   private parsed: MatrixEvent | undefined;
+  private id: string | undefined;
+  private from: string | undefined;
 
   /** @internal */
   constructor(
-    protected readonly batch: WireBatch,
+    protected readonly reader: BatchReader,
     protected readonly i: number,
     /** The room the event belongs to. */
     readonly room: Room,
     protected readonly actions: RoomActions,
   ) {}
 
-  private get cols(): EventColumns {
-    return this.batch.events;
-  }
   /** The event ID. */
   get eventId(): string {
-    return this.cols.eventId[this.i]!;
+    return (this.id ??= this.reader.str(this.i, OFF.eventId)!);
   }
   /** The room ID. */
   get roomId(): string {
@@ -106,19 +142,19 @@ export class RoomEvent {
   }
   /** The event type, e.g. `m.room.message`. */
   get type(): string {
-    return this.cols.type[this.i]!;
+    return this.reader.type(this.i);
   }
   /** The sender's user ID. */
   get sender(): string {
-    return this.cols.sender[this.i]!;
+    return (this.from ??= this.reader.str(this.i, OFF.sender)!);
   }
   /** `origin_server_ts`: when the sender's server received it, in ms since the epoch. */
   get timestamp(): number {
-    return this.cols.ts[this.i]!;
+    return this.reader.batch.events.ts[this.i]!;
   }
   /** The state key, for state events; else null. */
   get stateKey(): string | null {
-    return this.cols.stateKey[this.i] ?? null;
+    return this.reader.str(this.i, OFF.stateKey);
   }
   /** Whether the event arrived encrypted (false until the encryption issue lands). */
   get isEncrypted(): boolean {
@@ -126,7 +162,7 @@ export class RoomEvent {
   }
   /** The whole event as the server sent it; parsed on first access. */
   get raw(): MatrixEvent {
-    return (this.parsed ??= JSON.parse(this.cols.raw[this.i]!) as MatrixEvent);
+    return (this.parsed ??= this.reader.parse(this.i));
   }
   /** The event's content. */
   get content(): Record<string, unknown> {
@@ -144,7 +180,7 @@ export class RoomEvent {
   }
   /** @internal */
   protected get relEventId(): string | null {
-    return this.cols.relEventId[this.i] ?? null;
+    return this.reader.str(this.i, OFF.relEventId);
   }
 }
 

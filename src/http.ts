@@ -56,8 +56,17 @@ export class MatrixHttp {
     }
   }
 
-  /** Sends a request and returns the body text of a 2xx answer (used for /sync, whose body is scanned, not parsed). */
+  /** Sends a request and returns the body text of a 2xx answer. */
   async text(method: string, path: string, opts: RequestOptions = {}): Promise<string> {
+    const bytes = await this.bytes(method, path, opts);
+    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8');
+  }
+
+  /**
+   * Sends a request and returns the body bytes of a 2xx answer (used for /sync, whose bytes are scanned, not
+   * parsed). The result owns its whole ArrayBuffer, so it can be transferred to another thread.
+   */
+  async bytes(method: string, path: string, opts: RequestOptions = {}): Promise<Uint8Array> {
     const maxRetries = opts.maxRateLimitRetries ?? 5;
     for (let attempt = 0; ; attempt++) {
       try {
@@ -70,7 +79,7 @@ export class MatrixHttp {
     }
   }
 
-  private async once(method: string, path: string, opts: RequestOptions): Promise<string> {
+  private async once(method: string, path: string, opts: RequestOptions): Promise<Uint8Array> {
     const url = new URL(this.baseUrl + path);
     if (opts.query) for (const [k, v] of Object.entries(opts.query)) if (v !== undefined) url.searchParams.set(k, String(v));
     const headers: Record<string, string> = {};
@@ -85,7 +94,7 @@ export class MatrixHttp {
     const signal = opts.signal ? AbortSignal.any([opts.signal, deadline]) : deadline;
     const what = `${method} ${redactPath(path)}`;
     let status: number;
-    let text: string;
+    let bytes: Uint8Array;
     let retryAfterHeader: string | string[] | undefined;
     try {
       const res = await request(url, {
@@ -99,7 +108,7 @@ export class MatrixHttp {
       });
       status = res.statusCode;
       retryAfterHeader = res.headers['retry-after'];
-      text = await res.body.text();
+      bytes = new Uint8Array(await res.body.arrayBuffer());
     } catch (err) {
       if (opts.signal?.aborted) throw new HalcyonError('HALCYON_STOPPED', `${what}: aborted`, { cause: err });
       if (deadline.aborted || err instanceof undiciErrors.HeadersTimeoutError || err instanceof undiciErrors.BodyTimeoutError) {
@@ -107,8 +116,8 @@ export class MatrixHttp {
       }
       throw new HalcyonError('HALCYON_HTTP', `${what}: ${(err as Error).message}`, { cause: err });
     }
-    if (status >= 200 && status < 300) return text;
-    throw errorFromResponse(what, status, text, retryAfterHeader);
+    if (status >= 200 && status < 300) return bytes;
+    throw errorFromResponse(what, status, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'), retryAfterHeader);
   }
 
   /** Closes pooled connections. */

@@ -66,23 +66,42 @@ export const SYNC_DEADLINES = { default: 10_000, stop: 30_000 } as const;
 /** Deadlines of cache actor calls, in ms. */
 export const CACHE_DEADLINES = { default: 30_000 } as const;
 
-/** Timeline events of one batch as columns: one array per field, one slot per event. */
+/**
+ * Timeline events of one batch, as an offset table into the body's bytes. Nothing here is a parsed event or a
+ * per-event string: the whole table is a few typed arrays, cloned in O(1) per batch, and the body's buffer is
+ * transferred, not copied. Main decodes a field when a handler reads it.
+ */
 export interface EventColumns {
   count: number;
   /** Index into {@link WireBatch.rooms}. */
   room: Int32Array;
-  type: string[];
-  eventId: string[];
-  sender: string[];
+  /** Index into `strings` of the event type. */
+  type: Int32Array;
+  /** Index into `strings` of `content["m.relates_to"].rel_type`, or -1. */
+  relType: Int32Array;
+  /** The distinct types and relation types of the batch (a small table; types repeat). */
+  strings: string[];
   ts: Float64Array;
-  /** `state_key`, or null for non-state events. */
-  stateKey: (string | null)[];
-  /** `content["m.relates_to"].rel_type` and `.event_id`, extracted in the worker for routing. */
-  relType: (string | null)[];
-  relEventId: (string | null)[];
-  /** The event's own JSON text, sliced from the response; main parses it only when a handler reads it. */
-  raw: string[];
+  /** {@link EVENT_FLAGS} bits per event. */
+  flags: Uint8Array;
+  /**
+   * Byte offsets into the body, {@link OFFSET_STRIDE} per event: the event's JSON [start, end), then the string
+   * tokens (quotes included) of event_id, sender, state_key and `m.relates_to`.event_id; -1 where absent.
+   */
+  offsets: Int32Array;
 }
+
+/** Int32 slots per event in {@link EventColumns.offsets}. */
+export const OFFSET_STRIDE = 10;
+/** Slot positions in {@link EventColumns.offsets}. */
+export const OFF = { rawStart: 0, rawEnd: 1, eventId: 2, sender: 4, stateKey: 6, relEventId: 8 } as const;
+/** Bits of {@link EventColumns.flags}. */
+export const EVENT_FLAGS = {
+  /** Sent by the bot's own user. */
+  own: 1,
+  /** The string field at slot k (eventId 2, sender 4, stateKey 6, relEventId 8) contains escapes: bit 1 << (1 + k / 2). */
+  escaped: (slot: number) => 1 << (1 + slot / 2),
+} as const;
 
 /** A compact room description kept on main so every message carries its room cheaply. */
 export interface RoomSummary {
@@ -116,6 +135,8 @@ export interface WireBatch {
   /** False when the timeline must not reach handlers (first ever sync, unless configured). */
   deliver: boolean;
   rooms: string[];
+  /** The /sync body's UTF-8 bytes (the buffer is transferred to main); events point into it. */
+  body: Uint8Array;
   events: EventColumns;
   invites: InviteWire[];
   /** Rooms we left or were removed from. */

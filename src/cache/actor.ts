@@ -15,6 +15,7 @@ const SCALARS = ['membership', 'name', 'topic', 'canonicalAlias', 'avatarUrl', '
 export class CacheActor implements CacheActorApi {
   private db: Database | null = null;
   private rooms: LRUCache<string, RoomState> | null = null;
+  private sql: ReturnType<typeof prepare> | null = null;
 
   async open(config: CacheConfig): Promise<void> {
     const db = openDatabase(config.dataDir, 'cache.sqlite');
@@ -22,14 +23,14 @@ export class CacheActor implements CacheActorApi {
       CREATE TABLE IF NOT EXISTS members (room_id TEXT NOT NULL, user_id TEXT NOT NULL, display_name TEXT,
         avatar_url TEXT, membership TEXT NOT NULL, PRIMARY KEY (room_id, user_id)) WITHOUT ROWID;`);
     this.db = db;
+    this.sql = prepare(db);
     this.rooms = new LRUCache({ max: Math.max(1, config.maxRoomsInMemory) });
   }
 
   async apply(changes: StateChanges): Promise<RoomSummary[]> {
     const db = this.need();
     const changed: RoomSummary[] = [];
-    const saveRoom = db.prepare('INSERT INTO rooms (room_id, data, summary) VALUES (?, ?, ?) ON CONFLICT(room_id) DO UPDATE SET data = excluded.data, summary = excluded.summary');
-    const saveMember = db.prepare('INSERT INTO members (room_id, user_id, display_name, avatar_url, membership) VALUES (?, ?, ?, ?, ?) ON CONFLICT(room_id, user_id) DO UPDATE SET display_name = excluded.display_name, avatar_url = excluded.avatar_url, membership = excluded.membership');
+    const { saveRoom, saveMember } = this.sql!;
     // One transaction per sync batch: the batch's state lands whole or not at all.
     db.exec('BEGIN');
     try {
@@ -71,13 +72,15 @@ export class CacheActor implements CacheActorApi {
   }
 
   async summaries(): Promise<RoomSummary[]> {
-    const rows = this.need().prepare('SELECT summary FROM rooms').all() as Array<{ summary: string }>;
+    this.need();
+    const rows = this.sql!.allSummaries.all() as Array<{ summary: string }>;
     return rows.map((r) => JSON.parse(r.summary) as RoomSummary);
   }
 
   async close(): Promise<void> {
     this.db?.close();
     this.db = null;
+    this.sql = null;
     this.rooms = null;
   }
 
@@ -90,12 +93,12 @@ export class CacheActor implements CacheActorApi {
   private load(roomId: string): RoomState | undefined {
     const hit = this.rooms!.get(roomId);
     if (hit) return hit;
-    const db = this.need();
-    const row = db.prepare('SELECT data FROM rooms WHERE room_id = ?').get(roomId) as { data: string } | undefined;
+    this.need();
+    const row = this.sql!.loadRoom.get(roomId) as { data: string } | undefined;
     if (!row) return undefined;
     const room = Object.assign(emptyRoom(roomId), JSON.parse(row.data) as Partial<RoomState>);
     room.members = new Map();
-    const members = db.prepare('SELECT user_id, display_name, avatar_url, membership FROM members WHERE room_id = ?').all(roomId) as Array<{
+    const members = this.sql!.loadMembers.all(roomId) as Array<{
       user_id: string;
       display_name: string | null;
       avatar_url: string | null;
@@ -105,4 +108,17 @@ export class CacheActor implements CacheActorApi {
     this.rooms!.set(roomId, room);
     return room;
   }
+}
+
+/** The statements the actor runs, prepared once per open database. */
+function prepare(db: Database) {
+  return {
+    saveRoom: db.prepare('INSERT INTO rooms (room_id, data, summary) VALUES (?, ?, ?) ON CONFLICT(room_id) DO UPDATE SET data = excluded.data, summary = excluded.summary'),
+    saveMember: db.prepare(
+      'INSERT INTO members (room_id, user_id, display_name, avatar_url, membership) VALUES (?, ?, ?, ?, ?) ON CONFLICT(room_id, user_id) DO UPDATE SET display_name = excluded.display_name, avatar_url = excluded.avatar_url, membership = excluded.membership',
+    ),
+    loadRoom: db.prepare('SELECT data FROM rooms WHERE room_id = ?'),
+    loadMembers: db.prepare('SELECT user_id, display_name, avatar_url, membership FROM members WHERE room_id = ?'),
+    allSummaries: db.prepare('SELECT summary FROM rooms'),
+  };
 }

@@ -11,7 +11,7 @@
 import { HalcyonError, toWireError } from '../errors.ts';
 import { delay, MatrixHttp, seg } from '../http.ts';
 import type { Port, Remote } from '../actors.ts';
-import type { CacheActorApi, MainToSync, SyncActorApi, SyncConfig, SyncStartInfo, SyncStatus, SyncToMain, WireBatch } from '../protocol.ts';
+import type { CacheActorApi, EventColumns, MainToSync, SyncActorApi, SyncConfig, SyncStartInfo, SyncStatus, SyncToMain, WireBatch } from '../protocol.ts';
 import { type Database, kvGet, kvSet, openDatabase } from '../store.ts';
 import { processSync, type ProcessedSync } from './process.ts';
 
@@ -26,6 +26,10 @@ interface InFlight {
   nextBatch: string;
   count: number;
   done: boolean;
+}
+
+function emptyColumns(): EventColumns {
+  return { count: 0, room: new Int32Array(0), type: new Int32Array(0), relType: new Int32Array(0), strings: [], ts: new Float64Array(0), flags: new Uint8Array(0), offsets: new Int32Array(0) };
 }
 
 const FILTER = {
@@ -130,7 +134,7 @@ export class SyncActor implements SyncActorApi {
       try {
         const filter = await this.filterId();
         const initial = this.since === null;
-        const text = await this.http.text('GET', '/_matrix/client/v3/sync', {
+        const body = await this.http.bytes('GET', '/_matrix/client/v3/sync', {
           query: {
             since: this.since ?? undefined,
             timeout: initial ? 0 : this.config.pollTimeoutMs,
@@ -143,14 +147,14 @@ export class SyncActor implements SyncActorApi {
           maxRateLimitRetries: 0,
         });
         this.polls++;
-        const processed = processSync(text, { wantedTypes: this.wanted });
+        const processed = processSync(body, { wantedTypes: this.wanted, ownUserId: this.config.userId });
         if (this.consecutiveErrors > 0) {
           this.deps.events.post({ kind: 'syncRecovered', afterAttempts: this.consecutiveErrors });
           this.consecutiveErrors = 0;
         }
         // A repeated next_batch means nothing new: polling again with the same token is all there is to do.
         if (processed.nextBatch === this.since && !first) continue;
-        await this.handOff(processed, first, first ? deliverTimeline : true);
+        await this.handOff(processed, body, first, first ? deliverTimeline : true);
         first = false;
       } catch (err) {
         if (!this.running) break;
@@ -175,7 +179,7 @@ export class SyncActor implements SyncActorApi {
   }
 
   /** Has the cache apply the batch's state, then posts the batch to main. The since token advances in memory. */
-  private async handOff(p: ProcessedSync, first: boolean, deliver: boolean): Promise<void> {
+  private async handOff(p: ProcessedSync, body: Uint8Array, first: boolean, deliver: boolean): Promise<void> {
     const summaries = p.state.rooms.length > 0 ? await this.deps.cache.apply(p.state) : [];
     const seq = ++this.seq;
     const count = deliver ? p.events.count : 0;
@@ -193,7 +197,9 @@ export class SyncActor implements SyncActorApi {
       first,
       deliver,
       rooms: deliver ? p.rooms : [],
-      events: deliver ? p.events : { count: 0, room: new Int32Array(0), type: [], eventId: [], sender: [], ts: new Float64Array(0), stateKey: [], relType: [], relEventId: [], raw: [] },
+      // Transfer needs a view that owns its whole buffer (undici's arrayBuffer() gives one; copy otherwise).
+      body: !deliver ? new Uint8Array(0) : body.byteOffset === 0 && body.byteLength === body.buffer.byteLength ? body : body.slice(),
+      events: deliver ? p.events : emptyColumns(),
       invites: p.invites,
       left: p.left,
       summaries,
@@ -201,7 +207,9 @@ export class SyncActor implements SyncActorApi {
     };
     this.inFlight.push({ seq, nextBatch: p.nextBatch, count, done: false });
     this.inFlightEvents += count;
-    this.deps.events.post({ kind: 'batch', batch });
+    const e = batch.events;
+    // Moved, not copied: the body and the offset table change owner; this actor is done with them.
+    this.deps.events.post({ kind: 'batch', batch }, [batch.body.buffer, e.room.buffer, e.type.buffer, e.relType.buffer, e.ts.buffer, e.flags.buffer, e.offsets.buffer] as ArrayBuffer[]);
   }
 
   private handled(seq: number): void {

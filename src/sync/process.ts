@@ -3,13 +3,15 @@
  * sync actor calls it and tests call it directly on recorded bodies.
  */
 import { HalcyonError, type WireError } from '../errors.ts';
-import type { EventColumns, InviteWire, MatrixEvent, RoomSummary, StateChanges } from '../protocol.ts';
-import { Scanner, ScanError } from './scan.ts';
+import { EVENT_FLAGS, type EventColumns, type InviteWire, type MatrixEvent, OFF, type RoomSummary, type StateChanges } from '../protocol.ts';
+import { keyBytes, Scanner, ScanError } from './scan.ts';
 
 /** What processing needs to know beyond the body. */
 export interface ProcessOptions {
   /** Timeline event types to keep (state events always go to the cache); null keeps every type. */
   wantedTypes: ReadonlySet<string> | null;
+  /** The bot's user ID: its events are flagged {@link EVENT_FLAGS.own}. */
+  ownUserId?: string;
 }
 
 /** The change batch of one /sync response, before sequencing. */
@@ -27,12 +29,13 @@ type Membership = RoomSummary['membership'];
 type StateRoom = StateChanges['rooms'][number];
 
 /**
- * Processes one /sync body. Malformed events are reported in `errors` and skipped; a body that is not valid
- * JSON or lacks `next_batch` throws a `HALCYON_BAD_SYNC` error (the caller retries the same `since`).
+ * Processes one /sync body (its UTF-8 bytes). Malformed events are reported in `errors` and skipped; a body
+ * that is not valid JSON or lacks `next_batch` throws a `HALCYON_BAD_SYNC` error (the caller retries the same
+ * `since`). The returned event columns point into `body`.
  */
-export function processSync(text: string, opts: ProcessOptions): ProcessedSync {
+export function processSync(body: Uint8Array, opts: ProcessOptions): ProcessedSync {
   const b = new Builder(opts);
-  const sc = new Scanner(text);
+  const sc = new Scanner(body);
   try {
     if (!sc.atObject()) sc.fail('the body is not a JSON object');
     sc.openObject();
@@ -56,19 +59,51 @@ class Builder {
   nextBatch: string | null = null;
   readonly rooms: string[] = [];
   readonly room: number[] = [];
-  readonly type: string[] = [];
-  readonly eventId: string[] = [];
-  readonly sender: string[] = [];
+  readonly type: number[] = [];
+  readonly relType: number[] = [];
+  readonly strings: string[] = [];
+  private readonly stringIndex = new Map<string, number>();
   readonly ts: number[] = [];
-  readonly stateKey: (string | null)[] = [];
-  readonly relType: (string | null)[] = [];
-  readonly relEventId: (string | null)[] = [];
-  readonly raw: string[] = [];
+  readonly flags: number[] = [];
+  readonly offsets: number[] = [];
   readonly invites: InviteWire[] = [];
   readonly left: string[] = [];
   readonly state: StateRoom[] = [];
   readonly errors: WireError[] = [];
-  constructor(readonly opts: ProcessOptions) {}
+  /** The bot's user ID as the JSON string token a server writes, to flag own events without decoding senders. */
+  readonly ownToken: Buffer | null;
+  constructor(readonly opts: ProcessOptions) {
+    this.ownToken = opts.ownUserId === undefined ? null : Buffer.from(JSON.stringify(opts.ownUserId), 'utf8');
+  }
+
+  /** Type strings seen so far, by their token bytes: a batch has few distinct types, so most reads decode nothing. */
+  private readonly tokens: Array<{ bytes: Buffer; value: string }> = [];
+
+  /** Reads the string value at the cursor, reusing the string of an identical earlier token. */
+  internToken(sc: Scanner): string {
+    const s = sc.skipStringToken();
+    const e = sc.i;
+    const len = e - s;
+    const buf = sc.b;
+    outer: for (const t of this.tokens) {
+      const tb = t.bytes;
+      if (tb.length !== len) continue;
+      for (let k = 0; k < len; k++) if (tb[k] !== buf[s + k]) continue outer;
+      return t.value;
+    }
+    const value = sc.decode(s, e);
+    if (this.tokens.length < 64) this.tokens.push({ bytes: Buffer.from(buf.subarray(s, e)), value });
+    return value;
+  }
+
+  intern(s: string): number {
+    let k = this.stringIndex.get(s);
+    if (k === undefined) {
+      k = this.strings.push(s) - 1;
+      this.stringIndex.set(s, k);
+    }
+    return k;
+  }
 
   error(message: string, roomId?: string, eventId?: string): void {
     const e: WireError = { code: 'HALCYON_BAD_EVENT', message };
@@ -82,16 +117,14 @@ class Builder {
       nextBatch: this.nextBatch!,
       rooms: this.rooms,
       events: {
-        count: this.raw.length,
+        count: this.type.length,
         room: Int32Array.from(this.room),
-        type: this.type,
-        eventId: this.eventId,
-        sender: this.sender,
+        type: Int32Array.from(this.type),
+        relType: Int32Array.from(this.relType),
+        strings: this.strings,
         ts: Float64Array.from(this.ts),
-        stateKey: this.stateKey,
-        relType: this.relType,
-        relEventId: this.relEventId,
-        raw: this.raw,
+        flags: Uint8Array.from(this.flags),
+        offsets: Int32Array.from(this.offsets),
       },
       invites: this.invites,
       left: this.left,
@@ -157,7 +190,9 @@ function readRoom(sc: Scanner, b: Builder, roomId: string, membership: Membershi
   // Timeline state events apply after the state block: the block is the state at the start of the timeline.
   for (const ev of timelineState) st.state.push(ev);
   if (membership === 'leave') b.left.push(roomId);
-  b.state.push(st);
+  // A joined room with no state change has nothing for the cache: skipping it keeps a 10,000-room batch from
+  // costing 10,000 cache writes.
+  if (membership !== 'join' || st.state.length > 0 || st.summary) b.state.push(st);
 }
 
 function readStateEvents(sc: Scanner, b: Builder, roomId: string, out: MatrixEvent[]): void {
@@ -205,9 +240,20 @@ function readInvite(sc: Scanner, b: Builder, roomId: string): void {
   b.state.push(st);
 }
 
+const K = {
+  type: keyBytes('type'),
+  eventId: keyBytes('event_id'),
+  sender: keyBytes('sender'),
+  stateKey: keyBytes('state_key'),
+  ts: keyBytes('origin_server_ts'),
+  content: keyBytes('content'),
+  relatesTo: keyBytes('m.relates_to'),
+  relType: keyBytes('rel_type'),
+};
+
 /**
- * Reads one timeline event. Keeps its raw text and routing fields in the columns; returns the parsed event when
- * it is a state event (the cache needs it), else undefined.
+ * Reads one timeline event: records its byte span and routing fields in the columns (no strings are made for
+ * IDs), and returns the parsed event when it is a state event (the cache needs it), else undefined.
  */
 function readTimelineEvent(sc: Scanner, b: Builder, roomId: string, roomIndex: number): MatrixEvent | undefined {
   if (!sc.atObject()) {
@@ -216,83 +262,100 @@ function readTimelineEvent(sc: Scanner, b: Builder, roomId: string, roomIndex: n
     return undefined;
   }
   const start = sc.i;
-  let type: unknown, eventId: unknown, sender: unknown, ts: unknown, stateKey: unknown;
+  let type: string | null = null;
   let relType: string | null = null;
-  let relEventId: string | null = null;
+  let ts: number | null = null;
   let contentOk = false;
   let bad: string | null = null;
+  let flags = 0;
+  // String tokens: [start, end) with quotes, -1 when absent; -2 marks "present but not a string".
+  let idS = -1, idE = -1, senderS = -1, senderE = -1, skS = -1, skE = -1, relS = -1, relE = -1;
+  let typeSeen = false;
+  let tsSeen = false;
   sc.openObject();
-  for (let k: string | null, first = true; (k = sc.key(first)) !== null; first = false) {
-    switch (k) {
-      case 'type':
-      case 'event_id':
-      case 'sender':
-      case 'state_key': {
-        const v = sc.atString() ? sc.readString() : (sc.skipValue(), NOT_STRING);
-        if (k === 'type') type = v;
-        else if (k === 'event_id') eventId = v;
-        else if (k === 'sender') sender = v;
-        else stateKey = v;
-        break;
-      }
-      case 'origin_server_ts':
-        ts = sc.atNumber() ? sc.readNumber() : (sc.skipValue(), NOT_STRING);
-        break;
-      case 'content':
-        if (!sc.atObject()) {
-          sc.skipValue();
-          bad = 'content is not an object';
-          break;
-        }
-        contentOk = true;
-        sc.openObject();
-        for (let c: string | null, f = true; (c = sc.key(f)) !== null; f = false) {
-          if (c !== 'm.relates_to' || !sc.atObject()) {
-            sc.skipValue();
-            continue;
-          }
-          sc.openObject();
-          for (let r: string | null, g = true; (r = sc.key(g)) !== null; g = false) {
-            if (r === 'rel_type' && sc.atString()) relType = sc.readString();
-            else if (r === 'event_id' && sc.atString()) relEventId = sc.readString();
-            else sc.skipValue();
-          }
-        }
-        break;
-      default:
+  for (let first = true; sc.keyToken(first); first = false) {
+    if (sc.keyIs(K.type)) {
+      typeSeen = true;
+      if (sc.atString()) type = b.internToken(sc);
+      else sc.skipValue();
+    } else if (sc.keyIs(K.eventId)) {
+      if (sc.atString()) {
+        idS = sc.skipStringToken();
+        idE = sc.i;
+        if (sc.escaped) flags |= EVENT_FLAGS.escaped(OFF.eventId);
+      } else (sc.skipValue(), (idS = -2));
+    } else if (sc.keyIs(K.sender)) {
+      if (sc.atString()) {
+        senderS = sc.skipStringToken();
+        senderE = sc.i;
+        if (sc.escaped) flags |= EVENT_FLAGS.escaped(OFF.sender);
+      } else (sc.skipValue(), (senderS = -2));
+    } else if (sc.keyIs(K.stateKey)) {
+      if (sc.atString()) {
+        skS = sc.skipStringToken();
+        skE = sc.i;
+        if (sc.escaped) flags |= EVENT_FLAGS.escaped(OFF.stateKey);
+      } else (sc.skipValue(), (skS = -2));
+    } else if (sc.keyIs(K.ts)) {
+      tsSeen = true;
+      if (sc.atNumber()) ts = sc.readNumber();
+      else sc.skipValue();
+    } else if (sc.keyIs(K.content)) {
+      if (!sc.atObject()) {
         sc.skipValue();
-    }
+        bad = 'content is not an object';
+        continue;
+      }
+      contentOk = true;
+      sc.openObject();
+      for (let f = true; sc.keyToken(f); f = false) {
+        if (!sc.keyIs(K.relatesTo) || !sc.atObject()) {
+          sc.skipValue();
+          continue;
+        }
+        sc.openObject();
+        for (let g = true; sc.keyToken(g); g = false) {
+          if (sc.keyIs(K.relType) && sc.atString()) relType = b.internToken(sc);
+          else if (sc.keyIs(K.eventId) && sc.atString()) {
+            relS = sc.skipStringToken();
+            relE = sc.i;
+            if (sc.escaped) flags |= EVENT_FLAGS.escaped(OFF.relEventId);
+          } else sc.skipValue();
+        }
+      }
+    } else sc.skipValue();
   }
   const end = sc.i;
   if (bad === null) {
-    if (typeof type !== 'string') bad = type === undefined ? 'missing type' : 'type is not a string';
-    else if (typeof eventId !== 'string') bad = eventId === undefined ? 'missing event_id' : 'event_id is not a string';
-    else if (typeof sender !== 'string') bad = sender === undefined ? 'missing sender' : 'sender is not a string';
+    if (type === null) bad = typeSeen ? 'type is not a string' : 'missing type';
+    else if (idS < 0) bad = idS === -2 ? 'event_id is not a string' : 'missing event_id';
+    else if (senderS < 0) bad = senderS === -2 ? 'sender is not a string' : 'missing sender';
     else if (!contentOk) bad = 'missing content';
-    else if (typeof ts !== 'number') bad = ts === undefined ? 'missing origin_server_ts' : 'origin_server_ts is not a number';
-    else if (stateKey !== undefined && typeof stateKey !== 'string') bad = 'state_key is not a string';
+    else if (ts === null) bad = tsSeen ? 'origin_server_ts is not a number' : 'missing origin_server_ts';
+    else if (skS === -2) bad = 'state_key is not a string';
   }
   if (bad !== null) {
-    b.error(`timeline event skipped: ${bad}`, roomId, typeof eventId === 'string' ? eventId : undefined);
+    b.error(`timeline event skipped: ${bad}`, roomId, decodeToken(sc, idS, idE));
     return undefined;
   }
-  const raw = sc.s.slice(start, end);
-  const isState = typeof stateKey === 'string';
-  if (b.opts.wantedTypes === null || b.opts.wantedTypes.has(type as string)) {
+  const isState = skS >= 0;
+  if (b.opts.wantedTypes === null || b.opts.wantedTypes.has(type!)) {
+    const own = b.ownToken;
+    if (own !== null && senderE - senderS === own.length && sc.b.compare(own, 0, own.length, senderS, senderE) === 0) flags |= EVENT_FLAGS.own;
     b.room.push(roomIndex);
-    b.type.push(type as string);
-    b.eventId.push(eventId as string);
-    b.sender.push(sender as string);
-    b.ts.push(ts as number);
-    b.stateKey.push(isState ? (stateKey as string) : null);
-    b.relType.push(relType);
-    b.relEventId.push(relEventId);
-    b.raw.push(raw);
+    b.type.push(b.intern(type!));
+    b.relType.push(relType === null ? -1 : b.intern(relType));
+    b.ts.push(ts!);
+    b.flags.push(flags);
+    b.offsets.push(start, end, idS, idE, senderS, senderE, skS, skE, relS, relE);
   }
-  return isState ? (JSON.parse(raw) as MatrixEvent) : undefined;
+  return isState ? (JSON.parse(sc.b.toString('utf8', start, end)) as MatrixEvent) : undefined;
 }
 
-const NOT_STRING = Symbol('wrong type');
+/** Decodes a string token [s, e) of the scanner's bytes, or undefined when absent (s < 0). */
+function decodeToken(sc: Scanner, s: number, e: number): string | undefined {
+  return s >= 0 ? new Scanner(sc.b.subarray(s, e)).readString() : undefined;
+}
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);

@@ -1,13 +1,15 @@
 /**
- * A validating JSON scanner that walks a /sync body without building objects.
+ * A validating JSON scanner that walks a /sync body's UTF-8 bytes without building objects.
  *
- * Why: `JSON.parse` of a whole body and then re-serialising each event to hand it to another thread costs more
- * than the parse itself. Scanning lets the sync actor slice each timeline event's own JSON text out of the body
- * (V8 slices are cheap) and read only the few fields it routes on. Skipped values are validated to the JSON
- * grammar, so any slice it hands out is guaranteed to `JSON.parse` (the fuzz test holds it to that).
+ * Why: `JSON.parse` of a whole body and then re-serialising or cloning each event to hand it to another thread
+ * costs more than the parse itself. Scanning the bytes lets the sync actor find each timeline event's extent and
+ * read only the few fields it routes on; the body's buffer is then transferred to main as is (zero-copy) with an
+ * offset table, and main decodes an event only when a handler reads it. Skipped values are validated to the
+ * JSON grammar, so any span it hands out is guaranteed to `JSON.parse` (a differential test holds it to that).
+ * Bytes of 0x80 and above are accepted inside strings and decoded as UTF-8 (invalid sequences become U+FFFD).
  */
 
-/** Thrown when the text is not valid JSON at `pos`. */
+/** Thrown when the bytes are not valid JSON at `pos`. */
 export class ScanError extends Error {
   constructor(
     message: string,
@@ -27,28 +29,45 @@ const COMMA = 44;
 const COLON = 58;
 const MINUS = 45;
 
-/** Cursor over a JSON text; every read validates what it passes. */
+/** A member name to match without decoding it: its UTF-8 bytes. */
+export type KeyBytes = Uint8Array;
+
+/** Encodes member names once, for {@link Scanner.keyIs}. */
+export function keyBytes(name: string): KeyBytes {
+  return Buffer.from(name, 'utf8');
+}
+
+/** Cursor over JSON bytes; every read validates what it passes. */
 export class Scanner {
-  readonly s: string;
+  readonly b: Buffer;
   i = 0;
   /** Whether the last string read or skipped contained an escape. */
-  private escaped = false;
+  escaped = false;
+  /** Whether the last string read or skipped contained a byte >= 0x80. */
+  private wide = false;
+  /** Token bounds (quotes included) of the last member name read by {@link keyToken}. */
+  ks = 0;
+  ke = 0;
 
-  constructor(text: string) {
-    this.s = text;
+  constructor(bytes: Uint8Array) {
+    this.b = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   }
 
-  /** Skips white space and returns the next char code (NaN at end of input). */
+  /** Skips white space and returns the next byte (NaN at end of input). */
   peek(): number {
-    const s = this.s;
+    const b = this.b;
+    const n = b.length;
     let i = this.i;
-    for (;;) {
-      const c = s.charCodeAt(i);
+    while (i < n) {
+      const c = b[i]!;
       if (c === 32 || c === 10 || c === 13 || c === 9) i++;
-      else break;
+      else {
+        this.i = i;
+        return c;
+      }
     }
     this.i = i;
-    return s.charCodeAt(i);
+    return NaN;
   }
 
   /** True if the next value is an object. */
@@ -74,21 +93,21 @@ export class Scanner {
     throw new ScanError(what, this.i);
   }
 
-  /** Consumes `{`; iterate members with {@link key}. */
+  /** Consumes `{`; iterate members with {@link key} or {@link keyToken}. */
   openObject(): void {
     if (this.peek() !== OPEN_OBJ) this.fail('expected an object');
     this.i++;
   }
 
   /**
-   * Reads the next member key of the open object and its colon, or consumes `}` and returns null.
-   * `first` is true for the first call after {@link openObject}.
+   * Reads the next member name of the open object (into `ks`/`ke`) and its colon, returning true; or consumes
+   * `}` and returns false. `first` is true for the first call after {@link openObject}. No string is made.
    */
-  key(first: boolean): string | null {
+  keyToken(first: boolean): boolean {
     let c = this.peek();
     if (c === CLOSE_OBJ) {
       this.i++;
-      return null;
+      return false;
     }
     if (!first) {
       if (c !== COMMA) this.fail('expected , or }');
@@ -96,10 +115,27 @@ export class Scanner {
       c = this.peek();
     }
     if (c !== QUOTE) this.fail('expected a member name');
-    const k = this.readString();
+    this.ks = this.i;
+    this.i = this.skipString(this.i);
+    this.ke = this.i;
     if (this.peek() !== COLON) this.fail('expected :');
     this.i++;
-    return k;
+    return true;
+  }
+
+  /** True if the last member name equals `key` (an unescaped name; escaped names never match). */
+  keyIs(key: KeyBytes): boolean {
+    const s = this.ks + 1;
+    const len = this.ke - 1 - s;
+    if (len !== key.length) return false;
+    const b = this.b;
+    for (let k = 0; k < len; k++) if (b[s + k] !== key[k]) return false;
+    return true;
+  }
+
+  /** Like {@link keyToken}, but decodes the name: for the outer levels of a body, where names are room IDs. */
+  key(first: boolean): string | null {
+    return this.keyToken(first) ? this.decode(this.ks, this.ke) : null;
   }
 
   /** Consumes `[`; iterate items with {@link item}. */
@@ -127,8 +163,22 @@ export class Scanner {
     if (this.peek() !== QUOTE) this.fail('expected a string');
     const start = this.i;
     this.i = this.skipString(start);
-    // Plain strings (the common case: ids, types) are a cheap slice; escaped ones go through JSON.parse.
-    return this.escaped ? (JSON.parse(this.s.slice(start, this.i)) as string) : this.s.slice(start + 1, this.i - 1);
+    return this.decode(start, this.i);
+  }
+
+  /** Skips a string value and returns its token start (the quote); its end is `i`. */
+  skipStringToken(): number {
+    if (this.peek() !== QUOTE) this.fail('expected a string');
+    const start = this.i;
+    this.i = this.skipString(start);
+    return start;
+  }
+
+  /** Decodes the string token [s, e) (quotes included) as the last skip left it. */
+  decode(s: number, e: number): string {
+    // Plain ASCII strings (ids, types, keys: the common case) decode as latin1, the cheapest path.
+    if (this.escaped) return JSON.parse(this.b.toString('utf8', s, e)) as string;
+    return this.b.toString(this.wide ? 'utf8' : 'latin1', s + 1, e - 1);
   }
 
   /** Reads a number value. */
@@ -136,18 +186,26 @@ export class Scanner {
     this.peek();
     const start = this.i;
     this.i = this.skipNumber(start);
-    return Number(this.s.slice(start, this.i));
+    // Timestamps are plain non-negative integers: add up the digits rather than making a string.
+    const b = this.b;
+    let v = 0;
+    for (let k = start; k < this.i; k++) {
+      const c = b[k]!;
+      if (c < 48 || c > 57 || this.i - start > 15) return Number(b.toString('latin1', start, this.i));
+      v = v * 10 + (c - 48);
+    }
+    return v;
   }
 
-  /** Reads any value by validating it and parsing its slice (for the small parts of a body). */
+  /** Reads any value by validating it and parsing its bytes (for the small parts of a body). */
   readValue(): unknown {
     const start = this.skipValue();
-    return JSON.parse(this.s.slice(start, this.i));
+    return JSON.parse(this.b.toString('utf8', start, this.i));
   }
 
   /** Validates and skips any value; returns the start offset (after white space) of the value skipped. */
   skipValue(): number {
-    const s = this.s;
+    const b = this.b;
     this.peek();
     const begin = this.i;
     let i = begin;
@@ -155,41 +213,41 @@ export class Scanner {
     // produce a ScanError, not a stack overflow.
     const stack: number[] = [];
     for (;;) {
-      i = ws(s, i);
-      const c = s.charCodeAt(i);
+      i = ws(b, i);
+      const c = b[i];
       if (c === OPEN_OBJ) {
-        i = ws(s, i + 1);
-        if (s.charCodeAt(i) === CLOSE_OBJ) i++;
+        i = ws(b, i + 1);
+        if (b[i] === CLOSE_OBJ) i++;
         else {
           stack.push(1);
           i = this.memberName(i);
           continue;
         }
       } else if (c === OPEN_ARR) {
-        i = ws(s, i + 1);
-        if (s.charCodeAt(i) === CLOSE_ARR) i++;
+        i = ws(b, i + 1);
+        if (b[i] === CLOSE_ARR) i++;
         else {
           stack.push(2);
           continue;
         }
       } else if (c === QUOTE) i = this.skipString(i);
-      else if (c === MINUS || (c >= 48 && c <= 57)) i = this.skipNumber(i);
-      else if (c === 116 && s.startsWith('true', i)) i += 4;
-      else if (c === 102 && s.startsWith('false', i)) i += 5;
-      else if (c === 110 && s.startsWith('null', i)) i += 4;
-      else throw new ScanError(Number.isNaN(c) ? 'unexpected end of input' : 'unexpected character', i);
+      else if (c === MINUS || (c !== undefined && c >= 48 && c <= 57)) i = this.skipNumber(i);
+      else if (c === 116 && b[i + 1] === 114 && b[i + 2] === 117 && b[i + 3] === 101) i += 4; // true
+      else if (c === 102 && b[i + 1] === 97 && b[i + 2] === 108 && b[i + 3] === 115 && b[i + 4] === 101) i += 5; // false
+      else if (c === 110 && b[i + 1] === 117 && b[i + 2] === 108 && b[i + 3] === 108) i += 4; // null
+      else throw new ScanError(c === undefined ? 'unexpected end of input' : 'unexpected character', i);
       // A value is complete: close containers until one expects another member or item.
       for (;;) {
         if (stack.length === 0) {
           this.i = i;
           return begin;
         }
-        i = ws(s, i);
-        const d = s.charCodeAt(i);
+        i = ws(b, i);
+        const d = b[i];
         const top = stack[stack.length - 1];
         if (d === COMMA) {
           i++;
-          if (top === 1) i = this.memberName(ws(s, i));
+          if (top === 1) i = this.memberName(ws(b, i));
           break;
         }
         if ((top === 1 && d === CLOSE_OBJ) || (top === 2 && d === CLOSE_ARR)) {
@@ -197,7 +255,7 @@ export class Scanner {
           i++;
           continue;
         }
-        throw new ScanError(Number.isNaN(d) ? 'unexpected end of input' : 'expected , or a closing bracket', i);
+        throw new ScanError(d === undefined ? 'unexpected end of input' : 'expected , or a closing bracket', i);
       }
     }
   }
@@ -208,29 +266,36 @@ export class Scanner {
   }
 
   private memberName(i: number): number {
-    if (this.s.charCodeAt(i) !== QUOTE) throw new ScanError('expected a member name', i);
-    i = ws(this.s, this.skipString(i));
-    if (this.s.charCodeAt(i) !== COLON) throw new ScanError('expected :', i);
+    if (this.b[i] !== QUOTE) throw new ScanError('expected a member name', i);
+    i = ws(this.b, this.skipString(i));
+    if (this.b[i] !== COLON) throw new ScanError('expected :', i);
     return i + 1;
   }
 
   /** Skips the string starting at `i` (a quote) and returns the offset after its closing quote. */
   private skipString(i: number): number {
-    const s = this.s;
-    const n = s.length;
+    const b = this.b;
+    const n = b.length;
     let escaped = false;
+    let wide = false;
     for (i++; i < n; i++) {
-      const c = s.charCodeAt(i);
+      const c = b[i]!;
+      // The common bytes first: plain printable ASCII and UTF-8 continuation/lead bytes.
+      if (c > BACKSLASH) {
+        if (c >= 0x80) wide = true;
+        continue;
+      }
       if (c === QUOTE) {
         this.escaped = escaped;
+        this.wide = wide;
         return i + 1;
       }
       if (c === BACKSLASH) {
         escaped = true;
-        const e = s.charCodeAt(++i);
+        const e = b[++i];
         if (e === 117) {
           // \uXXXX
-          for (let k = 1; k <= 4; k++) if (!isHex(s.charCodeAt(i + k))) throw new ScanError('bad \\u escape', i);
+          for (let k = 1; k <= 4; k++) if (!isHex(b[i + k])) throw new ScanError('bad \\u escape', i);
           i += 4;
         } else if (!(e === QUOTE || e === BACKSLASH || e === 47 || e === 98 || e === 102 || e === 110 || e === 114 || e === 116)) {
           throw new ScanError('bad escape', i);
@@ -242,38 +307,38 @@ export class Scanner {
 
   /** Skips a number per the JSON grammar and returns the offset after it. */
   private skipNumber(i: number): number {
-    const s = this.s;
+    const b = this.b;
     const start = i;
-    if (s.charCodeAt(i) === MINUS) i++;
-    let c = s.charCodeAt(i);
+    if (b[i] === MINUS) i++;
+    let c = b[i];
     if (c === 48) i++;
-    else if (c >= 49 && c <= 57) while (isDigit(s.charCodeAt(++i)));
+    else if (c !== undefined && c >= 49 && c <= 57) while (isDigit(b[++i]));
     else throw new ScanError('bad number', start);
-    if (s.charCodeAt(i) === 46) {
-      if (!isDigit(s.charCodeAt(++i))) throw new ScanError('bad number', start);
-      while (isDigit(s.charCodeAt(++i)));
+    if (b[i] === 46) {
+      if (!isDigit(b[++i])) throw new ScanError('bad number', start);
+      while (isDigit(b[++i]));
     }
-    c = s.charCodeAt(i);
+    c = b[i];
     if (c === 101 || c === 69) {
-      c = s.charCodeAt(++i);
+      c = b[++i];
       if (c === 43 || c === MINUS) i++;
-      if (!isDigit(s.charCodeAt(i))) throw new ScanError('bad number', start);
-      while (isDigit(s.charCodeAt(++i)));
+      if (!isDigit(b[i])) throw new ScanError('bad number', start);
+      while (isDigit(b[++i]));
     }
     return i;
   }
 }
 
-function ws(s: string, i: number): number {
+function ws(b: Buffer, i: number): number {
   for (;;) {
-    const c = s.charCodeAt(i);
+    const c = b[i];
     if (c === 32 || c === 10 || c === 13 || c === 9) i++;
     else return i;
   }
 }
-function isDigit(c: number): boolean {
-  return c >= 48 && c <= 57;
+function isDigit(c: number | undefined): boolean {
+  return c !== undefined && c >= 48 && c <= 57;
 }
-function isHex(c: number): boolean {
-  return (c >= 48 && c <= 57) || (c >= 65 && c <= 70) || (c >= 97 && c <= 102);
+function isHex(c: number | undefined): boolean {
+  return c !== undefined && ((c >= 48 && c <= 57) || (c >= 65 && c <= 70) || (c >= 97 && c <= 102));
 }

@@ -3,14 +3,38 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { HalcyonError } from '../../src/errors.ts';
-import { processSync } from '../../src/sync/process.ts';
+import { BatchReader } from '../../src/events.ts';
+import { OFF, type WireBatch } from '../../src/protocol.ts';
+import { processSync as processBytes, type ProcessOptions } from '../../src/sync/process.ts';
+
+/** Processes text (as its UTF-8 bytes) and decodes the columns the way main does, through BatchReader. */
+function processSync(text: string, opts: ProcessOptions) {
+  const body = Buffer.from(text, 'utf8');
+  const p = processBytes(body, opts);
+  const reader = new BatchReader({ body, events: p.events } as unknown as WireBatch);
+  const n = p.events.count;
+  const col = (f: (i: number) => unknown) => Array.from({ length: n }, (_, i) => f(i));
+  return {
+    ...p,
+    cols: {
+      type: col((i) => reader.type(i)),
+      eventId: col((i) => reader.str(i, OFF.eventId)),
+      sender: col((i) => reader.str(i, OFF.sender)),
+      stateKey: col((i) => reader.str(i, OFF.stateKey)),
+      relType: col((i) => reader.relType(i)),
+      relEventId: col((i) => reader.str(i, OFF.relEventId)),
+      raw: col((i) => reader.parse(i)),
+      own: col((i) => (p.events.flags[i]! & 1) === 1),
+    },
+  };
+}
 
 const dir = join(import.meta.dirname, '..', 'fixtures', 'sync');
 const fixtures = readdirSync(dir)
   .filter((f) => f.endsWith('.json'))
   .sort()
   .map((f) => ({ name: f, text: readFileSync(join(dir, f), 'utf8') }));
-const ALL = { wantedTypes: null };
+const ALL = { wantedTypes: null, ownUserId: '@bot:localhost' };
 
 /** The reference: the same extraction done on JSON.parse output. */
 function reference(body: any) {
@@ -42,14 +66,15 @@ test('recorded Synapse bodies: columns, raw slices and state match a JSON.parse 
     assert.equal(p.events.count, ref.events.length, name);
     ref.events.forEach(({ roomId, ev }, i) => {
       assert.equal(p.rooms[p.events.room[i]!], roomId);
-      assert.equal(p.events.type[i], ev.type);
-      assert.equal(p.events.eventId[i], ev.event_id);
-      assert.equal(p.events.sender[i], ev.sender);
+      assert.equal(p.cols.type[i], ev.type);
+      assert.equal(p.cols.eventId[i], ev.event_id);
+      assert.equal(p.cols.sender[i], ev.sender);
       assert.equal(p.events.ts[i], ev.origin_server_ts);
-      assert.equal(p.events.stateKey[i], ev.state_key ?? null);
-      assert.equal(p.events.relType[i], ev.content['m.relates_to']?.rel_type ?? null);
-      assert.equal(p.events.relEventId[i], ev.content['m.relates_to']?.event_id ?? null);
-      assert.deepEqual(JSON.parse(p.events.raw[i]!), ev);
+      assert.equal(p.cols.stateKey[i], ev.state_key ?? null);
+      assert.equal(p.cols.relType[i], ev.content['m.relates_to']?.rel_type ?? null);
+      assert.equal(p.cols.relEventId[i], ev.content['m.relates_to']?.event_id ?? null);
+      assert.deepEqual(p.cols.raw[i], ev);
+      assert.equal(p.cols.own[i], ev.sender === '@bot:localhost');
     });
     const state = p.state.rooms.filter((r) => r.membership !== 'invite');
     assert.deepEqual(
@@ -70,14 +95,15 @@ test('recorded bodies: invite carries the inviter and room name; a kick shows up
   assert.deepEqual(invite.invites.map((i) => i.name).sort(), ['Fixture room', 'Second room']);
   const kicked = processSync(fixtures.find((f) => f.name.includes('kicked'))!.text, ALL);
   assert.equal(kicked.left.length, 1);
-  assert.equal(kicked.events.type[0], 'm.room.member');
+  assert.equal(kicked.cols.type[0], 'm.room.member');
 });
 
 test('wantedTypes keeps only the listed timeline types, but state still reaches the cache', () => {
   const text = fixtures.find((f) => f.name.includes('activity'))!.text;
   const p = processSync(text, { wantedTypes: new Set(['m.reaction']) });
+  assert.deepEqual(p.events.strings, ['m.reaction', 'm.annotation']); // types and relation types share one table
   assert.equal(p.events.count, 1);
-  assert.equal(p.events.type[0], 'm.reaction');
+  assert.equal(p.cols.type[0], 'm.reaction');
   const names = p.state.rooms.flatMap((r) => r.state.map((e) => e.type));
   assert.ok(names.includes('m.room.name') && names.includes('m.room.topic'));
 });
@@ -103,7 +129,7 @@ test('malformed events are reported with HALCYON_BAD_EVENT and skipped; the good
     { type: 'm.room.message', event_id: { x: 1 }, sender: ['@a:x'], origin_server_ts: 1, content: {} },
   ];
   const p = processSync(bodyWith([good(1), ...bad, good(2)]), ALL);
-  assert.deepEqual(p.events.eventId, ['$good1', '$good2']);
+  assert.deepEqual(p.cols.eventId, ['$good1', '$good2']);
   assert.equal(p.errors.length, bad.length);
   for (const e of p.errors) {
     assert.equal(e.code, 'HALCYON_BAD_EVENT');
@@ -151,10 +177,22 @@ test('every truncation of a recorded body throws HALCYON_BAD_SYNC and nothing el
 test('10 MB bodies: one huge event and many events are processed, and the events after them delivered', () => {
   const huge = { ...good(2), content: { msgtype: 'm.text', body: 'x'.repeat(10 * 1024 * 1024) } };
   const p = processSync(bodyWith([good(1), huge, good(3)]), ALL);
-  assert.deepEqual(p.events.eventId, ['$good1', '$good2', '$good3']);
-  assert.equal((JSON.parse(p.events.raw[1]!) as { content: { body: string } }).content.body.length, 10 * 1024 * 1024);
+  assert.deepEqual(p.cols.eventId, ['$good1', '$good2', '$good3']);
+  assert.equal((p.cols.raw[1] as { content: { body: string } }).content.body.length, 10 * 1024 * 1024);
   const many = Array.from({ length: 60_000 }, (_, i) => good(i));
   const text = bodyWith(many);
   assert.ok(text.length > 8_000_000);
   assert.equal(processSync(text, ALL).events.count, 60_000);
+});
+
+test('escaped and non-ASCII IDs and senders decode exactly as JSON.parse reads them', () => {
+  const odd = { type: 'm.room.message', event_id: '$\u0041b\"c', sender: '@ünï:x', origin_server_ts: 1, content: { body: 'é', 'm.relates_to': { rel_type: 'm.th\u0072ead', event_id: '$r\\oot' } } };
+  const text = JSON.stringify({ next_batch: 's2', rooms: { join: { '!r:x': { timeline: { events: [odd] } } } } }).replace('$Ab', '$\\u0041b');
+  const ref = JSON.parse(text).rooms.join['!r:x'].timeline.events[0];
+  const p = processSync(text, ALL);
+  assert.equal(p.cols.eventId[0], ref.event_id);
+  assert.equal(p.cols.sender[0], '@ünï:x');
+  assert.equal(p.cols.relType[0], 'm.thread');
+  assert.equal(p.cols.relEventId[0], '$r\\oot');
+  assert.deepEqual(p.cols.raw[0], ref);
 });

@@ -57,7 +57,7 @@ function mutate(s: string, r: () => number): string {
 /** Scanner verdict: the parsed value, or ScanError. Any other exception fails the test. */
 function scan(text: string): { ok: true; value: unknown } | { ok: false } {
   try {
-    const sc = new Scanner(text);
+    const sc = new Scanner(Buffer.from(text, 'utf8'));
     const v = sc.readValue();
     sc.end();
     return { ok: true, value: v };
@@ -66,9 +66,10 @@ function scan(text: string): { ok: true; value: unknown } | { ok: false } {
     throw err;
   }
 }
+/** JSON.parse of the text the scanner sees: the UTF-8 bytes decoded (a lone surrogate becomes U+FFFD). */
 function parse(text: string): { ok: true; value: unknown } | { ok: false } {
   try {
-    return { ok: true, value: JSON.parse(text) };
+    return { ok: true, value: JSON.parse(Buffer.from(text, 'utf8').toString('utf8')) };
   } catch {
     return { ok: false };
   }
@@ -96,16 +97,33 @@ test('scanner: hand-picked edge cases agree with JSON.parse', () => {
   for (const c of cases) assert.equal(scan(c).ok, parse(c).ok, `case ${JSON.stringify(c)}`);
 });
 
+test('scanner: raw bytes that are not UTF-8 text: high bytes outside strings are rejected, inside strings decoded leniently', () => {
+  const bad = (bytes: number[]) => {
+    try {
+      const sc = new Scanner(Uint8Array.from(bytes));
+      sc.skipValue();
+      sc.end();
+      return true;
+    } catch (e) {
+      assert.ok(e instanceof ScanError);
+      return false;
+    }
+  };
+  assert.equal(bad([0x5b, 0xff, 0x5d]), false); // [\xff]
+  assert.equal(bad([0x22, 0xff, 0xfe, 0x22]), true); // "\xff\xfe": a string; decoding gives U+FFFD
+  assert.equal(new Scanner(Uint8Array.from([0x22, 0xc3, 0xa9, 0x22])).readString(), 'é');
+});
+
 test('scanner: deep nesting is a ScanError, not a stack overflow', () => {
   assert.equal(scan('['.repeat(200_000)).ok, false);
   const deep = '['.repeat(50_000) + ']'.repeat(50_000);
-  const sc = new Scanner(deep);
+  const sc = new Scanner(Buffer.from(deep));
   sc.skipValue();
   sc.end();
 });
 
 test('scanner: object and array walking reads keys, strings and numbers', () => {
-  const sc = new Scanner(' { "a" : "x\\"y" , "b" : [ 1 , -2.5e3 ] , "c": {} } ');
+  const sc = new Scanner(Buffer.from(' { "a" : "x\\"y" , "b" : [ 1 , -2.5e3 ] , "c": {} } '));
   sc.openObject();
   const seen: unknown[] = [];
   for (let k: string | null, first = true; (k = sc.key(first)) !== null; first = false) {
