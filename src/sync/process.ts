@@ -3,7 +3,7 @@
  * sync actor calls it and tests call it directly on recorded bodies.
  */
 import { HalcyonError, type WireError } from '../errors.ts';
-import { EVENT_FLAGS, type EventColumns, type InviteWire, type MatrixEvent, OFF, type RoomSummary, type StateChanges } from '../protocol.ts';
+import { EVENT_FLAGS, type EventColumns, type InviteWire, type MatrixEvent, OFF, OFFSET_STRIDE, type RoomSummary, type StateChanges } from '../protocol.ts';
 import { keyBytes, Scanner, ScanError } from './scan.ts';
 
 /** What processing needs to know beyond the body. */
@@ -251,6 +251,23 @@ const K = {
   relType: keyBytes('rel_type'),
 };
 
+/** Offsets of the event being read ({@link OFF} slots); reused, since events are read one at a time. */
+const span = new Int32Array(OFFSET_STRIDE);
+/** Marks a field that is present but not a string. */
+const WRONG_TYPE = -2;
+
+/** Records the span of the string at the cursor in slot `slot` (or marks it mistyped); returns its escape flag. */
+function readSpan(sc: Scanner, slot: number): number {
+  if (!sc.atString()) {
+    sc.skipValue();
+    span[slot] = WRONG_TYPE;
+    return 0;
+  }
+  span[slot] = sc.skipStringToken();
+  span[slot + 1] = sc.i;
+  return sc.escaped ? EVENT_FLAGS.escaped(slot) : 0;
+}
+
 /**
  * Reads one timeline event: records its byte span and routing fields in the columns (no strings are made for
  * IDs), and returns the parsed event when it is a state event (the cache needs it), else undefined.
@@ -268,35 +285,19 @@ function readTimelineEvent(sc: Scanner, b: Builder, roomId: string, roomIndex: n
   let contentOk = false;
   let bad: string | null = null;
   let flags = 0;
-  // String tokens: [start, end) with quotes, -1 when absent; -2 marks "present but not a string".
-  let idS = -1, idE = -1, senderS = -1, senderE = -1, skS = -1, skE = -1, relS = -1, relE = -1;
   let typeSeen = false;
   let tsSeen = false;
+  span.fill(-1);
   sc.openObject();
   for (let first = true; sc.keyToken(first); first = false) {
     if (sc.keyIs(K.type)) {
       typeSeen = true;
       if (sc.atString()) type = b.internToken(sc);
       else sc.skipValue();
-    } else if (sc.keyIs(K.eventId)) {
-      if (sc.atString()) {
-        idS = sc.skipStringToken();
-        idE = sc.i;
-        if (sc.escaped) flags |= EVENT_FLAGS.escaped(OFF.eventId);
-      } else (sc.skipValue(), (idS = -2));
-    } else if (sc.keyIs(K.sender)) {
-      if (sc.atString()) {
-        senderS = sc.skipStringToken();
-        senderE = sc.i;
-        if (sc.escaped) flags |= EVENT_FLAGS.escaped(OFF.sender);
-      } else (sc.skipValue(), (senderS = -2));
-    } else if (sc.keyIs(K.stateKey)) {
-      if (sc.atString()) {
-        skS = sc.skipStringToken();
-        skE = sc.i;
-        if (sc.escaped) flags |= EVENT_FLAGS.escaped(OFF.stateKey);
-      } else (sc.skipValue(), (skS = -2));
-    } else if (sc.keyIs(K.ts)) {
+    } else if (sc.keyIs(K.eventId)) flags |= readSpan(sc, OFF.eventId);
+    else if (sc.keyIs(K.sender)) flags |= readSpan(sc, OFF.sender);
+    else if (sc.keyIs(K.stateKey)) flags |= readSpan(sc, OFF.stateKey);
+    else if (sc.keyIs(K.ts)) {
       tsSeen = true;
       if (sc.atNumber()) ts = sc.readNumber();
       else sc.skipValue();
@@ -316,26 +317,27 @@ function readTimelineEvent(sc: Scanner, b: Builder, roomId: string, roomIndex: n
         sc.openObject();
         for (let g = true; sc.keyToken(g); g = false) {
           if (sc.keyIs(K.relType) && sc.atString()) relType = b.internToken(sc);
-          else if (sc.keyIs(K.eventId) && sc.atString()) {
-            relS = sc.skipStringToken();
-            relE = sc.i;
-            if (sc.escaped) flags |= EVENT_FLAGS.escaped(OFF.relEventId);
-          } else sc.skipValue();
+          else if (sc.keyIs(K.eventId) && sc.atString()) flags |= readSpan(sc, OFF.relEventId);
+          else sc.skipValue();
         }
       }
     } else sc.skipValue();
   }
   const end = sc.i;
+  const idS = span[OFF.eventId]!;
+  const senderS = span[OFF.sender]!;
+  const senderE = span[OFF.sender + 1]!;
+  const skS = span[OFF.stateKey]!;
   if (bad === null) {
     if (type === null) bad = typeSeen ? 'type is not a string' : 'missing type';
-    else if (idS < 0) bad = idS === -2 ? 'event_id is not a string' : 'missing event_id';
-    else if (senderS < 0) bad = senderS === -2 ? 'sender is not a string' : 'missing sender';
+    else if (idS < 0) bad = idS === WRONG_TYPE ? 'event_id is not a string' : 'missing event_id';
+    else if (senderS < 0) bad = senderS === WRONG_TYPE ? 'sender is not a string' : 'missing sender';
     else if (!contentOk) bad = 'missing content';
     else if (ts === null) bad = tsSeen ? 'origin_server_ts is not a number' : 'missing origin_server_ts';
-    else if (skS === -2) bad = 'state_key is not a string';
+    else if (skS === WRONG_TYPE) bad = 'state_key is not a string';
   }
   if (bad !== null) {
-    b.error(`timeline event skipped: ${bad}`, roomId, decodeToken(sc, idS, idE));
+    b.error(`timeline event skipped: ${bad}`, roomId, decodeToken(sc, idS, span[OFF.eventId + 1]!));
     return undefined;
   }
   const isState = skS >= 0;
@@ -347,7 +349,9 @@ function readTimelineEvent(sc: Scanner, b: Builder, roomId: string, roomIndex: n
     b.relType.push(relType === null ? -1 : b.intern(relType));
     b.ts.push(ts!);
     b.flags.push(flags);
-    b.offsets.push(start, end, idS, idE, senderS, senderE, skS, skE, relS, relE);
+    span[OFF.rawStart] = start;
+    span[OFF.rawEnd] = end;
+    for (let k = 0; k < OFFSET_STRIDE; k++) b.offsets.push(span[k]!);
   }
   return isState ? (JSON.parse(sc.b.toString('utf8', start, end)) as MatrixEvent) : undefined;
 }
