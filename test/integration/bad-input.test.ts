@@ -18,7 +18,7 @@ const json = (res: ServerResponse, status: number, body: unknown) => {
 };
 const ev = (n: number) => ({ type: 'm.room.message', event_id: `$e${n}`, sender: '@peer:s', origin_server_ts: n, content: { msgtype: 'm.text', body: `good ${n}` } });
 const syncBody = (next: string, events: unknown[]) => ({ next_batch: next, rooms: { join: { '!r:s': { timeline: { events } } } } });
-const ACCESS_TOKEN = 'syt_very_secret_access_token_value';
+const ACCESS_TOKEN = 'fake-test-access-token-very-secret-value';
 
 /** A scripted homeserver: /sync answers follow `steps`; once they run out, polls are held until `timeout`. */
 async function scripted(steps: Step[], opts: { refuseToken?: boolean } = {}) {

@@ -38,7 +38,7 @@ test('run with a garbage token rejects with HALCYON_INVALID_TOKEN', async (t) =>
 
 test('run with a well-formed token whose access token belongs to nobody rejects with HALCYON_UNKNOWN_TOKEN', async (t) => {
   const user = await hs.registerUser();
-  const accessToken = 'syt_made_up_access_token_0123456789';
+  const accessToken = 'fake-test-access-token-made-up-0123456789';
   const token = encodeToken({ homeserver: hs.baseUrl, userId: user.userId, deviceId: 'NODEVICE', accessToken });
   const client = newClient(t, tempDataDir(t));
   const err = await rejectsWithCode(client.run(token), 'HALCYON_UNKNOWN_TOKEN');
