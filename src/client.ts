@@ -397,7 +397,6 @@ export class Client implements RoomActions {
 
   private async startActors(session: Session): Promise<void> {
     const o = this.opts;
-    let syncImplOrPorts: 'worker' | SyncActor;
     if (o.threads === 'inline') {
       const cacheImpl = new CacheActor();
       const [mainSide, syncSide] = localPortPair<SyncToMain, MainToSync>();
@@ -405,7 +404,6 @@ export class Client implements RoomActions {
       this.cache = inThreadActor<CacheActorApi>('cache', cacheImpl, CACHE_DEADLINES);
       this.sync = inThreadActor<SyncActorApi>('sync', syncImpl, SYNC_DEADLINES);
       this.port = mainSide;
-      syncImplOrPorts = syncImpl;
     } else {
       // The sync actor talks to the cache actor and to main over their own ports, never through this thread.
       const [syncToCache, cacheFromSync] = portPair();
@@ -413,9 +411,7 @@ export class Client implements RoomActions {
       this.cache = spawnWorkerActor<CacheActorApi>('cache', CACHE_DEADLINES, { sync: cacheFromSync });
       this.sync = spawnWorkerActor<SyncActorApi>('sync', SYNC_DEADLINES, { cache: syncToCache, events: syncEvents });
       this.port = typedPort<SyncToMain, MainToSync>(mainEvents);
-      syncImplOrPorts = 'worker';
     }
-    void syncImplOrPorts;
     for (const actor of [this.cache, this.sync]) actor.onDeath((err) => this.fail(err));
     this.port.onMessage((msg) => this.onSyncMessage(msg));
     await this.cache.api.open({ dataDir: o.dataDir, maxRoomsInMemory: o.maxRoomsInMemory });
