@@ -2,12 +2,11 @@
  * The `halcyon` command: `halcyon login` gets a long-lived token (printed, or written to a 0600 file);
  * `halcyon whoami <token>` shows whom a token belongs to. Neither ever prints a password.
  */
-import { closeSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
-import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline/promises';
 import { parseArgs } from 'node:util';
 import { Client } from './client.ts';
 import { MatrixHttp } from './http.ts';
+import { writeSecretFile } from './store.ts';
 import { decodeToken } from './token.ts';
 
 const USAGE = `usage:
@@ -47,21 +46,6 @@ async function readToken(arg: string | undefined): Promise<string> {
  * Writes `text` to `path` with mode 0600, even when `path` already exists with a looser mode: a fresh file is
  * created exclusively beside it and renamed over it (atomic, and never follows a link planted at `path`).
  */
-function writeSecret(path: string, text: string): void {
-  const tmp = join(dirname(path), `.halcyon-token-${process.pid}-${Date.now()}`);
-  const fd = openSync(tmp, 'wx', 0o600);
-  try {
-    writeSync(fd, text);
-  } finally {
-    closeSync(fd);
-  }
-  try {
-    renameSync(tmp, path);
-  } catch (err) {
-    rmSync(tmp, { force: true });
-    throw err;
-  }
-}
 
 /** Runs the CLI with `argv` (without node and script); resolves with the exit code. */
 export async function main(argv: string[]): Promise<number> {
@@ -89,7 +73,7 @@ export async function main(argv: string[]): Promise<number> {
       ...(values['data-dir'] ? { dataDir: values['data-dir'] } : {}),
     });
     if (values.out) {
-      writeSecret(values.out, token + '\n');
+      writeSecretFile(values.out, token + '\n');
       process.stderr.write(`token written to ${values.out} (mode 0600)\n`);
     } else process.stdout.write(token + '\n');
     return 0;

@@ -4,8 +4,9 @@
  * polling, parsing and room state live on worker threads.
  */
 import { claimDataDir, storedDeviceId } from './account.ts';
-import { type ActorHandle, inThreadActor, localPortPair, localRemote, type Port, portPair, spawnWorkerActor, typedPort } from './actors.ts';
+import { type ActorHandle, inThreadActor, localPortPair, localRemote, type MessagePort, type Port, portPair, spawnWorkerActor, typedPort } from './actors.ts';
 import { CacheActor } from './cache/actor.ts';
+import { CryptoActor } from './crypto/actor.ts';
 import { Dispatcher } from './dispatcher.ts';
 import { fromWireError, HalcyonError } from './errors.ts';
 import { BatchReader, type ContentInput, Edit, type Invite, MemberEvent, Message, Reaction, Redaction, Room, type RoomActions, RoomEvent } from './events.ts';
@@ -15,7 +16,17 @@ import { consoleLogger, type Logger } from './log.ts';
 import {
   CACHE_DEADLINES,
   type CacheActorApi,
+  CRYPTO_DEADLINES,
+  type CryptoActorApi,
+  type CryptoIdentity,
+  type CryptoStatus,
+  type CryptoToMain,
+  type DecryptRequest,
+  type DecryptResult,
   EVENT_FLAGS,
+  type MainToCrypto,
+  OFF,
+  OFFSET_STRIDE,
   type MainToSync,
   type RoomInfo,
   type RoomSummary,
@@ -25,7 +36,8 @@ import {
   type SyncToMain,
   type WireBatch,
 } from './protocol.ts';
-import { SyncActor } from './sync/actor.ts';
+import { SyncActor, type SyncDeps } from './sync/actor.ts';
+import { storePassphrase } from './store.ts';
 import { decodeToken, encodeToken, type Session } from './token.ts';
 
 /** Options of a {@link Client}. Only `dataDir` is required. */
@@ -55,6 +67,39 @@ export interface ClientOptions {
   maxRoomsInMemory?: number;
   /** How long `stop()` waits for running handlers, in ms (default 20,000). */
   stopTimeoutMs?: number;
+  /** End-to-end encryption: on by default; `false` turns it off, an object configures it. */
+  encryption?: boolean | EncryptionOptions;
+}
+
+/** Options of end-to-end encryption. */
+export interface EncryptionOptions {
+  /**
+   * Passphrase that encrypts the crypto store. Default: a random one kept in `<dataDir>/crypto.key` (0600).
+   * Give your own (from a secret manager) if whoever can read the data dir must not read the keys.
+   */
+  passphrase?: string;
+  /** Send plain text into encrypted rooms instead of encrypting (default false). */
+  allowPlaintext?: boolean;
+  /** Undecryptable events kept for a late room key: how many (default 1,000) and how long (default 24 h). */
+  maxPendingUndecryptable?: number;
+  pendingUndecryptableMaxAgeMs?: number;
+}
+
+/** Options of one send. */
+export interface SendOptions {
+  /** Send in the clear even if the room is encrypted (default false: encrypt, or refuse if encryption is off). */
+  allowPlaintext?: boolean;
+}
+
+/** Details passed with a `decryptionError` event. */
+export interface DecryptionErrorInfo {
+  roomId: string;
+  eventId: string;
+  sender: string;
+  /** The Megolm session the event needs, when known. */
+  sessionId: string | null;
+  /** True if the event is kept: it is delivered to the usual handlers if its room key arrives later. */
+  willRetry: boolean;
 }
 
 /** Options of {@link Client.login}. */
@@ -74,6 +119,8 @@ export interface WhoAmI {
   userId: string;
   deviceId: string;
   homeserver: string;
+  /** The device's identity keys (unpadded base64), when encryption is on. */
+  identityKeys?: { curve25519: string; ed25519: string };
 }
 
 /** Details passed with a `syncError` event. */
@@ -97,6 +144,7 @@ export interface ClientEvents {
   error: [error: HalcyonError];
   syncError: [error: HalcyonError, info: SyncErrorInfo];
   syncRecovered: [info: { afterAttempts: number }];
+  decryptionError: [error: HalcyonError, info: DecryptionErrorInfo];
 }
 
 type Listener<K extends keyof ClientEvents> = (...args: ClientEvents[K]) => unknown;
@@ -104,12 +152,16 @@ type EventKind = 'message' | 'edit' | 'reaction' | 'member' | 'redaction';
 
 /** Event types the sync actor posts by default; an `event` listener asks for all. */
 const DEFAULT_TYPES = ['m.room.message', 'm.reaction', 'm.room.member', 'm.room.redaction', 'm.sticker'];
+const ENCRYPTED = 'm.room.encrypted';
+
+/** Decryption of one batch: the result, or why there is none. */
+type Decryption = { result: DecryptResult; reader: BatchReader | null } | { error: HalcyonError };
 
 let txnCounter = 0;
 
 /** A Matrix bot client; see the README for a tour. */
 export class Client implements RoomActions {
-  private readonly opts: Required<Omit<ClientOptions, 'logger'>> & { logger: Logger };
+  private readonly opts: Required<Omit<ClientOptions, 'logger' | 'encryption'>> & { logger: Logger; encryption: EncryptionOptions | null };
   private readonly listeners: { [K in keyof ClientEvents]?: Listener<K>[] } = {};
   private readonly summaries = new Map<string, RoomSummary>();
   private readonly roomHandles = new Map<string, Room>();
@@ -118,6 +170,11 @@ export class Client implements RoomActions {
   private http: MatrixHttp | null = null;
   private sync: ActorHandle<SyncActorApi> | null = null;
   private cache: ActorHandle<CacheActorApi> | null = null;
+  private crypto: ActorHandle<CryptoActorApi> | null = null;
+  private cryptoPort: Port<CryptoToMain, MainToCrypto> | null = null;
+  private identity: CryptoIdentity | null = null;
+  /** Batches wait here, in order, while an earlier one is being decrypted (null when none is). */
+  private batchChain: Promise<void> | null = null;
   private port: Port<SyncToMain, MainToSync> | null = null;
   private dispatcher: Dispatcher;
   private pendingBatches: WireBatch[] | null = [];
@@ -142,6 +199,7 @@ export class Client implements RoomActions {
       stopTimeoutMs: 20_000,
       ...options,
       logger: options.logger ?? consoleLogger(),
+      encryption: options.encryption === false ? null : options.encryption === true || options.encryption === undefined ? {} : options.encryption,
     };
     this.dispatcher = new Dispatcher(this.opts.concurrency, (err, roomId) => this.handlerFailed(err, 'handler', roomId));
   }
@@ -188,7 +246,10 @@ export class Client implements RoomActions {
   /** Adds a handler. Handlers may be async; within a room the next event waits for them. */
   on<K extends keyof ClientEvents>(event: K, listener: Listener<K>): this {
     ((this.listeners[event] ??= []) as Listener<K>[]).push(listener);
-    if (event === 'event' && this.state === 'running') void this.sync?.api.setWantedTypes(null).catch(() => {});
+    if (event === 'event' && this.state === 'running') {
+      void this.sync?.api.setWantedTypes(null).catch(() => {});
+      void this.crypto?.api.setWantedTypes(null).catch(() => {});
+    }
     return this;
   }
 
@@ -277,10 +338,28 @@ export class Client implements RoomActions {
     this.state = 'stopped';
   }
 
-  /** Who the bot is. */
+  /** Who the bot is (with its device's identity keys when encryption is on). */
   whoami(): WhoAmI {
     const s = this.need();
-    return { userId: s.userId, deviceId: s.deviceId, homeserver: s.homeserver };
+    const who: WhoAmI = { userId: s.userId, deviceId: s.deviceId, homeserver: s.homeserver };
+    if (this.identity) who.identityKeys = { curve25519: this.identity.curve25519, ed25519: this.identity.ed25519 };
+    return who;
+  }
+
+  /** State of end-to-end encryption (store size, events waiting for keys), or null when it is off. */
+  async cryptoStatus(): Promise<CryptoStatus | null> {
+    this.need();
+    return this.crypto ? this.crypto.api.status() : null;
+  }
+
+  /**
+   * Whether a room is encrypted. With encryption on, the crypto store decides (asking the server once for rooms
+   * it has not seen); otherwise the room cache does.
+   */
+  async isRoomEncrypted(roomId: string): Promise<boolean> {
+    this.need();
+    if (this.crypto) return this.crypto.api.isRoomEncrypted(roomId);
+    return (await this.cache?.api.getRoom(roomId))?.encrypted ?? this.summaries.get(roomId)?.encrypted ?? false;
   }
 
   /** A handle on a room: its cached summary and room-bound shortcuts. */
@@ -305,8 +384,8 @@ export class Client implements RoomActions {
   }
 
   /** Sends a message (a string becomes `m.text`); resolves with the event ID. */
-  sendMessage(roomId: string, content: ContentInput): Promise<string> {
-    return this.sendEvent(roomId, 'm.room.message', typeof content === 'string' ? { msgtype: 'm.text', body: content } : content);
+  sendMessage(roomId: string, content: ContentInput, opts?: SendOptions): Promise<string> {
+    return this.sendEvent(roomId, 'm.room.message', typeof content === 'string' ? { msgtype: 'm.text', body: content } : content, opts);
   }
 
   /** Sends an `m.notice` (what bots send when they should not trigger other bots). */
@@ -329,9 +408,23 @@ export class Client implements RoomActions {
     });
   }
 
-  /** Sends any room event; resolves with its event ID. */
-  async sendEvent(roomId: string, type: string, content: Record<string, unknown>): Promise<string> {
+  /**
+   * Sends any room event; resolves with its event ID. In an encrypted room the event is encrypted (the room key
+   * is shared with the members' devices first); with encryption off, sending into an encrypted room is refused
+   * with `HALCYON_ROOM_ENCRYPTED` unless `allowPlaintext` is given.
+   */
+  async sendEvent(roomId: string, type: string, content: Record<string, unknown>, opts: SendOptions = {}): Promise<string> {
     const http = this.needHttp();
+    const plaintextOk = opts.allowPlaintext === true || this.opts.encryption?.allowPlaintext === true;
+    if (this.crypto && !plaintextOk) {
+      const r = await this.crypto.api.encrypt(roomId, type, content);
+      if (r.encrypted) {
+        type = ENCRYPTED;
+        content = r.content;
+      }
+    } else if (!this.crypto && !plaintextOk && (await this.isRoomEncrypted(roomId))) {
+      throw new HalcyonError('HALCYON_ROOM_ENCRYPTED', `room ${roomId} is encrypted and encryption is off; pass { allowPlaintext: true } to send in the clear`, { roomId });
+    }
     const txn = `hc${Date.now().toString(36)}.${(txnCounter++).toString(36)}`;
     const res = await http.json<{ event_id?: unknown }>('PUT', `/_matrix/client/v3/rooms/${seg(roomId)}/send/${seg(type)}/${txn}`, { body: content });
     if (typeof res.event_id !== 'string') throw new HalcyonError('HALCYON_BAD_RESPONSE', 'send: no event_id in the answer', { roomId });
@@ -391,29 +484,62 @@ export class Client implements RoomActions {
     return this.http!;
   }
 
+  /** Types the sync actor posts: encrypted events always come (to be decrypted, or reported if encryption is off). */
   private wantedTypes(): string[] | null {
-    return this.listeners.event?.length ? null : DEFAULT_TYPES;
+    return this.listeners.event?.length ? null : [...DEFAULT_TYPES, ENCRYPTED];
   }
 
   private async startActors(session: Session): Promise<void> {
     const o = this.opts;
+    const e2ee = o.encryption;
     if (o.threads === 'inline') {
       const cacheImpl = new CacheActor();
       const [mainSide, syncSide] = localPortPair<SyncToMain, MainToSync>();
-      const syncImpl = new SyncActor({ cache: localRemote<CacheActorApi>('cache', cacheImpl, CACHE_DEADLINES), events: syncSide });
+      let cryptoRemote: SyncDeps['crypto'];
+      if (e2ee) {
+        const [mainCrypto, cryptoSide] = localPortPair<CryptoToMain, MainToCrypto>();
+        const cryptoImpl = new CryptoActor(cryptoSide);
+        this.crypto = inThreadActor<CryptoActorApi>('crypto', cryptoImpl, CRYPTO_DEADLINES);
+        this.cryptoPort = mainCrypto;
+        cryptoRemote = localRemote<CryptoActorApi>('crypto', cryptoImpl, CRYPTO_DEADLINES);
+      }
+      const syncImpl = new SyncActor({ cache: localRemote<CacheActorApi>('cache', cacheImpl, CACHE_DEADLINES), events: syncSide, crypto: cryptoRemote });
       this.cache = inThreadActor<CacheActorApi>('cache', cacheImpl, CACHE_DEADLINES);
       this.sync = inThreadActor<SyncActorApi>('sync', syncImpl, SYNC_DEADLINES);
       this.port = mainSide;
     } else {
-      // The sync actor talks to the cache actor and to main over their own ports, never through this thread.
+      // The sync actor talks to the cache and crypto actors and to main over their own ports, never through this thread.
       const [syncToCache, cacheFromSync] = portPair();
       const [mainEvents, syncEvents] = portPair();
+      const syncPorts: Record<string, MessagePort> = { cache: syncToCache, events: syncEvents };
+      if (e2ee) {
+        const [syncToCrypto, cryptoFromSync] = portPair();
+        const [mainCrypto, cryptoEvents] = portPair();
+        this.crypto = spawnWorkerActor<CryptoActorApi>('crypto', CRYPTO_DEADLINES, { sync: cryptoFromSync, events: cryptoEvents });
+        this.cryptoPort = typedPort<CryptoToMain, MainToCrypto>(mainCrypto);
+        syncPorts.crypto = syncToCrypto;
+      }
       this.cache = spawnWorkerActor<CacheActorApi>('cache', CACHE_DEADLINES, { sync: cacheFromSync });
-      this.sync = spawnWorkerActor<SyncActorApi>('sync', SYNC_DEADLINES, { cache: syncToCache, events: syncEvents });
+      this.sync = spawnWorkerActor<SyncActorApi>('sync', SYNC_DEADLINES, syncPorts);
       this.port = typedPort<SyncToMain, MainToSync>(mainEvents);
     }
-    for (const actor of [this.cache, this.sync]) actor.onDeath((err) => this.fail(err));
+    for (const actor of [this.cache, this.sync, this.crypto]) actor?.onDeath((err) => this.fail(err));
     this.port.onMessage((msg) => this.onSyncMessage(msg));
+    this.cryptoPort?.onMessage((msg) => this.onCryptoMessage(msg));
+    if (this.crypto && e2ee) {
+      // Opened before the first poll: the device's keys must be uploaded before anyone encrypts for it.
+      this.identity = await this.crypto.api.open({
+        homeserver: session.homeserver,
+        userId: session.userId,
+        deviceId: session.deviceId,
+        accessToken: session.accessToken,
+        dataDir: o.dataDir,
+        passphrase: e2ee.passphrase ?? storePassphrase(o.dataDir),
+        wantedTypes: this.listeners.event?.length ? null : DEFAULT_TYPES,
+        maxPendingUndecryptable: e2ee.maxPendingUndecryptable ?? 1_000,
+        pendingUndecryptableMaxAgeMs: e2ee.pendingUndecryptableMaxAgeMs ?? 24 * 3600_000,
+      });
+    }
     await this.cache.api.open({ dataDir: o.dataDir, maxRoomsInMemory: o.maxRoomsInMemory });
     for (const s of await this.cache.api.summaries()) this.summaries.set(s.roomId, s);
     const config: SyncConfig = {
@@ -429,6 +555,7 @@ export class Client implements RoomActions {
       backoffMinMs: o.backoffMinMs,
       backoffMaxMs: o.backoffMaxMs,
       wantedTypes: this.wantedTypes(),
+      encryption: this.crypto !== null,
     };
     await this.sync.api.start(config);
   }
@@ -449,9 +576,18 @@ export class Client implements RoomActions {
       ]);
       clearTimeout(timer);
     }
-    if (cache) await cache.api.close().catch((e) => this.log('warn', e, 'cache actor close'));
+    const { crypto, cryptoPort } = this;
+    // After the sync actor: it may be handing the crypto actor a batch until it has stopped.
+    await Promise.all([
+      cache?.api.close().catch((e) => this.log('warn', e, 'cache actor close')),
+      crypto?.api.close().catch((e) => this.log('warn', e, 'crypto actor close')),
+    ]);
     await sync?.terminate();
     await cache?.terminate();
+    await crypto?.terminate();
+    if (this.crypto === crypto) this.crypto = null;
+    if (this.cryptoPort === cryptoPort) this.cryptoPort = null;
+    cryptoPort?.close();
     // Cleared only now: handlers finishing during the drain still acknowledge over the port and send over http.
     if (this.sync === sync) this.sync = null;
     if (this.cache === cache) this.cache = null;
@@ -482,7 +618,7 @@ export class Client implements RoomActions {
           // Until `ready` has settled, batches wait, in order, so handlers see ready first.
           this.pendingBatches.push(msg.batch);
           if (msg.batch.first) void this.fireReady();
-        } else this.acceptBatch(msg.batch);
+        } else this.enqueueBatch(msg.batch);
         break;
       case 'syncError':
         this.emit('syncError', fromWireError(msg.error), { attempt: msg.attempt, retryInMs: msg.retryInMs });
@@ -503,35 +639,139 @@ export class Client implements RoomActions {
     if (r) await r;
     const batches = this.pendingBatches ?? [];
     this.pendingBatches = null;
-    for (const b of batches) this.acceptBatch(b);
+    for (const b of batches) this.enqueueBatch(b);
     const waiter = this.readyWaiter;
     this.readyWaiter = null;
     waiter?.resolve();
   }
 
+  /**
+   * Takes a batch from the sync actor. A batch with encrypted events is decrypted by the crypto actor first;
+   * later batches wait behind it so a room's events still reach handlers in order. Decryption of the next
+   * batch starts at once (the crypto actor queues it), and the sync actor keeps polling meanwhile.
+   */
+  private enqueueBatch(b: WireBatch): void {
+    const encrypted = encryptedEvents(b);
+    if (encrypted === null && !this.batchChain) {
+      this.acceptBatch(b, null);
+      return;
+    }
+    const decrypting: Promise<Decryption | null> = encrypted === null ? Promise.resolve(null) : this.decryptBatch(encrypted);
+    const next = (this.batchChain ?? Promise.resolve()).then(() => decrypting).then((d) => this.acceptBatch(b, d));
+    this.batchChain = next;
+    void next.finally(() => {
+      if (this.batchChain === next) this.batchChain = null;
+    });
+  }
+
+  private async decryptBatch(req: DecryptRequest): Promise<Decryption> {
+    if (!this.crypto) return { error: new HalcyonError('HALCYON_DECRYPT_FAILED', 'encryption is off (the client was created with encryption: false)') };
+    try {
+      const result = await this.crypto.api.decrypt(req);
+      return { result, reader: result.batch ? new BatchReader(result.batch) : null };
+    } catch (err) {
+      return { error: new HalcyonError('HALCYON_DECRYPT_FAILED', `decryption failed: ${(err as Error).message}`, { cause: err }) };
+    }
+  }
+
   /** Queues a batch's events on the dispatcher; acknowledges the batch to the sync actor when all are handled. */
-  private acceptBatch(b: WireBatch): void {
+  private acceptBatch(b: WireBatch, dec: Decryption | null): void {
     for (const s of b.summaries) this.summaries.set(s.roomId, s);
     for (const e of b.errors) this.emitError(fromWireError(e));
+    if (dec && 'result' in dec) for (const e of dec.result.batch?.errors ?? []) this.emitError(fromWireError(e));
     let left = 1; // held by this function until every event is queued
     const done = () => {
       if (--left === 0) this.port?.post({ kind: 'handled', seq: b.seq });
     };
     const ev = b.events;
     const reader = ev.count > 0 ? new BatchReader(b) : null;
-    const skipOwn = this.opts.ignoreOwnEvents;
     const anyEvent = (this.listeners.event?.length ?? 0) > 0;
+    const failures = dec && 'result' in dec ? new Map(dec.result.failures.map((f) => [f.index, f])) : null;
+    let k = 0; // ordinal among the batch's encrypted events (the decrypt request's index)
     for (let i = 0; i < ev.count; i++) {
-      const kind = classify(ev.strings[ev.type[i]!]!, ev.relType[i]! < 0 ? null : ev.strings[ev.relType[i]!]!);
-      const wantKind = kind !== null && (this.listeners[kind]?.length ?? 0) > 0 && !(skipOwn && kind !== 'member' && ev.flags[i]! & EVENT_FLAGS.own);
-      if (!wantKind && !anyEvent) continue;
       const roomId = b.rooms[ev.room[i]!]!;
-      left++;
-      this.dispatcher.push(roomId, () => settle(this.deliver(reader!, i, roomId, wantKind ? kind : null, anyEvent), done));
+      if (ev.strings[ev.type[i]!] === ENCRYPTED && dec) {
+        const index = k++;
+        if ('error' in dec) {
+          if (!this.listeners.decryptionError?.length) continue;
+          left++;
+          this.dispatcher.push(roomId, () => settle(this.emitDecryptionError(dec.error, reader!, i, roomId, null, false), done));
+          continue;
+        }
+        const slot = dec.result.slot[index]!;
+        if (slot >= 0 && dec.reader) {
+          const task = this.eventTask(dec.reader, slot, roomId, anyEvent, done);
+          if (task) {
+            left++;
+            this.dispatcher.push(roomId, task);
+          }
+          continue;
+        }
+        const f = failures!.get(index);
+        if (!f || !this.listeners.decryptionError?.length) continue;
+        left++;
+        const err = new HalcyonError(f.code, f.message, { roomId });
+        this.dispatcher.push(roomId, () => settle(this.emitDecryptionError(err, reader!, i, roomId, f.sessionId, f.pending), done));
+        continue;
+      }
+      const task = this.eventTask(reader!, i, roomId, anyEvent, done);
+      if (task) {
+        left++;
+        this.dispatcher.push(roomId, task);
+      }
     }
     for (const inv of b.invites) {
       left++;
       this.dispatcher.push(inv.roomId, () => settle(this.deliverInvite(inv), done));
+    }
+    done();
+  }
+
+  /** The dispatcher task delivering event `i` of a reader, or null if no handler wants it. */
+  private eventTask(r: BatchReader, i: number, roomId: string, anyEvent: boolean, done: () => void): (() => unknown) | null {
+    const ev = r.batch.events;
+    const kind = classify(ev.strings[ev.type[i]!]!, ev.relType[i]! < 0 ? null : ev.strings[ev.relType[i]!]!);
+    const skipOwn = this.opts.ignoreOwnEvents;
+    const wantKind = kind !== null && (this.listeners[kind]?.length ?? 0) > 0 && !(skipOwn && kind !== 'member' && ev.flags[i]! & EVENT_FLAGS.own);
+    if (!wantKind && !anyEvent) return null;
+    return () => settle(this.deliver(r, i, roomId, wantKind ? kind : null, anyEvent), done);
+  }
+
+  private emitDecryptionError(err: HalcyonError, r: BatchReader, i: number, roomId: string, sessionId: string | null, willRetry: boolean): unknown {
+    const eventId = r.str(i, OFF.eventId) ?? '';
+    err.eventId = eventId;
+    return this.emit('decryptionError', err, { roomId, eventId, sender: r.str(i, OFF.sender) ?? '', sessionId, willRetry });
+  }
+
+  private onCryptoMessage(msg: CryptoToMain): void {
+    switch (msg.kind) {
+      case 'late':
+        this.acceptLate(msg.batch, msg.ids);
+        break;
+      case 'error':
+        this.emitError(fromWireError(msg.error));
+        break;
+      case 'fatal':
+        this.fail(fromWireError(msg.error));
+        break;
+    }
+  }
+
+  /** Delivers events decrypted after their key arrived late; the crypto actor forgets them once handled. */
+  private acceptLate(b: WireBatch, ids: string[]): void {
+    let left = 1;
+    const done = () => {
+      if (--left === 0) this.cryptoPort?.post({ kind: 'lateHandled', ids });
+    };
+    const reader = new BatchReader(b);
+    const anyEvent = (this.listeners.event?.length ?? 0) > 0;
+    for (let i = 0; i < b.events.count; i++) {
+      const roomId = b.rooms[b.events.room[i]!]!;
+      const task = this.eventTask(reader, i, roomId, anyEvent, done);
+      if (task) {
+        left++;
+        this.dispatcher.push(roomId, task);
+      }
     }
     done();
   }
@@ -628,6 +868,21 @@ export class Client implements RoomActions {
   private log(level: 'warn' | 'error', obj: unknown, msg: string): void {
     this.opts.logger[level](obj, msg);
   }
+}
+
+/** The batch's encrypted events as a decrypt request, or null if it has none. */
+function encryptedEvents(b: WireBatch): DecryptRequest | null {
+  const ev = b.events;
+  const typeIndex = ev.strings.indexOf(ENCRYPTED);
+  if (typeIndex < 0) return null;
+  const req: DecryptRequest = { rooms: b.rooms, room: [], raw: [] };
+  const buf = Buffer.from(b.body.buffer, b.body.byteOffset, b.body.byteLength);
+  for (let i = 0; i < ev.count; i++) {
+    if (ev.type[i] !== typeIndex) continue;
+    req.room.push(ev.room[i]!);
+    req.raw.push(buf.toString('utf8', ev.offsets[i * OFFSET_STRIDE + OFF.rawStart]!, ev.offsets[i * OFFSET_STRIDE + OFF.rawEnd]!));
+  }
+  return req;
 }
 
 function classify(type: string, relType: string | null): EventKind | null {

@@ -26,6 +26,13 @@ export const ERROR_CODES = {
   HALCYON_STORE: 'The data directory or its SQLite store could not be opened, read, or written.',
   HALCYON_STORE_MISMATCH: 'The data directory belongs to another user or homeserver than the token.',
   HALCYON_INTERNAL: 'An unexpected error inside Halcyon (a bug); the message says where it happened.',
+  HALCYON_ATTACHMENT_INVALID: 'The `file` info of an encrypted attachment is malformed (version, algorithm, key, IV or hash missing or wrong).',
+  HALCYON_ATTACHMENT_HASH_MISMATCH: 'The ciphertext of an encrypted attachment does not match its SHA-256 hash (corrupted or tampered); nothing was decrypted.',
+  HALCYON_CRYPTO_STORE: 'The crypto store could not be opened or written (wrong passphrase, corrupt file, disk error), or the server holds keys of a lost store for this device.',
+  HALCYON_DECRYPT_MISSING_KEY: 'An encrypted event arrived before its room key; it is kept and delivered if the key arrives (see `decryptionError`).',
+  HALCYON_DECRYPT_FAILED: 'An encrypted event or to-device event could not be decrypted (malformed, unknown algorithm, corrupt ciphertext); it was skipped.',
+  HALCYON_ENCRYPT_FAILED: 'A message for an encrypted room could not be encrypted (room key sharing failed, or an algorithm Halcyon cannot send with).',
+  HALCYON_ROOM_ENCRYPTED: 'Plain text into an encrypted room was refused (pass `{ allowPlaintext: true }` to send it anyway).',
 } as const;
 
 /** One of the documented error codes. */

@@ -156,11 +156,15 @@ export class RoomEvent {
   get stateKey(): string | null {
     return this.reader.str(this.i, OFF.stateKey);
   }
-  /** Whether the event arrived encrypted (false until the encryption issue lands). */
+  /** Whether the event arrived encrypted (`m.room.encrypted`) and was decrypted; type and content are the decrypted ones. */
   get isEncrypted(): boolean {
-    return false;
+    return (this.reader.batch.events.flags[this.i]! & EVENT_FLAGS.encrypted) !== 0;
   }
-  /** The whole event as the server sent it; parsed on first access. */
+  /** Whether it was decrypted late: its room key arrived after the events around it were delivered. */
+  get decryptedLate(): boolean {
+    return (this.reader.batch.events.flags[this.i]! & EVENT_FLAGS.late) !== 0;
+  }
+  /** The whole event as the server sent it (decrypted: type and content in clear); parsed on first access. */
   get raw(): MatrixEvent {
     return (this.parsed ??= this.reader.parse(this.i));
   }

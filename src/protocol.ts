@@ -2,7 +2,7 @@
  * The one protocol file: every message that crosses a thread and every actor API is declared here.
  *
  * Threads: main (the user's handlers and the dispatcher), the sync actor (long-polls /sync), the cache actor
- * (owns room state). RPC calls (`*Api`) go through comlink with deadlines; the event stream from the sync actor
+ * (owns room state), the crypto actor (owns the OlmMachine and its store; only with encryption on). RPC calls (`*Api`) go through comlink with deadlines; the event stream from the sync actor
  * to main is a one-way message port carrying {@link SyncToMain} and {@link MainToSync} messages, so that the
  * sync actor never waits on the main thread to keep polling.
  */
@@ -30,6 +30,8 @@ export interface SyncConfig {
   setPresence?: 'online' | 'offline' | 'unavailable';
   /** Timeline event types main wants delivered; `null` means all (an `event` listener exists). */
   wantedTypes: string[] | null;
+  /** Whether a crypto actor is connected: the batch's crypto changes go to it before the next poll. */
+  encryption: boolean;
 }
 
 /** What the sync actor found in its store at start. */
@@ -65,6 +67,11 @@ export interface SyncActorApi {
 export const SYNC_DEADLINES = { default: 10_000, stop: 30_000 } as const;
 /** Deadlines of cache actor calls, in ms. */
 export const CACHE_DEADLINES = { default: 30_000 } as const;
+/**
+ * Deadlines of crypto actor calls, in ms. Sending may first query and claim keys and share a room key with
+ * every device of a big room; decrypting a batch is bounded by its size; `open` rebuilds the store.
+ */
+export const CRYPTO_DEADLINES = { default: 30_000, open: 120_000, encrypt: 120_000, decrypt: 120_000, close: 60_000 } as const;
 
 /**
  * Timeline events of one batch, as an offset table into the body's bytes. Nothing here is a parsed event or a
@@ -101,6 +108,10 @@ export const EVENT_FLAGS = {
   own: 1,
   /** The string field at slot k (eventId 2, sender 4, stateKey 6, relEventId 8) contains escapes: bit 1 << (1 + k / 2). */
   escaped: (slot: number) => 1 << (1 + slot / 2),
+  /** Decrypted by the crypto actor: the event arrived as `m.room.encrypted`. */
+  encrypted: 64,
+  /** Decrypted after its batch was delivered, when its room key arrived late. */
+  late: 128,
 } as const;
 
 /** A compact room description kept on main so every message carries its room cheaply. */
@@ -210,3 +221,129 @@ export interface MatrixEvent {
   redacts?: string;
   room_id?: string;
 }
+
+// ---- crypto ----
+
+/** How the crypto actor opens its store and reaches the homeserver. */
+export interface CryptoConfig {
+  homeserver: string;
+  userId: string;
+  deviceId: string;
+  accessToken: string;
+  /** Data directory; the actor owns `crypto.sqlite` in it. */
+  dataDir: string;
+  /** Store passphrase (crypto-wasm encrypts the store's values with a key derived from it). */
+  passphrase: string;
+  /** Timeline event types main wants (applied to decrypted events too); null means all. */
+  wantedTypes: string[] | null;
+  /** Undecryptable events kept for a late key: at most this many, for at most this long. */
+  maxPendingUndecryptable: number;
+  pendingUndecryptableMaxAgeMs: number;
+}
+
+/** Who the device is, as the crypto store says. */
+export interface CryptoIdentity {
+  userId: string;
+  deviceId: string;
+  curve25519: string;
+  ed25519: string;
+}
+
+/**
+ * The crypto-relevant parts of one /sync batch, sent by the sync actor before it polls with the batch's token
+ * (that poll tells the server to delete the batch's to-device events, so they must be applied first).
+ */
+export interface CryptoSyncChanges {
+  /** next_batch of the batch. */
+  batchToken: string;
+  /** `to_device.events` as a JSON array text (valid events only). */
+  toDevice: string;
+  toDeviceCount: number;
+  deviceListsChanged: string[];
+  deviceListsLeft: string[];
+  /** `device_one_time_keys_count`, when the server sent it. */
+  otkCounts: Record<string, number> | null;
+  /** `device_unused_fallback_key_types`, when the server sent it. */
+  fallbackKeyTypes: string[] | null;
+  /** `m.room.encryption` state contents seen in the batch. */
+  encryption: Array<{ roomId: string; content: Record<string, unknown> }>;
+  /** Membership changes seen in the batch (member lists for key sharing follow them). */
+  members: Array<{ roomId: string; userId: string; membership: string }>;
+  /** Rooms we left: their member lists are dropped. */
+  left: string[];
+}
+
+/** Encrypted timeline events of one batch, to decrypt in order. */
+export interface DecryptRequest {
+  rooms: string[];
+  /** Per event: index into `rooms`. */
+  room: number[];
+  /** Per event: the event JSON text as received. */
+  raw: string[];
+}
+
+/** A failed decryption, reported per event. */
+export interface DecryptFailure {
+  /** Index of the event in the request. */
+  index: number;
+  code: 'HALCYON_DECRYPT_MISSING_KEY' | 'HALCYON_DECRYPT_FAILED';
+  message: string;
+  sessionId: string | null;
+  /** Whether the event is kept and will be delivered if its key arrives. */
+  pending: boolean;
+}
+
+/** Decrypted events as a batch of their own (same column format), plus where each request event went. */
+export interface DecryptResult {
+  /** The decrypted events; `null` when none decrypted. */
+  batch: WireBatch | null;
+  /** Per request event: its index in `batch.events`, or -1 (failed, or a decrypted type main does not want). */
+  slot: number[];
+  failures: DecryptFailure[];
+}
+
+/** What to send into a room: the content as given, or its encryption. */
+export type EncryptResult = { encrypted: false } | { encrypted: true; content: Record<string, unknown> };
+
+/** Crypto actor health, for status and tests. */
+export interface CryptoStatus {
+  identity: CryptoIdentity;
+  pendingUndecryptable: number;
+  storedRecords: number;
+  /** Batches whose to-device events were applied (this run). */
+  appliedBatches: number;
+  /** To-device events skipped because an earlier run had applied them already. */
+  duplicateToDevice: number;
+}
+
+/** RPC surface of the crypto actor (main → crypto, and sync → crypto for {@link CryptoActorApi.receiveSyncChanges}). */
+export interface CryptoActorApi {
+  /** Rebuilds the store, checks it belongs to this user and device, uploads keys if needed. */
+  open(config: CryptoConfig): Promise<CryptoIdentity>;
+  /** Applies a batch's to-device events, device-list changes, key counts, room settings and members; durable on return. */
+  receiveSyncChanges(changes: CryptoSyncChanges): Promise<void>;
+  /** Decrypts a batch's encrypted events in order; undecryptable ones are kept for a late key. */
+  decrypt(req: DecryptRequest): Promise<DecryptResult>;
+  /** Encrypts content for a room if the room is encrypted (sharing the room key with members' devices first). */
+  encrypt(roomId: string, type: string, content: Record<string, unknown>): Promise<EncryptResult>;
+  /** Whether the room is encrypted (from the store, else the room's state on the server). */
+  isRoomEncrypted(roomId: string): Promise<boolean>;
+  /** Changes which decrypted types are delivered. */
+  setWantedTypes(types: string[] | null): Promise<void>;
+  status(): Promise<CryptoStatus>;
+  close(): Promise<void>;
+}
+
+/** Messages from the crypto actor to main on its event port. */
+export type CryptoToMain =
+  /** Events whose room key arrived after their batch was delivered; `ids` are their event IDs. */
+  | { kind: 'late'; batch: WireBatch; ids: string[] }
+  /** A problem that does not stop the bot (a to-device event that could not be decrypted, a failed key upload). */
+  | { kind: 'error'; error: WireError }
+  /** The crypto store can no longer be trusted (journal write failed, keys rejected): the client stops. */
+  | { kind: 'fatal'; error: WireError };
+
+/** Messages from main to the crypto actor on its event port. */
+export type MainToCrypto =
+  /** Late-decrypted events whose handlers settled: the actor forgets them. */
+  { kind: 'lateHandled'; ids: string[] };

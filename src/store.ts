@@ -3,8 +3,9 @@
  * data directory (one owner per file); files are created 0600 and the directory 0700, because they hold
  * tokens and room state.
  */
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
-import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { HalcyonError } from './errors.ts';
 
@@ -49,4 +50,36 @@ export function kvGet(db: Database, key: string): string | undefined {
 /** Writes a value to the `kv` table. */
 export function kvSet(db: Database, key: string, value: string): void {
   db.prepare('INSERT INTO kv (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v').run(key, value);
+}
+
+/** Writes a secret file with mode 0600, atomically (temp file + rename), even over an existing file. */
+export function writeSecretFile(path: string, text: string): void {
+  const tmp = join(dirname(path), `.halcyon-secret-${process.pid}-${Date.now()}`);
+  const fd = openSync(tmp, 'wx', 0o600);
+  try {
+    writeSync(fd, text);
+  } finally {
+    closeSync(fd);
+  }
+  try {
+    renameSync(tmp, path);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    throw err;
+  }
+}
+
+/**
+ * The crypto store passphrase kept in `<dataDir>/crypto.key` (0600), created with 256 random bits on first use.
+ * It keeps the store encrypted at rest against anyone who gets the store file alone; a passphrase given in
+ * the client options (from a secret manager) also protects against whoever can read the whole data dir.
+ */
+export function storePassphrase(dataDir: string): string {
+  ensureDataDir(dataDir);
+  const path = join(dataDir, 'crypto.key');
+  if (!existsSync(path)) writeSecretFile(path, randomBytes(32).toString('base64url') + '\n');
+  chmodSync(path, 0o600);
+  const key = readFileSync(path, 'utf8').trim();
+  if (key.length < 16) throw new HalcyonError('HALCYON_CRYPTO_STORE', `${path} does not hold a passphrase`);
+  return key;
 }

@@ -11,13 +11,26 @@
 import { HalcyonError, toWireError } from '../errors.ts';
 import { delay, MatrixHttp, seg } from '../http.ts';
 import type { Port, Remote } from '../actors.ts';
-import type { CacheActorApi, EventColumns, MainToSync, SyncActorApi, SyncConfig, SyncStartInfo, SyncStatus, SyncToMain, WireBatch } from '../protocol.ts';
+import type {
+  CacheActorApi,
+  CryptoActorApi,
+  CryptoSyncChanges,
+  EventColumns,
+  MainToSync,
+  SyncActorApi,
+  SyncConfig,
+  SyncStartInfo,
+  SyncStatus,
+  SyncToMain,
+  WireBatch,
+} from '../protocol.ts';
 import { type Database, kvGet, kvSet, openDatabase } from '../store.ts';
 import { processSync, type ProcessedSync } from './process.ts';
 
-/** The sync actor's collaborators: the cache actor and the event port to main. */
+/** The sync actor's collaborators: the cache actor, the crypto actor (with encryption on) and the event port to main. */
 export interface SyncDeps {
   cache: Remote<CacheActorApi>;
+  crypto?: Remote<CryptoActorApi>;
   events: Port<MainToSync, SyncToMain>;
 }
 
@@ -59,6 +72,8 @@ export class SyncActor implements SyncActorApi {
   private loop: Promise<void> | null = null;
   private running = false;
   private drained: (() => void) | null = null;
+  /** The key counts last given to the crypto actor: unchanged counts alone are not worth a call. */
+  private lastKeyCounts = '';
 
   constructor(private readonly deps: SyncDeps) {}
 
@@ -178,9 +193,22 @@ export class SyncActor implements SyncActorApi {
     }
   }
 
-  /** Has the cache apply the batch's state, then posts the batch to main. The since token advances in memory. */
+  /**
+   * Has the crypto actor apply the batch's to-device events and key changes (before the next poll, whose since
+   * token lets the server delete them) and the cache apply its state, then posts the batch to main. The since
+   * token advances in memory.
+   */
   private async handOff(p: ProcessedSync, body: Uint8Array, first: boolean, deliver: boolean): Promise<void> {
-    const summaries = p.state.rooms.length > 0 ? await this.deps.cache.apply(p.state) : [];
+    const changes = this.deps.crypto && this.config.encryption ? this.cryptoChanges(p) : null;
+    const [summaries] = await Promise.all([
+      p.state.rooms.length > 0 ? this.deps.cache.apply(p.state) : [],
+      changes
+        ? this.deps.crypto!.receiveSyncChanges(changes).catch((err: unknown) => {
+            this.lastKeyCounts = ''; // the retry of this batch must carry its key counts again
+            throw err;
+          })
+        : undefined,
+    ]);
     const seq = ++this.seq;
     const count = deliver ? p.events.count : 0;
     const trivial = count === 0 && summaries.length === 0 && p.invites.length === 0 && p.left.length === 0 && p.errors.length === 0;
@@ -210,6 +238,40 @@ export class SyncActor implements SyncActorApi {
     const e = batch.events;
     // Moved, not copied: the body and the offset table change owner; this actor is done with them.
     this.deps.events.post({ kind: 'batch', batch }, [batch.body.buffer, e.room.buffer, e.type.buffer, e.relType.buffer, e.ts.buffer, e.flags.buffer, e.offsets.buffer] as ArrayBuffer[]);
+  }
+
+  /** The batch's crypto-relevant parts, or null when there are none worth a call. */
+  private cryptoChanges(p: ProcessedSync): CryptoSyncChanges | null {
+    const c = p.crypto;
+    const encryption: CryptoSyncChanges['encryption'] = [];
+    const members: CryptoSyncChanges['members'] = [];
+    for (const r of p.state.rooms) {
+      if (r.membership !== 'join') continue; // invite state is stripped and unauthenticated
+      for (const ev of r.state) {
+        if (ev.type === 'm.room.encryption' && ev.state_key === '') encryption.push({ roomId: r.roomId, content: ev.content });
+        else if (ev.type === 'm.room.member' && typeof ev.state_key === 'string' && typeof ev.content.membership === 'string') {
+          members.push({ roomId: r.roomId, userId: ev.state_key, membership: ev.content.membership });
+        }
+      }
+    }
+    const keyCounts = JSON.stringify([c.otkCounts, c.fallbackKeyTypes]);
+    const countsChanged = (c.otkCounts !== null || c.fallbackKeyTypes !== null) && keyCounts !== this.lastKeyCounts;
+    if (c.toDevice.length === 0 && c.deviceListsChanged.length === 0 && c.deviceListsLeft.length === 0 && !countsChanged && encryption.length === 0 && members.length === 0 && p.left.length === 0) {
+      return null;
+    }
+    if (countsChanged) this.lastKeyCounts = keyCounts;
+    return {
+      batchToken: p.nextBatch,
+      toDevice: JSON.stringify(c.toDevice),
+      toDeviceCount: c.toDevice.length,
+      deviceListsChanged: c.deviceListsChanged,
+      deviceListsLeft: c.deviceListsLeft,
+      otkCounts: c.otkCounts,
+      fallbackKeyTypes: c.fallbackKeyTypes,
+      encryption,
+      members,
+      left: p.left,
+    };
   }
 
   private handled(seq: number): void {

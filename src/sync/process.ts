@@ -23,6 +23,18 @@ export interface ProcessedSync {
   left: string[];
   state: StateChanges;
   errors: WireError[];
+  /** The body's end-to-end-encryption fields (to-device events, device lists, key counts). */
+  crypto: SyncCryptoFields;
+}
+
+/** Top-level E2EE fields of a /sync body. */
+export interface SyncCryptoFields {
+  /** Valid to-device events (malformed ones are reported in `errors`). */
+  toDevice: MatrixEvent[];
+  deviceListsChanged: string[];
+  deviceListsLeft: string[];
+  otkCounts: Record<string, number> | null;
+  fallbackKeyTypes: string[] | null;
 }
 
 type Membership = RoomSummary['membership'];
@@ -42,6 +54,16 @@ export function processSync(body: Uint8Array, opts: ProcessOptions): ProcessedSy
     for (let k: string | null, first = true; (k = sc.key(first)) !== null; first = false) {
       if (k === 'next_batch' && sc.atString()) b.nextBatch = sc.readString();
       else if (k === 'rooms' && sc.atObject()) readRooms(sc, b);
+      else if (k === 'to_device' && sc.atObject()) readToDevice(sc.readValue() as Record<string, unknown>, b);
+      else if (k === 'device_lists' && sc.atObject()) {
+        const dl = sc.readValue() as Record<string, unknown>;
+        b.crypto.deviceListsChanged = stringList(dl.changed);
+        b.crypto.deviceListsLeft = stringList(dl.left);
+      } else if (k === 'device_one_time_keys_count' && sc.atObject()) {
+        const counts: Record<string, number> = {};
+        for (const [alg, n] of Object.entries(sc.readValue() as Record<string, unknown>)) if (typeof n === 'number') counts[alg] = n;
+        b.crypto.otkCounts = counts;
+      } else if (k === 'device_unused_fallback_key_types' && sc.atArray()) b.crypto.fallbackKeyTypes = stringList(sc.readValue());
       else sc.skipValue();
     }
     sc.end();
@@ -70,6 +92,7 @@ class Builder {
   readonly left: string[] = [];
   readonly state: StateRoom[] = [];
   readonly errors: WireError[] = [];
+  readonly crypto: SyncCryptoFields = { toDevice: [], deviceListsChanged: [], deviceListsLeft: [], otkCounts: null, fallbackKeyTypes: null };
   /** The bot's user ID as the JSON string token a server writes, to flag own events without decoding senders. */
   readonly ownToken: Buffer | null;
   constructor(readonly opts: ProcessOptions) {
@@ -130,8 +153,22 @@ class Builder {
       left: this.left,
       state: { rooms: this.state },
       errors: this.errors,
+      crypto: this.crypto,
     };
   }
+}
+
+/** Keeps the well-formed to-device events (type, sender, content); reports the rest. */
+function readToDevice(td: Record<string, unknown>, b: Builder): void {
+  if (!Array.isArray(td.events)) return;
+  for (const ev of td.events as unknown[]) {
+    if (isObject(ev) && typeof ev.type === 'string' && typeof ev.sender === 'string' && isObject(ev.content)) b.crypto.toDevice.push(ev as unknown as MatrixEvent);
+    else b.error('to-device event skipped: not an object with type, sender and content');
+  }
+}
+
+function stringList(v: unknown): string[] {
+  return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
 }
 
 function readRooms(sc: Scanner, b: Builder): void {
