@@ -1,0 +1,398 @@
+/**
+ * An independent Matrix peer built on matrix-js-sdk with its Rust crypto (in-memory store), for end-to-end
+ * encryption interop tests against the test Synapse. Every wait is driven by js-sdk events (sync, timeline,
+ * decryption, membership, device-list updates) and bounded by a timeout; there are no fixed sleeps.
+ */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import {
+  ClientEvent,
+  createClient,
+  EventStatus,
+  MatrixEventEvent,
+  Preset,
+  RoomEvent,
+  RoomStateEvent,
+  SyncState,
+  type MatrixClient,
+  type MatrixEvent,
+} from 'matrix-js-sdk';
+import { AllDevicesIsolationMode, CryptoEvent } from 'matrix-js-sdk/lib/crypto-api/index.js';
+import { logger as sdkGlobalLogger, type Logger } from 'matrix-js-sdk/lib/logger.js';
+import type { Homeserver } from './synapse.ts';
+
+/** The homeserver type of the harness (see synapse.ts). */
+export type TestHomeserver = Homeserver;
+
+/** A room message as this peer sees it. */
+export interface PeerMessage {
+  /** The (decrypted) body; '' when the event could not be decrypted (or is still being decrypted). */
+  body: string;
+  eventId: string;
+  sender: string;
+  /** Whether the event was encrypted on the wire (m.room.encrypted). */
+  encrypted: boolean;
+  roomId: string;
+  /** The decrypted content, or the wire (ciphertext) content when it could not be decrypted. */
+  content: Record<string, unknown>;
+  /** Set when `encrypted` and there is no plaintext: the js-sdk DecryptionFailureCode, or 'PENDING' while decrypting. */
+  decryptionFailure?: string;
+}
+
+export interface JsPeer {
+  readonly userId: string;
+  readonly deviceId: string;
+  /** The js-sdk client, for what the harness does not wrap (prefer the methods below: see unrefPeerTimers). */
+  readonly client: MatrixClient;
+  /** Creates a room with m.room.encryption (megolm) in its initial state, inviting these users; resolves with the room ID (once this peer's sync shows it joined). */
+  createEncryptedRoom(opts: { invite: string[]; name?: string }): Promise<string>;
+  /** Joins the room; resolves once this peer's sync shows it joined. */
+  joinRoom(roomId: string): Promise<void>;
+  /** Resolves once `userId` has membership `membership` (default `join`) in the room (as seen by this peer's sync). */
+  waitForMember(roomId: string, userId: string, membership?: 'join' | 'invite', timeoutMs?: number): Promise<void>;
+  /**
+   * Resolves once this peer's crypto knows device `deviceId` of `userId` (so that messages it sends from now on are
+   * encrypted to it). Needed before sending to a device that appeared after this peer first encrypted to its user.
+   */
+  waitForDevice(userId: string, deviceId: string, timeoutMs?: number): Promise<void>;
+  /** Sends an m.text message (encrypted if the room is), resolving with the event ID. */
+  sendText(roomId: string, body: string): Promise<string>;
+  /**
+   * Resolves with the first message in the room (past, already received, or future) that matches, decrypted.
+   * Only settled messages are offered to `match`: decrypted ones, and ones whose decryption failed (`encrypted`,
+   * body '', `decryptionFailure` set); a failed one that later decrypts (late key) is offered again.
+   */
+  waitForMessage(roomId: string, match: (m: PeerMessage) => boolean, timeoutMs?: number): Promise<PeerMessage>;
+  /** All messages seen so far in the room (decrypted where possible), in timeline order. */
+  messages(roomId: string): PeerMessage[];
+  stop(): Promise<void>;
+}
+
+const DEFAULT_TIMEOUT_MS = 20_000;
+const MEGOLM = 'm.megolm.v1.aes-sha2';
+const LEVELS = { silent: 0, error: 1, warn: 2, info: 3, debug: 4 } as const;
+type Level = keyof typeof LEVELS;
+
+/** js-sdk log level: JS_PEER_LOG=silent|error|warn|info|debug (default error: warn is chatty with expected events). */
+function logLevel(): Level {
+  const v = process.env.JS_PEER_LOG?.toLowerCase();
+  return v && v in LEVELS ? (v as Level) : 'error';
+}
+
+const rank = (method: string): number => (method === 'error' ? 1 : method === 'warn' ? 2 : method === 'info' ? 3 : 4);
+
+/** A Logger for one client writing `level` and above to stderr, prefixed with `prefix`. */
+function peerLogger(prefix: string, level: Level): Logger {
+  const max = LEVELS[level];
+  const at = (method: string) => (...msg: unknown[]) => {
+    if (rank(method) > max) return;
+    const text = msg.map((m) => (m instanceof Error ? m.stack ?? m.message : typeof m === 'string' ? m : safeJson(m))).join(' ');
+    process.stderr.write(`[js-peer ${prefix}] ${method}: ${text}\n`);
+  };
+  return { trace: at('trace'), debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error'), getChild: (ns: string) => peerLogger(`${prefix}${ns}`, level) };
+}
+
+function safeJson(v: unknown): string {
+  try { return JSON.stringify(v) ?? String(v); } catch { return String(v); }
+}
+
+type LoglevelLogger = { methodFactory: (method: string, level: number, name: unknown) => (...args: unknown[]) => void; rebuild(): void };
+let globalLoggerQuieted = false;
+/**
+ * Some js-sdk modules log through its global loglevel-based logger, and its children (created later, e.g. per
+ * MatrixRTC session) start at DEBUG; children copy the parent's methodFactory, so filter there.
+ */
+function quietGlobalLogger(): void {
+  if (globalLoggerQuieted) return;
+  globalLoggerQuieted = true;
+  const root = sdkGlobalLogger as unknown as LoglevelLogger;
+  const max = LEVELS[logLevel()];
+  const factory = root.methodFactory;
+  root.methodFactory = (method, level, name) => (rank(method) <= max ? factory(method, level, name) : () => {});
+  root.rebuild();
+  sdkGlobalLogger.getChild('RoomStickyEvents'); // a child made at module load: re-applies the filtered factory
+}
+
+/**
+ * js-sdk arms timers that it never clears: every request with a local timeout (sync: poll timeout + 80 s, crypto
+ * requests: 60 s) gets a setTimeout from its AbortSignal.timeout ponyfill. They would keep the test process alive
+ * for up to two minutes after stop(). So setTimeout is wrapped (once per process) to unref timers created inside
+ * a js-peer's async context: js-sdk work started by this harness (the sync loop, crypto, the JsPeer methods).
+ * Timers elsewhere are untouched, except ones armed synchronously by listeners that js-sdk calls from that work.
+ * Calls made directly on `client` run outside it: ones that encrypt or sync may delay the process exit by up to 60 s.
+ */
+const peerContext = new AsyncLocalStorage<true>();
+let timersWrapped = false;
+function unrefPeerTimers(): void {
+  if (timersWrapped) return;
+  timersWrapped = true;
+  const original = globalThis.setTimeout;
+  const wrapped = function (this: unknown, ...args: unknown[]) {
+    const timer = Reflect.apply(original, this, args) as ReturnType<typeof setTimeout>;
+    if (peerContext.getStore()) timer.unref?.();
+    return timer;
+  };
+  Object.defineProperties(wrapped, Object.getOwnPropertyDescriptors(original)); // keeps util.promisify.custom
+  globalThis.setTimeout = wrapped as unknown as typeof setTimeout;
+}
+/** Runs `fn` (and all async work it starts) in the js-peer context. */
+const inPeerContext = <T>(fn: () => T): T => peerContext.run(true, fn);
+
+async function passwordLogin(baseUrl: string, user: string, password: string): Promise<{ userId: string; accessToken: string; deviceId: string }> {
+  const res = await fetch(`${baseUrl}/_matrix/client/v3/login`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ type: 'm.login.password', identifier: { type: 'm.id.user', user }, password, initial_device_display_name: 'js-peer' }),
+    signal: AbortSignal.timeout(30_000),
+  });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`js-peer: login as ${user} -> ${res.status}: ${text}`);
+  const data = JSON.parse(text) as { user_id: string; access_token: string; device_id: string };
+  return { userId: data.user_id, accessToken: data.access_token, deviceId: data.device_id };
+}
+
+/** Registers a new user (or logs in again as an existing one, making a new device, when `login` is given) and starts syncing with rust crypto. */
+export async function startJsPeer(
+  hs: TestHomeserver,
+  opts: { localpart?: string; login?: { user: string; password: string } } = {},
+): Promise<JsPeer & { password: string }> {
+  let creds: { userId: string; accessToken: string; deviceId: string; password: string };
+  if (opts.login) {
+    creds = { ...(await passwordLogin(hs.baseUrl, opts.login.user, opts.login.password)), password: opts.login.password };
+  } else {
+    const u = await hs.registerUser(opts.localpart);
+    creds = { userId: u.userId, accessToken: u.accessToken, deviceId: u.deviceId, password: u.password };
+  }
+  quietGlobalLogger();
+  unrefPeerTimers();
+  const client = createClient({
+    baseUrl: hs.baseUrl,
+    userId: creds.userId,
+    deviceId: creds.deviceId,
+    accessToken: creds.accessToken,
+    logger: peerLogger(`${creds.userId}/${creds.deviceId}`, logLevel()),
+  });
+  const peer = new JsPeerImpl(client, creds.userId, creds.deviceId, creds.password);
+  try {
+    await peer.start();
+  } catch (err) {
+    await peer.stop();
+    throw err;
+  }
+  return peer;
+}
+
+class JsPeerImpl implements JsPeer {
+  /** Timeline events per room, in the order this peer's timeline received them (local echoes included). */
+  private readonly timeline = new Map<string, MatrixEvent[]>();
+  private readonly seen = new WeakSet<MatrixEvent>();
+  /** Re-check callbacks of the pending waits, run on every relevant js-sdk event. */
+  private readonly waiters = new Set<() => void>();
+  private readonly detach: Array<() => void> = [];
+  private stopped = false;
+
+  constructor(readonly client: MatrixClient, readonly userId: string, readonly deviceId: string, readonly password: string) {}
+
+  start(): Promise<void> {
+    return inPeerContext(() => this.doStart());
+  }
+
+  private async doStart(): Promise<void> {
+    const { client } = this;
+    await client.initRustCrypto({ useIndexedDB: false });
+    const crypto = client.getCrypto();
+    if (!crypto) throw new Error('js-peer: initRustCrypto did not set up a CryptoApi');
+    // Bots are unverified devices: encrypt to them and decrypt from them (these are the js-sdk defaults too).
+    crypto.globalBlacklistUnverifiedDevices = false;
+    crypto.setDeviceIsolationMode(new AllDevicesIsolationMode(false));
+    // RustCrypto.onLiveEventFromSync arms a 5-minute timer for every encrypted live event (to process in-room
+    // verification events once decrypted) that is only cleared by a later decryption, so a stopped client keeps
+    // Node alive for 5 minutes. The harness does no in-room verification: skip encrypted events there.
+    const rc = crypto as unknown as { onLiveEventFromSync?: (ev: MatrixEvent) => Promise<void> };
+    const onLive = rc.onLiveEventFromSync?.bind(crypto);
+    if (!onLive) throw new Error('js-peer: RustCrypto.onLiveEventFromSync is gone (js-sdk internals changed)');
+    rc.onLiveEventFromSync = async (ev) => { if (!ev.isEncrypted() && !ev.isDecryptionFailure()) await onLive(ev); };
+
+    const notify = () => { for (const w of [...this.waiters]) w(); };
+    const listen = (event: string, fn: (...args: any[]) => void) => {
+      (client as any).on(event, fn);
+      this.detach.push(() => (client as any).off(event, fn));
+    };
+    listen(RoomEvent.Timeline, (ev: MatrixEvent, room: { roomId: string } | undefined, toStartOfTimeline: boolean | undefined) => {
+      const roomId = room?.roomId ?? ev.getRoomId();
+      if (!roomId || toStartOfTimeline || this.seen.has(ev)) return;
+      this.seen.add(ev);
+      let list = this.timeline.get(roomId);
+      if (!list) this.timeline.set(roomId, (list = []));
+      list.push(ev);
+      notify();
+    });
+    for (const e of [MatrixEventEvent.Decrypted, RoomEvent.LocalEchoUpdated, RoomStateEvent.Members, RoomEvent.MyMembership,
+      ClientEvent.Room, ClientEvent.Sync, CryptoEvent.DevicesUpdated]) listen(e, notify);
+
+    let syncState: string | null = null;
+    const prepared = this.until(() => syncState === SyncState.Prepared || syncState === SyncState.Syncing, DEFAULT_TIMEOUT_MS * 3,
+      () => `the first sync of ${this.userId}/${this.deviceId} (sync state: ${syncState})`);
+    listen(ClientEvent.Sync, (state: string) => { syncState = state; notify(); });
+    await client.startClient({ initialSyncLimit: 50 });
+    await prepared;
+    await this.flushCryptoRequests();
+    // Other peers claim our keys as soon as we return: make sure the homeserver has them.
+    const keys = await client.downloadKeysForUsers([this.userId]);
+    if (!keys.device_keys?.[this.userId]?.[this.deviceId]) {
+      throw new Error(`js-peer: device keys of ${this.userId}/${this.deviceId} are not on the homeserver after the initial key upload`);
+    }
+  }
+
+  /**
+   * Runs the crypto's outgoing requests (key upload, key queries, to-device) now and waits for them. js-sdk has no
+   * public API for this; its OutgoingRequestsManager is a private field of RustCrypto.
+   */
+  private async flushCryptoRequests(): Promise<void> {
+    const manager = (this.client.getCrypto() as unknown as { outgoingRequestsManager?: { doProcessOutgoingRequests(): Promise<void> } })
+      .outgoingRequestsManager;
+    if (typeof manager?.doProcessOutgoingRequests !== 'function') {
+      throw new Error('js-peer: RustCrypto.outgoingRequestsManager.doProcessOutgoingRequests is gone (js-sdk internals changed)');
+    }
+    // Twice: one pass may queue follow-up requests (e.g. a key query after the upload).
+    await manager.doProcessOutgoingRequests();
+    await manager.doProcessOutgoingRequests();
+  }
+
+  /**
+   * Resolves with the first truthy value of `check` (sync or async), evaluated now and after every relevant js-sdk
+   * event (runs of an async check never overlap; events during a run cause one more run); rejects after `timeoutMs`
+   * with "timed out after <ms> ms waiting for <describe()>".
+   */
+  private until<T>(check: () => T | undefined | null | false | Promise<T | undefined | null | false>, timeoutMs: number, describe: () => string): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const me = `${this.userId}/${this.deviceId}`;
+      if (this.stopped) { reject(new Error(`js-peer ${me} is stopped`)); return; }
+      let timer: NodeJS.Timeout | undefined;
+      let settled = false;
+      let running = false;
+      let again = false;
+      const finish = (err: Error | undefined, value?: T) => {
+        if (settled) return;
+        settled = true;
+        this.waiters.delete(waiter);
+        clearTimeout(timer);
+        if (err) reject(err); else resolve(value as T);
+      };
+      const waiter = () => {
+        if (settled) return;
+        if (this.stopped) { finish(new Error(`js-peer ${me} stopped while waiting for ${describe()}`)); return; }
+        if (running) { again = true; return; }
+        running = true;
+        again = false;
+        Promise.resolve().then(check).then(
+          (v) => { running = false; if (v) finish(undefined, v); else if (again) waiter(); },
+          (e) => { running = false; finish(e instanceof Error ? e : new Error(String(e))); },
+        );
+      };
+      this.waiters.add(waiter);
+      // Outside the js-peer context: this timer must keep the process alive while someone waits.
+      timer = peerContext.exit(() => setTimeout(() => finish(new Error(`js-peer ${me}: timed out after ${timeoutMs} ms waiting for ${describe()}`)), timeoutMs));
+      waiter();
+    });
+  }
+
+  private membership(roomId: string, userId: string): string | undefined {
+    return this.client.getRoom(roomId)?.getMember(userId)?.membership;
+  }
+
+  waitForMember(roomId: string, userId: string, membership: 'join' | 'invite' = 'join', timeoutMs = DEFAULT_TIMEOUT_MS): Promise<void> {
+    return this.until(() => this.membership(roomId, userId) === membership, timeoutMs,
+      () => `${userId} to have membership ${membership} in ${roomId} (currently: ${this.client.getRoom(roomId) ? this.membership(roomId, userId) ?? 'none' : 'room not known to this peer'})`)
+      .then(() => {});
+  }
+
+  waitForDevice(userId: string, deviceId: string, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<void> {
+    const crypto = this.client.getCrypto()!;
+    let known: string[] = [];
+    return this.until(async () => {
+      const devices = (await inPeerContext(() => crypto.getUserDeviceInfo([userId], true))).get(userId);
+      known = [...(devices?.keys() ?? [])];
+      return devices?.has(deviceId) ?? false;
+    }, timeoutMs, () => `device ${userId}/${deviceId} to be known to this peer's crypto (known devices of ${userId}: ${known.join(', ') || 'none'})`)
+      .then(() => {});
+  }
+
+  async createEncryptedRoom(opts: { invite: string[]; name?: string }): Promise<string> {
+    const { room_id: roomId } = await inPeerContext(() => this.client.createRoom({
+      preset: Preset.PrivateChat,
+      invite: opts.invite,
+      ...(opts.name === undefined ? {} : { name: opts.name }),
+      initial_state: [{ type: 'm.room.encryption', state_key: '', content: { algorithm: MEGOLM } }],
+    }));
+    await this.waitForMember(roomId, this.userId, 'join');
+    return roomId;
+  }
+
+  async joinRoom(roomId: string): Promise<void> {
+    await inPeerContext(() => this.client.joinRoom(roomId));
+    await this.waitForMember(roomId, this.userId, 'join');
+  }
+
+  async sendText(roomId: string, body: string): Promise<string> {
+    // Send only once our sync has the room (and its encryption state): js-sdk would send plaintext to a room it does not know.
+    await this.waitForMember(roomId, this.userId, 'join');
+    const stateSaysEncrypted = !!this.client.getRoom(roomId)?.currentState.getStateEvents('m.room.encryption', '');
+    if (stateSaysEncrypted && !(await inPeerContext(() => this.client.getCrypto()!.isEncryptionEnabledInRoom(roomId)))) {
+      throw new Error(`js-peer ${this.userId}: ${roomId} has m.room.encryption but the crypto does not know it yet; refusing to send plaintext`);
+    }
+    const { event_id } = await inPeerContext(() => this.client.sendMessage(roomId, { msgtype: 'm.text', body } as any));
+    return event_id;
+  }
+
+  messages(roomId: string): PeerMessage[] {
+    return this.collect(roomId, false);
+  }
+
+  /** The room's messages in timeline order; with `settledOnly`, without those still being decrypted. */
+  private collect(roomId: string, settledOnly: boolean): PeerMessage[] {
+    const out: PeerMessage[] = [];
+    const ids = new Set<string>();
+    for (const ev of this.timeline.get(roomId) ?? []) {
+      const m = toMessage(ev, roomId);
+      if (!m || ids.has(m.eventId)) continue;
+      if (settledOnly && m.decryptionFailure === 'PENDING') continue;
+      ids.add(m.eventId);
+      out.push(m);
+    }
+    return out;
+  }
+
+  waitForMessage(roomId: string, match: (m: PeerMessage) => boolean, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<PeerMessage> {
+    return this.until(() => this.collect(roomId, true).find(match), timeoutMs, () => {
+      const seen = this.messages(roomId);
+      const list = seen.map((m) => `${m.eventId} from ${m.sender}: ${m.encrypted ? 'encrypted' : 'plain'} ${m.decryptionFailure ? `undecrypted (${m.decryptionFailure})` : JSON.stringify(m.body)}`);
+      return `a matching message in ${roomId}; saw ${seen.length} message(s)${list.length ? `:\n  ${list.join('\n  ')}` : ''}`;
+    });
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    for (const w of [...this.waiters]) w(); // rejects them with "stopped"
+    for (const off of this.detach.splice(0)) off();
+    inPeerContext(() => this.client.stopClient());
+  }
+}
+
+/** Converts a timeline event to a PeerMessage; undefined for events that are not (or not yet sent) messages. */
+function toMessage(ev: MatrixEvent, roomId: string): PeerMessage | undefined {
+  const eventId = ev.getId();
+  if (!eventId || eventId.startsWith('~')) return undefined; // local echo not sent yet
+  if (ev.status !== null && ev.status !== EventStatus.SENT) return undefined;
+  if (ev.isState() || ev.isRedacted()) return undefined;
+  const sender = ev.getSender() ?? '';
+  const encrypted = ev.isEncrypted();
+  if (encrypted) {
+    const failure = ev.isDecryptionFailure() ? String(ev.decryptionFailureReason ?? 'UNKNOWN_ERROR')
+      : ev.isBeingDecrypted() || ev.getClearContent() === null ? 'PENDING' : undefined;
+    if (failure) return { body: '', eventId, sender, encrypted, roomId, content: { ...ev.getWireContent() }, decryptionFailure: failure };
+  }
+  if (ev.getType() !== 'm.room.message') return undefined;
+  const content = { ...ev.getContent() } as Record<string, unknown>;
+  return { body: typeof content.body === 'string' ? content.body : '', eventId, sender, encrypted, roomId, content };
+}
