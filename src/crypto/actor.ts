@@ -297,6 +297,7 @@ export class CryptoActor implements CryptoActorApi {
     if (typeof content.rotation_period_msgs === 'number') s.sessionRotationPeriodMessages = content.rotation_period_msgs;
     await this.machine.setRoomSettings(new W.RoomId(roomId), s);
     kvSet(this.journal.db, `algorithm:${roomId}`, typeof content.algorithm === 'string' ? content.algorithm : 'unknown');
+    kvSet(this.journal.db, `encryption:${roomId}`, JSON.stringify(content));
   }
 
   /** The room's encryption algorithm, or null if it is not encrypted. */
@@ -457,10 +458,23 @@ export class CryptoActor implements CryptoActorApi {
     await this.flushOutgoing();
     const claim = await this.queue.run(() => m.getMissingSessions(userIds(users)), 'high');
     if (claim) await this.send(claim);
-    const toDevice = await this.queue.run(() => m.shareRoomKey(room(), userIds(users), new W.EncryptionSettings()), 'high');
+    const toDevice = await this.queue.run(() => m.shareRoomKey(room(), userIds(users), this.encryptionSettings(roomId)), 'high');
     for (const req of toDevice) await this.send(req);
     const encrypted = await this.queue.run(() => m.encryptRoomEvent(room(), type, JSON.stringify(content)), 'high');
     return { encrypted: true, content: JSON.parse(encrypted) as Record<string, unknown> };
+  }
+
+  /** Sharing settings from the room's m.room.encryption content: its session rotation periods, when given. */
+  private encryptionSettings(roomId: string): W.EncryptionSettings {
+    const settings = new W.EncryptionSettings();
+    const content = safeJson(kvGet(this.journal.db, `encryption:${roomId}`) ?? '{}') ?? {};
+    if (typeof content.rotation_period_ms === 'number' && content.rotation_period_ms > 0) {
+      settings.rotationPeriod = BigInt(Math.round(content.rotation_period_ms)) * 1000n; // microseconds
+    }
+    if (typeof content.rotation_period_msgs === 'number' && content.rotation_period_msgs > 0) {
+      settings.rotationPeriodMessages = BigInt(Math.round(content.rotation_period_msgs));
+    }
+    return settings;
   }
 
   private async fetchMembers(roomId: string): Promise<Set<string>> {

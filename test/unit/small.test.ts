@@ -47,13 +47,15 @@ test('every error code is documented in the README, and every code used in src/ 
   for (const code of used) assert.ok(code in ERROR_CODES, `${code} is used in src/ but not declared in ERROR_CODES`);
 });
 
-test('one door per dependency: undici, comlink, worker_threads, lru-cache and node:sqlite are each imported by one module', () => {
+test('one door per dependency: undici, comlink, worker_threads, lru-cache, node:sqlite, the crypto binding and fake-indexeddb are each imported by one module', () => {
   const doors: Record<string, string> = {
     undici: 'src/http.ts',
     comlink: 'src/actors.ts',
     'node:worker_threads': 'src/actors.ts',
     'lru-cache': 'src/cache/actor.ts',
     'node:sqlite': 'src/store.ts',
+    '@matrix-org/matrix-sdk-crypto-wasm': 'src/crypto/actor.ts',
+    'fake-indexeddb': 'src/crypto/idb-journal.ts',
   };
   for (const f of [...sources(join(root, 'src')), ...sources(join(root, 'workers'))]) {
     const text = readFileSync(f, 'utf8');
