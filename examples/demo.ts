@@ -1,11 +1,13 @@
 /**
  * `npm start`: the main job. Sets up a local Synapse (installed into ~/.cache/halcyon on first use), logs the
- * example bot in, has a scripted peer chat with it, prints the conversation, and shuts everything down.
+ * example bot in, has a scripted peer chat with it, prints the conversation, then has a real matrix-js-sdk client
+ * (with its Rust crypto) talk to the same bot in an end-to-end encrypted room, and shuts everything down.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from '../src/index.ts';
+import { startJsPeer } from '../test/harness/js-peer.ts';
 import { Peer } from '../test/harness/peer.ts';
 import { startSynapse } from '../test/harness/synapse.ts';
 import { createBot } from './bot.ts';
@@ -56,6 +58,20 @@ try {
   await exchange(() => alice.edit(roomId, helloId, 'hello there'), { sender: alice.userId, type: 'm.room.message', content: { body: '* hello there' } });
   const presence = await alice.getPresence(me.userId);
   say(`\nThe bot's presence as alice sees it: ${presence.presence}, "${presence.status_msg ?? ''}"`);
+
+  // The same bot, unchanged, in an encrypted room with an independent client (matrix-js-sdk + Rust crypto).
+  const bob = await startJsPeer(hs, { localpart: 'bob' });
+  try {
+    say(`\nEncrypted room (bob uses matrix-js-sdk; the bot's device key is ${me.identityKeys?.curve25519.slice(0, 12)}...):`);
+    const secretRoom = await bob.createEncryptedRoom({ invite: [me.userId], name: 'Secret bakery' });
+    await bob.waitForMember(secretRoom, me.userId, 'join');
+    say('  bob   hello (encrypted)');
+    await bob.sendText(secretRoom, 'hello');
+    const answer = await bob.waitForMessage(secretRoom, (m) => m.sender === me.userId, 30_000);
+    say(`  bot   ${answer.body || '(could not decrypt)'} (${answer.encrypted ? 'encrypted' : 'NOT encrypted'}; decrypted by bob's client)`);
+  } finally {
+    await bob.stop();
+  }
   say('Demo finished: stopping the bot and Synapse.');
 } finally {
   await client?.stop();
