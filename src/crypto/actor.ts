@@ -146,8 +146,12 @@ export class CryptoActor implements CryptoActorApi {
     this.events.onMessage((msg) => {
       if (msg.kind === 'lateHandled') this.forgetPending(msg.ids);
     });
-    // Device keys must be on the server before anyone can encrypt for this device: upload before syncing.
-    await this.flushOutgoing();
+    // Device keys must be on the server before anyone can encrypt for this device: upload before syncing. A
+    // failure other than a lost store's keys is reported and retried with the next sync's changes.
+    await this.flushOutgoing().catch((e: unknown) => {
+      if ((e as HalcyonError).code === 'HALCYON_CRYPTO_STORE') throw e;
+      this.report(e);
+    });
     // Events kept from an earlier run whose key came meanwhile (or whose late delivery was not handled).
     db.exec('UPDATE pending_utd SET posted = 0');
     void this.queue.run(() => this.retryPending(null)).catch((e) => this.report(e));

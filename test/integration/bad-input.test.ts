@@ -74,7 +74,7 @@ test('bad /sync bodies, 5xx, resets and malformed events: coded events, no crash
     (_q, res) => json(res, 200, syncBody('s3', [big, ev(4)])),
   ]);
   const logs: string[] = [];
-  const client = new Client({ dataDir: mkdtempSync(join(tmpdir(), 'hc-bad-')), backoffMinMs: 5, backoffMaxMs: 20, pollTimeoutMs: 1000, logger: captureLogger(logs) });
+  const client = new Client({ dataDir: mkdtempSync(join(tmpdir(), 'hc-bad-')), encryption: false, backoffMinMs: 5, backoffMaxMs: 20, pollTimeoutMs: 1000, logger: captureLogger(logs) });
   const bodies: string[] = [];
   const syncErrors: string[] = [];
   const errors: HalcyonError[] = [];
@@ -120,7 +120,7 @@ test('a token revoked mid-run stops the bot with HALCYON_UNKNOWN_TOKEN and no re
     },
   ]);
   const logs: string[] = [];
-  const client = new Client({ dataDir: mkdtempSync(join(tmpdir(), 'hc-revoked-')), backoffMinMs: 5, pollTimeoutMs: 1000, logger: captureLogger(logs) });
+  const client = new Client({ dataDir: mkdtempSync(join(tmpdir(), 'hc-revoked-')), encryption: false, backoffMinMs: 5, pollTimeoutMs: 1000, logger: captureLogger(logs) });
   const fatal = new Promise<HalcyonError>((resolve) => client.on('error', resolve));
   try {
     await client.run(encodeToken({ homeserver: hs.url, userId: '@bot:s', deviceId: 'DEV', accessToken: ACCESS_TOKEN }));
@@ -140,7 +140,7 @@ test('a token revoked mid-run stops the bot with HALCYON_UNKNOWN_TOKEN and no re
 
 test('run() rejects with HALCYON_UNKNOWN_TOKEN when the server refuses the token at start, and starts no poll', async () => {
   const hs = await scripted([], { refuseToken: true });
-  const client = new Client({ dataDir: mkdtempSync(join(tmpdir(), 'hc-refused-')) });
+  const client = new Client({ dataDir: mkdtempSync(join(tmpdir(), 'hc-refused-')), encryption: false });
   try {
     await assert.rejects(
       client.run(encodeToken({ homeserver: hs.url, userId: '@bot:s', deviceId: 'DEV', accessToken: ACCESS_TOKEN })),
@@ -160,7 +160,7 @@ test('a repeated next_batch is skipped: nothing in that response is delivered ag
     (_q, res) => json(res, 200, syncBody('s3', [ev(2)])),
   ]);
   const dataDir = mkdtempSync(join(tmpdir(), 'hc-repeat-'));
-  const client = new Client({ dataDir, pollTimeoutMs: 1000 });
+  const client = new Client({ dataDir, pollTimeoutMs: 1000, encryption: false });
   const seen: string[] = [];
   let done!: () => void;
   const second = new Promise<void>((r) => (done = r));
