@@ -91,6 +91,7 @@ export class CryptoActor implements CryptoActorApi {
   private readonly roomLocks = new Map<string, Promise<unknown>>();
   /** Sessions whose keys arrived during the current sync changes (their pending events are retried after). */
   private arrivedSessions = new Set<string>();
+  private retryScheduled = false;
   private outgoingRunning: Promise<void> | null = null;
   private outgoingQueued: Promise<void> | null = null;
   private appliedBatches = 0;
@@ -142,6 +143,7 @@ export class CryptoActor implements CryptoActorApi {
     this.http = new MatrixHttp(config.homeserver, config.accessToken);
     this.machine.registerRoomKeyUpdatedCallback(async (infos: W.RoomKeyInfo[]) => {
       for (const info of infos) this.arrivedSessions.add(info.sessionId);
+      this.scheduleRetry();
     });
     this.events.onMessage((msg) => {
       if (msg.kind === 'lateHandled') this.forgetPending(msg.ids);
@@ -160,12 +162,24 @@ export class CryptoActor implements CryptoActorApi {
 
   async receiveSyncChanges(ch: CryptoSyncChanges): Promise<void> {
     await this.queue.run(() => this.applySyncChanges(ch), 'high');
-    if (this.arrivedSessions.size > 0) {
-      const sessions = this.arrivedSessions;
-      this.arrivedSessions = new Set();
-      void this.queue.run(() => this.retryPending(sessions)).catch((e) => this.report(e));
-    }
     void this.flushOutgoing().catch((e) => this.report(e));
+  }
+
+  /**
+   * Retries the kept events of sessions whose keys arrived. The key callback may fire during or after the call
+   * that stored the key, so the retry is queued from the callback, once per burst of keys.
+   */
+  private scheduleRetry(): void {
+    if (this.retryScheduled || this.closed) return;
+    this.retryScheduled = true;
+    void this.queue
+      .run(() => {
+        this.retryScheduled = false;
+        const sessions = this.arrivedSessions;
+        this.arrivedSessions = new Set();
+        return this.retryPending(sessions);
+      })
+      .catch((e) => this.report(e));
   }
 
   async decrypt(req: DecryptRequest): Promise<DecryptResult> {
