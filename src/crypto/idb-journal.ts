@@ -47,7 +47,7 @@ interface RawStore {
   deleteRecord(key: unknown, rollbackLog?: unknown[]): void;
   clear(rollbackLog?: unknown[]): void;
 }
-interface RawDatabase { name: string; version: number; rawObjectStores: Map<string, RawStore> }
+interface RawDatabase { name: string; version: number; rawObjectStores: Map<string, RawStore>; processTransactions(): void }
 interface FakeTx { mode: string; db: { name: string; _rawDatabase: RawDatabase }; _rollbackLog: unknown[] }
 
 /** What one IndexedDB transaction changed: per raw object store, the keys touched and whether it was cleared. */
@@ -72,6 +72,7 @@ export class IdbJournal {
   private group: Op[] | null = null;
   private failed: HalcyonError | null = null;
   private readonly onFailure: (err: HalcyonError) => void;
+  private closed = false;
 
   private constructor(dataDir: string, file: string, readonly prefix: string, onFailure: (err: HalcyonError) => void) {
     this.sql = openDatabase(dataDir, file);
@@ -129,25 +130,39 @@ export class IdbJournal {
     return (this.sql.prepare('SELECT count(*) AS n FROM idb_record').get() as { n: number }).n;
   }
 
-  /** Stops journaling and closes the SQLite file; the in-memory databases are deleted. */
+  /**
+   * Stops journaling and closes the SQLite file; the in-memory databases are deleted. Idempotent. Connections
+   * still open on them are closed first: a store that failed to open (wrong passphrase) never closes its own,
+   * and fake-indexeddb's delete would otherwise wait for them forever, re-polling on every turn of the loop.
+   */
   async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
     journals.delete(this);
-    if (this.group) this.commitGroup();
+    if (this.group && !this.failed) this.commitGroup();
+    this.group = null;
     const names = (this.sql.prepare('SELECT name FROM idb_db').all() as { name: string }[]).map((r) => r.name);
     this.sql.close();
+    for (const [name, conns] of connections) {
+      if (!name.startsWith(this.prefix)) continue;
+      for (const c of conns) c.close();
+      connections.delete(name);
+    }
     for (const name of names) await deleteDatabase(name);
   }
 
-  /** Called by the hook at commit time, before `complete` is dispatched. */
-  captured(tx: FakeTx): void {
-    if (this.failed) return;
+  /**
+   * Called by the hook at commit time, before `complete` is dispatched. Returns false if the commit could not be
+   * made durable (the journal failed; the owner was told through `onFailure`): `complete` is then withheld.
+   */
+  captured(tx: FakeTx): boolean {
     const dbName = tx.db.name;
     const ops: Op[] = [];
     if (tx.mode === 'versionchange') {
       ops.push({ op: 'snapshot', db: dbName, snapshot: snapshotOf(tx.db._rawDatabase) });
     } else {
       const dirty = dirtyByLog.get(tx._rollbackLog);
-      if (!dirty) return;
+      if (!dirty) return true;
       for (const [store, d] of dirty.stores) {
         if (store.deleted) continue;
         if (d.cleared) ops.push({ op: 'clear', db: dbName, store: store.name });
@@ -158,8 +173,17 @@ export class IdbJournal {
         if (store.keyGenerator) ops.push({ op: 'keygen', db: dbName, store: store.name, num: store.keyGenerator.num });
       }
     }
+    // After a failure the store is ahead of the disk: nothing that writes is reported complete (reads still are).
+    if (this.failed) return false;
     if (this.group) this.group.push(...ops);
-    else this.write(ops);
+    else {
+      try {
+        this.write(ops);
+      } catch {
+        return false; // reported through onFailure by write()
+      }
+    }
+    return true;
   }
 
   private write(ops: Op[], extra?: (db: Database) => void): void {
@@ -221,7 +245,7 @@ export class IdbJournal {
       const stores = this.sql.prepare('SELECT name, key_path, auto_increment, key_gen, indexes FROM idb_store WHERE db = ?').all(name) as {
         name: string; key_path: string; auto_increment: number; key_gen: number; indexes: string;
       }[];
-      restoring++;
+      restoring.add(name);
       try {
         await new Promise<void>((resolve, reject) => {
           const req = indexedDB.open(name, version);
@@ -256,7 +280,7 @@ export class IdbJournal {
           };
         });
       } finally {
-        restoring--;
+        restoring.delete(name);
       }
     }
   }
@@ -265,8 +289,11 @@ export class IdbJournal {
 // ---- thread-wide hooks ----
 
 const journals = new Set<IdbJournal>();
+/** Open IndexedDB connections by database name, so a journal can close what its store left open. */
+const connections = new Map<string, Set<IDBDatabase>>();
 const dirtyByLog = new WeakMap<unknown[], Dirty>();
-let restoring = 0;
+/** Databases being rebuilt from the journal: their writes are the journal's own, not to be journaled again. */
+const restoring = new Set<string>();
 let installed: Promise<void> | null = null;
 
 /** IndexedDB key → canonical text, so equal keys map to one SQLite row. */
@@ -275,7 +302,8 @@ export function canonicalKey(key: Key): string {
 }
 
 function tagKey(key: Key): unknown {
-  if (typeof key === 'number') return ['n', Object.is(key, -0) ? 0 : key];
+  // JSON has no Infinity: it would print both infinities as null.
+  if (typeof key === 'number') return ['n', Number.isFinite(key) ? (Object.is(key, -0) ? 0 : key) : String(key)];
   if (typeof key === 'string') return ['s', key];
   if (key instanceof Date) return ['d', key.getTime()];
   if (Array.isArray(key)) return ['a', key.map(tagKey)];
@@ -291,7 +319,7 @@ function journalFor(dbName: string): IdbJournal | undefined {
 }
 
 function markDirty(store: RawStore, rollbackLog: unknown[] | undefined, key: Key | null): void {
-  if (!rollbackLog || restoring > 0) return; // no log: a rollback, or an index build; nothing to journal
+  if (!rollbackLog || restoring.has(store.rawDatabase.name)) return; // no log: a rollback, or an index build; nothing to journal
   let d = dirtyByLog.get(rollbackLog);
   if (!d) dirtyByLog.set(rollbackLog, (d = { stores: new Map() }));
   let s = d.stores.get(store);
@@ -335,7 +363,7 @@ function installHooks(): Promise<void> {
       return key;
     };
     proto.deleteRecord = function (this: RawStore, keyOrRange: unknown, log?: unknown[]) {
-      if (log && restoring === 0) {
+      if (log && !restoring.has(this.rawDatabase.name)) {
         const range = keyOrRange instanceof IDBKeyRange ? keyOrRange : IDBKeyRange.only(keyOrRange);
         for (const r of [...this.records.values(range)]) markDirty(this, log, r.key);
       }
@@ -345,12 +373,36 @@ function installHooks(): Promise<void> {
       markDirty(this, log, null);
       clear.call(this, log);
     };
+    const factory = globalThis.indexedDB as IDBFactory;
+    const open = factory.open.bind(factory);
+    factory.open = (name: string, version?: number) => {
+      const req = open(name, version);
+      req.addEventListener('success', () => {
+        const db = req.result;
+        let set = connections.get(name);
+        if (!set) connections.set(name, (set = new Set()));
+        set.add(db);
+        db.addEventListener('close', () => set.delete(db));
+      });
+      return req;
+    };
+    const closeConn = IDBDatabase.prototype.close;
+    IDBDatabase.prototype.close = function (this: IDBDatabase) {
+      connections.get(this.name)?.delete(this);
+      return closeConn.call(this);
+    };
     const dispatch = IDBTransaction.prototype.dispatchEvent;
     IDBTransaction.prototype.dispatchEvent = function (this: IDBTransaction, event: Event) {
       // Write-through: the commit reaches SQLite before any listener (the crypto store) sees `complete`.
-      if (event.type === 'complete' && restoring === 0) {
+      if (event.type === 'complete') {
         const tx = this as unknown as FakeTx;
-        journalFor(tx.db.name)?.captured(tx);
+        const j = restoring.has(tx.db.name) ? undefined : journalFor(tx.db.name);
+        // A commit that did not reach the disk is not reported complete: the owner stops on onFailure.
+        if (j && !j.captured(tx)) {
+          // fake-indexeddb starts the next queued transaction from a complete listener: keep the queue moving.
+          tx.db._rawDatabase.processTransactions();
+          return false;
+        }
       }
       return dispatch.call(this, event);
     };
