@@ -22,6 +22,20 @@ export function storedDeviceId(dataDir: string, homeserver: string, user: string
 }
 
 /**
+ * Throws `HALCYON_STORE_MISMATCH` if `dataDir` belongs to another user or homeserver; writes nothing (the device
+ * is recorded by {@link claimDataDir} only once the crypto store has accepted it).
+ */
+export function checkDataDir(dataDir: string, homeserver: string, userId: string): void {
+  const db = openDatabase(dataDir, 'account.sqlite');
+  try {
+    const rec = readAccount(kvGet(db, 'account'));
+    if (rec && (rec.userId !== userId || rec.homeserver !== homeserver)) throw mismatch(dataDir, rec, userId, homeserver);
+  } finally {
+    db.close();
+  }
+}
+
+/**
  * Claims `dataDir` for the session, or throws `HALCYON_STORE_MISMATCH` if it belongs to another user or
  * homeserver: mixing two accounts' state silently is how peer libraries end up with broken stores.
  */

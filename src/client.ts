@@ -3,7 +3,7 @@
  * actor, and runs the user's handlers through the dispatcher; it also sends. Handlers run on this thread;
  * polling, parsing and room state live on worker threads.
  */
-import { claimDataDir, storedDeviceId } from './account.ts';
+import { checkDataDir, claimDataDir, storedDeviceId } from './account.ts';
 import { type ActorHandle, inThreadActor, localPortPair, localRemote, type MessagePort, type Port, portPair, spawnWorkerActor, typedPort } from './actors.ts';
 import { CacheActor } from './cache/actor.ts';
 import { CryptoActor } from './crypto/actor.ts';
@@ -301,7 +301,7 @@ export class Client implements RoomActions {
     const session = decodeToken(token);
     this.session = session;
     this.http = new MatrixHttp(session.homeserver, session.accessToken);
-    claimDataDir(this.opts.dataDir, session.homeserver, session.userId, session.deviceId);
+    checkDataDir(this.opts.dataDir, session.homeserver, session.userId);
     const who = await this.http.json<{ user_id?: unknown }>('GET', '/_matrix/client/v3/account/whoami');
     this.checkStarting();
     if (who.user_id !== session.userId) {
@@ -540,6 +540,8 @@ export class Client implements RoomActions {
         pendingUndecryptableMaxAgeMs: e2ee.pendingUndecryptableMaxAgeMs ?? 24 * 3600_000,
       });
     }
+    // Only now is the token's device known to fit the crypto store: a refused run must not re-point the data dir.
+    claimDataDir(o.dataDir, session.homeserver, session.userId, session.deviceId);
     await this.cache.api.open({ dataDir: o.dataDir, maxRoomsInMemory: o.maxRoomsInMemory });
     for (const s of await this.cache.api.summaries()) this.summaries.set(s.roomId, s);
     const config: SyncConfig = {
