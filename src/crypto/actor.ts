@@ -378,14 +378,14 @@ export class CryptoActor implements CryptoActorApi {
     const now = Date.now();
     db.prepare('INSERT OR IGNORE INTO pending_utd (event_id, room_id, session_id, raw, at) VALUES (?, ?, ?, ?, ?)').run(eventId, roomId, sessionId, raw, now);
     db.prepare('DELETE FROM pending_utd WHERE at < ?').run(now - this.config.pendingUndecryptableMaxAgeMs);
-    db.prepare('DELETE FROM pending_utd WHERE event_id IN (SELECT event_id FROM pending_utd ORDER BY at DESC LIMIT -1 OFFSET ?)').run(this.config.maxPendingUndecryptable);
+    db.prepare('DELETE FROM pending_utd WHERE event_id IN (SELECT event_id FROM pending_utd ORDER BY at DESC, rowid DESC LIMIT -1 OFFSET ?)').run(this.config.maxPendingUndecryptable);
   }
 
   /** Retries kept events (of these sessions, or all); posts those that now decrypt to main as a late batch. */
   private async retryPending(sessions: Set<string> | null): Promise<void> {
     const db = this.journal.db;
     db.prepare('DELETE FROM pending_utd WHERE at < ?').run(Date.now() - this.config.pendingUndecryptableMaxAgeMs);
-    const rows = (db.prepare('SELECT event_id, room_id, session_id, raw FROM pending_utd WHERE posted = 0 ORDER BY at').all() as {
+    const rows = (db.prepare('SELECT event_id, room_id, session_id, raw FROM pending_utd WHERE posted = 0 ORDER BY at, rowid').all() as {
       event_id: string; room_id: string; session_id: string | null; raw: string;
     }[]).filter((r) => sessions === null || (r.session_id !== null && sessions.has(r.session_id)));
     const ok: Array<Decrypted & { index: number }> = [];
