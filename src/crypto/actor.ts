@@ -4,7 +4,7 @@
  *
  * Every OlmMachine call runs through one serial queue with two priorities: a batch's sync changes (which the
  * sync actor waits for before its next poll) jump ahead of queued decryption, and decryption runs in small
- * chunks, so a burst of encrypted events never holds polling up for more than one chunk.
+ * slices of a few milliseconds, so a burst of encrypted events never holds polling up for more than one slice.
  *
  * Consistency of the since token and the crypto state: the sync actor hands over a batch's to-device events
  * before it polls with the batch's token (that poll lets the server delete them). The actor applies them
@@ -40,23 +40,44 @@ import { type Database, kvGet, kvSet } from '../store.ts';
 import { processSync } from '../sync/process.ts';
 import { IdbJournal } from './idb-journal.ts';
 
-/** Events decrypted per queue turn: small enough that sync changes never wait long behind a burst. */
-const DECRYPT_CHUNK = 32;
+/**
+ * Decryption yields the queue after this many ms (at least one event per turn), so a batch's sync changes, which
+ * the sync actor waits for before its next poll, never wait long behind a burst of encrypted events.
+ */
+const DECRYPT_SLICE_MS = 4;
 /** Applied to-device hashes are kept for this many batches (a crash replays at most the last unacknowledged one). */
 const KEEP_HASH_BATCHES = 8;
 const MEGOLM = 'm.megolm.v1.aes-sha2';
 
-/** Runs tasks one at a time; `high` tasks go before queued `low` ones. */
+/** Runs tasks one at a time; `high` tasks go before queued `low` ones. After {@link shut}, tasks are refused. */
 class SerialQueue {
   private readonly high: Array<() => Promise<void>> = [];
   private readonly low: Array<() => Promise<void>> = [];
   private running = false;
+  private shutErr: HalcyonError | null = null;
 
-  run<T>(fn: () => Promise<T>, priority: 'high' | 'low' = 'low'): Promise<T> {
+  run<T>(fn: () => T | Promise<T>, priority: 'high' | 'low' = 'low'): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      (priority === 'high' ? this.high : this.low).push(() => fn().then(resolve, reject));
+      (priority === 'high' ? this.high : this.low).push(async () => {
+        // A task queued before the machine closed must not touch it after (wasm: a null pointer).
+        if (this.shutErr) return reject(this.shutErr);
+        // Awaited inside try: wasm methods may throw synchronously instead of rejecting.
+        try {
+          resolve(await fn());
+        } catch (err) {
+          reject(err);
+        }
+      });
       void this.pump();
     });
+  }
+
+  /** Runs `last` as the final task; every task after it is rejected with `HALCYON_STOPPED`. */
+  shut(last: () => void): Promise<void> {
+    return this.run(() => {
+      last();
+      this.shutErr = new HalcyonError('HALCYON_STOPPED', 'the crypto actor was closed');
+    }, 'low');
   }
 
   private async pump(): Promise<void> {
@@ -92,6 +113,8 @@ export class CryptoActor implements CryptoActorApi {
   /** Sessions whose keys arrived during the current sync changes (their pending events are retried after). */
   private arrivedSessions = new Set<string>();
   private retryScheduled = false;
+  /** Decrypt requests run one after another (first in, first out), so the first batch is ready first. */
+  private decryptTail: Promise<unknown> = Promise.resolve();
   private outgoingRunning: Promise<void> | null = null;
   private outgoingQueued: Promise<void> | null = null;
   private appliedBatches = 0;
@@ -183,17 +206,26 @@ export class CryptoActor implements CryptoActorApi {
   }
 
   async decrypt(req: DecryptRequest): Promise<DecryptResult> {
+    // Requests interleaving their slices would finish together, at the end of a burst: one at a time instead.
+    const run = this.decryptTail.then(() => this.decryptAll(req));
+    this.decryptTail = run.catch(() => {});
+    return run;
+  }
+
+  private async decryptAll(req: DecryptRequest): Promise<DecryptResult> {
     const ok: Array<Decrypted & { index: number }> = [];
     const failures: DecryptFailure[] = [];
-    for (let start = 0; start < req.raw.length; start += DECRYPT_CHUNK) {
-      const end = Math.min(req.raw.length, start + DECRYPT_CHUNK);
+    let i = 0;
+    while (i < req.raw.length) {
       await this.queue.run(async () => {
-        for (let i = start; i < end; i++) {
+        const until = performance.now() + DECRYPT_SLICE_MS;
+        do {
           const roomId = req.rooms[req.room[i]!]!;
           const r = await this.decryptOne(roomId, req.raw[i]!, true);
           if ('event' in r) ok.push({ ...r, index: i });
           else failures.push({ ...r, index: i });
-        }
+          i++;
+        } while (i < req.raw.length && performance.now() < until);
       });
     }
     const slot: number[] = new Array<number>(req.raw.length).fill(-1);
@@ -239,7 +271,7 @@ export class CryptoActor implements CryptoActorApi {
     await this.outgoingRunning?.catch(() => {});
     await this.outgoingQueued?.catch(() => {});
     // Closed from inside the queue: no machine call can be running or start after it.
-    await this.queue.run(async () => this.machine?.close(), 'low');
+    await this.queue.shut(() => this.machine?.close());
     await this.http?.close();
     await this.journal?.close();
   }

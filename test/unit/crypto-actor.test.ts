@@ -721,3 +721,55 @@ test('a store opened for another device is refused with HALCYON_STORE_MISMATCH (
   const again = await startActor(t, hs, dataDir);
   assert.equal((await again.actor.status()).identity.deviceId, BOT_DEVICE);
 });
+
+test('decrypt requests complete in the order they were made (a burst does not hold the first batch until the end)', async (t) => {
+  const { alice, bot, roomId } = await world(t);
+  await alice.shareKey(roomId, [BOT]);
+  await bot.actor.receiveSyncChanges(syncChanges(hs, hs.drainInbox(BOT, BOT_DEVICE)));
+  const batches: Json[][] = [];
+  for (let b = 0; b < 4; b++) {
+    const evs: Json[] = [];
+    for (let i = 0; i < 6; i++) evs.push(await alice.encrypt(roomId, `batch ${b} message ${i}`));
+    batches.push(evs);
+  }
+  const order: number[] = [];
+  const results = await Promise.all(batches.map((evs, b) => bot.actor.decrypt(decryptRequest(roomId, evs)).then((r) => (order.push(b), r))));
+  assert.deepEqual(order, [0, 1, 2, 3]);
+  for (const [b, r] of results.entries()) {
+    assert.deepEqual(r.failures, []);
+    assert.deepEqual(decrypted(r).map((d) => d?.event.content.body), batches[b]!.map((_, i) => `batch ${b} message ${i}`));
+  }
+  assert.deepEqual(errors(bot), []);
+});
+
+test('sync changes queued behind a burst of decryption are applied before the burst ends', async (t) => {
+  const { alice, bot, roomId } = await world(t);
+  await alice.shareKey(roomId, [BOT]);
+  await bot.actor.receiveSyncChanges(syncChanges(hs, hs.drainInbox(BOT, BOT_DEVICE)));
+  const evs: Json[] = [];
+  for (let i = 0; i < 60; i++) evs.push(await alice.encrypt(roomId, `burst ${i}`));
+  let burstDone = false;
+  const burst = bot.actor.decrypt(decryptRequest(roomId, evs)).then((r) => ((burstDone = true), r));
+  // A plain to-device event, as a batch arriving mid-burst would carry.
+  await bot.actor.receiveSyncChanges(syncChanges(hs, [{ type: 'org.example.ping', sender: ALICE, content: {} }]));
+  assert.equal(burstDone, false, 'the sync changes were applied while the burst was still being decrypted');
+  const r = await burst;
+  assert.equal(decrypted(r).filter(Boolean).length, 60);
+  assert.deepEqual(errors(bot), []);
+});
+
+test('calls after close are refused with a coded error, not a wasm null pointer', async (t) => {
+  const { bot } = await world(t);
+  await bot.actor.close();
+  const err = await bot.actor.decrypt(decryptRequest('!x:example.org', ['{}'])).then(
+    () => null,
+    (e: { code?: string }) => e,
+  );
+  // A malformed event needs no machine call, so it may still be answered; anything that reaches the machine is refused.
+  if (err) assert.equal(err.code, 'HALCYON_STOPPED');
+  const enc = await bot.actor.receiveSyncChanges(syncChanges(hs, [])).then(
+    () => null,
+    (e: { code?: string }) => e,
+  );
+  assert.equal(enc?.code, 'HALCYON_STOPPED');
+});
