@@ -200,15 +200,19 @@ export class SyncActor implements SyncActorApi {
    */
   private async handOff(p: ProcessedSync, body: Uint8Array, first: boolean, deliver: boolean): Promise<void> {
     const changes = this.deps.crypto && this.config.encryption ? this.cryptoChanges(p) : null;
-    const [summaries] = await Promise.all([
-      p.state.rooms.length > 0 ? this.deps.cache.apply(p.state) : [],
-      changes
-        ? this.deps.crypto!.receiveSyncChanges(changes).catch((err: unknown) => {
-            this.lastKeyCounts = ''; // the retry of this batch must carry its key counts again
-            throw err;
-          })
-        : undefined,
-    ]);
+    const applying = changes
+      ? this.deps.crypto!.receiveSyncChanges(changes).catch((err: unknown) => {
+          this.lastKeyCounts = ''; // the retry of this batch (or the next batch) must carry its key counts again
+          throw err;
+        })
+      : undefined;
+    // Only what the next poll deletes (to-device events) or what this batch's handlers may send with (device
+    // lists, room encryption, members) is waited for. Key counts alone are not: the server repeats them in every
+    // sync, and the crypto actor applies calls in the order they were made, so a later batch still comes after.
+    const mustWait = changes !== null && !countsOnly(changes);
+    // Not awaited: the crypto actor reports its own failures to main (error/fatal on its port, or its death).
+    if (applying && !mustWait) applying.catch(() => {});
+    const [summaries] = await Promise.all([p.state.rooms.length > 0 ? this.deps.cache.apply(p.state) : [], mustWait ? applying : undefined]);
     const seq = ++this.seq;
     const count = deliver ? p.events.count : 0;
     const trivial = count === 0 && summaries.length === 0 && p.invites.length === 0 && p.left.length === 0 && p.errors.length === 0;
@@ -326,4 +330,9 @@ export class SyncActor implements SyncActorApi {
     kvSet(this.db, key, res.filter_id);
     return res.filter_id;
   }
+}
+
+/** Whether crypto changes carry nothing but one-time-key counts and fallback key types. */
+function countsOnly(c: CryptoSyncChanges): boolean {
+  return c.toDeviceCount === 0 && c.deviceListsChanged.length === 0 && c.deviceListsLeft.length === 0 && c.encryption.length === 0 && c.members.length === 0 && c.left.length === 0;
 }
