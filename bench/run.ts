@@ -8,11 +8,14 @@
  *    same bodies (no HTTP); plus main-thread CPU per delivered event.
  * B. `/sync` cadence while a handler burns 500 ms of CPU per event, 20 events/s offered for 5 s (`--quick`: 3 s):
  *    the gap between each `/sync` response and the next `/sync` request, as the replay server saw them.
+ * C. Decryption (bench/crypto.ts; 3 rounds of 3,000 encrypted events, `--quick`: 2 rounds of 2,000): events/s a Halcyon bot
+ *    delivers from an encrypted room next to a raw `OlmMachine.decryptRoomEvent` loop on the same store type, and
+ *    /sync cadence during a paced encrypted burst next to a plaintext one.
  *
  * Results go to bench/results/latest.json and bench/results/latest.md.
  *
- * Usage: node --import tsx bench/run.ts [--quick] [--rounds N] [--only throughput|cadence]
- *        [--workloads 100x100,1x10k,10kx1] [--contenders LIST] [--offer-seconds S] [--max-queued N] [--out DIR]
+ * Usage: node --import tsx bench/run.ts [--quick] [--rounds N] [--only throughput|cadence|crypto]
+ *        [--crypto-events N] [--workloads 100x100,1x10k,10kx1] [--contenders LIST] [--offer-seconds S] [--max-queued N] [--out DIR]
  * (`--help` explains them.) To see where Halcyon's time goes, add `--cpu-prof --cpu-prof-dir=DIR` to node
  * and summarise with bench/profile-summary.ts; bench/breakdown.ts times each pipeline stage on one thread.
  * @module
@@ -24,6 +27,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+import { cryptoBench, cryptoMarkdown, type CryptoResult } from './crypto.ts';
 import { makeSyncBody } from './fixtures.ts';
 import { runFloor } from './floor.ts';
 import { type HandlerMode, runHalcyon } from './halcyon.ts';
@@ -34,8 +38,9 @@ import { burnCpu, clockOffset, fmt, now, percentile, processCpuMs, type Summary,
 
 const USAGE = `usage: node --import tsx bench/run.ts [options]
   --quick                 2 rounds, 5 batches per throughput workload (50k events), 3 s cadence window
-  --rounds N              rounds per measurement (default 5; 2 with --quick)
-  --only PART             throughput | cadence (default: both)
+  --rounds N              rounds per measurement (default 5, crypto 3; 2 with --quick)
+  --only PART             throughput | cadence | crypto (default: all three)
+  --crypto-events N       encrypted events per crypto measurement (default 3000; 2000 with --quick)
   --workloads LIST        comma-separated subset of 100x100,1x10k,10kx1 (default: all)
   --contenders LIST       comma-separated subset of floor,halcyon-trivial,halcyon-content,json-parse (throughput only)
   --offer-seconds S       length of the cadence window (default 5; 3 with --quick)
@@ -51,6 +56,7 @@ const { values: args } = parseArgs({
     contenders: { type: 'string' },
     'offer-seconds': { type: 'string' },
     'max-queued': { type: 'string' },
+    'crypto-events': { type: 'string' },
     out: { type: 'string' },
     help: { type: 'boolean', default: false },
   },
@@ -66,12 +72,15 @@ const OFFER_MS = (args['offer-seconds'] !== undefined ? Number(args['offer-secon
 const RELEASE_EVERY_MS = 50; // 20 events/s, one event per body
 const BURN_MS = 500;
 const OUT_DIR = args.out ?? join(import.meta.dirname, 'results');
-const PARTS = args.only === undefined ? ['throughput', 'cadence'] : [args.only];
+const PARTS = args.only === undefined ? ['throughput', 'cadence', 'crypto'] : [args.only];
+const CRYPTO_ROUNDS = args.rounds !== undefined ? ROUNDS : QUICK ? 2 : 3;
+const CRYPTO_EVENTS = args['crypto-events'] !== undefined ? Number(args['crypto-events']) : QUICK ? 2000 : 3000;
+if (!Number.isInteger(CRYPTO_EVENTS) || CRYPTO_EVENTS < 100) throw new Error(`--crypto-events must be an integer ≥ 100, not ${args['crypto-events']}`);
 const MAX_QUEUED = args['max-queued'] !== undefined ? Number(args['max-queued']) : undefined;
 if (MAX_QUEUED !== undefined && !(MAX_QUEUED > 0)) throw new Error(`bad --max-queued ${args['max-queued']}`);
 if (!Number.isInteger(ROUNDS) || ROUNDS < 1) throw new Error(`--rounds must be a positive integer, not ${args.rounds}`);
 if (!Number.isFinite(OFFER_MS) || OFFER_MS < RELEASE_EVERY_MS) throw new Error(`bad --offer-seconds ${args['offer-seconds']}`);
-if (PARTS.some((p) => p !== 'throughput' && p !== 'cadence')) throw new Error(`--only must be throughput or cadence, not ${args.only}`);
+if (PARTS.some((p) => p !== 'throughput' && p !== 'cadence' && p !== 'crypto')) throw new Error(`--only must be throughput, cadence or crypto, not ${args.only}`);
 
 interface Workload {
   id: string;
@@ -246,7 +255,7 @@ async function throughput(w: Workload): Promise<ThroughputResult> {
       `(${fmt(messages)} messages, ${fmt(reactions)} reactions), ${fmt(bytes / 1e6, 1)} MB, ${fmt(bytes / total)} B/event; ` +
       `built in ${fmt((performance.now() - tGen) / 1000, 1)} s`,
   );
-  const server = await startReplayServer({ bodies, longPollMs: 1000 });
+  const server = await startReplayServer({ bodies, longPollMs: 1000, keys: true });
   const samples: ThroughputSample[] = [];
   try {
     const { offsetMs, rttMs } = await clockOffset(server);
@@ -337,7 +346,7 @@ interface CadenceSample {
 }
 
 async function cadenceRun(contender: CadenceContender, bodies: string[], round: number): Promise<CadenceSample> {
-  const server = await startReplayServer({ bodies, longPollMs: 1000, releaseEveryMs: RELEASE_EVERY_MS });
+  const server = await startReplayServer({ bodies, longPollMs: 1000, releaseEveryMs: RELEASE_EVERY_MS, keys: true });
   try {
     let deadline = Infinity;
     let burns = 0;
@@ -477,6 +486,8 @@ const meta = {
   git: gitDescribe(),
   mode: QUICK ? 'quick' : 'default',
   rounds: ROUNDS,
+  cryptoRounds: CRYPTO_ROUNDS,
+  cryptoEvents: CRYPTO_EVENTS,
   maxQueuedEvents: MAX_QUEUED ?? 'library default',
   argv: process.argv.slice(2),
 };
@@ -492,7 +503,7 @@ const LABELS: Record<ThroughputContender, string> = {
   'json-parse': 'JSON.parse only (no HTTP)',
 };
 
-function markdown(tp: ThroughputResult[], cd: CadenceResult | null, wallS: number): string {
+function markdown(tp: ThroughputResult[], cd: CadenceResult | null, cr: CryptoResult | null, wallS: number): string {
   const L: string[] = [];
   L.push(`# Halcyon benchmark (${meta.mode} run)`, '');
   L.push('| | |', '| --- | --- |');
@@ -501,7 +512,8 @@ function markdown(tp: ThroughputResult[], cd: CadenceResult | null, wallS: numbe
   L.push(`| Node | ${meta.node} |`);
   L.push(`| OS | ${meta.os}, ${fmt(meta.totalMemGB, 1)} GiB RAM |`);
   L.push(`| commit | ${meta.git} |`);
-  L.push(`| rounds | ${ROUNDS} per measurement, contenders alternating |`);
+  const roundsCell = PARTS.includes('crypto') ? (PARTS.length > 1 ? `${ROUNDS} per measurement (crypto: ${CRYPTO_ROUNDS})` : `${CRYPTO_ROUNDS} per measurement`) : `${ROUNDS} per measurement`;
+  L.push(`| rounds | ${roundsCell}, contenders alternating |`);
   L.push(`| Halcyon options | deliverInitialTimeline, pollTimeoutMs 30000, maxQueuedEvents ${MAX_QUEUED ?? 'default (10,000)'}, fresh data dir and workers per run |`);
   L.push(`| wall time | ${fmt(wallS)} s |`);
   L.push(
@@ -582,6 +594,7 @@ function markdown(tp: ThroughputResult[], cd: CadenceResult | null, wallS: numbe
     if (failed.length) L.push('', `Failed measurements: ${failed.map((s) => `${s.contender} r${s.round}: ${s.error}`).join('; ')}`);
     L.push('');
   }
+  if (cr) L.push(...cryptoMarkdown(cr));
   return L.join('\n');
 }
 
@@ -590,19 +603,22 @@ function markdown(tp: ThroughputResult[], cd: CadenceResult | null, wallS: numbe
 const t0 = performance.now();
 quietProgress(
   `Halcyon bench (${meta.mode}): ${meta.cpuModel}, ${meta.cores} cores, Node ${meta.node}; load average ${meta.loadavgStart.map((x) => fmt(x, 2)).join(' / ')}; ` +
-    `${ROUNDS} rounds; parts: ${PARTS.join(', ')}` +
+    `${ROUNDS} rounds${PARTS.includes('crypto') ? ` (crypto: ${CRYPTO_ROUNDS} × ${CRYPTO_EVENTS} events)` : ''}; parts: ${PARTS.join(', ')}` +
     (PARTS.includes('throughput') ? `; workloads: ${WORKLOADS.map((w) => w.id).join(', ')} × ${BATCHES} batches` : ''),
 );
 const tp: ThroughputResult[] = [];
 if (PARTS.includes('throughput')) for (const w of WORKLOADS) tp.push(await throughput(w));
 const cd = PARTS.includes('cadence') ? await cadence() : null;
+const cr = PARTS.includes('crypto')
+  ? await cryptoBench({ rounds: CRYPTO_ROUNDS, events: CRYPTO_EVENTS, warmup: 500, perBody: 100, cadencePerBody: 50, cadenceReleaseEveryMs: 25, gc, progress: quietProgress })
+  : null;
 const wallS = (performance.now() - t0) / 1000;
 
 mkdirSync(OUT_DIR, { recursive: true });
-const md = markdown(tp, cd, wallS);
+const md = markdown(tp, cd, cr, wallS);
 writeFileSync(
   join(OUT_DIR, 'latest.json'),
-  JSON.stringify({ meta: { ...meta, wallSeconds: wallS, loadavgEnd: os.loadavg() }, throughput: tp, cadence: cd }, null, 2) + '\n',
+  JSON.stringify({ meta: { ...meta, wallSeconds: wallS, loadavgEnd: os.loadavg() }, throughput: tp, cadence: cd, crypto: cr }, null, 2) + '\n',
 );
 writeFileSync(join(OUT_DIR, 'latest.md'), md + '\n');
 quietProgress(`\n${md}\nwritten: ${join(OUT_DIR, 'latest.json')}, ${join(OUT_DIR, 'latest.md')} (${fmt(wallS)} s)`);

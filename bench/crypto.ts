@@ -1,0 +1,963 @@
+/**
+ * C. Decryption: Halcyon's delivery of encrypted room events against a raw crypto-wasm decryption loop, and /sync
+ * cadence during an encrypted burst against a plaintext one.
+ *
+ * Each round sets up, untimed: a replay server that answers the key endpoints; a fresh Halcyon bot (dist `Client`,
+ * `@bot:bench` device `BENCHDEV`, fresh data dir, encryption on) that uploads its device and one-time keys there;
+ * a "raw" OlmMachine (`@raw:bench` device `RAWDEV`) on the same store type as the bot's crypto actor (fake-indexeddb
+ * written through to a SQLite journal, `IdbJournal`, with a store passphrase), on this thread; and alice (an
+ * in-memory OlmMachine) who learns both devices' keys (keys/query, keys/claim), shares one megolm session with both
+ * (olm to-device events) and encrypts W + N `m.room.message` events once. /sync #0 carries the bot's to-device key
+ * share and the room's `m.room.encryption` state, then `perBody` encrypted events per body. Warm-up, untimed: the
+ * bot gets #0 and the first W events' bodies and handles them (its crypto worker is a fresh thread, whose wasm code
+ * tiers up as it runs); the raw machine decrypts the same W events (so both stores have the same history). Then,
+ * timed, alternating which goes first:
+ *
+ *  - bot: the bodies of the other N events are added to the replay server and served as fast as the bot polls.
+ *    Events/s = N ÷ (last `message` handler call − first timed body's response on the server, offset-corrected).
+ *  - raw: the same N event texts through `await machine.decryptRoomEvent(text, new RoomId(room),
+ *    new DecryptionSettings(Untrusted))` in a loop, reading `.event` and freeing each result. Events/s = N ÷ loop time.
+ *
+ * Cadence (a fresh bot per burst, same round): the same kind of burst — the messages in the clear in an unencrypted
+ * room, alice's megolm events, or alice's events with a changed one-time-key count in every body (so every poll
+ * hands the crypto actor sync changes) — paced: body k (k ≥ 1) released at (k − 1) × releaseEveryMs after the bot
+ * first asks for body 1, faster than the crypto actor decrypts, so decryption lags behind polling. Gap = the next
+ * /sync request's arrival − the previous /sync response's completion, on the replay server, for the responses that
+ * carried the burst's bodies.
+ *
+ * Also recorded: the CPU of every thread of the bench process (/proc/self/task, Linux), so the crypto worker's CPU
+ * per event can be set against the raw loop's; and when the bot's first handler call came.
+ * @module
+ */
+import * as W from '@matrix-org/matrix-sdk-crypto-wasm';
+import { randomBytes } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { IdbJournal } from '../src/crypto/idb-journal.ts';
+import type { Logger, Message } from '../src/index.ts';
+import { startReplayServer, type ReplayStats } from './replay-server.ts';
+import { clockOffset, fmt, now, percentile, processCpuMs, type Summary, summarize, threadCpuMs } from './stats.ts';
+
+// The built package, as users run it. HALCYON_BENCH_DIST=/path/to/index.js runs this part against another build
+// (e.g. a patched copy of dist/, to try a fix without touching the tree).
+const DIST = process.env.HALCYON_BENCH_DIST ? pathToFileURL(resolve(process.env.HALCYON_BENCH_DIST)).href : '../dist/index.js';
+const { Client, encodeToken } = (await import(DIST)) as typeof import('../src/index.ts');
+
+const BOT = { userId: '@bot:bench', deviceId: 'BENCHDEV' };
+const RAW = { userId: '@raw:bench', deviceId: 'RAWDEV' };
+const ALICE = '@alice:bench';
+const ROOM = '!crypto:bench';
+const MEGOLM = 'm.megolm.v1.aes-sha2';
+const OTK_COUNTS = { signed_curve25519: 50 };
+const BASE_TS = 1_700_000_000_000;
+
+/** Options of {@link cryptoBench}. */
+export interface CryptoBenchOptions {
+  rounds: number;
+  /** Encrypted events per round (per contender). */
+  events: number;
+  /** Events per /sync body in the throughput run. */
+  perBody: number;
+  /** Throughput run: events decrypted by both contenders, untimed, before the timed ones (a multiple of perBody). */
+  warmup: number;
+  /** Events per /sync body in the cadence runs. */
+  cadencePerBody: number;
+  /** Cadence runs: one body released every this many ms. */
+  cadenceReleaseEveryMs: number;
+  /** Parts to run (default both). */
+  parts?: Array<'throughput' | 'cadence'>;
+  /** Full GC between measurements. */
+  gc: () => void;
+  progress: (line: string) => void;
+}
+
+/** One measurement of decryption throughput. */
+export interface CryptoThroughputSample {
+  round: number;
+  contender: 'bot' | 'raw';
+  events: number;
+  seconds: number;
+  eventsPerSec: number;
+  /** raw: this thread's CPU in the loop; bot: the main thread's CPU from `ready` to the last handler call. Per event. */
+  mainCpuUsPerEvent: number;
+  /** The whole bench process (main + workers + V8 helper threads) over the same span, per event. */
+  allThreadsCpuUsPerEvent: number;
+  /**
+   * CPU per event by thread over the same span, from /proc/self/task (Linux; 10 ms ticks): `main`, `halcyon-crypto`,
+   * `halcyon-sync`, `halcyon-cache`, `v8 helpers` (GC, background compilation), `other`.
+   */
+  threadsCpuUsPerEvent?: Record<string, number>;
+  /** bot: /sync requests the server saw between the first encrypted body and the last handler call, and their gaps. */
+  syncDuringBurst?: { polls: number; gapP50: number; gapP99: number; gapMax: number; allBodiesFetchedAfterMs: number };
+  /** bot: client.run() to the first /sync request (crypto store open, key upload, worker start-up); not timed. */
+  startupMs?: number;
+  /** bot: first timed body's response to the first handler call of the timed burst (it waits for its batch's decryption). */
+  firstDeliveryMs?: number;
+  /** Events/s of the untimed warm-up (bot: a fresh crypto worker; raw: the first loop over a fresh store). */
+  coldEventsPerSec?: number;
+  problems?: string[];
+  error?: string;
+}
+
+/**
+ * The cadence bursts: the messages in the clear in an unencrypted room; alice's megolm events; and alice's events with
+ * a changed `device_one_time_keys_count` in every body, so every poll hands the crypto actor sync changes (as
+ * to-device traffic or key-count changes during a burst would), which wait for the decryption chunk in progress.
+ */
+export type CadenceBurst = 'plaintext' | 'encrypted' | 'encrypted+keys' | 'encrypted+to-device';
+export const CADENCE_BURSTS: CadenceBurst[] = ['plaintext', 'encrypted', 'encrypted+keys', 'encrypted+to-device'];
+
+/** One cadence measurement. */
+export interface CryptoCadenceSample {
+  round: number;
+  contender: CadenceBurst;
+  bodies: number;
+  gapsMs: number[];
+  gapP50: number;
+  gapP99: number;
+  gapMax: number;
+  /** How far the last burst body's response trailed its release (body k at (k − 1) × releaseEveryMs after body 1). */
+  lagAtLastBodyMs: number;
+  /** Last handler call − last burst body's response: the backlog left when polling was done. */
+  drainAfterLastBodyMs: number;
+  /** Handler events/s over the burst (first burst body served to last handler call). */
+  eventsPerSec: number;
+  problems?: string[];
+  error?: string;
+}
+
+/** Result of {@link cryptoBench}. */
+export interface CryptoResult {
+  config: { rounds: number; events: number; warmup: number; perBody: number; cadencePerBody: number; cadenceReleaseEveryMs: number; bodyBytesPerEvent: number; store: string };
+  throughput: {
+    samples: CryptoThroughputSample[];
+    summary: Record<'bot' | 'raw', { eventsPerSec: Summary; mainCpuUsPerEvent: Summary; allThreadsCpuUsPerEvent: Summary }>;
+    /** bot ÷ raw events/s: ratio of the medians and per-round ratios. */
+    ratio: { ofMedians: number; perRound: Summary; perRoundValues: number[] };
+  } | null;
+  cadence: {
+    samples: CryptoCadenceSample[];
+    summary: Record<CadenceBurst, { gapP50: Summary; gapP99: Summary; gapMax: Summary; lagAtLastBodyMs: Summary; drainAfterLastBodyMs: Summary; eventsPerSec: Summary; pooled: { n: number; p50: number; p99: number; max: number } }>;
+  } | null;
+}
+
+type Json = Record<string, any>;
+
+// ---------------------------------------------------------------- a fake key server for alice and the raw machine
+
+interface Device {
+  deviceKeys?: Json;
+  oneTimeKeys: Map<string, Json>;
+  fallbackKeys: Map<string, Json>;
+  inbox: Json[];
+}
+
+/** Keys and to-device messages of the in-process devices (alice, raw) and of the bot (fed from the replay server). */
+class Keys {
+  readonly devices = new Map<string, Device>();
+
+  device(user: string, dev: string): Device {
+    const k = `${user}|${dev}`;
+    let d = this.devices.get(k);
+    if (!d) this.devices.set(k, (d = { oneTimeKeys: new Map(), fallbackKeys: new Map(), inbox: [] }));
+    return d;
+  }
+
+  upload(user: string, dev: string, body: Json): void {
+    const d = this.device(user, dev);
+    if (body.device_keys) d.deviceKeys = body.device_keys;
+    for (const [id, key] of Object.entries((body.one_time_keys ?? {}) as Json)) d.oneTimeKeys.set(id, key);
+    for (const [id, key] of Object.entries((body.fallback_keys ?? {}) as Json)) d.fallbackKeys.set(id, key);
+  }
+
+  /** The keys/query answer for `users`. */
+  query(users: string[]): Json {
+    const deviceKeys: Json = {};
+    for (const user of users) {
+      deviceKeys[user] = {};
+      for (const [k, d] of this.devices) {
+        const [u, dev] = k.split('|') as [string, string];
+        if (u === user && d.deviceKeys) deviceKeys[user][dev] = d.deviceKeys;
+      }
+    }
+    return { device_keys: deviceKeys, failures: {}, master_keys: {}, self_signing_keys: {}, user_signing_keys: {} };
+  }
+
+  answer(machine: W.OlmMachine, req: { type: W.RequestType; body: string; event_type?: string }): string {
+    const me = machine.userId.toString();
+    const body = JSON.parse(req.body) as Json;
+    switch (req.type) {
+      case W.RequestType.KeysUpload: {
+        this.upload(me, machine.deviceId.toString(), body);
+        return JSON.stringify({ one_time_key_counts: OTK_COUNTS });
+      }
+      case W.RequestType.KeysQuery:
+        return JSON.stringify(this.query(Object.keys((body.device_keys ?? {}) as Json)));
+      case W.RequestType.KeysClaim: {
+        const out: Json = {};
+        for (const [user, devices] of Object.entries((body.one_time_keys ?? {}) as Json)) {
+          for (const [dev, alg] of Object.entries(devices as Json)) {
+            const d = this.devices.get(`${user}|${dev}`);
+            const pick = d && [...d.oneTimeKeys.keys()].find((id) => id.startsWith(`${alg}:`));
+            if (!d || !pick) continue;
+            ((out[user] ??= {})[dev] = { [pick]: d.oneTimeKeys.get(pick)! });
+            d.oneTimeKeys.delete(pick);
+          }
+        }
+        return JSON.stringify({ one_time_keys: out, failures: {} });
+      }
+      case W.RequestType.ToDevice: {
+        for (const [user, devices] of Object.entries((body.messages ?? {}) as Json)) {
+          for (const [dev, content] of Object.entries(devices as Json)) this.device(user, dev).inbox.push({ type: req.event_type, sender: me, content });
+        }
+        return '{}';
+      }
+      case W.RequestType.SignatureUpload:
+        return JSON.stringify({ failures: {} });
+      default:
+        throw new Error(`crypto bench: unexpected request type ${String(req.type)}`);
+    }
+  }
+
+  /** Answers `machine`'s outgoing requests until there are none. */
+  async pump(machine: W.OlmMachine): Promise<void> {
+    for (let round = 0; round < 20; round++) {
+      const reqs = await machine.outgoingRequests();
+      if (reqs.length === 0) return;
+      for (const r of reqs as Array<{ id: string; type: W.RequestType; body: string; event_type?: string }>) {
+        await machine.markRequestAsSent(r.id, r.type, this.answer(machine, r));
+      }
+    }
+    throw new Error(`crypto bench: ${machine.userId.toString()} keeps making requests`);
+  }
+}
+
+/** CPU time (ms) of this process's threads, grouped by thread name (Linux /proc; null elsewhere). */
+function threadGroupsCpuMs(): Map<string, number> | null {
+  let tids: string[];
+  try {
+    tids = readdirSync('/proc/self/task');
+  } catch {
+    return null;
+  }
+  const out = new Map<string, number>();
+  for (const tid of tids) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+    } catch {
+      continue; // the thread ended meanwhile
+    }
+    const close = stat.lastIndexOf(')');
+    const comm = stat.slice(stat.indexOf('(') + 1, close);
+    const fields = stat.slice(close + 2).split(' '); // fields[0] is field 3 (state); utime, stime are fields 14, 15
+    const ms = (Number(fields[11]) + Number(fields[12])) * 10; // USER_HZ = 100 on Linux
+    const group = comm.startsWith('halcyon-') ? comm : comm === 'MainThread' ? 'main' : comm === 'V8Worker' || comm.startsWith('DelayedTask') ? 'v8 helpers' : 'other';
+    out.set(group, (out.get(group) ?? 0) + ms);
+  }
+  return out;
+}
+
+function perEventDelta(a: Map<string, number> | null, b: Map<string, number> | null, n: number): Record<string, number> | undefined {
+  if (!a || !b) return undefined;
+  const out: Record<string, number> = {};
+  for (const [k, v] of b) out[k] = ((v - (a.get(k) ?? 0)) * 1000) / n;
+  return out;
+}
+
+const untrusted = (): W.DecryptionSettings => new W.DecryptionSettings(W.TrustRequirement.Untrusted);
+
+// ---------------------------------------------------------------- the raw machine (same store type as the crypto actor)
+
+interface RawMachine {
+  machine: W.OlmMachine;
+  close(): Promise<void>;
+}
+
+let rawCounter = 0;
+
+async function openRaw(keys: Keys): Promise<RawMachine> {
+  const dir = await mkdtemp(join(tmpdir(), 'halcyon-bench-raw-'));
+  // As the crypto actor opens its store: a journal prefix `<storeName>::`, a passphrase-encrypted IndexedDB store.
+  const storeName = `bench-raw-${process.pid}-${++rawCounter}`;
+  let failure: Error | null = null;
+  const journal = await IdbJournal.open(dir, 'crypto.sqlite', `${storeName}::`, (err) => (failure = err));
+  const machine = await W.OlmMachine.initialize(new W.UserId(RAW.userId), new W.DeviceId(RAW.deviceId), storeName, randomBytes(32).toString('base64url'));
+  await keys.pump(machine); // device keys and one-time keys
+  return {
+    machine,
+    async close() {
+      machine.close();
+      await journal.close();
+      await rm(dir, { recursive: true, force: true });
+      if (failure) throw failure;
+    },
+  };
+}
+
+async function deliverToDevice(keys: Keys, m: W.OlmMachine, events: Json[]): Promise<void> {
+  const processed = await m.receiveSyncChanges(JSON.stringify(events), new W.DeviceLists(), new Map(Object.entries(OTK_COUNTS)), new Set(), untrusted());
+  for (const p of processed) {
+    if (p.type !== W.ProcessedToDeviceEventType.Decrypted) throw new Error(`crypto bench: the raw machine could not decrypt a to-device event (type ${p.type})`);
+  }
+  await keys.pump(m);
+}
+
+// ---------------------------------------------------------------- fixtures
+
+const FILLER = 'the quick brown fox jumps over the lazy dog while the bot decrypts another megolm message';
+
+/** The clear content of message i (60–100 characters). */
+function messageBody(i: number): string {
+  return `bench message ${i}: ${FILLER}`.slice(0, 60 + (i % 41));
+}
+
+interface Fixture {
+  /** /sync bodies: #0 joins the room (and carries the key share), #1… carry the timeline events. */
+  bodies: string[];
+  /** The timeline events' JSON texts as served (what decryptRoomEvent gets). */
+  texts: string[];
+  bytes: number;
+}
+
+/** The message event envelope (everything but type and content). */
+function envelope(i: number): Json {
+  return { event_id: `$bench${i}-${'x'.repeat(32)}`, sender: ALICE, origin_server_ts: BASE_TS + i, unsigned: { age: 100 } };
+}
+
+function nextBatch(k: number): string {
+  return `s${k + 1}_0`;
+}
+
+/** What else every body of a burst carries: nothing, a changed key count, or a to-device event. */
+type Extra = 'none' | 'keys' | 'to-device';
+
+function buildBodies(first: Json, events: Json[], perBody: number, extra: Extra = 'none'): Fixture {
+  const bodies = [JSON.stringify(first)];
+  const texts: string[] = [];
+  for (let start = 0, k = 1; start < events.length; start += perBody, k++) {
+    const chunk = events.slice(start, start + perBody);
+    for (const ev of chunk) texts.push(JSON.stringify(ev));
+    bodies.push(
+      JSON.stringify({
+        next_batch: nextBatch(k),
+        // 51 (above the 50 uploaded, so no top-up upload) and 50 in turn: a change the sync actor hands over every poll.
+        device_one_time_keys_count: extra === 'keys' ? { signed_curve25519: k % 2 === 1 ? 51 : 50 } : OTK_COUNTS,
+        // A plain to-device event: the sync actor must wait until the crypto actor has applied it (the next poll
+        // lets the server delete it), as it would for room keys arriving during a burst.
+        ...(extra === 'to-device' ? { to_device: { events: [{ type: 'org.halcyon.bench.ping', sender: ALICE, content: { k } }] } } : {}),
+        rooms: { join: { [ROOM]: { timeline: { events: chunk, limited: false, prev_batch: `p${k}` } } } },
+      }),
+    );
+  }
+  return { bodies, texts, bytes: bodies.slice(1).reduce((n, b) => n + Buffer.byteLength(b), 0) };
+}
+
+function stateEvent(type: string, stateKey: string, content: Json, i: number): Json {
+  return { type, state_key: stateKey, sender: ALICE, content, origin_server_ts: BASE_TS - 1000 + i, event_id: `$state${i}-${type}-${stateKey}`, unsigned: {} };
+}
+
+function firstBody(toDevice: Json[], encrypted: boolean): Json {
+  const state = [
+    stateEvent('m.room.create', '', { creator: ALICE, room_version: '10' }, 0),
+    stateEvent('m.room.member', ALICE, { membership: 'join' }, 1),
+    stateEvent('m.room.member', BOT.userId, { membership: 'join' }, 2),
+  ];
+  if (encrypted) state.push(stateEvent('m.room.encryption', '', { algorithm: MEGOLM, rotation_period_ms: 604_800_000, rotation_period_msgs: 1_000_000 }, 3));
+  return {
+    next_batch: nextBatch(0),
+    to_device: { events: toDevice },
+    device_one_time_keys_count: OTK_COUNTS,
+    device_unused_fallback_key_types: ['signed_curve25519'],
+    rooms: { join: { [ROOM]: { state: { events: state }, timeline: { events: [], limited: false, prev_batch: 'p0' } } } },
+  };
+}
+
+/** The plaintext burst: the same messages in the clear, in an unencrypted room. */
+function plaintextFixture(n: number, perBody: number): Fixture {
+  const events = Array.from({ length: n }, (_, i) => ({ ...envelope(i), type: 'm.room.message', content: { msgtype: 'm.text', body: messageBody(i) } }));
+  return buildBodies(firstBody([], false), events, perBody);
+}
+
+/**
+ * Alice learns the bot's keys (uploaded to the replay server) and, if given, the raw machine's; shares one megolm
+ * session with them and encrypts n messages. The raw machine receives its key share here.
+ */
+async function encryptedFixture(
+  keys: Keys,
+  botUpload: Json,
+  raw: RawMachine | null,
+  n: number,
+  perBody: number,
+  round: number,
+  extra: Extra = 'none',
+): Promise<{ fixture: Fixture; aliceKeysQuery: Json }> {
+  keys.upload(BOT.userId, BOT.deviceId, botUpload);
+  const alice = await W.OlmMachine.initialize(new W.UserId(ALICE), new W.DeviceId(`ALICE${round}${randomBytes(3).toString('hex').toUpperCase()}`));
+  try {
+    await keys.pump(alice);
+    const recipients = [BOT.userId, ...(raw ? [RAW.userId] : [])];
+    await alice.updateTrackedUsers(recipients.map((u) => new W.UserId(u)));
+    await keys.pump(alice);
+    const room = new W.RoomId(ROOM);
+    const settings = new W.RoomSettings();
+    settings.algorithm = W.EncryptionAlgorithm.MegolmV1AesSha2;
+    settings.sessionRotationPeriodMessages = 1_000_000;
+    settings.sessionRotationPeriodMs = 604_800_000;
+    await alice.setRoomSettings(room, settings);
+    const claim = await alice.getMissingSessions(recipients.map((u) => new W.UserId(u)));
+    if (claim) await alice.markRequestAsSent(claim.id, claim.type, keys.answer(alice, claim as never));
+    const enc = new W.EncryptionSettings();
+    enc.algorithm = W.EncryptionAlgorithm.MegolmV1AesSha2;
+    enc.historyVisibility = W.HistoryVisibility.Shared;
+    enc.rotationPeriodMessages = 1_000_000n;
+    enc.rotationPeriod = 604_800_000_000n;
+    for (const r of await alice.shareRoomKey(new W.RoomId(ROOM), recipients.map((u) => new W.UserId(u)), enc)) {
+      await alice.markRequestAsSent(r.id, r.type, keys.answer(alice, r as never));
+    }
+    await keys.pump(alice);
+    const botInbox = keys.device(BOT.userId, BOT.deviceId).inbox.splice(0);
+    if (botInbox.length !== 1) throw new Error(`crypto bench: alice sent the bot ${botInbox.length} to-device events, not 1 (did she get its keys?)`);
+    if (raw) {
+      const rawInbox = keys.device(RAW.userId, RAW.deviceId).inbox.splice(0);
+      if (rawInbox.length !== 1) throw new Error(`crypto bench: alice sent the raw machine ${rawInbox.length} to-device events, not 1`);
+      await deliverToDevice(keys, raw.machine, rawInbox);
+    }
+    const events: Json[] = [];
+    for (let i = 0; i < n; i++) {
+      const content = await alice.encryptRoomEvent(new W.RoomId(ROOM), 'm.room.message', JSON.stringify({ msgtype: 'm.text', body: messageBody(i) }));
+      events.push({ ...envelope(i), type: 'm.room.encrypted', content: JSON.parse(content) as Json });
+    }
+    return { fixture: buildBodies(firstBody(botInbox, true), events, perBody, extra), aliceKeysQuery: keys.query([ALICE]) };
+  } finally {
+    alice.close();
+  }
+}
+
+// ---------------------------------------------------------------- the bot
+
+interface Bot {
+  /** Resolves when `client.run()` has (the first batch, body #0, was taken). */
+  running: Promise<void>;
+  startAt: number;
+  /** Resolves with the time (epoch ms) the `count`-th message reached the handler; call before it can happen. */
+  at(count: number): Promise<number>;
+  counts: () => { messages: number; encrypted: number; wrongBody: number; decryptionErrors: number };
+  problems: string[];
+  stop(): Promise<void>;
+}
+
+function launchBot(url: string): Bot {
+  const problems: string[] = [];
+  const note = (level: string) => (obj: unknown, msg?: string) => {
+    if (problems.length < 20) problems.push(`${level}: ${msg ?? ''} ${obj instanceof Error ? obj.message : typeof obj === 'string' ? obj : JSON.stringify(obj)}`.trim());
+  };
+  const logger: Logger = { debug: () => {}, info: () => {}, warn: note('warn'), error: note('error') };
+  const dataDirP = mkdtemp(join(tmpdir(), 'halcyon-bench-crypto-'));
+  let messages = 0;
+  let encrypted = 0;
+  let wrongBody = 0;
+  let decryptionErrors = 0;
+  const marks = new Map<number, { promise: Promise<number>; resolve: (t: number) => void }>();
+  let client: InstanceType<typeof Client> | null = null;
+  const startAt = now();
+  const running = dataDirP.then(async (dataDir) => {
+    client = new Client({ dataDir, deliverInitialTimeline: false, pollTimeoutMs: 30_000, logger, stopTimeoutMs: 5_000 });
+    client.on('message', (m: Message) => {
+      // What a bot reads: the sender, whether it was encrypted, the text.
+      if (m.isEncrypted) encrypted++;
+      const body = m.body;
+      if (!body.startsWith(`bench message `) || m.sender !== ALICE) wrongBody++;
+      marks.get(++messages)?.resolve(now());
+    });
+    client.on('decryptionError', (err) => {
+      decryptionErrors++;
+      note('decryptionError')(err);
+    });
+    client.on('error', (e) => note('error event')(e));
+    client.on('syncError', (e) => note('syncError event')(e));
+    const token = encodeToken({ homeserver: url, userId: BOT.userId, deviceId: BOT.deviceId, accessToken: 'bench' });
+    await client.run(token);
+  });
+  running.catch(() => {});
+  return {
+    running,
+    startAt,
+    at(count) {
+      let m = marks.get(count);
+      if (!m) {
+        let resolve!: (t: number) => void;
+        const promise = new Promise<number>((r) => (resolve = r));
+        marks.set(count, (m = { promise, resolve }));
+        if (messages >= count) resolve(NaN); // too late to know when
+      }
+      return m.promise;
+    },
+    counts: () => ({ messages, encrypted, wrongBody, decryptionErrors }),
+    problems,
+    async stop() {
+      await running.catch(() => {});
+      await (client as InstanceType<typeof Client> | null)?.stop();
+      await rm(await dataDirP, { recursive: true, force: true });
+    },
+  };
+}
+
+async function withTimeout<T>(p: Promise<T>, ms: number, what: () => string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(what())), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function botProblems(bot: Bot, n: number, wantEncrypted: boolean): string[] {
+  const c = bot.counts();
+  const out = [...bot.problems];
+  if (c.messages !== n) out.push(`${c.messages} of ${n} messages handled`);
+  if (wantEncrypted && c.encrypted !== c.messages) out.push(`${c.messages - c.encrypted} messages not marked isEncrypted`);
+  if (!wantEncrypted && c.encrypted !== 0) out.push(`${c.encrypted} plaintext messages marked isEncrypted`);
+  if (c.wrongBody) out.push(`${c.wrongBody} messages with a wrong body or sender`);
+  return out;
+}
+
+/** Gaps (ms) from each /sync response carrying a body in [from, to] to the next /sync request. */
+function gapsForBodies(st: ReplayStats, from: number, to: number): number[] {
+  const gaps: number[] = [];
+  for (let i = 0; i + 1 < st.syncRequests; i++) {
+    const k = st.requestBodies[i]!;
+    if (k >= from && k <= to) gaps.push(st.requestTimes[i + 1]! - st.responseTimes[i]!);
+  }
+  return gaps;
+}
+
+// ---------------------------------------------------------------- measurements
+
+const TIMEOUT_MS = 120_000;
+
+async function rawLoop(machine: W.OlmMachine, texts: string[]): Promise<CryptoThroughputSample> {
+  let sink = 0;
+  const n = texts.length;
+  const th0 = threadGroupsCpuMs();
+  const p0 = processCpuMs();
+  const c0 = threadCpuMs();
+  const t0 = performance.now();
+  for (const text of texts) {
+    const d = await machine.decryptRoomEvent(text, new W.RoomId(ROOM), untrusted());
+    sink += d.event.length;
+    d.free();
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  const cpu = threadCpuMs() - c0;
+  const proc = processCpuMs() - p0;
+  const th1 = threadGroupsCpuMs();
+  if (sink === 0) throw new Error('unreachable');
+  const s: CryptoThroughputSample = {
+    round: 0,
+    contender: 'raw',
+    events: n,
+    seconds,
+    eventsPerSec: n / seconds,
+    mainCpuUsPerEvent: (cpu * 1000) / n,
+    allThreadsCpuUsPerEvent: (proc * 1000) / n,
+  };
+  const th = perEventDelta(th0, th1, n);
+  if (th) s.threadsCpuUsPerEvent = th;
+  return s;
+}
+
+/** One throughput round: bot and raw on the same encrypted events, in the given order. */
+/**
+ * One throughput round: alice encrypts `warmup` + `events` messages; the first `warmup` go through the bot and the
+ * raw loop untimed (the bot's crypto worker is a fresh thread: its wasm code and store warm up; the raw machine gets
+ * the same store history), then the rest, timed, through both, in the given order.
+ */
+async function throughputRound(o: CryptoBenchOptions, round: number, rawFirst: boolean): Promise<{ samples: CryptoThroughputSample[]; bytesPerEvent: number }> {
+  const n = o.events;
+  const w = o.warmup;
+  if (w % o.perBody !== 0) throw new Error(`warm-up (${w}) must be a multiple of perBody (${o.perBody})`);
+  const server = await startReplayServer({ keys: true, whoami: BOT, longPollMs: 1000 });
+  const samples: CryptoThroughputSample[] = [];
+  let bot: Bot | null = null;
+  let raw: RawMachine | null = null;
+  try {
+    const { offsetMs } = await clockOffset(server);
+    bot = launchBot(server.url);
+    const b = bot;
+    const failedEarly = b.running.then(() => new Promise<never>(() => {}));
+    const [upload] = await withTimeout(Promise.race([server.keysUploads(1), failedEarly]), 60_000, () => `the bot uploaded no keys; problems: ${b.problems.join(' | ') || 'none'}`);
+    const keys = new Keys();
+    raw = await openRaw(keys);
+    const { fixture, aliceKeysQuery } = await encryptedFixture(keys, upload as Json, raw, w + n, o.perBody, round);
+    await server.setKeysQuery(aliceKeysQuery);
+    const firstSync = (await server.stats()).requestTimes[0];
+    const firstTimed = 1 + w / o.perBody; // body index of the first timed body
+    const warmTexts = fixture.texts.slice(0, w);
+    const timedTexts = fixture.texts.slice(w);
+    const stuck = (what: string, count: number) => () => `${what}: the bot handled ${b.counts().messages} of ${count} messages; problems: ${botProblems(b, count, true).join(' | ')}`;
+
+    // Untimed warm-up (its rates are kept as the cold numbers).
+    const warmDone = b.at(w);
+    const firstTimedHandled = b.at(w + 1);
+    const lastHandled = b.at(w + n);
+    await server.setBodies(fixture.bodies.slice(0, firstTimed));
+    await withTimeout(b.running, TIMEOUT_MS, () => `client.run() did not resolve; problems: ${b.problems.join(' | ') || 'none'}`);
+    let coldBot = NaN;
+    let coldRaw = NaN;
+    if (w > 0) {
+      const t = await withTimeout(warmDone, TIMEOUT_MS, stuck('warm-up', w));
+      coldBot = w / ((t - ((await server.stats()).bodyTimes[1]! - offsetMs)) / 1000);
+      coldRaw = (await rawLoop(raw.machine, warmTexts)).eventsPerSec;
+    }
+
+    const measureRaw = async () => {
+      o.gc();
+      const s = await rawLoop(raw!.machine, timedTexts);
+      s.round = round;
+      s.coldEventsPerSec = coldRaw;
+      samples.push(s);
+    };
+    const measureBot = async () => {
+      o.gc();
+      const th0 = threadGroupsCpuMs();
+      const cpu0 = threadCpuMs();
+      const proc0 = processCpuMs();
+      await server.setBodies(fixture.bodies);
+      const last = await withTimeout(lastHandled, TIMEOUT_MS, stuck('timed burst', w + n));
+      const cpu = threadCpuMs() - cpu0;
+      const proc = processCpuMs() - proc0;
+      const th1 = threadGroupsCpuMs();
+      const st = await server.stats();
+      const startServer = st.bodyTimes[firstTimed]!;
+      const start = startServer - offsetMs;
+      const seconds = (last - start) / 1000;
+      const endServer = last + offsetMs;
+      const gaps: number[] = [];
+      for (let i = 0; i + 1 < st.syncRequests; i++) {
+        if (st.requestTimes[i]! < startServer - 1 || st.requestTimes[i + 1]! > endServer) continue;
+        gaps.push(st.requestTimes[i + 1]! - st.responseTimes[i]!);
+      }
+      const s: CryptoThroughputSample = {
+        round,
+        contender: 'bot',
+        events: n,
+        seconds,
+        eventsPerSec: n / seconds,
+        mainCpuUsPerEvent: (cpu * 1000) / n,
+        allThreadsCpuUsPerEvent: (proc * 1000) / n,
+        syncDuringBurst: {
+          polls: gaps.length,
+          gapP50: percentile(gaps, 50),
+          gapP99: percentile(gaps, 99),
+          gapMax: gaps.length ? Math.max(...gaps) : NaN,
+          allBodiesFetchedAfterMs: st.bodyTimes[st.bodyTimes.length - 1]! - startServer,
+        },
+        startupMs: firstSync !== undefined ? firstSync - offsetMs - b.startAt : NaN,
+        firstDeliveryMs: (await firstTimedHandled) - start,
+        coldEventsPerSec: coldBot,
+      };
+      const th = perEventDelta(th0, th1, n);
+      if (th) s.threadsCpuUsPerEvent = th;
+      const problems = botProblems(b, w + n, true);
+      if (problems.length) s.problems = problems;
+      samples.push(s);
+      await b.stop();
+      bot = null;
+    };
+    if (rawFirst) {
+      await measureRaw();
+      await measureBot();
+    } else {
+      await measureBot();
+      await measureRaw();
+    }
+    return { samples, bytesPerEvent: fixture.bytes / (w + n) };
+  } finally {
+    await (bot as Bot | null)?.stop().catch(() => {});
+    await raw?.close();
+    await server.stop();
+  }
+}
+
+async function cadenceRun(o: CryptoBenchOptions, round: number, contender: CadenceBurst): Promise<CryptoCadenceSample> {
+  const n = o.events;
+  const T = o.cadenceReleaseEveryMs;
+  const server = await startReplayServer({ keys: true, whoami: BOT, longPollMs: 1000, releaseEveryMs: T, releaseFrom: 1 });
+  let bot: Bot | null = null;
+  try {
+    const { offsetMs } = await clockOffset(server);
+    bot = launchBot(server.url);
+    const b = bot;
+    const lastHandled = b.at(n);
+    const failedEarly = b.running.then(() => new Promise<never>(() => {}));
+    const [upload] = await withTimeout(Promise.race([server.keysUploads(1), failedEarly]), 60_000, () => `the bot uploaded no keys; problems: ${b.problems.join(' | ') || 'none'}`);
+    let fixture: Fixture;
+    const encrypted = contender !== 'plaintext';
+    if (encrypted) {
+      const f = await encryptedFixture(new Keys(), upload as Json, null, n, o.cadencePerBody, round, contender === 'encrypted+keys' ? 'keys' : contender === 'encrypted+to-device' ? 'to-device' : 'none');
+      await server.setKeysQuery(f.aliceKeysQuery);
+      fixture = f.fixture;
+    } else fixture = plaintextFixture(n, o.cadencePerBody);
+    o.gc();
+    await server.setBodies(fixture.bodies);
+    await withTimeout(b.running, TIMEOUT_MS, () => `client.run() did not resolve; problems: ${b.problems.join(' | ') || 'none'}`);
+    const lastAt = await withTimeout(lastHandled, TIMEOUT_MS, () => `the bot handled ${b.counts().messages} of ${n} messages; problems: ${botProblems(b, n, encrypted).join(' | ')}`);
+    const st = await server.stats();
+    const last = fixture.bodies.length - 1;
+    const gaps = gapsForBodies(st, 1, last);
+    const i1 = st.requestBodies.indexOf(1);
+    const lag = st.bodyTimes[last]! - (st.requestTimes[i1]! + (last - 1) * T);
+    const s: CryptoCadenceSample = {
+      round,
+      contender,
+      bodies: last,
+      gapsMs: gaps,
+      gapP50: percentile(gaps, 50),
+      gapP99: percentile(gaps, 99),
+      gapMax: gaps.length ? Math.max(...gaps) : NaN,
+      lagAtLastBodyMs: lag,
+      drainAfterLastBodyMs: lastAt - (st.bodyTimes[last]! - offsetMs),
+      eventsPerSec: n / ((lastAt - (st.bodyTimes[1]! - offsetMs)) / 1000),
+    };
+    const problems = botProblems(b, n, encrypted);
+    if (problems.length) s.problems = problems;
+    return s;
+  } finally {
+    await (bot as Bot | null)?.stop().catch(() => {});
+    await server.stop();
+  }
+}
+
+// ---------------------------------------------------------------- the part
+
+function threadsLine(t: Record<string, number>): string {
+  return Object.entries(t)
+    .filter(([, v]) => v >= 0.05)
+    .sort((a, b) => b[1] - a[1])
+    .map(([k, v]) => `${k} ${fmt(v, 1)}`)
+    .join(', ');
+}
+
+/** Runs part C; see the module comment. */
+export async function cryptoBench(o: CryptoBenchOptions): Promise<CryptoResult> {
+  const parts = o.parts ?? ['throughput', 'cadence'];
+  const offered = (o.cadencePerBody * 1000) / o.cadenceReleaseEveryMs;
+  o.progress(
+    `[C] ${fmt(o.events)} encrypted m.room.message events per measurement; throughput: ${o.perBody} per /sync body, served at once, after ${fmt(o.warmup)} untimed; ` +
+      `cadence: ${o.cadencePerBody} per body, one body every ${o.cadenceReleaseEveryMs} ms (${fmt(offered)} events/s offered)`,
+  );
+  const tp: CryptoThroughputSample[] = [];
+  const cd: CryptoCadenceSample[] = [];
+  let bytesPerEvent = NaN;
+  for (let round = 1; round <= o.rounds; round++) {
+    if (parts.includes('throughput')) {
+      const rawFirst = round % 2 === 0;
+      try {
+        const r = await throughputRound(o, round, rawFirst);
+        bytesPerEvent = r.bytesPerEvent;
+        tp.push(...r.samples);
+      } catch (err) {
+        tp.push({ round, contender: 'bot', events: 0, seconds: NaN, eventsPerSec: NaN, mainCpuUsPerEvent: NaN, allThreadsCpuUsPerEvent: NaN, error: (err as Error).message });
+      }
+      for (const s of tp.filter((x) => x.round === round)) {
+        o.progress(
+          `[C r${round}/${o.rounds}] ${s.contender === 'bot' ? 'bot (Halcyon)' : 'raw loop     '} ` +
+            (s.error
+              ? `FAILED: ${s.error}`
+              : `${fmt(s.eventsPerSec).padStart(6)} events/s in ${fmt(s.seconds, 3)} s (warm-up ${fmt(s.coldEventsPerSec ?? NaN)}); main CPU ${fmt(s.mainCpuUsPerEvent, 1)} µs/event, all threads ${fmt(s.allThreadsCpuUsPerEvent, 1)} µs/event` +
+                (s.threadsCpuUsPerEvent ? ` (${threadsLine(s.threadsCpuUsPerEvent)})` : '') +
+                (s.syncDuringBurst
+                  ? `; first handler call ${fmt(s.firstDeliveryMs!)} ms after the first timed body; start-up ${fmt(s.startupMs!)} ms; /sync during the burst: ${s.syncDuringBurst.polls} polls, gap p50 ${fmt(s.syncDuringBurst.gapP50, 1)} / max ${fmt(s.syncDuringBurst.gapMax, 1)} ms, all bodies fetched ${fmt(s.syncDuringBurst.allBodiesFetchedAfterMs)} ms after the first`
+                  : '') +
+                (s.problems ? `; PROBLEMS: ${s.problems.join(' | ')}` : '')),
+        );
+      }
+      const b = tp.find((x) => x.round === round && x.contender === 'bot' && !x.error);
+      const r = tp.find((x) => x.round === round && x.contender === 'raw' && !x.error);
+      if (b && r) o.progress(`[C r${round}/${o.rounds}] bot ÷ raw = ${fmt(b.eventsPerSec / r.eventsPerSec, 2)} (${rawFirst ? 'raw' : 'bot'} first)`);
+    }
+    if (parts.includes('cadence')) {
+      const order = CADENCE_BURSTS.map((_, i) => CADENCE_BURSTS[(i + round - 1) % CADENCE_BURSTS.length]!);
+      for (const c of order) {
+        let s: CryptoCadenceSample;
+        try {
+          s = await cadenceRun(o, round, c);
+        } catch (err) {
+          s = { round, contender: c, bodies: 0, gapsMs: [], gapP50: NaN, gapP99: NaN, gapMax: NaN, lagAtLastBodyMs: NaN, drainAfterLastBodyMs: NaN, eventsPerSec: NaN, error: (err as Error).message };
+        }
+        cd.push(s);
+        o.progress(
+          `[C cadence r${round}/${o.rounds}] ${c.padEnd(14)} ` +
+            (s.error
+              ? `FAILED: ${s.error}`
+              : `${s.bodies} bodies; gap to next /sync p50 ${fmt(s.gapP50, 1)} ms, p99 ${fmt(s.gapP99, 1)} ms, max ${fmt(s.gapMax, 1)} ms; ` +
+                `last body ${fmt(s.lagAtLastBodyMs)} ms behind release; last handler ${fmt(s.drainAfterLastBodyMs)} ms after it; ${fmt(s.eventsPerSec)} events/s` +
+                (s.problems ? `; PROBLEMS: ${s.problems.join(' | ')}` : '')),
+        );
+      }
+    }
+  }
+
+  const result: CryptoResult = {
+    config: {
+      rounds: o.rounds,
+      events: o.events,
+      warmup: o.warmup,
+      perBody: o.perBody,
+      cadencePerBody: o.cadencePerBody,
+      cadenceReleaseEveryMs: o.cadenceReleaseEveryMs,
+      bodyBytesPerEvent: bytesPerEvent,
+      store: 'fake-indexeddb + SQLite journal (IdbJournal), passphrase-encrypted crypto store',
+    },
+    throughput: null,
+    cadence: null,
+  };
+  if (parts.includes('throughput')) {
+    const of = (c: 'bot' | 'raw') => tp.filter((s) => s.contender === c && !s.error);
+    const sum = (c: 'bot' | 'raw') => ({
+      eventsPerSec: summarize(of(c).map((s) => s.eventsPerSec)),
+      mainCpuUsPerEvent: summarize(of(c).map((s) => s.mainCpuUsPerEvent)),
+      allThreadsCpuUsPerEvent: summarize(of(c).map((s) => s.allThreadsCpuUsPerEvent)),
+    });
+    const summary = { bot: sum('bot'), raw: sum('raw') };
+    const perRound: number[] = [];
+    for (const b of of('bot')) {
+      const r = of('raw').find((x) => x.round === b.round);
+      if (r) perRound.push(b.eventsPerSec / r.eventsPerSec);
+    }
+    result.throughput = {
+      samples: tp,
+      summary,
+      ratio: { ofMedians: summary.bot.eventsPerSec.median / summary.raw.eventsPerSec.median, perRound: summarize(perRound), perRoundValues: perRound },
+    };
+    o.progress(
+      `[C] decryption events/s (median): bot ${fmt(summary.bot.eventsPerSec.median)}, raw ${fmt(summary.raw.eventsPerSec.median)}; ` +
+        `bot ÷ raw ×${fmt(result.throughput.ratio.ofMedians, 2)} (rounds ${perRound.map((x) => fmt(x, 2)).join(', ')}; goal ≥ 0.9)`,
+    );
+  }
+  if (parts.includes('cadence')) {
+    const sum = (c: CadenceBurst) => {
+      const ss = cd.filter((s) => s.contender === c && !s.error);
+      const pooled = ss.flatMap((s) => s.gapsMs);
+      return {
+        gapP50: summarize(ss.map((s) => s.gapP50)),
+        gapP99: summarize(ss.map((s) => s.gapP99)),
+        gapMax: summarize(ss.map((s) => s.gapMax)),
+        lagAtLastBodyMs: summarize(ss.map((s) => s.lagAtLastBodyMs)),
+        drainAfterLastBodyMs: summarize(ss.map((s) => s.drainAfterLastBodyMs)),
+        eventsPerSec: summarize(ss.map((s) => s.eventsPerSec)),
+        pooled: { n: pooled.length, p50: percentile(pooled, 50), p99: percentile(pooled, 99), max: pooled.length ? Math.max(...pooled) : NaN },
+      };
+    };
+    result.cadence = { samples: cd, summary: Object.fromEntries(CADENCE_BURSTS.map((c) => [c, sum(c)])) as NonNullable<CryptoResult['cadence']>['summary'] };
+    o.progress(
+      `[C] /sync gap pooled p50/p99/max: ` +
+        CADENCE_BURSTS.map((c) => {
+          const p = result.cadence!.summary[c].pooled;
+          return `${c} ${fmt(p.p50, 1)}/${fmt(p.p99, 1)}/${fmt(p.max, 1)} ms`;
+        }).join(', '),
+    );
+  }
+  return result;
+}
+
+// ---------------------------------------------------------------- report
+
+const mmm = (s: Summary | undefined, d = 0): string => (s && s.n > 0 ? `${fmt(s.min, d)} / **${fmt(s.median, d)}** / ${fmt(s.max, d)}` : '–');
+
+/** The markdown section of part C. */
+export function cryptoMarkdown(r: CryptoResult): string[] {
+  const c = r.config;
+  const L: string[] = [];
+  L.push('## C. Decryption: Halcyon vs a raw `OlmMachine.decryptRoomEvent` loop', '');
+  if (r.throughput) {
+    const t = r.throughput;
+    L.push(
+      `Per round: a fresh bot (dist \`Client\`, fresh data dir, encryption on) uploads its keys to the replay server; alice (crypto-wasm, in memory) ` +
+        `shares one megolm session with the bot and with a raw \`OlmMachine\` on the same store type as the crypto actor's (${c.store}, on the bench's ` +
+        `main thread) and encrypts ${fmt(c.warmup)} + ${fmt(c.events)} \`m.room.message\` events. Bot: /sync #0 carries the key share (to-device) and the room's ` +
+        `\`m.room.encryption\`; then ${c.perBody} encrypted events per body (${fmt(c.bodyBytesPerEvent)} B/event). Warm-up, untimed: the bot handles the ` +
+        `first ${fmt(c.warmup)} (its crypto worker is a fresh thread whose wasm code tiers up as it runs) and the raw machine decrypts them (same store history). ` +
+        'Timed: the bodies of the other events are added to the replay server and served as fast as the bot polls; events/s from the first timed ' +
+        'body\'s response (server clock, offset-corrected) to the last `message` handler call (which reads `isEncrypted`, `sender`, `body`). Raw: ' +
+        'the same event texts through `await decryptRoomEvent(text, new RoomId(…), new DecryptionSettings(Untrusted))`, reading `.event`, in a loop. ' +
+        'The two alternate which goes first. Bot CPU: from just before the timed bodies are added to the last handler call (main thread; all threads ' +
+        'of the bench process: main, sync, cache and crypto workers, V8 helper threads); raw CPU: the loop\'s thread, and all threads.',
+      '',
+    );
+    L.push('| contender | events/s | main-thread CPU µs/event | all-threads CPU µs/event |', '| --- | ---: | ---: | ---: |');
+    L.push(`| raw \`decryptRoomEvent\` loop (1 thread) | ${mmm(t.summary.raw.eventsPerSec)} | ${mmm(t.summary.raw.mainCpuUsPerEvent, 1)} | ${mmm(t.summary.raw.allThreadsCpuUsPerEvent, 1)} |`);
+    L.push(`| Halcyon bot (crypto actor on a worker) | ${mmm(t.summary.bot.eventsPerSec)} | ${mmm(t.summary.bot.mainCpuUsPerEvent, 1)} | ${mmm(t.summary.bot.allThreadsCpuUsPerEvent, 1)} |`);
+    L.push('');
+    L.push(
+      `**Bot ÷ raw events/s: ×${fmt(t.ratio.ofMedians, 2)}** (ratio of the medians; per round ${t.ratio.perRoundValues.map((x) => fmt(x, 2)).join(', ')}). Goal ≥ 0.9.`,
+      '',
+    );
+    const bots = t.samples.filter((s) => s.contender === 'bot' && s.syncDuringBurst);
+    if (bots.length) {
+      L.push(
+        `While the bot decrypted (unpaced run), its sync actor kept polling the exhausted server (long-polls held ≤ 1 s): ` +
+          bots.map((s) => `r${s.round}: ${s.syncDuringBurst!.polls} polls, gap p50 ${fmt(s.syncDuringBurst!.gapP50, 1)} / max ${fmt(s.syncDuringBurst!.gapMax, 1)} ms, all bodies fetched ${fmt(s.syncDuringBurst!.allBodiesFetchedAfterMs)} ms after the first`).join('; ') +
+          `. Bot start-up (\`run()\` to first /sync request; crypto store, key upload; not timed): ${mmm(summarize(bots.map((s) => s.startupMs!)))} ms. ` +
+          `First handler call after the first timed body: ${mmm(summarize(bots.map((s) => s.firstDeliveryMs!)))} ms ` +
+          `(of ${mmm(summarize(bots.map((s) => s.seconds * 1000)))} ms for the whole burst). ` +
+          `Warm-up (${fmt(c.warmup)} events, untimed) events/s: bot ${mmm(summarize(bots.map((s) => s.coldEventsPerSec ?? NaN).filter(Number.isFinite)))}, ` +
+          `raw ${mmm(summarize(t.samples.filter((s) => s.contender === 'raw' && !s.error).map((s) => s.coldEventsPerSec ?? NaN).filter(Number.isFinite)))}.`,
+        '',
+      );
+    }
+    const withThreads = t.samples.filter((s) => s.threadsCpuUsPerEvent && !s.error);
+    if (withThreads.length) {
+      const med = (c: 'bot' | 'raw', k: string) => percentile(withThreads.filter((s) => s.contender === c).map((s) => s.threadsCpuUsPerEvent![k] ?? 0), 50);
+      const crypto = med('bot', 'halcyon-crypto');
+      const raw = med('raw', 'main');
+      L.push(
+        `CPU by thread (/proc, 10 ms ticks), median µs/event: bot: crypto worker ${fmt(crypto, 0)}, sync worker ${fmt(med('bot', 'halcyon-sync'), 0)}, ` +
+          `cache worker ${fmt(med('bot', 'halcyon-cache'), 0)}, main ${fmt(med('bot', 'main'), 0)}, V8 helper threads ${fmt(med('bot', 'v8 helpers'), 0)}; ` +
+          `raw: loop thread ${fmt(raw, 0)}, V8 helper threads ${fmt(med('raw', 'v8 helpers'), 0)}. Crypto worker ÷ raw loop CPU per event: ×${fmt(crypto / raw, 2)}.`,
+        '',
+      );
+    }
+    const bad = t.samples.filter((s) => s.error || s.problems);
+    if (bad.length) L.push(`Failures / problems: ${bad.map((s) => `${s.contender} r${s.round}: ${s.error ?? s.problems!.join(' | ')}`).join('; ')}`, '');
+  }
+  if (r.cadence) {
+    const cs = r.cadence.summary;
+    L.push('### /sync cadence during an encrypted burst vs a plaintext burst', '');
+    L.push(
+      `${fmt(c.events)} events, ${c.cadencePerBody} per body, body k ≥ 1 released at (k − 1) × ${c.cadenceReleaseEveryMs} ms after the bot's first request ` +
+        `for body 1 (${fmt((c.cadencePerBody * 1000) / c.cadenceReleaseEveryMs)} events/s offered, more than the crypto actor decrypts), each burst to a fresh bot ` +
+        'with encryption on. *plaintext*: the same messages in the clear, in an unencrypted room. *encrypted*: alice\'s megolm events. ' +
+        '*encrypted+keys*: the same, but `device_one_time_keys_count` changes in every body (the sync actor hands the change over without ' +
+        'waiting: the server repeats counts in every sync). *encrypted+to-device*: the same, with a to-device event in every body, which ' +
+        'the sync actor must see applied before its next poll (that poll lets the server delete it); the call jumps the decryption queue ' +
+        'but waits for the slice being decrypted (about 4 ms). Gap = next /sync request − previous /sync response (server clock), over the responses carrying the burst. ' +
+        'Lag = last body\'s response − its release. Drain = last handler call − last body\'s response (the decryption backlog polling left behind).',
+      '',
+    );
+    L.push(
+      '| burst | gap p50 ms | gap p99 ms | gap max ms | all gaps pooled p50 / p99 / max ms | lag at last body ms | drain after last body ms | events/s over the burst |',
+      '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    );
+    for (const k of CADENCE_BURSTS) {
+      const s = cs[k];
+      if (s.gapP50.n === 0 && !r.cadence.samples.some((x) => x.contender === k)) continue;
+      L.push(
+        `| ${k} | ${mmm(s.gapP50, 1)} | ${mmm(s.gapP99, 1)} | ${mmm(s.gapMax, 1)} | ${fmt(s.pooled.p50, 1)} / ${fmt(s.pooled.p99, 1)} / ${fmt(s.pooled.max, 1)} (n=${s.pooled.n}) | ` +
+          `${mmm(s.lagAtLastBodyMs)} | ${mmm(s.drainAfterLastBodyMs)} | ${mmm(s.eventsPerSec)} |`,
+      );
+    }
+    L.push('');
+    const bad = r.cadence.samples.filter((s) => s.error || s.problems);
+    if (bad.length) L.push(`Failures / problems: ${bad.map((s) => `${s.contender} r${s.round}: ${s.error ?? s.problems!.join(' | ')}`).join('; ')}`, '');
+  }
+  return L;
+}
+
+
+/** @internal For experiments (TEMP). */
+export const __internals = { Keys, openRaw, encryptedFixture, rawLoop, threadGroupsCpuMs };
