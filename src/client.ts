@@ -12,6 +12,8 @@ import { fromWireError, HalcyonError } from './errors.ts';
 import { BatchReader, type ContentInput, Edit, type Invite, MemberEvent, Message, Reaction, Redaction, Room, type RoomActions, RoomEvent } from './events.ts';
 import { htmlToText } from './html.ts';
 import { MatrixHttp, seg } from './http.ts';
+import { type DownloadOptions, Media, type MediaConfig, type MediaSource, type SendMediaOptions, type UploadOptions } from './media.ts';
+import type { Readable } from 'node:stream';
 import { consoleLogger, type Logger } from './log.ts';
 import {
   CACHE_DEADLINES,
@@ -168,6 +170,7 @@ export class Client implements RoomActions {
   private state: 'idle' | 'starting' | 'running' | 'stopping' | 'stopped' = 'idle';
   private session: Session | null = null;
   private http: MatrixHttp | null = null;
+  private media: Media | null = null;
   private sync: ActorHandle<SyncActorApi> | null = null;
   private cache: ActorHandle<CacheActorApi> | null = null;
   private crypto: ActorHandle<CryptoActorApi> | null = null;
@@ -301,6 +304,13 @@ export class Client implements RoomActions {
     const session = decodeToken(token);
     this.session = session;
     this.http = new MatrixHttp(session.homeserver, session.accessToken);
+    this.media = new Media({
+      http: this.http,
+      sendEvent: (roomId, type, content, opts) => this.sendEvent(roomId, type, content, opts),
+      isRoomEncrypted: (roomId) => this.isRoomEncrypted(roomId),
+      dataDir: this.opts.dataDir,
+      logger: this.opts.logger,
+    });
     checkDataDir(this.opts.dataDir, session.homeserver, session.userId);
     const who = await this.http.json<{ user_id?: unknown }>('GET', '/_matrix/client/v3/account/whoami');
     this.checkStarting();
@@ -470,7 +480,59 @@ export class Client implements RoomActions {
     await this.needHttp().json('POST', `/_matrix/client/v3/rooms/${seg(roomId)}/leave`, { body: {} });
   }
 
+  // ---- media ----
+
+  /** The homeserver's media configuration (its upload limit). */
+  mediaConfig(): Promise<MediaConfig> {
+    return this.needMedia().config();
+  }
+
+  /** Uploads a file (path, bytes or stream; streamed, not buffered) and resolves with its `mxc://` URI. */
+  uploadMedia(source: MediaSource, opts?: UploadOptions): Promise<string> {
+    return this.needMedia().upload(source, opts);
+  }
+
+  /** Downloads an `mxc://` URI through authenticated media into memory. */
+  downloadMedia(mxc: string, opts?: DownloadOptions): Promise<Buffer> {
+    return this.needMedia().download(mxc, opts);
+  }
+
+  /** Downloads an `mxc://` URI through authenticated media as a stream. */
+  downloadMediaStream(mxc: string): Promise<Readable> {
+    return this.needMedia().downloadStream(mxc);
+  }
+
+  /** Downloads the file of a media message's content: `url`, or `file` (decrypted, its hash checked). */
+  downloadContent(content: Record<string, unknown>, opts?: DownloadOptions): Promise<Buffer> {
+    return this.needMedia().downloadContent(content, opts);
+  }
+
+  /** Sends an image (`m.image`, with size, dimensions, a thumbnail and a blurhash); encrypted in encrypted rooms. */
+  sendImage(roomId: string, source: MediaSource, opts?: SendMediaOptions): Promise<string> {
+    return this.needMedia().sendImage(roomId, source, opts);
+  }
+
+  /** Sends a video (`m.video`); encrypted in encrypted rooms. */
+  sendVideo(roomId: string, source: MediaSource, opts?: SendMediaOptions): Promise<string> {
+    return this.needMedia().sendVideo(roomId, source, opts);
+  }
+
+  /** Sends an audio file (`m.audio`); encrypted in encrypted rooms. */
+  sendAudio(roomId: string, source: MediaSource, opts?: SendMediaOptions): Promise<string> {
+    return this.needMedia().sendAudio(roomId, source, opts);
+  }
+
+  /** Sends any file (`m.file`); encrypted in encrypted rooms. */
+  sendFile(roomId: string, source: MediaSource, opts?: SendMediaOptions): Promise<string> {
+    return this.needMedia().sendFile(roomId, source, opts);
+  }
+
   // ---- internals ----
+
+  private needMedia(): Media {
+    this.need();
+    return this.media!;
+  }
 
   private need(): Session {
     if (!this.session || (this.state !== 'running' && this.state !== 'starting' && this.state !== 'stopping')) {
@@ -595,6 +657,9 @@ export class Client implements RoomActions {
     if (this.cache === cache) this.cache = null;
     if (this.port === port) this.port = null;
     port?.close();
+    const media = this.media;
+    this.media = null;
+    await media?.close().catch((e) => this.log('warn', e, 'media pool close'));
     await http?.close();
     if (this.http === http) this.http = null;
   }

@@ -17,6 +17,7 @@ export interface RoomActions {
   sendEvent(roomId: string, type: string, content: Record<string, unknown>): Promise<string>;
   redactEvent(roomId: string, eventId: string, reason?: string): Promise<string>;
   leaveRoom(roomId: string): Promise<void>;
+  downloadContent(content: Record<string, unknown>, opts?: { maxBytes?: number }): Promise<Buffer>;
 }
 
 /** A room handle with the cached summary (always current) and shortcuts bound to the room. */
@@ -212,6 +213,18 @@ export class Message extends RoomEvent {
     c['m.relates_to'] = { ...(c['m.relates_to'] as object | undefined), 'm.in_reply_to': { event_id: this.eventId } };
     c['m.mentions'] ??= { user_ids: [this.sender] };
     return this.actions.sendEvent(this.roomId, 'm.room.message', c);
+  }
+  /** Whether this is a media message (`m.image`, `m.video`, `m.audio`, `m.file`, or a sticker-like with a file). */
+  get isMedia(): boolean {
+    const c = this.content;
+    return typeof c.url === 'string' || (typeof c.file === 'object' && c.file !== null);
+  }
+  /**
+   * Downloads the message's file through authenticated media; an encrypted attachment is decrypted after its
+   * SHA-256 is checked (`HALCYON_ATTACHMENT_HASH_MISMATCH` otherwise).
+   */
+  download(opts?: { maxBytes?: number }): Promise<Buffer> {
+    return this.actions.downloadContent(this.content, opts);
   }
   /** Replaces this message's text (an `m.replace` edit; only the sender's own messages can be edited). */
   edit(newText: string): Promise<string> {
