@@ -134,6 +134,28 @@ export interface InviteWire {
   inviter: string | null;
   /** Room name from the stripped state, when present. */
   name: string | null;
+  /** Whether the inviter marked it a direct chat (`is_direct` on the bot's invite). */
+  isDirect: boolean;
+}
+
+/** An account data event (global when `roomId` is null), as a sync delivers it. */
+export interface AccountDataWire {
+  roomId: string | null;
+  type: string;
+  content: Record<string, unknown>;
+}
+
+/** One read receipt: `userId` has read up to `eventId` in `roomId`. */
+export interface ReceiptWire {
+  roomId: string;
+  eventId: string;
+  userId: string;
+  /** `m.read` or `m.read.private` (the latter only for the bot's own receipts). */
+  receiptType: string;
+  /** When the receipt was sent (ms since the epoch), when the server says. */
+  ts: number | null;
+  /** The thread the receipt is for (`main` for the main timeline), or null for an unthreaded receipt. */
+  threadId: string | null;
 }
 
 /** One /sync response after processing, as handed to main. Holds no parsed event objects. */
@@ -156,6 +178,10 @@ export interface WireBatch {
   summaries: RoomSummary[];
   /** Per-event problems: the events were skipped, the rest of the batch is delivered. */
   errors: WireError[];
+  /** Account data that changed (global and per room). */
+  accountData: AccountDataWire[];
+  /** Read receipts of joined rooms. */
+  receipts: ReceiptWire[];
 }
 
 /** Messages from the sync actor to main on the event port. */
@@ -180,11 +206,19 @@ export interface StateChanges {
     /** `summary` block of the sync room (heroes, member counts), when present. */
     summary?: { 'm.joined_member_count'?: number; 'm.invited_member_count'?: number; 'm.heroes'?: string[] };
   }>;
+  /** Account data to store (the cache actor answers `accountData` from it). */
+  accountData?: AccountDataWire[];
 }
 
 /** Full cached information about a room. */
 export interface RoomInfo extends RoomSummary {
   creator: string | null;
+  /** Every creator: the `m.room.create` sender, plus `additional_creators` (room versions 12 and later). */
+  creators: string[];
+  /** `room_version` of `m.room.create` ("1" when absent), or null before the create event is known. */
+  roomVersion: string | null;
+  /** `history_visibility` of `m.room.history_visibility`, or null. */
+  historyVisibility: string | null;
   joinRule: string | null;
   powerLevels: Record<string, unknown> | null;
   /** Known members (lazy-loaded: members who spoke or changed, plus any fetched). */
@@ -206,6 +240,8 @@ export interface CacheActorApi {
   getRoom(roomId: string): Promise<RoomInfo | undefined>;
   /** Summaries of every known room (main mirrors them at start). */
   summaries(): Promise<RoomSummary[]>;
+  /** Stored account data of `type` (global when `roomId` is null), or undefined. */
+  accountData(roomId: string | null, type: string): Promise<Record<string, unknown> | undefined>;
   close(): Promise<void>;
 }
 

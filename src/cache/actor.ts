@@ -9,7 +9,10 @@ import { type Database, openDatabase } from '../store.ts';
 import { HalcyonError } from '../errors.ts';
 import { applyStateEvent, emptyRoom, type RoomState, roomInfo, sameSummary, summarize } from './state.ts';
 
-const SCALARS = ['membership', 'name', 'topic', 'canonicalAlias', 'avatarUrl', 'encrypted', 'creator', 'joinRule', 'powerLevels', 'joinedCount', 'invitedCount'] as const;
+const SCALARS = [
+  'membership', 'name', 'topic', 'canonicalAlias', 'avatarUrl', 'encrypted', 'creator', 'additionalCreators', 'roomVersion', 'historyVisibility',
+  'joinRule', 'powerLevels', 'joinedCount', 'invitedCount',
+] as const;
 
 /** Owns room state; see the module comment. */
 export class CacheActor implements CacheActorApi {
@@ -21,7 +24,9 @@ export class CacheActor implements CacheActorApi {
     const db = openDatabase(config.dataDir, 'cache.sqlite');
     db.exec(`CREATE TABLE IF NOT EXISTS rooms (room_id TEXT PRIMARY KEY, data TEXT NOT NULL, summary TEXT NOT NULL);
       CREATE TABLE IF NOT EXISTS members (room_id TEXT NOT NULL, user_id TEXT NOT NULL, display_name TEXT,
-        avatar_url TEXT, membership TEXT NOT NULL, PRIMARY KEY (room_id, user_id)) WITHOUT ROWID;`);
+        avatar_url TEXT, membership TEXT NOT NULL, PRIMARY KEY (room_id, user_id)) WITHOUT ROWID;
+      CREATE TABLE IF NOT EXISTS account_data (room_id TEXT NOT NULL, type TEXT NOT NULL, content TEXT NOT NULL,
+        PRIMARY KEY (room_id, type)) WITHOUT ROWID;`);
     this.db = db;
     this.sql = prepare(db);
     this.rooms = new LRUCache({ max: Math.max(1, config.maxRoomsInMemory) });
@@ -56,6 +61,8 @@ export class CacheActor implements CacheActorApi {
         this.rooms!.set(room.roomId, room);
         if (!before || !sameSummary(before, after)) changed.push(after);
       }
+      // Global account data is stored under the room ID '' (SQLite primary keys cannot be null).
+      for (const a of changes.accountData ?? []) this.sql!.saveAccountData.run(a.roomId ?? '', a.type, JSON.stringify(a.content));
       db.exec('COMMIT');
     } catch (err) {
       db.exec('ROLLBACK');
@@ -69,6 +76,12 @@ export class CacheActor implements CacheActorApi {
   async getRoom(roomId: string): Promise<RoomInfo | undefined> {
     const room = this.load(roomId);
     return room ? roomInfo(room) : undefined;
+  }
+
+  async accountData(roomId: string | null, type: string): Promise<Record<string, unknown> | undefined> {
+    this.need();
+    const row = this.sql!.loadAccountData.get(roomId ?? '', type) as { content: string } | undefined;
+    return row ? (JSON.parse(row.content) as Record<string, unknown>) : undefined;
   }
 
   async summaries(): Promise<RoomSummary[]> {
@@ -120,5 +133,7 @@ function prepare(db: Database) {
     loadRoom: db.prepare('SELECT data FROM rooms WHERE room_id = ?'),
     loadMembers: db.prepare('SELECT user_id, display_name, avatar_url, membership FROM members WHERE room_id = ?'),
     allSummaries: db.prepare('SELECT summary FROM rooms'),
+    saveAccountData: db.prepare('INSERT INTO account_data (room_id, type, content) VALUES (?, ?, ?) ON CONFLICT(room_id, type) DO UPDATE SET content = excluded.content'),
+    loadAccountData: db.prepare('SELECT content FROM account_data WHERE room_id = ? AND type = ?'),
   };
 }

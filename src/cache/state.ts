@@ -20,6 +20,10 @@ export interface RoomState {
   avatarUrl: string | null;
   encrypted: boolean;
   creator: string | null;
+  /** `additional_creators` of `m.room.create` (room versions 12+). */
+  additionalCreators: string[];
+  roomVersion: string | null;
+  historyVisibility: string | null;
   joinRule: string | null;
   powerLevels: Record<string, unknown> | null;
   /** Counts from the server's sync summary; null until it sends one (then members are counted). */
@@ -39,6 +43,9 @@ export function emptyRoom(roomId: string): RoomState {
     avatarUrl: null,
     encrypted: false,
     creator: null,
+    additionalCreators: [],
+    roomVersion: null,
+    historyVisibility: null,
     joinRule: null,
     powerLevels: null,
     joinedCount: null,
@@ -73,7 +80,13 @@ export function applyStateEvent(room: RoomState, ev: MatrixEvent): string | null
       if (typeof c.algorithm === 'string') room.encrypted = true;
       return null;
     case 'm.room.create':
+      // Room versions 11+ drop `creator`: the sender is the creator.
       room.creator = str(c.creator) ?? str(ev.sender);
+      room.roomVersion = str(c.room_version) ?? '1';
+      room.additionalCreators = Array.isArray(c.additional_creators) ? c.additional_creators.filter((u): u is string => typeof u === 'string') : [];
+      return null;
+    case 'm.room.history_visibility':
+      room.historyVisibility = str(c.history_visibility);
       return null;
     case 'm.room.join_rules':
       room.joinRule = str(c.join_rule);
@@ -140,6 +153,9 @@ export function roomInfo(room: RoomState): RoomInfo {
   return {
     ...summarize(room),
     creator: room.creator,
+    creators: room.creator === null ? [...room.additionalCreators] : [room.creator, ...room.additionalCreators.filter((u) => u !== room.creator)],
+    roomVersion: room.roomVersion,
+    historyVisibility: room.historyVisibility,
     joinRule: room.joinRule,
     powerLevels: room.powerLevels,
     members: [...room.members].map(([userId, m]) => ({ userId, ...m })),

@@ -481,6 +481,8 @@ export class CryptoActor implements CryptoActorApi {
       left: [],
       summaries: [],
       errors: p.errors,
+      accountData: [],
+      receipts: [],
     };
     return { batch, slots };
   }

@@ -212,10 +212,12 @@ export class SyncActor implements SyncActorApi {
     const mustWait = changes !== null && !countsOnly(changes);
     // Not awaited: the crypto actor reports its own failures to main (error/fatal on its port, or its death).
     if (applying && !mustWait) applying.catch(() => {});
-    const [summaries] = await Promise.all([p.state.rooms.length > 0 ? this.deps.cache.apply(p.state) : [], mustWait ? applying : undefined]);
+    const stateChanged = p.state.rooms.length > 0 || p.accountData.length > 0;
+    const [summaries] = await Promise.all([stateChanged ? this.deps.cache.apply(p.state) : [], mustWait ? applying : undefined]);
     const seq = ++this.seq;
     const count = deliver ? p.events.count : 0;
-    const trivial = count === 0 && summaries.length === 0 && p.invites.length === 0 && p.left.length === 0 && p.errors.length === 0;
+    const trivial =
+      count === 0 && summaries.length === 0 && p.invites.length === 0 && p.left.length === 0 && p.errors.length === 0 && p.accountData.length === 0 && p.receipts.length === 0;
     this.since = p.nextBatch;
     if (trivial && !first) {
       // Nothing for main: the token is done as soon as every earlier batch is.
@@ -236,6 +238,9 @@ export class SyncActor implements SyncActorApi {
       left: p.left,
       summaries,
       errors: p.errors,
+      // Account data reaches handlers only with a delivered timeline (the cache stores it either way).
+      accountData: deliver ? p.accountData : [],
+      receipts: deliver ? p.receipts : [],
     };
     this.inFlight.push({ seq, nextBatch: p.nextBatch, count, done: false });
     this.inFlightEvents += count;

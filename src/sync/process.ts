@@ -3,7 +3,18 @@
  * sync actor calls it and tests call it directly on recorded bodies.
  */
 import { HalcyonError, type WireError } from '../errors.ts';
-import { EVENT_FLAGS, type EventColumns, type InviteWire, type MatrixEvent, OFF, OFFSET_STRIDE, type RoomSummary, type StateChanges } from '../protocol.ts';
+import {
+  type AccountDataWire,
+  EVENT_FLAGS,
+  type EventColumns,
+  type InviteWire,
+  type MatrixEvent,
+  OFF,
+  OFFSET_STRIDE,
+  type ReceiptWire,
+  type RoomSummary,
+  type StateChanges,
+} from '../protocol.ts';
 import { keyBytes, Scanner, ScanError } from './scan.ts';
 
 /** What processing needs to know beyond the body. */
@@ -25,6 +36,10 @@ export interface ProcessedSync {
   errors: WireError[];
   /** The body's end-to-end-encryption fields (to-device events, device lists, key counts). */
   crypto: SyncCryptoFields;
+  /** Global and per-room account data events. */
+  accountData: AccountDataWire[];
+  /** Read receipts (`m.receipt` ephemeral events) of joined rooms, one per event, receipt type and user. */
+  receipts: ReceiptWire[];
 }
 
 /** Top-level E2EE fields of a /sync body. */
@@ -55,6 +70,7 @@ export function processSync(body: Uint8Array, opts: ProcessOptions): ProcessedSy
       if (k === 'next_batch' && sc.atString()) b.nextBatch = sc.readString();
       else if (k === 'rooms' && sc.atObject()) readRooms(sc, b);
       else if (k === 'to_device' && sc.atObject()) readToDevice(sc.readValue() as Record<string, unknown>, b);
+      else if (k === 'account_data' && sc.atObject()) readAccountData(sc.readValue() as Record<string, unknown>, b, null);
       else if (k === 'device_lists' && sc.atObject()) {
         const dl = sc.readValue() as Record<string, unknown>;
         b.crypto.deviceListsChanged = stringList(dl.changed);
@@ -93,6 +109,8 @@ class Builder {
   readonly state: StateRoom[] = [];
   readonly errors: WireError[] = [];
   readonly crypto: SyncCryptoFields = { toDevice: [], deviceListsChanged: [], deviceListsLeft: [], otkCounts: null, fallbackKeyTypes: null };
+  readonly accountData: AccountDataWire[] = [];
+  readonly receipts: ReceiptWire[] = [];
   /** The bot's user ID as the JSON string token a server writes, to flag own events without decoding senders. */
   readonly ownToken: Buffer | null;
   constructor(readonly opts: ProcessOptions) {
@@ -151,9 +169,11 @@ class Builder {
       },
       invites: this.invites,
       left: this.left,
-      state: { rooms: this.state },
+      state: this.accountData.length > 0 ? { rooms: this.state, accountData: this.accountData } : { rooms: this.state },
       errors: this.errors,
       crypto: this.crypto,
+      accountData: this.accountData,
+      receipts: this.receipts,
     };
   }
 }
@@ -164,6 +184,44 @@ function readToDevice(td: Record<string, unknown>, b: Builder): void {
   for (const ev of td.events as unknown[]) {
     if (isObject(ev) && typeof ev.type === 'string' && typeof ev.sender === 'string' && isObject(ev.content)) b.crypto.toDevice.push(ev as unknown as MatrixEvent);
     else b.error('to-device event skipped: not an object with type, sender and content');
+  }
+}
+
+/** Keeps the well-formed account data events (type and object content); reports the rest. */
+function readAccountData(ad: Record<string, unknown>, b: Builder, roomId: string | null): void {
+  if (!Array.isArray(ad.events)) return;
+  for (const ev of ad.events as unknown[]) {
+    if (isObject(ev) && typeof ev.type === 'string' && isObject(ev.content)) b.accountData.push({ roomId, type: ev.type, content: ev.content });
+    else b.error('account data event skipped: not an object with type and content', roomId ?? undefined);
+  }
+}
+
+/** Flattens `m.receipt` ephemeral events; other ephemeral types (typing) are ignored. */
+function readEphemeral(eph: Record<string, unknown>, b: Builder, roomId: string): void {
+  if (!Array.isArray(eph.events)) return;
+  for (const ev of eph.events as unknown[]) {
+    if (!isObject(ev) || ev.type !== 'm.receipt') continue;
+    if (!isObject(ev.content)) {
+      b.error('receipt event skipped: content is not an object', roomId);
+      continue;
+    }
+    for (const [eventId, byType] of Object.entries(ev.content)) {
+      if (!isObject(byType)) continue;
+      for (const [receiptType, byUser] of Object.entries(byType)) {
+        if (!isObject(byUser)) continue;
+        for (const [userId, r] of Object.entries(byUser)) {
+          const rec = isObject(r) ? r : {};
+          b.receipts.push({
+            roomId,
+            eventId,
+            userId,
+            receiptType,
+            ts: typeof rec.ts === 'number' ? rec.ts : null,
+            threadId: typeof rec.thread_id === 'string' ? rec.thread_id : null,
+          });
+        }
+      }
+    }
   }
 }
 
@@ -219,6 +277,10 @@ function readRoom(sc: Scanner, b: Builder, roomId: string, membership: Membershi
         if (t === 'events' && sc.atArray()) readStateEvents(sc, b, roomId, st.state);
         else sc.skipValue();
       }
+    } else if (k === 'account_data' && sc.atObject()) {
+      readAccountData(sc.readValue() as Record<string, unknown>, b, roomId);
+    } else if (k === 'ephemeral' && sc.atObject() && membership === 'join') {
+      readEphemeral(sc.readValue() as Record<string, unknown>, b, roomId);
     } else if (k === 'summary' && sc.atObject()) {
       const summary = sc.readValue() as StateRoom['summary'];
       if (summary && Object.keys(summary).length > 0) st.summary = summary;
@@ -243,7 +305,7 @@ function readStateEvents(sc: Scanner, b: Builder, roomId: string, out: MatrixEve
 }
 
 function readInvite(sc: Scanner, b: Builder, roomId: string): void {
-  const invite: InviteWire = { roomId, inviter: null, name: null };
+  const invite: InviteWire = { roomId, inviter: null, name: null, isDirect: false };
   const st: StateRoom = { roomId, membership: 'invite', state: [] };
   sc.openObject();
   for (let k: string | null, first = true; (k = sc.key(first)) !== null; first = false) {
@@ -269,6 +331,7 @@ function readInvite(sc: Scanner, b: Builder, roomId: string): void {
         if (ev.type === 'm.room.name' && typeof ev.content.name === 'string') invite.name = ev.content.name;
         if (ev.type === 'm.room.member' && ev.content.membership === 'invite' && typeof ev.sender === 'string') {
           invite.inviter = ev.sender;
+          if (ev.state_key === b.opts.ownUserId && ev.content.is_direct === true) invite.isDirect = true;
         }
       }
     }

@@ -67,3 +67,45 @@ test('cache actor: applies state, reports only changed summaries, and reads room
   assert.equal(await b.getRoom('!nope:x'), undefined);
   await b.close();
 });
+
+test('cache actor: room version, creators and history visibility; account data stored and read back after a restart', async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'hc-cache-'));
+  const a = new CacheActor();
+  await a.open({ dataDir, maxRoomsInMemory: 10 });
+  await a.apply({
+    rooms: [
+      {
+        roomId: '!v12:x',
+        membership: 'join',
+        state: [
+          st('m.room.create', '', { room_version: '12', additional_creators: ['@carol:x', 7] }, '@alice:x'),
+          st('m.room.history_visibility', '', { history_visibility: 'joined' }),
+        ],
+      },
+      { roomId: '!old:x', membership: 'join', state: [st('m.room.create', '', { creator: '@bob:x' }, '@bob:x')] },
+    ],
+    accountData: [
+      { roomId: null, type: 'm.direct', content: { '@a:x': ['!dm:x'] } },
+      { roomId: '!v12:x', type: 'm.tag', content: { tags: { 'm.favourite': {} } } },
+    ],
+  });
+  const v12 = (await a.getRoom('!v12:x'))!;
+  assert.equal(v12.roomVersion, '12');
+  assert.deepEqual(v12.creators, ['@alice:x', '@carol:x']);
+  assert.equal(v12.historyVisibility, 'joined');
+  const old = (await a.getRoom('!old:x'))!;
+  assert.equal(old.roomVersion, '1', 'no room_version means version 1');
+  assert.deepEqual(old.creators, ['@bob:x']);
+  // Later account data replaces earlier of the same type.
+  await a.apply({ rooms: [], accountData: [{ roomId: null, type: 'm.direct', content: { '@a:x': ['!dm:x', '!dm2:x'] } }] });
+  await a.close();
+
+  const b = new CacheActor();
+  await b.open({ dataDir, maxRoomsInMemory: 10 });
+  assert.deepEqual(await b.accountData(null, 'm.direct'), { '@a:x': ['!dm:x', '!dm2:x'] });
+  assert.deepEqual(await b.accountData('!v12:x', 'm.tag'), { tags: { 'm.favourite': {} } });
+  assert.equal(await b.accountData('!old:x', 'm.tag'), undefined);
+  assert.equal(await b.accountData(null, 'm.tag'), undefined, 'room account data is not global');
+  assert.deepEqual((await b.getRoom('!v12:x'))!.creators, ['@alice:x', '@carol:x']);
+  await b.close();
+});

@@ -196,3 +196,63 @@ test('escaped and non-ASCII IDs and senders decode exactly as JSON.parse reads t
   assert.equal(p.cols.relEventId[0], '$r\\oot');
   assert.deepEqual(p.cols.raw[0], ref);
 });
+
+test('account data (global and per room) and read receipts are extracted; malformed ones are reported, not thrown', () => {
+  const body = {
+    next_batch: 's2',
+    account_data: { events: [{ type: 'm.direct', content: { '@a:x': ['!r:x'] } }, { type: 'bad', content: 'not an object' }, 7] },
+    rooms: {
+      join: {
+        '!r:x': {
+          account_data: { events: [{ type: 'm.tag', content: { tags: { u1: {} } } }] },
+          ephemeral: {
+            events: [
+              { type: 'm.typing', content: { user_ids: ['@a:x'] } },
+              {
+                type: 'm.receipt',
+                content: {
+                  $e1: { 'm.read': { '@a:x': { ts: 1000 }, '@b:x': { ts: 2000, thread_id: '$root' } }, 'm.read.private': { '@bot:localhost': { ts: 3 } } },
+                  $e2: { 'm.read': { '@c:x': 'garbage' } },
+                },
+              },
+              { type: 'm.receipt', content: [] },
+            ],
+          },
+          timeline: { events: [] },
+        },
+      },
+    },
+  };
+  const p = processSync(JSON.stringify(body), ALL);
+  assert.deepEqual(p.accountData, [
+    { roomId: null, type: 'm.direct', content: { '@a:x': ['!r:x'] } },
+    { roomId: '!r:x', type: 'm.tag', content: { tags: { u1: {} } } },
+  ]);
+  assert.deepEqual(p.state.accountData, p.accountData, 'account data goes to the cache with the state');
+  assert.deepEqual(p.receipts, [
+    { roomId: '!r:x', eventId: '$e1', userId: '@a:x', receiptType: 'm.read', ts: 1000, threadId: null },
+    { roomId: '!r:x', eventId: '$e1', userId: '@b:x', receiptType: 'm.read', ts: 2000, threadId: '$root' },
+    { roomId: '!r:x', eventId: '$e1', userId: '@bot:localhost', receiptType: 'm.read.private', ts: 3, threadId: null },
+    { roomId: '!r:x', eventId: '$e2', userId: '@c:x', receiptType: 'm.read', ts: null, threadId: null },
+  ]);
+  assert.equal(p.errors.filter((e) => /account data/.test(e.message)).length, 2, 'two malformed account data events reported');
+  assert.equal(p.errors.filter((e) => /receipt/.test(e.message)).length, 1, 'the malformed receipt event reported');
+});
+
+test("an invite marked is_direct on the bot's own member event is a direct invite", () => {
+  const invite = (isDirect: boolean, stateKey = '@bot:localhost') => ({
+    next_batch: 's1',
+    rooms: {
+      invite: {
+        '!dm:x': {
+          invite_state: {
+            events: [{ type: 'm.room.member', state_key: stateKey, sender: '@a:x', content: { membership: 'invite', is_direct: isDirect } }],
+          },
+        },
+      },
+    },
+  });
+  assert.equal(processSync(JSON.stringify(invite(true)), ALL).invites[0]!.isDirect, true);
+  assert.equal(processSync(JSON.stringify(invite(false)), ALL).invites[0]!.isDirect, false);
+  assert.equal(processSync(JSON.stringify(invite(true, '@someone:x')), ALL).invites[0]!.isDirect, false, "someone else's is_direct does not count");
+});
