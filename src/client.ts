@@ -9,8 +9,28 @@ import { CacheActor } from './cache/actor.ts';
 import { CryptoActor } from './crypto/actor.ts';
 import { Dispatcher } from './dispatcher.ts';
 import { fromWireError, HalcyonError } from './errors.ts';
-import { BatchReader, type ContentInput, Edit, type Invite, MemberEvent, Message, Reaction, Redaction, Room, type RoomActions, RoomEvent } from './events.ts';
-import { htmlToText } from './html.ts';
+import {
+  type AccountDataEvent,
+  BatchReader,
+  type ContentInput,
+  Edit,
+  type Invite,
+  MemberEvent,
+  type Mentions,
+  Message,
+  type MessageOptions,
+  type Presence,
+  type Profile,
+  Reaction,
+  type Receipt,
+  Redaction,
+  Room,
+  type RoomActions,
+  RoomEvent,
+  User,
+} from './events.ts';
+import { htmlToText, sanitizeHtml } from './html.ts';
+import { RoomDetails } from './rooms.ts';
 import { MatrixHttp, seg } from './http.ts';
 import { type DownloadOptions, Media, type MediaConfig, type MediaSource, type SendMediaOptions, type UploadOptions } from './media.ts';
 import type { Readable } from 'node:stream';
@@ -27,6 +47,7 @@ import {
   type DecryptResult,
   EVENT_FLAGS,
   type MainToCrypto,
+  type MatrixEvent,
   OFF,
   OFFSET_STRIDE,
   type MainToSync,
@@ -93,6 +114,30 @@ export interface SendOptions {
   allowPlaintext?: boolean;
 }
 
+/** Options of {@link Client.createRoom}. */
+export interface CreateRoomOptions {
+  name?: string;
+  topic?: string;
+  /** `private_chat` (invite only), `trusted_private_chat` (invitees get the creator's power), or `public_chat`. */
+  preset?: 'private_chat' | 'trusted_private_chat' | 'public_chat';
+  /** Users to invite. */
+  invite?: string[];
+  /** Turn end-to-end encryption on from the start (default false). */
+  encrypted?: boolean;
+  /** Mark it a direct chat for the invitees (`is_direct`). */
+  isDirect?: boolean;
+  /** Local part of an alias to create (`#<alias>:<server>`). */
+  alias?: string;
+  /** Whether the room is listed in the server's public directory (default private). */
+  visibility?: 'public' | 'private';
+  /** Room version (default: the server's). */
+  roomVersion?: string;
+  /** Overrides of the default `m.room.power_levels` content. */
+  powerLevels?: Record<string, unknown>;
+  /** Extra initial state events. */
+  initialState?: Array<{ type: string; stateKey?: string; content: Record<string, unknown> }>;
+}
+
 /** Details passed with a `decryptionError` event. */
 export interface DecryptionErrorInfo {
   roomId: string;
@@ -123,6 +168,8 @@ export interface WhoAmI {
   homeserver: string;
   /** The device's identity keys (unpadded base64), when encryption is on. */
   identityKeys?: { curve25519: string; ed25519: string };
+  /** Whether end-to-end encryption is available (on, and the crypto store open). */
+  encryption: boolean;
 }
 
 /** Details passed with a `syncError` event. */
@@ -147,6 +194,8 @@ export interface ClientEvents {
   syncError: [error: HalcyonError, info: SyncErrorInfo];
   syncRecovered: [info: { afterAttempts: number }];
   decryptionError: [error: HalcyonError, info: DecryptionErrorInfo];
+  receipt: [receipt: Receipt];
+  accountData: [event: AccountDataEvent];
 }
 
 type Listener<K extends keyof ClientEvents> = (...args: ClientEvents[K]) => unknown;
@@ -160,6 +209,8 @@ const ENCRYPTED = 'm.room.encrypted';
 type Decryption = { result: DecryptResult; reader: BatchReader | null } | { error: HalcyonError };
 
 let txnCounter = 0;
+/** Typing notices last 30 s; refreshed well before they lapse while work goes on. */
+const TYPING_REFRESH_MS = 20_000;
 
 /** A Matrix bot client; see the README for a tour. */
 export class Client implements RoomActions {
@@ -351,7 +402,7 @@ export class Client implements RoomActions {
   /** Who the bot is (with its device's identity keys when encryption is on). */
   whoami(): WhoAmI {
     const s = this.need();
-    const who: WhoAmI = { userId: s.userId, deviceId: s.deviceId, homeserver: s.homeserver };
+    const who: WhoAmI = { userId: s.userId, deviceId: s.deviceId, homeserver: s.homeserver, encryption: this.identity !== null };
     if (this.identity) who.identityKeys = { curve25519: this.identity.curve25519, ed25519: this.identity.ed25519 };
     return who;
   }
@@ -382,39 +433,229 @@ export class Client implements RoomActions {
     return r;
   }
 
-  /** Everything the cache knows about a room (members, power levels, ...), or undefined. Never asks the server. */
-  async getRoom(roomId: string): Promise<RoomInfo | undefined> {
+  /** Everything the cache knows about a room (members, power levels, ...) with permission checks, or undefined. Never asks the server. */
+  async getRoom(roomId: string): Promise<RoomDetails | undefined> {
     if (!this.cache) throw new HalcyonError('HALCYON_NOT_RUNNING', 'getRoom needs a running client');
-    return this.cache.api.getRoom(roomId);
+    const info = await this.cache.api.getRoom(roomId);
+    return info ? new RoomDetails(info) : undefined;
   }
 
-  /** Summaries of the rooms the bot has joined. */
+  /**
+   * Loads a room's full member list from the server into the cache (sync lazy-loads members: only those who
+   * spoke or changed are known until then), and resolves with the room's details.
+   */
+  async loadMembers(roomId: string): Promise<RoomDetails | undefined> {
+    const res = await this.needHttp().json<{ chunk?: unknown[] }>('GET', `/_matrix/client/v3/rooms/${seg(roomId)}/members`);
+    const state = (res.chunk ?? []).filter(
+      (e): e is MatrixEvent => typeof e === 'object' && e !== null && (e as MatrixEvent).type === 'm.room.member' && typeof (e as MatrixEvent).state_key === 'string',
+    );
+    const membership = this.summaries.get(roomId)?.membership ?? 'join';
+    const changed = await this.needCache().apply({ rooms: [{ roomId, membership, state }] });
+    for (const s of changed) this.summaries.set(s.roomId, s);
+    return this.getRoom(roomId);
+  }
+
+  /** Summaries of the rooms the bot has joined (from the cache; no request). */
   async listRooms(): Promise<RoomSummary[]> {
     return [...this.summaries.values()].filter((s) => s.membership === 'join');
   }
 
-  /** Sends a message (a string becomes `m.text`); resolves with the event ID. */
-  sendMessage(roomId: string, content: ContentInput, opts?: SendOptions): Promise<string> {
-    return this.sendEvent(roomId, 'm.room.message', typeof content === 'string' ? { msgtype: 'm.text', body: content } : content, opts);
+  /** The IDs of the rooms the bot has joined, as the server says (`/joined_rooms`). */
+  async getJoinedRooms(): Promise<string[]> {
+    const res = await this.needHttp().json<{ joined_rooms?: unknown }>('GET', '/_matrix/client/v3/joined_rooms');
+    return Array.isArray(res.joined_rooms) ? res.joined_rooms.filter((r): r is string => typeof r === 'string') : [];
+  }
+
+  // ---- rooms ----
+
+  /** Creates a room; resolves with its ID. `encrypted` adds `m.room.encryption` to the initial state. */
+  async createRoom(opts: CreateRoomOptions = {}): Promise<string> {
+    const initialState: Array<{ type: string; state_key: string; content: Record<string, unknown> }> = [...(opts.initialState ?? [])].map((e) => ({
+      type: e.type,
+      state_key: e.stateKey ?? '',
+      content: e.content,
+    }));
+    if (opts.encrypted) initialState.push({ type: 'm.room.encryption', state_key: '', content: { algorithm: 'm.megolm.v1.aes-sha2' } });
+    const body: Record<string, unknown> = { initial_state: initialState };
+    if (opts.name !== undefined) body.name = opts.name;
+    if (opts.topic !== undefined) body.topic = opts.topic;
+    if (opts.preset !== undefined) body.preset = opts.preset;
+    if (opts.invite?.length) body.invite = opts.invite;
+    if (opts.isDirect) body.is_direct = true;
+    if (opts.alias !== undefined) body.room_alias_name = opts.alias;
+    if (opts.visibility !== undefined) body.visibility = opts.visibility;
+    if (opts.roomVersion !== undefined) body.room_version = opts.roomVersion;
+    if (opts.powerLevels !== undefined) body.power_level_content_override = opts.powerLevels;
+    const res = await this.needHttp().json<{ room_id?: unknown }>('POST', '/_matrix/client/v3/createRoom', { body });
+    if (typeof res.room_id !== 'string') throw new HalcyonError('HALCYON_BAD_RESPONSE', 'createRoom: no room_id in the answer');
+    return res.room_id;
+  }
+
+  /**
+   * The direct-message room with `userId`: an existing one from `m.direct` that the bot is in and the user is
+   * in or invited to, else a new one (invited, `is_direct`, recorded in `m.direct`). Resolves with the room ID.
+   */
+  async getOrCreateDm(userId: string, opts: { encrypted?: boolean } = {}): Promise<string> {
+    const direct = ((await this.getAccountData('m.direct')) ?? {}) as Record<string, unknown>;
+    const candidates = Array.isArray(direct[userId]) ? (direct[userId] as unknown[]).filter((r): r is string => typeof r === 'string') : [];
+    for (const roomId of [...candidates].reverse()) {
+      if (this.summaries.get(roomId)?.membership !== 'join') continue;
+      let m = (await this.getRoom(roomId))?.member(userId)?.membership;
+      if (m === undefined) m = (await this.loadMembers(roomId).catch(() => undefined))?.member(userId)?.membership;
+      if (m === 'join' || m === 'invite') return roomId;
+    }
+    const roomId = await this.createRoom({ isDirect: true, invite: [userId], preset: 'trusted_private_chat', encrypted: opts.encrypted ?? this.crypto !== null });
+    await this.addDirectRoom(userId, roomId);
+    return roomId;
+  }
+
+  /** Records `roomId` as a direct chat with `userId` in `m.direct` (read, modify, write). */
+  private async addDirectRoom(userId: string, roomId: string): Promise<void> {
+    const direct = { ...(((await this.getAccountData('m.direct', { fresh: true })) ?? {}) as Record<string, unknown>) };
+    const list = Array.isArray(direct[userId]) ? (direct[userId] as unknown[]).filter((r): r is string => typeof r === 'string') : [];
+    if (list.includes(roomId)) return;
+    direct[userId] = [...list, roomId];
+    await this.setAccountData('m.direct', direct);
+  }
+
+  /** Joins a room by ID or alias (`via`: servers to join through); resolves with the room ID. */
+  async joinRoom(roomIdOrAlias: string, opts: { reason?: string; via?: string[] } = {}): Promise<string> {
+    const body = opts.reason === undefined ? {} : { reason: opts.reason };
+    const path = `/_matrix/client/v3/join/${seg(roomIdOrAlias)}${opts.via?.length ? `?${opts.via.map((s) => `server_name=${encodeURIComponent(s)}`).join('&')}` : ''}`;
+    const res = await this.needHttp().json<{ room_id?: unknown }>('POST', path, { body });
+    if (typeof res.room_id !== 'string') throw new HalcyonError('HALCYON_BAD_RESPONSE', 'join: no room_id in the answer');
+    return res.room_id;
+  }
+
+  /** Leaves a room. */
+  async leaveRoom(roomId: string, reason?: string): Promise<void> {
+    await this.needHttp().json('POST', `/_matrix/client/v3/rooms/${seg(roomId)}/leave`, { body: reason === undefined ? {} : { reason } });
+  }
+
+  /** Forgets a room the bot has left (the server drops it from the bot's history). */
+  async forgetRoom(roomId: string): Promise<void> {
+    await this.needHttp().json('POST', `/_matrix/client/v3/rooms/${seg(roomId)}/forget`, { body: {} });
+  }
+
+  /** Invites a user. */
+  inviteUser(roomId: string, userId: string, reason?: string): Promise<void> {
+    return this.membershipOp(roomId, 'invite', userId, reason);
+  }
+
+  /** Kicks a user (they may rejoin). */
+  kickUser(roomId: string, userId: string, reason?: string): Promise<void> {
+    return this.membershipOp(roomId, 'kick', userId, reason);
+  }
+
+  /** Bans a user. */
+  banUser(roomId: string, userId: string, reason?: string): Promise<void> {
+    return this.membershipOp(roomId, 'ban', userId, reason);
+  }
+
+  /** Lifts a user's ban. */
+  unbanUser(roomId: string, userId: string, reason?: string): Promise<void> {
+    return this.membershipOp(roomId, 'unban', userId, reason);
+  }
+
+  private async membershipOp(roomId: string, op: 'invite' | 'kick' | 'ban' | 'unban', userId: string, reason?: string): Promise<void> {
+    const body: Record<string, unknown> = { user_id: userId };
+    if (reason !== undefined) body.reason = reason;
+    await this.needHttp().json('POST', `/_matrix/client/v3/rooms/${seg(roomId)}/${op}`, { body });
+  }
+
+  /** Sets the room's name; resolves with the state event's ID. */
+  setRoomName(roomId: string, name: string): Promise<string> {
+    return this.sendStateEvent(roomId, 'm.room.name', '', { name });
+  }
+
+  /** Sets the room's topic; resolves with the state event's ID. */
+  setRoomTopic(roomId: string, topic: string): Promise<string> {
+    return this.sendStateEvent(roomId, 'm.room.topic', '', { topic });
+  }
+
+  /** Sets the room's avatar (an `mxc://` URI, e.g. from `uploadMedia`); resolves with the state event's ID. */
+  setRoomAvatar(roomId: string, mxc: string): Promise<string> {
+    return this.sendStateEvent(roomId, 'm.room.avatar', '', { url: mxc });
+  }
+
+  /** Sets a user's power level in a room (reading the current levels from the server first). */
+  async setPowerLevel(roomId: string, userId: string, level: number): Promise<string> {
+    const pl = { ...((await this.getStateEvent(roomId, 'm.room.power_levels')) ?? {}) };
+    pl.users = { ...((pl.users as Record<string, number> | undefined) ?? {}), [userId]: level };
+    return this.sendStateEvent(roomId, 'm.room.power_levels', '', pl);
+  }
+
+  /** Sends a state event; resolves with its event ID. State events are never encrypted. */
+  async sendStateEvent(roomId: string, type: string, stateKey: string, content: Record<string, unknown>): Promise<string> {
+    const res = await this.needHttp().json<{ event_id?: unknown }>('PUT', `/_matrix/client/v3/rooms/${seg(roomId)}/state/${seg(type)}/${seg(stateKey)}`, { body: content });
+    if (typeof res.event_id !== 'string') throw new HalcyonError('HALCYON_BAD_RESPONSE', 'state: no event_id in the answer', { roomId });
+    return res.event_id;
+  }
+
+  /** The content of a state event as the server has it now, or null if the room has none. */
+  async getStateEvent(roomId: string, type: string, stateKey = ''): Promise<Record<string, unknown> | null> {
+    try {
+      return await this.needHttp().json('GET', `/_matrix/client/v3/rooms/${seg(roomId)}/state/${seg(type)}/${seg(stateKey)}`);
+    } catch (err) {
+      if ((err as HalcyonError).errcode === 'M_NOT_FOUND') return null;
+      throw err;
+    }
+  }
+
+  /** Resolves a room alias (`#room:server`) to its room ID and the servers that know it. */
+  async resolveAlias(alias: string): Promise<{ roomId: string; servers: string[] }> {
+    const res = await this.needHttp().json<{ room_id?: unknown; servers?: unknown }>('GET', `/_matrix/client/v3/directory/room/${seg(alias)}`);
+    if (typeof res.room_id !== 'string') throw new HalcyonError('HALCYON_BAD_RESPONSE', 'directory: no room_id in the answer');
+    return { roomId: res.room_id, servers: Array.isArray(res.servers) ? res.servers.filter((s): s is string => typeof s === 'string') : [] };
+  }
+
+  // ---- messages ----
+
+  /** Sends a message (a string becomes `m.text`), as a reply, in a thread, with mentions; resolves with the event ID. */
+  sendMessage(roomId: string, content: ContentInput, opts: MessageOptions = {}): Promise<string> {
+    const c = typeof content === 'string' ? { msgtype: 'm.text', body: content } : { ...content };
+    return this.sendEvent(roomId, 'm.room.message', withRelations(c, opts), opts);
   }
 
   /** Sends an `m.notice` (what bots send when they should not trigger other bots). */
-  sendNotice(roomId: string, text: string): Promise<string> {
-    return this.sendEvent(roomId, 'm.room.message', { msgtype: 'm.notice', body: text });
+  sendNotice(roomId: string, text: string, opts?: MessageOptions): Promise<string> {
+    return this.sendMessage(roomId, { msgtype: 'm.notice', body: text }, opts);
   }
 
   /** Sends an `m.emote` (`/me` text). */
-  sendEmote(roomId: string, text: string): Promise<string> {
-    return this.sendEvent(roomId, 'm.room.message', { msgtype: 'm.emote', body: text });
+  sendEmote(roomId: string, text: string, opts?: MessageOptions): Promise<string> {
+    return this.sendMessage(roomId, { msgtype: 'm.emote', body: text }, opts);
   }
 
-  /** Sends HTML; the plain-text `body` is generated from it unless given. */
-  sendHtml(roomId: string, html: string, plainText?: string): Promise<string> {
-    return this.sendEvent(roomId, 'm.room.message', {
-      msgtype: 'm.text',
-      body: plainText ?? htmlToText(html),
-      format: 'org.matrix.custom.html',
-      formatted_body: html,
+  /**
+   * Sends HTML: it is sanitised to the tags and attributes the spec allows (scripts, handlers and foreign URLs
+   * removed), and the plain-text `body` is generated from it unless given.
+   */
+  sendHtml(roomId: string, html: string, plainText?: string, opts?: MessageOptions): Promise<string> {
+    const clean = sanitizeHtml(html);
+    return this.sendMessage(roomId, { msgtype: 'm.text', body: plainText ?? htmlToText(clean), format: 'org.matrix.custom.html', formatted_body: clean }, opts);
+  }
+
+  /** Edits a message (`m.replace`; the server only accepts edits of the bot's own messages); resolves with the edit's ID. */
+  editMessage(roomId: string, eventId: string, newContent: ContentInput): Promise<string> {
+    const n: Record<string, unknown> = typeof newContent === 'string' ? { msgtype: 'm.text', body: newContent } : { ...newContent };
+    delete n['m.relates_to'];
+    const body = typeof n.body === 'string' ? n.body : '';
+    const outer: Record<string, unknown> = { ...n, body: `* ${body}`, 'm.new_content': n, 'm.relates_to': { rel_type: 'm.replace', event_id: eventId } };
+    if (typeof n.formatted_body === 'string') outer.formatted_body = `* ${n.formatted_body}`;
+    return this.sendEvent(roomId, 'm.room.message', outer);
+  }
+
+  /** Reacts to an event with `key` (usually an emoji); resolves with the reaction's event ID. */
+  react(roomId: string, eventId: string, key: string): Promise<string> {
+    return this.sendEvent(roomId, 'm.reaction', { 'm.relates_to': { rel_type: 'm.annotation', event_id: eventId, key } });
+  }
+
+  /** Sends a read receipt up to `eventId` (`private`: `m.read.private`; `threadId`: a threaded receipt). */
+  async sendReadReceipt(roomId: string, eventId: string, opts: { private?: boolean; threadId?: string } = {}): Promise<void> {
+    const type = opts.private ? 'm.read.private' : 'm.read';
+    await this.needHttp().json('POST', `/_matrix/client/v3/rooms/${seg(roomId)}/receipt/${type}/${seg(eventId)}`, {
+      body: opts.threadId === undefined ? {} : { thread_id: opts.threadId },
     });
   }
 
@@ -468,16 +709,116 @@ export class Client implements RoomActions {
     await this.sync?.api.setPresence(state);
   }
 
-  /** Joins a room by ID or alias; resolves with the room ID. */
-  async joinRoom(roomIdOrAlias: string): Promise<string> {
-    const res = await this.needHttp().json<{ room_id?: unknown }>('POST', `/_matrix/client/v3/join/${seg(roomIdOrAlias)}`, { body: {} });
-    if (typeof res.room_id !== 'string') throw new HalcyonError('HALCYON_BAD_RESPONSE', 'join: no room_id in the answer');
-    return res.room_id;
+  /**
+   * Shows the bot as typing in `roomId` until `work` settles, refreshing the notice every 20 s (it expires
+   * after 30 s), then stops it. Resolves or rejects as `work` does; typing failures never fail the work.
+   */
+  async typingWhile<T>(roomId: string, work: Promise<T> | (() => Promise<T>)): Promise<T> {
+    this.need();
+    const quiet = (on: boolean) => this.sendTyping(roomId, on).catch((e: unknown) => this.log('warn', e, 'typing notice'));
+    void quiet(true);
+    const timer = setInterval(() => void quiet(true), TYPING_REFRESH_MS);
+    try {
+      return await (typeof work === 'function' ? work() : work);
+    } finally {
+      clearInterval(timer);
+      if (this.state === 'running') await quiet(false);
+    }
   }
 
-  /** Leaves a room. */
-  async leaveRoom(roomId: string): Promise<void> {
-    await this.needHttp().json('POST', `/_matrix/client/v3/rooms/${seg(roomId)}/leave`, { body: {} });
+  // ---- users ----
+
+  /** A handle on a user: profile and presence lookups, and a direct chat with them. */
+  user(userId: string): User {
+    return new User(userId, this);
+  }
+
+  /** A user's profile (display name and avatar) as the server has it. */
+  async getProfile(userId: string): Promise<Profile> {
+    const res = await this.needHttp().json<{ displayname?: unknown; avatar_url?: unknown }>('GET', `/_matrix/client/v3/profile/${seg(userId)}`);
+    return { displayName: typeof res.displayname === 'string' ? res.displayname : null, avatarUrl: typeof res.avatar_url === 'string' ? res.avatar_url : null };
+  }
+
+  /** Sets the bot's display name. */
+  async setDisplayName(name: string): Promise<void> {
+    const s = this.need();
+    await this.needHttp().json('PUT', `/_matrix/client/v3/profile/${seg(s.userId)}/displayname`, { body: { displayname: name } });
+  }
+
+  /** Sets the bot's avatar (an `mxc://` URI, e.g. from `uploadMedia`). */
+  async setAvatarUrl(mxc: string): Promise<void> {
+    const s = this.need();
+    await this.needHttp().json('PUT', `/_matrix/client/v3/profile/${seg(s.userId)}/avatar_url`, { body: { avatar_url: mxc } });
+  }
+
+  /** A user's presence as the server has it. */
+  async getPresence(userId: string): Promise<Presence> {
+    const r = await this.needHttp().json<Record<string, unknown>>('GET', `/_matrix/client/v3/presence/${seg(userId)}/status`);
+    return {
+      presence: typeof r.presence === 'string' ? r.presence : 'offline',
+      statusMsg: typeof r.status_msg === 'string' ? r.status_msg : null,
+      lastActiveAgo: typeof r.last_active_ago === 'number' ? r.last_active_ago : null,
+      currentlyActive: r.currently_active === true,
+    };
+  }
+
+  /** Searches the user directory (users sharing a room with the bot, or all users if the server allows). */
+  async searchUsers(term: string, limit = 10): Promise<{ results: Array<{ userId: string; displayName: string | null; avatarUrl: string | null }>; limited: boolean }> {
+    const res = await this.needHttp().json<{ results?: unknown; limited?: unknown }>('POST', '/_matrix/client/v3/user_directory/search', { body: { search_term: term, limit } });
+    const results = (Array.isArray(res.results) ? res.results : [])
+      .filter((u): u is Record<string, unknown> => typeof u === 'object' && u !== null && typeof (u as Record<string, unknown>).user_id === 'string')
+      .map((u) => ({
+        userId: u.user_id as string,
+        displayName: typeof u.display_name === 'string' ? u.display_name : null,
+        avatarUrl: typeof u.avatar_url === 'string' ? u.avatar_url : null,
+      }));
+    return { results, limited: res.limited === true };
+  }
+
+  // ---- account data ----
+
+  /**
+   * Global account data of `type` (the bot's own key-value store on the server), or null. Answered from the cache
+   * (kept current by sync) when it has it; `fresh` asks the server.
+   */
+  async getAccountData(type: string, opts: { fresh?: boolean } = {}): Promise<Record<string, unknown> | null> {
+    const s = this.need();
+    return this.readAccountData(null, type, `/_matrix/client/v3/user/${seg(s.userId)}/account_data/${seg(type)}`, opts.fresh === true);
+  }
+
+  /** Sets global account data of `type`; an `accountData` event follows when the change comes back by sync. */
+  async setAccountData(type: string, content: Record<string, unknown>): Promise<void> {
+    const s = this.need();
+    await this.needHttp().json('PUT', `/_matrix/client/v3/user/${seg(s.userId)}/account_data/${seg(type)}`, { body: content });
+    await this.cache?.api.apply({ rooms: [], accountData: [{ roomId: null, type, content }] });
+  }
+
+  /** Account data of `type` for one room, or null (from the cache when it has it; `fresh` asks the server). */
+  async getRoomAccountData(roomId: string, type: string, opts: { fresh?: boolean } = {}): Promise<Record<string, unknown> | null> {
+    const s = this.need();
+    return this.readAccountData(roomId, type, `/_matrix/client/v3/user/${seg(s.userId)}/rooms/${seg(roomId)}/account_data/${seg(type)}`, opts.fresh === true);
+  }
+
+  /** Sets account data of `type` for one room. */
+  async setRoomAccountData(roomId: string, type: string, content: Record<string, unknown>): Promise<void> {
+    const s = this.need();
+    await this.needHttp().json('PUT', `/_matrix/client/v3/user/${seg(s.userId)}/rooms/${seg(roomId)}/account_data/${seg(type)}`, { body: content });
+    await this.cache?.api.apply({ rooms: [], accountData: [{ roomId, type, content }] });
+  }
+
+  private async readAccountData(roomId: string | null, type: string, path: string, fresh: boolean): Promise<Record<string, unknown> | null> {
+    if (!fresh) {
+      const cached = await this.needCache().accountData(roomId, type);
+      if (cached) return cached;
+    }
+    try {
+      const content = await this.needHttp().json<Record<string, unknown>>('GET', path);
+      await this.cache?.api.apply({ rooms: [], accountData: [{ roomId, type, content }] });
+      return content;
+    } catch (err) {
+      if ((err as HalcyonError).errcode === 'M_NOT_FOUND') return null;
+      throw err;
+    }
   }
 
   // ---- media ----
@@ -539,6 +880,12 @@ export class Client implements RoomActions {
       throw new HalcyonError('HALCYON_NOT_RUNNING', 'the client is not running (call run(token) first)');
     }
     return this.session;
+  }
+
+  private needCache(): ActorHandle<CacheActorApi>['api'] {
+    this.need();
+    if (!this.cache) throw new HalcyonError('HALCYON_NOT_RUNNING', 'the client is not running (call run(token) first)');
+    return this.cache.api;
   }
 
   private needHttp(): MatrixHttp {
@@ -791,6 +1138,21 @@ export class Client implements RoomActions {
       left++;
       this.dispatcher.push(inv.roomId, () => settle(this.deliverInvite(inv), done));
     }
+    if (this.listeners.accountData?.length) {
+      for (const a of b.accountData) {
+        left++;
+        // Global account data runs in a lane of its own ('' is no room ID).
+        this.dispatcher.push(a.roomId ?? '', () => settle(this.emit('accountData', { roomId: a.roomId, type: a.type, content: a.content }), done));
+      }
+    }
+    if (this.listeners.receipt?.length) {
+      const own = this.session?.userId;
+      for (const r of b.receipts) {
+        if (this.opts.ignoreOwnEvents && r.userId === own) continue;
+        left++;
+        this.dispatcher.push(r.roomId, () => settle(this.emit('receipt', { ...r, room: this.room(r.roomId) }), done));
+      }
+    }
     done();
   }
 
@@ -861,12 +1223,13 @@ export class Client implements RoomActions {
   }
 
   private deliverInvite(inv: WireBatch['invites'][number]): unknown {
-    const invite: Invite = { ...inv, accept: () => this.joinRoom(inv.roomId), decline: () => this.leaveRoom(inv.roomId) };
+    const invite: Invite = { ...inv, accept: () => this.joinRoom(inv.roomId), decline: (reason?: string) => this.leaveRoom(inv.roomId, reason) };
     const r = this.emit('invite', invite);
     if (!this.opts.autoJoin) return r;
     const join = () =>
       this.joinRoom(inv.roomId).then(
-        () => undefined,
+        // A direct chat the inviter started is recorded in m.direct, so getOrCreateDm finds it later.
+        () => (inv.isDirect && inv.inviter ? this.addDirectRoom(inv.inviter, inv.roomId).catch((err: HalcyonError) => this.emitError(err)) : undefined),
         (err: HalcyonError) => this.emitError(err),
       );
     return isPromise(r) ? r.then(join) : join();
@@ -978,4 +1341,32 @@ function settle(r: unknown, done: () => void): unknown {
     return r;
   }
   return r.finally(done);
+}
+
+/**
+ * Adds reply, thread and mention relations to message content. Replies carry no fallback text (the current spec
+ * dropped it); a thread message that is not a reply to a particular event falls back to the thread's last event
+ * as clients expect (`is_falling_back`).
+ */
+function withRelations(content: Record<string, unknown>, opts: MessageOptions): Record<string, unknown> {
+  const c = content;
+  if (opts.threadId !== undefined) {
+    c['m.relates_to'] = {
+      rel_type: 'm.thread',
+      event_id: opts.threadId,
+      is_falling_back: opts.replyTo === undefined,
+      'm.in_reply_to': { event_id: opts.replyTo ?? opts.threadId },
+    };
+  } else if (opts.replyTo !== undefined) {
+    c['m.relates_to'] = { ...(c['m.relates_to'] as object | undefined), 'm.in_reply_to': { event_id: opts.replyTo } };
+  }
+  if (opts.mentions !== undefined && c['m.mentions'] === undefined) c['m.mentions'] = mentionsContent(opts.mentions);
+  return c;
+}
+
+function mentionsContent(m: Mentions): Record<string, unknown> {
+  const userIds = Array.isArray(m) ? m : (m.userIds ?? []);
+  const out: Record<string, unknown> = { user_ids: [...new Set(userIds)] };
+  if (!Array.isArray(m) && m.room) out.room = true;
+  return out;
 }

@@ -2,21 +2,41 @@
  * What handlers receive. Objects here read their fields lazily from the batch columns the sync actor sent, so
  * an event whose content no handler reads is never parsed on the main thread.
  */
-import { EVENT_FLAGS, type InviteWire, type MatrixEvent, OFF, OFFSET_STRIDE, type RoomSummary, type WireBatch } from './protocol.ts';
+import { EVENT_FLAGS, type InviteWire, type MatrixEvent, OFF, OFFSET_STRIDE, type ReceiptWire, type RoomSummary, type WireBatch } from './protocol.ts';
+import type { RoomDetails } from './rooms.ts';
 
 /** Content to send: a string becomes an `m.text` message. */
 export type ContentInput = string | Record<string, unknown>;
 
+/** Who a message mentions (`m.mentions`): user IDs, and whether it mentions the whole room (`@room`). */
+export type Mentions = string[] | { userIds?: string[]; room?: boolean };
+
+/** Options of sending a message: relations, mentions, and the encryption opt-out. */
+export interface MessageOptions {
+  /** Make it a rich reply to this event (`m.in_reply_to`; no fallback text, per the current spec). */
+  replyTo?: string;
+  /** Send it in the thread rooted at this event (`m.thread`). */
+  threadId?: string;
+  /** Users (and/or the room) it mentions: sets `m.mentions`. */
+  mentions?: Mentions;
+  /** Send in the clear even if the room is encrypted (default false: encrypt, or refuse if encryption is off). */
+  allowPlaintext?: boolean;
+}
+
 /** What a {@link Room} and the event objects need from the client (kept narrow so they stay testable). */
 export interface RoomActions {
-  sendMessage(roomId: string, content: ContentInput): Promise<string>;
-  sendNotice(roomId: string, text: string): Promise<string>;
-  sendEmote(roomId: string, text: string): Promise<string>;
-  sendHtml(roomId: string, html: string, plainText?: string): Promise<string>;
+  sendMessage(roomId: string, content: ContentInput, opts?: MessageOptions): Promise<string>;
+  sendNotice(roomId: string, text: string, opts?: MessageOptions): Promise<string>;
+  sendEmote(roomId: string, text: string, opts?: MessageOptions): Promise<string>;
+  sendHtml(roomId: string, html: string, plainText?: string, opts?: MessageOptions): Promise<string>;
   sendTyping(roomId: string, on?: boolean | number): Promise<void>;
+  typingWhile<T>(roomId: string, work: Promise<T> | (() => Promise<T>)): Promise<T>;
   sendEvent(roomId: string, type: string, content: Record<string, unknown>): Promise<string>;
   redactEvent(roomId: string, eventId: string, reason?: string): Promise<string>;
+  editMessage(roomId: string, eventId: string, newContent: ContentInput): Promise<string>;
+  sendReadReceipt(roomId: string, eventId: string, opts?: { private?: boolean; threadId?: string }): Promise<void>;
   leaveRoom(roomId: string): Promise<void>;
+  getRoom(roomId: string): Promise<RoomDetails | undefined>;
   downloadContent(content: Record<string, unknown>, opts?: { maxBytes?: number }): Promise<Buffer>;
 }
 
@@ -70,6 +90,17 @@ export class Room {
   /** Shows (or with `false` hides) the bot as typing; a number is the timeout in ms (default 30 s). */
   sendTyping(on: boolean | number = true): Promise<void> {
     return this.actions.sendTyping(this.id, on);
+  }
+  /**
+   * Shows the bot as typing until `work` settles (refreshing the notice while it runs), then stops it; resolves
+   * or rejects as `work` does. Typing failures never fail the work.
+   */
+  typingWhile<T>(work: Promise<T> | (() => Promise<T>)): Promise<T> {
+    return this.actions.typingWhile(this.id, work);
+  }
+  /** Everything the cache knows about the room, with power-level checks (`powerLevel`, `can`). */
+  info(): Promise<RoomDetails | undefined> {
+    return this.actions.getRoom(this.id);
   }
   /** Leaves the room. */
   leave(): Promise<void> {
@@ -201,18 +232,41 @@ export class Message extends RoomEvent {
     const b = this.content.body;
     return typeof b === 'string' ? b : '';
   }
-  /** The event ID this message replies to, if it is a reply. */
+  /** The event ID this message replies to, if it is a reply (a thread's fallback reply is not one). */
   get inReplyTo(): string | null {
-    const rel = this.content['m.relates_to'] as { 'm.in_reply_to'?: { event_id?: unknown } } | undefined;
+    const rel = this.content['m.relates_to'] as { rel_type?: unknown; is_falling_back?: unknown; 'm.in_reply_to'?: { event_id?: unknown } } | undefined;
+    if (rel?.rel_type === 'm.thread' && rel.is_falling_back === true) return null;
     const id = rel?.['m.in_reply_to']?.event_id;
     return typeof id === 'string' ? id : null;
   }
-  /** Sends a rich reply to this message (with `m.in_reply_to` and a mention of the sender). */
-  reply(content: ContentInput): Promise<string> {
-    const c: Record<string, unknown> = typeof content === 'string' ? { msgtype: 'm.text', body: content } : { ...content };
-    c['m.relates_to'] = { ...(c['m.relates_to'] as object | undefined), 'm.in_reply_to': { event_id: this.eventId } };
-    c['m.mentions'] ??= { user_ids: [this.sender] };
-    return this.actions.sendEvent(this.roomId, 'm.room.message', c);
+  /** The root event ID of the thread this message is in (`m.thread`), or null. */
+  get threadId(): string | null {
+    const rel = this.content['m.relates_to'] as { rel_type?: unknown; event_id?: unknown } | undefined;
+    return rel?.rel_type === 'm.thread' && typeof rel.event_id === 'string' ? rel.event_id : null;
+  }
+  /** The users this message mentions (`m.mentions.user_ids`). */
+  get mentions(): string[] {
+    const ids = (this.content['m.mentions'] as { user_ids?: unknown } | undefined)?.user_ids;
+    return Array.isArray(ids) ? ids.filter((u): u is string => typeof u === 'string') : [];
+  }
+  /** Whether this message mentions the whole room (`m.mentions.room`). */
+  get mentionsRoom(): boolean {
+    return (this.content['m.mentions'] as { room?: unknown } | undefined)?.room === true;
+  }
+  /**
+   * Sends a rich reply to this message (`m.in_reply_to`, no fallback text, mentioning the sender). A reply to a
+   * message in a thread stays in that thread.
+   */
+  reply(content: ContentInput, opts: MessageOptions = {}): Promise<string> {
+    return this.actions.sendMessage(this.roomId, content, { mentions: [this.sender], threadId: this.threadId ?? undefined, ...opts, replyTo: this.eventId });
+  }
+  /** Replies in the thread of this message (starting one rooted at it if it is not in a thread). */
+  replyInThread(content: ContentInput, opts: MessageOptions = {}): Promise<string> {
+    return this.actions.sendMessage(this.roomId, content, { mentions: [this.sender], ...opts, threadId: this.threadId ?? this.eventId, replyTo: this.eventId });
+  }
+  /** Sends a read receipt for this message (in its thread, if it is in one). */
+  markRead(opts: { private?: boolean } = {}): Promise<void> {
+    return this.actions.sendReadReceipt(this.roomId, this.eventId, { ...opts, threadId: this.threadId ?? undefined });
   }
   /** Whether this is a media message (`m.image`, `m.video`, `m.audio`, `m.file`, or a sticker-like with a file). */
   get isMedia(): boolean {
@@ -226,14 +280,9 @@ export class Message extends RoomEvent {
   download(opts?: { maxBytes?: number }): Promise<Buffer> {
     return this.actions.downloadContent(this.content, opts);
   }
-  /** Replaces this message's text (an `m.replace` edit; only the sender's own messages can be edited). */
-  edit(newText: string): Promise<string> {
-    return this.actions.sendEvent(this.roomId, 'm.room.message', {
-      msgtype: 'm.text',
-      body: `* ${newText}`,
-      'm.new_content': { msgtype: 'm.text', body: newText },
-      'm.relates_to': { rel_type: 'm.replace', event_id: this.eventId },
-    });
+  /** Replaces this message's content (an `m.replace` edit; only the sender's own messages can be edited). */
+  edit(newContent: ContentInput): Promise<string> {
+    return this.actions.editMessage(this.roomId, this.eventId, newContent);
   }
 }
 
@@ -300,10 +349,77 @@ export class Redaction extends RoomEvent {
   }
 }
 
+/** A read receipt: `userId` has read `roomId` up to `eventId`. */
+export interface Receipt extends ReceiptWire {
+  /** The room the receipt is in. */
+  room: Room;
+}
+
+/** Account data that changed: global (`roomId` null) or for one room. */
+export interface AccountDataEvent {
+  roomId: string | null;
+  type: string;
+  content: Record<string, unknown>;
+}
+
 /** An invitation to a room. */
 export interface Invite extends InviteWire {
   /** Joins the room. */
   accept(): Promise<string>;
   /** Declines (leaves) the room. */
-  decline(): Promise<void>;
+  decline(reason?: string): Promise<void>;
+}
+
+/** A user's profile. */
+export interface Profile {
+  displayName: string | null;
+  /** Avatar as an `mxc://` URI. */
+  avatarUrl: string | null;
+}
+
+/** A user's presence. */
+export interface Presence {
+  /** `online`, `unavailable` or `offline`. */
+  presence: string;
+  statusMsg: string | null;
+  /** Milliseconds since the user was last active, when the server says. */
+  lastActiveAgo: number | null;
+  currentlyActive: boolean;
+}
+
+/** What a {@link User} needs from the client. */
+export interface UserActions {
+  getProfile(userId: string): Promise<Profile>;
+  getPresence(userId: string): Promise<Presence>;
+  getOrCreateDm(userId: string, opts?: { encrypted?: boolean }): Promise<string>;
+}
+
+/** A handle on a user: look-ups go to the server when called. */
+export class User {
+  /** @internal */
+  constructor(
+    /** The user ID. */
+    readonly id: string,
+    private readonly actions: UserActions,
+  ) {}
+  /** The user's profile (display name, avatar). */
+  profile(): Promise<Profile> {
+    return this.actions.getProfile(this.id);
+  }
+  /** The user's display name, or null. */
+  async displayName(): Promise<string | null> {
+    return (await this.actions.getProfile(this.id)).displayName;
+  }
+  /** The user's avatar (`mxc://`), or null. */
+  async avatarUrl(): Promise<string | null> {
+    return (await this.actions.getProfile(this.id)).avatarUrl;
+  }
+  /** The user's presence. */
+  presence(): Promise<Presence> {
+    return this.actions.getPresence(this.id);
+  }
+  /** The direct chat with this user (reused from `m.direct`, or created); resolves with its room ID. */
+  dm(opts?: { encrypted?: boolean }): Promise<string> {
+    return this.actions.getOrCreateDm(this.id, opts);
+  }
 }

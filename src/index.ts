@@ -1,16 +1,19 @@
 /** Halcyon: a Matrix bot library with polling, parsing and room state on worker threads. */
 export { Client } from './client.ts';
-export type { ClientEvents, ClientOptions, DecryptionErrorInfo, EncryptionOptions, LoginOptions, SendOptions, SyncErrorInfo, WhoAmI } from './client.ts';
-export { Edit, MemberEvent, Message, Reaction, Redaction, Room, RoomEvent } from './events.ts';
-export type { ContentInput, Invite } from './events.ts';
+export type { ClientEvents, ClientOptions, CreateRoomOptions, DecryptionErrorInfo, EncryptionOptions, LoginOptions, SendOptions, SyncErrorInfo, WhoAmI } from './client.ts';
+export { Edit, MemberEvent, Message, Reaction, Redaction, Room, RoomEvent, User } from './events.ts';
+export type { AccountDataEvent, ContentInput, Invite, Mentions, MessageOptions, Presence, Profile, Receipt } from './events.ts';
+export { RoomDetails } from './rooms.ts';
+export type { RoomMember } from './rooms.ts';
+export type { Action } from './power.ts';
 export { ERROR_CODES, HalcyonError } from './errors.ts';
 export type { ErrorCode } from './errors.ts';
 export type { Logger } from './log.ts';
 export { consoleLogger } from './log.ts';
-export type { CryptoStatus, MatrixEvent, RoomInfo, RoomSummary } from './protocol.ts';
+export type { AccountDataWire, CryptoStatus, MatrixEvent, ReceiptWire, RoomInfo, RoomSummary } from './protocol.ts';
 export { decryptAttachment, encryptAttachment } from './attachments.ts';
 export type { EncryptedFileInfo } from './attachments.ts';
 export type { DownloadOptions, MediaConfig, MediaSource, SendMediaOptions, UploadOptions } from './media.ts';
 export { decodeToken, encodeToken } from './token.ts';
 export type { Session } from './token.ts';
-export { htmlToText } from './html.ts';
+export { htmlToText, sanitizeHtml } from './html.ts';
