@@ -21,7 +21,7 @@ test('joinRoom by alias, getRoom follows topic changes, listRooms tracks joins a
   const who = bot.client.whoami();
   const session = decodeToken(bot.token);
   const { identityKeys, ...rest } = who;
-  assert.deepEqual(rest, { userId: bot.user.userId, deviceId: session.deviceId, homeserver: hs.baseUrl });
+  assert.deepEqual(rest, { userId: bot.user.userId, deviceId: session.deviceId, homeserver: hs.baseUrl, encryption: true });
   assert.match(identityKeys?.curve25519 ?? '', /^[A-Za-z0-9+/]{43}$/, 'encryption is on by default: the device has identity keys');
 
   // A room the bot joins through an invite, and a public room it joins by alias.
