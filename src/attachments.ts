@@ -3,7 +3,7 @@
  * random key and IV, and a SHA-256 of the ciphertext that is checked before anything is decrypted.
  * Pure `node:crypto`; no Olm/Megolm involved, so this works on any thread.
  */
-import { createCipheriv, createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { type Cipheriv, createCipheriv, createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { HalcyonError } from './errors.ts';
 
 /** JWK + IV + hashes as in an m.file EncryptedFile object, minus `url` (the caller adds it after upload). */
@@ -30,20 +30,13 @@ const TWO_POW_64 = 1n << 64n;
  * not modified. Two calls never share a key.
  */
 export function encryptAttachment(plain: Uint8Array): { data: Uint8Array; info: EncryptedFileInfo } {
-  const key = randomBytes(32);
-  const iv = Buffer.alloc(16);
-  randomBytes(8).copy(iv, 0);
+  const cipher = new AttachmentCipher();
   try {
-    const data = aesCtr(key, iv, plain);
-    const info: EncryptedFileInfo = {
-      v: 'v2',
-      key: { kty: 'oct', key_ops: ['encrypt', 'decrypt'], alg: 'A256CTR', k: key.toString('base64url'), ext: true },
-      iv: unpadded(iv.toString('base64')),
-      hashes: { sha256: unpadded(createHash('sha256').update(data).digest('base64')) },
-    };
-    return { data, info };
+    const data = new Uint8Array(plain.length);
+    data.set(cipher.update(plain));
+    return { data, info: cipher.finish() };
   } finally {
-    key.fill(0);
+    cipher.dispose();
   }
 }
 
@@ -61,6 +54,24 @@ export function encryptAttachment(plain: Uint8Array): { data: Uint8Array; info: 
  */
 export function decryptAttachment(data: Uint8Array, info: EncryptedFileInfo | Record<string, unknown>): Uint8Array {
   if (!(data instanceof Uint8Array)) throw invalid('the ciphertext is not a Uint8Array');
+  const { key, iv, sha256 } = parseAttachmentInfo(info);
+  try {
+    checkAttachmentHash(createHash('sha256').update(data).digest(), sha256);
+    const out = new Uint8Array(data.length);
+    out.set(new CtrStream(key, iv).update(data));
+    return out;
+  } finally {
+    key.fill(0);
+  }
+}
+
+/**
+ * Validates an EncryptedFile object (see {@link decryptAttachment} for the rules) and decodes its key, IV and hash.
+ *
+ * Invariants: throws `HALCYON_ATTACHMENT_INVALID` (never quoting key material) unless `key` is 32 bytes, `iv` 16 and
+ * `sha256` 32; the caller owns `key` and should zero it when done.
+ */
+export function parseAttachmentInfo(info: unknown): { key: Buffer; iv: Buffer; sha256: Buffer } {
   if (!isObject(info)) throw invalid('the file info is not an object');
   if (info.v !== 'v2') throw invalid(`unsupported version ${describe(info.v)} (only "v2" is supported)`);
   const jwk = info.key;
@@ -70,51 +81,101 @@ export function decryptAttachment(data: Uint8Array, info: EncryptedFileInfo | Re
   if (jwk.key_ops !== undefined && !(Array.isArray(jwk.key_ops) && jwk.key_ops.includes('decrypt'))) {
     throw invalid('key.key_ops does not allow "decrypt"');
   }
+  const iv = base64(info.iv);
+  if (iv?.length !== 16) throw invalid('iv is not 16 bytes of base64');
+  const hashes = info.hashes;
+  const sha256 = isObject(hashes) ? base64(hashes.sha256) : undefined;
+  if (sha256?.length !== 32) throw invalid('hashes.sha256 is missing or not a 32-byte base64 hash');
   const key = base64(jwk.k);
   if (key?.length !== 32) {
     key?.fill(0);
     throw invalid('key.k is not a 32-byte base64 key');
   }
-  try {
-    const iv = base64(info.iv);
-    if (iv?.length !== 16) throw invalid('iv is not 16 bytes of base64');
-    const hashes = info.hashes;
-    const expected = isObject(hashes) ? base64(hashes.sha256) : undefined;
-    if (expected?.length !== 32) throw invalid('hashes.sha256 is missing or not a 32-byte base64 hash');
-    const actual = createHash('sha256').update(data).digest();
-    if (!timingSafeEqual(actual, expected)) {
-      throw new HalcyonError('HALCYON_ATTACHMENT_HASH_MISMATCH', 'the attachment does not match its SHA-256 hash (corrupted or tampered); not decrypted');
-    }
-    return aesCtr(key, iv, data);
-  } finally {
-    key.fill(0);
+  return { key, iv, sha256 };
+}
+
+/** Throws `HALCYON_ATTACHMENT_HASH_MISMATCH` unless the ciphertext's SHA-256 `actual` equals `expected` (constant time). */
+function checkAttachmentHash(actual: Buffer, expected: Buffer): void {
+  if (!timingSafeEqual(actual, expected)) {
+    throw new HalcyonError('HALCYON_ATTACHMENT_HASH_MISMATCH', 'the attachment does not match its SHA-256 hash (corrupted or tampered); not decrypted');
   }
 }
 
 /**
- * AES-256-CTR with the spec's 64-bit counter (the IV's low half). OpenSSL increments all 128 bits, which differs
- * only if the low half wraps; then the remainder is processed with the low half restarted at zero.
+ * Encrypts an attachment chunk by chunk (so a big file never has to be in memory whole), with a fresh random key
+ * and IV, hashing the ciphertext as it goes.
+ *
+ * Invariants: the IV's low 64 bits (the counter) start at zero, so the counter never wraps; {@link finish} returns
+ * the `file` info (minus `url`) of exactly the bytes `update` returned, in order; {@link dispose} zeroes the key.
  */
-function aesCtr(key: Buffer, iv: Buffer, input: Uint8Array): Uint8Array {
-  const out = new Uint8Array(input.length);
-  const blocksBeforeWrap = TWO_POW_64 - iv.readBigUInt64BE(8);
-  const split = BigInt(input.length) > blocksBeforeWrap * 16n ? Number(blocksBeforeWrap * 16n) : input.length;
-  let offset = run(key, iv, input.subarray(0, split), out, 0);
-  if (split < input.length) {
-    const wrapped = Buffer.alloc(16);
-    iv.copy(wrapped, 0, 0, 8);
-    offset = run(key, wrapped, input.subarray(split), out, offset);
+export class AttachmentCipher {
+  private readonly key = randomBytes(32);
+  private readonly iv = Buffer.alloc(16);
+  private readonly ctr: CtrStream;
+  private readonly hash = createHash('sha256');
+
+  constructor() {
+    randomBytes(8).copy(this.iv, 0);
+    this.ctr = new CtrStream(this.key, this.iv);
   }
-  return out;
+
+  /** Encrypts the next chunk; the result has the chunk's length. */
+  update(chunk: Uint8Array): Buffer {
+    const out = this.ctr.update(chunk);
+    this.hash.update(out);
+    return out;
+  }
+
+  /** The EncryptedFile info (minus `url`) of everything encrypted so far; call once, after the last chunk. */
+  finish(): EncryptedFileInfo {
+    return {
+      v: 'v2',
+      key: { kty: 'oct', key_ops: ['encrypt', 'decrypt'], alg: 'A256CTR', k: this.key.toString('base64url'), ext: true },
+      iv: unpadded(this.iv.toString('base64')),
+      hashes: { sha256: unpadded(this.hash.digest('base64')) },
+    };
+  }
+
+  /** Zeroes the key. */
+  dispose(): void {
+    this.key.fill(0);
+  }
 }
 
-function run(key: Buffer, iv: Buffer, input: Uint8Array, out: Uint8Array, offset: number): number {
-  const c = createCipheriv(ALGORITHM, key, iv);
-  const a = c.update(input);
-  out.set(a, offset);
-  const b = c.final();
-  out.set(b, offset + a.length);
-  return offset + a.length + b.length;
+/**
+ * AES-256-CTR over a stream of chunks with the spec's 64-bit counter (the IV's low half). OpenSSL increments all
+ * 128 bits, which differs only if the low half wraps; then the cipher restarts with the low half at zero.
+ *
+ * Invariants: each `update` returns exactly as many bytes as it was given; CTR is symmetric, so this both encrypts
+ * and decrypts.
+ */
+class CtrStream {
+  private cipher: Cipheriv;
+  /** Bytes left before the counter's low half wraps (-1n once it has wrapped: it cannot wrap again within 2^68 bytes). */
+  private left: bigint;
+
+  constructor(
+    private readonly key: Buffer,
+    private readonly iv: Buffer,
+  ) {
+    this.cipher = createCipheriv(ALGORITHM, key, iv);
+    this.left = (TWO_POW_64 - iv.readBigUInt64BE(8)) * 16n;
+  }
+
+  /** Processes the next chunk. */
+  update(chunk: Uint8Array): Buffer {
+    if (this.left < 0n || BigInt(chunk.length) <= this.left) {
+      if (this.left >= 0n) this.left -= BigInt(chunk.length);
+      return this.cipher.update(chunk);
+    }
+    const split = Number(this.left);
+    const head = this.cipher.update(chunk.subarray(0, split));
+    const wrapped = Buffer.alloc(16);
+    this.iv.copy(wrapped, 0, 0, 8);
+    this.cipher = createCipheriv(ALGORITHM, this.key, wrapped);
+    this.left = -1n;
+    return Buffer.concat([head, this.cipher.update(chunk.subarray(split))]);
+  }
 }
 
 /** Strict base64 decode: standard or URL-safe alphabet, padded or not; anything else is `undefined`. */

@@ -358,7 +358,11 @@ export class Client implements RoomActions {
     this.media = new Media({
       http: this.http,
       sendEvent: (roomId, type, content, opts) => this.sendEvent(roomId, type, content, opts),
-      isRoomEncrypted: (roomId) => this.isRoomEncrypted(roomId),
+      encryptAttachments: async (roomId, allowPlaintext) => {
+        if (allowPlaintext || this.opts.encryption?.allowPlaintext === true || !(await this.isRoomEncrypted(roomId))) return false;
+        if (!this.crypto) throw new HalcyonError('HALCYON_ROOM_ENCRYPTED', `room ${roomId} is encrypted and encryption is off; pass { allowPlaintext: true } to send in the clear`, { roomId });
+        return true;
+      },
       dataDir: this.opts.dataDir,
       logger: this.opts.logger,
     });
@@ -838,9 +842,9 @@ export class Client implements RoomActions {
     return this.needMedia().download(mxc, opts);
   }
 
-  /** Downloads an `mxc://` URI through authenticated media as a stream. */
-  downloadMediaStream(mxc: string): Promise<Readable> {
-    return this.needMedia().downloadStream(mxc);
+  /** Downloads an `mxc://` URI through authenticated media as a stream (`maxBytes`: refuse past it). */
+  downloadMediaStream(mxc: string, opts?: DownloadOptions): Promise<Readable> {
+    return this.needMedia().downloadStream(mxc, opts);
   }
 
   /** Downloads the file of a media message's content: `url`, or `file` (decrypted, its hash checked). */

@@ -3,6 +3,7 @@
  * client-side deadlines, coded errors, 429 handling, and no redirect following (a redirect would carry the
  * token to wherever it points).
  */
+import { Readable } from 'node:stream';
 import { Agent, errors as undiciErrors, request } from 'undici';
 import { HalcyonError } from './errors.ts';
 
@@ -17,6 +18,27 @@ export interface RequestOptions {
   maxRateLimitRetries?: number;
   /** Send without the access token (login). */
   anonymous?: boolean;
+}
+
+/**
+ * A request body of known length that can be sent again (a 429 is retried): bytes, or a function opening a fresh
+ * stream of the same bytes (a file's read stream, say).
+ */
+export type UploadBody = Uint8Array | (() => Readable);
+
+/** Options of {@link MatrixHttp.upload}. */
+export interface UploadRequestOptions extends Omit<RequestOptions, 'body' | 'anonymous'> {
+  contentType: string;
+  /** The body's exact length in bytes (sent as Content-Length: homeservers refuse uploads without one). */
+  contentLength: number;
+}
+
+/** A 2xx answer whose body is left to the caller, as a stream. */
+export interface StreamResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  /** The body; transport failures while reading it are `HalcyonError`s (`HALCYON_TIMEOUT`, `HALCYON_HTTP`). */
+  body: Readable;
 }
 
 /** Transport settings. */
@@ -48,12 +70,7 @@ export class MatrixHttp {
 
   /** Sends a request and returns the parsed JSON body; non-2xx answers become coded errors. */
   async json<T = Record<string, unknown>>(method: string, path: string, opts: RequestOptions = {}): Promise<T> {
-    const text = await this.text(method, path, opts);
-    try {
-      return (text.length === 0 ? {} : JSON.parse(text)) as T;
-    } catch (err) {
-      throw new HalcyonError('HALCYON_BAD_RESPONSE', `${method} ${redactPath(path)}: the response is not JSON`, { cause: err });
-    }
+    return parseJson<T>(`${method} ${redactPath(path)}`, await this.text(method, path, opts));
   }
 
   /** Sends a request and returns the body text of a 2xx answer. */
@@ -67,10 +84,35 @@ export class MatrixHttp {
    * parsed). The result owns its whole ArrayBuffer, so it can be transferred to another thread.
    */
   async bytes(method: string, path: string, opts: RequestOptions = {}): Promise<Uint8Array> {
+    return this.retrying(opts, () => this.once(method, path, opts));
+  }
+
+  /**
+   * Sends `body` (of exactly `contentLength` bytes) and returns the parsed JSON answer; used for media uploads. The
+   * body is streamed, never gathered: the deadline is `timeoutMs` without progress while sending, then `timeoutMs`
+   * for the answer (a whole-exchange deadline would cut off big files on slow links). A 429 is retried by sending the
+   * body again (bytes, or a fresh stream from the factory).
+   */
+  async upload<T = Record<string, unknown>>(path: string, body: UploadBody, opts: UploadRequestOptions): Promise<T> {
+    const what = `POST ${redactPath(path)}`;
+    return parseJson<T>(what, await this.retrying(opts, () => this.uploadOnce(what, path, body, opts)));
+  }
+
+  /**
+   * Sends a body-less request and hands back a 2xx answer's body as a stream (media downloads); non-2xx answers
+   * become the same coded errors as {@link json}'s, and 429s are retried (nothing has been consumed yet). Deadlines:
+   * `timeoutMs` for the headers, then `timeoutMs` without a byte while reading (the reader sets the pace, so there is
+   * no whole-exchange deadline). The caller must consume or destroy the body (that frees the connection).
+   */
+  async stream(method: string, path: string, opts: Omit<RequestOptions, 'body'> = {}): Promise<StreamResponse> {
+    return this.retrying(opts, () => this.streamOnce(method, path, opts));
+  }
+
+  private async retrying<T>(opts: RequestOptions, once: () => Promise<T>): Promise<T> {
     const maxRetries = opts.maxRateLimitRetries ?? 5;
     for (let attempt = 0; ; attempt++) {
       try {
-        return await this.once(method, path, opts);
+        return await once();
       } catch (err) {
         const e = err as HalcyonError;
         if (e.code !== 'HALCYON_RATE_LIMITED' || attempt >= maxRetries) throw err;
@@ -79,11 +121,112 @@ export class MatrixHttp {
     }
   }
 
-  private async once(method: string, path: string, opts: RequestOptions): Promise<Uint8Array> {
+  private url(path: string, query: RequestOptions['query']): URL {
     const url = new URL(this.baseUrl + path);
-    if (opts.query) for (const [k, v] of Object.entries(opts.query)) if (v !== undefined) url.searchParams.set(k, String(v));
+    if (query) for (const [k, v] of Object.entries(query)) if (v !== undefined) url.searchParams.set(k, String(v));
+    return url;
+  }
+
+  private headers(opts: RequestOptions): Record<string, string> {
     const headers: Record<string, string> = {};
     if (this.authHeader && !opts.anonymous) headers.authorization = this.authHeader;
+    return headers;
+  }
+
+  private async uploadOnce(what: string, path: string, body: UploadBody, opts: UploadRequestOptions): Promise<string> {
+    const headers = { ...this.headers(opts), 'content-type': opts.contentType, 'content-length': String(opts.contentLength) };
+    const timeoutMs = opts.timeoutMs ?? this.timeoutMs;
+    // Progress watchdog: undici's own timeouts only start once the body is sent, so a stalled send needs this.
+    const stalled = new AbortController();
+    let watchdog: NodeJS.Timeout | undefined;
+    const touch = () => {
+      clearTimeout(watchdog);
+      watchdog = setTimeout(() => stalled.abort(), timeoutMs);
+    };
+    const source = body instanceof Uint8Array ? undefined : body();
+    async function* chunks(): AsyncGenerator<Uint8Array> {
+      touch();
+      try {
+        if (source) {
+          for await (const c of source) {
+            yield c as Uint8Array;
+            touch();
+          }
+        } else {
+          for (let i = 0; i < (body as Uint8Array).length; i += 1 << 16) {
+            yield (body as Uint8Array).subarray(i, i + (1 << 16));
+            touch();
+          }
+        }
+      } finally {
+        clearTimeout(watchdog);
+      }
+    }
+    const signal = opts.signal ? AbortSignal.any([opts.signal, stalled.signal]) : stalled.signal;
+    try {
+      const res = await request(this.url(path, opts.query), {
+        method: 'POST',
+        headers,
+        body: Readable.from(chunks(), { objectMode: false }),
+        signal,
+        dispatcher: this.agent,
+        headersTimeout: timeoutMs,
+        bodyTimeout: timeoutMs,
+      });
+      const text = await res.body.text();
+      if (res.statusCode >= 200 && res.statusCode < 300) return text;
+      throw errorFromResponse(what, res.statusCode, text, res.headers['retry-after']);
+    } catch (err) {
+      if (err instanceof HalcyonError) throw err;
+      throw transportError(what, err, opts.signal, stalled.signal.aborted, timeoutMs);
+    } finally {
+      clearTimeout(watchdog);
+      source?.destroy(); // an abandoned request may never finish iterating it: release the file now
+    }
+  }
+
+  private async streamOnce(method: string, path: string, opts: RequestOptions): Promise<StreamResponse> {
+    const what = `${method} ${redactPath(path)}`;
+    const timeoutMs = opts.timeoutMs ?? this.timeoutMs;
+    let res: Awaited<ReturnType<typeof request>>;
+    try {
+      res = await request(this.url(path, opts.query), {
+        method: method as 'GET',
+        headers: this.headers(opts),
+        signal: opts.signal,
+        dispatcher: this.agent,
+        headersTimeout: timeoutMs,
+        bodyTimeout: timeoutMs,
+      });
+    } catch (err) {
+      throw transportError(what, err, opts.signal, false, timeoutMs);
+    }
+    if (res.statusCode < 200 || res.statusCode >= 300) {
+      const text = await res.body.text().catch(() => '');
+      throw errorFromResponse(what, res.statusCode, text, res.headers['retry-after']);
+    }
+    const raw = res.body;
+    // A wrapper rather than the raw body: its errors become coded ones, and destroying it (a consumer giving up,
+    // even before the first read) destroys the raw body, which frees the connection.
+    const body = new Readable({
+      read: () => void raw.resume(),
+      destroy: (err, cb) => {
+        raw.destroy();
+        cb(err);
+      },
+    });
+    raw.on('data', (c: Buffer) => {
+      if (!body.push(c)) raw.pause();
+    });
+    raw.on('end', () => body.push(null));
+    raw.on('error', (err) => body.destroy(transportError(what, err, opts.signal, false, timeoutMs)));
+    raw.pause();
+    return { status: res.statusCode, headers: res.headers, body };
+  }
+
+  private async once(method: string, path: string, opts: RequestOptions): Promise<Uint8Array> {
+    const url = this.url(path, opts.query);
+    const headers = this.headers(opts);
     let body: string | undefined;
     if (opts.body !== undefined) {
       body = JSON.stringify(opts.body);
@@ -110,11 +253,7 @@ export class MatrixHttp {
       retryAfterHeader = res.headers['retry-after'];
       bytes = new Uint8Array(await res.body.arrayBuffer());
     } catch (err) {
-      if (opts.signal?.aborted) throw new HalcyonError('HALCYON_STOPPED', `${what}: aborted`, { cause: err });
-      if (deadline.aborted || err instanceof undiciErrors.HeadersTimeoutError || err instanceof undiciErrors.BodyTimeoutError) {
-        throw new HalcyonError('HALCYON_TIMEOUT', `${what}: no answer within ${timeoutMs} ms`, { cause: err });
-      }
-      throw new HalcyonError('HALCYON_HTTP', `${what}: ${(err as Error).message}`, { cause: err });
+      throw transportError(what, err, opts.signal, deadline.aborted, timeoutMs);
     }
     if (status >= 200 && status < 300) return bytes;
     throw errorFromResponse(what, status, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'), retryAfterHeader);
@@ -123,6 +262,23 @@ export class MatrixHttp {
   /** Closes pooled connections. */
   async close(): Promise<void> {
     await this.agent.close();
+  }
+}
+
+/** A transport failure as a coded error: the caller's abort, a deadline, or anything else (reset, DNS, TLS). */
+function transportError(what: string, err: unknown, signal: AbortSignal | undefined, deadlinePassed: boolean, timeoutMs: number): HalcyonError {
+  if (signal?.aborted) return new HalcyonError('HALCYON_STOPPED', `${what}: aborted`, { cause: err });
+  if (deadlinePassed || err instanceof undiciErrors.HeadersTimeoutError || err instanceof undiciErrors.BodyTimeoutError) {
+    return new HalcyonError('HALCYON_TIMEOUT', `${what}: no answer within ${timeoutMs} ms`, { cause: err });
+  }
+  return new HalcyonError('HALCYON_HTTP', `${what}: ${(err as Error).message}`, { cause: err });
+}
+
+function parseJson<T>(what: string, text: string): T {
+  try {
+    return (text.length === 0 ? {} : JSON.parse(text)) as T;
+  } catch (err) {
+    throw new HalcyonError('HALCYON_BAD_RESPONSE', `${what}: the response is not JSON`, { cause: err });
   }
 }
 

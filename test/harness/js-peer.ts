@@ -56,6 +56,8 @@ export interface JsPeer {
   waitForDevice(userId: string, deviceId: string, timeoutMs?: number): Promise<void>;
   /** Sends an m.text message (encrypted if the room is), resolving with the event ID. */
   sendText(roomId: string, body: string): Promise<string>;
+  /** Sends any m.room.message content (encrypted in encrypted rooms); resolves with the event ID. */
+  sendContent(roomId: string, content: Record<string, unknown>): Promise<string>;
   /**
    * Resolves with the first message in the room (past, already received, or future) that matches, decrypted.
    * Only settled messages are offered to `match`: decrypted ones, and ones whose decryption failed (`encrypted`,
@@ -333,14 +335,19 @@ class JsPeerImpl implements JsPeer {
     await this.waitForMember(roomId, this.userId, 'join');
   }
 
-  async sendText(roomId: string, body: string): Promise<string> {
+  sendText(roomId: string, body: string): Promise<string> {
+    return this.sendContent(roomId, { msgtype: 'm.text', body });
+  }
+
+  /** Sends any m.room.message content (encrypted in encrypted rooms); resolves with the event ID. */
+  async sendContent(roomId: string, content: Record<string, unknown>): Promise<string> {
     // Send only once our sync has the room (and its encryption state): js-sdk would send plaintext to a room it does not know.
     await this.waitForMember(roomId, this.userId, 'join');
     const stateSaysEncrypted = !!this.client.getRoom(roomId)?.currentState.getStateEvents('m.room.encryption', '');
     if (stateSaysEncrypted && !(await inPeerContext(() => this.client.getCrypto()!.isEncryptionEnabledInRoom(roomId)))) {
       throw new Error(`js-peer ${this.userId}: ${roomId} has m.room.encryption but the crypto does not know it yet; refusing to send plaintext`);
     }
-    const { event_id } = await inPeerContext(() => this.client.sendMessage(roomId, { msgtype: 'm.text', body } as any));
+    const { event_id } = await inPeerContext(() => this.client.sendMessage(roomId, content as any));
     return event_id;
   }
 
