@@ -60,6 +60,7 @@ import {
   type WireBatch,
 } from './protocol.ts';
 import { SyncActor, type SyncDeps } from './sync/actor.ts';
+import { isDone } from './sync/journal.ts';
 import { storePassphrase } from './store.ts';
 import { decodeToken, encodeToken, type Session } from './token.ts';
 
@@ -71,8 +72,13 @@ export interface ClientOptions {
   autoJoin?: boolean;
   /** Rooms whose handlers may run at the same time (default 16); within a room, events run in order. */
   concurrency?: number;
-  /** Events handed to main but not yet handled before the sync actor waits (default 10,000). */
+  /**
+   * Unhandled events held in memory (default 10,000). Past this, new batches wait in the journal on disk (a
+   * `backpressure` event says so) while polling goes on.
+   */
   maxQueuedEvents?: number;
+  /** Unhandled events the journal holds before the sync actor stops polling (default 1,000,000). */
+  maxJournalEvents?: number;
   /** A pino-compatible logger (default: warnings and errors to stderr). */
   logger?: Logger;
   /** `worker` (default): actors on worker threads. `inline`: actors on the main thread, for tests and debugging. */
@@ -172,6 +178,39 @@ export interface WhoAmI {
   encryption: boolean;
 }
 
+/** What {@link Client.health} reports. */
+export interface Health {
+  /** `idle`, `starting`, `running`, `stopping` or `stopped`. */
+  state: string;
+  /** True while running and the sync loop is not failing. */
+  ok: boolean;
+  sync: {
+    /** Polls made this run, and consecutive failed ones now. */
+    polls: number;
+    consecutiveErrors: number;
+    /** When the last poll started and the last one succeeded (ms since the epoch), or null. */
+    lastPollStartAt: number | null;
+    lastSuccessAt: number | null;
+    lastError: { code: string; message: string } | null;
+  } | null;
+  /** Events waiting for or running in handlers on this thread. */
+  queuedEvents: number;
+  /** Events journaled and not yet handled (on disk while `backpressure`). */
+  backlogEvents: number;
+  /** Whether handlers fell behind and batches wait in the journal. */
+  backpressure: boolean;
+}
+
+/** Details passed with a `backpressure` event. */
+export interface BackpressureInfo {
+  /** True when handlers fell behind and batches wait in the journal on disk; false when they caught up. */
+  active: boolean;
+  /** Events journaled and not yet handled. */
+  backlogEvents: number;
+  /** Events in memory waiting for or running in handlers. */
+  queuedEvents: number;
+}
+
 /** Details passed with a `syncError` event. */
 export interface SyncErrorInfo {
   /** Consecutive failed polls so far. */
@@ -195,6 +234,7 @@ export interface ClientEvents {
   syncRecovered: [info: { afterAttempts: number }];
   decryptionError: [error: HalcyonError, info: DecryptionErrorInfo];
   receipt: [receipt: Receipt];
+  backpressure: [info: BackpressureInfo];
   accountData: [event: AccountDataEvent];
 }
 
@@ -230,6 +270,9 @@ export class Client implements RoomActions {
   /** Batches wait here, in order, while an earlier one is being decrypted (null when none is). */
   private batchChain: Promise<void> | null = null;
   private port: Port<SyncToMain, MainToSync> | null = null;
+  /** Handled events and batches, sent to the sync actor's journal once per turn of the loop. */
+  private readonly acks = new AckTracker((msg) => this.port?.post(msg));
+  private backpressure = false;
   private dispatcher: Dispatcher;
   private pendingBatches: WireBatch[] | null = [];
   private readyWaiter: { resolve: () => void; reject: (e: HalcyonError) => void } | null = null;
@@ -243,6 +286,7 @@ export class Client implements RoomActions {
       autoJoin: true,
       concurrency: 16,
       maxQueuedEvents: 10_000,
+      maxJournalEvents: 1_000_000,
       threads: 'worker',
       pollTimeoutMs: 30_000,
       deliverInitialTimeline: false,
@@ -409,6 +453,29 @@ export class Client implements RoomActions {
     const who: WhoAmI = { userId: s.userId, deviceId: s.deviceId, homeserver: s.homeserver, encryption: this.identity !== null };
     if (this.identity) who.identityKeys = { curve25519: this.identity.curve25519, ed25519: this.identity.ed25519 };
     return who;
+  }
+
+  /**
+   * How the client is doing, for an embedding service's health check: state, the sync loop's last poll and
+   * errors, and the backlog of unhandled events. Never throws; works in every state.
+   */
+  async health(): Promise<Health> {
+    const st = this.sync ? await this.sync.api.status().catch(() => null) : null;
+    const sync = st && {
+      polls: st.polls,
+      consecutiveErrors: st.consecutiveErrors,
+      lastPollStartAt: st.lastPollStartAt,
+      lastSuccessAt: st.lastSuccessAt,
+      lastError: st.lastError ? { code: st.lastError.code, message: st.lastError.message } : null,
+    };
+    return {
+      state: this.state,
+      ok: this.state === 'running' && sync !== null && sync.consecutiveErrors === 0,
+      sync,
+      queuedEvents: this.dispatcher.size,
+      backlogEvents: st?.backlogEvents ?? 0,
+      backpressure: this.backpressure,
+    };
   }
 
   /** State of end-to-end encryption (store size, events waiting for keys), or null when it is off. */
@@ -966,6 +1033,7 @@ export class Client implements RoomActions {
       pollTimeoutMs: o.pollTimeoutMs,
       deadlineMarginMs: 15_000,
       maxInFlightEvents: o.maxQueuedEvents,
+      maxJournalEvents: o.maxJournalEvents,
       deliverInitialTimeline: o.deliverInitialTimeline,
       backoffMinMs: o.backoffMinMs,
       backoffMaxMs: o.backoffMaxMs,
@@ -1044,6 +1112,10 @@ export class Client implements RoomActions {
       case 'syncRecovered':
         this.emit('syncRecovered', { afterAttempts: msg.afterAttempts });
         break;
+      case 'backpressure':
+        this.backpressure = msg.active;
+        this.emit('backpressure', { active: msg.active, backlogEvents: msg.backlogEvents, queuedEvents: msg.inFlightEvents });
+        break;
       case 'fatal':
         this.fail(fromWireError(msg.error));
         break;
@@ -1074,7 +1146,7 @@ export class Client implements RoomActions {
       this.acceptBatch(b, null);
       return;
     }
-    const decrypting: Promise<Decryption | null> = encrypted === null ? Promise.resolve(null) : this.decryptBatch(encrypted);
+    const decrypting: Promise<Decryption | null> = encrypted === null ? Promise.resolve(null) : this.decryptBatch(encrypted, b.redelivered);
     const next = (this.batchChain ?? Promise.resolve()).then(() => decrypting).then((d) => this.acceptBatch(b, d));
     this.batchChain = next;
     void next.finally(() => {
@@ -1082,92 +1154,92 @@ export class Client implements RoomActions {
     });
   }
 
-  private async decryptBatch(req: DecryptRequest): Promise<Decryption> {
+  private async decryptBatch(req: DecryptRequest, redelivered: boolean): Promise<Decryption> {
     if (!this.crypto) return { error: new HalcyonError('HALCYON_DECRYPT_FAILED', 'encryption is off (the client was created with encryption: false)') };
     try {
       const result = await this.crypto.api.decrypt(req);
+      if (result.batch) result.batch.redelivered = redelivered;
       return { result, reader: result.batch ? new BatchReader(result.batch) : null };
     } catch (err) {
       return { error: new HalcyonError('HALCYON_DECRYPT_FAILED', `decryption failed: ${(err as Error).message}`, { cause: err }) };
     }
   }
 
-  /** Queues a batch's events on the dispatcher; acknowledges the batch to the sync actor when all are handled. */
+  /**
+   * Queues a batch's events on the dispatcher. Each event is acknowledged to the sync actor (its journal marks it
+   * done) when its handlers settle, and the batch when all of it is handled; events an earlier run finished are
+   * skipped.
+   */
   private acceptBatch(b: WireBatch, dec: Decryption | null): void {
     for (const s of b.summaries) this.summaries.set(s.roomId, s);
     for (const e of b.errors) this.emitError(fromWireError(e));
     if (dec && 'result' in dec) for (const e of dec.result.batch?.errors ?? []) this.emitError(fromWireError(e));
+    const seq = b.seq;
     let left = 1; // held by this function until every event is queued
-    const done = () => {
-      if (--left === 0) this.port?.post({ kind: 'handled', seq: b.seq });
+    const finish = () => {
+      if (--left === 0) this.acks.finish(seq);
+    };
+    const eventDone = (i: number) => () => {
+      this.acks.done(seq, i);
+      finish();
+    };
+    const queue = (roomId: string, task: (done: () => void) => unknown, done: () => void) => {
+      left++;
+      this.dispatcher.push(roomId, () => task(done));
     };
     const ev = b.events;
     const reader = ev.count > 0 ? new BatchReader(b) : null;
     const anyEvent = (this.listeners.event?.length ?? 0) > 0;
     const failures = dec && 'result' in dec ? new Map(dec.result.failures.map((f) => [f.index, f])) : null;
-    let k = 0; // ordinal among the batch's encrypted events (the decrypt request's index)
+    const wantsDecryptionErrors = (this.listeners.decryptionError?.length ?? 0) > 0;
+    let k = 0; // ordinal among the batch's encrypted events still to handle (the decrypt request's index)
     for (let i = 0; i < ev.count; i++) {
+      if (isDone(b.done, i)) continue; // handled by an earlier run
       const roomId = b.rooms[ev.room[i]!]!;
       if (ev.strings[ev.type[i]!] === ENCRYPTED && dec) {
         const index = k++;
         if ('error' in dec) {
-          if (!this.listeners.decryptionError?.length) continue;
-          left++;
-          this.dispatcher.push(roomId, () => settle(this.emitDecryptionError(dec.error, reader!, i, roomId, null, false), done));
+          if (wantsDecryptionErrors) queue(roomId, (done) => settle(this.emitDecryptionError(dec.error, reader!, i, roomId, null, false), done), eventDone(i));
           continue;
         }
         const slot = dec.result.slot[index]!;
         if (slot >= 0 && dec.reader) {
-          const task = this.eventTask(dec.reader, slot, roomId, anyEvent, done);
-          if (task) {
-            left++;
-            this.dispatcher.push(roomId, task);
-          }
+          const task = this.eventTask(dec.reader, slot, roomId, anyEvent);
+          if (task) queue(roomId, task, eventDone(i));
           continue;
         }
         const f = failures!.get(index);
-        if (!f || !this.listeners.decryptionError?.length) continue;
-        left++;
+        if (!f || !wantsDecryptionErrors) continue;
         const err = new HalcyonError(f.code, f.message, { roomId });
-        this.dispatcher.push(roomId, () => settle(this.emitDecryptionError(err, reader!, i, roomId, f.sessionId, f.pending), done));
+        queue(roomId, (done) => settle(this.emitDecryptionError(err, reader!, i, roomId, f.sessionId, f.pending), done), eventDone(i));
         continue;
       }
-      const task = this.eventTask(reader!, i, roomId, anyEvent, done);
-      if (task) {
-        left++;
-        this.dispatcher.push(roomId, task);
-      }
+      const task = this.eventTask(reader!, i, roomId, anyEvent);
+      if (task) queue(roomId, task, eventDone(i));
     }
-    for (const inv of b.invites) {
-      left++;
-      this.dispatcher.push(inv.roomId, () => settle(this.deliverInvite(inv), done));
-    }
+    for (const inv of b.invites) queue(inv.roomId, (done) => settle(this.deliverInvite(inv), done), finish);
     if (this.listeners.accountData?.length) {
-      for (const a of b.accountData) {
-        left++;
-        // Global account data runs in a lane of its own ('' is no room ID).
-        this.dispatcher.push(a.roomId ?? '', () => settle(this.emit('accountData', { roomId: a.roomId, type: a.type, content: a.content }), done));
-      }
+      // Global account data runs in a lane of its own ('' is no room ID).
+      for (const a of b.accountData) queue(a.roomId ?? '', (done) => settle(this.emit('accountData', { roomId: a.roomId, type: a.type, content: a.content }), done), finish);
     }
     if (this.listeners.receipt?.length) {
       const own = this.session?.userId;
       for (const r of b.receipts) {
         if (this.opts.ignoreOwnEvents && r.userId === own) continue;
-        left++;
-        this.dispatcher.push(r.roomId, () => settle(this.emit('receipt', { ...r, room: this.room(r.roomId) }), done));
+        queue(r.roomId, (done) => settle(this.emit('receipt', { ...r, room: this.room(r.roomId) }), done), finish);
       }
     }
-    done();
+    finish();
   }
 
   /** The dispatcher task delivering event `i` of a reader, or null if no handler wants it. */
-  private eventTask(r: BatchReader, i: number, roomId: string, anyEvent: boolean, done: () => void): (() => unknown) | null {
+  private eventTask(r: BatchReader, i: number, roomId: string, anyEvent: boolean): ((done: () => void) => unknown) | null {
     const ev = r.batch.events;
     const kind = classify(ev.strings[ev.type[i]!]!, ev.relType[i]! < 0 ? null : ev.strings[ev.relType[i]!]!);
     const skipOwn = this.opts.ignoreOwnEvents;
     const wantKind = kind !== null && (this.listeners[kind]?.length ?? 0) > 0 && !(skipOwn && kind !== 'member' && ev.flags[i]! & EVENT_FLAGS.own);
     if (!wantKind && !anyEvent) return null;
-    return () => settle(this.deliver(r, i, roomId, wantKind ? kind : null, anyEvent), done);
+    return (done) => settle(this.deliver(r, i, roomId, wantKind ? kind : null, anyEvent), done);
   }
 
   private emitDecryptionError(err: HalcyonError, r: BatchReader, i: number, roomId: string, sessionId: string | null, willRetry: boolean): unknown {
@@ -1200,10 +1272,10 @@ export class Client implements RoomActions {
     const anyEvent = (this.listeners.event?.length ?? 0) > 0;
     for (let i = 0; i < b.events.count; i++) {
       const roomId = b.rooms[b.events.room[i]!]!;
-      const task = this.eventTask(reader, i, roomId, anyEvent, done);
+      const task = this.eventTask(reader, i, roomId, anyEvent);
       if (task) {
         left++;
-        this.dispatcher.push(roomId, task);
+        this.dispatcher.push(roomId, () => task(done));
       }
     }
     done();
@@ -1373,4 +1445,49 @@ function mentionsContent(m: Mentions): Record<string, unknown> {
   const out: Record<string, unknown> = { user_ids: [...new Set(userIds)] };
   if (!Array.isArray(m) && m.room) out.room = true;
   return out;
+}
+
+/**
+ * Collects handled events and complete batches and sends them to the sync actor in one message per turn of the
+ * event loop: a burst of synchronous handlers costs one message, not one per event. A complete batch is sent
+ * without its event indices (the journal deletes it whole).
+ */
+class AckTracker {
+  private progress = new Map<number, number[]>();
+  private complete: number[] = [];
+  private scheduled = false;
+
+  constructor(private readonly send: (msg: MainToSync) => void) {}
+
+  /** Event `i` of batch `seq` is handled. */
+  done(seq: number, i: number): void {
+    let list = this.progress.get(seq);
+    if (!list) this.progress.set(seq, (list = []));
+    list.push(i);
+    this.schedule();
+  }
+
+  /** Everything of batch `seq` is handled. */
+  finish(seq: number): void {
+    this.progress.delete(seq);
+    this.complete.push(seq);
+    this.schedule();
+  }
+
+  /** Sends what is pending now. */
+  flush(): void {
+    this.scheduled = false;
+    if (this.progress.size === 0 && this.complete.length === 0) return;
+    const progress = [...this.progress].map(([seq, indices]) => ({ seq, indices }));
+    const complete = this.complete;
+    this.progress = new Map();
+    this.complete = [];
+    this.send({ kind: 'acks', progress, complete });
+  }
+
+  private schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => this.flush());
+  }
 }

@@ -196,6 +196,13 @@ export class RoomEvent {
   get decryptedLate(): boolean {
     return (this.reader.batch.events.flags[this.i]! & EVENT_FLAGS.late) !== 0;
   }
+  /**
+   * Whether this is a redelivery: an earlier run handed the event to handlers and stopped (crash, kill, stop
+   * timeout) before they settled. Handlers that must not act twice can check it (sends are idempotent anyway).
+   */
+  get redelivered(): boolean {
+    return this.reader.batch.redelivered === true;
+  }
   /** The whole event as the server sent it (decrypted: type and content in clear); parsed on first access. */
   get raw(): MatrixEvent {
     return (this.parsed ??= this.reader.parse(this.i));

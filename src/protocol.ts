@@ -19,8 +19,10 @@ export interface SyncConfig {
   /** Long-poll timeout sent to the server, in ms. The client-side deadline adds `deadlineMarginMs`. */
   pollTimeoutMs: number;
   deadlineMarginMs: number;
-  /** Events handed to main but not yet handled; past this the actor waits before its next poll. */
+  /** Events handed to main but not yet handled; past this, batches wait in the journal (on disk) instead. */
   maxInFlightEvents: number;
+  /** Events journaled but not yet handled; past this the actor waits before its next poll. */
+  maxJournalEvents: number;
   /** Whether the timeline of the very first sync (no saved token) is delivered to handlers. */
   deliverInitialTimeline: boolean;
   /** Backoff after a failed poll: first wait and ceiling, in ms (jitter is added). */
@@ -46,7 +48,13 @@ export interface SyncStatus {
   since: string | null;
   polls: number;
   consecutiveErrors: number;
+  /** Events handed to main and not yet handled. */
   inFlightEvents: number;
+  /** Events journaled and not yet handled (in flight included). */
+  backlogEvents: number;
+  /** When the last poll started and the last one succeeded (ms since the epoch), or null. */
+  lastPollStartAt: number | null;
+  lastSuccessAt: number | null;
   lastError?: WireError;
 }
 
@@ -160,8 +168,12 @@ export interface ReceiptWire {
 
 /** One /sync response after processing, as handed to main. Holds no parsed event objects. */
 export interface WireBatch {
-  /** Increasing per run; main acknowledges handled batches by this number. */
+  /** Increasing across runs (the journal's row number); main acknowledges handled events by it. */
   seq: number;
+  /** Handed to handlers by an earlier run that did not finish them: its events are redeliveries. */
+  redelivered: boolean;
+  /** Bitmap of events already handled by an earlier run (bit i: event i), to skip; null when none. */
+  done: Uint8Array | null;
   nextBatch: string;
   /** True for the first batch of this run. */
   first: boolean;
@@ -189,12 +201,17 @@ export type SyncToMain =
   | { kind: 'batch'; batch: WireBatch }
   | { kind: 'syncError'; error: WireError; attempt: number; retryInMs: number }
   | { kind: 'syncRecovered'; afterAttempts: number }
+  /** Handlers fell behind: batches wait in the journal on disk (`active`), or they caught up again. */
+  | { kind: 'backpressure'; active: boolean; backlogEvents: number; inFlightEvents: number }
   | { kind: 'fatal'; error: WireError };
 
 /** Messages from main to the sync actor on the event port. */
 export type MainToSync =
-  /** Every event of batch `seq` has been handled (handlers settled); its token may be saved. */
-  { kind: 'handled'; seq: number };
+  /**
+   * Handlers settled: `progress` lists events by batch and index, `complete` the batches all of whose events
+   * and items are handled. The journal marks them done (coalesced: one message per turn of main's loop).
+   */
+  { kind: 'acks'; progress: Array<{ seq: number; indices: number[] }>; complete: number[] };
 
 /** State a sync batch changes, sent from the sync actor to the cache actor (parsed: state events are few). */
 export interface StateChanges {

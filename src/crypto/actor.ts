@@ -471,6 +471,8 @@ export class CryptoActor implements CryptoActorApi {
     if (ev.count === 0) return null;
     const batch: WireBatch = {
       seq: 0,
+      redelivered: false,
+      done: null,
       nextBatch: '',
       first: false,
       deliver: true,

@@ -1,12 +1,15 @@
 /**
  * The sync actor: long-polls /sync, turns each body into a change batch (see process.ts), has the cache actor
- * apply its state, and posts the batch to main. It owns `sync.sqlite` (since token, filter ID).
+ * apply its state, journals the batch, and posts it to main. It owns `sync.sqlite` (since token, filter ID,
+ * event journal).
  *
- * Flow control: batches are posted without waiting for main, so a busy main thread never delays the next poll;
- * main acknowledges each batch once all its handlers have settled. The since token saved on disk is the
- * `next_batch` of the newest batch whose handlers, and all earlier ones', have settled: after a crash, the
- * next run resumes from there and redelivers what was not handled. The actor stops polling only when
- * `maxInFlightEvents` events are unhandled (the dispatcher's bound).
+ * Delivery: each batch with something for handlers is appended to the journal (journal.ts) in the same SQLite
+ * transaction that saves its `next_batch` as the since token, so the token advances at once and a crash loses
+ * nothing. Batches are posted to main in journal order without waiting for main, so a busy main thread never
+ * delays the next poll; main acknowledges events as their handlers settle, and the journal forgets a batch once
+ * it is complete. At most `maxInFlightEvents` unhandled events are in main's memory: past that, batches wait on
+ * disk (backpressure) and are read back as main catches up; polling stops only when `maxJournalEvents` are
+ * journaled and unhandled. A restart posts the journal's remaining batches first, skipping events marked done.
  */
 import { HalcyonError, toWireError } from '../errors.ts';
 import { delay, MatrixHttp, seg } from '../http.ts';
@@ -25,6 +28,7 @@ import type {
   WireBatch,
 } from '../protocol.ts';
 import { type Database, kvGet, kvSet, openDatabase } from '../store.ts';
+import { EventJournal, type JournaledBatch } from './journal.ts';
 import { processSync, type ProcessedSync } from './process.ts';
 
 /** The sync actor's collaborators: the cache actor, the crypto actor (with encryption on) and the event port to main. */
@@ -34,11 +38,14 @@ export interface SyncDeps {
   events: Port<MainToSync, SyncToMain>;
 }
 
-interface InFlight {
+/** A batch waiting to be posted to main: in memory (this run's fresh batches), or to be read from the journal. */
+interface Queued {
   seq: number;
-  nextBatch: string;
+  /** The batch, when it is still in memory (dropped when it has to wait: memory stays bounded). */
+  batch: WireBatch | null;
+  /** Unhandled events it brings (its event count, less those done before a restart). */
   count: number;
-  done: boolean;
+  journaled: boolean;
 }
 
 function emptyColumns(): EventColumns {
@@ -61,12 +68,21 @@ export class SyncActor implements SyncActorApi {
   private since: string | null = null;
   private savedSince: string | null = null;
   private wanted: Set<string> | null = null;
+  private journal!: EventJournal;
   private seq = 0;
   private polls = 0;
   private consecutiveErrors = 0;
   private lastError: SyncStatus['lastError'];
-  private readonly inFlight: InFlight[] = [];
+  private lastPollStartAt: number | null = null;
+  private lastSuccessAt: number | null = null;
+  /** Batches to post, in order. */
+  private readonly queue: Queued[] = [];
+  /** Unhandled events by posted batch. */
+  private readonly inFlight = new Map<number, number>();
   private inFlightEvents = 0;
+  /** Journaled events not yet handled (in flight included). */
+  private backlog = 0;
+  private backpressure = false;
   private creditWaiter: (() => void) | null = null;
   private abort = new AbortController();
   private loop: Promise<void> | null = null;
@@ -84,15 +100,55 @@ export class SyncActor implements SyncActorApi {
     this.db = openDatabase(config.dataDir, 'sync.sqlite');
     this.since = kvGet(this.db, 'since') ?? null;
     this.savedSince = this.since;
+    this.journal = new EventJournal(this.db);
+    this.seq = this.journal.maxSeq();
+    // What an earlier run journaled and main did not finish goes first, in order.
+    for (const row of this.journal.pending()) {
+      this.queue.push({ seq: row.seq, batch: null, count: row.events - row.doneEvents, journaled: true });
+      this.backlog += row.events - row.doneEvents;
+    }
     this.http = new MatrixHttp(config.homeserver, config.accessToken);
     this.deps.events.onMessage((msg) => {
-      if (msg.kind === 'handled') this.handled(msg.seq);
+      if (msg.kind === 'acks') this.acked(msg.progress, msg.complete);
     });
     this.abort = new AbortController();
     this.running = true;
     const resumed = this.since !== null;
     this.loop = this.run(resumed);
     return { resumed };
+  }
+
+  /** Posts queued batches while main has room for their events (a batch without events always goes). */
+  private pump(): void {
+    while (this.queue.length > 0 && this.db.isOpen) {
+      const q = this.queue[0]!;
+      if (q.count > 0 && this.inFlightEvents > 0 && this.inFlightEvents + q.count > this.config.maxInFlightEvents) break;
+      let batch = q.batch;
+      if (!batch) {
+        const row = this.journal.load(q.seq);
+        if (!row) {
+          this.queue.shift(); // completed meanwhile
+          continue;
+        }
+        batch = { ...row.batch, seq: q.seq, redelivered: row.posted, done: row.done };
+      }
+      this.queue.shift();
+      if (q.journaled) this.journal.markPosted(q.seq);
+      if (q.count > 0 || q.journaled) {
+        this.inFlight.set(q.seq, q.count);
+        this.inFlightEvents += q.count;
+      }
+      const e = batch.events;
+      // Moved, not copied: the body and the offset table change owner; this actor is done with them.
+      this.deps.events.post({ kind: 'batch', batch }, [batch.body.buffer, e.room.buffer, e.type.buffer, e.relType.buffer, e.ts.buffer, e.flags.buffer, e.offsets.buffer] as ArrayBuffer[]);
+    }
+    // Batches kept back wait on disk, not in memory.
+    for (const q of this.queue) if (q.journaled) q.batch = null;
+    const behind = this.queue.length > 0;
+    if (behind !== this.backpressure) {
+      this.backpressure = behind;
+      this.deps.events.post({ kind: 'backpressure', active: behind, backlogEvents: this.backlog, inFlightEvents: this.inFlightEvents });
+    }
   }
 
   async setWantedTypes(types: string[] | null): Promise<void> {
@@ -114,7 +170,7 @@ export class SyncActor implements SyncActorApi {
     this.creditWaiter?.();
     await this.loop;
     this.loop = null;
-    if (this.inFlight.length > 0) {
+    if (this.inFlight.size > 0) {
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, drainMs);
         this.drained = () => {
@@ -135,6 +191,9 @@ export class SyncActor implements SyncActorApi {
       polls: this.polls,
       consecutiveErrors: this.consecutiveErrors,
       inFlightEvents: this.inFlightEvents,
+      backlogEvents: this.backlog,
+      lastPollStartAt: this.lastPollStartAt,
+      lastSuccessAt: this.lastSuccessAt,
     };
     if (this.lastError) s.lastError = this.lastError;
     return s;
@@ -149,6 +208,7 @@ export class SyncActor implements SyncActorApi {
       try {
         const filter = await this.filterId();
         const initial = this.since === null;
+        this.lastPollStartAt = Date.now();
         const body = await this.http.bytes('GET', '/_matrix/client/v3/sync', {
           query: {
             since: this.since ?? undefined,
@@ -162,6 +222,7 @@ export class SyncActor implements SyncActorApi {
           maxRateLimitRetries: 0,
         });
         this.polls++;
+        this.lastSuccessAt = Date.now();
         const processed = processSync(body, { wantedTypes: this.wanted, ownUserId: this.config.userId });
         if (this.consecutiveErrors > 0) {
           this.deps.events.post({ kind: 'syncRecovered', afterAttempts: this.consecutiveErrors });
@@ -214,19 +275,19 @@ export class SyncActor implements SyncActorApi {
     if (applying && !mustWait) applying.catch(() => {});
     const stateChanged = p.state.rooms.length > 0 || p.accountData.length > 0;
     const [summaries] = await Promise.all([stateChanged ? this.deps.cache.apply(p.state) : [], mustWait ? applying : undefined]);
-    const seq = ++this.seq;
     const count = deliver ? p.events.count : 0;
-    const trivial =
-      count === 0 && summaries.length === 0 && p.invites.length === 0 && p.left.length === 0 && p.errors.length === 0 && p.accountData.length === 0 && p.receipts.length === 0;
+    const accountData = deliver ? p.accountData : [];
+    const receipts = deliver ? p.receipts : [];
+    // Worth journaling: anything a handler will see (events, invites, account data, receipts).
+    const forHandlers = count > 0 || p.invites.length > 0 || accountData.length > 0 || receipts.length > 0;
+    const forMain = forHandlers || first || summaries.length > 0 || p.left.length > 0 || p.errors.length > 0;
     this.since = p.nextBatch;
-    if (trivial && !first) {
-      // Nothing for main: the token is done as soon as every earlier batch is.
-      this.inFlight.push({ seq, nextBatch: p.nextBatch, count: 0, done: true });
-      this.advance();
+    if (!forMain) {
+      this.saveSince(p.nextBatch);
       return;
     }
-    const batch: WireBatch = {
-      seq,
+    const seq = ++this.seq;
+    const journaled: JournaledBatch = {
       nextBatch: p.nextBatch,
       first,
       deliver,
@@ -238,15 +299,44 @@ export class SyncActor implements SyncActorApi {
       left: p.left,
       summaries,
       errors: p.errors,
-      // Account data reaches handlers only with a delivered timeline (the cache stores it either way).
-      accountData: deliver ? p.accountData : [],
-      receipts: deliver ? p.receipts : [],
+      accountData,
+      receipts,
     };
-    this.inFlight.push({ seq, nextBatch: p.nextBatch, count, done: false });
-    this.inFlightEvents += count;
-    const e = batch.events;
-    // Moved, not copied: the body and the offset table change owner; this actor is done with them.
-    this.deps.events.post({ kind: 'batch', batch }, [batch.body.buffer, e.room.buffer, e.type.buffer, e.relType.buffer, e.ts.buffer, e.flags.buffer, e.offsets.buffer] as ArrayBuffer[]);
+    if (forHandlers) {
+      this.journal.append(seq, journaled, p.nextBatch);
+      this.savedSince = p.nextBatch;
+      this.backlog += count;
+    } else this.saveSince(p.nextBatch);
+    this.queue.push({ seq, batch: { ...journaled, seq, redelivered: false, done: null }, count, journaled: forHandlers });
+    this.pump();
+  }
+
+  private saveSince(token: string): void {
+    if (token === this.savedSince || !this.db.isOpen) return;
+    this.journal.saveSince(token);
+    this.savedSince = token;
+  }
+
+  /** Main's acknowledgements: the journal marks the events done, and room frees up for queued batches. */
+  private acked(progress: Array<{ seq: number; indices: number[] }>, complete: number[]): void {
+    if (!this.db.isOpen) return;
+    this.backlog -= this.journal.ack(progress, complete);
+    for (const { seq, indices } of progress) {
+      const left = this.inFlight.get(seq);
+      if (left === undefined) continue;
+      const n = Math.min(left, indices.length);
+      this.inFlight.set(seq, left - n);
+      this.inFlightEvents -= n;
+    }
+    for (const seq of complete) {
+      const left = this.inFlight.get(seq);
+      if (left === undefined) continue;
+      this.inFlightEvents -= left;
+      this.inFlight.delete(seq);
+    }
+    if (this.inFlight.size === 0) this.drained?.();
+    this.pump();
+    if (this.creditWaiter && this.hasCredit()) this.creditWaiter();
   }
 
   /** The batch's crypto-relevant parts, or null when there are none worth a call. */
@@ -283,28 +373,13 @@ export class SyncActor implements SyncActorApi {
     };
   }
 
-  private handled(seq: number): void {
-    const entry = this.inFlight.find((e) => e.seq === seq);
-    if (!entry || entry.done) return;
-    entry.done = true;
-    this.inFlightEvents -= entry.count;
-    this.advance();
-    if (this.inFlight.length === 0) this.drained?.();
-    if (this.creditWaiter && this.inFlightEvents < this.config.maxInFlightEvents) this.creditWaiter();
-  }
-
-  /** Saves the token of the newest batch that, with every batch before it, is fully handled. */
-  private advance(): void {
-    let token: string | null = null;
-    while (this.inFlight.length > 0 && this.inFlight[0]!.done) token = this.inFlight.shift()!.nextBatch;
-    if (token !== null && token !== this.savedSince && this.db.isOpen) {
-      kvSet(this.db, 'since', token);
-      this.savedSince = token;
-    }
+  /** Whether another poll may go out: the journal's unhandled events are under `maxJournalEvents`. */
+  private hasCredit(): boolean {
+    return this.backlog < this.config.maxJournalEvents;
   }
 
   private waitForCredit(): Promise<void> {
-    if (this.inFlightEvents < this.config.maxInFlightEvents) return Promise.resolve();
+    if (this.hasCredit()) return Promise.resolve();
     return new Promise((resolve) => {
       this.creditWaiter = () => {
         this.creditWaiter = null;
