@@ -32,6 +32,7 @@ import {
 import { htmlToText, sanitizeHtml } from './html.ts';
 import { RoomDetails } from './rooms.ts';
 import { MatrixHttp, seg } from './http.ts';
+import { DEFAULT_RATE_LIMIT, inHandlerRun, Outbox, type OutboxOp, type RateLimit, type SendFailure } from './outbox.ts';
 import { type DownloadOptions, Media, type MediaConfig, type MediaSource, type SendMediaOptions, type UploadOptions } from './media.ts';
 import type { Readable } from 'node:stream';
 import { consoleLogger, type Logger } from './log.ts';
@@ -98,6 +99,13 @@ export interface ClientOptions {
   stopTimeoutMs?: number;
   /** End-to-end encryption: on by default; `false` turns it off, an object configures it. */
   encryption?: boolean | EncryptionOptions;
+  /**
+   * Pacing of sends (a token bucket): default Synapse's `rc_message` (0.2/s, bursts of 10), so bursts do not run
+   * into 429s; `false` when the bot's account is exempt from rate limits.
+   */
+  rateLimit?: RateLimit | false;
+  /** Attempts of a send that keeps failing transiently before it is a dead letter (default 8; backoff 1 s → 60 s). */
+  maxSendAttempts?: number;
 }
 
 /** Options of end-to-end encryption. */
@@ -235,6 +243,7 @@ export interface ClientEvents {
   decryptionError: [error: HalcyonError, info: DecryptionErrorInfo];
   receipt: [receipt: Receipt];
   backpressure: [info: BackpressureInfo];
+  sendFailed: [error: HalcyonError, info: SendFailure];
   accountData: [event: AccountDataEvent];
 }
 
@@ -248,13 +257,12 @@ const ENCRYPTED = 'm.room.encrypted';
 /** Decryption of one batch: the result, or why there is none. */
 type Decryption = { result: DecryptResult; reader: BatchReader | null } | { error: HalcyonError };
 
-let txnCounter = 0;
 /** Typing notices last 30 s; refreshed well before they lapse while work goes on. */
 const TYPING_REFRESH_MS = 20_000;
 
 /** A Matrix bot client; see the README for a tour. */
 export class Client implements RoomActions {
-  private readonly opts: Required<Omit<ClientOptions, 'logger' | 'encryption'>> & { logger: Logger; encryption: EncryptionOptions | null };
+  private readonly opts: Required<Omit<ClientOptions, 'logger' | 'encryption' | 'rateLimit'>> & { logger: Logger; encryption: EncryptionOptions | null; rateLimit: RateLimit | null };
   private readonly listeners: { [K in keyof ClientEvents]?: Listener<K>[] } = {};
   private readonly summaries = new Map<string, RoomSummary>();
   private readonly roomHandles = new Map<string, Room>();
@@ -262,6 +270,7 @@ export class Client implements RoomActions {
   private session: Session | null = null;
   private http: MatrixHttp | null = null;
   private media: Media | null = null;
+  private outbox: Outbox | null = null;
   private sync: ActorHandle<SyncActorApi> | null = null;
   private cache: ActorHandle<CacheActorApi> | null = null;
   private crypto: ActorHandle<CryptoActorApi> | null = null;
@@ -295,7 +304,9 @@ export class Client implements RoomActions {
       backoffMaxMs: 60_000,
       maxRoomsInMemory: 1_000,
       stopTimeoutMs: 20_000,
+      maxSendAttempts: 8,
       ...options,
+      rateLimit: options.rateLimit === false ? null : (options.rateLimit ?? DEFAULT_RATE_LIMIT),
       logger: options.logger ?? consoleLogger(),
       encryption: options.encryption === false ? null : options.encryption === true || options.encryption === undefined ? {} : options.encryption,
     };
@@ -419,6 +430,17 @@ export class Client implements RoomActions {
     const ready = new Promise<void>((resolve, reject) => (this.readyWaiter = { resolve, reject }));
     ready.catch(() => {}); // observed below, or superseded by an earlier failure
     await this.startActors(session);
+    this.outbox = new Outbox({
+      dataDir: this.opts.dataDir,
+      attempt: (roomId, txnId, op, allowPlaintext) => this.attemptSend(roomId, txnId, op, allowPlaintext),
+      failed: (err, info) => void this.emit('sendFailed', err, info)?.catch(() => {}),
+      rateLimit: this.opts.rateLimit,
+      maxAttempts: this.opts.maxSendAttempts,
+      retryMinMs: 1_000,
+      retryMaxMs: 60_000,
+    });
+    // Sends an earlier run left unacknowledged go out first (same transaction IDs: no duplicates).
+    this.outbox.resume();
     this.checkStarting();
     this.state = 'running';
     await ready;
@@ -736,31 +758,54 @@ export class Client implements RoomActions {
    * with `HALCYON_ROOM_ENCRYPTED` unless `allowPlaintext` is given.
    */
   async sendEvent(roomId: string, type: string, content: Record<string, unknown>, opts: SendOptions = {}): Promise<string> {
-    const http = this.needHttp();
+    this.need();
     const plaintextOk = opts.allowPlaintext === true || this.opts.encryption?.allowPlaintext === true;
-    if (this.crypto && !plaintextOk) {
-      const r = await this.crypto.api.encrypt(roomId, type, content);
-      if (r.encrypted) {
-        type = ENCRYPTED;
-        content = r.content;
-      }
-    } else if (!this.crypto && !plaintextOk && (await this.isRoomEncrypted(roomId))) {
+    if (!this.crypto && !plaintextOk && (await this.isRoomEncrypted(roomId))) {
       throw new HalcyonError('HALCYON_ROOM_ENCRYPTED', `room ${roomId} is encrypted and encryption is off; pass { allowPlaintext: true } to send in the clear`, { roomId });
     }
-    const txn = `hc${Date.now().toString(36)}.${(txnCounter++).toString(36)}`;
-    const res = await http.json<{ event_id?: unknown }>('PUT', `/_matrix/client/v3/rooms/${seg(roomId)}/send/${seg(type)}/${txn}`, { body: content });
-    if (typeof res.event_id !== 'string') throw new HalcyonError('HALCYON_BAD_RESPONSE', 'send: no event_id in the answer', { roomId });
-    return res.event_id;
+    return this.needOutbox().send(roomId, { kind: 'send', type, content }, plaintextOk);
   }
 
-  /** Redacts an event; resolves with the redaction's event ID. */
+  /** Redacts an event; resolves with the redaction's event ID. Goes through the outbox like a send. */
   async redactEvent(roomId: string, eventId: string, reason?: string): Promise<string> {
+    this.need();
+    const op: OutboxOp = reason === undefined ? { kind: 'redact', eventId } : { kind: 'redact', eventId, reason };
+    return this.needOutbox().send(roomId, op, true);
+  }
+
+  /** Sends left in the outbox (`pending`: not yet acknowledged by the server; `dead`: failed for good). */
+  outboxStatus(): { pending: number; dead: number } {
+    return this.needOutbox().counts();
+  }
+
+  /** The dead letters kept in the outbox: sends that failed for good, with their error. */
+  deadLetters(): Array<{ roomId: string; txnId: string; op: OutboxOp; attempts: number; error: string | null }> {
+    return this.needOutbox().deadLetters();
+  }
+
+  /** One attempt of an outbox entry: encrypts a send for an encrypted room, then PUTs it with its transaction ID. */
+  private async attemptSend(roomId: string, txnId: string, op: OutboxOp, allowPlaintext: boolean): Promise<string> {
     const http = this.needHttp();
-    const txn = `hc${Date.now().toString(36)}.${(txnCounter++).toString(36)}`;
-    const res = await http.json<{ event_id?: unknown }>('PUT', `/_matrix/client/v3/rooms/${seg(roomId)}/redact/${seg(eventId)}/${txn}`, {
-      body: reason === undefined ? {} : { reason },
-    });
-    return typeof res.event_id === 'string' ? res.event_id : '';
+    let res: { event_id?: unknown };
+    // 429s are waited out by the outbox (with its pacing), not here.
+    if (op.kind === 'redact') {
+      res = await http.json('PUT', `/_matrix/client/v3/rooms/${seg(roomId)}/redact/${seg(op.eventId)}/${seg(txnId)}`, {
+        body: op.reason === undefined ? {} : { reason: op.reason },
+        maxRateLimitRetries: 0,
+      });
+    } else {
+      let { type, content } = op;
+      if (this.crypto && !allowPlaintext) {
+        const r = await this.crypto.api.encrypt(roomId, type, content);
+        if (r.encrypted) {
+          type = ENCRYPTED;
+          content = r.content;
+        }
+      }
+      res = await http.json('PUT', `/_matrix/client/v3/rooms/${seg(roomId)}/send/${seg(type)}/${seg(txnId)}`, { body: content, maxRateLimitRetries: 0 });
+    }
+    if (typeof res.event_id !== 'string') throw new HalcyonError('HALCYON_BAD_RESPONSE', 'send: no event_id in the answer', { roomId });
+    return res.event_id;
   }
 
   /** Shows the bot as typing (true, or a timeout in ms; default 30 s) or stops it (false). */
@@ -941,6 +986,12 @@ export class Client implements RoomActions {
 
   // ---- internals ----
 
+  private needOutbox(): Outbox {
+    this.need();
+    if (!this.outbox) throw new HalcyonError('HALCYON_NOT_RUNNING', 'the client is not running (call run(token) first)');
+    return this.outbox;
+  }
+
   private needMedia(): Media {
     this.need();
     return this.media!;
@@ -1058,6 +1109,14 @@ export class Client implements RoomActions {
         }),
       ]);
       clearTimeout(timer);
+    }
+    const outbox = this.outbox;
+    if (outbox) {
+      // Sends made by the handlers that just finished: give them the rest of the stop budget; what is left
+      // stays in outbox.sqlite and goes out with the next run.
+      await outbox.drain(this.opts.stopTimeoutMs);
+      outbox.close();
+      if (this.outbox === outbox) this.outbox = null;
     }
     const { crypto, cryptoPort } = this;
     // After the sync actor: it may be handing the crypto actor a batch until it has stopped.
@@ -1217,7 +1276,7 @@ export class Client implements RoomActions {
       const task = this.eventTask(reader!, i, roomId, anyEvent);
       if (task) queue(roomId, task, eventDone(i));
     }
-    for (const inv of b.invites) queue(inv.roomId, (done) => settle(this.deliverInvite(inv), done), finish);
+    for (const inv of b.invites) queue(inv.roomId, (done) => settle(inHandlerRun(`invite:${inv.roomId}`, () => this.deliverInvite(inv)), done), finish);
     if (this.listeners.accountData?.length) {
       // Global account data runs in a lane of its own ('' is no room ID).
       for (const a of b.accountData) queue(a.roomId ?? '', (done) => settle(this.emit('accountData', { roomId: a.roomId, type: a.type, content: a.content }), done), finish);
@@ -1239,7 +1298,8 @@ export class Client implements RoomActions {
     const skipOwn = this.opts.ignoreOwnEvents;
     const wantKind = kind !== null && (this.listeners[kind]?.length ?? 0) > 0 && !(skipOwn && kind !== 'member' && ev.flags[i]! & EVENT_FLAGS.own);
     if (!wantKind && !anyEvent) return null;
-    return (done) => settle(this.deliver(r, i, roomId, wantKind ? kind : null, anyEvent), done);
+    // The handler run is keyed by its event: sends it makes get transaction IDs derived from it (idempotent replays).
+    return (done) => settle(inHandlerRun(r.str(i, OFF.eventId) ?? '', () => this.deliver(r, i, roomId, wantKind ? kind : null, anyEvent)), done);
   }
 
   private emitDecryptionError(err: HalcyonError, r: BatchReader, i: number, roomId: string, sessionId: string | null, willRetry: boolean): unknown {

@@ -81,7 +81,7 @@ export interface Bot {
 }
 
 /** Default client options of the tests: quick polls so that stop() is quick. */
-export const FAST: Partial<ClientOptions> = { pollTimeoutMs: 2000, stopTimeoutMs: 10_000 };
+export const FAST: Partial<ClientOptions> = { pollTimeoutMs: 2000, stopTimeoutMs: 10_000, rateLimit: false };
 
 /**
  * Registers a user, logs it in with Client.login on a fresh data dir and builds a client (not running). The

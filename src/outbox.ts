@@ -1,0 +1,293 @@
+/**
+ * The outbox: every room event the bot sends goes through a durable, per-room ordered queue in `outbox.sqlite`
+ * (owned by main; one owner).
+ *
+ * - **Idempotent.** A send's transaction ID is written to disk before the request. A send made by a handler
+ *   derives its ID from the triggering event and the send's position in that handler run, so a handler run again
+ *   after a crash makes the very same requests: the server answers a repeated transaction ID with the event it
+ *   already has, and a send the outbox knows went through is answered from disk without a request.
+ * - **Durable.** A send not yet acknowledged by the server survives a restart and is sent by the next run.
+ * - **Ordered.** Sends into one room go out one at a time, in call order.
+ * - **Never dropped silently.** Transient failures (transport, timeouts, 5xx, 429) are retried with backoff;
+ *   a send that fails permanently (or exhausts its attempts) is kept as a dead letter, its caller's promise
+ *   rejects with `HALCYON_SEND_FAILED`, and the client emits `sendFailed`.
+ * - **Paced.** A token bucket (defaults: Synapse's `rc_message`) spaces sends so bursts do not run into 429s;
+ *   429s that happen anyway are honoured (`retry_after_ms` / `Retry-After`).
+ */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { createHash, randomBytes } from 'node:crypto';
+import { HalcyonError } from './errors.ts';
+import { delay } from './http.ts';
+import { type Database, openDatabase } from './store.ts';
+
+/** What one outbox entry asks the server to do. */
+export type OutboxOp = { kind: 'send'; type: string; content: Record<string, unknown> } | { kind: 'redact'; eventId: string; reason?: string };
+
+/** Pacing of sends: a token bucket refilled at `perSecond`, holding at most `burst`. */
+export interface RateLimit {
+  perSecond: number;
+  burst: number;
+}
+
+/** Synapse's default `rc_message`: 0.2 messages per second, bursts of 10. */
+export const DEFAULT_RATE_LIMIT: RateLimit = { perSecond: 0.2, burst: 10 };
+
+/** Details of a send that failed for good (the `sendFailed` event). */
+export interface SendFailure {
+  roomId: string;
+  txnId: string;
+  /** The event type (`m.room.redaction` for a redaction). */
+  type: string;
+  attempts: number;
+}
+
+/** What the outbox needs from the client. */
+export interface OutboxDeps {
+  dataDir: string;
+  /** Performs one attempt: encrypts if needed and PUTs with `txnId`; resolves with the event ID. */
+  attempt(roomId: string, txnId: string, op: OutboxOp, allowPlaintext: boolean): Promise<string>;
+  /** A send failed for good. */
+  failed(err: HalcyonError, info: SendFailure): void;
+  rateLimit: RateLimit | null;
+  /** Attempts per send before it is a dead letter (transient failures only; permanent ones stop at once). */
+  maxAttempts: number;
+  /** First retry wait and ceiling, in ms. */
+  retryMinMs: number;
+  retryMaxMs: number;
+}
+
+/** The handler run a send belongs to: the event that triggered it and how many sends the run made so far. */
+interface SendContext {
+  key: string;
+  n: number;
+}
+
+const context = new AsyncLocalStorage<SendContext>();
+
+/**
+ * Runs `fn` (a handler call) as the handler run for `key` (the triggering event ID): the outbox derives the
+ * transaction IDs of the sends it makes from `key` and their order.
+ */
+export function inHandlerRun<T>(key: string, fn: () => T): T {
+  return context.run({ key, n: 0 }, fn);
+}
+
+interface Entry {
+  id: number;
+  roomId: string;
+  txnId: string;
+  op: OutboxOp;
+  allowPlaintext: boolean;
+  attempts: number;
+  waiters: Array<{ resolve: (eventId: string) => void; reject: (e: HalcyonError) => void }>;
+}
+
+/** Keeps a sent transaction's event ID this long, to answer a re-run handler without a request. */
+const KEEP_SENT_MS = 24 * 3600_000;
+
+/** The outbox of one data directory; see the module comment. */
+export class Outbox {
+  private readonly db: Database;
+  private readonly stmt;
+  private readonly lanes = new Map<string, Entry[]>();
+  private readonly running = new Set<Promise<void>>();
+  private tokens: number;
+  private lastRefill = Date.now();
+  private readonly abort = new AbortController();
+  private closed = false;
+
+  constructor(private readonly deps: OutboxDeps) {
+    this.db = openDatabase(deps.dataDir, 'outbox.sqlite');
+    this.db.exec(`CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, room_id TEXT NOT NULL, txn_id TEXT NOT NULL UNIQUE,
+      op TEXT NOT NULL, plaintext INTEGER NOT NULL, state TEXT NOT NULL, event_id TEXT, attempts INTEGER NOT NULL DEFAULT 0, error TEXT,
+      updated_at INTEGER NOT NULL)`);
+    this.stmt = {
+      byTxn: this.db.prepare('SELECT id, state, event_id, attempts FROM outbox WHERE txn_id = ?'),
+      insert: this.db.prepare("INSERT INTO outbox (room_id, txn_id, op, plaintext, state, updated_at) VALUES (?, ?, ?, ?, 'pending', ?)"),
+      retry: this.db.prepare("UPDATE outbox SET state = 'pending', error = NULL, updated_at = ? WHERE id = ?"),
+      sent: this.db.prepare("UPDATE outbox SET state = 'sent', event_id = ?, attempts = ?, op = '{}', updated_at = ? WHERE id = ?"),
+      attempts: this.db.prepare('UPDATE outbox SET attempts = ?, updated_at = ? WHERE id = ?'),
+      dead: this.db.prepare("UPDATE outbox SET state = 'dead', attempts = ?, error = ?, updated_at = ? WHERE id = ?"),
+      pending: this.db.prepare("SELECT id, room_id, txn_id, op, plaintext, attempts FROM outbox WHERE state = 'pending' ORDER BY id"),
+      prune: this.db.prepare("DELETE FROM outbox WHERE state = 'sent' AND updated_at < ?"),
+      dead_: this.db.prepare("SELECT room_id, txn_id, op, attempts, error FROM outbox WHERE state = 'dead' ORDER BY id"),
+      counts: this.db.prepare('SELECT state, count(*) AS n FROM outbox GROUP BY state'),
+    };
+    this.tokens = deps.rateLimit?.burst ?? 0;
+    this.stmt.prune.run(Date.now() - KEEP_SENT_MS);
+  }
+
+  /** Sends left unfinished by an earlier run go out first, in their original order. */
+  resume(): void {
+    for (const r of this.stmt.pending.all() as Array<{ id: number; room_id: string; txn_id: string; op: string; plaintext: number; attempts: number }>) {
+      this.enqueue({ id: r.id, roomId: r.room_id, txnId: r.txn_id, op: JSON.parse(r.op) as OutboxOp, allowPlaintext: r.plaintext === 1, attempts: r.attempts, waiters: [] });
+    }
+  }
+
+  /**
+   * Queues a send and resolves with its event ID once the server has it. The transaction ID is derived from the
+   * current handler run when there is one, else random; it is on disk before any request.
+   */
+  send(roomId: string, op: OutboxOp, allowPlaintext: boolean): Promise<string> {
+    if (this.closed) return Promise.reject(new HalcyonError('HALCYON_STOPPED', 'the client was stopped', { roomId }));
+    const txnId = this.txnFor(roomId, op);
+    const known = this.stmt.byTxn.get(txnId) as { id: number; state: string; event_id: string | null; attempts: number } | undefined;
+    if (known?.state === 'sent' && known.event_id) return Promise.resolve(known.event_id);
+    // Joining an entry already queued (a re-run handler whose earlier send is still pending): wait for it.
+    const queued = known ? this.lanes.get(roomId)?.find((e) => e.id === known.id) : undefined;
+    return new Promise<string>((resolve, reject) => {
+      if (queued) {
+        queued.waiters.push({ resolve, reject });
+        return;
+      }
+      let id: number;
+      if (known) {
+        // A dead letter sent again (by a re-run handler): one more chance.
+        this.stmt.retry.run(Date.now(), known.id);
+        id = known.id;
+      } else {
+        id = Number(this.stmt.insert.run(roomId, txnId, JSON.stringify(op), allowPlaintext ? 1 : 0, Date.now()).lastInsertRowid);
+      }
+      this.enqueue({ id, roomId, txnId, op, allowPlaintext, attempts: known?.attempts ?? 0, waiters: [{ resolve, reject }] });
+    });
+  }
+
+  /** Sends not yet done (`pending`) and dead letters kept (`dead`). */
+  counts(): { pending: number; dead: number } {
+    const out = { pending: 0, dead: 0 };
+    for (const r of this.stmt.counts.all() as Array<{ state: string; n: number }>) if (r.state === 'pending' || r.state === 'dead') out[r.state] = r.n;
+    return out;
+  }
+
+  /** The dead letters kept in the outbox (sends that failed for good), oldest first. */
+  deadLetters(): Array<{ roomId: string; txnId: string; op: OutboxOp; attempts: number; error: string | null }> {
+    return (this.stmt.dead_.all() as Array<{ room_id: string; txn_id: string; op: string; attempts: number; error: string | null }>).map((r) => ({
+      roomId: r.room_id,
+      txnId: r.txn_id,
+      op: JSON.parse(r.op) as OutboxOp,
+      attempts: r.attempts,
+      error: r.error,
+    }));
+  }
+
+  /** Resolves when every queued send has settled, or after `ms`. */
+  async drain(ms: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<void>((r) => (timer = setTimeout(r, ms)));
+    const all = async () => {
+      while (this.running.size > 0) await Promise.all([...this.running]);
+    };
+    await Promise.race([all(), deadline]);
+    clearTimeout(timer);
+  }
+
+  /** Stops sending: waiting sends stay on disk for the next run; their callers get `HALCYON_STOPPED`. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.abort.abort();
+    const stopped = new HalcyonError('HALCYON_STOPPED', 'the client was stopped before the send went out (it is kept and sent by the next run)');
+    for (const lane of this.lanes.values()) for (const e of lane) for (const w of e.waiters.splice(0)) w.reject(stopped);
+    this.lanes.clear();
+    // In-flight attempts finish or fail on their own; their results still reach the database if it is open.
+    void Promise.allSettled([...this.running]).then(() => this.db.close());
+  }
+
+  private txnFor(roomId: string, op: OutboxOp): string {
+    const ctx = context.getStore();
+    if (!ctx) return `hc${Date.now().toString(36)}.${randomBytes(6).toString('base64url')}`;
+    const n = ctx.n++;
+    const what = op.kind === 'send' ? op.type : `redact:${op.eventId}`;
+    return `hcr.${createHash('sha256').update(`${ctx.key}\n${n}\n${roomId}\n${what}`).digest('base64url').slice(0, 27)}`;
+  }
+
+  private enqueue(e: Entry): void {
+    let lane = this.lanes.get(e.roomId);
+    if (lane) {
+      lane.push(e);
+      return;
+    }
+    lane = [e];
+    this.lanes.set(e.roomId, lane);
+    const run = this.runLane(e.roomId, lane).finally(() => this.running.delete(run));
+    this.running.add(run);
+  }
+
+  private async runLane(roomId: string, lane: Entry[]): Promise<void> {
+    while (lane.length > 0 && !this.closed) {
+      const e = lane[0]!;
+      await this.deliver(e);
+      lane.shift();
+    }
+    if (this.lanes.get(roomId) === lane) this.lanes.delete(roomId);
+  }
+
+  /** Attempts one entry until it is sent, dead, or the outbox closes. */
+  private async deliver(e: Entry): Promise<void> {
+    for (;;) {
+      if (this.closed) return;
+      try {
+        await this.pace();
+        e.attempts++;
+        const eventId = await this.deps.attempt(e.roomId, e.txnId, e.op, e.allowPlaintext);
+        if (this.db.isOpen) this.stmt.sent.run(eventId, e.attempts, Date.now(), e.id);
+        for (const w of e.waiters.splice(0)) w.resolve(eventId);
+        return;
+      } catch (err) {
+        if (this.closed) return;
+        const h = err as HalcyonError;
+        const permanent = !isTransient(h);
+        if (permanent || e.attempts >= this.deps.maxAttempts) {
+          const why = permanent ? 'the server refused it' : `it still failed after ${e.attempts} attempts`;
+          const failure = new HalcyonError('HALCYON_SEND_FAILED', `send into ${e.roomId} failed for good (${why}): ${h.message ?? String(err)}`, { roomId: e.roomId, cause: err });
+          if (h.status !== undefined) failure.status = h.status;
+          if (h.errcode !== undefined) failure.errcode = h.errcode;
+          if (this.db.isOpen) this.stmt.dead.run(e.attempts, `${h.code ?? 'ERROR'}: ${h.message ?? String(err)}`, Date.now(), e.id);
+          for (const w of e.waiters.splice(0)) w.reject(failure);
+          this.deps.failed(failure, { roomId: e.roomId, txnId: e.txnId, type: e.op.kind === 'send' ? e.op.type : 'm.room.redaction', attempts: e.attempts });
+          return;
+        }
+        if (this.db.isOpen) this.stmt.attempts.run(e.attempts, Date.now(), e.id);
+        const base = Math.min(this.deps.retryMaxMs, this.deps.retryMinMs * 2 ** (e.attempts - 1));
+        const wait = Math.max(base * (0.8 + Math.random() * 0.4), h.retryAfterMs ?? 0);
+        try {
+          await delay(wait, this.abort.signal);
+        } catch {
+          return;
+        }
+      }
+    }
+  }
+
+  /** Waits for a token of the bucket (none when pacing is off). */
+  private async pace(): Promise<void> {
+    const rl = this.deps.rateLimit;
+    if (!rl) return;
+    for (;;) {
+      const now = Date.now();
+      this.tokens = Math.min(rl.burst, this.tokens + ((now - this.lastRefill) / 1000) * rl.perSecond);
+      this.lastRefill = now;
+      if (this.tokens >= 1) {
+        this.tokens -= 1;
+        return;
+      }
+      await delay(Math.ceil(((1 - this.tokens) / rl.perSecond) * 1000), this.abort.signal);
+    }
+  }
+}
+
+/** Failures worth another attempt: transport, deadlines, 5xx, rate limits; not refusals (4xx) or local errors. */
+function isTransient(e: HalcyonError): boolean {
+  switch (e.code) {
+    case 'HALCYON_HTTP':
+    case 'HALCYON_TIMEOUT':
+    case 'HALCYON_RATE_LIMITED':
+    case 'HALCYON_BAD_RESPONSE':
+    case 'HALCYON_ACTOR_TIMEOUT':
+      return true;
+    case 'HALCYON_MATRIX':
+      return e.status === undefined || e.status >= 500;
+    default:
+      return false;
+  }
+}
