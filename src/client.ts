@@ -271,6 +271,8 @@ export class Client implements RoomActions {
   private http: MatrixHttp | null = null;
   private media: Media | null = null;
   private outbox: Outbox | null = null;
+  private readonly serial = new Map<string, Promise<unknown>>();
+  private readonly roomWaiters = new Map<string, Array<{ membership: string; resolve: () => void }>>();
   private sync: ActorHandle<SyncActorApi> | null = null;
   private cache: ActorHandle<CacheActorApi> | null = null;
   private crypto: ActorHandle<CryptoActorApi> | null = null;
@@ -542,10 +544,48 @@ export class Client implements RoomActions {
     const state = (res.chunk ?? []).filter(
       (e): e is MatrixEvent => typeof e === 'object' && e !== null && (e as MatrixEvent).type === 'm.room.member' && typeof (e as MatrixEvent).state_key === 'string',
     );
-    const membership = this.summaries.get(roomId)?.membership ?? 'join';
+    // The cache's own membership wins over main's summary, which may lag it by a batch.
+    const membership = (await this.needCache().getRoom(roomId))?.membership ?? this.summaries.get(roomId)?.membership ?? 'join';
     const changed = await this.needCache().apply({ rooms: [{ roomId, membership, state }] });
-    for (const s of changed) this.summaries.set(s.roomId, s);
+    for (const s of changed) this.setSummary(s);
     return this.getRoom(roomId);
+  }
+
+  /**
+   * Resolves with the room's handle once the bot's sync shows it with `membership` (default `join`): after
+   * `createRoom` or `joinRoom`, the room reaches the cache and `room()` a poll later. Rejects with
+   * `HALCYON_TIMEOUT` after `timeoutMs` (default 30 s).
+   */
+  waitForRoom(roomId: string, opts: { membership?: RoomSummary['membership']; timeoutMs?: number } = {}): Promise<Room> {
+    this.need();
+    const membership = opts.membership ?? 'join';
+    if (this.summaries.get(roomId)?.membership === membership) return Promise.resolve(this.room(roomId));
+    return new Promise<Room>((resolve, reject) => {
+      const w = { membership, resolve: () => {
+        clearTimeout(timer);
+        resolve(this.room(roomId));
+      } };
+      const timer = setTimeout(() => {
+        const list = this.roomWaiters.get(roomId);
+        list?.splice(list.indexOf(w), 1);
+        reject(new HalcyonError('HALCYON_TIMEOUT', `room ${roomId} did not show membership ${membership} within ${opts.timeoutMs ?? 30_000} ms`, { roomId }));
+      }, opts.timeoutMs ?? 30_000);
+      let list = this.roomWaiters.get(roomId);
+      if (!list) this.roomWaiters.set(roomId, (list = []));
+      list.push(w);
+    });
+  }
+
+  /** Updates main's summary mirror and wakes `waitForRoom` callers. */
+  private setSummary(s: RoomSummary): void {
+    this.summaries.set(s.roomId, s);
+    const list = this.roomWaiters.get(s.roomId);
+    if (!list) return;
+    for (const w of list.filter((x) => x.membership === s.membership)) {
+      list.splice(list.indexOf(w), 1);
+      w.resolve();
+    }
+    if (list.length === 0) this.roomWaiters.delete(s.roomId);
   }
 
   /** Summaries of the rooms the bot has joined (from the cache; no request). */
@@ -588,13 +628,20 @@ export class Client implements RoomActions {
    * The direct-message room with `userId`: an existing one from `m.direct` that the bot is in and the user is
    * in or invited to, else a new one (invited, `is_direct`, recorded in `m.direct`). Resolves with the room ID.
    */
-  async getOrCreateDm(userId: string, opts: { encrypted?: boolean } = {}): Promise<string> {
+  getOrCreateDm(userId: string, opts: { encrypted?: boolean } = {}): Promise<string> {
+    // One at a time per client: two concurrent calls for the same user must not create two rooms.
+    return this.serially('dm', () => this.findOrCreateDm(userId, opts));
+  }
+
+  private async findOrCreateDm(userId: string, opts: { encrypted?: boolean }): Promise<string> {
     const direct = ((await this.getAccountData('m.direct')) ?? {}) as Record<string, unknown>;
     const candidates = Array.isArray(direct[userId]) ? (direct[userId] as unknown[]).filter((r): r is string => typeof r === 'string') : [];
     for (const roomId of [...candidates].reverse()) {
-      if (this.summaries.get(roomId)?.membership !== 'join') continue;
+      // The bot's own membership: from its summaries, else from the server (its sync may not have caught up).
+      const mine = this.summaries.get(roomId)?.membership === 'join' || (await this.memberOnServer(roomId, this.need().userId)) === 'join';
+      if (!mine) continue;
       let m = (await this.getRoom(roomId))?.member(userId)?.membership;
-      if (m === undefined) m = (await this.loadMembers(roomId).catch(() => undefined))?.member(userId)?.membership;
+      if (m === undefined) m = await this.memberOnServer(roomId, userId);
       if (m === 'join' || m === 'invite') return roomId;
     }
     const roomId = await this.createRoom({ isDirect: true, invite: [userId], preset: 'trusted_private_chat', encrypted: opts.encrypted ?? this.crypto !== null });
@@ -602,8 +649,30 @@ export class Client implements RoomActions {
     return roomId;
   }
 
-  /** Records `roomId` as a direct chat with `userId` in `m.direct` (read, modify, write). */
-  private async addDirectRoom(userId: string, roomId: string): Promise<void> {
+  /** A user's membership in a room as the server has it now, or undefined. */
+  private async memberOnServer(roomId: string, userId: string): Promise<string | undefined> {
+    const c = await this.getStateEvent(roomId, 'm.room.member', userId).catch(() => null);
+    return typeof c?.membership === 'string' ? c.membership : undefined;
+  }
+
+  /** Runs `fn` after every earlier call with the same `key` has settled. */
+  private serially<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.serial.get(key) ?? Promise.resolve();
+    const run = prev.catch(() => {}).then(fn);
+    const tail = run.catch(() => {});
+    this.serial.set(key, tail);
+    void tail.then(() => {
+      if (this.serial.get(key) === tail) this.serial.delete(key);
+    });
+    return run;
+  }
+
+  /** Records `roomId` as a direct chat with `userId` in `m.direct` (read, modify, write; one at a time). */
+  private addDirectRoom(userId: string, roomId: string): Promise<void> {
+    return this.serially('m.direct', () => this.addDirectRoomNow(userId, roomId));
+  }
+
+  private async addDirectRoomNow(userId: string, roomId: string): Promise<void> {
     const direct = { ...(((await this.getAccountData('m.direct', { fresh: true })) ?? {}) as Record<string, unknown>) };
     const list = Array.isArray(direct[userId]) ? (direct[userId] as unknown[]).filter((r): r is string => typeof r === 'string') : [];
     if (list.includes(roomId)) return;
@@ -705,9 +774,20 @@ export class Client implements RoomActions {
   // ---- messages ----
 
   /** Sends a message (a string becomes `m.text`), as a reply, in a thread, with mentions; resolves with the event ID. */
-  sendMessage(roomId: string, content: ContentInput, opts: MessageOptions = {}): Promise<string> {
+  async sendMessage(roomId: string, content: ContentInput, opts: MessageOptions = {}): Promise<string> {
     const c = typeof content === 'string' ? { msgtype: 'm.text', body: content } : { ...content };
-    return this.sendEvent(roomId, 'm.room.message', withRelations(c, opts), opts);
+    // A thread message that replies to nothing in particular falls back to the thread's latest event.
+    const fallback = opts.threadId !== undefined && opts.replyTo === undefined ? await this.latestInThread(roomId, opts.threadId) : undefined;
+    return this.sendEvent(roomId, 'm.room.message', withRelations(c, opts, fallback), opts);
+  }
+
+  /** The latest event of a thread (the server's `m.thread` relations), or the root when it has none. */
+  private async latestInThread(roomId: string, root: string): Promise<string> {
+    const res = await this.needHttp()
+      .json<{ chunk?: Array<{ event_id?: unknown }> }>('GET', `/_matrix/client/v1/rooms/${seg(roomId)}/relations/${seg(root)}/m.thread`, { query: { dir: 'b', limit: 1 } })
+      .catch(() => null);
+    const id = res?.chunk?.[0]?.event_id;
+    return typeof id === 'string' ? id : root;
   }
 
   /** Sends an `m.notice` (what bots send when they should not trigger other bots). */
@@ -818,11 +898,11 @@ export class Client implements RoomActions {
   /** Sets the bot's presence and status message. */
   async setPresence(state: 'online' | 'offline' | 'unavailable', statusMsg?: string): Promise<void> {
     const s = this.need();
+    // Polls carry set_presence: change it first, or the poll the server wakes for this change would undo it.
+    await this.sync?.api.setPresence(state);
     await this.needHttp().json('PUT', `/_matrix/client/v3/presence/${seg(s.userId)}/status`, {
       body: statusMsg === undefined ? { presence: state } : { presence: state, status_msg: statusMsg },
     });
-    // Polls carry set_presence; keep it in step so the next poll does not undo what was just set.
-    await this.sync?.api.setPresence(state);
   }
 
   /**
@@ -1074,7 +1154,7 @@ export class Client implements RoomActions {
     // Only now is the token's device known to fit the crypto store: a refused run must not re-point the data dir.
     claimDataDir(o.dataDir, session.homeserver, session.userId, session.deviceId);
     await this.cache.api.open({ dataDir: o.dataDir, maxRoomsInMemory: o.maxRoomsInMemory });
-    for (const s of await this.cache.api.summaries()) this.summaries.set(s.roomId, s);
+    for (const s of await this.cache.api.summaries()) this.setSummary(s);
     const config: SyncConfig = {
       homeserver: session.homeserver,
       userId: session.userId,
@@ -1183,7 +1263,7 @@ export class Client implements RoomActions {
 
   private async fireReady(): Promise<void> {
     // The first batch carries the room summaries; apply them before ready handlers look at rooms.
-    for (const b of this.pendingBatches ?? []) for (const s of b.summaries) this.summaries.set(s.roomId, s);
+    for (const b of this.pendingBatches ?? []) for (const s of b.summaries) this.setSummary(s);
     const r = this.emit('ready');
     if (r) await r;
     const batches = this.pendingBatches ?? [];
@@ -1230,7 +1310,7 @@ export class Client implements RoomActions {
    * skipped.
    */
   private acceptBatch(b: WireBatch, dec: Decryption | null): void {
-    for (const s of b.summaries) this.summaries.set(s.roomId, s);
+    for (const s of b.summaries) this.setSummary(s);
     for (const e of b.errors) this.emitError(fromWireError(e));
     if (dec && 'result' in dec) for (const e of dec.result.batch?.errors ?? []) this.emitError(fromWireError(e));
     const seq = b.seq;
@@ -1484,14 +1564,14 @@ function settle(r: unknown, done: () => void): unknown {
  * dropped it); a thread message that is not a reply to a particular event falls back to the thread's last event
  * as clients expect (`is_falling_back`).
  */
-function withRelations(content: Record<string, unknown>, opts: MessageOptions): Record<string, unknown> {
+function withRelations(content: Record<string, unknown>, opts: MessageOptions, threadFallback?: string): Record<string, unknown> {
   const c = content;
   if (opts.threadId !== undefined) {
     c['m.relates_to'] = {
       rel_type: 'm.thread',
       event_id: opts.threadId,
       is_falling_back: opts.replyTo === undefined,
-      'm.in_reply_to': { event_id: opts.replyTo ?? opts.threadId },
+      'm.in_reply_to': { event_id: opts.replyTo ?? threadFallback ?? opts.threadId },
     };
   } else if (opts.replyTo !== undefined) {
     c['m.relates_to'] = { ...(c['m.relates_to'] as object | undefined), 'm.in_reply_to': { event_id: opts.replyTo } };

@@ -75,17 +75,21 @@ export class Room {
   get encrypted(): boolean {
     return this.s?.encrypted ?? false;
   }
-  /** Sends a message (a string becomes `m.text`); resolves with the event ID. */
-  send(content: ContentInput): Promise<string> {
-    return this.actions.sendMessage(this.id, content);
+  /** Sends a message (a string becomes `m.text`), optionally as a reply, in a thread, with mentions. */
+  send(content: ContentInput, opts?: MessageOptions): Promise<string> {
+    return this.actions.sendMessage(this.id, content, opts);
   }
   /** Sends an `m.notice`. */
-  sendNotice(text: string): Promise<string> {
-    return this.actions.sendNotice(this.id, text);
+  sendNotice(text: string, opts?: MessageOptions): Promise<string> {
+    return this.actions.sendNotice(this.id, text, opts);
   }
-  /** Sends HTML with a generated plain-text body. */
-  sendHtml(html: string, plainText?: string): Promise<string> {
-    return this.actions.sendHtml(this.id, html, plainText);
+  /** Sends an `m.emote`. */
+  sendEmote(text: string, opts?: MessageOptions): Promise<string> {
+    return this.actions.sendEmote(this.id, text, opts);
+  }
+  /** Sends (sanitised) HTML with a generated plain-text body. */
+  sendHtml(html: string, plainText?: string, opts?: MessageOptions): Promise<string> {
+    return this.actions.sendHtml(this.id, html, plainText, opts);
   }
   /** Shows (or with `false` hides) the bot as typing; a number is the timeout in ms (default 30 s). */
   sendTyping(on: boolean | number = true): Promise<void> {
