@@ -33,6 +33,8 @@ export interface ActorHandle<T> {
   terminate(): Promise<void>;
   /** Called once if the actor dies on its own (a worker crash); not called after {@link terminate}. */
   onDeath(cb: (err: HalcyonError) => void): void;
+  /** Ends the worker as a crash would (death callbacks run); for fault-injection tests. @internal */
+  crash(): Promise<void>;
 }
 
 /** A typed one-way message port: receives `In`, sends `Out`. */
@@ -144,6 +146,10 @@ export function spawnWorkerActor<T>(entry: string | URL, deadlines: Deadlines, p
     onDeath(cb) {
       deathCb = cb;
     },
+    async crash() {
+      lastError = new Error('crashed on purpose (fault injection)');
+      await worker.terminate();
+    },
   };
 }
 
@@ -156,6 +162,9 @@ export function inThreadActor<T extends object>(name: string, impl: T, deadlines
       settler.kill(new HalcyonError('HALCYON_STOPPED', `the ${name} actor was stopped`));
     },
     onDeath() {},
+    async crash() {
+      throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `the ${name} actor runs in-thread: it cannot crash alone`);
+    },
   };
 }
 

@@ -31,7 +31,7 @@ import {
 } from './events.ts';
 import { htmlToText, sanitizeHtml } from './html.ts';
 import { RoomDetails } from './rooms.ts';
-import { MatrixHttp, seg } from './http.ts';
+import { delay, MatrixHttp, seg } from './http.ts';
 import { DEFAULT_RATE_LIMIT, inHandlerRun, Outbox, type OutboxOp, type RateLimit, type SendFailure } from './outbox.ts';
 import { type DownloadOptions, Media, type MediaConfig, type MediaSource, type SendMediaOptions, type UploadOptions } from './media.ts';
 import type { Readable } from 'node:stream';
@@ -90,11 +90,16 @@ export interface ClientOptions {
   deliverInitialTimeline?: boolean;
   /** Skip the bot's own messages, edits, reactions and redactions (default true). */
   ignoreOwnEvents?: boolean;
-  /** Backoff after a failed /sync: first wait and ceiling in ms (defaults 1,000 and 60,000). */
+  /** Backoff after a failed /sync: first wait and ceiling in ms (defaults 5,000 and 300,000). */
   backoffMinMs?: number;
   backoffMaxMs?: number;
   /** Rooms whose full state the cache actor keeps in memory (default 1,000); the rest load from disk. */
   maxRoomsInMemory?: number;
+  /**
+   * How often the watchdog checks that the sync actor answers and keeps polling (default 30,000 ms); a stuck or
+   * dead actor is restarted (worker threads only).
+   */
+  watchdogMs?: number;
   /** How long `stop()` waits for running handlers, in ms (default 20,000). */
   stopTimeoutMs?: number;
   /** End-to-end encryption: on by default; `false` turns it off, an object configures it. */
@@ -257,6 +262,13 @@ const ENCRYPTED = 'm.room.encrypted';
 /** Decryption of one batch: the result, or why there is none. */
 type Decryption = { result: DecryptResult; reader: BatchReader | null } | { error: HalcyonError };
 
+/** Actor restarts allowed within {@link RESTART_WINDOW_MS} before the client gives up. */
+const MAX_RESTARTS = 5;
+const RESTART_WINDOW_MS = 5 * 60_000;
+/** Bound of each call to the actors while restarting them (one of them is dead or stuck). */
+const RESTART_CALL_MS = 5_000;
+/** How long the sync actor may take to answer the watchdog. */
+const WATCHDOG_ANSWER_MS = 10_000;
 /** Typing notices last 30 s; refreshed well before they lapse while work goes on. */
 const TYPING_REFRESH_MS = 20_000;
 
@@ -283,7 +295,16 @@ export class Client implements RoomActions {
   private port: Port<SyncToMain, MainToSync> | null = null;
   /** Handled events and batches, sent to the sync actor's journal once per turn of the loop. */
   private readonly acks = new AckTracker((msg) => this.port?.post(msg));
+  /** Batches being handled, by seq: what of them runs or is done (a restarted sync actor posts them again). */
+  private readonly held = new Map<number, HeldBatch>();
+  /** Recently completed batches (a restarted sync actor may post them again: they are acknowledged, not rerun). */
+  private readonly completed = new Set<number>();
   private backpressure = false;
+  /** Aborted by stop(): ends a restart's wait. */
+  private lifecycle = new AbortController();
+  private restarting: Promise<void> | null = null;
+  private restartTimes: number[] = [];
+  private watchdog: NodeJS.Timeout | null = null;
   private dispatcher: Dispatcher;
   private pendingBatches: WireBatch[] | null = [];
   private readyWaiter: { resolve: () => void; reject: (e: HalcyonError) => void } | null = null;
@@ -302,8 +323,9 @@ export class Client implements RoomActions {
       pollTimeoutMs: 30_000,
       deliverInitialTimeline: false,
       ignoreOwnEvents: true,
-      backoffMinMs: 1_000,
-      backoffMaxMs: 60_000,
+      backoffMinMs: 5_000,
+      backoffMaxMs: 300_000,
+      watchdogMs: 30_000,
       maxRoomsInMemory: 1_000,
       stopTimeoutMs: 20_000,
       maxSendAttempts: 8,
@@ -431,7 +453,9 @@ export class Client implements RoomActions {
     }
     const ready = new Promise<void>((resolve, reject) => (this.readyWaiter = { resolve, reject }));
     ready.catch(() => {}); // observed below, or superseded by an earlier failure
+    this.lifecycle = new AbortController();
     await this.startActors(session);
+    if (this.opts.threads === 'worker') this.watchdog = setInterval(() => void this.checkSync(), this.opts.watchdogMs).unref();
     this.outbox = new Outbox({
       dataDir: this.opts.dataDir,
       attempt: (roomId, txnId, op, allowPlaintext) => this.attemptSend(roomId, txnId, op, allowPlaintext),
@@ -1134,7 +1158,7 @@ export class Client implements RoomActions {
       this.sync = spawnWorkerActor<SyncActorApi>('sync', SYNC_DEADLINES, syncPorts);
       this.port = typedPort<SyncToMain, MainToSync>(mainEvents);
     }
-    for (const actor of [this.cache, this.sync, this.crypto]) actor?.onDeath((err) => this.fail(err));
+    for (const actor of [this.cache, this.sync, this.crypto]) actor?.onDeath((err) => this.restartActors(err));
     this.port.onMessage((msg) => this.onSyncMessage(msg));
     this.cryptoPort?.onMessage((msg) => this.onCryptoMessage(msg));
     if (this.crypto && e2ee) {
@@ -1175,7 +1199,12 @@ export class Client implements RoomActions {
   }
 
   private async shutdown(): Promise<void> {
-    const { sync, cache, port, http } = this;
+    this.lifecycle.abort();
+    if (this.watchdog) clearInterval(this.watchdog);
+    this.watchdog = null;
+    // A restart in progress ends first (its wait is aborted), so there is one set of actors to stop.
+    await this.restarting?.catch(() => {});
+    const { sync, http } = this;
     if (sync) {
       // Handlers must finish (and acknowledge) while the sync actor drains, so both run together; a handler
       // that never settles is abandoned after stopTimeoutMs (its batch is redelivered by the next run).
@@ -1198,12 +1227,27 @@ export class Client implements RoomActions {
       outbox.close();
       if (this.outbox === outbox) this.outbox = null;
     }
-    const { crypto, cryptoPort } = this;
+    await this.stopActors(true);
+    const media = this.media;
+    this.media = null;
+    await media?.close().catch((e) => this.log('warn', e, 'media pool close'));
+    await http?.close();
+    if (this.http === http) this.http = null;
+  }
+
+  /**
+   * Ends the actors and their ports. `graceful`: the sync actor was stopped already, the stores close normally.
+   * For a restart: the sync actor gets a short stop (no drain) and every call is bounded, since one of the
+   * actors is dead or stuck.
+   */
+  private async stopActors(graceful: boolean): Promise<void> {
+    const { sync, cache, crypto, cryptoPort, port } = this;
+    const bounded = <T>(p: Promise<T> | undefined, what: string) =>
+      p &&
+      Promise.race([p, new Promise<void>((r) => setTimeout(r, graceful ? CRYPTO_DEADLINES.close : RESTART_CALL_MS).unref())]).catch((e) => this.log('warn', e, what));
+    if (!graceful) await bounded(sync?.api.stop(0), 'sync actor stop');
     // After the sync actor: it may be handing the crypto actor a batch until it has stopped.
-    await Promise.all([
-      cache?.api.close().catch((e) => this.log('warn', e, 'cache actor close')),
-      crypto?.api.close().catch((e) => this.log('warn', e, 'crypto actor close')),
-    ]);
+    await Promise.all([bounded(cache?.api.close(), 'cache actor close'), bounded(crypto?.api.close(), 'crypto actor close')]);
     await sync?.terminate();
     await cache?.terminate();
     await crypto?.terminate();
@@ -1215,11 +1259,63 @@ export class Client implements RoomActions {
     if (this.cache === cache) this.cache = null;
     if (this.port === port) this.port = null;
     port?.close();
-    const media = this.media;
-    this.media = null;
-    await media?.close().catch((e) => this.log('warn', e, 'media pool close'));
-    await http?.close();
-    if (this.http === http) this.http = null;
+  }
+
+  /**
+   * An actor died or the sync actor is stuck: report it, end the actors and start them again (worker threads
+   * only), after 1 s, 2 s, 4 s, ... Handlers and sends go on meanwhile; the restarted sync actor posts the
+   * journal's unfinished batches again and main merges them with what it is running. More than
+   * `MAX_RESTARTS` restarts within 5 minutes stop the client.
+   */
+  private restartActors(err: HalcyonError): void {
+    if (this.state !== 'running' || this.restarting) return;
+    if (this.opts.threads === 'inline') return this.fail(err);
+    const now = Date.now();
+    this.restartTimes = this.restartTimes.filter((t) => now - t < RESTART_WINDOW_MS);
+    if (this.restartTimes.length >= MAX_RESTARTS) {
+      return this.fail(new HalcyonError('HALCYON_ACTOR_DIED', `the actors failed ${MAX_RESTARTS} times within 5 minutes; giving up: ${err.message}`, { cause: err }));
+    }
+    this.restartTimes.push(now);
+    this.emitError(err);
+    const wait = 1000 * 2 ** (this.restartTimes.length - 1);
+    this.restarting = (async () => {
+      await this.stopActors(false);
+      await delay(wait, this.lifecycle.signal);
+      if (this.state !== 'running') return;
+      await this.startActors(this.session!);
+      this.log('warn', { after: err.code }, 'actors restarted');
+    })()
+      .catch((e: HalcyonError) => {
+        if (this.state === 'running') this.fail(e);
+      })
+      .finally(() => {
+        this.restarting = null;
+      });
+  }
+
+  /** Checks that the sync actor answers and keeps polling; restarts the actors if not (worker threads only). */
+  private async checkSync(): Promise<void> {
+    const sync = this.sync;
+    if (this.state !== 'running' || this.restarting || !sync) return;
+    let timer: NodeJS.Timeout | undefined;
+    const silent = new Promise<'silent'>((r) => (timer = setTimeout(() => r('silent'), WATCHDOG_ANSWER_MS)));
+    const st = await Promise.race([sync.api.status().catch(() => null), silent]);
+    clearTimeout(timer);
+    if (this.sync !== sync || this.state !== 'running') return;
+    if (st === 'silent') {
+      return this.restartActors(new HalcyonError('HALCYON_ACTOR_TIMEOUT', `the sync actor did not answer the watchdog within ${WATCHDOG_ANSWER_MS} ms; restarting it`));
+    }
+    if (!st || !st.running || st.waitingForCredit || st.lastPollStartAt === null) return;
+    // A poll starts at least this often: its deadline, the longest backoff, and slack for a slow hand-off.
+    const stuckMs = this.opts.pollTimeoutMs + 15_000 + this.opts.backoffMaxMs + 60_000;
+    if (Date.now() - st.lastPollStartAt > stuckMs) {
+      this.restartActors(new HalcyonError('HALCYON_ACTOR_TIMEOUT', `the sync actor started no poll for ${Math.round((Date.now() - st.lastPollStartAt) / 1000)} s; restarting it`));
+    }
+  }
+
+  /** Crashes one actor's worker as a fault would (for fault-injection tests). @internal */
+  async crashActorForTests(name: 'sync' | 'cache' | 'crypto'): Promise<void> {
+    await (name === 'sync' ? this.sync : name === 'cache' ? this.cache : this.crypto)?.crash();
   }
 
   /** A fatal problem (dead token, dead worker): report it, fail `run` if it is still waiting, and shut down. */
@@ -1307,67 +1403,109 @@ export class Client implements RoomActions {
   /**
    * Queues a batch's events on the dispatcher. Each event is acknowledged to the sync actor (its journal marks it
    * done) when its handlers settle, and the batch when all of it is handled; events an earlier run finished are
-   * skipped.
+   * skipped. A batch posted again by a restarted sync actor is merged with what this thread already does of it:
+   * nothing runs twice, and events whose decryption the dead crypto actor left undone run now.
    */
   private acceptBatch(b: WireBatch, dec: Decryption | null): void {
     for (const s of b.summaries) this.setSummary(s);
     for (const e of b.errors) this.emitError(fromWireError(e));
     if (dec && 'result' in dec) for (const e of dec.result.batch?.errors ?? []) this.emitError(fromWireError(e));
     const seq = b.seq;
-    let left = 1; // held by this function until every event is queued
-    const finish = () => {
-      if (--left === 0) this.acks.finish(seq);
-    };
-    const eventDone = (i: number) => () => {
-      this.acks.done(seq, i);
-      finish();
-    };
-    const queue = (roomId: string, task: (done: () => void) => unknown, done: () => void) => {
-      left++;
-      this.dispatcher.push(roomId, () => task(done));
-    };
+    if (this.completed.has(seq)) {
+      this.acks.finish(seq); // done here already; its acknowledgement died with the old sync actor
+      return;
+    }
     const ev = b.events;
+    const repost = this.held.has(seq);
+    const held = this.held.get(seq) ?? new HeldBatch(ev.count + b.invites.length + b.accountData.length + b.receipts.length);
+    this.held.set(seq, held);
+    let left = 1; // held by this function until every item is queued
+    const finish = () => {
+      if (--left > 0) return;
+      if (this.held.get(seq) === held) this.held.delete(seq);
+      this.completed.add(seq);
+      if (this.completed.size > 10_000) this.completed.delete(this.completed.values().next().value!);
+      this.acks.finish(seq);
+    };
+    /** Item `i` is done or running already (an earlier acceptance of this batch): wait for it, don't run it. */
+    const already = (i: number): boolean => {
+      const st = held.state[i]!;
+      if (st === DONE) {
+        if (repost && i < ev.count) this.acks.done(seq, i);
+        return true;
+      }
+      if (st === STARTED) {
+        left++;
+        held.whenDone(i, finish);
+        return true;
+      }
+      return false;
+    };
+    const run = (i: number, roomId: string, task: (done: () => void) => unknown) => {
+      held.start(i);
+      left++;
+      this.dispatcher.push(roomId, () =>
+        task(() => {
+          held.done(i);
+          if (i < ev.count) this.acks.done(seq, i);
+          finish();
+        }),
+      );
+    };
     const reader = ev.count > 0 ? new BatchReader(b) : null;
     const anyEvent = (this.listeners.event?.length ?? 0) > 0;
     const failures = dec && 'result' in dec ? new Map(dec.result.failures.map((f) => [f.index, f])) : null;
     const wantsDecryptionErrors = (this.listeners.decryptionError?.length ?? 0) > 0;
+    // Decryption lost to a dead crypto actor: those events are left for the batch's repost after the restart.
+    const lost = dec !== null && 'error' in dec && isActorLoss(dec.error);
     let k = 0; // ordinal among the batch's encrypted events still to handle (the decrypt request's index)
     for (let i = 0; i < ev.count; i++) {
       if (isDone(b.done, i)) continue; // handled by an earlier run
       const roomId = b.rooms[ev.room[i]!]!;
-      if (ev.strings[ev.type[i]!] === ENCRYPTED && dec) {
-        const index = k++;
+      const encrypted = ev.strings[ev.type[i]!] === ENCRYPTED && dec !== null;
+      const index = encrypted ? k++ : -1;
+      if (already(i)) continue;
+      if (encrypted) {
         if ('error' in dec) {
-          if (wantsDecryptionErrors) queue(roomId, (done) => settle(this.emitDecryptionError(dec.error, reader!, i, roomId, null, false), done), eventDone(i));
+          if (lost) continue;
+          if (wantsDecryptionErrors) run(i, roomId, (done) => settle(this.emitDecryptionError(dec.error, reader!, i, roomId, null, false), done));
           continue;
         }
         const slot = dec.result.slot[index]!;
         if (slot >= 0 && dec.reader) {
           const task = this.eventTask(dec.reader, slot, roomId, anyEvent);
-          if (task) queue(roomId, task, eventDone(i));
+          if (task) run(i, roomId, task);
           continue;
         }
         const f = failures!.get(index);
         if (!f || !wantsDecryptionErrors) continue;
         const err = new HalcyonError(f.code, f.message, { roomId });
-        queue(roomId, (done) => settle(this.emitDecryptionError(err, reader!, i, roomId, f.sessionId, f.pending), done), eventDone(i));
+        run(i, roomId, (done) => settle(this.emitDecryptionError(err, reader!, i, roomId, f.sessionId, f.pending), done));
         continue;
       }
       const task = this.eventTask(reader!, i, roomId, anyEvent);
-      if (task) queue(roomId, task, eventDone(i));
+      if (task) run(i, roomId, task);
     }
-    for (const inv of b.invites) queue(inv.roomId, (done) => settle(inHandlerRun(`invite:${inv.roomId}`, () => this.deliverInvite(inv)), done), finish);
-    if (this.listeners.accountData?.length) {
+    let item = ev.count;
+    for (const inv of b.invites) {
+      const i = item++;
+      if (!already(i)) run(i, inv.roomId, (done) => settle(inHandlerRun(`invite:${inv.roomId}`, () => this.deliverInvite(inv)), done));
+    }
+    for (const a of b.accountData) {
+      const i = item++;
       // Global account data runs in a lane of its own ('' is no room ID).
-      for (const a of b.accountData) queue(a.roomId ?? '', (done) => settle(this.emit('accountData', { roomId: a.roomId, type: a.type, content: a.content }), done), finish);
-    }
-    if (this.listeners.receipt?.length) {
-      const own = this.session?.userId;
-      for (const r of b.receipts) {
-        if (this.opts.ignoreOwnEvents && r.userId === own) continue;
-        queue(r.roomId, (done) => settle(this.emit('receipt', { ...r, room: this.room(r.roomId) }), done), finish);
+      if (this.listeners.accountData?.length && !already(i)) {
+        run(i, a.roomId ?? '', (done) => settle(this.emit('accountData', { roomId: a.roomId, type: a.type, content: a.content }), done));
       }
     }
+    const own = this.session?.userId;
+    for (const r of b.receipts) {
+      const i = item++;
+      if (!this.listeners.receipt?.length || (this.opts.ignoreOwnEvents && r.userId === own) || already(i)) continue;
+      run(i, r.roomId, (done) => settle(this.emit('receipt', { ...r, room: this.room(r.roomId) }), done));
+    }
+    // Never released: a batch with lost decryptions is completed by its repost, not by this acceptance.
+    if (lost) left++;
     finish();
   }
 
@@ -1524,7 +1662,7 @@ function encryptedEvents(b: WireBatch): DecryptRequest | null {
   const req: DecryptRequest = { rooms: b.rooms, room: [], raw: [] };
   const buf = Buffer.from(b.body.buffer, b.body.byteOffset, b.body.byteLength);
   for (let i = 0; i < ev.count; i++) {
-    if (ev.type[i] !== typeIndex) continue;
+    if (ev.type[i] !== typeIndex || isDone(b.done, i)) continue;
     req.room.push(ev.room[i]!);
     req.raw.push(buf.toString('utf8', ev.offsets[i * OFFSET_STRIDE + OFF.rawStart]!, ev.offsets[i * OFFSET_STRIDE + OFF.rawEnd]!));
   }
@@ -1630,4 +1768,37 @@ class AckTracker {
     this.scheduled = true;
     setImmediate(() => this.flush());
   }
+}
+
+const STARTED = 1;
+const DONE = 2;
+
+/** What this thread does of one batch: per item (events, then invites, account data, receipts) not started, running or done. */
+class HeldBatch {
+  readonly state: Uint8Array;
+  private readonly waiters = new Map<number, Array<() => void>>();
+  constructor(items: number) {
+    this.state = new Uint8Array(items);
+  }
+  start(i: number): void {
+    this.state[i] = STARTED;
+  }
+  done(i: number): void {
+    this.state[i] = DONE;
+    const w = this.waiters.get(i);
+    if (!w) return;
+    this.waiters.delete(i);
+    for (const f of w) f();
+  }
+  whenDone(i: number, f: () => void): void {
+    let w = this.waiters.get(i);
+    if (!w) this.waiters.set(i, (w = []));
+    w.push(f);
+  }
+}
+
+/** Errors that mean an actor went away (its work is redone after a restart), not that the input was bad. */
+function isActorLoss(e: HalcyonError): boolean {
+  const c = (e.cause as HalcyonError | undefined)?.code ?? e.code;
+  return c === 'HALCYON_ACTOR_DIED' || c === 'HALCYON_ACTOR_TIMEOUT' || c === 'HALCYON_STOPPED';
 }

@@ -52,6 +52,8 @@ export interface SyncStatus {
   inFlightEvents: number;
   /** Events journaled and not yet handled (in flight included). */
   backlogEvents: number;
+  /** Polling paused: `maxJournalEvents` are journaled and unhandled. */
+  waitingForCredit: boolean;
   /** When the last poll started and the last one succeeded (ms since the epoch), or null. */
   lastPollStartAt: number | null;
   lastSuccessAt: number | null;

@@ -192,6 +192,7 @@ export class SyncActor implements SyncActorApi {
       consecutiveErrors: this.consecutiveErrors,
       inFlightEvents: this.inFlightEvents,
       backlogEvents: this.backlog,
+      waitingForCredit: this.creditWaiter !== null,
       lastPollStartAt: this.lastPollStartAt,
       lastSuccessAt: this.lastSuccessAt,
     };

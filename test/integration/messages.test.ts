@@ -276,9 +276,9 @@ test('edits (editMessage, message.edit), reactions (send and receive) and redact
   const peerRedaction = await waitUntil(() => redactions.find((r) => r.eventId === peerRedactionId), WAIT_MS, "the peer's redaction");
   assert.equal(peerRedaction.redacts, peerMsgId);
   assert.equal(peerRedaction.reason, 'changed my mind');
-  // Redacting the peer's message without the power to: a coded M_FORBIDDEN.
+  // Redacting the peer's message without the power to: refused for good (a dead letter), with the server's M_FORBIDDEN.
   const otherId = await peer.sendText(roomId, 'not yours to redact');
-  await assert.rejects(bot.client.redactEvent(roomId, otherId), (e: HalcyonError) => e.code === 'HALCYON_MATRIX' && e.errcode === 'M_FORBIDDEN' && e.status === 403);
+  await assert.rejects(bot.client.redactEvent(roomId, otherId), (e: HalcyonError) => e.code === 'HALCYON_SEND_FAILED' && e.errcode === 'M_FORBIDDEN' && e.status === 403);
   assert.deepEqual(bot.errors, []);
 });
 
