@@ -80,6 +80,11 @@ export interface ClientOptions {
   maxQueuedEvents?: number;
   /** Unhandled events the journal holds before the sync actor stops polling (default 1,000,000). */
   maxJournalEvents?: number;
+  /**
+   * When a room's timeline comes back `limited`, the missing events are fetched with `/messages` and delivered
+   * first, up to this many per room (default 500; 0 turns it off).
+   */
+  maxGapEvents?: number;
   /** A pino-compatible logger (default: warnings and errors to stderr). */
   logger?: Logger;
   /** `worker` (default): actors on worker threads. `inline`: actors on the main thread, for tests and debugging. */
@@ -319,6 +324,7 @@ export class Client implements RoomActions {
       concurrency: 16,
       maxQueuedEvents: 10_000,
       maxJournalEvents: 1_000_000,
+      maxGapEvents: 500,
       threads: 'worker',
       pollTimeoutMs: 30_000,
       deliverInitialTimeline: false,
@@ -1189,6 +1195,7 @@ export class Client implements RoomActions {
       deadlineMarginMs: 15_000,
       maxInFlightEvents: o.maxQueuedEvents,
       maxJournalEvents: o.maxJournalEvents,
+      maxGapEvents: o.maxGapEvents,
       deliverInitialTimeline: o.deliverInitialTimeline,
       backoffMinMs: o.backoffMinMs,
       backoffMaxMs: o.backoffMaxMs,

@@ -33,6 +33,7 @@ export const ERROR_CODES = {
   HALCYON_DECRYPT_FAILED: 'An encrypted event or to-device event could not be decrypted (malformed, unknown algorithm, corrupt ciphertext); it was skipped.',
   HALCYON_ENCRYPT_FAILED: 'A message for an encrypted room could not be encrypted (room key sharing failed, or an algorithm Halcyon cannot send with).',
   HALCYON_ROOM_ENCRYPTED: 'Plain text into an encrypted room was refused (pass `{ allowPlaintext: true }` to send it anyway).',
+  HALCYON_TIMELINE_GAP: 'A room\'s timeline had a gap that could not be filled: larger than `maxGapEvents` (the oldest missing events were skipped), or `/messages` failed.',
   HALCYON_SEND_FAILED: 'A send failed for good: the homeserver refused it (4xx), or it still failed after `maxSendAttempts`; it is kept as a dead letter and `sendFailed` is emitted.',
   HALCYON_MEDIA_URI_INVALID: 'A media URI is not a valid `mxc://<server>/<media-id>` (malformed, or a path trick such as `..` or `/`); nothing was requested.',
   HALCYON_MEDIA_TOO_LARGE: 'A file is larger than the homeserver\'s upload limit (checked before sending) or than the caller\'s `maxBytes` on download.',

@@ -23,6 +23,8 @@ export interface SyncConfig {
   maxInFlightEvents: number;
   /** Events journaled but not yet handled; past this the actor waits before its next poll. */
   maxJournalEvents: number;
+  /** Missing events fetched per room when a timeline is limited (0: none). */
+  maxGapEvents: number;
   /** Whether the timeline of the very first sync (no saved token) is delivered to handlers. */
   deliverInitialTimeline: boolean;
   /** Backoff after a failed poll: first wait and ceiling, in ms (jitter is added). */

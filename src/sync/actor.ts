@@ -11,7 +11,7 @@
  * disk (backpressure) and are read back as main catches up; polling stops only when `maxJournalEvents` are
  * journaled and unhandled. A restart posts the journal's remaining batches first, skipping events marked done.
  */
-import { HalcyonError, toWireError } from '../errors.ts';
+import { HalcyonError, toWireError, type WireError } from '../errors.ts';
 import { delay, MatrixHttp, seg } from '../http.ts';
 import type { Port, Remote } from '../actors.ts';
 import type {
@@ -51,6 +51,14 @@ interface Queued {
 function emptyColumns(): EventColumns {
   return { count: 0, room: new Int32Array(0), type: new Int32Array(0), relType: new Int32Array(0), strings: [], ts: new Float64Array(0), flags: new Uint8Array(0), offsets: new Int32Array(0) };
 }
+
+/** The events a gap backfill fetched, as a batch (null when none), and the problems met. */
+interface Backfill {
+  batch: JournaledBatch | null;
+  errors: WireError[];
+}
+
+const GAP_FILTER = JSON.stringify({ lazy_load_members: true });
 
 const FILTER = {
   room: {
@@ -231,7 +239,10 @@ export class SyncActor implements SyncActorApi {
         }
         // A repeated next_batch means nothing new: polling again with the same token is all there is to do.
         if (processed.nextBatch === this.since && !first) continue;
-        await this.handOff(processed, body, first, first ? deliverTimeline : true);
+        const deliver = first ? deliverTimeline : true;
+        // Events a gappy (limited) timeline left out, fetched before the batch is handed over.
+        const gap = deliver && this.since !== null && processed.gaps.length > 0 && this.config.maxGapEvents > 0 ? await this.backfill(processed.gaps, this.since) : null;
+        await this.handOff(processed, body, first, deliver, gap);
         first = false;
       } catch (err) {
         if (!this.running) break;
@@ -260,7 +271,7 @@ export class SyncActor implements SyncActorApi {
    * token lets the server delete them) and the cache apply its state, then posts the batch to main. The since
    * token advances in memory.
    */
-  private async handOff(p: ProcessedSync, body: Uint8Array, first: boolean, deliver: boolean): Promise<void> {
+  private async handOff(p: ProcessedSync, body: Uint8Array, first: boolean, deliver: boolean, gap: Backfill | null): Promise<void> {
     const changes = this.deps.crypto && this.config.encryption ? this.cryptoChanges(p) : null;
     const applying = changes
       ? this.deps.crypto!.receiveSyncChanges(changes).catch((err: unknown) => {
@@ -281,12 +292,15 @@ export class SyncActor implements SyncActorApi {
     const receipts = deliver ? p.receipts : [];
     // Worth journaling: anything a handler will see (events, invites, account data, receipts).
     const forHandlers = count > 0 || p.invites.length > 0 || accountData.length > 0 || receipts.length > 0;
-    const forMain = forHandlers || first || summaries.length > 0 || p.left.length > 0 || p.errors.length > 0;
+    const errors = gap && !gap.batch ? [...p.errors, ...gap.errors] : p.errors;
+    const forMain = forHandlers || first || summaries.length > 0 || p.left.length > 0 || errors.length > 0 || gap?.batch != null;
     this.since = p.nextBatch;
     if (!forMain) {
       this.saveSince(p.nextBatch);
       return;
     }
+    // The gap's events go first, journaled in the same transaction as the batch (a crash cannot split them).
+    const gapSeq = gap?.batch ? ++this.seq : 0;
     const seq = ++this.seq;
     const journaled: JournaledBatch = {
       nextBatch: p.nextBatch,
@@ -299,17 +313,75 @@ export class SyncActor implements SyncActorApi {
       invites: p.invites,
       left: p.left,
       summaries,
-      errors: p.errors,
+      errors,
       accountData,
       receipts,
     };
-    if (forHandlers) {
-      this.journal.append(seq, journaled, p.nextBatch);
+    const rows: Array<{ seq: number; batch: JournaledBatch }> = [];
+    if (gap?.batch) rows.push({ seq: gapSeq, batch: gap.batch });
+    if (forHandlers) rows.push({ seq, batch: journaled });
+    if (rows.length > 0) {
+      this.journal.append(rows, p.nextBatch);
       this.savedSince = p.nextBatch;
-      this.backlog += count;
+      for (const r of rows) this.backlog += r.batch.events.count;
     } else this.saveSince(p.nextBatch);
+    if (gap?.batch) this.queue.push({ seq: gapSeq, batch: { ...gap.batch, seq: gapSeq, redelivered: false, done: null }, count: gap.batch.events.count, journaled: true });
     this.queue.push({ seq, batch: { ...journaled, seq, redelivered: false, done: null }, count, journaled: forHandlers });
     this.pump();
+  }
+
+  /**
+   * Fetches, with `/messages` backwards from each gap's `prev_batch` to the previous sync's token, the events a
+   * limited timeline left out: at most `maxGapEvents` per room (a larger gap is reported, its oldest events are
+   * skipped). Returns them as one batch, in timeline order, plus the problems met. Their state events do not
+   * reach the cache: the sync's state block is newer.
+   */
+  private async backfill(gaps: ProcessedSync['gaps'], to: string): Promise<Backfill> {
+    const join: Record<string, { timeline: { events: unknown[] } }> = {};
+    const errors: WireError[] = [];
+    for (const g of gaps) {
+      const events: unknown[] = [];
+      let from = g.prevBatch;
+      try {
+        for (;;) {
+          const limit = Math.min(100, this.config.maxGapEvents - events.length);
+          if (limit <= 0) {
+            errors.push({ code: 'HALCYON_TIMELINE_GAP', message: `room ${g.roomId}: more than maxGapEvents (${this.config.maxGapEvents}) events were missing from the timeline; the older ones were not fetched`, roomId: g.roomId });
+            break;
+          }
+          const res = await this.http.json<{ chunk?: unknown; end?: unknown }>('GET', `/_matrix/client/v3/rooms/${seg(g.roomId)}/messages`, {
+            query: { dir: 'b', from, to, limit, filter: GAP_FILTER },
+            signal: this.abort.signal,
+          });
+          const chunk = Array.isArray(res.chunk) ? res.chunk : [];
+          events.push(...chunk);
+          if (chunk.length === 0 || typeof res.end !== 'string' || res.end === from) break;
+          from = res.end;
+        }
+      } catch (err) {
+        if (!this.running) throw err;
+        errors.push({ code: 'HALCYON_TIMELINE_GAP', message: `room ${g.roomId}: fetching the events missing from the timeline failed (${(err as Error).message}); they are not delivered`, roomId: g.roomId });
+      }
+      if (events.length > 0) join[g.roomId] = { timeline: { events: events.reverse() } };
+    }
+    if (Object.keys(join).length === 0) return { batch: null, errors };
+    const body = Buffer.from(JSON.stringify({ next_batch: '', rooms: { join } }), 'utf8');
+    const p = processSync(body, { wantedTypes: this.wanted, ownUserId: this.config.userId });
+    const batch: JournaledBatch = {
+      nextBatch: '',
+      first: false,
+      deliver: true,
+      rooms: p.rooms,
+      body: body.byteOffset === 0 && body.byteLength === body.buffer.byteLength ? new Uint8Array(body.buffer) : new Uint8Array(body),
+      events: p.events,
+      invites: [],
+      left: [],
+      summaries: [],
+      errors: [...p.errors, ...errors],
+      accountData: [],
+      receipts: [],
+    };
+    return { batch, errors: [] };
   }
 
   private saveSince(token: string): void {

@@ -47,10 +47,10 @@ export class EventJournal {
     };
   }
 
-  /** Appends batch `seq` and saves `since` with it, in one transaction: both are durable, or neither. */
-  append(seq: number, batch: JournaledBatch, since: string): void {
+  /** Appends batches and saves `since` with them, in one transaction: all are durable, or none. */
+  append(rows: ReadonlyArray<{ seq: number; batch: JournaledBatch }>, since: string): void {
     this.tx(() => {
-      this.stmt.insert.run(seq, serialize(batch), batch.events.count);
+      for (const { seq, batch } of rows) this.stmt.insert.run(seq, serialize(batch), batch.events.count);
       kvSet(this.db, 'since', since);
     });
   }

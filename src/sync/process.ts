@@ -40,6 +40,8 @@ export interface ProcessedSync {
   accountData: AccountDataWire[];
   /** Read receipts (`m.receipt` ephemeral events) of joined rooms, one per event, receipt type and user. */
   receipts: ReceiptWire[];
+  /** Joined rooms whose timeline is `limited`: events before `prevBatch` (back to the previous sync) are missing. */
+  gaps: Array<{ roomId: string; prevBatch: string }>;
 }
 
 /** Top-level E2EE fields of a /sync body. */
@@ -111,6 +113,7 @@ class Builder {
   readonly crypto: SyncCryptoFields = { toDevice: [], deviceListsChanged: [], deviceListsLeft: [], otkCounts: null, fallbackKeyTypes: null };
   readonly accountData: AccountDataWire[] = [];
   readonly receipts: ReceiptWire[] = [];
+  readonly gaps: Array<{ roomId: string; prevBatch: string }> = [];
   /** The bot's user ID as the JSON string token a server writes, to flag own events without decoding senders. */
   readonly ownToken: Buffer | null;
   constructor(readonly opts: ProcessOptions) {
@@ -174,6 +177,7 @@ class Builder {
       crypto: this.crypto,
       accountData: this.accountData,
       receipts: this.receipts,
+      gaps: this.gaps,
     };
   }
 }
@@ -255,11 +259,21 @@ function readRoom(sc: Scanner, b: Builder, roomId: string, membership: Membershi
   const st: StateRoom = { roomId, membership, state: [] };
   const timelineState: MatrixEvent[] = [];
   let roomIndex = -1;
+  let limited = false;
+  let prevBatch: string | null = null;
   sc.openObject();
   for (let k: string | null, first = true; (k = sc.key(first)) !== null; first = false) {
     if (k === 'timeline' && sc.atObject()) {
       sc.openObject();
       for (let t: string | null, f = true; (t = sc.key(f)) !== null; f = false) {
+        if (t === 'limited') {
+          limited = sc.readValue() === true;
+          continue;
+        }
+        if (t === 'prev_batch' && sc.atString()) {
+          prevBatch = sc.readString();
+          continue;
+        }
         if (t !== 'events' || !sc.atArray()) {
           sc.skipValue();
           continue;
@@ -289,6 +303,8 @@ function readRoom(sc: Scanner, b: Builder, roomId: string, membership: Membershi
   // Timeline state events apply after the state block: the block is the state at the start of the timeline.
   for (const ev of timelineState) st.state.push(ev);
   if (membership === 'leave') b.left.push(roomId);
+  // A gappy timeline: events between the previous sync and this timeline were left out.
+  if (membership === 'join' && limited && prevBatch !== null) b.gaps.push({ roomId, prevBatch });
   // A joined room with no state change has nothing for the cache: skipping it keeps a 10,000-room batch from
   // costing 10,000 cache writes.
   if (membership !== 'join' || st.state.length > 0 || st.summary) b.state.push(st);

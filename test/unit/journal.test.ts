@@ -34,9 +34,9 @@ test('append saves the batch and the since token together; acks set done bits; c
   let db = openDatabase(dir, 'sync.sqlite');
   let j = new EventJournal(db);
   assert.equal(j.maxSeq(), 0);
-  j.append(1, batchOf(3, 'a'), 's-a');
-  j.append(2, batchOf(5, 'b'), 's-b');
-  j.append(3, batchOf(2, 'c'), 's-c');
+  j.append([{ seq: 1, batch: batchOf(3, 'a') }], 's-a');
+  j.append([{ seq: 2, batch: batchOf(5, 'b') }], 's-b');
+  j.append([{ seq: 3, batch: batchOf(2, 'c') }], 's-c');
   assert.equal(kvGet(db, 'since'), 's-c', 'the since token moved with the last append');
   assert.equal(j.backlogEvents(), 10);
   j.markPosted(1);
