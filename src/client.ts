@@ -464,7 +464,7 @@ export class Client implements RoomActions {
     if (this.opts.threads === 'worker') this.watchdog = setInterval(() => void this.checkSync(), this.opts.watchdogMs).unref();
     this.outbox = new Outbox({
       dataDir: this.opts.dataDir,
-      attempt: (roomId, txnId, op, allowPlaintext) => this.attemptSend(roomId, txnId, op, allowPlaintext),
+      attempt: (roomId, txnId, op, allowPlaintext, signal) => this.attemptSend(roomId, txnId, op, allowPlaintext, signal),
       failed: (err, info) => void this.emit('sendFailed', err, info)?.catch(() => {}),
       rateLimit: this.opts.rateLimit,
       maxAttempts: this.opts.maxSendAttempts,
@@ -894,7 +894,7 @@ export class Client implements RoomActions {
   }
 
   /** One attempt of an outbox entry: encrypts a send for an encrypted room, then PUTs it with its transaction ID. */
-  private async attemptSend(roomId: string, txnId: string, op: OutboxOp, allowPlaintext: boolean): Promise<string> {
+  private async attemptSend(roomId: string, txnId: string, op: OutboxOp, allowPlaintext: boolean, signal: AbortSignal): Promise<string> {
     const http = this.needHttp();
     let res: { event_id?: unknown };
     // 429s are waited out by the outbox (with its pacing), not here.
@@ -902,6 +902,7 @@ export class Client implements RoomActions {
       res = await http.json('PUT', `/_matrix/client/v3/rooms/${seg(roomId)}/redact/${seg(op.eventId)}/${seg(txnId)}`, {
         body: op.reason === undefined ? {} : { reason: op.reason },
         maxRateLimitRetries: 0,
+        signal,
       });
     } else {
       let { type, content } = op;
@@ -912,7 +913,7 @@ export class Client implements RoomActions {
           content = r.content;
         }
       }
-      res = await http.json('PUT', `/_matrix/client/v3/rooms/${seg(roomId)}/send/${seg(type)}/${seg(txnId)}`, { body: content, maxRateLimitRetries: 0 });
+      res = await http.json('PUT', `/_matrix/client/v3/rooms/${seg(roomId)}/send/${seg(type)}/${seg(txnId)}`, { body: content, maxRateLimitRetries: 0, signal });
     }
     if (typeof res.event_id !== 'string') throw new HalcyonError('HALCYON_BAD_RESPONSE', 'send: no event_id in the answer', { roomId });
     return res.event_id;

@@ -44,8 +44,8 @@ export interface SendFailure {
 /** What the outbox needs from the client. */
 export interface OutboxDeps {
   dataDir: string;
-  /** Performs one attempt: encrypts if needed and PUTs with `txnId`; resolves with the event ID. */
-  attempt(roomId: string, txnId: string, op: OutboxOp, allowPlaintext: boolean): Promise<string>;
+  /** Performs one attempt: encrypts if needed and PUTs with `txnId`; resolves with the event ID. `signal` ends it at close. */
+  attempt(roomId: string, txnId: string, op: OutboxOp, allowPlaintext: boolean, signal: AbortSignal): Promise<string>;
   /** A send failed for good. */
   failed(err: HalcyonError, info: SendFailure): void;
   rateLimit: RateLimit | null;
@@ -79,8 +79,14 @@ interface Entry {
   op: OutboxOp;
   allowPlaintext: boolean;
   attempts: number;
+  /** Failed attempts that count against `maxAttempts`, and 429s with a retry time (which do not). */
+  failures: number;
+  pacedRetries: number;
   waiters: Array<{ resolve: (eventId: string) => void; reject: (e: HalcyonError) => void }>;
 }
+
+/** 429s with a retry time a send waits out before it is a dead letter (a server that never lets it through). */
+const MAX_PACED_RETRIES = 50;
 
 /** Keeps a sent transaction's event ID this long, to answer a re-run handler without a request. */
 const KEEP_SENT_MS = 24 * 3600_000;
@@ -120,7 +126,7 @@ export class Outbox {
   /** Sends left unfinished by an earlier run go out first, in their original order. */
   resume(): void {
     for (const r of this.stmt.pending.all() as Array<{ id: number; room_id: string; txn_id: string; op: string; plaintext: number; attempts: number }>) {
-      this.enqueue({ id: r.id, roomId: r.room_id, txnId: r.txn_id, op: JSON.parse(r.op) as OutboxOp, allowPlaintext: r.plaintext === 1, attempts: r.attempts, waiters: [] });
+      this.enqueue({ id: r.id, roomId: r.room_id, txnId: r.txn_id, op: JSON.parse(r.op) as OutboxOp, allowPlaintext: r.plaintext === 1, attempts: r.attempts, failures: 0, pacedRetries: 0, waiters: [] });
     }
   }
 
@@ -148,7 +154,7 @@ export class Outbox {
       } else {
         id = Number(this.stmt.insert.run(roomId, txnId, JSON.stringify(op), allowPlaintext ? 1 : 0, Date.now()).lastInsertRowid);
       }
-      this.enqueue({ id, roomId, txnId, op, allowPlaintext, attempts: known?.attempts ?? 0, waiters: [{ resolve, reject }] });
+      this.enqueue({ id, roomId, txnId, op, allowPlaintext, attempts: known?.attempts ?? 0, failures: 0, pacedRetries: 0, waiters: [{ resolve, reject }] });
     });
   }
 
@@ -229,7 +235,7 @@ export class Outbox {
       try {
         await this.pace();
         e.attempts++;
-        const eventId = await this.deps.attempt(e.roomId, e.txnId, e.op, e.allowPlaintext);
+        const eventId = await this.deps.attempt(e.roomId, e.txnId, e.op, e.allowPlaintext, this.abort.signal);
         if (this.db.isOpen) this.stmt.sent.run(eventId, e.attempts, Date.now(), e.id);
         for (const w of e.waiters.splice(0)) w.resolve(eventId);
         return;
@@ -237,7 +243,11 @@ export class Outbox {
         if (this.closed) return;
         const h = err as HalcyonError;
         const permanent = !isTransient(h);
-        if (permanent || e.attempts >= this.deps.maxAttempts) {
+        // A 429 that says when to come back is pacing, not failure: it does not use up attempts (within reason).
+        const paced = h.code === 'HALCYON_RATE_LIMITED' && h.retryAfterMs !== undefined;
+        if (paced) e.pacedRetries++;
+        else e.failures++;
+        if (permanent || e.failures >= this.deps.maxAttempts || e.pacedRetries >= MAX_PACED_RETRIES) {
           const why = permanent ? 'the server refused it' : `it still failed after ${e.attempts} attempts`;
           const failure = new HalcyonError('HALCYON_SEND_FAILED', `send into ${e.roomId} failed for good (${why}): ${h.message ?? String(err)}`, { roomId: e.roomId, cause: err });
           if (h.status !== undefined) failure.status = h.status;
@@ -248,8 +258,9 @@ export class Outbox {
           return;
         }
         if (this.db.isOpen) this.stmt.attempts.run(e.attempts, Date.now(), e.id);
-        const base = Math.min(this.deps.retryMaxMs, this.deps.retryMinMs * 2 ** (e.attempts - 1));
-        const wait = Math.max(base * (0.8 + Math.random() * 0.4), h.retryAfterMs ?? 0);
+        const base = Math.min(this.deps.retryMaxMs, this.deps.retryMinMs * 2 ** Math.max(0, e.failures - 1));
+        // The server's retry_after_ms is the wait when it gives one; otherwise back off, with jitter.
+        const wait = paced ? h.retryAfterMs! * (1 + Math.random() * 0.1) : base * (0.8 + Math.random() * 0.4);
         try {
           await delay(wait, this.abort.signal);
         } catch {
