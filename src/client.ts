@@ -32,6 +32,7 @@ import {
 import { htmlToText, sanitizeHtml } from './html.ts';
 import { RoomDetails } from './rooms.ts';
 import { delay, MatrixHttp, seg } from './http.ts';
+import { createMetrics, type MetricsOptions, type MetricsSnapshot, noMetrics, type Recorder } from './metrics.ts';
 import { DEFAULT_RATE_LIMIT, inHandlerRun, Outbox, type OutboxOp, type RateLimit, type SendFailure } from './outbox.ts';
 import { type DownloadOptions, Media, type MediaConfig, type MediaSource, type SendMediaOptions, type UploadOptions } from './media.ts';
 import type { Readable } from 'node:stream';
@@ -116,6 +117,11 @@ export interface ClientOptions {
   rateLimit?: RateLimit | false;
   /** Attempts of a send that keeps failing transiently before it is a dead letter (default 8; backoff 1 s → 60 s). */
   maxSendAttempts?: number;
+  /**
+   * Prometheus metrics (prom-client): `true` records into a registry of the client's own (`metricsRegistry`);
+   * an object can pass the host application's `registry`, a `port` to serve `/metrics` on, and `perRoom` labels.
+   */
+  metrics?: boolean | MetricsOptions;
 }
 
 /** Options of end-to-end encryption. */
@@ -279,7 +285,13 @@ const TYPING_REFRESH_MS = 20_000;
 
 /** A Matrix bot client; see the README for a tour. */
 export class Client implements RoomActions {
-  private readonly opts: Required<Omit<ClientOptions, 'logger' | 'encryption' | 'rateLimit'>> & { logger: Logger; encryption: EncryptionOptions | null; rateLimit: RateLimit | null };
+  private readonly opts: Required<Omit<ClientOptions, 'logger' | 'encryption' | 'rateLimit' | 'metrics'>> & {
+    logger: Logger;
+    encryption: EncryptionOptions | null;
+    rateLimit: RateLimit | null;
+    metrics: MetricsOptions | null;
+  };
+  private metrics: Recorder = noMetrics;
   private readonly listeners: { [K in keyof ClientEvents]?: Listener<K>[] } = {};
   private readonly summaries = new Map<string, RoomSummary>();
   private readonly roomHandles = new Map<string, Room>();
@@ -337,6 +349,7 @@ export class Client implements RoomActions {
       maxSendAttempts: 8,
       ...options,
       rateLimit: options.rateLimit === false ? null : (options.rateLimit ?? DEFAULT_RATE_LIMIT),
+      metrics: options.metrics === true ? {} : options.metrics ? options.metrics : null,
       logger: options.logger ?? consoleLogger(),
       encryption: options.encryption === false ? null : options.encryption === true || options.encryption === undefined ? {} : options.encryption,
     };
@@ -460,12 +473,14 @@ export class Client implements RoomActions {
     const ready = new Promise<void>((resolve, reject) => (this.readyWaiter = { resolve, reject }));
     ready.catch(() => {}); // observed below, or superseded by an earlier failure
     this.lifecycle = new AbortController();
+    if (this.opts.metrics) this.metrics = await createMetrics(this.opts.metrics, () => this.metricsSnapshot());
     await this.startActors(session);
     if (this.opts.threads === 'worker') this.watchdog = setInterval(() => void this.checkSync(), this.opts.watchdogMs).unref();
     this.outbox = new Outbox({
       dataDir: this.opts.dataDir,
       attempt: (roomId, txnId, op, allowPlaintext, signal) => this.attemptSend(roomId, txnId, op, allowPlaintext, signal),
       failed: (err, info) => void this.emit('sendFailed', err, info)?.catch(() => {}),
+      outcome: (r) => this.metrics.send(r),
       rateLimit: this.opts.rateLimit,
       maxAttempts: this.opts.maxSendAttempts,
       retryMinMs: 1_000,
@@ -529,6 +544,25 @@ export class Client implements RoomActions {
       queuedEvents: this.dispatcher.size,
       backlogEvents: st?.backlogEvents ?? 0,
       backpressure: this.backpressure,
+    };
+  }
+
+  /** The prom-client registry the client records into (with `metrics` on), or null. */
+  get metricsRegistry(): MetricsOptions['registry'] | null {
+    return this.metrics.registry;
+  }
+
+  private async metricsSnapshot(): Promise<MetricsSnapshot> {
+    const [st, crypto] = await Promise.all([this.sync?.api.status().catch(() => null), this.crypto?.api.status().catch(() => null)]);
+    const out = this.outbox?.counts() ?? { pending: 0, dead: 0 };
+    return {
+      secondsSinceLastSync: st?.lastSuccessAt ? (Date.now() - st.lastSuccessAt) / 1000 : null,
+      polls: st?.polls ?? null,
+      queuedEvents: this.dispatcher.size,
+      backlogEvents: st?.backlogEvents ?? 0,
+      outboxPending: out.pending,
+      outboxDead: out.dead,
+      pendingUndecryptable: crypto?.pendingUndecryptable ?? null,
     };
   }
 
@@ -1239,6 +1273,9 @@ export class Client implements RoomActions {
     const media = this.media;
     this.media = null;
     await media?.close().catch((e) => this.log('warn', e, 'media pool close'));
+    const metrics = this.metrics;
+    this.metrics = noMetrics;
+    await metrics.close().catch((e) => this.log('warn', e, 'metrics close'));
     await http?.close();
     if (this.http === http) this.http = null;
   }
@@ -1350,6 +1387,7 @@ export class Client implements RoomActions {
         } else this.enqueueBatch(msg.batch);
         break;
       case 'syncError':
+        this.metrics.syncError(msg.error.code);
         this.emit('syncError', fromWireError(msg.error), { attempt: msg.attempt, retryInMs: msg.retryInMs });
         break;
       case 'syncRecovered':
@@ -1449,17 +1487,24 @@ export class Client implements RoomActions {
       }
       return false;
     };
+    const metrics = this.metrics !== noMetrics ? this.metrics : null;
     const run = (i: number, roomId: string, task: (done: () => void) => unknown) => {
       held.start(i);
       left++;
-      this.dispatcher.push(roomId, () =>
-        task(() => {
+      this.dispatcher.push(roomId, () => {
+        const t0 = metrics ? performance.now() : 0;
+        return task(() => {
+          if (metrics) {
+            const kind = i < ev.count ? (classify(ev.strings[ev.type[i]!]!, ev.relType[i]! < 0 ? null : ev.strings[ev.relType[i]!]!) ?? 'other') : 'other';
+            metrics.handled(kind, roomId, (performance.now() - t0) / 1000, i < ev.count ? (Date.now() - ev.ts[i]!) / 1000 : -1);
+          }
           held.done(i);
           if (i < ev.count) this.acks.done(seq, i);
           finish();
-        }),
-      );
+        });
+      });
     };
+    metrics?.eventsReceived(ev.count);
     const reader = ev.count > 0 ? new BatchReader(b) : null;
     const anyEvent = (this.listeners.event?.length ?? 0) > 0;
     const failures = dec && 'result' in dec ? new Map(dec.result.failures.map((f) => [f.index, f])) : null;
@@ -1486,6 +1531,7 @@ export class Client implements RoomActions {
           continue;
         }
         const f = failures!.get(index);
+        if (f) this.metrics.decryptFailure(f.code);
         if (!f || !wantsDecryptionErrors) continue;
         const err = new HalcyonError(f.code, f.message, { roomId });
         run(i, roomId, (done) => settle(this.emitDecryptionError(err, reader!, i, roomId, f.sessionId, f.pending), done));
@@ -1649,6 +1695,7 @@ export class Client implements RoomActions {
     } else if (subject && typeof (subject as { roomId?: unknown }).roomId === 'string') details.roomId = (subject as { roomId: string }).roomId;
     else if (roomId) details.roomId = roomId;
     const msg = err instanceof Error ? err.message : String(err);
+    this.metrics.handlerFailed();
     this.emitError(new HalcyonError('HALCYON_HANDLER_FAILED', `a '${event}' handler failed: ${msg}`, details));
   }
 

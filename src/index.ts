@@ -9,6 +9,8 @@ export type { Action } from './power.ts';
 export { ERROR_CODES, HalcyonError } from './errors.ts';
 export type { ErrorCode } from './errors.ts';
 export type { Logger } from './log.ts';
+export type { MetricsOptions } from './metrics.ts';
+export type { OutboxOp, RateLimit, SendFailure } from './outbox.ts';
 export { consoleLogger } from './log.ts';
 export type { AccountDataWire, CryptoStatus, MatrixEvent, ReceiptWire, RoomInfo, RoomSummary } from './protocol.ts';
 export { decryptAttachment, encryptAttachment } from './attachments.ts';

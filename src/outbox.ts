@@ -48,6 +48,8 @@ export interface OutboxDeps {
   attempt(roomId: string, txnId: string, op: OutboxOp, allowPlaintext: boolean, signal: AbortSignal): Promise<string>;
   /** A send failed for good. */
   failed(err: HalcyonError, info: SendFailure): void;
+  /** Each attempt's outcome (for metrics): sent, retried (a transient failure), rate_limited (a 429), dead. */
+  outcome?(result: 'sent' | 'retried' | 'rate_limited' | 'dead'): void;
   rateLimit: RateLimit | null;
   /** Attempts per send before it is a dead letter (transient failures only; permanent ones stop at once). */
   maxAttempts: number;
@@ -237,6 +239,7 @@ export class Outbox {
         e.attempts++;
         const eventId = await this.deps.attempt(e.roomId, e.txnId, e.op, e.allowPlaintext, this.abort.signal);
         if (this.db.isOpen) this.stmt.sent.run(eventId, e.attempts, Date.now(), e.id);
+        this.deps.outcome?.('sent');
         for (const w of e.waiters.splice(0)) w.resolve(eventId);
         return;
       } catch (err) {
@@ -254,10 +257,12 @@ export class Outbox {
           if (h.errcode !== undefined) failure.errcode = h.errcode;
           if (this.db.isOpen) this.stmt.dead.run(e.attempts, `${h.code ?? 'ERROR'}: ${h.message ?? String(err)}`, Date.now(), e.id);
           for (const w of e.waiters.splice(0)) w.reject(failure);
+          this.deps.outcome?.('dead');
           this.deps.failed(failure, { roomId: e.roomId, txnId: e.txnId, type: e.op.kind === 'send' ? e.op.type : 'm.room.redaction', attempts: e.attempts });
           return;
         }
         if (this.db.isOpen) this.stmt.attempts.run(e.attempts, Date.now(), e.id);
+        this.deps.outcome?.(h.code === 'HALCYON_RATE_LIMITED' ? 'rate_limited' : 'retried');
         const base = Math.min(this.deps.retryMaxMs, this.deps.retryMinMs * 2 ** Math.max(0, e.failures - 1));
         // The server's retry_after_ms is the wait when it gives one; otherwise back off, with jitter.
         const wait = paced ? h.retryAfterMs! * (1 + Math.random() * 0.1) : base * (0.8 + Math.random() * 0.4);

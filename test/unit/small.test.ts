@@ -58,6 +58,7 @@ test('one door per dependency: undici, comlink, worker_threads, lru-cache, node:
     'fake-indexeddb': 'src/crypto/idb-journal.ts',
     piscina: 'src/pool.ts',
     htmlparser2: 'src/html.ts',
+    'prom-client': 'src/metrics.ts',
   };
   for (const f of [...sources(join(root, 'src')), ...sources(join(root, 'workers'))]) {
     const text = readFileSync(f, 'utf8');

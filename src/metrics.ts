@@ -1,0 +1,147 @@
+/**
+ * Prometheus metrics (the only module importing prom-client). Opt-in: with `metrics` in the client options the
+ * client records into a registry, its own or the host application's, and optionally serves it over HTTP. Without
+ * it, every recording call is a no-op on a null object, so the hot path pays nothing.
+ */
+import { createServer, type Server } from 'node:http';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { HalcyonError } from './errors.ts';
+
+/** Metrics options of a client. */
+export interface MetricsOptions {
+  /** A prom-client `Registry` the host application owns (default: a new one, see `client.metricsRegistry`). */
+  registry?: Registry;
+  /** Serve the registry at `http://<host>:<port>/metrics` (default: no server). */
+  port?: number;
+  /** Address to listen on (default `127.0.0.1`). */
+  host?: string;
+  /** Label handler metrics by room (default false: one series for all rooms; per room can mean many series). */
+  perRoom?: boolean;
+  /** Prefix of every metric name (default `halcyon_`). */
+  prefix?: string;
+}
+
+/** Values read when Prometheus scrapes: the sync loop's state, queues and backlogs. */
+export interface MetricsSnapshot {
+  secondsSinceLastSync: number | null;
+  /** Successful polls since the sync actor started. */
+  polls: number | null;
+  queuedEvents: number;
+  backlogEvents: number;
+  outboxPending: number;
+  outboxDead: number;
+  pendingUndecryptable: number | null;
+}
+
+/** What the client records; {@link noMetrics} does nothing. */
+export interface Recorder {
+  eventsReceived(n: number): void;
+  handled(kind: string, roomId: string, seconds: number, lagSeconds: number): void;
+  handlerFailed(): void;
+  syncError(code: string): void;
+  send(result: 'sent' | 'retried' | 'rate_limited' | 'dead'): void;
+  decryptFailure(code: string): void;
+  close(): Promise<void>;
+  readonly registry: Registry | null;
+}
+
+/** The recorder of a client without metrics. */
+export const noMetrics: Recorder = {
+  eventsReceived() {},
+  handled() {},
+  handlerFailed() {},
+  syncError() {},
+  send() {},
+  decryptFailure() {},
+  async close() {},
+  registry: null,
+};
+
+/** Builds the recorder: metrics registered in `opts.registry` (or a new one), served if `opts.port` is set. */
+export async function createMetrics(opts: MetricsOptions, snapshot: () => Promise<MetricsSnapshot>): Promise<Recorder> {
+  const registry = opts.registry ?? new Registry();
+  const p = opts.prefix ?? 'halcyon_';
+  const roomLabel = opts.perRoom === true;
+  let last: MetricsSnapshot | null = null;
+  // One snapshot per scrape, shared by the gauges below.
+  const read = async () => (last = await snapshot());
+  const gauge = (name: string, help: string, pick: (s: MetricsSnapshot) => number | null, first = false) =>
+    new Gauge({
+      name: p + name,
+      help,
+      registers: [registry],
+      async collect() {
+        const s = first ? await read() : (last ?? (await read()));
+        const v = pick(s);
+        if (v !== null) this.set(v);
+      },
+    });
+  // The first gauge collected refreshes the snapshot (prom-client collects in registration order).
+  gauge('sync_seconds_since_success', 'Seconds since the last successful /sync (sync lag).', (s) => s.secondsSinceLastSync, true);
+  gauge('sync_polls', 'Successful /sync polls since the sync actor started.', (s) => s.polls);
+  gauge('queued_events', 'Events waiting for or running in handlers on the main thread.', (s) => s.queuedEvents);
+  gauge('journal_backlog_events', 'Events journaled and not yet handled.', (s) => s.backlogEvents);
+  gauge('outbox_pending', 'Sends not yet acknowledged by the server.', (s) => s.outboxPending);
+  gauge('outbox_dead_letters', 'Sends that failed for good, kept as dead letters.', (s) => s.outboxDead);
+  gauge('pending_undecryptable_events', 'Encrypted events kept until their room key arrives.', (s) => s.pendingUndecryptable);
+  const received = new Counter({ name: `${p}events_received_total`, help: 'Timeline events handed to the main thread.', registers: [registry] });
+  const handled = new Counter({ name: `${p}events_handled_total`, help: 'Events whose handlers settled.', labelNames: roomLabel ? ['kind', 'room'] : ['kind'], registers: [registry] });
+  const failures = new Counter({ name: `${p}handler_failures_total`, help: 'Handlers that threw or rejected.', registers: [registry] });
+  const duration = new Histogram({
+    name: `${p}handler_duration_seconds`,
+    help: 'How long handlers took per event.',
+    labelNames: roomLabel ? ['kind', 'room'] : ['kind'],
+    buckets: [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
+    registers: [registry],
+  });
+  const lag = new Histogram({
+    name: `${p}handler_lag_seconds`,
+    help: "From the event's origin_server_ts to its handler starting.",
+    labelNames: roomLabel ? ['kind', 'room'] : ['kind'],
+    buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15, 60, 300],
+    registers: [registry],
+  });
+  const syncErrors = new Counter({ name: `${p}sync_errors_total`, help: 'Failed /sync polls, by error code.', labelNames: ['code'], registers: [registry] });
+  const sends = new Counter({ name: `${p}sends_total`, help: 'Send attempts by outcome (sent, retried, rate_limited: a 429, dead).', labelNames: ['result'], registers: [registry] });
+  const decrypt = new Counter({ name: `${p}decrypt_failures_total`, help: 'Encrypted events that could not be decrypted, by code.', labelNames: ['code'], registers: [registry] });
+
+  let server: Server | null = null;
+  if (opts.port !== undefined) {
+    server = createServer((req, res) => {
+      if (req.url !== '/metrics') {
+        res.writeHead(404).end();
+        return;
+      }
+      registry.metrics().then(
+        (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text),
+        (err: Error) => res.writeHead(500).end(err.message),
+      );
+    });
+    const srv = server;
+    await new Promise<void>((resolve, reject) => {
+      srv.once('error', (err) => reject(new HalcyonError('HALCYON_INVALID_ARGUMENT', `metrics: cannot listen on ${opts.host ?? '127.0.0.1'}:${opts.port}: ${err.message}`, { cause: err })));
+      srv.listen(opts.port, opts.host ?? '127.0.0.1', () => resolve());
+    });
+  }
+  return {
+    registry,
+    eventsReceived: (n) => received.inc(n),
+    handled(kind, roomId, seconds, lagSeconds) {
+      const labels = roomLabel ? { kind, room: roomId } : { kind };
+      handled.inc(labels);
+      duration.observe(labels, seconds);
+      if (lagSeconds >= 0) lag.observe(labels, lagSeconds);
+    },
+    handlerFailed: () => failures.inc(),
+    syncError: (code) => syncErrors.inc({ code }),
+    send: (result) => sends.inc({ result }),
+    decryptFailure: (code) => decrypt.inc({ code }),
+    async close() {
+      if (server) await new Promise<void>((r) => server!.close(() => r()));
+      // A registry the host owns keeps its other metrics; ours are removed so a new client can register again.
+      for (const name of ['sync_seconds_since_success', 'sync_polls', 'handler_failures_total', 'queued_events', 'journal_backlog_events', 'outbox_pending', 'outbox_dead_letters', 'pending_undecryptable_events', 'events_received_total', 'events_handled_total', 'handler_duration_seconds', 'handler_lag_seconds', 'sync_errors_total', 'sends_total', 'decrypt_failures_total']) {
+        registry.removeSingleMetric(p + name);
+      }
+    },
+  };
+}
