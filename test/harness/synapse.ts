@@ -27,6 +27,12 @@ export interface Homeserver {
   registerUser(localpart?: string, password?: string): Promise<TestUser>;
   /** SIGTERM, SIGKILL after 10 s, then removes dataDir; safe to call twice. */
   stop(): Promise<void>;
+  /**
+   * Restarts the same homeserver (same data dir, database and port) and resolves once /health answers 200 again:
+   * SIGTERM (or SIGKILL with `kill: true`), then a new process. `down` runs while no process is serving. Only for
+   * homeservers this process started (the test runner's shared one refuses).
+   */
+  restart(opts?: { kill?: boolean; down?: () => unknown }): Promise<void>;
 }
 
 type Log = (s: string) => void;
@@ -212,59 +218,95 @@ export async function testHomeserver(): Promise<Homeserver> {
     serverName: SERVER_NAME,
     registerUser: (localpart?: string, password?: string) => register(info.baseUrl, info.registrationSecret, localpart, password),
     stop: async () => {},
+    restart: async () => {
+      throw new Error('the shared test homeserver belongs to the test runner: start one with startSynapse() to restart it');
+    },
   };
+}
+
+/** One Synapse process serving `dataDir` on `port`, up and answering /health. */
+interface Instance {
+  /** SIGTERM (SIGKILL after 10 s), or SIGKILL at once; resolves when the process has exited. */
+  halt(signal?: 'SIGTERM' | 'SIGKILL'): Promise<void>;
+}
+
+/** Spawns Synapse on `port` (config already written) and waits for /health; throws with the log tail if it fails. */
+async function startInstance(python: string, dataDir: string, port: number, removeDir: boolean): Promise<Instance> {
+  const logFile = join(dataDir, 'synapse.log');
+  const cfgPath = join(dataDir, 'homeserver.yaml');
+  const baseUrl = `http://127.0.0.1:${port}`;
+  const fd = openSync(logFile, 'a');
+  const proc = spawn(python, ['-m', 'synapse.app.homeserver', '-c', cfgPath], { cwd: dataDir, stdio: ['ignore', fd, fd] });
+  closeSync(fd);
+  live.set(proc, removeDir ? dataDir : undefined);
+  let exitInfo: string | undefined;
+  const exited = new Promise<void>((resolve) => {
+    const done = (why: string) => { exitInfo ??= why; live.delete(proc); resolve(); };
+    proc.once('exit', (code, signal) => done(`exited with ${signal ?? `code ${code}`}`));
+    proc.once('error', (e) => done(`failed to spawn: ${e.message}`));
+  });
+  const halt = async (signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM') => {
+    if (exitInfo !== undefined) return;
+    proc.kill(signal);
+    const timer = setTimeout(() => proc.kill('SIGKILL'), 10_000);
+    await exited;
+    clearTimeout(timer);
+  };
+  const deadline = Date.now() + 120_000;
+  while (exitInfo === undefined && Date.now() < deadline) {
+    const res = await fetch(`${baseUrl}/health`, { signal: AbortSignal.timeout(2000) }).catch(() => undefined);
+    if (res?.status === 200) return { halt };
+    await sleep(100);
+  }
+  const why = exitInfo ?? 'did not answer /health with 200 within 120 s';
+  await halt();
+  const logTail = tail(readFileSync(logFile, 'utf8'), 40);
+  throw Object.assign(new Error(`Synapse ${why} at ${baseUrl}; last log lines:\n${logTail}`), { addressInUse: /Address already in use/.test(logTail) });
 }
 
 /** Starts Synapse on a free port with `dataDir` (which must already hold signing.key and possibly homeserver.db). */
 async function launch(python: string, dataDir: string, secrets: Secrets, removeDir: boolean, log: Log): Promise<Homeserver> {
   hookExit();
-  const logFile = join(dataDir, 'synapse.log');
   await fs.writeFile(join(dataDir, 'log.yaml'), JSON.stringify(logConfig(dataDir), null, 2));
   for (let attempt = 1; ; attempt++) {
     const port = await freePort();
     const baseUrl = `http://127.0.0.1:${port}`;
     const cfgPath = join(dataDir, 'homeserver.yaml');
     await fs.writeFile(cfgPath, JSON.stringify(synapseConfig(dataDir, port, secrets), null, 2)); // JSON is YAML
-    const fd = openSync(logFile, 'a');
-    const proc = spawn(python, ['-m', 'synapse.app.homeserver', '-c', cfgPath], { cwd: dataDir, stdio: ['ignore', fd, fd] });
-    closeSync(fd);
-    live.set(proc, removeDir ? dataDir : undefined);
-    let exitInfo: string | undefined;
-    const exited = new Promise<void>((resolve) => {
-      const done = (why: string) => { exitInfo ??= why; live.delete(proc); resolve(); };
-      proc.once('exit', (code, signal) => done(`exited with ${signal ?? `code ${code}`}`));
-      proc.once('error', (e) => done(`failed to spawn: ${e.message}`));
-    });
-    const halt = async () => {
-      if (exitInfo !== undefined) return;
-      proc.kill('SIGTERM');
-      const timer = setTimeout(() => proc.kill('SIGKILL'), 10_000);
-      await exited;
-      clearTimeout(timer);
-    };
+    let current: Instance;
+    try {
+      current = await startInstance(python, dataDir, port, removeDir);
+    } catch (e) {
+      if (attempt < 3 && (e as { addressInUse?: boolean }).addressInUse) { log(`port ${port} was taken, retrying`); continue; }
+      if (removeDir) await fs.rm(dataDir, { recursive: true, force: true });
+      throw e;
+    }
+    let stopped = false;
     const stop = async () => {
-      await halt();
+      stopped = true;
+      await current.halt();
       if (removeDir) await fs.rm(dataDir, { recursive: true, force: true });
     };
-
-    const deadline = Date.now() + 120_000;
-    while (exitInfo === undefined && Date.now() < deadline) {
-      const res = await fetch(`${baseUrl}/health`, { signal: AbortSignal.timeout(2000) }).catch(() => undefined);
-      if (res?.status === 200) {
-        return {
-          baseUrl, port, dataDir, serverName: SERVER_NAME, stop,
-          registrationSecret: secrets.registration_shared_secret,
-          registerUser: (localpart?: string, password?: string) => register(baseUrl, secrets.registration_shared_secret, localpart, password),
-        };
+    const restart = async (opts: { kill?: boolean; down?: () => unknown } = {}) => {
+      if (stopped) throw new Error('restart() of a stopped homeserver');
+      await current.halt(opts.kill ? 'SIGKILL' : 'SIGTERM');
+      await opts.down?.();
+      // The same port: a listener that just closed may linger for a moment.
+      for (let again = 1; ; again++) {
+        try {
+          current = await startInstance(python, dataDir, port, removeDir);
+          return;
+        } catch (e) {
+          if (again < 5 && (e as { addressInUse?: boolean }).addressInUse) { log(`port ${port} still taken after the restart, retrying`); await sleep(500); continue; }
+          throw e;
+        }
       }
-      await sleep(100);
-    }
-    const why = exitInfo ?? 'did not answer /health with 200 within 120 s';
-    await halt();
-    const logTail = tail(readFileSync(logFile, 'utf8'), 40);
-    if (attempt < 3 && /Address already in use/.test(logTail)) { log(`port ${port} was taken, retrying`); continue; }
-    if (removeDir) await fs.rm(dataDir, { recursive: true, force: true });
-    throw new Error(`Synapse ${why} at ${baseUrl}; last log lines:\n${logTail}`);
+    };
+    return {
+      baseUrl, port, dataDir, serverName: SERVER_NAME, stop, restart,
+      registrationSecret: secrets.registration_shared_secret,
+      registerUser: (localpart?: string, password?: string) => register(baseUrl, secrets.registration_shared_secret, localpart, password),
+    };
   }
 }
 
