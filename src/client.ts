@@ -33,7 +33,7 @@ import { htmlToText, sanitizeHtml } from './html.ts';
 import { RoomDetails } from './rooms.ts';
 import { delay, MatrixHttp, seg } from './http.ts';
 import { createMetrics, type MetricsOptions, type MetricsSnapshot, noMetrics, type Recorder } from './metrics.ts';
-import { DEFAULT_RATE_LIMIT, inHandlerRun, Outbox, type OutboxOp, type RateLimit, type SendFailure } from './outbox.ts';
+import { beginHandlerRun, DEFAULT_RATE_LIMIT, endHandlerSyncPart, laneScope, Outbox, type OutboxOp, type RateLimit, type SendFailure } from './outbox.ts';
 import { type DownloadOptions, Media, type MediaConfig, type MediaSource, type SendMediaOptions, type UploadOptions } from './media.ts';
 import type { Readable } from 'node:stream';
 import { consoleLogger, type Logger } from './log.ts';
@@ -311,11 +311,16 @@ export class Client implements RoomActions {
   private batchChain: Promise<void> | null = null;
   private port: Port<SyncToMain, MainToSync> | null = null;
   /** Handled events and batches, sent to the sync actor's journal once per turn of the loop. */
-  private readonly acks = new AckTracker((msg) => this.port?.post(msg));
+  private readonly acks = new AckTracker(
+    (msg) => this.port?.post(msg),
+    (seq) => this.held.get(seq)?.doneEvents() ?? null,
+  );
   /** Batches being handled, by seq: what of them runs or is done (a restarted sync actor posts them again). */
   private readonly held = new Map<number, HeldBatch>();
   /** Recently completed batches (a restarted sync actor may post them again: they are acknowledged, not rerun). */
   private readonly completed = new Set<number>();
+  /** The highest batch number seen: a restarted sync actor numbers its batches above it. */
+  private maxSeqSeen = 0;
   private backpressure = false;
   /** Aborted by stop(): ends a restart's wait. */
   private lifecycle = new AbortController();
@@ -353,7 +358,7 @@ export class Client implements RoomActions {
       logger: options.logger ?? consoleLogger(),
       encryption: options.encryption === false ? null : options.encryption === true || options.encryption === undefined ? {} : options.encryption,
     };
-    this.dispatcher = new Dispatcher(this.opts.concurrency, (err, roomId) => this.handlerFailed(err, 'handler', roomId));
+    this.dispatcher = new Dispatcher(this.opts.concurrency, (err, roomId) => this.handlerFailed(err, 'handler', roomId), laneScope);
   }
 
   /**
@@ -398,6 +403,8 @@ export class Client implements RoomActions {
   /** Adds a handler. Handlers may be async; within a room the next event waits for them. */
   on<K extends keyof ClientEvents>(event: K, listener: Listener<K>): this {
     ((this.listeners[event] ??= []) as Listener<K>[]).push(listener);
+    // Sends an async handler makes after an await are traced to its event through a context per lane run.
+    if ((listener as { constructor?: { name?: string } }).constructor?.name === 'AsyncFunction') this.dispatcher.useLaneScopes();
     if (event === 'event' && this.state === 'running') {
       void this.sync?.api.setWantedTypes(null).catch(() => {});
       void this.crypto?.api.setWantedTypes(null).catch(() => {});
@@ -415,6 +422,7 @@ export class Client implements RoomActions {
 
   /** Adds a handler that runs once. */
   once<K extends keyof ClientEvents>(event: K, listener: Listener<K>): this {
+    if ((listener as { constructor?: { name?: string } }).constructor?.name === 'AsyncFunction') this.dispatcher.useLaneScopes();
     const wrapped: Listener<K> = (...args) => {
       this.off(event, wrapped);
       return listener(...args);
@@ -1231,6 +1239,7 @@ export class Client implements RoomActions {
       maxInFlightEvents: o.maxQueuedEvents,
       maxJournalEvents: o.maxJournalEvents,
       maxGapEvents: o.maxGapEvents,
+      seqFloor: this.maxSeqSeen,
       deliverInitialTimeline: o.deliverInitialTimeline,
       backoffMinMs: o.backoffMinMs,
       backoffMaxMs: o.backoffMaxMs,
@@ -1350,7 +1359,8 @@ export class Client implements RoomActions {
     if (st === 'silent') {
       return this.restartActors(new HalcyonError('HALCYON_ACTOR_TIMEOUT', `the sync actor did not answer the watchdog within ${WATCHDOG_ANSWER_MS} ms; restarting it`));
     }
-    if (!st || !st.running || st.waitingForCredit || st.lastPollStartAt === null) return;
+    // Waiting on purpose (a full journal, a backoff or the server's retry time) is not being stuck.
+    if (!st || !st.running || st.waitingForCredit || st.lastPollStartAt === null || (st.nextPollAt !== null && st.nextPollAt > Date.now() - 60_000)) return;
     // A poll starts at least this often: its deadline, the longest backoff, and slack for a slow hand-off.
     const stuckMs = this.opts.pollTimeoutMs + 15_000 + this.opts.backoffMaxMs + 60_000;
     if (Date.now() - st.lastPollStartAt > stuckMs) {
@@ -1380,16 +1390,20 @@ export class Client implements RoomActions {
   private onSyncMessage(msg: SyncToMain): void {
     switch (msg.kind) {
       case 'batch':
+        if (msg.batch.seq > this.maxSeqSeen) this.maxSeqSeen = msg.batch.seq;
         if (this.pendingBatches) {
           // Until `ready` has settled, batches wait, in order, so handlers see ready first.
           this.pendingBatches.push(msg.batch);
           if (msg.batch.first) void this.fireReady();
         } else this.enqueueBatch(msg.batch);
         break;
-      case 'syncError':
+      case 'syncError': {
         this.metrics.syncError(msg.error.code);
-        this.emit('syncError', fromWireError(msg.error), { attempt: msg.attempt, retryInMs: msg.retryInMs });
+        const e = fromWireError(msg.error);
+        if (!this.listeners.syncError?.length) this.log('warn', e, `sync failed (attempt ${msg.attempt}); retrying in ${msg.retryInMs} ms`);
+        else this.emit('syncError', e, { attempt: msg.attempt, retryInMs: msg.retryInMs });
         break;
+      }
       case 'syncRecovered':
         this.emit('syncRecovered', { afterAttempts: msg.afterAttempts });
         break;
@@ -1453,6 +1467,10 @@ export class Client implements RoomActions {
    * nothing runs twice, and events whose decryption the dead crypto actor left undone run now.
    */
   private acceptBatch(b: WireBatch, dec: Decryption | null): void {
+    this.dispatcher.pushAll(() => this.queueBatch(b, dec));
+  }
+
+  private queueBatch(b: WireBatch, dec: Decryption | null): void {
     for (const s of b.summaries) this.setSummary(s);
     for (const e of b.errors) this.emitError(fromWireError(e));
     if (dec && 'result' in dec) for (const e of dec.result.batch?.errors ?? []) this.emitError(fromWireError(e));
@@ -1463,7 +1481,7 @@ export class Client implements RoomActions {
     }
     const ev = b.events;
     const repost = this.held.has(seq);
-    const held = this.held.get(seq) ?? new HeldBatch(ev.count + b.invites.length + b.accountData.length + b.receipts.length);
+    const held = this.held.get(seq) ?? new HeldBatch(ev.count, b.invites.length + b.accountData.length + b.receipts.length);
     this.held.set(seq, held);
     let left = 1; // held by this function until every item is queued
     const finish = () => {
@@ -1477,7 +1495,7 @@ export class Client implements RoomActions {
     const already = (i: number): boolean => {
       const st = held.state[i]!;
       if (st === DONE) {
-        if (repost && i < ev.count) this.acks.done(seq, i);
+        if (repost && i < ev.count) this.acks.done(seq);
         return true;
       }
       if (st === STARTED) {
@@ -1499,7 +1517,7 @@ export class Client implements RoomActions {
             metrics.handled(kind, roomId, (performance.now() - t0) / 1000, i < ev.count ? (Date.now() - ev.ts[i]!) / 1000 : -1);
           }
           held.done(i);
-          if (i < ev.count) this.acks.done(seq, i);
+          if (i < ev.count) this.acks.done(seq);
           finish();
         });
       });
@@ -1543,7 +1561,16 @@ export class Client implements RoomActions {
     let item = ev.count;
     for (const inv of b.invites) {
       const i = item++;
-      if (!already(i)) run(i, inv.roomId, (done) => settle(inHandlerRun(`invite:${inv.roomId}`, () => this.deliverInvite(inv)), done));
+      if (!already(i)) {
+        run(i, inv.roomId, (done) => {
+          beginHandlerRun(`invite:${inv.roomId}`);
+          try {
+            return settle(this.deliverInvite(inv), done);
+          } finally {
+            endHandlerSyncPart();
+          }
+        });
+      }
     }
     for (const a of b.accountData) {
       const i = item++;
@@ -1571,7 +1598,14 @@ export class Client implements RoomActions {
     const wantKind = kind !== null && (this.listeners[kind]?.length ?? 0) > 0 && !(skipOwn && kind !== 'member' && ev.flags[i]! & EVENT_FLAGS.own);
     if (!wantKind && !anyEvent) return null;
     // The handler run is keyed by its event: sends it makes get transaction IDs derived from it (idempotent replays).
-    return (done) => settle(inHandlerRun(r.str(i, OFF.eventId) ?? '', () => this.deliver(r, i, roomId, wantKind ? kind : null, anyEvent)), done);
+    return (done) => {
+      beginHandlerRun(r.str(i, OFF.eventId) ?? '');
+      try {
+        return settle(this.deliver(r, i, roomId, wantKind ? kind : null, anyEvent), done);
+      } finally {
+        endHandlerSyncPart();
+      }
+    };
   }
 
   private emitDecryptionError(err: HalcyonError, r: BatchReader, i: number, roomId: string, sessionId: string | null, willRetry: boolean): unknown {
@@ -1781,28 +1815,30 @@ function mentionsContent(m: Mentions): Record<string, unknown> {
 }
 
 /**
- * Collects handled events and complete batches and sends them to the sync actor in one message per turn of the
- * event loop: a burst of synchronous handlers costs one message, not one per event. A complete batch is sent
- * without its event indices (the journal deletes it whole).
+ * Collects progress (batches with newly handled events) and complete batches, and sends them to the sync actor
+ * in one message per turn of the event loop: a burst of handlers costs one message, not one per event. Handled
+ * events are read from each batch's {@link HeldBatch} at send time (a batch that completed meanwhile is sent as
+ * complete, without indices: the journal deletes it whole), so recording one costs a set insertion.
  */
 class AckTracker {
-  private progress = new Map<number, number[]>();
+  private touched = new Set<number>();
   private complete: number[] = [];
   private scheduled = false;
 
-  constructor(private readonly send: (msg: MainToSync) => void) {}
+  constructor(
+    private readonly send: (msg: MainToSync) => void,
+    private readonly doneEvents: (seq: number) => number[] | null,
+  ) {}
 
-  /** Event `i` of batch `seq` is handled. */
-  done(seq: number, i: number): void {
-    let list = this.progress.get(seq);
-    if (!list) this.progress.set(seq, (list = []));
-    list.push(i);
+  /** Batch `seq` has newly handled events. */
+  done(seq: number): void {
+    this.touched.add(seq);
     this.schedule();
   }
 
   /** Everything of batch `seq` is handled. */
   finish(seq: number): void {
-    this.progress.delete(seq);
+    this.touched.delete(seq);
     this.complete.push(seq);
     this.schedule();
   }
@@ -1810,10 +1846,14 @@ class AckTracker {
   /** Sends what is pending now. */
   flush(): void {
     this.scheduled = false;
-    if (this.progress.size === 0 && this.complete.length === 0) return;
-    const progress = [...this.progress].map(([seq, indices]) => ({ seq, indices }));
+    if (this.touched.size === 0 && this.complete.length === 0) return;
+    const progress: Array<{ seq: number; indices: number[] }> = [];
+    for (const seq of this.touched) {
+      const indices = this.doneEvents(seq);
+      if (indices && indices.length > 0) progress.push({ seq, indices });
+    }
     const complete = this.complete;
-    this.progress = new Map();
+    this.touched = new Set();
     this.complete = [];
     this.send({ kind: 'acks', progress, complete });
   }
@@ -1832,8 +1872,17 @@ const DONE = 2;
 class HeldBatch {
   readonly state: Uint8Array;
   private readonly waiters = new Map<number, Array<() => void>>();
-  constructor(items: number) {
-    this.state = new Uint8Array(items);
+  constructor(
+    private readonly events: number,
+    others: number,
+  ) {
+    this.state = new Uint8Array(events + others);
+  }
+  /** The events (not other items) done so far. */
+  doneEvents(): number[] {
+    const out: number[] = [];
+    for (let i = 0; i < this.events; i++) if (this.state[i] === DONE) out.push(i);
+    return out;
   }
   start(i: number): void {
     this.state[i] = STARTED;

@@ -19,12 +19,23 @@ export class Dispatcher {
   private readonly waiting: Lane[] = [];
   private running = 0;
   private queued = 0;
+  private holding = false;
+  private pumping = false;
+  /** Set once a task returned a promise: from then on lanes run inside `laneScope` (it costs a context each). */
+  private scoped = false;
   private idleWaiters: Array<() => void> = [];
 
   constructor(
     private readonly concurrency: number,
     private readonly onError: (err: unknown, key: string) => void,
+    /** Wraps each lane's run (the client gives each lane its own handler-run context for idempotent sends). */
+    private readonly laneScope: (run: () => Promise<void>) => Promise<void> = (run) => run(),
   ) {}
+
+  /** Runs every lane from now on inside `laneScope` (the client calls this when an `async` handler is added). */
+  useLaneScopes(): void {
+    this.scoped = true;
+  }
 
   /** Tasks queued or running. */
   get size(): number {
@@ -41,8 +52,37 @@ export class Dispatcher {
     }
     lane = { key, tasks: [task], head: 0 };
     this.lanes.set(key, lane);
-    if (this.running < this.concurrency) this.start(lane);
+    if (this.running < this.concurrency && !this.holding) this.start(lane);
     else this.waiting.push(lane);
+  }
+
+  /**
+   * Pushes a batch of tasks: `fn` pushes them, lanes start after it returns. Without this, a synchronous task
+   * runs (and its lane ends) inside its own push, so every event would start a lane of its own.
+   */
+  pushAll(fn: () => void): void {
+    if (this.holding) return fn();
+    this.holding = true;
+    try {
+      fn();
+    } finally {
+      this.holding = false;
+      this.startWaiting();
+    }
+  }
+
+  /**
+   * Starts waiting lanes while there is room. A loop, not recursion: a lane of synchronous tasks ends inside
+   * its own start, and thousands of one-event lanes would otherwise nest that deep.
+   */
+  private startWaiting(): void {
+    if (this.pumping || this.holding) return;
+    this.pumping = true;
+    try {
+      while (this.running < this.concurrency && this.waiting.length > 0) this.start(this.waiting.shift()!);
+    } finally {
+      this.pumping = false;
+    }
   }
 
   /** Resolves once nothing is queued or running. */
@@ -53,7 +93,7 @@ export class Dispatcher {
 
   private start(lane: Lane): void {
     this.running++;
-    void this.drain(lane);
+    void (this.scoped ? this.laneScope(() => this.drain(lane)) : this.drain(lane));
   }
 
   private async drain(lane: Lane): Promise<void> {
@@ -64,7 +104,10 @@ export class Dispatcher {
       lane.tasks[lane.head++] = undefined as unknown as Task;
       try {
         const r = task() as { then?: unknown } | undefined;
-        if (r && typeof r.then === 'function') await r;
+        if (r && typeof r.then === 'function') {
+          this.scoped = true;
+          await r;
+        }
       } catch (err) {
         this.onError(err, lane.key);
       }
@@ -77,8 +120,7 @@ export class Dispatcher {
     // No await since the loop test: nothing can have been pushed to this lane in between.
     this.lanes.delete(lane.key);
     this.running--;
-    const next = this.waiting.shift();
-    if (next) this.start(next);
+    this.startWaiting();
     if (this.queued === 0 && this.idleWaiters.length > 0) {
       const waiters = this.idleWaiters;
       this.idleWaiters = [];

@@ -67,11 +67,36 @@ interface SendContext {
 const context = new AsyncLocalStorage<SendContext>();
 
 /**
- * Runs `fn` (a handler call) as the handler run for `key` (the triggering event ID): the outbox derives the
- * transaction IDs of the sends it makes from `key` and their order.
+ * Runs `fn` (one dispatcher lane's run) with a handler-run context of its own. A lane runs its handlers one after
+ * another, each settling before the next starts, so one mutable context per lane run (set by
+ * {@link beginHandlerRun}) identifies the handler run of every send made inside it, async continuations
+ * included, at the cost of one context per lane run instead of one per event. Work a handler leaves running
+ * after it settles is attributed to the next handler of the lane: unique transaction IDs still, not replayable.
+ * The dispatcher uses lane scopes only once a handler has turned out to be async: synchronous handlers send
+ * within their synchronous part, which a plain variable covers for free.
  */
-export function inHandlerRun<T>(key: string, fn: () => T): T {
-  return context.run({ key, n: 0 }, fn);
+export function laneScope<T>(fn: () => T): T {
+  return context.run({ key: '', n: 0 }, fn);
+}
+
+/** The handler run whose synchronous part is running now, outside any lane scope. */
+let syncRun: SendContext | null = null;
+
+/**
+ * Marks the start of the handler run for `key` (the triggering event ID): in the current lane's context, or,
+ * outside a lane scope, for the synchronous part of the call only (until {@link endHandlerSyncPart}).
+ */
+export function beginHandlerRun(key: string): void {
+  const c = context.getStore();
+  if (c) {
+    c.key = key;
+    c.n = 0;
+  } else syncRun = { key, n: 0 };
+}
+
+/** Ends the synchronous part of a handler run begun outside a lane scope. */
+export function endHandlerSyncPart(): void {
+  syncRun = null;
 }
 
 interface Entry {
@@ -202,8 +227,8 @@ export class Outbox {
   }
 
   private txnFor(roomId: string, op: OutboxOp): string {
-    const ctx = context.getStore();
-    if (!ctx) return `hc${Date.now().toString(36)}.${randomBytes(6).toString('base64url')}`;
+    const ctx = context.getStore() ?? syncRun;
+    if (!ctx || ctx.key === '') return `hc${Date.now().toString(36)}.${randomBytes(6).toString('base64url')}`;
     const n = ctx.n++;
     const what = op.kind === 'send' ? op.type : `redact:${op.eventId}`;
     return `hcr.${createHash('sha256').update(`${ctx.key}\n${n}\n${roomId}\n${what}`).digest('base64url').slice(0, 27)}`;

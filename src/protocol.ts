@@ -25,6 +25,8 @@ export interface SyncConfig {
   maxJournalEvents: number;
   /** Missing events fetched per room when a timeline is limited (0: none). */
   maxGapEvents: number;
+  /** Batch numbers start above this (the highest main has seen): a restarted actor never reuses one. */
+  seqFloor: number;
   /** Whether the timeline of the very first sync (no saved token) is delivered to handlers. */
   deliverInitialTimeline: boolean;
   /** Backoff after a failed poll: first wait and ceiling, in ms (jitter is added). */
@@ -56,6 +58,8 @@ export interface SyncStatus {
   backlogEvents: number;
   /** Polling paused: `maxJournalEvents` are journaled and unhandled. */
   waitingForCredit: boolean;
+  /** When the next poll is due after a failure (a backoff or the server's retry time), or null. */
+  nextPollAt: number | null;
   /** When the last poll started and the last one succeeded (ms since the epoch), or null. */
   lastPollStartAt: number | null;
   lastSuccessAt: number | null;

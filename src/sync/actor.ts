@@ -83,6 +83,8 @@ export class SyncActor implements SyncActorApi {
   private lastError: SyncStatus['lastError'];
   private lastPollStartAt: number | null = null;
   private lastSuccessAt: number | null = null;
+  /** When the poll after a failure is due (null when none is waiting). */
+  private nextPollAt: number | null = null;
   /** Batches to post, in order. */
   private readonly queue: Queued[] = [];
   /** Unhandled events by posted batch. */
@@ -108,8 +110,8 @@ export class SyncActor implements SyncActorApi {
     this.db = openDatabase(config.dataDir, 'sync.sqlite');
     this.since = kvGet(this.db, 'since') ?? null;
     this.savedSince = this.since;
-    this.journal = new EventJournal(this.db);
-    this.seq = this.journal.maxSeq();
+    this.journal = new EventJournal(this.db, config.dataDir);
+    this.seq = Math.max(this.journal.maxSeq(), config.seqFloor);
     // What an earlier run journaled and main did not finish goes first, in order.
     for (const row of this.journal.pending()) {
       this.queue.push({ seq: row.seq, batch: null, count: row.events - row.doneEvents, journaled: true });
@@ -189,6 +191,7 @@ export class SyncActor implements SyncActorApi {
     }
     this.drained = null;
     await this.http.close();
+    this.journal.close();
     this.db.close();
   }
 
@@ -201,6 +204,7 @@ export class SyncActor implements SyncActorApi {
       inFlightEvents: this.inFlightEvents,
       backlogEvents: this.backlog,
       waitingForCredit: this.creditWaiter !== null,
+      nextPollAt: this.nextPollAt,
       lastPollStartAt: this.lastPollStartAt,
       lastSuccessAt: this.lastSuccessAt,
     };
@@ -241,7 +245,8 @@ export class SyncActor implements SyncActorApi {
         if (processed.nextBatch === this.since && !first) continue;
         const deliver = first ? deliverTimeline : true;
         // Events a gappy (limited) timeline left out, fetched before the batch is handed over.
-        const gap = deliver && this.since !== null && processed.gaps.length > 0 && this.config.maxGapEvents > 0 ? await this.backfill(processed.gaps, this.since) : null;
+        const gaps = this.since === null ? [] : processed.gaps.filter((g) => g.prevBatch !== this.since);
+        const gap = deliver && gaps.length > 0 && this.config.maxGapEvents > 0 ? await this.backfill(gaps, this.since!) : null;
         await this.handOff(processed, body, first, deliver, gap);
         first = false;
       } catch (err) {
@@ -257,10 +262,13 @@ export class SyncActor implements SyncActorApi {
         this.consecutiveErrors++;
         const retryInMs = this.backoff(e.retryAfterMs);
         this.deps.events.post({ kind: 'syncError', error: e, attempt: this.consecutiveErrors, retryInMs });
+        this.nextPollAt = Date.now() + retryInMs;
         try {
           await delay(retryInMs, this.abort.signal);
         } catch {
           break;
+        } finally {
+          this.nextPollAt = null;
         }
       }
     }
@@ -302,9 +310,19 @@ export class SyncActor implements SyncActorApi {
     // The gap's events go first, journaled in the same transaction as the batch (a crash cannot split them).
     const gapSeq = gap?.batch ? ++this.seq : 0;
     const seq = ++this.seq;
+    if (first) {
+      // Main fires `ready` on the run's first batch and holds every batch until then. The batches an earlier run
+      // left in the journal go out first and may fill main's room: the first batch must not wait behind them,
+      // so a marker (summaries, no events) says "first" at once and the batch itself follows in order.
+      const marker: WireBatch = {
+        seq: ++this.seq, nextBatch: p.nextBatch, first: true, deliver, rooms: [], body: new Uint8Array(0), events: emptyColumns(),
+        invites: [], left: [], summaries, errors: [], accountData: [], receipts: [], redelivered: false, done: null,
+      };
+      this.deps.events.post({ kind: 'batch', batch: marker });
+    }
     const journaled: JournaledBatch = {
       nextBatch: p.nextBatch,
-      first,
+      first: false,
       deliver,
       rooms: deliver ? p.rooms : [],
       // Transfer needs a view that owns its whole buffer (undici's arrayBuffer() gives one; copy otherwise).
@@ -354,12 +372,16 @@ export class SyncActor implements SyncActorApi {
             signal: this.abort.signal,
           });
           const chunk = Array.isArray(res.chunk) ? res.chunk : [];
-          events.push(...chunk);
-          if (chunk.length === 0 || typeof res.end !== 'string' || res.end === from) break;
+          // Back to the bot's own join at most: before it lies the room's history, not something the bot missed
+          // (the previous sync's token may predate the join when the bot had not synced since accepting it).
+          const joined = chunk.findIndex((e) => isOwnJoin(e, this.config.userId));
+          events.push(...(joined >= 0 ? chunk.slice(0, joined + 1) : chunk));
+          if (joined >= 0 || chunk.length === 0 || typeof res.end !== 'string' || res.end === from) break;
           from = res.end;
         }
       } catch (err) {
-        if (!this.running) throw err;
+        // A transient failure fails the poll: it is retried from the same since token, and nothing is lost.
+        if (!this.running || isTransient(err as HalcyonError)) throw err;
         errors.push({ code: 'HALCYON_TIMELINE_GAP', message: `room ${g.roomId}: fetching the events missing from the timeline failed (${(err as Error).message}); they are not delivered`, roomId: g.roomId });
       }
       if (events.length > 0) join[g.roomId] = { timeline: { events: events.reverse() } };
@@ -393,15 +415,17 @@ export class SyncActor implements SyncActorApi {
   /** Main's acknowledgements: the journal marks the events done, and room frees up for queued batches. */
   private acked(progress: Array<{ seq: number; indices: number[] }>, complete: number[]): void {
     if (!this.db.isOpen) return;
-    this.backlog -= this.journal.ack(progress, complete);
-    for (const { seq, indices } of progress) {
+    const freed = this.journal.ack(progress, complete);
+    for (const n of freed.values()) this.backlog -= n;
+    for (const { seq } of progress) {
       const left = this.inFlight.get(seq);
-      if (left === undefined) continue;
-      const n = Math.min(left, indices.length);
+      const n = Math.min(left ?? 0, freed.get(seq) ?? 0);
+      if (left === undefined || complete.includes(seq)) continue; // a complete batch leaves in-flight whole, below
       this.inFlight.set(seq, left - n);
       this.inFlightEvents -= n;
     }
     for (const seq of complete) {
+      // Batches not journaled (nothing for handlers) complete here too.
       const left = this.inFlight.get(seq);
       if (left === undefined) continue;
       this.inFlightEvents -= left;
@@ -464,8 +488,8 @@ export class SyncActor implements SyncActorApi {
   private backoff(retryAfterMs?: number): number {
     const { backoffMinMs: min, backoffMaxMs: max } = this.config;
     const base = Math.min(max, min * 2 ** Math.min(this.consecutiveErrors - 1, 30));
-    // Jitter spreads reconnects of many bots after a homeserver restart.
-    const jittered = base * (0.8 + Math.random() * 0.4);
+    // Jitter spreads reconnects of many bots after a homeserver restart; the ceiling holds after it.
+    const jittered = Math.min(max, base * (0.8 + Math.random() * 0.4));
     return Math.round(Math.max(jittered, retryAfterMs ?? 0));
   }
 
@@ -488,4 +512,21 @@ export class SyncActor implements SyncActorApi {
 /** Whether crypto changes carry nothing but one-time-key counts and fallback key types. */
 function countsOnly(c: CryptoSyncChanges): boolean {
   return c.toDeviceCount === 0 && c.deviceListsChanged.length === 0 && c.deviceListsLeft.length === 0 && c.encryption.length === 0 && c.members.length === 0 && c.left.length === 0;
+}
+
+/** Failures worth retrying the poll for: transport, deadlines, rate limits, bad answers, server errors. */
+function isTransient(e: HalcyonError): boolean {
+  return (
+    e.code === 'HALCYON_HTTP' ||
+    e.code === 'HALCYON_TIMEOUT' ||
+    e.code === 'HALCYON_RATE_LIMITED' ||
+    e.code === 'HALCYON_BAD_RESPONSE' ||
+    (e.code === 'HALCYON_MATRIX' && (e.status === undefined || e.status >= 500))
+  );
+}
+
+/** Whether an event is the user's own join (a change into `join`, not a profile update). */
+function isOwnJoin(e: unknown, userId: string): boolean {
+  const ev = e as { type?: unknown; state_key?: unknown; content?: { membership?: unknown }; unsigned?: { prev_content?: { membership?: unknown } } };
+  return ev?.type === 'm.room.member' && ev.state_key === userId && ev.content?.membership === 'join' && ev.unsigned?.prev_content?.membership !== 'join';
 }

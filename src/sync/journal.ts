@@ -1,13 +1,21 @@
 /**
- * The event journal: batches for main, stored durably in `sync.sqlite` before the since token moves past them.
+ * The event journal: batches for main, stored durably before the since token moves past them.
  *
- * Each deliverable batch is appended in the same SQLite transaction that saves its `next_batch` as the since
- * token (matrix-rust-sdk's model: one change batch saved together with its token), so the token can advance at
- * once without waiting for handlers, and nothing the server sent is lost if the process dies. Main acknowledges
- * events as their handlers settle; their bits are set in the row's `done` bitmap, and the row is deleted when its
- * batch is complete. A restart hands the rows that remain to main again, skipping the events marked done.
- * Owned by the sync actor (one owner); pure SQLite, no threads.
+ * Each deliverable batch is appended, and its row committed in `sync.sqlite` in the same SQLite transaction
+ * that saves its `next_batch` as the since token (matrix-rust-sdk's model: one change batch saved together with
+ * its token), so the token can advance at once without waiting for handlers, and nothing the server sent is
+ * lost if the process dies. Main acknowledges events as their handlers settle; their bits are set in the row's
+ * `done` bitmap, and the row is deleted when its batch is complete. A restart hands the rows that remain to main
+ * again, skipping the events marked done.
+ *
+ * The batches' bytes go to append-only segment files (`journal-<n>.seg`, 0600) and the rows point into them:
+ * appending megabytes to a file is a fraction of the cost of writing them as SQLite blobs (which are copied into
+ * pages, the WAL, the checkpoint, and freed again). A segment is written before the row that points into it is
+ * committed, so a crash in between leaves only unreferenced bytes; a segment is deleted once no row points into
+ * it. Owned by the sync actor (one owner); no threads.
  */
+import { closeSync, fstatSync, openSync, readdirSync, readSync, rmSync, writevSync } from 'node:fs';
+import { join } from 'node:path';
 import { deserialize, serialize } from 'node:v8';
 import type { WireBatch } from '../protocol.ts';
 import type { Database } from '../store.ts';
@@ -27,32 +35,92 @@ export interface PendingRow {
   posted: boolean;
 }
 
-/** The journal over an open `sync.sqlite`; see the module comment. */
+/** A segment file past this size is closed and a new one started. */
+const SEGMENT_BYTES = 64 * 1024 * 1024;
+
+/** The journal over an open `sync.sqlite` and its segment files in `dir`; see the module comment. */
 export class EventJournal {
   private readonly stmt;
+  /** Rows pointing into each segment. */
+  private readonly rowsIn = new Map<number, number>();
+  private segment: number;
+  private fd: number;
+  private size = 0;
 
-  constructor(private readonly db: Database) {
-    db.exec(`CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY, batch BLOB NOT NULL, events INTEGER NOT NULL,
+  constructor(
+    private readonly db: Database,
+    private readonly dir: string,
+  ) {
+    db.exec(`CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY, segment INTEGER NOT NULL, offset INTEGER NOT NULL,
+      meta_length INTEGER NOT NULL, body_length INTEGER NOT NULL, events INTEGER NOT NULL,
       done BLOB, done_events INTEGER NOT NULL DEFAULT 0, posted INTEGER NOT NULL DEFAULT 0)`);
     this.stmt = {
-      insert: db.prepare('INSERT INTO journal (seq, batch, events) VALUES (?, ?, ?)'),
+      insert: db.prepare('INSERT INTO journal (seq, segment, offset, meta_length, body_length, events) VALUES (?, ?, ?, ?, ?, ?)'),
       posted: db.prepare('UPDATE journal SET posted = 1 WHERE seq = ? AND posted = 0'),
-      loadDone: db.prepare('SELECT done, events FROM journal WHERE seq = ?'),
+      loadDone: db.prepare('SELECT done, events, segment FROM journal WHERE seq = ?'),
       saveDone: db.prepare('UPDATE journal SET done = ?, done_events = ? WHERE seq = ?'),
       remove: db.prepare('DELETE FROM journal WHERE seq = ?'),
-      load: db.prepare('SELECT batch, done, posted FROM journal WHERE seq = ?'),
+      load: db.prepare('SELECT segment, offset, meta_length, body_length, done, posted FROM journal WHERE seq = ?'),
       pending: db.prepare('SELECT seq, events, done_events, posted FROM journal ORDER BY seq'),
       maxSeq: db.prepare('SELECT max(seq) AS m FROM journal'),
       backlog: db.prepare('SELECT coalesce(sum(events - done_events), 0) AS n FROM journal'),
+      segments: db.prepare('SELECT segment, count(*) AS n FROM journal GROUP BY segment'),
     };
+    for (const r of this.stmt.segments.all() as Array<{ segment: number; n: number }>) this.rowsIn.set(r.segment, r.n);
+    // Segments no row points into (complete batches, or bytes a crash left before their row) go.
+    let last = 0;
+    for (const name of readdirSync(dir)) {
+      const m = /^journal-(\d+)\.seg$/.exec(name);
+      if (!m) continue;
+      const n = Number(m[1]);
+      last = Math.max(last, n);
+      if (!this.rowsIn.has(n)) rmSync(join(dir, name), { force: true });
+    }
+    // Each run appends to a fresh segment: never after bytes a crash may have left half written.
+    this.segment = last + 1;
+    this.fd = this.openSegment(this.segment);
   }
 
-  /** Appends batches and saves `since` with them, in one transaction: all are durable, or none. */
+  /** Appends batches and saves `since` with them: the bytes first, then their rows and the token in one transaction. */
   append(rows: ReadonlyArray<{ seq: number; batch: JournaledBatch }>, since: string): void {
+    const placed = rows.map(({ seq, batch }) => {
+      if (this.size > SEGMENT_BYTES) this.rotate();
+      // The body is written as it is; the rest (columns, invites, ...) is serialised beside it.
+      const meta = serialize({ ...batch, body: null });
+      const offset = this.size;
+      writevSync(this.fd, [meta, batch.body]);
+      this.size += meta.length + batch.body.length;
+      return { seq, segment: this.segment, offset, metaLength: meta.length, bodyLength: batch.body.length, events: batch.events.count };
+    });
     this.tx(() => {
-      for (const { seq, batch } of rows) this.stmt.insert.run(seq, serialize(batch), batch.events.count);
+      for (const r of placed) this.stmt.insert.run(r.seq, r.segment, r.offset, r.metaLength, r.bodyLength, r.events);
       kvSet(this.db, 'since', since);
     });
+    for (const r of placed) this.rowsIn.set(r.segment, (this.rowsIn.get(r.segment) ?? 0) + 1);
+  }
+
+  /** Closes the segment being written. */
+  close(): void {
+    closeSync(this.fd);
+  }
+
+  private openSegment(n: number): number {
+    const fd = openSync(join(this.dir, `journal-${String(n).padStart(6, '0')}.seg`), 'a+', 0o600);
+    this.size = fstatSync(fd).size;
+    return fd;
+  }
+
+  private rotate(): void {
+    closeSync(this.fd);
+    const old = this.segment;
+    this.segment++;
+    this.fd = this.openSegment(this.segment);
+    if (!this.rowsIn.get(old)) this.dropSegment(old);
+  }
+
+  private dropSegment(n: number): void {
+    this.rowsIn.delete(n);
+    rmSync(join(this.dir, `journal-${String(n).padStart(6, '0')}.seg`), { force: true });
   }
 
   /** Saves the since token alone (a batch with nothing to journal). */
@@ -67,10 +135,12 @@ export class EventJournal {
 
   /**
    * Marks events handled (`progress`: batch → event indices) and deletes complete batches, in one transaction.
-   * Returns how many journaled events stopped being unhandled (newly marked, plus those of deleted batches).
+   * Returns, per batch, how many of its events stopped being unhandled (newly marked, or left when deleted).
+   * Indices already marked count for nothing: acknowledging an event twice is harmless.
    */
-  ack(progress: ReadonlyArray<{ seq: number; indices: ArrayLike<number> }>, complete: readonly number[]): number {
-    let newlyDone = 0;
+  ack(progress: ReadonlyArray<{ seq: number; indices: ArrayLike<number> }>, complete: readonly number[]): Map<number, number> {
+    const freed = new Map<number, number>();
+    const emptied: number[] = [];
     this.tx(() => {
       for (const { seq, indices } of progress) {
         const row = this.stmt.loadDone.get(seq) as { done: Uint8Array | null; events: number } | undefined;
@@ -86,17 +156,26 @@ export class EventJournal {
             n++;
           }
         }
-        if (n > 0) this.stmt.saveDone.run(bits, popcount(bits), seq);
-        newlyDone += n;
+        if (n > 0) {
+          this.stmt.saveDone.run(bits, popcount(bits), seq);
+          freed.set(seq, (freed.get(seq) ?? 0) + n);
+        }
       }
       for (const seq of complete) {
-        const row = this.stmt.loadDone.get(seq) as { events: number; done: Uint8Array | null } | undefined;
+        const row = this.stmt.loadDone.get(seq) as { events: number; done: Uint8Array | null; segment: number } | undefined;
         if (!row) continue;
-        newlyDone += row.events - (row.done ? popcount(new Uint8Array(row.done)) : 0);
+        freed.set(seq, (freed.get(seq) ?? 0) + row.events - (row.done ? popcount(new Uint8Array(row.done)) : 0));
         this.stmt.remove.run(seq);
+        emptied.push(row.segment);
       }
     });
-    return newlyDone;
+    // After the commit: a segment goes only once no committed row points into it.
+    for (const seg of emptied) {
+      const left = (this.rowsIn.get(seg) ?? 1) - 1;
+      this.rowsIn.set(seg, left);
+      if (left === 0 && seg !== this.segment) this.dropSegment(seg);
+    }
+    return freed;
   }
 
   /** The rows not yet complete, oldest first (without their bodies). */
@@ -111,14 +190,26 @@ export class EventJournal {
 
   /** Reads batch `seq` back, with its done bitmap and whether it was posted before; undefined if gone. */
   load(seq: number): { batch: JournaledBatch; done: Uint8Array | null; posted: boolean } | undefined {
-    const row = this.stmt.load.get(seq) as { batch: Uint8Array; done: Uint8Array | null; posted: number } | undefined;
+    const row = this.stmt.load.get(seq) as
+      | { segment: number; offset: number; meta_length: number; body_length: number; done: Uint8Array | null; posted: number }
+      | undefined;
     if (!row) return undefined;
-    const batch = deserialize(row.batch) as JournaledBatch;
-    // Deserialised typed arrays share one buffer; each gets its own, so each can be transferred to main.
-    const e = batch.events;
-    batch.body = batch.body.slice();
-    batch.events = { ...e, room: e.room.slice(), type: e.type.slice(), relType: e.relType.slice(), ts: e.ts.slice(), flags: e.flags.slice(), offsets: e.offsets.slice() };
-    return { batch, done: row.done ? new Uint8Array(row.done) : null, posted: row.posted === 1 };
+    const fd = row.segment === this.segment ? this.fd : openSync(join(this.dir, `journal-${String(row.segment).padStart(6, '0')}.seg`), 'r');
+    try {
+      const meta = Buffer.alloc(row.meta_length);
+      readExactly(fd, meta, row.offset);
+      // The body is read straight into a buffer of its own, so it can be transferred to main.
+      const body = new Uint8Array(row.body_length);
+      readExactly(fd, body, row.offset + row.meta_length);
+      const batch = deserialize(meta) as JournaledBatch;
+      // Deserialised typed arrays share one buffer; each gets its own, so each can be transferred too.
+      const e = batch.events;
+      batch.body = body;
+      batch.events = { ...e, room: e.room.slice(), type: e.type.slice(), relType: e.relType.slice(), ts: e.ts.slice(), flags: e.flags.slice(), offsets: e.offsets.slice() };
+      return { batch, done: row.done ? new Uint8Array(row.done) : null, posted: row.posted === 1 };
+    } finally {
+      if (fd !== this.fd) closeSync(fd);
+    }
   }
 
   /** The highest sequence number journaled, or 0. */
@@ -140,6 +231,14 @@ export class EventJournal {
       this.db.exec('ROLLBACK');
       throw err;
     }
+  }
+}
+
+function readExactly(fd: number, into: Uint8Array, position: number): void {
+  for (let got = 0; got < into.length; ) {
+    const n = readSync(fd, into, got, into.length - got, position + got);
+    if (n === 0) throw new Error(`journal segment ends early (at ${position + got})`);
+    got += n;
   }
 }
 

@@ -38,7 +38,9 @@ test('120 messages while the bot was stopped (timeline limit 50): the gap is fet
   second.on('message', (m) => void got.push(m));
   second.on('error', (e) => void errors.push(e));
   await second.run(bot.token);
-  await waitUntil(() => got.length >= 120, WAIT_MS, `120 messages (got ${got.length})`);
+  await waitUntil(() => got.length >= 120, WAIT_MS, '120 messages').catch(async (e: Error) => {
+    throw new Error(`${e.message} (got ${got.length}); health ${JSON.stringify(await second.health())}`);
+  });
   assert.deepEqual(got.map((m) => m.eventId), ids, 'every message, once, in order');
   assert.deepEqual(errors, []);
 });
@@ -57,8 +59,35 @@ test('a gap larger than maxGapEvents: HALCYON_TIMELINE_GAP is reported; the newe
   second.on('message', (m) => void got.push(m));
   second.on('error', (e) => void errors.push(e));
   await second.run(bot.token);
-  await waitUntil(() => errors.length > 0 && got.length >= 80, WAIT_MS, `80 messages and an error (got ${got.length}, errors ${errors.length})`);
+  await waitUntil(() => errors.length > 0 && got.length >= 80, WAIT_MS, '80 messages and an error').catch(async (e: Error) => {
+    throw new Error(`${e.message} (got ${got.length}, errors ${errors.length}); health ${JSON.stringify(await second.health())}`);
+  });
   assert.deepEqual(got.map((m) => m.eventId), ids.slice(40), 'the newest 80: 30 fetched + 50 in the sync');
   assert.equal(errors[0]!.code, 'HALCYON_TIMELINE_GAP');
   assert.equal(errors[0]!.roomId, roomId);
+});
+
+test('joined but stopped before its sync saw the join: the gap back to the join is fetched, history before the join is not', async (t) => {
+  const bot = await newBot(t, hs, { encryption: false, autoJoin: false });
+  const peer = await newPeer(hs);
+  const early = await peer.createRoom({ invite: [bot.user.userId] });
+  const history = await sendMany(peer, early, 5, 'before the join');
+  const invited = new Promise<void>((resolve) => bot.client.on('invite', () => resolve()));
+  await bot.client.run(bot.token);
+  await invited;
+  // Join, then stop at once: this run's sync never shows the join.
+  await bot.client.joinRoom(early);
+  await bot.client.stop();
+  await peer.waitForJoined(early, bot.user.userId, WAIT_MS);
+
+  const ids = await sendMany(peer, early, 120, 'after the join');
+  const second = newClient(t, bot.dataDir, { encryption: false });
+  const got: Message[] = [];
+  second.on('message', (m) => void got.push(m));
+  await second.run(bot.token);
+  await waitUntil(() => got.length >= 120, WAIT_MS, '120 messages').catch((e: Error) => {
+    throw new Error(`${e.message} (got ${got.length})`);
+  });
+  assert.deepEqual(got.map((m) => m.eventId), ids, 'every message after the join, once, in order');
+  assert.ok(!got.some((m) => history.includes(m.eventId)), 'nothing from before the join');
 });

@@ -66,3 +66,15 @@ test('dispatcher: a task that throws or rejects is reported and the next task of
   assert.deepEqual(errors, [['r', 'sync boom'], ['r', 'async boom']]);
   assert.deepEqual(seen, ['after']);
 });
+
+test('pushAll: 20,000 one-task lanes of synchronous tasks all run, in push order per lane, without deep recursion', async () => {
+  const errors: unknown[] = [];
+  const d = new Dispatcher(16, (e) => errors.push(e));
+  const ran: number[] = [];
+  d.pushAll(() => {
+    for (let i = 0; i < 20_000; i++) d.push(`room${i}`, () => void ran.push(i));
+  });
+  await d.idle();
+  assert.equal(ran.length, 20_000);
+  assert.deepEqual(errors, []);
+});

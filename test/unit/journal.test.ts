@@ -1,6 +1,6 @@
 /** The event journal over a real SQLite file: append with the since token, acks, completion, reload after reopening. */
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, readdirSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -32,7 +32,7 @@ function batchOf(n: number, tag: string): JournaledBatch {
 test('append saves the batch and the since token together; acks set done bits; complete deletes; a reopened journal has the rest', () => {
   const dir = mkdtempSync(join(tmpdir(), 'hc-journal-'));
   let db = openDatabase(dir, 'sync.sqlite');
-  let j = new EventJournal(db);
+  let j = new EventJournal(db, dir);
   assert.equal(j.maxSeq(), 0);
   j.append([{ seq: 1, batch: batchOf(3, 'a') }], 's-a');
   j.append([{ seq: 2, batch: batchOf(5, 'b') }], 's-b');
@@ -43,12 +43,12 @@ test('append saves the batch and the since token together; acks set done bits; c
   j.markPosted(2);
   // Batch 1 completes whole; two events of batch 2 are done (one acked twice), an out-of-range index is ignored.
   const freed = j.ack([{ seq: 2, indices: [1, 3, 3, 99] }], [1]);
-  assert.equal(freed, 3 + 2);
+  assert.deepEqual([...freed].sort(), [[1, 3], [2, 2]]);
   assert.equal(j.backlogEvents(), 5);
   db.close();
 
   db = openDatabase(dir, 'sync.sqlite');
-  j = new EventJournal(db);
+  j = new EventJournal(db, dir);
   assert.deepEqual(j.pending(), [
     { seq: 2, events: 5, doneEvents: 2, posted: true },
     { seq: 3, events: 2, doneEvents: 0, posted: false },
@@ -70,18 +70,45 @@ test('append saves the batch and the since token together; acks set done bits; c
   port2.close();
   assert.equal(j.load(99), undefined);
   // Completing a partly done batch frees what was left of it.
-  assert.equal(j.ack([], [2, 3]), 3 + 2);
+  assert.deepEqual([...j.ack([{ seq: 2, indices: [1] }], [2, 3])].sort(), [[2, 3], [3, 2]], 'an index acknowledged twice frees nothing twice');
   assert.deepEqual(j.pending(), []);
   assert.equal(j.backlogEvents(), 0);
+  // Segments no row points into are gone; what is left (the one being written) is private.
+  const segs = readdirSync(dir).filter((f) => f.endsWith('.seg'));
+  assert.equal(segs.length, 1, `segments left: ${segs}`);
+  assert.equal(statSync(join(dir, segs[0]!)).mode & 0o777, 0o600);
+  j.close();
+  db.close();
+});
+
+test('bytes a crash left after the last committed row are ignored: the next run writes a fresh segment', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'hc-journal-'));
+  let db = openDatabase(dir, 'sync.sqlite');
+  let j = new EventJournal(db, dir);
+  j.append([{ seq: 1, batch: batchOf(2, 'a') }], 's-a');
+  // A half-written batch: bytes in the segment, no row (the process died before the commit).
+  const seg = readdirSync(dir).find((f) => f.endsWith('.seg'))!;
+  appendFileSync(join(dir, seg), Buffer.from('garbage from a crash'));
+  j.close();
+  db.close();
+  db = openDatabase(dir, 'sync.sqlite');
+  j = new EventJournal(db, dir);
+  assert.deepEqual(j.pending().map((r) => r.seq), [1]);
+  assert.equal(j.load(1)!.batch.events.count, 2);
+  j.append([{ seq: 2, batch: batchOf(1, 'b') }], 's-b');
+  assert.equal(j.load(2)!.batch.events.count, 1);
+  assert.equal(readdirSync(dir).filter((f) => f.endsWith('.seg')).length, 2, 'the new run appends to a fresh segment');
+  j.close();
   db.close();
 });
 
 test('saveSince alone moves the token without a journal row', () => {
   const dir = mkdtempSync(join(tmpdir(), 'hc-journal-'));
   const db = openDatabase(dir, 'sync.sqlite');
-  const j = new EventJournal(db);
+  const j = new EventJournal(db, dir);
   j.saveSince('s-9');
   assert.equal(kvGet(db, 'since'), 's-9');
   assert.deepEqual(j.pending(), []);
+  j.close();
   db.close();
 });

@@ -256,3 +256,9 @@ test("an invite marked is_direct on the bot's own member event is a direct invit
   assert.equal(processSync(JSON.stringify(invite(false)), ALL).invites[0]!.isDirect, false);
   assert.equal(processSync(JSON.stringify(invite(true, '@someone:x')), ALL).invites[0]!.isDirect, false, "someone else's is_direct does not count");
 });
+
+test('limited timelines of joined rooms are reported as gaps with their prev_batch', () => {
+  const room = (limited: boolean) => ({ timeline: { events: [], limited, prev_batch: 'p1' } });
+  const p = processSync(JSON.stringify({ next_batch: 's', rooms: { join: { '!busy:x': room(true), '!calm:x': room(false) }, leave: { '!gone:x': room(true) } } }), ALL);
+  assert.deepEqual(p.gaps, [{ roomId: '!busy:x', prevBatch: 'p1' }]);
+});
