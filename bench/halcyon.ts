@@ -5,11 +5,14 @@
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 // The built package, as users run it: workers load plain JS bundles (from source, each worker would transpile through tsx).
 import type { Logger, Message, Reaction } from '../src/index.ts';
 
-const { Client, encodeToken } = (await import('../dist/index.js' as string)) as typeof import('../src/index.ts');
+const built = (await import('../dist/index.js' as string)) as typeof import('../src/index.ts');
+/** Other builds (`--baseline DIR`), loaded once each. */
+const others = new Map<string, Promise<typeof import('../src/index.ts')>>();
 
 /** What the handlers read: `trivial` reads routing fields only; `content` reads the content (forcing the lazy parse). */
 export type HandlerMode = 'trivial' | 'content';
@@ -27,6 +30,8 @@ export interface HalcyonRunOptions {
   timeoutMs?: number;
   /** Passed through to the client (default: the library's default). */
   maxQueuedEvents?: number;
+  /** Run another build of Halcyon: the `dist/` directory holding its index.js (default: this tree's). */
+  dist?: string;
 }
 
 /** Result of {@link runHalcyon}. All times are epoch ms (`performance.timeOrigin + performance.now()`). */
@@ -66,6 +71,13 @@ const procCpuMs = (): number => {
 
 /** Runs one fresh client (fresh data dir, fresh workers) until `expectedEvents` handler calls, then stops it. */
 export async function runHalcyon(opts: HalcyonRunOptions): Promise<HalcyonRunResult> {
+  let mod = built;
+  if (opts.dist) {
+    const url = pathToFileURL(join(resolve(opts.dist), 'index.js')).href;
+    if (!others.has(url)) others.set(url, import(url) as Promise<typeof import('../src/index.ts')>);
+    mod = await others.get(url)!;
+  }
+  const { Client, encodeToken } = mod;
   const problems: string[] = [];
   const note = (level: string) => (obj: unknown, msg?: string) => {
     if (problems.length < 20) problems.push(`${level}: ${msg ?? ''} ${obj instanceof Error ? obj.message : typeof obj === 'string' ? obj : JSON.stringify(obj)}`.trim());
@@ -77,6 +89,7 @@ export async function runHalcyon(opts: HalcyonRunOptions): Promise<HalcyonRunRes
     dataDir,
     deliverInitialTimeline: true,
     pollTimeoutMs: 30_000,
+    rateLimit: false,
     logger,
     stopTimeoutMs: 5_000,
   };

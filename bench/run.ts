@@ -42,7 +42,9 @@ const USAGE = `usage: node --import tsx bench/run.ts [options]
   --only PART             throughput | cadence | crypto (default: all three)
   --crypto-events N       encrypted events per crypto measurement (default 3000; 2000 with --quick)
   --workloads LIST        comma-separated subset of 100x100,1x10k,10kx1 (default: all)
-  --contenders LIST       comma-separated subset of floor,halcyon-trivial,halcyon-content,json-parse (throughput only)
+  --contenders LIST       comma-separated subset of floor,halcyon-trivial,halcyon-content,json-parse,halcyon-baseline (throughput only)
+  --baseline DIR          also run another build of Halcyon (its dist/ directory) with the trivial handler, e.g. one
+                          without the event journal, and report this tree's build ÷ it
   --offer-seconds S       length of the cadence window (default 5; 3 with --quick)
   --max-queued N          diagnostic: pass maxQueuedEvents N to Halcyon's Client (default: the library default)
   --out DIR               where latest.json / latest.md go (default bench/results)`;
@@ -57,6 +59,7 @@ const { values: args } = parseArgs({
     'offer-seconds': { type: 'string' },
     'max-queued': { type: 'string' },
     'crypto-events': { type: 'string' },
+    baseline: { type: 'string' },
     out: { type: 'string' },
     help: { type: 'boolean', default: false },
   },
@@ -104,10 +107,13 @@ const quietProgress = (line: string): void => void process.stdout.write(line + '
 
 // ---------------------------------------------------------------- A. throughput
 
-type ThroughputContender = 'floor' | 'halcyon-trivial' | 'halcyon-content' | 'json-parse';
-const ALL_THROUGHPUT_CONTENDERS: ThroughputContender[] = ['floor', 'halcyon-trivial', 'halcyon-content', 'json-parse'];
+type ThroughputContender = 'floor' | 'halcyon-trivial' | 'halcyon-content' | 'json-parse' | 'halcyon-baseline';
+const ALL_THROUGHPUT_CONTENDERS: ThroughputContender[] = ['floor', 'halcyon-trivial', 'halcyon-content', 'json-parse', 'halcyon-baseline'];
 const wantedContenders = args.contenders?.split(',').map((s) => s.trim());
-const THROUGHPUT_CONTENDERS = wantedContenders ? ALL_THROUGHPUT_CONTENDERS.filter((c) => wantedContenders.includes(c)) : ALL_THROUGHPUT_CONTENDERS;
+// The baseline (another build, trivial handler) runs only when --baseline names its dist/.
+const THROUGHPUT_CONTENDERS = (wantedContenders ? ALL_THROUGHPUT_CONTENDERS.filter((c) => wantedContenders.includes(c)) : ALL_THROUGHPUT_CONTENDERS).filter(
+  (c) => c !== 'halcyon-baseline' || args.baseline !== undefined,
+);
 if (wantedContenders && THROUGHPUT_CONTENDERS.length !== wantedContenders.length) throw new Error(`unknown contender in --contenders ${args.contenders}`);
 
 interface ThroughputSample {
@@ -137,6 +143,8 @@ interface ThroughputResult {
   summary: Record<ThroughputContender, { eventsPerSec: Summary; mainCpuUsPerEvent?: Summary; allThreadsCpuUsPerEvent?: Summary }>;
   /** Halcyon ÷ floor: ratio of the medians, and min/median/max of the per-round ratios. */
   ratios: Record<'trivial' | 'content', { eventsPerSec: RatioSummary; mainCpuPerEvent: RatioSummary }>;
+  /** This tree's build ÷ the `--baseline` build (trivial handlers), when one ran. */
+  vsBaseline?: { eventsPerSec: RatioSummary; mainCpuPerEvent: RatioSummary };
 }
 
 interface RatioSummary {
@@ -178,16 +186,16 @@ async function measureFloor(server: ReplayServer, offsetMs: number, total: numbe
   };
 }
 
-async function measureHalcyon(server: ReplayServer, offsetMs: number, total: number, perBatch: number, mode: HandlerMode): Promise<ThroughputSample> {
+async function measureHalcyon(server: ReplayServer, offsetMs: number, total: number, perBatch: number, mode: HandlerMode, dist?: string): Promise<ThroughputSample> {
   const before = (await server.stats()).syncRequests;
-  const h = await runHalcyon({ url: server.url, expectedEvents: total, mode, ...(MAX_QUEUED !== undefined ? { maxQueuedEvents: MAX_QUEUED } : {}) });
+  const h = await runHalcyon({ url: server.url, expectedEvents: total, mode, ...(MAX_QUEUED !== undefined ? { maxQueuedEvents: MAX_QUEUED } : {}), ...(dist ? { dist } : {}) });
   const st = await server.stats();
   if (st.syncRequests <= before) throw new Error('the replay server saw no /sync from Halcyon');
   const firstResponse = st.responseTimes[before]! - offsetMs;
   const seconds = (h.lastHandlerAt - firstResponse) / 1000;
   const s: ThroughputSample = {
     round: 0,
-    contender: mode === 'trivial' ? 'halcyon-trivial' : 'halcyon-content',
+    contender: dist ? 'halcyon-baseline' : mode === 'trivial' ? 'halcyon-trivial' : 'halcyon-content',
     events: h.events,
     messages: h.messages,
     reactions: h.reactions,
@@ -271,6 +279,7 @@ async function throughput(w: Workload): Promise<ThroughputResult> {
           s =
             c === 'floor' ? await measureFloor(server, offsetMs, total, perBatch)
             : c === 'json-parse' ? measureParse(bodies, total, bytes)
+            : c === 'halcyon-baseline' ? await measureHalcyon(server, offsetMs, total, perBatch, 'trivial', args.baseline)
             : await measureHalcyon(server, offsetMs, total, perBatch, c === 'halcyon-trivial' ? 'trivial' : 'content');
         } catch (err) {
           s = { round, contender: c, events: 0, seconds: NaN, eventsPerSec: NaN, error: (err as Error).message };
@@ -315,11 +324,16 @@ async function throughput(w: Workload): Promise<ThroughputResult> {
     return `${c} ${fmt(summary[c].eventsPerSec.median)}${x}`;
   });
   quietProgress(`[A ${w.id}] median events/s: ${parts.join(', ')}`);
+  const base = of('halcyon-baseline');
+  const vsBaseline =
+    base.length > 0 ? { eventsPerSec: ratio(of('halcyon-trivial'), base, 'eventsPerSec'), mainCpuPerEvent: ratio(of('halcyon-trivial'), base, 'mainCpuUsPerEvent') } : undefined;
+  if (vsBaseline) quietProgress(`[A ${w.id}] this build ÷ baseline: events/s ×${fmt(vsBaseline.eventsPerSec.ofMedians, 2)}, main CPU/event ×${fmt(vsBaseline.mainCpuPerEvent.ofMedians, 2)}`);
   return {
     workload: { ...w, batches: BATCHES, events: total, bodyBytes: bytes, bytesPerEvent: bytes / total, messages, reactions },
     samples,
     summary,
     ratios,
+    ...(vsBaseline ? { vsBaseline } : {}),
   };
 }
 
@@ -501,6 +515,7 @@ const LABELS: Record<ThroughputContender, string> = {
   'halcyon-trivial': 'Halcyon, handler reads sender + eventId',
   'halcyon-content': 'Halcyon, handler reads content (lazy parse)',
   'json-parse': 'JSON.parse only (no HTTP)',
+  'halcyon-baseline': 'baseline build (--baseline), handler reads sender + eventId',
 };
 
 function markdown(tp: ThroughputResult[], cd: CadenceResult | null, cr: CryptoResult | null, wallS: number): string {
@@ -567,6 +582,12 @@ function markdown(tp: ThroughputResult[], cd: CadenceResult | null, cr: CryptoRe
       );
     }
     L.push('', 'events/s above 1 means Halcyon is faster; main CPU/event below 1 means Halcyon leaves the main thread more idle.', '');
+    if (tp.some((r) => r.vsBaseline)) {
+      L.push(`### This build ÷ the baseline build (\`--baseline ${args.baseline}\`), trivial handlers`, '');
+      L.push('| workload | events/s | main CPU/event |', '| --- | ---: | ---: |');
+      for (const r of tp) if (r.vsBaseline) L.push(`| ${r.workload.id} | ${ratioCell(r.vsBaseline.eventsPerSec)} | ${ratioCell(r.vsBaseline.mainCpuPerEvent)} |`);
+      L.push('');
+    }
   }
   if (cd) {
     L.push('## B. /sync cadence while a handler burns CPU', '');
