@@ -10,7 +10,7 @@ import { readFileSync, realpathSync, rmSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 /** Options for {@link startReplayServer}. */
 export interface ReplayServerOptions {
@@ -43,7 +43,15 @@ export interface ReplayServerOptions {
    * `sendToDevice` (accepted). Default false (404).
    */
   keys?: boolean;
+  /**
+   * Absolute path of a module whose default export, a {@link ReplayRoutes}, is asked first about every request in
+   * the server's process (e.g. the extra endpoints one client library needs); it returns true when it answered.
+   */
+  routes?: string;
 }
+
+/** Extra endpoints of a replay server (see {@link ReplayServerOptions.routes}); runs in the server's own process. */
+export type ReplayRoutes = (req: IncomingMessage, res: ServerResponse, url: URL) => boolean | Promise<boolean>;
 
 /** Timing samples recorded by the replay server. */
 export interface ReplayStats {
@@ -88,6 +96,7 @@ interface ChildConfig {
   releaseFrom?: number;
   whoami?: { userId: string; deviceId: string };
   keys?: boolean;
+  routes?: string;
 }
 
 type ChildMessage =
@@ -126,6 +135,7 @@ export async function startReplayServer(opts: ReplayServerOptions): Promise<Repl
     releaseFrom: opts.releaseFrom,
     whoami: opts.whoami,
     keys: opts.keys,
+    routes: opts.routes,
   };
   await writeFile(configPath, JSON.stringify(config));
 
@@ -212,8 +222,9 @@ export async function startReplayServer(opts: ReplayServerOptions): Promise<Repl
   };
 }
 
-function runChild(configPath: string): void {
+async function runChild(configPath: string): Promise<void> {
   const config = JSON.parse(readFileSync(configPath, 'utf8')) as ChildConfig;
+  const routes: ReplayRoutes | null = config.routes ? ((await import(pathToFileURL(config.routes).href)) as { default: ReplayRoutes }).default : null;
   let bodies: Buffer[] | null = config.files ? config.files.map((f) => readFileSync(f)) : null;
   rmSync(dirname(configPath), { recursive: true, force: true }); // bodies are in memory now
   const json = (s: unknown) => Buffer.from(JSON.stringify(s));
@@ -305,10 +316,11 @@ function runChild(configPath: string): void {
       });
     });
 
-  const server = createServer((req, res) => {
+  const server = createServer(async (req, res) => {
     const url = new URL(req.url ?? '/', 'http://localhost');
     const path = url.pathname;
     const method = req.method ?? 'GET';
+    if (routes && (await routes(req, res, url))) return;
 
     if (config.keys && method === 'POST' && path === '/_matrix/client/v3/keys/upload') {
       void readJson(req).then((body) => {
@@ -384,5 +396,5 @@ function runChild(configPath: string): void {
 }
 
 if (process.argv[2] === CHILD_FLAG && process.argv[1] && realpathSync(process.argv[1]) === realpathSync(SELF)) {
-  runChild(process.argv[3]!);
+  void runChild(process.argv[3]!);
 }

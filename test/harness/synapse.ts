@@ -107,7 +107,7 @@ export async function ensureSynapseInstalled(log: Log = defaultLog): Promise<str
   });
 }
 
-function synapseConfig(dataDir: string, port: number, secrets: Secrets) {
+function synapseConfig(dataDir: string, port: number, secrets: Secrets, overrides: Record<string, unknown> = {}) {
   const open = { per_second: 9999, burst_count: 9999 };
   return {
     server_name: SERVER_NAME,
@@ -135,6 +135,7 @@ function synapseConfig(dataDir: string, port: number, secrets: Secrets) {
     user_directory: { enabled: true, search_all_users: true },
     caches: { sync_response_cache_duration: 0 },
     max_upload_size: '50M',
+    ...overrides,
   };
 }
 
@@ -265,14 +266,14 @@ async function startInstance(python: string, dataDir: string, port: number, remo
 }
 
 /** Starts Synapse on a free port with `dataDir` (which must already hold signing.key and possibly homeserver.db). */
-async function launch(python: string, dataDir: string, secrets: Secrets, removeDir: boolean, log: Log): Promise<Homeserver> {
+async function launch(python: string, dataDir: string, secrets: Secrets, removeDir: boolean, log: Log, overrides: Record<string, unknown> = {}): Promise<Homeserver> {
   hookExit();
   await fs.writeFile(join(dataDir, 'log.yaml'), JSON.stringify(logConfig(dataDir), null, 2));
   for (let attempt = 1; ; attempt++) {
     const port = await freePort();
     const baseUrl = `http://127.0.0.1:${port}`;
     const cfgPath = join(dataDir, 'homeserver.yaml');
-    await fs.writeFile(cfgPath, JSON.stringify(synapseConfig(dataDir, port, secrets), null, 2)); // JSON is YAML
+    await fs.writeFile(cfgPath, JSON.stringify(synapseConfig(dataDir, port, secrets, overrides), null, 2)); // JSON is YAML
     let current: Instance;
     try {
       current = await startInstance(python, dataDir, port, removeDir);
@@ -346,8 +347,11 @@ async function ensureTemplate(python: string, log: Log): Promise<string> {
   });
 }
 
-/** Starts a fresh Synapse (copied from the migrated template, own temp dir and free port) and resolves once /health answers 200. */
-export async function startSynapse(opts: { log?: Log } = {}): Promise<Homeserver> {
+/**
+ * Starts a fresh Synapse (copied from the migrated template, own temp dir and free port) and resolves once /health answers 200.
+ * `config` overrides top-level homeserver.yaml keys, e.g. `{ rc_message: { per_second: 0.2, burst_count: 10 } }` to restore a default rate limit.
+ */
+export async function startSynapse(opts: { log?: Log; config?: Record<string, unknown> } = {}): Promise<Homeserver> {
   const log = opts.log ?? defaultLog;
   const python = await ensureSynapseInstalled(log);
   const template = await ensureTemplate(python, log);
@@ -357,7 +361,7 @@ export async function startSynapse(opts: { log?: Log } = {}): Promise<Homeserver
       if (f.startsWith('homeserver.db') || f === 'signing.key') await fs.copyFile(join(template, f), join(dataDir, f));
     }
     const secrets: Secrets = JSON.parse(await fs.readFile(join(template, 'secrets.json'), 'utf8'));
-    return await launch(python, dataDir, secrets, true, log);
+    return await launch(python, dataDir, secrets, true, log, opts.config);
   } catch (e) {
     await fs.rm(dataDir, { recursive: true, force: true });
     throw e;

@@ -1,0 +1,85 @@
+/**
+ * What every benchmark workload returns to the orchestrator (bench/run.ts), which turns the reports into
+ * bench/results/latest.json, latest.md and latest.svg.
+ * @module
+ */
+import type { Summary } from './stats.ts';
+
+/** The contenders the workloads compare; not every workload runs every one. */
+export type Contender = 'halcyon' | 'floor' | 'matrix-bot-sdk' | 'matrix-js-sdk' | 'raw';
+
+/** Handed to every workload's `run`. */
+export interface BenchContext {
+  /** A few-minute run: fewer rounds and smaller inputs. */
+  quick: boolean;
+  /** Rounds per measurement (the contenders alternate which goes first each round). */
+  rounds: number;
+  /** A full GC, to run between measurements so one contender's garbage is not collected on another's time. */
+  gc: () => void;
+  /** Prints one progress line. */
+  progress: (line: string) => void;
+}
+
+/** One ratio of Halcyon against another contender, for the summary table and the chart. */
+export interface RatioEntry {
+  /** Workload id, e.g. `throughput`. */
+  workload: string;
+  /** What is compared, e.g. `events/s, 100 rooms × 100 events` or `main CPU/event, 100x100`. */
+  metric: string;
+  /** The contender Halcyon is divided by. */
+  versus: Contender;
+  /** Halcyon's median ÷ the other contender's median. */
+  ofMedians: number;
+  /** min / median / max of the per-round ratios (Halcyon's round-r value ÷ the other's round-r value). */
+  perRound: Summary;
+  /** Whether a ratio above 1 is good (`higher`: throughput) or bad (`lower`: latency, CPU, memory). */
+  better: 'higher' | 'lower';
+}
+
+/** One of the issue's goals and where it stands after this run. */
+export interface GoalEntry {
+  /** The goal as stated, e.g. `throughput ≥ 1.0× the floor`. */
+  goal: string;
+  /** What was measured, e.g. `×0.56 (100x100), ×0.50 (1x10k)`. */
+  actual: string;
+  /** true met, false missed, null not measured in this run. */
+  met: boolean | null;
+}
+
+/** What a workload's `run(ctx)` resolves with. */
+export interface WorkloadReport {
+  /** Short id: `throughput`, `isolation`, `latency`, `coldstart`, `memory`, `sends`, `e2ee`. */
+  id: string;
+  /** Section title, e.g. `1. Throughput on replayed /sync bodies`. */
+  title: string;
+  ratios: RatioEntry[];
+  goals: GoalEntry[];
+  /** The workload's Markdown section body (tables and a sentence on method), without the title. */
+  markdown: string[];
+  /** Everything measured (samples included), for latest.json. */
+  data: unknown;
+}
+
+/** A workload module's export. */
+export type Workload = (ctx: BenchContext) => Promise<WorkloadReport>;
+
+/** Ratio of medians and the per-round spread, pairing samples by round; NaN entries are skipped. */
+export function ratioOf(h: ReadonlyArray<{ round: number; value: number }>, other: ReadonlyArray<{ round: number; value: number }>): { ofMedians: number; perRound: Summary } {
+  const med = (xs: number[]): number => {
+    if (xs.length === 0) return NaN;
+    const s = [...xs].sort((a, b) => a - b);
+    const r = (s.length - 1) / 2;
+    return (s[Math.floor(r)]! + s[Math.ceil(r)]!) / 2;
+  };
+  const hv = h.map((s) => s.value).filter(Number.isFinite);
+  const ov = other.map((s) => s.value).filter(Number.isFinite);
+  const per: number[] = [];
+  for (const s of h) {
+    const o = other.find((x) => x.round === s.round);
+    if (o && Number.isFinite(s.value) && Number.isFinite(o.value) && o.value !== 0) per.push(s.value / o.value);
+  }
+  return {
+    ofMedians: med(hv) / med(ov),
+    perRound: { min: per.length ? Math.min(...per) : NaN, median: med(per), max: per.length ? Math.max(...per) : NaN, n: per.length },
+  };
+}
