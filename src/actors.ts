@@ -109,12 +109,45 @@ function workerUrl(name: string | URL): URL {
 }
 
 /**
+ * Node options for a worker that runs a built bundle: the parent's, minus TypeScript loader hooks (tsx) that a
+ * plain-JS bundle does not need. A worker inherits them by default and then spends a few hundred ms of start-up
+ * CPU loading the loader. Undefined (inherit as is) when there is nothing to drop or the entry is TypeScript.
+ */
+export function bundleExecArgv(url: URL, argv: readonly string[] = process.execArgv): string[] | undefined {
+  if (!url.pathname.endsWith('.js')) return undefined;
+  const out: string[] = [];
+  const isTsx = (spec: string | undefined): boolean => spec !== undefined && /(^|[\\/@])tsx([\\/]|$)/.test(spec);
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (['--import', '--require', '-r', '--loader', '--experimental-loader'].includes(a) && isTsx(argv[i + 1])) i++;
+    else if (!/^--(import|require|loader|experimental-loader)=/.test(a) || !isTsx(a.slice(a.indexOf('=') + 1))) out.push(a);
+  }
+  return out.length === argv.length ? undefined : out;
+}
+
+/** Creates the Worker; V8 and per-process flags among `execArgv` (refused by workers, and process-wide anyway) are dropped. */
+function newWorker(url: URL, options: ConstructorParameters<typeof Worker>[1] & object): Worker {
+  let execArgv = bundleExecArgv(url);
+  for (;;) {
+    try {
+      return new Worker(url, execArgv ? { ...options, execArgv } : options);
+    } catch (err) {
+      const invalid = (err as { code?: string }).code === 'ERR_WORKER_INVALID_EXEC_ARGV' ? /flags: (.*)$/.exec((err as Error).message)?.[1]?.split(/,\s*/) : undefined;
+      if (!execArgv || !invalid?.length) throw err;
+      const before = execArgv.length;
+      execArgv = execArgv.filter((a) => !invalid.includes(a));
+      if (execArgv.length === before) throw err;
+    }
+  }
+}
+
+/**
  * Starts `workers/<name>` (or the entry at a URL, for tests) on a worker thread. `ports` are handed to the worker (see {@link workerPorts}) so
  * actors can talk to each other and to main without a hop through this thread.
  */
 export function spawnWorkerActor<T>(entry: string | URL, deadlines: Deadlines, ports: Record<string, MessagePort> = {}): ActorHandle<T> {
   const name = entry instanceof URL ? entry.pathname.replace(/^.*\//, '') : entry;
-  const worker = new Worker(workerUrl(entry), {
+  const worker = newWorker(workerUrl(entry), {
     workerData: { ports },
     transferList: Object.values(ports),
     name: `halcyon-${name}`,

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { spawnWorkerActor } from '../../src/actors.ts';
+import { bundleExecArgv, spawnWorkerActor } from '../../src/actors.ts';
 
 interface Echo {
   echo(v: unknown): Promise<unknown>;
@@ -54,4 +54,15 @@ test('worker actor: terminate() rejects pending calls with HALCYON_STOPPED', asy
   const rejected = assert.rejects(pending, { code: 'HALCYON_STOPPED' });
   await a.terminate();
   await rejected;
+});
+
+test('worker options: a built bundle\'s worker drops the parent\'s tsx hooks and keeps every other option', () => {
+  const js = new URL('file:///app/dist/workers/sync.js');
+  assert.deepEqual(bundleExecArgv(js, ['--import', 'tsx', '--enable-source-maps']), ['--enable-source-maps']);
+  assert.deepEqual(bundleExecArgv(js, ['--require', '/x/node_modules/tsx/dist/cjs/index.cjs', '--import=tsx/esm', '--trace-warnings']), ['--trace-warnings']);
+  assert.deepEqual(bundleExecArgv(js, ['--loader', 'tsx', '--import', './otel.mjs']), ['--import', './otel.mjs']);
+  // Nothing to drop, or a TypeScript entry (which needs the loader): inherit as is.
+  assert.equal(bundleExecArgv(js, ['--import', './otel.mjs']), undefined);
+  assert.equal(bundleExecArgv(new URL('file:///app/workers/sync.ts'), ['--import', 'tsx']), undefined);
+  assert.equal(bundleExecArgv(js, ['--import', 'tsxy']), undefined);
 });
