@@ -78,3 +78,32 @@ test('pushAll: 20,000 one-task lanes of synchronous tasks all run, in push order
   assert.equal(ran.length, 20_000);
   assert.deepEqual(errors, []);
 });
+
+test('dispatcher: a room whose handlers burn CPU yields between them, so a room pushed meanwhile waits one task, not the backlog', async () => {
+  const d = new Dispatcher(8, (e) => assert.fail(String(e)));
+  const order: string[] = [];
+  const burn = (ms: number) => {
+    const end = performance.now() + ms;
+    while (performance.now() < end);
+  };
+  // Queued before the busy room's tasks start: runs at the first turn boundary the dispatcher gives the event loop.
+  setImmediate(() => d.push('quiet', () => void order.push('quiet')));
+  d.pushAll(() => {
+    for (let i = 1; i <= 5; i++) d.push('busy', () => (burn(25), void order.push(`busy${i}`)));
+  });
+  await d.idle();
+  assert.equal(order.length, 6);
+  assert.deepEqual(order.filter((x) => x !== 'quiet'), ['busy1', 'busy2', 'busy3', 'busy4', 'busy5']);
+  assert.ok(order.indexOf('quiet') <= 1, `the quiet room ran after ${order.indexOf('quiet')} busy tasks: ${order.join(', ')}`);
+});
+
+test('dispatcher: synchronous tasks of one lane keep running in one turn while they are fast', async () => {
+  const d = new Dispatcher(8, (e) => assert.fail(String(e)));
+  let n = 0;
+  d.pushAll(() => {
+    for (let i = 0; i < 10_000; i++) d.push('fast', () => void n++);
+  });
+  // Trivial tasks do not reach the slice: thousands run before pushAll returns (all 10,000 on an idle machine).
+  assert.ok(n >= 1_000, `only ${n} tasks ran in the first turn`);
+  await d.idle();
+});
