@@ -1467,7 +1467,7 @@ export class Client implements RoomActions {
    * nothing runs twice, and events whose decryption the dead crypto actor left undone run now.
    */
   private acceptBatch(b: WireBatch, dec: Decryption | null): void {
-    this.dispatcher.pushAll(() => this.queueBatch(b, dec));
+    this.dispatcher.pushBatch(() => this.queueBatch(b, dec));
   }
 
   private queueBatch(b: WireBatch, dec: Decryption | null): void {

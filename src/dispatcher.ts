@@ -83,6 +83,27 @@ export class Dispatcher {
   }
 
   /**
+   * Like {@link pushAll}, but the lanes start at the end of this event-loop turn (a check-phase callback), so
+   * every batch that arrived in the same turn (the port messages queued while a handler burned CPU) is taken
+   * in first: a room with work in a later batch then waits for at most the handler call running now, not for
+   * an earlier batch's slow handlers in another room.
+   */
+  pushBatch(fn: () => void): void {
+    if (this.holding) return fn();
+    this.holding = true;
+    try {
+      fn();
+    } finally {
+      setImmediate(this.release);
+    }
+  }
+
+  private readonly release = (): void => {
+    this.holding = false;
+    this.startWaiting();
+  };
+
+  /**
    * Starts waiting lanes while there is room. A loop, not recursion: a lane of synchronous tasks ends inside
    * its own start, and thousands of one-event lanes would otherwise nest that deep.
    */
@@ -115,6 +136,9 @@ export class Dispatcher {
     while (lane.head < lane.tasks.length) {
       if (performance.now() - stretch > SLICE_MS) {
         await nextTurn();
+        // Batches taken in meanwhile start their lanes in this same check phase, after this callback: let them
+        // go first, or a room they carry would wait for this lane's next slow task too.
+        while (this.holding) await nextTurn();
         stretch = performance.now();
       }
       const task = lane.tasks[lane.head]!;

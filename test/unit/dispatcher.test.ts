@@ -107,3 +107,24 @@ test('dispatcher: synchronous tasks of one lane keep running in one turn while t
   assert.ok(n >= 1_000, `only ${n} tasks ran in the first turn`);
   await d.idle();
 });
+
+test('pushBatch: batches taken in during one turn start together, so a later batch\'s room does not wait for an earlier batch\'s slow handler', async () => {
+  const d = new Dispatcher(8, (e) => assert.fail(String(e)));
+  const order: string[] = [];
+  const burn = (ms: number) => {
+    const end = performance.now() + ms;
+    while (performance.now() < end);
+  };
+  // Two batches arriving in one turn, as queued port messages do: each has a slow event in "busy" and one in a quiet room.
+  d.pushBatch(() => {
+    d.push('busy', () => (burn(25), void order.push('busy1')));
+    d.push('quiet-a', () => void order.push('quiet-a'));
+  });
+  d.pushBatch(() => {
+    d.push('busy', () => (burn(25), void order.push('busy2')));
+    d.push('quiet-b', () => void order.push('quiet-b'));
+  });
+  assert.deepEqual(order, [], 'lanes start at the end of the turn');
+  await d.idle();
+  assert.deepEqual(order, ['busy1', 'quiet-a', 'quiet-b', 'busy2']);
+});
