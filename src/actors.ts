@@ -6,7 +6,9 @@
  * comlink gaps: errors keep their `code` across threads, and every call settles, by its deadline or with
  * `HALCYON_ACTOR_DIED` as soon as the worker exits.
  */
-import { MessageChannel, type MessagePort, parentPort, Worker, workerData } from 'node:worker_threads';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { isMainThread, MessageChannel, type MessagePort, parentPort, Worker, workerData } from 'node:worker_threads';
 import * as Comlink from 'comlink';
 import { fromWireError, HalcyonError, toWireError, type WireError } from './errors.ts';
 
@@ -98,6 +100,28 @@ class Settler {
       },
     });
   }
+}
+
+let fullGc: (() => void) | null = null;
+
+/**
+ * A full garbage collection of this worker's isolate, for an actor that has just handled an exceptionally large
+ * batch (a big account's initial sync). An idle worker's V8 does not collect by itself: the garbage of a 100 MB
+ * initial sync stayed committed, 400 MB of RSS, for as long as the bot ran. A no-op on the main thread (actors
+ * running inline), whose collection is the application's business.
+ */
+export function collectGarbage(): void {
+  if (isMainThread) return;
+  if (!fullGc) {
+    // `gc` exposed only to a context of our own, with the flag restored at once: user code never sees it.
+    setFlagsFromString('--expose-gc');
+    try {
+      fullGc = runInNewContext('gc') as () => void;
+    } finally {
+      setFlagsFromString('--no-expose-gc');
+    }
+  }
+  fullGc();
 }
 
 /** Where the bundled worker entries live, relative to this module (source under tsx, or the built bundle). */

@@ -5,6 +5,7 @@
  */
 import { LRUCache } from 'lru-cache';
 import type { CacheActorApi, CacheConfig, RoomInfo, RoomSummary, StateChanges } from '../protocol.ts';
+import { collectGarbage } from '../actors.ts';
 import { type Database, openDatabase } from '../store.ts';
 import { HalcyonError } from '../errors.ts';
 import { applyStateEvent, emptyRoom, type RoomState, roomInfo, sameSummary, summarize } from './state.ts';
@@ -13,6 +14,9 @@ const SCALARS = [
   'membership', 'name', 'topic', 'canonicalAlias', 'avatarUrl', 'encrypted', 'creator', 'additionalCreators', 'roomVersion', 'historyVisibility',
   'joinRule', 'powerLevels', 'joinedCount', 'invitedCount',
 ] as const;
+
+/** A batch changing this many rooms' state is followed by a full collection (see {@link collectGarbage}). */
+const LARGE_BATCH_ROOMS = 2000;
 
 /** Owns room state; see the module comment. */
 export class CacheActor implements CacheActorApi {
@@ -70,6 +74,9 @@ export class CacheActor implements CacheActorApi {
       for (const change of changes.rooms) this.rooms!.delete(change.roomId);
       throw new HalcyonError('HALCYON_STORE', `cache: cannot save room state: ${(err as Error).message}`, { cause: err });
     }
+    // A big account's initial sync leaves this worker a heap of garbage it would otherwise keep: collect it once
+    // the answer is on its way.
+    if (changes.rooms.length >= LARGE_BATCH_ROOMS) setImmediate(collectGarbage);
     return changed;
   }
 

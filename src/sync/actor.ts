@@ -13,7 +13,7 @@
  */
 import { HalcyonError, toWireError, type WireError } from '../errors.ts';
 import { delay, MatrixHttp, seg } from '../http.ts';
-import type { Port, Remote } from '../actors.ts';
+import { collectGarbage, type Port, type Remote } from '../actors.ts';
 import type {
   CacheActorApi,
   CryptoActorApi,
@@ -59,6 +59,9 @@ interface Backfill {
 }
 
 const GAP_FILTER = JSON.stringify({ lazy_load_members: true });
+
+/** A /sync body this large (a big account's initial sync, a long catch-up) is followed by a full collection. */
+const LARGE_BODY_BYTES = 32 * 1024 * 1024;
 
 const FILTER = {
   room: {
@@ -219,7 +222,10 @@ export class SyncActor implements SyncActorApi {
       await this.waitForCredit();
       if (!this.running) break;
       try {
-        if (await this.pollOnce(first, deliverTimeline)) first = false;
+        const bytes = await this.pollOnce(first, deliverTimeline);
+        if (bytes >= 0) first = false;
+        // The body and what processing it made are garbage now: collect a very large one while the next long-poll waits.
+        if (bytes >= LARGE_BODY_BYTES) collectGarbage();
       } catch (err) {
         if (!this.running) break;
         const e = toWireError(err, 'HALCYON_INTERNAL');
@@ -246,11 +252,12 @@ export class SyncActor implements SyncActorApi {
   }
 
   /**
-   * One poll: fetches, processes and hands over a /sync response; false when it brought nothing new. A method
+   * One poll: fetches, processes and hands over a /sync response; resolves with the body's size, or −1 when it
+   * brought nothing new. A method
    * of its own so the body and its processed batch die with its frame: kept in the loop's async frame, they
    * stayed reachable through the next long-poll (the whole initial sync, 100 MB with 10,000 rooms).
    */
-  private async pollOnce(first: boolean, deliverTimeline: boolean): Promise<boolean> {
+  private async pollOnce(first: boolean, deliverTimeline: boolean): Promise<number> {
     const filter = await this.filterId();
     const initial = this.since === null;
     this.lastPollStartAt = Date.now();
@@ -274,13 +281,14 @@ export class SyncActor implements SyncActorApi {
       this.consecutiveErrors = 0;
     }
     // A repeated next_batch means nothing new: polling again with the same token is all there is to do.
-    if (processed.nextBatch === this.since && !first) return false;
+    if (processed.nextBatch === this.since && !first) return -1;
     const deliver = first ? deliverTimeline : true;
     // Events a gappy (limited) timeline left out, fetched before the batch is handed over.
     const gaps = this.since === null ? [] : processed.gaps.filter((g) => g.prevBatch !== this.since);
     const gap = deliver && gaps.length > 0 && this.config.maxGapEvents > 0 ? await this.backfill(gaps, this.since!) : null;
+    const size = body.byteLength; // before the hand-off, which may transfer the buffer away
     await this.handOff(processed, body, first, deliver, gap);
-    return true;
+    return size;
   }
 
   /**
