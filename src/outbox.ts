@@ -29,6 +29,9 @@ export interface RateLimit {
   burst: number;
 }
 
+/** The bucket refills at this fraction of the configured rate (see `Outbox.pace`). */
+const REFILL_MARGIN = 0.95;
+
 /** Synapse's default `rc_message`: 0.2 messages per second, bursts of 10. */
 export const DEFAULT_RATE_LIMIT: RateLimit = { perSecond: 0.2, burst: 10 };
 
@@ -257,10 +260,14 @@ export class Outbox {
 
   /** Attempts one entry until it is sent, dead, or the outbox closes. */
   private async deliver(e: Entry): Promise<void> {
+    // After a 429 with retry_after_ms the server has said when it takes the next send: that retry needs no token.
+    let cleared = false;
     for (;;) {
       if (this.closed) return;
       try {
-        await this.pace();
+        if (cleared) this.drained();
+        else await this.pace();
+        cleared = false;
         e.attempts++;
         const eventId = await this.deps.attempt(e.roomId, e.txnId, e.op, e.allowPlaintext, this.abort.signal);
         if (this.db.isOpen) this.stmt.sent.run(eventId, e.attempts, Date.now(), e.id);
@@ -296,23 +303,35 @@ export class Outbox {
         } catch {
           return;
         }
+        cleared = paced;
       }
     }
   }
 
-  /** Waits for a token of the bucket (none when pacing is off). */
+  /** Empties the bucket as of now: the server's own limiter just allowed one send and will want the next later. */
+  private drained(): void {
+    this.tokens = 0;
+    this.lastRefill = Date.now();
+  }
+
+  /**
+   * Waits for a token of the bucket (none when pacing is off). It refills 5% slower than the configured rate: the
+   * server's limiter starts its clock at the first send it sees, a little after this bucket's, and a refill timed
+   * to the millisecond drew a 429 on every burst.
+   */
   private async pace(): Promise<void> {
     const rl = this.deps.rateLimit;
     if (!rl) return;
+    const rate = rl.perSecond * REFILL_MARGIN;
     for (;;) {
       const now = Date.now();
-      this.tokens = Math.min(rl.burst, this.tokens + ((now - this.lastRefill) / 1000) * rl.perSecond);
+      this.tokens = Math.min(rl.burst, this.tokens + ((now - this.lastRefill) / 1000) * rate);
       this.lastRefill = now;
       if (this.tokens >= 1) {
         this.tokens -= 1;
         return;
       }
-      await delay(Math.ceil(((1 - this.tokens) / rl.perSecond) * 1000), this.abort.signal);
+      await delay(Math.ceil(((1 - this.tokens) / rate) * 1000), this.abort.signal);
     }
   }
 }

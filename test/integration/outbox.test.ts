@@ -187,6 +187,24 @@ test('pacing: with 20 sends per second and bursts of 3, sends are spaced by the 
   assert.ok(at.at(-1)! - at[0]! >= 6 * 50 - 20, `9 sends spanned ${at.at(-1)! - at[0]!} ms`);
 });
 
+test('pacing and a 429: the retry goes out when retry_after_ms says, without waiting for another token; the next send waits a full refill after it', async (t) => {
+  const hs = await server(0, (_s, n, res) => {
+    if (n !== 1) return false;
+    json(res, 429, { errcode: 'M_LIMIT_EXCEEDED', error: 'slow down', retry_after_ms: 100 });
+    return true;
+  });
+  t.after(() => hs.close());
+  // One token every 2 s (2.1 s with the bucket's margin), none spare: a retry that took a token would wait ~2 s.
+  const c = client(t, mkdtempSync(join(tmpdir(), 'hc-outbox-')), { rateLimit: { perSecond: 0.5, burst: 1 } });
+  await c.run(token(hs.url));
+  await Promise.all([c.sendMessage('!r:s', 'first'), c.sendMessage('!r:s', 'second')]);
+  const [refused, retry, next] = hs.sent;
+  assert.deepEqual(hs.sent.map((s) => s.body.body), ['first', 'first', 'second']);
+  assert.equal(retry!.txn, refused!.txn);
+  assert.ok(retry!.at - refused!.at < 1500, `the retry came ${retry!.at - refused!.at} ms after the 429 (retry_after_ms 100)`);
+  assert.ok(next!.at - retry!.at >= 1900, `the next send came ${next!.at - retry!.at} ms after the retry, inside the server's window`);
+});
+
 test('sends left pending by a stop go out with the next run, under the same transaction IDs', async (t) => {
   let down = true;
   const hs = await server(0, (_s, _n, res) => {
