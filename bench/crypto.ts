@@ -1,20 +1,24 @@
 /**
- * C. Decryption: Halcyon's delivery of encrypted room events against a raw crypto-wasm decryption loop, and /sync
- * cadence during an encrypted burst against a plaintext one.
+ * C. Decryption: Halcyon's delivery of encrypted room events against matrix-js-sdk (same crypto-wasm engine) and a
+ * raw crypto-wasm decryption loop, and /sync cadence during an encrypted burst against a plaintext one.
  *
  * Each round sets up, untimed: a replay server that answers the key endpoints; a fresh Halcyon bot (dist `Client`,
  * `@bot:bench` device `BENCHDEV`, fresh data dir, encryption on) that uploads its device and one-time keys there;
- * a "raw" OlmMachine (`@raw:bench` device `RAWDEV`) on the same store type as the bot's crypto actor (fake-indexeddb
- * written through to a SQLite journal, `IdbJournal`, with a store passphrase), on this thread; and alice (an
- * in-memory OlmMachine) who learns both devices' keys (keys/query, keys/claim), shares one megolm session with both
- * (olm to-device events) and encrypts W + N `m.room.message` events once. /sync #0 carries the bot's to-device key
- * share and the room's `m.room.encryption` state, then `perBody` encrypted events per body. Warm-up, untimed: the
- * bot gets #0 and the first W events' bodies and handles them (its crypto worker is a fresh thread, whose wasm code
- * tiers up as it runs); the raw machine decrypts the same W events (so both stores have the same history). Then,
- * timed, alternating which goes first:
+ * a second replay server (plus the js-sdk start-up endpoints of bench/workloads/e2ee-routes.ts) and a fresh
+ * matrix-js-sdk client, the same user's device `JSSDKDEV` (`initRustCrypto({ useIndexedDB: false })`: in memory),
+ * which uploads its keys there after its first /sync; a "raw" OlmMachine (`@raw:bench` device `RAWDEV`) on the same
+ * store type as the bot's crypto actor (fake-indexeddb written through to a SQLite journal, `IdbJournal`, with a
+ * store passphrase), on this thread; and alice (an in-memory OlmMachine) who learns the devices' keys (keys/query,
+ * keys/claim), shares one megolm session with them (olm to-device events) and encrypts W + N `m.room.message`
+ * events once. The bot's /sync #0 carries its to-device key share and the room's `m.room.encryption` state; js-sdk's
+ * #0 the room and #1 its key share; then both get the same bodies of `perBody` encrypted events. Warm-up, untimed:
+ * the clients get the first W events' bodies and handle them (the bot's crypto worker is a fresh thread, whose wasm
+ * code tiers up as it runs); the raw machine decrypts the same W events (so the stores have the same history).
+ * Then, timed, each contender going first, second and last in turn over the rounds:
  *
- *  - bot: the bodies of the other N events are added to the replay server and served as fast as the bot polls.
- *    Events/s = N ÷ (last `message` handler call − first timed body's response on the server, offset-corrected).
+ *  - bot, js-sdk: the bodies of the other N events are added to its replay server and served as fast as the client
+ *    polls. Events/s = N ÷ (last handler call − first timed body's response on the server, offset-corrected). The
+ *    client not being measured idles in a long-poll meanwhile.
  *  - raw: the same N event texts through `await machine.decryptRoomEvent(text, new RoomId(room),
  *    new DecryptionSettings(Untrusted))` in a loop, reading `.event` and freeing each result. Events/s = N ÷ loop time.
  *
@@ -26,7 +30,7 @@
  * carried the burst's bodies.
  *
  * Also recorded: the CPU of every thread of the bench process (/proc/self/task, Linux), so the crypto worker's CPU
- * per event can be set against the raw loop's; and when the bot's first handler call came.
+ * per event can be set against the raw loop's; and when the clients' first handler calls came.
  * @module
  */
 import * as W from '@matrix-org/matrix-sdk-crypto-wasm';
@@ -36,9 +40,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import type { MatrixClient } from 'matrix-js-sdk';
+import type { Logger as JsLogger } from 'matrix-js-sdk/lib/logger.js';
 import { IdbJournal } from '../src/crypto/idb-journal.ts';
 import type { Logger, Message } from '../src/index.ts';
-import { startReplayServer, type ReplayStats } from './replay-server.ts';
+import { startReplayServer, type ReplayServer, type ReplayStats } from './replay-server.ts';
 import { clockOffset, fmt, now, percentile, processCpuMs, type Summary, summarize, threadCpuMs } from './stats.ts';
 
 // The built package, as users run it. HALCYON_BENCH_DIST=/path/to/index.js runs this part against another build
@@ -48,6 +54,8 @@ const { Client, encodeToken } = (await import(DIST)) as typeof import('../src/in
 
 const BOT = { userId: '@bot:bench', deviceId: 'BENCHDEV' };
 const RAW = { userId: '@raw:bench', deviceId: 'RAWDEV' };
+// A second device of the bot's user, so the room (members, state) is the same for both clients.
+const JSSDK = { userId: BOT.userId, deviceId: 'JSSDKDEV' };
 const ALICE = '@alice:bench';
 const ROOM = '!crypto:bench';
 const MEGOLM = 'm.megolm.v1.aes-sha2';
@@ -69,6 +77,8 @@ export interface CryptoBenchOptions {
   cadenceReleaseEveryMs: number;
   /** Parts to run (default both). */
   parts?: Array<'throughput' | 'cadence'>;
+  /** Throughput contenders (default all: the Halcyon bot, the raw loop, matrix-js-sdk). */
+  contenders?: ThroughputContender[];
   /** Full GC between measurements. */
   gc: () => void;
   progress: (line: string) => void;
@@ -77,11 +87,11 @@ export interface CryptoBenchOptions {
 /** One measurement of decryption throughput. */
 export interface CryptoThroughputSample {
   round: number;
-  contender: 'bot' | 'raw';
+  contender: ThroughputContender;
   events: number;
   seconds: number;
   eventsPerSec: number;
-  /** raw: this thread's CPU in the loop; bot: the main thread's CPU from `ready` to the last handler call. Per event. */
+  /** raw: this thread's CPU in the loop; bot, js-sdk: the main thread's CPU from the timed bodies' release to the last handler call. Per event. */
   mainCpuUsPerEvent: number;
   /** The whole bench process (main + workers + V8 helper threads) over the same span, per event. */
   allThreadsCpuUsPerEvent: number;
@@ -90,11 +100,11 @@ export interface CryptoThroughputSample {
    * `halcyon-sync`, `halcyon-cache`, `v8 helpers` (GC, background compilation), `other`.
    */
   threadsCpuUsPerEvent?: Record<string, number>;
-  /** bot: /sync requests the server saw between the first encrypted body and the last handler call, and their gaps. */
+  /** bot, js-sdk: /sync requests the server saw between the first encrypted body and the last handler call, and their gaps. */
   syncDuringBurst?: { polls: number; gapP50: number; gapP99: number; gapMax: number; allBodiesFetchedAfterMs: number };
-  /** bot: client.run() to the first /sync request (crypto store open, key upload, worker start-up); not timed. */
+  /** bot: client.run() to the first /sync request (crypto store open, key upload, worker start-up); js-sdk: createClient to the first /sync request (initRustCrypto, push rules, filter); not timed. */
   startupMs?: number;
-  /** bot: first timed body's response to the first handler call of the timed burst (it waits for its batch's decryption). */
+  /** bot, js-sdk: first timed body's response to the first handler call of the timed burst (it waits for its batch's decryption). */
   firstDeliveryMs?: number;
   /** Events/s of the untimed warm-up (bot: a fresh crypto worker; raw: the first loop over a fresh store). */
   coldEventsPerSec?: number;
@@ -129,14 +139,23 @@ export interface CryptoCadenceSample {
   error?: string;
 }
 
+/** Halcyon bot ÷ another contender, events/s: the ratio of the medians and the per-round ratios. */
+export interface ThroughputRatio {
+  ofMedians: number;
+  perRound: Summary;
+  perRoundValues: number[];
+}
+
 /** Result of {@link cryptoBench}. */
 export interface CryptoResult {
-  config: { rounds: number; events: number; warmup: number; perBody: number; cadencePerBody: number; cadenceReleaseEveryMs: number; bodyBytesPerEvent: number; store: string };
+  config: { rounds: number; events: number; warmup: number; perBody: number; cadencePerBody: number; cadenceReleaseEveryMs: number; bodyBytesPerEvent: number; store: string; jssdkStore: string };
   throughput: {
     samples: CryptoThroughputSample[];
-    summary: Record<'bot' | 'raw', { eventsPerSec: Summary; mainCpuUsPerEvent: Summary; allThreadsCpuUsPerEvent: Summary }>;
+    summary: Record<ThroughputContender, { eventsPerSec: Summary; mainCpuUsPerEvent: Summary; allThreadsCpuUsPerEvent: Summary }>;
     /** bot ÷ raw events/s: ratio of the medians and per-round ratios. */
-    ratio: { ofMedians: number; perRound: Summary; perRoundValues: number[] };
+    ratio: ThroughputRatio;
+    /** bot ÷ matrix-js-sdk events/s (null when js-sdk did not take part). */
+    ratioVsJsSdk: ThroughputRatio | null;
   } | null;
   cadence: {
     samples: CryptoCadenceSample[];
@@ -335,10 +354,11 @@ function nextBatch(k: number): string {
 /** What else every body of a burst carries: nothing, a changed key count, or a to-device event. */
 type Extra = 'none' | 'keys' | 'to-device';
 
-function buildBodies(first: Json, events: Json[], perBody: number, extra: Extra = 'none'): Fixture {
-  const bodies = [JSON.stringify(first)];
+/** /sync bodies: `heads` (before the timeline, e.g. the room's state and the key share), then `perBody` events per body. */
+function buildBodies(heads: Json[], events: Json[], perBody: number, extra: Extra = 'none'): Fixture {
+  const bodies = heads.map((h, k) => JSON.stringify({ next_batch: nextBatch(k), ...h }));
   const texts: string[] = [];
-  for (let start = 0, k = 1; start < events.length; start += perBody, k++) {
+  for (let start = 0, k = heads.length; start < events.length; start += perBody, k++) {
     const chunk = events.slice(start, start + perBody);
     for (const ev of chunk) texts.push(JSON.stringify(ev));
     bodies.push(
@@ -353,7 +373,7 @@ function buildBodies(first: Json, events: Json[], perBody: number, extra: Extra 
       }),
     );
   }
-  return { bodies, texts, bytes: bodies.slice(1).reduce((n, b) => n + Buffer.byteLength(b), 0) };
+  return { bodies, texts, bytes: bodies.slice(heads.length).reduce((n, b) => n + Buffer.byteLength(b), 0) };
 }
 
 function stateEvent(type: string, stateKey: string, content: Json, i: number): Json {
@@ -368,7 +388,6 @@ function firstBody(toDevice: Json[], encrypted: boolean): Json {
   ];
   if (encrypted) state.push(stateEvent('m.room.encryption', '', { algorithm: MEGOLM, rotation_period_ms: 604_800_000, rotation_period_msgs: 1_000_000 }, 3));
   return {
-    next_batch: nextBatch(0),
     to_device: { events: toDevice },
     device_one_time_keys_count: OTK_COUNTS,
     device_unused_fallback_key_types: ['signed_curve25519'],
@@ -376,71 +395,107 @@ function firstBody(toDevice: Json[], encrypted: boolean): Json {
   };
 }
 
+/**
+ * js-sdk's first /sync: the room (as for the bot), as a new device sees it before its first key upload (no one-time
+ * or fallback keys on the server), since js-sdk uploads its keys after its first sync.
+ */
+function jsInitialBody(): Json {
+  return { ...firstBody([], true), device_one_time_keys_count: { signed_curve25519: 0 }, device_unused_fallback_key_types: [] };
+}
+
+/** js-sdk's second /sync: alice's key share. */
+function jsKeyShareBody(toDevice: Json[]): Json {
+  return { to_device: { events: toDevice }, device_one_time_keys_count: OTK_COUNTS, device_unused_fallback_key_types: ['signed_curve25519'] };
+}
+
 /** The plaintext burst: the same messages in the clear, in an unencrypted room. */
 function plaintextFixture(n: number, perBody: number): Fixture {
   const events = Array.from({ length: n }, (_, i) => ({ ...envelope(i), type: 'm.room.message', content: { msgtype: 'm.text', body: messageBody(i) } }));
-  return buildBodies(firstBody([], false), events, perBody);
+  return buildBodies([firstBody([], false)], events, perBody);
+}
+
+/** Alice: an in-memory OlmMachine whose device keys and one-time keys are uploaded to `keys`. */
+async function openAlice(keys: Keys, round: number): Promise<W.OlmMachine> {
+  const alice = await W.OlmMachine.initialize(new W.UserId(ALICE), new W.DeviceId(`ALICE${round}${randomBytes(3).toString('hex').toUpperCase()}`));
+  try {
+    await keys.pump(alice);
+    return alice;
+  } catch (err) {
+    alice.close();
+    throw err;
+  }
+}
+
+/** The encrypted events, as bodies for the Halcyon bot and (if it takes part) for matrix-js-sdk. */
+interface EncryptedFixture {
+  fixture: Fixture;
+  /** js-sdk's bodies: its own first sync ({@link jsInitialBody}), its key share, then the same timeline bodies. */
+  jsFixture: Fixture | null;
+  aliceKeysQuery: Json;
 }
 
 /**
- * Alice learns the bot's keys (uploaded to the replay server) and, if given, the raw machine's; shares one megolm
- * session with them and encrypts n messages. The raw machine receives its key share here.
+ * Alice learns the bot's keys (uploaded to the replay server) and, if given, the raw machine's and js-sdk's (the
+ * bot user's second device); shares one megolm session with them and encrypts n messages. The raw machine
+ * receives its key share here.
  */
 async function encryptedFixture(
   keys: Keys,
+  alice: W.OlmMachine,
   botUpload: Json,
   raw: RawMachine | null,
   n: number,
   perBody: number,
-  round: number,
   extra: Extra = 'none',
-): Promise<{ fixture: Fixture; aliceKeysQuery: Json }> {
+  jsUpload: Json | null = null,
+): Promise<EncryptedFixture> {
   keys.upload(BOT.userId, BOT.deviceId, botUpload);
-  const alice = await W.OlmMachine.initialize(new W.UserId(ALICE), new W.DeviceId(`ALICE${round}${randomBytes(3).toString('hex').toUpperCase()}`));
-  try {
-    await keys.pump(alice);
-    const recipients = [BOT.userId, ...(raw ? [RAW.userId] : [])];
-    await alice.updateTrackedUsers(recipients.map((u) => new W.UserId(u)));
-    await keys.pump(alice);
-    const room = new W.RoomId(ROOM);
-    const settings = new W.RoomSettings();
-    settings.algorithm = W.EncryptionAlgorithm.MegolmV1AesSha2;
-    settings.sessionRotationPeriodMessages = 1_000_000;
-    settings.sessionRotationPeriodMs = 604_800_000;
-    await alice.setRoomSettings(room, settings);
-    const claim = await alice.getMissingSessions(recipients.map((u) => new W.UserId(u)));
-    if (claim) await alice.markRequestAsSent(claim.id, claim.type, keys.answer(alice, claim as never));
-    const enc = new W.EncryptionSettings();
-    enc.algorithm = W.EncryptionAlgorithm.MegolmV1AesSha2;
-    enc.historyVisibility = W.HistoryVisibility.Shared;
-    enc.rotationPeriodMessages = 1_000_000n;
-    enc.rotationPeriod = 604_800_000_000n;
-    for (const r of await alice.shareRoomKey(new W.RoomId(ROOM), recipients.map((u) => new W.UserId(u)), enc)) {
-      await alice.markRequestAsSent(r.id, r.type, keys.answer(alice, r as never));
-    }
-    await keys.pump(alice);
-    const botInbox = keys.device(BOT.userId, BOT.deviceId).inbox.splice(0);
-    if (botInbox.length !== 1) throw new Error(`crypto bench: alice sent the bot ${botInbox.length} to-device events, not 1 (did she get its keys?)`);
-    if (raw) {
-      const rawInbox = keys.device(RAW.userId, RAW.deviceId).inbox.splice(0);
-      if (rawInbox.length !== 1) throw new Error(`crypto bench: alice sent the raw machine ${rawInbox.length} to-device events, not 1`);
-      await deliverToDevice(keys, raw.machine, rawInbox);
-    }
-    const events: Json[] = [];
-    for (let i = 0; i < n; i++) {
-      const content = await alice.encryptRoomEvent(new W.RoomId(ROOM), 'm.room.message', JSON.stringify({ msgtype: 'm.text', body: messageBody(i) }));
-      events.push({ ...envelope(i), type: 'm.room.encrypted', content: JSON.parse(content) as Json });
-    }
-    return { fixture: buildBodies(firstBody(botInbox, true), events, perBody, extra), aliceKeysQuery: keys.query([ALICE]) };
-  } finally {
-    alice.close();
+  if (jsUpload) keys.upload(JSSDK.userId, JSSDK.deviceId, jsUpload);
+  const recipients = [BOT.userId, ...(raw ? [RAW.userId] : [])];
+  await alice.updateTrackedUsers(recipients.map((u) => new W.UserId(u)));
+  await keys.pump(alice);
+  const room = new W.RoomId(ROOM);
+  const settings = new W.RoomSettings();
+  settings.algorithm = W.EncryptionAlgorithm.MegolmV1AesSha2;
+  settings.sessionRotationPeriodMessages = 1_000_000;
+  settings.sessionRotationPeriodMs = 604_800_000;
+  await alice.setRoomSettings(room, settings);
+  const claim = await alice.getMissingSessions(recipients.map((u) => new W.UserId(u)));
+  if (claim) await alice.markRequestAsSent(claim.id, claim.type, keys.answer(alice, claim as never));
+  const enc = new W.EncryptionSettings();
+  enc.algorithm = W.EncryptionAlgorithm.MegolmV1AesSha2;
+  enc.historyVisibility = W.HistoryVisibility.Shared;
+  enc.rotationPeriodMessages = 1_000_000n;
+  enc.rotationPeriod = 604_800_000_000n;
+  for (const r of await alice.shareRoomKey(new W.RoomId(ROOM), recipients.map((u) => new W.UserId(u)), enc)) {
+    await alice.markRequestAsSent(r.id, r.type, keys.answer(alice, r as never));
   }
+  await keys.pump(alice);
+  const inbox = (who: { userId: string; deviceId: string }, name: string): Json[] => {
+    const got = keys.device(who.userId, who.deviceId).inbox.splice(0);
+    if (got.length !== 1) throw new Error(`crypto bench: alice sent ${name} ${got.length} to-device events, not 1 (did she get its keys?)`);
+    return got;
+  };
+  const botInbox = inbox(BOT, 'the bot');
+  const jsInbox = jsUpload ? inbox(JSSDK, 'matrix-js-sdk') : null;
+  if (raw) await deliverToDevice(keys, raw.machine, inbox(RAW, 'the raw machine'));
+  const events: Json[] = [];
+  for (let i = 0; i < n; i++) {
+    const content = await alice.encryptRoomEvent(new W.RoomId(ROOM), 'm.room.message', JSON.stringify({ msgtype: 'm.text', body: messageBody(i) }));
+    events.push({ ...envelope(i), type: 'm.room.encrypted', content: JSON.parse(content) as Json });
+  }
+  return {
+    fixture: buildBodies([firstBody(botInbox, true)], events, perBody, extra),
+    jsFixture: jsInbox ? buildBodies([jsInitialBody(), jsKeyShareBody(jsInbox)], events, perBody, extra) : null,
+    aliceKeysQuery: keys.query([ALICE]),
+  };
 }
 
 // ---------------------------------------------------------------- the bot
 
+/** A client under test: the Halcyon bot or matrix-js-sdk. */
 interface Bot {
-  /** Resolves when `client.run()` has (the first batch, body #0, was taken). */
+  /** Resolves once the client took its first /sync batch (Halcyon: `client.run()` resolved; js-sdk: sync `PREPARED`). */
   running: Promise<void>;
   startAt: number;
   /** Resolves with the time (epoch ms) the `count`-th message reached the handler; call before it can happen. */
@@ -461,7 +516,7 @@ function launchBot(url: string): Bot {
   let encrypted = 0;
   let wrongBody = 0;
   let decryptionErrors = 0;
-  const marks = new Map<number, { promise: Promise<number>; resolve: (t: number) => void }>();
+  const marks = marker();
   let client: InstanceType<typeof Client> | null = null;
   const startAt = now();
   const running = dataDirP.then(async (dataDir) => {
@@ -471,7 +526,7 @@ function launchBot(url: string): Bot {
       if (m.isEncrypted) encrypted++;
       const body = m.body;
       if (!body.startsWith(`bench message `) || m.sender !== ALICE) wrongBody++;
-      marks.get(++messages)?.resolve(now());
+      marks.hit(++messages);
     });
     client.on('decryptionError', (err) => {
       decryptionErrors++;
@@ -486,22 +541,114 @@ function launchBot(url: string): Bot {
   return {
     running,
     startAt,
+    at: marks.at,
+    counts: () => ({ messages, encrypted, wrongBody, decryptionErrors }),
+    problems,
+    async stop() {
+      // Not waiting for run() first: it may wait for a /sync body that never comes; stop() makes it fail.
+      const dataDir = await dataDirP; // the client exists once this has resolved
+      await (client as InstanceType<typeof Client> | null)?.stop();
+      await running.catch(() => {});
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Resolves `count`-th mark promises; shared by the bot and js-sdk launchers. */
+function marker(): { at(count: number): Promise<number>; hit(count: number): void } {
+  const marks = new Map<number, { promise: Promise<number>; resolve: (t: number) => void }>();
+  let reached = 0;
+  return {
     at(count) {
       let m = marks.get(count);
       if (!m) {
         let resolve!: (t: number) => void;
         const promise = new Promise<number>((r) => (resolve = r));
         marks.set(count, (m = { promise, resolve }));
-        if (messages >= count) resolve(NaN); // too late to know when
+        if (reached >= count) resolve(NaN); // too late to know when
       }
       return m.promise;
     },
+    hit(count) {
+      reached = count;
+      marks.get(count)?.resolve(now());
+    },
+  };
+}
+
+/**
+ * matrix-js-sdk as a bot author sets it up: `createClient` with the bot user's second device, `initRustCrypto`
+ * with the in-memory store (`useIndexedDB: false`), `startClient()`, and a `RoomEvent.Timeline` handler that awaits
+ * `decryptEventIfNeeded` (js-sdk's sync hands timeline events over undecrypted) and reads what the bot's handler
+ * reads. Its logger is silenced; warnings and errors are kept as problems.
+ */
+function launchJsSdk(url: string): Bot {
+  const problems: string[] = [];
+  const note = (level: string) => (...msg: unknown[]) => {
+    // js-sdk warns that it adds the push rules it knows and Synapse 1.163 does not send (so it would against Synapse too).
+    if (level === 'warn' && typeof msg[0] === 'string' && msg[0].startsWith('Adding default global')) return;
+    if (problems.length < 20) problems.push(`${level}: ${msg.map((m) => (m instanceof Error ? m.message : typeof m === 'string' ? m : JSON.stringify(m))).join(' ')}`.slice(0, 300));
+  };
+  const logger: JsLogger = { trace: () => {}, debug: () => {}, info: () => {}, warn: note('warn'), error: note('error'), getChild: () => logger };
+  let messages = 0;
+  let encrypted = 0;
+  let wrongBody = 0;
+  let decryptionErrors = 0;
+  const marks = marker();
+  let client: MatrixClient | null = null;
+  let stopped = false;
+  const startAt = now();
+  const running = (async () => {
+    const sdk = await import('matrix-js-sdk');
+    // Some modules (MatrixRTC, the sync loop) log through children of js-sdk's global loglevel logger rather than the
+    // client's logger; the children copy the root's method factory (its type hides it).
+    const root = (await import('matrix-js-sdk/lib/logger.js')).logger as unknown as { methodFactory: () => () => void; rebuild(): void };
+    root.methodFactory = () => () => {};
+    root.rebuild();
+    const c = sdk.createClient({ baseUrl: url, userId: JSSDK.userId, deviceId: JSSDK.deviceId, accessToken: 'bench', logger });
+    client = c;
+    await c.initRustCrypto({ useIndexedDB: false });
+    if (stopped) {
+      c.stopClient();
+      throw new Error('matrix-js-sdk was stopped while starting');
+    }
+    c.on(sdk.RoomEvent.Timeline, (event, room, toStartOfTimeline) => {
+      if (toStartOfTimeline || room?.roomId !== ROOM) return;
+      void (async () => {
+        await c.decryptEventIfNeeded(event);
+        if (event.isDecryptionFailure()) {
+          decryptionErrors++;
+          note('decryption failure')(event.decryptionFailureReason);
+          return;
+        }
+        if (event.getType() !== 'm.room.message') return;
+        // What a bot reads: the sender, whether it was encrypted, the text.
+        if (event.isEncrypted()) encrypted++;
+        const body = (event.getContent() as { body?: unknown }).body;
+        if (typeof body !== 'string' || !body.startsWith('bench message ') || event.getSender() !== ALICE) wrongBody++;
+        marks.hit(++messages);
+      })().catch((err: unknown) => note('handler')(err));
+    });
+    const prepared = new Promise<void>((resolve, reject) =>
+      c.on(sdk.ClientEvent.Sync, (state, _prev, data) => {
+        if (state === sdk.SyncState.Prepared) resolve();
+        else if (state === sdk.SyncState.Error) reject(data?.error ?? new Error('js-sdk sync error'));
+      }),
+    );
+    await c.startClient();
+    await prepared;
+  })();
+  running.catch(() => {});
+  return {
+    running,
+    startAt,
+    at: marks.at,
     counts: () => ({ messages, encrypted, wrongBody, decryptionErrors }),
     problems,
-    async stop() {
-      await running.catch(() => {});
-      await (client as InstanceType<typeof Client> | null)?.stop();
-      await rm(await dataDirP, { recursive: true, force: true });
+    stop() {
+      stopped = true;
+      (client as MatrixClient | null)?.stopClient();
+      return Promise.resolve();
     },
   };
 }
@@ -570,49 +717,111 @@ async function rawLoop(machine: W.OlmMachine, texts: string[]): Promise<CryptoTh
   return s;
 }
 
-/** One throughput round: bot and raw on the same encrypted events, in the given order. */
+/** The throughput contenders: the Halcyon bot, the raw loop, matrix-js-sdk. */
+export type ThroughputContender = 'bot' | 'raw' | 'jssdk';
+/** All throughput contenders, in the first round's order. */
+export const THROUGHPUT_CONTENDERS: ThroughputContender[] = ['bot', 'raw', 'jssdk'];
+const CONTENDER_LABEL: Record<ThroughputContender, string> = { bot: 'bot (Halcyon)', raw: 'raw loop', jssdk: 'matrix-js-sdk' };
+
+/** The endpoints js-sdk needs besides the replay server's own (push rules, capabilities, key backup). */
+const JS_ROUTES = join(import.meta.dirname, 'workloads', 'e2ee-routes.ts');
+
+const startupFailure = (b: Bot, name: string) => () => `${name} uploaded no keys; problems: ${b.problems.join(' | ') || 'none'}`;
+
+/** Waits for a client's first key upload, or fails with its error if it stopped first. */
+function firstUpload(server: ReplayServer, b: Bot, name: string): Promise<Json> {
+  // `running` resolving without an upload is no failure for js-sdk (it uploads after its first sync): only a rejection counts.
+  const failed = b.running.then(() => new Promise<never>(() => {}));
+  return withTimeout(Promise.race([server.keysUploads(1), failed]), 60_000, startupFailure(b, name)).then(([u]) => u as Json);
+}
+
 /**
- * One throughput round: alice encrypts `warmup` + `events` messages; the first `warmup` go through the bot and the
- * raw loop untimed (the bot's crypto worker is a fresh thread: its wasm code and store warm up; the raw machine gets
- * the same store history), then the rest, timed, through both, in the given order.
+ * One throughput round: alice encrypts `warmup` + `events` messages; the first `warmup` go through every contender
+ * untimed (the bot's crypto worker is a fresh thread: its wasm code and store warm up; the raw machine gets the same
+ * store history), then the rest, timed, through each, in the given order. The Halcyon bot and js-sdk each have their
+ * own replay server (same timeline bodies); the one not being measured idles in its long-poll.
  */
-async function throughputRound(o: CryptoBenchOptions, round: number, rawFirst: boolean): Promise<{ samples: CryptoThroughputSample[]; bytesPerEvent: number }> {
+async function throughputRound(o: CryptoBenchOptions, round: number, order: ThroughputContender[]): Promise<{ samples: CryptoThroughputSample[]; bytesPerEvent: number }> {
   const n = o.events;
   const w = o.warmup;
   if (w % o.perBody !== 0) throw new Error(`warm-up (${w}) must be a multiple of perBody (${o.perBody})`);
-  const server = await startReplayServer({ keys: true, whoami: BOT, longPollMs: 1000 });
+  const withJs = order.includes('jssdk');
   const samples: CryptoThroughputSample[] = [];
-  let bot: Bot | null = null;
+  const servers: ReplayServer[] = [];
+  const clients = new Map<'bot' | 'jssdk', Bot>();
+  // js-sdk failing to set up leaves the round to the others (a failure of the bot's set-up fails the round).
+  const setupFailures = new Map<ThroughputContender, unknown>();
+  const dropJs = async (err: unknown) => {
+    setupFailures.set('jssdk', err);
+    const js = clients.get('jssdk');
+    clients.delete('jssdk');
+    await js?.stop().catch(() => {});
+  };
   let raw: RawMachine | null = null;
+  let alice: W.OlmMachine | null = null;
   try {
-    const { offsetMs } = await clockOffset(server);
-    bot = launchBot(server.url);
-    const b = bot;
-    const failedEarly = b.running.then(() => new Promise<never>(() => {}));
-    const [upload] = await withTimeout(Promise.race([server.keysUploads(1), failedEarly]), 60_000, () => `the bot uploaded no keys; problems: ${b.problems.join(' | ') || 'none'}`);
+    const botServer = await startReplayServer({ keys: true, whoami: BOT, longPollMs: 1000 });
+    servers.push(botServer);
+    // Long-polls held up to 25 s: the replay server's empty answers carry no `device_one_time_keys_count`, which
+    // js-sdk takes (as the spec says) for "no one-time keys left" and uploads 50 more; Synapse always sends the count.
+    const jsServer = withJs ? await startReplayServer({ keys: true, whoami: JSSDK, longPollMs: 25_000, routes: JS_ROUTES }) : null;
+    if (jsServer) servers.push(jsServer);
+    const botOffset = (await clockOffset(botServer)).offsetMs;
+    const jsOffset = jsServer ? (await clockOffset(jsServer)).offsetMs : NaN;
     const keys = new Keys();
+    alice = await openAlice(keys, round);
+    // Every user the clients ask about must be in the answer (the bot's own user too, whose devices are not uploaded
+    // yet): js-sdk asks again at once for a user missing from it, in a loop.
+    const keysQuery = keys.query([ALICE, BOT.userId]);
+    await botServer.setKeysQuery(keysQuery);
+
+    const bot = launchBot(botServer.url);
+    clients.set('bot', bot);
+    const js = jsServer ? launchJsSdk(jsServer.url) : null;
+    if (js && jsServer) {
+      clients.set('jssdk', js);
+      await jsServer.setKeysQuery(keysQuery);
+      await jsServer.setBodies([JSON.stringify({ next_batch: nextBatch(0), ...jsInitialBody() })]);
+    }
+    const botUpload = await firstUpload(botServer, bot, 'the bot');
+    const jsUpload = js && jsServer ? await firstUpload(jsServer, js, 'matrix-js-sdk').catch(async (err: unknown) => (await dropJs(err), null)) : null;
     raw = await openRaw(keys);
-    const { fixture, aliceKeysQuery } = await encryptedFixture(keys, upload as Json, raw, w + n, o.perBody, round);
-    await server.setKeysQuery(aliceKeysQuery);
-    const firstSync = (await server.stats()).requestTimes[0];
-    const firstTimed = 1 + w / o.perBody; // body index of the first timed body
+    const { fixture, jsFixture } = await encryptedFixture(keys, alice, botUpload, raw, w + n, o.perBody, 'none', jsUpload);
+    alice.close();
+    alice = null;
+    const firstSync = (await botServer.stats()).requestTimes[0];
     const warmTexts = fixture.texts.slice(0, w);
     const timedTexts = fixture.texts.slice(w);
-    const stuck = (what: string, count: number) => () => `${what}: the bot handled ${b.counts().messages} of ${count} messages; problems: ${botProblems(b, count, true).join(' | ')}`;
 
     // Untimed warm-up (its rates are kept as the cold numbers).
-    const warmDone = b.at(w);
-    const firstTimedHandled = b.at(w + 1);
-    const lastHandled = b.at(w + n);
-    await server.setBodies(fixture.bodies.slice(0, firstTimed));
-    await withTimeout(b.running, TIMEOUT_MS, () => `client.run() did not resolve; problems: ${b.problems.join(' | ') || 'none'}`);
-    let coldBot = NaN;
-    let coldRaw = NaN;
-    if (w > 0) {
-      const t = await withTimeout(warmDone, TIMEOUT_MS, stuck('warm-up', w));
-      coldBot = w / ((t - ((await server.stats()).bodyTimes[1]! - offsetMs)) / 1000);
-      coldRaw = (await rawLoop(raw.machine, warmTexts)).eventsPerSec;
+    interface Subject { b: Bot; server: ReplayServer; offsetMs: number; bodies: string[]; firstTimed: number; firstSyncAt: number; cold: number; name: string }
+    const subjects = new Map<'bot' | 'jssdk', Subject>();
+    subjects.set('bot', { b: bot, server: botServer, offsetMs: botOffset, bodies: fixture.bodies, firstTimed: 1 + w / o.perBody, firstSyncAt: firstSync ?? NaN, cold: NaN, name: 'the bot' });
+    if (js && jsServer && jsFixture && jsUpload) {
+      subjects.set('jssdk', { b: js, server: jsServer, offsetMs: jsOffset, bodies: jsFixture.bodies, firstTimed: 2 + w / o.perBody, firstSyncAt: (await jsServer.stats()).requestTimes[0] ?? NaN, cold: NaN, name: 'matrix-js-sdk' });
     }
+    const stuck = (sub: Subject, what: string, count: number) => () =>
+      `${what}: ${sub.name} handled ${sub.b.counts().messages} of ${count} messages; problems: ${botProblems(sub.b, count, true).join(' | ')}`;
+    const timedMarks = new Map<'bot' | 'jssdk', { first: Promise<number>; last: Promise<number> }>();
+    for (const [id, sub] of subjects) {
+      const warmDone = sub.b.at(w);
+      timedMarks.set(id, { first: sub.b.at(w + 1), last: sub.b.at(w + n) });
+      // The warm-up bodies start with the first timeline body (the bot's body 1, js-sdk's body 2).
+      const firstWarm = sub.firstTimed - w / o.perBody;
+      try {
+        await sub.server.setBodies(sub.bodies.slice(0, sub.firstTimed));
+        await withTimeout(sub.b.running, TIMEOUT_MS, () => `${sub.name} did not start; problems: ${sub.b.problems.join(' | ') || 'none'}`);
+        if (w > 0) {
+          const t = await withTimeout(warmDone, TIMEOUT_MS, stuck(sub, 'warm-up', w));
+          sub.cold = w / ((t - ((await sub.server.stats()).bodyTimes[firstWarm]! - sub.offsetMs)) / 1000);
+        }
+      } catch (err) {
+        if (id === 'bot') throw err;
+        subjects.delete(id);
+        await dropJs(err);
+      }
+    }
+    const coldRaw = w > 0 ? (await rawLoop(raw.machine, warmTexts)).eventsPerSec : NaN;
 
     const measureRaw = async () => {
       o.gc();
@@ -621,21 +830,23 @@ async function throughputRound(o: CryptoBenchOptions, round: number, rawFirst: b
       s.coldEventsPerSec = coldRaw;
       samples.push(s);
     };
-    const measureBot = async () => {
+    const measureClient = async (id: 'bot' | 'jssdk') => {
+      const sub = subjects.get(id)!;
+      const marks = timedMarks.get(id)!;
       o.gc();
       const th0 = threadGroupsCpuMs();
       const cpu0 = threadCpuMs();
       const proc0 = processCpuMs();
-      await server.setBodies(fixture.bodies);
-      const last = await withTimeout(lastHandled, TIMEOUT_MS, stuck('timed burst', w + n));
+      await sub.server.setBodies(sub.bodies);
+      const last = await withTimeout(marks.last, TIMEOUT_MS, stuck(sub, 'timed burst', w + n));
       const cpu = threadCpuMs() - cpu0;
       const proc = processCpuMs() - proc0;
       const th1 = threadGroupsCpuMs();
-      const st = await server.stats();
-      const startServer = st.bodyTimes[firstTimed]!;
-      const start = startServer - offsetMs;
+      const st = await sub.server.stats();
+      const startServer = st.bodyTimes[sub.firstTimed]!;
+      const start = startServer - sub.offsetMs;
       const seconds = (last - start) / 1000;
-      const endServer = last + offsetMs;
+      const endServer = last + sub.offsetMs;
       const gaps: number[] = [];
       for (let i = 0; i + 1 < st.syncRequests; i++) {
         if (st.requestTimes[i]! < startServer - 1 || st.requestTimes[i + 1]! > endServer) continue;
@@ -643,7 +854,7 @@ async function throughputRound(o: CryptoBenchOptions, round: number, rawFirst: b
       }
       const s: CryptoThroughputSample = {
         round,
-        contender: 'bot',
+        contender: id,
         events: n,
         seconds,
         eventsPerSec: n / seconds,
@@ -656,31 +867,46 @@ async function throughputRound(o: CryptoBenchOptions, round: number, rawFirst: b
           gapMax: gaps.length ? Math.max(...gaps) : NaN,
           allBodiesFetchedAfterMs: st.bodyTimes[st.bodyTimes.length - 1]! - startServer,
         },
-        startupMs: firstSync !== undefined ? firstSync - offsetMs - b.startAt : NaN,
-        firstDeliveryMs: (await firstTimedHandled) - start,
-        coldEventsPerSec: coldBot,
+        startupMs: sub.firstSyncAt - sub.offsetMs - sub.b.startAt,
+        firstDeliveryMs: (await marks.first) - start,
+        coldEventsPerSec: sub.cold,
       };
       const th = perEventDelta(th0, th1, n);
       if (th) s.threadsCpuUsPerEvent = th;
-      const problems = botProblems(b, w + n, true);
+      const problems = botProblems(sub.b, w + n, true);
       if (problems.length) s.problems = problems;
       samples.push(s);
-      await b.stop();
-      bot = null;
+      await sub.b.stop();
+      clients.delete(id);
     };
-    if (rawFirst) {
-      await measureRaw();
-      await measureBot();
-    } else {
-      await measureBot();
-      await measureRaw();
+    for (const c of order) {
+      if (setupFailures.has(c)) {
+        samples.push(failedSample(round, c, setupFailures.get(c)));
+        continue;
+      }
+      try {
+        await (c === 'raw' ? measureRaw() : measureClient(c));
+      } catch (err) {
+        // One contender failing leaves the others' measurements standing.
+        samples.push(failedSample(round, c, err));
+        const b = c === 'raw' ? undefined : clients.get(c);
+        if (b && c !== 'raw') {
+          clients.delete(c);
+          await b.stop().catch(() => {});
+        }
+      }
     }
     return { samples, bytesPerEvent: fixture.bytes / (w + n) };
   } finally {
-    await (bot as Bot | null)?.stop().catch(() => {});
+    for (const b of clients.values()) await b.stop().catch(() => {});
+    alice?.close();
     await raw?.close();
-    await server.stop();
+    for (const s of servers) await s.stop();
   }
+}
+
+function failedSample(round: number, contender: ThroughputContender, err: unknown): CryptoThroughputSample {
+  return { round, contender, events: 0, seconds: NaN, eventsPerSec: NaN, mainCpuUsPerEvent: NaN, allThreadsCpuUsPerEvent: NaN, error: (err as Error).message };
 }
 
 async function cadenceRun(o: CryptoBenchOptions, round: number, contender: CadenceBurst): Promise<CryptoCadenceSample> {
@@ -698,7 +924,14 @@ async function cadenceRun(o: CryptoBenchOptions, round: number, contender: Caden
     let fixture: Fixture;
     const encrypted = contender !== 'plaintext';
     if (encrypted) {
-      const f = await encryptedFixture(new Keys(), upload as Json, null, n, o.cadencePerBody, round, contender === 'encrypted+keys' ? 'keys' : contender === 'encrypted+to-device' ? 'to-device' : 'none');
+      const keys = new Keys();
+      const alice = await openAlice(keys, round);
+      let f: EncryptedFixture;
+      try {
+        f = await encryptedFixture(keys, alice, upload as Json, null, n, o.cadencePerBody, contender === 'encrypted+keys' ? 'keys' : contender === 'encrypted+to-device' ? 'to-device' : 'none');
+      } finally {
+        alice.close();
+      }
       await server.setKeysQuery(f.aliceKeysQuery);
       fixture = f.fixture;
     } else fixture = plaintextFixture(n, o.cadencePerBody);
@@ -745,6 +978,7 @@ function threadsLine(t: Record<string, number>): string {
 /** Runs part C; see the module comment. */
 export async function cryptoBench(o: CryptoBenchOptions): Promise<CryptoResult> {
   const parts = o.parts ?? ['throughput', 'cadence'];
+  const contenders = o.contenders ?? THROUGHPUT_CONTENDERS;
   const offered = (o.cadencePerBody * 1000) / o.cadenceReleaseEveryMs;
   o.progress(
     `[C] ${fmt(o.events)} encrypted m.room.message events per measurement; throughput: ${o.perBody} per /sync body, served at once, after ${fmt(o.warmup)} untimed; ` +
@@ -755,17 +989,18 @@ export async function cryptoBench(o: CryptoBenchOptions): Promise<CryptoResult> 
   let bytesPerEvent = NaN;
   for (let round = 1; round <= o.rounds; round++) {
     if (parts.includes('throughput')) {
-      const rawFirst = round % 2 === 0;
+      // Each contender goes first, second and last in turn.
+      const order = contenders.map((_, i) => contenders[(i + round - 1) % contenders.length]!);
       try {
-        const r = await throughputRound(o, round, rawFirst);
+        const r = await throughputRound(o, round, order);
         bytesPerEvent = r.bytesPerEvent;
         tp.push(...r.samples);
       } catch (err) {
-        tp.push({ round, contender: 'bot', events: 0, seconds: NaN, eventsPerSec: NaN, mainCpuUsPerEvent: NaN, allThreadsCpuUsPerEvent: NaN, error: (err as Error).message });
+        tp.push(...order.map((c) => failedSample(round, c, err)));
       }
       for (const s of tp.filter((x) => x.round === round)) {
         o.progress(
-          `[C r${round}/${o.rounds}] ${s.contender === 'bot' ? 'bot (Halcyon)' : 'raw loop     '} ` +
+          `[C r${round}/${o.rounds}] ${CONTENDER_LABEL[s.contender].padEnd(13)} ` +
             (s.error
               ? `FAILED: ${s.error}`
               : `${fmt(s.eventsPerSec).padStart(6)} events/s in ${fmt(s.seconds, 3)} s (warm-up ${fmt(s.coldEventsPerSec ?? NaN)}); main CPU ${fmt(s.mainCpuUsPerEvent, 1)} µs/event, all threads ${fmt(s.allThreadsCpuUsPerEvent, 1)} µs/event` +
@@ -776,9 +1011,12 @@ export async function cryptoBench(o: CryptoBenchOptions): Promise<CryptoResult> 
                 (s.problems ? `; PROBLEMS: ${s.problems.join(' | ')}` : '')),
         );
       }
-      const b = tp.find((x) => x.round === round && x.contender === 'bot' && !x.error);
-      const r = tp.find((x) => x.round === round && x.contender === 'raw' && !x.error);
-      if (b && r) o.progress(`[C r${round}/${o.rounds}] bot ÷ raw = ${fmt(b.eventsPerSec / r.eventsPerSec, 2)} (${rawFirst ? 'raw' : 'bot'} first)`);
+      const rate = (c: ThroughputContender) => tp.find((x) => x.round === round && x.contender === c && !x.error)?.eventsPerSec ?? NaN;
+      o.progress(
+        `[C r${round}/${o.rounds}] bot ÷ raw = ${fmt(rate('bot') / rate('raw'), 2)}` +
+          (contenders.includes('jssdk') ? `, bot ÷ js-sdk = ${fmt(rate('bot') / rate('jssdk'), 2)}` : '') +
+          ` (order: ${order.join(', ')})`,
+      );
     }
     if (parts.includes('cadence')) {
       const order = CADENCE_BURSTS.map((_, i) => CADENCE_BURSTS[(i + round - 1) % CADENCE_BURSTS.length]!);
@@ -812,31 +1050,34 @@ export async function cryptoBench(o: CryptoBenchOptions): Promise<CryptoResult> 
       cadenceReleaseEveryMs: o.cadenceReleaseEveryMs,
       bodyBytesPerEvent: bytesPerEvent,
       store: 'fake-indexeddb + SQLite journal (IdbJournal), passphrase-encrypted crypto store',
+      jssdkStore: 'in memory (initRustCrypto({ useIndexedDB: false })): nothing persisted, nothing encrypted at rest',
     },
     throughput: null,
     cadence: null,
   };
   if (parts.includes('throughput')) {
-    const of = (c: 'bot' | 'raw') => tp.filter((s) => s.contender === c && !s.error);
-    const sum = (c: 'bot' | 'raw') => ({
+    const of = (c: ThroughputContender) => tp.filter((s) => s.contender === c && !s.error);
+    const sum = (c: ThroughputContender) => ({
       eventsPerSec: summarize(of(c).map((s) => s.eventsPerSec)),
       mainCpuUsPerEvent: summarize(of(c).map((s) => s.mainCpuUsPerEvent)),
       allThreadsCpuUsPerEvent: summarize(of(c).map((s) => s.allThreadsCpuUsPerEvent)),
     });
-    const summary = { bot: sum('bot'), raw: sum('raw') };
-    const perRound: number[] = [];
-    for (const b of of('bot')) {
-      const r = of('raw').find((x) => x.round === b.round);
-      if (r) perRound.push(b.eventsPerSec / r.eventsPerSec);
-    }
-    result.throughput = {
-      samples: tp,
-      summary,
-      ratio: { ofMedians: summary.bot.eventsPerSec.median / summary.raw.eventsPerSec.median, perRound: summarize(perRound), perRoundValues: perRound },
+    const summary = { bot: sum('bot'), raw: sum('raw'), jssdk: sum('jssdk') };
+    const ratio = (other: ThroughputContender) => {
+      const perRound: number[] = [];
+      for (const b of of('bot')) {
+        const r = of(other).find((x) => x.round === b.round);
+        if (r) perRound.push(b.eventsPerSec / r.eventsPerSec);
+      }
+      return { ofMedians: summary.bot.eventsPerSec.median / summary[other].eventsPerSec.median, perRound: summarize(perRound), perRoundValues: perRound };
     };
+    result.throughput = { samples: tp, summary, ratio: ratio('raw'), ratioVsJsSdk: contenders.includes('jssdk') ? ratio('jssdk') : null };
+    const t = result.throughput;
     o.progress(
-      `[C] decryption events/s (median): bot ${fmt(summary.bot.eventsPerSec.median)}, raw ${fmt(summary.raw.eventsPerSec.median)}; ` +
-        `bot ÷ raw ×${fmt(result.throughput.ratio.ofMedians, 2)} (rounds ${perRound.map((x) => fmt(x, 2)).join(', ')}; goal ≥ 0.9)`,
+      `[C] decryption events/s (median): bot ${fmt(summary.bot.eventsPerSec.median)}, raw ${fmt(summary.raw.eventsPerSec.median)}` +
+        (t.ratioVsJsSdk ? `, js-sdk ${fmt(summary.jssdk.eventsPerSec.median)}` : '') +
+        `; bot ÷ raw ×${fmt(t.ratio.ofMedians, 2)} (rounds ${t.ratio.perRoundValues.map((x) => fmt(x, 2)).join(', ')}; goal ≥ 0.9)` +
+        (t.ratioVsJsSdk ? `; bot ÷ js-sdk ×${fmt(t.ratioVsJsSdk.ofMedians, 2)} (rounds ${t.ratioVsJsSdk.perRoundValues.map((x) => fmt(x, 2)).join(', ')})` : ''),
     );
   }
   if (parts.includes('cadence')) {
@@ -869,56 +1110,80 @@ export async function cryptoBench(o: CryptoBenchOptions): Promise<CryptoResult> 
 
 const mmm = (s: Summary | undefined, d = 0): string => (s && s.n > 0 ? `${fmt(s.min, d)} / **${fmt(s.median, d)}** / ${fmt(s.max, d)}` : '–');
 
-/** The markdown section of part C. */
-export function cryptoMarkdown(r: CryptoResult): string[] {
+/** The markdown section of part C; `withTitle` false leaves out its `##` title (for a caller that gives its own). */
+export function cryptoMarkdown(r: CryptoResult, withTitle = true): string[] {
   const c = r.config;
   const L: string[] = [];
-  L.push('## C. Decryption: Halcyon vs a raw `OlmMachine.decryptRoomEvent` loop', '');
+  if (withTitle) L.push('## C. Decryption: Halcyon vs matrix-js-sdk vs a raw `OlmMachine.decryptRoomEvent` loop', '');
   if (r.throughput) {
     const t = r.throughput;
+    const js = t.ratioVsJsSdk !== null;
     L.push(
-      `Per round: a fresh bot (dist \`Client\`, fresh data dir, encryption on) uploads its keys to the replay server; alice (crypto-wasm, in memory) ` +
-        `shares one megolm session with the bot and with a raw \`OlmMachine\` on the same store type as the crypto actor's (${c.store}, on the bench's ` +
-        `main thread) and encrypts ${fmt(c.warmup)} + ${fmt(c.events)} \`m.room.message\` events. Bot: /sync #0 carries the key share (to-device) and the room's ` +
-        `\`m.room.encryption\`; then ${c.perBody} encrypted events per body (${fmt(c.bodyBytesPerEvent)} B/event). Warm-up, untimed: the bot handles the ` +
-        `first ${fmt(c.warmup)} (its crypto worker is a fresh thread whose wasm code tiers up as it runs) and the raw machine decrypts them (same store history). ` +
-        'Timed: the bodies of the other events are added to the replay server and served as fast as the bot polls; events/s from the first timed ' +
-        'body\'s response (server clock, offset-corrected) to the last `message` handler call (which reads `isEncrypted`, `sender`, `body`). Raw: ' +
-        'the same event texts through `await decryptRoomEvent(text, new RoomId(…), new DecryptionSettings(Untrusted))`, reading `.event`, in a loop. ' +
-        'The two alternate which goes first. Bot CPU: from just before the timed bodies are added to the last handler call (main thread; all threads ' +
-        'of the bench process: main, sync, cache and crypto workers, V8 helper threads); raw CPU: the loop\'s thread, and all threads.',
+      `Per round: a fresh Halcyon bot (dist \`Client\`, fresh data dir, encryption on) uploads its keys to a replay server` +
+        (js ? '; a fresh matrix-js-sdk 43 client (the bot user\'s second device) does the same to a second replay server' : '') +
+        `; alice (crypto-wasm, in memory) shares one megolm session with ${js ? 'both' : 'the bot'} and with a raw \`OlmMachine\` on the same store type as the ` +
+        `crypto actor's (${c.store}, on the bench's main thread) and encrypts ${fmt(c.warmup)} + ${fmt(c.events)} \`m.room.message\` events. ` +
+        `Bot: /sync #0 carries the key share (to-device) and the room's \`m.room.encryption\`; then ${c.perBody} encrypted events per body ` +
+        `(${fmt(c.bodyBytesPerEvent)} B/event). ` +
+        (js
+          ? 'js-sdk (`initRustCrypto`, the same crypto-wasm, on the main thread; its logger silenced) uploads its keys after its first /sync, so its /sync #0 ' +
+            'carries the room and #1 the key share; then the same timeline bodies. Its store is in memory (`useIndexedDB: false`): ' +
+            'nothing persisted or encrypted at rest, which Halcyon\'s store and the raw machine\'s are, a handicap for both. Its handler is what a ' +
+            'js-sdk bot writes: `RoomEvent.Timeline` → `await client.decryptEventIfNeeded(event)` (js-sdk\'s sync hands timeline events over ' +
+            'undecrypted) → type, sender, body. Its replay server also answers push rules, capabilities and key backup as Synapse 1.163 does. '
+          : '') +
+        `Warm-up, untimed: every contender handles the first ${fmt(c.warmup)} (Halcyon's crypto worker is a fresh thread whose wasm code tiers up as it ` +
+        'runs; the raw machine gets the same store history). Timed: the bodies of the other events are added to the replay server and served as fast ' +
+        'as the client polls; events/s from the first timed body\'s response (server clock, offset-corrected) to the last handler call (which reads ' +
+        'the sender, whether it was encrypted and the body). Raw: the same event texts through `await decryptRoomEvent(text, new RoomId(…), ' +
+        'new DecryptionSettings(Untrusted))`, reading `.event`, in a loop. The contenders take turns going first; the client not being measured ' +
+        'idles in a long-poll. Client CPU: from just before the timed bodies are added to the last handler call (main thread; all threads of the ' +
+        'bench process: main, Halcyon\'s workers, V8 helper threads); raw CPU: the loop\'s thread, and all threads.',
       '',
     );
     L.push('| contender | events/s | main-thread CPU µs/event | all-threads CPU µs/event |', '| --- | ---: | ---: | ---: |');
-    L.push(`| raw \`decryptRoomEvent\` loop (1 thread) | ${mmm(t.summary.raw.eventsPerSec)} | ${mmm(t.summary.raw.mainCpuUsPerEvent, 1)} | ${mmm(t.summary.raw.allThreadsCpuUsPerEvent, 1)} |`);
-    L.push(`| Halcyon bot (crypto actor on a worker) | ${mmm(t.summary.bot.eventsPerSec)} | ${mmm(t.summary.bot.mainCpuUsPerEvent, 1)} | ${mmm(t.summary.bot.allThreadsCpuUsPerEvent, 1)} |`);
+    const row = (label: string, k: ThroughputContender) =>
+      `| ${label} | ${mmm(t.summary[k].eventsPerSec)} | ${mmm(t.summary[k].mainCpuUsPerEvent, 1)} | ${mmm(t.summary[k].allThreadsCpuUsPerEvent, 1)} |`;
+    L.push(row('raw `decryptRoomEvent` loop (1 thread)', 'raw'));
+    if (js) L.push(row('matrix-js-sdk 43 (rust crypto, in-memory store)', 'jssdk'));
+    L.push(row('Halcyon bot (crypto actor on a worker)', 'bot'));
     L.push('');
-    L.push(
-      `**Bot ÷ raw events/s: ×${fmt(t.ratio.ofMedians, 2)}** (ratio of the medians; per round ${t.ratio.perRoundValues.map((x) => fmt(x, 2)).join(', ')}). Goal ≥ 0.9.`,
-      '',
-    );
-    const bots = t.samples.filter((s) => s.contender === 'bot' && s.syncDuringBurst);
+    const ratioLine = (name: string, q: ThroughputRatio) => `**Halcyon ÷ ${name} events/s: ×${fmt(q.ofMedians, 2)}** (ratio of the medians; per round ${q.perRoundValues.map((x) => fmt(x, 2)).join(', ')})`;
+    L.push(`${ratioLine('raw', t.ratio)}. Goal ≥ 0.9.` + (t.ratioVsJsSdk ? ` ${ratioLine('matrix-js-sdk', t.ratioVsJsSdk)}.` : ''), '');
+    const clients = t.samples.filter((s) => s.syncDuringBurst && !s.error);
+    const startup = (k: ThroughputContender) => mmm(summarize(clients.filter((s) => s.contender === k).map((s) => s.startupMs!)));
+    const first = (k: ThroughputContender) => mmm(summarize(clients.filter((s) => s.contender === k).map((s) => s.firstDeliveryMs!)));
+    const burst = (k: ThroughputContender) => mmm(summarize(clients.filter((s) => s.contender === k).map((s) => s.seconds * 1000)));
+    const cold = (k: ThroughputContender) => mmm(summarize(t.samples.filter((s) => s.contender === k && !s.error).map((s) => s.coldEventsPerSec ?? NaN).filter(Number.isFinite)));
+    const bots = clients.filter((s) => s.contender === 'bot');
     if (bots.length) {
       L.push(
         `While the bot decrypted (unpaced run), its sync actor kept polling the exhausted server (long-polls held ≤ 1 s): ` +
           bots.map((s) => `r${s.round}: ${s.syncDuringBurst!.polls} polls, gap p50 ${fmt(s.syncDuringBurst!.gapP50, 1)} / max ${fmt(s.syncDuringBurst!.gapMax, 1)} ms, all bodies fetched ${fmt(s.syncDuringBurst!.allBodiesFetchedAfterMs)} ms after the first`).join('; ') +
-          `. Bot start-up (\`run()\` to first /sync request; crypto store, key upload; not timed): ${mmm(summarize(bots.map((s) => s.startupMs!)))} ms. ` +
-          `First handler call after the first timed body: ${mmm(summarize(bots.map((s) => s.firstDeliveryMs!)))} ms ` +
-          `(of ${mmm(summarize(bots.map((s) => s.seconds * 1000)))} ms for the whole burst). ` +
-          `Warm-up (${fmt(c.warmup)} events, untimed) events/s: bot ${mmm(summarize(bots.map((s) => s.coldEventsPerSec ?? NaN).filter(Number.isFinite)))}, ` +
-          `raw ${mmm(summarize(t.samples.filter((s) => s.contender === 'raw' && !s.error).map((s) => s.coldEventsPerSec ?? NaN).filter(Number.isFinite)))}.`,
+          (js
+            ? `. js-sdk's sync loop handles each body on the main thread, between decryptions, so it fetches more slowly: all bodies fetched ` +
+              `${mmm(summarize(clients.filter((s) => s.contender === 'jssdk').map((s) => s.syncDuringBurst!.allBodiesFetchedAfterMs)))} ms after the first, ` +
+              `gap to the next /sync p50 ${mmm(summarize(clients.filter((s) => s.contender === 'jssdk').map((s) => s.syncDuringBurst!.gapP50)), 1)} ms`
+            : '') +
+          `. Start-up to the first /sync request (not timed), ms: bot (\`run()\`: crypto store, key upload) ${startup('bot')}` +
+          (js ? `; js-sdk (\`createClient\`, \`initRustCrypto\`, \`startClient\`) ${startup('jssdk')}` : '') +
+          `. First handler call after the first timed body, ms: bot ${first('bot')}${js ? `, js-sdk ${first('jssdk')}` : ''} ` +
+          `(of a whole burst of bot ${burst('bot')}${js ? `, js-sdk ${burst('jssdk')}` : ''}). ` +
+          `Warm-up (${fmt(c.warmup)} events, untimed) events/s: bot ${cold('bot')}, raw ${cold('raw')}${js ? `, js-sdk ${cold('jssdk')}` : ''}.`,
         '',
       );
     }
     const withThreads = t.samples.filter((s) => s.threadsCpuUsPerEvent && !s.error);
     if (withThreads.length) {
-      const med = (c: 'bot' | 'raw', k: string) => percentile(withThreads.filter((s) => s.contender === c).map((s) => s.threadsCpuUsPerEvent![k] ?? 0), 50);
+      const med = (c: ThroughputContender, k: string) => percentile(withThreads.filter((s) => s.contender === c).map((s) => s.threadsCpuUsPerEvent![k] ?? 0), 50);
       const crypto = med('bot', 'halcyon-crypto');
       const raw = med('raw', 'main');
       L.push(
         `CPU by thread (/proc, 10 ms ticks), median µs/event: bot: crypto worker ${fmt(crypto, 0)}, sync worker ${fmt(med('bot', 'halcyon-sync'), 0)}, ` +
           `cache worker ${fmt(med('bot', 'halcyon-cache'), 0)}, main ${fmt(med('bot', 'main'), 0)}, V8 helper threads ${fmt(med('bot', 'v8 helpers'), 0)}; ` +
-          `raw: loop thread ${fmt(raw, 0)}, V8 helper threads ${fmt(med('raw', 'v8 helpers'), 0)}. Crypto worker ÷ raw loop CPU per event: ×${fmt(crypto / raw, 2)}.`,
+          `raw: loop thread ${fmt(raw, 0)}, V8 helper threads ${fmt(med('raw', 'v8 helpers'), 0)}` +
+          (js ? `; js-sdk: main ${fmt(med('jssdk', 'main'), 0)}, V8 helper threads ${fmt(med('jssdk', 'v8 helpers'), 0)}` : '') +
+          `. Crypto worker ÷ raw loop CPU per event: ×${fmt(crypto / raw, 2)}.`,
         '',
       );
     }
@@ -958,6 +1223,3 @@ export function cryptoMarkdown(r: CryptoResult): string[] {
   return L;
 }
 
-
-/** @internal For experiments (TEMP). */
-export const __internals = { Keys, openRaw, encryptedFixture, rawLoop, threadGroupsCpuMs };

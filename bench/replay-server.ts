@@ -1,5 +1,9 @@
 /**
  * Out-of-process Matrix homeserver stub that replays pre-built `/sync` bodies.
+ * Besides `/sync` it answers the requests the benchmarked clients make around it, as Synapse answers a fresh account:
+ * versions, capabilities, push rules, filters, whoami, password login, joined rooms (none), presence, account data
+ * (none), room state (none: rooms are unencrypted), room-key backup (none), the E2EE key endpoints (see `keys`) and
+ * sends (an event ID derived from the transaction ID).
  * Importing this module only defines {@link startReplayServer}; when run as the
  * forked child (`--replay-child <configPath>`) it serves HTTP on 127.0.0.1.
  * @module
@@ -34,13 +38,16 @@ export interface ReplayServerOptions {
    * after it). Default 0 (the clock starts at the first `/sync`).
    */
   releaseFrom?: number;
-  /** Who `/account/whoami` says the token belongs to (default `@bot:localhost`, device `BENCH`). */
+  /**
+   * Who `/account/whoami` says the token belongs to, and who every password `/login` logs in (whatever the user
+   * named; default `@bot:localhost`, device `BENCH`).
+   */
   whoami?: { userId: string; deviceId: string };
   /**
    * Answer the end-to-end-encryption key endpoints: `keys/upload` (recorded, see {@link ReplayServer.keysUploads};
    * answers 50 signed_curve25519 one-time keys), `keys/query` (the answer set with
    * {@link ReplayServer.setKeysQuery}, default no devices), `keys/claim` (no keys), `keys/signatures/upload` and
-   * `sendToDevice` (accepted). Default false (404).
+   * `sendToDevice` (accepted), as any homeserver does. Default true; false answers them 404 (a server without E2EE).
    */
   keys?: boolean;
   /**
@@ -224,16 +231,28 @@ export async function startReplayServer(opts: ReplayServerOptions): Promise<Repl
 
 async function runChild(configPath: string): Promise<void> {
   const config = JSON.parse(readFileSync(configPath, 'utf8')) as ChildConfig;
+  config.keys ??= true;
   const routes: ReplayRoutes | null = config.routes ? ((await import(pathToFileURL(config.routes).href)) as { default: ReplayRoutes }).default : null;
   let bodies: Buffer[] | null = config.files ? config.files.map((f) => readFileSync(f)) : null;
   rmSync(dirname(configPath), { recursive: true, force: true }); // bodies are in memory now
   const json = (s: unknown) => Buffer.from(JSON.stringify(s));
   const FILTER = json({ filter_id: '1' });
   const WHOAMI = json({ user_id: config.whoami?.userId ?? '@bot:localhost', device_id: config.whoami?.deviceId ?? 'BENCH' });
-  const VERSIONS = json({ versions: ['v1.11'] });
+  // Spec versions up to v1.11: the peer libraries check for v1.1+ features (matrix-js-sdk refuses servers without them).
+  const VERSIONS = json({ versions: ['r0.6.1', 'v1.1', 'v1.2', 'v1.3', 'v1.4', 'v1.5', 'v1.6', 'v1.7', 'v1.8', 'v1.9', 'v1.10', 'v1.11'], unstable_features: {} });
   const SENT = json({ event_id: '$x' });
   const EMPTY = json({});
   const NOT_FOUND = json({ errcode: 'M_UNRECOGNIZED', error: 'Unrecognized request' });
+  // What a fresh account on Synapse answers to the start-up requests of the peer libraries.
+  const CAPABILITIES = json({ capabilities: { 'm.change_password': { enabled: true }, 'm.room_versions': { default: '10', available: { '10': 'stable' } } } });
+  const PUSHRULES = json({ global: { override: [], content: [], room: [], sender: [], underride: [] } });
+  const JOINED_ROOMS = json({ joined_rooms: [] });
+  const PRESENCE = json({ presence: 'online', last_active_ago: 0, currently_active: true });
+  const NO_ACCOUNT_DATA = json({ errcode: 'M_NOT_FOUND', error: 'Account data not found' });
+  const NO_STATE = json({ errcode: 'M_NOT_FOUND', error: 'Event not found.' });
+  const NO_BACKUP = json({ errcode: 'M_NOT_FOUND', error: 'No current backup version' });
+  const LOGIN_FLOWS = json({ flows: [{ type: 'm.login.password' }] });
+  let logins = 0;
   const KEY_COUNTS = json({ one_time_key_counts: { signed_curve25519: 50 } });
   const NO_CLAIM = json({ one_time_keys: {}, failures: {} });
   let keysQuery = json({ device_keys: {}, failures: {} });
@@ -345,7 +364,28 @@ async function runChild(configPath: string): Promise<void> {
     if (method === 'POST' && /^\/_matrix\/client\/v3\/user\/[^/]+\/filter$/.test(path)) return send(res, 200, FILTER);
     if (method === 'GET' && path === '/_matrix/client/v3/account/whoami') return send(res, 200, WHOAMI);
     if (method === 'GET' && path === '/_matrix/client/versions') return send(res, 200, VERSIONS);
-    if ((method === 'PUT' || method === 'POST') && /^\/_matrix\/client\/v3\/rooms\//.test(path)) return send(res, 200, SENT);
+    if (method === 'GET' && /^\/_matrix\/client\/v3\/rooms\/[^/]+\/state\/[^/]+/.test(path)) return send(res, 404, NO_STATE);
+    if ((method === 'PUT' || method === 'POST') && path.startsWith('/_matrix/client/v3/rooms/')) {
+      // A send's event ID follows from its transaction ID, as a real server answers a repeated transaction with the same event.
+      const txn = /^\/_matrix\/client\/v3\/rooms\/[^/]+\/(?:send\/[^/]+|redact\/[^/]+)\/([^/]+)$/.exec(path)?.[1];
+      return send(res, 200, txn === undefined ? SENT : json({ event_id: `$t${txn.replace(/[^A-Za-z0-9._-]/g, '_')}` }));
+    }
+    if (method === 'GET' && path === '/_matrix/client/v3/capabilities') return send(res, 200, CAPABILITIES);
+    if (method === 'GET' && path.startsWith('/_matrix/client/v3/pushrules')) return send(res, 200, PUSHRULES);
+    if (method === 'GET' && path === '/_matrix/client/v3/joined_rooms') return send(res, 200, JOINED_ROOMS);
+    if (path.startsWith('/_matrix/client/v3/presence/')) return send(res, 200, method === 'GET' ? PRESENCE : EMPTY);
+    if (method === 'GET' && /^\/_matrix\/client\/v3\/user\/[^/]+\/filter\/[^/]+$/.test(path)) return send(res, 200, EMPTY);
+    if (/^\/_matrix\/client\/v3\/user\/[^/]+\/(?:rooms\/[^/]+\/)?account_data\//.test(path)) return send(res, method === 'PUT' ? 200 : 404, method === 'PUT' ? EMPTY : NO_ACCOUNT_DATA);
+    if (method === 'GET' && path === '/_matrix/client/v3/room_keys/version') return send(res, 404, NO_BACKUP);
+    if (path === '/_matrix/client/v3/login') {
+      if (method === 'GET') return send(res, 200, LOGIN_FLOWS);
+      if (method === 'POST') {
+        // The request body was drained above; every password login succeeds, as the account the whoami answer names.
+        const userId = config.whoami?.userId ?? '@bot:localhost';
+        const deviceId = config.whoami?.deviceId ?? 'BENCH';
+        return send(res, 200, json({ user_id: userId, access_token: `bench_${++logins}`, device_id: deviceId, home_server: 'localhost' }));
+      }
+    }
     if (config.keys) {
       if (method === 'POST' && path === '/_matrix/client/v3/keys/query') return send(res, 200, keysQuery);
       if (method === 'POST' && path === '/_matrix/client/v3/keys/claim') return send(res, 200, NO_CLAIM);

@@ -1,6 +1,8 @@
 // Installs the benchmark-only peer libraries into bench/node_modules (once). matrix-bot-sdk's crypto dependency
-// downloads a native binary in a postinstall script that cannot run here, hence --ignore-scripts: the benchmarks
-// use its unencrypted paths only. matrix-js-sdk is a devDependency of the package (the tests' peer client).
+// downloads a native binary in a postinstall script that cannot run here: bench/package.json overrides it with a
+// stub (bench/stubs/matrix-sdk-crypto-nodejs, every export throws) and the install runs with --ignore-scripts; the
+// benchmarks use matrix-bot-sdk's unencrypted paths only. matrix-js-sdk is a devDependency of the package (the
+// tests' peer client).
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';

@@ -53,7 +53,6 @@ import {
   OFF,
   OFFSET_STRIDE,
   type MainToSync,
-  type RoomInfo,
   type RoomSummary,
   SYNC_DEADLINES,
   type SyncActorApi,

@@ -11,7 +11,7 @@
  * position), MP3 (Xing/Info or VBRI frame count, else constant bit rate). Not read: WebM/Matroska, AAC in ADTS,
  * anything else (the event then carries no duration). A file that cannot be parsed yields no fields, not an error.
  */
-import { closeSync, fstatSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync, writeSync } from 'node:fs';
 import { encode as encodeBlurhash } from 'blurhash';
 import { imageSize } from 'image-size';
 import jpeg from 'jpeg-js';

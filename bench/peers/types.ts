@@ -20,10 +20,24 @@ export interface PeerStartOptions {
   userId: string;
   accessToken: string;
   deviceId: string;
-  /** Called for every timeline event of joined rooms (`m.room.message` and `m.reaction` at least), own events included. */
+  /**
+   * Called for every timeline event of joined rooms (`m.room.message` and `m.reaction` at least); the bot's own
+   * events as {@link PeerStartOptions.ownEvents} says. A returned promise is awaited where the library awaits its
+   * handlers (Halcyon: before the room's next event; floor: before the next event at all; the SDKs: not at all).
+   */
   onEvent(ev: PeerEvent): void | Promise<void>;
   /** Deliver the events of the first /sync too (the replay benchmarks count them). Default true. */
   deliverInitial?: boolean;
+  /**
+   * The bot's own events: true delivers them, false skips them, in every contender; unset, each does what its
+   * library does by default (Halcyon skips them, the floor and the SDKs deliver them).
+   */
+  ownEvents?: boolean;
+  /**
+   * Pace sends as the library does by default (Halcyon: a token bucket of 0.2/s, bursts of 10; the others do not
+   * pace). Default false: sends go out unpaced (Halcyon's `rateLimit: false`).
+   */
+  rateLimit?: boolean;
 }
 
 /** A running contender. */
@@ -34,5 +48,10 @@ export interface PeerClient {
   stop(): Promise<void>;
 }
 
-/** A contender's factory: resolves once the client is syncing (its first /sync has been requested). */
+/**
+ * A contender's factory: resolves once the client is syncing (its first /sync has been requested) — Halcyon and
+ * matrix-js-sdk only once that first /sync has been answered and processed (`run()` / `PREPARED`), so a replay
+ * server holding /sync until `setBodies` must get its bodies before their start is awaited. Rejects (having
+ * released everything) when the start fails or takes longer than a minute.
+ */
 export type StartPeer = (opts: PeerStartOptions) => Promise<PeerClient>;

@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import fs, { createReadStream, createWriteStream, statSync, truncateSync, writeFileSync } from 'node:fs';
+import fs, { createWriteStream, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -63,7 +63,6 @@ function botMessage(bot: { client: Bot['client'] }, pred: (m: Message) => boolea
   return withTimeout(got.promise, WAIT_MS, what);
 }
 
-const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 describe('plain media', () => {
   test('upload and download byte for byte; the config reports the server limit; the peer downloads it too', async (t) => {

@@ -1,0 +1,397 @@
+/**
+ * Workload 1, throughput: a local replay server (its own process) serves recorded-shape Synapse `/sync` bodies
+ * of 100 rooms × 100 events, 1 room × 10,000 events and 10,000 rooms × 1 event per body; events/s from the first
+ * `/sync` response to the last call of a trivial handler, for Halcyon, matrix-bot-sdk, matrix-js-sdk and the
+ * single-thread floor, and main-thread CPU time per delivered event (`process.threadCpuUsage()` of the main thread
+ * next to `process.cpuUsage()` of the whole process). Halcyon also runs with a handler that reads the content (the
+ * lazy parse), and a JSON.parse-only pass over the same bodies shows the parse's own rate.
+ * @module
+ */
+import { runFloor } from '../floor.ts';
+import { makeSyncBody } from '../fixtures.ts';
+import { type HandlerMode, runHalcyon } from '../halcyon.ts';
+import type { PeerEvent, StartPeer } from '../peers/types.ts';
+import { type Contender, type GoalEntry, type RatioEntry, ratioOf, type Workload, type WorkloadReport } from '../report.ts';
+import { startReplayServer, type ReplayServer } from '../replay-server.ts';
+import { clockOffset, fmt, now, processCpuMs, type Summary, summarize, threadCpuMs } from '../stats.ts';
+
+type TpContender = 'floor' | 'halcyon-trivial' | 'halcyon-content' | 'json-parse' | 'matrix-bot-sdk' | 'matrix-js-sdk';
+const CONTENDERS: TpContender[] = ['floor', 'halcyon-trivial', 'halcyon-content', 'json-parse', 'matrix-bot-sdk', 'matrix-js-sdk'];
+const LABELS: Record<TpContender, string> = {
+  floor: 'floor (undici + JSON.parse, 1 thread)',
+  'halcyon-trivial': 'Halcyon, handler reads sender + eventId',
+  'halcyon-content': 'Halcyon, handler reads content (lazy parse)',
+  'json-parse': 'JSON.parse only (no HTTP)',
+  'matrix-bot-sdk': 'matrix-bot-sdk 0.8, handler reads sender + event_id',
+  'matrix-js-sdk': 'matrix-js-sdk 43, handler reads sender + event ID',
+};
+/** The SDK contenders run through their adapters (loaded on first use: matrix-js-sdk is heavy to import). */
+const ADAPTERS: Record<'matrix-bot-sdk' | 'matrix-js-sdk', () => Promise<StartPeer>> = {
+  'matrix-bot-sdk': async () => (await import('../peers/botsdk.ts')).startBotSdk,
+  'matrix-js-sdk': async () => (await import('../peers/jssdk.ts')).startJsSdk,
+};
+/** The contenders Halcyon (trivial handler) is divided by, as report.ts names them. */
+const VERSUS: Array<[TpContender, Contender]> = [
+  ['floor', 'floor'],
+  ['matrix-bot-sdk', 'matrix-bot-sdk'],
+  ['matrix-js-sdk', 'matrix-js-sdk'],
+];
+
+interface Shape {
+  id: string;
+  rooms: number;
+  perRoom: number;
+}
+const SHAPES: Shape[] = [
+  { id: '100x100', rooms: 100, perRoom: 100 },
+  { id: '1x10k', rooms: 1, perRoom: 10_000 },
+  { id: '10kx1', rooms: 10_000, perRoom: 1 },
+];
+/**
+ * matrix-js-sdk delivers ~25k events/s: it gets this fraction of the bodies (at least one), to keep a round short;
+ * see {@link jsSdkBodies}.
+ */
+const JSSDK_FRACTION = 0.1;
+/**
+ * How many bodies matrix-js-sdk gets. In one busy room it gets a single one: its cost per event grows with the
+ * room's live timeline (each event's synthesized read receipt is placed by `compareEventOrdering`, a scan of the
+ * timeline), ~0.7 ms per event by 10,000 events in a room, so a second body would take a round past 15 s.
+ */
+const jsSdkBodies = (shape: Shape, batches: number): number => (shape.perRoom >= 1000 ? 1 : Math.max(1, Math.round(batches * JSSDK_FRACTION)));
+/** An SDK's all-threads CPU per event is reported when it ran on at least this many bodies (see measurePeer). */
+const MIN_BODIES_FOR_ALL_THREADS = 5;
+/** A measurement that has not delivered every event by then failed (and says which contender). */
+const TIMEOUT_MS = 120_000;
+
+interface TpSample {
+  round: number;
+  contender: TpContender;
+  events: number;
+  messages?: number;
+  reactions?: number;
+  /** From the first /sync response (server clock, offset-corrected) to the last handler call; for json-parse, the parse loop. */
+  seconds: number;
+  eventsPerSec: number;
+  /** Main-thread CPU (user+system) from the start of the run (loop start / `client.run()` / adapter start) to the last handler call. */
+  mainCpuMs?: number;
+  mainCpuUsPerEvent?: number;
+  /** Whole-process CPU (all threads) from the first to the last handler call, per event after body 0. */
+  allThreadsCpuUsPerEvent?: number;
+  /** Start of the run to the first /sync response (Halcyon: worker start-up, whoami, filter upload). */
+  startupMs?: number;
+  stopMs?: number;
+  problems?: string[];
+  error?: string;
+}
+
+interface ShapeResult {
+  shape: Shape & { batches: number; events: number; bodyBytes: number; bytesPerEvent: number; messages: number; reactions: number; jsSdkBatches: number; jsSdkEvents: number };
+  samples: TpSample[];
+  summary: Partial<Record<TpContender, { eventsPerSec: Summary; mainCpuUsPerEvent?: Summary; allThreadsCpuUsPerEvent?: Summary }>>;
+}
+
+type TimelineEvent = { type: string; sender: string; event_id: string };
+
+async function measureFloor(server: ReplayServer, offsetMs: number, total: number, perBatch: number): Promise<TpSample> {
+  const before = (await server.stats()).syncRequests;
+  let n = 0;
+  let reactions = 0;
+  let sink = 0;
+  let lastAt = NaN;
+  let procFirst = NaN;
+  let procLast = NaN;
+  const r = await runFloor(server.url, total, (ev: TimelineEvent) => {
+    sink += ev.sender.length + ev.event_id.length;
+    if (ev.type === 'm.reaction') reactions++;
+    if (++n === 1) procFirst = processCpuMs();
+    if (n === total) {
+      lastAt = now();
+      procLast = processCpuMs();
+    }
+  });
+  const st = await server.stats();
+  const seconds = (lastAt - (st.responseTimes[before]! - offsetMs)) / 1000;
+  if (sink === 0) throw new Error('unreachable');
+  return {
+    round: 0,
+    contender: 'floor',
+    events: r.events,
+    messages: n - reactions,
+    reactions,
+    seconds,
+    eventsPerSec: r.events / seconds,
+    mainCpuMs: r.mainCpuMs,
+    mainCpuUsPerEvent: (r.mainCpuMs * 1000) / r.events,
+    allThreadsCpuUsPerEvent: ((procLast - procFirst) * 1000) / (total - perBatch),
+  };
+}
+
+async function measureHalcyon(server: ReplayServer, offsetMs: number, total: number, perBatch: number, mode: HandlerMode): Promise<TpSample> {
+  const before = (await server.stats()).syncRequests;
+  const h = await runHalcyon({ url: server.url, expectedEvents: total, mode, timeoutMs: TIMEOUT_MS });
+  const st = await server.stats();
+  if (st.syncRequests <= before) throw new Error('the replay server saw no /sync from Halcyon');
+  const firstResponse = st.responseTimes[before]! - offsetMs;
+  const seconds = (h.lastHandlerAt - firstResponse) / 1000;
+  const s: TpSample = {
+    round: 0,
+    contender: mode === 'trivial' ? 'halcyon-trivial' : 'halcyon-content',
+    events: h.events,
+    messages: h.messages,
+    reactions: h.reactions,
+    seconds,
+    eventsPerSec: h.events / seconds,
+    mainCpuMs: h.mainCpuMs,
+    mainCpuUsPerEvent: (h.mainCpuMs * 1000) / h.events,
+    allThreadsCpuUsPerEvent: (h.procCpuFirstToLastMs * 1000) / (total - perBatch),
+    startupMs: firstResponse - h.startAt,
+    stopMs: h.stopMs,
+  };
+  if (h.problems.length > 0) s.problems = h.problems;
+  return s;
+}
+
+/**
+ * An SDK through its adapter, timed like the floor and Halcyon: `total` events from the first body on (the first
+ * sync included), a handler reading `sender` and `eventId`, stopped at the last one.
+ */
+async function measurePeer(server: ReplayServer, offsetMs: number, total: number, perBatch: number, contender: 'matrix-bot-sdk' | 'matrix-js-sdk'): Promise<TpSample> {
+  const startPeer = await ADAPTERS[contender]();
+  const before = (await server.stats()).syncRequests;
+  let n = 0;
+  let reactions = 0;
+  let sink = 0;
+  let lastAt = NaN;
+  let cpuLast = NaN;
+  let procFirst = NaN;
+  let procLast = NaN;
+  let finish!: () => void;
+  const finished = new Promise<void>((resolve) => (finish = resolve));
+  const onEvent = (ev: PeerEvent): void => {
+    if (n >= total) return; // the SDK goes on with the body it is in
+    sink += ev.sender.length + ev.eventId.length;
+    if (ev.type === 'm.reaction') reactions++;
+    if (++n === 1) procFirst = processCpuMs();
+    if (n === total) {
+      lastAt = now();
+      cpuLast = threadCpuMs();
+      procLast = processCpuMs();
+      finish();
+    }
+  };
+  const startAt = now();
+  const cpu0 = threadCpuMs();
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), TIMEOUT_MS)));
+  let stopMs = NaN;
+  try {
+    const peer = await startPeer({ homeserverUrl: server.url, userId: '@bot:localhost', accessToken: 'bench', deviceId: 'BENCH', onEvent });
+    try {
+      if ((await Promise.race([finished.then(() => 'done' as const), timedOut])) === 'timeout') {
+        throw new Error(`${contender} delivered ${n} of ${total} events within ${TIMEOUT_MS} ms`);
+      }
+    } finally {
+      const s0 = performance.now();
+      await peer.stop();
+      stopMs = performance.now() - s0;
+    }
+  } finally {
+    clearTimeout(timer);
+  }
+  const st = await server.stats();
+  if (st.syncRequests <= before) throw new Error(`the replay server saw no /sync from ${contender}`);
+  const firstResponse = st.responseTimes[before]! - offsetMs;
+  const seconds = (lastAt - firstResponse) / 1000;
+  if (sink === 0) throw new Error('unreachable');
+  const mainCpuMs = cpuLast - cpu0;
+  return {
+    round: 0,
+    contender,
+    events: n,
+    messages: n - reactions,
+    reactions,
+    seconds,
+    eventsPerSec: n / seconds,
+    mainCpuMs,
+    mainCpuUsPerEvent: (mainCpuMs * 1000) / n,
+    // Per event after body 0, as for the others, only where body 0 is a small part: an SDK handles each event as it
+    // processes it, so its body 0 work falls inside the first-to-last window (the floor has parsed body 0 before).
+    ...(total >= MIN_BODIES_FOR_ALL_THREADS * perBatch ? { allThreadsCpuUsPerEvent: ((procLast - procFirst) * 1000) / (total - perBatch) } : {}),
+    startupMs: firstResponse - startAt,
+    stopMs,
+  };
+}
+
+function measureParse(bodies: readonly string[], total: number): TpSample {
+  const c0 = threadCpuMs();
+  const t0 = performance.now();
+  let events = 0;
+  for (const b of bodies) {
+    const join = (JSON.parse(b) as { rooms: { join: Record<string, { timeline: { events: unknown[] } }> } }).rooms.join;
+    for (const roomId in join) events += join[roomId]!.timeline.events.length;
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  const cpu = threadCpuMs() - c0;
+  if (events !== total) throw new Error(`JSON.parse pass counted ${events} of ${total} events`);
+  return { round: 0, contender: 'json-parse', events, seconds, eventsPerSec: events / seconds, mainCpuMs: cpu, mainCpuUsPerEvent: (cpu * 1000) / events };
+}
+
+async function measureShape(shape: Shape, batches: number, ctx: Parameters<Workload>[0]): Promise<ShapeResult> {
+  const perBatch = shape.rooms * shape.perRoom;
+  const total = perBatch * batches;
+  const jsBatches = jsSdkBodies(shape, batches);
+  const jsTotal = perBatch * jsBatches;
+  const tGen = performance.now();
+  const bodies = Array.from({ length: batches }, (_, batch) => makeSyncBody({ rooms: shape.rooms, eventsPerRoom: shape.perRoom, batch, seed: 42 }));
+  const bytes = bodies.reduce((sum, b) => sum + Buffer.byteLength(b), 0);
+  // What every contender must deliver: every timeline event, split by type for a cross-check (per body, for the js-sdk's share).
+  const perBody = bodies.map((b) => {
+    const join = (JSON.parse(b) as { rooms: { join: Record<string, { timeline: { events: Array<{ type: string }> } }> } }).rooms.join;
+    let reactions = 0;
+    for (const id in join) for (const ev of join[id]!.timeline.events) if (ev.type === 'm.reaction') reactions++;
+    return reactions;
+  });
+  const reactions = perBody.reduce((a, b) => a + b, 0);
+  const messages = total - reactions;
+  const jsReactions = perBody.slice(0, jsBatches).reduce((a, b) => a + b, 0);
+  ctx.progress(
+    `[throughput ${shape.id}] ${batches} bodies × ${fmt(shape.rooms)} rooms × ${fmt(shape.perRoom)} events = ${fmt(total)} events ` +
+      `(${fmt(messages)} messages, ${fmt(reactions)} reactions; matrix-js-sdk: the first ${jsBatches}, ${fmt(jsTotal)} events), ` +
+      `${fmt(bytes / 1e6, 1)} MB, ${fmt(bytes / total)} B/event; built in ${fmt((performance.now() - tGen) / 1000, 1)} s`,
+  );
+  const server = await startReplayServer({ bodies, longPollMs: 1000 });
+  const samples: TpSample[] = [];
+  try {
+    const { offsetMs } = await clockOffset(server);
+    measureParse(bodies, total); // warm-up pass, not recorded
+    for (let round = 1; round <= ctx.rounds; round++) {
+      // Alternate: each round starts with the next contender.
+      const order = CONTENDERS.map((_, i) => CONTENDERS[(i + round - 1) % CONTENDERS.length]!);
+      for (const c of order) {
+        ctx.gc();
+        let s: TpSample;
+        try {
+          s =
+            c === 'floor' ? await measureFloor(server, offsetMs, total, perBatch)
+            : c === 'json-parse' ? measureParse(bodies, total)
+            : c === 'halcyon-trivial' || c === 'halcyon-content' ? await measureHalcyon(server, offsetMs, total, perBatch, c === 'halcyon-trivial' ? 'trivial' : 'content')
+            : c === 'matrix-js-sdk' ? await measurePeer(server, offsetMs, jsTotal, perBatch, c)
+            : await measurePeer(server, offsetMs, total, perBatch, c);
+        } catch (err) {
+          s = { round, contender: c, events: 0, seconds: NaN, eventsPerSec: NaN, error: (err as Error).message };
+        }
+        s.round = round;
+        samples.push(s);
+        const want = c === 'matrix-js-sdk' ? [jsTotal - jsReactions, jsReactions] : [messages, reactions];
+        const mismatch = s.messages !== undefined && (s.messages !== want[0] || s.reactions !== want[1]) ? ` COUNT MISMATCH (${s.messages}/${s.reactions})` : '';
+        ctx.progress(
+          `[throughput ${shape.id} r${round}/${ctx.rounds}] ${c.padEnd(15)} ` +
+            (s.error
+              ? `FAILED: ${s.error}`
+              : `${fmt(s.eventsPerSec).padStart(9)} events/s in ${fmt(s.seconds, 3)} s; main CPU ${fmt(s.mainCpuUsPerEvent!, 2)} µs/event` +
+                (s.allThreadsCpuUsPerEvent !== undefined ? `; all threads ${fmt(s.allThreadsCpuUsPerEvent, 2)} µs/event` : '') +
+                (s.startupMs !== undefined ? `; start-up ${fmt(s.startupMs)} ms, stop ${fmt(s.stopMs!)} ms` : '') +
+                (s.problems ? `; PROBLEMS: ${s.problems.join(' | ')}` : '') +
+                mismatch),
+        );
+      }
+    }
+  } finally {
+    await server.stop();
+  }
+  const summary: ShapeResult['summary'] = {};
+  for (const c of CONTENDERS) {
+    const ss = samples.filter((s) => s.contender === c && !s.error);
+    const entry: NonNullable<ShapeResult['summary'][TpContender]> = { eventsPerSec: summarize(ss.map((s) => s.eventsPerSec)) };
+    if (ss.some((s) => s.mainCpuUsPerEvent !== undefined)) entry.mainCpuUsPerEvent = summarize(ss.map((s) => s.mainCpuUsPerEvent!));
+    if (ss.some((s) => s.allThreadsCpuUsPerEvent !== undefined)) entry.allThreadsCpuUsPerEvent = summarize(ss.map((s) => s.allThreadsCpuUsPerEvent!));
+    summary[c] = entry;
+  }
+  return {
+    shape: { ...shape, batches, events: total, bodyBytes: bytes, bytesPerEvent: bytes / total, messages, reactions, jsSdkBatches: jsBatches, jsSdkEvents: jsTotal },
+    samples,
+    summary,
+  };
+}
+
+/** Workload 1: throughput on replayed /sync bodies (see the module doc). */
+export const run: Workload = async (ctx): Promise<WorkloadReport> => {
+  const batches = ctx.quick ? 5 : 20;
+  const results: ShapeResult[] = [];
+  for (const shape of SHAPES) results.push(await measureShape(shape, batches, ctx));
+
+  const per = (r: ShapeResult, c: TpContender, key: 'eventsPerSec' | 'mainCpuUsPerEvent') =>
+    r.samples.filter((s) => s.contender === c && !s.error).map((s) => ({ round: s.round, value: s[key] ?? NaN }));
+  const ratios: RatioEntry[] = [];
+  for (const r of results) {
+    for (const [c, versus] of VERSUS) {
+      ratios.push({ workload: 'throughput', metric: `events/s, ${r.shape.id}`, versus, ...ratioOf(per(r, 'halcyon-trivial', 'eventsPerSec'), per(r, c, 'eventsPerSec')), better: 'higher' });
+      ratios.push({ workload: 'throughput', metric: `main CPU/event, ${r.shape.id}`, versus, ...ratioOf(per(r, 'halcyon-trivial', 'mainCpuUsPerEvent'), per(r, c, 'mainCpuUsPerEvent')), better: 'lower' });
+    }
+  }
+  const ratioOfShape = (metric: string, id: string, versus: Contender) => ratios.find((x) => x.metric === `${metric}, ${id}` && x.versus === versus)!.ofMedians;
+  // Two decimals, or two significant digits for the tiny ratios against matrix-js-sdk.
+  const rx = (x: number): string => (Number.isFinite(x) && Math.abs(x) < 0.1 && x !== 0 ? x.toPrecision(2) : fmt(x, 2));
+  const goal = (text: string, metric: string, versus: Contender, ok: (x: number) => boolean): GoalEntry => {
+    const xs = results.map((r) => ({ id: r.shape.id, x: ratioOfShape(metric, r.shape.id, versus) }));
+    return {
+      goal: text,
+      actual: xs.map(({ id, x }) => `×${rx(x)} (${id})`).join(', '),
+      met: xs.every(({ x }) => Number.isFinite(x)) ? xs.every(({ x }) => ok(x)) : null,
+    };
+  };
+  const goals: GoalEntry[] = [
+    goal('Throughput ≥1.0× the single-thread floor', 'events/s', 'floor', (x) => x >= 1.0),
+    goal('Throughput ≥2.5× matrix-bot-sdk', 'events/s', 'matrix-bot-sdk', (x) => x >= 2.5),
+    goal("Main-thread CPU per delivered event ≤0.5× the floor's", 'main CPU/event', 'floor', (x) => x <= 0.5),
+  ];
+
+  const mmm = (s: Summary | undefined, d = 0): string => (s && s.n > 0 ? `${fmt(s.min, d)} / **${fmt(s.median, d)}** / ${fmt(s.max, d)}` : '–');
+  const L: string[] = [];
+  L.push(
+    'A replay server in its own process serves Synapse-shaped /sync bodies (`m.room.message` and `m.reaction` events); every contender ' +
+      'starts fresh and counts every timeline event, the first sync included, with a handler that reads the sender and event ID ' +
+      '(Halcyon also with one that reads the content, which parses the event on the main thread). Events/s runs from the server\'s first ' +
+      '/sync response (server clock, offset-corrected) to the last handler call. Main-thread CPU is `process.threadCpuUsage()` from the ' +
+      'start of the run (so it includes each client\'s start-up on main) to the last handler call; all-threads CPU is `process.cpuUsage()` ' +
+      '(main + workers + GC threads) from the first to the last handler call, per event after the first body (not for matrix-js-sdk, ' +
+      'whose few bodies would put most of its first body\'s work in that window). matrix-bot-sdk runs with a ' +
+      'memory store and `room.event`; matrix-js-sdk with `initialSyncLimit: 10, lazyLoadMembers: true` and `Room.timeline` (live events), ' +
+      `on a tenth of the bodies (it is ~20× slower; in the single room, one body: its cost per event grows with the room's timeline, ` +
+      'as each event\'s synthesized read receipt is placed by a scan of it), so its rate includes more of its first sync per event.',
+    '',
+  );
+  for (const r of results) {
+    const w = r.shape;
+    L.push(
+      `**${fmt(w.rooms)} room${w.rooms === 1 ? '' : 's'} × ${fmt(w.perRoom)} event${w.perRoom === 1 ? '' : 's'} × ${w.batches} bodies** ` +
+        `(${fmt(w.events)} events: ${fmt(w.messages)} messages + ${fmt(w.reactions)} reactions; ${fmt(w.bodyBytes / 1e6, 1)} MB, ${fmt(w.bytesPerEvent)} B/event; ` +
+        `matrix-js-sdk: ${fmt(w.jsSdkEvents)} events)`,
+      '',
+    );
+    L.push('| contender | events/s | main-thread CPU µs/event | all-threads CPU µs/event | start-up ms |', '| --- | ---: | ---: | ---: | ---: |');
+    for (const c of CONTENDERS) {
+      const s = r.summary[c]!;
+      const startup = summarize(r.samples.filter((x) => x.contender === c && x.startupMs !== undefined).map((x) => x.startupMs!));
+      L.push(`| ${LABELS[c]} | ${mmm(s.eventsPerSec)} | ${mmm(s.mainCpuUsPerEvent, 2)} | ${mmm(s.allThreadsCpuUsPerEvent, 2)} | ${mmm(startup)} |`);
+    }
+    const failed = r.samples.filter((s) => s.error);
+    const problems = r.samples.filter((s) => s.problems);
+    L.push('');
+    if (failed.length) L.push(`Failed measurements: ${failed.map((s) => `${s.contender} r${s.round}: ${s.error}`).join('; ')}`, '');
+    if (problems.length) L.push(`Problems reported by Halcyon: ${problems.map((s) => `${s.contender} r${s.round}: ${s.problems!.join(' | ')}`).join('; ')}`, '');
+  }
+  const cell = (metric: string, id: string, versus: Contender): string => {
+    const x = ratios.find((e) => e.metric === `${metric}, ${id}` && e.versus === versus)!;
+    return Number.isFinite(x.ofMedians) ? `**×${rx(x.ofMedians)}** (rounds ${rx(x.perRound.min)}–${rx(x.perRound.max)})` : '–';
+  };
+  L.push('Halcyon (trivial handler) ÷ each contender, ratio of the medians (range of the per-round ratios); events/s: higher is better, main CPU/event: lower is better.', '');
+  L.push('| shape | ÷ floor events/s | ÷ floor main CPU/event | ÷ matrix-bot-sdk events/s | ÷ matrix-bot-sdk main CPU/event | ÷ matrix-js-sdk events/s | ÷ matrix-js-sdk main CPU/event |');
+  L.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: |');
+  for (const r of results) {
+    const id = r.shape.id;
+    L.push(`| ${id} | ${VERSUS.map(([, v]) => `${cell('events/s', id, v)} | ${cell('main CPU/event', id, v)}`).join(' | ')} |`);
+  }
+  L.push('');
+  return { id: 'throughput', title: '1. Throughput on replayed /sync bodies', ratios, goals, markdown: L, data: { shapes: results } };
+};
