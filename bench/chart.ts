@@ -29,16 +29,18 @@ export function ratioChart(ratios: readonly RatioEntry[], subtitle: string): str
   const top = 64;
   const height = top + rows.length * rowH + 56;
   const width = labelW + plotW + 110;
-  // Log scale, symmetric around 1, wide enough for the largest advantage (at least ×4 either way).
-  const extent = Math.max(2, ...rows.map((r) => Math.abs(Math.log2(advantage(r))))) * 1.05;
-  const x = (adv: number): number => labelW + plotW / 2 + (Math.log2(adv) / extent) * (plotW / 2);
+  // Log scale, symmetric around 1, wide enough for the largest advantage (at least ×4 either way, at most ×64:
+  // longer bars are cut at the edge; the number beside each bar is the exact ratio).
+  const extent = Math.min(6, Math.max(2, ...rows.map((r) => Math.abs(Math.log2(advantage(r)))))) * 1.05;
+  const x = (adv: number): number => labelW + plotW / 2 + (Math.max(-extent, Math.min(extent, Math.log2(adv))) / extent) * (plotW / 2);
   const out: string[] = [];
   out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="system-ui, sans-serif" font-size="12">`);
   out.push(`<rect width="100%" height="100%" fill="#ffffff"/>`);
   out.push(`<text x="12" y="22" font-size="15" font-weight="600">Halcyon against the floor and the peers (bars to the right: Halcyon better)</text>`);
   out.push(`<text x="12" y="42" fill="#374151">${esc(subtitle)}</text>`);
   // Grid lines at powers of two.
-  for (let e = -Math.floor(extent); e <= Math.floor(extent); e++) {
+  const step = extent > 4.5 ? 2 : 1;
+  for (let e = -Math.floor(extent / step) * step; e <= Math.floor(extent); e += step) {
     const gx = x(2 ** e);
     out.push(`<line x1="${gx}" y1="${top - 6}" x2="${gx}" y2="${top + rows.length * rowH}" stroke="${e === 0 ? '#111827' : '#e5e7eb'}" stroke-width="${e === 0 ? 1.5 : 1}"/>`);
     out.push(`<text x="${gx}" y="${top + rows.length * rowH + 16}" text-anchor="middle" fill="#6b7280">${e >= 0 ? `×${2 ** e}` : `×1/${2 ** -e}`}</text>`);
