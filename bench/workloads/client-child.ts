@@ -8,6 +8,7 @@
  * @module
  */
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
@@ -44,7 +45,7 @@ export interface ChildResult {
   loginMs: number;
   /** Start of the login to the client's ready. */
   readyMs: number;
-  /** Peak RSS of the whole process up to ready (`process.resourceUsage().maxRSS`). */
+  /** Peak RSS of the whole process up to ready (VmHWM; see `peakMb`). */
   peakRssMb: number;
   /** floor: the `JSON.parse` of the /sync body alone, and the body's size. */
   parseMs?: number;
@@ -71,7 +72,19 @@ const USER = 'bot';
 const PASSWORD = 'bench-password';
 const MB = 1e6;
 const rssMb = (): number => process.memoryUsage.rss() / MB;
-const peakMb = (): number => (process.resourceUsage().maxRSS * 1024) / MB;
+/**
+ * Peak RSS of this process: VmHWM from /proc (Linux). Not `resourceUsage().maxRSS`: Linux carries ru_maxrss over
+ * an exec, so a child spawned by the bench would report at least the (large) bench process's RSS at the spawn.
+ */
+const peakMb = (): number => {
+  try {
+    const kb = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1];
+    if (kb) return (Number(kb) * 1024) / MB;
+  } catch {
+    // not Linux: fall through
+  }
+  return (process.resourceUsage().maxRSS * 1024) / MB;
+};
 /** A logger that drops everything, for the matrix-js-sdk client that only logs in. */
 const SILENT = { trace() {}, debug() {}, info() {}, warn() {}, error() {}, getChild: () => SILENT };
 const gc = (globalThis as { gc?: () => void }).gc ?? (() => {});
