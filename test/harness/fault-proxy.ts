@@ -24,7 +24,6 @@
  */
 import { EventEmitter } from 'node:events';
 import { Agent, createServer, type IncomingHttpHeaders, type IncomingMessage, request, type Server, type ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
 
 /** What a matching request gets instead of (or on top of) the upstream's answer. */
 export type Fault =
@@ -141,7 +140,6 @@ export async function startFaultProxy(upstream: string, opts: { seed?: number } 
   const rules: Array<FaultRule & { active: boolean; ended: number }> = [];
   const events = new EventEmitter();
   events.setMaxListeners(0);
-  const sockets = new Set<Socket>();
   const timers = new Set<NodeJS.Timeout>();
   let n = 0;
 
@@ -342,12 +340,7 @@ export async function startFaultProxy(upstream: string, opts: { seed?: number } 
   server.keepAliveTimeout = 120_000;
   server.headersTimeout = 130_000;
   server.requestTimeout = 0;
-  server.on('connection', (s: Socket) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as { port: number }).port;
+  const port = await listen(server);
 
   return {
     url: `http://127.0.0.1:${port}`,
@@ -410,8 +403,7 @@ export async function startFaultProxy(upstream: string, opts: { seed?: number } 
     async close() {
       for (const t of timers) clearTimeout(t);
       timers.clear();
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((r) => server.close(() => r()));
+      await shut(server);
       agent.destroy();
     },
   };
@@ -429,7 +421,6 @@ export interface RecordedRequest {
 /** A tiny HTTP server standing for "another host": records every request it gets and answers 200 `{}`. */
 export async function startRecorder(): Promise<{ url: string; requests: RecordedRequest[]; close(): Promise<void> }> {
   const requests: RecordedRequest[] = [];
-  const sockets = new Set<Socket>();
   const server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
@@ -439,18 +430,18 @@ export async function startRecorder(): Promise<{ url: string; requests: Recorded
       res.end('{}');
     });
   });
-  server.on('connection', (s: Socket) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-  });
+  const port = await listen(server);
+  return { url: `http://127.0.0.1:${port}`, requests, close: () => shut(server) };
+}
+
+/** Listens on a free port of 127.0.0.1 and resolves with it. */
+async function listen(server: Server): Promise<number> {
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as { port: number }).port;
-  return {
-    url: `http://127.0.0.1:${port}`,
-    requests,
-    async close() {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((r) => server.close(() => r()));
-    },
-  };
+  return (server.address() as { port: number }).port;
+}
+
+/** Closes the server, cutting its open connections (held long-polls included). */
+async function shut(server: Server): Promise<void> {
+  server.closeAllConnections();
+  await new Promise<void>((r) => server.close(() => r()));
 }

@@ -5,13 +5,11 @@
  * requests, checked through a logging proxy in front of Synapse).
  */
 import assert from 'node:assert/strict';
-import { createServer, request as httpRequest } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { after, before, test, type TestContext } from 'node:test';
 import { Client, type HalcyonError, type MemberEvent, type RoomDetails } from '../../src/index.ts';
 import type { Peer } from '../harness/peer.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
-import { type Bot, defer, newBot, newClient, newPeer, rand, roomWithBot, tempDataDir, WAIT_MS, waitUntil } from './util.ts';
+import { type Bot, loggingProxy, newBot, newClient, newPeer, rand, roomWithBot, tempDataDir, WAIT_MS, waitUntil } from './util.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -628,40 +626,15 @@ test('loadMembers fills in the members lazy loading left out', async (t) => {
   assert.deepEqual(bot.errors, []);
 });
 
-/**
- * An HTTP proxy in front of Synapse that logs every request line (method and path). `holdSync()` holds back the
- * answers of /sync (the bot's sync lags) until the function it returns is called.
- */
-async function loggingProxy(t: TestContext, target: string): Promise<{ url: string; log: string[]; holdSync(): () => void }> {
-  const up = new URL(target);
-  const log: string[] = [];
+/** A {@link loggingProxy} whose `holdSync()` holds back the answers of /sync (the bot's sync lags) until the function it returns is called. */
+async function syncHoldingProxy(t: TestContext, target: string): Promise<{ url: string; log: string[]; holdSync(): () => void }> {
   let hold: { promise: Promise<void>; release: () => void } | null = null;
-  const server = createServer((req, res) => {
-    log.push(`${req.method} ${req.url}`);
-    // No keep-alive upstream, and the upstream exchange ends with the client's: nothing outlives the proxy.
-    const fwd = httpRequest({ host: up.hostname, port: up.port, method: req.method, path: req.url, headers: { ...req.headers, host: up.host }, agent: false }, (answer) => {
-      const send = () => {
-        if (res.destroyed) return void answer.destroy();
-        res.writeHead(answer.statusCode ?? 502, answer.headers);
-        answer.pipe(res);
-      };
-      const held = req.url?.startsWith('/_matrix/client/v3/sync') ? hold : null;
-      if (held) void held.promise.then(send);
-      else send();
-    });
-    fwd.on('error', () => res.destroy());
-    res.on('close', () => fwd.destroy());
-    req.pipe(fwd);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  defer(t, async () => {
-    hold?.release();
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+  const proxy = await loggingProxy(t, target, {
+    hold: (_method, url) => (url.startsWith('/_matrix/client/v3/sync') && hold ? hold.promise : null),
+    release: () => hold?.release(),
   });
   return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    log,
+    ...proxy,
     holdSync() {
       let release!: () => void;
       const promise = new Promise<void>((r) => (release = r));
@@ -684,7 +657,7 @@ async function botVia(t: TestContext, homeserver: string, opts: Parameters<typeo
 }
 
 test('getOrCreateDm called twice in a row returns the same room while the sync lags behind', async (t) => {
-  const proxy = await loggingProxy(t, hs.baseUrl);
+  const proxy = await syncHoldingProxy(t, hs.baseUrl);
   const bot = await botVia(t, proxy.url, { encryption: false });
   const peer = await newPeer(hs);
   await bot.client.run(bot.token);
@@ -704,7 +677,7 @@ test('getOrCreateDm called twice in a row returns the same room while the sync l
 });
 
 test('after a restart getRoom and account data answer from the cache without any request; a rename arrives by sync alone', async (t) => {
-  const proxy = await loggingProxy(t, hs.baseUrl);
+  const proxy = await syncHoldingProxy(t, hs.baseUrl);
   const { user, dataDir, token, client: first } = await botVia(t, proxy.url, { encryption: false });
   const peer = await newPeer(hs);
   await first.run(token);

@@ -3,13 +3,11 @@
  * and account data (global and per room; set by the bot or by a second login of the same user; `accountData` events).
  */
 import assert from 'node:assert/strict';
-import { createServer, request as httpRequest } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { after, before, test, type TestContext } from 'node:test';
 import { type AccountDataEvent, Client, decodeToken, type HalcyonError, type Message } from '../../src/index.ts';
 import { Peer } from '../harness/peer.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
-import { defer, newBot, newClient, newPeer, rand, roomWithBot, tempDataDir, WAIT_MS, waitUntil } from './util.ts';
+import { loggingProxy, newBot, newClient, newPeer, rand, roomWithBot, tempDataDir, WAIT_MS, waitUntil } from './util.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -87,53 +85,33 @@ test("profiles: the bot sets its own display name and avatar; reads others' with
 });
 
 /**
- * An HTTP proxy in front of Synapse that logs each request line (method and path with query) as it arrives. The
- * answer to a PUT of presence is held back until the client's next /sync request has arrived (a slow answer: the
+ * A {@link loggingProxy} in front of Synapse. The answer to a PUT of presence is held back until the client's next /sync request has arrived (a slow answer: the
  * server has already woken the client's long poll with the presence change); the next poll is at most a poll
  * timeout away.
  */
-async function loggingProxy(t: TestContext, target: string): Promise<{ url: string; log: string[] }> {
-  const up = new URL(target);
-  const log: string[] = [];
+async function presenceProxy(t: TestContext, target: string): Promise<{ url: string; log: string[] }> {
   let nextSync: { promise: Promise<void>; resolve: () => void } | null = null;
-  const server = createServer((req, res) => {
-    log.push(`${req.method} ${req.url}`);
-    const isSync = req.url?.startsWith('/_matrix/client/v3/sync') === true;
-    let hold: Promise<void> | null = null;
-    if (req.method === 'PUT' && req.url?.includes('/presence/')) {
-      let resolve!: () => void;
-      const promise = new Promise<void>((r) => (resolve = r));
-      nextSync = { promise, resolve };
-      hold = promise;
-    } else if (isSync && nextSync) {
-      nextSync.resolve();
-      nextSync = null;
-    }
-    const fwd = httpRequest({ host: up.hostname, port: up.port, method: req.method, path: req.url, headers: { ...req.headers, host: up.host }, agent: false }, (answer) => {
-      const send = () => {
-        if (res.destroyed) return void answer.destroy();
-        res.writeHead(answer.statusCode ?? 502, answer.headers);
-        answer.pipe(res);
-      };
-      if (hold) void hold.then(send);
-      else send();
-    });
-    fwd.on('error', () => res.destroy());
-    res.on('close', () => fwd.destroy());
-    req.pipe(fwd);
+  return loggingProxy(t, target, {
+    hold: (method, url) => {
+      if (method === 'PUT' && url.includes('/presence/')) {
+        let resolve!: () => void;
+        const promise = new Promise<void>((r) => (resolve = r));
+        nextSync = { promise, resolve };
+        return promise;
+      }
+      if (url.startsWith('/_matrix/client/v3/sync') && nextSync) {
+        nextSync.resolve();
+        nextSync = null;
+      }
+      return null;
+    },
+    release: () => nextSync?.resolve(),
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  defer(t, async () => {
-    nextSync?.resolve();
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-  });
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, log };
 }
 
 test("presence: getPresence of the peer; setPresence of the bot with a status message, which the bot's own polls keep", async (t) => {
   // Through a logging proxy: the set_presence of each of the bot's polls is checked.
-  const proxy = await loggingProxy(t, hs.baseUrl);
+  const proxy = await presenceProxy(t, hs.baseUrl);
   const user = await hs.registerUser();
   const dataDir = tempDataDir(t);
   const token = await Client.login({ homeserver: proxy.url, user: user.localpart, password: user.password, dataDir });

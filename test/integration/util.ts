@@ -1,5 +1,7 @@
 /** Shared helpers of the Client integration tests: bots on fresh data dirs, peers, and bounded waits. */
 import { randomBytes } from 'node:crypto';
+import { createServer, request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -122,4 +124,42 @@ export function rand(): string {
 export async function randomHops(maxHops = 20): Promise<void> {
   const n = Math.floor(Math.random() * (maxHops + 1));
   for (let i = 0; i < n; i++) await new Promise<void>((r) => setImmediate(r));
+}
+
+/**
+ * An HTTP proxy in front of `target` (Synapse) that logs each request line (method and path with query) as it
+ * arrives. `hold(method, url)` may return a promise: the request's answer is held back until it settles (a lagging
+ * sync, a slow answer). `release` runs at the end of the test, before the proxy closes, to let held answers go.
+ */
+export async function loggingProxy(
+  t: TestContext,
+  target: string,
+  opts: { hold?: (method: string, url: string) => Promise<void> | null; release?: () => void } = {},
+): Promise<{ url: string; log: string[] }> {
+  const up = new URL(target);
+  const log: string[] = [];
+  const server = createServer((req, res) => {
+    log.push(`${req.method} ${req.url}`);
+    const held = opts.hold?.(req.method ?? 'GET', req.url ?? '/') ?? null;
+    // No keep-alive upstream, and the upstream exchange ends with the client's: nothing outlives the proxy.
+    const fwd = httpRequest({ host: up.hostname, port: up.port, method: req.method, path: req.url, headers: { ...req.headers, host: up.host }, agent: false }, (answer) => {
+      const send = () => {
+        if (res.destroyed) return void answer.destroy();
+        res.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(res);
+      };
+      if (held) void held.then(send);
+      else send();
+    });
+    fwd.on('error', () => res.destroy());
+    res.on('close', () => fwd.destroy());
+    req.pipe(fwd);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  defer(t, async () => {
+    opts.release?.();
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, log };
 }
