@@ -36,6 +36,7 @@ import { createMetrics, type MetricsOptions, type MetricsSnapshot, noMetrics, ty
 import { beginHandlerRun, DEFAULT_RATE_LIMIT, endHandlerSyncPart, laneScope, Outbox, type OutboxOp, type RateLimit, type SendFailure } from './outbox.ts';
 import { type DownloadOptions, Media, type MediaConfig, type MediaSource, type SendMediaOptions, type UploadOptions } from './media.ts';
 import type { Readable } from 'node:stream';
+import { inspect } from 'node:util';
 import { consoleLogger, type Logger } from './log.ts';
 import {
   CACHE_DEADLINES,
@@ -69,8 +70,14 @@ import { decodeToken, encodeToken, type Session } from './token.ts';
 export interface ClientOptions {
   /** Where the bot keeps its state (sync token, room cache, account). Created 0700; files are 0600. */
   dataDir: string;
-  /** Join rooms the bot is invited to (default true). */
-  autoJoin?: boolean;
+  /**
+   * Which invites the bot accepts by itself (default `true`: every invite, from anyone — convenient, and what
+   * most bots want, but anyone on the federation can then pull the bot into rooms: a spam and load risk).
+   * `false` joins none (accept in an `invite` handler with `invite.accept()`); `{ users, servers }` joins
+   * invites whose inviter is one of `users` or on one of `servers`; a function decides per invite (a rejection
+   * or throw counts as no, reported as `HALCYON_HANDLER_FAILED`). Invites not joined stay pending.
+   */
+  autoJoin?: AutoJoinPolicy;
   /** Rooms whose handlers may run at the same time (default 16); within a room, events run in order. */
   concurrency?: number;
   /**
@@ -122,6 +129,9 @@ export interface ClientOptions {
    */
   metrics?: boolean | MetricsOptions;
 }
+
+/** Which invites a client accepts by itself; see {@link ClientOptions.autoJoin}. */
+export type AutoJoinPolicy = boolean | { users?: string[]; servers?: string[] } | ((invite: Invite) => boolean | Promise<boolean>);
 
 /** Options of end-to-end encryption. */
 export interface EncryptionOptions {
@@ -279,6 +289,10 @@ const RESTART_WINDOW_MS = 5 * 60_000;
 const RESTART_CALL_MS = 5_000;
 /** How long the sync actor may take to answer the watchdog. */
 const WATCHDOG_ANSWER_MS = 10_000;
+/** Summaries of rooms the bot is not joined to (invites, rooms left) kept on main. */
+const MAX_OTHER_ROOMS = 1_000;
+/** Room handles kept for reuse (one per room handlers see; recreated on demand past this). */
+const MAX_ROOM_HANDLES = 10_000;
 /** Typing notices last 30 s; refreshed well before they lapse while work goes on. */
 const TYPING_REFRESH_MS = 20_000;
 
@@ -294,6 +308,8 @@ export class Client implements RoomActions {
   private readonly listeners: { [K in keyof ClientEvents]?: Listener<K>[] } = {};
   private readonly summaries = new Map<string, RoomSummary>();
   private readonly roomHandles = new Map<string, Room>();
+  /** Rooms in {@link summaries} the bot is not joined to, oldest first (see setSummary). */
+  private readonly otherRooms = new Set<string>();
   private state: 'idle' | 'starting' | 'running' | 'stopping' | 'stopped' = 'idle';
   private session: Session | null = null;
   private http: MatrixHttp | null = null;
@@ -304,6 +320,13 @@ export class Client implements RoomActions {
   private sync: ActorHandle<SyncActorApi> | null = null;
   private cache: ActorHandle<CacheActorApi> | null = null;
   private crypto: ActorHandle<CryptoActorApi> | null = null;
+  /**
+   * The crypto actor once its store is open. Null while encryption is off, and for the whole of an actor restart
+   * (≥1 s: the old actor is gone, the new one is starting or opening): sends wait on {@link cryptoGate} instead
+   * of going out unencrypted or reaching an actor that cannot answer yet.
+   */
+  private cryptoOpen: ActorHandle<CryptoActorApi> | null = null;
+  private cryptoGate = new Gate();
   private cryptoPort: Port<CryptoToMain, MainToCrypto> | null = null;
   private identity: CryptoIdentity | null = null;
   /** Batches wait here, in order, while an earlier one is being decrypted (null when none is). */
@@ -357,6 +380,7 @@ export class Client implements RoomActions {
       logger: options.logger ?? consoleLogger(),
       encryption: options.encryption === false ? null : options.encryption === true || options.encryption === undefined ? {} : options.encryption,
     };
+    checkAutoJoin(this.opts.autoJoin);
     this.dispatcher = new Dispatcher(this.opts.concurrency, (err, roomId) => this.handlerFailed(err, 'handler', roomId), laneScope);
   }
 
@@ -397,6 +421,16 @@ export class Client implements RoomActions {
     } finally {
       await http.close();
     }
+  }
+
+  /** What `util.inspect` shows of a client: its state and user, never the access token or the store passphrase. */
+  [inspect.custom](): string {
+    return `Client { state: '${this.state}', userId: ${this.session ? `'${this.session.userId}'` : 'null'} }`;
+  }
+
+  /** What `JSON.stringify` shows of a client (as {@link inspect.custom}: no secrets). */
+  toJSON(): { state: string; userId: string | null } {
+    return { state: this.state, userId: this.session?.userId ?? null };
   }
 
   /** Adds a handler. Handlers may be async; within a room the next event waits for them. */
@@ -465,7 +499,7 @@ export class Client implements RoomActions {
       sendEvent: (roomId, type, content, opts) => this.sendEvent(roomId, type, content, opts),
       encryptAttachments: async (roomId, allowPlaintext) => {
         if (allowPlaintext || this.opts.encryption?.allowPlaintext === true || !(await this.isRoomEncrypted(roomId))) return false;
-        if (!this.crypto) throw new HalcyonError('HALCYON_ROOM_ENCRYPTED', `room ${roomId} is encrypted and encryption is off; pass { allowPlaintext: true } to send in the clear`, { roomId });
+        if (!this.opts.encryption) throw new HalcyonError('HALCYON_ROOM_ENCRYPTED', `room ${roomId} is encrypted and encryption is off; pass { allowPlaintext: true } to send in the clear`, { roomId });
         return true;
       },
       dataDir: this.opts.dataDir,
@@ -576,7 +610,9 @@ export class Client implements RoomActions {
   /** State of end-to-end encryption (store size, events waiting for keys), or null when it is off. */
   async cryptoStatus(): Promise<CryptoStatus | null> {
     this.need();
-    return this.crypto ? this.crypto.api.status() : null;
+    if (!this.opts.encryption) return null;
+    if (!this.cryptoOpen) throw new HalcyonError('HALCYON_RESTARTING', 'the crypto actor is restarting; ask again in a few seconds');
+    return this.cryptoOpen.api.status();
   }
 
   /**
@@ -585,8 +621,14 @@ export class Client implements RoomActions {
    */
   async isRoomEncrypted(roomId: string): Promise<boolean> {
     this.need();
-    if (this.crypto) return this.crypto.api.isRoomEncrypted(roomId);
-    return (await this.cache?.api.getRoom(roomId))?.encrypted ?? this.summaries.get(roomId)?.encrypted ?? false;
+    if (this.opts.encryption) return (await this.openCrypto()).isRoomEncrypted(roomId);
+    if (this.summaries.get(roomId)?.encrypted) return true;
+    const cached = this.cache ? await this.cache.api.getRoom(roomId).catch(() => undefined) : undefined;
+    if (cached?.membership === 'join') return cached.encrypted;
+    // A room the cache has not seen joined (just joined, or not synced yet): the server says. Fail closed: an
+    // error is no answer, and the caller does not send.
+    const content = await this.getStateEvent(roomId, 'm.room.encryption');
+    return content !== null && typeof content.algorithm === 'string';
   }
 
   /** A handle on a room: its cached summary and room-bound shortcuts. */
@@ -594,6 +636,8 @@ export class Client implements RoomActions {
     let r = this.roomHandles.get(roomId);
     if (!r) {
       r = new Room(roomId, this.summaries, this);
+      // Handles are cheap to make again: past the cap the oldest goes (a caller keeping one still has it).
+      if (this.roomHandles.size >= MAX_ROOM_HANDLES) this.roomHandles.delete(this.roomHandles.keys().next().value!);
       this.roomHandles.set(roomId, r);
     }
     return r;
@@ -647,9 +691,25 @@ export class Client implements RoomActions {
     });
   }
 
-  /** Updates main's summary mirror and wakes `waitForRoom` callers. */
+  /**
+   * Updates main's summary mirror and wakes `waitForRoom` callers. Joined rooms are as many as the server lets
+   * the bot join; the others (invites, rooms left) are kept up to {@link MAX_OTHER_ROOMS}, oldest out first, so
+   * invite spam cannot grow the mirror (or the room handles, or per-room metrics) without bound.
+   */
   private setSummary(s: RoomSummary): void {
     this.summaries.set(s.roomId, s);
+    if (s.membership === 'join') this.otherRooms.delete(s.roomId);
+    else {
+      this.otherRooms.delete(s.roomId);
+      this.otherRooms.add(s.roomId);
+      if (s.membership !== 'invite' && s.membership !== 'knock') this.metrics.forgetRoom(s.roomId);
+      if (this.otherRooms.size > MAX_OTHER_ROOMS) {
+        const oldest = this.otherRooms.values().next().value!;
+        this.otherRooms.delete(oldest);
+        this.summaries.delete(oldest);
+        this.roomHandles.delete(oldest);
+      }
+    }
     const list = this.roomWaiters.get(s.roomId);
     if (!list) return;
     for (const w of list.filter((x) => x.membership === s.membership)) {
@@ -715,7 +775,7 @@ export class Client implements RoomActions {
       if (m === undefined) m = await this.memberOnServer(roomId, userId);
       if (m === 'join' || m === 'invite') return roomId;
     }
-    const roomId = await this.createRoom({ isDirect: true, invite: [userId], preset: 'trusted_private_chat', encrypted: opts.encrypted ?? this.crypto !== null });
+    const roomId = await this.createRoom({ isDirect: true, invite: [userId], preset: 'trusted_private_chat', encrypted: opts.encrypted ?? this.opts.encryption !== null });
     await this.addDirectRoom(userId, roomId);
     return roomId;
   }
@@ -754,7 +814,7 @@ export class Client implements RoomActions {
   /** Joins a room by ID or alias (`via`: servers to join through); resolves with the room ID. */
   async joinRoom(roomIdOrAlias: string, opts: { reason?: string; via?: string[] } = {}): Promise<string> {
     const body = opts.reason === undefined ? {} : { reason: opts.reason };
-    const path = `/_matrix/client/v3/join/${seg(roomIdOrAlias)}${opts.via?.length ? `?${opts.via.map((s) => `server_name=${encodeURIComponent(s)}`).join('&')}` : ''}`;
+    const path = `/_matrix/client/v3/join/${seg(roomIdOrAlias)}${opts.via?.length ? `?${opts.via.map((s) => `via=${encodeURIComponent(s)}`).join('&')}` : ''}`;
     const res = await this.needHttp().json<{ room_id?: unknown }>('POST', path, { body });
     if (typeof res.room_id !== 'string') throw new HalcyonError('HALCYON_BAD_RESPONSE', 'join: no room_id in the answer');
     return res.room_id;
@@ -911,7 +971,7 @@ export class Client implements RoomActions {
   async sendEvent(roomId: string, type: string, content: Record<string, unknown>, opts: SendOptions = {}): Promise<string> {
     this.need();
     const plaintextOk = opts.allowPlaintext === true || this.opts.encryption?.allowPlaintext === true;
-    if (!this.crypto && !plaintextOk && (await this.isRoomEncrypted(roomId))) {
+    if (!this.opts.encryption && !plaintextOk && (await this.encryptedForSend(roomId))) {
       throw new HalcyonError('HALCYON_ROOM_ENCRYPTED', `room ${roomId} is encrypted and encryption is off; pass { allowPlaintext: true } to send in the clear`, { roomId });
     }
     return this.needOutbox().send(roomId, { kind: 'send', type, content }, plaintextOk);
@@ -934,6 +994,31 @@ export class Client implements RoomActions {
     return this.needOutbox().deadLetters();
   }
 
+  /**
+   * The open crypto actor; while it restarts, waits for the new one (sends must not go out in the clear for want
+   * of it). Rejects with `HALCYON_STOPPED` when `signal` aborts or the client stops.
+   */
+  private async openCrypto(signal?: AbortSignal): Promise<CryptoActorApi> {
+    for (;;) {
+      if (this.cryptoOpen) return this.cryptoOpen.api;
+      if (this.state !== 'running' && this.state !== 'starting') throw new HalcyonError('HALCYON_STOPPED', 'the client stopped while waiting for the crypto actor');
+      await unlessAborted(this.cryptoGate.wait(), [signal, this.lifecycle.signal]);
+    }
+  }
+
+  /** {@link isRoomEncrypted} for a send: a failure to tell says which send it stopped. */
+  private async encryptedForSend(roomId: string): Promise<boolean> {
+    try {
+      return await this.isRoomEncrypted(roomId);
+    } catch (err) {
+      const e = err as HalcyonError;
+      const out = new HalcyonError(e.code ?? 'HALCYON_INTERNAL', `cannot send into ${roomId}: cannot tell whether the room is encrypted (is the bot in it?): ${e.message}`, { roomId, cause: e });
+      if (e.status !== undefined) out.status = e.status;
+      if (e.errcode !== undefined) out.errcode = e.errcode;
+      throw out;
+    }
+  }
+
   /** One attempt of an outbox entry: encrypts a send for an encrypted room, then PUTs it with its transaction ID. */
   private async attemptSend(roomId: string, txnId: string, op: OutboxOp, allowPlaintext: boolean, signal: AbortSignal): Promise<string> {
     const http = this.needHttp();
@@ -947,8 +1032,9 @@ export class Client implements RoomActions {
       });
     } else {
       let { type, content } = op;
-      if (this.crypto && !allowPlaintext) {
-        const r = await this.crypto.api.encrypt(roomId, type, content);
+      if (this.opts.encryption && !allowPlaintext) {
+        // Never in the clear for want of an actor: during a restart the send waits for the new one.
+        const r = await (await this.openCrypto(signal)).encrypt(roomId, type, content);
         if (r.encrypted) {
           type = ENCRYPTED;
           content = r.content;
@@ -1211,7 +1297,8 @@ export class Client implements RoomActions {
     this.cryptoPort?.onMessage((msg) => this.onCryptoMessage(msg));
     if (this.crypto && e2ee) {
       // Opened before the first poll: the device's keys must be uploaded before anyone encrypts for it.
-      this.identity = await this.crypto.api.open({
+      const crypto = this.crypto;
+      this.identity = await crypto.api.open({
         homeserver: session.homeserver,
         userId: session.userId,
         deviceId: session.deviceId,
@@ -1222,6 +1309,11 @@ export class Client implements RoomActions {
         maxPendingUndecryptable: e2ee.maxPendingUndecryptable ?? 1_000,
         pendingUndecryptableMaxAgeMs: e2ee.pendingUndecryptableMaxAgeMs ?? 24 * 3600_000,
       });
+      // Published only now, and only if no stop or restart replaced it meanwhile: sends waiting on the gate go.
+      if (this.crypto === crypto) {
+        this.cryptoOpen = crypto;
+        this.cryptoGate.open();
+      }
     }
     // Only now is the token's device known to fit the crypto store: a refused run must not re-point the data dir.
     claimDataDir(o.dataDir, session.homeserver, session.userId, session.deviceId);
@@ -1295,6 +1387,9 @@ export class Client implements RoomActions {
    */
   private async stopActors(graceful: boolean): Promise<void> {
     const { sync, cache, crypto, cryptoPort, port } = this;
+    // From here until a new crypto actor has opened its store, sends wait (see openCrypto).
+    this.cryptoOpen = null;
+    this.cryptoGate.close();
     const bounded = <T>(p: Promise<T> | undefined, what: string) =>
       p &&
       Promise.race([p, new Promise<void>((r) => setTimeout(r, graceful ? CRYPTO_DEADLINES.close : RESTART_CALL_MS).unref())]).catch((e) => this.log('warn', e, what));
@@ -1449,9 +1544,11 @@ export class Client implements RoomActions {
   }
 
   private async decryptBatch(req: DecryptRequest, redelivered: boolean): Promise<Decryption> {
-    if (!this.crypto) return { error: new HalcyonError('HALCYON_DECRYPT_FAILED', 'encryption is off (the client was created with encryption: false)') };
+    if (!this.opts.encryption) return { error: new HalcyonError('HALCYON_DECRYPT_FAILED', 'encryption is off (the client was created with encryption: false)') };
+    // Lost with a restarting actor: the batch's repost after the restart decrypts it (see isActorLoss).
+    if (!this.cryptoOpen) return { error: new HalcyonError('HALCYON_RESTARTING', 'the crypto actor is restarting') };
     try {
-      const result = await this.crypto.api.decrypt(req);
+      const result = await this.cryptoOpen.api.decrypt(req);
       if (result.batch) result.batch.redelivered = redelivered;
       return { result, reader: result.batch ? new BatchReader(result.batch) : null };
     } catch (err) {
@@ -1513,7 +1610,8 @@ export class Client implements RoomActions {
         return task(() => {
           if (metrics) {
             const kind = i < ev.count ? (classify(ev.strings[ev.type[i]!]!, ev.relType[i]! < 0 ? null : ev.strings[ev.relType[i]!]!) ?? 'other') : 'other';
-            metrics.handled(kind, roomId, (performance.now() - t0) / 1000, i < ev.count ? (Date.now() - ev.ts[i]!) / 1000 : -1);
+            const joined = this.summaries.get(roomId)?.membership === 'join';
+            metrics.handled(kind, joined ? roomId : null, (performance.now() - t0) / 1000, i < ev.count ? (Date.now() - ev.ts[i]!) / 1000 : -1);
           }
           held.done(i);
           if (i < ev.count) this.acks.done(seq);
@@ -1666,14 +1764,35 @@ export class Client implements RoomActions {
   private deliverInvite(inv: WireBatch['invites'][number]): unknown {
     const invite: Invite = { ...inv, accept: () => this.joinRoom(inv.roomId), decline: (reason?: string) => this.leaveRoom(inv.roomId, reason) };
     const r = this.emit('invite', invite);
-    if (!this.opts.autoJoin) return r;
-    const join = () =>
-      this.joinRoom(inv.roomId).then(
+    if (this.opts.autoJoin === false) return r;
+    const join = async () => {
+      if (!(await this.acceptsInvite(invite))) return;
+      try {
+        await this.joinRoom(inv.roomId);
         // A direct chat the inviter started is recorded in m.direct, so getOrCreateDm finds it later.
-        () => (inv.isDirect && inv.inviter ? this.addDirectRoom(inv.inviter, inv.roomId).catch((err: HalcyonError) => this.emitError(err)) : undefined),
-        (err: HalcyonError) => this.emitError(err),
-      );
+        if (inv.isDirect && inv.inviter) await this.addDirectRoom(inv.inviter, inv.roomId);
+      } catch (err) {
+        this.emitError(err as HalcyonError);
+      }
+    };
     return isPromise(r) ? r.then(join) : join();
+  }
+
+  /** Whether the `autoJoin` policy accepts this invite. */
+  private async acceptsInvite(invite: Invite): Promise<boolean> {
+    const policy = this.opts.autoJoin;
+    if (policy === true) return true;
+    if (typeof policy === 'function') {
+      try {
+        return (await policy(invite)) === true;
+      } catch (err) {
+        this.handlerFailed(err, 'autoJoin', invite.roomId);
+        return false;
+      }
+    }
+    if (typeof policy !== 'object' || !invite.inviter) return false;
+    const server = invite.inviter.slice(invite.inviter.indexOf(':') + 1);
+    return (policy.users?.includes(invite.inviter) ?? false) || (policy.servers?.includes(server) ?? false);
   }
 
   /**
@@ -1740,6 +1859,15 @@ export class Client implements RoomActions {
   private log(level: 'warn' | 'error', obj: unknown, msg: string): void {
     this.opts.logger[level](obj, msg);
   }
+}
+
+/** Throws `HALCYON_INVALID_ARGUMENT` unless `p` is an {@link AutoJoinPolicy}. */
+function checkAutoJoin(p: unknown): void {
+  if (typeof p === 'boolean' || typeof p === 'function') return;
+  const lists = p as { users?: unknown; servers?: unknown } | null;
+  const strings = (v: unknown) => v === undefined || (Array.isArray(v) && v.every((x) => typeof x === 'string'));
+  if (typeof lists === 'object' && lists !== null && strings(lists.users) && strings(lists.servers)) return;
+  throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'autoJoin must be a boolean, a function (invite) => boolean, or { users?: string[], servers?: string[] }');
 }
 
 /** The batch's encrypted events as a decrypt request, or null if it has none. */
@@ -1903,5 +2031,54 @@ class HeldBatch {
 /** Errors that mean an actor went away (its work is redone after a restart), not that the input was bad. */
 function isActorLoss(e: HalcyonError): boolean {
   const c = (e.cause as HalcyonError | undefined)?.code ?? e.code;
-  return c === 'HALCYON_ACTOR_DIED' || c === 'HALCYON_ACTOR_TIMEOUT' || c === 'HALCYON_STOPPED';
+  return c === 'HALCYON_ACTOR_DIED' || c === 'HALCYON_ACTOR_TIMEOUT' || c === 'HALCYON_STOPPED' || c === 'HALCYON_RESTARTING' || c === 'HALCYON_NOT_RUNNING';
+}
+
+/**
+ * A gate that is open or closed; {@link wait} resolves once it is open. Closing it again gives later waiters a
+ * new promise; those waiting already are released by the next {@link open}.
+ */
+class Gate {
+  private promise: Promise<void>;
+  private release: (() => void) | null = null;
+  constructor() {
+    this.promise = new Promise((r) => (this.release = r));
+  }
+  open(): void {
+    this.release?.();
+    this.release = null;
+  }
+  close(): void {
+    if (this.release) return;
+    this.promise = new Promise((r) => (this.release = r));
+  }
+  wait(): Promise<void> {
+    return this.promise;
+  }
+}
+
+/** `p`, or a rejection with `HALCYON_STOPPED` as soon as one of the signals aborts. */
+function unlessAborted<T>(p: Promise<T>, signals: Array<AbortSignal | undefined>): Promise<T> {
+  const live = signals.filter((s): s is AbortSignal => s !== undefined);
+  if (live.some((s) => s.aborted)) return Promise.reject(new HalcyonError('HALCYON_STOPPED', 'stopped'));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => {
+      done();
+      reject(new HalcyonError('HALCYON_STOPPED', 'stopped'));
+    };
+    const done = () => {
+      for (const s of live) s.removeEventListener('abort', onAbort);
+    };
+    for (const s of live) s.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => {
+        done();
+        resolve(v);
+      },
+      (e: unknown) => {
+        done();
+        reject(e);
+      },
+    );
+  });
 }

@@ -23,6 +23,7 @@ export const ERROR_CODES = {
   HALCYON_NOT_RUNNING: 'The method needs a running client (call `run(token)` first).',
   HALCYON_ALREADY_RUNNING: '`run` was called on a client that is already running.',
   HALCYON_STOPPED: 'The client was stopped while the call was pending.',
+  HALCYON_RESTARTING: 'The actors are restarting after a worker died or stalled; ask again in a few seconds (sends wait by themselves).',
   HALCYON_STORE: 'The data directory or its SQLite store could not be opened, read, or written.',
   HALCYON_STORE_MISMATCH: 'The data directory belongs to another user or homeserver than the token.',
   HALCYON_INTERNAL: 'An unexpected error inside Halcyon (a bug); the message says where it happened.',

@@ -1,6 +1,6 @@
 /** Halcyon: a Matrix bot library with polling, parsing and room state on worker threads. */
 export { Client } from './client.ts';
-export type { BackpressureInfo, ClientEvents, ClientOptions, CreateRoomOptions, Health, DecryptionErrorInfo, EncryptionOptions, LoginOptions, SendOptions, SyncErrorInfo, WhoAmI } from './client.ts';
+export type { AutoJoinPolicy, BackpressureInfo, ClientEvents, ClientOptions, CreateRoomOptions, Health, DecryptionErrorInfo, EncryptionOptions, LoginOptions, SendOptions, SyncErrorInfo, WhoAmI } from './client.ts';
 export { Edit, MemberEvent, Message, Reaction, Redaction, Room, RoomEvent, User } from './events.ts';
 export type { AccountDataEvent, ContentInput, Invite, Mentions, MessageOptions, Presence, Profile, Receipt } from './events.ts';
 export { RoomDetails } from './rooms.ts';

@@ -283,7 +283,7 @@ export class Outbox {
         if (paced) e.pacedRetries++;
         else e.failures++;
         if (permanent || e.failures >= this.deps.maxAttempts || e.pacedRetries >= MAX_PACED_RETRIES) {
-          const why = permanent ? 'the server refused it' : `it still failed after ${e.attempts} attempts`;
+          const why = !permanent ? `it still failed after ${e.attempts} attempts` : h.status !== undefined ? 'the server refused it' : 'it cannot be sent';
           const failure = new HalcyonError('HALCYON_SEND_FAILED', `send into ${e.roomId} failed for good (${why}): ${h.message ?? String(err)}`, { roomId: e.roomId, cause: err });
           if (h.status !== undefined) failure.status = h.status;
           if (h.errcode !== undefined) failure.errcode = h.errcode;
@@ -336,18 +336,23 @@ export class Outbox {
   }
 }
 
-/** Failures worth another attempt: transport, deadlines, 5xx, rate limits; not refusals (4xx) or local errors. */
+/**
+ * Failures worth another attempt: everything but a refusal. Refusals are the server's 4xx answers and local
+ * errors that a retry cannot change (bad input, an algorithm Halcyon cannot send with, a revoked token, a
+ * redirect). Anything unexpected — an actor that died or is restarting, a bug's TypeError — is transient: a send
+ * must not become a dead letter labelled "refused" for what was never the server's answer.
+ */
 function isTransient(e: HalcyonError): boolean {
   switch (e.code) {
-    case 'HALCYON_HTTP':
-    case 'HALCYON_TIMEOUT':
-    case 'HALCYON_RATE_LIMITED':
-    case 'HALCYON_BAD_RESPONSE':
-    case 'HALCYON_ACTOR_TIMEOUT':
-      return true;
     case 'HALCYON_MATRIX':
       return e.status === undefined || e.status >= 500;
-    default:
+    case 'HALCYON_INVALID_ARGUMENT':
+    case 'HALCYON_ENCRYPT_FAILED':
+    case 'HALCYON_ROOM_ENCRYPTED':
+    case 'HALCYON_UNKNOWN_TOKEN':
+    case 'HALCYON_REDIRECT':
       return false;
+    default:
+      return true;
   }
 }

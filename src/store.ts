@@ -4,7 +4,7 @@
  * tokens and room state.
  */
 import { randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { HalcyonError } from './errors.ts';
@@ -12,12 +12,17 @@ import { HalcyonError } from './errors.ts';
 /** A SQLite database owned by one actor. */
 export type Database = DatabaseSync;
 
-/** Creates the data directory (0700) if needed. */
+/**
+ * Creates the data directory (0700) if needed, and makes an existing one 0700: it holds the token's device, room
+ * state and the crypto store's passphrase, so nobody else may list or read it (a directory made by hand or by a
+ * deploy tool is often 0755).
+ */
 export function ensureDataDir(dataDir: string): void {
   try {
     mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    if ((statSync(dataDir).mode & 0o077) !== 0) chmodSync(dataDir, 0o700);
   } catch (err) {
-    throw new HalcyonError('HALCYON_STORE', `cannot create the data directory ${dataDir}: ${(err as Error).message}`, { cause: err });
+    throw new HalcyonError('HALCYON_STORE', `cannot create the data directory ${dataDir} or make it private (0700): ${(err as Error).message}`, { cause: err });
   }
 }
 

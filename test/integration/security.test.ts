@@ -9,7 +9,8 @@
  *   HALCYON_REDIRECT, and the host they point to never receives a request (so never the token or the password).
  */
 import assert from 'node:assert/strict';
-import { readdirSync, statSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, test } from 'node:test';
@@ -68,6 +69,22 @@ test('the data dir is 0700 and every file in it 0600 (stores, WAL and SHM files,
   t.diagnostic(`running: ${Object.entries(running).map(([k, v]) => `${k} ${v.mode}`).join(', ')}`);
   assert.deepEqual(wrongModes(running), [], 'modes while running');
   assert.deepEqual(wrongModes(stopped), [], 'modes after stop');
+});
+
+test('an existing data dir made 0755 (by hand, by a deploy tool) is made 0700 by Client.login and by run()', async (t) => {
+  for (const step of ['login', 'run'] as const) {
+    const user = await hs.registerUser();
+    const dataDir = mkdtempSync(join(tmpdir(), 'halcyon-mode-'));
+    defer(t, () => rmSync(dataDir, { recursive: true, force: true }));
+    chmodSync(dataDir, 0o755);
+    const token = await Client.login({ homeserver: hs.baseUrl, user: user.localpart, password: user.password, ...(step === 'login' ? { dataDir } : {}) });
+    if (step === 'run') {
+      const client = new Client({ dataDir, encryption: false, pollTimeoutMs: 1000 });
+      defer(t, () => client.stop());
+      await client.run(token);
+    }
+    assert.equal((statSync(dataDir).mode & 0o777).toString(8), '700', `after ${step}`);
+  }
 });
 
 test('the access token never appears in logs, errors or rejections, whatever fails', { timeout: 180_000 }, async (t) => {

@@ -1,0 +1,118 @@
+/**
+ * Guards on the way out, against the real Synapse: with encryption off, a room the bot's cache has not seen is
+ * asked of the server (plain text never goes into an encrypted room for want of a sync); a send into a room the
+ * bot is not in names the send; `via` joins; the crypto status during a restart; the client never shows its
+ * secrets to `util.inspect`.
+ */
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { inspect } from 'node:util';
+import { Client, decodeToken, type HalcyonError } from '../../src/index.ts';
+import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
+import { deferred, loggingProxy, newBot, newClient, newPeer, tempDataDir, WAIT_MS, waitUntil } from './util.ts';
+
+let hs: Homeserver;
+before(async () => {
+  hs = await testHomeserver();
+});
+after(async () => {
+  await hs?.stop();
+});
+
+/** A bot behind a logging proxy whose /sync answers can be held (the bot then sees nothing new). */
+async function blindableBot(t: Parameters<typeof newClient>[0], opts: Parameters<typeof newClient>[2] = {}) {
+  let blind = false;
+  const released = deferred();
+  const proxy = await loggingProxy(t, hs.baseUrl, {
+    hold: (_m, url) => (blind && url.startsWith('/_matrix/client/v3/sync') ? released.promise : null),
+    release: () => released.resolve(),
+  });
+  const user = await hs.registerUser();
+  const dataDir = tempDataDir(t);
+  const token = await Client.login({ homeserver: proxy.url, user: user.localpart, password: user.password, dataDir });
+  const client = newClient(t, dataDir, opts);
+  await client.run(token);
+  /** Holds every later /sync answer; resolves once a poll is held (the one in flight has ended). */
+  const goBlind = async () => {
+    blind = true;
+    const n = proxy.log.length;
+    await waitUntil(() => proxy.log.slice(n).some((l) => l.includes('/_matrix/client/v3/sync')), WAIT_MS, 'a held poll');
+  };
+  return { user, client, proxy, goBlind };
+}
+
+test('encryption off: a just-joined encrypted room the cache has not seen is asked of the server; plain text is refused, nothing is PUT', async (t) => {
+  const bot = await blindableBot(t, { encryption: false, autoJoin: false });
+  await bot.goBlind();
+  const peer = await newPeer(hs);
+  const roomId = await peer.createRoom({ invite: [bot.user.userId], encrypted: true });
+  await bot.client.joinRoom(roomId);
+  assert.equal(await bot.client.getRoom(roomId), undefined, 'the cache has not seen the room');
+  await assert.rejects(bot.client.sendMessage(roomId, 'secret'), (e: HalcyonError) => e.code === 'HALCYON_ROOM_ENCRYPTED');
+  await assert.rejects(bot.client.sendNotice(roomId, 'secret too'), (e: HalcyonError) => e.code === 'HALCYON_ROOM_ENCRYPTED');
+  assert.deepEqual(bot.proxy.log.filter((l) => l.startsWith('PUT') && l.includes('/send/')), [], 'nothing was sent');
+  // The explicit opt-out still sends.
+  const id = await bot.client.sendMessage(roomId, 'public on purpose', { allowPlaintext: true });
+  const ev = await peer.waitFor((e) => e.event_id === id, WAIT_MS);
+  assert.equal(ev.type, 'm.room.message');
+});
+
+test('encryption off: an unencrypted room the cache has not seen is asked too, and the send goes out', async (t) => {
+  const bot = await blindableBot(t, { encryption: false, autoJoin: false });
+  await bot.goBlind();
+  const peer = await newPeer(hs);
+  const roomId = await peer.createRoom({ invite: [bot.user.userId] });
+  await bot.client.joinRoom(roomId);
+  const id = await bot.client.sendMessage(roomId, 'hello');
+  const ev = await peer.waitFor((e) => e.event_id === id, WAIT_MS);
+  assert.equal(ev.content.body, 'hello');
+});
+
+test('a send into a room the bot is not in fails at once, naming the send, with the server\'s errcode', async (t) => {
+  const bot = await newBot(t, hs, { encryption: false });
+  await bot.client.run(bot.token);
+  const peer = await newPeer(hs);
+  const roomId = await peer.createRoom({});
+  await assert.rejects(bot.client.sendMessage(roomId, 'hi'), (e: HalcyonError) => {
+    assert.equal(e.code, 'HALCYON_MATRIX');
+    assert.equal(e.errcode, 'M_FORBIDDEN');
+    assert.equal(e.roomId, roomId);
+    assert.match(e.message, new RegExp(`^cannot send into ${roomId.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
+    return true;
+  });
+  assert.deepEqual(bot.client.outboxStatus(), { pending: 0, dead: 0 }, 'no dead letter');
+});
+
+test('joinRoom(..., { via }) sends `via` (server_name was removed in spec v1.14)', async (t) => {
+  const bot = await blindableBot(t, { encryption: false, autoJoin: false });
+  const peer = await newPeer(hs);
+  const roomId = await peer.createRoom({ invite: [bot.user.userId] });
+  assert.equal(await bot.client.joinRoom(roomId, { via: ['localhost'] }), roomId);
+  const join = bot.proxy.log.find((l) => l.startsWith('POST /_matrix/client/v3/join/'));
+  assert.ok(join, 'a join request');
+  assert.match(join, /\?via=localhost$/);
+  assert.doesNotMatch(join, /server_name/);
+});
+
+test('cryptoStatus() while the actors restart rejects with HALCYON_RESTARTING, then answers again', async (t) => {
+  const bot = await newBot(t, hs);
+  await bot.client.run(bot.token);
+  const before = await bot.client.cryptoStatus();
+  await bot.client.crashActorForTests('crypto');
+  await assert.rejects(bot.client.cryptoStatus(), (e: HalcyonError) => e.code === 'HALCYON_RESTARTING');
+  const again = await waitUntil(() => bot.client.cryptoStatus().catch(() => null), 60_000, 'the crypto status after the restart');
+  assert.deepEqual(again.identity, before!.identity);
+});
+
+test('util.inspect and JSON of a running client show neither the access token nor the store passphrase', async (t) => {
+  const bot = await newBot(t, hs, { encryption: { passphrase: 'a passphrase nobody may see' } });
+  await bot.client.run(bot.token);
+  const secrets = [decodeToken(bot.token).accessToken, bot.token, 'a passphrase nobody may see'];
+  const texts = [inspect(bot.client, { depth: 20, showHidden: true }), inspect(bot.client), String(bot.client)];
+  try {
+    texts.push(JSON.stringify(bot.client));
+  } catch {
+    // Not serialisable is fine too.
+  }
+  for (const text of texts) for (const s of secrets) assert.ok(!text.includes(s), `a secret shows in: ${text.slice(0, 200)}`);
+});
