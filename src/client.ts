@@ -308,6 +308,8 @@ export class Client implements RoomActions {
   private readonly listeners: { [K in keyof ClientEvents]?: Listener<K>[] } = {};
   private readonly summaries = new Map<string, RoomSummary>();
   private readonly roomHandles = new Map<string, Room>();
+  /** With encryption off: rooms the server said are not encrypted, while the cache had not seen them. */
+  private readonly plainRooms = new Set<string>();
   /** Rooms in {@link summaries} the bot is not joined to, oldest first (see setSummary). */
   private readonly otherRooms = new Set<string>();
   private state: 'idle' | 'starting' | 'running' | 'stopping' | 'stopped' = 'idle';
@@ -623,12 +625,16 @@ export class Client implements RoomActions {
     this.need();
     if (this.opts.encryption) return (await this.openCrypto()).isRoomEncrypted(roomId);
     if (this.summaries.get(roomId)?.encrypted) return true;
+    if (this.plainRooms.has(roomId)) return false;
     const cached = this.cache ? await this.cache.api.getRoom(roomId).catch(() => undefined) : undefined;
     if (cached?.membership === 'join') return cached.encrypted;
     // A room the cache has not seen joined (just joined, or not synced yet): the server says. Fail closed: an
-    // error is no answer, and the caller does not send.
+    // error is no answer, and the caller does not send. A plain answer is remembered (an encryption event
+    // later reaches the summaries, which are asked first).
     const content = await this.getStateEvent(roomId, 'm.room.encryption');
-    return content !== null && typeof content.algorithm === 'string';
+    const encrypted = content !== null && typeof content.algorithm === 'string';
+    if (!encrypted && this.plainRooms.size < MAX_OTHER_ROOMS) this.plainRooms.add(roomId);
+    return encrypted;
   }
 
   /** A handle on a room: its cached summary and room-bound shortcuts. */

@@ -17,6 +17,12 @@ export interface MetricsOptions {
   host?: string;
   /** Label handler metrics by room (default false: one series for all rooms; per room can mean many series). */
   perRoom?: boolean;
+  /**
+   * With `perRoom`: rooms labelled at most (default 1,000). Events of further rooms count under `room="other"`,
+   * and a room's series are removed when the bot leaves it, so joins, leaves and invite spam cannot grow the
+   * registry without bound. Only joined rooms are labelled (invites count under `other`).
+   */
+  maxRoomLabels?: number;
   /** Prefix of every metric name (default `halcyon_`). */
   prefix?: string;
 }
@@ -36,7 +42,10 @@ export interface MetricsSnapshot {
 /** What the client records; {@link noMetrics} does nothing. */
 export interface Recorder {
   eventsReceived(n: number): void;
-  handled(kind: string, roomId: string, seconds: number, lagSeconds: number): void;
+  /** A handler settled; `roomId` is null for what is not a joined room's (invites: labelled `other`). */
+  handled(kind: string, roomId: string | null, seconds: number, lagSeconds: number): void;
+  /** The bot left a room: its per-room series go. */
+  forgetRoom(roomId: string): void;
   handlerFailed(): void;
   syncError(code: string): void;
   send(result: 'sent' | 'retried' | 'rate_limited' | 'dead'): void;
@@ -49,6 +58,7 @@ export interface Recorder {
 export const noMetrics: Recorder = {
   eventsReceived() {},
   handled() {},
+  forgetRoom() {},
   handlerFailed() {},
   syncError() {},
   send() {},
@@ -57,11 +67,24 @@ export const noMetrics: Recorder = {
   registry: null,
 };
 
+/** The `kind` label values of handler metrics. */
+const HANDLED_KINDS = ['message', 'edit', 'reaction', 'member', 'redaction', 'other'] as const;
+
 /** Builds the recorder: metrics registered in `opts.registry` (or a new one), served if `opts.port` is set. */
 export async function createMetrics(opts: MetricsOptions, snapshot: () => Promise<MetricsSnapshot>): Promise<Recorder> {
   const registry = opts.registry ?? new Registry();
   const p = opts.prefix ?? 'halcyon_';
   const roomLabel = opts.perRoom === true;
+  const maxRooms = opts.maxRoomLabels ?? 1_000;
+  /** Rooms with series of their own; the rest share `other`. */
+  const labelled = new Set<string>();
+  const roomOf = (roomId: string | null): string => {
+    if (roomId === null) return 'other';
+    if (labelled.has(roomId)) return roomId;
+    if (labelled.size >= maxRooms) return 'other';
+    labelled.add(roomId);
+    return roomId;
+  };
   let last: MetricsSnapshot | null = null;
   // One snapshot per scrape, shared by the gauges below.
   const read = async () => (last = await snapshot());
@@ -127,10 +150,14 @@ export async function createMetrics(opts: MetricsOptions, snapshot: () => Promis
     registry,
     eventsReceived: (n) => received.inc(n),
     handled(kind, roomId, seconds, lagSeconds) {
-      const labels = roomLabel ? { kind, room: roomId } : { kind };
+      const labels = roomLabel ? { kind, room: roomOf(roomId) } : { kind };
       handled.inc(labels);
       duration.observe(labels, seconds);
       if (lagSeconds >= 0) lag.observe(labels, lagSeconds);
+    },
+    forgetRoom(roomId) {
+      if (!labelled.delete(roomId)) return;
+      for (const kind of HANDLED_KINDS) for (const m of [handled, duration, lag]) m.remove({ kind, room: roomId });
     },
     handlerFailed: () => failures.inc(),
     syncError: (code) => syncErrors.inc({ code }),

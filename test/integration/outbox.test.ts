@@ -57,6 +57,8 @@ async function server(events: number, onSend?: (s: Sent, n: number, res: ServerR
       res.on('close', () => clearTimeout(t));
       return;
     }
+    // No encryption state event in the room (what a homeserver answers when an unencrypted bot asks before sending).
+    if (url.pathname.includes('/state/m.room.encryption')) return json(res, 404, { errcode: 'M_NOT_FOUND', error: 'no such state' });
     json(res, 404, { errcode: 'M_UNRECOGNIZED', error: 'not scripted' });
   };
   const srv = createServer((req, res) => {
