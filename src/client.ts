@@ -29,6 +29,7 @@ import {
   RoomEvent,
   User,
 } from './events.ts';
+import { editProblem, type MentionsContent, newMentions, readMentions } from './edits.ts';
 import { htmlToText, sanitizeHtml } from './html.ts';
 import { RoomDetails } from './rooms.ts';
 import { delay, MatrixHttp, seg } from './http.ts';
@@ -308,6 +309,8 @@ export class Client implements RoomActions {
   private readonly listeners: { [K in keyof ClientEvents]?: Listener<K>[] } = {};
   private readonly summaries = new Map<string, RoomSummary>();
   private readonly roomHandles = new Map<string, Room>();
+  /** Mentions of the current version of messages the bot sent this run (see editMessage), most recent last. */
+  private readonly sentMentions = new BoundedMap<string, MentionsContent>(1_000);
   /** With encryption off: rooms the server said are not encrypted, while the cache had not seen them. */
   private readonly plainRooms = new Set<string>();
   /** Rooms in {@link summaries} the bot is not joined to, oldest first (see setSummary). */
@@ -912,10 +915,12 @@ export class Client implements RoomActions {
 
   /** Sends a message (a string becomes `m.text`), as a reply, in a thread, with mentions; resolves with the event ID. */
   async sendMessage(roomId: string, content: ContentInput, opts: MessageOptions = {}): Promise<string> {
-    const c = typeof content === 'string' ? { msgtype: 'm.text', body: content } : { ...content };
+    const c: Record<string, unknown> = typeof content === 'string' ? { msgtype: 'm.text', body: content } : { ...content };
     // A thread message that replies to nothing in particular falls back to the thread's latest event.
     const fallback = opts.threadId !== undefined && opts.replyTo === undefined ? await this.latestInThread(roomId, opts.threadId) : undefined;
-    return this.sendEvent(roomId, 'm.room.message', withRelations(c, opts, fallback), opts);
+    const eventId = await this.sendEvent(roomId, 'm.room.message', withRelations(c, opts, fallback), opts);
+    this.sentMentions.set(eventId, readMentions(c['m.mentions']));
+    return eventId;
   }
 
   /** The latest event of a thread (the server's `m.thread` relations), or the root when it has none. */
@@ -946,14 +951,54 @@ export class Client implements RoomActions {
     return this.sendMessage(roomId, { msgtype: 'm.text', body: plainText ?? htmlToText(clean), format: 'org.matrix.custom.html', formatted_body: clean }, opts);
   }
 
-  /** Edits a message (`m.replace`; the server only accepts edits of the bot's own messages); resolves with the edit's ID. */
-  editMessage(roomId: string, eventId: string, newContent: ContentInput): Promise<string> {
+  /**
+   * Edits a message (`m.replace`; clients honour edits of the sender's own messages only); resolves with the
+   * edit's ID. `mentions` (or `m.mentions` in the content) is the full set the new version mentions; the edit's
+   * top-level `m.mentions` names only those the previous version did not, so nobody is pinged twice (when the
+   * previous version is unknown — an encrypted message sent before this run — nobody is pinged).
+   */
+  async editMessage(roomId: string, eventId: string, newContent: ContentInput, opts: { mentions?: Mentions } = {}): Promise<string> {
     const n: Record<string, unknown> = typeof newContent === 'string' ? { msgtype: 'm.text', body: newContent } : { ...newContent };
     delete n['m.relates_to'];
+    if (opts.mentions !== undefined && n['m.mentions'] === undefined) n['m.mentions'] = mentionsContent(opts.mentions);
+    const full = readMentions(n['m.mentions']);
+    const previous = await this.previousMentions(roomId, eventId);
     const body = typeof n.body === 'string' ? n.body : '';
-    const outer: Record<string, unknown> = { ...n, body: `* ${body}`, 'm.new_content': n, 'm.relates_to': { rel_type: 'm.replace', event_id: eventId } };
+    const outer: Record<string, unknown> = {
+      ...n,
+      body: `* ${body}`,
+      'm.new_content': n,
+      'm.relates_to': { rel_type: 'm.replace', event_id: eventId },
+      'm.mentions': newMentions(full, previous),
+    };
     if (typeof n.formatted_body === 'string') outer.formatted_body = `* ${n.formatted_body}`;
-    return this.sendEvent(roomId, 'm.room.message', outer);
+    const id = await this.sendEvent(roomId, 'm.room.message', outer);
+    this.sentMentions.set(eventId, full);
+    return id;
+  }
+
+  /** The mentions of a message's current version: as the bot sent it this run, else as the server holds it. */
+  private async previousMentions(roomId: string, eventId: string): Promise<MentionsContent | null> {
+    const known = this.sentMentions.get(eventId);
+    if (known) return known;
+    const ev = await this.fetchEvent(roomId, eventId);
+    if (ev?.type !== 'm.room.message') return null; // encrypted (or gone): unknown
+    // The server bundles the latest edit with the original (spec: m.relations); its m.new_content is current.
+    const latest = (ev.unsigned?.['m.relations'] as { 'm.replace'?: { content?: Record<string, unknown> } } | undefined)?.['m.replace'];
+    const current = latest?.content?.['m.new_content'] as Record<string, unknown> | undefined;
+    if (latest) return current ? readMentions(current['m.mentions']) : null;
+    return readMentions(ev.content['m.mentions']);
+  }
+
+  /** An event as the server holds it (encrypted ones stay encrypted), or null when it cannot be had. */
+  private async fetchEvent(roomId: string, eventId: string): Promise<MatrixEvent | null> {
+    try {
+      const ev = await this.needHttp().json<MatrixEvent>('GET', `/_matrix/client/v3/rooms/${seg(roomId)}/event/${seg(eventId)}`);
+      return typeof ev.type === 'string' && typeof ev.content === 'object' && ev.content !== null ? ev : null;
+    } catch (err) {
+      this.opts.logger.info({ code: (err as HalcyonError).code, roomId, eventId }, 'event not available');
+      return null;
+    }
   }
 
   /** Reacts to an event with `key` (usually an emoji); resolves with the reaction's event ID. */
@@ -1752,11 +1797,11 @@ export class Client implements RoomActions {
 
   private deliver(b: BatchReader, i: number, roomId: string, kind: EventKind | null, anyEvent: boolean): unknown {
     const room = this.room(roomId);
+    if (kind === 'edit') return this.deliverEdit(b, i, room, anyEvent);
     let first: unknown;
     if (kind !== null) {
       const obj =
         kind === 'message' ? new Message(b, i, room, this)
-        : kind === 'edit' ? new Edit(b, i, room, this)
         : kind === 'reaction' ? new Reaction(b, i, room, this)
         : kind === 'member' ? new MemberEvent(b, i, room, this)
         : new Redaction(b, i, room, this);
@@ -1765,6 +1810,24 @@ export class Client implements RoomActions {
     if (!anyEvent) return first;
     const generic = () => this.emit('event', new RoomEvent(b, i, room, this));
     return isPromise(first) ? first.then(generic) : generic();
+  }
+
+  /**
+   * An edit reaches `edit` handlers only if it may replace its original by the spec's rules (same sender and
+   * type, no state event, the original not an edit, `m.new_content` present): anyone can send an `m.replace`
+   * relation to anyone's message, and servers do not check. Invalid ones are only logged (and still reach
+   * `event` handlers, as every event does).
+   */
+  private async deliverEdit(b: BatchReader, i: number, room: Room, anyEvent: boolean): Promise<void> {
+    const edit = new Edit(b, i, room, this);
+    const original = await this.fetchEvent(room.id, edit.replaces);
+    const problem = editProblem(
+      { sender: edit.sender, type: edit.type, encrypted: edit.isEncrypted, stateKey: edit.stateKey, content: edit.content },
+      original && { sender: original.sender ?? '', type: original.type, encrypted: original.type === ENCRYPTED, stateKey: original.state_key ?? null, content: original.content },
+    );
+    if (problem) this.opts.logger.info({ roomId: room.id, eventId: edit.eventId }, `an invalid edit was ignored: ${problem}`);
+    else await this.emit('edit', edit);
+    if (anyEvent) await this.emit('event', new RoomEvent(b, i, room, this));
   }
 
   private deliverInvite(inv: WireBatch['invites'][number]): unknown {
@@ -2038,6 +2101,19 @@ class HeldBatch {
 function isActorLoss(e: HalcyonError): boolean {
   const c = (e.cause as HalcyonError | undefined)?.code ?? e.code;
   return c === 'HALCYON_ACTOR_DIED' || c === 'HALCYON_ACTOR_TIMEOUT' || c === 'HALCYON_STOPPED' || c === 'HALCYON_RESTARTING' || c === 'HALCYON_NOT_RUNNING';
+}
+
+/** A map that forgets its oldest entries past `max` (insertion order). */
+class BoundedMap<K, V> extends Map<K, V> {
+  constructor(private readonly max: number) {
+    super();
+  }
+  override set(k: K, v: V): this {
+    this.delete(k);
+    super.set(k, v);
+    if (this.size > this.max) this.delete(this.keys().next().value!);
+    return this;
+  }
 }
 
 /**

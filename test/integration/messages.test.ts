@@ -216,6 +216,8 @@ test('edits (editMessage, message.edit), reactions (send and receive) and redact
     body: '* final',
     'm.new_content': { msgtype: 'm.text', body: 'final' },
     'm.relates_to': { rel_type: 'm.replace', event_id: draftId },
+    // Present and empty: the edit mentions nobody anew (without it, clients match names in "* final").
+    'm.mentions': {},
   });
   // editMessage with HTML content.
   const htmlEditId = await bot.client.editMessage(roomId, draftId, { msgtype: 'm.text', body: 'bold', format: 'org.matrix.custom.html', formatted_body: '<b>bold</b>' });
