@@ -29,6 +29,7 @@ import {
   RoomEvent,
   User,
 } from './events.ts';
+import { aliasArg, contentArg, eventIdArg, roomIdArg, roomOrAliasArg, stringArg, userIdArg } from './ids.ts';
 import { editProblem, type MentionsContent, newMentions, readMentions } from './edits.ts';
 import { htmlToText, sanitizeHtml } from './html.ts';
 import { RoomDetails } from './rooms.ts';
@@ -394,6 +395,10 @@ export class Client implements RoomActions {
    * the password). With `dataDir`, the device of an earlier login there is reused.
    */
   static async login(opts: LoginOptions): Promise<string> {
+    if (typeof opts !== 'object' || opts === null) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'Client.login({ homeserver, user, password }) needs an options object');
+    stringArg(opts.homeserver, 'Client.login', 'homeserver');
+    stringArg(opts.user, 'Client.login', 'user');
+    stringArg(opts.password, 'Client.login', 'password (read it from an environment variable or a secret store)');
     const homeserver = opts.homeserver.replace(/\/+$/, '');
     const http = new MatrixHttp(homeserver);
     try {
@@ -664,6 +669,7 @@ export class Client implements RoomActions {
    * spoke or changed are known until then), and resolves with the room's details.
    */
   async loadMembers(roomId: string): Promise<RoomDetails | undefined> {
+    roomIdArg(roomId, 'loadMembers');
     const res = await this.needHttp().json<{ chunk?: unknown[] }>('GET', `/_matrix/client/v3/rooms/${seg(roomId)}/members`);
     const state = (res.chunk ?? []).filter(
       (e): e is MatrixEvent => typeof e === 'object' && e !== null && (e as MatrixEvent).type === 'm.room.member' && typeof (e as MatrixEvent).state_key === 'string',
@@ -681,6 +687,7 @@ export class Client implements RoomActions {
    * `HALCYON_TIMEOUT` after `timeoutMs` (default 30 s).
    */
   waitForRoom(roomId: string, opts: { membership?: RoomSummary['membership']; timeoutMs?: number } = {}): Promise<Room> {
+    roomIdArg(roomId, 'waitForRoom');
     this.need();
     const membership = opts.membership ?? 'join';
     if (this.summaries.get(roomId)?.membership === membership) return Promise.resolve(this.room(roomId));
@@ -769,6 +776,7 @@ export class Client implements RoomActions {
    * in or invited to, else a new one (invited, `is_direct`, recorded in `m.direct`). Resolves with the room ID.
    */
   getOrCreateDm(userId: string, opts: { encrypted?: boolean } = {}): Promise<string> {
+    userIdArg(userId, 'getOrCreateDm');
     // One at a time per client: two concurrent calls for the same user must not create two rooms.
     return this.serially('dm', () => this.findOrCreateDm(userId, opts));
   }
@@ -822,6 +830,7 @@ export class Client implements RoomActions {
 
   /** Joins a room by ID or alias (`via`: servers to join through); resolves with the room ID. */
   async joinRoom(roomIdOrAlias: string, opts: { reason?: string; via?: string[] } = {}): Promise<string> {
+    roomOrAliasArg(roomIdOrAlias, 'joinRoom');
     const body = opts.reason === undefined ? {} : { reason: opts.reason };
     const path = `/_matrix/client/v3/join/${seg(roomIdOrAlias)}${opts.via?.length ? `?${opts.via.map((s) => `via=${encodeURIComponent(s)}`).join('&')}` : ''}`;
     const res = await this.needHttp().json<{ room_id?: unknown }>('POST', path, { body });
@@ -831,11 +840,13 @@ export class Client implements RoomActions {
 
   /** Leaves a room. */
   async leaveRoom(roomId: string, reason?: string): Promise<void> {
+    roomIdArg(roomId, 'leaveRoom');
     await this.needHttp().json('POST', `/_matrix/client/v3/rooms/${seg(roomId)}/leave`, { body: reason === undefined ? {} : { reason } });
   }
 
   /** Forgets a room the bot has left (the server drops it from the bot's history). */
   async forgetRoom(roomId: string): Promise<void> {
+    roomIdArg(roomId, 'forgetRoom');
     await this.needHttp().json('POST', `/_matrix/client/v3/rooms/${seg(roomId)}/forget`, { body: {} });
   }
 
@@ -860,6 +871,8 @@ export class Client implements RoomActions {
   }
 
   private async membershipOp(roomId: string, op: 'invite' | 'kick' | 'ban' | 'unban', userId: string, reason?: string): Promise<void> {
+    roomIdArg(roomId, `${op}User`);
+    userIdArg(userId, `${op}User`);
     const body: Record<string, unknown> = { user_id: userId };
     if (reason !== undefined) body.reason = reason;
     await this.needHttp().json('POST', `/_matrix/client/v3/rooms/${seg(roomId)}/${op}`, { body });
@@ -882,6 +895,7 @@ export class Client implements RoomActions {
 
   /** Sets a user's power level in a room (reading the current levels from the server first). */
   async setPowerLevel(roomId: string, userId: string, level: number): Promise<string> {
+    roomIdArg(roomId, 'setPowerLevel');
     const pl = { ...((await this.getStateEvent(roomId, 'm.room.power_levels')) ?? {}) };
     pl.users = { ...((pl.users as Record<string, number> | undefined) ?? {}), [userId]: level };
     return this.sendStateEvent(roomId, 'm.room.power_levels', '', pl);
@@ -889,6 +903,10 @@ export class Client implements RoomActions {
 
   /** Sends a state event; resolves with its event ID. State events are never encrypted. */
   async sendStateEvent(roomId: string, type: string, stateKey: string, content: Record<string, unknown>): Promise<string> {
+    roomIdArg(roomId, 'sendStateEvent');
+    stringArg(type, 'sendStateEvent', 'the event type');
+    stringArg(stateKey, 'sendStateEvent', 'the state key', true);
+    contentArg(type, content, 'sendStateEvent');
     const res = await this.needHttp().json<{ event_id?: unknown }>('PUT', `/_matrix/client/v3/rooms/${seg(roomId)}/state/${seg(type)}/${seg(stateKey)}`, { body: content });
     if (typeof res.event_id !== 'string') throw new HalcyonError('HALCYON_BAD_RESPONSE', 'state: no event_id in the answer', { roomId });
     return res.event_id;
@@ -896,6 +914,9 @@ export class Client implements RoomActions {
 
   /** The content of a state event as the server has it now, or null if the room has none. */
   async getStateEvent(roomId: string, type: string, stateKey = ''): Promise<Record<string, unknown> | null> {
+    roomIdArg(roomId, 'getStateEvent');
+    stringArg(type, 'getStateEvent', 'the event type');
+    stringArg(stateKey, 'getStateEvent', 'the state key', true);
     try {
       return await this.needHttp().json('GET', `/_matrix/client/v3/rooms/${seg(roomId)}/state/${seg(type)}/${seg(stateKey)}`);
     } catch (err) {
@@ -906,6 +927,7 @@ export class Client implements RoomActions {
 
   /** Resolves a room alias (`#room:server`) to its room ID and the servers that know it. */
   async resolveAlias(alias: string): Promise<{ roomId: string; servers: string[] }> {
+    aliasArg(alias, 'resolveAlias');
     const res = await this.needHttp().json<{ room_id?: unknown; servers?: unknown }>('GET', `/_matrix/client/v3/directory/room/${seg(alias)}`);
     if (typeof res.room_id !== 'string') throw new HalcyonError('HALCYON_BAD_RESPONSE', 'directory: no room_id in the answer');
     return { roomId: res.room_id, servers: Array.isArray(res.servers) ? res.servers.filter((s): s is string => typeof s === 'string') : [] };
@@ -915,6 +937,7 @@ export class Client implements RoomActions {
 
   /** Sends a message (a string becomes `m.text`), as a reply, in a thread, with mentions; resolves with the event ID. */
   async sendMessage(roomId: string, content: ContentInput, opts: MessageOptions = {}): Promise<string> {
+    roomIdArg(roomId, 'sendMessage');
     const c: Record<string, unknown> = typeof content === 'string' ? { msgtype: 'm.text', body: content } : { ...content };
     // A thread message that replies to nothing in particular falls back to the thread's latest event.
     const fallback = opts.threadId !== undefined && opts.replyTo === undefined ? await this.latestInThread(roomId, opts.threadId) : undefined;
@@ -958,6 +981,7 @@ export class Client implements RoomActions {
    * previous version is unknown — an encrypted message sent before this run — nobody is pinged).
    */
   async editMessage(roomId: string, eventId: string, newContent: ContentInput, opts: { mentions?: Mentions } = {}): Promise<string> {
+    roomIdArg(roomId, 'editMessage');
     const n: Record<string, unknown> = typeof newContent === 'string' ? { msgtype: 'm.text', body: newContent } : { ...newContent };
     delete n['m.relates_to'];
     if (opts.mentions !== undefined && n['m.mentions'] === undefined) n['m.mentions'] = mentionsContent(opts.mentions);
@@ -1008,6 +1032,7 @@ export class Client implements RoomActions {
 
   /** Sends a read receipt up to `eventId` (`private`: `m.read.private`; `threadId`: a threaded receipt). */
   async sendReadReceipt(roomId: string, eventId: string, opts: { private?: boolean; threadId?: string } = {}): Promise<void> {
+    roomIdArg(roomId, 'sendReadReceipt');
     const type = opts.private ? 'm.read.private' : 'm.read';
     await this.needHttp().json('POST', `/_matrix/client/v3/rooms/${seg(roomId)}/receipt/${type}/${seg(eventId)}`, {
       body: opts.threadId === undefined ? {} : { thread_id: opts.threadId },
@@ -1020,6 +1045,9 @@ export class Client implements RoomActions {
    * with `HALCYON_ROOM_ENCRYPTED` unless `allowPlaintext` is given.
    */
   async sendEvent(roomId: string, type: string, content: Record<string, unknown>, opts: SendOptions = {}): Promise<string> {
+    roomIdArg(roomId, 'sendEvent');
+    stringArg(type, 'sendEvent', 'the event type');
+    contentArg(type, content, 'sendEvent');
     this.need();
     const plaintextOk = opts.allowPlaintext === true || this.opts.encryption?.allowPlaintext === true;
     if (!this.opts.encryption && !plaintextOk && (await this.encryptedForSend(roomId))) {
@@ -1030,6 +1058,8 @@ export class Client implements RoomActions {
 
   /** Redacts an event; resolves with the redaction's event ID. Goes through the outbox like a send. */
   async redactEvent(roomId: string, eventId: string, reason?: string): Promise<string> {
+    roomIdArg(roomId, 'redactEvent');
+    eventIdArg(eventId, 'redactEvent');
     this.need();
     const op: OutboxOp = reason === undefined ? { kind: 'redact', eventId } : { kind: 'redact', eventId, reason };
     return this.needOutbox().send(roomId, op, true);
@@ -1099,6 +1129,7 @@ export class Client implements RoomActions {
 
   /** Shows the bot as typing (true, or a timeout in ms; default 30 s) or stops it (false). */
   async sendTyping(roomId: string, on: boolean | number = true): Promise<void> {
+    roomIdArg(roomId, 'sendTyping');
     const s = this.need();
     const body = on === false ? { typing: false } : { typing: true, timeout: typeof on === 'number' ? on : 30_000 };
     await this.needHttp().json('PUT', `/_matrix/client/v3/rooms/${seg(roomId)}/typing/${seg(s.userId)}`, { body });
@@ -1135,11 +1166,13 @@ export class Client implements RoomActions {
 
   /** A handle on a user: profile and presence lookups, and a direct chat with them. */
   user(userId: string): User {
+    userIdArg(userId, 'user');
     return new User(userId, this);
   }
 
   /** A user's profile (display name and avatar) as the server has it. */
   async getProfile(userId: string): Promise<Profile> {
+    userIdArg(userId, 'getProfile');
     const res = await this.needHttp().json<{ displayname?: unknown; avatar_url?: unknown }>('GET', `/_matrix/client/v3/profile/${seg(userId)}`);
     return { displayName: typeof res.displayname === 'string' ? res.displayname : null, avatarUrl: typeof res.avatar_url === 'string' ? res.avatar_url : null };
   }
@@ -1158,6 +1191,7 @@ export class Client implements RoomActions {
 
   /** A user's presence as the server has it. */
   async getPresence(userId: string): Promise<Presence> {
+    userIdArg(userId, 'getPresence');
     const r = await this.needHttp().json<Record<string, unknown>>('GET', `/_matrix/client/v3/presence/${seg(userId)}/status`);
     return {
       presence: typeof r.presence === 'string' ? r.presence : 'offline',
@@ -1200,12 +1234,14 @@ export class Client implements RoomActions {
 
   /** Account data of `type` for one room, or null (from the cache when it has it; `fresh` asks the server). */
   async getRoomAccountData(roomId: string, type: string, opts: { fresh?: boolean } = {}): Promise<Record<string, unknown> | null> {
+    roomIdArg(roomId, 'getRoomAccountData');
     const s = this.need();
     return this.readAccountData(roomId, type, `/_matrix/client/v3/user/${seg(s.userId)}/rooms/${seg(roomId)}/account_data/${seg(type)}`, opts.fresh === true);
   }
 
   /** Sets account data of `type` for one room. */
   async setRoomAccountData(roomId: string, type: string, content: Record<string, unknown>): Promise<void> {
+    roomIdArg(roomId, 'setRoomAccountData');
     const s = this.need();
     await this.needHttp().json('PUT', `/_matrix/client/v3/user/${seg(s.userId)}/rooms/${seg(roomId)}/account_data/${seg(type)}`, { body: content });
     await this.cache?.api.apply({ rooms: [], accountData: [{ roomId, type, content }] });
@@ -1254,22 +1290,26 @@ export class Client implements RoomActions {
   }
 
   /** Sends an image (`m.image`, with size, dimensions, a thumbnail and a blurhash); encrypted in encrypted rooms. */
-  sendImage(roomId: string, source: MediaSource, opts?: SendMediaOptions): Promise<string> {
+  async sendImage(roomId: string, source: MediaSource, opts?: SendMediaOptions): Promise<string> {
+    roomIdArg(roomId, 'sendImage');
     return this.needMedia().sendImage(roomId, source, opts);
   }
 
   /** Sends a video (`m.video`); encrypted in encrypted rooms. */
-  sendVideo(roomId: string, source: MediaSource, opts?: SendMediaOptions): Promise<string> {
+  async sendVideo(roomId: string, source: MediaSource, opts?: SendMediaOptions): Promise<string> {
+    roomIdArg(roomId, 'sendVideo');
     return this.needMedia().sendVideo(roomId, source, opts);
   }
 
   /** Sends an audio file (`m.audio`); encrypted in encrypted rooms. */
-  sendAudio(roomId: string, source: MediaSource, opts?: SendMediaOptions): Promise<string> {
+  async sendAudio(roomId: string, source: MediaSource, opts?: SendMediaOptions): Promise<string> {
+    roomIdArg(roomId, 'sendAudio');
     return this.needMedia().sendAudio(roomId, source, opts);
   }
 
   /** Sends any file (`m.file`); encrypted in encrypted rooms. */
-  sendFile(roomId: string, source: MediaSource, opts?: SendMediaOptions): Promise<string> {
+  async sendFile(roomId: string, source: MediaSource, opts?: SendMediaOptions): Promise<string> {
+    roomIdArg(roomId, 'sendFile');
     return this.needMedia().sendFile(roomId, source, opts);
   }
 
