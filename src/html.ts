@@ -39,12 +39,26 @@ const HEX_COLOR = /^#[0-9a-fA-F]{6}$/;
 type AttrRule = (value: string) => string | null;
 const free: AttrRule = (v) => v;
 const color: AttrRule = (v) => (HEX_COLOR.test(v.trim()) ? v.trim() : null);
-const integer: AttrRule = (v) => (/^\s*-?\d{1,9}\s*$/.test(v) ? String(Number(v.trim())) : null);
-const size: AttrRule = (v) => (/^\s*\d{1,5}\s*$/.test(v) ? String(Number(v.trim())) : null);
+// Every regex here runs on attacker-controlled values, so each is anchored and unambiguous (no two ways to match
+// the same text, nothing a failed match retries at each position): linear time. Values are trimmed before testing.
+const integer: AttrRule = (v) => (/^-?\d{1,9}$/.test(v.trim()) ? String(Number(v.trim())) : null);
+const size: AttrRule = (v) => (/^\d{1,5}$/.test(v.trim()) ? String(Number(v.trim())) : null);
+
+/**
+ * `s` without leading and trailing C0 controls and spaces (U+0000 to U+0020), as the URL parser strips them.
+ * A loop, not `/^[\0- ]+|[\0- ]+$/g`: that regex retries the trailing run from each of its characters (quadratic).
+ */
+function trimC0(s: string): string {
+  let start = 0;
+  let end = s.length;
+  while (start < end && s.charCodeAt(start) <= 0x20) start++;
+  while (end > start && s.charCodeAt(end - 1) <= 0x20) end--;
+  return s.slice(start, end);
+}
 
 function href(v: string): string | null {
   // Browsers drop ASCII tab/newline anywhere in a URL and trim C0 controls and spaces: judge what they would load.
-  const url = v.replace(/[\t\n\r]/g, '').replace(/^[\u0000-\u0020]+|[\u0000-\u0020]+$/g, '');
+  const url = trimC0(v.replace(/[\t\n\r]/g, ''));
   const m = /^([a-zA-Z][a-zA-Z0-9+.-]*):/.exec(url);
   return m && LINK_SCHEMES.has(m[1]!.toLowerCase()) ? url : null;
 }

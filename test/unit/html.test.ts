@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { spawn } from 'node:child_process';
 import { MAX_HTML_DEPTH, htmlToText, sanitizeHtml } from '../../src/html.ts';
 
 const VOID = new Set(['br', 'hr', 'img']);
@@ -233,4 +234,40 @@ test('htmlToText: a real tokenizer, so ">" in attributes or comments does not le
   assert.equal(htmlToText('<p>one<p>two'), 'one\ntwo');
   assert.equal(htmlToText('<p>a</p>\n\n\n\n<p>b</p>'), 'a\n\nb', 'at most one blank line');
   assert.equal(htmlToText('<table><tr><td>a</td><td>b</td></tr><tr><td>c</td></tr></table>after'), 'a\tb\nc\nafter');
+});
+
+/**
+ * Runs the sanitiser on `html` in a child process. A super-linear regex blocks its thread for minutes, a test's
+ * timeout can only fire while the test's own thread is free, and a worker stuck in a regex holds the process open
+ * at exit: a child is killed outright when the test times out (`signal`).
+ */
+function sanitizeInChild(html: string, signal: AbortSignal): Promise<{ out: string; text: string }> {
+  const src = `import { sanitizeHtml, htmlToText } from ${JSON.stringify(new URL('../../src/html.ts', import.meta.url).href)};
+    let html = ''; process.stdin.setEncoding('utf8').on('data', (d) => (html += d)).on('end', () => {
+      const out = sanitizeHtml(html);
+      process.stdout.write(JSON.stringify({ out, text: htmlToText(out) }));
+    });`;
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', src], { signal, killSignal: 'SIGKILL', stdio: ['pipe', 'pipe', 'inherit'] });
+    let out = '';
+    p.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    p.on('error', reject);
+    p.on('close', (code) => (code === 0 ? resolve(JSON.parse(out) as { out: string; text: string }) : reject(new Error(`sanitiser child exited ${code}`))));
+    p.stdin.end(html);
+  });
+}
+
+test('linear on hostile input: 1 MB of whitespace inside attribute values and text', { timeout: 60_000 }, async (t) => {
+  const mb = ' '.repeat(1 << 20);
+  // The trailing-trim of href once backtracked over every space at every position: 64 KB took over a second.
+  const r = await sanitizeInChild(`<a href="https://e.example/${mb}x">a</a><a href="${mb}https://e.example/${mb}">b</a>`, t.signal);
+  assert.equal(r.out, `<a href="https://e.example/${mb}x">a</a><a href="https://e.example/">b</a>`);
+  const ws = '\t\n\r'.repeat(1 << 18);
+  const others = await sanitizeInChild(
+    `<ol start="${mb}1${mb}x"><li>o</li></ol><img src="mxc://s/m" width="${mb}2${mb}x"><code class="${mb}language-x${ws}y${mb}">c</code>` +
+      `<span data-mx-color="${mb}#000000${mb}x">s</span>&#x${'0'.repeat(1 << 20)}&${'a'.repeat(1 << 20)}${'\n'.repeat(1 << 20)}end`,
+    t.signal,
+  );
+  assert.equal(others.out.slice(0, 40), '<ol><li>o</li></ol><img src="mxc://s/m"/');
+  assert.ok(others.text.endsWith('\n\nend'), 'htmlToText collapses the newlines');
 });
