@@ -5,6 +5,7 @@
 import { createInterface } from 'node:readline/promises';
 import { parseArgs } from 'node:util';
 import { Client } from './client.ts';
+import { HalcyonError } from './errors.ts';
 import { MatrixHttp } from './http.ts';
 import { writeSecretFile } from './store.ts';
 import { decodeToken } from './token.ts';
@@ -16,21 +17,63 @@ const USAGE = `usage:
   halcyon whoami <token|@file>
       Asks the homeserver whom the token belongs to.`;
 
-async function ask(question: string, secret = false): Promise<string> {
+/** Asks for a value that may be shown (a URL, a user name): a plain line read from the terminal. */
+async function ask(question: string): Promise<string> {
   const rl = createInterface({ input: process.stdin, output: process.stderr, terminal: process.stdin.isTTY });
-  if (secret && process.stdin.isTTY) {
-    // Echo nothing while the password is typed.
-    (rl as unknown as { _writeToOutput: (s: string) => void })._writeToOutput = (s: string) => {
-      if (s.startsWith(question)) process.stderr.write(question);
-    };
-  }
   try {
-    const answer = await rl.question(question);
-    if (secret && process.stdin.isTTY) process.stderr.write('\n');
-    return answer.trim();
+    return (await rl.question(question)).trim();
   } finally {
     rl.close();
   }
+}
+
+/** What {@link readHidden} read: the line, or that the user pressed Ctrl-C, or Ctrl-D on an empty line. */
+type HiddenInput = { line: string } | 'interrupt' | 'eof';
+
+/**
+ * Reads a secret from the terminal without echoing it. Raw mode turns off the terminal's own echo and line
+ * editing, so this does the editing: Enter ends the line, Backspace/DEL erases the last character, Ctrl-U the
+ * whole line, Ctrl-C aborts, Ctrl-D ends the input (an empty one is an abort); escape sequences (arrow keys, the
+ * markers of a bracketed paste) and other control characters are ignored. A multi-byte character split across
+ * reads is joined by the stream's UTF-8 decoder. The terminal's mode is restored however it ends.
+ * (readline cannot do this: the prompt interface of `readline/promises` echoes through internals no longer
+ * overridable, so a password showed as it was typed.)
+ */
+function readHidden(prompt: string): Promise<HiddenInput> {
+  const stdin = process.stdin;
+  const wasRaw = stdin.isRaw;
+  // Raw mode before the prompt: what is typed once the prompt shows must never meet the terminal's echo.
+  stdin.setRawMode(true);
+  process.stderr.write(prompt);
+  stdin.setEncoding('utf8');
+  let line = '';
+  let escape: 'none' | 'start' | 'sequence' = 'none';
+  return new Promise((resolve, reject) => {
+    const done = (err: Error | null, result?: HiddenInput) => {
+      stdin.off('data', onData).off('end', onEnd).off('error', done);
+      stdin.setRawMode(wasRaw);
+      stdin.pause();
+      process.stderr.write('\n');
+      if (err) reject(err);
+      else resolve(result!);
+    };
+    const onEnd = () => done(null, line === '' ? 'eof' : { line });
+    const onData = (chunk: string) => {
+      for (const ch of chunk) {
+        if (escape === 'start') escape = ch === '[' || ch === 'O' ? 'sequence' : 'none';
+        else if (escape === 'sequence') escape = ch >= '@' && ch <= '~' ? 'none' : 'sequence'; // a CSI ends at its final byte
+        else if (ch === '\r' || ch === '\n') return done(null, { line });
+        else if (ch === '\x03') return done(null, 'interrupt');
+        else if (ch === '\x04') return done(null, line === '' ? 'eof' : { line });
+        else if (ch === '\x7f' || ch === '\b') line = [...line].slice(0, -1).join('');
+        else if (ch === '\x15') line = '';
+        else if (ch === '\x1b') escape = 'start';
+        else if (ch >= ' ') line += ch;
+      }
+    };
+    stdin.on('data', onData).on('end', onEnd).on('error', done);
+    stdin.resume();
+  });
 }
 
 async function readToken(arg: string | undefined): Promise<string> {
@@ -64,7 +107,16 @@ export async function main(argv: string[]): Promise<number> {
     });
     const homeserver = values.homeserver ?? (await ask('Homeserver URL: '));
     const user = values.user ?? (await ask('User: '));
-    const password = values.password ?? process.env.HALCYON_PASSWORD ?? (await ask('Password: ', true));
+    let password = values.password ?? process.env.HALCYON_PASSWORD;
+    if (password === undefined) {
+      const typed = await readHidden('Password: ');
+      if (typed === 'interrupt') {
+        process.stderr.write('halcyon: aborted\n');
+        return 130; // as if killed by SIGINT, which raw mode turned into a keystroke
+      }
+      if (typed === 'eof' || typed.line === '') throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'no password given');
+      password = typed.line;
+    }
     const token = await Client.login({
       homeserver,
       user,

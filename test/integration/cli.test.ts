@@ -159,3 +159,117 @@ test('whoami with a garbage token exits non-zero with HALCYON_INVALID_TOKEN', as
   assert.equal(r.stdout, '', show(r));
   assert.ok(!r.stderr.includes('garbage'), `the (bad) token was echoed\n${show(r)}`);
 });
+
+/**
+ * Drives a command on a real pseudo-terminal (python3's `pty`/`termios`, the only way to get one without a native
+ * addon). `steps` are run in order: `['expect', text]` reads the terminal until `text` has appeared (in what was
+ * read since the last expect), `['send', bytes]` types bytes (each array item is one write, so a character can
+ * be split between writes). Then it reads until the command exits and reports everything the terminal received,
+ * and whether the terminal was left with echo and line editing on.
+ */
+const PTY_DRIVER = String.raw`
+import json, os, select, subprocess, sys, termios, time
+steps, cmd, cwd = json.loads(sys.argv[1]), sys.argv[2:], os.getcwd()
+master, slave = os.openpty()
+p = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+deadline = time.monotonic() + 60
+seen = b''
+def pump(timeout):
+    global seen
+    r, _, _ = select.select([master], [], [], timeout)
+    if r:
+        try: chunk = os.read(master, 65536)
+        except OSError: chunk = b''
+        seen += chunk
+        return len(chunk) > 0
+    return False
+mark = 0
+try:
+    for kind, arg in steps:
+        if kind == 'expect':
+            want = arg.encode()
+            while want not in seen[mark:]:
+                if time.monotonic() > deadline or (p.poll() is not None and not pump(0.05)):
+                    raise SystemExit('never saw %r; terminal got %r' % (arg, seen))
+                pump(0.05)
+            mark = seen.index(want, mark) + len(want)
+        else:
+            for chunk in arg: os.write(master, bytes(chunk))
+    while p.poll() is None or pump(0.05):
+        if time.monotonic() > deadline: p.kill(); raise SystemExit('still running; terminal got %r' % seen)
+        pump(0.05)
+finally:
+    if p.poll() is None: p.kill()
+lflag = termios.tcgetattr(slave)[3]
+print(json.dumps({'code': p.returncode, 'output': seen.decode('utf-8', 'replace'), 'echo': bool(lflag & termios.ECHO), 'icanon': bool(lflag & termios.ICANON)}))
+`;
+
+type PtyStep = ['expect', string] | ['send', number[][]];
+interface PtyRun {
+  code: number;
+  output: string;
+  echo: boolean;
+  icanon: boolean;
+}
+
+/** Types `text` as one write (a paste), or as several when `splitAt` byte offsets are given. */
+function typed(text: string, ...splitAt: number[]): ['send', number[][]] {
+  const bytes = [...Buffer.from(text, 'utf8')];
+  const cuts = [0, ...splitAt, bytes.length];
+  return ['send', cuts.slice(1).map((end, i) => bytes.slice(cuts[i], end))];
+}
+
+/** Runs the bin on a pty (see {@link PTY_DRIVER}), HALCYON_PASSWORD unset. */
+function halcyonOnPty(args: string[], steps: PtyStep[]): Promise<PtyRun> {
+  const env: Record<string, string | undefined> = { ...process.env };
+  delete env.HALCYON_PASSWORD;
+  delete env.HALCYON_TOKEN;
+  return new Promise((resolve, reject) => {
+    const p = spawn('python3', ['-c', PTY_DRIVER, JSON.stringify(steps), process.execPath, CLI, ...args], { cwd: tmp, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    p.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    p.on('error', reject);
+    p.on('close', (code) => (code === 0 ? resolve(JSON.parse(stdout) as PtyRun) : reject(new Error(`pty driver exited ${code}: ${stderr}`))));
+  });
+}
+
+test('on a terminal, login asks for the user (echoed) and the password (never echoed), and succeeds', async () => {
+  // Non-ASCII, typed with one character split across two writes, with a typo erased by Backspace (DEL).
+  const user = await hs.registerUser(undefined, `pässwörd-${Date.now().toString(36)}-😀x`);
+  const out = join(tmp, `pty-${user.localpart}`);
+  const pw = Buffer.from(user.password, 'utf8');
+  const r = await halcyonOnPty(['login', '--homeserver', hs.baseUrl, '--out', out], [
+    ['expect', 'User: '],
+    typed(`${user.localpart}\r`),
+    ['expect', 'Password: '],
+    typed(`${user.password}Z\x7f\r`, 2, pw.length - 2),
+  ]);
+  const show = JSON.stringify(r);
+  assert.equal(r.code, 0, show);
+  assert.ok(r.output.includes(user.localpart), `the user name is echoed as it is typed: ${show}`);
+  for (const piece of [user.password, user.password.slice(0, 8), user.password.slice(-6), '*'.repeat(user.password.length)]) {
+    assert.ok(!r.output.includes(piece), `the terminal shows (part of) the password: ${show}`);
+  }
+  assert.equal(decodeToken(readFileSync(out, 'utf8').trim()).userId, user.userId);
+  assert.ok(r.echo && r.icanon, `the terminal was left without echo or line editing: ${show}`);
+});
+
+test('on a terminal, Ctrl-C at the password prompt aborts with a non-zero exit and restores the terminal', async () => {
+  const user = await freshUser();
+  const out = join(tmp, `pty-abort-${user.localpart}`);
+  const r = await halcyonOnPty(['login', '--homeserver', hs.baseUrl, '--user', user.localpart, '--out', out], [
+    ['expect', 'Password: '],
+    typed(`${user.password.slice(0, 5)}\x03`),
+  ]);
+  const show = JSON.stringify(r);
+  assert.equal(r.code, 130, `exit as after SIGINT: ${show}`);
+  assert.ok(!r.output.includes(user.password.slice(0, 5)), `the typed characters were echoed: ${show}`);
+  assert.ok(!existsSync(out), 'an aborted login wrote a token file');
+  assert.ok(r.echo && r.icanon, `the terminal was left without echo or line editing: ${show}`);
+
+  const d = await halcyonOnPty(['login', '--homeserver', hs.baseUrl, '--user', user.localpart, '--out', out], [['expect', 'Password: '], typed('\x04')]);
+  assert.notEqual(d.code, 0, `Ctrl-D on an empty password must not log in: ${JSON.stringify(d)}`);
+  assert.ok(d.echo && d.icanon, `the terminal was left without echo or line editing: ${JSON.stringify(d)}`);
+});
