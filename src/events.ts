@@ -2,6 +2,7 @@
  * What handlers receive. Objects here read their fields lazily from the batch columns the sync actor sent, so
  * an event whose content no handler reads is never parsed on the main thread.
  */
+import { sanitizeHtml } from './html.ts';
 import { EVENT_FLAGS, type InviteWire, type MatrixEvent, OFF, OFFSET_STRIDE, type ReceiptWire, type RoomSummary, type WireBatch } from './protocol.ts';
 import type { RoomDetails } from './rooms.ts';
 
@@ -231,17 +232,63 @@ export class RoomEvent {
   }
 }
 
+/**
+ * `body` without an old-style reply fallback: a leading run of lines starting with `> ` ended by a blank line
+ * (as clients wrote them before spec v1.13). Without the blank line the quote is taken for the sender's own.
+ * One pass, no regex: the body is the sender's to make as long and as odd as they like.
+ */
+function stripReplyFallback(body: string): string {
+  let at = 0;
+  while (body.startsWith('> ', at)) {
+    const nl = body.indexOf('\n', at);
+    if (nl < 0) return body;
+    at = nl + 1;
+  }
+  if (at === 0) return body;
+  if (body.startsWith('\n', at)) return body.slice(at + 1);
+  if (body.startsWith('\r\n', at)) return body.slice(at + 2);
+  return body;
+}
+
 /** An `m.room.message` (text, notice, emote, or media). */
 export class Message extends RoomEvent {
+  private shownBody: string | undefined;
+  private html: string | null | undefined;
+
   /** `content.msgtype`, e.g. `m.text`, `m.image`. */
   get msgtype(): string {
     const t = this.content.msgtype;
     return typeof t === 'string' ? t : '';
   }
-  /** `content.body` (the plain text, or a file name for media), or '' if missing. */
+  /**
+   * The plain text (`content.body`; a file name or caption for media), or '' if missing. In a reply
+   * (`m.in_reply_to`), without the reply fallback older clients put before the text: a leading run of `> `
+   * lines and the blank line after it. `content.body` keeps what was sent.
+   */
   get body(): string {
-    const b = this.content.body;
-    return typeof b === 'string' ? b : '';
+    if (this.shownBody === undefined) {
+      const b = this.content.body;
+      this.shownBody = typeof b !== 'string' ? '' : this.repliesToEvent ? stripReplyFallback(b) : b;
+    }
+    return this.shownBody;
+  }
+  /**
+   * The message's HTML (`formatted_body` with `format: org.matrix.custom.html`), sanitised by
+   * {@link sanitizeHtml}: only the spec's tags and attributes, so it is safe to render or send on, and without
+   * the reply fallback (`mx-reply`, which the spec says to strip); null when the message has no HTML. Computed
+   * on first read. The HTML as sent is `content.formatted_body`.
+   */
+  get formattedBody(): string | null {
+    if (this.html === undefined) {
+      const c = this.content;
+      this.html = c.format === 'org.matrix.custom.html' && typeof c.formatted_body === 'string' ? sanitizeHtml(c.formatted_body) : null;
+    }
+    return this.html;
+  }
+  /** Whether the content has an `m.in_reply_to` (a thread's fallback reply included: its body may carry a fallback too). */
+  private get repliesToEvent(): boolean {
+    const rel = this.content['m.relates_to'] as { 'm.in_reply_to'?: { event_id?: unknown } } | undefined;
+    return typeof rel?.['m.in_reply_to']?.event_id === 'string';
   }
   /** The event ID this message replies to, if it is a reply (a thread's fallback reply is not one). */
   get inReplyTo(): string | null {

@@ -1,0 +1,97 @@
+/**
+ * The message objects handlers receive, over real batches (sync bodies through the sync actor's processor and
+ * {@link BatchReader}, as main reads them): reply fallbacks stripped from what is read but kept in `content`;
+ * fields computed lazily, so an event nobody reads is never parsed.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { BatchReader, Message, Room, type ContentInput, type MessageOptions, type RoomActions } from '../../src/events.ts';
+import type { WireBatch } from '../../src/protocol.ts';
+import { processSync } from '../../src/sync/process.ts';
+
+/** A reader that counts how often an event is parsed. */
+class CountingReader extends BatchReader {
+  parses = 0;
+  override parse(i: number) {
+    this.parses++;
+    return super.parse(i);
+  }
+}
+
+interface Sent {
+  content: ContentInput;
+  opts: MessageOptions | undefined;
+}
+
+/** The messages of a sync body holding `contents` (one event each, sent by @alice:x), with the sends they make. */
+function messages(...contents: object[]): { msgs: Message[]; reader: CountingReader; sent: Sent[] } {
+  const events = contents.map((content, n) => ({ type: 'm.room.message', event_id: `$e${n}`, sender: '@alice:x', origin_server_ts: n, content }));
+  const body = Buffer.from(JSON.stringify({ next_batch: 's', rooms: { join: { '!r:x': { timeline: { events } } } } }), 'utf8');
+  const p = processSync(body, { wantedTypes: null });
+  const reader = new CountingReader({ body, events: p.events } as unknown as WireBatch);
+  const sent: Sent[] = [];
+  const actions = {
+    sendMessage: async (_roomId: string, content: ContentInput, opts?: MessageOptions) => {
+      sent.push({ content, opts });
+      return '$sent';
+    },
+  } as unknown as RoomActions;
+  const room = new Room('!r:x', new Map(), actions);
+  return { msgs: contents.map((_, i) => new Message(reader, i, room, actions)), reader, sent };
+}
+
+const replyTo = (id = '$orig') => ({ 'm.relates_to': { 'm.in_reply_to': { event_id: id } } });
+
+test('reply fallbacks: body and formattedBody of a reply drop them; content and raw keep them', () => {
+  const body = '> <@bob:x> the original\n> second line of it\n\nmy answer\n> a quote of my own';
+  const formatted =
+    '<mx-reply><blockquote><a href="https://matrix.to/#/!r:x/$orig">In reply to</a> <a href="https://matrix.to/#/@bob:x">@bob:x</a><br>the original</blockquote></mx-reply><b>my</b> answer';
+  const [m] = messages({ msgtype: 'm.text', body, format: 'org.matrix.custom.html', formatted_body: formatted, ...replyTo() }).msgs;
+  assert.equal(m!.inReplyTo, '$orig');
+  assert.equal(m!.body, 'my answer\n> a quote of my own');
+  assert.equal(m!.formattedBody, '<b>my</b> answer');
+  assert.equal(m!.content.body, body, 'content is what was sent');
+  assert.equal(m!.content.formatted_body, formatted);
+  assert.equal((m!.raw.content as { body: string }).body, body);
+});
+
+test('reply fallbacks: only a leading run of "> " lines ended by a blank line, and only in replies', () => {
+  const cases: Array<[object, string]> = [
+    [{ body: '> quoted\n\nnot a reply' }, '> quoted\n\nnot a reply'],
+    [{ body: 'no fallback', ...replyTo() }, 'no fallback'],
+    [{ body: '> my own quote\nmy answer', ...replyTo() }, '> my own quote\nmy answer'],
+    [{ body: '> only quote lines', ...replyTo() }, '> only quote lines'],
+    [{ body: '>no space\n\nanswer', ...replyTo() }, '>no space\n\nanswer'],
+    [{ body: '> a\n> b\n\n', ...replyTo() }, ''],
+    [{ body: '> a\r\n\r\nanswer', ...replyTo() }, 'answer'],
+    [{ body: 'x', 'm.relates_to': { 'm.in_reply_to': { event_id: 5 } } }, 'x'],
+    [{ body: 42, ...replyTo() }, ''],
+  ];
+  const { msgs } = messages(...cases.map(([c]) => ({ msgtype: 'm.text', ...c })));
+  cases.forEach(([c, want], i) => assert.equal(msgs[i]!.body, want, JSON.stringify(c)));
+});
+
+test('formattedBody: sanitised HTML of org.matrix.custom.html messages, mx-reply removed; null otherwise', () => {
+  const { msgs } = messages(
+    { msgtype: 'm.text', body: 'x', format: 'org.matrix.custom.html', formatted_body: '<p onclick="x()">hi<script>evil()</script></p>' },
+    { msgtype: 'm.text', body: 'x', format: 'org.matrix.custom.html', formatted_body: '<mx-reply>old</mx-reply>not a reply' },
+    { msgtype: 'm.text', body: 'x', formatted_body: '<b>no format</b>' },
+    { msgtype: 'm.text', body: 'x', format: 'org.matrix.custom.html', formatted_body: 7 },
+    { msgtype: 'm.text', body: 'x' },
+  );
+  assert.deepEqual(msgs.map((m) => m.formattedBody), ['<p>hi</p>', 'not a reply', null, null, null]);
+});
+
+test('lazy: an event nobody reads is never parsed; reading fields parses it once', () => {
+  const { msgs, reader } = messages({ msgtype: 'm.text', body: '> q\n\nanswer', format: 'org.matrix.custom.html', formatted_body: '<b>b</b>', ...replyTo() }, { msgtype: 'm.text', body: 'other' });
+  assert.equal(reader.parses, 0);
+  const m = msgs[0]!;
+  assert.equal(m.eventId, '$e0');
+  assert.equal(m.sender, '@alice:x');
+  assert.equal(reader.parses, 0, 'event ID and sender come from the columns');
+  for (let k = 0; k < 3; k++) {
+    assert.equal(m.body, 'answer');
+    assert.equal(m.formattedBody, '<b>b</b>');
+  }
+  assert.equal(reader.parses, 1);
+});
