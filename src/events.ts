@@ -2,6 +2,7 @@
  * What handlers receive. Objects here read their fields lazily from the batch columns the sync actor sent, so
  * an event whose content no handler reads is never parsed on the main thread.
  */
+import { HalcyonError } from './errors.ts';
 import { sanitizeHtml } from './html.ts';
 import { EVENT_FLAGS, type InviteWire, type MatrixEvent, OFF, OFFSET_STRIDE, type ReceiptWire, type RoomSummary, type WireBatch } from './protocol.ts';
 import type { RoomDetails } from './rooms.ts';
@@ -22,6 +23,16 @@ export interface MessageOptions {
   mentions?: Mentions;
   /** Send in the clear even if the room is encrypted (default false: encrypt, or refuse if encryption is off). */
   allowPlaintext?: boolean;
+}
+
+/** Options of {@link Message.reply} and {@link Message.replyInThread}: those of any send, and `force`. */
+export interface ReplyOptions extends MessageOptions {
+  /**
+   * Answer even though the message is an `m.notice`. The spec says notices must never be answered
+   * automatically (two bots answering each other's notices would loop), so replying to one rejects with
+   * `HALCYON_INVALID_ARGUMENT` unless this is true: set it only for a reply a human asked for.
+   */
+  force?: boolean;
 }
 
 /** What a {@link Room} and the event objects need from the client (kept narrow so they stay testable). */
@@ -311,16 +322,32 @@ export class Message extends RoomEvent {
   get mentionsRoom(): boolean {
     return (this.content['m.mentions'] as { room?: unknown } | undefined)?.room === true;
   }
+  /** Whether this is an `m.notice`: what bots send, and what the spec says must never be answered automatically. */
+  get isNotice(): boolean {
+    return this.msgtype === 'm.notice';
+  }
   /**
    * Sends a rich reply to this message (`m.in_reply_to`, no fallback text, mentioning the sender). A reply to a
-   * message in a thread stays in that thread.
+   * message in a thread stays in that thread. On a notice it rejects with `HALCYON_INVALID_ARGUMENT` unless
+   * `opts.force` (see {@link ReplyOptions.force}).
    */
-  reply(content: ContentInput, opts: MessageOptions = {}): Promise<string> {
-    return this.actions.sendMessage(this.roomId, content, { mentions: [this.sender], threadId: this.threadId ?? undefined, ...opts, replyTo: this.eventId });
+  reply(content: ContentInput, opts: ReplyOptions = {}): Promise<string> {
+    const { force, ...rest } = opts;
+    if (this.isNotice && force !== true) return this.noticeRefused();
+    return this.actions.sendMessage(this.roomId, content, { mentions: [this.sender], threadId: this.threadId ?? undefined, ...rest, replyTo: this.eventId });
   }
-  /** Replies in the thread of this message (starting one rooted at it if it is not in a thread). */
-  replyInThread(content: ContentInput, opts: MessageOptions = {}): Promise<string> {
-    return this.actions.sendMessage(this.roomId, content, { mentions: [this.sender], ...opts, threadId: this.threadId ?? this.eventId, replyTo: this.eventId });
+  /**
+   * Replies in the thread of this message (starting one rooted at it if it is not in a thread). On a notice it
+   * rejects with `HALCYON_INVALID_ARGUMENT` unless `opts.force` (see {@link ReplyOptions.force}).
+   */
+  replyInThread(content: ContentInput, opts: ReplyOptions = {}): Promise<string> {
+    const { force, ...rest } = opts;
+    if (this.isNotice && force !== true) return this.noticeRefused();
+    return this.actions.sendMessage(this.roomId, content, { mentions: [this.sender], ...rest, threadId: this.threadId ?? this.eventId, replyTo: this.eventId });
+  }
+  private noticeRefused(): Promise<never> {
+    const why = 'not replying to an m.notice: the spec says notices must never be answered automatically (bots answering bots loop); pass { force: true } to reply anyway';
+    return Promise.reject(new HalcyonError('HALCYON_INVALID_ARGUMENT', why, { roomId: this.roomId, eventId: this.eventId }));
   }
   /** Sends a read receipt for this message (in its thread, if it is in one). */
   markRead(opts: { private?: boolean } = {}): Promise<void> {

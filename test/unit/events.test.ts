@@ -95,3 +95,28 @@ test('lazy: an event nobody reads is never parsed; reading fields parses it once
   }
   assert.equal(reader.parses, 1);
 });
+
+test('notices: isNotice, and reply()/replyInThread() on one reject (the spec: never answer m.notice automatically) unless forced', async () => {
+  const { msgs, sent } = messages({ msgtype: 'm.notice', body: 'build passed' }, { msgtype: 'm.text', body: 'hello' }, { body: 'no msgtype' });
+  const [notice, text, bare] = msgs as [Message, Message, Message];
+  assert.deepEqual([notice.isNotice, text.isNotice, bare.isNotice], [true, false, false]);
+
+  for (const call of [() => notice.reply('thanks'), () => notice.replyInThread('thanks', { mentions: [] })]) {
+    const p = call(); // a rejection, not a throw: handlers await it like any other send
+    await assert.rejects(p, (e: { code?: string; message: string; eventId?: string }) => {
+      assert.equal(e.code, 'HALCYON_INVALID_ARGUMENT');
+      assert.match(e.message, /m\.notice/);
+      assert.match(e.message, /force: true/);
+      assert.equal(e.eventId, '$e0');
+      return true;
+    });
+  }
+  assert.equal(sent.length, 0, 'nothing was sent');
+
+  assert.equal(await notice.reply('on purpose', { force: true }), '$sent');
+  assert.equal(await notice.replyInThread('on purpose too', { force: true }), '$sent');
+  assert.equal(await text.reply('hi'), '$sent');
+  assert.deepEqual(sent.map((s) => s.content), ['on purpose', 'on purpose too', 'hi']);
+  assert.deepEqual(sent[0]!.opts, { mentions: ['@alice:x'], threadId: undefined, replyTo: '$e0' }, 'force is not passed on to the send');
+  assert.deepEqual(sent[1]!.opts, { mentions: ['@alice:x'], threadId: '$e0', replyTo: '$e0' });
+});
