@@ -3,7 +3,8 @@
  * an event whose content no handler reads is never parsed on the main thread.
  */
 import { HalcyonError } from './errors.ts';
-import { sanitizeHtml } from './html.ts';
+import { isMembership, isUserId, type Membership, type MessageContent, userIdOfLink } from './content.ts';
+import { linkHrefs, sanitizeHtml } from './html.ts';
 import { EVENT_FLAGS, type InviteWire, type MatrixEvent, OFF, OFFSET_STRIDE, type ReceiptWire, type RoomSummary, type WireBatch } from './protocol.ts';
 import type { RoomDetails } from './rooms.ts';
 
@@ -265,7 +266,12 @@ function stripReplyFallback(body: string): string {
 export class Message extends RoomEvent {
   private shownBody: string | undefined;
   private html: string | null | undefined;
+  private mentioned: string[] | undefined;
 
+  /** The content, typed per `msgtype` (see {@link MessageContent}: as sent, not validated). */
+  override get content(): MessageContent {
+    return super.content as MessageContent;
+  }
   /** `content.msgtype`, e.g. `m.text`, `m.image`. */
   get msgtype(): string {
     const t = this.content.msgtype;
@@ -313,7 +319,27 @@ export class Message extends RoomEvent {
     const rel = this.content['m.relates_to'] as { rel_type?: unknown; event_id?: unknown } | undefined;
     return rel?.rel_type === 'm.thread' && typeof rel.event_id === 'string' ? rel.event_id : null;
   }
-  /** The users this message mentions (`m.mentions.user_ids`). */
+  /**
+   * Every user this message mentions, as user IDs: `m.mentions.user_ids`, then the users linked in its HTML
+   * (the pills Element sends, whose `body` shows only display names): `https://matrix.to/#/@user:server` and
+   * `matrix:u/user:server` links, percent-decoded. Only valid user IDs, each once; links inside the reply fallback
+   * do not count. Computed on first read. For a command bot: who was addressed, by ID.
+   */
+  get mentionedUserIds(): string[] {
+    if (this.mentioned === undefined) {
+      const ids = new Set(this.mentions.filter(isUserId));
+      const c = this.content;
+      if (c.format === 'org.matrix.custom.html' && typeof c.formatted_body === 'string') {
+        for (const href of linkHrefs(c.formatted_body)) {
+          const id = userIdOfLink(href);
+          if (id !== null) ids.add(id);
+        }
+      }
+      this.mentioned = [...ids];
+    }
+    return this.mentioned;
+  }
+  /** The users this message mentions (`m.mentions.user_ids`, the strings as sent); see also {@link mentionedUserIds}. */
   get mentions(): string[] {
     const ids = (this.content['m.mentions'] as { user_ids?: unknown } | undefined)?.user_ids;
     return Array.isArray(ids) ? ids.filter((u): u is string => typeof u === 'string') : [];
@@ -403,15 +429,15 @@ export class MemberEvent extends RoomEvent {
   get userId(): string {
     return this.stateKey ?? '';
   }
-  /** The new membership: join, leave, invite, ban, knock. */
-  get membership(): string {
+  /** The new membership: join, leave, invite, ban or knock; '' if the event has none of these (malformed). */
+  get membership(): Membership | '' {
     const m = this.content.membership;
-    return typeof m === 'string' ? m : '';
+    return isMembership(m) ? m : '';
   }
-  /** The membership before this event, when the server says. */
-  get previousMembership(): string | null {
+  /** The membership before this event, when the server says (null if it does not, or says something else). */
+  get previousMembership(): Membership | null {
     const prev = (this.raw.unsigned?.prev_content as { membership?: unknown } | undefined)?.membership;
-    return typeof prev === 'string' ? prev : null;
+    return isMembership(prev) ? prev : null;
   }
   /** The display name set by this event, if any. */
   get displayName(): string | null {

@@ -177,6 +177,34 @@ export function sanitizeHtml(html: string): string {
   return out;
 }
 
+/**
+ * The `href` of every `a` element of `html` that a reader would see: links inside content {@link sanitizeHtml}
+ * drops (the `mx-reply` fallback, scripts and the like) are left out. Entities are decoded; the values are
+ * otherwise as written (not checked against the allowed schemes). For finding mentions (`matrix.to` pills).
+ */
+export function linkHrefs(html: string): string[] {
+  const hrefs: string[] = [];
+  const stack: { name: string; dropping: boolean }[] = [];
+  const dropping = () => stack.length > 0 && stack[stack.length - 1]!.dropping;
+  const parser = new Parser(
+    {
+      onopentag(name, attribs) {
+        const drop = dropping() || DROP_WITH_CONTENT.has(name);
+        stack.push({ name, dropping: drop });
+        if (!drop && name === 'a' && typeof attribs.href === 'string') hrefs.push(attribs.href);
+      },
+      onclosetag(name) {
+        // The parser can close a tag it never reported open: only a close matching the innermost open counts.
+        if (stack.length > 0 && stack[stack.length - 1]!.name === name) stack.pop();
+      },
+    },
+    { decodeEntities: true, lowerCaseTags: true, lowerCaseAttributeNames: true },
+  );
+  parser.write(html);
+  parser.end();
+  return hrefs;
+}
+
 const ENTITIES: Record<string, string> = { amp: '&', lt: '<', gt: '>', quot: '"', apos: "'", nbsp: ' ' };
 
 function decodeEntities(s: string): string {

@@ -43,3 +43,26 @@ test('a reply with an old-style fallback: body and formattedBody without it, con
   assert.deepEqual(reply.content, content, 'content is what the peer sent, fallback and all');
   assert.deepEqual(reply.raw.content, content);
 });
+
+test("an HTML pill (Element's mention: display name in body, user ID only in the link) reaches mentionedUserIds", async (t) => {
+  const bot = await newBot(t, hs);
+  const peer = await newPeer(hs);
+  const other = await newPeer(hs);
+  const messages: Message[] = [];
+  bot.client.on('message', (m) => void messages.push(m));
+  await bot.client.run(bot.token);
+  const roomId = await roomWithBot(peer, bot.user.userId);
+  const B = bot.user.userId;
+
+  const id = await peer.sendEvent(roomId, 'm.room.message', {
+    msgtype: 'm.text',
+    body: 'Cookie Bot: !kick Someone Else',
+    format: 'org.matrix.custom.html',
+    formatted_body: `<a href="https://matrix.to/#/${encodeURIComponent(B)}">Cookie Bot</a>: !kick <a href="https://matrix.to/#/${other.userId}">Someone Else</a>`,
+    'm.mentions': { user_ids: [B] },
+  });
+  const m = await waitUntil(() => messages.find((x) => x.eventId === id), WAIT_MS, 'the bot to receive the pill');
+  assert.deepEqual(m.mentions, [B]);
+  assert.deepEqual(m.mentionedUserIds, [B, other.userId]);
+  assert.equal(m.body, 'Cookie Bot: !kick Someone Else');
+});
