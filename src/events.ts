@@ -2,6 +2,9 @@
  * What handlers receive. Objects here read their fields lazily from the batch columns the sync actor sent, so
  * an event whose content no handler reads is never parsed on the main thread.
  */
+import { HalcyonError } from './errors.ts';
+import { isMembership, isUserId, type Membership, type MessageContent, userIdOfLink } from './content.ts';
+import { linkHrefs, sanitizeHtml } from './html.ts';
 import { EVENT_FLAGS, type InviteWire, type MatrixEvent, OFF, OFFSET_STRIDE, type ReceiptWire, type RoomSummary, type WireBatch } from './protocol.ts';
 import type { RoomDetails } from './rooms.ts';
 
@@ -21,6 +24,16 @@ export interface MessageOptions {
   mentions?: Mentions;
   /** Send in the clear even if the room is encrypted (default false: encrypt, or refuse if encryption is off). */
   allowPlaintext?: boolean;
+}
+
+/** Options of {@link Message.reply} and {@link Message.replyInThread}: those of any send, and `force`. */
+export interface ReplyOptions extends MessageOptions {
+  /**
+   * Answer even though the message is an `m.notice`. The spec says notices must never be answered
+   * automatically (two bots answering each other's notices would loop), so replying to one rejects with
+   * `HALCYON_INVALID_ARGUMENT` unless this is true: set it only for a reply a human asked for.
+   */
+  force?: boolean;
 }
 
 /** What a {@link Room} and the event objects need from the client (kept narrow so they stay testable). */
@@ -231,17 +244,68 @@ export class RoomEvent {
   }
 }
 
+/**
+ * `body` without an old-style reply fallback: a leading run of lines starting with `> ` ended by a blank line
+ * (as clients wrote them before spec v1.13). Without the blank line the quote is taken for the sender's own.
+ * One pass, no regex: the body is the sender's to make as long and as odd as they like.
+ */
+function stripReplyFallback(body: string): string {
+  let at = 0;
+  while (body.startsWith('> ', at)) {
+    const nl = body.indexOf('\n', at);
+    if (nl < 0) return body;
+    at = nl + 1;
+  }
+  if (at === 0) return body;
+  if (body.startsWith('\n', at)) return body.slice(at + 1);
+  if (body.startsWith('\r\n', at)) return body.slice(at + 2);
+  return body;
+}
+
 /** An `m.room.message` (text, notice, emote, or media). */
 export class Message extends RoomEvent {
+  private shownBody: string | undefined;
+  private html: string | null | undefined;
+  private mentioned: string[] | undefined;
+
+  /** The content, typed per `msgtype` (see {@link MessageContent}: as sent, not validated). */
+  override get content(): MessageContent {
+    return super.content as MessageContent;
+  }
   /** `content.msgtype`, e.g. `m.text`, `m.image`. */
   get msgtype(): string {
     const t = this.content.msgtype;
     return typeof t === 'string' ? t : '';
   }
-  /** `content.body` (the plain text, or a file name for media), or '' if missing. */
+  /**
+   * The plain text (`content.body`; a file name or caption for media), or '' if missing. In a reply
+   * (`m.in_reply_to`), without the reply fallback older clients put before the text: a leading run of `> `
+   * lines and the blank line after it. `content.body` keeps what was sent.
+   */
   get body(): string {
-    const b = this.content.body;
-    return typeof b === 'string' ? b : '';
+    if (this.shownBody === undefined) {
+      const b = this.content.body;
+      this.shownBody = typeof b !== 'string' ? '' : this.repliesToEvent ? stripReplyFallback(b) : b;
+    }
+    return this.shownBody;
+  }
+  /**
+   * The message's HTML (`formatted_body` with `format: org.matrix.custom.html`), sanitised by
+   * {@link sanitizeHtml}: only the spec's tags and attributes, so it is safe to render or send on, and without
+   * the reply fallback (`mx-reply`, which the spec says to strip); null when the message has no HTML. Computed
+   * on first read. The HTML as sent is `content.formatted_body`.
+   */
+  get formattedBody(): string | null {
+    if (this.html === undefined) {
+      const c = this.content;
+      this.html = c.format === 'org.matrix.custom.html' && typeof c.formatted_body === 'string' ? sanitizeHtml(c.formatted_body) : null;
+    }
+    return this.html;
+  }
+  /** Whether the content has an `m.in_reply_to` (a thread's fallback reply included: its body may carry a fallback too). */
+  private get repliesToEvent(): boolean {
+    const rel = this.content['m.relates_to'] as { 'm.in_reply_to'?: { event_id?: unknown } } | undefined;
+    return typeof rel?.['m.in_reply_to']?.event_id === 'string';
   }
   /** The event ID this message replies to, if it is a reply (a thread's fallback reply is not one). */
   get inReplyTo(): string | null {
@@ -255,7 +319,27 @@ export class Message extends RoomEvent {
     const rel = this.content['m.relates_to'] as { rel_type?: unknown; event_id?: unknown } | undefined;
     return rel?.rel_type === 'm.thread' && typeof rel.event_id === 'string' ? rel.event_id : null;
   }
-  /** The users this message mentions (`m.mentions.user_ids`). */
+  /**
+   * Every user this message mentions, as user IDs: `m.mentions.user_ids`, then the users linked in its HTML
+   * (the pills Element sends, whose `body` shows only display names): `https://matrix.to/#/@user:server` and
+   * `matrix:u/user:server` links, percent-decoded. Only valid user IDs, each once; links inside the reply fallback
+   * do not count. Computed on first read. For a command bot: who was addressed, by ID.
+   */
+  get mentionedUserIds(): string[] {
+    if (this.mentioned === undefined) {
+      const ids = new Set(this.mentions.filter(isUserId));
+      const c = this.content;
+      if (c.format === 'org.matrix.custom.html' && typeof c.formatted_body === 'string') {
+        for (const href of linkHrefs(c.formatted_body)) {
+          const id = userIdOfLink(href);
+          if (id !== null) ids.add(id);
+        }
+      }
+      this.mentioned = [...ids];
+    }
+    return this.mentioned;
+  }
+  /** The users this message mentions (`m.mentions.user_ids`, the strings as sent); see also {@link mentionedUserIds}. */
   get mentions(): string[] {
     const ids = (this.content['m.mentions'] as { user_ids?: unknown } | undefined)?.user_ids;
     return Array.isArray(ids) ? ids.filter((u): u is string => typeof u === 'string') : [];
@@ -264,16 +348,32 @@ export class Message extends RoomEvent {
   get mentionsRoom(): boolean {
     return (this.content['m.mentions'] as { room?: unknown } | undefined)?.room === true;
   }
+  /** Whether this is an `m.notice`: what bots send, and what the spec says must never be answered automatically. */
+  get isNotice(): boolean {
+    return this.msgtype === 'm.notice';
+  }
   /**
    * Sends a rich reply to this message (`m.in_reply_to`, no fallback text, mentioning the sender). A reply to a
-   * message in a thread stays in that thread.
+   * message in a thread stays in that thread. On a notice it rejects with `HALCYON_INVALID_ARGUMENT` unless
+   * `opts.force` (see {@link ReplyOptions.force}).
    */
-  reply(content: ContentInput, opts: MessageOptions = {}): Promise<string> {
-    return this.actions.sendMessage(this.roomId, content, { mentions: [this.sender], threadId: this.threadId ?? undefined, ...opts, replyTo: this.eventId });
+  reply(content: ContentInput, opts: ReplyOptions = {}): Promise<string> {
+    const { force, ...rest } = opts;
+    if (this.isNotice && force !== true) return this.noticeRefused();
+    return this.actions.sendMessage(this.roomId, content, { mentions: [this.sender], threadId: this.threadId ?? undefined, ...rest, replyTo: this.eventId });
   }
-  /** Replies in the thread of this message (starting one rooted at it if it is not in a thread). */
-  replyInThread(content: ContentInput, opts: MessageOptions = {}): Promise<string> {
-    return this.actions.sendMessage(this.roomId, content, { mentions: [this.sender], ...opts, threadId: this.threadId ?? this.eventId, replyTo: this.eventId });
+  /**
+   * Replies in the thread of this message (starting one rooted at it if it is not in a thread). On a notice it
+   * rejects with `HALCYON_INVALID_ARGUMENT` unless `opts.force` (see {@link ReplyOptions.force}).
+   */
+  replyInThread(content: ContentInput, opts: ReplyOptions = {}): Promise<string> {
+    const { force, ...rest } = opts;
+    if (this.isNotice && force !== true) return this.noticeRefused();
+    return this.actions.sendMessage(this.roomId, content, { mentions: [this.sender], ...rest, threadId: this.threadId ?? this.eventId, replyTo: this.eventId });
+  }
+  private noticeRefused(): Promise<never> {
+    const why = 'not replying to an m.notice: the spec says notices must never be answered automatically (bots answering bots loop); pass { force: true } to reply anyway';
+    return Promise.reject(new HalcyonError('HALCYON_INVALID_ARGUMENT', why, { roomId: this.roomId, eventId: this.eventId }));
   }
   /** Sends a read receipt for this message (in its thread, if it is in one). */
   markRead(opts: { private?: boolean } = {}): Promise<void> {
@@ -329,15 +429,15 @@ export class MemberEvent extends RoomEvent {
   get userId(): string {
     return this.stateKey ?? '';
   }
-  /** The new membership: join, leave, invite, ban, knock. */
-  get membership(): string {
+  /** The new membership: join, leave, invite, ban or knock; '' if the event has none of these (malformed). */
+  get membership(): Membership | '' {
     const m = this.content.membership;
-    return typeof m === 'string' ? m : '';
+    return isMembership(m) ? m : '';
   }
-  /** The membership before this event, when the server says. */
-  get previousMembership(): string | null {
+  /** The membership before this event, when the server says (null if it does not, or says something else). */
+  get previousMembership(): Membership | null {
     const prev = (this.raw.unsigned?.prev_content as { membership?: unknown } | undefined)?.membership;
-    return typeof prev === 'string' ? prev : null;
+    return isMembership(prev) ? prev : null;
   }
   /** The display name set by this event, if any. */
   get displayName(): string | null {

@@ -2,15 +2,18 @@
  * HTML in message bodies (`format: org.matrix.custom.html`): an allowlist sanitiser and a plain-text fallback.
  * The only module that imports `htmlparser2`.
  *
- * Source: Client-Server API, "m.room.message msgtypes" (https://spec.matrix.org/latest/client-server-api/#mroommessage-msgtypes):
- * the suggested tags and per-tag attributes, `a href` only with an absolute URL of a listed scheme, `img src` only
- * `mxc://`, at most 100 levels of nesting, and (since v1.13) `mx-reply` stripped with its content.
+ * Source: Client-Server API, "m.room.message msgtypes" (https://spec.matrix.org/latest/client-server-api/#mroommessage-msgtypes),
+ * followed exactly: the "strongly suggested" tags and nothing else (not `font`, deprecated in v1.10 in favour of
+ * `span`), only the attributes the spec's table permits per tag, `a href` only an absolute URL of one of its five
+ * schemes, `img src` only `mxc://`, `code class` only `language-*` classes, at most 100 levels of nesting, and
+ * (since v1.13) `mx-reply` stripped with its content. The spec's `rel="noopener"` is for web clients rendering
+ * links, not for what is sent (`rel` is not a permitted attribute), so it is not added.
  */
 import { Parser } from 'htmlparser2';
 
-/** Tags kept by {@link sanitizeHtml}: the spec's suggested set, plus the deprecated `font` still found in older messages. */
+/** Tags kept by {@link sanitizeHtml}: the spec's suggested set. */
 const ALLOWED_TAGS = new Set([
-  'font', 'del', 'h1', 'h2', 'h3', 'h4', 'h5', 'h6', 'blockquote', 'p', 'a', 'ul', 'ol', 'sup', 'sub', 'li', 'b', 'i',
+  'del', 'h1', 'h2', 'h3', 'h4', 'h5', 'h6', 'blockquote', 'p', 'a', 'ul', 'ol', 'sup', 'sub', 'li', 'b', 'i',
   'u', 'strong', 'em', 's', 'code', 'hr', 'br', 'div', 'table', 'thead', 'tbody', 'tr', 'th', 'td', 'caption', 'pre',
   'span', 'img', 'details', 'summary',
 ]);
@@ -28,8 +31,8 @@ const DROP_WITH_CONTENT = new Set([
   'canvas', 'audio', 'video', 'xmp', 'plaintext',
 ]);
 
-/** `a href` schemes: the spec's list, plus `matrix:` (Matrix URIs, which the mentions module recommends linking). */
-const LINK_SCHEMES = new Set(['https', 'http', 'ftp', 'mailto', 'magnet', 'matrix']);
+/** `a href` schemes: the spec's list. (`matrix:` URIs are not on it; mentions link `https://matrix.to/#/…`.) */
+const LINK_SCHEMES = new Set(['https', 'http', 'ftp', 'mailto', 'magnet']);
 
 /** The deepest nesting of kept elements (spec: "Tags must not be nested more than 100 levels deep"). */
 export const MAX_HTML_DEPTH = 100;
@@ -39,12 +42,26 @@ const HEX_COLOR = /^#[0-9a-fA-F]{6}$/;
 type AttrRule = (value: string) => string | null;
 const free: AttrRule = (v) => v;
 const color: AttrRule = (v) => (HEX_COLOR.test(v.trim()) ? v.trim() : null);
-const integer: AttrRule = (v) => (/^\s*-?\d{1,9}\s*$/.test(v) ? String(Number(v.trim())) : null);
-const size: AttrRule = (v) => (/^\s*\d{1,5}\s*$/.test(v) ? String(Number(v.trim())) : null);
+// Every regex here runs on attacker-controlled values, so each is anchored and unambiguous (no two ways to match
+// the same text, nothing a failed match retries at each position): linear time. Values are trimmed before testing.
+const integer: AttrRule = (v) => (/^-?\d{1,9}$/.test(v.trim()) ? String(Number(v.trim())) : null);
+const size: AttrRule = (v) => (/^\d{1,5}$/.test(v.trim()) ? String(Number(v.trim())) : null);
+
+/**
+ * `s` without leading and trailing C0 controls and spaces (U+0000 to U+0020), as the URL parser strips them.
+ * A loop, not `/^[\0- ]+|[\0- ]+$/g`: that regex retries the trailing run from each of its characters (quadratic).
+ */
+function trimC0(s: string): string {
+  let start = 0;
+  let end = s.length;
+  while (start < end && s.charCodeAt(start) <= 0x20) start++;
+  while (end > start && s.charCodeAt(end - 1) <= 0x20) end--;
+  return s.slice(start, end);
+}
 
 function href(v: string): string | null {
   // Browsers drop ASCII tab/newline anywhere in a URL and trim C0 controls and spaces: judge what they would load.
-  const url = v.replace(/[\t\n\r]/g, '').replace(/^[\u0000-\u0020]+|[\u0000-\u0020]+$/g, '');
+  const url = trimC0(v.replace(/[\t\n\r]/g, ''));
   const m = /^([a-zA-Z][a-zA-Z0-9+.-]*):/.exec(url);
   return m && LINK_SCHEMES.has(m[1]!.toLowerCase()) ? url : null;
 }
@@ -55,13 +72,17 @@ function mxc(v: string): string | null {
 }
 
 function codeClass(v: string): string | null {
-  const kept = v.split(/\s+/).filter((c) => /^language-[A-Za-z0-9_+#.-]+$/.test(c));
+  // The spec: "only classes which start with `language-`" (the prefix alone names nothing).
+  const kept = v.split(/\s+/).filter((c) => c.length > 'language-'.length && c.startsWith('language-'));
   return kept.length ? kept.join(' ') : null;
 }
 
-/** Per tag, the attributes kept and how each value is checked (a `null` result drops the attribute). */
+/**
+ * Per tag, the attributes the spec permits and how each value is checked (a `null` result drops the attribute):
+ * the spec gives colours as `#rrggbb`; sizes and `ol start` must be integers here so that no value is passed on
+ * that a client could misread.
+ */
 const ALLOWED_ATTRS: Record<string, Record<string, AttrRule>> = {
-  font: { 'data-mx-bg-color': color, 'data-mx-color': color, color: (v) => color(v) ?? (/^\s*[a-zA-Z]{1,20}\s*$/.test(v) ? v.trim() : null) },
   span: { 'data-mx-bg-color': color, 'data-mx-color': color, 'data-mx-spoiler': free, 'data-mx-maths': free },
   a: { target: free, href },
   img: { width: size, height: size, alt: free, title: free, src: mxc },
@@ -101,12 +122,13 @@ interface Open {
 
 /**
  * Reduces untrusted HTML to the Matrix spec's suggested subset, for sending or for display.
- * - Kept: the allowlisted tags (plus deprecated `font`), with only their allowlisted attributes; `a href` only absolute
- *   `https`/`http`/`ftp`/`mailto`/`magnet`/`matrix` URLs; `img` only with an `mxc://` `src` (otherwise dropped);
- *   `code class` only `language-*`; colours only `#rrggbb`; sizes and `ol start` only integers.
+ * - Kept: the spec's suggested tags, with only the attributes it permits on each; `a href` only absolute
+ *   `https`/`http`/`ftp`/`mailto`/`magnet` URLs; `img` only with an `mxc://` `src` (otherwise dropped);
+ *   `code class` only `language-*` classes; colours only `#rrggbb`; sizes and `ol start` only integers.
  * - Dropped with their content: `mx-reply`, `script`, `style`, `iframe`, `object`, `svg`, form widgets and the like;
  *   comments, doctypes and processing instructions.
- * - Unwrapped (tag gone, children kept): every other tag, and allowed tags nested deeper than {@link MAX_HTML_DEPTH}.
+ * - Unwrapped (tag gone, children kept): every other tag (`font` among them: the spec deprecated it for `span`),
+ *   and allowed tags nested deeper than {@link MAX_HTML_DEPTH}.
  * Invariants: the output is well-formed — every written tag is closed in order, `br`/`hr`/`img` are written
  * self-closed, text and attribute values are escaped — and no event-handler attribute, `style`, or script URL survives.
  */
@@ -153,6 +175,34 @@ export function sanitizeHtml(html: string): string {
   parser.end();
   for (let i = stack.length - 1; i >= 0; i--) if (stack[i]!.emitted) out += `</${stack[i]!.name}>`;
   return out;
+}
+
+/**
+ * The `href` of every `a` element of `html` that a reader would see: links inside content {@link sanitizeHtml}
+ * drops (the `mx-reply` fallback, scripts and the like) are left out. Entities are decoded; the values are
+ * otherwise as written (not checked against the allowed schemes). For finding mentions (`matrix.to` pills).
+ */
+export function linkHrefs(html: string): string[] {
+  const hrefs: string[] = [];
+  const stack: { name: string; dropping: boolean }[] = [];
+  const dropping = () => stack.length > 0 && stack[stack.length - 1]!.dropping;
+  const parser = new Parser(
+    {
+      onopentag(name, attribs) {
+        const drop = dropping() || DROP_WITH_CONTENT.has(name);
+        stack.push({ name, dropping: drop });
+        if (!drop && name === 'a' && typeof attribs.href === 'string') hrefs.push(attribs.href);
+      },
+      onclosetag(name) {
+        // The parser can close a tag it never reported open: only a close matching the innermost open counts.
+        if (stack.length > 0 && stack[stack.length - 1]!.name === name) stack.pop();
+      },
+    },
+    { decodeEntities: true, lowerCaseTags: true, lowerCaseAttributeNames: true },
+  );
+  parser.write(html);
+  parser.end();
+  return hrefs;
 }
 
 const ENTITIES: Record<string, string> = { amp: '&', lt: '<', gt: '>', quot: '"', apos: "'", nbsp: ' ' };

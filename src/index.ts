@@ -3,6 +3,8 @@ export { Client } from './client.ts';
 export type { AutoJoinPolicy, BackpressureInfo, ClientEvents, ClientOptions, CreateRoomOptions, Health, DecryptionErrorInfo, EncryptionOptions, LoginOptions, SendOptions, SyncErrorInfo, WhoAmI } from './client.ts';
 export { Edit, MemberEvent, Message, Reaction, Redaction, Room, RoomEvent, User } from './events.ts';
 export type { AccountDataEvent, ContentInput, Invite, Mentions, MessageOptions, Presence, Profile, Receipt } from './events.ts';
+export type { ReplyOptions } from './events.ts';
+export type { AudioContent, AudioInfo, EmoteContent, EncryptedFile, FileContent, FileInfo, ImageContent, ImageInfo, LocationContent, Membership, MessageContent, MessageContentBase, NoticeContent, TextContent, ThumbnailInfo, VideoContent, VideoInfo } from './content.ts';
 export { RoomDetails } from './rooms.ts';
 export type { RoomMember } from './rooms.ts';
 export type { Action } from './power.ts';

@@ -34,17 +34,20 @@ interface Run {
   stderr: string;
 }
 
-/** Runs the bin with Node 24 (this process's node), stdin closed, and a hard deadline. */
-function halcyon(args: string[], opts: { env?: Record<string, string | undefined>; timeoutMs?: number } = {}): Promise<Run> {
-  const env: Record<string, string | undefined> = { ...process.env, ...opts.env };
-  delete env.HALCYON_PASSWORD;
-  if (opts.env?.HALCYON_PASSWORD !== undefined) env.HALCYON_PASSWORD = opts.env.HALCYON_PASSWORD;
+/**
+ * Runs the bin with Node 24 (this process's node) and a hard deadline; stdin is `input` through a pipe, or else
+ * /dev/null. HALCYON_PASSWORD and HALCYON_TOKEN are only set when `env` sets them.
+ */
+function halcyon(args: string[], opts: { env?: Record<string, string | undefined>; input?: string; timeoutMs?: number } = {}): Promise<Run> {
+  const env: Record<string, string | undefined> = { ...process.env, HALCYON_PASSWORD: undefined, HALCYON_TOKEN: undefined, ...opts.env };
+  for (const k of ['HALCYON_PASSWORD', 'HALCYON_TOKEN']) if (env[k] === undefined) delete env[k];
   return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [CLI, ...args], { cwd: tmp, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(process.execPath, [CLI, ...args], { cwd: tmp, env, stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+    if (opts.input !== undefined) p.stdin!.end(opts.input);
     let stdout = '';
     let stderr = '';
-    p.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    p.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    p.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    p.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     const ms = opts.timeoutMs ?? 30_000;
     const timer = setTimeout(() => {
       p.kill('SIGKILL');
@@ -158,4 +161,222 @@ test('whoami with a garbage token exits non-zero with HALCYON_INVALID_TOKEN', as
   assert.match(r.stderr, /HALCYON_INVALID_TOKEN/, show(r));
   assert.equal(r.stdout, '', show(r));
   assert.ok(!r.stderr.includes('garbage'), `the (bad) token was echoed\n${show(r)}`);
+});
+
+const ARGV_WARNING = /visible to other users.*\bps\b.*shell history/s;
+
+test('login takes the password from stdin (--password-stdin) or a file (--password-file FILE, --password @FILE) without a warning', async () => {
+  const viaStdin = await freshUser();
+  const out = join(tmp, `stdin-${viaStdin.localpart}`);
+  const r = await halcyon(['login', '--homeserver', hs.baseUrl, '--user', viaStdin.localpart, '--password-stdin', '--out', out], { input: `${viaStdin.password}\n` });
+  assert.equal(r.code, 0, show(r));
+  assert.equal(decodeToken(readFileSync(out, 'utf8').trim()).userId, viaStdin.userId);
+  assert.equal(r.stderr, `token written to ${out} (mode 0600)\n`, `no prompt, no warning\n${show(r)}`);
+
+  const viaFile = await freshUser();
+  const pwFile = join(tmp, `pw-${viaFile.localpart}`);
+  writeFileSync(pwFile, `${viaFile.password}\r\n`, { mode: 0o600 });
+  for (const args of [['--password-file', pwFile], ['--password', `@${pwFile}`]]) {
+    const f = await halcyon(['login', '--homeserver', hs.baseUrl, '--user', viaFile.localpart, ...args]);
+    assert.equal(f.code, 0, show(f));
+    assert.equal(decodeToken(f.stdout.trim()).userId, viaFile.userId);
+    assert.equal(f.stderr, '', `no prompt, no warning\n${show(f)}`);
+    assertNoSecrets(f, [viaFile.password]);
+  }
+});
+
+test('a password or token given literally in argv still works but warns on stderr, without echoing it', async () => {
+  const user = await freshUser();
+  const r = await halcyon(['login', '--homeserver', hs.baseUrl, '--user', user.localpart, '--password', user.password]);
+  assert.equal(r.code, 0, show(r));
+  assert.match(r.stderr, ARGV_WARNING, show(r));
+  assert.match(r.stderr, /--password-stdin/, `the warning says what to use instead\n${show(r)}`);
+  const token = r.stdout.trim();
+  assertNoSecrets({ ...r, stdout: '' }, [user.password, token]);
+
+  const w = await halcyon(['whoami', token]);
+  assert.equal(w.code, 0, show(w));
+  assert.equal((JSON.parse(w.stdout) as { userId: string }).userId, user.userId);
+  assert.match(w.stderr, ARGV_WARNING, show(w));
+  assertNoSecrets(w, [token, decodeToken(token).accessToken]);
+});
+
+test('whoami takes the token from stdin (whoami -) or HALCYON_TOKEN, without a warning', async () => {
+  const user = await freshUser();
+  const token = (await halcyon(['login', '--homeserver', hs.baseUrl, '--user', user.localpart, '--password-stdin'], { input: user.password })).stdout.trim();
+  for (const run of [halcyon(['whoami', '-'], { input: `${token}\n` }), halcyon(['whoami'], { env: { HALCYON_TOKEN: token } })]) {
+    const w = await run;
+    assert.equal(w.code, 0, show(w));
+    assert.equal((JSON.parse(w.stdout) as { userId: string }).userId, user.userId);
+    assert.equal(w.stderr, '', show(w));
+  }
+  const none = await halcyon(['whoami']);
+  assert.notEqual(none.code, 0, show(none));
+  assert.match(none.stderr, /^halcyon: HALCYON_INVALID_ARGUMENT: .*HALCYON_TOKEN.*\n$/, show(none));
+});
+
+test('login with stdin not a terminal and no password source fails at once with a coded line (no prompt, no empty token)', async () => {
+  const user = await freshUser();
+  const out = join(tmp, `devnull-${user.localpart}`);
+  for (const args of [
+    ['--homeserver', hs.baseUrl, '--user', user.localpart, '--out', out],
+    ['--homeserver', hs.baseUrl, '--password-stdin', '--out', out],
+  ]) {
+    const r = await halcyon(['login', ...args]);
+    assert.notEqual(r.code, 0, show(r));
+    assert.match(r.stderr, /^halcyon: HALCYON_INVALID_ARGUMENT: [^\n]*\n$/, `one coded line\n${show(r)}`);
+    assert.doesNotMatch(r.stderr, /Password: |User: /, `it prompted\n${show(r)}`);
+    assert.equal(r.stdout, '', show(r));
+    assert.ok(!existsSync(out), 'a token file was written');
+  }
+  const noPw = await halcyon(['login', '--homeserver', hs.baseUrl, '--user', user.localpart]);
+  assert.match(noPw.stderr, /--password-stdin.*--password-file.*HALCYON_PASSWORD/s, `it says how to pass the password\n${show(noPw)}`);
+  const empty = await halcyon(['login', '--homeserver', hs.baseUrl, '--user', user.localpart, '--password-stdin'], { input: '' });
+  assert.match(empty.stderr, /^halcyon: HALCYON_INVALID_ARGUMENT: [^\n]*\n$/, `an empty password is refused\n${show(empty)}`);
+  const two = await halcyon(['login', '--homeserver', hs.baseUrl, '--user', user.localpart, '--password-stdin', '--password-file', out], { input: 'x' });
+  assert.match(two.stderr, /^halcyon: HALCYON_INVALID_ARGUMENT: [^\n]*\n$/, `two password sources are refused\n${show(two)}`);
+  const unknown = await halcyon(['login', '--pasword', 'x']);
+  assert.match(unknown.stderr, /^halcyon: HALCYON_INVALID_ARGUMENT: [^\n]*--pasword[^\n]*\n/, `an unknown option is coded\n${show(unknown)}`);
+});
+
+test('--help and -h on every command print the usage on stdout and exit 0', async () => {
+  for (const args of [['--help'], ['-h'], ['help'], [], ['login', '--help'], ['login', '-h'], ['whoami', '--help'], ['whoami', '-h']]) {
+    const r = await halcyon(args);
+    assert.equal(r.code, 0, `${args.join(' ')}: ${show(r)}`);
+    assert.match(r.stdout, /^usage:/, `${args.join(' ')}: ${show(r)}`);
+    assert.match(r.stdout, args[0] === 'whoami' ? /halcyon whoami/ : /halcyon login/, `${args.join(' ')}: ${show(r)}`);
+    assert.equal(r.stderr, '', `${args.join(' ')}: ${show(r)}`);
+  }
+  const bad = await halcyon(['frobnicate']);
+  assert.notEqual(bad.code, 0, show(bad));
+  assert.match(bad.stderr, /usage:/, show(bad));
+});
+
+test('a missing token or password file is one coded line naming the file', async () => {
+  const missing = join(tmp, 'missing.token');
+  for (const [args, opts] of [
+    [['whoami', `@${missing}`], {}],
+    [['login', '--homeserver', hs.baseUrl, '--user', 'x', '--password-file', missing], {}],
+    [['login', '--homeserver', hs.baseUrl, '--user', 'x', '--password', `@${missing}`], {}],
+  ] as const) {
+    const r = await halcyon([...args], opts);
+    assert.notEqual(r.code, 0, show(r));
+    assert.match(r.stderr, /^halcyon: HALCYON_INVALID_ARGUMENT: [^\n]*\n$/, `one coded line\n${show(r)}`);
+    assert.ok(r.stderr.includes(missing), `it names the file\n${show(r)}`);
+    assert.doesNotMatch(r.stderr, /ENOENT: ENOENT/, show(r));
+  }
+});
+
+/**
+ * Drives a command on a real pseudo-terminal (python3's `pty`/`termios`, the only way to get one without a native
+ * addon). `steps` are run in order: `['expect', text]` reads the terminal until `text` has appeared (in what was
+ * read since the last expect), `['send', bytes]` types bytes (each array item is one write, so a character can
+ * be split between writes). Then it reads until the command exits and reports everything the terminal received,
+ * and whether the terminal was left with echo and line editing on.
+ */
+const PTY_DRIVER = String.raw`
+import json, os, select, subprocess, sys, termios, time
+steps, cmd, cwd = json.loads(sys.argv[1]), sys.argv[2:], os.getcwd()
+master, slave = os.openpty()
+p = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+deadline = time.monotonic() + 60
+seen = b''
+def pump(timeout):
+    global seen
+    r, _, _ = select.select([master], [], [], timeout)
+    if r:
+        try: chunk = os.read(master, 65536)
+        except OSError: chunk = b''
+        seen += chunk
+        return len(chunk) > 0
+    return False
+mark = 0
+try:
+    for kind, arg in steps:
+        if kind == 'expect':
+            want = arg.encode()
+            while want not in seen[mark:]:
+                if time.monotonic() > deadline or (p.poll() is not None and not pump(0.05)):
+                    raise SystemExit('never saw %r; terminal got %r' % (arg, seen))
+                pump(0.05)
+            mark = seen.index(want, mark) + len(want)
+        else:
+            for chunk in arg: os.write(master, bytes(chunk))
+    while p.poll() is None or pump(0.05):
+        if time.monotonic() > deadline: p.kill(); raise SystemExit('still running; terminal got %r' % seen)
+        pump(0.05)
+finally:
+    if p.poll() is None: p.kill()
+lflag = termios.tcgetattr(slave)[3]
+print(json.dumps({'code': p.returncode, 'output': seen.decode('utf-8', 'replace'), 'echo': bool(lflag & termios.ECHO), 'icanon': bool(lflag & termios.ICANON)}))
+`;
+
+type PtyStep = ['expect', string] | ['send', number[][]];
+interface PtyRun {
+  code: number;
+  output: string;
+  echo: boolean;
+  icanon: boolean;
+}
+
+/** Types `text` as one write (a paste), or as several when `splitAt` byte offsets are given. */
+function typed(text: string, ...splitAt: number[]): ['send', number[][]] {
+  const bytes = [...Buffer.from(text, 'utf8')];
+  const cuts = [0, ...splitAt, bytes.length];
+  return ['send', cuts.slice(1).map((end, i) => bytes.slice(cuts[i], end))];
+}
+
+/** Runs the bin on a pty (see {@link PTY_DRIVER}), HALCYON_PASSWORD unset. */
+function halcyonOnPty(args: string[], steps: PtyStep[]): Promise<PtyRun> {
+  const env: Record<string, string | undefined> = { ...process.env };
+  delete env.HALCYON_PASSWORD;
+  delete env.HALCYON_TOKEN;
+  return new Promise((resolve, reject) => {
+    const p = spawn('python3', ['-c', PTY_DRIVER, JSON.stringify(steps), process.execPath, CLI, ...args], { cwd: tmp, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    p.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    p.on('error', reject);
+    p.on('close', (code) => (code === 0 ? resolve(JSON.parse(stdout) as PtyRun) : reject(new Error(`pty driver exited ${code}: ${stderr}`))));
+  });
+}
+
+test('on a terminal, login asks for the user (echoed) and the password (never echoed), and succeeds', async () => {
+  // Non-ASCII, typed with one character split across two writes, with a typo erased by Backspace (DEL).
+  const user = await hs.registerUser(undefined, `pässwörd-${Date.now().toString(36)}-😀x`);
+  const out = join(tmp, `pty-${user.localpart}`);
+  const pw = Buffer.from(user.password, 'utf8');
+  const r = await halcyonOnPty(['login', '--homeserver', hs.baseUrl, '--out', out], [
+    ['expect', 'User: '],
+    typed(`${user.localpart}\r`),
+    ['expect', 'Password: '],
+    typed(`${user.password}Z\x7f\r`, 2, pw.length - 2),
+  ]);
+  const show = JSON.stringify(r);
+  assert.equal(r.code, 0, show);
+  assert.ok(r.output.includes(user.localpart), `the user name is echoed as it is typed: ${show}`);
+  for (const piece of [user.password, user.password.slice(0, 8), user.password.slice(-6), '*'.repeat(user.password.length)]) {
+    assert.ok(!r.output.includes(piece), `the terminal shows (part of) the password: ${show}`);
+  }
+  assert.equal(decodeToken(readFileSync(out, 'utf8').trim()).userId, user.userId);
+  assert.ok(r.echo && r.icanon, `the terminal was left without echo or line editing: ${show}`);
+});
+
+test('on a terminal, Ctrl-C at the password prompt aborts with a non-zero exit and restores the terminal', async () => {
+  const user = await freshUser();
+  const out = join(tmp, `pty-abort-${user.localpart}`);
+  const r = await halcyonOnPty(['login', '--homeserver', hs.baseUrl, '--user', user.localpart, '--out', out], [
+    ['expect', 'Password: '],
+    typed(`${user.password.slice(0, 5)}\x03`),
+  ]);
+  const show = JSON.stringify(r);
+  assert.equal(r.code, 130, `exit as after SIGINT: ${show}`);
+  assert.ok(!r.output.includes(user.password.slice(0, 5)), `the typed characters were echoed: ${show}`);
+  assert.ok(!existsSync(out), 'an aborted login wrote a token file');
+  assert.ok(r.echo && r.icanon, `the terminal was left without echo or line editing: ${show}`);
+
+  const d = await halcyonOnPty(['login', '--homeserver', hs.baseUrl, '--user', user.localpart, '--out', out], [['expect', 'Password: '], typed('\x04')]);
+  assert.notEqual(d.code, 0, `Ctrl-D on an empty password must not log in: ${JSON.stringify(d)}`);
+  assert.ok(d.echo && d.icanon, `the terminal was left without echo or line editing: ${JSON.stringify(d)}`);
 });

@@ -216,7 +216,7 @@ test('npm pack gives an installable package whose Client runs on worker threads'
   assert.ok(existsSync(join(consumer, 'node_modules', '.bin', 'halcyon')), 'the halcyon bin was not linked');
   const help = await exec(process.execPath, [join(installed, 'dist', 'cli.js'), 'help'], consumer, 30_000);
   assert.equal(help.code, 0, show('halcyon help', help));
-  assert.match(help.stderr, /halcyon login/);
+  assert.match(help.stdout, /halcyon login/);
 
   // 4. A plain .mjs bot in the consumer logs in, runs on worker threads, gets a message and replies.
   const bot = await hs.registerUser();
