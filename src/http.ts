@@ -50,6 +50,8 @@ export interface HttpOptions {
 }
 
 const DEFAULT_TIMEOUT_MS = 30_000;
+/** Largest answer body read by default, in bytes. */
+const DEFAULT_MAX_BYTES = 16 * 1024 * 1024;
 
 /** A Matrix client-server transport bound to one homeserver and (optionally) one access token. */
 export class MatrixHttp {
@@ -163,8 +165,9 @@ export class MatrixHttp {
       }
     }
     const signal = opts.signal ? AbortSignal.any([opts.signal, stalled.signal]) : stalled.signal;
+    let res: Awaited<ReturnType<typeof request>> | undefined;
     try {
-      const res = await request(this.url(path, opts.query), {
+      res = await request(this.url(path, opts.query), {
         method: 'POST',
         headers,
         body: Readable.from(chunks(), { objectMode: false }),
@@ -173,7 +176,8 @@ export class MatrixHttp {
         headersTimeout: timeoutMs,
         bodyTimeout: timeoutMs,
       });
-      const text = await res.body.text();
+      const bytes = await readBody(what, res.body, res.headers['content-length'], DEFAULT_MAX_BYTES);
+      const text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8');
       if (res.statusCode >= 200 && res.statusCode < 300) return text;
       throw errorFromResponse(what, res.statusCode, text, res.headers['retry-after']);
     } catch (err) {
@@ -181,6 +185,7 @@ export class MatrixHttp {
       throw transportError(what, err, opts.signal, stalled.signal.aborted, timeoutMs);
     } finally {
       clearTimeout(watchdog);
+      res?.body.destroy();
       source?.destroy(); // an abandoned request may never finish iterating it: release the file now
     }
   }
@@ -202,7 +207,15 @@ export class MatrixHttp {
       throw transportError(what, err, opts.signal, false, timeoutMs);
     }
     if (res.statusCode < 200 || res.statusCode >= 300) {
-      const text = await res.body.text().catch(() => '');
+      let text = '';
+      try {
+        const bytes = await readBody(what, res.body, res.headers['content-length'], DEFAULT_MAX_BYTES);
+        text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8');
+      } catch {
+        // The status alone still tells what happened.
+      } finally {
+        res.body.destroy();
+      }
       throw errorFromResponse(what, res.statusCode, text, res.headers['retry-after']);
     }
     const raw = res.body;
@@ -239,8 +252,9 @@ export class MatrixHttp {
     let status: number;
     let bytes: Uint8Array;
     let retryAfterHeader: string | string[] | undefined;
+    let res: Awaited<ReturnType<typeof request>> | undefined;
     try {
-      const res = await request(url, {
+      res = await request(url, {
         method: method as 'GET',
         headers,
         body,
@@ -251,9 +265,12 @@ export class MatrixHttp {
       });
       status = res.statusCode;
       retryAfterHeader = res.headers['retry-after'];
-      bytes = await readBody(res.body, res.headers['content-length']);
+      bytes = await readBody(what, res.body, res.headers['content-length'], DEFAULT_MAX_BYTES);
     } catch (err) {
+      if (err instanceof HalcyonError) throw err;
       throw transportError(what, err, opts.signal, deadline.aborted, timeoutMs);
+    } finally {
+      res?.body.destroy(); // a body not read to its end holds its connection (and its timer) until destroyed
     }
     if (status >= 200 && status < 300) return bytes;
     throw errorFromResponse(what, status, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'), retryAfterHeader);
@@ -266,22 +283,41 @@ export class MatrixHttp {
 }
 
 /**
- * Reads a response body into one buffer that owns its memory (so it can be transferred). With a Content-Length the
- * chunks are copied into a buffer of that size as they come: gathering them and concatenating at the end (what
- * `arrayBuffer()` does) holds the body twice at its peak, 200 MB for a big account's initial sync.
+ * Reads a response body of at most `maxBytes` into one buffer that owns its memory (so it can be transferred). A
+ * Content-Length over the limit is refused (`HALCYON_RESPONSE_TOO_LARGE`) before a byte is read or allocated.
+ * With a Content-Length the chunks are copied into a buffer of that size as they come: gathering them and
+ * concatenating at the end (what `arrayBuffer()` does) holds the body twice at its peak, 200 MB for a big
+ * account's initial sync. The caller destroys the body afterwards, whatever happened.
  */
-async function readBody(body: AsyncIterable<Uint8Array> & { arrayBuffer(): Promise<ArrayBuffer> }, contentLength: string | string[] | undefined): Promise<Uint8Array> {
-  const length = typeof contentLength === 'string' && /^\d{1,12}$/.test(contentLength) ? Number(contentLength) : NaN;
-  if (!(length > 0)) return new Uint8Array(await body.arrayBuffer());
-  const out = new Uint8Array(length);
+async function readBody(what: string, body: AsyncIterable<Uint8Array>, contentLength: string | string[] | undefined, maxBytes: number): Promise<Uint8Array> {
+  const length = typeof contentLength === 'string' && /^\d+$/.test(contentLength) ? Number(contentLength) : NaN;
+  if (length > maxBytes) throw tooLarge(what, `${length} bytes`, maxBytes);
+  const out = new Uint8Array(length > 0 ? length : 0);
+  const chunks: Uint8Array[] = [];
   let at = 0;
   for await (const chunk of body) {
-    if (at + chunk.byteLength > length) throw new Error(`the body is longer than its Content-Length (${length})`); // reported as HALCYON_HTTP
-    out.set(chunk, at);
+    if (at + chunk.byteLength > maxBytes) throw tooLarge(what, `over ${at + chunk.byteLength} bytes`, maxBytes);
+    if (length > 0) {
+      if (at + chunk.byteLength > length) throw new Error(`the body is longer than its Content-Length (${length})`); // reported as HALCYON_HTTP
+      out.set(chunk, at);
+    } else chunks.push(chunk);
     at += chunk.byteLength;
   }
-  if (at !== length) throw new Error(`the body ended after ${at} of its ${length} bytes`);
-  return out;
+  if (length > 0) {
+    if (at !== length) throw new Error(`the body ended after ${at} of its ${length} bytes`);
+    return out;
+  }
+  const joined = new Uint8Array(at);
+  let pos = 0;
+  for (const c of chunks) {
+    joined.set(c, pos);
+    pos += c.byteLength;
+  }
+  return joined;
+}
+
+function tooLarge(what: string, size: string, maxBytes: number): HalcyonError {
+  return new HalcyonError('HALCYON_RESPONSE_TOO_LARGE', `${what}: the answer is ${size}, more than the limit of ${maxBytes}`);
 }
 
 /** A transport failure as a coded error: the caller's abort, a deadline, or anything else (reset, DNS, TLS). */
