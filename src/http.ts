@@ -18,6 +18,12 @@ export interface RequestOptions {
   maxRateLimitRetries?: number;
   /** Send without the access token (login). */
   anonymous?: boolean;
+  /**
+   * Largest answer body to read, in bytes (default {@link DEFAULT_MAX_BYTES}); past it the call fails with
+   * `HALCYON_RESPONSE_TOO_LARGE`, refused from the Content-Length before reading, else counted as it streams.
+   * Error answers are read up to {@link ERROR_BODY_MAX_BYTES} whatever this says.
+   */
+  maxBytes?: number;
 }
 
 /**
@@ -50,8 +56,13 @@ export interface HttpOptions {
 }
 
 const DEFAULT_TIMEOUT_MS = 30_000;
-/** Largest answer body read by default, in bytes. */
-const DEFAULT_MAX_BYTES = 16 * 1024 * 1024;
+/** Largest answer body read by default (16 MiB): far above any ordinary JSON answer. */
+export const DEFAULT_MAX_BYTES = 16 * 1024 * 1024;
+/**
+ * How much of an error answer is read (64 KiB): a Matrix error is a few hundred bytes; the rest of a bigger body
+ * (a proxy's page, a hostile server) is let go and the error built from what was read.
+ */
+export const ERROR_BODY_MAX_BYTES = 64 * 1024;
 
 /** A Matrix client-server transport bound to one homeserver and (optionally) one access token. */
 export class MatrixHttp {
@@ -106,7 +117,7 @@ export class MatrixHttp {
    * `timeoutMs` for the headers, then `timeoutMs` without a byte while reading (the reader sets the pace, so there is
    * no whole-exchange deadline). The caller must consume or destroy the body (that frees the connection).
    */
-  async stream(method: string, path: string, opts: Omit<RequestOptions, 'body'> = {}): Promise<StreamResponse> {
+  async stream(method: string, path: string, opts: Omit<RequestOptions, 'body' | 'maxBytes'> = {}): Promise<StreamResponse> {
     return this.retrying(opts, () => this.streamOnce(method, path, opts));
   }
 
@@ -176,7 +187,7 @@ export class MatrixHttp {
         headersTimeout: timeoutMs,
         bodyTimeout: timeoutMs,
       });
-      const bytes = await readBody(what, res.body, res.headers['content-length'], DEFAULT_MAX_BYTES);
+      const bytes = await answerBody(what, res, opts.maxBytes);
       const text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8');
       if (res.statusCode >= 200 && res.statusCode < 300) return text;
       throw errorFromResponse(what, res.statusCode, text, res.headers['retry-after']);
@@ -185,7 +196,7 @@ export class MatrixHttp {
       throw transportError(what, err, opts.signal, stalled.signal.aborted, timeoutMs);
     } finally {
       clearTimeout(watchdog);
-      res?.body.destroy();
+      if (res) release(res.body);
       source?.destroy(); // an abandoned request may never finish iterating it: release the file now
     }
   }
@@ -207,16 +218,15 @@ export class MatrixHttp {
       throw transportError(what, err, opts.signal, false, timeoutMs);
     }
     if (res.statusCode < 200 || res.statusCode >= 300) {
-      let text = '';
+      let bytes: Uint8Array = new Uint8Array(0);
       try {
-        const bytes = await readBody(what, res.body, res.headers['content-length'], DEFAULT_MAX_BYTES);
-        text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8');
+        bytes = await answerBody(what, res, undefined);
       } catch {
         // The status alone still tells what happened.
       } finally {
-        res.body.destroy();
+        release(res.body);
       }
-      throw errorFromResponse(what, res.statusCode, text, res.headers['retry-after']);
+      throw errorFromResponse(what, res.statusCode, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'), res.headers['retry-after']);
     }
     const raw = res.body;
     // A wrapper rather than the raw body: its errors become coded ones, and destroying it (a consumer giving up,
@@ -265,12 +275,12 @@ export class MatrixHttp {
       });
       status = res.statusCode;
       retryAfterHeader = res.headers['retry-after'];
-      bytes = await readBody(what, res.body, res.headers['content-length'], DEFAULT_MAX_BYTES);
+      bytes = await answerBody(what, res, opts.maxBytes);
     } catch (err) {
       if (err instanceof HalcyonError) throw err;
       throw transportError(what, err, opts.signal, deadline.aborted, timeoutMs);
     } finally {
-      res?.body.destroy(); // a body not read to its end holds its connection (and its timer) until destroyed
+      if (res) release(res.body);
     }
     if (status >= 200 && status < 300) return bytes;
     throw errorFromResponse(what, status, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'), retryAfterHeader);
@@ -283,20 +293,36 @@ export class MatrixHttp {
 }
 
 /**
+ * The body of an answer: a 2xx one up to `maxBytes` (default {@link DEFAULT_MAX_BYTES}), past which it fails; an
+ * error one up to {@link ERROR_BODY_MAX_BYTES}, cut there (what was read still tells what happened).
+ */
+function answerBody(what: string, res: { statusCode: number; headers: Record<string, string | string[] | undefined>; body: AsyncIterable<Uint8Array> }, maxBytes: number | undefined): Promise<Uint8Array> {
+  const ok = res.statusCode >= 200 && res.statusCode < 300;
+  if (ok && maxBytes !== undefined && !(maxBytes >= 0)) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'maxBytes must be a number >= 0');
+  return ok ? readBody(what, res.body, res.headers['content-length'], maxBytes ?? DEFAULT_MAX_BYTES) : readBody(what, res.body, undefined, ERROR_BODY_MAX_BYTES, true);
+}
+
+/**
  * Reads a response body of at most `maxBytes` into one buffer that owns its memory (so it can be transferred). A
- * Content-Length over the limit is refused (`HALCYON_RESPONSE_TOO_LARGE`) before a byte is read or allocated.
+ * Content-Length over the limit is refused (`HALCYON_RESPONSE_TOO_LARGE`) before a byte is read or allocated;
+ * without one the chunks are counted as they come. With `cut`, the body is cut at the limit instead of failing.
  * With a Content-Length the chunks are copied into a buffer of that size as they come: gathering them and
  * concatenating at the end (what `arrayBuffer()` does) holds the body twice at its peak, 200 MB for a big
  * account's initial sync. The caller destroys the body afterwards, whatever happened.
  */
-async function readBody(what: string, body: AsyncIterable<Uint8Array>, contentLength: string | string[] | undefined, maxBytes: number): Promise<Uint8Array> {
+async function readBody(what: string, body: AsyncIterable<Uint8Array>, contentLength: string | string[] | undefined, maxBytes: number, cut = false): Promise<Uint8Array> {
   const length = typeof contentLength === 'string' && /^\d+$/.test(contentLength) ? Number(contentLength) : NaN;
   if (length > maxBytes) throw tooLarge(what, `${length} bytes`, maxBytes);
   const out = new Uint8Array(length > 0 ? length : 0);
   const chunks: Uint8Array[] = [];
   let at = 0;
   for await (const chunk of body) {
-    if (at + chunk.byteLength > maxBytes) throw tooLarge(what, `over ${at + chunk.byteLength} bytes`, maxBytes);
+    if (at + chunk.byteLength > maxBytes) {
+      if (!cut) throw tooLarge(what, `over ${at + chunk.byteLength} bytes`, maxBytes);
+      chunks.push(chunk.subarray(0, maxBytes - at));
+      at = maxBytes;
+      break;
+    }
     if (length > 0) {
       if (at + chunk.byteLength > length) throw new Error(`the body is longer than its Content-Length (${length})`); // reported as HALCYON_HTTP
       out.set(chunk, at);
@@ -314,6 +340,15 @@ async function readBody(what: string, body: AsyncIterable<Uint8Array>, contentLe
     pos += c.byteLength;
   }
   return joined;
+}
+
+/**
+ * Lets an answer body go: a body not read to its end holds its connection (and its timer) until destroyed.
+ * Destroying one nobody reads emits an abort error with no listener, which would crash the process: hence the
+ * no-op listener. After the end, destroying is a no-op (the connection is reused).
+ */
+function release(body: Readable): void {
+  body.on('error', () => {}).destroy();
 }
 
 function tooLarge(what: string, size: string, maxBytes: number): HalcyonError {

@@ -41,9 +41,15 @@ export interface SendMediaOptions extends UploadOptions {
 
 /** Options of a download. */
 export interface DownloadOptions {
-  /** Refuse (HALCYON_MEDIA_TOO_LARGE) past this many bytes. */
+  /**
+   * Refuse (`HALCYON_MEDIA_TOO_LARGE`) past this many bytes. Default: the server's upload limit (`m.upload.size`),
+   * or {@link FALLBACK_DOWNLOAD_MAX_BYTES} when it states none. `Infinity` lifts the limit.
+   */
   maxBytes?: number;
 }
+
+/** The download limit when the server states no upload limit (or its media config cannot be read): 100 MiB. */
+export const FALLBACK_DOWNLOAD_MAX_BYTES = 100 * 1024 * 1024;
 
 /** The homeserver's media configuration. */
 export interface MediaConfig {
@@ -218,20 +224,13 @@ export class Media {
    * throws `HALCYON_MEDIA_TOO_LARGE` (from the Content-Length) or the stream errors with it (counting).
    */
   async downloadStream(mxc: string, opts: DownloadOptions = {}): Promise<Readable> {
-    const maxBytes = opts.maxBytes ?? Infinity;
-    if (!(maxBytes >= 0)) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'maxBytes must be a number >= 0');
-    const { body, length } = await this.fetch(mxc);
-    const tooLarge = (n: number | string) => new HalcyonError('HALCYON_MEDIA_TOO_LARGE', `the media is ${n} bytes, more than maxBytes (${maxBytes})`);
-    if (length !== undefined && length > maxBytes) {
-      body.destroy();
-      throw tooLarge(length);
-    }
+    const { body, maxBytes } = await this.fetch(mxc, opts.maxBytes);
     if (maxBytes === Infinity) return body;
     let got = 0;
     const counted = new Transform({
       transform(chunk: Buffer, _enc, cb) {
         got += chunk.length;
-        if (got > maxBytes) cb(tooLarge(`over ${got}`));
+        if (got > maxBytes) cb(tooLarge(`over ${got}`, maxBytes));
         else cb(null, chunk);
       },
     });
@@ -365,41 +364,55 @@ export class Media {
     return res.content_uri as string;
   }
 
-  private async fetch(mxc: unknown): Promise<{ body: Readable; length: number | undefined }> {
+  /**
+   * Opens a download: checks the URI (before any request), settles the limit (the caller's, else the server's
+   * upload limit, else the fallback), and refuses a Content-Length over it before reading.
+   */
+  private async fetch(mxc: unknown, max: number | undefined): Promise<{ body: Readable; length: number | undefined; maxBytes: number }> {
     const { serverName, mediaId } = parseMxc(mxc);
+    if (max !== undefined && !(max >= 0)) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'maxBytes must be a number >= 0');
+    const maxBytes = max ?? (await this.uploadLimit()) ?? FALLBACK_DOWNLOAD_MAX_BYTES;
     const res = await this.deps.http.stream('GET', `/_matrix/client/v1/media/download/${seg(serverName)}/${seg(mediaId)}`);
     const cl = res.headers['content-length'];
-    return { body: res.body, length: typeof cl === 'string' && /^[0-9]+$/.test(cl) ? Number(cl) : undefined };
+    const length = typeof cl === 'string' && /^[0-9]+$/.test(cl) ? Number(cl) : undefined;
+    if (length !== undefined && length > maxBytes) {
+      res.body.destroy();
+      throw tooLarge(length, maxBytes);
+    }
+    return { body: res.body, length, maxBytes };
   }
 
   /** The whole file, in a fresh Uint8Array owning its ArrayBuffer (so it can be transferred to the pool). */
-  private async fetchBytes(mxc: unknown, maxBytes = Infinity): Promise<Uint8Array> {
-    if (!(maxBytes >= 0)) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'maxBytes must be a number >= 0');
-    const { body, length } = await this.fetch(mxc);
-    const tooLarge = (n: number | string) => {
-      body.destroy();
-      return new HalcyonError('HALCYON_MEDIA_TOO_LARGE', `the media is ${n} bytes, more than maxBytes (${maxBytes})`);
-    };
-    if (length !== undefined && length > maxBytes) throw tooLarge(length);
-    // With a Content-Length the bytes go straight into their final buffer; without, chunks are joined at the end.
-    const out = length === undefined ? undefined : new Uint8Array(length);
-    const chunks: Buffer[] = [];
-    let got = 0;
-    for await (const chunk of body as AsyncIterable<Buffer>) {
-      if (got + chunk.length > maxBytes) throw tooLarge(`over ${got + chunk.length}`);
-      if (out && got + chunk.length > out.length) throw new HalcyonError('HALCYON_BAD_RESPONSE', 'the media is longer than its Content-Length');
-      if (out) out.set(chunk, got);
-      else chunks.push(chunk);
-      got += chunk.length;
+  private async fetchBytes(mxc: unknown, max: number | undefined): Promise<Uint8Array> {
+    const { body, length, maxBytes } = await this.fetch(mxc, max);
+    try {
+      // With a Content-Length the bytes go straight into their final buffer; without, chunks are joined at the end.
+      let out: Uint8Array | undefined;
+      try {
+        out = length === undefined ? undefined : new Uint8Array(length);
+      } catch (err) {
+        throw new HalcyonError('HALCYON_MEDIA_TOO_LARGE', `the media is ${length} bytes, more than fits in memory (use downloadMediaStream)`, { cause: err });
+      }
+      const chunks: Buffer[] = [];
+      let got = 0;
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        if (got + chunk.length > maxBytes) throw tooLarge(`over ${got + chunk.length}`, maxBytes);
+        if (out && got + chunk.length > out.length) throw new HalcyonError('HALCYON_BAD_RESPONSE', 'the media is longer than its Content-Length');
+        if (out) out.set(chunk, got);
+        else chunks.push(chunk);
+        got += chunk.length;
+      }
+      if (out) return got === out.length ? out : out.slice(0, got);
+      const joined = new Uint8Array(got);
+      let at = 0;
+      for (const c of chunks) {
+        joined.set(c, at);
+        at += c.length;
+      }
+      return joined;
+    } finally {
+      body.destroy(); // a no-op after the end; on any failure it frees the connection at once
     }
-    if (out) return got === out.length ? out : out.slice(0, got);
-    const joined = new Uint8Array(got);
-    let at = 0;
-    for (const c of chunks) {
-      joined.set(c, at);
-      at += c.length;
-    }
-    return joined;
   }
 
   /** The upload limit, or null if the server does not say (or cannot be asked: the upload then finds out). */
@@ -457,6 +470,10 @@ export class Media {
     });
     return join(await this.tmpDir, randomBytes(12).toString('hex'));
   }
+}
+
+function tooLarge(size: number | string, maxBytes: number): HalcyonError {
+  return new HalcyonError('HALCYON_MEDIA_TOO_LARGE', `the media is ${size} bytes, more than the download limit of ${maxBytes} (maxBytes, else the server's upload limit)`);
 }
 
 /** Writes a stream to a new 0600 file, counting; past `limit` it stops reading and throws `HALCYON_MEDIA_TOO_LARGE`. */

@@ -272,6 +272,8 @@ export class SyncActor implements SyncActorApi {
       timeoutMs: (initial ? Math.max(this.config.pollTimeoutMs, 120_000) : this.config.pollTimeoutMs) + this.config.deadlineMarginMs,
       signal: this.abort.signal,
       maxRateLimitRetries: 0,
+      // A big account's initial sync runs to 100s of MB; the limit only stops a server that never ends its answer.
+      maxBytes: 512 * 1024 * 1024,
     });
     this.polls++;
     this.lastSuccessAt = Date.now();

@@ -70,14 +70,84 @@ test('a huge Content-Length is refused before reading in every request kind, and
   assert.equal(server.requests.length, 4);
 });
 
-test('a huge Content-Length with a short deadline: the process lives on after the server side closes', async (t) => {
+test('a huge Content-Length with a short deadline: the process lives on after that deadline has passed', async (t) => {
   const server = await scripted(t, (_req, res) => {
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': '999999999999' });
     res.write('{"a":');
   });
   const http = client(t, server.url);
-  await assert.rejects(http.json('GET', '/a', { timeoutMs: 50 }), { code: 'HALCYON_RESPONSE_TOO_LARGE' });
-  await assert.rejects(http.stream('GET', '/b', { timeoutMs: 50 }).then((r) => r.body.toArray()), { code: 'HALCYON_TIMEOUT' });
+  await assert.rejects(http.json('GET', '/a', { timeoutMs: 1000 }), { code: 'HALCYON_RESPONSE_TOO_LARGE' });
+  // Read with the same deadline: once this body's timeout has fired, so would the first request's have.
+  await assert.rejects(http.stream('GET', '/b', { timeoutMs: 1000 }).then((r) => r.body.toArray()), { code: 'HALCYON_TIMEOUT' });
   await server.socketsClosed();
   await settle();
+});
+
+/** `total` bytes of JSON (a string of x's). */
+function jsonOf(total: number): Buffer {
+  return Buffer.from(JSON.stringify({ pad: 'x'.repeat(total - 10) }));
+}
+
+test('maxBytes: a Content-Length over it is refused unread; without one the body is counted as it streams; exactly the limit is fine', async (t) => {
+  let withLength = true;
+  const body = jsonOf(2000);
+  const server = await scripted(t, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json', ...(withLength ? { 'content-length': body.length } : {}) });
+    for (let i = 0; i < body.length; i += 100) res.write(body.subarray(i, i + 100));
+    res.end();
+  });
+  const http = client(t, server.url);
+  await assert.rejects(http.json('GET', '/a', { maxBytes: body.length - 1 }), { code: 'HALCYON_RESPONSE_TOO_LARGE' });
+  assert.equal((await http.json<{ pad: string }>('GET', '/a', { maxBytes: body.length })).pad.length, 1990);
+  withLength = false;
+  await assert.rejects(http.bytes('GET', '/a', { maxBytes: body.length - 1 }), { code: 'HALCYON_RESPONSE_TOO_LARGE' });
+  await assert.rejects(http.upload('/u', new Uint8Array(1), { contentType: 'text/plain', contentLength: 1, maxBytes: 1000 }), { code: 'HALCYON_RESPONSE_TOO_LARGE' });
+  assert.equal((await http.bytes('GET', '/a', { maxBytes: body.length })).length, body.length);
+  assert.equal((await http.bytes('GET', '/a')).length, body.length, 'the default limit is far above 2 kB');
+});
+
+test('the default limit of an ordinary answer is 16 MiB: an endless 200 is cut there, not read to the end', async (t) => {
+  let written = 0;
+  const server = await scripted(t, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    const chunk = Buffer.alloc(64 * 1024, 0x20); // whitespace: valid JSON padding, forever
+    const pump = () => {
+      while (!res.destroyed && res.write(chunk)) written += chunk.length;
+      if (!res.destroyed) res.once('drain', pump);
+    };
+    pump();
+  });
+  const http = client(t, server.url);
+  await assert.rejects(http.json('GET', '/endless'), { code: 'HALCYON_RESPONSE_TOO_LARGE', message: /16777216/ });
+  await server.socketsClosed();
+  assert.ok(written < 64 * 1024 * 1024, `the server got to write ${written} bytes`);
+});
+
+test('an error body is read up to 64 KiB, then let go: the coded error is built from what was read', async (t) => {
+  let status = 403;
+  const server = await scripted(t, (_req, res) => {
+    // A JSON error, then endless padding (a hostile or broken server): never ends on its own.
+    res.writeHead(status, { 'content-type': 'application/json', 'retry-after': '0' });
+    res.write(JSON.stringify({ errcode: 'M_FORBIDDEN', error: 'no' }).slice(0, -1));
+    const chunk = Buffer.alloc(16 * 1024, 0x20);
+    const pump = () => {
+      while (!res.destroyed && res.write(chunk));
+      if (!res.destroyed) res.once('drain', pump);
+    };
+    pump();
+  });
+  const http = client(t, server.url);
+  await assert.rejects(http.json('GET', '/a'), { code: 'HALCYON_MATRIX', status: 403 });
+  await assert.rejects(http.stream('GET', '/b'), { code: 'HALCYON_MATRIX', status: 403 });
+  await assert.rejects(http.upload('/c', new Uint8Array(1), { contentType: 'text/plain', contentLength: 1 }), { code: 'HALCYON_MATRIX', status: 403 });
+  status = 429;
+  await assert.rejects(http.json('GET', '/d', { maxRateLimitRetries: 0 }), { code: 'HALCYON_RATE_LIMITED', status: 429 });
+  await server.socketsClosed();
+});
+
+test('an ordinary error body keeps its errcode and message', async (t) => {
+  const server = await scripted(t, (_req, res) => void res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ errcode: 'M_NOT_FOUND', error: 'nothing here' })));
+  const http = client(t, server.url);
+  await assert.rejects(http.json('GET', '/a'), { code: 'HALCYON_MATRIX', status: 404, errcode: 'M_NOT_FOUND', message: /nothing here/ });
+  await assert.rejects(http.stream('GET', '/a'), { code: 'HALCYON_MATRIX', status: 404, errcode: 'M_NOT_FOUND' });
 });

@@ -479,6 +479,47 @@ describe('Media over a scripted server', () => {
     assert.deepEqual(await media.download(uri), bytes);
   });
 
+  test("downloads default to the server's upload limit (m.upload.size); an explicit maxBytes wins; without a stated limit, the fallback", async () => {
+    reset();
+    const bytes = randomBytes(3000);
+    const uri = await media.upload(bytes);
+    const { content } = { content: { url: uri } };
+    server.uploadLimit = 2999;
+    const limited = new Media({ http, dataDir, logger: silent, encryptAttachments: async () => false, sendEvent: async () => '$x' });
+    try {
+      await assert.rejects(limited.download(uri), { code: 'HALCYON_MEDIA_TOO_LARGE', message: /2999/ });
+      await assert.rejects(limited.downloadStream(uri), { code: 'HALCYON_MEDIA_TOO_LARGE' });
+      await assert.rejects(limited.downloadContent(content), { code: 'HALCYON_MEDIA_TOO_LARGE' });
+      server.contentLength = false;
+      await assert.rejects(limited.download(uri), { code: 'HALCYON_MEDIA_TOO_LARGE' });
+      await assert.rejects(limited.downloadStream(uri).then((s) => s.toArray()), { code: 'HALCYON_MEDIA_TOO_LARGE' });
+      assert.deepEqual(await limited.download(uri, { maxBytes: 3000 }), bytes, 'an explicit maxBytes wins');
+      assert.deepEqual(Buffer.concat(await (await limited.downloadStream(uri, { maxBytes: Infinity })).toArray()), bytes);
+      assert.deepEqual(await limited.downloadContent(content, { maxBytes: 3000 }), bytes);
+    } finally {
+      await limited.close();
+    }
+    server.uploadLimit = undefined;
+    const unstated = new Media({ http, dataDir, logger: silent, encryptAttachments: async () => false, sendEvent: async () => '$x' });
+    try {
+      assert.deepEqual(await unstated.download(uri), bytes, 'no stated limit: the 100 MiB fallback');
+    } finally {
+      await unstated.close();
+    }
+  });
+
+  test('a Content-Length too large to hold is refused (coded), even with maxBytes: Infinity', async () => {
+    reset();
+    server.hook = (r, res) => {
+      if (!r.url.includes('/download/')) return false;
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': '999999999999999' });
+      res.write('abc');
+      return true;
+    };
+    await assert.rejects(media.download('mxc://fake.test/huge', { maxBytes: Infinity }), { code: 'HALCYON_MEDIA_TOO_LARGE' });
+    await assert.rejects(media.download('mxc://fake.test/huge'), { code: 'HALCYON_MEDIA_TOO_LARGE' });
+  });
+
   test('a redirect is never followed (HALCYON_REDIRECT)', async () => {
     reset();
     server.hook = (r, res) => {

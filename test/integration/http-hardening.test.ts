@@ -1,0 +1,68 @@
+/**
+ * The HTTP door's limits and session handling against the real Synapse: /sync answers far above the ordinary
+ * body limit, the media download limit from the server's own upload limit, and soft logout (a proxy in front of
+ * Synapse scripts what Synapse will not do on demand).
+ */
+import assert from 'node:assert/strict';
+import { createServer, request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { after, before, test, type TestContext } from 'node:test';
+import { testHomeserver, withTimeout, type Homeserver } from '../harness/synapse.ts';
+import { defer, newBot, WAIT_MS } from './util.ts';
+
+let hs: Homeserver;
+before(async () => {
+  hs = await testHomeserver();
+});
+after(async () => {
+  await hs?.stop();
+});
+
+/** An upstream answer, as a rewrite sees it and returns it. */
+interface Answer {
+  status: number;
+  headers: Record<string, string>;
+  body: Buffer;
+}
+
+/**
+ * A proxy in front of `target`: requests for which `rewrite(method, url)` returns a function have their upstream
+ * answer read whole and replaced by what it returns; the rest pass through untouched.
+ */
+async function rewritingProxy(t: TestContext, target: string, rewrite: (method: string, url: string) => ((a: Answer) => Answer) | null): Promise<string> {
+  const up = new URL(target);
+  const server = createServer((req, res) => {
+    const change = rewrite(req.method ?? 'GET', req.url ?? '/');
+    const fwd = httpRequest({ host: up.hostname, port: up.port, method: req.method, path: req.url, headers: { ...req.headers, host: up.host }, agent: false }, async (answer) => {
+      if (!change) {
+        res.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(res);
+        return;
+      }
+      const chunks: Buffer[] = [];
+      for await (const c of answer) chunks.push(c as Buffer);
+      const out = change({ status: answer.statusCode ?? 502, headers: { 'content-type': String(answer.headers['content-type'] ?? 'application/json') }, body: Buffer.concat(chunks) });
+      if (!res.destroyed) res.writeHead(out.status, { ...out.headers, 'content-length': String(out.body.length) }).end(out.body);
+    });
+    fwd.on('error', () => res.destroy());
+    res.on('close', () => fwd.destroy());
+    req.pipe(fwd);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  defer(t, async () => {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  });
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+test('a /sync answer far above the 16 MiB default body limit is read (the sync actor passes its own limit)', async (t) => {
+  // 20 MiB of whitespace after the JSON: still the same JSON, but over the ordinary limit.
+  const pad = Buffer.alloc(20 * 1024 * 1024, 0x20);
+  const proxy = await rewritingProxy(t, hs.baseUrl, (method, url) => (method === 'GET' && url.startsWith('/_matrix/client/v3/sync') ? (a) => ({ ...a, body: Buffer.concat([a.body, pad]) }) : null));
+  const bot = await newBot(t, { ...hs, baseUrl: proxy }, { encryption: false });
+  const syncErrors: string[] = [];
+  bot.client.on('syncError', (e) => void syncErrors.push(e.code));
+  await withTimeout(bot.client.run(bot.token), WAIT_MS, 'run() through the padding proxy');
+  assert.deepEqual(syncErrors, []);
+});
