@@ -1,14 +1,17 @@
 /**
  * The HTTP door's limits and session handling against the real Synapse: /sync answers far above the ordinary
- * body limit, the media download limit from the server's own upload limit, and soft logout (a proxy in front of
- * Synapse scripts what Synapse will not do on demand).
+ * body limit, the media download limit from the server's own upload limit (an own Synapse, restarted with a
+ * lower max_upload_size), and soft logout (a proxy in front of Synapse scripts what Synapse will not do on demand).
  */
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer, request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
 import { after, before, test, type TestContext } from 'node:test';
-import { testHomeserver, withTimeout, type Homeserver } from '../harness/synapse.ts';
-import { defer, newBot, WAIT_MS } from './util.ts';
+import { startSynapse, testHomeserver, withTimeout, type Homeserver } from '../harness/synapse.ts';
+import { defer, newBot, newPeer, WAIT_MS } from './util.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -65,4 +68,29 @@ test('a /sync answer far above the 16 MiB default body limit is read (the sync a
   bot.client.on('syncError', (e) => void syncErrors.push(e.code));
   await withTimeout(bot.client.run(bot.token), WAIT_MS, 'run() through the padding proxy');
   assert.deepEqual(syncErrors, []);
+});
+
+test("media downloads default to the server's upload limit: a file stored before the admin lowered it is refused unless maxBytes says otherwise", async (t) => {
+  const own = await startSynapse();
+  defer(t, () => own.stop());
+  const peer = await newPeer(own);
+  const bytes = randomBytes(300_000);
+  const res = await fetch(`${own.baseUrl}/_matrix/media/v3/upload`, { method: 'POST', headers: { authorization: `Bearer ${peer.user.accessToken}`, 'content-type': 'application/octet-stream' }, body: bytes });
+  assert.equal(res.status, 200);
+  const mxc = ((await res.json()) as { content_uri: string }).content_uri;
+  // The admin lowers max_upload_size to 100K (homeserver.yaml is JSON, which is YAML) and restarts Synapse.
+  await own.restart({
+    down: () => {
+      const cfg = join(own.dataDir, 'homeserver.yaml');
+      writeFileSync(cfg, JSON.stringify({ ...JSON.parse(readFileSync(cfg, 'utf8')), max_upload_size: '100K' }));
+    },
+  });
+  const bot = await newBot(t, own, { encryption: false });
+  await bot.client.run(bot.token);
+  assert.deepEqual(await bot.client.mediaConfig(), { uploadSize: 100 * 1024 });
+  await assert.rejects(bot.client.downloadMedia(mxc), { code: 'HALCYON_MEDIA_TOO_LARGE' });
+  await assert.rejects(bot.client.downloadMediaStream(mxc), { code: 'HALCYON_MEDIA_TOO_LARGE' });
+  await assert.rejects(bot.client.downloadContent({ msgtype: 'm.file', body: 'f', url: mxc }), { code: 'HALCYON_MEDIA_TOO_LARGE' });
+  assert.deepEqual(await bot.client.downloadMedia(mxc, { maxBytes: 300_000 }), bytes);
+  assert.deepEqual(await bot.client.downloadContent({ msgtype: 'm.file', body: 'f', url: mxc }, { maxBytes: Infinity }), bytes);
 });
