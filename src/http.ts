@@ -51,7 +51,10 @@ export interface StreamResponse {
 export interface HttpOptions {
   /** Default deadline per request, in ms. */
   timeoutMs?: number;
-  /** Ceiling on one 429 wait, in ms. */
+  /**
+   * Ceiling on one 429 wait of a request, in ms (default 60 s). A server asking for longer is not retried early:
+   * the request fails at once with `HALCYON_RATE_LIMITED` carrying the server's `retryAfterMs`.
+   */
   maxRetryAfterMs?: number;
 }
 
@@ -129,7 +132,9 @@ export class MatrixHttp {
       } catch (err) {
         const e = err as HalcyonError;
         if (e.code !== 'HALCYON_RATE_LIMITED' || attempt >= maxRetries) throw err;
-        await delay(Math.min(e.retryAfterMs ?? 1000 * 2 ** attempt, this.maxRetryAfterMs), opts.signal);
+        // Never sooner than the server said: a wait past the ceiling is the caller's to schedule (it has retryAfterMs).
+        if (e.retryAfterMs !== undefined && e.retryAfterMs > this.maxRetryAfterMs) throw err;
+        await delay(e.retryAfterMs ?? Math.min(1000 * 2 ** attempt, this.maxRetryAfterMs), opts.signal);
       }
     }
   }
@@ -378,18 +383,18 @@ function errorFromResponse(what: string, status: number, text: string, retryAfte
   }
   let errcode: string | undefined;
   let error: string | undefined;
-  let retryAfterMs: number | undefined;
+  let bodyRetryMs: unknown;
   try {
     const body = JSON.parse(text) as { errcode?: unknown; error?: unknown; retry_after_ms?: unknown };
     if (typeof body.errcode === 'string') errcode = body.errcode;
     if (typeof body.error === 'string') error = body.error.slice(0, 500);
-    if (typeof body.retry_after_ms === 'number') retryAfterMs = body.retry_after_ms;
+    bodyRetryMs = body.retry_after_ms;
   } catch {
     // Not JSON (a proxy's HTML page): the status alone tells what happened.
   }
   const detail = `${what}: ${status}${errcode ? ` ${errcode}` : ''}${error ? ` (${error})` : ''}`;
   if (status === 429 || errcode === 'M_LIMIT_EXCEEDED') {
-    if (retryAfterMs === undefined && typeof retryAfter === 'string' && /^\d+$/.test(retryAfter)) retryAfterMs = Number(retryAfter) * 1000;
+    const retryAfterMs = parseRetryAfter(retryAfter, bodyRetryMs);
     const details: { status: number; errcode?: string; retryAfterMs?: number } = { status };
     if (errcode) details.errcode = errcode;
     if (retryAfterMs !== undefined) details.retryAfterMs = retryAfterMs;
@@ -401,6 +406,38 @@ function errorFromResponse(what: string, status: number, text: string, retryAfte
     return new HalcyonError('HALCYON_UNKNOWN_TOKEN', detail, details);
   }
   return new HalcyonError('HALCYON_MATRIX', detail, details);
+}
+
+/** Longest rate-limit wait Halcyon takes from a server, in ms (10 minutes); longer asks are clamped to it. */
+export const MAX_RETRY_AFTER_MS = 600_000;
+
+const HTTP_DATE = [
+  /^[A-Za-z]{3}, \d{2} [A-Za-z]{3} \d{4} \d{2}:\d{2}:\d{2} GMT$/, // IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT
+  /^[A-Za-z]{6,9}, \d{2}-[A-Za-z]{3}-\d{2} \d{2}:\d{2}:\d{2} GMT$/, // RFC 850: Sunday, 06-Nov-94 08:49:37 GMT
+  /^[A-Za-z]{3} [A-Za-z]{3} [ \d]\d \d{2}:\d{2}:\d{2} \d{4}$/, // asctime: Sun Nov  6 08:49:37 1994 (UTC)
+];
+
+/**
+ * How long a 429 asks to wait, in ms, or undefined when it does not say. Since spec v1.10 the `Retry-After` header
+ * (delay-seconds or an HTTP date) is preferred and the body's `retry_after_ms` is the fallback; what neither
+ * states as a valid value (garbage, a negative or fractional header) is ignored.
+ *
+ * Invariants: the result is an integer in [0, {@link MAX_RETRY_AFTER_MS}] or undefined, so no caller's timer
+ * overflows (Node fires a delay over 2^31-1 ms at once) or stalls for days; a date in the past gives 0.
+ */
+export function parseRetryAfter(header: string | string[] | undefined, bodyMs: unknown, now = Date.now()): number | undefined {
+  const clamp = (ms: number) => Math.min(MAX_RETRY_AFTER_MS, Math.max(0, Math.ceil(ms)));
+  const value = Array.isArray(header) ? header[0] : header;
+  if (typeof value === 'string') {
+    const v = value.trim();
+    if (/^\d+$/.test(v)) return clamp(Number(v) * 1000);
+    if (HTTP_DATE.some((re) => re.test(v))) {
+      const at = Date.parse(/GMT$/.test(v) ? v : `${v} GMT`);
+      if (Number.isFinite(at)) return clamp(at - now);
+    }
+  }
+  if (typeof bodyMs === 'number' && !Number.isNaN(bodyMs) && bodyMs !== -Infinity) return clamp(bodyMs);
+  return undefined;
 }
 
 /** Strips the query (it may carry a since token or, in older clients, an access token) from a path for messages. */

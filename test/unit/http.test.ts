@@ -8,7 +8,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { test, type TestContext } from 'node:test';
-import { MatrixHttp } from '../../src/http.ts';
+import { MatrixHttp, MAX_RETRY_AFTER_MS, parseRetryAfter } from '../../src/http.ts';
 import { withTimeout } from '../harness/synapse.ts';
 
 /** A scripted server: `handle` answers every request; it counts them and keeps its sockets' close events. */
@@ -150,4 +150,72 @@ test('an ordinary error body keeps its errcode and message', async (t) => {
   const http = client(t, server.url);
   await assert.rejects(http.json('GET', '/a'), { code: 'HALCYON_MATRIX', status: 404, errcode: 'M_NOT_FOUND', message: /nothing here/ });
   await assert.rejects(http.stream('GET', '/a'), { code: 'HALCYON_MATRIX', status: 404, errcode: 'M_NOT_FOUND' });
+});
+
+test('parseRetryAfter: the Retry-After header first (seconds or an HTTP date), then retry_after_ms; clamped to [0, 10 min]', () => {
+  const now = Date.UTC(2025, 0, 1, 12, 0, 0);
+  assert.equal(MAX_RETRY_AFTER_MS, 600_000);
+  assert.equal(parseRetryAfter('5', undefined, now), 5000);
+  assert.equal(parseRetryAfter('0', undefined, now), 0);
+  assert.equal(parseRetryAfter(undefined, 1500, now), 1500);
+  assert.equal(parseRetryAfter(undefined, undefined, now), undefined);
+  // HTTP dates: IMF-fixdate, RFC 850 and asctime (all UTC).
+  assert.equal(parseRetryAfter(new Date(now + 30_000).toUTCString(), undefined, now), 30_000);
+  assert.equal(parseRetryAfter('Wednesday, 01-Jan-25 12:00:42 GMT', undefined, now), 42_000);
+  assert.equal(parseRetryAfter('Wed Jan  1 12:01:00 2025', undefined, now), 60_000);
+  assert.equal(parseRetryAfter(new Date(now - 30_000).toUTCString(), 9000, now), 0, 'a date in the past: retry now');
+  // Both given: the header wins (spec v1.10).
+  assert.equal(parseRetryAfter('2', 9000, now), 2000);
+  assert.equal(parseRetryAfter(new Date(now + 7000).toUTCString(), 1, now), 7000);
+  // Garbage in the header: the body's value; garbage in both: nothing.
+  for (const junk of ['soon', '1e10', '-5', '1.5', '', '10 seconds', 'Wed, 32 Foo 2025 99:99:99 GMT']) {
+    assert.equal(parseRetryAfter(junk, 1500, now), 1500, `header ${JSON.stringify(junk)}`);
+    assert.equal(parseRetryAfter(junk, undefined, now), undefined, `header ${JSON.stringify(junk)} alone`);
+  }
+  for (const junk of ['1500', null, NaN, Infinity, -Infinity, {}, true]) assert.equal(parseRetryAfter(undefined, junk, now), junk === Infinity ? 600_000 : undefined, `body ${String(junk)}`);
+  // Clamped: a timer never overflows (1e10 ms fired at once) nor stalls a lane for weeks (2e9 ms).
+  assert.equal(parseRetryAfter(undefined, 1e10, now), 600_000);
+  assert.equal(parseRetryAfter(undefined, 2e9, now), 600_000);
+  assert.equal(parseRetryAfter('99999999999999999999', undefined, now), 600_000);
+  assert.equal(parseRetryAfter(undefined, -5, now), 0);
+  assert.equal(parseRetryAfter(['3', '9'], undefined, now), 3000);
+});
+
+/** A server answering 429 (with `retryHeader` and/or `retryMs` in the body) to the first `limited` requests, then 200. */
+async function rateLimited(t: TestContext, limited: number, retry: { header?: string; ms?: number }): Promise<Scripted> {
+  let n = 0;
+  const server = await scripted(t, (_req, res) => {
+    if (n++ >= limited) return void res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}');
+    res.writeHead(429, { 'content-type': 'application/json', ...(retry.header === undefined ? {} : { 'retry-after': retry.header }) });
+    res.end(JSON.stringify({ errcode: 'M_LIMIT_EXCEEDED', error: 'slow down', ...(retry.ms === undefined ? {} : { retry_after_ms: retry.ms }) }));
+  });
+  return server;
+}
+
+test('429: a server time past the wait ceiling gives up at once (never retries before the server said), with retryAfterMs', async (t) => {
+  const huge = await rateLimited(t, Infinity, { ms: 1e10 });
+  await assert.rejects(client(t, huge.url, 'tok', { maxRetryAfterMs: 50 }).json('GET', '/a'), { code: 'HALCYON_RATE_LIMITED', retryAfterMs: 600_000 });
+  assert.equal(huge.requests.length, 1, 'no instant retries');
+
+  const longer = await rateLimited(t, Infinity, { ms: 5000 });
+  await assert.rejects(client(t, longer.url, 'tok', { maxRetryAfterMs: 50 }).json('GET', '/a'), { code: 'HALCYON_RATE_LIMITED', retryAfterMs: 5000 });
+  assert.equal(longer.requests.length, 1);
+
+  const header = await rateLimited(t, Infinity, { header: '3600' });
+  await assert.rejects(client(t, header.url).json('GET', '/a'), { code: 'HALCYON_RATE_LIMITED', retryAfterMs: 600_000 });
+  assert.equal(header.requests.length, 1);
+});
+
+test('429: the header wins over retry_after_ms, an HTTP date in the past means now; within the ceiling the request is retried', async (t) => {
+  const both = await rateLimited(t, 1, { header: '0', ms: 1e10 });
+  assert.deepEqual(await client(t, both.url).json('GET', '/a'), { ok: true });
+  assert.equal(both.requests.length, 2);
+
+  const dated = await rateLimited(t, 2, { header: new Date(Date.now() - 60_000).toUTCString() });
+  assert.deepEqual(await client(t, dated.url).json('GET', '/a'), { ok: true });
+  assert.equal(dated.requests.length, 3);
+
+  const always = await rateLimited(t, Infinity, { ms: 0 });
+  await assert.rejects(client(t, always.url).json('GET', '/a', { maxRateLimitRetries: 3 }), { code: 'HALCYON_RATE_LIMITED', retryAfterMs: 0 });
+  assert.equal(always.requests.length, 4, 'the first attempt and 3 retries');
 });
