@@ -384,11 +384,13 @@ function errorFromResponse(what: string, status: number, text: string, retryAfte
   let errcode: string | undefined;
   let error: string | undefined;
   let bodyRetryMs: unknown;
+  let softLogout = false;
   try {
-    const body = JSON.parse(text) as { errcode?: unknown; error?: unknown; retry_after_ms?: unknown };
+    const body = JSON.parse(text) as { errcode?: unknown; error?: unknown; retry_after_ms?: unknown; soft_logout?: unknown };
     if (typeof body.errcode === 'string') errcode = body.errcode;
     if (typeof body.error === 'string') error = body.error.slice(0, 500);
     bodyRetryMs = body.retry_after_ms;
+    softLogout = body.soft_logout === true;
   } catch {
     // Not JSON (a proxy's HTML page): the status alone tells what happened.
   }
@@ -402,6 +404,8 @@ function errorFromResponse(what: string, status: number, text: string, retryAfte
   }
   const details: { status: number; errcode?: string } = { status };
   if (errcode) details.errcode = errcode;
+  // Soft logout: the session ended but the device and its keys are kept; a login with the same device ID restores it.
+  if (errcode === 'M_UNKNOWN_TOKEN' && softLogout) return new HalcyonError('HALCYON_SOFT_LOGOUT', detail, details);
   if (errcode === 'M_UNKNOWN_TOKEN' || errcode === 'M_MISSING_TOKEN' || (status === 401 && errcode === undefined)) {
     return new HalcyonError('HALCYON_UNKNOWN_TOKEN', detail, details);
   }

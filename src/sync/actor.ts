@@ -230,8 +230,8 @@ export class SyncActor implements SyncActorApi {
         if (!this.running) break;
         const e = toWireError(err, 'HALCYON_INTERNAL');
         this.lastError = e;
-        if (e.code === 'HALCYON_UNKNOWN_TOKEN') {
-          // Retrying a dead token only hammers the server: stop and tell main.
+        if (e.code === 'HALCYON_UNKNOWN_TOKEN' || e.code === 'HALCYON_SOFT_LOGOUT') {
+          // Retrying a dead token only hammers the server (a soft-logged-out one too, until a new login): stop and tell main.
           this.running = false;
           this.deps.events.post({ kind: 'fatal', error: e });
           break;

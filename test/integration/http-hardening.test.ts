@@ -5,13 +5,14 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, test, type TestContext } from 'node:test';
+import { Client } from '../../src/index.ts';
 import { startSynapse, testHomeserver, withTimeout, type Homeserver } from '../harness/synapse.ts';
-import { defer, newBot, newPeer, WAIT_MS } from './util.ts';
+import { defer, newBot, newClient, newPeer, WAIT_MS } from './util.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -93,4 +94,43 @@ test("media downloads default to the server's upload limit: a file stored before
   await assert.rejects(bot.client.downloadContent({ msgtype: 'm.file', body: 'f', url: mxc }), { code: 'HALCYON_MEDIA_TOO_LARGE' });
   assert.deepEqual(await bot.client.downloadMedia(mxc, { maxBytes: 300_000 }), bytes);
   assert.deepEqual(await bot.client.downloadContent({ msgtype: 'm.file', body: 'f', url: mxc }, { maxBytes: Infinity }), bytes);
+});
+
+test('soft logout on /sync: run() fails with HALCYON_SOFT_LOGOUT without a retry loop, the data dir is kept, and a re-login restores the same device and keys', async (t) => {
+  let softLogout = false;
+  let syncs = 0;
+  const proxy = await rewritingProxy(t, hs.baseUrl, (method, url) => {
+    if (method !== 'GET' || !url.startsWith('/_matrix/client/v3/sync')) return null;
+    syncs++;
+    if (!softLogout) return null;
+    return () => ({ status: 401, headers: { 'content-type': 'application/json' }, body: Buffer.from(JSON.stringify({ errcode: 'M_UNKNOWN_TOKEN', error: 'Token expired', soft_logout: true })) });
+  });
+  const bot = await newBot(t, { ...hs, baseUrl: proxy });
+  await bot.client.run(bot.token);
+  const who = bot.client.whoami();
+  assert.ok(who.identityKeys, 'encryption is on');
+  await bot.client.stop();
+  // The account record, the crypto store and its passphrase, the sync token.
+  const kept = ['account.sqlite', 'crypto.sqlite', 'crypto.key', 'sync.sqlite'];
+  const sizes = (): Record<string, number> => Object.fromEntries(kept.map((f) => [f, statSync(join(bot.dataDir, f)).size]));
+  const before = sizes();
+
+  softLogout = true;
+  syncs = 0;
+  const again = newClient(t, bot.dataDir);
+  const errors: string[] = [];
+  again.on('error', (e) => void errors.push(e.code));
+  await assert.rejects(withTimeout(again.run(bot.token), WAIT_MS, 'run() against a soft logout'), { code: 'HALCYON_SOFT_LOGOUT', errcode: 'M_UNKNOWN_TOKEN' });
+  assert.equal(syncs, 1, 'no retry loop against a logged-out session');
+  assert.deepEqual(errors, ['HALCYON_SOFT_LOGOUT']);
+  const after = sizes();
+  for (const f of kept) assert.ok(after[f]! >= before[f]! && after[f]! > 0, `${f} was not wiped or truncated (${before[f]} -> ${after[f]} bytes)`);
+
+  // What the error tells the user to do: log in again with the same data dir; the device and its keys come back.
+  softLogout = false;
+  const token = await Client.login({ homeserver: proxy, user: bot.user.localpart, password: bot.user.password, dataDir: bot.dataDir });
+  const back = newClient(t, bot.dataDir);
+  await back.run(token);
+  assert.equal(back.whoami().deviceId, who.deviceId);
+  assert.deepEqual(back.whoami().identityKeys, who.identityKeys);
 });

@@ -219,3 +219,18 @@ test('429: the header wins over retry_after_ms, an HTTP date in the past means n
   await assert.rejects(client(t, always.url).json('GET', '/a', { maxRateLimitRetries: 3 }), { code: 'HALCYON_RATE_LIMITED', retryAfterMs: 0 });
   assert.equal(always.requests.length, 4, 'the first attempt and 3 retries');
 });
+
+test('M_UNKNOWN_TOKEN with soft_logout: true is HALCYON_SOFT_LOGOUT; without it (or false) HALCYON_UNKNOWN_TOKEN', async (t) => {
+  let body: Record<string, unknown> = {};
+  const server = await scripted(t, (_req, res) => void res.writeHead(401, { 'content-type': 'application/json' }).end(JSON.stringify(body)));
+  const http = client(t, server.url);
+  body = { errcode: 'M_UNKNOWN_TOKEN', error: 'Token expired', soft_logout: true };
+  await assert.rejects(http.json('GET', '/a'), { code: 'HALCYON_SOFT_LOGOUT', status: 401, errcode: 'M_UNKNOWN_TOKEN' });
+  await assert.rejects(http.stream('GET', '/a'), { code: 'HALCYON_SOFT_LOGOUT' });
+  body = { errcode: 'M_UNKNOWN_TOKEN', error: 'Invalid token', soft_logout: false };
+  await assert.rejects(http.json('GET', '/a'), { code: 'HALCYON_UNKNOWN_TOKEN' });
+  body = { errcode: 'M_UNKNOWN_TOKEN' };
+  await assert.rejects(http.json('GET', '/a'), { code: 'HALCYON_UNKNOWN_TOKEN' });
+  body = { errcode: 'M_FORBIDDEN', soft_logout: true };
+  await assert.rejects(http.json('GET', '/a'), { code: 'HALCYON_MATRIX', errcode: 'M_FORBIDDEN' });
+});
