@@ -70,18 +70,20 @@ export const ERROR_BODY_MAX_BYTES = 64 * 1024;
 /** A Matrix client-server transport bound to one homeserver and (optionally) one access token. */
 export class MatrixHttp {
   readonly baseUrl: string;
-  private readonly agent: Agent;
-  private readonly authHeader: string | undefined;
-  private readonly timeoutMs: number;
-  private readonly maxRetryAfterMs: number;
+  // #private, not TS-private: util.inspect and JSON.stringify show TS-private fields, and the auth header (and the
+  // agent, whose queued requests hold it while in flight) must never be printed.
+  readonly #agent: Agent;
+  readonly #authHeader: string | undefined;
+  readonly #timeoutMs: number;
+  readonly #maxRetryAfterMs: number;
 
   constructor(homeserver: string, accessToken?: string, opts: HttpOptions = {}) {
     this.baseUrl = homeserver.replace(/\/+$/, '');
-    this.authHeader = accessToken ? `Bearer ${accessToken}` : undefined;
-    this.timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    this.maxRetryAfterMs = opts.maxRetryAfterMs ?? 60_000;
+    this.#authHeader = accessToken ? `Bearer ${accessToken}` : undefined;
+    this.#timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.#maxRetryAfterMs = opts.maxRetryAfterMs ?? 60_000;
     // Keep-alive past the long-poll: a /sync answer may take the whole poll timeout.
-    this.agent = new Agent({ keepAliveTimeout: 60_000, keepAliveMaxTimeout: 600_000, connections: 16 });
+    this.#agent = new Agent({ keepAliveTimeout: 60_000, keepAliveMaxTimeout: 600_000, connections: 16 });
   }
 
   /** Sends a request and returns the parsed JSON body; non-2xx answers become coded errors. */
@@ -133,8 +135,8 @@ export class MatrixHttp {
         const e = err as HalcyonError;
         if (e.code !== 'HALCYON_RATE_LIMITED' || attempt >= maxRetries) throw err;
         // Never sooner than the server said: a wait past the ceiling is the caller's to schedule (it has retryAfterMs).
-        if (e.retryAfterMs !== undefined && e.retryAfterMs > this.maxRetryAfterMs) throw err;
-        await delay(e.retryAfterMs ?? Math.min(1000 * 2 ** attempt, this.maxRetryAfterMs), opts.signal);
+        if (e.retryAfterMs !== undefined && e.retryAfterMs > this.#maxRetryAfterMs) throw err;
+        await delay(e.retryAfterMs ?? Math.min(1000 * 2 ** attempt, this.#maxRetryAfterMs), opts.signal);
       }
     }
   }
@@ -147,13 +149,13 @@ export class MatrixHttp {
 
   private headers(opts: RequestOptions): Record<string, string> {
     const headers: Record<string, string> = {};
-    if (this.authHeader && !opts.anonymous) headers.authorization = this.authHeader;
+    if (this.#authHeader && !opts.anonymous) headers.authorization = this.#authHeader;
     return headers;
   }
 
   private async uploadOnce(what: string, path: string, body: UploadBody, opts: UploadRequestOptions): Promise<string> {
     const headers = { ...this.headers(opts), 'content-type': opts.contentType, 'content-length': String(opts.contentLength) };
-    const timeoutMs = opts.timeoutMs ?? this.timeoutMs;
+    const timeoutMs = opts.timeoutMs ?? this.#timeoutMs;
     // Progress watchdog: undici's own timeouts only start once the body is sent, so a stalled send needs this.
     const stalled = new AbortController();
     let watchdog: NodeJS.Timeout | undefined;
@@ -188,7 +190,7 @@ export class MatrixHttp {
         headers,
         body: Readable.from(chunks(), { objectMode: false }),
         signal,
-        dispatcher: this.agent,
+        dispatcher: this.#agent,
         headersTimeout: timeoutMs,
         bodyTimeout: timeoutMs,
       });
@@ -208,14 +210,14 @@ export class MatrixHttp {
 
   private async streamOnce(method: string, path: string, opts: RequestOptions): Promise<StreamResponse> {
     const what = `${method} ${redactPath(path)}`;
-    const timeoutMs = opts.timeoutMs ?? this.timeoutMs;
+    const timeoutMs = opts.timeoutMs ?? this.#timeoutMs;
     let res: Awaited<ReturnType<typeof request>>;
     try {
       res = await request(this.url(path, opts.query), {
         method: method as 'GET',
         headers: this.headers(opts),
         signal: opts.signal,
-        dispatcher: this.agent,
+        dispatcher: this.#agent,
         headersTimeout: timeoutMs,
         bodyTimeout: timeoutMs,
       });
@@ -260,7 +262,7 @@ export class MatrixHttp {
       body = JSON.stringify(opts.body);
       headers['content-type'] = 'application/json';
     }
-    const timeoutMs = opts.timeoutMs ?? this.timeoutMs;
+    const timeoutMs = opts.timeoutMs ?? this.#timeoutMs;
     const deadline = AbortSignal.timeout(timeoutMs);
     const signal = opts.signal ? AbortSignal.any([opts.signal, deadline]) : deadline;
     const what = `${method} ${redactPath(path)}`;
@@ -274,7 +276,7 @@ export class MatrixHttp {
         headers,
         body,
         signal,
-        dispatcher: this.agent,
+        dispatcher: this.#agent,
         headersTimeout: timeoutMs,
         bodyTimeout: timeoutMs,
       });
@@ -293,7 +295,7 @@ export class MatrixHttp {
 
   /** Closes pooled connections. */
   async close(): Promise<void> {
-    await this.agent.close();
+    await this.#agent.close();
   }
 }
 

@@ -8,6 +8,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { test, type TestContext } from 'node:test';
+import { inspect } from 'node:util';
 import { MatrixHttp, MAX_RETRY_AFTER_MS, parseRetryAfter } from '../../src/http.ts';
 import { withTimeout } from '../harness/synapse.ts';
 
@@ -233,4 +234,29 @@ test('M_UNKNOWN_TOKEN with soft_logout: true is HALCYON_SOFT_LOGOUT; without it 
   await assert.rejects(http.json('GET', '/a'), { code: 'HALCYON_UNKNOWN_TOKEN' });
   body = { errcode: 'M_FORBIDDEN', soft_logout: true };
   await assert.rejects(http.json('GET', '/a'), { code: 'HALCYON_MATRIX', errcode: 'M_FORBIDDEN' });
+});
+
+test('the access token never shows in util.inspect or JSON.stringify of the client, idle or with a request in flight', async (t) => {
+  const token = 'syt_dG9rZW4_inspect_me_not_0123456789';
+  let release!: () => void;
+  let arrived!: () => void;
+  const held = new Promise<void>((r) => (arrived = r));
+  const server = await scripted(t, (_req, res) => {
+    release = () => res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+    arrived();
+  });
+  const http = client(t, server.url, token);
+  const look = (what: string) => {
+    for (const text of [inspect(http, { depth: 10, showHidden: true }), inspect(http, { depth: Infinity }), JSON.stringify(http), String(http)]) {
+      assert.ok(!text.includes(token), `${what}: the token shows in ${text.slice(0, 200)}...`);
+      assert.ok(!text.includes(token.slice(4, 20)), `${what}: part of the token shows`);
+    }
+  };
+  look('idle');
+  const pending = http.json('GET', '/held');
+  await withTimeout(held, 10_000, 'the request to arrive');
+  look('in flight');
+  release();
+  await pending;
+  look('after a request');
 });
