@@ -59,6 +59,20 @@ export interface HttpOptions {
 }
 
 const DEFAULT_TIMEOUT_MS = 30_000;
+/** How long a TLS handshake with a loopback address may take (see the constructor). */
+const LOOPBACK_TLS_TIMEOUT_MS = 2_000;
+/** OpenSSL's errors for a first record that is not TLS (an HTTP answer, say). */
+const NOT_TLS_CODES = new Set(['ERR_SSL_WRONG_VERSION_NUMBER', 'ERR_SSL_PACKET_LENGTH_TOO_LONG', 'ERR_SSL_HTTP_REQUEST', 'ERR_SSL_RECORD_LAYER_FAILURE']);
+
+/**
+ * Whether a URL's hostname is this machine: 127.0.0.0/8, ::1 or `localhost`. Traffic to it never crosses a
+ * network, so plain http there exposes nothing (the only place Halcyon allows it without being told).
+ */
+export function isLoopbackHost(hostname: string): boolean {
+  const h = hostname.toLowerCase().replace(/\.$/, '');
+  return h === 'localhost' || h === '[::1]' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+
 /** Largest answer body read by default (16 MiB): far above any ordinary JSON answer. */
 export const DEFAULT_MAX_BYTES = 16 * 1024 * 1024;
 /**
@@ -77,13 +91,31 @@ export class MatrixHttp {
   readonly #timeoutMs: number;
   readonly #maxRetryAfterMs: number;
 
+  readonly #https: boolean;
+  readonly #loopback: boolean;
+
+  /** Throws `HALCYON_INVALID_ARGUMENT` when `homeserver` is not an http(s) URL (see `resolveHomeserver` for user input). */
   constructor(homeserver: string, accessToken?: string, opts: HttpOptions = {}) {
+    let url: URL;
+    try {
+      url = new URL(homeserver);
+    } catch {
+      throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `the homeserver is not a URL: ${JSON.stringify(String(homeserver).slice(0, 100))} (expected https://<host>)`);
+    }
+    if ((url.protocol !== 'https:' && url.protocol !== 'http:') || url.host === '') {
+      throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `the homeserver is not an http(s) URL: ${JSON.stringify(url.protocol)} (expected https://<host>)`);
+    }
     this.baseUrl = homeserver.replace(/\/+$/, '');
     this.#authHeader = accessToken ? `Bearer ${accessToken}` : undefined;
     this.#timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.#maxRetryAfterMs = opts.maxRetryAfterMs ?? 60_000;
-    // Keep-alive past the long-poll: a /sync answer may take the whole poll timeout.
-    this.#agent = new Agent({ keepAliveTimeout: 60_000, keepAliveMaxTimeout: 600_000, connections: 16 });
+    this.#https = url.protocol === 'https:';
+    this.#loopback = isLoopbackHost(url.hostname);
+    // Keep-alive past the long-poll: a /sync answer may take the whole poll timeout. A TLS handshake with this
+    // machine takes milliseconds: one that has not finished in 2 s is a plain-HTTP server (Synapse's stays
+    // silent on a ClientHello), so it fails then with a message saying so instead of after 10 s with a bare timeout.
+    const connect = this.#https && this.#loopback ? { timeout: LOOPBACK_TLS_TIMEOUT_MS } : {};
+    this.#agent = new Agent({ keepAliveTimeout: 60_000, keepAliveMaxTimeout: 600_000, connections: 16, connect });
   }
 
   /** Sends a request and returns the parsed JSON body; non-2xx answers become coded errors. */
@@ -200,7 +232,7 @@ export class MatrixHttp {
       throw errorFromResponse(what, res.statusCode, text, res.headers['retry-after']);
     } catch (err) {
       if (err instanceof HalcyonError) throw err;
-      throw transportError(what, err, opts.signal, stalled.signal.aborted, timeoutMs);
+      throw this.#transportError(what, err, opts.signal, stalled.signal.aborted, timeoutMs);
     } finally {
       clearTimeout(watchdog);
       if (res) release(res.body);
@@ -222,7 +254,7 @@ export class MatrixHttp {
         bodyTimeout: timeoutMs,
       });
     } catch (err) {
-      throw transportError(what, err, opts.signal, false, timeoutMs);
+      throw this.#transportError(what, err, opts.signal, false, timeoutMs);
     }
     if (res.statusCode < 200 || res.statusCode >= 300) {
       let bytes: Uint8Array = new Uint8Array(0);
@@ -249,7 +281,7 @@ export class MatrixHttp {
       if (!body.push(c)) raw.pause();
     });
     raw.on('end', () => body.push(null));
-    raw.on('error', (err) => body.destroy(transportError(what, err, opts.signal, false, timeoutMs)));
+    raw.on('error', (err) => body.destroy(this.#transportError(what, err, opts.signal, false, timeoutMs)));
     raw.pause();
     return { status: res.statusCode, headers: res.headers, body };
   }
@@ -285,12 +317,23 @@ export class MatrixHttp {
       bytes = await answerBody(what, res, opts.maxBytes);
     } catch (err) {
       if (err instanceof HalcyonError) throw err;
-      throw transportError(what, err, opts.signal, deadline.aborted, timeoutMs);
+      throw this.#transportError(what, err, opts.signal, deadline.aborted, timeoutMs);
     } finally {
       if (res) release(res.body);
     }
     if (status >= 200 && status < 300) return bytes;
     throw errorFromResponse(what, status, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'), retryAfterHeader);
+  }
+
+  /** {@link transportError}, saying so when an https:// base URL meets a server that does not speak TLS. */
+  #transportError(what: string, err: unknown, signal: AbortSignal | undefined, deadlinePassed: boolean, timeoutMs: number): HalcyonError {
+    const code = (err as { code?: unknown } | null)?.code;
+    // A plain-HTTP answer to a ClientHello (Node's 400) is a TLS record error; silence from loopback is a connect timeout.
+    const notTls = typeof code === 'string' && NOT_TLS_CODES.has(code);
+    if (this.#https && !signal?.aborted && (notTls || (this.#loopback && err instanceof undiciErrors.ConnectTimeoutError))) {
+      return new HalcyonError('HALCYON_HTTP', `${what}: the server does not speak TLS on that port: use http:// for a local homeserver`, { cause: err });
+    }
+    return transportError(what, err, signal, deadlinePassed, timeoutMs);
   }
 
   /** Closes pooled connections. */

@@ -13,6 +13,7 @@ import { mkdir, open, rm, stat } from 'node:fs/promises';
 import { basename, extname, join } from 'node:path';
 import { pipeline, type Readable, Transform } from 'node:stream';
 import { type EncryptedFileInfo, parseAttachmentInfo } from './attachments.ts';
+import { isServerName } from './discovery.ts';
 import { HalcyonError } from './errors.ts';
 import { type MatrixHttp, seg } from './http.ts';
 import type { Logger } from './log.ts';
@@ -99,9 +100,8 @@ export interface MxcParts {
   mediaId: string;
 }
 
-// Server name grammar of the spec's appendix (DNS name, IPv4, or bracketed IPv6, then an optional port), with
-// DNS labels non-empty so "." and ".." cannot appear as path segments; media IDs are [A-Za-z0-9_-]+.
-const MXC = /^mxc:\/\/((?:[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?)\/([A-Za-z0-9_-]+)$/;
+// A server name (checked with the spec's grammar: see isServerName), then a media ID of [A-Za-z0-9_-]+.
+const MXC = /^mxc:\/\/([^/]+)\/([A-Za-z0-9_-]+)$/;
 
 /**
  * Parses an `mxc://<server-name>/<media-id>` URI.
@@ -112,8 +112,7 @@ const MXC = /^mxc:\/\/((?:[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*|\[[0-9A-Fa
  */
 export function parseMxc(uri: unknown): MxcParts {
   const m = typeof uri === 'string' ? MXC.exec(uri) : null;
-  const port = m && /:([0-9]+)$/.exec(m[1]!)?.[1];
-  if (!m || m[1]!.length > 255 || (port && Number(port) > 65535)) {
+  if (!m || !isServerName(m[1]!)) {
     const shown = typeof uri === 'string' ? JSON.stringify(uri.slice(0, 100)) : typeof uri;
     throw new HalcyonError('HALCYON_MEDIA_URI_INVALID', `not a valid mxc://<server-name>/<media-id> URI: ${shown}`);
   }

@@ -10,9 +10,11 @@ import { createServer, request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, test, type TestContext } from 'node:test';
+import { resolveHomeserver } from '../../src/discovery.ts';
+import { MatrixHttp } from '../../src/http.ts';
 import { Client } from '../../src/index.ts';
 import { startSynapse, testHomeserver, withTimeout, type Homeserver } from '../harness/synapse.ts';
-import { defer, newBot, newClient, newPeer, WAIT_MS } from './util.ts';
+import { defer, newBot, newClient, newPeer, tempDataDir, WAIT_MS } from './util.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -133,4 +135,20 @@ test('soft logout on /sync: run() fails with HALCYON_SOFT_LOGOUT without a retry
   await back.run(token);
   assert.equal(back.whoami().deviceId, who.deviceId);
   assert.deepEqual(back.whoami().identityKeys, who.identityKeys);
+});
+
+test('homeserver URLs against Synapse: its URL and its bare server name (well-known) both resolve to the base URL a bot logs in with', async (t) => {
+  assert.equal(await resolveHomeserver(`${hs.baseUrl}/`), hs.baseUrl);
+  assert.equal(await resolveHomeserver(`127.0.0.1:${hs.port}`), hs.baseUrl);
+  assert.equal(await resolveHomeserver(`localhost:${hs.port}`), hs.baseUrl);
+  const user = await hs.registerUser();
+  const dataDir = tempDataDir(t);
+  const token = await Client.login({ homeserver: await resolveHomeserver(`localhost:${hs.port}`), user: user.localpart, password: user.password, dataDir });
+  assert.ok(token);
+});
+
+test('https:// to Synapse\'s plain-HTTP port: an error saying so, not a bare timeout', async (t) => {
+  const http = new MatrixHttp(hs.baseUrl.replace('http:', 'https:'));
+  defer(t, () => http.close());
+  await assert.rejects(http.json('GET', '/_matrix/client/versions', { anonymous: true }), { code: 'HALCYON_HTTP', message: /does not speak TLS on that port: use http:\/\/ for a local homeserver/ });
 });

@@ -260,3 +260,18 @@ test('the access token never shows in util.inspect or JSON.stringify of the clie
   await pending;
   look('after a request');
 });
+
+test('MatrixHttp refuses a base URL that is not http(s) with HALCYON_INVALID_ARGUMENT', () => {
+  for (const bad of ['', 'localhost', 'localhost:8008', 'ftp://example.org', 'mxc://example.org/x', 'https://', 'not a url']) {
+    assert.throws(() => new MatrixHttp(bad), { code: 'HALCYON_INVALID_ARGUMENT' }, bad);
+  }
+  assert.equal(new MatrixHttp('https://matrix.example.org/').baseUrl, 'https://matrix.example.org');
+});
+
+test('https:// to a plain-HTTP port says the server does not speak TLS there', async (t) => {
+  const server = await scripted(t, (_req, res) => void res.end('{}'));
+  const http = client(t, server.url.replace('http:', 'https:'));
+  await assert.rejects(http.json('GET', '/_matrix/client/versions'), { code: 'HALCYON_HTTP', message: /does not speak TLS on that port: use http:\/\/ for a local homeserver/ });
+  await assert.rejects(http.stream('GET', '/x'), { code: 'HALCYON_HTTP', message: /does not speak TLS/ });
+  await assert.rejects(http.upload('/u', new Uint8Array(1), { contentType: 'text/plain', contentLength: 1 }), { code: 'HALCYON_HTTP', message: /does not speak TLS/ });
+});
