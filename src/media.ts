@@ -49,6 +49,17 @@ export interface DownloadOptions {
   maxBytes?: number;
 }
 
+/** Options of {@link Media.downloadThumbnail}. */
+export interface ThumbnailOptions extends DownloadOptions {
+  /** Desired width and height in px (positive integers); the server picks the nearest size it has or makes. */
+  width: number;
+  height: number;
+  /** `crop` fills the box exactly; `scale` fits inside it, keeping the aspect ratio (the server's default). */
+  method?: 'crop' | 'scale';
+  /** Ask for an animated thumbnail of an animated image, where the server can make one. */
+  animated?: boolean;
+}
+
 /** The download limit when the server states no upload limit (or its media config cannot be read): 100 MiB. */
 export const FALLBACK_DOWNLOAD_MAX_BYTES = 100 * 1024 * 1024;
 
@@ -172,6 +183,12 @@ interface Staged {
   dispose(): Promise<void>;
 }
 
+/** Which authenticated-media endpoint a download reads, with its query. */
+interface Endpoint {
+  endpoint: 'download' | 'thumbnail';
+  query?: Record<string, string | number | boolean | undefined>;
+}
+
 /** Where a media message's file went: `url` (plain) or `file` (encrypted attachment). */
 type Stored = { url: string } | { file: EncryptedFileInfo & { url: string } };
 
@@ -236,6 +253,26 @@ export class Media {
     // Errors either way end both streams (and free the connection).
     pipeline(body, counted, () => {});
     return counted;
+  }
+
+  /**
+   * Downloads a server-made thumbnail of a (plain) mxc URI through authenticated media
+   * (`GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}`), into memory. The URI is checked as for
+   * downloads (`HALCYON_MEDIA_URI_INVALID`) and the options (`HALCYON_INVALID_ARGUMENT`) before any request; the
+   * size limit is that of downloads. Resolves with the image bytes (usually PNG or JPEG).
+   */
+  async downloadThumbnail(mxc: string, opts: ThumbnailOptions): Promise<Buffer> {
+    parseMxc(mxc);
+    const bad = (what: string) => new HalcyonError('HALCYON_INVALID_ARGUMENT', `downloadThumbnail: ${what}`);
+    if (typeof opts !== 'object' || opts === null) throw bad('options { width, height } are required');
+    const { width, height, method, animated } = opts;
+    for (const [k, v] of [['width', width], ['height', height]] as const) {
+      if (!Number.isSafeInteger(v) || v < 1) throw bad(`${k} must be a positive integer (px), not ${JSON.stringify(v) ?? String(v)}`);
+    }
+    if (method !== undefined && method !== 'crop' && method !== 'scale') throw bad(`method must be 'crop' or 'scale', not ${JSON.stringify(method)}`);
+    if (animated !== undefined && typeof animated !== 'boolean') throw bad('animated must be a boolean');
+    const data = await this.fetchBytes(mxc, opts.maxBytes, { endpoint: 'thumbnail', query: { width, height, method, animated } });
+    return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
   }
 
   /**
@@ -367,11 +404,12 @@ export class Media {
    * Opens a download: checks the URI (before any request), settles the limit (the caller's, else the server's
    * upload limit, else the fallback), and refuses a Content-Length over it before reading.
    */
-  private async fetch(mxc: unknown, max: number | undefined): Promise<{ body: Readable; length: number | undefined; maxBytes: number }> {
+  private async fetch(mxc: unknown, max: number | undefined, what: Endpoint = { endpoint: 'download' }): Promise<{ body: Readable; length: number | undefined; maxBytes: number }> {
     const { serverName, mediaId } = parseMxc(mxc);
     if (max !== undefined && !(max >= 0)) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'maxBytes must be a number >= 0');
     const maxBytes = max ?? (await this.uploadLimit()) ?? FALLBACK_DOWNLOAD_MAX_BYTES;
-    const res = await this.deps.http.stream('GET', `/_matrix/client/v1/media/download/${seg(serverName)}/${seg(mediaId)}`);
+    const path = `/_matrix/client/v1/media/${what.endpoint}/${seg(serverName)}/${seg(mediaId)}`;
+    const res = await this.deps.http.stream('GET', path, what.query ? { query: what.query } : {});
     const cl = res.headers['content-length'];
     const length = typeof cl === 'string' && /^[0-9]+$/.test(cl) ? Number(cl) : undefined;
     if (length !== undefined && length > maxBytes) {
@@ -382,8 +420,8 @@ export class Media {
   }
 
   /** The whole file, in a fresh Uint8Array owning its ArrayBuffer (so it can be transferred to the pool). */
-  private async fetchBytes(mxc: unknown, max: number | undefined): Promise<Uint8Array> {
-    const { body, length, maxBytes } = await this.fetch(mxc, max);
+  private async fetchBytes(mxc: unknown, max: number | undefined, what?: Endpoint): Promise<Uint8Array> {
+    const { body, length, maxBytes } = await this.fetch(mxc, max, what);
     try {
       // With a Content-Length the bytes go straight into their final buffer; without, chunks are joined at the end.
       let out: Uint8Array | undefined;

@@ -13,6 +13,7 @@ import { pipeline } from 'node:stream/promises';
 import { after, before, describe, test } from 'node:test';
 import { Attachment, EncryptedAttachment } from '@matrix-org/matrix-sdk-crypto-wasm';
 import { isBlurhashValid } from 'blurhash';
+import { imageSize } from 'image-size';
 import jpeg from 'jpeg-js';
 import type { HalcyonError, Message } from '../../src/index.ts';
 import { startJsPeer } from '../harness/js-peer.ts';
@@ -76,6 +77,19 @@ describe('plain media', () => {
     assert.deepEqual(await fetchMedia(peer.user.accessToken, mxc), bytes);
     await assert.rejects(bot.client.downloadMedia(mxc, { maxBytes: 299_999 }), { code: 'HALCYON_MEDIA_TOO_LARGE' });
     await assert.rejects(bot.client.downloadMedia('mxc://localhost/doesnotexist'), { code: 'HALCYON_MATRIX', status: 404 });
+  });
+
+  test('authenticated thumbnails of the requested size (crop and scale); a bad mxc is refused without a request', async (t) => {
+    const bot = await runningBot(t);
+    const mxc = await bot.client.uploadMedia(pngImage(400, 300), { filename: 'pic.png' });
+    const crop = await bot.client.downloadThumbnail(mxc, { width: 96, height: 96, method: 'crop' });
+    const c = imageSize(crop);
+    assert.deepEqual([c.width, c.height], [96, 96], `crop: ${c.type} ${c.width}x${c.height}`);
+    const scale = await bot.client.downloadThumbnail(mxc, { width: 320, height: 240, method: 'scale' });
+    const s = imageSize(scale);
+    assert.deepEqual([s.width, s.height], [320, 240], `scale: ${s.type} ${s.width}x${s.height}`);
+    await assert.rejects(bot.client.downloadThumbnail('mxc://localhost/../../v3/account/whoami', { width: 96, height: 96 }), { code: 'HALCYON_MEDIA_URI_INVALID' });
+    await assert.rejects(bot.client.downloadThumbnail('mxc://localhost/doesnotexist', { width: 96, height: 96 }), { code: 'HALCYON_MATRIX', status: 404 });
   });
 
   test('a 20 MB file is streamed up from its path in chunks and down as a stream of many chunks', async (t) => {

@@ -520,6 +520,36 @@ describe('Media over a scripted server', () => {
     await assert.rejects(media.download('mxc://fake.test/huge'), { code: 'HALCYON_MEDIA_TOO_LARGE' });
   });
 
+  test('downloadThumbnail: GET /_matrix/client/v1/media/thumbnail with width, height, method, animated; strict mxc and options; the size limit', async () => {
+    reset();
+    const thumb = pngImage(32, 32);
+    server.hook = (r, res) => {
+      if (!r.url.startsWith('/_matrix/client/v1/media/thumbnail/')) return false;
+      res.writeHead(200, { 'content-type': 'image/png', 'content-length': thumb.length }).end(thumb);
+      return true;
+    };
+    assert.deepEqual(await media.downloadThumbnail('mxc://fake.test/abc', { width: 32, height: 32 }), thumb);
+    await media.downloadThumbnail('mxc://[::1]:8448/x_Y-9', { width: 640, height: 480, method: 'scale', animated: true });
+    const [a, b] = server.requests.filter((r) => r.url.includes('/thumbnail/'));
+    const qa = new URL(a!.url, server.url);
+    assert.equal(qa.pathname, '/_matrix/client/v1/media/thumbnail/fake.test/abc');
+    assert.deepEqual(Object.fromEntries(qa.searchParams), { width: '32', height: '32' });
+    const qb = new URL(b!.url, server.url);
+    assert.equal(qb.pathname, `/_matrix/client/v1/media/thumbnail/${encodeURIComponent('[::1]:8448')}/x_Y-9`);
+    assert.deepEqual(Object.fromEntries(qb.searchParams), { width: '640', height: '480', method: 'scale', animated: 'true' });
+    assert.equal(a!.headers.authorization, 'Bearer syt_secret_token');
+    await assert.rejects(media.downloadThumbnail('mxc://fake.test/abc', { width: 32, height: 32, maxBytes: thumb.length - 1 }), { code: 'HALCYON_MEDIA_TOO_LARGE' });
+
+    const before = server.requests.length;
+    for (const bad of ['mxc://fake.test/../x', 'mxc://fake.test/a?b', 'https://fake.test/x', 42]) {
+      await assert.rejects(media.downloadThumbnail(bad as string, { width: 32, height: 32 }), { code: 'HALCYON_MEDIA_URI_INVALID' });
+    }
+    for (const opts of [{ width: 0, height: 32 }, { width: 32.5, height: 32 }, { width: 32 }, { width: 32, height: -1 }, { width: 32, height: 32, method: 'stretch' }, { width: 32, height: 32, animated: 'yes' }, { width: 32, height: 32, maxBytes: -1 }, undefined]) {
+      await assert.rejects(media.downloadThumbnail('mxc://fake.test/abc', opts as never), { code: 'HALCYON_INVALID_ARGUMENT' }, JSON.stringify(opts));
+    }
+    assert.equal(server.requests.length, before, 'nothing was requested');
+  });
+
   test('a redirect is never followed (HALCYON_REDIRECT)', async () => {
     reset();
     server.hook = (r, res) => {
