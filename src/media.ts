@@ -330,7 +330,8 @@ export class Media {
         if (probe.w !== undefined && probe.h !== undefined) Object.assign(info, { w: probe.w, h: probe.h });
         if (probe.duration !== undefined) info.duration = probe.duration;
         if (probe.blurhash !== undefined) info['xyz.amorgan.blurhash'] = probe.blurhash;
-        const thumb = probe.thumbnail;
+        // A thumbnail no smaller than the image (a flat PNG's JPEG can be 3x its size) only costs clients more.
+        const thumb = probe.thumbnail && probe.thumbnail.data.length < staged.size ? probe.thumbnail : undefined;
         if (thumb) {
           const stored = await this.store({ data: thumb.data, size: thumb.data.length }, 'image/jpeg', 'thumbnail.jpg', encrypted);
           if ('file' in stored) info.thumbnail_file = stored.file;
@@ -470,9 +471,9 @@ export class Media {
     const none = async () => {};
     if (typeof source === 'string') {
       const st = await stat(source).catch((e: NodeJS.ErrnoException) => {
-        throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `cannot read the file to upload (${e.code ?? e.message})`, { cause: e });
+        throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `cannot read the file to upload ${JSON.stringify(source)} (${e.code ?? e.message})`, { cause: e });
       });
-      if (!st.isFile()) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'the path to upload is not a regular file');
+      if (!st.isFile()) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `the path to upload ${JSON.stringify(source)} is not a regular file`);
       check(st.size);
       return { size: st.size, path: source, name: basename(source), head: await readHead(source), dispose: none };
     }
@@ -535,7 +536,7 @@ async function spool(source: AsyncIterable<unknown>, path: string, limit: number
 
 async function readHead(path: string): Promise<Uint8Array> {
   const fh = await open(path, 'r').catch((e: NodeJS.ErrnoException) => {
-    throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `cannot read the file to upload (${e.code ?? e.message})`, { cause: e });
+    throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `cannot read the file to upload ${JSON.stringify(path)} (${e.code ?? e.message})`, { cause: e });
   });
   try {
     const buf = Buffer.alloc(HEAD_BYTES);

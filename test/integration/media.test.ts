@@ -147,7 +147,7 @@ describe('plain media', () => {
     const peer = await newPeer(hs);
     const roomId = await roomWithBot(peer, bot.user.userId);
     const dir = tempDataDir(t);
-    const img = pngImage(1200, 900);
+    const img = pngImage(1200, 900, 255, 2); // grainy, as photos are: its thumbnail is far smaller
     const doc = randomBytes(5000);
     writeFileSync(join(dir, 'report.pdf'), Buffer.concat([Buffer.from('%PDF-1.7\n'), doc]));
     const clip = mp4({ timescale: 1000, duration: 3210, w: 640, h: 480 });
@@ -250,7 +250,7 @@ describe('encrypted media with a matrix-js-sdk peer', () => {
     await peer.waitForMember(roomId, bot.user.userId, 'join');
     assert.equal(await bot.client.isRoomEncrypted(roomId), true);
 
-    const img = pngImage(1000, 1000);
+    const img = pngImage(1000, 1000, 255, 2); // grainy, as photos are: its thumbnail is far smaller
     const eventId = await bot.client.sendImage(roomId, img, { filename: 'secret.png' });
     const got = await peer.waitForMessage(roomId, (m) => m.eventId === eventId);
     assert.equal(got.encrypted, true);

@@ -14,6 +14,7 @@ import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { decode as decodeBlurhash, isBlurhashValid } from 'blurhash';
 import jpeg from 'jpeg-js';
+import { PNG } from 'pngjs';
 import { decryptAttachment, type EncryptedFileInfo } from '../../src/attachments.ts';
 import { MatrixHttp } from '../../src/http.ts';
 import { Media, type MediaProbe, parseMxc, sniffMimetype } from '../../src/media.ts';
@@ -563,7 +564,7 @@ describe('Media over a scripted server', () => {
 
   test('sendImage to a plain room: url, info with size/mimetype/w/h/blurhash, a thumbnail_url of the thumbnail', async () => {
     reset();
-    const img = pngImage(1600, 1200);
+    const img = pngImage(1600, 1200, 255, 2); // grainy, as photos are: its thumbnail is far smaller
     await media.sendImage('!plain:x', img, { filename: 'pic.png', caption: 'a picture' });
     const { content } = sent.at(-1)!;
     assert.equal(content.msgtype, 'm.image');
@@ -649,6 +650,37 @@ describe('Media over a scripted server', () => {
     const video = sent.at(-1)!.content;
     assert.equal(video.msgtype, 'm.video');
     assert.deepEqual(video.info, { mimetype: 'video/mp4', size: statSync(join(dir, 'clip.mp4')).size, w: 1280, h: 720, duration: 4321, 'com.example.extra': 1 });
+  });
+
+  test('a missing file is HALCYON_INVALID_ARGUMENT naming its path (sendImage and upload), and nothing is sent', async () => {
+    reset();
+    const missing = join(tempDir(), 'nope.png');
+    const sentBefore = sent.length;
+    for (const call of [() => media.sendImage('!plain:x', missing), () => media.upload(missing), () => media.sendFile('!plain:x', missing)]) {
+      await assert.rejects(call(), (e: { code?: string; message: string }) => {
+        assert.equal(e.code, 'HALCYON_INVALID_ARGUMENT');
+        assert.ok(e.message.includes(missing), `the message names the path: ${e.message}`);
+        assert.match(e.message, /ENOENT/);
+        return true;
+      });
+    }
+    assert.equal(sent.length, sentBefore);
+    assert.deepEqual(server.uploads(), []);
+  });
+
+  test('sendImage skips the thumbnail when it would not be smaller than the image itself', async () => {
+    reset();
+    // A flat-coloured 900 px PNG compresses to a few kB; its 800 px JPEG thumbnail would be larger.
+    const png = new PNG({ width: 900, height: 900 });
+    for (let i = 0; i < png.data.length; i += 4) png.data.set([200, 30, 60, 255], i);
+    const img = PNG.sync.write(png);
+    await media.sendImage('!plain:x', img, { filename: 'flat.png' });
+    const { info } = sent.at(-1)!.content;
+    assert.deepEqual([info.w, info.h, info.size], [900, 900, img.length]);
+    assert.equal(info.thumbnail_url, undefined);
+    assert.equal(info.thumbnail_info, undefined);
+    assert.ok(isBlurhashValid(info['xyz.amorgan.blurhash']).result, 'the blurhash is still there');
+    assert.equal(server.uploads().length, 1, 'only the image was uploaded');
   });
 
   test('bad sources are HALCYON_INVALID_ARGUMENT', async () => {
