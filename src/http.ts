@@ -90,7 +90,6 @@ export class MatrixHttp {
   readonly #authHeader: string | undefined;
   readonly #timeoutMs: number;
   readonly #maxRetryAfterMs: number;
-
   readonly #https: boolean;
   readonly #loopback: boolean;
 
@@ -114,8 +113,8 @@ export class MatrixHttp {
     // Keep-alive past the long-poll: a /sync answer may take the whole poll timeout. A TLS handshake with this
     // machine takes milliseconds: one that has not finished in 2 s is a plain-HTTP server (Synapse's stays
     // silent on a ClientHello), so it fails then with a message saying so instead of after 10 s with a bare timeout.
-    const connect = this.#https && this.#loopback ? { timeout: LOOPBACK_TLS_TIMEOUT_MS } : {};
-    this.#agent = new Agent({ keepAliveTimeout: 60_000, keepAliveMaxTimeout: 600_000, connections: 16, connect });
+    const connect = this.#https && this.#loopback ? { connect: { timeout: LOOPBACK_TLS_TIMEOUT_MS } } : {};
+    this.#agent = new Agent({ keepAliveTimeout: 60_000, keepAliveMaxTimeout: 600_000, connections: 16, ...connect });
   }
 
   /** Sends a request and returns the parsed JSON body; non-2xx answers become coded errors. */
