@@ -1279,6 +1279,14 @@ export class Client implements RoomActions {
     return this.needMedia().download(mxc, opts);
   }
 
+  /**
+   * Downloads a thumbnail of an `mxc://` URI made by the server (`GET /_matrix/client/v1/media/thumbnail`):
+   * `{ width, height, method?: 'crop' | 'scale', animated?, maxBytes? }`. Resolves with the image bytes.
+   */
+  downloadThumbnail(mxc: string, opts: Parameters<Media['downloadThumbnail']>[1]): Promise<Buffer> {
+    return this.needMedia().downloadThumbnail(mxc, opts);
+  }
+
   /** Downloads an `mxc://` URI through authenticated media as a stream (`maxBytes`: refuse past it). */
   downloadMediaStream(mxc: string, opts?: DownloadOptions): Promise<Readable> {
     return this.needMedia().downloadStream(mxc, opts);

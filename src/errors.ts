@@ -38,6 +38,9 @@ export const ERROR_CODES = {
   HALCYON_SEND_FAILED: 'A send failed for good: the homeserver refused it (4xx), or it still failed after `maxSendAttempts`; it is kept as a dead letter and `sendFailed` is emitted.',
   HALCYON_MEDIA_URI_INVALID: 'A media URI is not a valid `mxc://<server>/<media-id>` (malformed, or a path trick such as `..` or `/`); nothing was requested.',
   HALCYON_MEDIA_TOO_LARGE: 'A file is larger than the homeserver\'s upload limit (checked before sending) or than the caller\'s `maxBytes` on download.',
+  HALCYON_RESPONSE_TOO_LARGE: 'An answer body was larger than the limit of its request (its Content-Length, or counted as it came); it was not read further.',
+  HALCYON_SOFT_LOGOUT: 'The server ended the session but kept the device: log in again with Client.login and the same dataDir (it reuses the device ID); keys are kept.',
+  HALCYON_INSECURE_HOMESERVER: 'The homeserver URL is plain http:// to a host that is not this machine (the token would cross the network in the clear); use https://, or allow it with allowInsecureHttp.',
 } as const;
 
 /** One of the documented error codes. */

@@ -13,6 +13,7 @@ import { mkdir, open, rm, stat } from 'node:fs/promises';
 import { basename, extname, join } from 'node:path';
 import { pipeline, type Readable, Transform } from 'node:stream';
 import { type EncryptedFileInfo, parseAttachmentInfo } from './attachments.ts';
+import { isServerName } from './discovery.ts';
 import { HalcyonError } from './errors.ts';
 import { type MatrixHttp, seg } from './http.ts';
 import type { Logger } from './log.ts';
@@ -41,9 +42,26 @@ export interface SendMediaOptions extends UploadOptions {
 
 /** Options of a download. */
 export interface DownloadOptions {
-  /** Refuse (HALCYON_MEDIA_TOO_LARGE) past this many bytes. */
+  /**
+   * Refuse (`HALCYON_MEDIA_TOO_LARGE`) past this many bytes. Default: the server's upload limit (`m.upload.size`),
+   * or {@link FALLBACK_DOWNLOAD_MAX_BYTES} when it states none. `Infinity` lifts the limit.
+   */
   maxBytes?: number;
 }
+
+/** Options of {@link Media.downloadThumbnail}. */
+export interface ThumbnailOptions extends DownloadOptions {
+  /** Desired width and height in px (positive integers); the server picks the nearest size it has or makes. */
+  width: number;
+  height: number;
+  /** `crop` fills the box exactly; `scale` fits inside it, keeping the aspect ratio (the server's default). */
+  method?: 'crop' | 'scale';
+  /** Ask for an animated thumbnail of an animated image, where the server can make one. */
+  animated?: boolean;
+}
+
+/** The download limit when the server states no upload limit (or its media config cannot be read): 100 MiB. */
+export const FALLBACK_DOWNLOAD_MAX_BYTES = 100 * 1024 * 1024;
 
 /** The homeserver's media configuration. */
 export interface MediaConfig {
@@ -93,9 +111,8 @@ export interface MxcParts {
   mediaId: string;
 }
 
-// Server name grammar of the spec's appendix (DNS name, IPv4, or bracketed IPv6, then an optional port), with
-// DNS labels non-empty so "." and ".." cannot appear as path segments; media IDs are [A-Za-z0-9_-]+.
-const MXC = /^mxc:\/\/((?:[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?)\/([A-Za-z0-9_-]+)$/;
+// A server name (checked with the spec's grammar: see isServerName), then a media ID of [A-Za-z0-9_-]+.
+const MXC = /^mxc:\/\/([^/]+)\/([A-Za-z0-9_-]+)$/;
 
 /**
  * Parses an `mxc://<server-name>/<media-id>` URI.
@@ -106,8 +123,7 @@ const MXC = /^mxc:\/\/((?:[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*|\[[0-9A-Fa
  */
 export function parseMxc(uri: unknown): MxcParts {
   const m = typeof uri === 'string' ? MXC.exec(uri) : null;
-  const port = m && /:([0-9]+)$/.exec(m[1]!)?.[1];
-  if (!m || m[1]!.length > 255 || (port && Number(port) > 65535)) {
+  if (!m || !isServerName(m[1]!)) {
     const shown = typeof uri === 'string' ? JSON.stringify(uri.slice(0, 100)) : typeof uri;
     throw new HalcyonError('HALCYON_MEDIA_URI_INVALID', `not a valid mxc://<server-name>/<media-id> URI: ${shown}`);
   }
@@ -167,6 +183,12 @@ interface Staged {
   dispose(): Promise<void>;
 }
 
+/** Which authenticated-media endpoint a download reads, with its query. */
+interface Endpoint {
+  endpoint: 'download' | 'thumbnail';
+  query?: Record<string, string | number | boolean | undefined>;
+}
+
 /** Where a media message's file went: `url` (plain) or `file` (encrypted attachment). */
 type Stored = { url: string } | { file: EncryptedFileInfo & { url: string } };
 
@@ -218,26 +240,39 @@ export class Media {
    * throws `HALCYON_MEDIA_TOO_LARGE` (from the Content-Length) or the stream errors with it (counting).
    */
   async downloadStream(mxc: string, opts: DownloadOptions = {}): Promise<Readable> {
-    const maxBytes = opts.maxBytes ?? Infinity;
-    if (!(maxBytes >= 0)) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'maxBytes must be a number >= 0');
-    const { body, length } = await this.fetch(mxc);
-    const tooLarge = (n: number | string) => new HalcyonError('HALCYON_MEDIA_TOO_LARGE', `the media is ${n} bytes, more than maxBytes (${maxBytes})`);
-    if (length !== undefined && length > maxBytes) {
-      body.destroy();
-      throw tooLarge(length);
-    }
+    const { body, maxBytes } = await this.fetch(mxc, opts.maxBytes);
     if (maxBytes === Infinity) return body;
     let got = 0;
     const counted = new Transform({
       transform(chunk: Buffer, _enc, cb) {
         got += chunk.length;
-        if (got > maxBytes) cb(tooLarge(`over ${got}`));
+        if (got > maxBytes) cb(tooLarge(`over ${got}`, maxBytes));
         else cb(null, chunk);
       },
     });
     // Errors either way end both streams (and free the connection).
     pipeline(body, counted, () => {});
     return counted;
+  }
+
+  /**
+   * Downloads a server-made thumbnail of a (plain) mxc URI through authenticated media
+   * (`GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}`), into memory. The URI is checked as for
+   * downloads (`HALCYON_MEDIA_URI_INVALID`) and the options (`HALCYON_INVALID_ARGUMENT`) before any request; the
+   * size limit is that of downloads. Resolves with the image bytes (usually PNG or JPEG).
+   */
+  async downloadThumbnail(mxc: string, opts: ThumbnailOptions): Promise<Buffer> {
+    parseMxc(mxc);
+    const bad = (what: string) => new HalcyonError('HALCYON_INVALID_ARGUMENT', `downloadThumbnail: ${what}`);
+    if (typeof opts !== 'object' || opts === null) throw bad('options { width, height } are required');
+    const { width, height, method, animated } = opts;
+    for (const [k, v] of [['width', width], ['height', height]] as const) {
+      if (!Number.isSafeInteger(v) || v < 1) throw bad(`${k} must be a positive integer (px), not ${JSON.stringify(v) ?? String(v)}`);
+    }
+    if (method !== undefined && method !== 'crop' && method !== 'scale') throw bad(`method must be 'crop' or 'scale', not ${JSON.stringify(method)}`);
+    if (animated !== undefined && typeof animated !== 'boolean') throw bad('animated must be a boolean');
+    const data = await this.fetchBytes(mxc, opts.maxBytes, { endpoint: 'thumbnail', query: { width, height, method, animated } });
+    return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
   }
 
   /**
@@ -295,7 +330,8 @@ export class Media {
         if (probe.w !== undefined && probe.h !== undefined) Object.assign(info, { w: probe.w, h: probe.h });
         if (probe.duration !== undefined) info.duration = probe.duration;
         if (probe.blurhash !== undefined) info['xyz.amorgan.blurhash'] = probe.blurhash;
-        const thumb = probe.thumbnail;
+        // A thumbnail no smaller than the image (a flat PNG's JPEG can be 3x its size) only costs clients more.
+        const thumb = probe.thumbnail && probe.thumbnail.data.length < staged.size ? probe.thumbnail : undefined;
         if (thumb) {
           const stored = await this.store({ data: thumb.data, size: thumb.data.length }, 'image/jpeg', 'thumbnail.jpg', encrypted);
           if ('file' in stored) info.thumbnail_file = stored.file;
@@ -365,41 +401,56 @@ export class Media {
     return res.content_uri as string;
   }
 
-  private async fetch(mxc: unknown): Promise<{ body: Readable; length: number | undefined }> {
+  /**
+   * Opens a download: checks the URI (before any request), settles the limit (the caller's, else the server's
+   * upload limit, else the fallback), and refuses a Content-Length over it before reading.
+   */
+  private async fetch(mxc: unknown, max: number | undefined, what: Endpoint = { endpoint: 'download' }): Promise<{ body: Readable; length: number | undefined; maxBytes: number }> {
     const { serverName, mediaId } = parseMxc(mxc);
-    const res = await this.deps.http.stream('GET', `/_matrix/client/v1/media/download/${seg(serverName)}/${seg(mediaId)}`);
+    if (max !== undefined && !(max >= 0)) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'maxBytes must be a number >= 0');
+    const maxBytes = max ?? (await this.uploadLimit()) ?? FALLBACK_DOWNLOAD_MAX_BYTES;
+    const path = `/_matrix/client/v1/media/${what.endpoint}/${seg(serverName)}/${seg(mediaId)}`;
+    const res = await this.deps.http.stream('GET', path, what.query ? { query: what.query } : {});
     const cl = res.headers['content-length'];
-    return { body: res.body, length: typeof cl === 'string' && /^[0-9]+$/.test(cl) ? Number(cl) : undefined };
+    const length = typeof cl === 'string' && /^[0-9]+$/.test(cl) ? Number(cl) : undefined;
+    if (length !== undefined && length > maxBytes) {
+      res.body.destroy();
+      throw tooLarge(length, maxBytes);
+    }
+    return { body: res.body, length, maxBytes };
   }
 
   /** The whole file, in a fresh Uint8Array owning its ArrayBuffer (so it can be transferred to the pool). */
-  private async fetchBytes(mxc: unknown, maxBytes = Infinity): Promise<Uint8Array> {
-    if (!(maxBytes >= 0)) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'maxBytes must be a number >= 0');
-    const { body, length } = await this.fetch(mxc);
-    const tooLarge = (n: number | string) => {
-      body.destroy();
-      return new HalcyonError('HALCYON_MEDIA_TOO_LARGE', `the media is ${n} bytes, more than maxBytes (${maxBytes})`);
-    };
-    if (length !== undefined && length > maxBytes) throw tooLarge(length);
-    // With a Content-Length the bytes go straight into their final buffer; without, chunks are joined at the end.
-    const out = length === undefined ? undefined : new Uint8Array(length);
-    const chunks: Buffer[] = [];
-    let got = 0;
-    for await (const chunk of body as AsyncIterable<Buffer>) {
-      if (got + chunk.length > maxBytes) throw tooLarge(`over ${got + chunk.length}`);
-      if (out && got + chunk.length > out.length) throw new HalcyonError('HALCYON_BAD_RESPONSE', 'the media is longer than its Content-Length');
-      if (out) out.set(chunk, got);
-      else chunks.push(chunk);
-      got += chunk.length;
+  private async fetchBytes(mxc: unknown, max: number | undefined, what?: Endpoint): Promise<Uint8Array> {
+    const { body, length, maxBytes } = await this.fetch(mxc, max, what);
+    try {
+      // With a Content-Length the bytes go straight into their final buffer; without, chunks are joined at the end.
+      let out: Uint8Array | undefined;
+      try {
+        out = length === undefined ? undefined : new Uint8Array(length);
+      } catch (err) {
+        throw new HalcyonError('HALCYON_MEDIA_TOO_LARGE', `the media is ${length} bytes, more than fits in memory (use downloadMediaStream)`, { cause: err });
+      }
+      const chunks: Buffer[] = [];
+      let got = 0;
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        if (got + chunk.length > maxBytes) throw tooLarge(`over ${got + chunk.length}`, maxBytes);
+        if (out && got + chunk.length > out.length) throw new HalcyonError('HALCYON_BAD_RESPONSE', 'the media is longer than its Content-Length');
+        if (out) out.set(chunk, got);
+        else chunks.push(chunk);
+        got += chunk.length;
+      }
+      if (out) return got === out.length ? out : out.slice(0, got);
+      const joined = new Uint8Array(got);
+      let at = 0;
+      for (const c of chunks) {
+        joined.set(c, at);
+        at += c.length;
+      }
+      return joined;
+    } finally {
+      body.destroy(); // a no-op after the end; on any failure it frees the connection at once
     }
-    if (out) return got === out.length ? out : out.slice(0, got);
-    const joined = new Uint8Array(got);
-    let at = 0;
-    for (const c of chunks) {
-      joined.set(c, at);
-      at += c.length;
-    }
-    return joined;
   }
 
   /** The upload limit, or null if the server does not say (or cannot be asked: the upload then finds out). */
@@ -420,9 +471,9 @@ export class Media {
     const none = async () => {};
     if (typeof source === 'string') {
       const st = await stat(source).catch((e: NodeJS.ErrnoException) => {
-        throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `cannot read the file to upload (${e.code ?? e.message})`, { cause: e });
+        throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `cannot read the file to upload ${JSON.stringify(source)} (${e.code ?? e.message})`, { cause: e });
       });
-      if (!st.isFile()) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'the path to upload is not a regular file');
+      if (!st.isFile()) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `the path to upload ${JSON.stringify(source)} is not a regular file`);
       check(st.size);
       return { size: st.size, path: source, name: basename(source), head: await readHead(source), dispose: none };
     }
@@ -459,6 +510,10 @@ export class Media {
   }
 }
 
+function tooLarge(size: number | string, maxBytes: number): HalcyonError {
+  return new HalcyonError('HALCYON_MEDIA_TOO_LARGE', `the media is ${size} bytes, more than the download limit of ${maxBytes} (maxBytes, else the server's upload limit)`);
+}
+
 /** Writes a stream to a new 0600 file, counting; past `limit` it stops reading and throws `HALCYON_MEDIA_TOO_LARGE`. */
 async function spool(source: AsyncIterable<unknown>, path: string, limit: number | null): Promise<number> {
   const fh = await open(path, 'wx', 0o600);
@@ -481,7 +536,7 @@ async function spool(source: AsyncIterable<unknown>, path: string, limit: number
 
 async function readHead(path: string): Promise<Uint8Array> {
   const fh = await open(path, 'r').catch((e: NodeJS.ErrnoException) => {
-    throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `cannot read the file to upload (${e.code ?? e.message})`, { cause: e });
+    throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `cannot read the file to upload ${JSON.stringify(path)} (${e.code ?? e.message})`, { cause: e });
   });
   try {
     const buf = Buffer.alloc(HEAD_BYTES);

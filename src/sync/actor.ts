@@ -230,8 +230,8 @@ export class SyncActor implements SyncActorApi {
         if (!this.running) break;
         const e = toWireError(err, 'HALCYON_INTERNAL');
         this.lastError = e;
-        if (e.code === 'HALCYON_UNKNOWN_TOKEN') {
-          // Retrying a dead token only hammers the server: stop and tell main.
+        if (e.code === 'HALCYON_UNKNOWN_TOKEN' || e.code === 'HALCYON_SOFT_LOGOUT') {
+          // Retrying a dead token only hammers the server (a soft-logged-out one too, until a new login): stop and tell main.
           this.running = false;
           this.deps.events.post({ kind: 'fatal', error: e });
           break;
@@ -272,6 +272,8 @@ export class SyncActor implements SyncActorApi {
       timeoutMs: (initial ? Math.max(this.config.pollTimeoutMs, 120_000) : this.config.pollTimeoutMs) + this.config.deadlineMarginMs,
       signal: this.abort.signal,
       maxRateLimitRetries: 0,
+      // A big account's initial sync runs to 100s of MB; the limit only stops a server that never ends its answer.
+      maxBytes: 512 * 1024 * 1024,
     });
     this.polls++;
     this.lastSuccessAt = Date.now();

@@ -13,6 +13,7 @@ import { pipeline } from 'node:stream/promises';
 import { after, before, describe, test } from 'node:test';
 import { Attachment, EncryptedAttachment } from '@matrix-org/matrix-sdk-crypto-wasm';
 import { isBlurhashValid } from 'blurhash';
+import { imageSize } from 'image-size';
 import jpeg from 'jpeg-js';
 import type { HalcyonError, Message } from '../../src/index.ts';
 import { startJsPeer } from '../harness/js-peer.ts';
@@ -78,6 +79,19 @@ describe('plain media', () => {
     await assert.rejects(bot.client.downloadMedia('mxc://localhost/doesnotexist'), { code: 'HALCYON_MATRIX', status: 404 });
   });
 
+  test('authenticated thumbnails of the requested size (crop and scale); a bad mxc is refused without a request', async (t) => {
+    const bot = await runningBot(t);
+    const mxc = await bot.client.uploadMedia(pngImage(400, 300), { filename: 'pic.png' });
+    const crop = await bot.client.downloadThumbnail(mxc, { width: 96, height: 96, method: 'crop' });
+    const c = imageSize(crop);
+    assert.deepEqual([c.width, c.height], [96, 96], `crop: ${c.type} ${c.width}x${c.height}`);
+    const scale = await bot.client.downloadThumbnail(mxc, { width: 320, height: 240, method: 'scale' });
+    const s = imageSize(scale);
+    assert.deepEqual([s.width, s.height], [320, 240], `scale: ${s.type} ${s.width}x${s.height}`);
+    await assert.rejects(bot.client.downloadThumbnail('mxc://localhost/../../v3/account/whoami', { width: 96, height: 96 }), { code: 'HALCYON_MEDIA_URI_INVALID' });
+    await assert.rejects(bot.client.downloadThumbnail('mxc://localhost/doesnotexist', { width: 96, height: 96 }), { code: 'HALCYON_MATRIX', status: 404 });
+  });
+
   test('a 20 MB file is streamed up from its path in chunks and down as a stream of many chunks', async (t) => {
     const bot = await runningBot(t);
     const dir = tempDataDir(t);
@@ -133,7 +147,7 @@ describe('plain media', () => {
     const peer = await newPeer(hs);
     const roomId = await roomWithBot(peer, bot.user.userId);
     const dir = tempDataDir(t);
-    const img = pngImage(1200, 900);
+    const img = pngImage(1200, 900, 255, 2); // grainy, as photos are: its thumbnail is far smaller
     const doc = randomBytes(5000);
     writeFileSync(join(dir, 'report.pdf'), Buffer.concat([Buffer.from('%PDF-1.7\n'), doc]));
     const clip = mp4({ timescale: 1000, duration: 3210, w: 640, h: 480 });
@@ -236,7 +250,7 @@ describe('encrypted media with a matrix-js-sdk peer', () => {
     await peer.waitForMember(roomId, bot.user.userId, 'join');
     assert.equal(await bot.client.isRoomEncrypted(roomId), true);
 
-    const img = pngImage(1000, 1000);
+    const img = pngImage(1000, 1000, 255, 2); // grainy, as photos are: its thumbnail is far smaller
     const eventId = await bot.client.sendImage(roomId, img, { filename: 'secret.png' });
     const got = await peer.waitForMessage(roomId, (m) => m.eventId === eventId);
     assert.equal(got.encrypted, true);

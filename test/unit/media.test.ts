@@ -14,6 +14,7 @@ import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { decode as decodeBlurhash, isBlurhashValid } from 'blurhash';
 import jpeg from 'jpeg-js';
+import { PNG } from 'pngjs';
 import { decryptAttachment, type EncryptedFileInfo } from '../../src/attachments.ts';
 import { MatrixHttp } from '../../src/http.ts';
 import { Media, type MediaProbe, parseMxc, sniffMimetype } from '../../src/media.ts';
@@ -479,6 +480,77 @@ describe('Media over a scripted server', () => {
     assert.deepEqual(await media.download(uri), bytes);
   });
 
+  test("downloads default to the server's upload limit (m.upload.size); an explicit maxBytes wins; without a stated limit, the fallback", async () => {
+    reset();
+    const bytes = randomBytes(3000);
+    const uri = await media.upload(bytes);
+    const { content } = { content: { url: uri } };
+    server.uploadLimit = 2999;
+    const limited = new Media({ http, dataDir, logger: silent, encryptAttachments: async () => false, sendEvent: async () => '$x' });
+    try {
+      await assert.rejects(limited.download(uri), { code: 'HALCYON_MEDIA_TOO_LARGE', message: /2999/ });
+      await assert.rejects(limited.downloadStream(uri), { code: 'HALCYON_MEDIA_TOO_LARGE' });
+      await assert.rejects(limited.downloadContent(content), { code: 'HALCYON_MEDIA_TOO_LARGE' });
+      server.contentLength = false;
+      await assert.rejects(limited.download(uri), { code: 'HALCYON_MEDIA_TOO_LARGE' });
+      await assert.rejects(limited.downloadStream(uri).then((s) => s.toArray()), { code: 'HALCYON_MEDIA_TOO_LARGE' });
+      assert.deepEqual(await limited.download(uri, { maxBytes: 3000 }), bytes, 'an explicit maxBytes wins');
+      assert.deepEqual(Buffer.concat(await (await limited.downloadStream(uri, { maxBytes: Infinity })).toArray()), bytes);
+      assert.deepEqual(await limited.downloadContent(content, { maxBytes: 3000 }), bytes);
+    } finally {
+      await limited.close();
+    }
+    server.uploadLimit = undefined;
+    const unstated = new Media({ http, dataDir, logger: silent, encryptAttachments: async () => false, sendEvent: async () => '$x' });
+    try {
+      assert.deepEqual(await unstated.download(uri), bytes, 'no stated limit: the 100 MiB fallback');
+    } finally {
+      await unstated.close();
+    }
+  });
+
+  test('a Content-Length too large to hold is refused (coded), even with maxBytes: Infinity', async () => {
+    reset();
+    server.hook = (r, res) => {
+      if (!r.url.includes('/download/')) return false;
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': '999999999999999' });
+      res.write('abc');
+      return true;
+    };
+    await assert.rejects(media.download('mxc://fake.test/huge', { maxBytes: Infinity }), { code: 'HALCYON_MEDIA_TOO_LARGE' });
+    await assert.rejects(media.download('mxc://fake.test/huge'), { code: 'HALCYON_MEDIA_TOO_LARGE' });
+  });
+
+  test('downloadThumbnail: GET /_matrix/client/v1/media/thumbnail with width, height, method, animated; strict mxc and options; the size limit', async () => {
+    reset();
+    const thumb = pngImage(32, 32);
+    server.hook = (r, res) => {
+      if (!r.url.startsWith('/_matrix/client/v1/media/thumbnail/')) return false;
+      res.writeHead(200, { 'content-type': 'image/png', 'content-length': thumb.length }).end(thumb);
+      return true;
+    };
+    assert.deepEqual(await media.downloadThumbnail('mxc://fake.test/abc', { width: 32, height: 32 }), thumb);
+    await media.downloadThumbnail('mxc://[::1]:8448/x_Y-9', { width: 640, height: 480, method: 'scale', animated: true });
+    const [a, b] = server.requests.filter((r) => r.url.includes('/thumbnail/'));
+    const qa = new URL(a!.url, server.url);
+    assert.equal(qa.pathname, '/_matrix/client/v1/media/thumbnail/fake.test/abc');
+    assert.deepEqual(Object.fromEntries(qa.searchParams), { width: '32', height: '32' });
+    const qb = new URL(b!.url, server.url);
+    assert.equal(qb.pathname, `/_matrix/client/v1/media/thumbnail/${encodeURIComponent('[::1]:8448')}/x_Y-9`);
+    assert.deepEqual(Object.fromEntries(qb.searchParams), { width: '640', height: '480', method: 'scale', animated: 'true' });
+    assert.equal(a!.headers.authorization, 'Bearer syt_secret_token');
+    await assert.rejects(media.downloadThumbnail('mxc://fake.test/abc', { width: 32, height: 32, maxBytes: thumb.length - 1 }), { code: 'HALCYON_MEDIA_TOO_LARGE' });
+
+    const before = server.requests.length;
+    for (const bad of ['mxc://fake.test/../x', 'mxc://fake.test/a?b', 'https://fake.test/x', 42]) {
+      await assert.rejects(media.downloadThumbnail(bad as string, { width: 32, height: 32 }), { code: 'HALCYON_MEDIA_URI_INVALID' });
+    }
+    for (const opts of [{ width: 0, height: 32 }, { width: 32.5, height: 32 }, { width: 32 }, { width: 32, height: -1 }, { width: 32, height: 32, method: 'stretch' }, { width: 32, height: 32, animated: 'yes' }, { width: 32, height: 32, maxBytes: -1 }, undefined]) {
+      await assert.rejects(media.downloadThumbnail('mxc://fake.test/abc', opts as never), { code: 'HALCYON_INVALID_ARGUMENT' }, JSON.stringify(opts));
+    }
+    assert.equal(server.requests.length, before, 'nothing was requested');
+  });
+
   test('a redirect is never followed (HALCYON_REDIRECT)', async () => {
     reset();
     server.hook = (r, res) => {
@@ -492,7 +564,7 @@ describe('Media over a scripted server', () => {
 
   test('sendImage to a plain room: url, info with size/mimetype/w/h/blurhash, a thumbnail_url of the thumbnail', async () => {
     reset();
-    const img = pngImage(1600, 1200);
+    const img = pngImage(1600, 1200, 255, 2); // grainy, as photos are: its thumbnail is far smaller
     await media.sendImage('!plain:x', img, { filename: 'pic.png', caption: 'a picture' });
     const { content } = sent.at(-1)!;
     assert.equal(content.msgtype, 'm.image');
@@ -578,6 +650,37 @@ describe('Media over a scripted server', () => {
     const video = sent.at(-1)!.content;
     assert.equal(video.msgtype, 'm.video');
     assert.deepEqual(video.info, { mimetype: 'video/mp4', size: statSync(join(dir, 'clip.mp4')).size, w: 1280, h: 720, duration: 4321, 'com.example.extra': 1 });
+  });
+
+  test('a missing file is HALCYON_INVALID_ARGUMENT naming its path (sendImage and upload), and nothing is sent', async () => {
+    reset();
+    const missing = join(tempDir(), 'nope.png');
+    const sentBefore = sent.length;
+    for (const call of [() => media.sendImage('!plain:x', missing), () => media.upload(missing), () => media.sendFile('!plain:x', missing)]) {
+      await assert.rejects(call(), (e: { code?: string; message: string }) => {
+        assert.equal(e.code, 'HALCYON_INVALID_ARGUMENT');
+        assert.ok(e.message.includes(missing), `the message names the path: ${e.message}`);
+        assert.match(e.message, /ENOENT/);
+        return true;
+      });
+    }
+    assert.equal(sent.length, sentBefore);
+    assert.deepEqual(server.uploads(), []);
+  });
+
+  test('sendImage skips the thumbnail when it would not be smaller than the image itself', async () => {
+    reset();
+    // A flat-coloured 900 px PNG compresses to a few kB; its 800 px JPEG thumbnail would be larger.
+    const png = new PNG({ width: 900, height: 900 });
+    for (let i = 0; i < png.data.length; i += 4) png.data.set([200, 30, 60, 255], i);
+    const img = PNG.sync.write(png);
+    await media.sendImage('!plain:x', img, { filename: 'flat.png' });
+    const { info } = sent.at(-1)!.content;
+    assert.deepEqual([info.w, info.h, info.size], [900, 900, img.length]);
+    assert.equal(info.thumbnail_url, undefined);
+    assert.equal(info.thumbnail_info, undefined);
+    assert.ok(isBlurhashValid(info['xyz.amorgan.blurhash']).result, 'the blurhash is still there');
+    assert.equal(server.uploads().length, 1, 'only the image was uploaded');
   });
 
   test('bad sources are HALCYON_INVALID_ARGUMENT', async () => {

@@ -1,0 +1,277 @@
+/**
+ * The HTTP door against scripted node:http servers (what a real homeserver will not do on demand): hostile
+ * Content-Lengths, bodies past their limits, rate-limit answers of every shape, soft logout, base URLs, and the
+ * access token kept out of inspection.
+ */
+import assert from 'node:assert/strict';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import { Readable } from 'node:stream';
+import { test, type TestContext } from 'node:test';
+import { inspect } from 'node:util';
+import { MatrixHttp, MAX_RETRY_AFTER_MS, parseRetryAfter } from '../../src/http.ts';
+import { withTimeout } from '../harness/synapse.ts';
+
+/** A scripted server: `handle` answers every request; it counts them and keeps its sockets' close events. */
+interface Scripted {
+  url: string;
+  /** Requests received, in order (method and URL). */
+  requests: string[];
+  /** Resolves when every socket the server has accepted so far is closed. */
+  socketsClosed(): Promise<void>;
+}
+
+async function scripted(t: TestContext, handle: (req: IncomingMessage, res: ServerResponse) => void): Promise<Scripted> {
+  const requests: string[] = [];
+  const closed: Promise<void>[] = [];
+  const server = createServer((req, res) => {
+    requests.push(`${req.method} ${req.url}`);
+    req.resume(); // the request body is never of interest
+    handle(req, res);
+  });
+  server.on('connection', (s: Socket) => closed.push(new Promise((r) => s.once('close', () => r()))));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.after(async () => {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  });
+  return {
+    url: `http://127.0.0.1:${(server.address() as { port: number }).port}`,
+    requests,
+    socketsClosed: () => withTimeout(Promise.all(closed).then(() => {}), 10_000, 'the server side of every connection to close'),
+  };
+}
+
+/** A client, closed when the test ends. */
+function client(t: TestContext, url: string, token = 'syt_secret_token', opts: ConstructorParameters<typeof MatrixHttp>[2] = {}): MatrixHttp {
+  const http = new MatrixHttp(url, token, opts);
+  t.after(() => http.close());
+  return http;
+}
+
+/** Lets pending I/O callbacks and error events run (an unhandled 'error' would crash the process here). */
+const settle = () => new Promise<void>((r) => setImmediate(() => setImmediate(r)));
+
+test('a huge Content-Length is refused before reading in every request kind, and the body is let go at once', async (t) => {
+  const server = await scripted(t, (_req, res) => {
+    // A few bytes, then nothing: the connection stays open with 999,999,999,999 bytes promised.
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': '999999999999' });
+    res.write('{"a":');
+  });
+  const http = client(t, server.url);
+  // A deadline far away: only letting the body go can close these connections within the wait below.
+  const timeoutMs = 600_000;
+  await assert.rejects(http.json('GET', '/a', { timeoutMs }), { code: 'HALCYON_RESPONSE_TOO_LARGE' });
+  await assert.rejects(http.bytes('GET', '/b', { timeoutMs }), { code: 'HALCYON_RESPONSE_TOO_LARGE' });
+  await assert.rejects(http.upload('/c', new Uint8Array(10), { contentType: 'application/octet-stream', contentLength: 10, timeoutMs }), { code: 'HALCYON_RESPONSE_TOO_LARGE' });
+  const file = () => Readable.from([Buffer.alloc(10)]);
+  await assert.rejects(http.upload('/d', file, { contentType: 'application/octet-stream', contentLength: 10, timeoutMs }), { code: 'HALCYON_RESPONSE_TOO_LARGE' });
+  await server.socketsClosed();
+  await settle();
+  assert.equal(server.requests.length, 4);
+});
+
+test('a huge Content-Length with a short deadline: the process lives on after that deadline has passed', async (t) => {
+  const server = await scripted(t, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': '999999999999' });
+    res.write('{"a":');
+  });
+  const http = client(t, server.url);
+  await assert.rejects(http.json('GET', '/a', { timeoutMs: 1000 }), { code: 'HALCYON_RESPONSE_TOO_LARGE' });
+  // Read with the same deadline: once this body's timeout has fired, so would the first request's have.
+  await assert.rejects(http.stream('GET', '/b', { timeoutMs: 1000 }).then((r) => r.body.toArray()), { code: 'HALCYON_TIMEOUT' });
+  await server.socketsClosed();
+  await settle();
+});
+
+/** `total` bytes of JSON (a string of x's). */
+function jsonOf(total: number): Buffer {
+  return Buffer.from(JSON.stringify({ pad: 'x'.repeat(total - 10) }));
+}
+
+test('maxBytes: a Content-Length over it is refused unread; without one the body is counted as it streams; exactly the limit is fine', async (t) => {
+  let withLength = true;
+  const body = jsonOf(2000);
+  const server = await scripted(t, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json', ...(withLength ? { 'content-length': body.length } : {}) });
+    for (let i = 0; i < body.length; i += 100) res.write(body.subarray(i, i + 100));
+    res.end();
+  });
+  const http = client(t, server.url);
+  await assert.rejects(http.json('GET', '/a', { maxBytes: body.length - 1 }), { code: 'HALCYON_RESPONSE_TOO_LARGE' });
+  assert.equal((await http.json<{ pad: string }>('GET', '/a', { maxBytes: body.length })).pad.length, 1990);
+  withLength = false;
+  await assert.rejects(http.bytes('GET', '/a', { maxBytes: body.length - 1 }), { code: 'HALCYON_RESPONSE_TOO_LARGE' });
+  await assert.rejects(http.upload('/u', new Uint8Array(1), { contentType: 'text/plain', contentLength: 1, maxBytes: 1000 }), { code: 'HALCYON_RESPONSE_TOO_LARGE' });
+  assert.equal((await http.bytes('GET', '/a', { maxBytes: body.length })).length, body.length);
+  assert.equal((await http.bytes('GET', '/a')).length, body.length, 'the default limit is far above 2 kB');
+});
+
+test('the default limit of an ordinary answer is 16 MiB: an endless 200 is cut there, not read to the end', async (t) => {
+  let written = 0;
+  const server = await scripted(t, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    const chunk = Buffer.alloc(64 * 1024, 0x20); // whitespace: valid JSON padding, forever
+    const pump = () => {
+      while (!res.destroyed && res.write(chunk)) written += chunk.length;
+      if (!res.destroyed) res.once('drain', pump);
+    };
+    pump();
+  });
+  const http = client(t, server.url);
+  await assert.rejects(http.json('GET', '/endless'), { code: 'HALCYON_RESPONSE_TOO_LARGE', message: /16777216/ });
+  await server.socketsClosed();
+  assert.ok(written < 64 * 1024 * 1024, `the server got to write ${written} bytes`);
+});
+
+test('an error body is read up to 64 KiB, then let go: the coded error is built from what was read', async (t) => {
+  let status = 403;
+  const server = await scripted(t, (_req, res) => {
+    // A JSON error, then endless padding (a hostile or broken server): never ends on its own.
+    res.writeHead(status, { 'content-type': 'application/json', 'retry-after': '0' });
+    res.write(JSON.stringify({ errcode: 'M_FORBIDDEN', error: 'no' }).slice(0, -1));
+    const chunk = Buffer.alloc(16 * 1024, 0x20);
+    const pump = () => {
+      while (!res.destroyed && res.write(chunk));
+      if (!res.destroyed) res.once('drain', pump);
+    };
+    pump();
+  });
+  const http = client(t, server.url);
+  await assert.rejects(http.json('GET', '/a'), { code: 'HALCYON_MATRIX', status: 403 });
+  await assert.rejects(http.stream('GET', '/b'), { code: 'HALCYON_MATRIX', status: 403 });
+  await assert.rejects(http.upload('/c', new Uint8Array(1), { contentType: 'text/plain', contentLength: 1 }), { code: 'HALCYON_MATRIX', status: 403 });
+  status = 429;
+  await assert.rejects(http.json('GET', '/d', { maxRateLimitRetries: 0 }), { code: 'HALCYON_RATE_LIMITED', status: 429 });
+  await server.socketsClosed();
+});
+
+test('an ordinary error body keeps its errcode and message', async (t) => {
+  const server = await scripted(t, (_req, res) => void res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ errcode: 'M_NOT_FOUND', error: 'nothing here' })));
+  const http = client(t, server.url);
+  await assert.rejects(http.json('GET', '/a'), { code: 'HALCYON_MATRIX', status: 404, errcode: 'M_NOT_FOUND', message: /nothing here/ });
+  await assert.rejects(http.stream('GET', '/a'), { code: 'HALCYON_MATRIX', status: 404, errcode: 'M_NOT_FOUND' });
+});
+
+test('parseRetryAfter: the Retry-After header first (seconds or an HTTP date), then retry_after_ms; clamped to [0, 10 min]', () => {
+  const now = Date.UTC(2025, 0, 1, 12, 0, 0);
+  assert.equal(MAX_RETRY_AFTER_MS, 600_000);
+  assert.equal(parseRetryAfter('5', undefined, now), 5000);
+  assert.equal(parseRetryAfter('0', undefined, now), 0);
+  assert.equal(parseRetryAfter(undefined, 1500, now), 1500);
+  assert.equal(parseRetryAfter(undefined, undefined, now), undefined);
+  // HTTP dates: IMF-fixdate, RFC 850 and asctime (all UTC).
+  assert.equal(parseRetryAfter(new Date(now + 30_000).toUTCString(), undefined, now), 30_000);
+  assert.equal(parseRetryAfter('Wednesday, 01-Jan-25 12:00:42 GMT', undefined, now), 42_000);
+  assert.equal(parseRetryAfter('Wed Jan  1 12:01:00 2025', undefined, now), 60_000);
+  assert.equal(parseRetryAfter(new Date(now - 30_000).toUTCString(), 9000, now), 0, 'a date in the past: retry now');
+  // Both given: the header wins (spec v1.10).
+  assert.equal(parseRetryAfter('2', 9000, now), 2000);
+  assert.equal(parseRetryAfter(new Date(now + 7000).toUTCString(), 1, now), 7000);
+  // Garbage in the header: the body's value; garbage in both: nothing.
+  for (const junk of ['soon', '1e10', '-5', '1.5', '', '10 seconds', 'Wed, 32 Foo 2025 99:99:99 GMT']) {
+    assert.equal(parseRetryAfter(junk, 1500, now), 1500, `header ${JSON.stringify(junk)}`);
+    assert.equal(parseRetryAfter(junk, undefined, now), undefined, `header ${JSON.stringify(junk)} alone`);
+  }
+  for (const junk of ['1500', null, NaN, Infinity, -Infinity, {}, true]) assert.equal(parseRetryAfter(undefined, junk, now), junk === Infinity ? 600_000 : undefined, `body ${String(junk)}`);
+  // Clamped: a timer never overflows (1e10 ms fired at once) nor stalls a lane for weeks (2e9 ms).
+  assert.equal(parseRetryAfter(undefined, 1e10, now), 600_000);
+  assert.equal(parseRetryAfter(undefined, 2e9, now), 600_000);
+  assert.equal(parseRetryAfter('99999999999999999999', undefined, now), 600_000);
+  assert.equal(parseRetryAfter(undefined, -5, now), 0);
+  assert.equal(parseRetryAfter(['3', '9'], undefined, now), 3000);
+});
+
+/** A server answering 429 (with `retryHeader` and/or `retryMs` in the body) to the first `limited` requests, then 200. */
+async function rateLimited(t: TestContext, limited: number, retry: { header?: string; ms?: number }): Promise<Scripted> {
+  let n = 0;
+  const server = await scripted(t, (_req, res) => {
+    if (n++ >= limited) return void res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}');
+    res.writeHead(429, { 'content-type': 'application/json', ...(retry.header === undefined ? {} : { 'retry-after': retry.header }) });
+    res.end(JSON.stringify({ errcode: 'M_LIMIT_EXCEEDED', error: 'slow down', ...(retry.ms === undefined ? {} : { retry_after_ms: retry.ms }) }));
+  });
+  return server;
+}
+
+test('429: a server time past the wait ceiling gives up at once (never retries before the server said), with retryAfterMs', async (t) => {
+  const huge = await rateLimited(t, Infinity, { ms: 1e10 });
+  await assert.rejects(client(t, huge.url, 'tok', { maxRetryAfterMs: 50 }).json('GET', '/a'), { code: 'HALCYON_RATE_LIMITED', retryAfterMs: 600_000 });
+  assert.equal(huge.requests.length, 1, 'no instant retries');
+
+  const longer = await rateLimited(t, Infinity, { ms: 5000 });
+  await assert.rejects(client(t, longer.url, 'tok', { maxRetryAfterMs: 50 }).json('GET', '/a'), { code: 'HALCYON_RATE_LIMITED', retryAfterMs: 5000 });
+  assert.equal(longer.requests.length, 1);
+
+  const header = await rateLimited(t, Infinity, { header: '3600' });
+  await assert.rejects(client(t, header.url).json('GET', '/a'), { code: 'HALCYON_RATE_LIMITED', retryAfterMs: 600_000 });
+  assert.equal(header.requests.length, 1);
+});
+
+test('429: the header wins over retry_after_ms, an HTTP date in the past means now; within the ceiling the request is retried', async (t) => {
+  const both = await rateLimited(t, 1, { header: '0', ms: 1e10 });
+  assert.deepEqual(await client(t, both.url).json('GET', '/a'), { ok: true });
+  assert.equal(both.requests.length, 2);
+
+  const dated = await rateLimited(t, 2, { header: new Date(Date.now() - 60_000).toUTCString() });
+  assert.deepEqual(await client(t, dated.url).json('GET', '/a'), { ok: true });
+  assert.equal(dated.requests.length, 3);
+
+  const always = await rateLimited(t, Infinity, { ms: 0 });
+  await assert.rejects(client(t, always.url).json('GET', '/a', { maxRateLimitRetries: 3 }), { code: 'HALCYON_RATE_LIMITED', retryAfterMs: 0 });
+  assert.equal(always.requests.length, 4, 'the first attempt and 3 retries');
+});
+
+test('M_UNKNOWN_TOKEN with soft_logout: true is HALCYON_SOFT_LOGOUT; without it (or false) HALCYON_UNKNOWN_TOKEN', async (t) => {
+  let body: Record<string, unknown> = {};
+  const server = await scripted(t, (_req, res) => void res.writeHead(401, { 'content-type': 'application/json' }).end(JSON.stringify(body)));
+  const http = client(t, server.url);
+  body = { errcode: 'M_UNKNOWN_TOKEN', error: 'Token expired', soft_logout: true };
+  await assert.rejects(http.json('GET', '/a'), { code: 'HALCYON_SOFT_LOGOUT', status: 401, errcode: 'M_UNKNOWN_TOKEN' });
+  await assert.rejects(http.stream('GET', '/a'), { code: 'HALCYON_SOFT_LOGOUT' });
+  body = { errcode: 'M_UNKNOWN_TOKEN', error: 'Invalid token', soft_logout: false };
+  await assert.rejects(http.json('GET', '/a'), { code: 'HALCYON_UNKNOWN_TOKEN' });
+  body = { errcode: 'M_UNKNOWN_TOKEN' };
+  await assert.rejects(http.json('GET', '/a'), { code: 'HALCYON_UNKNOWN_TOKEN' });
+  body = { errcode: 'M_FORBIDDEN', soft_logout: true };
+  await assert.rejects(http.json('GET', '/a'), { code: 'HALCYON_MATRIX', errcode: 'M_FORBIDDEN' });
+});
+
+test('the access token never shows in util.inspect or JSON.stringify of the client, idle or with a request in flight', async (t) => {
+  const token = 'syt_dG9rZW4_inspect_me_not_0123456789';
+  let release!: () => void;
+  let arrived!: () => void;
+  const held = new Promise<void>((r) => (arrived = r));
+  const server = await scripted(t, (_req, res) => {
+    release = () => res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+    arrived();
+  });
+  const http = client(t, server.url, token);
+  const look = (what: string) => {
+    for (const text of [inspect(http, { depth: 10, showHidden: true }), inspect(http, { depth: Infinity }), JSON.stringify(http), String(http)]) {
+      assert.ok(!text.includes(token), `${what}: the token shows in ${text.slice(0, 200)}...`);
+      assert.ok(!text.includes(token.slice(4, 20)), `${what}: part of the token shows`);
+    }
+  };
+  look('idle');
+  const pending = http.json('GET', '/held');
+  await withTimeout(held, 10_000, 'the request to arrive');
+  look('in flight');
+  release();
+  await pending;
+  look('after a request');
+});
+
+test('MatrixHttp refuses a base URL that is not http(s) with HALCYON_INVALID_ARGUMENT', () => {
+  for (const bad of ['', 'localhost', 'localhost:8008', 'ftp://example.org', 'mxc://example.org/x', 'https://', 'not a url']) {
+    assert.throws(() => new MatrixHttp(bad), { code: 'HALCYON_INVALID_ARGUMENT' }, bad);
+  }
+  assert.equal(new MatrixHttp('https://matrix.example.org/').baseUrl, 'https://matrix.example.org');
+});
+
+test('https:// to a plain-HTTP port says the server does not speak TLS there', async (t) => {
+  const server = await scripted(t, (_req, res) => void res.end('{}'));
+  const http = client(t, server.url.replace('http:', 'https:'));
+  await assert.rejects(http.json('GET', '/_matrix/client/versions'), { code: 'HALCYON_HTTP', message: /does not speak TLS on that port: use http:\/\/ for a local homeserver/ });
+  await assert.rejects(http.stream('GET', '/x'), { code: 'HALCYON_HTTP', message: /does not speak TLS/ });
+  await assert.rejects(http.upload('/u', new Uint8Array(1), { contentType: 'text/plain', contentLength: 1 }), { code: 'HALCYON_HTTP', message: /does not speak TLS/ });
+});
