@@ -14,12 +14,14 @@ import { MatrixHttp } from './http.ts';
 import { writeSecretFile } from './store.ts';
 import { decodeToken } from './token.ts';
 
-const LOGIN_USAGE = `  halcyon login [--homeserver URL] [--user USER] [--device-name NAME] [--data-dir DIR] [--out FILE]
-                [--password-stdin | --password-file FILE | --password @FILE]
+const LOGIN_USAGE = `  halcyon login [--homeserver URL|SERVER] [--user USER] [--device-name NAME] [--data-dir DIR] [--out FILE]
+                [--password-stdin | --password-file FILE | --password @FILE] [--allow-insecure-http]
       Logs in and prints the token (or writes it to FILE with mode 0600). The password comes from stdin
       (--password-stdin), a file, the HALCYON_PASSWORD environment variable, or else is asked for on the
       terminal without echo. Missing --homeserver and --user are asked for on a terminal too; when stdin is not a
-      terminal they must be given. --password PASS still works but warns: argv shows in ps and shell history.`;
+      terminal they must be given. --password PASS still works but warns: argv shows in ps and shell history.
+      A bare server name (example.org) is resolved through its .well-known; plain http:// to another machine
+      is refused unless --allow-insecure-http.`;
 const WHOAMI_USAGE = `  halcyon whoami [@FILE | -]
       Asks the homeserver whom the token belongs to. The token comes from FILE, from stdin (-), or from the
       HALCYON_TOKEN environment variable (whoami TOKEN still works but warns: argv shows in ps and shell history).`;
@@ -201,6 +203,7 @@ async function login(args: string[]): Promise<number> {
     'device-name': { type: 'string' },
     'data-dir': { type: 'string' },
     out: { type: 'string' },
+    'allow-insecure-http': { type: 'boolean' },
   });
   if (values.help) return help(`usage:\n${LOGIN_USAGE}`);
   // Not echoed: a stray positional may well be the password.
@@ -218,6 +221,7 @@ async function login(args: string[]): Promise<number> {
     password: await readPassword(),
     ...(values['device-name'] ? { deviceName: values['device-name'] } : {}),
     ...(values['data-dir'] ? { dataDir: values['data-dir'] } : {}),
+    ...(values['allow-insecure-http'] ? { allowInsecureHttp: true } : {}),
   });
   if (values.out) {
     writeSecretFile(values.out, token + '\n');

@@ -30,6 +30,7 @@ import {
   User,
 } from './events.ts';
 import { aliasArg, contentArg, eventIdArg, roomIdArg, roomOrAliasArg, stringArg, userIdArg } from './ids.ts';
+import { resolveHomeserver } from './discovery.ts';
 import { editProblem, type MentionsContent, newMentions, readMentions } from './edits.ts';
 import { htmlToText, sanitizeHtml } from './html.ts';
 import { RoomDetails } from './rooms.ts';
@@ -118,6 +119,8 @@ export interface ClientOptions {
   stopTimeoutMs?: number;
   /** End-to-end encryption: on by default; `false` turns it off, an object configures it. */
   encryption?: boolean | EncryptionOptions;
+  /** Accept a token whose homeserver is plain `http://` and not this machine (default false); see LoginOptions. */
+  allowInsecureHttp?: boolean;
   /**
    * Pacing of sends (a token bucket): default Synapse's `rc_message` (0.2/s, bursts of 10), so bursts do not run
    * into 429s; `false` when the bot's account is exempt from rate limits.
@@ -200,6 +203,11 @@ export interface LoginOptions {
   deviceName?: string;
   /** With a data dir, the device ID of an earlier login is reused instead of creating a new device. */
   dataDir?: string;
+  /**
+   * Accept a plain `http://` homeserver that is not this machine (default false: `HALCYON_INSECURE_HOMESERVER`,
+   * since the password and token would cross the network in the clear).
+   */
+  allowInsecureHttp?: boolean;
 }
 
 /** Who the client is. */
@@ -380,6 +388,7 @@ export class Client implements RoomActions {
       maxRoomsInMemory: 1_000,
       stopTimeoutMs: 20_000,
       maxSendAttempts: 8,
+      allowInsecureHttp: false,
       ...options,
       rateLimit: options.rateLimit === false ? null : (options.rateLimit ?? DEFAULT_RATE_LIMIT),
       metrics: options.metrics === true ? {} : options.metrics ? options.metrics : null,
@@ -399,7 +408,8 @@ export class Client implements RoomActions {
     stringArg(opts.homeserver, 'Client.login', 'homeserver');
     stringArg(opts.user, 'Client.login', 'user');
     stringArg(opts.password, 'Client.login', 'password (read it from an environment variable or a secret store)');
-    const homeserver = opts.homeserver.replace(/\/+$/, '');
+    // A bare server name is resolved with the spec's discovery (.well-known); plain http off this machine is refused.
+    const homeserver = await resolveHomeserver(opts.homeserver, { allowInsecureHttp: opts.allowInsecureHttp === true });
     const http = new MatrixHttp(homeserver);
     try {
       // Refuses (HALCYON_STORE_MISMATCH) before logging in if the data dir belongs to another account.
@@ -502,6 +512,7 @@ export class Client implements RoomActions {
 
   private async startUp(token: string): Promise<void> {
     const session = decodeToken(token);
+    await resolveHomeserver(session.homeserver, { allowInsecureHttp: this.opts.allowInsecureHttp });
     this.session = session;
     this.http = new MatrixHttp(session.homeserver, session.accessToken);
     this.media = new Media({

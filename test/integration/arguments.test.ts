@@ -5,9 +5,9 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { Client, type HalcyonError } from '../../src/index.ts';
+import { Client, encodeToken, type HalcyonError } from '../../src/index.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
-import { newBot, newPeer, roomWithBot } from './util.ts';
+import { newBot, newClient, newPeer, roomWithBot, tempDataDir } from './util.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -55,4 +55,20 @@ test('room, user and event IDs, aliases and message content are checked before a
   await assert.rejects(c.joinRoom('#no-such-alias:localhost'), (e: HalcyonError) => e.code === 'HALCYON_MATRIX');
   // A room version 12 room ID has no server part.
   await assert.rejects(c.getStateEvent('!opaqueRoomIdWithoutServer', 'm.room.name'), (e: HalcyonError) => e.code === 'HALCYON_MATRIX');
+});
+
+test('homeserver as typed: a bare server name is discovered; plain http to another machine is refused unless allowed', async (t) => {
+  const user = await hs.registerUser();
+  // "127.0.0.1:<port>": no scheme; discovery finds no .well-known and checks the server itself.
+  const token = await Client.login({ homeserver: `127.0.0.1:${hs.port}`, user: user.localpart, password: user.password });
+  const client = newClient(t, tempDataDir(t), { encryption: false });
+  await client.run(token);
+  assert.equal(client.whoami().homeserver, hs.baseUrl);
+  await client.stop();
+
+  const insecure = (e: HalcyonError) => e.code === 'HALCYON_INSECURE_HOMESERVER';
+  await assert.rejects(Client.login({ homeserver: 'http://matrix.example.org', user: 'bot', password: 'x' }), insecure);
+  const remote = encodeToken({ homeserver: 'http://matrix.example.org', userId: '@bot:example.org', deviceId: 'D', accessToken: 'not-a-real-token' });
+  await assert.rejects(newClient(t, tempDataDir(t)).run(remote), insecure);
+  await assert.rejects(Client.login({ homeserver: 'ht!tp://x y', user: 'bot', password: 'x' }), (e: HalcyonError) => e.code === 'HALCYON_INVALID_ARGUMENT');
 });
