@@ -599,9 +599,11 @@ export class Client implements RoomActions {
       lastSuccessAt: st.lastSuccessAt,
       lastError: st.lastError ? { code: st.lastError.code, message: st.lastError.message } : null,
     };
+    // 'starting' until run() resolves (the first sync processed and the ready handlers settled).
+    const state = this.state === 'running' && this.starting ? 'starting' : this.state;
     return {
-      state: this.state,
-      ok: this.state === 'running' && sync !== null && sync.consecutiveErrors === 0,
+      state,
+      ok: state === 'running' && sync !== null && sync.consecutiveErrors === 0,
       sync,
       queuedEvents: this.dispatcher.size,
       backlogEvents: st?.backlogEvents ?? 0,

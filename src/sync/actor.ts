@@ -259,17 +259,19 @@ export class SyncActor implements SyncActorApi {
    */
   private async pollOnce(first: boolean, deliverTimeline: boolean): Promise<number> {
     const filter = await this.filterId();
-    const initial = this.since === null;
     this.lastPollStartAt = Date.now();
     const body = await this.http.bytes('GET', '/_matrix/client/v3/sync', {
       query: {
         since: this.since ?? undefined,
-        timeout: initial ? 0 : this.config.pollTimeoutMs,
+        // The first poll of a run answers at once, whatever it brings: `ready` must not wait out a long-poll on
+        // a quiet account (a restart took 30 s to become ready).
+        timeout: first ? 0 : this.config.pollTimeoutMs,
         filter,
         set_presence: this.config.setPresence,
       },
       // Client-side deadline: a silently dead connection must not stall the loop forever.
-      timeoutMs: (initial ? Math.max(this.config.pollTimeoutMs, 120_000) : this.config.pollTimeoutMs) + this.config.deadlineMarginMs,
+      // An initial sync or a catch-up after downtime can take the server a while to assemble.
+      timeoutMs: (first ? Math.max(this.config.pollTimeoutMs, 120_000) : this.config.pollTimeoutMs) + this.config.deadlineMarginMs,
       signal: this.abort.signal,
       maxRateLimitRetries: 0,
       // A big account's initial sync runs to 100s of MB; the limit only stops a server that never ends its answer.

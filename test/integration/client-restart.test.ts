@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { Client, decodeToken, type Message } from '../../src/index.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
-import { newBot, newClient, newPeer, roomWithBot, tempDataDir, WAIT_MS, waitUntil } from './util.ts';
+import { loggingProxy, newBot, newClient, newPeer, roomWithBot, tempDataDir, WAIT_MS, waitUntil } from './util.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -122,3 +122,26 @@ for (const deliverInitialTimeline of [false, true]) {
     assert.deepEqual(seen, deliverInitialTimeline ? [oldId, newId] : [newId]);
   });
 }
+
+test('a restart on a quiet account: the first poll asks for timeout=0 (ready does not wait out a long-poll); health says starting until run() resolves', async (t) => {
+  const proxy = await loggingProxy(t, hs.baseUrl);
+  const user = await hs.registerUser();
+  const dataDir = tempDataDir(t);
+  const token = await Client.login({ homeserver: proxy.url, user: user.localpart, password: user.password, dataDir });
+  // A long poll timeout, as in production: waiting it out would show.
+  const first = newClient(t, dataDir, { encryption: false, pollTimeoutMs: 30_000 });
+  await first.run(token);
+  await first.stop();
+
+  const second = newClient(t, dataDir, { encryption: false, pollTimeoutMs: 30_000 });
+  const states: string[] = [];
+  second.on('ready', async () => void states.push((await second.health()).state));
+  const mark = proxy.log.length;
+  await second.run(token);
+  states.push((await second.health()).state);
+  const polls = proxy.log.slice(mark).filter((l) => l.startsWith('GET /_matrix/client/v3/sync'));
+  assert.match(polls[0]!, /[?&]since=/, 'it resumed from the saved position');
+  assert.match(polls[0]!, /[?&]timeout=0(&|$)/, `the first poll of the run: ${polls[0]}`);
+  assert.deepEqual(states, ['starting', 'running']);
+  await waitUntil(() => proxy.log.slice(mark).some((l) => /sync\?.*timeout=30000/.test(l)), WAIT_MS, 'the long-polls after it');
+});
