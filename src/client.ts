@@ -36,7 +36,7 @@ import { htmlToText, sanitizeHtml } from './html.ts';
 import { RoomDetails } from './rooms.ts';
 import { delay, MatrixHttp, seg } from './http.ts';
 import { createMetrics, type MetricsOptions, type MetricsSnapshot, noMetrics, type Recorder } from './metrics.ts';
-import { beginHandlerRun, DEFAULT_RATE_LIMIT, endHandlerSyncPart, laneScope, Outbox, type OutboxOp, type RateLimit, type SendFailure } from './outbox.ts';
+import { beginHandlerRun, DEFAULT_RATE_LIMIT, endHandlerSyncPart, laneScope, Outbox, type OutboxOp, type OutboxStatus, type RateLimit, type SendFailure } from './outbox.ts';
 import { type DownloadOptions, Media, type MediaConfig, type MediaSource, type SendMediaOptions, type UploadOptions } from './media.ts';
 import type { Readable } from 'node:stream';
 import { inspect } from 'node:util';
@@ -242,6 +242,8 @@ export interface Health {
   backlogEvents: number;
   /** Whether handlers fell behind and batches wait in the journal. */
   backpressure: boolean;
+  /** Sends pending, dead, and waiting now by reason (see {@link Client.outboxStatus}); null when not running. */
+  outbox: OutboxStatus | null;
 }
 
 /** Details passed with a `backpressure` event. */
@@ -543,6 +545,7 @@ export class Client implements RoomActions {
       attempt: (roomId, txnId, op, allowPlaintext, signal) => this.attemptSend(roomId, txnId, op, allowPlaintext, signal),
       failed: (err, info) => void this.emit('sendFailed', err, info)?.catch(() => {}),
       outcome: (r) => this.metrics.send(r),
+      notice: (info, msg) => this.opts.logger.warn(info, msg),
       rateLimit: this.opts.rateLimit,
       maxAttempts: this.opts.maxSendAttempts,
       retryMinMs: 1_000,
@@ -608,6 +611,7 @@ export class Client implements RoomActions {
       queuedEvents: this.dispatcher.size,
       backlogEvents: st?.backlogEvents ?? 0,
       backpressure: this.backpressure,
+      outbox: this.outbox?.status() ?? null,
     };
   }
 
@@ -1078,9 +1082,13 @@ export class Client implements RoomActions {
     return this.needOutbox().send(roomId, op, true);
   }
 
-  /** Sends left in the outbox (`pending`: not yet acknowledged by the server; `dead`: failed for good). */
-  outboxStatus(): { pending: number; dead: number } {
-    return this.needOutbox().counts();
+  /**
+   * Sends left in the outbox (`pending`: not yet acknowledged by the server; `dead`: failed for good), those
+   * waiting now by reason (`pacing`: the rate limit's bucket, `rate_limited`: the server's 429, `retrying`: a
+   * backoff after a failed attempt) and when the next is due.
+   */
+  outboxStatus(): OutboxStatus {
+    return this.needOutbox().status();
   }
 
   /** The dead letters kept in the outbox: sends that failed for good, with their error. */

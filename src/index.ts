@@ -12,7 +12,7 @@ export { ERROR_CODES, HalcyonError } from './errors.ts';
 export type { ErrorCode } from './errors.ts';
 export type { Logger } from './log.ts';
 export type { MetricsOptions } from './metrics.ts';
-export type { OutboxOp, RateLimit, SendFailure } from './outbox.ts';
+export type { OutboxOp, OutboxStatus, RateLimit, SendFailure, WaitReason } from './outbox.ts';
 export { consoleLogger } from './log.ts';
 export type { AccountDataWire, CryptoStatus, MatrixEvent, ReceiptWire, RoomInfo, RoomSummary } from './protocol.ts';
 export { decryptAttachment, encryptAttachment } from './attachments.ts';

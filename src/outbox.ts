@@ -35,6 +35,21 @@ const REFILL_MARGIN = 0.95;
 /** Synapse's default `rc_message`: 0.2 messages per second, bursts of 10. */
 export const DEFAULT_RATE_LIMIT: RateLimit = { perSecond: 0.2, burst: 10 };
 
+/** Why a send is waiting: the bucket's pacing, the server's 429, or a backoff after a failed attempt. */
+export type WaitReason = 'pacing' | 'rate_limited' | 'retrying';
+
+/** What {@link Outbox.status} reports. */
+export interface OutboxStatus {
+  /** Sends not yet acknowledged by the server (queued, waiting or in flight). */
+  pending: number;
+  /** Dead letters kept. */
+  dead: number;
+  /** Sends waiting now, by reason. */
+  waiting: Record<WaitReason, number>;
+  /** When the next waiting send is due (ms since the epoch), or null when none waits. */
+  nextAttemptAt: number | null;
+}
+
 /** Details of a send that failed for good (the `sendFailed` event). */
 export interface SendFailure {
   roomId: string;
@@ -53,6 +68,8 @@ export interface OutboxDeps {
   failed(err: HalcyonError, info: SendFailure): void;
   /** Each attempt's outcome (for metrics): sent, retried (a transient failure), rate_limited (a 429), dead. */
   outcome?(result: 'sent' | 'retried' | 'rate_limited' | 'dead'): void;
+  /** Says, once per stretch of waiting, that sends wait and why (the client logs it at warn level). */
+  notice?(info: { reason: WaitReason; waiting: number; waitMs: number }, msg: string): void;
   rateLimit: RateLimit | null;
   /** Attempts per send before it is a dead letter (transient failures only; permanent ones stop at once). */
   maxAttempts: number;
@@ -129,6 +146,10 @@ export class Outbox {
   private readonly running = new Set<Promise<void>>();
   private tokens: number;
   private lastRefill = Date.now();
+  /** Sends waiting now: why and until when. */
+  private readonly waits = new Map<Entry, { reason: WaitReason; until: number }>();
+  /** Wait reasons announced in the current stretch (cleared when every queue is empty). */
+  private readonly announced = new Set<WaitReason>();
   private readonly abort = new AbortController();
   private closed = false;
 
@@ -195,6 +216,17 @@ export class Outbox {
     return out;
   }
 
+  /** {@link counts}, plus the sends waiting now and why, and when the next one is due. */
+  status(): OutboxStatus {
+    const waiting: Record<WaitReason, number> = { pacing: 0, rate_limited: 0, retrying: 0 };
+    let next: number | null = null;
+    for (const w of this.waits.values()) {
+      waiting[w.reason]++;
+      if (next === null || w.until < next) next = w.until;
+    }
+    return { ...this.counts(), waiting, nextAttemptAt: next };
+  }
+
   /** The dead letters kept in the outbox (sends that failed for good), oldest first. */
   deadLetters(): Array<{ roomId: string; txnId: string; op: OutboxOp; attempts: number; error: string | null }> {
     return (this.stmt.dead_.all() as Array<{ room_id: string; txn_id: string; op: string; attempts: number; error: string | null }>).map((r) => ({
@@ -256,6 +288,8 @@ export class Outbox {
       lane.shift();
     }
     if (this.lanes.get(roomId) === lane) this.lanes.delete(roomId);
+    // Every queue is empty: the stretch of waiting (if any) is over; the next wait is announced again.
+    if (this.lanes.size === 0) this.announced.clear();
   }
 
   /** Attempts one entry until it is sent, dead, or the outbox closes. */
@@ -266,7 +300,7 @@ export class Outbox {
       if (this.closed) return;
       try {
         if (cleared) this.drained();
-        else await this.pace();
+        else await this.pace(e);
         cleared = false;
         e.attempts++;
         const eventId = await this.deps.attempt(e.roomId, e.txnId, e.op, e.allowPlaintext, this.abort.signal);
@@ -299,12 +333,29 @@ export class Outbox {
         // The server's retry_after_ms is the wait when it gives one; otherwise back off, with jitter.
         const wait = paced ? h.retryAfterMs! * (1 + Math.random() * 0.1) : base * (0.8 + Math.random() * 0.4);
         try {
-          await delay(wait, this.abort.signal);
+          await this.wait(e, paced ? 'rate_limited' : 'retrying', wait);
         } catch {
           return;
         }
         cleared = paced;
       }
+    }
+  }
+
+  /**
+   * Waits `ms` for `e` (rejecting with `HALCYON_STOPPED` at close), recorded for {@link status}; the first wait
+   * of each reason in a stretch (until every queue is empty) is announced, so a bot's silence is explained.
+   */
+  private async wait(e: Entry, reason: WaitReason, ms: number): Promise<void> {
+    this.waits.set(e, { reason, until: Date.now() + ms });
+    if (!this.announced.has(reason)) {
+      this.announced.add(reason);
+      this.deps.notice?.({ reason, waiting: this.waits.size, waitMs: ms }, WHY[reason](this.deps.rateLimit, ms));
+    }
+    try {
+      await delay(ms, this.abort.signal);
+    } finally {
+      this.waits.delete(e);
     }
   }
 
@@ -319,7 +370,7 @@ export class Outbox {
    * server's limiter starts its clock at the first send it sees, a little after this bucket's, and a refill timed
    * to the millisecond drew a 429 on every burst.
    */
-  private async pace(): Promise<void> {
+  private async pace(e: Entry): Promise<void> {
     const rl = this.deps.rateLimit;
     if (!rl) return;
     const rate = rl.perSecond * REFILL_MARGIN;
@@ -331,10 +382,19 @@ export class Outbox {
         this.tokens -= 1;
         return;
       }
-      await delay(Math.ceil(((1 - this.tokens) / rate) * 1000), this.abort.signal);
+      await this.wait(e, 'pacing', Math.ceil(((1 - this.tokens) / rate) * 1000));
     }
   }
 }
+
+/** The notice of each wait reason (see Outbox.wait). */
+const WHY: Record<WaitReason, (rl: RateLimit | null, ms: number) => string> = {
+  pacing: (rl, ms) =>
+    `sends are paced: the next goes out in ${(ms / 1000).toFixed(1)} s (rateLimit ${rl?.perSecond}/s, bursts of ${rl?.burst}; the default is Synapse's rc_message). ` +
+    "Pass rateLimit: false if the bot's account is exempt from rate limits, or your server's limits",
+  rate_limited: (_rl, ms) => `the homeserver rate-limited a send (429): sends wait ${(ms / 1000).toFixed(1)} s as it asked`,
+  retrying: (_rl, ms) => `a send failed and is retried in ${(ms / 1000).toFixed(1)} s`,
+};
 
 /**
  * Failures worth another attempt: everything but a refusal. Refusals are the server's 4xx answers and local

@@ -148,7 +148,7 @@ test('a refused send is a dead letter: the caller gets HALCYON_SEND_FAILED with 
   assert.equal(err?.status, 403);
   assert.deepEqual(failed, [{ code: 'HALCYON_SEND_FAILED', errcode: 'M_FORBIDDEN', roomId: '!r:s', attempts: 1 }]);
   assert.equal(await c.sendMessage('!r:s', 'fine'), '$sent0');
-  assert.deepEqual(c.outboxStatus(), { pending: 0, dead: 1 });
+  assert.deepEqual({ ...c.outboxStatus(), nextAttemptAt: null }, { pending: 0, dead: 1, waiting: { pacing: 0, rate_limited: 0, retrying: 0 }, nextAttemptAt: null });
   assert.equal(c.deadLetters()[0]!.roomId, '!r:s');
   assert.match(c.deadLetters()[0]!.error ?? '', /M_FORBIDDEN/);
 });
@@ -183,8 +183,10 @@ test('pacing: with 20 sends per second and bursts of 3, sends are spaced by the 
   t.after(() => hs.close());
   const c = client(t, mkdtempSync(join(tmpdir(), 'hc-outbox-')), { rateLimit: { perSecond: 20, burst: 3 } });
   await c.run(token(hs.url));
+  // A first send makes the client learn the room is not encrypted (one state request): the 9 then go out together.
+  await c.sendMessage('!r:s', 'prime');
   await Promise.all(Array.from({ length: 9 }, (_, i) => c.sendMessage('!r:s', `p${i}`)));
-  const at = hs.sent.map((s) => s.at);
+  const at = hs.sent.slice(1).map((s) => s.at);
   // The first 3 use the burst; the next 6 need at least 6 × 50 ms of refill.
   assert.ok(at.at(-1)! - at[0]! >= 6 * 50 - 20, `9 sends spanned ${at.at(-1)! - at[0]!} ms`);
 });

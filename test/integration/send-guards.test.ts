@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 import { inspect } from 'node:util';
 import { Client, decodeToken, type HalcyonError } from '../../src/index.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
-import { deferred, loggingProxy, newBot, newClient, newPeer, tempDataDir, WAIT_MS, waitUntil } from './util.ts';
+import { deferred, loggingProxy, newBot, newClient, newPeer, roomWithBot, tempDataDir, WAIT_MS, waitUntil } from './util.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -80,7 +80,7 @@ test('a send into a room the bot is not in fails at once, naming the send, with 
     assert.match(e.message, new RegExp(`^cannot send into ${roomId.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
     return true;
   });
-  assert.deepEqual(bot.client.outboxStatus(), { pending: 0, dead: 0 }, 'no dead letter');
+  assert.deepEqual([bot.client.outboxStatus().pending, bot.client.outboxStatus().dead], [0, 0], 'no dead letter');
 });
 
 test('joinRoom(..., { via }) sends `via` (server_name was removed in spec v1.14)', async (t) => {
@@ -115,4 +115,26 @@ test('util.inspect and JSON of a running client show neither the access token no
     // Not serialisable is fine too.
   }
   for (const text of texts) for (const s of secrets) assert.ok(!text.includes(s), `a secret shows in: ${text.slice(0, 200)}`);
+});
+
+test('sends waiting on pacing are visible: outboxStatus()/health() say how many wait and why, and one warning per stretch says so', async (t) => {
+  const warnings: string[] = [];
+  const logger = { debug() {}, info() {}, warn: (_o: unknown, msg?: string) => void warnings.push(msg ?? ''), error() {} };
+  const bot = await newBot(t, hs, { encryption: false, rateLimit: { perSecond: 2, burst: 1 }, logger });
+  await bot.client.run(bot.token);
+  const peer = await newPeer(hs);
+  const roomId = await roomWithBot(peer, bot.user.userId);
+  for (let stretch = 0; stretch < 2; stretch++) {
+    const sends = [1, 2, 3].map((i) => bot.client.sendMessage(roomId, `burst ${stretch}.${i}`));
+    const status = await waitUntil(() => {
+      const s = bot.client.outboxStatus();
+      return s.waiting.pacing > 0 ? s : null;
+    }, WAIT_MS, 'a send waiting on pacing');
+    assert.ok(status.nextAttemptAt !== null && status.pending >= 1);
+    assert.ok(((await bot.client.health()).outbox?.pending ?? 0) >= 1);
+    await Promise.all(sends);
+    assert.deepEqual(bot.client.outboxStatus().waiting, { pacing: 0, rate_limited: 0, retrying: 0 });
+    assert.equal(warnings.filter((w) => w.startsWith('sends are paced')).length, stretch + 1, 'one warning per stretch');
+  }
+  assert.match(warnings[0]!, /rateLimit: false/);
 });
