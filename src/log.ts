@@ -22,10 +22,24 @@ export function consoleLogger(level: (typeof LEVELS)[number] = 'warn'): Logger {
 }
 
 function describe(obj: unknown): string {
-  if (obj instanceof Error) return `${(obj as { code?: string }).code ?? obj.name}: ${obj.message}`;
+  if (obj instanceof Error) return `${(obj as { code?: string }).code ?? obj.name}: ${obj.message}${causeStack(obj)}`;
   try {
     return JSON.stringify(obj);
   } catch {
     return String(obj);
   }
+}
+
+/**
+ * The stack of the first cause that is not one of Halcyon's own coded errors (a handler's exception, say), on the
+ * lines after the message: a handler failure without its file and line cannot be found.
+ */
+function causeStack(err: Error): string {
+  for (let c: unknown = err.cause, depth = 0; c !== undefined && depth < 5; c = (c as Error).cause, depth++) {
+    if (!(c instanceof Error)) return `\n  caused by: ${String(c)}`;
+    if ((c as { code?: unknown }).code === undefined || !String((c as { code?: unknown }).code).startsWith('HALCYON_')) {
+      return `\n  caused by: ${c.stack ?? `${c.name}: ${c.message}`}`;
+    }
+  }
+  return '';
 }
