@@ -23,6 +23,11 @@ await Promise.all([
   build({ ...common, entryPoints: { sync: 'workers/sync.ts', cache: 'workers/cache.ts', crypto: 'workers/crypto.ts', media: 'workers/media.ts' }, outdir: 'dist/workers' }),
   build({ ...common, entryPoints: { cli: 'workers/cli.ts' }, outdir: 'dist', banner: { js: '#!/usr/bin/env node' } }),
 ]);
+// require() of the package gets one clear line instead of a loader error: it is an ES module.
+writeFileSync(
+  'dist/require.cjs',
+  `const e = new Error('halcyon-matrix is an ES module: load it with import (or await import() from CommonJS), not require()');\ne.code = 'HALCYON_UNSUPPORTED_RUNTIME';\ne.stack = 'Error [HALCYON_UNSUPPORTED_RUNTIME]: ' + e.message;\nthrow e;\n`,
+);
 execFileSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.build.json'], { stdio: 'inherit' });
 // Sources import './x.ts' (run directly by tsx); published declarations must say './x.js'.
 for (const f of readdirSync('dist/types', { recursive: true })) {

@@ -26,6 +26,7 @@ export const ERROR_CODES = {
   HALCYON_RESTARTING: 'The actors are restarting after a worker died or stalled; ask again in a few seconds (sends wait by themselves).',
   HALCYON_STORE: 'The data directory or its SQLite store could not be opened, read, or written.',
   HALCYON_STORE_MISMATCH: 'The data directory belongs to another user or homeserver than the token.',
+  HALCYON_UNSUPPORTED_RUNTIME: 'Halcyon cannot run here: it needs Node.js >= 22.13, and `import` (it is an ES module; `require()` is refused).',
   HALCYON_INTERNAL: 'An unexpected error inside Halcyon (a bug); the message says where it happened.',
   HALCYON_ATTACHMENT_INVALID: 'The `file` info of an encrypted attachment is malformed (version, algorithm, key, IV or hash missing or wrong).',
   HALCYON_ATTACHMENT_HASH_MISMATCH: 'The ciphertext of an encrypted attachment does not match its SHA-256 hash (corrupted or tampered); nothing was decrypted.',

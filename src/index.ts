@@ -1,4 +1,6 @@
 /** Halcyon: a Matrix bot library with polling, parsing and room state on worker threads. */
+// First: on a Node.js too old for Halcyon, importing the package fails here with a coded line.
+import './runtime-check.ts';
 export { Client } from './client.ts';
 export type { AutoJoinPolicy, BackpressureInfo, ClientEvents, ClientOptions, CreateRoomOptions, Health, DecryptionErrorInfo, EncryptionOptions, LoginOptions, SendOptions, SyncErrorInfo, WhoAmI } from './client.ts';
 export { Edit, MemberEvent, Message, Reaction, Redaction, Room, RoomEvent, User } from './events.ts';

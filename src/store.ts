@@ -6,11 +6,18 @@
 import { randomBytes } from 'node:crypto';
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { DatabaseSync } from 'node:sqlite';
+import type { DatabaseSync as SqliteDatabase } from 'node:sqlite';
 import { HalcyonError } from './errors.ts';
 
 /** A SQLite database owned by one actor. */
-export type Database = DatabaseSync;
+export type Database = SqliteDatabase;
+
+/**
+ * `node:sqlite`, taken at run time rather than by a static import: Node resolves static imports before any code
+ * runs, so an old Node would fail with ERR_UNKNOWN_BUILTIN_MODULE before src/runtime.ts could say which version
+ * is needed.
+ */
+const sqlite = process.getBuiltinModule?.('node:sqlite') as typeof import('node:sqlite') | undefined;
 
 /**
  * Creates the data directory (0700) if needed, and makes an existing one 0700: it holds the token's device, room
@@ -36,7 +43,8 @@ export function openDatabase(dataDir: string, name: string): Database {
   try {
     // Create the file ourselves so it is never world-readable, not even for an instant.
     if (!existsSync(path)) closeSync(openSync(path, 'a', 0o600));
-    const db = new DatabaseSync(path);
+    if (!sqlite) throw new HalcyonError('HALCYON_UNSUPPORTED_RUNTIME', `node:sqlite is not available: halcyon-matrix needs Node.js >= 22.13 (this is ${process.version})`);
+    const db = new sqlite.DatabaseSync(path);
     db.exec('PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;');
     db.exec('CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL)');
     for (const suffix of ['', '-wal', '-shm']) if (existsSync(path + suffix)) chmodSync(path + suffix, 0o600);
