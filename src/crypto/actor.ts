@@ -39,6 +39,7 @@ import {
 import { type Database, kvGet, kvSet } from '../store.ts';
 import { processSync } from '../sync/process.ts';
 import { IdbJournal } from './idb-journal.ts';
+import { refusal } from './plaintext.ts';
 
 /**
  * Decryption yields the queue after this many ms (at least one event per turn), so a batch's sync changes, which
@@ -391,6 +392,8 @@ export class CryptoActor implements CryptoActorApi {
       if (forged) {
         return { code: 'HALCYON_DECRYPT_FAILED', message: `${eventId} claims to be from ${String(original.sender)} but was encrypted by another user's device`, sessionId, pending: false };
       }
+      const refused = refusal(event, original);
+      if (refused) return { code: 'HALCYON_DECRYPT_FAILED', message: `${eventId} was refused: ${refused}`, sessionId, pending: false };
       // The clear event carries the encrypted event's envelope; relations stay in the clear part of the content.
       for (const k of ['event_id', 'sender', 'origin_server_ts', 'unsigned'] as const) if (event[k] === undefined && original[k] !== undefined) event[k] = original[k];
       const c = event.content as Record<string, unknown> | undefined;
@@ -421,10 +424,13 @@ export class CryptoActor implements CryptoActorApi {
       event_id: string; room_id: string; session_id: string | null; raw: string;
     }[]).filter((r) => sessions === null || (r.session_id !== null && sessions.has(r.session_id)));
     const ok: Array<Decrypted & { index: number }> = [];
+    const hopeless: string[] = [];
     for (const r of rows) {
       const res = await this.decryptOne(r.room_id, r.raw, false);
       if ('event' in res) ok.push({ ...res, index: ok.length });
+      else if (res.code === 'HALCYON_DECRYPT_FAILED') hopeless.push(r.event_id); // the key came, the event is refused
     }
+    this.forgetPending(hopeless);
     const built = this.buildBatch(ok, EVENT_FLAGS.late);
     if (!built) return;
     const ids = ok.map((d) => d.event.event_id as string);

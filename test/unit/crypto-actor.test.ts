@@ -773,3 +773,21 @@ test('calls after close are refused with a coded error, not a wasm null pointer'
   );
   assert.equal(enc?.code, 'HALCYON_STOPPED');
 });
+
+test('an event kept for its key that decrypts to a refused type (m.room.member) is not delivered late, and is forgotten', async (t) => {
+  const { alice, bot, roomId } = await world(t);
+  await alice.shareKey(roomId, [BOT]);
+  const held = hs.drainInbox(BOT, BOT_DEVICE);
+  const content = await alice.machine.encryptRoomEvent(new W.RoomId(roomId), 'm.room.member', JSON.stringify({ membership: 'join' }));
+  const member = { event_id: '$member', sender: ALICE, origin_server_ts: Date.now(), room_id: roomId, type: 'm.room.encrypted', content: JSON.parse(content) as Json };
+  const text = await alice.encrypt(roomId, 'a real one', '$text');
+  const res = await bot.actor.decrypt(decryptRequest(roomId, [member, text]));
+  assert.deepEqual(res.failures.map((f) => [f.index, f.code, f.pending]), [[0, 'HALCYON_DECRYPT_MISSING_KEY', true], [1, 'HALCYON_DECRYPT_MISSING_KEY', true]]);
+  await bot.actor.receiveSyncChanges(syncChanges(hs, held));
+  const late = await bot.next('late');
+  assert.deepEqual(late.ids, ['$text'], 'only the message is delivered late');
+  assert.deepEqual(lateEvents(late.batch).map((d) => d.event.type), ['m.room.message']);
+  bot.main.post({ kind: 'lateHandled', ids: late.ids });
+  await waitFor(async () => (await bot.actor.status()).pendingUndecryptable === 0, 'both kept events to be forgotten');
+  assert.deepEqual(errors(bot), []);
+});

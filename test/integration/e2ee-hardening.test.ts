@@ -1,0 +1,99 @@
+/**
+ * Hardening of the crypto actor over a real Synapse: what a room member can make the bot believe with what it
+ * encrypts (event types that are never encrypted, relations hidden in the ciphertext), who gets the bot's room
+ * keys (history visibility), and how withheld keys are reported. The senders are an OlmPeer (a raw OlmMachine
+ * that encrypts any type and content) and matrix-js-sdk peers.
+ */
+import assert from 'node:assert/strict';
+import { after, before, test, type TestContext } from 'node:test';
+import * as W from '@matrix-org/matrix-sdk-crypto-wasm';
+import type { DecryptionErrorInfo, Edit, HalcyonError, Message } from '../../src/index.ts';
+import { OlmPeer } from '../harness/olm-peer.ts';
+import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
+import { defer, newBot, WAIT_MS, waitUntil, type Bot } from './util.ts';
+
+let hs: Homeserver;
+before(async () => {
+  hs = await testHomeserver();
+});
+after(async () => {
+  await hs?.stop();
+});
+
+type DecErr = { code: string; message: string } & DecryptionErrorInfo;
+
+/** Everything the bot's handlers see: messages, edits, and the IDs reaching `member`, `redaction` and `event`. */
+function record(bot: Bot) {
+  const messages: Message[] = [];
+  const edits: Edit[] = [];
+  const members: string[] = [];
+  const redactions: string[] = [];
+  const events: Array<{ eventId: string; type: string; stateKey: string | null }> = [];
+  const decryptionErrors: DecErr[] = [];
+  bot.client.on('message', (m) => void messages.push(m));
+  bot.client.on('edit', (e) => void edits.push(e));
+  bot.client.on('member', (m) => void members.push(m.eventId));
+  bot.client.on('redaction', (r) => void redactions.push(r.eventId));
+  bot.client.on('event', (e) => void events.push({ eventId: e.eventId, type: e.type, stateKey: e.stateKey }));
+  bot.client.on('decryptionError', (e: HalcyonError, info) => void decryptionErrors.push({ code: e.code, message: e.message, ...info }));
+  return { messages, edits, members, redactions, events, decryptionErrors };
+}
+
+/** A running bot in an encrypted room created by an OlmPeer, whose room key the bot already has. */
+async function setup(t: TestContext) {
+  const bot = await newBot(t, hs);
+  const rec = record(bot);
+  await bot.client.run(bot.token);
+  const peer = await OlmPeer.start(hs);
+  defer(t, () => peer.stop());
+  const roomId = await peer.createEncryptedRoom([bot.user.userId]);
+  await peer.http.waitForJoined(roomId, bot.user.userId, WAIT_MS);
+  await peer.releaseKeys(await peer.prepareRoomKey(roomId));
+  return { bot, rec, peer, roomId };
+}
+
+/** Waits until the bot's `message` handler got `eventId`; dumps what the bot saw on timeout. */
+async function botGot(rec: ReturnType<typeof record>, eventId: string, what: string): Promise<Message> {
+  return waitUntil(() => rec.messages.find((m) => m.eventId === eventId), WAIT_MS, what).catch((e: Error) => {
+    throw new Error(`${e.message}; decryptionErrors: ${JSON.stringify(rec.decryptionErrors)}`);
+  });
+}
+
+test('decrypted events claiming a redaction, a state event type, or a state_key are refused (decryptionError), never delivered', async (t) => {
+  const { bot, rec, peer, roomId } = await setup(t);
+  const target = await peer.sendText(roomId, 'a message to pretend to redact');
+  await botGot(rec, target, 'the first real message');
+
+  const claims: Array<{ what: string; eventId: string; names: RegExp }> = [];
+  const send = async (what: string, type: string, content: Record<string, unknown>, names: RegExp) =>
+    claims.push({ what, eventId: (await peer.sendEncrypted(roomId, type, content)).eventId, names });
+  await send('an encrypted m.room.member', 'm.room.member', { membership: 'join', displayname: 'not really' }, /m\.room\.member/);
+  await send('an encrypted m.room.redaction', 'm.room.redaction', { redacts: target, reason: 'forged' }, /m\.room\.redaction/);
+  await send('an encrypted m.room.power_levels', 'm.room.power_levels', { users: { [peer.userId]: 100 } }, /m\.room\.power_levels/);
+  // An encrypted state event (MSC4362: the state key is inside the ciphertext and, as `type:state_key`, in the
+  // envelope): a custom type, so only the state_key gives it away.
+  const stateContent = JSON.parse(await peer.machine.encryptStateEvent(new W.RoomId(roomId), 'org.example.setting', 'k', JSON.stringify({ value: 1 }))) as object;
+  claims.push({ what: 'an encrypted state event', eventId: await peer.http.sendState(roomId, 'm.room.encrypted', 'org.example.setting:k', stateContent), names: /state_key/ });
+
+  const after = await peer.sendText(roomId, 'a real message after the claims');
+  await botGot(rec, after, 'the real message after the refused events');
+  await waitUntil(() => claims.every((c) => rec.decryptionErrors.some((d) => d.eventId === c.eventId)), WAIT_MS,
+    `a decryptionError for each refused event (got ${JSON.stringify(rec.decryptionErrors)})`);
+
+  for (const c of claims) {
+    const errs = rec.decryptionErrors.filter((d) => d.eventId === c.eventId);
+    assert.equal(errs.length, 1, `${c.what}: one decryptionError`);
+    const d = errs[0]!;
+    assert.equal(d.code, 'HALCYON_DECRYPT_FAILED', `${c.what}: ${d.message}`);
+    assert.equal(d.willRetry, false, `${c.what}: not kept`);
+    assert.match(d.message, c.names, `${c.what}: the message says what it claimed`);
+    assert.equal(d.sender, peer.userId);
+    assert.ok(!rec.members.includes(c.eventId), `${c.what}: not seen by the member handler`);
+    assert.ok(!rec.redactions.includes(c.eventId), `${c.what}: not seen by the redaction handler`);
+    assert.ok(!rec.events.some((e) => e.eventId === c.eventId), `${c.what}: not seen by the event handler`);
+    assert.ok(!rec.messages.some((m) => m.eventId === c.eventId), `${c.what}: not a message`);
+  }
+  assert.deepEqual(rec.messages.map((m) => m.body), ['a message to pretend to redact', 'a real message after the claims']);
+  assert.equal((await bot.client.cryptoStatus())!.pendingUndecryptable, 0);
+  assert.deepEqual(bot.errors, []);
+});
