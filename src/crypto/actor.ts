@@ -39,7 +39,7 @@ import {
 import { type Database, kvGet, kvSet } from '../store.ts';
 import { processSync } from '../sync/process.ts';
 import { IdbJournal } from './idb-journal.ts';
-import { refusal } from './plaintext.ts';
+import { refusal, useClearRelation } from './plaintext.ts';
 
 /**
  * Decryption yields the queue after this many ms (at least one event per turn), so a batch's sync changes, which
@@ -394,10 +394,9 @@ export class CryptoActor implements CryptoActorApi {
       }
       const refused = refusal(event, original);
       if (refused) return { code: 'HALCYON_DECRYPT_FAILED', message: `${eventId} was refused: ${refused}`, sessionId, pending: false };
-      // The clear event carries the encrypted event's envelope; relations stay in the clear part of the content.
+      // The clear event carries the encrypted event's envelope.
       for (const k of ['event_id', 'sender', 'origin_server_ts', 'unsigned'] as const) if (event[k] === undefined && original[k] !== undefined) event[k] = original[k];
-      const c = event.content as Record<string, unknown> | undefined;
-      if (c && typeof c === 'object' && c['m.relates_to'] === undefined && content['m.relates_to'] !== undefined) c['m.relates_to'] = content['m.relates_to'];
+      useClearRelation(event, content);
       return { roomId, event };
     } catch (err) {
       const code = (err as { code?: unknown }).code;

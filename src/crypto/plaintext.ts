@@ -53,3 +53,18 @@ export function refusal(clear: Record<string, unknown>, envelope: Record<string,
   if (envelope.state_key !== undefined) return `it is an encrypted state event of type ${type} (state_key ${JSON.stringify(envelope.state_key)})`;
   return null;
 }
+
+/**
+ * Gives the decrypted event the relation of the encrypted event's clear part, or none. The spec keeps
+ * `m.relates_to` in the clear (servers aggregate relations) and says one inside the ciphertext is ignored; the
+ * engine keeps the inner one when both exist and copies the clear one only when the plaintext has none, so a
+ * sender could otherwise show the bot an edit or a reply that other clients do not see.
+ */
+export function useClearRelation(clear: Record<string, unknown>, envelopeContent: Record<string, unknown>): void {
+  const c = clear.content;
+  if (typeof c !== 'object' || c === null || Array.isArray(c)) return;
+  const content = c as Record<string, unknown>;
+  const relation = envelopeContent['m.relates_to'];
+  if (relation === undefined) delete content['m.relates_to'];
+  else content['m.relates_to'] = relation;
+}

@@ -97,3 +97,37 @@ test('decrypted events claiming a redaction, a state event type, or a state_key 
   assert.equal((await bot.client.cryptoStatus())!.pendingUndecryptable, 0);
   assert.deepEqual(bot.errors, []);
 });
+
+/**
+ * Encrypts `content` as `type` with the peer's current outbound session and sends it; `clearRelation` is what the
+ * clear part of the encrypted content carries as `m.relates_to` (the engine copies the plaintext's relation
+ * there; `undefined` removes it), so the ciphertext and the clear part can disagree.
+ */
+async function sendWithClearRelation(peer: OlmPeer, roomId: string, content: Record<string, unknown>, clearRelation: Record<string, unknown> | undefined): Promise<string> {
+  const enc = JSON.parse(await peer.machine.encryptRoomEvent(new W.RoomId(roomId), 'm.room.message', JSON.stringify(content))) as Record<string, unknown>;
+  if (clearRelation === undefined) delete enc['m.relates_to'];
+  else enc['m.relates_to'] = clearRelation;
+  return peer.http.sendEvent(roomId, 'm.room.encrypted', enc);
+}
+
+test('m.relates_to: only the clear part of an encrypted event counts; a relation inside the ciphertext is ignored', async (t) => {
+  const { bot, rec, peer, roomId } = await setup(t);
+  const original = await peer.sendText(roomId, 'the original');
+  const other = await peer.sendText(roomId, 'another message');
+  await botGot(rec, other, 'the first two messages');
+
+  const hiddenEdit = { 'm.relates_to': { rel_type: 'm.replace', event_id: original }, 'm.new_content': { msgtype: 'm.text', body: 'edited in secret' } };
+  const onlyInside = await sendWithClearRelation(peer, roomId, { msgtype: 'm.text', body: 'relation only inside', ...hiddenEdit }, undefined);
+  const clear = { rel_type: 'm.thread', event_id: other, is_falling_back: true, 'm.in_reply_to': { event_id: other } };
+  const both = await sendWithClearRelation(peer, roomId, { msgtype: 'm.text', body: 'relations disagree', ...hiddenEdit }, clear);
+
+  const plain = await botGot(rec, onlyInside, 'the message whose relation is only inside the ciphertext');
+  assert.equal(plain.content['m.relates_to'], undefined, 'the relation inside the ciphertext is dropped');
+  assert.equal(plain.body, 'relation only inside');
+  const threaded = await botGot(rec, both, 'the message with a clear relation');
+  assert.deepEqual(threaded.content['m.relates_to'], clear, 'exactly the clear relation');
+  assert.equal(threaded.threadId, other);
+  assert.deepEqual(rec.edits.map((e) => e.eventId), [], 'neither is an edit');
+  assert.deepEqual(rec.decryptionErrors, []);
+  assert.deepEqual(bot.errors, []);
+});
