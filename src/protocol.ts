@@ -322,7 +322,7 @@ export interface CryptoSyncChanges {
   toDeviceCount: number;
   deviceListsChanged: string[];
   deviceListsLeft: string[];
-  /** `device_one_time_keys_count`, when the server sent it. */
+  /** `device_one_time_keys_count`, or null when the server left it out; a missing count (null, or an algorithm not listed) is zero. */
   otkCounts: Record<string, number> | null;
   /** `device_unused_fallback_key_types`, when the server sent it. */
   fallbackKeyTypes: string[] | null;

@@ -312,7 +312,9 @@ export class CryptoActor implements CryptoActorApi {
       if (newUsers.size > 0) await m.updateTrackedUsers([...newUsers].map((u) => new W.UserId(u)));
       const changed = ch.deviceListsChanged.map((u) => new W.UserId(u));
       const left = ch.deviceListsLeft.map((u) => new W.UserId(u));
-      const counts = new Map<string, number>(Object.entries(ch.otkCounts ?? {}));
+      // Sync v2: a count left out (the whole field, or an algorithm) is zero. Said explicitly rather than left to
+      // the engine, which reads a missing count in a key upload's answer as "unchanged".
+      const counts = new Map<string, number>(Object.entries({ signed_curve25519: 0, ...ch.otkCounts }));
       const fallback = ch.fallbackKeyTypes ? new Set(ch.fallbackKeyTypes) : undefined;
       const processed = await m.receiveSyncChanges(JSON.stringify(fresh), new W.DeviceLists(changed, left), counts, fallback, untrusted());
       for (const p of processed) {
@@ -615,6 +617,10 @@ export class CryptoActor implements CryptoActorApi {
       }
       throw err;
     }
+    // An answer without a signed_curve25519 count means zero (as in a sync). The engine reads a missing count as
+    // "unchanged", yet marks every key it holds as published, new ones made while this upload was in flight
+    // included: without the zero, those are never uploaded and the pool stays empty.
+    if (req.type === T.KeysUpload) res = withZeroCount(res);
     await this.queue.run(() => this.machine.markRequestAsSent(req.id, req.type, JSON.stringify(res)), 'high');
   }
 
@@ -643,6 +649,14 @@ function untrusted(): W.DecryptionSettings {
 
 function userIds(users: Iterable<string>): W.UserId[] {
   return [...users].map((u) => new W.UserId(u));
+}
+
+/** A /keys/upload answer with `signed_curve25519: 0` added to `one_time_key_counts` when the server left it out. */
+function withZeroCount(res: unknown): unknown {
+  if (typeof res !== 'object' || res === null) return res;
+  const counts = (res as { one_time_key_counts?: unknown }).one_time_key_counts;
+  const given = typeof counts === 'object' && counts !== null ? counts : {};
+  return { ...res, one_time_key_counts: { signed_curve25519: 0, ...given } };
 }
 
 function safeJson(text: string): Record<string, unknown> | null {

@@ -467,8 +467,9 @@ export class SyncActor implements SyncActorApi {
         }
       }
     }
+    // Counts left out are news too: in sync v2 a missing count is zero (the crypto actor refills the pool).
     const keyCounts = JSON.stringify([c.otkCounts, c.fallbackKeyTypes]);
-    const countsChanged = (c.otkCounts !== null || c.fallbackKeyTypes !== null) && keyCounts !== this.lastKeyCounts;
+    const countsChanged = keyCounts !== this.lastKeyCounts;
     if (c.toDevice.length === 0 && c.deviceListsChanged.length === 0 && c.deviceListsLeft.length === 0 && !countsChanged && encryption.length === 0 && members.length === 0 && p.left.length === 0) {
       return null;
     }

@@ -5,12 +5,14 @@
  * that encrypts any type and content) and matrix-js-sdk peers.
  */
 import assert from 'node:assert/strict';
+import { createServer, request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { after, before, test, type TestContext } from 'node:test';
 import * as W from '@matrix-org/matrix-sdk-crypto-wasm';
-import type { DecryptionErrorInfo, Edit, HalcyonError, Message } from '../../src/index.ts';
+import { Client, type DecryptionErrorInfo, type Edit, type HalcyonError, type Message } from '../../src/index.ts';
 import { OlmPeer } from '../harness/olm-peer.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
-import { defer, newBot, WAIT_MS, waitUntil, type Bot } from './util.ts';
+import { defer, newBot, newClient, newPeer, tempDataDir, WAIT_MS, waitUntil, type Bot } from './util.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -130,4 +132,84 @@ test('m.relates_to: only the clear part of an encrypted event counts; a relation
   assert.deepEqual(rec.edits.map((e) => e.eventId), [], 'neither is an edit');
   assert.deepEqual(rec.decryptionErrors, []);
   assert.deepEqual(bot.errors, []);
+});
+
+/**
+ * A proxy in front of Synapse whose /sync answers look like those of a server without fallback keys that leaves
+ * out `device_one_time_keys_count` when the count is zero (the spec allows it; Synapse always sends both).
+ * Records how many one-time keys each /keys/upload carried.
+ */
+async function omittingProxy(t: TestContext): Promise<{ url: string; uploads: number[] }> {
+  const up = new URL(hs.baseUrl);
+  const uploads: number[] = [];
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0]!;
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      if (path.endsWith('/keys/upload')) uploads.push(Object.keys((JSON.parse(body.toString('utf8')) as { one_time_keys?: object }).one_time_keys ?? {}).length);
+      const headers = { ...req.headers, host: up.host };
+      delete headers['accept-encoding']; // the /sync body is rewritten: plain JSON
+      const fwd = httpRequest({ host: up.hostname, port: up.port, method: req.method, path: req.url, headers, agent: false }, (answer) => {
+        if (!path.endsWith('/sync') || answer.statusCode !== 200) {
+          res.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(res);
+          return;
+        }
+        const parts: Buffer[] = [];
+        answer.on('data', (c: Buffer) => parts.push(c));
+        answer.on('end', () => {
+          const sync = JSON.parse(Buffer.concat(parts).toString('utf8')) as Record<string, any>;
+          delete sync.device_unused_fallback_key_types;
+          if (!sync.device_one_time_keys_count?.signed_curve25519) delete sync.device_one_time_keys_count;
+          const out = Buffer.from(JSON.stringify(sync), 'utf8');
+          const h = { ...answer.headers, 'content-length': String(out.length) };
+          delete h['transfer-encoding'];
+          res.writeHead(200, h);
+          res.end(out);
+        });
+      });
+      fwd.on('error', () => res.destroy());
+      res.on('close', () => fwd.destroy());
+      fwd.end(body);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  defer(t, async () => {
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, uploads };
+}
+
+test('a server that leaves out zero one-time key counts: after every key is claimed, the bot uploads new ones', async (t) => {
+  const proxy = await omittingProxy(t);
+  const user = await hs.registerUser();
+  const dataDir = tempDataDir(t);
+  const token = await Client.login({ homeserver: proxy.url, user: user.localpart, password: user.password, dataDir });
+  const first = newClient(t, dataDir);
+  await first.run(token);
+  const { deviceId } = first.whoami();
+  await first.stop();
+
+  // While the bot is stopped, senders claim every one-time key; then only the fallback key is left.
+  const claimer = await newPeer(hs);
+  const claim = async () => {
+    const res = await claimer.request('POST', '/keys/claim', { one_time_keys: { [user.userId]: { [deviceId]: 'signed_curve25519' } } });
+    const keys = Object.values((res.one_time_keys?.[user.userId]?.[deviceId] ?? {}) as Record<string, { fallback?: boolean }>);
+    return keys.length === 0 ? 'none' : keys[0]!.fallback ? 'fallback' : 'one-time';
+  };
+  let claimed = 0;
+  while ((await claim()) === 'one-time') claimed++;
+  assert.ok(claimed > 0, 'the bot had uploaded one-time keys');
+  const uploadsBefore = proxy.uploads.length;
+
+  const second = newClient(t, dataDir);
+  const errors: string[] = [];
+  second.on('error', (e) => void errors.push(`${e.code}: ${e.message}`));
+  await second.run(token);
+  await waitUntil(() => proxy.uploads.slice(uploadsBefore).some((n) => n > 0), WAIT_MS, 'an upload of new one-time keys after a sync without a count');
+  assert.equal(await claim(), 'one-time', 'a sender gets a one-time key again');
+  assert.deepEqual(errors, []);
 });

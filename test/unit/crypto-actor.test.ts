@@ -52,7 +52,18 @@ class FakeHomeserver {
   /** Access tokens → who is calling. */
   readonly tokens = new Map<string, { userId: string; deviceId: string }>();
   private server: Server | null = null;
+  private uploadGate: { arrive: () => void; released: Promise<void> } | null = null;
   baseUrl = '';
+
+  /** Holds the next /keys/upload before it is handled: `arrived` resolves when it comes, `release` lets it through. */
+  holdUploads(): { arrived: Promise<void>; release: () => void } {
+    let arrive!: () => void;
+    let release!: () => void;
+    const arrived = new Promise<void>((r) => (arrive = r));
+    const released = new Promise<void>((r) => (release = r));
+    this.uploadGate = { arrive, released };
+    return { arrived, release };
+  }
 
   async start(): Promise<void> {
     const server = createServer((req, res) => void this.handle(req, res));
@@ -165,7 +176,15 @@ class FakeHomeserver {
     }
     this.log.push({ method: req.method ?? '', path, body });
     const p = '/_matrix/client/v3';
-    if (req.method === 'POST' && path === `${p}/keys/upload`) return send(200, this.answer(caller, 'upload', body));
+    if (req.method === 'POST' && path === `${p}/keys/upload`) {
+      const gate = this.uploadGate;
+      if (gate) {
+        this.uploadGate = null;
+        gate.arrive();
+        await gate.released;
+      }
+      return send(200, this.answer(caller, 'upload', body));
+    }
     if (req.method === 'POST' && path === `${p}/keys/query`) return send(200, this.answer(caller, 'query', body));
     if (req.method === 'POST' && path === `${p}/keys/claim`) return send(200, this.answer(caller, 'claim', body));
     if (req.method === 'POST' && path === `${p}/keys/signatures/upload`) return send(200, this.answer(caller, 'signatures', body));
@@ -789,5 +808,39 @@ test('an event kept for its key that decrypts to a refused type (m.room.member) 
   assert.deepEqual(lateEvents(late.batch).map((d) => d.event.type), ['m.room.message']);
   bot.main.post({ kind: 'lateHandled', ids: late.ids });
   await waitFor(async () => (await bot.actor.status()).pendingUndecryptable === 0, 'both kept events to be forgotten');
+  assert.deepEqual(errors(bot), []);
+});
+
+// A sync v2 server may leave out `device_one_time_keys_count`, or its `signed_curve25519` entry, when the count is
+// zero (the spec: the field is optional only when no unclaimed one-time keys exist).
+for (const [what, otkCounts] of [['without device_one_time_keys_count', null], ['whose count has no signed_curve25519 entry', {}]] as const) {
+  test(`every one-time key claimed, then a sync ${what}: the machine uploads new one-time keys`, async (t) => {
+    const { bot } = await world(t);
+    const dev = hs.device(BOT, BOT_DEVICE);
+    assert.ok(dev.oneTimeKeys.size > 0, 'one-time keys were uploaded at open');
+    dev.oneTimeKeys.clear(); // every key claimed by senders
+    const before = hs.uploadsBy().length;
+    await bot.actor.receiveSyncChanges(syncChanges(hs, [], { otkCounts }));
+    await waitFor(() => hs.uploadsBy().slice(before).some((u) => u.oneTimeKeys > 0), 'an upload of new one-time keys');
+    assert.ok(dev.oneTimeKeys.size > 0);
+    assert.deepEqual(errors(bot), []);
+  });
+}
+
+test('a key upload in flight when the pool drains: its answer without a count (zero) still gets the new keys uploaded', async (t) => {
+  const { bot } = await world(t);
+  const dev = hs.device(BOT, BOT_DEVICE);
+  // The fallback key was used: the machine uploads a new one (no one-time keys), and its answer is held back.
+  const gate = hs.holdUploads();
+  await bot.actor.receiveSyncChanges(syncChanges(hs, [], { fallbackKeyTypes: [] }));
+  await gate.arrived;
+  // Meanwhile every one-time key is claimed and a sync says so: the machine makes new keys. The held answer
+  // (counted after the claims: none, so no signed_curve25519 entry) marks every key the machine has as published.
+  dev.oneTimeKeys.clear();
+  await bot.actor.receiveSyncChanges(syncChanges(hs, [], { otkCounts: null }));
+  const before = hs.uploadsBy().length;
+  gate.release();
+  await waitFor(() => hs.uploadsBy().slice(before).some((u) => u.oneTimeKeys > 0), 'an upload of new one-time keys after the held answer');
+  assert.ok(dev.oneTimeKeys.size > 0);
   assert.deepEqual(errors(bot), []);
 });
