@@ -122,6 +122,8 @@ export class CryptoActor implements CryptoActorApi {
   private duplicateToDevice = 0;
   private batchCounter = 0;
   private freshStore = false;
+  /** Set when `open` resolves; until then (and after `close`) every API call is refused (see {@link ensureOpen}). */
+  private opened = false;
   private closed = false;
 
   constructor(private readonly events: Port<MainToCrypto, CryptoToMain>) {}
@@ -181,10 +183,20 @@ export class CryptoActor implements CryptoActorApi {
     // Events kept from an earlier run whose key came meanwhile (or whose late delivery was not handled).
     db.exec('UPDATE pending_utd SET posted = 0');
     void this.queue.run(() => this.retryPending(null)).catch((e) => this.report(e));
+    this.opened = true;
     return this.identity;
   }
 
+  /**
+   * Refuses a call made before `open` resolved or after `close`: during an actor restart main may call before the
+   * store and machine exist, and must get a coded error it can tell from a refusal by the server, not a TypeError.
+   */
+  private ensureOpen(): void {
+    if (!this.opened || this.closed) throw new HalcyonError('HALCYON_NOT_RUNNING', 'the crypto actor is not open');
+  }
+
   async receiveSyncChanges(ch: CryptoSyncChanges): Promise<void> {
+    this.ensureOpen();
     await this.queue.run(() => this.applySyncChanges(ch), 'high');
     void this.flushOutgoing().catch((e) => this.report(e));
   }
@@ -207,6 +219,7 @@ export class CryptoActor implements CryptoActorApi {
   }
 
   async decrypt(req: DecryptRequest): Promise<DecryptResult> {
+    this.ensureOpen();
     // Requests interleaving their slices would finish together, at the end of a burst: one at a time instead.
     const run = this.decryptTail.then(() => this.decryptAll(req));
     this.decryptTail = run.catch(() => {});
@@ -236,6 +249,7 @@ export class CryptoActor implements CryptoActorApi {
   }
 
   async encrypt(roomId: string, type: string, content: Record<string, unknown>): Promise<EncryptResult> {
+    this.ensureOpen();
     // One send per room at a time: key sharing and the outbound session are per room.
     const prev = this.roomLocks.get(roomId) ?? Promise.resolve();
     const run = prev.catch(() => {}).then(() => this.encryptLocked(roomId, type, content));
@@ -248,14 +262,17 @@ export class CryptoActor implements CryptoActorApi {
   }
 
   async isRoomEncrypted(roomId: string): Promise<boolean> {
+    this.ensureOpen();
     return (await this.roomAlgorithm(roomId)) !== null;
   }
 
   async setWantedTypes(types: string[] | null): Promise<void> {
+    this.ensureOpen();
     this.wanted = types ? new Set(types) : null;
   }
 
   async status(): Promise<CryptoStatus> {
+    this.ensureOpen();
     const n = (this.journal.db.prepare('SELECT count(*) AS n FROM pending_utd').get() as { n: number }).n;
     return {
       identity: this.identity,
