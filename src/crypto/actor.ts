@@ -32,14 +32,12 @@ import {
   EVENT_FLAGS,
   type MainToCrypto,
   type MatrixEvent,
-  OFF,
-  OFFSET_STRIDE,
-  type WireBatch,
 } from '../protocol.ts';
 import { type Database, kvGet, kvSet } from '../store.ts';
-import { processSync } from '../sync/process.ts';
+import type { ProcessOptions } from '../sync/process.ts';
 import { IdbJournal } from './idb-journal.ts';
-import { refusal, useClearRelation } from './plaintext.ts';
+import { SerialQueue } from './queue.ts';
+import { type Decrypted, decryptedBatch, refusal, useClearRelation } from './decrypted.ts';
 
 /**
  * Decryption yields the queue after this many ms (at least one event per turn), so a batch's sync changes, which
@@ -49,53 +47,6 @@ const DECRYPT_SLICE_MS = 4;
 /** Applied to-device hashes are kept for this many batches (a crash replays at most the last unacknowledged one). */
 const KEEP_HASH_BATCHES = 8;
 const MEGOLM = 'm.megolm.v1.aes-sha2';
-
-/** Runs tasks one at a time; `high` tasks go before queued `low` ones. After {@link shut}, tasks are refused. */
-class SerialQueue {
-  private readonly high: Array<() => Promise<void>> = [];
-  private readonly low: Array<() => Promise<void>> = [];
-  private running = false;
-  private shutErr: HalcyonError | null = null;
-
-  run<T>(fn: () => T | Promise<T>, priority: 'high' | 'low' = 'low'): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
-      (priority === 'high' ? this.high : this.low).push(async () => {
-        // A task queued before the machine closed must not touch it after (wasm: a null pointer).
-        if (this.shutErr) return reject(this.shutErr);
-        // Awaited inside try: wasm methods may throw synchronously instead of rejecting.
-        try {
-          resolve(await fn());
-        } catch (err) {
-          reject(err);
-        }
-      });
-      void this.pump();
-    });
-  }
-
-  /** Runs `last` as the final task; every task after it is rejected with `HALCYON_STOPPED`. */
-  shut(last: () => void): Promise<void> {
-    return this.run(() => {
-      last();
-      this.shutErr = new HalcyonError('HALCYON_STOPPED', 'the crypto actor was closed');
-    }, 'low');
-  }
-
-  private async pump(): Promise<void> {
-    if (this.running) return;
-    this.running = true;
-    try {
-      for (let task = this.high.shift() ?? this.low.shift(); task; task = this.high.shift() ?? this.low.shift()) await task();
-    } finally {
-      this.running = false;
-    }
-  }
-}
-
-interface Decrypted {
-  roomId: string;
-  event: Record<string, unknown>;
-}
 
 /** Owns the OlmMachine; see the module comment. */
 export class CryptoActor implements CryptoActorApi {
@@ -243,7 +194,7 @@ export class CryptoActor implements CryptoActorApi {
       });
     }
     const slot: number[] = new Array<number>(req.raw.length).fill(-1);
-    const batch = this.buildBatch(ok, 0);
+    const batch = decryptedBatch(ok, 0, this.processOptions());
     if (batch) for (const [k, d] of ok.entries()) slot[d.index] = batch.slots[k]!;
     return { batch: batch?.batch ?? null, slot, failures };
   }
@@ -449,7 +400,7 @@ export class CryptoActor implements CryptoActorApi {
       else if (res.code === 'HALCYON_DECRYPT_FAILED') hopeless.push(r.event_id); // the key came, the event is refused
     }
     this.forgetPending(hopeless);
-    const built = this.buildBatch(ok, EVENT_FLAGS.late);
+    const built = decryptedBatch(ok, EVENT_FLAGS.late, this.processOptions());
     if (!built) return;
     const ids = ok.map((d) => d.event.event_id as string);
     const mark = db.prepare('UPDATE pending_utd SET posted = 1 WHERE event_id = ?');
@@ -461,56 +412,14 @@ export class CryptoActor implements CryptoActorApi {
     if (delivered.size > 0) this.events.post({ kind: 'late', batch: built.batch, ids: [...delivered] });
   }
 
+  private processOptions(): ProcessOptions {
+    return { wantedTypes: this.wanted, ownUserId: this.config.userId };
+  }
+
   private forgetPending(ids: string[]): void {
     if (this.closed) return;
     const del = this.journal.db.prepare('DELETE FROM pending_utd WHERE event_id = ?');
     for (const id of ids) del.run(id);
-  }
-
-  /**
-   * Turns decrypted events into a batch in the same column format as a /sync batch, by running them through the
-   * same pure processing (so validation, flags and wanted types are applied exactly as for clear events).
-   */
-  private buildBatch(items: Decrypted[], extraFlags: number): { batch: WireBatch; slots: number[] } | null {
-    if (items.length === 0) return null;
-    const byRoom = new Map<string, number[]>();
-    items.forEach((d, k) => {
-      let list = byRoom.get(d.roomId);
-      if (!list) byRoom.set(d.roomId, (list = []));
-      list.push(k);
-    });
-    const join: Record<string, { timeline: { events: unknown[] } }> = {};
-    for (const [roomId, ks] of byRoom) join[roomId] = { timeline: { events: ks.map((k) => items[k]!.event) } };
-    const body = Buffer.from(JSON.stringify({ next_batch: '', rooms: { join } }), 'utf8');
-    const p = processSync(body, { wantedTypes: this.wanted, ownUserId: this.config.userId });
-    const ev = p.events;
-    const idToSlot = new Map<string, number>();
-    for (let i = 0; i < ev.count; i++) {
-      const s = ev.offsets[i * OFFSET_STRIDE + OFF.eventId]!;
-      const e = ev.offsets[i * OFFSET_STRIDE + OFF.eventId + 1]!;
-      idToSlot.set(JSON.parse(body.toString('utf8', s, e)) as string, i);
-      ev.flags[i] = ev.flags[i]! | EVENT_FLAGS.encrypted | extraFlags;
-    }
-    const slots = items.map((d) => idToSlot.get(d.event.event_id as string) ?? -1);
-    if (ev.count === 0) return null;
-    const batch: WireBatch = {
-      seq: 0,
-      redelivered: false,
-      done: null,
-      nextBatch: '',
-      first: false,
-      deliver: true,
-      rooms: p.rooms,
-      body: new Uint8Array(body.buffer, body.byteOffset, body.byteLength),
-      events: ev,
-      invites: [],
-      left: [],
-      summaries: [],
-      errors: p.errors,
-      accountData: [],
-      receipts: [],
-    };
-    return { batch, slots };
   }
 
   // ---- encryption ----

@@ -1,8 +1,16 @@
 /**
- * What the crypto actor accepts from a decrypted room event. The ciphertext is written by any member of the room
- * and nothing in it is checked by the homeserver, so what it claims beyond a message-like event is refused here,
- * before the event is turned into a batch that handlers see.
+ * Decrypted room events: what the crypto actor accepts from them, and how they become a batch for main. The
+ * ciphertext is written by any member of the room and nothing in it is checked by the homeserver, so what it
+ * claims beyond a message-like event is refused here, before the event is turned into a batch handlers see.
  */
+import { EVENT_FLAGS, OFF, OFFSET_STRIDE, type WireBatch } from '../protocol.ts';
+import { type ProcessOptions, processSync } from '../sync/process.ts';
+
+/** A decrypted event and its room. */
+export interface Decrypted {
+  roomId: string;
+  event: Record<string, unknown>;
+}
 
 /**
  * Types a decrypted event may not have. A redaction must be in the clear for servers to apply it, and state events
@@ -67,4 +75,45 @@ export function useClearRelation(clear: Record<string, unknown>, envelopeContent
   const relation = envelopeContent['m.relates_to'];
   if (relation === undefined) delete content['m.relates_to'];
   else content['m.relates_to'] = relation;
+}
+
+/**
+ * Turns decrypted events into a batch in the same column format as a /sync batch, by running them through the
+ * same pure processing (so validation, flags and wanted types are applied exactly as for clear events). `slots`
+ * gives each item's index in the batch (-1: not delivered); null when nothing is delivered.
+ */
+export function decryptedBatch(items: Decrypted[], extraFlags: number, opts: ProcessOptions): { batch: WireBatch; slots: number[] } | null {
+  if (items.length === 0) return null;
+  const join: Record<string, { timeline: { events: unknown[] } }> = {};
+  for (const d of items) (join[d.roomId] ??= { timeline: { events: [] } }).timeline.events.push(d.event);
+  const body = Buffer.from(JSON.stringify({ next_batch: '', rooms: { join } }), 'utf8');
+  const p = processSync(body, opts);
+  const ev = p.events;
+  const idToSlot = new Map<string, number>();
+  for (let i = 0; i < ev.count; i++) {
+    const s = ev.offsets[i * OFFSET_STRIDE + OFF.eventId]!;
+    const e = ev.offsets[i * OFFSET_STRIDE + OFF.eventId + 1]!;
+    idToSlot.set(JSON.parse(body.toString('utf8', s, e)) as string, i);
+    ev.flags[i] = ev.flags[i]! | EVENT_FLAGS.encrypted | extraFlags;
+  }
+  const slots = items.map((d) => idToSlot.get(d.event.event_id as string) ?? -1);
+  if (ev.count === 0) return null;
+  const batch: WireBatch = {
+    seq: 0,
+    redelivered: false,
+    done: null,
+    nextBatch: '',
+    first: false,
+    deliver: true,
+    rooms: p.rooms,
+    body: new Uint8Array(body.buffer, body.byteOffset, body.byteLength),
+    events: ev,
+    invites: [],
+    left: [],
+    summaries: [],
+    errors: p.errors,
+    accountData: [],
+    receipts: [],
+  };
+  return { batch, slots };
 }
