@@ -137,7 +137,7 @@ test('m.relates_to: only the clear part of an encrypted event counts; a relation
 /**
  * A proxy in front of Synapse whose /sync answers look like those of a server without fallback keys that leaves
  * out `device_one_time_keys_count` when the count is zero (the spec allows it; Synapse always sends both).
- * Records how many one-time keys each /keys/upload carried.
+ * Records how many one-time keys each successful /keys/upload carried, once the server has answered it.
  */
 async function omittingProxy(t: TestContext): Promise<{ url: string; uploads: number[] }> {
   const up = new URL(hs.baseUrl);
@@ -148,10 +148,11 @@ async function omittingProxy(t: TestContext): Promise<{ url: string; uploads: nu
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       const body = Buffer.concat(chunks);
-      if (path.endsWith('/keys/upload')) uploads.push(Object.keys((JSON.parse(body.toString('utf8')) as { one_time_keys?: object }).one_time_keys ?? {}).length);
+      const keys = path.endsWith('/keys/upload') ? Object.keys((JSON.parse(body.toString('utf8')) as { one_time_keys?: object }).one_time_keys ?? {}).length : -1;
       const headers = { ...req.headers, host: up.host };
       delete headers['accept-encoding']; // the /sync body is rewritten: plain JSON
       const fwd = httpRequest({ host: up.hostname, port: up.port, method: req.method, path: req.url, headers, agent: false }, (answer) => {
+        if (keys >= 0 && answer.statusCode === 200) uploads.push(keys); // answered: the server holds the keys
         if (!path.endsWith('/sync') || answer.statusCode !== 200) {
           res.writeHead(answer.statusCode ?? 502, answer.headers);
           answer.pipe(res);
