@@ -330,6 +330,8 @@ export interface CryptoSyncChanges {
   encryption: Array<{ roomId: string; content: Record<string, unknown> }>;
   /** Membership changes seen in the batch (member lists for key sharing follow them). */
   members: Array<{ roomId: string; userId: string; membership: string }>;
+  /** `m.room.history_visibility` state of joined rooms seen in the batch (who gets room keys follows it). */
+  historyVisibility: Array<{ roomId: string; visibility: string }>;
   /** Rooms we left: their member lists are dropped. */
   left: string[];
 }

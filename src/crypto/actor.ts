@@ -31,12 +31,12 @@ import {
   type EncryptResult,
   EVENT_FLAGS,
   type MainToCrypto,
-  type MatrixEvent,
 } from '../protocol.ts';
 import { type Database, kvGet, kvSet } from '../store.ts';
 import type { ProcessOptions } from '../sync/process.ts';
 import { IdbJournal } from './idb-journal.ts';
 import { SerialQueue } from './queue.ts';
+import { type HistoryVisibility, SharingRooms } from './rooms.ts';
 import { type Decrypted, decryptedBatch, refusal, useClearRelation } from './decrypted.ts';
 
 /**
@@ -47,6 +47,12 @@ const DECRYPT_SLICE_MS = 4;
 /** Applied to-device hashes are kept for this many batches (a crash replays at most the last unacknowledged one). */
 const KEEP_HASH_BATCHES = 8;
 const MEGOLM = 'm.megolm.v1.aes-sha2';
+const HISTORY_VISIBILITY: Record<HistoryVisibility, W.HistoryVisibility> = {
+  invited: W.HistoryVisibility.Invited,
+  joined: W.HistoryVisibility.Joined,
+  shared: W.HistoryVisibility.Shared,
+  world_readable: W.HistoryVisibility.WorldReadable,
+};
 
 /** Owns the OlmMachine; see the module comment. */
 export class CryptoActor implements CryptoActorApi {
@@ -57,8 +63,8 @@ export class CryptoActor implements CryptoActorApi {
   private identity!: CryptoIdentity;
   private wanted: Set<string> | null = null;
   private readonly queue = new SerialQueue();
-  /** Member lists of encrypted rooms we sent into, kept current from sync changes. */
-  private readonly members = new Map<string, Set<string>>();
+  /** Members (joined and invited) and history visibility of the rooms we send into. */
+  private rooms!: SharingRooms;
   /** Rooms known not to be encrypted (asked the server); a later m.room.encryption event overrides. */
   private readonly plainRooms = new Set<string>();
   private readonly roomLocks = new Map<string, Promise<unknown>>();
@@ -118,6 +124,7 @@ export class CryptoActor implements CryptoActorApi {
     const keys = this.machine.identityKeys;
     this.identity = { userId: config.userId, deviceId: config.deviceId, curve25519: keys.curve25519.toBase64(), ed25519: keys.ed25519.toBase64() };
     this.http = new MatrixHttp(config.homeserver, config.accessToken);
+    this.rooms = new SharingRooms(db, this.http);
     this.machine.registerRoomKeyUpdatedCallback(async (infos: W.RoomKeyInfo[]) => {
       for (const info of infos) this.arrivedSessions.add(info.sessionId);
       this.scheduleRetry();
@@ -267,17 +274,8 @@ export class CryptoActor implements CryptoActorApi {
     let failure: unknown = null;
     try {
       for (const e of ch.encryption) await this.setRoomEncryption(e.roomId, e.content);
-      const newUsers = new Set<string>();
-      for (const mc of ch.members) {
-        const set = this.members.get(mc.roomId);
-        if (!set) continue;
-        if (mc.membership === 'join' || mc.membership === 'invite') {
-          if (!set.has(mc.userId)) newUsers.add(mc.userId);
-          set.add(mc.userId);
-        } else set.delete(mc.userId);
-      }
-      for (const r of ch.left) this.members.delete(r);
-      if (newUsers.size > 0) await m.updateTrackedUsers([...newUsers].map((u) => new W.UserId(u)));
+      const newUsers = this.rooms.apply(ch);
+      if (newUsers.length > 0) await m.updateTrackedUsers(userIds(newUsers));
       const changed = ch.deviceListsChanged.map((u) => new W.UserId(u));
       const left = ch.deviceListsLeft.map((u) => new W.UserId(u));
       // Sync v2: a count left out (the whole field, or an algorithm) is zero. Said explicitly rather than left to
@@ -433,27 +431,25 @@ export class CryptoActor implements CryptoActorApi {
     const m = this.machine;
     // wasm-bindgen moves IDs and settings passed by value: every call gets fresh ones.
     const room = () => new W.RoomId(roomId);
-    let members = this.members.get(roomId);
-    if (!members) {
-      members = await this.fetchMembers(roomId);
-      this.members.set(roomId, members);
-      const tracked = userIds(members);
-      await this.queue.run(() => m.updateTrackedUsers(tracked), 'high');
-    }
-    const users = members;
+    const { users, visibility, fetched } = await this.rooms.recipients(roomId);
+    // Invited members are tracked too: their devices are known by the time they join.
+    if (fetched) await this.queue.run(() => m.updateTrackedUsers(userIds(fetched)), 'high');
     // Device lists of new members are queried first (a key share skips users whose devices are unknown).
     await this.flushOutgoing();
     const claim = await this.queue.run(() => m.getMissingSessions(userIds(users)), 'high');
     if (claim) await this.send(claim);
-    const toDevice = await this.queue.run(() => m.shareRoomKey(room(), userIds(users), this.encryptionSettings(roomId)), 'high');
+    // The engine starts a new session when the visibility differs from the current session's, or a user it was
+    // shared with is not among `users` (left, or invited in a room now visible to joined members only).
+    const toDevice = await this.queue.run(() => m.shareRoomKey(room(), userIds(users), this.encryptionSettings(roomId, visibility)), 'high');
     for (const req of toDevice) await this.send(req);
     const encrypted = await this.queue.run(() => m.encryptRoomEvent(room(), type, JSON.stringify(content)), 'high');
     return { encrypted: true, content: JSON.parse(encrypted) as Record<string, unknown> };
   }
 
-  /** Sharing settings from the room's m.room.encryption content: its session rotation periods, when given. */
-  private encryptionSettings(roomId: string): W.EncryptionSettings {
+  /** Sharing settings: the room's history visibility, and the session rotation periods of its m.room.encryption content. */
+  private encryptionSettings(roomId: string, visibility: HistoryVisibility): W.EncryptionSettings {
     const settings = new W.EncryptionSettings();
+    settings.historyVisibility = HISTORY_VISIBILITY[visibility];
     const content = safeJson(kvGet(this.journal.db, `encryption:${roomId}`) ?? '{}') ?? {};
     if (typeof content.rotation_period_ms === 'number' && content.rotation_period_ms > 0) {
       settings.rotationPeriod = BigInt(Math.round(content.rotation_period_ms)) * 1000n; // microseconds
@@ -462,16 +458,6 @@ export class CryptoActor implements CryptoActorApi {
       settings.rotationPeriodMessages = BigInt(Math.round(content.rotation_period_msgs));
     }
     return settings;
-  }
-
-  private async fetchMembers(roomId: string): Promise<Set<string>> {
-    const res = await this.http.json<{ chunk?: MatrixEvent[] }>('GET', `/_matrix/client/v3/rooms/${seg(roomId)}/members`, { query: { not_membership: 'leave' } });
-    const set = new Set<string>();
-    for (const ev of res.chunk ?? []) {
-      const membership = ev.content?.membership;
-      if ((membership === 'join' || membership === 'invite') && typeof ev.state_key === 'string') set.add(ev.state_key);
-    }
-    return set;
   }
 
   // ---- outgoing requests ----

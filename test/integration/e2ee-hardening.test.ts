@@ -11,6 +11,7 @@ import { after, before, test, type TestContext } from 'node:test';
 import * as W from '@matrix-org/matrix-sdk-crypto-wasm';
 import { Client, type DecryptionErrorInfo, type Edit, type HalcyonError, type Message } from '../../src/index.ts';
 import { OlmPeer } from '../harness/olm-peer.ts';
+import type { Peer } from '../harness/peer.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
 import { defer, newBot, newClient, newPeer, tempDataDir, WAIT_MS, waitUntil, type Bot } from './util.ts';
 
@@ -213,4 +214,113 @@ test('a server that leaves out zero one-time key counts: after every key is clai
   await waitUntil(() => proxy.uploads.slice(uploadsBefore).some((n) => n > 0), WAIT_MS, 'an upload of new one-time keys after a sync without a count');
   assert.equal(await claim(), 'one-time', 'a sender gets a one-time key again');
   assert.deepEqual(errors, []);
+});
+
+const enc = encodeURIComponent;
+
+/** Whether `peer`'s machine can decrypt `eventId` (fetched by `reader`, a member who can see it): 'decrypted' or the engine's error code. */
+async function canDecrypt(peer: OlmPeer, reader: Peer, roomId: string, eventId: string): Promise<string> {
+  const raw = (await reader.request('GET', `/rooms/${enc(roomId)}/event/${enc(eventId)}`)) as object;
+  try {
+    const d = await peer.machine.decryptRoomEvent(JSON.stringify(raw), new W.RoomId(roomId), new W.DecryptionSettings(W.TrustRequirement.Untrusted));
+    d.free();
+    return 'decrypted';
+  } catch (err) {
+    return W.DecryptionErrorCode[(err as { code: W.DecryptionErrorCode }).code] ?? String(err);
+  }
+}
+
+/** The Megolm session ID of an encrypted event, as a member who can see it reads it. */
+async function sessionOf(reader: Peer, roomId: string, eventId: string): Promise<string> {
+  const raw = (await reader.request('GET', `/rooms/${enc(roomId)}/event/${enc(eventId)}`)) as { type: string; content: { session_id?: string } };
+  assert.equal(raw.type, 'm.room.encrypted');
+  return raw.content.session_id!;
+}
+
+/** An encrypted room created by a plain peer with `history_visibility` set from the start, inviting `invite`. */
+async function roomWithVisibility(creator: Peer, visibility: string, invite: string[]): Promise<string> {
+  const res = await creator.request('POST', '/createRoom', {
+    preset: 'private_chat',
+    invite,
+    initial_state: [
+      { type: 'm.room.encryption', state_key: '', content: { algorithm: 'm.megolm.v1.aes-sha2' } },
+      { type: 'm.room.history_visibility', state_key: '', content: { history_visibility: visibility } },
+    ],
+  });
+  return res.room_id as string;
+}
+
+/** Resolves when the bot's `member` handler has seen `userId` become `membership` in the room. */
+function memberSeen(bot: Bot, roomId: string, userId: string, membership: string): Promise<void> {
+  return new Promise((resolve) => {
+    bot.client.on('member', (m) => {
+      if (m.roomId === roomId && m.userId === userId && m.membership === membership) resolve();
+    });
+  });
+}
+
+for (const [visibility, invitedGetsKey] of [['joined', false], ['shared', true], ['invited', true]] as const) {
+  for (const learnt of ['sync', 'server'] as const) {
+    test(`history_visibility ${visibility} (learnt from the ${learnt}): a user invited but not joined ${invitedGetsKey ? 'gets the' : 'gets no'} room key for the bot's message`, async (t) => {
+      const creator = await newPeer(hs);
+      const user = await hs.registerUser();
+      const dataDir = tempDataDir(t);
+      const token = await Client.login({ homeserver: hs.baseUrl, user: user.localpart, password: user.password, dataDir });
+      const botUser = user.userId;
+      let roomId: string;
+      if (learnt === 'server') {
+        // The bot joins with encryption off: its crypto store, made later, never sees the room's state in a sync.
+        const plain = newClient(t, dataDir, { encryption: false });
+        await plain.run(token);
+        roomId = await roomWithVisibility(creator, visibility, [botUser]);
+        await creator.waitForJoined(roomId, botUser, WAIT_MS);
+        await plain.stop();
+      }
+      const client = newClient(t, dataDir);
+      const bot: Bot = { user, token, dataDir, client, errors: [] };
+      client.on('error', (e) => void bot.errors.push(e));
+      await client.run(token);
+      if (learnt === 'sync') {
+        roomId = await roomWithVisibility(creator, visibility, [botUser]);
+        await creator.waitForJoined(roomId, botUser, WAIT_MS);
+      }
+      const x = await OlmPeer.start(hs);
+      defer(t, () => x.stop());
+      const invited = memberSeen(bot, roomId!, x.userId, 'invite');
+      await creator.invite(roomId!, x.userId);
+      await invited;
+      const early = await client.sendMessage(roomId!, 'sent while x is invited');
+
+      const joined = memberSeen(bot, roomId!, x.userId, 'join');
+      await x.http.join(roomId!);
+      await joined;
+      const later = await client.sendMessage(roomId!, 'sent after x joined');
+      assert.equal((await x.waitForMessage(roomId!, (m) => m.eventId === later, WAIT_MS)).body, 'sent after x joined');
+      const outcome = await canDecrypt(x, creator, roomId!, early);
+      if (invitedGetsKey) assert.equal(outcome, 'decrypted', 'the invited user got the key of the earlier message');
+      else assert.ok(['MissingRoomKey', 'UnknownMessageIndex'].includes(outcome), `the invited user must not get the key of the earlier message (${outcome})`);
+      assert.deepEqual(bot.errors, []);
+    });
+  }
+}
+
+test('a history_visibility change makes the bot\'s next message use a new Megolm session', async (t) => {
+  const bot = await newBot(t, hs);
+  const changes: string[] = [];
+  bot.client.on('event', (e) => {
+    if (e.type === 'm.room.history_visibility') changes.push(String(e.content.history_visibility));
+  });
+  await bot.client.run(bot.token);
+  const creator = await newPeer(hs);
+  const roomId = await roomWithVisibility(creator, 'shared', [bot.user.userId]);
+  await creator.waitForJoined(roomId, bot.user.userId, WAIT_MS);
+  const first = await sessionOf(creator, roomId, await bot.client.sendMessage(roomId, 'one'));
+  assert.equal(await sessionOf(creator, roomId, await bot.client.sendMessage(roomId, 'two')), first, 'the same session while nothing changes');
+
+  await creator.sendState(roomId, 'm.room.history_visibility', '', { history_visibility: 'joined' });
+  await waitUntil(() => changes.includes('joined'), WAIT_MS, 'the bot to see the history_visibility change');
+  const second = await sessionOf(creator, roomId, await bot.client.sendMessage(roomId, 'three'));
+  assert.notEqual(second, first, 'a new session after the change');
+  assert.equal(await sessionOf(creator, roomId, await bot.client.sendMessage(roomId, 'four')), second);
+  assert.deepEqual(bot.errors, []);
 });

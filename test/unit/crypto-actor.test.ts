@@ -295,6 +295,7 @@ function syncChanges(hs: FakeHomeserver, toDevice: Json[], extra: Partial<Crypto
     fallbackKeyTypes: [...bot.fallbackKeys.keys()].map((k) => k.split(':')[0]!),
     encryption: [],
     members: [],
+    historyVisibility: [],
     left: [],
     ...extra,
   };
