@@ -354,6 +354,8 @@ export interface DecryptFailure {
   sessionId: string | null;
   /** Whether the event is kept and will be delivered if its key arrives. */
   pending: boolean;
+  /** The code of the `m.room_key.withheld` notice for its session (e.g. `m.unverified`), when the key was withheld. */
+  withheldCode: string | null;
 }
 
 /** Decrypted events as a batch of their own (same column format), plus where each request event went. */

@@ -37,7 +37,7 @@ import type { ProcessOptions } from '../sync/process.ts';
 import { IdbJournal } from './idb-journal.ts';
 import { SerialQueue } from './queue.ts';
 import { type HistoryVisibility, SharingRooms } from './rooms.ts';
-import { type Decrypted, decryptedBatch, refusal, useClearRelation } from './decrypted.ts';
+import { type Decrypted, decryptedBatch, refusal, useClearRelation, WITHHELD_FOR_GOOD, withheldReason } from './decrypted.ts';
 
 /**
  * Decryption yields the queue after this many ms (at least one event per turn), so a batch's sync changes, which
@@ -47,6 +47,8 @@ const DECRYPT_SLICE_MS = 4;
 /** Applied to-device hashes are kept for this many batches (a crash replays at most the last unacknowledged one). */
 const KEEP_HASH_BATCHES = 8;
 const MEGOLM = 'm.megolm.v1.aes-sha2';
+/** Withheld notices remembered (their senders), to tell whether a withheld key came from the event's sender. */
+const MAX_WITHHELD = 10_000;
 const HISTORY_VISIBILITY: Record<HistoryVisibility, W.HistoryVisibility> = {
   invited: W.HistoryVisibility.Invited,
   joined: W.HistoryVisibility.Joined,
@@ -68,6 +70,8 @@ export class CryptoActor implements CryptoActorApi {
   /** Rooms known not to be encrypted (asked the server); a later m.room.encryption event overrides. */
   private readonly plainRooms = new Set<string>();
   private readonly roomLocks = new Map<string, Promise<unknown>>();
+  /** Who sent the withheld notices of this run, by session (the newest {@link MAX_WITHHELD}). */
+  private readonly withheldBy = new Map<string, string>();
   /** Sessions whose keys arrived during the current sync changes (their pending events are retried after). */
   private arrivedSessions = new Set<string>();
   private retryScheduled = false;
@@ -128,6 +132,13 @@ export class CryptoActor implements CryptoActorApi {
     this.machine.registerRoomKeyUpdatedCallback(async (infos: W.RoomKeyInfo[]) => {
       for (const info of infos) this.arrivedSessions.add(info.sessionId);
       this.scheduleRetry();
+    });
+    this.machine.registerRoomKeysWithheldCallback(async (infos: W.RoomKeyWithheldInfo[]) => {
+      for (const info of infos) {
+        this.withheldBy.delete(info.sessionId); // re-inserted last: the oldest notices are dropped first
+        this.withheldBy.set(info.sessionId, info.sender.toString());
+      }
+      while (this.withheldBy.size > MAX_WITHHELD) this.withheldBy.delete(this.withheldBy.keys().next().value!);
     });
     this.events.onMessage((msg) => {
       if (msg.kind === 'lateHandled') this.forgetPending(msg.ids);
@@ -345,35 +356,35 @@ export class CryptoActor implements CryptoActorApi {
     const eventId = typeof original?.event_id === 'string' ? original.event_id : null;
     const content = original && typeof original.content === 'object' && original.content !== null ? (original.content as Record<string, unknown>) : null;
     const sessionId = typeof content?.session_id === 'string' ? content.session_id : null;
-    if (!original || !eventId || !content) {
-      return { code: 'HALCYON_DECRYPT_FAILED', message: 'malformed m.room.encrypted event', sessionId, pending: false };
-    }
-    if (content.algorithm !== MEGOLM) {
-      return { code: 'HALCYON_DECRYPT_FAILED', message: `unsupported algorithm ${JSON.stringify(content.algorithm)}`, sessionId, pending: false };
-    }
+    const fail = (message: string) => ({ code: 'HALCYON_DECRYPT_FAILED' as const, message, sessionId, pending: false, withheldCode: null });
+    if (!original || !eventId || !content) return fail('malformed m.room.encrypted event');
+    if (content.algorithm !== MEGOLM) return fail(`unsupported algorithm ${JSON.stringify(content.algorithm)}`);
     try {
       const d = await this.machine.decryptRoomEvent(raw, new W.RoomId(roomId), untrusted());
       // With untrusted devices accepted, a forged `sender` still decrypts; only the shield tells. Refuse it.
       const forged = d.shieldState(false).code === W.ShieldStateCode.MismatchedSender;
       const event = JSON.parse(d.event) as Record<string, unknown>;
       d.free();
-      if (forged) {
-        return { code: 'HALCYON_DECRYPT_FAILED', message: `${eventId} claims to be from ${String(original.sender)} but was encrypted by another user's device`, sessionId, pending: false };
-      }
+      if (forged) return fail(`${eventId} claims to be from ${String(original.sender)} but was encrypted by another user's device`);
       const refused = refusal(event, original);
-      if (refused) return { code: 'HALCYON_DECRYPT_FAILED', message: `${eventId} was refused: ${refused}`, sessionId, pending: false };
+      if (refused) return fail(`${eventId} was refused: ${refused}`);
       // The clear event carries the encrypted event's envelope.
       for (const k of ['event_id', 'sender', 'origin_server_ts', 'unsigned'] as const) if (event[k] === undefined && original[k] !== undefined) event[k] = original[k];
       useClearRelation(event, content);
       return { roomId, event };
     } catch (err) {
-      const code = (err as { code?: unknown }).code;
-      const missing = code === W.DecryptionErrorCode.MissingRoomKey || code === W.DecryptionErrorCode.UnknownMessageIndex;
-      const message = `cannot decrypt ${eventId}: ${errMessage(err)}`;
-      if (missing && keep && sessionId) this.keepPending(eventId, roomId, sessionId, raw);
-      return { code: missing ? 'HALCYON_DECRYPT_MISSING_KEY' : 'HALCYON_DECRYPT_FAILED', message, sessionId, pending: missing && keep && sessionId !== null };
+      const e = err as { code?: unknown; withheldCode?: unknown; maybe_withheld?: unknown };
+      const missing = e.code === W.DecryptionErrorCode.MissingRoomKey || e.code === W.DecryptionErrorCode.UnknownMessageIndex;
+      const withheldCode = typeof e.withheldCode === 'string' ? e.withheldCode : null;
+      // Anyone can send a withheld notice for any session: only the event's sender's own word ends the wait.
+      const forGood = withheldCode !== null && WITHHELD_FOR_GOOD.has(withheldCode) && sessionId !== null && this.withheldBy.get(sessionId) === original.sender;
+      const pending = missing && keep && sessionId !== null && !forGood;
+      if (pending) this.keepPending(eventId, roomId, sessionId, raw);
+      const why = withheldCode === null ? errMessage(err) : withheldReason(withheldCode, e.maybe_withheld);
+      return { code: missing ? 'HALCYON_DECRYPT_MISSING_KEY' : 'HALCYON_DECRYPT_FAILED', message: `cannot decrypt ${eventId}: ${why}`, sessionId, pending, withheldCode };
     }
   }
+
 
   private keepPending(eventId: string, roomId: string, sessionId: string, raw: string): void {
     const db = this.journal.db;

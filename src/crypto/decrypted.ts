@@ -1,7 +1,8 @@
 /**
- * Decrypted room events: what the crypto actor accepts from them, and how they become a batch for main. The
- * ciphertext is written by any member of the room and nothing in it is checked by the homeserver, so what it
- * claims beyond a message-like event is refused here, before the event is turned into a batch handlers see.
+ * Decrypted room events: what the crypto actor accepts from them, how they become a batch for main, and what a
+ * withheld room key means. The ciphertext is written by any member of the room and nothing in it is checked by
+ * the homeserver, so what it claims beyond a message-like event is refused here, before the event is turned into
+ * a batch handlers see.
  */
 import { EVENT_FLAGS, OFF, OFFSET_STRIDE, type WireBatch } from '../protocol.ts';
 import { type ProcessOptions, processSync } from '../sync/process.ts';
@@ -116,4 +117,18 @@ export function decryptedBatch(items: Decrypted[], extraFlags: number, opts: Pro
     receipts: [],
   };
   return { batch, slots };
+}
+
+/**
+ * Withheld codes after which the room key will not come: its sender decided not to share it with this device
+ * (`m.unverified`: the device is not verified, which bots rarely are; `m.blacklisted`: blocked;
+ * `m.unauthorised`: not allowed to have it). After `m.unavailable` (a device asked had no copy) and `m.no_olm`
+ * (no Olm session with this device yet, e.g. its one-time keys were used up) the key may still come, as after
+ * codes not known here.
+ */
+export const WITHHELD_FOR_GOOD: ReadonlySet<string> = new Set(['m.unverified', 'm.blacklisted', 'm.unauthorised']);
+
+/** Why a key is missing when it was withheld: the code, and the engine's text for it when it has one. */
+export function withheldReason(code: string, text: unknown): string {
+  return `its room key was withheld (${code}${typeof text === 'string' && text !== '' ? `: ${text}` : ''})`;
 }

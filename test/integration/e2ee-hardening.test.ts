@@ -10,6 +10,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, test, type TestContext } from 'node:test';
 import * as W from '@matrix-org/matrix-sdk-crypto-wasm';
 import { Client, type DecryptionErrorInfo, type Edit, type HalcyonError, type Message } from '../../src/index.ts';
+import { startJsPeer } from '../harness/js-peer.ts';
 import { OlmPeer } from '../harness/olm-peer.ts';
 import type { Peer } from '../harness/peer.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
@@ -322,5 +323,33 @@ test('a history_visibility change makes the bot\'s next message use a new Megolm
   const second = await sessionOf(creator, roomId, await bot.client.sendMessage(roomId, 'three'));
   assert.notEqual(second, first, 'a new session after the change');
   assert.equal(await sessionOf(creator, roomId, await bot.client.sendMessage(roomId, 'four')), second);
+  assert.deepEqual(bot.errors, []);
+});
+
+test('a room key withheld by its sender (matrix-js-sdk sharing with verified devices only): decryptionError names m.unverified, willRetry false, nothing kept', async (t) => {
+  const bot = await newBot(t, hs);
+  const rec = record(bot);
+  await bot.client.run(bot.token);
+  const a = await startJsPeer(hs);
+  defer(t, () => a.stop());
+  // Keys for verified devices only: the bot's device is not verified, so matrix-js-sdk withholds its room keys
+  // from it with m.unverified. (OnlySignedDevicesIsolationMode would need cross-signing on the peer's account.)
+  a.client.getCrypto()!.globalBlacklistUnverifiedDevices = true;
+  const roomId = await a.createEncryptedRoom({ invite: [bot.user.userId] });
+  await a.waitForMember(roomId, bot.user.userId, 'join');
+  const withheld = await a.sendText(roomId, 'not for unverified devices');
+  const d = await waitUntil(() => rec.decryptionErrors.find((e) => e.eventId === withheld), WAIT_MS, 'the decryptionError of the withheld message').catch((e: Error) => {
+    throw new Error(`${e.message}; messages: ${JSON.stringify(rec.messages.map((m) => m.body))}`);
+  });
+  t.diagnostic(`withheld: ${d.code} willRetry=${d.willRetry} (${d.message})`);
+  assert.equal(d.code, 'HALCYON_DECRYPT_MISSING_KEY');
+  assert.equal(d.willRetry, false, 'the sender decided: the key will not come');
+  assert.match(d.message, /withheld.*m\.unverified/);
+  assert.doesNotMatch(d.message, /Some\(/);
+  assert.equal((await bot.client.cryptoStatus())!.pendingUndecryptable, 0, 'not kept');
+
+  a.client.getCrypto()!.globalBlacklistUnverifiedDevices = false;
+  const shared = await a.sendText(roomId, 'for every device');
+  assert.equal((await botGot(rec, shared, 'the message sent once the peer shares with unverified devices')).body, 'for every device');
   assert.deepEqual(bot.errors, []);
 });

@@ -471,6 +471,7 @@ test('(b) late key: MISSING_KEY with pending, then the key arrives → a late ba
   assert.equal(f.pending, true);
   assert.equal(f.index, 0);
   assert.equal(f.sessionId, ev.content.session_id);
+  assert.equal(f.withheldCode, null);
   assert.equal((await bot.actor.status()).pendingUndecryptable, 1);
 
   await bot.actor.receiveSyncChanges(syncChanges(hs, held));
@@ -888,3 +889,39 @@ test('a key upload in flight when the pool drains: its answer without a count (z
   assert.ok(dev.oneTimeKeys.size > 0);
   assert.deepEqual(errors(bot), []);
 });
+
+// The key will not come for m.unverified, m.blacklisted and m.unauthorised (the sender decided so); it may still
+// come for m.unavailable (another device had no copy) and m.no_olm (no Olm session yet; the engine records it per
+// device, not per session, so the event's failure carries no code). A withheld notice from someone else than the
+// event's sender proves nothing: the event is kept.
+for (const [code, from, pending, reported] of [
+  ['m.unverified', ALICE, false, 'm.unverified'],
+  ['m.blacklisted', ALICE, false, 'm.blacklisted'],
+  ['m.unauthorised', ALICE, false, 'm.unauthorised'],
+  ['m.unavailable', ALICE, true, 'm.unavailable'],
+  ['m.no_olm', ALICE, true, null],
+  ['m.unverified', MALLORY, true, 'm.unverified'],
+] as const) {
+  test(`a room key withheld with ${code} by ${from === ALICE ? 'the sender' : 'another user'}: withheldCode ${reported}, pending ${pending}`, async (t) => {
+    const { alice, bot, roomId } = await world(t);
+    await alice.shareKey(roomId, [BOT]);
+    hs.drainInbox(BOT, BOT_DEVICE); // the key is never delivered
+    const ev = await alice.encrypt(roomId, 'withheld');
+    const notice = {
+      type: 'm.room_key.withheld',
+      sender: from,
+      content: { algorithm: 'm.megolm.v1.aes-sha2', room_id: roomId, session_id: ev.content.session_id, sender_key: ev.content.sender_key, code, reason: 'a reason' },
+    };
+    await bot.actor.receiveSyncChanges(syncChanges(hs, [notice]));
+    const res = await bot.actor.decrypt(decryptRequest(roomId, [ev]));
+    assert.equal(res.failures.length, 1);
+    const f = res.failures[0]!;
+    assert.equal(f.code, 'HALCYON_DECRYPT_MISSING_KEY');
+    assert.equal(f.withheldCode, reported);
+    assert.equal(f.pending, pending);
+    if (reported) assert.match(f.message, new RegExp(`withheld \\(${reported.replace('.', '\\.')}`));
+    assert.doesNotMatch(f.message, /Some\(/, 'no Rust formatting in the message');
+    assert.equal((await bot.actor.status()).pendingUndecryptable, pending ? 1 : 0);
+    assert.deepEqual(errors(bot), []);
+  });
+}
