@@ -380,11 +380,11 @@ export class CryptoActor implements CryptoActorApi {
       const forGood = withheldCode !== null && WITHHELD_FOR_GOOD.has(withheldCode) && sessionId !== null && this.withheldBy.get(sessionId) === original.sender;
       const pending = missing && keep && sessionId !== null && !forGood;
       if (pending) this.keepPending(eventId, roomId, sessionId, raw);
-      const why = withheldCode === null ? errMessage(err) : withheldReason(withheldCode, e.maybe_withheld);
+      // The engine's text ends in Rust formatting of the withheld code (`withheld code: None` / `Some("m.…")`).
+      const why = withheldCode === null ? errMessage(err).replace(/, withheld code: None$/, '') : withheldReason(withheldCode, e.maybe_withheld);
       return { code: missing ? 'HALCYON_DECRYPT_MISSING_KEY' : 'HALCYON_DECRYPT_FAILED', message: `cannot decrypt ${eventId}: ${why}`, sessionId, pending, withheldCode };
     }
   }
-
 
   private keepPending(eventId: string, roomId: string, sessionId: string, raw: string): void {
     const db = this.journal.db;

@@ -472,6 +472,7 @@ test('(b) late key: MISSING_KEY with pending, then the key arrives → a late ba
   assert.equal(f.index, 0);
   assert.equal(f.sessionId, ev.content.session_id);
   assert.equal(f.withheldCode, null);
+  assert.doesNotMatch(f.message, /withheld code|None|Some\(/, `no Rust formatting in "${f.message}"`);
   assert.equal((await bot.actor.status()).pendingUndecryptable, 1);
 
   await bot.actor.receiveSyncChanges(syncChanges(hs, held));
