@@ -463,9 +463,7 @@ export class SyncActor implements SyncActorApi {
       if (r.membership !== 'join') continue; // invite state is stripped and unauthenticated
       for (const ev of r.state) {
         if (ev.type === 'm.room.encryption' && ev.state_key === '') encryption.push({ roomId: r.roomId, content: ev.content });
-        else if (ev.type === 'm.room.history_visibility' && ev.state_key === '') {
-          historyVisibility.push({ roomId: r.roomId, visibility: typeof ev.content.history_visibility === 'string' ? ev.content.history_visibility : '' });
-        }
+        else if (ev.type === 'm.room.history_visibility' && ev.state_key === '') historyVisibility.push({ roomId: r.roomId, visibility: String(ev.content.history_visibility) });
         else if (ev.type === 'm.room.member' && typeof ev.state_key === 'string' && typeof ev.content.membership === 'string') {
           members.push({ roomId: r.roomId, userId: ev.state_key, membership: ev.content.membership });
         }
