@@ -1,8 +1,9 @@
 /**
  * Hardening of the crypto actor over a real Synapse: what a room member can make the bot believe with what it
- * encrypts (event types that are never encrypted, relations hidden in the ciphertext), who gets the bot's room
- * keys (history visibility), and how withheld keys are reported. The senders are an OlmPeer (a raw OlmMachine
- * that encrypts any type and content) and matrix-js-sdk peers.
+ * encrypts (event types that are never encrypted, relations hidden in the ciphertext), one-time key counts a
+ * server leaves out (through a proxy rewriting /sync), who gets the bot's room keys (history visibility), and
+ * how withheld keys are reported. The senders are an OlmPeer (a raw OlmMachine that encrypts any type and
+ * content) and matrix-js-sdk peers.
  */
 import assert from 'node:assert/strict';
 import { createServer, request as httpRequest } from 'node:http';
