@@ -322,7 +322,7 @@ export interface CryptoSyncChanges {
   toDeviceCount: number;
   deviceListsChanged: string[];
   deviceListsLeft: string[];
-  /** `device_one_time_keys_count`, when the server sent it. */
+  /** `device_one_time_keys_count`, or null when the server left it out; a missing count (null, or an algorithm not listed) is zero. */
   otkCounts: Record<string, number> | null;
   /** `device_unused_fallback_key_types`, when the server sent it. */
   fallbackKeyTypes: string[] | null;
@@ -330,6 +330,8 @@ export interface CryptoSyncChanges {
   encryption: Array<{ roomId: string; content: Record<string, unknown> }>;
   /** Membership changes seen in the batch (member lists for key sharing follow them). */
   members: Array<{ roomId: string; userId: string; membership: string }>;
+  /** `m.room.history_visibility` state of joined rooms seen in the batch (who gets room keys follows it). */
+  historyVisibility: Array<{ roomId: string; visibility: string }>;
   /** Rooms we left: their member lists are dropped. */
   left: string[];
 }
@@ -352,6 +354,8 @@ export interface DecryptFailure {
   sessionId: string | null;
   /** Whether the event is kept and will be delivered if its key arrives. */
   pending: boolean;
+  /** The code of the `m.room_key.withheld` notice for its session (e.g. `m.unverified`), when the key was withheld. */
+  withheldCode: string | null;
 }
 
 /** Decrypted events as a batch of their own (same column format), plus where each request event went. */

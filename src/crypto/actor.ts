@@ -31,14 +31,13 @@ import {
   type EncryptResult,
   EVENT_FLAGS,
   type MainToCrypto,
-  type MatrixEvent,
-  OFF,
-  OFFSET_STRIDE,
-  type WireBatch,
 } from '../protocol.ts';
 import { type Database, kvGet, kvSet } from '../store.ts';
-import { processSync } from '../sync/process.ts';
+import type { ProcessOptions } from '../sync/process.ts';
 import { IdbJournal } from './idb-journal.ts';
+import { SerialQueue } from './queue.ts';
+import { type HistoryVisibility, SharingRooms } from './rooms.ts';
+import { type Decrypted, decryptedBatch, refusal, useClearRelation, WITHHELD_FOR_GOOD, withheldReason } from './decrypted.ts';
 
 /**
  * Decryption yields the queue after this many ms (at least one event per turn), so a batch's sync changes, which
@@ -48,53 +47,14 @@ const DECRYPT_SLICE_MS = 4;
 /** Applied to-device hashes are kept for this many batches (a crash replays at most the last unacknowledged one). */
 const KEEP_HASH_BATCHES = 8;
 const MEGOLM = 'm.megolm.v1.aes-sha2';
-
-/** Runs tasks one at a time; `high` tasks go before queued `low` ones. After {@link shut}, tasks are refused. */
-class SerialQueue {
-  private readonly high: Array<() => Promise<void>> = [];
-  private readonly low: Array<() => Promise<void>> = [];
-  private running = false;
-  private shutErr: HalcyonError | null = null;
-
-  run<T>(fn: () => T | Promise<T>, priority: 'high' | 'low' = 'low'): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
-      (priority === 'high' ? this.high : this.low).push(async () => {
-        // A task queued before the machine closed must not touch it after (wasm: a null pointer).
-        if (this.shutErr) return reject(this.shutErr);
-        // Awaited inside try: wasm methods may throw synchronously instead of rejecting.
-        try {
-          resolve(await fn());
-        } catch (err) {
-          reject(err);
-        }
-      });
-      void this.pump();
-    });
-  }
-
-  /** Runs `last` as the final task; every task after it is rejected with `HALCYON_STOPPED`. */
-  shut(last: () => void): Promise<void> {
-    return this.run(() => {
-      last();
-      this.shutErr = new HalcyonError('HALCYON_STOPPED', 'the crypto actor was closed');
-    }, 'low');
-  }
-
-  private async pump(): Promise<void> {
-    if (this.running) return;
-    this.running = true;
-    try {
-      for (let task = this.high.shift() ?? this.low.shift(); task; task = this.high.shift() ?? this.low.shift()) await task();
-    } finally {
-      this.running = false;
-    }
-  }
-}
-
-interface Decrypted {
-  roomId: string;
-  event: Record<string, unknown>;
-}
+/** Withheld notices remembered (their senders), to tell whether a withheld key came from the event's sender. */
+const MAX_WITHHELD = 10_000;
+const HISTORY_VISIBILITY: Record<HistoryVisibility, W.HistoryVisibility> = {
+  invited: W.HistoryVisibility.Invited,
+  joined: W.HistoryVisibility.Joined,
+  shared: W.HistoryVisibility.Shared,
+  world_readable: W.HistoryVisibility.WorldReadable,
+};
 
 /** Owns the OlmMachine; see the module comment. */
 export class CryptoActor implements CryptoActorApi {
@@ -105,11 +65,13 @@ export class CryptoActor implements CryptoActorApi {
   private identity!: CryptoIdentity;
   private wanted: Set<string> | null = null;
   private readonly queue = new SerialQueue();
-  /** Member lists of encrypted rooms we sent into, kept current from sync changes. */
-  private readonly members = new Map<string, Set<string>>();
+  /** Members (joined and invited) and history visibility of the rooms we send into. */
+  private rooms!: SharingRooms;
   /** Rooms known not to be encrypted (asked the server); a later m.room.encryption event overrides. */
   private readonly plainRooms = new Set<string>();
   private readonly roomLocks = new Map<string, Promise<unknown>>();
+  /** Who sent the withheld notices of this run, by session (the newest {@link MAX_WITHHELD}). */
+  private readonly withheldBy = new Map<string, string>();
   /** Sessions whose keys arrived during the current sync changes (their pending events are retried after). */
   private arrivedSessions = new Set<string>();
   private retryScheduled = false;
@@ -121,6 +83,8 @@ export class CryptoActor implements CryptoActorApi {
   private duplicateToDevice = 0;
   private batchCounter = 0;
   private freshStore = false;
+  /** Set when `open` resolves; until then (and after `close`) every API call is refused (see {@link ensureOpen}). */
+  private opened = false;
   private closed = false;
 
   constructor(private readonly events: Port<MainToCrypto, CryptoToMain>) {}
@@ -164,9 +128,17 @@ export class CryptoActor implements CryptoActorApi {
     const keys = this.machine.identityKeys;
     this.identity = { userId: config.userId, deviceId: config.deviceId, curve25519: keys.curve25519.toBase64(), ed25519: keys.ed25519.toBase64() };
     this.http = new MatrixHttp(config.homeserver, config.accessToken);
+    this.rooms = new SharingRooms(db, this.http);
     this.machine.registerRoomKeyUpdatedCallback(async (infos: W.RoomKeyInfo[]) => {
       for (const info of infos) this.arrivedSessions.add(info.sessionId);
       this.scheduleRetry();
+    });
+    this.machine.registerRoomKeysWithheldCallback(async (infos: W.RoomKeyWithheldInfo[]) => {
+      for (const info of infos) {
+        this.withheldBy.delete(info.sessionId); // re-inserted last: the oldest notices are dropped first
+        this.withheldBy.set(info.sessionId, info.sender.toString());
+      }
+      while (this.withheldBy.size > MAX_WITHHELD) this.withheldBy.delete(this.withheldBy.keys().next().value!);
     });
     this.events.onMessage((msg) => {
       if (msg.kind === 'lateHandled') this.forgetPending(msg.ids);
@@ -180,10 +152,20 @@ export class CryptoActor implements CryptoActorApi {
     // Events kept from an earlier run whose key came meanwhile (or whose late delivery was not handled).
     db.exec('UPDATE pending_utd SET posted = 0');
     void this.queue.run(() => this.retryPending(null)).catch((e) => this.report(e));
+    this.opened = true;
     return this.identity;
   }
 
+  /**
+   * Refuses a call made before `open` resolved or after `close`: during an actor restart main may call before the
+   * store and machine exist, and must get a coded error it can tell from a refusal by the server, not a TypeError.
+   */
+  private ensureOpen(): void {
+    if (!this.opened || this.closed) throw new HalcyonError('HALCYON_NOT_RUNNING', 'the crypto actor is not open');
+  }
+
   async receiveSyncChanges(ch: CryptoSyncChanges): Promise<void> {
+    this.ensureOpen();
     await this.queue.run(() => this.applySyncChanges(ch), 'high');
     void this.flushOutgoing().catch((e) => this.report(e));
   }
@@ -206,6 +188,7 @@ export class CryptoActor implements CryptoActorApi {
   }
 
   async decrypt(req: DecryptRequest): Promise<DecryptResult> {
+    this.ensureOpen();
     // Requests interleaving their slices would finish together, at the end of a burst: one at a time instead.
     const run = this.decryptTail.then(() => this.decryptAll(req));
     this.decryptTail = run.catch(() => {});
@@ -229,12 +212,13 @@ export class CryptoActor implements CryptoActorApi {
       });
     }
     const slot: number[] = new Array<number>(req.raw.length).fill(-1);
-    const batch = this.buildBatch(ok, 0);
+    const batch = decryptedBatch(ok, 0, this.processOptions());
     if (batch) for (const [k, d] of ok.entries()) slot[d.index] = batch.slots[k]!;
     return { batch: batch?.batch ?? null, slot, failures };
   }
 
   async encrypt(roomId: string, type: string, content: Record<string, unknown>): Promise<EncryptResult> {
+    this.ensureOpen();
     // One send per room at a time: key sharing and the outbound session are per room.
     const prev = this.roomLocks.get(roomId) ?? Promise.resolve();
     const run = prev.catch(() => {}).then(() => this.encryptLocked(roomId, type, content));
@@ -247,14 +231,17 @@ export class CryptoActor implements CryptoActorApi {
   }
 
   async isRoomEncrypted(roomId: string): Promise<boolean> {
+    this.ensureOpen();
     return (await this.roomAlgorithm(roomId)) !== null;
   }
 
   async setWantedTypes(types: string[] | null): Promise<void> {
+    this.ensureOpen();
     this.wanted = types ? new Set(types) : null;
   }
 
   async status(): Promise<CryptoStatus> {
+    this.ensureOpen();
     const n = (this.journal.db.prepare('SELECT count(*) AS n FROM pending_utd').get() as { n: number }).n;
     return {
       identity: this.identity,
@@ -298,20 +285,13 @@ export class CryptoActor implements CryptoActorApi {
     let failure: unknown = null;
     try {
       for (const e of ch.encryption) await this.setRoomEncryption(e.roomId, e.content);
-      const newUsers = new Set<string>();
-      for (const mc of ch.members) {
-        const set = this.members.get(mc.roomId);
-        if (!set) continue;
-        if (mc.membership === 'join' || mc.membership === 'invite') {
-          if (!set.has(mc.userId)) newUsers.add(mc.userId);
-          set.add(mc.userId);
-        } else set.delete(mc.userId);
-      }
-      for (const r of ch.left) this.members.delete(r);
-      if (newUsers.size > 0) await m.updateTrackedUsers([...newUsers].map((u) => new W.UserId(u)));
+      const newUsers = this.rooms.apply(ch);
+      if (newUsers.length > 0) await m.updateTrackedUsers(userIds(newUsers));
       const changed = ch.deviceListsChanged.map((u) => new W.UserId(u));
       const left = ch.deviceListsLeft.map((u) => new W.UserId(u));
-      const counts = new Map<string, number>(Object.entries(ch.otkCounts ?? {}));
+      // Sync v2: a count left out (the whole field, or an algorithm) is zero. Said explicitly rather than left to
+      // the engine, which reads a missing count in a key upload's answer as "unchanged".
+      const counts = new Map<string, number>(Object.entries({ signed_curve25519: 0, ...ch.otkCounts }));
       const fallback = ch.fallbackKeyTypes ? new Set(ch.fallbackKeyTypes) : undefined;
       const processed = await m.receiveSyncChanges(JSON.stringify(fresh), new W.DeviceLists(changed, left), counts, fallback, untrusted());
       for (const p of processed) {
@@ -376,32 +356,33 @@ export class CryptoActor implements CryptoActorApi {
     const eventId = typeof original?.event_id === 'string' ? original.event_id : null;
     const content = original && typeof original.content === 'object' && original.content !== null ? (original.content as Record<string, unknown>) : null;
     const sessionId = typeof content?.session_id === 'string' ? content.session_id : null;
-    if (!original || !eventId || !content) {
-      return { code: 'HALCYON_DECRYPT_FAILED', message: 'malformed m.room.encrypted event', sessionId, pending: false };
-    }
-    if (content.algorithm !== MEGOLM) {
-      return { code: 'HALCYON_DECRYPT_FAILED', message: `unsupported algorithm ${JSON.stringify(content.algorithm)}`, sessionId, pending: false };
-    }
+    const fail = (message: string) => ({ code: 'HALCYON_DECRYPT_FAILED' as const, message, sessionId, pending: false, withheldCode: null });
+    if (!original || !eventId || !content) return fail('malformed m.room.encrypted event');
+    if (content.algorithm !== MEGOLM) return fail(`unsupported algorithm ${JSON.stringify(content.algorithm)}`);
     try {
       const d = await this.machine.decryptRoomEvent(raw, new W.RoomId(roomId), untrusted());
       // With untrusted devices accepted, a forged `sender` still decrypts; only the shield tells. Refuse it.
       const forged = d.shieldState(false).code === W.ShieldStateCode.MismatchedSender;
       const event = JSON.parse(d.event) as Record<string, unknown>;
       d.free();
-      if (forged) {
-        return { code: 'HALCYON_DECRYPT_FAILED', message: `${eventId} claims to be from ${String(original.sender)} but was encrypted by another user's device`, sessionId, pending: false };
-      }
-      // The clear event carries the encrypted event's envelope; relations stay in the clear part of the content.
+      if (forged) return fail(`${eventId} claims to be from ${String(original.sender)} but was encrypted by another user's device`);
+      const refused = refusal(event, original);
+      if (refused) return fail(`${eventId} was refused: ${refused}`);
+      // The clear event carries the encrypted event's envelope.
       for (const k of ['event_id', 'sender', 'origin_server_ts', 'unsigned'] as const) if (event[k] === undefined && original[k] !== undefined) event[k] = original[k];
-      const c = event.content as Record<string, unknown> | undefined;
-      if (c && typeof c === 'object' && c['m.relates_to'] === undefined && content['m.relates_to'] !== undefined) c['m.relates_to'] = content['m.relates_to'];
+      useClearRelation(event, content);
       return { roomId, event };
     } catch (err) {
-      const code = (err as { code?: unknown }).code;
-      const missing = code === W.DecryptionErrorCode.MissingRoomKey || code === W.DecryptionErrorCode.UnknownMessageIndex;
-      const message = `cannot decrypt ${eventId}: ${errMessage(err)}`;
-      if (missing && keep && sessionId) this.keepPending(eventId, roomId, sessionId, raw);
-      return { code: missing ? 'HALCYON_DECRYPT_MISSING_KEY' : 'HALCYON_DECRYPT_FAILED', message, sessionId, pending: missing && keep && sessionId !== null };
+      const e = err as { code?: unknown; withheldCode?: unknown; maybe_withheld?: unknown };
+      const missing = e.code === W.DecryptionErrorCode.MissingRoomKey || e.code === W.DecryptionErrorCode.UnknownMessageIndex;
+      const withheldCode = typeof e.withheldCode === 'string' ? e.withheldCode : null;
+      // Anyone can send a withheld notice for any session: only the event's sender's own word ends the wait.
+      const forGood = withheldCode !== null && WITHHELD_FOR_GOOD.has(withheldCode) && sessionId !== null && this.withheldBy.get(sessionId) === original.sender;
+      const pending = missing && keep && sessionId !== null && !forGood;
+      if (pending) this.keepPending(eventId, roomId, sessionId, raw);
+      // The engine's text ends in Rust formatting of the withheld code (`withheld code: None` / `Some("m.…")`).
+      const why = withheldCode === null ? errMessage(err).replace(/, withheld code: None$/, '') : withheldReason(withheldCode, e.maybe_withheld);
+      return { code: missing ? 'HALCYON_DECRYPT_MISSING_KEY' : 'HALCYON_DECRYPT_FAILED', message: `cannot decrypt ${eventId}: ${why}`, sessionId, pending, withheldCode };
     }
   }
 
@@ -421,11 +402,14 @@ export class CryptoActor implements CryptoActorApi {
       event_id: string; room_id: string; session_id: string | null; raw: string;
     }[]).filter((r) => sessions === null || (r.session_id !== null && sessions.has(r.session_id)));
     const ok: Array<Decrypted & { index: number }> = [];
+    const hopeless: string[] = [];
     for (const r of rows) {
       const res = await this.decryptOne(r.room_id, r.raw, false);
       if ('event' in res) ok.push({ ...res, index: ok.length });
+      else if (res.code === 'HALCYON_DECRYPT_FAILED') hopeless.push(r.event_id); // the key came, the event is refused
     }
-    const built = this.buildBatch(ok, EVENT_FLAGS.late);
+    this.forgetPending(hopeless);
+    const built = decryptedBatch(ok, EVENT_FLAGS.late, this.processOptions());
     if (!built) return;
     const ids = ok.map((d) => d.event.event_id as string);
     const mark = db.prepare('UPDATE pending_utd SET posted = 1 WHERE event_id = ?');
@@ -437,56 +421,14 @@ export class CryptoActor implements CryptoActorApi {
     if (delivered.size > 0) this.events.post({ kind: 'late', batch: built.batch, ids: [...delivered] });
   }
 
+  private processOptions(): ProcessOptions {
+    return { wantedTypes: this.wanted, ownUserId: this.config.userId };
+  }
+
   private forgetPending(ids: string[]): void {
     if (this.closed) return;
     const del = this.journal.db.prepare('DELETE FROM pending_utd WHERE event_id = ?');
     for (const id of ids) del.run(id);
-  }
-
-  /**
-   * Turns decrypted events into a batch in the same column format as a /sync batch, by running them through the
-   * same pure processing (so validation, flags and wanted types are applied exactly as for clear events).
-   */
-  private buildBatch(items: Decrypted[], extraFlags: number): { batch: WireBatch; slots: number[] } | null {
-    if (items.length === 0) return null;
-    const byRoom = new Map<string, number[]>();
-    items.forEach((d, k) => {
-      let list = byRoom.get(d.roomId);
-      if (!list) byRoom.set(d.roomId, (list = []));
-      list.push(k);
-    });
-    const join: Record<string, { timeline: { events: unknown[] } }> = {};
-    for (const [roomId, ks] of byRoom) join[roomId] = { timeline: { events: ks.map((k) => items[k]!.event) } };
-    const body = Buffer.from(JSON.stringify({ next_batch: '', rooms: { join } }), 'utf8');
-    const p = processSync(body, { wantedTypes: this.wanted, ownUserId: this.config.userId });
-    const ev = p.events;
-    const idToSlot = new Map<string, number>();
-    for (let i = 0; i < ev.count; i++) {
-      const s = ev.offsets[i * OFFSET_STRIDE + OFF.eventId]!;
-      const e = ev.offsets[i * OFFSET_STRIDE + OFF.eventId + 1]!;
-      idToSlot.set(JSON.parse(body.toString('utf8', s, e)) as string, i);
-      ev.flags[i] = ev.flags[i]! | EVENT_FLAGS.encrypted | extraFlags;
-    }
-    const slots = items.map((d) => idToSlot.get(d.event.event_id as string) ?? -1);
-    if (ev.count === 0) return null;
-    const batch: WireBatch = {
-      seq: 0,
-      redelivered: false,
-      done: null,
-      nextBatch: '',
-      first: false,
-      deliver: true,
-      rooms: p.rooms,
-      body: new Uint8Array(body.buffer, body.byteOffset, body.byteLength),
-      events: ev,
-      invites: [],
-      left: [],
-      summaries: [],
-      errors: p.errors,
-      accountData: [],
-      receipts: [],
-    };
-    return { batch, slots };
   }
 
   // ---- encryption ----
@@ -500,27 +442,25 @@ export class CryptoActor implements CryptoActorApi {
     const m = this.machine;
     // wasm-bindgen moves IDs and settings passed by value: every call gets fresh ones.
     const room = () => new W.RoomId(roomId);
-    let members = this.members.get(roomId);
-    if (!members) {
-      members = await this.fetchMembers(roomId);
-      this.members.set(roomId, members);
-      const tracked = userIds(members);
-      await this.queue.run(() => m.updateTrackedUsers(tracked), 'high');
-    }
-    const users = members;
+    const { users, visibility, fetched } = await this.rooms.recipients(roomId);
+    // Invited members are tracked too: their devices are known by the time they join.
+    if (fetched) await this.queue.run(() => m.updateTrackedUsers(userIds(fetched)), 'high');
     // Device lists of new members are queried first (a key share skips users whose devices are unknown).
     await this.flushOutgoing();
     const claim = await this.queue.run(() => m.getMissingSessions(userIds(users)), 'high');
     if (claim) await this.send(claim);
-    const toDevice = await this.queue.run(() => m.shareRoomKey(room(), userIds(users), this.encryptionSettings(roomId)), 'high');
+    // The engine starts a new session when the visibility differs from the current session's, or a user it was
+    // shared with is not among `users` (left, or invited in a room now visible to joined members only).
+    const toDevice = await this.queue.run(() => m.shareRoomKey(room(), userIds(users), this.encryptionSettings(roomId, visibility)), 'high');
     for (const req of toDevice) await this.send(req);
     const encrypted = await this.queue.run(() => m.encryptRoomEvent(room(), type, JSON.stringify(content)), 'high');
     return { encrypted: true, content: JSON.parse(encrypted) as Record<string, unknown> };
   }
 
-  /** Sharing settings from the room's m.room.encryption content: its session rotation periods, when given. */
-  private encryptionSettings(roomId: string): W.EncryptionSettings {
+  /** Sharing settings: the room's history visibility, and the session rotation periods of its m.room.encryption content. */
+  private encryptionSettings(roomId: string, visibility: HistoryVisibility): W.EncryptionSettings {
     const settings = new W.EncryptionSettings();
+    settings.historyVisibility = HISTORY_VISIBILITY[visibility];
     const content = safeJson(kvGet(this.journal.db, `encryption:${roomId}`) ?? '{}') ?? {};
     if (typeof content.rotation_period_ms === 'number' && content.rotation_period_ms > 0) {
       settings.rotationPeriod = BigInt(Math.round(content.rotation_period_ms)) * 1000n; // microseconds
@@ -529,16 +469,6 @@ export class CryptoActor implements CryptoActorApi {
       settings.rotationPeriodMessages = BigInt(Math.round(content.rotation_period_msgs));
     }
     return settings;
-  }
-
-  private async fetchMembers(roomId: string): Promise<Set<string>> {
-    const res = await this.http.json<{ chunk?: MatrixEvent[] }>('GET', `/_matrix/client/v3/rooms/${seg(roomId)}/members`, { query: { not_membership: 'leave' } });
-    const set = new Set<string>();
-    for (const ev of res.chunk ?? []) {
-      const membership = ev.content?.membership;
-      if ((membership === 'join' || membership === 'invite') && typeof ev.state_key === 'string') set.add(ev.state_key);
-    }
-    return set;
   }
 
   // ---- outgoing requests ----
@@ -610,6 +540,10 @@ export class CryptoActor implements CryptoActorApi {
       }
       throw err;
     }
+    // An answer without a signed_curve25519 count means zero (as in a sync). The engine reads a missing count as
+    // "unchanged", yet marks every key it holds as published, new ones made while this upload was in flight
+    // included: without the zero, those are never uploaded and the pool stays empty.
+    if (req.type === T.KeysUpload) res = withZeroCount(res);
     await this.queue.run(() => this.machine.markRequestAsSent(req.id, req.type, JSON.stringify(res)), 'high');
   }
 
@@ -638,6 +572,14 @@ function untrusted(): W.DecryptionSettings {
 
 function userIds(users: Iterable<string>): W.UserId[] {
   return [...users].map((u) => new W.UserId(u));
+}
+
+/** A /keys/upload answer with `signed_curve25519: 0` added to `one_time_key_counts` when the server left it out. */
+function withZeroCount(res: unknown): unknown {
+  if (typeof res !== 'object' || res === null) return res;
+  const counts = (res as { one_time_key_counts?: unknown }).one_time_key_counts;
+  const given = typeof counts === 'object' && counts !== null ? counts : {};
+  return { ...res, one_time_key_counts: { signed_curve25519: 0, ...given } };
 }
 
 function safeJson(text: string): Record<string, unknown> | null {

@@ -462,18 +462,21 @@ export class SyncActor implements SyncActorApi {
     const c = p.crypto;
     const encryption: CryptoSyncChanges['encryption'] = [];
     const members: CryptoSyncChanges['members'] = [];
+    const historyVisibility: CryptoSyncChanges['historyVisibility'] = [];
     for (const r of p.state.rooms) {
       if (r.membership !== 'join') continue; // invite state is stripped and unauthenticated
       for (const ev of r.state) {
         if (ev.type === 'm.room.encryption' && ev.state_key === '') encryption.push({ roomId: r.roomId, content: ev.content });
+        else if (ev.type === 'm.room.history_visibility' && ev.state_key === '') historyVisibility.push({ roomId: r.roomId, visibility: String(ev.content.history_visibility) });
         else if (ev.type === 'm.room.member' && typeof ev.state_key === 'string' && typeof ev.content.membership === 'string') {
           members.push({ roomId: r.roomId, userId: ev.state_key, membership: ev.content.membership });
         }
       }
     }
+    // Counts left out are news too: in sync v2 a missing count is zero (the crypto actor refills the pool).
     const keyCounts = JSON.stringify([c.otkCounts, c.fallbackKeyTypes]);
-    const countsChanged = (c.otkCounts !== null || c.fallbackKeyTypes !== null) && keyCounts !== this.lastKeyCounts;
-    if (c.toDevice.length === 0 && c.deviceListsChanged.length === 0 && c.deviceListsLeft.length === 0 && !countsChanged && encryption.length === 0 && members.length === 0 && p.left.length === 0) {
+    const countsChanged = keyCounts !== this.lastKeyCounts;
+    if (c.toDevice.length === 0 && c.deviceListsChanged.length === 0 && c.deviceListsLeft.length === 0 && !countsChanged && encryption.length === 0 && members.length === 0 && historyVisibility.length === 0 && p.left.length === 0) {
       return null;
     }
     if (countsChanged) this.lastKeyCounts = keyCounts;
@@ -487,6 +490,7 @@ export class SyncActor implements SyncActorApi {
       fallbackKeyTypes: c.fallbackKeyTypes,
       encryption,
       members,
+      historyVisibility,
       left: p.left,
     };
   }
@@ -532,7 +536,7 @@ export class SyncActor implements SyncActorApi {
 
 /** Whether crypto changes carry nothing but one-time-key counts and fallback key types. */
 function countsOnly(c: CryptoSyncChanges): boolean {
-  return c.toDeviceCount === 0 && c.deviceListsChanged.length === 0 && c.deviceListsLeft.length === 0 && c.encryption.length === 0 && c.members.length === 0 && c.left.length === 0;
+  return c.toDeviceCount === 0 && c.deviceListsChanged.length === 0 && c.deviceListsLeft.length === 0 && c.encryption.length === 0 && c.members.length === 0 && c.historyVisibility.length === 0 && c.left.length === 0;
 }
 
 /** Failures worth retrying the poll for: transport, deadlines, rate limits, bad answers, server errors. */

@@ -52,7 +52,18 @@ class FakeHomeserver {
   /** Access tokens → who is calling. */
   readonly tokens = new Map<string, { userId: string; deviceId: string }>();
   private server: Server | null = null;
+  private uploadGate: { arrive: () => void; released: Promise<void> } | null = null;
   baseUrl = '';
+
+  /** Holds the next /keys/upload before it is handled: `arrived` resolves when it comes, `release` lets it through. */
+  holdUploads(): { arrived: Promise<void>; release: () => void } {
+    let arrive!: () => void;
+    let release!: () => void;
+    const arrived = new Promise<void>((r) => (arrive = r));
+    const released = new Promise<void>((r) => (release = r));
+    this.uploadGate = { arrive, released };
+    return { arrived, release };
+  }
 
   async start(): Promise<void> {
     const server = createServer((req, res) => void this.handle(req, res));
@@ -165,7 +176,15 @@ class FakeHomeserver {
     }
     this.log.push({ method: req.method ?? '', path, body });
     const p = '/_matrix/client/v3';
-    if (req.method === 'POST' && path === `${p}/keys/upload`) return send(200, this.answer(caller, 'upload', body));
+    if (req.method === 'POST' && path === `${p}/keys/upload`) {
+      const gate = this.uploadGate;
+      if (gate) {
+        this.uploadGate = null;
+        gate.arrive();
+        await gate.released;
+      }
+      return send(200, this.answer(caller, 'upload', body));
+    }
     if (req.method === 'POST' && path === `${p}/keys/query`) return send(200, this.answer(caller, 'query', body));
     if (req.method === 'POST' && path === `${p}/keys/claim`) return send(200, this.answer(caller, 'claim', body));
     if (req.method === 'POST' && path === `${p}/keys/signatures/upload`) return send(200, this.answer(caller, 'signatures', body));
@@ -276,6 +295,7 @@ function syncChanges(hs: FakeHomeserver, toDevice: Json[], extra: Partial<Crypto
     fallbackKeyTypes: [...bot.fallbackKeys.keys()].map((k) => k.split(':')[0]!),
     encryption: [],
     members: [],
+    historyVisibility: [],
     left: [],
     ...extra,
   };
@@ -451,6 +471,8 @@ test('(b) late key: MISSING_KEY with pending, then the key arrives → a late ba
   assert.equal(f.pending, true);
   assert.equal(f.index, 0);
   assert.equal(f.sessionId, ev.content.session_id);
+  assert.equal(f.withheldCode, null);
+  assert.doesNotMatch(f.message, /withheld code|None|Some\(/, `no Rust formatting in "${f.message}"`);
   assert.equal((await bot.actor.status()).pendingUndecryptable, 1);
 
   await bot.actor.receiveSyncChanges(syncChanges(hs, held));
@@ -758,18 +780,149 @@ test('sync changes queued behind a burst of decryption are applied before the bu
   assert.deepEqual(errors(bot), []);
 });
 
-test('calls after close are refused with a coded error, not a wasm null pointer', async (t) => {
+/** Every API call of an actor that is not open, each settled: its error's code and message, or 'resolved'. */
+async function callEverything(actor: CryptoActor): Promise<Record<string, string>> {
+  const calls: Record<string, () => Promise<unknown>> = {
+    encrypt: () => actor.encrypt('!x:example.org', 'm.room.message', { body: 'x' }),
+    decrypt: () => actor.decrypt(decryptRequest('!x:example.org', ['{}'])),
+    isRoomEncrypted: () => actor.isRoomEncrypted('!x:example.org'),
+    status: () => actor.status(),
+    receiveSyncChanges: () => actor.receiveSyncChanges(syncChanges(hs, [])),
+    setWantedTypes: () => actor.setWantedTypes(null),
+  };
+  const out: Record<string, string> = {};
+  for (const [name, call] of Object.entries(calls)) {
+    out[name] = await Promise.resolve()
+      .then(call)
+      .then(
+        () => 'resolved',
+        (e: { code?: string; message?: string }) => `${e.code ?? e.constructor?.name}: ${e.message}`,
+      );
+  }
+  return out;
+}
+
+const NOT_OPEN = 'HALCYON_NOT_RUNNING: the crypto actor is not open';
+
+test('calls before open (and while it runs) are refused at once with HALCYON_NOT_RUNNING, not a TypeError', async (t) => {
+  hs.devices.clear();
+  const [, side] = localPortPair<CryptoToMain, MainToCrypto>();
+  const actor = new CryptoActor(side);
+  t.after(() => actor.close());
+  const expected = Object.fromEntries(Object.keys(await callEverything(actor)).map((k) => [k, NOT_OPEN]));
+  assert.deepEqual(await callEverything(actor), expected, 'before open');
+  const opening = actor.open(config(hs, tempDir(t)));
+  assert.deepEqual(await callEverything(actor), expected, 'while open runs');
+  await opening;
+  assert.equal((await actor.status()).identity.deviceId, BOT_DEVICE, 'open once open resolved');
+});
+
+test('calls after close are refused with HALCYON_NOT_RUNNING, not a wasm null pointer', async (t) => {
   const { bot } = await world(t);
   await bot.actor.close();
-  const err = await bot.actor.decrypt(decryptRequest('!x:example.org', ['{}'])).then(
-    () => null,
-    (e: { code?: string }) => e,
-  );
-  // A malformed event needs no machine call, so it may still be answered; anything that reaches the machine is refused.
-  if (err) assert.equal(err.code, 'HALCYON_STOPPED');
-  const enc = await bot.actor.receiveSyncChanges(syncChanges(hs, [])).then(
-    () => null,
-    (e: { code?: string }) => e,
-  );
-  assert.equal(enc?.code, 'HALCYON_STOPPED');
+  const got = await callEverything(bot.actor);
+  assert.deepEqual(got, Object.fromEntries(Object.keys(got).map((k) => [k, NOT_OPEN])));
 });
+
+test('a call queued before close and reaching the machine after it is refused with HALCYON_STOPPED', async (t) => {
+  const { alice, bot, roomId } = await world(t);
+  await alice.shareKey(roomId, [BOT]);
+  await bot.actor.receiveSyncChanges(syncChanges(hs, hs.drainInbox(BOT, BOT_DEVICE)));
+  const evs: Json[] = [];
+  for (let i = 0; i < 40; i++) evs.push(await alice.encrypt(roomId, `m${i}`));
+  const burst = bot.actor.decrypt(decryptRequest(roomId, evs)).then(
+    () => 'resolved',
+    (e: { code?: string }) => e.code,
+  );
+  await bot.actor.close();
+  // Decrypted in slices: the slices after close are refused (or the burst finished before close took its turn).
+  assert.ok(['HALCYON_STOPPED', 'resolved'].includes((await burst) ?? ''), String(await burst));
+});
+
+test('an event kept for its key that decrypts to a refused type (m.room.member) is not delivered late, and is forgotten', async (t) => {
+  const { alice, bot, roomId } = await world(t);
+  await alice.shareKey(roomId, [BOT]);
+  const held = hs.drainInbox(BOT, BOT_DEVICE);
+  const content = await alice.machine.encryptRoomEvent(new W.RoomId(roomId), 'm.room.member', JSON.stringify({ membership: 'join' }));
+  const member = { event_id: '$member', sender: ALICE, origin_server_ts: Date.now(), room_id: roomId, type: 'm.room.encrypted', content: JSON.parse(content) as Json };
+  const text = await alice.encrypt(roomId, 'a real one', '$text');
+  const res = await bot.actor.decrypt(decryptRequest(roomId, [member, text]));
+  assert.deepEqual(res.failures.map((f) => [f.index, f.code, f.pending]), [[0, 'HALCYON_DECRYPT_MISSING_KEY', true], [1, 'HALCYON_DECRYPT_MISSING_KEY', true]]);
+  await bot.actor.receiveSyncChanges(syncChanges(hs, held));
+  const late = await bot.next('late');
+  assert.deepEqual(late.ids, ['$text'], 'only the message is delivered late');
+  assert.deepEqual(lateEvents(late.batch).map((d) => d.event.type), ['m.room.message']);
+  bot.main.post({ kind: 'lateHandled', ids: late.ids });
+  await waitFor(async () => (await bot.actor.status()).pendingUndecryptable === 0, 'both kept events to be forgotten');
+  assert.deepEqual(errors(bot), []);
+});
+
+// A sync v2 server may leave out `device_one_time_keys_count`, or its `signed_curve25519` entry, when the count is
+// zero (the spec: the field is optional only when no unclaimed one-time keys exist).
+for (const [what, otkCounts] of [['without device_one_time_keys_count', null], ['whose count has no signed_curve25519 entry', {}]] as const) {
+  test(`every one-time key claimed, then a sync ${what}: the machine uploads new one-time keys`, async (t) => {
+    const { bot } = await world(t);
+    const dev = hs.device(BOT, BOT_DEVICE);
+    assert.ok(dev.oneTimeKeys.size > 0, 'one-time keys were uploaded at open');
+    dev.oneTimeKeys.clear(); // every key claimed by senders
+    const before = hs.uploadsBy().length;
+    await bot.actor.receiveSyncChanges(syncChanges(hs, [], { otkCounts }));
+    await waitFor(() => hs.uploadsBy().slice(before).some((u) => u.oneTimeKeys > 0), 'an upload of new one-time keys');
+    assert.ok(dev.oneTimeKeys.size > 0);
+    assert.deepEqual(errors(bot), []);
+  });
+}
+
+test('a key upload in flight when the pool drains: its answer without a count (zero) still gets the new keys uploaded', async (t) => {
+  const { bot } = await world(t);
+  const dev = hs.device(BOT, BOT_DEVICE);
+  // The fallback key was used: the machine uploads a new one (no one-time keys), and its answer is held back.
+  const gate = hs.holdUploads();
+  await bot.actor.receiveSyncChanges(syncChanges(hs, [], { fallbackKeyTypes: [] }));
+  await gate.arrived;
+  // Meanwhile every one-time key is claimed and a sync says so: the machine makes new keys. The held answer
+  // (counted after the claims: none, so no signed_curve25519 entry) marks every key the machine has as published.
+  dev.oneTimeKeys.clear();
+  await bot.actor.receiveSyncChanges(syncChanges(hs, [], { otkCounts: null }));
+  const before = hs.uploadsBy().length;
+  gate.release();
+  await waitFor(() => hs.uploadsBy().slice(before).some((u) => u.oneTimeKeys > 0), 'an upload of new one-time keys after the held answer');
+  assert.ok(dev.oneTimeKeys.size > 0);
+  assert.deepEqual(errors(bot), []);
+});
+
+// The key will not come for m.unverified, m.blacklisted and m.unauthorised (the sender decided so); it may still
+// come for m.unavailable (another device had no copy) and m.no_olm (no Olm session yet; the engine records it per
+// device, not per session, so the event's failure carries no code). A withheld notice from someone else than the
+// event's sender proves nothing: the event is kept.
+for (const [code, from, pending, reported] of [
+  ['m.unverified', ALICE, false, 'm.unverified'],
+  ['m.blacklisted', ALICE, false, 'm.blacklisted'],
+  ['m.unauthorised', ALICE, false, 'm.unauthorised'],
+  ['m.unavailable', ALICE, true, 'm.unavailable'],
+  ['m.no_olm', ALICE, true, null],
+  ['m.unverified', MALLORY, true, 'm.unverified'],
+] as const) {
+  test(`a room key withheld with ${code} by ${from === ALICE ? 'the sender' : 'another user'}: withheldCode ${reported}, pending ${pending}`, async (t) => {
+    const { alice, bot, roomId } = await world(t);
+    await alice.shareKey(roomId, [BOT]);
+    hs.drainInbox(BOT, BOT_DEVICE); // the key is never delivered
+    const ev = await alice.encrypt(roomId, 'withheld');
+    const notice = {
+      type: 'm.room_key.withheld',
+      sender: from,
+      content: { algorithm: 'm.megolm.v1.aes-sha2', room_id: roomId, session_id: ev.content.session_id, sender_key: ev.content.sender_key, code, reason: 'a reason' },
+    };
+    await bot.actor.receiveSyncChanges(syncChanges(hs, [notice]));
+    const res = await bot.actor.decrypt(decryptRequest(roomId, [ev]));
+    assert.equal(res.failures.length, 1);
+    const f = res.failures[0]!;
+    assert.equal(f.code, 'HALCYON_DECRYPT_MISSING_KEY');
+    assert.equal(f.withheldCode, reported);
+    assert.equal(f.pending, pending);
+    if (reported) assert.match(f.message, new RegExp(`withheld \\(${reported.replace('.', '\\.')}`));
+    assert.doesNotMatch(f.message, /Some\(/, 'no Rust formatting in the message');
+    assert.equal((await bot.actor.status()).pendingUndecryptable, pending ? 1 : 0);
+    assert.deepEqual(errors(bot), []);
+  });
+}

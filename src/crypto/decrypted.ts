@@ -1,0 +1,134 @@
+/**
+ * Decrypted room events: what the crypto actor accepts from them, how they become a batch for main, and what a
+ * withheld room key means. The ciphertext is written by any member of the room and nothing in it is checked by
+ * the homeserver, so what it claims beyond a message-like event is refused here, before the event is turned into
+ * a batch handlers see.
+ */
+import { EVENT_FLAGS, OFF, OFFSET_STRIDE, type WireBatch } from '../protocol.ts';
+import { type ProcessOptions, processSync } from '../sync/process.ts';
+
+/** A decrypted event and its room. */
+export interface Decrypted {
+  roomId: string;
+  event: Record<string, unknown>;
+}
+
+/**
+ * Types a decrypted event may not have. A redaction must be in the clear for servers to apply it, and state events
+ * are never encrypted in Matrix (servers must read state to authorise events), so an encrypted one can only try to
+ * make the bot believe in a membership, a redaction or room state the room does not have; `m.room.encrypted`
+ * inside a ciphertext is never produced by a client either. The list is every state event type of the spec
+ * (client-server API and its modules); any other type is refused too when it carries a `state_key` (every real
+ * state event has one). A namespace rule (all of `m.room.*` but messages) would also refuse message types the
+ * spec may add there.
+ */
+export const REFUSED_DECRYPTED_TYPES: ReadonlySet<string> = new Set([
+  'm.room.redaction',
+  'm.room.encrypted',
+  'm.room.create',
+  'm.room.member',
+  'm.room.power_levels',
+  'm.room.join_rules',
+  'm.room.history_visibility',
+  'm.room.name',
+  'm.room.topic',
+  'm.room.avatar',
+  'm.room.canonical_alias',
+  'm.room.aliases',
+  'm.room.encryption',
+  'm.room.server_acl',
+  'm.room.tombstone',
+  'm.room.pinned_events',
+  'm.room.guest_access',
+  'm.room.third_party_invite',
+  'm.space.child',
+  'm.space.parent',
+  'm.policy.rule.user',
+  'm.policy.rule.room',
+  'm.policy.rule.server',
+]);
+
+/**
+ * Why a decrypted event is refused, or null if it is acceptable: its type is in {@link REFUSED_DECRYPTED_TYPES},
+ * or it carries a `state_key` in the plaintext (`clear`) or in the encrypted envelope (`envelope`).
+ */
+export function refusal(clear: Record<string, unknown>, envelope: Record<string, unknown>): string | null {
+  const type = clear.type;
+  if (typeof type !== 'string') return 'its plaintext has no type';
+  if (REFUSED_DECRYPTED_TYPES.has(type)) {
+    return type === 'm.room.redaction' ? 'it claims to be an m.room.redaction (redactions are never encrypted)' : `it claims the type ${type} (never encrypted)`;
+  }
+  if (clear.state_key !== undefined) return `it claims to be a state event of type ${type} (state_key ${JSON.stringify(clear.state_key)} in the plaintext)`;
+  if (envelope.state_key !== undefined) return `it is an encrypted state event of type ${type} (state_key ${JSON.stringify(envelope.state_key)})`;
+  return null;
+}
+
+/**
+ * Gives the decrypted event the relation of the encrypted event's clear part, or none. The spec keeps
+ * `m.relates_to` in the clear (servers aggregate relations) and says one inside the ciphertext is ignored; the
+ * engine keeps the inner one when both exist and copies the clear one only when the plaintext has none, so a
+ * sender could otherwise show the bot an edit or a reply that other clients do not see.
+ */
+export function useClearRelation(clear: Record<string, unknown>, envelopeContent: Record<string, unknown>): void {
+  const c = clear.content;
+  if (typeof c !== 'object' || c === null || Array.isArray(c)) return;
+  const content = c as Record<string, unknown>;
+  const relation = envelopeContent['m.relates_to'];
+  if (relation === undefined) delete content['m.relates_to'];
+  else content['m.relates_to'] = relation;
+}
+
+/**
+ * Turns decrypted events into a batch in the same column format as a /sync batch, by running them through the
+ * same pure processing (so validation, flags and wanted types are applied exactly as for clear events). `slots`
+ * gives each item's index in the batch (-1: not delivered); null when nothing is delivered.
+ */
+export function decryptedBatch(items: Decrypted[], extraFlags: number, opts: ProcessOptions): { batch: WireBatch; slots: number[] } | null {
+  if (items.length === 0) return null;
+  const join: Record<string, { timeline: { events: unknown[] } }> = {};
+  for (const d of items) (join[d.roomId] ??= { timeline: { events: [] } }).timeline.events.push(d.event);
+  const body = Buffer.from(JSON.stringify({ next_batch: '', rooms: { join } }), 'utf8');
+  const p = processSync(body, opts);
+  const ev = p.events;
+  const idToSlot = new Map<string, number>();
+  for (let i = 0; i < ev.count; i++) {
+    const s = ev.offsets[i * OFFSET_STRIDE + OFF.eventId]!;
+    const e = ev.offsets[i * OFFSET_STRIDE + OFF.eventId + 1]!;
+    idToSlot.set(JSON.parse(body.toString('utf8', s, e)) as string, i);
+    ev.flags[i] = ev.flags[i]! | EVENT_FLAGS.encrypted | extraFlags;
+  }
+  const slots = items.map((d) => idToSlot.get(d.event.event_id as string) ?? -1);
+  if (ev.count === 0) return null;
+  const batch: WireBatch = {
+    seq: 0,
+    redelivered: false,
+    done: null,
+    nextBatch: '',
+    first: false,
+    deliver: true,
+    rooms: p.rooms,
+    body: new Uint8Array(body.buffer, body.byteOffset, body.byteLength),
+    events: ev,
+    invites: [],
+    left: [],
+    summaries: [],
+    errors: p.errors,
+    accountData: [],
+    receipts: [],
+  };
+  return { batch, slots };
+}
+
+/**
+ * Withheld codes after which the room key will not come: its sender decided not to share it with this device
+ * (`m.unverified`: the device is not verified, which bots rarely are; `m.blacklisted`: blocked;
+ * `m.unauthorised`: not allowed to have it). After `m.unavailable` (a device asked had no copy) and `m.no_olm`
+ * (no Olm session with this device yet, e.g. its one-time keys were used up) the key may still come, as after
+ * codes not known here.
+ */
+export const WITHHELD_FOR_GOOD: ReadonlySet<string> = new Set(['m.unverified', 'm.blacklisted', 'm.unauthorised']);
+
+/** Why a key is missing when it was withheld: the code, and the engine's text for it when it has one. */
+export function withheldReason(code: string, text: unknown): string {
+  return `its room key was withheld (${code}${typeof text === 'string' && text !== '' ? `: ${text}` : ''})`;
+}
