@@ -384,9 +384,19 @@ function readSpan(sc: Scanner, slot: number): number {
   return sc.escaped ? EVENT_FLAGS.escaped(slot) : 0;
 }
 
+/** Bits of the top-level member names {@link readTimelineEvent} routes on, to catch a repeated one. */
+const SEEN = { type: 1, eventId: 2, sender: 4, stateKey: 8, ts: 16, content: 32 } as const;
+
 /**
  * Reads one timeline event: records its byte span and routing fields in the columns (no strings are made for
  * IDs), and returns the parsed event when it is a state event (the cache needs it), else undefined.
+ *
+ * The columns and a handler's `JSON.parse` of the span must agree on every field they both answer. They would
+ * not if a name the scanner routes on came twice (`JSON.parse` keeps the last one) or came escaped
+ * (`"cont\u0065nt"` is `content` to `JSON.parse`, an unknown name to the byte comparison): such an event is
+ * skipped and reported. Any escaped top-level name is refused (cheap: the key token's escape flag is known);
+ * inside `content` and `m.relates_to`, where user data may escape names, only an escaped name that decodes to a
+ * routed one is.
  */
 function readTimelineEvent(sc: Scanner, b: Builder, roomId: string, roomIndex: number): MatrixEvent | undefined {
   if (!sc.atObject()) {
@@ -403,40 +413,41 @@ function readTimelineEvent(sc: Scanner, b: Builder, roomId: string, roomIndex: n
   let flags = 0;
   let typeSeen = false;
   let tsSeen = false;
+  let seen = 0;
   span.fill(-1);
   sc.openObject();
   for (let first = true; sc.keyToken(first); first = false) {
-    if (sc.keyIs(K.type)) {
+    if (sc.escaped) {
+      bad ??= 'a top-level member name contains an escape';
+      sc.skipValue();
+      continue;
+    }
+    const bit = topLevelBit(sc);
+    if (bit !== 0) {
+      if ((seen & bit) !== 0) bad ??= `member "${sc.decode(sc.ks, sc.ke)}" appears twice`;
+      seen |= bit;
+    }
+    if (bit === SEEN.type) {
       typeSeen = true;
       if (sc.atString()) type = b.internToken(sc);
       else sc.skipValue();
-    } else if (sc.keyIs(K.eventId)) flags |= readSpan(sc, OFF.eventId);
-    else if (sc.keyIs(K.sender)) flags |= readSpan(sc, OFF.sender);
-    else if (sc.keyIs(K.stateKey)) flags |= readSpan(sc, OFF.stateKey);
-    else if (sc.keyIs(K.ts)) {
+    } else if (bit === SEEN.eventId) flags |= readSpan(sc, OFF.eventId);
+    else if (bit === SEEN.sender) flags |= readSpan(sc, OFF.sender);
+    else if (bit === SEEN.stateKey) flags |= readSpan(sc, OFF.stateKey);
+    else if (bit === SEEN.ts) {
       tsSeen = true;
       if (sc.atNumber()) ts = sc.readNumber();
       else sc.skipValue();
-    } else if (sc.keyIs(K.content)) {
+    } else if (bit === SEEN.content) {
       if (!sc.atObject()) {
         sc.skipValue();
-        bad = 'content is not an object';
+        bad ??= 'content is not an object';
         continue;
       }
       contentOk = true;
-      sc.openObject();
-      for (let f = true; sc.keyToken(f); f = false) {
-        if (!sc.keyIs(K.relatesTo) || !sc.atObject()) {
-          sc.skipValue();
-          continue;
-        }
-        sc.openObject();
-        for (let g = true; sc.keyToken(g); g = false) {
-          if (sc.keyIs(K.relType) && sc.atString()) relType = b.internToken(sc);
-          else if (sc.keyIs(K.eventId) && sc.atString()) flags |= readSpan(sc, OFF.relEventId);
-          else sc.skipValue();
-        }
-      }
+      bad ??= readContent(sc, b);
+      relType = rel.type;
+      flags |= rel.flags;
     } else sc.skipValue();
   }
   const end = sc.i;
@@ -470,6 +481,63 @@ function readTimelineEvent(sc: Scanner, b: Builder, roomId: string, roomIndex: n
     for (let k = 0; k < OFFSET_STRIDE; k++) b.offsets.push(span[k]!);
   }
   return isState ? (JSON.parse(sc.b.toString('utf8', start, end)) as MatrixEvent) : undefined;
+}
+
+/** Which routed top-level name the last key token is ({@link SEEN} bit), or 0. */
+function topLevelBit(sc: Scanner): number {
+  if (sc.keyIs(K.type)) return SEEN.type;
+  if (sc.keyIs(K.eventId)) return SEEN.eventId;
+  if (sc.keyIs(K.sender)) return SEEN.sender;
+  if (sc.keyIs(K.stateKey)) return SEEN.stateKey;
+  if (sc.keyIs(K.ts)) return SEEN.ts;
+  if (sc.keyIs(K.content)) return SEEN.content;
+  return 0;
+}
+
+/** Whether the last key token is escaped and decodes to `name` (escaped names never match {@link Scanner.keyIs}). */
+function escapedAs(sc: Scanner, name: string): boolean {
+  return sc.escaped && sc.decode(sc.ks, sc.ke) === name;
+}
+
+/** What {@link readContent} found of `m.relates_to` (reused: events are read one at a time, on the hot path). */
+const rel = { type: null as string | null, flags: 0 };
+
+/**
+ * Reads an event's `content` object at the cursor for its `m.relates_to`: the relation type and event ID span
+ * go to {@link rel}; returns what makes the event unusable (a repeated or escaped routed name), or null.
+ */
+function readContent(sc: Scanner, b: Builder): string | null {
+  let bad: string | null = null;
+  let relatesSeen = false;
+  rel.type = null;
+  rel.flags = 0;
+  sc.openObject();
+  for (let f = true; sc.keyToken(f); f = false) {
+    const relates = sc.keyIs(K.relatesTo);
+    if (relates || escapedAs(sc, 'm.relates_to')) {
+      if (relatesSeen || !relates) bad ??= relates ? 'content member "m.relates_to" appears twice' : 'content member "m.relates_to" is escaped';
+      relatesSeen = true;
+    }
+    if (!relates || !sc.atObject()) {
+      sc.skipValue();
+      continue;
+    }
+    let relTypeSeen = false;
+    let idSeen = false;
+    sc.openObject();
+    for (let g = true; sc.keyToken(g); g = false) {
+      const isRelType = sc.keyIs(K.relType);
+      const isId = !isRelType && sc.keyIs(K.eventId);
+      if (escapedAs(sc, 'rel_type') || escapedAs(sc, 'event_id')) bad ??= 'an "m.relates_to" member name is escaped';
+      else if ((isRelType && relTypeSeen) || (isId && idSeen)) bad ??= `"m.relates_to" member "${isRelType ? 'rel_type' : 'event_id'}" appears twice`;
+      relTypeSeen ||= isRelType;
+      idSeen ||= isId;
+      if (isRelType && sc.atString()) rel.type = b.internToken(sc);
+      else if (isId && sc.atString()) rel.flags |= readSpan(sc, OFF.relEventId);
+      else sc.skipValue();
+    }
+  }
+  return bad;
 }
 
 /** Decodes a string token [s, e) of the scanner's bytes, or undefined when absent (s < 0). */

@@ -262,3 +262,44 @@ test('limited timelines of joined rooms are reported as gaps with their prev_bat
   const p = processSync(JSON.stringify({ next_batch: 's', rooms: { join: { '!busy:x': room(true), '!calm:x': room(false) }, leave: { '!gone:x': room(true) } } }), ALL);
   assert.deepEqual(p.gaps, [{ roomId: '!busy:x', prevBatch: 'p1' }]);
 });
+
+test('escaped or repeated member names the scanner routes on: the event is skipped and reported, its neighbours kept', () => {
+  const ev = (id: string, extra = '', contentExtra = '', relExtra = '') =>
+    `{"type":"m.room.message","event_id":"${id}","sender":"@a:x","origin_server_ts":1,"content":{"body":"b","m.relates_to":{"rel_type":"m.thread","event_id":"$root"${relExtra}}${contentExtra}}${extra}}`;
+  const tainted = [
+    ev('$t1', ',"cont\\u0065nt":null'), // an escaped name decoding to a routed one, after the valid one
+    ev('$t2', ',"content":null'), // a plain repeat
+    ev('$t3', ',"typ\\u0065":"m.room.name"'),
+    ev('$t4', ',"type":5'),
+    ev('$t5', ',"sender":"@b:x"'),
+    ev('$t6', ',"st\\u0061te_key":""'), // would turn a message into a state event for JSON.parse alone
+    ev('$t7', ',"state_key":"","state_key":"x"'),
+    ev('$t8', ',"origin_server_ts":2'),
+    ev('$t9', ',"event_id":"$other"'),
+    ev('$t10', ',"\\u0075nsigned":{}'), // any escaped top-level name
+    ev('$t11', '', ',"m.rel\\u0061tes_to":{"rel_type":"m.annotation"}'),
+    ev('$t12', '', ',"m.relates_to":null'),
+    ev('$t13', '', '', ',"rel_typ\\u0065":"m.annotation"'),
+    ev('$t14', '', '', ',"rel_type":"m.replace"'),
+    ev('$t15', '', '', ',"event_id":"$elsewhere"'),
+    ev('$t16', '', '', ',"ev\\u0065nt_id":"$elsewhere"'),
+  ];
+  // Escapes in names nobody routes on are ordinary JSON: those events are kept.
+  const fine = [ev('$ok1', '', ',"b\\u006fdy2":"x"'), ev('$ok2', '', '', ',"k\\u0065y":1'), ev('$ok3', '', ',"x\\u0022":{"m.rel\\u0061tes_to":1}')];
+  const text = `{"next_batch":"s2","rooms":{"join":{"!r:x":{"timeline":{"events":[${JSON.stringify(good(1))},${tainted.join(',')},${fine.join(',')},${JSON.stringify(good(2))}]}}}}}`;
+  const p = processSync(text, ALL);
+  assert.deepEqual(p.cols.eventId, ['$good1', '$ok1', '$ok2', '$ok3', '$good2']);
+  assert.equal(p.errors.length, tainted.length, p.errors.map((e) => e.message).join('\n'));
+  for (const e of p.errors) {
+    assert.equal(e.code, 'HALCYON_BAD_EVENT');
+    assert.match(e.message, /^timeline event skipped: .*(escape|twice)/);
+  }
+  // What is delivered reads the same through the columns and through JSON.parse of its span.
+  p.cols.raw.forEach((raw, i) => {
+    const r = raw as { event_id: string; type: string; content: { 'm.relates_to'?: { rel_type?: string; event_id?: string } } };
+    assert.equal(r.event_id, p.cols.eventId[i]);
+    assert.equal(r.type, p.cols.type[i]);
+    assert.equal(r.content['m.relates_to']?.rel_type ?? null, p.cols.relType[i]);
+    assert.equal(r.content['m.relates_to']?.event_id ?? null, p.cols.relEventId[i]);
+  });
+});
