@@ -152,6 +152,11 @@ export interface InviteWire {
   name: string | null;
   /** Whether the inviter marked it a direct chat (`is_direct` on the bot's invite). */
   isDirect: boolean;
+  /**
+   * The `event_id` of the bot's own `m.room.member` invite event, which Synapse appends in full to
+   * `invite_state`; null when the server sent only stripped state.
+   */
+  eventId: string | null;
 }
 
 /** An account data event (global when `roomId` is null), as a sync delivers it. */

@@ -321,7 +321,7 @@ function readStateEvents(sc: Scanner, b: Builder, roomId: string, out: MatrixEve
 }
 
 function readInvite(sc: Scanner, b: Builder, roomId: string): void {
-  const invite: InviteWire = { roomId, inviter: null, name: null, isDirect: false };
+  const invite: InviteWire = { roomId, inviter: null, name: null, isDirect: false, eventId: null };
   const st: StateRoom = { roomId, membership: 'invite', state: [] };
   sc.openObject();
   for (let k: string | null, first = true; (k = sc.key(first)) !== null; first = false) {
@@ -347,7 +347,10 @@ function readInvite(sc: Scanner, b: Builder, roomId: string): void {
         if (ev.type === 'm.room.name' && typeof ev.content.name === 'string') invite.name = ev.content.name;
         if (ev.type === 'm.room.member' && ev.content.membership === 'invite' && typeof ev.sender === 'string') {
           invite.inviter = ev.sender;
-          if (ev.state_key === b.opts.ownUserId && ev.content.is_direct === true) invite.isDirect = true;
+          if (ev.state_key === b.opts.ownUserId) {
+            if (ev.content.is_direct === true) invite.isDirect = true;
+            if (typeof ev.event_id === 'string') invite.eventId = ev.event_id;
+          }
         }
       }
     }

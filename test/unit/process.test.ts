@@ -303,3 +303,19 @@ test('escaped or repeated member names the scanner routes on: the event is skipp
     assert.equal(r.content['m.relates_to']?.event_id ?? null, p.cols.relEventId[i]);
   });
 });
+
+test("an invite carries the event ID of the bot's own invite event, as Synapse appends it to invite_state; null without one", () => {
+  const stripped = [
+    { type: 'm.room.create', state_key: '', sender: '@a:x', content: { room_version: '12' } },
+    { type: 'm.room.name', state_key: '', sender: '@a:x', content: { name: 'N' } },
+    // Another user's invite, even with an event ID, is not the bot's.
+    { type: 'm.room.member', state_key: '@other:x', sender: '@a:x', event_id: '$notmine', content: { membership: 'invite' } },
+  ];
+  const own = { type: 'm.room.member', state_key: '@bot:localhost', sender: '@a:x', event_id: '$invite', origin_server_ts: 5, unsigned: { age: 1 }, content: { membership: 'invite' } };
+  const body = (events: unknown[]) => JSON.stringify({ next_batch: 's1', rooms: { invite: { '!r:x': { invite_state: { events } } } } });
+  assert.equal(processSync(body([...stripped, own]), ALL).invites[0]!.eventId, '$invite');
+  assert.equal(processSync(body([...stripped, { ...own, event_id: undefined }]), ALL).invites[0]!.eventId, null, 'a stripped invite has no event ID');
+  assert.equal(processSync(body([...stripped, { ...own, content: { membership: 'join' } }]), ALL).invites[0]!.eventId, null, 'not an invite');
+  assert.equal(processSync(body([...stripped, { ...own, event_id: 7 }]), ALL).invites[0]!.eventId, null, 'not a string');
+  assert.equal(processSync(body([...stripped, own]), { wantedTypes: null }).invites[0]!.eventId, null, 'without the bot user ID nothing is its own');
+});
