@@ -159,6 +159,13 @@ export interface InviteWire {
   eventId: string | null;
 }
 
+/** A room the bot knocked on, seen in a sync (`rooms.knock`). */
+export interface KnockWire {
+  roomId: string;
+  /** `knock_state.events`: stripped state, which nothing authenticates (the room's own state stays apart from it). */
+  state: MatrixEvent[];
+}
+
 /** An account data event (global when `roomId` is null), as a sync delivers it. */
 export interface AccountDataWire {
   roomId: string | null;
@@ -197,6 +204,8 @@ export interface WireBatch {
   body: Uint8Array;
   events: EventColumns;
   invites: InviteWire[];
+  /** Rooms the bot knocked on. Journaled batches of older versions lack it: read undefined as []. */
+  knocks: KnockWire[];
   /** Rooms we left or were removed from. */
   left: string[];
   /** Room summaries that changed in this batch (computed by the cache actor). */

@@ -480,6 +480,7 @@ export class CryptoActor implements CryptoActorApi {
       body: new Uint8Array(body.buffer, body.byteOffset, body.byteLength),
       events: ev,
       invites: [],
+      knocks: [],
       left: [],
       summaries: [],
       errors: p.errors,

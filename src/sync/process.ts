@@ -8,6 +8,7 @@ import {
   EVENT_FLAGS,
   type EventColumns,
   type InviteWire,
+  type KnockWire,
   type MatrixEvent,
   OFF,
   OFFSET_STRIDE,
@@ -31,6 +32,7 @@ export interface ProcessedSync {
   rooms: string[];
   events: EventColumns;
   invites: InviteWire[];
+  knocks: KnockWire[];
   left: string[];
   state: StateChanges;
   errors: WireError[];
@@ -107,6 +109,7 @@ class Builder {
   readonly flags: number[] = [];
   readonly offsets: number[] = [];
   readonly invites: InviteWire[] = [];
+  readonly knocks: KnockWire[] = [];
   readonly left: string[] = [];
   readonly state: StateRoom[] = [];
   readonly errors: WireError[] = [];
@@ -171,6 +174,7 @@ class Builder {
         offsets: Int32Array.from(this.offsets),
       },
       invites: this.invites,
+      knocks: this.knocks,
       left: this.left,
       state: this.accountData.length > 0 ? { rooms: this.state, accountData: this.accountData } : { rooms: this.state },
       errors: this.errors,
@@ -250,6 +254,7 @@ function readRooms(sc: Scanner, b: Builder): void {
         continue;
       }
       if (membership === 'invite') readInvite(sc, b, roomId);
+      else if (membership === 'knock') readKnock(sc, b, roomId);
       else readRoom(sc, b, roomId, membership);
     }
   }
@@ -322,10 +327,34 @@ function readStateEvents(sc: Scanner, b: Builder, roomId: string, out: MatrixEve
 
 function readInvite(sc: Scanner, b: Builder, roomId: string): void {
   const invite: InviteWire = { roomId, inviter: null, name: null, isDirect: false, eventId: null };
-  const st: StateRoom = { roomId, membership: 'invite', state: [] };
+  const state = readStrippedState(sc, b, roomId, 'invite_state');
+  for (const ev of state) {
+    if (ev.type === 'm.room.name' && typeof ev.content.name === 'string') invite.name = ev.content.name;
+    if (ev.type === 'm.room.member' && ev.content.membership === 'invite' && typeof ev.sender === 'string') {
+      invite.inviter = ev.sender;
+      if (ev.state_key === b.opts.ownUserId) {
+        if (ev.content.is_direct === true) invite.isDirect = true;
+        if (typeof ev.event_id === 'string') invite.eventId = ev.event_id;
+      }
+    }
+  }
+  b.invites.push(invite);
+  // The cache keeps an invite's stripped state apart from the room's state: nothing authenticates it.
+  b.state.push({ roomId, membership: 'invite', state });
+}
+
+function readKnock(sc: Scanner, b: Builder, roomId: string): void {
+  const state = readStrippedState(sc, b, roomId, 'knock_state');
+  b.knocks.push({ roomId, state });
+  b.state.push({ roomId, membership: 'knock', state });
+}
+
+/** Reads the well-formed events of `<section>.events` (stripped state) from the room object at the cursor. */
+function readStrippedState(sc: Scanner, b: Builder, roomId: string, section: 'invite_state' | 'knock_state'): MatrixEvent[] {
+  const out: MatrixEvent[] = [];
   sc.openObject();
   for (let k: string | null, first = true; (k = sc.key(first)) !== null; first = false) {
-    if (k !== 'invite_state' || !sc.atObject()) {
+    if (k !== section || !sc.atObject()) {
       sc.skipValue();
       continue;
     }
@@ -340,23 +369,14 @@ function readInvite(sc: Scanner, b: Builder, roomId: string): void {
         const ev = sc.readValue() as MatrixEvent;
         // Stripped state has no event_id or timestamp, so only type, state_key, sender and content are checked.
         if (!isObject(ev) || typeof ev.type !== 'string' || typeof ev.state_key !== 'string' || !isObject(ev.content)) {
-          b.error('invite state event skipped: not a stripped state event', roomId);
+          b.error(`${section.replace('_', ' ')} event skipped: not a stripped state event`, roomId);
           continue;
         }
-        st.state.push(ev);
-        if (ev.type === 'm.room.name' && typeof ev.content.name === 'string') invite.name = ev.content.name;
-        if (ev.type === 'm.room.member' && ev.content.membership === 'invite' && typeof ev.sender === 'string') {
-          invite.inviter = ev.sender;
-          if (ev.state_key === b.opts.ownUserId) {
-            if (ev.content.is_direct === true) invite.isDirect = true;
-            if (typeof ev.event_id === 'string') invite.eventId = ev.event_id;
-          }
-        }
+        out.push(ev);
       }
     }
   }
-  b.invites.push(invite);
-  b.state.push(st);
+  return out;
 }
 
 const K = {

@@ -319,3 +319,23 @@ test("an invite carries the event ID of the bot's own invite event, as Synapse a
   assert.equal(processSync(body([...stripped, { ...own, event_id: 7 }]), ALL).invites[0]!.eventId, null, 'not a string');
   assert.equal(processSync(body([...stripped, own]), { wantedTypes: null }).invites[0]!.eventId, null, 'without the bot user ID nothing is its own');
 });
+
+test('knocked rooms: knock_state goes to knocks and, as stripped state, to the cache with membership knock; malformed entries are reported', () => {
+  const stripped = [
+    { type: 'm.room.create', state_key: '', sender: '@a:x', content: { room_version: '10' } },
+    { type: 'm.room.name', state_key: '', sender: '@a:x', content: { name: 'Door' } },
+    { type: 'm.room.join_rules', state_key: '', sender: '@a:x', content: { join_rule: 'knock' } },
+  ];
+  const own = { type: 'm.room.member', state_key: '@bot:localhost', sender: '@bot:localhost', event_id: '$knock', origin_server_ts: 3, content: { membership: 'knock' } };
+  const text = JSON.stringify({
+    next_batch: 's1',
+    rooms: { knock: { '!k:x': { knock_state: { events: [...stripped, { type: 'm.room.topic' }, 'junk', own] } }, '!bad:x': 'not a room' }, join: { '!r:x': { timeline: { events: [good(1)] } } } },
+  });
+  const p = processSync(text, ALL);
+  assert.deepEqual(p.knocks, [{ roomId: '!k:x', state: [...stripped, own] }]);
+  assert.deepEqual(p.state.rooms.filter((r) => r.membership === 'knock'), [{ roomId: '!k:x', membership: 'knock', state: [...stripped, own] }]);
+  assert.deepEqual(p.cols.eventId, ['$good1'], 'knock state is not timeline');
+  assert.deepEqual(p.left, []);
+  assert.deepEqual(p.errors.map((e) => [e.code, e.roomId]), [['HALCYON_BAD_EVENT', '!k:x'], ['HALCYON_BAD_EVENT', '!k:x'], ['HALCYON_BAD_EVENT', '!bad:x']]);
+  assert.deepEqual(processSync(JSON.stringify({ next_batch: 's2' }), ALL).knocks, []);
+});
