@@ -11,8 +11,8 @@ import { HalcyonError } from '../errors.ts';
 import { applyStateEvent, emptyRoom, type RoomState, roomInfo, sameSummary, summarize } from './state.ts';
 
 const SCALARS = [
-  'membership', 'name', 'topic', 'canonicalAlias', 'avatarUrl', 'encrypted', 'creator', 'additionalCreators', 'roomVersion', 'historyVisibility',
-  'joinRule', 'powerLevels', 'joinedCount', 'invitedCount',
+  'membership', 'name', 'topic', 'canonicalAlias', 'avatarUrl', 'encrypted', 'create', 'historyVisibility', 'joinRule', 'powerLevels', 'joinedCount',
+  'invitedCount',
 ] as const;
 
 /** A batch changing this many rooms' state is followed by a full collection (see {@link collectGarbage}). */
@@ -116,7 +116,9 @@ export class CacheActor implements CacheActorApi {
     this.need();
     const row = this.sql!.loadRoom.get(roomId) as { data: string } | undefined;
     if (!row) return undefined;
-    const room = Object.assign(emptyRoom(roomId), JSON.parse(row.data) as Partial<RoomState>);
+    const data = JSON.parse(row.data) as Partial<RoomState> & LegacyFields;
+    const room = Object.assign(emptyRoom(roomId), data);
+    if (data.create === undefined) room.create = legacyCreate(data);
     room.members = new Map();
     const members = this.sql!.loadMembers.all(roomId) as Array<{
       user_id: string;
@@ -128,6 +130,25 @@ export class CacheActor implements CacheActorApi {
     this.rooms!.set(roomId, room);
     return room;
   }
+}
+
+/** What rows saved by earlier versions hold instead of `create`. */
+interface LegacyFields {
+  creator?: string | null;
+  additionalCreators?: string[];
+  roomVersion?: string | null;
+}
+
+/**
+ * The create event as far as a row saved by an earlier version tells it (they kept the creator, the additional
+ * creators and the room version): enough for src/power.ts's rules, so a restart does not lose the creators.
+ */
+function legacyCreate(data: LegacyFields): RoomState['create'] {
+  if (typeof data.roomVersion !== 'string') return null;
+  const content: Record<string, unknown> = { room_version: data.roomVersion };
+  if (data.creator) content.creator = data.creator;
+  if (data.additionalCreators?.length) content.additional_creators = data.additionalCreators;
+  return { sender: data.creator ?? '', content };
 }
 
 /** The statements the actor runs, prepared once per open database. */

@@ -1,6 +1,7 @@
 /**
  * Room state as a pure reducer over state events: no I/O, no threads. The cache actor owns the instances.
  */
+import { powerContext } from '../power.ts';
 import type { MatrixEvent, RoomInfo, RoomSummary } from '../protocol.ts';
 
 /** One member of a room as the cache knows it. */
@@ -19,10 +20,11 @@ export interface RoomState {
   canonicalAlias: string | null;
   avatarUrl: string | null;
   encrypted: boolean;
-  creator: string | null;
-  /** `additional_creators` of `m.room.create` (room versions 12+). */
-  additionalCreators: string[];
-  roomVersion: string | null;
+  /**
+   * The `m.room.create` event's sender and content, or null before it is known. The creators and the room version
+   * follow from it by src/power.ts's rules ({@link powerContext}), never by a second copy of them here.
+   */
+  create: { sender: string; content: Record<string, unknown> } | null;
   historyVisibility: string | null;
   joinRule: string | null;
   powerLevels: Record<string, unknown> | null;
@@ -42,9 +44,7 @@ export function emptyRoom(roomId: string): RoomState {
     canonicalAlias: null,
     avatarUrl: null,
     encrypted: false,
-    creator: null,
-    additionalCreators: [],
-    roomVersion: null,
+    create: null,
     historyVisibility: null,
     joinRule: null,
     powerLevels: null,
@@ -80,10 +80,7 @@ export function applyStateEvent(room: RoomState, ev: MatrixEvent): string | null
       if (typeof c.algorithm === 'string') room.encrypted = true;
       return null;
     case 'm.room.create':
-      // Room versions 11+ drop `creator`: the sender is the creator.
-      room.creator = str(c.creator) ?? str(ev.sender);
-      room.roomVersion = str(c.room_version) ?? '1';
-      room.additionalCreators = Array.isArray(c.additional_creators) ? c.additional_creators.filter((u): u is string => typeof u === 'string') : [];
+      room.create = { sender: str(ev.sender) ?? '', content: c };
       return null;
     case 'm.room.history_visibility':
       room.historyVisibility = str(c.history_visibility);
@@ -150,11 +147,14 @@ export function sameSummary(a: RoomSummary, b: RoomSummary): boolean {
 
 /** Everything known about the room. */
 export function roomInfo(room: RoomState): RoomInfo {
+  const ctx = powerContext(room.create, room.powerLevels);
+  // A create event without a sender (scripted state) names no creator rather than the empty string.
+  const creators = ctx.creators.filter((u) => u !== '');
   return {
     ...summarize(room),
-    creator: room.creator,
-    creators: room.creator === null ? [...room.additionalCreators] : [room.creator, ...room.additionalCreators.filter((u) => u !== room.creator)],
-    roomVersion: room.roomVersion,
+    creator: creators[0] ?? null,
+    creators,
+    roomVersion: room.create ? (ctx.roomVersion ?? '1') : null,
     historyVisibility: room.historyVisibility,
     joinRule: room.joinRule,
     powerLevels: room.powerLevels,

@@ -5,6 +5,8 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { CacheActor } from '../../src/cache/actor.ts';
 import type { MatrixEvent } from '../../src/protocol.ts';
+import { RoomDetails } from '../../src/rooms.ts';
+import { openDatabase } from '../../src/store.ts';
 
 const st = (type: string, stateKey: string, content: Record<string, unknown>, sender = '@alice:x'): MatrixEvent => ({ type, state_key: stateKey, content, sender });
 
@@ -107,5 +109,60 @@ test('cache actor: room version, creators and history visibility; account data s
   assert.equal(await b.accountData('!old:x', 'm.tag'), undefined);
   assert.equal(await b.accountData(null, 'm.tag'), undefined, 'room account data is not global');
   assert.deepEqual((await b.getRoom('!v12:x'))!.creators, ['@alice:x', '@carol:x']);
+  await b.close();
+});
+
+test("cache actor: creators follow src/power.ts's rule per room version (content.creator only before v11, additional_creators only from v12)", async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'hc-cache-'));
+  const a = new CacheActor();
+  await a.open({ dataDir, maxRoomsInMemory: 10 });
+  const create = (roomId: string, content: Record<string, unknown>) => ({ roomId, membership: 'join' as const, state: [st('m.room.create', '', content, '@alice:x')] });
+  await a.apply({
+    rooms: [
+      create('!v11:x', { room_version: '11', creator: '@mallory:x', additional_creators: ['@carol:x'] }),
+      create('!v12:x', { room_version: '12', creator: '@mallory:x', additional_creators: ['@carol:x'] }),
+      create('!v10:x', { room_version: '10', creator: '@bob:x', additional_creators: ['@carol:x'] }),
+    ],
+  });
+  const v11 = new RoomDetails((await a.getRoom('!v11:x'))!);
+  assert.equal(v11.creator, '@alice:x', 'v11: the sender, whatever content.creator says');
+  assert.deepEqual(v11.creators, ['@alice:x'], 'v11: no additional creators');
+  // No power-levels event: the creator has 100, anyone else 0.
+  assert.equal(v11.powerLevel('@mallory:x'), 0);
+  assert.equal(v11.can('@mallory:x', 'state'), false);
+  assert.equal(v11.powerLevel('@alice:x'), 100);
+  const v12 = new RoomDetails((await a.getRoom('!v12:x'))!);
+  assert.deepEqual(v12.creators, ['@alice:x', '@carol:x']);
+  assert.equal(v12.powerLevel('@mallory:x'), 0);
+  assert.equal(v12.powerLevel('@carol:x'), Infinity);
+  const v10 = new RoomDetails((await a.getRoom('!v10:x'))!);
+  assert.equal(v10.creator, '@bob:x', 'before v11: content.creator');
+  assert.deepEqual(v10.creators, ['@bob:x']);
+  assert.equal(v10.powerLevel('@alice:x'), 0);
+  await a.close();
+  // The same after a restart (read back from SQLite).
+  const b = new CacheActor();
+  await b.open({ dataDir, maxRoomsInMemory: 10 });
+  assert.deepEqual((await b.getRoom('!v11:x'))!.creators, ['@alice:x']);
+  assert.deepEqual((await b.getRoom('!v12:x'))!.creators, ['@alice:x', '@carol:x']);
+  assert.equal((await b.getRoom('!v10:x'))!.roomVersion, '10');
+  await b.close();
+});
+
+test('cache actor: a room saved by an earlier version (creator, additionalCreators, roomVersion instead of the create event) keeps its creators', async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'hc-cache-'));
+  const a = new CacheActor();
+  await a.open({ dataDir, maxRoomsInMemory: 10 });
+  await a.close();
+  const db = openDatabase(dataDir, 'cache.sqlite');
+  const legacy = { membership: 'join', name: 'Old', creator: '@alice:x', additionalCreators: ['@carol:x'], roomVersion: '12', powerLevels: { users: {} } };
+  db.prepare('INSERT INTO rooms (room_id, data, summary) VALUES (?, ?, ?)').run('!old:x', JSON.stringify(legacy), '{}');
+  db.close();
+  const b = new CacheActor();
+  await b.open({ dataDir, maxRoomsInMemory: 10 });
+  const room = new RoomDetails((await b.getRoom('!old:x'))!);
+  assert.equal(room.roomVersion, '12');
+  assert.deepEqual(room.creators, ['@alice:x', '@carol:x']);
+  assert.equal(room.powerLevel('@carol:x'), Infinity);
   await b.close();
 });
