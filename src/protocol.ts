@@ -153,8 +153,9 @@ export interface InviteWire {
   /** Whether the inviter marked it a direct chat (`is_direct` on the bot's invite). */
   isDirect: boolean;
   /**
-   * The `event_id` of the bot's own `m.room.member` invite event, which Synapse appends in full to
-   * `invite_state`; null when the server sent only stripped state.
+   * The `event_id` of the bot's own `m.room.member` invite event, when the server appends that event in full to
+   * `invite_state`; else null. Synapse 1.163 appends it stripped (MSC4319: type, state_key, sender and content
+   * only), so null there. Unverified, like all invite state.
    */
   eventId: string | null;
 }

@@ -304,7 +304,7 @@ test('escaped or repeated member names the scanner routes on: the event is skipp
   });
 });
 
-test("an invite carries the event ID of the bot's own invite event, as Synapse appends it to invite_state; null without one", () => {
+test("an invite carries the event ID of the bot's own invite event when the server appends it in full to invite_state; null without one", () => {
   const stripped = [
     { type: 'm.room.create', state_key: '', sender: '@a:x', content: { room_version: '12' } },
     { type: 'm.room.name', state_key: '', sender: '@a:x', content: { name: 'N' } },
