@@ -8,11 +8,11 @@ import type { CacheActorApi, CacheConfig, RoomInfo, RoomSummary, StateChanges } 
 import { collectGarbage } from '../actors.ts';
 import { type Database, openDatabase } from '../store.ts';
 import { HalcyonError } from '../errors.ts';
-import { applyStateEvent, emptyRoom, type RoomState, roomInfo, sameSummary, summarize } from './state.ts';
+import { applyChange, emptyRoom, type RoomState, roomInfo, sameSummary, summarize } from './state.ts';
 
 const SCALARS = [
-  'membership', 'name', 'topic', 'canonicalAlias', 'avatarUrl', 'encrypted', 'create', 'historyVisibility', 'joinRule', 'powerLevels', 'joinedCount',
-  'invitedCount',
+  'membership', 'name', 'topic', 'canonicalAlias', 'avatarUrl', 'encrypted', 'create', 'historyVisibility', 'joinRule', 'powerLevels', 'stripped',
+  'joinedCount', 'invitedCount',
 ] as const;
 
 /** A batch changing this many rooms' state is followed by a full collection (see {@link collectGarbage}). */
@@ -47,12 +47,7 @@ export class CacheActor implements CacheActorApi {
         const existing = this.load(change.roomId);
         const room = existing ?? emptyRoom(change.roomId);
         const before = existing ? summarize(room) : null;
-        room.membership = change.membership;
-        const touched = new Set<string>();
-        for (const ev of change.state) {
-          const uid = applyStateEvent(room, ev);
-          if (uid) touched.add(uid);
-        }
+        const touched = applyChange(room, change);
         const s = change.summary;
         if (s && typeof s['m.joined_member_count'] === 'number') room.joinedCount = s['m.joined_member_count'];
         if (s && typeof s['m.invited_member_count'] === 'number') room.invitedCount = s['m.invited_member_count'];
@@ -117,6 +112,12 @@ export class CacheActor implements CacheActorApi {
     const row = this.sql!.loadRoom.get(roomId) as { data: string } | undefined;
     if (!row) return undefined;
     const data = JSON.parse(row.data) as Partial<RoomState> & LegacyFields;
+    if (data.stripped === undefined && (data.membership === 'invite' || data.membership === 'knock')) {
+      const pending = legacyPending(roomId, data);
+      this.sql!.deleteMembers.run(roomId);
+      this.rooms!.set(roomId, pending);
+      return pending;
+    }
     const room = Object.assign(emptyRoom(roomId), data);
     if (data.create === undefined) room.create = legacyCreate(data);
     room.members = new Map();
@@ -151,6 +152,25 @@ function legacyCreate(data: LegacyFields): RoomState['create'] {
   return { sender: data.creator ?? '', content };
 }
 
+/**
+ * An invited or knocked room saved by an earlier version, which applied stripped state as room state: what it
+ * showed becomes stripped state, the rest (power levels, creators, members) is forgotten, so nothing of those
+ * claims outlives the join.
+ */
+function legacyPending(roomId: string, data: Partial<RoomState>): RoomState {
+  const room = emptyRoom(roomId);
+  room.membership = data.membership!;
+  const claims: Array<[string, string, unknown]> = [
+    ['m.room.name', 'name', data.name],
+    ['m.room.topic', 'topic', data.topic],
+    ['m.room.avatar', 'url', data.avatarUrl],
+    ['m.room.canonical_alias', 'alias', data.canonicalAlias],
+    ['m.room.encryption', 'algorithm', data.encrypted ? 'm.megolm.v1.aes-sha2' : null],
+  ];
+  room.stripped = claims.filter(([, , v]) => typeof v === 'string').map(([type, key, v]) => ({ type, state_key: '', content: { [key]: v } }));
+  return room;
+}
+
 /** The statements the actor runs, prepared once per open database. */
 function prepare(db: Database) {
   return {
@@ -160,6 +180,7 @@ function prepare(db: Database) {
     ),
     loadRoom: db.prepare('SELECT data FROM rooms WHERE room_id = ?'),
     loadMembers: db.prepare('SELECT user_id, display_name, avatar_url, membership FROM members WHERE room_id = ?'),
+    deleteMembers: db.prepare('DELETE FROM members WHERE room_id = ?'),
     allSummaries: db.prepare('SELECT summary FROM rooms'),
     saveAccountData: db.prepare('INSERT INTO account_data (room_id, type, content) VALUES (?, ?, ?) ON CONFLICT(room_id, type) DO UPDATE SET content = excluded.content'),
     loadAccountData: db.prepare('SELECT content FROM account_data WHERE room_id = ? AND type = ?'),

@@ -2,7 +2,7 @@
  * Room state as a pure reducer over state events: no I/O, no threads. The cache actor owns the instances.
  */
 import { powerContext } from '../power.ts';
-import type { MatrixEvent, RoomInfo, RoomSummary } from '../protocol.ts';
+import type { MatrixEvent, RoomInfo, RoomSummary, StateChanges } from '../protocol.ts';
 
 /** One member of a room as the cache knows it. */
 export interface Member {
@@ -28,6 +28,12 @@ export interface RoomState {
   historyVisibility: string | null;
   joinRule: string | null;
   powerLevels: Record<string, unknown> | null;
+  /**
+   * While the bot is invited or has knocked: the stripped state's events that {@link summarize} shows (name,
+   * topic, avatar, canonical alias, encryption), one per type, else null. Nothing authenticates stripped state,
+   * so it never reaches the fields above; a join or a leave drops it.
+   */
+  stripped: MatrixEvent[] | null;
   /** Counts from the server's sync summary; null until it sends one (then members are counted). */
   joinedCount: number | null;
   invitedCount: number | null;
@@ -48,6 +54,7 @@ export function emptyRoom(roomId: string): RoomState {
     historyVisibility: null,
     joinRule: null,
     powerLevels: null,
+    stripped: null,
     joinedCount: null,
     invitedCount: null,
     members: new Map(),
@@ -103,6 +110,37 @@ export function applyStateEvent(room: RoomState, ev: MatrixEvent): string | null
   }
 }
 
+/** Stripped state types kept for an invited or knocked room: what its summary shows. */
+const STRIPPED_KEPT = new Set(['m.room.name', 'm.room.topic', 'm.room.avatar', 'm.room.canonical_alias', 'm.room.encryption']);
+
+/** Whether the bot is only invited to or knocking on the room: its state is unknown, only stripped state claims some. */
+export function isPending(room: RoomState): boolean {
+  return room.membership === 'invite' || room.membership === 'knock';
+}
+
+/**
+ * Applies one room of a sync's state changes: its membership, then its state events. For an invite or a knock
+ * the events are stripped state: only the kinds {@link RoomState.stripped} keeps are kept there (a later event
+ * of a type replaces the earlier one), none reaches the room's state. Any other membership drops the stripped
+ * state, and its events go through {@link applyStateEvent}. Returns the user IDs whose member rows changed.
+ */
+export function applyChange(room: RoomState, change: StateChanges['rooms'][number]): Set<string> {
+  room.membership = change.membership;
+  const touched = new Set<string>();
+  if (isPending(room)) {
+    const kept = new Map((room.stripped ?? []).map((ev) => [ev.type, ev]));
+    for (const ev of change.state) if (STRIPPED_KEPT.has(ev.type) && ev.state_key === '') kept.set(ev.type, ev);
+    room.stripped = [...kept.values()];
+    return touched;
+  }
+  room.stripped = null;
+  for (const ev of change.state) {
+    const uid = applyStateEvent(room, ev);
+    if (uid) touched.add(uid);
+  }
+  return touched;
+}
+
 /** Joined and invited member counts: the server's summary when known, else what the member map shows. */
 function counts(room: RoomState): [number, number] {
   if (room.joinedCount !== null && room.invitedCount !== null) return [room.joinedCount, room.invitedCount];
@@ -115,8 +153,19 @@ function counts(room: RoomState): [number, number] {
   return [room.joinedCount ?? joined, room.invitedCount ?? invited];
 }
 
-/** The compact summary main mirrors. */
+/**
+ * The compact summary main mirrors. For an invited or knocked room: the display fields its stripped state
+ * claims, unverified, no member counts, and encrypted if the room is known to be or the claims say so (a claim of
+ * encryption can only make the bot more careful, e.g. refuse plaintext media right after accepting).
+ */
 export function summarize(room: RoomState): RoomSummary {
+  if (isPending(room)) {
+    const claimed = emptyRoom(room.roomId);
+    for (const ev of room.stripped ?? []) applyStateEvent(claimed, ev);
+    const { name, topic, canonicalAlias, avatarUrl } = claimed;
+    const encrypted = room.encrypted || claimed.encrypted;
+    return { roomId: room.roomId, name, topic, canonicalAlias, avatarUrl, encrypted, joinedMemberCount: 0, invitedMemberCount: 0, membership: room.membership };
+  }
   const [joined, invited] = counts(room);
   return {
     roomId: room.roomId,
@@ -145,8 +194,14 @@ export function sameSummary(a: RoomSummary, b: RoomSummary): boolean {
   );
 }
 
-/** Everything known about the room. */
+/**
+ * Everything known about the room. For an invited or knocked room only the summary's unverified display fields:
+ * no creators, room version, rules, power levels or members.
+ */
 export function roomInfo(room: RoomState): RoomInfo {
+  if (isPending(room)) {
+    return { ...summarize(room), creator: null, creators: [], roomVersion: null, historyVisibility: null, joinRule: null, powerLevels: null, members: [] };
+  }
   const ctx = powerContext(room.create, room.powerLevels);
   // A create event without a sender (scripted state) names no creator rather than the empty string.
   const creators = ctx.creators.filter((u) => u !== '');

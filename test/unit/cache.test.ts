@@ -166,3 +166,99 @@ test('cache actor: a room saved by an earlier version (creator, additionalCreato
   assert.equal(room.powerLevel('@carol:x'), Infinity);
   await b.close();
 });
+
+/** Stripped state as an invite or knock brings it: claims nothing authenticates. */
+const strippedClaims = (): MatrixEvent[] => [
+  st('m.room.create', '', { room_version: '10', creator: '@mallory:x' }, '@mallory:x'),
+  st('m.room.name', '', { name: 'X' }, '@mallory:x'),
+  st('m.room.topic', '', { topic: 'Claimed topic' }, '@mallory:x'),
+  st('m.room.avatar', '', { url: 'mxc://x/claimed' }, '@mallory:x'),
+  st('m.room.canonical_alias', '', { alias: '#claimed:x' }, '@mallory:x'),
+  st('m.room.join_rules', '', { join_rule: 'public' }, '@mallory:x'),
+  st('m.room.history_visibility', '', { history_visibility: 'world_readable' }, '@mallory:x'),
+  st('m.room.encryption', '', { algorithm: 'm.megolm.v1.aes-sha2' }, '@mallory:x'),
+  st('m.room.power_levels', '', { users: { '@mallory:x': 100, '@bot:x': 100 }, users_default: 100 }, '@mallory:x'),
+  st('m.room.member', '@mallory:x', { membership: 'join', displayname: 'Mallory' }, '@mallory:x'),
+  st('m.room.member', '@bot:x', { membership: 'invite' }, '@mallory:x'),
+];
+
+const ACTIONS = ['send', 'state', 'invite', 'kick', 'ban', 'unban', 'redact', 'notify'] as const;
+
+for (const membership of ['invite', 'knock'] as const) {
+  test(`cache actor: ${membership} state is kept apart: only its display fields show, nothing reaches the room's state, and joining drops it`, async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'hc-cache-'));
+    const a = new CacheActor();
+    await a.open({ dataDir, maxRoomsInMemory: 1 });
+    const [summary] = await a.apply({ rooms: [{ roomId: '!r:x', membership, state: strippedClaims() }] });
+    // A claim of encryption is honoured while pending (it can only make the bot more careful); nothing else is.
+    assert.deepEqual(summary, {
+      roomId: '!r:x', name: 'X', topic: 'Claimed topic', canonicalAlias: '#claimed:x', avatarUrl: 'mxc://x/claimed', encrypted: true, joinedMemberCount: 0, invitedMemberCount: 0, membership,
+    });
+    const pending = async (actor: CacheActor) => {
+      const info = (await actor.getRoom('!r:x'))!;
+      assert.deepEqual(
+        { ...info },
+        {
+          ...summary, creator: null, creators: [], roomVersion: null, historyVisibility: null, joinRule: null, powerLevels: null, members: [],
+        },
+      );
+      const details = new RoomDetails(info);
+      for (const user of ['@mallory:x', '@bot:x', '@anyone:x']) for (const kind of ACTIONS) assert.equal(details.can(user, kind), false, `${user} ${kind} while ${membership}`);
+    };
+    await pending(a);
+    await a.close();
+    // Kept across a restart.
+    const b = new CacheActor();
+    await b.open({ dataDir, maxRoomsInMemory: 1 });
+    await pending(b);
+    // Member events applied to a pending room (loadMembers) do not make it a joined one's state either.
+    await b.apply({ rooms: [{ roomId: '!r:x', membership, state: [st('m.room.member', '@mallory:x', { membership: 'join' })] }] });
+    await pending(b);
+    // The join brings the full state: the room has no name, and nothing of the claims is left.
+    const [joined] = await b.apply({
+      rooms: [
+        {
+          roomId: '!r:x',
+          membership: 'join',
+          state: [st('m.room.create', '', { room_version: '10', creator: '@alice:x' }), st('m.room.member', '@alice:x', { membership: 'join' }), st('m.room.member', '@bot:x', { membership: 'join' })],
+        },
+      ],
+    });
+    assert.deepEqual(joined, { roomId: '!r:x', name: null, topic: null, canonicalAlias: null, avatarUrl: null, encrypted: false, joinedMemberCount: 2, invitedMemberCount: 0, membership: 'join' });
+    const info = (await b.getRoom('!r:x'))!;
+    assert.deepEqual([info.creators, info.powerLevels, info.joinRule, info.historyVisibility], [['@alice:x'], null, null, null]);
+    assert.deepEqual(info.members.map((m) => m.userId).sort(), ['@alice:x', '@bot:x']);
+    await b.close();
+  });
+}
+
+test('cache actor: leaving a room the bot was invited to drops the invite state', async () => {
+  const a = new CacheActor();
+  await a.open({ dataDir: mkdtempSync(join(tmpdir(), 'hc-cache-')), maxRoomsInMemory: 10 });
+  await a.apply({ rooms: [{ roomId: '!r:x', membership: 'invite', state: strippedClaims() }] });
+  const [left] = await a.apply({ rooms: [{ roomId: '!r:x', membership: 'leave', state: [st('m.room.member', '@bot:x', { membership: 'leave' }, '@bot:x')] }] });
+  assert.equal(left!.name, null);
+  const info = (await a.getRoom('!r:x'))!;
+  assert.deepEqual([info.name, info.topic, info.avatarUrl, info.canonicalAlias, info.powerLevels, info.encrypted], [null, null, null, null, null, false]);
+  await a.close();
+});
+
+test('cache actor: an invited room saved by an earlier version (stripped state applied as state) keeps only its display fields, and the join leaves nothing of it', async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'hc-cache-'));
+  const a = new CacheActor();
+  await a.open({ dataDir, maxRoomsInMemory: 10 });
+  await a.close();
+  const db = openDatabase(dataDir, 'cache.sqlite');
+  const legacy = { membership: 'invite', name: 'X', topic: null, encrypted: false, creator: '@mallory:x', roomVersion: '10', powerLevels: { users_default: 100 } };
+  db.prepare('INSERT INTO rooms (room_id, data, summary) VALUES (?, ?, ?)').run('!old:x', JSON.stringify(legacy), '{}');
+  db.prepare('INSERT INTO members (room_id, user_id, display_name, avatar_url, membership) VALUES (?, ?, ?, ?, ?)').run('!old:x', '@mallory:x', 'Mallory', null, 'join');
+  db.close();
+  const b = new CacheActor();
+  await b.open({ dataDir, maxRoomsInMemory: 10 });
+  const info = (await b.getRoom('!old:x'))!;
+  assert.deepEqual([info.name, info.powerLevels, info.creators, info.members], ['X', null, [], []]);
+  await b.apply({ rooms: [{ roomId: '!old:x', membership: 'join', state: [st('m.room.create', '', { room_version: '10', creator: '@alice:x' })] }] });
+  const joined = (await b.getRoom('!old:x'))!;
+  assert.deepEqual([joined.name, joined.powerLevels, joined.creators, joined.members], [null, null, ['@alice:x'], []]);
+  await b.close();
+});
