@@ -245,6 +245,11 @@ export interface StateChanges {
     state: MatrixEvent[];
     /** `summary` block of the sync room (heroes, member counts), when present. */
     summary?: { 'm.joined_member_count'?: number; 'm.invited_member_count'?: number; 'm.heroes'?: string[] };
+    /**
+     * Event IDs redacted by the `m.room.redaction` events of a joined room's timeline, in order; the cache applies
+     * them to its current state events after `state`. Absent when none (callers other than sync leave it out).
+     */
+    redactions?: string[];
   }>;
   /** Account data to store (the cache actor answers `accountData` from it). */
   accountData?: AccountDataWire[];

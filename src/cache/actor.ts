@@ -11,8 +11,8 @@ import { HalcyonError } from '../errors.ts';
 import { applyChange, emptyRoom, type RoomState, roomInfo, sameSummary, summarize } from './state.ts';
 
 const SCALARS = [
-  'membership', 'name', 'topic', 'canonicalAlias', 'avatarUrl', 'encrypted', 'create', 'historyVisibility', 'joinRule', 'powerLevels', 'stripped',
-  'joinedCount', 'invitedCount',
+  'membership', 'name', 'topic', 'canonicalAlias', 'avatarUrl', 'encrypted', 'create', 'historyVisibility', 'joinRule', 'powerLevels', 'eventIds',
+  'stripped', 'joinedCount', 'invitedCount',
 ] as const;
 
 /** A batch changing this many rooms' state is followed by a full collection (see {@link collectGarbage}). */
@@ -31,6 +31,9 @@ export class CacheActor implements CacheActorApi {
         avatar_url TEXT, membership TEXT NOT NULL, PRIMARY KEY (room_id, user_id)) WITHOUT ROWID;
       CREATE TABLE IF NOT EXISTS account_data (room_id TEXT NOT NULL, type TEXT NOT NULL, content TEXT NOT NULL,
         PRIMARY KEY (room_id, type)) WITHOUT ROWID;`);
+    // Member event IDs (for redactions) came later: add the column to a database made before.
+    const columns = db.prepare('PRAGMA table_info(members)').all() as Array<{ name: string }>;
+    if (!columns.some((c) => c.name === 'event_id')) db.exec('ALTER TABLE members ADD COLUMN event_id TEXT');
     this.db = db;
     this.sql = prepare(db);
     this.rooms = new LRUCache({ max: Math.max(1, config.maxRoomsInMemory) });
@@ -55,7 +58,7 @@ export class CacheActor implements CacheActorApi {
         saveRoom.run(room.roomId, JSON.stringify(Object.fromEntries(SCALARS.map((k) => [k, room[k]]))), JSON.stringify(after));
         for (const uid of touched) {
           const m = room.members.get(uid)!;
-          saveMember.run(room.roomId, uid, m.displayName, m.avatarUrl, m.membership);
+          saveMember.run(room.roomId, uid, m.displayName, m.avatarUrl, m.membership, m.eventId);
         }
         this.rooms!.set(room.roomId, room);
         if (!before || !sameSummary(before, after)) changed.push(after);
@@ -126,8 +129,9 @@ export class CacheActor implements CacheActorApi {
       display_name: string | null;
       avatar_url: string | null;
       membership: string;
+      event_id: string | null;
     }>;
-    for (const m of members) room.members.set(m.user_id, { displayName: m.display_name, avatarUrl: m.avatar_url, membership: m.membership });
+    for (const m of members) room.members.set(m.user_id, { displayName: m.display_name, avatarUrl: m.avatar_url, membership: m.membership, eventId: m.event_id });
     this.rooms!.set(roomId, room);
     return room;
   }
@@ -176,10 +180,10 @@ function prepare(db: Database) {
   return {
     saveRoom: db.prepare('INSERT INTO rooms (room_id, data, summary) VALUES (?, ?, ?) ON CONFLICT(room_id) DO UPDATE SET data = excluded.data, summary = excluded.summary'),
     saveMember: db.prepare(
-      'INSERT INTO members (room_id, user_id, display_name, avatar_url, membership) VALUES (?, ?, ?, ?, ?) ON CONFLICT(room_id, user_id) DO UPDATE SET display_name = excluded.display_name, avatar_url = excluded.avatar_url, membership = excluded.membership',
+      'INSERT INTO members (room_id, user_id, display_name, avatar_url, membership, event_id) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(room_id, user_id) DO UPDATE SET display_name = excluded.display_name, avatar_url = excluded.avatar_url, membership = excluded.membership, event_id = excluded.event_id',
     ),
     loadRoom: db.prepare('SELECT data FROM rooms WHERE room_id = ?'),
-    loadMembers: db.prepare('SELECT user_id, display_name, avatar_url, membership FROM members WHERE room_id = ?'),
+    loadMembers: db.prepare('SELECT user_id, display_name, avatar_url, membership, event_id FROM members WHERE room_id = ?'),
     deleteMembers: db.prepare('DELETE FROM members WHERE room_id = ?'),
     allSummaries: db.prepare('SELECT summary FROM rooms'),
     saveAccountData: db.prepare('INSERT INTO account_data (room_id, type, content) VALUES (?, ?, ?) ON CONFLICT(room_id, type) DO UPDATE SET content = excluded.content'),

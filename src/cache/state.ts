@@ -3,12 +3,15 @@
  */
 import { powerContext } from '../power.ts';
 import type { MatrixEvent, RoomInfo, RoomSummary, StateChanges } from '../protocol.ts';
+import { redactContent } from '../redaction.ts';
 
 /** One member of a room as the cache knows it. */
 export interface Member {
   displayName: string | null;
   avatarUrl: string | null;
   membership: string;
+  /** The ID of the member event these come from (null when it had none), so a redaction of it is recognised. */
+  eventId: string | null;
 }
 
 /** The cached state of one room. */
@@ -28,6 +31,11 @@ export interface RoomState {
   historyVisibility: string | null;
   joinRule: string | null;
   powerLevels: Record<string, unknown> | null;
+  /**
+   * Event IDs of the current room-wide state events the fields above come from, by type (member events keep
+   * theirs in {@link Member.eventId}): a redaction is applied when it targets one of them.
+   */
+  eventIds: Record<string, string>;
   /**
    * While the bot is invited or has knocked: the stripped state's events that {@link summarize} shows (name,
    * topic, avatar, canonical alias, encryption), one per type, else null. Nothing authenticates stripped state,
@@ -54,6 +62,7 @@ export function emptyRoom(roomId: string): RoomState {
     historyVisibility: null,
     joinRule: null,
     powerLevels: null,
+    eventIds: {},
     stripped: null,
     joinedCount: null,
     invitedCount: null,
@@ -65,49 +74,107 @@ const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
 
 /**
  * Applies one state event. Returns the user ID whose membership row changed (for the caller to persist), or
- * null. Events of unknown types are ignored; an `m.room.encryption` event can never turn encryption off.
+ * null. Events of unknown types are ignored, and so are the room-wide types (name, topic, ...) with a non-empty
+ * state key, which are other state; an `m.room.encryption` event can never turn encryption off.
  */
 export function applyStateEvent(room: RoomState, ev: MatrixEvent): string | null {
+  if (ev.type === 'm.room.member') {
+    const c = ev.content;
+    const userId = ev.state_key;
+    if (!userId) return null;
+    const membership = str(c.membership) ?? 'leave';
+    room.members.set(userId, { displayName: str(c.displayname), avatarUrl: str(c.avatar_url), membership, eventId: str(ev.event_id) });
+    return userId;
+  }
+  if (ev.state_key !== '' || !applyRoomWide(room, ev)) return null;
+  const id = str(ev.event_id);
+  if (id !== null) room.eventIds[ev.type] = id;
+  else delete room.eventIds[ev.type];
+  return null;
+}
+
+/** Applies a room-wide state event (state key ''); false for a type the cache does not keep. */
+function applyRoomWide(room: RoomState, ev: MatrixEvent): boolean {
   const c = ev.content;
   switch (ev.type) {
     case 'm.room.name':
       room.name = str(c.name) || null;
-      return null;
+      return true;
     case 'm.room.topic':
       room.topic = str(c.topic) || null;
-      return null;
+      return true;
     case 'm.room.canonical_alias':
       room.canonicalAlias = str(c.alias) || null;
-      return null;
+      return true;
     case 'm.room.avatar':
       room.avatarUrl = str(c.url) || null;
-      return null;
+      return true;
     case 'm.room.encryption':
       // Per the spec, once a room is encrypted it stays encrypted, whatever later events say.
       if (typeof c.algorithm === 'string') room.encrypted = true;
-      return null;
+      return true;
     case 'm.room.create':
       room.create = { sender: str(ev.sender) ?? '', content: c };
-      return null;
+      return true;
     case 'm.room.history_visibility':
       room.historyVisibility = str(c.history_visibility);
-      return null;
+      return true;
     case 'm.room.join_rules':
       room.joinRule = str(c.join_rule);
-      return null;
+      return true;
     case 'm.room.power_levels':
       room.powerLevels = c;
-      return null;
-    case 'm.room.member': {
-      const userId = ev.state_key;
-      if (!userId) return null;
-      const membership = str(c.membership) ?? 'leave';
-      room.members.set(userId, { displayName: str(c.displayname), avatarUrl: str(c.avatar_url), membership });
-      return userId;
-    }
+      return true;
     default:
-      return null;
+      return false;
   }
+}
+
+/**
+ * The content of the room's current `type` event as far as the cache keeps it: all a redaction needs, since the
+ * redaction algorithm keeps or drops whole keys and these are the keys the fields above come from.
+ */
+function heldContent(room: RoomState, type: string): Record<string, unknown> {
+  switch (type) {
+    case 'm.room.name':
+      return { name: room.name };
+    case 'm.room.topic':
+      return { topic: room.topic };
+    case 'm.room.canonical_alias':
+      return { alias: room.canonicalAlias };
+    case 'm.room.avatar':
+      return { url: room.avatarUrl };
+    case 'm.room.history_visibility':
+      return { history_visibility: room.historyVisibility };
+    case 'm.room.join_rules':
+      return { join_rule: room.joinRule };
+    case 'm.room.power_levels':
+      return room.powerLevels ?? {};
+    default:
+      return {}; // m.room.encryption: encryption stays on whatever its content says
+  }
+}
+
+/**
+ * Applies the redaction of `eventId` when it is one of the room's current state events: its content becomes
+ * the redacted content ({@link redactContent}, by the room's version) and is applied again, e.g. a redacted
+ * name leaves no name, redacted power levels keep only the keys the version keeps. Returns the user ID whose
+ * member row changed, or null. Any other event ID changes nothing. The create event is left alone: Synapse
+ * refuses to redact it, and a room's version never changes.
+ */
+export function applyRedaction(room: RoomState, eventId: string): string | null {
+  const version = str(room.create?.content.room_version);
+  for (const [type, id] of Object.entries(room.eventIds)) {
+    if (id !== eventId || type === 'm.room.create') continue;
+    applyStateEvent(room, { type, state_key: '', event_id: id, content: redactContent(type, heldContent(room, type), version) });
+    return null;
+  }
+  for (const [userId, m] of room.members) {
+    if (m.eventId !== eventId) continue;
+    const content = redactContent('m.room.member', { membership: m.membership, displayname: m.displayName, avatar_url: m.avatarUrl }, version);
+    return applyStateEvent(room, { type: 'm.room.member', state_key: userId, event_id: eventId, content });
+  }
+  return null;
 }
 
 /** Stripped state types kept for an invited or knocked room: what its summary shows. */
@@ -136,6 +203,10 @@ export function applyChange(room: RoomState, change: StateChanges['rooms'][numbe
   room.stripped = null;
   for (const ev of change.state) {
     const uid = applyStateEvent(room, ev);
+    if (uid) touched.add(uid);
+  }
+  for (const id of change.redactions ?? []) {
+    const uid = applyRedaction(room, id);
     if (uid) touched.add(uid);
   }
   return touched;
@@ -213,6 +284,6 @@ export function roomInfo(room: RoomState): RoomInfo {
     historyVisibility: room.historyVisibility,
     joinRule: room.joinRule,
     powerLevels: room.powerLevels,
-    members: [...room.members].map(([userId, m]) => ({ userId, ...m })),
+    members: [...room.members].map(([userId, m]) => ({ userId, displayName: m.displayName, avatarUrl: m.avatarUrl, membership: m.membership })),
   };
 }

@@ -16,6 +16,7 @@ import {
   type RoomSummary,
   type StateChanges,
 } from '../protocol.ts';
+import { redactedEventId } from '../redaction.ts';
 import { keyBytes, Scanner, ScanError } from './scan.ts';
 
 /** What processing needs to know beyond the body. */
@@ -263,6 +264,7 @@ function readRooms(sc: Scanner, b: Builder): void {
 function readRoom(sc: Scanner, b: Builder, roomId: string, membership: Membership): void {
   const st: StateRoom = { roomId, membership, state: [] };
   const timelineState: MatrixEvent[] = [];
+  const redactions: string[] = [];
   let roomIndex = -1;
   let limited = false;
   let prevBatch: string | null = null;
@@ -287,7 +289,11 @@ function readRoom(sc: Scanner, b: Builder, roomId: string, membership: Membershi
         for (let fi = true; sc.item(fi); fi = false) {
           if (roomIndex < 0) roomIndex = b.rooms.push(roomId) - 1;
           const ev = readTimelineEvent(sc, b, roomId, roomIndex);
-          if (ev) timelineState.push(ev);
+          if (ev?.state_key !== undefined) timelineState.push(ev);
+          else if (ev && membership === 'join') {
+            const id = redactedEventId(ev);
+            if (id !== null) redactions.push(id);
+          }
         }
       }
     } else if (k === 'state' && sc.atObject()) {
@@ -307,12 +313,13 @@ function readRoom(sc: Scanner, b: Builder, roomId: string, membership: Membershi
   }
   // Timeline state events apply after the state block: the block is the state at the start of the timeline.
   for (const ev of timelineState) st.state.push(ev);
+  if (redactions.length > 0) st.redactions = redactions;
   if (membership === 'leave') b.left.push(roomId);
   // A gappy timeline: events between the previous sync and this timeline were left out.
   if (membership === 'join' && limited && prevBatch !== null) b.gaps.push({ roomId, prevBatch });
   // A joined room with no state change has nothing for the cache: skipping it keeps a 10,000-room batch from
   // costing 10,000 cache writes.
-  if (membership !== 'join' || st.state.length > 0 || st.summary) b.state.push(st);
+  if (membership !== 'join' || st.state.length > 0 || st.summary || st.redactions) b.state.push(st);
 }
 
 function readStateEvents(sc: Scanner, b: Builder, roomId: string, out: MatrixEvent[]): void {
@@ -412,7 +419,8 @@ const SEEN = { type: 1, eventId: 2, sender: 4, stateKey: 8, ts: 16, content: 32 
 
 /**
  * Reads one timeline event: records its byte span and routing fields in the columns (no strings are made for
- * IDs), and returns the parsed event when it is a state event (the cache needs it), else undefined.
+ * IDs), and returns the parsed event when it is a state event or a redaction (the cache needs them), else
+ * undefined.
  *
  * The columns and a handler's `JSON.parse` of the span must agree on every field they both answer. They would
  * not if a name the scanner routes on came twice (`JSON.parse` keeps the last one) or came escaped
@@ -503,7 +511,7 @@ function readTimelineEvent(sc: Scanner, b: Builder, roomId: string, roomIndex: n
     span[OFF.rawEnd] = end;
     for (let k = 0; k < OFFSET_STRIDE; k++) b.offsets.push(span[k]!);
   }
-  return isState ? (JSON.parse(sc.b.toString('utf8', start, end)) as MatrixEvent) : undefined;
+  return isState || type === 'm.room.redaction' ? (JSON.parse(sc.b.toString('utf8', start, end)) as MatrixEvent) : undefined;
 }
 
 /** Which routed top-level name the last key token is ({@link SEEN} bit), or 0. */

@@ -8,7 +8,7 @@ import type { Invite, RoomDetails } from '../../src/index.ts';
 import { processSync } from '../../src/sync/process.ts';
 import { Peer } from '../harness/peer.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
-import { type Bot, newBot, newPeer, WAIT_MS, waitUntil } from './util.ts';
+import { type Bot, newBot, newPeer, roomWithBot, WAIT_MS, waitUntil } from './util.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -101,5 +101,28 @@ test('a knock: the batch carries it with its stripped state; getRoom shows the d
   assert.equal(knock.state.find((e) => e.type === 'm.room.name')?.content.name, 'Knock here');
   assert.equal(knock.state.find((e) => e.type === 'm.room.member' && e.state_key === B)?.content.membership, 'knock', "Synapse appends the bot's knock event");
   assert.deepEqual(p.errors, []);
+  assert.deepEqual(bot.errors, []);
+});
+
+test("redacted state events: getRoom shows the redacted topic, name and power levels, as the server's state does", async (t) => {
+  const bot = await newBot(t, hs);
+  const peer = await newPeer(hs);
+  await bot.client.run(bot.token);
+  const roomId = await roomWithBot(peer, bot.user.userId, { name: 'Before', topic: 'Original topic' });
+  const server = (type: string) => peer.request('GET', `/rooms/${enc(roomId)}/state/${type}/`);
+  const pl = await server('m.room.power_levels');
+  const plId = await peer.sendState(roomId, 'm.room.power_levels', '', { ...pl, invite: 7, notifications: { room: 11 } });
+  const topicId = await peer.sendState(roomId, 'm.room.topic', '', { topic: 'Secret plans' });
+  await cachedRoom(bot, roomId, (r) => r.topic === 'Secret plans' && (r.powerLevels as { invite?: number } | null)?.invite === 7, 'the new topic and power levels in the cache');
+
+  const nameId = (await peer.request('GET', `/rooms/${enc(roomId)}/messages`, undefined, { dir: 'b', limit: '50' })).chunk.find((e: { type: string }) => e.type === 'm.room.name').event_id;
+  for (const id of [topicId, plId, nameId]) await peer.redact(roomId, id, 'oops');
+  const redacted = await cachedRoom(bot, roomId, (r) => r.topic === null && r.name === null && (r.powerLevels as { notifications?: unknown } | null)?.notifications === undefined, 'the redactions applied in the cache');
+  const serverPl = await server('m.room.power_levels');
+  assert.deepEqual(redacted.powerLevels, serverPl, "the cached power levels are the server's redacted ones");
+  assert.equal(serverPl.invite, 7, 'v11 and later keep invite');
+  assert.equal(serverPl.notifications, undefined, 'notifications are not kept');
+  assert.deepEqual(await server('m.room.topic'), {}, "the server's topic is redacted too");
+  await waitUntil(() => bot.client.room(roomId).name === null && bot.client.room(roomId).topic === null, WAIT_MS, 'the room handle to show no name or topic');
   assert.deepEqual(bot.errors, []);
 });

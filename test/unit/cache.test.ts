@@ -149,12 +149,14 @@ test("cache actor: creators follow src/power.ts's rule per room version (content
   await b.close();
 });
 
-test('cache actor: a room saved by an earlier version (creator, additionalCreators, roomVersion instead of the create event) keeps its creators', async () => {
+test('cache actor: a room saved by an earlier version (creator, additionalCreators, roomVersion instead of the create event; no member event IDs) keeps its creators', async () => {
   const dataDir = mkdtempSync(join(tmpdir(), 'hc-cache-'));
-  const a = new CacheActor();
-  await a.open({ dataDir, maxRoomsInMemory: 10 });
-  await a.close();
   const db = openDatabase(dataDir, 'cache.sqlite');
+  // The tables as earlier versions made them.
+  db.exec(`CREATE TABLE rooms (room_id TEXT PRIMARY KEY, data TEXT NOT NULL, summary TEXT NOT NULL);
+    CREATE TABLE members (room_id TEXT NOT NULL, user_id TEXT NOT NULL, display_name TEXT, avatar_url TEXT, membership TEXT NOT NULL,
+      PRIMARY KEY (room_id, user_id)) WITHOUT ROWID;`);
+  db.prepare('INSERT INTO members (room_id, user_id, display_name, avatar_url, membership) VALUES (?, ?, ?, ?, ?)').run('!old:x', '@alice:x', 'Alice', null, 'join');
   const legacy = { membership: 'join', name: 'Old', creator: '@alice:x', additionalCreators: ['@carol:x'], roomVersion: '12', powerLevels: { users: {} } };
   db.prepare('INSERT INTO rooms (room_id, data, summary) VALUES (?, ?, ?)').run('!old:x', JSON.stringify(legacy), '{}');
   db.close();
@@ -164,6 +166,11 @@ test('cache actor: a room saved by an earlier version (creator, additionalCreato
   assert.equal(room.roomVersion, '12');
   assert.deepEqual(room.creators, ['@alice:x', '@carol:x']);
   assert.equal(room.powerLevel('@carol:x'), Infinity);
+  assert.deepEqual(room.member('@alice:x'), { userId: '@alice:x', displayName: 'Alice', avatarUrl: null, membership: 'join' });
+  // A member event (with its ID) saves and redacts as in a new database.
+  await b.apply({ rooms: [{ roomId: '!old:x', membership: 'join', state: [{ ...st('m.room.member', '@alice:x', { membership: 'join', displayname: 'A2' }), event_id: '$a2' }] }] });
+  await b.apply({ rooms: [{ roomId: '!old:x', membership: 'join', state: [], redactions: ['$a2'] }] });
+  assert.equal((await b.getRoom('!old:x'))!.members[0]!.displayName, null);
   await b.close();
 });
 
@@ -261,4 +268,69 @@ test('cache actor: an invited room saved by an earlier version (stripped state a
   const joined = (await b.getRoom('!old:x'))!;
   assert.deepEqual([joined.name, joined.powerLevels, joined.creators, joined.members], [null, null, ['@alice:x'], []]);
   await b.close();
+});
+
+/** A state event with an event ID, as sync delivers it. */
+const sid = (id: string, type: string, stateKey: string, content: Record<string, unknown>): MatrixEvent => ({ ...st(type, stateKey, content), event_id: id });
+
+test('cache actor: a redaction of a current state event applies its redacted content (per room version); other redactions change nothing', async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'hc-cache-'));
+  const a = new CacheActor();
+  await a.open({ dataDir, maxRoomsInMemory: 10 });
+  const pl = { users: { '@alice:x': 100 }, users_default: 5, kick: 60, invite: 30, notifications: { room: 20 }, events: { 'm.room.topic': 70 } };
+  const roomState = (version: string) => [
+    sid(`$create${version}`, 'm.room.create', '', { room_version: version }),
+    sid('$name1', 'm.room.name', '', { name: 'Old name' }),
+    sid('$name2', 'm.room.name', '', { name: 'Name' }),
+    sid('$topic', 'm.room.topic', '', { topic: 'Topic' }),
+    sid('$avatar', 'm.room.avatar', '', { url: 'mxc://x/a' }),
+    sid('$alias', 'm.room.canonical_alias', '', { alias: '#a:x' }),
+    sid('$rules', 'm.room.join_rules', '', { join_rule: 'invite' }),
+    sid('$hist', 'm.room.history_visibility', '', { history_visibility: 'joined' }),
+    sid('$enc', 'm.room.encryption', '', { algorithm: 'm.megolm.v1.aes-sha2' }),
+    sid('$pl', 'm.room.power_levels', '', pl),
+    sid('$alice', 'm.room.member', '@alice:x', { membership: 'join', displayname: 'Alice', avatar_url: 'mxc://x/alice' }),
+    sid('$bob', 'm.room.member', '@bob:x', { membership: 'join', displayname: 'Bob' }),
+  ];
+  await a.apply({ rooms: [{ roomId: '!v10:x', membership: 'join', state: roomState('10') }, { roomId: '!v11:x', membership: 'join', state: roomState('11') }] });
+  // Not current (replaced, unknown, or a message): nothing changes.
+  assert.deepEqual(await a.apply({ rooms: [{ roomId: '!v10:x', membership: 'join', state: [], redactions: ['$name1', '$nope', '$create10'] }] }), []);
+  assert.equal((await a.getRoom('!v10:x'))!.name, 'Name');
+  assert.equal((await a.getRoom('!v10:x'))!.roomVersion, '10', 'a create event is never redacted in the cache (Synapse refuses to)');
+
+  const changed = await a.apply({
+    rooms: ['!v10:x', '!v11:x'].map((roomId) => ({ roomId, membership: 'join' as const, state: [], redactions: ['$name2', '$topic', '$avatar', '$alias', '$rules', '$hist', '$enc', '$pl', '$alice'] })),
+  });
+  assert.deepEqual(changed.map((s) => [s.roomId, s.name, s.topic, s.avatarUrl, s.canonicalAlias, s.encrypted]), [
+    ['!v10:x', null, null, null, null, true],
+    ['!v11:x', null, null, null, null, true],
+  ]);
+  const kept = { users: { '@alice:x': 100 }, users_default: 5, kick: 60, events: { 'm.room.topic': 70 } };
+  const v10 = (await a.getRoom('!v10:x'))!;
+  assert.deepEqual(v10.powerLevels, kept, 'v10 power levels keep neither invite nor notifications');
+  assert.deepEqual([v10.joinRule, v10.historyVisibility], ['invite', 'joined'], 'join rule and history visibility survive');
+  assert.deepEqual(v10.members.find((m) => m.userId === '@alice:x'), { userId: '@alice:x', displayName: null, avatarUrl: null, membership: 'join' });
+  assert.deepEqual(v10.members.find((m) => m.userId === '@bob:x')?.displayName, 'Bob');
+  assert.deepEqual((await a.getRoom('!v11:x'))!.powerLevels, { ...kept, invite: 30 }, 'v11 power levels keep invite');
+  await a.close();
+
+  // Event IDs are kept on disk: a redaction after a restart still finds its target, members included.
+  const b = new CacheActor();
+  await b.open({ dataDir, maxRoomsInMemory: 1 });
+  await b.apply({ rooms: [{ roomId: '!v10:x', membership: 'join', state: [sid('$topic2', 'm.room.topic', '', { topic: 'Again' })] }] });
+  await b.getRoom('!v11:x'); // evicts !v10:x from memory
+  const [again] = await b.apply({ rooms: [{ roomId: '!v10:x', membership: 'join', state: [], redactions: ['$topic2', '$bob'] }] });
+  assert.equal(again!.topic, null);
+  assert.equal((await b.getRoom('!v10:x'))!.members.find((m) => m.userId === '@bob:x')?.displayName, null);
+  await b.close();
+});
+
+test('cache actor: a state event and its redaction in the same batch; a redaction in a pending room is ignored', async () => {
+  const a = new CacheActor();
+  await a.open({ dataDir: mkdtempSync(join(tmpdir(), 'hc-cache-')), maxRoomsInMemory: 10 });
+  const [s] = await a.apply({ rooms: [{ roomId: '!r:x', membership: 'join', state: [sid('$c', 'm.room.create', '', { room_version: '11' }), sid('$n', 'm.room.name', '', { name: 'Brief' })], redactions: ['$n'] }] });
+  assert.equal(s!.name, null);
+  await a.apply({ rooms: [{ roomId: '!i:x', membership: 'invite', state: [st('m.room.name', '', { name: 'Claimed' })], redactions: ['$n'] }] });
+  assert.equal((await a.getRoom('!i:x'))!.name, 'Claimed');
+  await a.close();
 });

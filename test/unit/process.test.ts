@@ -339,3 +339,34 @@ test('knocked rooms: knock_state goes to knocks and, as stripped state, to the c
   assert.deepEqual(p.errors.map((e) => [e.code, e.roomId]), [['HALCYON_BAD_EVENT', '!k:x'], ['HALCYON_BAD_EVENT', '!k:x'], ['HALCYON_BAD_EVENT', '!bad:x']]);
   assert.deepEqual(processSync(JSON.stringify({ next_batch: 's2' }), ALL).knocks, []);
 });
+
+test("the timeline's redactions of joined rooms go to the cache (top-level redacts before v11, content.redacts from v11)", () => {
+  const redaction = (id: string, target: Record<string, unknown>) => ({ type: 'm.room.redaction', event_id: id, sender: '@a:x', origin_server_ts: 1, ...target });
+  const text = JSON.stringify({
+    next_batch: 's2',
+    rooms: {
+      join: {
+        '!r:x': {
+          timeline: {
+            events: [
+              { type: 'm.room.name', state_key: '', event_id: '$n', sender: '@a:x', origin_server_ts: 1, content: { name: 'N' } },
+              redaction('$r1', { redacts: '$n', content: {} }),
+              redaction('$r2', { content: { redacts: '$v11' } }),
+              redaction('$r3', { content: {} }), // redacts nothing
+              good(1),
+            ],
+          },
+        },
+        '!quiet:x': { timeline: { events: [redaction('$r4', { redacts: '$m', content: { redacts: '$forged' } })] } },
+      },
+      leave: { '!gone:x': { timeline: { events: [redaction('$r5', { redacts: '$old', content: {} })] } } },
+    },
+  });
+  const p = processSync(text, { wantedTypes: new Set(['m.room.message']) });
+  const byRoom = Object.fromEntries(p.state.rooms.map((r) => [r.roomId, r]));
+  assert.deepEqual(byRoom['!r:x']!.redactions, ['$n', '$v11']);
+  assert.deepEqual(byRoom['!r:x']!.state.map((e) => e.event_id), ['$n']);
+  assert.deepEqual(byRoom['!quiet:x'], { roomId: '!quiet:x', membership: 'join', state: [], redactions: ['$m'] }, 'a joined room with only a redaction reaches the cache');
+  assert.equal(byRoom['!gone:x']!.redactions, undefined, 'only joined rooms');
+  assert.deepEqual(p.cols.eventId, ['$good1'], 'wantedTypes still decides what handlers get');
+});
