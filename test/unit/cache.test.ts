@@ -334,3 +334,14 @@ test('cache actor: a state event and its redaction in the same batch; a redactio
   assert.equal((await a.getRoom('!i:x'))!.name, 'Claimed');
   await a.close();
 });
+
+test('cache actor: room-wide types with a non-empty state key are other state, not the room name, topic or power levels', async () => {
+  const a = new CacheActor();
+  await a.open({ dataDir: mkdtempSync(join(tmpdir(), 'hc-cache-')), maxRoomsInMemory: 10 });
+  await a.apply({ rooms: [{ roomId: '!r:x', membership: 'join', state: [st('m.room.name', '', { name: 'Real' }), st('m.room.power_levels', '', { users: {} })] }] });
+  await a.apply({ rooms: [{ roomId: '!r:x', membership: 'join', state: [st('m.room.name', 'x', { name: 'Other' }), st('m.room.power_levels', '@me:x', { users_default: 100 })] }] });
+  const info = (await a.getRoom('!r:x'))!;
+  assert.equal(info.name, 'Real');
+  assert.deepEqual(info.powerLevels, { users: {} });
+  await a.close();
+});
