@@ -126,3 +126,27 @@ test("redacted state events: getRoom shows the redacted topic, name and power le
   await waitUntil(() => bot.client.room(roomId).name === null && bot.client.room(roomId).topic === null, WAIT_MS, 'the room handle to show no name or topic');
   assert.deepEqual(bot.errors, []);
 });
+
+test("a v11 room whose create event names someone else in content.creator: the sender is the creator, as Synapse's auth rules say", async (t) => {
+  const bot = await newBot(t, hs);
+  const peer = await newPeer(hs);
+  const mallory = await newPeer(hs);
+  await bot.client.run(bot.token);
+  // Synapse keeps a creation_content creator as given in v11+ (it only adds its own before v11).
+  const { room_id: roomId } = await peer.request('POST', '/createRoom', {
+    room_version: '11',
+    preset: 'public_chat',
+    creation_content: { creator: mallory.userId },
+    power_level_content_override: { users: { [peer.userId]: 100 }, users_default: 0, state_default: 50 },
+    invite: [bot.user.userId],
+  });
+  assert.equal((await peer.request('GET', `/rooms/${enc(roomId)}/state/m.room.create/`)).creator, mallory.userId);
+  await peer.waitForJoined(roomId, bot.user.userId, WAIT_MS);
+  await mallory.join(roomId);
+  const room = await cachedRoom(bot, roomId, (r) => r.membership === 'join' && r.roomVersion === '11' && r.powerLevels !== null, 'the v11 room in the cache');
+  assert.equal(room.creator, peer.userId);
+  assert.deepEqual(room.creators, [peer.userId]);
+  assert.equal(room.can(mallory.userId, { kind: 'state', eventType: 'm.room.name' }), false);
+  await assert.rejects(mallory.sendState(roomId, 'm.room.name', '', { name: 'Mine' }), (e: { errcode?: string }) => e.errcode === 'M_FORBIDDEN', 'Synapse: not a creator, level 0');
+  assert.deepEqual(bot.errors, []);
+});
