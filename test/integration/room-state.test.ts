@@ -1,13 +1,17 @@
 /**
  * Room state against a real Synapse: what an invite and a knock show before the bot is in the room (stripped
- * state, unverified: display fields only, no permissions), the invite's event ID, knocks in the sync batch.
+ * state, unverified: display fields only, no permissions), the invite's event ID, knocks in the sync batch,
+ * redacted state events, creators in v11 rooms, and the level state events need in a room without power levels.
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { after, before, test } from 'node:test';
+import { promisify } from 'node:util';
 import type { Invite, RoomDetails } from '../../src/index.ts';
+import { can, powerContext } from '../../src/power.ts';
 import { processSync } from '../../src/sync/process.ts';
 import { Peer } from '../harness/peer.ts';
-import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
+import { ensureSynapseInstalled, testHomeserver, type Homeserver } from '../harness/synapse.ts';
 import { type Bot, newBot, newPeer, roomWithBot, WAIT_MS, waitUntil } from './util.ts';
 
 let hs: Homeserver;
@@ -149,4 +153,62 @@ test("a v11 room whose create event names someone else in content.creator: the s
   assert.equal(room.can(mallory.userId, { kind: 'state', eventType: 'm.room.name' }), false);
   await assert.rejects(mallory.sendState(roomId, 'm.room.name', '', { name: 'Mine' }), (e: { errcode?: string }) => e.errcode === 'M_FORBIDDEN', 'Synapse: not a creator, level 0');
   assert.deepEqual(bot.errors, []);
+});
+
+/**
+ * Runs Synapse's own event auth (synapse.event_auth, from the installed Synapse the harness serves) on a room
+ * without an m.room.power_levels event: a create event, the creator's and a user's joins, public join rules.
+ * Prints, per room version, whether the creator and the user may send a state event (m.room.name) and a message.
+ */
+const AUTH_WITHOUT_POWER_LEVELS = `
+import json, sys
+from synapse.api.room_versions import KNOWN_ROOM_VERSIONS
+from synapse.events import make_event_from_dict
+from synapse.event_auth import check_state_dependent_auth_rules
+from synapse.api.errors import AuthError
+creator, user = '@creator:localhost', '@user:localhost'
+def run(version):
+    rv = KNOWN_ROOM_VERSIONS[version]
+    n = [0]
+    def ev(type, sender, content, state_key=None):
+        n[0] += 1
+        d = {'type': type, 'sender': sender, 'room_id': '!r:localhost', 'content': content, 'auth_events': [], 'prev_events': [],
+             'depth': n[0], 'origin_server_ts': n[0], 'hashes': {'sha256': 'x'}, 'signatures': {}}
+        if state_key is not None: d['state_key'] = state_key
+        if rv.event_format == 1: d['event_id'] = '$e%d:localhost' % n[0]
+        return make_event_from_dict(d, rv)
+    create = {'room_version': version}
+    if not rv.implicit_room_creator: create['creator'] = creator
+    state = [ev('m.room.create', creator, create, ''), ev('m.room.member', creator, {'membership': 'join'}, creator),
+             ev('m.room.member', user, {'membership': 'join'}, user), ev('m.room.join_rules', creator, {'join_rule': 'public'}, '')]
+    out = {}
+    for who, sender in (('creator', creator), ('user', user)):
+        for kind, type, key in (('state', 'm.room.name', ''), ('send', 'm.room.message', None)):
+            try:
+                check_state_dependent_auth_rules(ev(type, sender, {}, key), state)
+                out[who + ' ' + kind] = 'allowed'
+            except AuthError as e:
+                out[who + ' ' + kind] = e.msg
+    return out
+print(json.dumps({v: run(v) for v in sys.argv[1:]}))
+`;
+
+test("no m.room.power_levels event: state events need 50 (Synapse's own auth code agrees with can()), messages 0", async () => {
+  // No client API makes a room without a power-levels event (createRoom always sends one), so the installed
+  // Synapse's event auth is run directly on such a room's state.
+  const python = await ensureSynapseInstalled();
+  const versions = ['1', '10', '11'];
+  const { stdout } = await promisify(execFile)(python, ['-c', AUTH_WITHOUT_POWER_LEVELS, ...versions]);
+  const synapse = JSON.parse(stdout) as Record<string, Record<string, string>>;
+  for (const v of versions) {
+    const ctx = powerContext({ sender: '@creator:localhost', content: v === '11' ? { room_version: v } : { room_version: v, creator: '@creator:localhost' } }, null);
+    const ours = (u: string, kind: 'state' | 'send') => can(ctx, u, kind === 'state' ? { kind, eventType: 'm.room.name' } : { kind, eventType: 'm.room.message' });
+    for (const [who, u] of [['creator', '@creator:localhost'], ['user', '@user:localhost']] as const) {
+      for (const kind of ['state', 'send'] as const) {
+        const verdict = synapse[v]![`${who} ${kind}`]!;
+        assert.equal(ours(u, kind), verdict === 'allowed', `v${v}: ${who} ${kind}: Synapse says ${verdict}`);
+      }
+    }
+    assert.match(synapse[v]!['user state']!, /user_level \(0\) < send_level \(50\)/, `v${v}: Synapse requires 50 for state events`);
+  }
 });
