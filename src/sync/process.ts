@@ -476,7 +476,8 @@ function readTimelineEvent(sc: Scanner, b: Builder, roomId: string, roomIndex: n
         continue;
       }
       contentOk = true;
-      bad ??= readContent(sc, b);
+      const problem = readContent(sc, b); // read whatever `bad` holds: `??=` would skip the call
+      bad ??= problem;
       relType = rel.type;
       flags |= rel.flags;
     } else sc.skipValue();

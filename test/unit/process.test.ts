@@ -283,6 +283,9 @@ test('escaped or repeated member names the scanner routes on: the event is skipp
     ev('$t14', '', '', ',"rel_type":"m.replace"'),
     ev('$t15', '', '', ',"event_id":"$elsewhere"'),
     ev('$t16', '', '', ',"ev\\u0065nt_id":"$elsewhere"'),
+    // Found bad before its content: the content object must still be read through.
+    ev('$t17', ',"content":{"m.relates_to":{"rel_type":"x"}}'),
+    `{"\\u0074ype":"m.room.message","type":"m.room.message","event_id":"$t18","sender":"@a:x","origin_server_ts":1,"content":{"body":"b"}}`,
   ];
   // Escapes in names nobody routes on are ordinary JSON: those events are kept.
   const fine = [ev('$ok1', '', ',"b\\u006fdy2":"x"'), ev('$ok2', '', '', ',"k\\u0065y":1'), ev('$ok3', '', ',"x\\u0022":{"m.rel\\u0061tes_to":1}')];
