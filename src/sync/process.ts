@@ -419,15 +419,13 @@ const SEEN = { type: 1, eventId: 2, sender: 4, stateKey: 8, ts: 16, content: 32 
 
 /**
  * Reads one timeline event: records its byte span and routing fields in the columns (no strings are made for
- * IDs), and returns the parsed event when it is a state event or a redaction (the cache needs them), else
- * undefined.
+ * IDs), and returns the parsed event when it is a state event or a redaction (the cache needs them).
  *
- * The columns and a handler's `JSON.parse` of the span must agree on every field they both answer. They would
- * not if a name the scanner routes on came twice (`JSON.parse` keeps the last one) or came escaped
- * (`"cont\u0065nt"` is `content` to `JSON.parse`, an unknown name to the byte comparison): such an event is
- * skipped and reported. Any escaped top-level name is refused (cheap: the key token's escape flag is known);
- * inside `content` and `m.relates_to`, where user data may escape names, only an escaped name that decodes to a
- * routed one is.
+ * The columns and a handler's `JSON.parse` of the span must agree. They would not if a routed name came twice
+ * (`JSON.parse` keeps the last) or escaped (`"cont\u0065nt"` is `content` to `JSON.parse`, not to the byte
+ * comparison): such an event is skipped and reported. Any escaped top-level name is refused (the key token's
+ * escape flag is known); in `content` and `m.relates_to`, where user data may escape names, only one that
+ * decodes to a routed name is.
  */
 function readTimelineEvent(sc: Scanner, b: Builder, roomId: string, roomIndex: number): MatrixEvent | undefined {
   if (!sc.atObject()) {
@@ -483,23 +481,14 @@ function readTimelineEvent(sc: Scanner, b: Builder, roomId: string, roomIndex: n
     } else sc.skipValue();
   }
   const end = sc.i;
-  const idS = span[OFF.eventId]!;
   const senderS = span[OFF.sender]!;
   const senderE = span[OFF.sender + 1]!;
-  const skS = span[OFF.stateKey]!;
-  if (bad === null) {
-    if (type === null) bad = typeSeen ? 'type is not a string' : 'missing type';
-    else if (idS < 0) bad = idS === WRONG_TYPE ? 'event_id is not a string' : 'missing event_id';
-    else if (senderS < 0) bad = senderS === WRONG_TYPE ? 'sender is not a string' : 'missing sender';
-    else if (!contentOk) bad = 'missing content';
-    else if (ts === null) bad = tsSeen ? 'origin_server_ts is not a number' : 'missing origin_server_ts';
-    else if (skS === WRONG_TYPE) bad = 'state_key is not a string';
-  }
+  bad ??= type === null ? (typeSeen ? 'type is not a string' : 'missing type') : missingField(contentOk, ts === null ? tsSeen : null);
   if (bad !== null) {
-    b.error(`timeline event skipped: ${bad}`, roomId, decodeToken(sc, idS, span[OFF.eventId + 1]!));
+    b.error(`timeline event skipped: ${bad}`, roomId, decodeToken(sc, span[OFF.eventId]!, span[OFF.eventId + 1]!));
     return undefined;
   }
-  const isState = skS >= 0;
+  const isState = span[OFF.stateKey]! >= 0;
   if (b.opts.wantedTypes === null || b.opts.wantedTypes.has(type!)) {
     const own = b.ownToken;
     if (own !== null && senderE - senderS === own.length && sc.b.compare(own, 0, own.length, senderS, senderE) === 0) flags |= EVENT_FLAGS.own;
@@ -513,6 +502,21 @@ function readTimelineEvent(sc: Scanner, b: Builder, roomId: string, roomIndex: n
     for (let k = 0; k < OFFSET_STRIDE; k++) b.offsets.push(span[k]!);
   }
   return isState || type === 'm.room.redaction' ? (JSON.parse(sc.b.toString('utf8', start, end)) as MatrixEvent) : undefined;
+}
+
+/**
+ * What the event being read (its {@link span}) lacks or has mistyped among event_id, sender, content,
+ * origin_server_ts and state_key, or null. `tsSeen` is null when a numeric timestamp was read, else whether a
+ * mistyped one was present.
+ */
+function missingField(contentOk: boolean, tsSeen: boolean | null): string | null {
+  const idS = span[OFF.eventId]!;
+  const senderS = span[OFF.sender]!;
+  if (idS < 0) return idS === WRONG_TYPE ? 'event_id is not a string' : 'missing event_id';
+  if (senderS < 0) return senderS === WRONG_TYPE ? 'sender is not a string' : 'missing sender';
+  if (!contentOk) return 'missing content';
+  if (tsSeen !== null) return tsSeen ? 'origin_server_ts is not a number' : 'missing origin_server_ts';
+  return span[OFF.stateKey] === WRONG_TYPE ? 'state_key is not a string' : null;
 }
 
 /** Which routed top-level name the last key token is ({@link SEEN} bit), or 0. */
