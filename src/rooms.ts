@@ -37,7 +37,12 @@ export class RoomDetails implements RoomInfo {
   readonly joinedMemberCount: number;
   readonly invitedMemberCount: number;
   readonly membership: RoomInfo['membership'];
+  /** The first of {@link creators}, or null before the create event is known. */
   readonly creator: string | null;
+  /**
+   * The room's creators by src/power.ts's rule: `m.room.create`'s `content.creator` before room version 11, its
+   * sender from 11 on, plus `additional_creators` from 12.
+   */
   readonly creators: string[];
   readonly roomVersion: string | null;
   readonly historyVisibility: string | null;
