@@ -152,6 +152,19 @@ export interface InviteWire {
   name: string | null;
   /** Whether the inviter marked it a direct chat (`is_direct` on the bot's invite). */
   isDirect: boolean;
+  /**
+   * The `event_id` of the bot's own `m.room.member` invite event, when the server appends that event in full to
+   * `invite_state`; else null. Synapse 1.163 appends it stripped (MSC4319: type, state_key, sender and content
+   * only), so null there. Unverified, like all invite state.
+   */
+  eventId: string | null;
+}
+
+/** A room the bot knocked on, seen in a sync (`rooms.knock`). */
+export interface KnockWire {
+  roomId: string;
+  /** `knock_state.events`: stripped state, which nothing authenticates (the room's own state stays apart from it). */
+  state: MatrixEvent[];
 }
 
 /** An account data event (global when `roomId` is null), as a sync delivers it. */
@@ -192,6 +205,8 @@ export interface WireBatch {
   body: Uint8Array;
   events: EventColumns;
   invites: InviteWire[];
+  /** Rooms the bot knocked on. Journaled batches of older versions lack it: read undefined as []. */
+  knocks: KnockWire[];
   /** Rooms we left or were removed from. */
   left: string[];
   /** Room summaries that changed in this batch (computed by the cache actor). */
@@ -230,6 +245,11 @@ export interface StateChanges {
     state: MatrixEvent[];
     /** `summary` block of the sync room (heroes, member counts), when present. */
     summary?: { 'm.joined_member_count'?: number; 'm.invited_member_count'?: number; 'm.heroes'?: string[] };
+    /**
+     * Event IDs redacted by the `m.room.redaction` events of a joined room's timeline, in order; the cache applies
+     * them to its current state events after `state`. Absent when none (callers other than sync leave it out).
+     */
+    redactions?: string[];
   }>;
   /** Account data to store (the cache actor answers `accountData` from it). */
   accountData?: AccountDataWire[];

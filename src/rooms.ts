@@ -21,15 +21,28 @@ export interface RoomMember {
  */
 export class RoomDetails implements RoomInfo {
   readonly roomId: string;
+  /**
+   * The room's name, topic, canonical alias and avatar. While the bot is only invited (or has knocked), these are
+   * what the invite's stripped state claims: unverified, sent by the inviting server. Everything else is then
+   * empty (no creators, power levels or members) and {@link can} answers false.
+   */
   readonly name: string | null;
+  /** See {@link name}: unverified while invited or knocking. */
   readonly topic: string | null;
+  /** See {@link name}: unverified while invited or knocking. */
   readonly canonicalAlias: string | null;
+  /** See {@link name}: unverified while invited or knocking. */
   readonly avatarUrl: string | null;
   readonly encrypted: boolean;
   readonly joinedMemberCount: number;
   readonly invitedMemberCount: number;
   readonly membership: RoomInfo['membership'];
+  /** The first of {@link creators}, or null before the create event is known. */
   readonly creator: string | null;
+  /**
+   * The room's creators by src/power.ts's rule: `m.room.create`'s `content.creator` before room version 11, its
+   * sender from 11 on, plus `additional_creators` from 12.
+   */
   readonly creators: string[];
   readonly roomVersion: string | null;
   readonly historyVisibility: string | null;
@@ -68,9 +81,11 @@ export class RoomDetails implements RoomInfo {
 
   /**
    * Whether the user may do `action` under the room's power levels (the spec's rules and defaults). Power levels
-   * only: membership (a user must be joined to act) is not checked.
+   * only: membership (a user must be joined to act) is not checked. False for everything while the bot is invited
+   * or knocking: the room's state is not known then, only claimed.
    */
   can(userId: string, action: Action | Action['kind']): boolean {
+    if (this.membership === 'invite' || this.membership === 'knock') return false;
     const a = typeof action === 'string' ? defaultAction(action) : action;
     return can(this.ctx, userId, a);
   }

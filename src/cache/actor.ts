@@ -8,11 +8,11 @@ import type { CacheActorApi, CacheConfig, RoomInfo, RoomSummary, StateChanges } 
 import { collectGarbage } from '../actors.ts';
 import { type Database, openDatabase } from '../store.ts';
 import { HalcyonError } from '../errors.ts';
-import { applyStateEvent, emptyRoom, type RoomState, roomInfo, sameSummary, summarize } from './state.ts';
+import { applyChange, emptyRoom, type RoomState, roomInfo, sameSummary, summarize } from './state.ts';
 
 const SCALARS = [
-  'membership', 'name', 'topic', 'canonicalAlias', 'avatarUrl', 'encrypted', 'creator', 'additionalCreators', 'roomVersion', 'historyVisibility',
-  'joinRule', 'powerLevels', 'joinedCount', 'invitedCount',
+  'membership', 'name', 'topic', 'canonicalAlias', 'avatarUrl', 'encrypted', 'create', 'historyVisibility', 'joinRule', 'powerLevels', 'eventIds',
+  'stripped', 'joinedCount', 'invitedCount',
 ] as const;
 
 /** A batch changing this many rooms' state is followed by a full collection (see {@link collectGarbage}). */
@@ -31,6 +31,9 @@ export class CacheActor implements CacheActorApi {
         avatar_url TEXT, membership TEXT NOT NULL, PRIMARY KEY (room_id, user_id)) WITHOUT ROWID;
       CREATE TABLE IF NOT EXISTS account_data (room_id TEXT NOT NULL, type TEXT NOT NULL, content TEXT NOT NULL,
         PRIMARY KEY (room_id, type)) WITHOUT ROWID;`);
+    // Member event IDs (for redactions) came later: add the column to a database made before.
+    const columns = db.prepare('PRAGMA table_info(members)').all() as Array<{ name: string }>;
+    if (!columns.some((c) => c.name === 'event_id')) db.exec('ALTER TABLE members ADD COLUMN event_id TEXT');
     this.db = db;
     this.sql = prepare(db);
     this.rooms = new LRUCache({ max: Math.max(1, config.maxRoomsInMemory) });
@@ -47,12 +50,7 @@ export class CacheActor implements CacheActorApi {
         const existing = this.load(change.roomId);
         const room = existing ?? emptyRoom(change.roomId);
         const before = existing ? summarize(room) : null;
-        room.membership = change.membership;
-        const touched = new Set<string>();
-        for (const ev of change.state) {
-          const uid = applyStateEvent(room, ev);
-          if (uid) touched.add(uid);
-        }
+        const touched = applyChange(room, change);
         const s = change.summary;
         if (s && typeof s['m.joined_member_count'] === 'number') room.joinedCount = s['m.joined_member_count'];
         if (s && typeof s['m.invited_member_count'] === 'number') room.invitedCount = s['m.invited_member_count'];
@@ -60,7 +58,7 @@ export class CacheActor implements CacheActorApi {
         saveRoom.run(room.roomId, JSON.stringify(Object.fromEntries(SCALARS.map((k) => [k, room[k]]))), JSON.stringify(after));
         for (const uid of touched) {
           const m = room.members.get(uid)!;
-          saveMember.run(room.roomId, uid, m.displayName, m.avatarUrl, m.membership);
+          saveMember.run(room.roomId, uid, m.displayName, m.avatarUrl, m.membership, m.eventId);
         }
         this.rooms!.set(room.roomId, room);
         if (!before || !sameSummary(before, after)) changed.push(after);
@@ -116,18 +114,65 @@ export class CacheActor implements CacheActorApi {
     this.need();
     const row = this.sql!.loadRoom.get(roomId) as { data: string } | undefined;
     if (!row) return undefined;
-    const room = Object.assign(emptyRoom(roomId), JSON.parse(row.data) as Partial<RoomState>);
+    const data = JSON.parse(row.data) as Partial<RoomState> & LegacyFields;
+    if (data.stripped === undefined && (data.membership === 'invite' || data.membership === 'knock')) {
+      const pending = legacyPending(roomId, data);
+      this.sql!.deleteMembers.run(roomId);
+      this.rooms!.set(roomId, pending);
+      return pending;
+    }
+    const room = Object.assign(emptyRoom(roomId), data);
+    if (data.create === undefined) room.create = legacyCreate(data);
     room.members = new Map();
     const members = this.sql!.loadMembers.all(roomId) as Array<{
       user_id: string;
       display_name: string | null;
       avatar_url: string | null;
       membership: string;
+      event_id: string | null;
     }>;
-    for (const m of members) room.members.set(m.user_id, { displayName: m.display_name, avatarUrl: m.avatar_url, membership: m.membership });
+    for (const m of members) room.members.set(m.user_id, { displayName: m.display_name, avatarUrl: m.avatar_url, membership: m.membership, eventId: m.event_id });
     this.rooms!.set(roomId, room);
     return room;
   }
+}
+
+/** What rows saved by earlier versions hold instead of `create`. */
+interface LegacyFields {
+  creator?: string | null;
+  additionalCreators?: string[];
+  roomVersion?: string | null;
+}
+
+/**
+ * The create event as far as a row saved by an earlier version tells it (they kept the creator, the additional
+ * creators and the room version): enough for src/power.ts's rules, so a restart does not lose the creators.
+ */
+function legacyCreate(data: LegacyFields): RoomState['create'] {
+  if (typeof data.roomVersion !== 'string') return null;
+  const content: Record<string, unknown> = { room_version: data.roomVersion };
+  if (data.creator) content.creator = data.creator;
+  if (data.additionalCreators?.length) content.additional_creators = data.additionalCreators;
+  return { sender: data.creator ?? '', content };
+}
+
+/**
+ * An invited or knocked room saved by an earlier version, which applied stripped state as room state: what it
+ * showed becomes stripped state, the rest (power levels, creators, members) is forgotten, so nothing of those
+ * claims outlives the join.
+ */
+function legacyPending(roomId: string, data: Partial<RoomState>): RoomState {
+  const room = emptyRoom(roomId);
+  room.membership = data.membership!;
+  const claims: Array<[string, string, unknown]> = [
+    ['m.room.name', 'name', data.name],
+    ['m.room.topic', 'topic', data.topic],
+    ['m.room.avatar', 'url', data.avatarUrl],
+    ['m.room.canonical_alias', 'alias', data.canonicalAlias],
+    ['m.room.encryption', 'algorithm', data.encrypted ? 'm.megolm.v1.aes-sha2' : null],
+  ];
+  room.stripped = claims.filter(([, , v]) => typeof v === 'string').map(([type, key, v]) => ({ type, state_key: '', content: { [key]: v } }));
+  return room;
 }
 
 /** The statements the actor runs, prepared once per open database. */
@@ -135,10 +180,11 @@ function prepare(db: Database) {
   return {
     saveRoom: db.prepare('INSERT INTO rooms (room_id, data, summary) VALUES (?, ?, ?) ON CONFLICT(room_id) DO UPDATE SET data = excluded.data, summary = excluded.summary'),
     saveMember: db.prepare(
-      'INSERT INTO members (room_id, user_id, display_name, avatar_url, membership) VALUES (?, ?, ?, ?, ?) ON CONFLICT(room_id, user_id) DO UPDATE SET display_name = excluded.display_name, avatar_url = excluded.avatar_url, membership = excluded.membership',
+      'INSERT INTO members (room_id, user_id, display_name, avatar_url, membership, event_id) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(room_id, user_id) DO UPDATE SET display_name = excluded.display_name, avatar_url = excluded.avatar_url, membership = excluded.membership, event_id = excluded.event_id',
     ),
     loadRoom: db.prepare('SELECT data FROM rooms WHERE room_id = ?'),
-    loadMembers: db.prepare('SELECT user_id, display_name, avatar_url, membership FROM members WHERE room_id = ?'),
+    loadMembers: db.prepare('SELECT user_id, display_name, avatar_url, membership, event_id FROM members WHERE room_id = ?'),
+    deleteMembers: db.prepare('DELETE FROM members WHERE room_id = ?'),
     allSummaries: db.prepare('SELECT summary FROM rooms'),
     saveAccountData: db.prepare('INSERT INTO account_data (room_id, type, content) VALUES (?, ?, ?) ON CONFLICT(room_id, type) DO UPDATE SET content = excluded.content'),
     loadAccountData: db.prepare('SELECT content FROM account_data WHERE room_id = ? AND type = ?'),

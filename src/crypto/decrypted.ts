@@ -110,6 +110,7 @@ export function decryptedBatch(items: Decrypted[], extraFlags: number, opts: Pro
     body: new Uint8Array(body.buffer, body.byteOffset, body.byteLength),
     events: ev,
     invites: [],
+    knocks: [],
     left: [],
     summaries: [],
     errors: p.errors,

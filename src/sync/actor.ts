@@ -319,8 +319,8 @@ export class SyncActor implements SyncActorApi {
     const count = deliver ? p.events.count : 0;
     const accountData = deliver ? p.accountData : [];
     const receipts = deliver ? p.receipts : [];
-    // Worth journaling: anything a handler will see (events, invites, account data, receipts).
-    const forHandlers = count > 0 || p.invites.length > 0 || accountData.length > 0 || receipts.length > 0;
+    // Worth journaling: anything a handler will see (events, invites, knocks, account data, receipts).
+    const forHandlers = count > 0 || p.invites.length > 0 || p.knocks.length > 0 || accountData.length > 0 || receipts.length > 0;
     const errors = gap && !gap.batch ? [...p.errors, ...gap.errors] : p.errors;
     const forMain = forHandlers || first || summaries.length > 0 || p.left.length > 0 || errors.length > 0 || gap?.batch != null;
     this.since = p.nextBatch;
@@ -337,7 +337,7 @@ export class SyncActor implements SyncActorApi {
       // so a marker (summaries, no events) says "first" at once and the batch itself follows in order.
       const marker: WireBatch = {
         seq: ++this.seq, nextBatch: p.nextBatch, first: true, deliver, rooms: [], body: new Uint8Array(0), events: emptyColumns(),
-        invites: [], left: [], summaries, errors: [], accountData: [], receipts: [], redelivered: false, done: null,
+        invites: [], knocks: [], left: [], summaries, errors: [], accountData: [], receipts: [], redelivered: false, done: null,
       };
       this.deps.events.post({ kind: 'batch', batch: marker });
     }
@@ -350,6 +350,7 @@ export class SyncActor implements SyncActorApi {
       body: !deliver ? new Uint8Array(0) : body.byteOffset === 0 && body.byteLength === body.buffer.byteLength ? body : body.slice(),
       events: deliver ? p.events : emptyColumns(),
       invites: p.invites,
+      knocks: p.knocks,
       left: p.left,
       summaries,
       errors,
@@ -418,6 +419,7 @@ export class SyncActor implements SyncActorApi {
       body: body.byteOffset === 0 && body.byteLength === body.buffer.byteLength ? new Uint8Array(body.buffer) : new Uint8Array(body),
       events: p.events,
       invites: [],
+      knocks: [],
       left: [],
       summaries: [],
       errors: [...p.errors, ...errors],

@@ -8,6 +8,7 @@ import {
   EVENT_FLAGS,
   type EventColumns,
   type InviteWire,
+  type KnockWire,
   type MatrixEvent,
   OFF,
   OFFSET_STRIDE,
@@ -15,6 +16,7 @@ import {
   type RoomSummary,
   type StateChanges,
 } from '../protocol.ts';
+import { redactedEventId } from '../redaction.ts';
 import { keyBytes, Scanner, ScanError } from './scan.ts';
 
 /** What processing needs to know beyond the body. */
@@ -31,6 +33,7 @@ export interface ProcessedSync {
   rooms: string[];
   events: EventColumns;
   invites: InviteWire[];
+  knocks: KnockWire[];
   left: string[];
   state: StateChanges;
   errors: WireError[];
@@ -107,6 +110,7 @@ class Builder {
   readonly flags: number[] = [];
   readonly offsets: number[] = [];
   readonly invites: InviteWire[] = [];
+  readonly knocks: KnockWire[] = [];
   readonly left: string[] = [];
   readonly state: StateRoom[] = [];
   readonly errors: WireError[] = [];
@@ -171,6 +175,7 @@ class Builder {
         offsets: Int32Array.from(this.offsets),
       },
       invites: this.invites,
+      knocks: this.knocks,
       left: this.left,
       state: this.accountData.length > 0 ? { rooms: this.state, accountData: this.accountData } : { rooms: this.state },
       errors: this.errors,
@@ -250,6 +255,7 @@ function readRooms(sc: Scanner, b: Builder): void {
         continue;
       }
       if (membership === 'invite') readInvite(sc, b, roomId);
+      else if (membership === 'knock') readKnock(sc, b, roomId);
       else readRoom(sc, b, roomId, membership);
     }
   }
@@ -258,6 +264,7 @@ function readRooms(sc: Scanner, b: Builder): void {
 function readRoom(sc: Scanner, b: Builder, roomId: string, membership: Membership): void {
   const st: StateRoom = { roomId, membership, state: [] };
   const timelineState: MatrixEvent[] = [];
+  const redactions: string[] = [];
   let roomIndex = -1;
   let limited = false;
   let prevBatch: string | null = null;
@@ -282,7 +289,11 @@ function readRoom(sc: Scanner, b: Builder, roomId: string, membership: Membershi
         for (let fi = true; sc.item(fi); fi = false) {
           if (roomIndex < 0) roomIndex = b.rooms.push(roomId) - 1;
           const ev = readTimelineEvent(sc, b, roomId, roomIndex);
-          if (ev) timelineState.push(ev);
+          if (ev?.state_key !== undefined) timelineState.push(ev);
+          else if (ev && membership === 'join') {
+            const id = redactedEventId(ev);
+            if (id !== null) redactions.push(id);
+          }
         }
       }
     } else if (k === 'state' && sc.atObject()) {
@@ -302,12 +313,13 @@ function readRoom(sc: Scanner, b: Builder, roomId: string, membership: Membershi
   }
   // Timeline state events apply after the state block: the block is the state at the start of the timeline.
   for (const ev of timelineState) st.state.push(ev);
+  if (redactions.length > 0) st.redactions = redactions;
   if (membership === 'leave') b.left.push(roomId);
   // A gappy timeline: events between the previous sync and this timeline were left out.
   if (membership === 'join' && limited && prevBatch !== null) b.gaps.push({ roomId, prevBatch });
   // A joined room with no state change has nothing for the cache: skipping it keeps a 10,000-room batch from
   // costing 10,000 cache writes.
-  if (membership !== 'join' || st.state.length > 0 || st.summary) b.state.push(st);
+  if (membership !== 'join' || st.state.length > 0 || st.summary || st.redactions) b.state.push(st);
 }
 
 function readStateEvents(sc: Scanner, b: Builder, roomId: string, out: MatrixEvent[]): void {
@@ -321,11 +333,35 @@ function readStateEvents(sc: Scanner, b: Builder, roomId: string, out: MatrixEve
 }
 
 function readInvite(sc: Scanner, b: Builder, roomId: string): void {
-  const invite: InviteWire = { roomId, inviter: null, name: null, isDirect: false };
-  const st: StateRoom = { roomId, membership: 'invite', state: [] };
+  const invite: InviteWire = { roomId, inviter: null, name: null, isDirect: false, eventId: null };
+  const state = readStrippedState(sc, b, roomId, 'invite_state');
+  for (const ev of state) {
+    if (ev.type === 'm.room.name' && typeof ev.content.name === 'string') invite.name = ev.content.name;
+    if (ev.type === 'm.room.member' && ev.content.membership === 'invite' && typeof ev.sender === 'string') {
+      invite.inviter = ev.sender;
+      if (ev.state_key === b.opts.ownUserId) {
+        if (ev.content.is_direct === true) invite.isDirect = true;
+        if (typeof ev.event_id === 'string') invite.eventId = ev.event_id;
+      }
+    }
+  }
+  b.invites.push(invite);
+  // The cache keeps an invite's stripped state apart from the room's state: nothing authenticates it.
+  b.state.push({ roomId, membership: 'invite', state });
+}
+
+function readKnock(sc: Scanner, b: Builder, roomId: string): void {
+  const state = readStrippedState(sc, b, roomId, 'knock_state');
+  b.knocks.push({ roomId, state });
+  b.state.push({ roomId, membership: 'knock', state });
+}
+
+/** Reads the well-formed events of `<section>.events` (stripped state) from the room object at the cursor. */
+function readStrippedState(sc: Scanner, b: Builder, roomId: string, section: 'invite_state' | 'knock_state'): MatrixEvent[] {
+  const out: MatrixEvent[] = [];
   sc.openObject();
   for (let k: string | null, first = true; (k = sc.key(first)) !== null; first = false) {
-    if (k !== 'invite_state' || !sc.atObject()) {
+    if (k !== section || !sc.atObject()) {
       sc.skipValue();
       continue;
     }
@@ -340,20 +376,14 @@ function readInvite(sc: Scanner, b: Builder, roomId: string): void {
         const ev = sc.readValue() as MatrixEvent;
         // Stripped state has no event_id or timestamp, so only type, state_key, sender and content are checked.
         if (!isObject(ev) || typeof ev.type !== 'string' || typeof ev.state_key !== 'string' || !isObject(ev.content)) {
-          b.error('invite state event skipped: not a stripped state event', roomId);
+          b.error(`${section.replace('_', ' ')} event skipped: not a stripped state event`, roomId);
           continue;
         }
-        st.state.push(ev);
-        if (ev.type === 'm.room.name' && typeof ev.content.name === 'string') invite.name = ev.content.name;
-        if (ev.type === 'm.room.member' && ev.content.membership === 'invite' && typeof ev.sender === 'string') {
-          invite.inviter = ev.sender;
-          if (ev.state_key === b.opts.ownUserId && ev.content.is_direct === true) invite.isDirect = true;
-        }
+        out.push(ev);
       }
     }
   }
-  b.invites.push(invite);
-  b.state.push(st);
+  return out;
 }
 
 const K = {
@@ -384,9 +414,18 @@ function readSpan(sc: Scanner, slot: number): number {
   return sc.escaped ? EVENT_FLAGS.escaped(slot) : 0;
 }
 
+/** Bits of the top-level member names {@link readTimelineEvent} routes on, to catch a repeated one. */
+const SEEN = { type: 1, eventId: 2, sender: 4, stateKey: 8, ts: 16, content: 32 } as const;
+
 /**
  * Reads one timeline event: records its byte span and routing fields in the columns (no strings are made for
- * IDs), and returns the parsed event when it is a state event (the cache needs it), else undefined.
+ * IDs), and returns the parsed event when it is a state event or a redaction (the cache needs them).
+ *
+ * The columns and a handler's `JSON.parse` of the span must agree. They would not if a routed name came twice
+ * (`JSON.parse` keeps the last) or escaped (`"cont\u0065nt"` is `content` to `JSON.parse`, not to the byte
+ * comparison): such an event is skipped and reported. Any escaped top-level name is refused (the key token's
+ * escape flag is known); in `content` and `m.relates_to`, where user data may escape names, only one that
+ * decodes to a routed name is.
  */
 function readTimelineEvent(sc: Scanner, b: Builder, roomId: string, roomIndex: number): MatrixEvent | undefined {
   if (!sc.atObject()) {
@@ -403,60 +442,53 @@ function readTimelineEvent(sc: Scanner, b: Builder, roomId: string, roomIndex: n
   let flags = 0;
   let typeSeen = false;
   let tsSeen = false;
+  let seen = 0;
   span.fill(-1);
   sc.openObject();
   for (let first = true; sc.keyToken(first); first = false) {
-    if (sc.keyIs(K.type)) {
+    if (sc.escaped) {
+      bad ??= 'a top-level member name contains an escape';
+      sc.skipValue();
+      continue;
+    }
+    const bit = topLevelBit(sc);
+    if (bit !== 0) {
+      if ((seen & bit) !== 0) bad ??= `member "${sc.decode(sc.ks, sc.ke)}" appears twice`;
+      seen |= bit;
+    }
+    if (bit === SEEN.type) {
       typeSeen = true;
       if (sc.atString()) type = b.internToken(sc);
       else sc.skipValue();
-    } else if (sc.keyIs(K.eventId)) flags |= readSpan(sc, OFF.eventId);
-    else if (sc.keyIs(K.sender)) flags |= readSpan(sc, OFF.sender);
-    else if (sc.keyIs(K.stateKey)) flags |= readSpan(sc, OFF.stateKey);
-    else if (sc.keyIs(K.ts)) {
+    } else if (bit === SEEN.eventId) flags |= readSpan(sc, OFF.eventId);
+    else if (bit === SEEN.sender) flags |= readSpan(sc, OFF.sender);
+    else if (bit === SEEN.stateKey) flags |= readSpan(sc, OFF.stateKey);
+    else if (bit === SEEN.ts) {
       tsSeen = true;
       if (sc.atNumber()) ts = sc.readNumber();
       else sc.skipValue();
-    } else if (sc.keyIs(K.content)) {
+    } else if (bit === SEEN.content) {
       if (!sc.atObject()) {
         sc.skipValue();
-        bad = 'content is not an object';
+        bad ??= 'content is not an object';
         continue;
       }
       contentOk = true;
-      sc.openObject();
-      for (let f = true; sc.keyToken(f); f = false) {
-        if (!sc.keyIs(K.relatesTo) || !sc.atObject()) {
-          sc.skipValue();
-          continue;
-        }
-        sc.openObject();
-        for (let g = true; sc.keyToken(g); g = false) {
-          if (sc.keyIs(K.relType) && sc.atString()) relType = b.internToken(sc);
-          else if (sc.keyIs(K.eventId) && sc.atString()) flags |= readSpan(sc, OFF.relEventId);
-          else sc.skipValue();
-        }
-      }
+      const problem = readContent(sc, b); // read whatever `bad` holds: `??=` would skip the call
+      bad ??= problem;
+      relType = rel.type;
+      flags |= rel.flags;
     } else sc.skipValue();
   }
   const end = sc.i;
-  const idS = span[OFF.eventId]!;
   const senderS = span[OFF.sender]!;
   const senderE = span[OFF.sender + 1]!;
-  const skS = span[OFF.stateKey]!;
-  if (bad === null) {
-    if (type === null) bad = typeSeen ? 'type is not a string' : 'missing type';
-    else if (idS < 0) bad = idS === WRONG_TYPE ? 'event_id is not a string' : 'missing event_id';
-    else if (senderS < 0) bad = senderS === WRONG_TYPE ? 'sender is not a string' : 'missing sender';
-    else if (!contentOk) bad = 'missing content';
-    else if (ts === null) bad = tsSeen ? 'origin_server_ts is not a number' : 'missing origin_server_ts';
-    else if (skS === WRONG_TYPE) bad = 'state_key is not a string';
-  }
+  bad ??= type === null ? (typeSeen ? 'type is not a string' : 'missing type') : missingField(contentOk, ts === null ? tsSeen : null);
   if (bad !== null) {
-    b.error(`timeline event skipped: ${bad}`, roomId, decodeToken(sc, idS, span[OFF.eventId + 1]!));
+    b.error(`timeline event skipped: ${bad}`, roomId, decodeToken(sc, span[OFF.eventId]!, span[OFF.eventId + 1]!));
     return undefined;
   }
-  const isState = skS >= 0;
+  const isState = span[OFF.stateKey]! >= 0;
   if (b.opts.wantedTypes === null || b.opts.wantedTypes.has(type!)) {
     const own = b.ownToken;
     if (own !== null && senderE - senderS === own.length && sc.b.compare(own, 0, own.length, senderS, senderE) === 0) flags |= EVENT_FLAGS.own;
@@ -469,7 +501,79 @@ function readTimelineEvent(sc: Scanner, b: Builder, roomId: string, roomIndex: n
     span[OFF.rawEnd] = end;
     for (let k = 0; k < OFFSET_STRIDE; k++) b.offsets.push(span[k]!);
   }
-  return isState ? (JSON.parse(sc.b.toString('utf8', start, end)) as MatrixEvent) : undefined;
+  return isState || type === 'm.room.redaction' ? (JSON.parse(sc.b.toString('utf8', start, end)) as MatrixEvent) : undefined;
+}
+
+/**
+ * What the event being read (its {@link span}) lacks or has mistyped among event_id, sender, content,
+ * origin_server_ts and state_key, or null. `tsSeen` is null when a numeric timestamp was read, else whether a
+ * mistyped one was present.
+ */
+function missingField(contentOk: boolean, tsSeen: boolean | null): string | null {
+  const idS = span[OFF.eventId]!;
+  const senderS = span[OFF.sender]!;
+  if (idS < 0) return idS === WRONG_TYPE ? 'event_id is not a string' : 'missing event_id';
+  if (senderS < 0) return senderS === WRONG_TYPE ? 'sender is not a string' : 'missing sender';
+  if (!contentOk) return 'missing content';
+  if (tsSeen !== null) return tsSeen ? 'origin_server_ts is not a number' : 'missing origin_server_ts';
+  return span[OFF.stateKey] === WRONG_TYPE ? 'state_key is not a string' : null;
+}
+
+/** Which routed top-level name the last key token is ({@link SEEN} bit), or 0. */
+function topLevelBit(sc: Scanner): number {
+  if (sc.keyIs(K.type)) return SEEN.type;
+  if (sc.keyIs(K.eventId)) return SEEN.eventId;
+  if (sc.keyIs(K.sender)) return SEEN.sender;
+  if (sc.keyIs(K.stateKey)) return SEEN.stateKey;
+  if (sc.keyIs(K.ts)) return SEEN.ts;
+  if (sc.keyIs(K.content)) return SEEN.content;
+  return 0;
+}
+
+/** Whether the last key token is escaped and decodes to `name` (escaped names never match {@link Scanner.keyIs}). */
+function escapedAs(sc: Scanner, name: string): boolean {
+  return sc.escaped && sc.decode(sc.ks, sc.ke) === name;
+}
+
+/** What {@link readContent} found of `m.relates_to` (reused: events are read one at a time, on the hot path). */
+const rel = { type: null as string | null, flags: 0 };
+
+/**
+ * Reads an event's `content` object at the cursor for its `m.relates_to`: the relation type and event ID span
+ * go to {@link rel}; returns what makes the event unusable (a repeated or escaped routed name), or null.
+ */
+function readContent(sc: Scanner, b: Builder): string | null {
+  let bad: string | null = null;
+  let relatesSeen = false;
+  rel.type = null;
+  rel.flags = 0;
+  sc.openObject();
+  for (let f = true; sc.keyToken(f); f = false) {
+    const relates = sc.keyIs(K.relatesTo);
+    if (relates || escapedAs(sc, 'm.relates_to')) {
+      if (relatesSeen || !relates) bad ??= relates ? 'content member "m.relates_to" appears twice' : 'content member "m.relates_to" is escaped';
+      relatesSeen = true;
+    }
+    if (!relates || !sc.atObject()) {
+      sc.skipValue();
+      continue;
+    }
+    let relTypeSeen = false;
+    let idSeen = false;
+    sc.openObject();
+    for (let g = true; sc.keyToken(g); g = false) {
+      const isRelType = sc.keyIs(K.relType);
+      const isId = !isRelType && sc.keyIs(K.eventId);
+      if (escapedAs(sc, 'rel_type') || escapedAs(sc, 'event_id')) bad ??= 'an "m.relates_to" member name is escaped';
+      else if ((isRelType && relTypeSeen) || (isId && idSeen)) bad ??= `"m.relates_to" member "${isRelType ? 'rel_type' : 'event_id'}" appears twice`;
+      relTypeSeen ||= isRelType;
+      idSeen ||= isId;
+      if (isRelType && sc.atString()) rel.type = b.internToken(sc);
+      else if (isId && sc.atString()) rel.flags |= readSpan(sc, OFF.relEventId);
+      else sc.skipValue();
+    }
+  }
+  return bad;
 }
 
 /** Decodes a string token [s, e) of the scanner's bytes, or undefined when absent (s < 0). */

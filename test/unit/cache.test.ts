@@ -5,6 +5,8 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { CacheActor } from '../../src/cache/actor.ts';
 import type { MatrixEvent } from '../../src/protocol.ts';
+import { RoomDetails } from '../../src/rooms.ts';
+import { openDatabase } from '../../src/store.ts';
 
 const st = (type: string, stateKey: string, content: Record<string, unknown>, sender = '@alice:x'): MatrixEvent => ({ type, state_key: stateKey, content, sender });
 
@@ -108,4 +110,238 @@ test('cache actor: room version, creators and history visibility; account data s
   assert.equal(await b.accountData(null, 'm.tag'), undefined, 'room account data is not global');
   assert.deepEqual((await b.getRoom('!v12:x'))!.creators, ['@alice:x', '@carol:x']);
   await b.close();
+});
+
+test("cache actor: creators follow src/power.ts's rule per room version (content.creator only before v11, additional_creators only from v12)", async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'hc-cache-'));
+  const a = new CacheActor();
+  await a.open({ dataDir, maxRoomsInMemory: 10 });
+  const create = (roomId: string, content: Record<string, unknown>) => ({ roomId, membership: 'join' as const, state: [st('m.room.create', '', content, '@alice:x')] });
+  await a.apply({
+    rooms: [
+      create('!v11:x', { room_version: '11', creator: '@mallory:x', additional_creators: ['@carol:x'] }),
+      create('!v12:x', { room_version: '12', creator: '@mallory:x', additional_creators: ['@carol:x'] }),
+      create('!v10:x', { room_version: '10', creator: '@bob:x', additional_creators: ['@carol:x'] }),
+    ],
+  });
+  const v11 = new RoomDetails((await a.getRoom('!v11:x'))!);
+  assert.equal(v11.creator, '@alice:x', 'v11: the sender, whatever content.creator says');
+  assert.deepEqual(v11.creators, ['@alice:x'], 'v11: no additional creators');
+  // No power-levels event: the creator has 100, anyone else 0.
+  assert.equal(v11.powerLevel('@mallory:x'), 0);
+  assert.equal(v11.can('@mallory:x', 'state'), false);
+  assert.equal(v11.powerLevel('@alice:x'), 100);
+  const v12 = new RoomDetails((await a.getRoom('!v12:x'))!);
+  assert.deepEqual(v12.creators, ['@alice:x', '@carol:x']);
+  assert.equal(v12.powerLevel('@mallory:x'), 0);
+  assert.equal(v12.powerLevel('@carol:x'), Infinity);
+  const v10 = new RoomDetails((await a.getRoom('!v10:x'))!);
+  assert.equal(v10.creator, '@bob:x', 'before v11: content.creator');
+  assert.deepEqual(v10.creators, ['@bob:x']);
+  assert.equal(v10.powerLevel('@alice:x'), 0);
+  await a.close();
+  // The same after a restart (read back from SQLite).
+  const b = new CacheActor();
+  await b.open({ dataDir, maxRoomsInMemory: 10 });
+  assert.deepEqual((await b.getRoom('!v11:x'))!.creators, ['@alice:x']);
+  assert.deepEqual((await b.getRoom('!v12:x'))!.creators, ['@alice:x', '@carol:x']);
+  assert.equal((await b.getRoom('!v10:x'))!.roomVersion, '10');
+  await b.close();
+});
+
+test('cache actor: a room saved by an earlier version (creator, additionalCreators, roomVersion instead of the create event; no member event IDs) keeps its creators', async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'hc-cache-'));
+  const db = openDatabase(dataDir, 'cache.sqlite');
+  // The tables as earlier versions made them.
+  db.exec(`CREATE TABLE rooms (room_id TEXT PRIMARY KEY, data TEXT NOT NULL, summary TEXT NOT NULL);
+    CREATE TABLE members (room_id TEXT NOT NULL, user_id TEXT NOT NULL, display_name TEXT, avatar_url TEXT, membership TEXT NOT NULL,
+      PRIMARY KEY (room_id, user_id)) WITHOUT ROWID;`);
+  db.prepare('INSERT INTO members (room_id, user_id, display_name, avatar_url, membership) VALUES (?, ?, ?, ?, ?)').run('!old:x', '@alice:x', 'Alice', null, 'join');
+  const legacy = { membership: 'join', name: 'Old', creator: '@alice:x', additionalCreators: ['@carol:x'], roomVersion: '12', powerLevels: { users: {} } };
+  db.prepare('INSERT INTO rooms (room_id, data, summary) VALUES (?, ?, ?)').run('!old:x', JSON.stringify(legacy), '{}');
+  db.close();
+  const b = new CacheActor();
+  await b.open({ dataDir, maxRoomsInMemory: 10 });
+  const room = new RoomDetails((await b.getRoom('!old:x'))!);
+  assert.equal(room.roomVersion, '12');
+  assert.deepEqual(room.creators, ['@alice:x', '@carol:x']);
+  assert.equal(room.powerLevel('@carol:x'), Infinity);
+  assert.deepEqual(room.member('@alice:x'), { userId: '@alice:x', displayName: 'Alice', avatarUrl: null, membership: 'join' });
+  // A member event (with its ID) saves and redacts as in a new database.
+  await b.apply({ rooms: [{ roomId: '!old:x', membership: 'join', state: [{ ...st('m.room.member', '@alice:x', { membership: 'join', displayname: 'A2' }), event_id: '$a2' }] }] });
+  await b.apply({ rooms: [{ roomId: '!old:x', membership: 'join', state: [], redactions: ['$a2'] }] });
+  assert.equal((await b.getRoom('!old:x'))!.members[0]!.displayName, null);
+  await b.close();
+});
+
+/** Stripped state as an invite or knock brings it: claims nothing authenticates. */
+const strippedClaims = (): MatrixEvent[] => [
+  st('m.room.create', '', { room_version: '10', creator: '@mallory:x' }, '@mallory:x'),
+  st('m.room.name', '', { name: 'X' }, '@mallory:x'),
+  st('m.room.topic', '', { topic: 'Claimed topic' }, '@mallory:x'),
+  st('m.room.avatar', '', { url: 'mxc://x/claimed' }, '@mallory:x'),
+  st('m.room.canonical_alias', '', { alias: '#claimed:x' }, '@mallory:x'),
+  st('m.room.join_rules', '', { join_rule: 'public' }, '@mallory:x'),
+  st('m.room.history_visibility', '', { history_visibility: 'world_readable' }, '@mallory:x'),
+  st('m.room.encryption', '', { algorithm: 'm.megolm.v1.aes-sha2' }, '@mallory:x'),
+  st('m.room.power_levels', '', { users: { '@mallory:x': 100, '@bot:x': 100 }, users_default: 100 }, '@mallory:x'),
+  st('m.room.member', '@mallory:x', { membership: 'join', displayname: 'Mallory' }, '@mallory:x'),
+  st('m.room.member', '@bot:x', { membership: 'invite' }, '@mallory:x'),
+];
+
+const ACTIONS = ['send', 'state', 'invite', 'kick', 'ban', 'unban', 'redact', 'notify'] as const;
+
+for (const membership of ['invite', 'knock'] as const) {
+  test(`cache actor: ${membership} state is kept apart: only its display fields show, nothing reaches the room's state, and joining drops it`, async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'hc-cache-'));
+    const a = new CacheActor();
+    await a.open({ dataDir, maxRoomsInMemory: 1 });
+    const [summary] = await a.apply({ rooms: [{ roomId: '!r:x', membership, state: strippedClaims() }] });
+    // A claim of encryption is honoured while pending (it can only make the bot more careful); nothing else is.
+    assert.deepEqual(summary, {
+      roomId: '!r:x', name: 'X', topic: 'Claimed topic', canonicalAlias: '#claimed:x', avatarUrl: 'mxc://x/claimed', encrypted: true, joinedMemberCount: 0, invitedMemberCount: 0, membership,
+    });
+    const pending = async (actor: CacheActor) => {
+      const info = (await actor.getRoom('!r:x'))!;
+      assert.deepEqual(
+        { ...info },
+        {
+          ...summary, creator: null, creators: [], roomVersion: null, historyVisibility: null, joinRule: null, powerLevels: null, members: [],
+        },
+      );
+      const details = new RoomDetails(info);
+      for (const user of ['@mallory:x', '@bot:x', '@anyone:x']) for (const kind of ACTIONS) assert.equal(details.can(user, kind), false, `${user} ${kind} while ${membership}`);
+    };
+    await pending(a);
+    await a.close();
+    // Kept across a restart.
+    const b = new CacheActor();
+    await b.open({ dataDir, maxRoomsInMemory: 1 });
+    await pending(b);
+    // Member events applied to a pending room (loadMembers) do not make it a joined one's state either.
+    await b.apply({ rooms: [{ roomId: '!r:x', membership, state: [st('m.room.member', '@mallory:x', { membership: 'join' })] }] });
+    await pending(b);
+    // The join brings the full state: the room has no name, and nothing of the claims is left.
+    const [joined] = await b.apply({
+      rooms: [
+        {
+          roomId: '!r:x',
+          membership: 'join',
+          state: [st('m.room.create', '', { room_version: '10', creator: '@alice:x' }), st('m.room.member', '@alice:x', { membership: 'join' }), st('m.room.member', '@bot:x', { membership: 'join' })],
+        },
+      ],
+    });
+    assert.deepEqual(joined, { roomId: '!r:x', name: null, topic: null, canonicalAlias: null, avatarUrl: null, encrypted: false, joinedMemberCount: 2, invitedMemberCount: 0, membership: 'join' });
+    const info = (await b.getRoom('!r:x'))!;
+    assert.deepEqual([info.creators, info.powerLevels, info.joinRule, info.historyVisibility], [['@alice:x'], null, null, null]);
+    assert.deepEqual(info.members.map((m) => m.userId).sort(), ['@alice:x', '@bot:x']);
+    await b.close();
+  });
+}
+
+test('cache actor: leaving a room the bot was invited to drops the invite state', async () => {
+  const a = new CacheActor();
+  await a.open({ dataDir: mkdtempSync(join(tmpdir(), 'hc-cache-')), maxRoomsInMemory: 10 });
+  await a.apply({ rooms: [{ roomId: '!r:x', membership: 'invite', state: strippedClaims() }] });
+  const [left] = await a.apply({ rooms: [{ roomId: '!r:x', membership: 'leave', state: [st('m.room.member', '@bot:x', { membership: 'leave' }, '@bot:x')] }] });
+  assert.equal(left!.name, null);
+  const info = (await a.getRoom('!r:x'))!;
+  assert.deepEqual([info.name, info.topic, info.avatarUrl, info.canonicalAlias, info.powerLevels, info.encrypted], [null, null, null, null, null, false]);
+  await a.close();
+});
+
+test('cache actor: an invited room saved by an earlier version (stripped state applied as state) keeps only its display fields, and the join leaves nothing of it', async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'hc-cache-'));
+  const a = new CacheActor();
+  await a.open({ dataDir, maxRoomsInMemory: 10 });
+  await a.close();
+  const db = openDatabase(dataDir, 'cache.sqlite');
+  const legacy = { membership: 'invite', name: 'X', topic: null, encrypted: false, creator: '@mallory:x', roomVersion: '10', powerLevels: { users_default: 100 } };
+  db.prepare('INSERT INTO rooms (room_id, data, summary) VALUES (?, ?, ?)').run('!old:x', JSON.stringify(legacy), '{}');
+  db.prepare('INSERT INTO members (room_id, user_id, display_name, avatar_url, membership) VALUES (?, ?, ?, ?, ?)').run('!old:x', '@mallory:x', 'Mallory', null, 'join');
+  db.close();
+  const b = new CacheActor();
+  await b.open({ dataDir, maxRoomsInMemory: 10 });
+  const info = (await b.getRoom('!old:x'))!;
+  assert.deepEqual([info.name, info.powerLevels, info.creators, info.members], ['X', null, [], []]);
+  await b.apply({ rooms: [{ roomId: '!old:x', membership: 'join', state: [st('m.room.create', '', { room_version: '10', creator: '@alice:x' })] }] });
+  const joined = (await b.getRoom('!old:x'))!;
+  assert.deepEqual([joined.name, joined.powerLevels, joined.creators, joined.members], [null, null, ['@alice:x'], []]);
+  await b.close();
+});
+
+/** A state event with an event ID, as sync delivers it. */
+const sid = (id: string, type: string, stateKey: string, content: Record<string, unknown>): MatrixEvent => ({ ...st(type, stateKey, content), event_id: id });
+
+test('cache actor: a redaction of a current state event applies its redacted content (per room version); other redactions change nothing', async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'hc-cache-'));
+  const a = new CacheActor();
+  await a.open({ dataDir, maxRoomsInMemory: 10 });
+  const pl = { users: { '@alice:x': 100 }, users_default: 5, kick: 60, invite: 30, notifications: { room: 20 }, events: { 'm.room.topic': 70 } };
+  const roomState = (version: string) => [
+    sid(`$create${version}`, 'm.room.create', '', { room_version: version }),
+    sid('$name1', 'm.room.name', '', { name: 'Old name' }),
+    sid('$name2', 'm.room.name', '', { name: 'Name' }),
+    sid('$topic', 'm.room.topic', '', { topic: 'Topic' }),
+    sid('$avatar', 'm.room.avatar', '', { url: 'mxc://x/a' }),
+    sid('$alias', 'm.room.canonical_alias', '', { alias: '#a:x' }),
+    sid('$rules', 'm.room.join_rules', '', { join_rule: 'invite' }),
+    sid('$hist', 'm.room.history_visibility', '', { history_visibility: 'joined' }),
+    sid('$enc', 'm.room.encryption', '', { algorithm: 'm.megolm.v1.aes-sha2' }),
+    sid('$pl', 'm.room.power_levels', '', pl),
+    sid('$alice', 'm.room.member', '@alice:x', { membership: 'join', displayname: 'Alice', avatar_url: 'mxc://x/alice' }),
+    sid('$bob', 'm.room.member', '@bob:x', { membership: 'join', displayname: 'Bob' }),
+  ];
+  await a.apply({ rooms: [{ roomId: '!v10:x', membership: 'join', state: roomState('10') }, { roomId: '!v11:x', membership: 'join', state: roomState('11') }] });
+  // Not current (replaced, unknown, or a message): nothing changes.
+  assert.deepEqual(await a.apply({ rooms: [{ roomId: '!v10:x', membership: 'join', state: [], redactions: ['$name1', '$nope', '$create10'] }] }), []);
+  assert.equal((await a.getRoom('!v10:x'))!.name, 'Name');
+  assert.equal((await a.getRoom('!v10:x'))!.roomVersion, '10', 'a create event is never redacted in the cache (Synapse refuses to)');
+
+  const changed = await a.apply({
+    rooms: ['!v10:x', '!v11:x'].map((roomId) => ({ roomId, membership: 'join' as const, state: [], redactions: ['$name2', '$topic', '$avatar', '$alias', '$rules', '$hist', '$enc', '$pl', '$alice'] })),
+  });
+  assert.deepEqual(changed.map((s) => [s.roomId, s.name, s.topic, s.avatarUrl, s.canonicalAlias, s.encrypted]), [
+    ['!v10:x', null, null, null, null, true],
+    ['!v11:x', null, null, null, null, true],
+  ]);
+  const kept = { users: { '@alice:x': 100 }, users_default: 5, kick: 60, events: { 'm.room.topic': 70 } };
+  const v10 = (await a.getRoom('!v10:x'))!;
+  assert.deepEqual(v10.powerLevels, kept, 'v10 power levels keep neither invite nor notifications');
+  assert.deepEqual([v10.joinRule, v10.historyVisibility], ['invite', 'joined'], 'join rule and history visibility survive');
+  assert.deepEqual(v10.members.find((m) => m.userId === '@alice:x'), { userId: '@alice:x', displayName: null, avatarUrl: null, membership: 'join' });
+  assert.deepEqual(v10.members.find((m) => m.userId === '@bob:x')?.displayName, 'Bob');
+  assert.deepEqual((await a.getRoom('!v11:x'))!.powerLevels, { ...kept, invite: 30 }, 'v11 power levels keep invite');
+  await a.close();
+
+  // Event IDs are kept on disk: a redaction after a restart still finds its target, members included.
+  const b = new CacheActor();
+  await b.open({ dataDir, maxRoomsInMemory: 1 });
+  await b.apply({ rooms: [{ roomId: '!v10:x', membership: 'join', state: [sid('$topic2', 'm.room.topic', '', { topic: 'Again' })] }] });
+  await b.getRoom('!v11:x'); // evicts !v10:x from memory
+  const [again] = await b.apply({ rooms: [{ roomId: '!v10:x', membership: 'join', state: [], redactions: ['$topic2', '$bob'] }] });
+  assert.equal(again!.topic, null);
+  assert.equal((await b.getRoom('!v10:x'))!.members.find((m) => m.userId === '@bob:x')?.displayName, null);
+  await b.close();
+});
+
+test('cache actor: a state event and its redaction in the same batch; a redaction in a pending room is ignored', async () => {
+  const a = new CacheActor();
+  await a.open({ dataDir: mkdtempSync(join(tmpdir(), 'hc-cache-')), maxRoomsInMemory: 10 });
+  const [s] = await a.apply({ rooms: [{ roomId: '!r:x', membership: 'join', state: [sid('$c', 'm.room.create', '', { room_version: '11' }), sid('$n', 'm.room.name', '', { name: 'Brief' })], redactions: ['$n'] }] });
+  assert.equal(s!.name, null);
+  await a.apply({ rooms: [{ roomId: '!i:x', membership: 'invite', state: [st('m.room.name', '', { name: 'Claimed' })], redactions: ['$n'] }] });
+  assert.equal((await a.getRoom('!i:x'))!.name, 'Claimed');
+  await a.close();
+});
+
+test('cache actor: room-wide types with a non-empty state key are other state, not the room name, topic or power levels', async () => {
+  const a = new CacheActor();
+  await a.open({ dataDir: mkdtempSync(join(tmpdir(), 'hc-cache-')), maxRoomsInMemory: 10 });
+  await a.apply({ rooms: [{ roomId: '!r:x', membership: 'join', state: [st('m.room.name', '', { name: 'Real' }), st('m.room.power_levels', '', { users: {} })] }] });
+  await a.apply({ rooms: [{ roomId: '!r:x', membership: 'join', state: [st('m.room.name', 'x', { name: 'Other' }), st('m.room.power_levels', '@me:x', { users_default: 100 })] }] });
+  const info = (await a.getRoom('!r:x'))!;
+  assert.equal(info.name, 'Real');
+  assert.deepEqual(info.powerLevels, { users: {} });
+  await a.close();
 });

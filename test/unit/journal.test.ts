@@ -21,6 +21,7 @@ function batchOf(n: number, tag: string): JournaledBatch {
     body: new Uint8Array(body.buffer, body.byteOffset, body.byteLength),
     events: p.events,
     invites: [],
+    knocks: [],
     left: [],
     summaries: [],
     errors: [],

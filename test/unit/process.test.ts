@@ -262,3 +262,114 @@ test('limited timelines of joined rooms are reported as gaps with their prev_bat
   const p = processSync(JSON.stringify({ next_batch: 's', rooms: { join: { '!busy:x': room(true), '!calm:x': room(false) }, leave: { '!gone:x': room(true) } } }), ALL);
   assert.deepEqual(p.gaps, [{ roomId: '!busy:x', prevBatch: 'p1' }]);
 });
+
+test('escaped or repeated member names the scanner routes on: the event is skipped and reported, its neighbours kept', () => {
+  const ev = (id: string, extra = '', contentExtra = '', relExtra = '') =>
+    `{"type":"m.room.message","event_id":"${id}","sender":"@a:x","origin_server_ts":1,"content":{"body":"b","m.relates_to":{"rel_type":"m.thread","event_id":"$root"${relExtra}}${contentExtra}}${extra}}`;
+  const tainted = [
+    ev('$t1', ',"cont\\u0065nt":null'), // an escaped name decoding to a routed one, after the valid one
+    ev('$t2', ',"content":null'), // a plain repeat
+    ev('$t3', ',"typ\\u0065":"m.room.name"'),
+    ev('$t4', ',"type":5'),
+    ev('$t5', ',"sender":"@b:x"'),
+    ev('$t6', ',"st\\u0061te_key":""'), // would turn a message into a state event for JSON.parse alone
+    ev('$t7', ',"state_key":"","state_key":"x"'),
+    ev('$t8', ',"origin_server_ts":2'),
+    ev('$t9', ',"event_id":"$other"'),
+    ev('$t10', ',"\\u0075nsigned":{}'), // any escaped top-level name
+    ev('$t11', '', ',"m.rel\\u0061tes_to":{"rel_type":"m.annotation"}'),
+    ev('$t12', '', ',"m.relates_to":null'),
+    ev('$t13', '', '', ',"rel_typ\\u0065":"m.annotation"'),
+    ev('$t14', '', '', ',"rel_type":"m.replace"'),
+    ev('$t15', '', '', ',"event_id":"$elsewhere"'),
+    ev('$t16', '', '', ',"ev\\u0065nt_id":"$elsewhere"'),
+    // Found bad before its content: the content object must still be read through.
+    ev('$t17', ',"content":{"m.relates_to":{"rel_type":"x"}}'),
+    `{"\\u0074ype":"m.room.message","type":"m.room.message","event_id":"$t18","sender":"@a:x","origin_server_ts":1,"content":{"body":"b"}}`,
+  ];
+  // Escapes in names nobody routes on are ordinary JSON: those events are kept.
+  const fine = [ev('$ok1', '', ',"b\\u006fdy2":"x"'), ev('$ok2', '', '', ',"k\\u0065y":1'), ev('$ok3', '', ',"x\\u0022":{"m.rel\\u0061tes_to":1}')];
+  const text = `{"next_batch":"s2","rooms":{"join":{"!r:x":{"timeline":{"events":[${JSON.stringify(good(1))},${tainted.join(',')},${fine.join(',')},${JSON.stringify(good(2))}]}}}}}`;
+  const p = processSync(text, ALL);
+  assert.deepEqual(p.cols.eventId, ['$good1', '$ok1', '$ok2', '$ok3', '$good2']);
+  assert.equal(p.errors.length, tainted.length, p.errors.map((e) => e.message).join('\n'));
+  for (const e of p.errors) {
+    assert.equal(e.code, 'HALCYON_BAD_EVENT');
+    assert.match(e.message, /^timeline event skipped: .*(escape|twice)/);
+  }
+  // What is delivered reads the same through the columns and through JSON.parse of its span.
+  p.cols.raw.forEach((raw, i) => {
+    const r = raw as { event_id: string; type: string; content: { 'm.relates_to'?: { rel_type?: string; event_id?: string } } };
+    assert.equal(r.event_id, p.cols.eventId[i]);
+    assert.equal(r.type, p.cols.type[i]);
+    assert.equal(r.content['m.relates_to']?.rel_type ?? null, p.cols.relType[i]);
+    assert.equal(r.content['m.relates_to']?.event_id ?? null, p.cols.relEventId[i]);
+  });
+});
+
+test("an invite carries the event ID of the bot's own invite event when the server appends it in full to invite_state; null without one", () => {
+  const stripped = [
+    { type: 'm.room.create', state_key: '', sender: '@a:x', content: { room_version: '12' } },
+    { type: 'm.room.name', state_key: '', sender: '@a:x', content: { name: 'N' } },
+    // Another user's invite, even with an event ID, is not the bot's.
+    { type: 'm.room.member', state_key: '@other:x', sender: '@a:x', event_id: '$notmine', content: { membership: 'invite' } },
+  ];
+  const own = { type: 'm.room.member', state_key: '@bot:localhost', sender: '@a:x', event_id: '$invite', origin_server_ts: 5, unsigned: { age: 1 }, content: { membership: 'invite' } };
+  const body = (events: unknown[]) => JSON.stringify({ next_batch: 's1', rooms: { invite: { '!r:x': { invite_state: { events } } } } });
+  assert.equal(processSync(body([...stripped, own]), ALL).invites[0]!.eventId, '$invite');
+  assert.equal(processSync(body([...stripped, { ...own, event_id: undefined }]), ALL).invites[0]!.eventId, null, 'a stripped invite has no event ID');
+  assert.equal(processSync(body([...stripped, { ...own, content: { membership: 'join' } }]), ALL).invites[0]!.eventId, null, 'not an invite');
+  assert.equal(processSync(body([...stripped, { ...own, event_id: 7 }]), ALL).invites[0]!.eventId, null, 'not a string');
+  assert.equal(processSync(body([...stripped, own]), { wantedTypes: null }).invites[0]!.eventId, null, 'without the bot user ID nothing is its own');
+});
+
+test('knocked rooms: knock_state goes to knocks and, as stripped state, to the cache with membership knock; malformed entries are reported', () => {
+  const stripped = [
+    { type: 'm.room.create', state_key: '', sender: '@a:x', content: { room_version: '10' } },
+    { type: 'm.room.name', state_key: '', sender: '@a:x', content: { name: 'Door' } },
+    { type: 'm.room.join_rules', state_key: '', sender: '@a:x', content: { join_rule: 'knock' } },
+  ];
+  const own = { type: 'm.room.member', state_key: '@bot:localhost', sender: '@bot:localhost', event_id: '$knock', origin_server_ts: 3, content: { membership: 'knock' } };
+  const text = JSON.stringify({
+    next_batch: 's1',
+    rooms: { knock: { '!k:x': { knock_state: { events: [...stripped, { type: 'm.room.topic' }, 'junk', own] } }, '!bad:x': 'not a room' }, join: { '!r:x': { timeline: { events: [good(1)] } } } },
+  });
+  const p = processSync(text, ALL);
+  assert.deepEqual(p.knocks, [{ roomId: '!k:x', state: [...stripped, own] }]);
+  assert.deepEqual(p.state.rooms.filter((r) => r.membership === 'knock'), [{ roomId: '!k:x', membership: 'knock', state: [...stripped, own] }]);
+  assert.deepEqual(p.cols.eventId, ['$good1'], 'knock state is not timeline');
+  assert.deepEqual(p.left, []);
+  assert.deepEqual(p.errors.map((e) => [e.code, e.roomId]), [['HALCYON_BAD_EVENT', '!k:x'], ['HALCYON_BAD_EVENT', '!k:x'], ['HALCYON_BAD_EVENT', '!bad:x']]);
+  assert.deepEqual(processSync(JSON.stringify({ next_batch: 's2' }), ALL).knocks, []);
+});
+
+test("the timeline's redactions of joined rooms go to the cache (top-level redacts before v11, content.redacts from v11)", () => {
+  const redaction = (id: string, target: Record<string, unknown>) => ({ type: 'm.room.redaction', event_id: id, sender: '@a:x', origin_server_ts: 1, ...target });
+  const text = JSON.stringify({
+    next_batch: 's2',
+    rooms: {
+      join: {
+        '!r:x': {
+          timeline: {
+            events: [
+              { type: 'm.room.name', state_key: '', event_id: '$n', sender: '@a:x', origin_server_ts: 1, content: { name: 'N' } },
+              redaction('$r1', { redacts: '$n', content: {} }),
+              redaction('$r2', { content: { redacts: '$v11' } }),
+              redaction('$r3', { content: {} }), // redacts nothing
+              good(1),
+            ],
+          },
+        },
+        '!quiet:x': { timeline: { events: [redaction('$r4', { redacts: '$m', content: { redacts: '$forged' } })] } },
+      },
+      leave: { '!gone:x': { timeline: { events: [redaction('$r5', { redacts: '$old', content: {} })] } } },
+    },
+  });
+  const p = processSync(text, { wantedTypes: new Set(['m.room.message']) });
+  const byRoom = Object.fromEntries(p.state.rooms.map((r) => [r.roomId, r]));
+  assert.deepEqual(byRoom['!r:x']!.redactions, ['$n', '$v11']);
+  assert.deepEqual(byRoom['!r:x']!.state.map((e) => e.event_id), ['$n']);
+  assert.deepEqual(byRoom['!quiet:x'], { roomId: '!quiet:x', membership: 'join', state: [], redactions: ['$m'] }, 'a joined room with only a redaction reaches the cache');
+  assert.equal(byRoom['!gone:x']!.redactions, undefined, 'only joined rooms');
+  assert.deepEqual(p.cols.eventId, ['$good1'], 'wantedTypes still decides what handlers get');
+});

@@ -136,3 +136,14 @@ test('scanner: object and array walking reads keys, strings and numbers', () => 
   sc.end();
   assert.deepEqual(seen, ['x"y', 1, -2500, 'c', {}]);
 });
+
+test('scanner: a member name read by keyToken reports whether it was escaped (the sync processor refuses routed names that are)', () => {
+  const sc = new Scanner(Buffer.from('{"content":1,"cont\\u0065nt":2}'));
+  sc.openObject();
+  const seen: Array<[boolean, string]> = [];
+  for (let first = true; sc.keyToken(first); first = false) {
+    seen.push([sc.escaped, sc.decode(sc.ks, sc.ke)]);
+    sc.skipValue();
+  }
+  assert.deepEqual(seen, [[false, 'content'], [true, 'content']]);
+});
