@@ -105,6 +105,12 @@ export interface ClientOptions {
   deliverInitialTimeline?: boolean;
   /** Skip the bot's own messages, edits, reactions and redactions (default true). */
   ignoreOwnEvents?: boolean;
+  /**
+   * Deliver other senders' `m.notice` messages to `message` handlers (default false: the spec says notices must
+   * never be answered automatically — they are what bots send, and two bots answering each other loop). They
+   * still reach `event` handlers; `message.isNotice` tells them apart.
+   */
+  deliverNotices?: boolean;
   /** Backoff after a failed /sync: first wait and ceiling in ms (defaults 5,000 and 300,000). */
   backoffMinMs?: number;
   backoffMaxMs?: number;
@@ -189,8 +195,24 @@ export interface DecryptionErrorInfo {
   sender: string;
   /** The Megolm session the event needs, when known. */
   sessionId: string | null;
-  /** True if the event is kept: it is delivered to the usual handlers if its room key arrives later. */
+  /**
+   * True if the event is kept: it is delivered to the usual handlers if its room key arrives later. False for a
+   * key its sender withheld for good (`withheldCode` m.unverified, m.blacklisted, m.unauthorised).
+   */
   willRetry: boolean;
+  /**
+   * Why the sender's client did not share the room key, when it said (`m.room_key.withheld`): `m.unverified`
+   * (it shares only with verified or cross-signed devices), `m.blacklisted`, `m.unauthorised`, `m.unavailable`,
+   * `m.no_olm`; else null.
+   */
+  withheldCode: string | null;
+}
+
+/** A room the bot knocked on, as its sync shows it (the `knock` event). */
+export interface Knock {
+  roomId: string;
+  /** The stripped state the server shares with knockers (name, topic, join rule...); nothing authenticates it. */
+  state: MatrixEvent[];
 }
 
 /** Options of {@link Client.login}. */
@@ -273,6 +295,7 @@ export interface ClientEvents {
   member: [member: MemberEvent];
   redaction: [redaction: Redaction];
   invite: [invite: Invite];
+  knock: [knock: Knock];
   event: [event: RoomEvent];
   error: [error: HalcyonError];
   syncError: [error: HalcyonError, info: SyncErrorInfo];
@@ -293,6 +316,15 @@ const ENCRYPTED = 'm.room.encrypted';
 
 /** Decryption of one batch: the result, or why there is none. */
 type Decryption = { result: DecryptResult; reader: BatchReader | null } | { error: HalcyonError };
+
+/** What a withheld room key means for the bot, by `m.room_key.withheld` code (for the default log line). */
+const WITHHELD: Record<string, string> = {
+  'm.unverified': "its sender's client shares room keys only with verified devices (m.unverified): the bot's device is not cross-signed or verified",
+  'm.blacklisted': "its sender's client blocked the bot's device (m.blacklisted)",
+  'm.unauthorised': 'its sender does not allow the bot to read it (m.unauthorised)',
+  'm.unavailable': "its sender's client does not have the room key (m.unavailable)",
+  'm.no_olm': "its sender's client could not open a secure channel to the bot's device (m.no_olm)",
+};
 
 /** Actor restarts allowed within {@link RESTART_WINDOW_MS} before the client gives up. */
 const MAX_RESTARTS = 5;
@@ -384,6 +416,7 @@ export class Client implements RoomActions {
       pollTimeoutMs: 30_000,
       deliverInitialTimeline: false,
       ignoreOwnEvents: true,
+      deliverNotices: false,
       backoffMinMs: 5_000,
       backoffMaxMs: 300_000,
       watchdogMs: 30_000,
@@ -852,6 +885,19 @@ export class Client implements RoomActions {
     const path = `/_matrix/client/v3/join/${seg(roomIdOrAlias)}${opts.via?.length ? `?${opts.via.map((s) => `via=${encodeURIComponent(s)}`).join('&')}` : ''}`;
     const res = await this.needHttp().json<{ room_id?: unknown }>('POST', path, { body });
     if (typeof res.room_id !== 'string') throw new HalcyonError('HALCYON_BAD_RESPONSE', 'join: no room_id in the answer');
+    return res.room_id;
+  }
+
+  /**
+   * Knocks on a room (asks to be let in; rooms with join rule `knock`, room version 7+), by ID or alias (`via`:
+   * servers to knock through); resolves with the room ID. The room's stripped state arrives as a `knock` event.
+   */
+  async knockRoom(roomIdOrAlias: string, opts: { reason?: string; via?: string[] } = {}): Promise<string> {
+    roomOrAliasArg(roomIdOrAlias, 'knockRoom');
+    const body = opts.reason === undefined ? {} : { reason: opts.reason };
+    const path = `/_matrix/client/v3/knock/${seg(roomIdOrAlias)}${opts.via?.length ? `?${opts.via.map((v) => `via=${encodeURIComponent(v)}`).join('&')}` : ''}`;
+    const res = await this.needHttp().json<{ room_id?: unknown }>('POST', path, { body });
+    if (typeof res.room_id !== 'string') throw new HalcyonError('HALCYON_BAD_RESPONSE', 'knock: no room_id in the answer');
     return res.room_id;
   }
 
@@ -1697,7 +1743,9 @@ export class Client implements RoomActions {
     }
     const ev = b.events;
     const repost = this.held.has(seq);
-    const held = this.held.get(seq) ?? new HeldBatch(ev.count, b.invites.length + b.accountData.length + b.receipts.length);
+    // Journaled by an older version: no knocks field.
+    const knocks = b.knocks ?? [];
+    const held = this.held.get(seq) ?? new HeldBatch(ev.count, b.invites.length + knocks.length + b.accountData.length + b.receipts.length);
     this.held.set(seq, held);
     let left = 1; // held by this function until every item is queued
     const finish = () => {
@@ -1743,7 +1791,6 @@ export class Client implements RoomActions {
     const reader = ev.count > 0 ? new BatchReader(b) : null;
     const anyEvent = (this.listeners.event?.length ?? 0) > 0;
     const failures = dec && 'result' in dec ? new Map(dec.result.failures.map((f) => [f.index, f])) : null;
-    const wantsDecryptionErrors = (this.listeners.decryptionError?.length ?? 0) > 0;
     // Decryption lost to a dead crypto actor: those events are left for the batch's repost after the restart.
     const lost = dec !== null && 'error' in dec && isActorLoss(dec.error);
     let k = 0; // ordinal among the batch's encrypted events still to handle (the decrypt request's index)
@@ -1756,7 +1803,7 @@ export class Client implements RoomActions {
       if (encrypted) {
         if ('error' in dec) {
           if (lost) continue;
-          if (wantsDecryptionErrors) run(i, roomId, (done) => settle(this.emitDecryptionError(dec.error, reader!, i, roomId, null, false), done));
+          run(i, roomId, (done) => settle(this.emitDecryptionError(dec.error, reader!, i, roomId, { sessionId: null, willRetry: false, withheldCode: null }), done));
           continue;
         }
         const slot = dec.result.slot[index]!;
@@ -1766,10 +1813,10 @@ export class Client implements RoomActions {
           continue;
         }
         const f = failures!.get(index);
-        if (f) this.metrics.decryptFailure(f.code);
-        if (!f || !wantsDecryptionErrors) continue;
+        if (!f) continue;
+        this.metrics.decryptFailure(f.code);
         const err = new HalcyonError(f.code, f.message, { roomId });
-        run(i, roomId, (done) => settle(this.emitDecryptionError(err, reader!, i, roomId, f.sessionId, f.pending), done));
+        run(i, roomId, (done) => settle(this.emitDecryptionError(err, reader!, i, roomId, { sessionId: f.sessionId, willRetry: f.pending, withheldCode: f.withheldCode ?? null }), done));
         continue;
       }
       const task = this.eventTask(reader!, i, roomId, anyEvent);
@@ -1780,13 +1827,23 @@ export class Client implements RoomActions {
       const i = item++;
       if (!already(i)) {
         run(i, inv.roomId, (done) => {
-          beginHandlerRun(`invite:${inv.roomId}`);
+          // Keyed by this invite, not by its room: a second invite to the same room must not reuse the first
+          // run's transaction IDs (the outbox would answer its sends from disk, and nothing would be sent). The
+          // batch's token stands in when the server sends the invite event without its ID (Synapse does); a
+          // redelivered batch keeps it, so a re-run stays idempotent.
+          beginHandlerRun(`invite:${inv.eventId ?? `${inv.roomId}@${b.nextBatch}`}`);
           try {
             return settle(this.deliverInvite(inv), done);
           } finally {
             endHandlerSyncPart();
           }
         });
+      }
+    }
+    for (const k of knocks) {
+      const i = item++;
+      if (this.listeners.knock?.length && !already(i)) {
+        run(i, k.roomId, (done) => settle(this.emit('knock', { roomId: k.roomId, state: k.state }), done));
       }
     }
     for (const a of b.accountData) {
@@ -1812,7 +1869,13 @@ export class Client implements RoomActions {
     const ev = r.batch.events;
     const kind = classify(ev.strings[ev.type[i]!]!, ev.relType[i]! < 0 ? null : ev.strings[ev.relType[i]!]!);
     const skipOwn = this.opts.ignoreOwnEvents;
-    const wantKind = kind !== null && (this.listeners[kind]?.length ?? 0) > 0 && !(skipOwn && kind !== 'member' && ev.flags[i]! & EVENT_FLAGS.own);
+    const flags = ev.flags[i]!;
+    const own = (flags & EVENT_FLAGS.own) !== 0;
+    const wantKind =
+      kind !== null &&
+      (this.listeners[kind]?.length ?? 0) > 0 &&
+      !(skipOwn && kind !== 'member' && own) &&
+      !(kind === 'message' && !own && (flags & EVENT_FLAGS.notice) !== 0 && !this.opts.deliverNotices);
     if (!wantKind && !anyEvent) return null;
     // The handler run is keyed by its event: sends it makes get transaction IDs derived from it (idempotent replays).
     return (done) => {
@@ -1825,10 +1888,21 @@ export class Client implements RoomActions {
     };
   }
 
-  private emitDecryptionError(err: HalcyonError, r: BatchReader, i: number, roomId: string, sessionId: string | null, willRetry: boolean): unknown {
+  /**
+   * Reports an event that could not be decrypted: to `decryptionError` handlers, or, when there are none, as a
+   * warning (a bot that silently cannot read a room is the complaint users have most of E2EE).
+   */
+  private emitDecryptionError(err: HalcyonError, r: BatchReader, i: number, roomId: string, why: Pick<DecryptionErrorInfo, 'sessionId' | 'willRetry' | 'withheldCode'>): unknown {
     const eventId = r.str(i, OFF.eventId) ?? '';
     err.eventId = eventId;
-    return this.emit('decryptionError', err, { roomId, eventId, sender: r.str(i, OFF.sender) ?? '', sessionId, willRetry });
+    const info: DecryptionErrorInfo = { roomId, eventId, sender: r.str(i, OFF.sender) ?? '', ...why };
+    if (this.listeners.decryptionError?.length) return this.emit('decryptionError', err, info);
+    const withheld = why.withheldCode === null ? null : (WITHHELD[why.withheldCode] ?? `its sender withheld the room key (${why.withheldCode})`);
+    this.opts.logger.warn(
+      { code: err.code, ...info },
+      `cannot decrypt ${eventId} from ${info.sender} in ${roomId}: ${withheld ?? err.message}${why.willRetry ? ' (kept: it is delivered if its key arrives)' : ''}`,
+    );
+    return undefined;
   }
 
   private onCryptoMessage(msg: CryptoToMain): void {

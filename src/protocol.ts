@@ -122,6 +122,8 @@ export const OFF = { rawStart: 0, rawEnd: 1, eventId: 2, sender: 4, stateKey: 6,
 export const EVENT_FLAGS = {
   /** Sent by the bot's own user. */
   own: 1,
+  /** An `m.room.message` whose `msgtype` is `m.notice` (bots' messages, which must never be answered automatically). */
+  notice: 2,
   /** The string field at slot k (eventId 2, sender 4, stateKey 6, relEventId 8) contains escapes: bit 1 << (1 + k / 2). */
   escaped: (slot: number) => 1 << (1 + slot / 2),
   /** Decrypted by the crypto actor: the event arrived as `m.room.encrypted`. */

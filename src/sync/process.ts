@@ -395,7 +395,11 @@ const K = {
   content: keyBytes('content'),
   relatesTo: keyBytes('m.relates_to'),
   relType: keyBytes('rel_type'),
+  msgtype: keyBytes('msgtype'),
 };
+
+/** The `m.notice` msgtype as the string token a server writes (compared without decoding). */
+const NOTICE_TOKEN = Buffer.from('"m.notice"', 'utf8');
 
 /** Offsets of the event being read ({@link OFF} slots); reused, since events are read one at a time. */
 const span = new Int32Array(OFFSET_STRIDE);
@@ -535,7 +539,7 @@ function escapedAs(sc: Scanner, name: string): boolean {
   return sc.escaped && sc.decode(sc.ks, sc.ke) === name;
 }
 
-/** What {@link readContent} found of `m.relates_to` (reused: events are read one at a time, on the hot path). */
+/** What {@link readContent} found: `m.relates_to` and the notice flag (reused: events are read one at a time, on the hot path). */
 const rel = { type: null as string | null, flags: 0 };
 
 /**
@@ -549,6 +553,14 @@ function readContent(sc: Scanner, b: Builder): string | null {
   rel.flags = 0;
   sc.openObject();
   for (let f = true; sc.keyToken(f); f = false) {
+    if (sc.keyIs(K.msgtype)) {
+      // A notice is flagged so main can keep other senders' notices from `message` handlers without parsing
+      // (the last msgtype counts, as for JSON.parse).
+      rel.flags &= ~EVENT_FLAGS.notice;
+      if (!sc.atString()) sc.skipValue();
+      else if (isToken(sc, NOTICE_TOKEN)) rel.flags |= EVENT_FLAGS.notice;
+      continue;
+    }
     const relates = sc.keyIs(K.relatesTo);
     if (relates || escapedAs(sc, 'm.relates_to')) {
       if (relatesSeen || !relates) bad ??= relates ? 'content member "m.relates_to" appears twice' : 'content member "m.relates_to" is escaped';
@@ -574,6 +586,12 @@ function readContent(sc: Scanner, b: Builder): string | null {
     }
   }
   return bad;
+}
+
+/** Consumes the string token at the cursor; true if its bytes are `token`'s (quotes included). */
+function isToken(sc: Scanner, token: Buffer): boolean {
+  const s = sc.skipStringToken();
+  return sc.i - s === token.length && sc.b.compare(token, 0, token.length, s, sc.i) === 0;
 }
 
 /** Decodes a string token [s, e) of the scanner's bytes, or undefined when absent (s < 0). */

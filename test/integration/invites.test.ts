@@ -75,3 +75,40 @@ test('autoJoin of the wrong shape is refused when the client is made', () => {
     );
   }
 });
+
+test('a second invite to the same room runs its handler afresh: what it sends goes out again', async (t) => {
+  const bot = await newBot(t, hs, { encryption: false, autoJoin: false });
+  const peer = await newPeer(hs);
+  await bot.client.run(bot.token);
+  const control = await bot.client.createRoom({ invite: [peer.userId] });
+  await peer.join(control);
+  const invites: string[] = [];
+  bot.client.on('invite', async (invite) => {
+    invites.push(invite.roomId);
+    await bot.client.sendMessage(control, `invited to ${invite.roomId}`);
+    await invite.decline();
+  });
+  const roomId = await peer.createRoom({ invite: [bot.user.userId] });
+  const first = await peer.waitFor((e, r) => r === control && e.content?.body === `invited to ${roomId}`, WAIT_MS);
+  await waitUntil(async () => (await membership(peer, roomId, bot.user.userId)) === 'leave', WAIT_MS, 'the bot to decline');
+  await peer.invite(roomId, bot.user.userId);
+  const second = await peer.waitFor((e, r) => r === control && e.content?.body === `invited to ${roomId}`, WAIT_MS);
+  assert.notEqual(second.event_id, first.event_id, 'a new message, not the first one answered from the outbox');
+  assert.deepEqual(invites, [roomId, roomId]);
+});
+
+test('knockRoom, and the knock event with the room\'s stripped state', async (t) => {
+  const bot = await newBot(t, hs, { encryption: false });
+  const knocks: Array<{ roomId: string; state: Array<{ type: string; content: Record<string, unknown> }> }> = [];
+  bot.client.on('knock', (k) => void knocks.push(k));
+  await bot.client.run(bot.token);
+  const peer = await newPeer(hs);
+  const { room_id: roomId } = await peer.request('POST', '/createRoom', {
+    name: 'knock here',
+    initial_state: [{ type: 'm.room.join_rules', state_key: '', content: { join_rule: 'knock' } }],
+  });
+  assert.equal(await bot.client.knockRoom(roomId, { reason: 'let me in' }), roomId);
+  const k = await waitUntil(() => knocks.find((x) => x.roomId === roomId), WAIT_MS, 'the knock event');
+  assert.ok(k.state.some((e) => e.type === 'm.room.name' && e.content.name === 'knock here'), `stripped state: ${JSON.stringify(k.state)}`);
+  assert.equal(await membership(peer, roomId, bot.user.userId), 'knock');
+});

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { HalcyonError } from '../../src/errors.ts';
 import { BatchReader } from '../../src/events.ts';
-import { OFF, type WireBatch } from '../../src/protocol.ts';
+import { EVENT_FLAGS, OFF, type WireBatch } from '../../src/protocol.ts';
 import { processSync as processBytes, type ProcessOptions } from '../../src/sync/process.ts';
 
 /** Processes text (as its UTF-8 bytes) and decodes the columns the way main does, through BatchReader. */
@@ -372,4 +372,21 @@ test("the timeline's redactions of joined rooms go to the cache (top-level redac
   assert.deepEqual(byRoom['!quiet:x'], { roomId: '!quiet:x', membership: 'join', state: [], redactions: ['$m'] }, 'a joined room with only a redaction reaches the cache');
   assert.equal(byRoom['!gone:x']!.redactions, undefined, 'only joined rooms');
   assert.deepEqual(p.cols.eventId, ['$good1'], 'wantedTypes still decides what handlers get');
+});
+
+test('notices are flagged from the raw msgtype token (the last one counts, as for JSON.parse); the rest of content is still read', () => {
+  const ev = (n: number, content: string) => `{"type":"m.room.message","event_id":"$n${n}","sender":"@a:x","origin_server_ts":${n},"content":${content}}`;
+  const text = `{"next_batch":"s2","rooms":{"join":{"!r:x":{"timeline":{"events":[${[
+    ev(0, '{"msgtype":"m.notice","body":"n"}'),
+    ev(1, '{"msgtype":"m.text","body":"t","m.relates_to":{"rel_type":"m.replace","event_id":"$x"}}'),
+    ev(2, '{"msgtype":"m.notice","msgtype":"m.text","body":"last wins"}'),
+    ev(3, '{"body":"no msgtype first","msgtype":"m.notice","m.relates_to":{"rel_type":"m.thread","event_id":"$root"}}'),
+    ev(4, '{"msgtype":7,"body":"mistyped"}'),
+  ].join(',')}]}}}}}`;
+  const p = processSync(text, ALL);
+  const notice = Array.from({ length: p.events.count }, (_, i) => (p.events.flags[i]! & EVENT_FLAGS.notice) !== 0);
+  assert.deepEqual(notice, [true, false, false, true, false]);
+  assert.deepEqual(p.cols.relType, [null, 'm.replace', null, 'm.thread', null]);
+  assert.deepEqual(p.cols.relEventId, [null, '$x', null, '$root', null]);
+  assert.deepEqual(p.errors, []);
 });
