@@ -54,7 +54,7 @@ for (const threads of ['worker', 'inline'] as const) {
         throw new Error(`${(e as Error).message}; ${await dump()}`);
       });
       assert.equal(failure.code, 'HALCYON_DECRYPT_MISSING_KEY');
-      assert.deepEqual(failure.info, { roomId, eventId: sent.eventId, sender: peer.userId, sessionId: sent.content.session_id, willRetry: true });
+      assert.deepEqual(failure.info, { roomId, eventId: sent.eventId, sender: peer.userId, sessionId: sent.content.session_id, willRetry: true, withheldCode: null });
       assert.deepEqual(messages, [], 'nothing was delivered before the key');
       assert.equal((await bot.client.cryptoStatus())?.pendingUndecryptable, 1);
 

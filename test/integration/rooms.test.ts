@@ -684,7 +684,10 @@ test('after a restart getRoom and account data answer from the cache without any
   const roomId = await roomWithBot(peer, user.userId, { name: 'Remembered', topic: 'Kept on disk' });
   await peer.sendState(roomId, 'm.room.member', peer.userId, { membership: 'join', displayname: 'Rememberer' });
   await waitUntil(async () => (await first.getRoom(roomId))?.member(peer.userId)?.displayName === 'Rememberer', WAIT_MS, 'the first client to cache the room');
-  const firstRun = proxy.log.filter((r) => /\/rooms\/|\/members|\/joined_rooms/.test(r));
+  // A gap backfill (/messages, when Synapse marks the join's timeline limited, which depends on timing) is sync's
+  // own machinery, not a state fetch: every other per-room request counts.
+  const stateFetch = (r: string) => /\/rooms\/|\/members|\/joined_rooms/.test(r) && !/\/rooms\/[^/]+\/messages\?/.test(r);
+  const firstRun = proxy.log.filter(stateFetch);
   assert.deepEqual(firstRun, [], `a fresh data dir: the room reaches the cache by sync alone (all requests: ${proxy.log.join(', ')})`);
   await first.setAccountData('org.example.settings', { colour: 'blue' });
   await first.setRoomAccountData(roomId, 'org.example.room', { pinned: true });
@@ -712,7 +715,7 @@ test('after a restart getRoom and account data answer from the cache without any
   await waitUntil(() => second.room(roomId).name === 'Renamed', WAIT_MS, 'the room handle to show the rename');
 
   const requests = proxy.log.slice(startAt);
-  const perRoom = requests.filter((r) => /\/rooms\/|\/account_data\/|\/joined_rooms|\/members/.test(r));
+  const perRoom = requests.filter((r) => stateFetch(r) || /\/account_data\//.test(r));
   assert.deepEqual(perRoom, [], `no per-room or account-data request after the restart (all requests: ${requests.join(', ')})`);
   assert.ok(requests.some((r) => r.startsWith('GET /_matrix/client/v3/sync')), 'the second client did sync through the proxy');
   assert.deepEqual(errors, []);
