@@ -232,6 +232,18 @@ export interface LoginOptions {
   allowInsecureHttp?: boolean;
 }
 
+/** Options of {@link Client.importToken}. */
+export interface ImportTokenOptions {
+  /** The homeserver: a URL, or a server name resolved through its `.well-known`. */
+  homeserver: string;
+  /** An access token of an existing device session. */
+  accessToken: string;
+  /** Claim this data directory for the token's account and device (as Client.login does). */
+  dataDir?: string;
+  /** Accept a plain `http://` homeserver that is not this machine (default false). */
+  allowInsecureHttp?: boolean;
+}
+
 /** Who the client is. */
 export interface WhoAmI {
   userId: string;
@@ -473,6 +485,32 @@ export class Client implements RoomActions {
       }
       if (opts.dataDir) claimDataDir(opts.dataDir, homeserver, res.user_id, res.device_id);
       return encodeToken({ homeserver, userId: res.user_id, deviceId: res.device_id, accessToken: res.access_token });
+    } finally {
+      await http.close();
+    }
+  }
+
+  /**
+   * Wraps an access token you already have (from another client, an admin tool, an appservice registration)
+   * into a Halcyon token: asks the homeserver whom and which device it belongs to (`whoami`) and resolves with
+   * the token string. With `dataDir`, the directory is claimed for that account and device, as by
+   * {@link Client.login}. The access token must belong to a device (`whoami` names one): E2EE keys live per
+   * device.
+   */
+  static async importToken(opts: ImportTokenOptions): Promise<string> {
+    if (typeof opts !== 'object' || opts === null) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'Client.importToken({ homeserver, accessToken }) needs an options object');
+    stringArg(opts.homeserver, 'Client.importToken', 'homeserver');
+    stringArg(opts.accessToken, 'Client.importToken', 'accessToken');
+    const homeserver = await resolveHomeserver(opts.homeserver, { allowInsecureHttp: opts.allowInsecureHttp === true });
+    const http = new MatrixHttp(homeserver, opts.accessToken);
+    try {
+      const who = await http.json<{ user_id?: unknown; device_id?: unknown }>('GET', '/_matrix/client/v3/account/whoami');
+      if (typeof who.user_id !== 'string') throw new HalcyonError('HALCYON_BAD_RESPONSE', 'whoami: the answer has no user_id');
+      if (typeof who.device_id !== 'string') {
+        throw new HalcyonError('HALCYON_INVALID_TOKEN', 'this access token belongs to no device (whoami names none): log in with Client.login for a device of its own');
+      }
+      if (opts.dataDir) claimDataDir(opts.dataDir, homeserver, who.user_id, who.device_id);
+      return encodeToken({ homeserver, userId: who.user_id, deviceId: who.device_id, accessToken: opts.accessToken });
     } finally {
       await http.close();
     }

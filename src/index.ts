@@ -2,7 +2,7 @@
 // First: on a Node.js too old for Halcyon, importing the package fails here with a coded line.
 import './runtime-check.ts';
 export { Client } from './client.ts';
-export type { AutoJoinPolicy, BackpressureInfo, Knock, ClientEvents, ClientOptions, CreateRoomOptions, Health, DecryptionErrorInfo, EncryptionOptions, LoginOptions, SendOptions, SyncErrorInfo, WhoAmI } from './client.ts';
+export type { AutoJoinPolicy, BackpressureInfo, ImportTokenOptions, Knock, ClientEvents, ClientOptions, CreateRoomOptions, Health, DecryptionErrorInfo, EncryptionOptions, LoginOptions, SendOptions, SyncErrorInfo, WhoAmI } from './client.ts';
 export { Edit, MemberEvent, Message, Reaction, Redaction, Room, RoomEvent, User } from './events.ts';
 export type { AccountDataEvent, ContentInput, Invite, Mentions, MessageOptions, Presence, Profile, Receipt } from './events.ts';
 export type { ReplyOptions } from './events.ts';
