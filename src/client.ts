@@ -37,7 +37,7 @@ import { RoomDetails } from './rooms.ts';
 import { delay, MatrixHttp, seg } from './http.ts';
 import { createMetrics, type MetricsOptions, type MetricsSnapshot, noMetrics, type Recorder } from './metrics.ts';
 import { beginHandlerRun, DEFAULT_RATE_LIMIT, endHandlerSyncPart, laneScope, Outbox, type OutboxOp, type OutboxStatus, type RateLimit, type SendFailure } from './outbox.ts';
-import { type DownloadOptions, Media, type MediaConfig, type MediaSource, type SendMediaOptions, type UploadOptions } from './media.ts';
+import { type DownloadOptions, Media, type MediaConfig, type MediaSource, type SendMediaOptions, type ThumbnailOptions, type UploadOptions } from './media.ts';
 import type { Readable } from 'node:stream';
 import { inspect } from 'node:util';
 import { consoleLogger, type Logger } from './log.ts';
@@ -1388,7 +1388,7 @@ export class Client implements RoomActions {
    * Downloads a thumbnail of an `mxc://` URI made by the server (`GET /_matrix/client/v1/media/thumbnail`):
    * `{ width, height, method?: 'crop' | 'scale', animated?, maxBytes? }`. Resolves with the image bytes.
    */
-  downloadThumbnail(mxc: string, opts: Parameters<Media['downloadThumbnail']>[1]): Promise<Buffer> {
+  downloadThumbnail(mxc: string, opts: ThumbnailOptions): Promise<Buffer> {
     return this.needMedia().downloadThumbnail(mxc, opts);
   }
 

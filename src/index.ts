@@ -19,7 +19,7 @@ export { consoleLogger } from './log.ts';
 export type { AccountDataWire, CryptoStatus, MatrixEvent, ReceiptWire, RoomInfo, RoomSummary } from './protocol.ts';
 export { decryptAttachment, encryptAttachment } from './attachments.ts';
 export type { EncryptedFileInfo } from './attachments.ts';
-export type { DownloadOptions, MediaConfig, MediaSource, SendMediaOptions, UploadOptions } from './media.ts';
+export type { DownloadOptions, MediaConfig, MediaSource, SendMediaOptions, ThumbnailOptions, UploadOptions } from './media.ts';
 export { decodeToken, encodeToken } from './token.ts';
 export type { Session } from './token.ts';
 export { htmlToText, sanitizeHtml } from './html.ts';
