@@ -148,10 +148,18 @@ export class BatchReader {
     const e = o[i * OFFSET_STRIDE + slot + 1]!;
     return this.batch.events.flags[i]! & EVENT_FLAGS.escaped(slot) ? (JSON.parse(this.buf.toString('utf8', s, e)) as string) : this.buf.toString('utf8', s + 1, e - 1);
   }
+  /** The JSON text of event `i`, as received. */
+  rawText(i: number): string {
+    const o = this.batch.events.offsets;
+    return this.buf.toString('utf8', o[i * OFFSET_STRIDE + OFF.rawStart], o[i * OFFSET_STRIDE + OFF.rawEnd]);
+  }
   /** Parses event `i`. */
   parse(i: number): MatrixEvent {
-    const o = this.batch.events.offsets;
-    return JSON.parse(this.buf.toString('utf8', o[i * OFFSET_STRIDE + OFF.rawStart], o[i * OFFSET_STRIDE + OFF.rawEnd])) as MatrixEvent;
+    return JSON.parse(this.rawText(i)) as MatrixEvent;
+  }
+  /** `origin_server_ts` of event `i`. */
+  timestamp(i: number): number {
+    return this.batch.events.ts[i]!;
   }
   /** The type of event `i`. */
   type(i: number): string {

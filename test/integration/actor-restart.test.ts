@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { Client, encodeToken, type HalcyonError } from '../../src/index.ts';
 import { deferred, waitUntil } from './util.ts';
+import { crashActorForTests } from '../../src/client/testing.ts';
 
 const json = (res: ServerResponse, status: number, body: unknown) => {
   res.writeHead(status, { 'content-type': 'application/json' });
@@ -65,7 +66,7 @@ for (const victim of ['sync', 'cache'] as const) {
     });
     await client.run(encodeToken({ homeserver: hs.url, userId: '@bot:s', deviceId: 'DEV', accessToken: 'fake-test-access-token-restart' }));
     await waitUntil(() => seen.includes(100), 20_000, 'event 100 to be in its handler');
-    await client.crashActorForTests(victim);
+    await crashActorForTests(client, victim);
     await waitUntil(() => errors.some((e) => e.code === 'HALCYON_ACTOR_DIED'), 10_000, 'the HALCYON_ACTOR_DIED report');
     // The restarted sync actor posts the journal's unfinished batches again while event 100 still runs.
     await waitUntil(async () => (await client.health()).sync !== null && (await client.health()).state === 'running', 20_000, 'the actors to be back');

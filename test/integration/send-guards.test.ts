@@ -10,6 +10,7 @@ import { inspect } from 'node:util';
 import { Client, decodeToken, type HalcyonError } from '../../src/index.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
 import { deferred, loggingProxy, newBot, newClient, newPeer, roomWithBot, tempDataDir, WAIT_MS, waitUntil } from './util.ts';
+import { crashActorForTests } from '../../src/client/testing.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -98,7 +99,7 @@ test('cryptoStatus() while the actors restart rejects with HALCYON_RESTARTING, t
   const bot = await newBot(t, hs);
   await bot.client.run(bot.token);
   const before = await bot.client.cryptoStatus();
-  await bot.client.crashActorForTests('crypto');
+  await crashActorForTests(bot.client, 'crypto');
   await assert.rejects(bot.client.cryptoStatus(), (e: HalcyonError) => e.code === 'HALCYON_RESTARTING');
   const again = await waitUntil(() => bot.client.cryptoStatus().catch(() => null), 60_000, 'the crypto status after the restart');
   assert.deepEqual(again.identity, before!.identity);
