@@ -11,6 +11,7 @@ import { runInNewContext } from 'node:vm';
 import { isMainThread, MessageChannel, type MessagePort, parentPort, Worker, workerData } from 'node:worker_threads';
 import * as Comlink from 'comlink';
 import { fromWireError, HalcyonError, toWireError, type WireError } from './errors.ts';
+import { workerUrl } from './entries.ts';
 
 // Comlink's own throw handler keeps only name/message/stack; ours carries the whole coded error. It must be
 // registered in every thread that uses comlink, which importing this module does.
@@ -122,14 +123,6 @@ export function collectGarbage(): void {
     }
   }
   fullGc();
-}
-
-/** Where the bundled worker entries live, relative to this module (source under tsx, or the built bundle). */
-function workerUrl(name: string | URL): URL {
-  if (name instanceof URL) return name;
-  return import.meta.url.endsWith('.ts')
-    ? new URL(`../workers/${name}.ts`, import.meta.url)
-    : new URL(`./workers/${name}.js`, import.meta.url);
 }
 
 /**

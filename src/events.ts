@@ -5,7 +5,10 @@
 import { HalcyonError } from './errors.ts';
 import { isMembership, isUserId, type Membership, type MessageContent, userIdOfLink } from './content.ts';
 import { linkHrefs, sanitizeHtml } from './html.ts';
-import { EVENT_FLAGS, type InviteWire, type MatrixEvent, OFF, OFFSET_STRIDE, type ReceiptWire, type RoomSummary, type WireBatch } from './protocol.ts';
+import { BatchReader } from './batch-reader.ts';
+import { EVENT_FLAGS, type InviteWire, type MatrixEvent, OFF, type ReceiptWire, type RoomSummary } from './protocol.ts';
+
+export { BatchReader };
 import type { RoomDetails } from './rooms.ts';
 
 /** Content to send: a string becomes an `m.text` message. */
@@ -126,51 +129,6 @@ export class Room {
   /** The summary as plain data (for logging). */
   toJSON(): RoomSummary | { roomId: string } {
     return this.s ?? { roomId: this.id };
-  }
-}
-
-/**
- * Reads the events of one batch from its body bytes. Fields are decoded on demand: an event nobody looks at
- * costs nothing on this thread. Event objects keep the batch's body alive while they are referenced.
- */
-export class BatchReader {
-  private readonly buf: Buffer;
-  /** @internal */
-  constructor(readonly batch: WireBatch) {
-    const body = batch.body;
-    this.buf = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
-  }
-  /** Decodes the string field at `slot` of event `i`, or null when the event has none. */
-  str(i: number, slot: number): string | null {
-    const o = this.batch.events.offsets;
-    const s = o[i * OFFSET_STRIDE + slot]!;
-    if (s < 0) return null;
-    const e = o[i * OFFSET_STRIDE + slot + 1]!;
-    return this.batch.events.flags[i]! & EVENT_FLAGS.escaped(slot) ? (JSON.parse(this.buf.toString('utf8', s, e)) as string) : this.buf.toString('utf8', s + 1, e - 1);
-  }
-  /** The JSON text of event `i`, as received. */
-  rawText(i: number): string {
-    const o = this.batch.events.offsets;
-    return this.buf.toString('utf8', o[i * OFFSET_STRIDE + OFF.rawStart], o[i * OFFSET_STRIDE + OFF.rawEnd]);
-  }
-  /** Parses event `i`. */
-  parse(i: number): MatrixEvent {
-    return JSON.parse(this.rawText(i)) as MatrixEvent;
-  }
-  /** `origin_server_ts` of event `i`. */
-  timestamp(i: number): number {
-    return this.batch.events.ts[i]!;
-  }
-  /** The type of event `i`. */
-  type(i: number): string {
-    const ev = this.batch.events;
-    return ev.strings[ev.type[i]!]!;
-  }
-  /** The relation type of event `i`, or null. */
-  relType(i: number): string | null {
-    const ev = this.batch.events;
-    const k = ev.relType[i]!;
-    return k < 0 ? null : ev.strings[k]!;
   }
 }
 

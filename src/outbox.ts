@@ -16,7 +16,7 @@
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { createHash, randomBytes } from 'node:crypto';
-import { HalcyonError } from './errors.ts';
+import { HalcyonError, isTransient } from './errors.ts';
 import { delay } from './http.ts';
 import { type Database, openDatabase } from './store.ts';
 
@@ -395,24 +395,3 @@ const WHY: Record<WaitReason, (rl: RateLimit | null, ms: number) => string> = {
   rate_limited: (_rl, ms) => `the homeserver rate-limited a send (429): sends wait ${(ms / 1000).toFixed(1)} s as it asked`,
   retrying: (_rl, ms) => `a send failed and is retried in ${(ms / 1000).toFixed(1)} s`,
 };
-
-/**
- * Failures worth another attempt: everything but a refusal. Refusals are the server's 4xx answers and local
- * errors that a retry cannot change (bad input, an algorithm Halcyon cannot send with, a revoked token, a
- * redirect). Anything unexpected — an actor that died or is restarting, a bug's TypeError — is transient: a send
- * must not become a dead letter labelled "refused" for what was never the server's answer.
- */
-function isTransient(e: HalcyonError): boolean {
-  switch (e.code) {
-    case 'HALCYON_MATRIX':
-      return e.status === undefined || e.status >= 500;
-    case 'HALCYON_INVALID_ARGUMENT':
-    case 'HALCYON_ENCRYPT_FAILED':
-    case 'HALCYON_ROOM_ENCRYPTED':
-    case 'HALCYON_UNKNOWN_TOKEN':
-    case 'HALCYON_REDIRECT':
-      return false;
-    default:
-      return true;
-  }
-}

@@ -15,6 +15,7 @@ import {
   type ReceiptWire,
   type RoomSummary,
   type StateChanges,
+  type WireBatch,
 } from '../protocol.ts';
 import { redactedEventId } from '../redaction.ts';
 import { keyBytes, Scanner, ScanError } from './scan.ts';
@@ -614,4 +615,34 @@ function stateProblem(ev: unknown): string | null {
   if (!isObject(ev.content)) return 'missing or mistyped content';
   if (ev.sender !== undefined && typeof ev.sender !== 'string') return 'sender is not a string';
   return null;
+}
+
+/** A batch as the sync actor journals it (no sequence number or delivery state yet). */
+export type TimelineBatch = Omit<WireBatch, 'seq' | 'redelivered' | 'done'>;
+
+/**
+ * A timeline-only batch made of events by room (a gap backfill's, or decrypted ones): they go through the same
+ * processing as a /sync body, so validation, flags and wanted types apply exactly as to it. The body owns its
+ * whole buffer (a small `Buffer.from` is a slice of a shared pool, which must never be transferred).
+ */
+export function timelineBatch(byRoom: Map<string, unknown[]>, opts: ProcessOptions): TimelineBatch {
+  const join: Record<string, { timeline: { events: unknown[] } }> = {};
+  for (const [roomId, events] of byRoom) join[roomId] = { timeline: { events } };
+  const body = new Uint8Array(Buffer.from(JSON.stringify({ next_batch: '', rooms: { join } }), 'utf8'));
+  const p = processSync(body, opts);
+  return {
+    nextBatch: '',
+    first: false,
+    deliver: true,
+    rooms: p.rooms,
+    body,
+    events: p.events,
+    invites: [],
+    knocks: [],
+    left: [],
+    summaries: [],
+    errors: p.errors,
+    accountData: [],
+    receipts: [],
+  };
 }
