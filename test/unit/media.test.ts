@@ -17,9 +17,10 @@ import jpeg from 'jpeg-js';
 import { PNG } from 'pngjs';
 import { decryptAttachment, type EncryptedFileInfo } from '../../src/attachments.ts';
 import { MatrixHttp } from '../../src/http.ts';
-import { Media, type MediaProbe, parseMxc, sniffMimetype } from '../../src/media.ts';
+import { Media, parseMxc, sniffMimetype } from '../../src/media.ts';
+import type { MediaProbe } from '../../src/protocol.ts';
 import { TaskPool } from '../../src/pool.ts';
-import { bytesSource, probeAudioVideo, probeImage, THUMBNAIL_MAX } from '../../workers/media.ts';
+import { bytesSource, probeAudioVideo, probeImage, THUMBNAIL_MAX } from '../../src/media-probe.ts';
 import { box, jpegImage, mp4, pngImage, u32, u32le, wav } from '../fixtures/media/build.ts';
 
 const silent = { debug() {}, info() {}, warn() {}, error() {} };
