@@ -26,6 +26,7 @@ import * as users from './client/users.ts';
 
 export type {
   AutoJoinPolicy,
+  Listener,
   BackpressureInfo,
   ClientEvents,
   ClientOptions,
@@ -75,7 +76,7 @@ export class Client implements RoomActions {
     return `Client { state: '${this.#core.state}', userId: ${s ? `'${s.userId}'` : 'null'} }`;
   }
 
-  /** What `JSON.stringify` shows of a client (as {@link inspect.custom}: no secrets). */
+  /** What `JSON.stringify` shows of a client (like `util.inspect`: no secrets). */
   toJSON(): { state: string; userId: string | null } {
     return { state: this.#core.state, userId: this.#core.session?.userId ?? null };
   }

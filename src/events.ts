@@ -41,18 +41,31 @@ export interface ReplyOptions extends MessageOptions {
 
 /** What a {@link Room} and the event objects need from the client (kept narrow so they stay testable). */
 export interface RoomActions {
+  /** Sends a message; see `Client.sendMessage`. */
   sendMessage(roomId: string, content: ContentInput, opts?: MessageOptions): Promise<string>;
+  /** Sends an `m.notice`; see `Client.sendNotice`. */
   sendNotice(roomId: string, text: string, opts?: MessageOptions): Promise<string>;
+  /** Sends an `m.emote`; see `Client.sendEmote`. */
   sendEmote(roomId: string, text: string, opts?: MessageOptions): Promise<string>;
+  /** Sends sanitised HTML; see `Client.sendHtml`. */
   sendHtml(roomId: string, html: string, plainText?: string, opts?: MessageOptions): Promise<string>;
+  /** Shows or stops typing; see `Client.sendTyping`. */
   sendTyping(roomId: string, on?: boolean | number): Promise<void>;
+  /** Typing while work runs; see `Client.typingWhile`. */
   typingWhile<T>(roomId: string, work: Promise<T> | (() => Promise<T>)): Promise<T>;
+  /** Sends any room event; see `Client.sendEvent`. */
   sendEvent(roomId: string, type: string, content: Record<string, unknown>): Promise<string>;
+  /** Redacts an event; see `Client.redactEvent`. */
   redactEvent(roomId: string, eventId: string, reason?: string): Promise<string>;
+  /** Edits a message; see `Client.editMessage`. */
   editMessage(roomId: string, eventId: string, newContent: ContentInput): Promise<string>;
+  /** Sends a read receipt; see `Client.sendReadReceipt`. */
   sendReadReceipt(roomId: string, eventId: string, opts?: { private?: boolean; threadId?: string }): Promise<void>;
+  /** Leaves a room; see `Client.leaveRoom`. */
   leaveRoom(roomId: string): Promise<void>;
+  /** The cache's details of a room; see `Client.getRoom`. */
   getRoom(roomId: string): Promise<RoomDetails | undefined>;
+  /** Downloads a media message's file; see `Client.downloadContent`. */
   downloadContent(content: Record<string, unknown>, opts?: { maxBytes?: number }): Promise<Buffer>;
 }
 

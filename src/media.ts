@@ -45,12 +45,12 @@ export interface SendMediaOptions extends UploadOptions {
 export interface DownloadOptions {
   /**
    * Refuse (`HALCYON_MEDIA_TOO_LARGE`) past this many bytes. Default: the server's upload limit (`m.upload.size`),
-   * or {@link FALLBACK_DOWNLOAD_MAX_BYTES} when it states none. `Infinity` lifts the limit.
+   * or 100 MiB when it states none. `Infinity` lifts the limit.
    */
   maxBytes?: number;
 }
 
-/** Options of {@link Media.downloadThumbnail}. */
+/** Options of `Client.downloadThumbnail`. */
 export interface ThumbnailOptions extends DownloadOptions {
   /** Desired width and height in px (positive integers); the server picks the nearest size it has or makes. */
   width: number;

@@ -38,7 +38,7 @@ export const DEFAULT_RATE_LIMIT: RateLimit = { perSecond: 0.2, burst: 10 };
 /** Why a send is waiting: the bucket's pacing, the server's 429, or a backoff after a failed attempt. */
 export type WaitReason = 'pacing' | 'rate_limited' | 'retrying';
 
-/** What {@link Outbox.status} reports. */
+/** What the outbox's `status()` reports (see `Client.outboxStatus`). */
 export interface OutboxStatus {
   /** Sends not yet acknowledged by the server (queued, waiting or in flight). */
   pending: number;

@@ -10,6 +10,7 @@ import type { MetricsOptions } from '../metrics.ts';
 import { DEFAULT_RATE_LIMIT, type OutboxStatus, type RateLimit, type SendFailure } from '../outbox.ts';
 import type { MatrixEvent } from '../protocol.ts';
 
+/** Options of a {@link Client}. Only `dataDir` is required. */
 export interface ClientOptions {
   /** Where the bot keeps its state (sync token, room cache, account). Created 0700; files are 0600. */
   dataDir: string;

@@ -38,10 +38,11 @@ function surface(): string[] {
     const kind = ts.SyntaxKind[decl.kind];
     if (ts.isClassDeclaration(decl) || ts.isInterfaceDeclaration(decl)) {
       lines.push(`${kind} ${exp.name}`);
-      const type = ts.isClassDeclaration(decl) ? checker.getTypeOfSymbol(sym) : checker.getDeclaredTypeOfSymbol(sym);
-      const instance = ts.isClassDeclaration(decl) ? checker.getDeclaredTypeOfSymbol(sym) : null;
-      for (const [label, t] of [['static', type], ['', instance]] as const) {
-        if (!t || (ts.isInterfaceDeclaration(decl) && label === 'static')) continue;
+      // A class: its static side, then its instances; an interface: its members.
+      const statics = ts.isClassDeclaration(decl) ? checker.getTypeOfSymbol(sym) : null;
+      const instance = checker.getDeclaredTypeOfSymbol(sym);
+      for (const [label, t] of [['static', statics], ['', instance]] as const) {
+        if (!t) continue;
         for (const m of checker.getPropertiesOfType(t).sort((a, b) => a.name.localeCompare(b.name))) {
           if (m.name === 'prototype' || isHidden(m)) continue;
           const mt = checker.getTypeOfSymbolAtLocation(m, decl);
