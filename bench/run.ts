@@ -172,10 +172,14 @@ function summaryTable(): string[] {
     `| --- | --- | ---: | ${cols.map(() => '---:').join(' | ')} | --- |`,
   ];
   for (const r of reports) {
+    let previous = '';
     for (const m of [...new Set(r.ratios.map((x) => x.metric))]) {
       const of = r.ratios.filter((x) => x.metric === m);
       const notes = [...new Set(of.map((x) => x.note).filter((n): n is string => !!n))].join(' ');
-      L.push(`| ${r.id} | ${m} (${of[0]!.better} is better) | ${of.find((x) => x.value)?.value ?? ''} | ${cols.map((v) => ratioCell(of.find((x) => x.versus === v))).join(' | ')} | ${notes} |`);
+      // A note repeated on the next row of the same workload is said once.
+      const shown = notes && notes === previous ? '(as above)' : notes;
+      previous = notes;
+      L.push(`| ${r.id} | ${m} (${of[0]!.better} is better) | ${of.find((x) => x.value)?.value ?? ''} | ${cols.map((v) => ratioCell(of.find((x) => x.versus === v))).join(' | ')} | ${shown} |`);
     }
   }
   return L;
