@@ -132,9 +132,12 @@ export async function startRawProcess(who: { userId: string; deviceId: string },
     receiveToDevice: (events) => call({ op: 'toDevice', events }),
     loop: (texts, room) => call({ op: 'loop', texts, room }),
     async close() {
+      let timer: NodeJS.Timeout | undefined;
       try {
-        if (!failure) await call({ op: 'close' });
+        // Bounded: a child that hangs in its clean-up is killed all the same.
+        if (!failure) await Promise.race([call({ op: 'close' }), new Promise((r) => (timer = setTimeout(r, 10_000)))]);
       } finally {
+        clearTimeout(timer);
         await kill();
       }
     },
