@@ -42,6 +42,7 @@ export const ERROR_CODES = {
   HALCYON_RESPONSE_TOO_LARGE: 'An answer body was larger than the limit of its request (its Content-Length, or counted as it came); it was not read further.',
   HALCYON_SOFT_LOGOUT: 'The server ended the session but kept the device: log in again with Client.login and the same dataDir (it reuses the device ID); keys are kept.',
   HALCYON_INSECURE_HOMESERVER: 'The homeserver URL is plain http:// to a host that is not this machine (the token would cross the network in the clear); use https://, or allow it with allowInsecureHttp.',
+  HALCYON_CLUSTER: 'Cluster mode: NATS could not be reached or refused (connect, stream, lease), no ingest answered a worker\'s request, or the ingest lost its lease and stopped.',
 } as const;
 
 /** One of the documented error codes. */

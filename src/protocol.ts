@@ -7,6 +7,7 @@
  * sync actor never waits on the main thread to keep polling.
  */
 import type { WireError } from './errors.ts';
+import type { OutboxOp } from './outbox.ts';
 
 /** Where the sync actor finds the account, and how it polls. */
 export interface SyncConfig {
@@ -456,3 +457,39 @@ export interface MediaProbe {
   /** JPEG thumbnail, only for PNG/JPEG images larger than 800 px on their longest side. */
   thumbnail?: { data: Uint8Array; w: number; h: number };
 }
+
+// ---- cluster (between processes, over NATS; see src/cluster/) ----
+
+/**
+ * The first line of an event the ingest publishes; the event's JSON (decrypted) follows after a newline. It says
+ * what a worker cannot tell from the event itself.
+ */
+export interface ClusterEventHead {
+  roomId: string;
+  /** The {@link EVENT_FLAGS} bits `encrypted` and `late` (the worker recomputes the others). */
+  flags: number;
+  /** The room's summary when the event was published: the worker's mirror takes it before handlers run. */
+  summary: RoomSummary | null;
+  /** The ingest's journal handed the event out before (an ingest restart): it may have been published already. */
+  redelivered: boolean;
+}
+
+/** What a worker asks of the ingest (request/reply), by method: the request and the answer. */
+export interface ClusterRpc {
+  /** The device's identity keys (null: the ingest runs without encryption). */
+  identity: { req: null; res: CryptoIdentity | null };
+  getRoom: { req: { roomId: string }; res: RoomInfo | null };
+  /** Room summaries, a page at a time (a worker's mirror starts from them). */
+  summaries: { req: { offset: number }; res: { summaries: RoomSummary[]; more: boolean } };
+  accountData: { req: { roomId: string | null; type: string }; res: Record<string, unknown> | null };
+  /** Account data the worker set: the ingest's cache stores it (as the cache actor's `apply` does). */
+  storeAccountData: { req: AccountDataWire; res: null };
+  isRoomEncrypted: { req: { roomId: string }; res: boolean };
+  cryptoStatus: { req: null; res: CryptoStatus | null };
+  /** One attempt of a worker's outbox entry: paced (one budget per account), encrypted, sent; the event ID. */
+  send: { req: { roomId: string; txnId: string; op: OutboxOp; allowPlaintext: boolean }; res: string };
+  setPresence: { req: { state: SyncConfig['setPresence'] }; res: null };
+}
+
+/** The answer to a {@link ClusterRpc} request: its result, or why it failed. */
+export type ClusterRpcAnswer<T> = { ok: T } | { error: WireError };

@@ -1,0 +1,109 @@
+/**
+ * The ingest's lease: one active ingest per bot device. Matrix gives one event stream per device — the server
+ * deletes to-device messages (room keys among them) once the next `since` token is used — so two processes
+ * syncing one device would lose keys. The lease is a key in a JetStream KV bucket whose entries expire `ttlMs`
+ * after their last write: the holder rewrites it (compare-and-set on its revision) every third of the TTL; a
+ * standby tries to create it every {@link Lease.pollMs} and gets it once the holder released it or it expired.
+ *
+ * The holder steps down (the `lost` callback) when another process wrote the key, or when it could not renew
+ * for 80% of the TTL counted from the *sending* of its last successful renewal: the key cannot have expired on
+ * the server before then, so a standby cannot have taken over while the holder still believed it held the lease.
+ */
+import { delay } from '../http.ts';
+import type { Logger } from '../log.ts';
+import type { LeaseStore } from './nats.ts';
+
+const KEY = 'ingest';
+
+/** One process's claim on the ingest lease; see the module comment. */
+export class Lease {
+  /** How often a standby tries to take the lease. */
+  readonly pollMs: number;
+  private rev = 0;
+  private timer: NodeJS.Timeout | null = null;
+  private renewing = false;
+  /** When the last successful renewal (or the creation) was sent. */
+  private lastOkSentAt = 0;
+  private lostCb: ((why: string) => void) | null = null;
+
+  constructor(
+    private readonly store: LeaseStore,
+    private readonly ttlMs: number,
+    /** Who holds it (host, pid and a random tag): shown to standbys and in logs. */
+    readonly holder: string,
+    private readonly logger: Logger,
+  ) {
+    this.pollMs = Math.min(1_000, Math.round(ttlMs / 4));
+  }
+
+  /** Whether this process holds the lease now. */
+  get held(): boolean {
+    return this.timer !== null;
+  }
+
+  /** Waits until this process holds the lease (at once when nobody does); rejects with `HALCYON_STOPPED` on abort. */
+  async acquire(signal: AbortSignal): Promise<void> {
+    let told = false;
+    for (;;) {
+      const sentAt = Date.now();
+      const rev = await this.store.create(KEY, this.holder).catch((err: unknown) => {
+        this.logger.warn({ err: (err as Error).message }, 'cluster: cannot reach the lease bucket; trying again');
+        return null;
+      });
+      if (rev !== null) {
+        this.rev = rev;
+        this.lastOkSentAt = sentAt;
+        this.timer = setInterval(() => this.tick(), Math.max(100, Math.round(this.ttlMs / 6)));
+        this.logger.info({ holder: this.holder }, 'cluster: this process holds the ingest lease');
+        return;
+      }
+      if (!told) {
+        told = true;
+        const holder = await this.store.get(KEY).catch(() => null);
+        this.logger.info({ holder }, 'cluster: another ingest holds the lease; standing by');
+      }
+      await delay(this.pollMs, signal);
+    }
+  }
+
+  /** Called once if the lease is lost (see the module comment). */
+  onLost(cb: (why: string) => void): void {
+    this.lostCb = cb;
+  }
+
+  private tick(): void {
+    const since = Date.now() - this.lastOkSentAt;
+    if (since > this.ttlMs * 0.8) return this.lose(`could not renew it for ${since} ms (NATS unreachable); it may have expired`);
+    // Renew every third of the TTL; one renewal at a time.
+    if (this.renewing || since < this.ttlMs / 3) return;
+    this.renewing = true;
+    const sentAt = Date.now();
+    this.store
+      .update(KEY, this.holder, this.rev)
+      .then((rev) => {
+        if (!this.timer) return;
+        if (rev === null) return this.lose('another process wrote it');
+        this.rev = rev;
+        this.lastOkSentAt = sentAt;
+      })
+      .catch(() => {}) // unreachable now: tried again on the next tick, until the deadline above
+      .finally(() => (this.renewing = false));
+  }
+
+  private lose(why: string): void {
+    this.stopRenewing();
+    this.lostCb?.(why);
+  }
+
+  private stopRenewing(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  /** Gives the lease up (a clean stop): a standby takes over at its next try instead of after the TTL. */
+  async release(): Promise<void> {
+    if (!this.timer) return;
+    this.stopRenewing();
+    await this.store.release(KEY, this.rev);
+  }
+}
