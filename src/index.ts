@@ -13,6 +13,7 @@ export type { Action } from './power.ts';
 export { ERROR_CODES, HalcyonError } from './errors.ts';
 export type { ErrorCode, ErrorDetails } from './errors.ts';
 export type { Logger } from './log.ts';
+export type { ClusterOptions } from './cluster/options.ts';
 export type { MetricsOptions } from './metrics.ts';
 export type { OutboxOp, OutboxStatus, RateLimit, SendFailure, WaitReason } from './outbox.ts';
 export { consoleLogger } from './log.ts';

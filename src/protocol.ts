@@ -7,7 +7,6 @@
  * sync actor never waits on the main thread to keep polling.
  */
 import type { WireError } from './errors.ts';
-import type { OutboxOp } from './outbox.ts';
 
 /** Where the sync actor finds the account, and how it polls. */
 export interface SyncConfig {
@@ -482,12 +481,12 @@ export interface ClusterRpc {
   /** Room summaries, a page at a time (a worker's mirror starts from them). */
   summaries: { req: { offset: number }; res: { summaries: RoomSummary[]; more: boolean } };
   accountData: { req: { roomId: string | null; type: string }; res: Record<string, unknown> | null };
-  /** Account data the worker set: the ingest's cache stores it (as the cache actor's `apply` does). */
-  storeAccountData: { req: AccountDataWire; res: null };
+  /** State or account data a worker learned (a member list it loaded, account data it set): the ingest's cache applies it. */
+  apply: { req: StateChanges; res: RoomSummary[] };
   isRoomEncrypted: { req: { roomId: string }; res: boolean };
   cryptoStatus: { req: null; res: CryptoStatus | null };
-  /** One attempt of a worker's outbox entry: paced (one budget per account), encrypted, sent; the event ID. */
-  send: { req: { roomId: string; txnId: string; op: OutboxOp; allowPlaintext: boolean }; res: string };
+  /** Content encrypted by the ingest's crypto actor (the OlmMachine has one owner); the worker sends it. */
+  encrypt: { req: { roomId: string; type: string; content: Record<string, unknown> }; res: EncryptResult };
   setPresence: { req: { state: SyncConfig['setPresence'] }; res: null };
 }
 

@@ -111,6 +111,8 @@ export interface ActorHooks {
   wantedTypes(): string[] | null;
   /** Batch numbers of the new sync actor start above this (main has seen them). */
   seqFloor(): number;
+  /** A strategy that replaces the local actors (a cluster worker's), or null. */
+  strategy?(): ActorStrategy | null;
 }
 
 /** Event types the actors post by default; an `event` listener asks for all. */
@@ -154,7 +156,7 @@ export class Actors {
   async start(session: Session): Promise<void> {
     const o = this.opts;
     const e2ee = o.encryption;
-    const set = (o.threads === 'inline' ? inlineStrategy : workerStrategy).build(e2ee !== null);
+    const set = (this.hooks.strategy?.() ?? (o.threads === 'inline' ? inlineStrategy : workerStrategy)).build(e2ee !== null);
     this.set = set;
     for (const actor of [set.cache, set.sync, set.crypto]) actor?.onDeath((err) => this.hooks.onDeath(err));
     set.port.onMessage((msg) => this.hooks.onSyncMessage(msg));

@@ -5,6 +5,7 @@
  * (messages.ts, rooms-api.ts, users.ts) are functions of it. Parts hold the core, never each other.
  */
 import { checkDataDir } from '../account.ts';
+import { type ClusterRole, startCluster } from '../cluster/index.ts';
 import { resolveHomeserver } from '../discovery.ts';
 import type { MentionsContent } from '../edits.ts';
 import { Dispatcher } from '../dispatcher.ts';
@@ -41,6 +42,8 @@ export class ClientCore {
   media: Media | null = null;
   outbox: Outbox | null = null;
   metrics: Recorder = noMetrics;
+  /** This process's part of a cluster (see src/cluster/), or null. */
+  cluster: ClusterRole | null = null;
   /** Aborted by stop(): ends waits (a restart's, a send's for the crypto actor). */
   lifecycle = new AbortController();
   readonly bus: EventBus;
@@ -77,6 +80,7 @@ export class ClientCore {
       onSummary: (s) => this.mirror.set(s),
       wantedTypes: () => this.wantedTypes(),
       seqFloor: () => this.intake.maxSeqSeen,
+      strategy: () => this.cluster?.strategy ?? null,
     });
     this.supervisor = new Supervisor({
       opts,
@@ -92,7 +96,8 @@ export class ClientCore {
 
   /** Types the sync actor posts: encrypted events always come (to be decrypted, or reported if encryption is off). */
   wantedTypes(): string[] | null {
-    return this.bus.has('event') ? null : [...DEFAULT_TYPES, ENCRYPTED];
+    // A cluster's ingest publishes every type: its workers' `event` handlers are not known here.
+    return this.bus.has('event') || this.opts.cluster?.role === 'ingest' ? null : [...DEFAULT_TYPES, ENCRYPTED];
   }
 
   /** Starts the client with a token; resolves once `ready` has fired and its handlers settled. */
@@ -138,12 +143,16 @@ export class ClientCore {
       waiter?.resolve();
     });
     this.lifecycle = new AbortController();
+    // An ingest standby waits here for the lease; a worker, for its ingest.
+    if (this.opts.cluster) this.cluster = await startCluster(this, this.opts.cluster);
+    this.checkStarting();
     if (this.opts.metrics) this.metrics = await createMetrics(this.opts.metrics, () => this.metricsSnapshot());
     await this.actors.start(session);
     this.supervisor.watch();
     this.outbox = this.newOutbox();
     // Sends an earlier run left unacknowledged go out first (same transaction IDs: no duplicates).
     this.outbox.resume();
+    this.cluster?.running();
     this.checkStarting();
     this.state = 'running';
     await ready;
@@ -187,6 +196,7 @@ export class ClientCore {
     if (this.state === 'starting' || (this.state === 'running' && this.starting)) {
       // run() has not resolved yet: make it fail with HALCYON_STOPPED; its own clean-up ends what it started.
       this.state = 'stopping';
+      this.lifecycle.abort(); // ends waits of the start-up (a standby's for the lease)
       const waiter = this.readyWaiter;
       this.readyWaiter = null;
       waiter?.reject(new HalcyonError('HALCYON_STOPPED', 'the client was stopped while starting'));
@@ -242,6 +252,9 @@ export class ClientCore {
       if (this.outbox === outbox) this.outbox = null;
     }
     await this.actors.stop(true, warn);
+    const cluster = this.cluster;
+    this.cluster = null;
+    await cluster?.close().catch((e) => warn(e, 'cluster close'));
     const media = this.media;
     this.media = null;
     await media?.close().catch((e) => warn(e, 'media pool close'));

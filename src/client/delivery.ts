@@ -53,7 +53,9 @@ export class Delivery {
 
   /** The task delivering event `i` of a reader, or null if no handler wants it. */
   eventTask(r: BatchReader, i: number, roomId: string, anyEvent: boolean): HandlerTask | null {
-    const { opts, bus } = this.core;
+    const { opts, bus, cluster } = this.core;
+    // A cluster's ingest hands every event to the stream; the workers' handlers run it.
+    if (cluster?.role === 'ingest') return cluster.publishTask(r, i, roomId);
     const kind = classify(r.type(i), r.relType(i));
     const flags = r.batch.events.flags[i]!;
     const own = (flags & EVENT_FLAGS.own) !== 0;

@@ -2,6 +2,7 @@
  * The client's public option and event types, their defaults, and {@link resolveOptions}: what `new Client(options)`
  * accepts and what the rest of the client reads (one resolved object, checked once).
  */
+import { type ClusterOptions, type ResolvedCluster, resolveCluster } from '../cluster/options.ts';
 import type { Client } from '../client.ts';
 import { HalcyonError } from '../errors.ts';
 import type { AccountDataEvent, Edit, Invite, MemberEvent, Message, Reaction, Receipt, Redaction, RoomEvent } from '../events.ts';
@@ -82,6 +83,11 @@ export interface ClientOptions {
    * an object can pass the host application's `registry`, a `port` to serve `/metrics` on, and `perRoom` labels.
    */
   metrics?: boolean | MetricsOptions;
+  /**
+   * Scale-out over NATS JetStream: this process is the bot's `ingest` (syncs, decrypts and publishes; one leads,
+   * others stand by) or one of its `worker`s (runs the handlers). Off by default; see the README's "Scale-out".
+   */
+  cluster?: ClusterOptions;
 }
 
 /** Which invites a client accepts by itself; see {@link ClientOptions.autoJoin}. */
@@ -267,7 +273,7 @@ export interface ClientEvents {
 export type Listener<K extends keyof ClientEvents> = (...args: ClientEvents[K]) => unknown;
 
 /** The options as the client uses them: every default filled in, `false`/`true` shorthands expanded. */
-export type ResolvedOptions = Required<Omit<ClientOptions, 'logger' | 'encryption' | 'rateLimit' | 'metrics'>> & {
+export type ResolvedOptions = Required<Omit<ClientOptions, 'logger' | 'encryption' | 'rateLimit' | 'metrics' | 'cluster'>> & {
   logger: Logger;
   /** Null when encryption is off. */
   encryption: EncryptionOptions | null;
@@ -275,6 +281,8 @@ export type ResolvedOptions = Required<Omit<ClientOptions, 'logger' | 'encryptio
   rateLimit: RateLimit | 'adaptive' | null;
   /** Null when metrics are off. */
   metrics: MetricsOptions | null;
+  /** Null when the client is not part of a cluster. */
+  cluster: ResolvedCluster | null;
 };
 
 /** Fills in the defaults of `options` and checks what cannot wait for first use; throws `HALCYON_INVALID_ARGUMENT`. */
@@ -305,6 +313,7 @@ export function resolveOptions(options: ClientOptions): ResolvedOptions {
     metrics: options.metrics === true ? {} : options.metrics ? options.metrics : null,
     logger: options.logger ?? consoleLogger(),
     encryption: options.encryption === false ? null : options.encryption === true || options.encryption === undefined ? {} : options.encryption,
+    cluster: options.cluster === undefined ? null : resolveCluster(options.cluster),
   };
   checkAutoJoin(opts.autoJoin);
   return opts;

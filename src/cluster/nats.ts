@@ -26,6 +26,8 @@ export interface Delivery {
   /** Delivered before (to a worker that died or did not acknowledge it within the ack wait). */
   readonly redelivered: boolean;
   ack(): void;
+  /** Gives it back: the server delivers it again at once (to any worker). */
+  nak(): void;
   /** Tells the server the handler is still running: the ack wait starts again. */
   working(): void;
 }
@@ -260,6 +262,7 @@ function wrap(m: JsMsg): Delivery {
     data: m.data,
     redelivered: m.redelivered,
     ack: () => m.ack(),
+    nak: () => m.nak(),
     working: () => m.working(),
   };
 }

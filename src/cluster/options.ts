@@ -43,7 +43,18 @@ export function resolveCluster(c: ClusterOptions): ResolvedCluster {
   const servers = typeof c.servers === 'string' ? [c.servers] : c.servers;
   if (!Array.isArray(servers) || servers.length === 0 || !servers.every((s) => typeof s === 'string' && s !== '')) throw bad('servers must be a NATS URL or a non-empty list of them');
   if (typeof c.name !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(c.name)) throw bad('name must be 1-64 letters, digits, _ or - (it names NATS subjects and streams)');
-  const r: ResolvedCluster = { ...CLUSTER_DEFAULTS, ...c, servers, auth: c.auth ?? null };
+  const d = CLUSTER_DEFAULTS;
+  // `undefined` means the default (a spread would let it override one).
+  const r: ResolvedCluster = {
+    servers,
+    name: c.name,
+    role: c.role ?? d.role,
+    partitions: c.partitions ?? d.partitions,
+    leaseTtlMs: c.leaseTtlMs ?? d.leaseTtlMs,
+    ackWaitMs: c.ackWaitMs ?? d.ackWaitMs,
+    replicas: c.replicas ?? d.replicas,
+    auth: c.auth ?? null,
+  };
   if (r.role !== 'worker' && r.role !== 'ingest') throw bad(`role must be 'worker' or 'ingest', not ${JSON.stringify(r.role)}`);
   const int = (v: unknown, min: number, max: number) => Number.isInteger(v) && (v as number) >= min && (v as number) <= max;
   if (!int(r.partitions, 1, 1024)) throw bad('partitions must be an integer from 1 to 1024');

@@ -32,9 +32,12 @@ export interface BotProcess {
   describe(): string;
 }
 
-/** Starts the fault-bot fixture with `env` (HC_TOKEN, HC_DIR, ...); every line is also pushed to `sink`. */
-export function startFaultBot(run: string, env: Record<string, string>, sink: BotLine[]): BotProcess {
-  const child = spawn(process.execPath, ['--import', 'tsx', BOT_SCRIPT], {
+/**
+ * Starts the fault-bot fixture (or another bot `script` that prints the same JSON lines, e.g. cluster-bot.ts) with
+ * `env` (HC_TOKEN, HC_DIR, ...); every line is also pushed to `sink`.
+ */
+export function startFaultBot(run: string, env: Record<string, string>, sink: BotLine[], script = BOT_SCRIPT): BotProcess {
+  const child = spawn(process.execPath, ['--import', 'tsx', script], {
     cwd: repoRoot,
     env: { ...process.env, ...env, HC_RUN: run },
     stdio: ['pipe', 'pipe', 'pipe'],

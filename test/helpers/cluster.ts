@@ -1,0 +1,102 @@
+/**
+ * Helpers of the cluster tests (test/integration/cluster-*.test.ts): the processes of a clustered bot
+ * (test/fixtures/cluster-bot.ts, through the fault-bot spawner), a peer's messages over many rooms, and the checks
+ * every cluster test makes of what the workers handled: each message handled at least once, a room's messages
+ * first seen in timeline order, duplicates only as redeliveries, one reply per `ping`.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import type { TestContext } from 'node:test';
+import type { Peer } from '../harness/peer.ts';
+import { defer } from '../integration/util.ts';
+import { type BotLine, type BotProcess, repliesInRoom, startFaultBot } from './fault-stream.ts';
+
+const SCRIPT = join(import.meta.dirname, '..', 'fixtures', 'cluster-bot.ts');
+
+/** Messages per cluster test (small for the suite's time; raise it with HC_CLUSTER_MESSAGES). */
+export const CLUSTER_MESSAGES = Number(process.env.HC_CLUSTER_MESSAGES ?? 300);
+
+/** A fresh cluster name (streams, subjects and keys are namespaced by it: tests share one NATS). */
+export function clusterName(): string {
+  return `t${randomBytes(4).toString('hex')}`;
+}
+
+/** Starts one process of the bot (killed at the end of the test if still running); its lines go to `sink`. */
+export function startClusterBot(t: TestContext, run: string, env: Record<string, string>, sink: BotLine[]): BotProcess {
+  const b = startFaultBot(run, env, sink, SCRIPT);
+  defer(t, () => b.kill9());
+  return b;
+}
+
+/** A message the peer sent: its room, its place in the room, its body and event ID. */
+export interface SentMessage {
+  roomId: string;
+  index: number;
+  body: string;
+  eventId: string;
+}
+
+/**
+ * Sends `total` messages spread round-robin over `rooms`: one room's messages one after the other (their timeline
+ * order is their index), the rooms side by side. Every `pingEvery`-th message of a room is a `ping` the workers
+ * answer. `onSent` is called after each.
+ */
+export async function sendOverRooms(peer: Peer, rooms: string[], total: number, pingEvery: number, onSent?: (n: number) => void): Promise<SentMessage[]> {
+  const sent: SentMessage[] = [];
+  await Promise.all(
+    rooms.map(async (roomId, r) => {
+      for (let index = 0; r + index * rooms.length < total; index++) {
+        const body = `${index % pingEvery === pingEvery - 1 ? 'ping' : 'msg'} r${r} #${index}`;
+        sent.push({ roomId, index, body, eventId: await peer.sendText(roomId, body) });
+        onSent?.(sent.length);
+      }
+    }),
+  );
+  return sent;
+}
+
+/**
+ * The checks of a run: every sent message handled by one of the `survivors` (the processes not killed), each
+ * room's messages first seen in timeline order across all workers, a second sighting of a message only flagged
+ * `redelivered` (a first one not, unless `firstMayBeRedelivered`: an ingest restart). Returns the messages seen twice.
+ */
+export function checkHandled(lines: BotLine[], sent: SentMessage[], survivors: Set<string>, opts: { firstMayBeRedelivered?: boolean } = {}): Set<string> {
+  const msgs = lines.filter((l) => l.kind === 'message');
+  const byId = new Map(sent.map((s) => [s.eventId, s]));
+  const handledBySurvivor = new Set(msgs.filter((l) => survivors.has(l.run)).map((l) => l.eventId as string));
+  const missing = sent.filter((s) => !handledBySurvivor.has(s.eventId));
+  assert.equal(missing.length, 0, `messages never handled: ${missing.slice(0, 10).map((s) => s.body).join(', ')}`);
+  // Lines in the order they happened (processes on one machine share the clock; the index breaks a tie of one ms).
+  const ordered = [...msgs].sort((a, b) => a.t - b.t || (byId.get(a.eventId)?.index ?? 0) - (byId.get(b.eventId)?.index ?? 0));
+  const seen = new Set<string>();
+  const twice = new Set<string>();
+  const nextIndex = new Map<string, number>();
+  for (const l of ordered) {
+    const s = byId.get(l.eventId);
+    if (!s) continue; // not one of the peer's numbered messages
+    if (seen.has(l.eventId)) {
+      assert.equal(l.redelivered, true, `${s.body} handled again by ${l.run} without redelivered: true`);
+      twice.add(l.eventId);
+      continue;
+    }
+    seen.add(l.eventId);
+    // After an ingest restart, what its journal handed out again is flagged even where the stream had not had it.
+    if (!opts.firstMayBeRedelivered) assert.equal(l.redelivered, false, `${s.body}: first delivery flagged redelivered (by ${l.run})`);
+    const expected = nextIndex.get(s.roomId) ?? 0;
+    assert.equal(s.index, expected, `room r${s.body.split(' ')[1]}: ${s.body} seen before message #${expected} (per-room order broken)`);
+    nextIndex.set(s.roomId, expected + 1);
+  }
+  return twice;
+}
+
+/** Checks that every `ping` has exactly one reply of the bot in its room (idempotent sends). */
+export async function checkOneReplyEach(baseUrl: string, accessToken: string, botUserId: string, sent: SentMessage[]): Promise<void> {
+  const rooms = [...new Set(sent.map((s) => s.roomId))];
+  const replies = (await Promise.all(rooms.map((r) => repliesInRoom(baseUrl, accessToken, r, botUserId)))).flat();
+  for (const s of sent.filter((m) => m.body.startsWith('ping'))) {
+    const mine = replies.filter((r) => r.inReplyTo === s.eventId);
+    assert.equal(mine.length, 1, `${s.body}: ${mine.length} replies (want exactly one)`);
+    assert.equal(mine[0]!.body, `re: ${s.body}`);
+  }
+}

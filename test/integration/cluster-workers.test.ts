@@ -1,0 +1,65 @@
+/**
+ * Cluster mode, workers (real Synapse + real nats-server): an ingest (in this process) publishes the events of 20
+ * rooms to three worker processes; one worker, whose handlers hang, is killed with SIGKILL mid-stream. Checked:
+ * every message handled by a surviving worker, each room's messages first seen in timeline order across workers,
+ * the killed worker's unacknowledged events redelivered to the others (`redelivered: true`) and nothing else
+ * handled twice, and exactly one reply per `ping` (sends from workers are idempotent).
+ * Knobs (env): HC_CLUSTER_MESSAGES (300).
+ */
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { type NatsServer, startNats } from '../harness/nats.ts';
+import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
+import type { BotLine } from '../helpers/fault-stream.ts';
+import { checkHandled, checkOneReplyEach, CLUSTER_MESSAGES, clusterName, sendOverRooms, startClusterBot } from '../helpers/cluster.ts';
+import { newBot, newPeer, tempDataDir, waitUntil } from './util.ts';
+
+let hs: Homeserver;
+let nats: NatsServer;
+before(async () => {
+  [hs, nats] = await Promise.all([testHomeserver(), startNats()]);
+});
+after(async () => {
+  await Promise.all([hs?.stop(), nats?.stop()]);
+});
+
+const ROOMS = 20;
+
+test(`${CLUSTER_MESSAGES} messages over ${ROOMS} rooms to three workers, one killed with SIGKILL mid-stream: each handled, in order per room, its events redelivered, one reply per ping`, { timeout: 180_000 }, async (t) => {
+  const t0 = Date.now();
+  const name = clusterName();
+  const cluster = { servers: nats.url, name, role: 'ingest' as const, partitions: 8, ackWaitMs: 2_000 };
+  const bot = await newBot(t, hs, { encryption: false, cluster });
+  await bot.client.run(bot.token);
+  const peer = await newPeer(hs);
+  const rooms = await Promise.all(Array.from({ length: ROOMS }, () => peer.createRoom({ invite: [bot.user.userId] })));
+  await Promise.all(rooms.map((r) => peer.waitForJoined(r, bot.user.userId, 30_000)));
+
+  const lines: BotLine[] = [];
+  const env = (dir: string, extra: Record<string, string> = {}) => ({ HC_TOKEN: bot.token, HC_DIR: dir, HC_NATS: nats.url, HC_NAME: name, ...extra });
+  const victim = startClusterBot(t, 'w0', env(tempDataDir(t), { HC_HANDLER_MS: '600000' }), lines);
+  const workers = [victim, startClusterBot(t, 'w1', env(tempDataDir(t)), lines), startClusterBot(t, 'w2', env(tempDataDir(t)), lines)];
+  await Promise.all(workers.map((w) => w.waitFor((l) => l.kind === 'ready', `worker ${w.run} ready`, 60_000)));
+
+  const sending = sendOverRooms(peer, rooms, CLUSTER_MESSAGES, 5);
+  // The victim holds what it pulled (its handlers hang): killed once it holds two events, while the peer sends.
+  await victim.waitFor((l) => l.kind === 'message' && lines.filter((m) => m.run === 'w0' && m.kind === 'message').length >= 2, 'the victim to hold two events', 60_000);
+  await victim.kill9();
+  const held = new Set(lines.filter((l) => l.run === 'w0' && l.kind === 'message').map((l) => l.eventId as string));
+  const sent = await sending;
+
+  const survivors = new Set(['w1', 'w2']);
+  await waitUntil(() => {
+    const handled = new Set(lines.filter((l) => l.kind === 'message' && survivors.has(l.run)).map((l) => l.eventId));
+    return sent.every((s) => handled.has(s.eventId));
+  }, 90_000, 'every message handled by a surviving worker');
+  await waitUntil(() => lines.filter((l) => l.kind === 'replied').length >= sent.filter((s) => s.body.startsWith('ping')).length, 30_000, 'every ping answered');
+
+  const twice = checkHandled(lines, sent, survivors);
+  assert.deepEqual([...twice].sort(), [...held].filter((id) => sent.some((s) => s.eventId === id)).sort(), 'handled twice: exactly the events the killed worker held');
+  for (const id of held) assert.ok(lines.some((l) => l.kind === 'message' && l.eventId === id && survivors.has(l.run) && l.redelivered === true), `${id} redelivered to a survivor`);
+  assert.deepEqual(lines.filter((l) => l.kind === 'error' || l.kind === 'sendFailed'), []);
+  await checkOneReplyEach(hs.baseUrl, peer.user.accessToken, bot.user.userId, sent);
+  assert.deepEqual(bot.errors, []);
+  t.diagnostic(`wall time ${Date.now() - t0} ms; ${sent.length} messages, ${held.size} redelivered`);
+});
