@@ -29,6 +29,8 @@ export class IngestRole implements ClusterRole {
   readonly role = 'ingest';
   readonly strategy = null;
   private unserve: (() => void) | null = null;
+  /** Publishes are failing (NATS unreachable): told once until one succeeds again. */
+  private failing = false;
 
   constructor(
     private readonly core: ClientCore,
@@ -51,14 +53,19 @@ export class IngestRole implements ClusterRole {
 
   /** Publishes until the stream acknowledges; a NATS outage is waited out (the room's lane waits with it). */
   private async publish(p: number, msgId: string, data: Uint8Array): Promise<void> {
-    const signal = this.core.lifecycle.signal;
-    for (let attempt = 1; ; attempt++) {
+    const { lifecycle, opts } = this.core;
+    for (;;) {
       try {
-        return await this.broker.publish(p, msgId, data);
+        await this.broker.publish(p, msgId, data);
+        if (this.failing) opts.logger.info({}, 'cluster: publishing to the stream again');
+        this.failing = false;
+        return;
       } catch (err) {
-        if (signal.aborted) throw err;
-        if (attempt === 1 || attempt % 40 === 0) this.core.opts.logger.warn({ err: (err as Error).message, attempt }, 'cluster: publish failed; retrying');
-        await delay(PUBLISH_RETRY_MS, signal);
+        if (lifecycle.signal.aborted) throw err;
+        // Said once per outage, not once per waiting room.
+        if (!this.failing) opts.logger.warn({ err: (err as Error).message }, 'cluster: cannot publish to the stream; events wait in the journal, retrying');
+        this.failing = true;
+        await delay(PUBLISH_RETRY_MS, lifecycle.signal);
       }
     }
   }

@@ -17,6 +17,17 @@ import type { Logger } from '../log.ts';
 import type { ClusterRpc, ClusterRpcAnswer } from '../protocol.ts';
 import type { ResolvedCluster } from './options.ts';
 
+/**
+ * The stream's de-duplication window: an event published again within it (by an ingest that restarted or took
+ * over before its journal recorded the first publish) is dropped by its event ID.
+ */
+const DUPLICATE_WINDOW_MS = 10 * 60_000;
+/** How long the stream keeps events, handled or not (more than the window: see ensureTopology). */
+const STREAM_MAX_AGE_MS = 60 * 60_000;
+
+/** Pause before a partition's consumption that ended is started again. */
+const CONSUME_RETRY_MS = 500;
+
 /** How long a publish waits for the stream's acknowledgement before it counts as failed (and is retried). */
 const PUBLISH_TIMEOUT_MS = 10_000;
 
@@ -57,6 +68,7 @@ export class Broker {
     private readonly js: JetStreamClient,
     private readonly jsm: JetStreamManager,
     private readonly cfg: ResolvedCluster,
+    private readonly logger: Logger,
   ) {
     this.stream = `HALCYON_${cfg.name}`;
   }
@@ -85,7 +97,7 @@ export class Broker {
         else if (s.type === 'reconnect') logger.warn({ server: s.server }, 'cluster: reconnected to NATS');
       }
     })().catch(() => {});
-    const broker = new Broker(nc, jetstream(nc), await jetstreamManager(nc, { timeout: 10_000 }), cfg);
+    const broker = new Broker(nc, jetstream(nc), await jetstreamManager(nc, { timeout: 10_000 }), cfg, logger);
     return broker;
   }
 
@@ -95,9 +107,9 @@ export class Broker {
   }
 
   /**
-   * Creates the bot's stream and one durable consumer per partition, or checks the existing ones. The stream is
-   * a work queue (an event is gone once a worker acknowledged it) with de-duplication by message ID; each
-   * consumer delivers one event at a time (`max_ack_pending: 1`), which keeps every room of the partition in
+   * Creates the bot's stream and one durable consumer per partition, or checks the existing ones. The stream
+   * keeps events for an hour (handled or not) with de-duplication by message ID; each durable consumer remembers
+   * which events of its partition were acknowledged and delivers one event at a time (`max_ack_pending: 1`), which keeps every room of the partition in
    * order whichever worker pulls it. Resolves with the stream's partition count (fixed at creation).
    */
   async ensureTopology(): Promise<number> {
@@ -115,11 +127,14 @@ export class Broker {
         .add({
           name: this.stream,
           subjects: [`halcyon.${c.name}.ev.*`],
-          retention: RetentionPolicy.Workqueue,
+          // Limits, not a work queue: the server rebuilds its de-duplication memory from the messages it still has
+          // after a restart, so acknowledged events must stay for longer than the window.
+          retention: RetentionPolicy.Limits,
+          max_age: STREAM_MAX_AGE_MS * 1_000_000,
           storage: StorageType.File,
           num_replicas: c.replicas,
           // A restarted ingest publishes its journal's unfinished events again: within this window they are dropped.
-          duplicate_window: 5 * 60_000_000_000,
+          duplicate_window: DUPLICATE_WINDOW_MS * 1_000_000,
           metadata: { partitions: String(partitions) },
         })
         .catch((e: unknown) => {
@@ -156,6 +171,19 @@ export class Broker {
     }
   }
 
+  /**
+   * The ack wait of the partitions' consumers, as the ingest that created them set it (a worker's handlers must
+   * signal progress within it, whatever the worker's own options say).
+   */
+  async ackWaitMs(): Promise<number> {
+    try {
+      const info = await this.jsm.consumers.info(this.stream, 'p0');
+      return Math.round((info.config.ack_wait ?? 30_000_000_000) / 1_000_000); // the server's default: 30 s
+    } catch (err) {
+      throw clusterError(`cannot read consumer p0 of ${this.stream}`, err);
+    }
+  }
+
   /** Publishes `data` to partition `p` with de-duplication by `msgId`; resolves when the stream has it (duplicates too). */
   async publish(p: number, msgId: string, data: Uint8Array): Promise<void> {
     await this.js.publish(this.subject(p), data, { msgID: msgId, timeout: PUBLISH_TIMEOUT_MS });
@@ -163,16 +191,35 @@ export class Broker {
 
   /**
    * Consumes partition `p`: `onMessage` gets each delivery (one at a time per partition, by the consumer's
-   * settings). Resolves with a stop function once the consumer is found.
+   * settings). Resolves with a stop function once the consumer is found. A consumption that ends on its own (the
+   * server restarted, the consumer was not found for a moment) is started again, so a worker never stops pulling
+   * a partition while it runs.
    */
   async consume(p: number, onMessage: (d: Delivery) => void): Promise<() => Promise<void>> {
     const consumer = await this.js.consumers.get(this.stream, `p${p}`);
-    const messages = await consumer.consume({ max_messages: 4, expires: 10_000 });
+    let current = await consumer.consume({ max_messages: 4, expires: 10_000 });
+    let stopped = false;
+    const stop = new AbortController();
     const done = (async () => {
-      for await (const m of messages) onMessage(wrap(m));
-    })().catch(() => {});
+      for (;;) {
+        try {
+          for await (const m of current) onMessage(wrap(m));
+        } catch (err) {
+          if (!stopped) this.logger.warn({ partition: p, err: (err as Error).message }, 'cluster: consuming a partition failed; starting again');
+        }
+        if (stopped) return;
+        await delay(CONSUME_RETRY_MS, stop.signal);
+        try {
+          current = await (await this.js.consumers.get(this.stream, `p${p}`)).consume({ max_messages: 4, expires: 10_000 });
+        } catch {
+          // tried again after the next pause: the iterator below is the finished one, which ends at once
+        }
+      }
+    })().catch(() => {}); // HALCYON_STOPPED from the pause
     return async () => {
-      await messages.close().catch(() => {});
+      stopped = true;
+      stop.abort();
+      await current.close().catch(() => {});
       await done;
     };
   }

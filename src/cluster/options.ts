@@ -22,7 +22,11 @@ export interface ClusterOptions {
   partitions?: number;
   /** How long the ingest's lease lives without renewal: a standby takes over this long after the leader died. Default 10,000 ms. */
   leaseTtlMs?: number;
-  /** How long a worker may hold an event unacknowledged before it goes to another worker (set when the stream is created). Default 30,000 ms. */
+  /**
+   * How long a dead worker's event waits before it goes to another worker: the ack wait of the partitions'
+   * consumers, set by the ingest that creates them (a worker's own value is not used). A live worker's running
+   * handlers keep their events by telling the server every third of it. Default 30,000 ms.
+   */
   ackWaitMs?: number;
   /** Replicas of the stream and buckets in a NATS cluster (1, or 3 for a 3-node production cluster). Default 1. */
   replicas?: number;

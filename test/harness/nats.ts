@@ -22,8 +22,11 @@ export interface NatsServer {
   /** `nats://127.0.0.1:<port>` */
   url: string;
   port: number;
-  /** Kills the server (SIGKILL) and starts it again on the same port and store; resolves once it accepts connections. `down` runs while none is serving. */
-  restart(down?: () => unknown): Promise<void>;
+  /**
+   * Ends the server with `signal` (default SIGKILL: a crash; SIGTERM: a clean shutdown) and starts it again on the
+   * same port and store; resolves once it accepts connections. `down` runs while none is serving.
+   */
+  restart(down?: () => unknown, signal?: NodeJS.Signals): Promise<void>;
   /** Stops the server and removes its store; safe to call twice. */
   stop(): Promise<void>;
 }
@@ -122,12 +125,12 @@ export async function startNats(): Promise<NatsServer> {
     proc = p;
     await waitListening(port, p, () => output, 30_000);
   };
-  const kill = async () => {
+  const kill = async (signal: NodeJS.Signals = 'SIGKILL') => {
     const p = proc;
     proc = null;
     if (!p || p.exitCode !== null || p.signalCode !== null) return;
     const gone = new Promise((r) => p.once('exit', r));
-    p.kill('SIGKILL');
+    p.kill(signal);
     await gone;
   };
   const onExit = () => {
@@ -139,8 +142,8 @@ export async function startNats(): Promise<NatsServer> {
   return {
     url: `nats://127.0.0.1:${port}`,
     port,
-    async restart(down) {
-      await kill();
+    async restart(down, signal) {
+      await kill(signal);
       await down?.();
       await launch();
     },

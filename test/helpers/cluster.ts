@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import type { Peer } from '../harness/peer.ts';
-import { defer } from '../integration/util.ts';
+import { defer, waitUntil } from '../integration/util.ts';
 import { type BotLine, type BotProcess, repliesInRoom, startFaultBot } from './fault-stream.ts';
 
 const SCRIPT = join(import.meta.dirname, '..', 'fixtures', 'cluster-bot.ts');
@@ -88,6 +88,15 @@ export function checkHandled(lines: BotLine[], sent: SentMessage[], survivors: S
     nextIndex.set(s.roomId, expected + 1);
   }
   return twice;
+}
+
+/** Resolves once every `ping` of `sent` has a `replied` line (a redelivered ping's second reply line does not count twice). */
+export async function waitAllReplied(lines: BotLine[], sent: SentMessage[], timeoutMs: number): Promise<void> {
+  const pings = sent.filter((s) => s.body.startsWith('ping'));
+  await waitUntil(() => {
+    const replied = new Set(lines.filter((l) => l.kind === 'replied').map((l) => l.eventId as string));
+    return pings.every((p) => replied.has(p.eventId));
+  }, timeoutMs, 'every ping answered');
 }
 
 /** Checks that every `ping` has exactly one reply of the bot in its room (idempotent sends). */

@@ -13,7 +13,7 @@ import { Client } from '../../src/index.ts';
 import { type NatsServer, startNats } from '../harness/nats.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
 import type { BotLine } from '../helpers/fault-stream.ts';
-import { checkHandled, checkOneReplyEach, CLUSTER_MESSAGES, clusterName, sendOverRooms, startClusterBot } from '../helpers/cluster.ts';
+import { checkHandled, checkOneReplyEach, waitAllReplied, CLUSTER_MESSAGES, clusterName, sendOverRooms, startClusterBot } from '../helpers/cluster.ts';
 import { newPeer, tempDataDir, waitUntil } from './util.ts';
 
 let hs: Homeserver;
@@ -60,7 +60,7 @@ test(`kill -9 of the ingest leader mid-stream (${CLUSTER_MESSAGES} messages, ${R
     const seen = new Set(lines.filter((l) => l.kind === 'message').map((l) => l.eventId));
     return sent.every((s) => seen.has(s.eventId));
   }, 90_000, 'every message handled');
-  await waitUntil(() => lines.filter((l) => l.kind === 'replied').length >= sent.filter((s) => s.body.startsWith('ping')).length, 30_000, 'every ping answered');
+  await waitAllReplied(lines, sent, 30_000);
   const twice = checkHandled(lines, sent, new Set(['w0', 'w1']), { firstMayBeRedelivered: true });
   assert.equal(twice.size, 0, 'no message handled twice');
   assert.deepEqual(lines.filter((l) => l.kind === 'error' || l.kind === 'sendFailed' || l.kind === 'runFailed'), []);

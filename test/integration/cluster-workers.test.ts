@@ -11,7 +11,7 @@ import { after, before, test } from 'node:test';
 import { type NatsServer, startNats } from '../harness/nats.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
 import type { BotLine } from '../helpers/fault-stream.ts';
-import { checkHandled, checkOneReplyEach, CLUSTER_MESSAGES, clusterName, sendOverRooms, startClusterBot } from '../helpers/cluster.ts';
+import { checkHandled, checkOneReplyEach, waitAllReplied, CLUSTER_MESSAGES, clusterName, sendOverRooms, startClusterBot } from '../helpers/cluster.ts';
 import { newBot, newPeer, tempDataDir, waitUntil } from './util.ts';
 
 let hs: Homeserver;
@@ -53,7 +53,7 @@ test(`${CLUSTER_MESSAGES} messages over ${ROOMS} rooms to three workers, one kil
     const handled = new Set(lines.filter((l) => l.kind === 'message' && survivors.has(l.run)).map((l) => l.eventId));
     return sent.every((s) => handled.has(s.eventId));
   }, 90_000, 'every message handled by a surviving worker');
-  await waitUntil(() => lines.filter((l) => l.kind === 'replied').length >= sent.filter((s) => s.body.startsWith('ping')).length, 30_000, 'every ping answered');
+  await waitAllReplied(lines, sent, 30_000);
 
   const twice = checkHandled(lines, sent, survivors);
   assert.deepEqual([...twice].sort(), [...held].filter((id) => sent.some((s) => s.eventId === id)).sort(), 'handled twice: exactly the events the killed worker held');
