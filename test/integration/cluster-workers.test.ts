@@ -3,7 +3,8 @@
  * rooms to three worker processes; one worker, whose handlers hang, is killed with SIGKILL mid-stream. Checked:
  * every message handled by a surviving worker, each room's messages first seen in timeline order across workers,
  * the killed worker's unacknowledged events redelivered to the others (`redelivered: true`) and nothing else
- * handled twice, and exactly one reply per `ping` (sends from workers are idempotent).
+ * handled twice, and exactly one reply per `ping` (sends from workers are idempotent). Then a worker in this process
+ * reads room state from the ingest's cache (`getRoom`, its latency reported).
  * Knobs (env): HC_CLUSTER_MESSAGES (300).
  */
 import assert from 'node:assert/strict';
@@ -12,7 +13,7 @@ import { type NatsServer, startNats } from '../harness/nats.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
 import type { BotLine } from '../helpers/fault-stream.ts';
 import { checkHandled, checkOneReplyEach, waitAllReplied, CLUSTER_MESSAGES, clusterName, sendOverRooms, startClusterBot } from '../helpers/cluster.ts';
-import { newBot, newPeer, tempDataDir, waitUntil } from './util.ts';
+import { newBot, newClient, newPeer, tempDataDir, waitUntil } from './util.ts';
 
 let hs: Homeserver;
 let nats: NatsServer;
@@ -24,11 +25,12 @@ after(async () => {
 });
 
 const ROOMS = 20;
+const PARTITIONS = 8;
 
 test(`${CLUSTER_MESSAGES} messages over ${ROOMS} rooms to three workers, one killed with SIGKILL mid-stream: each handled, in order per room, its events redelivered, one reply per ping`, { timeout: 180_000 }, async (t) => {
   const t0 = Date.now();
   const name = clusterName();
-  const cluster = { servers: nats.url, name, role: 'ingest' as const, partitions: 8, ackWaitMs: 2_000 };
+  const cluster = { servers: nats.url, name, role: 'ingest' as const, partitions: PARTITIONS, ackWaitMs: 2_000 };
   const bot = await newBot(t, hs, { encryption: false, cluster });
   await bot.client.run(bot.token);
   const peer = await newPeer(hs);
@@ -55,11 +57,26 @@ test(`${CLUSTER_MESSAGES} messages over ${ROOMS} rooms to three workers, one kil
   }, 90_000, 'every message handled by a surviving worker');
   await waitAllReplied(lines, sent, 30_000);
 
-  const twice = checkHandled(lines, sent, survivors);
+  const { twice, firstRedelivered } = checkHandled(lines, sent, survivors);
   assert.deepEqual([...twice].sort(), [...held].filter((id) => sent.some((s) => s.eventId === id)).sort(), 'handled twice: exactly the events the killed worker held');
+  // Beside those, only events handed to the victim whose handlers had not started: one unacked event per partition.
+  assert.ok(held.size + firstRedelivered.size <= PARTITIONS, `${held.size} held + ${firstRedelivered.size} flagged at first handling > ${PARTITIONS} partitions`);
   for (const id of held) assert.ok(lines.some((l) => l.kind === 'message' && l.eventId === id && survivors.has(l.run) && l.redelivered === true), `${id} redelivered to a survivor`);
   assert.deepEqual(lines.filter((l) => l.kind === 'error' || l.kind === 'sendFailed'), []);
   await checkOneReplyEach(hs.baseUrl, peer.user.accessToken, bot.user.userId, sent);
   assert.deepEqual(bot.errors, []);
+
+  // Room state on a worker comes from the ingest's cache over request/reply: it answers, and how fast.
+  const worker = newClient(t, tempDataDir(t), { encryption: false, cluster: { servers: nats.url, name } });
+  await worker.run(bot.token);
+  const ms: number[] = [];
+  for (let i = 0; i < 100; i++) {
+    const t1 = performance.now();
+    const room = await worker.getRoom(rooms[i % rooms.length]!);
+    ms.push(performance.now() - t1);
+    assert.equal(room?.membership, 'join');
+  }
+  ms.sort((a, b) => a - b);
+  t.diagnostic(`worker getRoom over NATS: p50 ${ms[50]!.toFixed(2)} ms, p99 ${ms[99]!.toFixed(2)} ms`);
   t.diagnostic(`wall time ${Date.now() - t0} ms; ${sent.length} messages, ${held.size} redelivered`);
 });
