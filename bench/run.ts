@@ -30,7 +30,7 @@ import { advantage, ratioChart } from './chart.ts';
 import { GOAL_RULE, verdictOf, type BenchContext, type Contender, type GoalEntry, type RatioEntry, type Verdict, type Workload, type WorkloadReport } from './report.ts';
 import { fmt, machineAndOwnCpuMs } from './stats.ts';
 
-const WORKLOADS = ['throughput', 'isolation', 'latency', 'coldstart', 'memory', 'sends', 'e2ee'] as const;
+const WORKLOADS = ['throughput', 'isolation', 'latency', 'coldstart', 'memory', 'sends', 'e2ee', 'cluster'] as const;
 
 const USAGE = `usage: node --import tsx bench/run.ts [options]   (npm run bench -- [options])
   --quick        a few minutes: fewer rounds and smaller inputs
