@@ -23,6 +23,8 @@ import * as messages from './client/messages.ts';
 import { type ClientEvents, type ClientOptions, type CreateRoomOptions, type Health, type ImportTokenOptions, type Listener, type LoginOptions, resolveOptions, type SendOptions, type WhoAmI } from './client/options.ts';
 import * as rooms from './client/rooms-api.ts';
 import * as users from './client/users.ts';
+import { CommandRouter, type CommandsOptions } from './toolkit/commands.ts';
+import { toolkitHost } from './toolkit/host.ts';
 
 export type {
   AutoJoinPolicy,
@@ -382,6 +384,17 @@ export class Client implements RoomActions {
    */
   typingWhile<T>(roomId: string, work: Promise<T> | (() => Promise<T>)): Promise<T> {
     return users.typingWhile(this.#core, roomId, work);
+  }
+
+  // ---- toolkit ----
+
+  /**
+   * A command router: `client.commands({ prefix: '!' }).add('ban <user:userId> [reason...]', { power: 'ban' },
+   * async (ctx) => ...)`. Typed arguments, permission checks, cooldowns, a generated help command, questions
+   * (`ctx.ask`) and replies in threads; see the README's "Commands" section.
+   */
+  commands(opts: CommandsOptions = {}): CommandRouter {
+    return new CommandRouter(this, toolkitHost(this.#core), opts);
   }
 
   // ---- users ----

@@ -15,6 +15,8 @@ import { beginHandlerRun, laneScope } from '../outbox.ts';
 export interface ToolkitHost {
   readonly dataDir: string;
   readonly logger: Logger;
+  /** Whether end-to-end encryption is on. */
+  readonly encryption: boolean;
   /** Aborted when the current run stops (the client's lifecycle signal; a new run has a new one). */
   stopSignal(): AbortSignal;
   /** The transport of the running client (throws `HALCYON_NOT_RUNNING` otherwise). */
@@ -30,6 +32,7 @@ export function toolkitHost(core: ClientCore): ToolkitHost {
   return {
     dataDir: core.opts.dataDir,
     logger: core.opts.logger,
+    encryption: core.opts.encryption !== null,
     stopSignal: () => core.lifecycle.signal,
     http: () => core.needHttp(),
     commandFailed: (err, command) => core.bus.handlerFailed(err, 'command', undefined, command),
