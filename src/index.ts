@@ -30,3 +30,4 @@ export { CommandContext } from './toolkit/context.ts';
 export type { CommandReplyOptions } from './toolkit/context.ts';
 export type { Answer, AskOptions } from './toolkit/conversation.ts';
 export type { ArgsOf, ArgType, ArgValue, Param, Pattern } from './toolkit/args.ts';
+export type { ScheduledMessage, ScheduleOptions } from './toolkit/schedule.ts';
