@@ -124,6 +124,11 @@ export function collectGarbage(): void {
   fullGc();
 }
 
+/** Whether this code runs on a worker thread (an actor's own), not on the main thread. */
+export function isWorkerThread(): boolean {
+  return !isMainThread;
+}
+
 /** Where the bundled worker entries live, relative to this module (source under tsx, or the built bundle). */
 function workerUrl(name: string | URL): URL {
   if (name instanceof URL) return name;

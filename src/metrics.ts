@@ -6,6 +6,7 @@
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { HalcyonError } from './errors.ts';
+import type { MemoryReport } from './memory.ts';
 
 /** Metrics options of a client. */
 export interface MetricsOptions {
@@ -70,8 +71,17 @@ export const noMetrics: Recorder = {
 /** The `kind` label values of handler metrics. */
 const HANDLED_KINDS = ['message', 'edit', 'reaction', 'member', 'redaction', 'other'] as const;
 
-/** Builds the recorder: metrics registered in `opts.registry` (or a new one), served if `opts.port` is set. */
-export async function createMetrics(opts: MetricsOptions, snapshot: () => Promise<MetricsSnapshot>): Promise<Recorder> {
+/** The `kind` label values of `thread_memory_bytes`, and the {@link ActorMemory} field each reads. */
+const MEMORY_KINDS = {
+  heap_used: 'heapUsed', heap_total: 'heapTotal', heap_limit: 'heapLimit', young_generation: 'youngGeneration', external: 'external', array_buffers: 'arrayBuffers', wasm: 'wasmBytes',
+} as const;
+
+/**
+ * Builds the recorder: metrics registered in `opts.registry` (or a new one), served if `opts.port` is set.
+ * `memory` (src/memory.ts `gatherMemory` over the client's actors) feeds the per-thread memory gauges; without it
+ * they are not registered.
+ */
+export async function createMetrics(opts: MetricsOptions, snapshot: () => Promise<MetricsSnapshot>, memory?: () => Promise<MemoryReport>): Promise<Recorder> {
   const registry = opts.registry ?? new Registry();
   const p = opts.prefix ?? 'halcyon_';
   const roomLabel = opts.perRoom === true;
@@ -107,6 +117,7 @@ export async function createMetrics(opts: MetricsOptions, snapshot: () => Promis
   gauge('outbox_pending', 'Sends not yet acknowledged by the server.', (s) => s.outboxPending);
   gauge('outbox_dead_letters', 'Sends that failed for good, kept as dead letters.', (s) => s.outboxDead);
   gauge('pending_undecryptable_events', 'Encrypted events kept until their room key arrives.', (s) => s.pendingUndecryptable);
+  if (memory) registerMemoryGauges(registry, p, memory);
   const received = new Counter({ name: `${p}events_received_total`, help: 'Timeline events handed to the main thread.', registers: [registry] });
   const handled = new Counter({ name: `${p}events_handled_total`, help: 'Events whose handlers settled.', labelNames: roomLabel ? ['kind', 'room'] : ['kind'], registers: [registry] });
   const failures = new Counter({ name: `${p}handler_failures_total`, help: 'Handlers that threw or rejected.', registers: [registry] });
@@ -166,9 +177,43 @@ export async function createMetrics(opts: MetricsOptions, snapshot: () => Promis
     async close() {
       if (server) await new Promise<void>((r) => server!.close(() => r()));
       // A registry the host owns keeps its other metrics; ours are removed so a new client can register again.
-      for (const name of ['sync_seconds_since_success', 'sync_polls', 'handler_failures_total', 'queued_events', 'journal_backlog_events', 'outbox_pending', 'outbox_dead_letters', 'pending_undecryptable_events', 'events_received_total', 'events_handled_total', 'handler_duration_seconds', 'handler_lag_seconds', 'sync_errors_total', 'sends_total', 'decrypt_failures_total']) {
+      for (const name of ['sync_seconds_since_success', 'sync_polls', 'handler_failures_total', 'queued_events', 'journal_backlog_events', 'outbox_pending', 'outbox_dead_letters', 'pending_undecryptable_events', 'events_received_total', 'events_handled_total', 'handler_duration_seconds', 'handler_lag_seconds', 'sync_errors_total', 'sends_total', 'decrypt_failures_total', ...(memory ? ['thread_memory_bytes', 'rss_bytes'] : [])]) {
         registry.removeSingleMetric(p + name);
       }
     },
   };
+}
+
+/**
+ * `thread_memory_bytes{thread, kind}` (each worker's own heap, external memory and, for crypto, wasm memory; an
+ * actor running inline is main's thread and is not repeated) and `rss_bytes`, from one `memory()` round per scrape.
+ */
+function registerMemoryGauges(registry: Registry, p: string, memory: () => Promise<MemoryReport>): void {
+  let last: MemoryReport | null = null;
+  new Gauge({
+    name: `${p}thread_memory_bytes`,
+    help: 'Memory of each thread as it measures itself: V8 heap used/committed/limit, external and array buffers, and wasm (crypto).',
+    labelNames: ['thread', 'kind'],
+    registers: [registry],
+    async collect() {
+      const r = (last = await memory());
+      this.reset();
+      for (const thread of ['main', 'sync', 'cache', 'crypto'] as const) {
+        const m = r[thread];
+        if (!m || (thread !== 'main' && m.thread === 'main')) continue;
+        for (const [kind, field] of Object.entries(MEMORY_KINDS)) {
+          const v = m[field];
+          if (v !== null) this.set({ thread, kind }, v);
+        }
+      }
+    },
+  });
+  new Gauge({
+    name: `${p}rss_bytes`,
+    help: 'Resident set size of the whole process (every thread, wasm, native allocations).',
+    registers: [registry],
+    async collect() {
+      this.set((last ?? (last = await memory())).rss);
+    },
+  });
 }

@@ -66,6 +66,34 @@ export interface SyncStatus {
   lastError?: WireError;
 }
 
+/**
+ * Memory of one thread, in bytes, as the thread itself measures it (see src/memory.ts). The V8 figures are the
+ * thread's own isolate: every worker has a heap of its own, which `process.memoryUsage()` on main does not show.
+ */
+export interface ActorMemory {
+  /** `worker`: measured on the actor's own thread; `main`: the actor runs inline, these are main's numbers. */
+  thread: 'worker' | 'main';
+  /** V8 heap in use (live objects and garbage not yet collected). */
+  heapUsed: number;
+  /** V8 heap committed (what the heap holds of RSS). */
+  heapTotal: number;
+  /** The most the heap may grow to (a worker's `resourceLimits`, else V8's default for this machine). */
+  heapLimit: number;
+  /**
+   * Of `heapTotal`: the young generation (new space), where short-lived objects are allocated. V8 doubles it under
+   * steady allocation and rarely shrinks it; it is what grew under steady traffic (see src/actors.ts).
+   */
+  youngGeneration: number;
+  /** Memory outside the heap held by JS objects (buffers, typed arrays), `arrayBuffers` included. */
+  external: number;
+  /** Of `external`: ArrayBuffer backing stores (sync bodies, typed arrays). */
+  arrayBuffers: number;
+  /** crypto-wasm's linear memory (it never shrinks), for the crypto actor; null elsewhere or when unknown. */
+  wasmBytes: number | null;
+  /** The most this thread's SQLite connections may cache (pages × page size); null when it has none open. */
+  sqliteCacheLimit: number | null;
+}
+
 /** RPC surface of the sync actor (main → sync). */
 export interface SyncActorApi {
   /** Opens the store, connects the cache actor port and the main event port, and starts polling. */
@@ -77,6 +105,8 @@ export interface SyncActorApi {
   setWantedTypes(types: string[] | null): Promise<void>;
   /** Changes the presence sent with each poll. */
   setPresence(state: SyncConfig['setPresence']): Promise<void>;
+  /** This actor's memory; `collect` runs a full garbage collection first (for tests: it costs a pause). */
+  memory(collect?: boolean): Promise<ActorMemory>;
 }
 
 /** Deadlines of actor calls, in ms. `stop` drains in-flight batches first, so it gets longer. */
@@ -289,6 +319,8 @@ export interface CacheActorApi {
   summaries(): Promise<RoomSummary[]>;
   /** Stored account data of `type` (global when `roomId` is null), or undefined. */
   accountData(roomId: string | null, type: string): Promise<Record<string, unknown> | undefined>;
+  /** This actor's memory; `collect` runs a full garbage collection first (for tests: it costs a pause). */
+  memory(collect?: boolean): Promise<ActorMemory>;
   close(): Promise<void>;
 }
 
@@ -418,6 +450,8 @@ export interface CryptoActorApi {
   /** Changes which decrypted types are delivered. */
   setWantedTypes(types: string[] | null): Promise<void>;
   status(): Promise<CryptoStatus>;
+  /** This actor's memory, crypto-wasm's included; `collect` runs a full garbage collection first (for tests). */
+  memory(collect?: boolean): Promise<ActorMemory>;
   close(): Promise<void>;
 }
 

@@ -18,7 +18,9 @@ import { createHash } from 'node:crypto';
 import { HalcyonError, toWireError } from '../errors.ts';
 import { MatrixHttp, seg } from '../http.ts';
 import type { Port } from '../actors.ts';
+import { threadMemory } from '../memory.ts';
 import {
+  type ActorMemory,
   type CryptoActorApi,
   type CryptoConfig,
   type CryptoIdentity,
@@ -90,6 +92,7 @@ export class CryptoActor implements CryptoActorApi {
   constructor(private readonly events: Port<MainToCrypto, CryptoToMain>) {}
 
   async open(config: CryptoConfig): Promise<CryptoIdentity> {
+    captureWasmMemory();
     this.config = config;
     this.wanted = config.wantedTypes ? new Set(config.wantedTypes) : null;
     const storeName = `halcyon-${createHash('sha256').update(config.dataDir).digest('hex').slice(0, 16)}`;
@@ -250,6 +253,10 @@ export class CryptoActor implements CryptoActorApi {
       appliedBatches: this.appliedBatches,
       duplicateToDevice: this.duplicateToDevice,
     };
+  }
+
+  async memory(collect = false): Promise<ActorMemory> {
+    return threadMemory({ collect, wasmBytes: wasmMemory?.buffer.byteLength ?? null });
   }
 
   async close(): Promise<void> {
@@ -561,6 +568,34 @@ export class CryptoActor implements CryptoActorApi {
 }
 
 type OutgoingRequest = { id: string; type: W.RequestType; body: string };
+
+/** crypto-wasm's linear memory in this thread, once {@link captureWasmMemory} has seen it instantiated. */
+let wasmMemory: WebAssembly.Memory | null = null;
+let wasmCaptured = false;
+
+/**
+ * Finds crypto-wasm's linear memory, for `memory()`: the binding does not export its instance, and instantiates
+ * it synchronously on first use, so that first use is made here with `WebAssembly.Instance` watched. If this
+ * thread had used the binding already (an inline actor beside other crypto code), the size stays unknown.
+ */
+function captureWasmMemory(): void {
+  if (wasmCaptured) return;
+  wasmCaptured = true;
+  const Original = WebAssembly.Instance;
+  WebAssembly.Instance = new Proxy(Original, {
+    construct(target, args: ConstructorParameters<typeof WebAssembly.Instance>) {
+      const instance = new target(...args);
+      const memory = instance.exports.memory;
+      if (memory instanceof WebAssembly.Memory) wasmMemory = memory;
+      return instance;
+    },
+  });
+  try {
+    W.getVersions().free();
+  } finally {
+    WebAssembly.Instance = Original;
+  }
+}
 
 /**
  * Decryption settings accepting unverified devices (bots rarely verify). A new object per call: wasm-bindgen

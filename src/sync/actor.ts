@@ -14,7 +14,9 @@
 import { HalcyonError, toWireError, type WireError } from '../errors.ts';
 import { delay, MatrixHttp, seg } from '../http.ts';
 import { collectGarbage, type Port, type Remote } from '../actors.ts';
+import { threadMemory } from '../memory.ts';
 import type {
+  ActorMemory,
   CacheActorApi,
   CryptoActorApi,
   CryptoSyncChanges,
@@ -213,6 +215,10 @@ export class SyncActor implements SyncActorApi {
     };
     if (this.lastError) s.lastError = this.lastError;
     return s;
+  }
+
+  async memory(collect = false): Promise<ActorMemory> {
+    return threadMemory({ collect });
   }
 
   private async run(resumed: boolean): Promise<void> {
