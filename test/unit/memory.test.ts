@@ -14,6 +14,8 @@ import { createMetrics, type MetricsSnapshot } from '../../src/metrics.ts';
 import { CACHE_DEADLINES, type ActorMemory, type CacheActorApi } from '../../src/protocol.ts';
 import { openDatabase } from '../../src/store.ts';
 
+const MB = 2 ** 20;
+
 test('threadMemory: main measures its own heap, and its SQLite cache limit once a database is open', (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'hc-mem-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
@@ -46,7 +48,7 @@ test('gatherMemory: main and the process RSS always; an actor that fails or does
   assert.deepEqual([none.sync, none.cache, none.crypto], [null, null, null]);
 });
 
-test('a worker actor answers memory() with its own isolate\'s numbers', async (t) => {
+test('a worker actor answers memory() with its own isolate\'s numbers, its young generation bounded', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'hc-mem-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const [, forSync] = portPair();
@@ -56,6 +58,7 @@ test('a worker actor answers memory() with its own isolate\'s numbers', async (t
   const m = await cache.api.memory(true);
   assert.equal(m.thread, 'worker');
   assert.ok(m.heapUsed > 0 && m.heapUsed <= m.heapTotal, JSON.stringify(m));
+  assert.ok(m.youngGeneration <= 8 * MB, `young generation ${m.youngGeneration / MB} MiB`);
   assert.ok(m.sqliteCacheLimit !== null && m.sqliteCacheLimit > 0, 'cache.sqlite is open in that thread');
   assert.equal(m.wasmBytes, null);
 });
