@@ -110,7 +110,7 @@ test('handlers that throw (sync and async) emit HALCYON_HANDLER_FAILED with room
       throw boomAsync;
     }
   });
-  // A second, synchronous listener that throws must not stop the first from running (or vice versa).
+  // A second listener: it still runs for the events whose first listener failed.
   const second: string[] = [];
   bot.client.on('message', (m) => {
     second.push(m.body);
