@@ -87,9 +87,10 @@ test('bad /sync bodies, 5xx, resets and malformed events: coded events, no crash
     bodies.push(m.body.slice(0, 10));
     if (bodies.length === 4) allDelivered();
   });
+  const retries: Array<{ attempt: number; retryInMs: number }> = [];
   client.on('syncError', (e, info) => {
     syncErrors.push(e.code);
-    assert.ok(info.attempt >= 1 && info.retryInMs >= 0);
+    retries.push({ attempt: info.attempt, retryInMs: info.retryInMs });
     assert.ok(!e.message.includes(ACCESS_TOKEN));
   });
   client.on('syncRecovered', () => recovered++);
@@ -99,6 +100,9 @@ test('bad /sync bodies, 5xx, resets and malformed events: coded events, no crash
     await delivered;
     assert.deepEqual(bodies, ['good 1', 'good 2', 'xxxxxxxxxx', 'good 4']);
     assert.deepEqual(syncErrors, ['HALCYON_BAD_SYNC', 'HALCYON_BAD_SYNC', 'HALCYON_MATRIX', 'HALCYON_HTTP', 'HALCYON_HTTP']);
+    assert.deepEqual(retries.map((r) => r.attempt), [1, 2, 3, 4, 5], 'consecutive failed polls are counted');
+    // backoffMinMs 5 doubling up to backoffMaxMs 20, with ±20% jitter under the ceiling.
+    for (const r of retries) assert.ok(r.retryInMs >= 4 && r.retryInMs <= 20, `attempt ${r.attempt}: retry in ${r.retryInMs} ms, outside the backoff's 4..20 ms`);
     assert.equal(recovered, 1);
     assert.deepEqual(errors.map((e) => e.code), ['HALCYON_BAD_EVENT', 'HALCYON_BAD_EVENT', 'HALCYON_BAD_EVENT']);
     assert.ok(errors.every((e) => e.roomId === '!r:s'));
