@@ -1113,10 +1113,15 @@ export class Client implements RoomActions {
     contentArg(type, content, 'sendEvent');
     this.need();
     const plaintextOk = opts.allowPlaintext === true || this.opts.encryption?.allowPlaintext === true;
-    if (!this.opts.encryption && !plaintextOk && (await this.encryptedForSend(roomId))) {
-      throw new HalcyonError('HALCYON_ROOM_ENCRYPTED', `room ${roomId} is encrypted and encryption is off; pass { allowPlaintext: true } to send in the clear`, { roomId });
-    }
-    return this.needOutbox().send(roomId, { kind: 'send', type, content }, plaintextOk);
+    if (this.opts.encryption) return this.needOutbox().send(roomId, { kind: 'send', type, content }, plaintextOk);
+    // The check below may ask the server: one at a time per room, so sends still reach the outbox in call order.
+    const queued = await this.serially(`send ${roomId}`, async () => {
+      if (!plaintextOk && (await this.encryptedForSend(roomId))) {
+        throw new HalcyonError('HALCYON_ROOM_ENCRYPTED', `room ${roomId} is encrypted and encryption is off; pass { allowPlaintext: true } to send in the clear`, { roomId });
+      }
+      return { sent: this.needOutbox().send(roomId, { kind: 'send', type, content }, plaintextOk) };
+    });
+    return queued.sent;
   }
 
   /** Redacts an event; resolves with the redaction's event ID. Goes through the outbox like a send. */
