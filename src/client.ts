@@ -1638,6 +1638,11 @@ export class Client implements RoomActions {
     await (name === 'sync' ? this.sync : name === 'cache' ? this.cache : this.crypto)?.crash();
   }
 
+  /** Makes one actor stop answering while its worker stays alive, as a stuck actor would (for watchdog tests). @internal */
+  async stallActorForTests(name: 'sync' | 'cache' | 'crypto'): Promise<void> {
+    await (name === 'sync' ? this.sync : name === 'cache' ? this.cache : this.crypto)?.stall();
+  }
+
   /** A fatal problem (dead token, dead worker): report it, fail `run` if it is still waiting, and shut down. */
   private fail(err: HalcyonError): void {
     if (this.state === 'stopping' || this.state === 'stopped' || this.state === 'idle') return;

@@ -1,6 +1,7 @@
 /**
- * Dead workers are restarted, on the real Synapse while a peer streams numbered messages: the sync or cache
- * actor's worker crashes mid-stream (fault injection); the client reports it (`HALCYON_ACTOR_DIED`),
+ * Dead or stuck workers are restarted, on the real Synapse while a peer streams numbered messages: the sync or
+ * cache actor's worker crashes mid-stream (fault injection), or the sync actor stops answering while its thread
+ * stays alive (the watchdog must notice); the client reports it (`HALCYON_ACTOR_DIED`, `HALCYON_ACTOR_TIMEOUT`),
  * starts the actors again — the restart is awaited on the client's own 'actors restarted' warning — and every
  * message is handled exactly once in this process, in order. A handler is held while the actors die, so the
  * restarted sync actor must merge what it reposts with what main is running.
@@ -20,7 +21,7 @@ after(async () => {
   await hs?.stop();
 });
 
-/** Bound of the waits around a restart. */
+/** Bound of the waits around a restart (a stuck actor takes the watchdog's 10 s, then a bounded stop). */
 const RESTART_MS = 60_000;
 const COUNT = 100;
 /** The message whose handler is held while the actors die. */
@@ -34,9 +35,9 @@ function warnings(): { logger: Logger; lines: string[] } {
 }
 
 /** A bot on a fresh account, a peer streaming COUNT numbered messages into their room, the handler held at HELD. */
-async function streamingBot(t: TestContext) {
+async function streamingBot(t: TestContext, opts: { watchdogMs?: number } = {}) {
   const log = warnings();
-  const bot = await newBot(t, hs, { encryption: false, maxQueuedEvents: 30, logger: log.logger });
+  const bot = await newBot(t, hs, { encryption: false, maxQueuedEvents: 30, logger: log.logger, ...opts });
   const gate = deferred();
   defer(t, () => gate.resolve());
   const seen: number[] = [];
@@ -73,3 +74,17 @@ for (const victim of ['sync', 'cache'] as const) {
     assert.match(bot.errors[0]!.message, new RegExp(`the ${victim} actor's worker exited`));
   });
 }
+
+test('a sync actor that stops answering while its thread lives is found by the watchdog (watchdogMs) and restarted: HALCYON_ACTOR_TIMEOUT, every message once, in order', async (t) => {
+  const { bot, restartedAndComplete } = await streamingBot(t, { watchdogMs: 250 });
+  let foundAt = 0;
+  bot.client.on('error', (e) => void (e.code === 'HALCYON_ACTOR_TIMEOUT' && (foundAt ||= Date.now())));
+  const stalledAt = Date.now();
+  await bot.client.stallActorForTests('sync');
+  await restartedAndComplete();
+  assert.deepEqual(bot.errors.map((e) => e.code), ['HALCYON_ACTOR_TIMEOUT']);
+  assert.match(bot.errors[0]!.message, /did not answer the watchdog within 10000 ms/);
+  // A check every 250 ms finds it 10 s (the answer's deadline) after the stall; the default 30 s period, started
+  // with run() a moment before, could not have before ~40 s. The bound is generous on purpose.
+  assert.ok(foundAt - stalledAt < 25_000, `the stall was reported ${foundAt - stalledAt} ms after it began: watchdogMs 250 was not used`);
+});
