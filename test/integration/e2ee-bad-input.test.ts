@@ -218,3 +218,34 @@ test('garbage to-device events in the same sync batch as a real room key (sent w
   assert.deepEqual(rec2.syncErrors, []);
   assert.deepEqual(rec.decryptionErrors, []);
 });
+
+test('a room whose m.room.encryption names an algorithm Halcyon cannot send with: the send fails for good (HALCYON_SEND_FAILED caused by HALCYON_ENCRYPT_FAILED), nothing reaches the room, in the clear or otherwise', async (t) => {
+  const bot = await newBot(t, hs);
+  const failed: Array<{ code: string; cause: string | undefined }> = [];
+  bot.client.on('sendFailed', (e) => void failed.push({ code: e.code, cause: (e.cause as HalcyonError | undefined)?.code }));
+  await bot.client.run(bot.token);
+  const peer = await newPeer(hs);
+  const algorithm = 'com.example.unknown.v1';
+  const { room_id: roomId } = await peer.request('POST', '/createRoom', {
+    preset: 'private_chat',
+    invite: [bot.user.userId],
+    initial_state: [{ type: 'm.room.encryption', state_key: '', content: { algorithm } }],
+  });
+  await peer.waitForJoined(roomId, bot.user.userId, WAIT_MS);
+  await bot.client.waitForRoom(roomId);
+  assert.equal(await bot.client.isRoomEncrypted(roomId), true);
+
+  const err = await bot.client.sendMessage(roomId, 'not in the clear').then(
+    () => assert.fail('the send resolved'),
+    (e: HalcyonError) => e,
+  );
+  assert.equal(err.code, 'HALCYON_SEND_FAILED');
+  const cause = err.cause as HalcyonError;
+  assert.equal(cause.code, 'HALCYON_ENCRYPT_FAILED');
+  assert.equal(cause.message, `room ${roomId} uses the encryption algorithm ${algorithm}, which Halcyon cannot send with`);
+  assert.deepEqual(failed, [{ code: 'HALCYON_SEND_FAILED', cause: 'HALCYON_ENCRYPT_FAILED' }]);
+  assert.equal(bot.client.deadLetters().length, 1);
+  const { chunk } = await peer.request('GET', `/rooms/${encodeURIComponent(roomId)}/messages`, undefined, { dir: 'b', limit: '50' });
+  assert.deepEqual((chunk as Array<{ sender: string; type: string }>).filter((e) => e.sender === bot.user.userId && !e.type.startsWith('m.room.member')), [], 'no event of the bot in the room');
+  assert.deepEqual(bot.errors, []);
+});
