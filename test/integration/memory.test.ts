@@ -3,7 +3,7 @@
  * need thousands of rooms created to produce 20 MB on demand.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -62,7 +62,8 @@ test('after a 20 MB initial sync, the body is not kept alive while the next long
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
-  const client = new Client({ dataDir: mkdtempSync(join(tmpdir(), 'halcyon-mem-')), threads: 'inline', encryption: false, stopTimeoutMs: 1000 });
+  const dataDir = mkdtempSync(join(tmpdir(), 'halcyon-mem-'));
+  const client = new Client({ dataDir, threads: 'inline', encryption: false, stopTimeoutMs: 1000 });
   try {
     const before = heldArrayBuffers();
     await client.run(encodeToken({ homeserver: url, userId: '@bot:s', deviceId: 'DEV', accessToken: 'secret' }));
@@ -73,5 +74,6 @@ test('after a 20 MB initial sync, the body is not kept alive while the next long
     await client.stop();
     server.closeAllConnections();
     server.close();
+    rmSync(dataDir, { recursive: true, force: true });
   }
 });
