@@ -250,15 +250,17 @@ test('a gappy timeline whose /messages backfill hits one 502: the missing events
   const warm = await peer.sendText(roomId, 'warm-up');
   await waitUntil(() => bot.replies.has(warm), 30_000, 'the warm-up message');
 
-  // Hold the bot's next poll while the peer sends more than a timeline holds (50), then let it through: the
-  // answer is limited, and the first /messages request of the backfill fails once.
+  // Hold the bot's polls while the peer sends more than a timeline holds (50), then let them through: the
+  // answer is limited, and the first /messages request of the backfill fails once. Every poll is held, not
+  // just the next: on a loaded machine the stream outlasts a poll's deadline, and the retry must wait too.
   let release!: () => void;
   const held = new Promise<void>((r) => (release = r));
-  const hold = bot.proxy.inject({ method: 'GET', path: '/sync', fault: { kind: 'stall', until: held }, times: 1, label: 'hold' });
-  await waitUntil(() => hold.hits === 1, 30_000, 'the held poll');
+  const hold = bot.proxy.inject({ method: 'GET', path: '/sync', fault: { kind: 'stall', until: held }, label: 'hold' });
+  await waitUntil(() => hold.hits >= 1, 30_000, 'the held poll');
   const stream = startStream({ baseUrl: hs.baseUrl, accessToken: peer.user.accessToken, roomId, count: 80, perSecond: 200, prefix: 'g' });
   const sent = await stream.done;
   const fail = bot.proxy.inject({ method: 'GET', path: '/messages', fault: { kind: 'status', status: 502 }, times: 1, label: '502 on /messages' });
+  hold.remove();
   release();
   const endId = await peer.sendText(roomId, 'END');
   await waitUntil(() => bot.replies.has(endId), 60_000, 'the bot to answer the end marker');
