@@ -37,9 +37,9 @@ function healthWatch(client: Client) {
   return w;
 }
 
-test('a stuck handler while a peer streams 120 messages: polling goes on, memory holds maxQueuedEvents, the rest waits in the journal; then all arrive in order', async (t) => {
+test('a stuck handler while a peer streams 80 messages: polling goes on, memory holds maxQueuedEvents, the rest waits in the journal; then all arrive in order', async (t) => {
   const maxQueuedEvents = 20;
-  const count = 120;
+  const count = 80;
   const bot = await newBot(t, hs, { encryption: false, maxQueuedEvents });
   const gate = deferred();
   defer(t, () => gate.resolve());
