@@ -9,7 +9,8 @@
  * and the time its response was completely written (both `Date.now()`). `GET /__log` is answered by the proxy
  * itself with the records. On the IPC command `{ sendMessages: {...} }` the child sends m.text messages
  * straight to the homeserver (not through the proxy) with fetch, which lets a test have messages sent while its
- * own thread is busy (start and done signals then go through files, see {@link SendMessagesCommand}). Nothing secret (headers, bodies, access tokens) is recorded.
+ * own thread is busy (start and done signals then go through files, see {@link SendMessagesCommand}). Nothing
+ * secret (headers, bodies, access tokens) is recorded.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
