@@ -11,6 +11,7 @@ import { runInNewContext } from 'node:vm';
 import { isMainThread, MessageChannel, type MessagePort, parentPort, Worker, workerData } from 'node:worker_threads';
 import * as Comlink from 'comlink';
 import { fromWireError, HalcyonError, toWireError, type WireError } from './errors.ts';
+import { workerUrl } from './entries.ts';
 
 // Comlink's own throw handler keeps only name/message/stack; ours carries the whole coded error. It must be
 // registered in every thread that uses comlink, which importing this module does.
@@ -37,7 +38,12 @@ export interface ActorHandle<T> {
   onDeath(cb: (err: HalcyonError) => void): void;
   /** Ends the worker as a crash would (death callbacks run); for fault-injection tests. @internal */
   crash(): Promise<void>;
+  /** Makes the worker stop answering while it stays alive, as a stuck actor would; for watchdog tests. @internal */
+  stall(): Promise<void>;
 }
+
+/** The message that blocks a worker's thread until it is terminated (see {@link ActorHandle.stall}). */
+const STALL = 'halcyonStallForTests';
 
 /** A typed one-way message port: receives `In`, sends `Out`. */
 export interface Port<In, Out> {
@@ -129,14 +135,6 @@ export function isWorkerThread(): boolean {
   return !isMainThread;
 }
 
-/** Where the bundled worker entries live, relative to this module (source under tsx, or the built bundle). */
-function workerUrl(name: string | URL): URL {
-  if (name instanceof URL) return name;
-  return import.meta.url.endsWith('.ts')
-    ? new URL(`../workers/${name}.ts`, import.meta.url)
-    : new URL(`./workers/${name}.js`, import.meta.url);
-}
-
 /**
  * Node options for a worker that runs a built bundle: the parent's, minus TypeScript loader hooks (tsx) that a
  * plain-JS bundle does not need. A worker inherits them by default and then spends a few hundred ms of start-up
@@ -224,6 +222,9 @@ export function spawnWorkerActor<T>(entry: string | URL, deadlines: Deadlines, p
       lastError = new Error('crashed on purpose (fault injection)');
       await worker.terminate();
     },
+    async stall() {
+      worker.postMessage({ [STALL]: new SharedArrayBuffer(4) });
+    },
   };
 }
 
@@ -239,6 +240,9 @@ export function inThreadActor<T extends object>(name: string, impl: T, deadlines
     async crash() {
       throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `the ${name} actor runs in-thread: it cannot crash alone`);
     },
+    async stall() {
+      throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `the ${name} actor runs in-thread: it cannot stall alone`);
+    },
   };
 }
 
@@ -246,6 +250,11 @@ export function inThreadActor<T extends object>(name: string, impl: T, deadlines
 export function serveActor(impl: object): void {
   if (!parentPort) throw new HalcyonError('HALCYON_INTERNAL', 'serveActor called outside a worker thread');
   Comlink.expose(impl, nodeEndpoint(parentPort));
+  // A stall (tests only): the thread waits on a lock nobody releases; it answers nothing, and terminate() still ends it.
+  parentPort.on('message', (m: unknown) => {
+    const lock = (m as Record<string, unknown> | null)?.[STALL];
+    if (lock instanceof SharedArrayBuffer) Atomics.wait(new Int32Array(lock), 0, 0);
+  });
 }
 
 /** In a worker entry: the ports main handed over at spawn. */

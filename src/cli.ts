@@ -25,7 +25,12 @@ const LOGIN_USAGE = `  halcyon login [--homeserver URL|SERVER] [--user USER] [--
 const WHOAMI_USAGE = `  halcyon whoami [@FILE | -]
       Asks the homeserver whom the token belongs to. The token comes from FILE, from stdin (-), or from the
       HALCYON_TOKEN environment variable (whoami TOKEN still works but warns: argv shows in ps and shell history).`;
-const USAGE = `usage:\n${LOGIN_USAGE}\n${WHOAMI_USAGE}\n  halcyon [COMMAND] --help\n      Shows this.`;
+const TOKEN_USAGE = `  halcyon token import --homeserver URL|SERVER [--access-token-stdin | --access-token-file FILE] [--data-dir DIR]
+                       [--out FILE] [--allow-insecure-http]
+      Wraps an access token you already have (another client's, an admin tool's) into a Halcyon token: asks the
+      homeserver whose device it is and prints the token (or writes it to FILE with mode 0600). The access token
+      comes from stdin, a file, or the HALCYON_ACCESS_TOKEN environment variable.`;
+const USAGE = `usage:\n${LOGIN_USAGE}\n${WHOAMI_USAGE}\n${TOKEN_USAGE}\n  halcyon [COMMAND] --help\n      Shows this.`;
 
 /** The largest secret read from stdin or a file: anything longer is not a password or a token. */
 const MAX_SECRET_BYTES = 64 * 1024;
@@ -223,10 +228,7 @@ async function login(args: string[]): Promise<number> {
     ...(values['data-dir'] ? { dataDir: values['data-dir'] } : {}),
     ...(values['allow-insecure-http'] ? { allowInsecureHttp: true } : {}),
   });
-  if (values.out) {
-    writeSecretFile(values.out, token + '\n');
-    process.stderr.write(`token written to ${values.out} (mode 0600)\n`);
-  } else process.stdout.write(token + '\n');
+  writeToken(token, values.out);
   return 0;
 }
 
@@ -246,6 +248,43 @@ async function whoami(args: string[]): Promise<number> {
   }
 }
 
+/** `halcyon token import`. */
+async function tokenCommand(args: string[]): Promise<number> {
+  const [sub, ...rest] = args;
+  const { values, positionals } = parse(rest, {
+    homeserver: { type: 'string' },
+    'access-token-stdin': { type: 'boolean' },
+    'access-token-file': { type: 'string' },
+    'data-dir': { type: 'string' },
+    out: { type: 'string' },
+    'allow-insecure-http': { type: 'boolean' },
+  });
+  if (values.help || sub === '--help' || sub === '-h') return help(`usage:\n${TOKEN_USAGE}`);
+  if (sub !== 'import' || positionals.length > 0) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'usage: halcyon token import --homeserver URL ... (see halcyon token --help)');
+  if (values.homeserver === undefined) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'token import needs --homeserver');
+  const env = process.env.HALCYON_ACCESS_TOKEN;
+  const accessToken = values['access-token-stdin'] ? (await readSecretFromStdin('access token')).trim()
+    : values['access-token-file'] !== undefined ? readSecretFromFile(values['access-token-file'], 'access token').trim()
+    : env?.trim();
+  if (!accessToken) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'no access token: pass --access-token-stdin (and pipe it in), --access-token-file FILE, or set HALCYON_ACCESS_TOKEN');
+  const token = await Client.importToken({
+    homeserver: values.homeserver,
+    accessToken,
+    ...(values['data-dir'] ? { dataDir: values['data-dir'] } : {}),
+    ...(values['allow-insecure-http'] ? { allowInsecureHttp: true } : {}),
+  });
+  writeToken(token, values.out);
+  return 0;
+}
+
+/** Prints the token, or writes it to `out` with mode 0600. */
+function writeToken(token: string, out: string | undefined): void {
+  if (out) {
+    writeSecretFile(out, token + '\n');
+    process.stderr.write(`token written to ${out} (mode 0600)\n`);
+  } else process.stdout.write(token + '\n');
+}
+
 function help(text: string): number {
   process.stdout.write(text + '\n');
   return 0;
@@ -257,6 +296,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     if (command === 'login') return await login(rest);
     if (command === 'whoami') return await whoami(rest);
+    if (command === 'token') return await tokenCommand(rest);
   } catch (err) {
     if (!(err instanceof Interrupted)) throw err;
     process.stderr.write('halcyon: aborted\n');

@@ -118,3 +118,34 @@ export function fromWireError(w: WireError): HalcyonError {
   if (w.stack) e.stack = w.stack;
   return e;
 }
+
+/**
+ * Whether a failure is worth another attempt: everything but a refusal. Refusals are the server's 4xx answers and
+ * local errors a retry cannot change (bad input, an algorithm Halcyon cannot send with, a revoked token, a
+ * redirect, an answer over its size limit, a corrupt attachment). Anything else — transport, deadlines, 429s, 5xx, a malformed answer, an actor that died or is
+ * restarting, a bug's TypeError — is transient: the one rule of the outbox's sends and the sync actor's polls.
+ */
+export function isTransient(e: unknown): boolean {
+  switch ((e as { code?: unknown } | null)?.code) {
+    case 'HALCYON_MATRIX': {
+      const status = (e as HalcyonError).status;
+      return status === undefined || status >= 500;
+    }
+    case 'HALCYON_INVALID_ARGUMENT':
+    case 'HALCYON_ENCRYPT_FAILED':
+    case 'HALCYON_ROOM_ENCRYPTED':
+    case 'HALCYON_UNKNOWN_TOKEN':
+    case 'HALCYON_SOFT_LOGOUT':
+    case 'HALCYON_REDIRECT':
+    case 'HALCYON_INSECURE_HOMESERVER':
+    case 'HALCYON_RESPONSE_TOO_LARGE':
+    case 'HALCYON_MEDIA_TOO_LARGE':
+    case 'HALCYON_MEDIA_URI_INVALID':
+    case 'HALCYON_ATTACHMENT_INVALID':
+    case 'HALCYON_ATTACHMENT_HASH_MISMATCH':
+    case 'HALCYON_UNSUPPORTED_RUNTIME':
+      return false;
+    default:
+      return true;
+  }
+}

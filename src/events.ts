@@ -5,7 +5,10 @@
 import { HalcyonError } from './errors.ts';
 import { isMembership, isUserId, type Membership, type MessageContent, userIdOfLink } from './content.ts';
 import { linkHrefs, sanitizeHtml } from './html.ts';
-import { EVENT_FLAGS, type InviteWire, type MatrixEvent, OFF, OFFSET_STRIDE, type ReceiptWire, type RoomSummary, type WireBatch } from './protocol.ts';
+import { BatchReader } from './batch-reader.ts';
+import { EVENT_FLAGS, type InviteWire, type MatrixEvent, OFF, type ReceiptWire, type RoomSummary } from './protocol.ts';
+
+export { BatchReader };
 import type { RoomDetails } from './rooms.ts';
 
 /** Content to send: a string becomes an `m.text` message. */
@@ -38,18 +41,31 @@ export interface ReplyOptions extends MessageOptions {
 
 /** What a {@link Room} and the event objects need from the client (kept narrow so they stay testable). */
 export interface RoomActions {
+  /** Sends a message; see `Client.sendMessage`. */
   sendMessage(roomId: string, content: ContentInput, opts?: MessageOptions): Promise<string>;
+  /** Sends an `m.notice`; see `Client.sendNotice`. */
   sendNotice(roomId: string, text: string, opts?: MessageOptions): Promise<string>;
+  /** Sends an `m.emote`; see `Client.sendEmote`. */
   sendEmote(roomId: string, text: string, opts?: MessageOptions): Promise<string>;
+  /** Sends sanitised HTML; see `Client.sendHtml`. */
   sendHtml(roomId: string, html: string, plainText?: string, opts?: MessageOptions): Promise<string>;
+  /** Shows or stops typing; see `Client.sendTyping`. */
   sendTyping(roomId: string, on?: boolean | number): Promise<void>;
+  /** Typing while work runs; see `Client.typingWhile`. */
   typingWhile<T>(roomId: string, work: Promise<T> | (() => Promise<T>)): Promise<T>;
+  /** Sends any room event; see `Client.sendEvent`. */
   sendEvent(roomId: string, type: string, content: Record<string, unknown>): Promise<string>;
+  /** Redacts an event; see `Client.redactEvent`. */
   redactEvent(roomId: string, eventId: string, reason?: string): Promise<string>;
+  /** Edits a message; see `Client.editMessage`. */
   editMessage(roomId: string, eventId: string, newContent: ContentInput): Promise<string>;
+  /** Sends a read receipt; see `Client.sendReadReceipt`. */
   sendReadReceipt(roomId: string, eventId: string, opts?: { private?: boolean; threadId?: string }): Promise<void>;
+  /** Leaves a room; see `Client.leaveRoom`. */
   leaveRoom(roomId: string): Promise<void>;
+  /** The cache's details of a room; see `Client.getRoom`. */
   getRoom(roomId: string): Promise<RoomDetails | undefined>;
+  /** Downloads a media message's file; see `Client.downloadContent`. */
   downloadContent(content: Record<string, unknown>, opts?: { maxBytes?: number }): Promise<Buffer>;
 }
 
@@ -126,43 +142,6 @@ export class Room {
   /** The summary as plain data (for logging). */
   toJSON(): RoomSummary | { roomId: string } {
     return this.s ?? { roomId: this.id };
-  }
-}
-
-/**
- * Reads the events of one batch from its body bytes. Fields are decoded on demand: an event nobody looks at
- * costs nothing on this thread. Event objects keep the batch's body alive while they are referenced.
- */
-export class BatchReader {
-  private readonly buf: Buffer;
-  /** @internal */
-  constructor(readonly batch: WireBatch) {
-    const body = batch.body;
-    this.buf = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
-  }
-  /** Decodes the string field at `slot` of event `i`, or null when the event has none. */
-  str(i: number, slot: number): string | null {
-    const o = this.batch.events.offsets;
-    const s = o[i * OFFSET_STRIDE + slot]!;
-    if (s < 0) return null;
-    const e = o[i * OFFSET_STRIDE + slot + 1]!;
-    return this.batch.events.flags[i]! & EVENT_FLAGS.escaped(slot) ? (JSON.parse(this.buf.toString('utf8', s, e)) as string) : this.buf.toString('utf8', s + 1, e - 1);
-  }
-  /** Parses event `i`. */
-  parse(i: number): MatrixEvent {
-    const o = this.batch.events.offsets;
-    return JSON.parse(this.buf.toString('utf8', o[i * OFFSET_STRIDE + OFF.rawStart], o[i * OFFSET_STRIDE + OFF.rawEnd])) as MatrixEvent;
-  }
-  /** The type of event `i`. */
-  type(i: number): string {
-    const ev = this.batch.events;
-    return ev.strings[ev.type[i]!]!;
-  }
-  /** The relation type of event `i`, or null. */
-  relType(i: number): string | null {
-    const ev = this.batch.events;
-    const k = ev.relType[i]!;
-    return k < 0 ? null : ev.strings[k]!;
   }
 }
 

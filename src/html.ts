@@ -128,7 +128,7 @@ interface Open {
  * - Dropped with their content: `mx-reply`, `script`, `style`, `iframe`, `object`, `svg`, form widgets and the like;
  *   comments, doctypes and processing instructions.
  * - Unwrapped (tag gone, children kept): every other tag (`font` among them: the spec deprecated it for `span`),
- *   and allowed tags nested deeper than {@link MAX_HTML_DEPTH}.
+ *   and allowed tags nested deeper than 100 levels.
  * Invariants: the output is well-formed — every written tag is closed in order, `br`/`hr`/`img` are written
  * self-closed, text and attribute values are escaped — and no event-handler attribute, `style`, or script URL survives.
  */

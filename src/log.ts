@@ -2,9 +2,13 @@
 
 /** A pino-compatible logger: each method takes a message, or an object then a message. */
 export interface Logger {
+  /** Detail for debugging (Halcyon logs little at this level). */
   debug(obj: unknown, msg?: string): void;
+  /** Things worth knowing that need no action (an invalid edit ignored, an event not available). */
   info(obj: unknown, msg?: string): void;
+  /** Problems Halcyon rides out (a failed poll, sends waiting, actors restarted, an undecryptable message). */
   warn(obj: unknown, msg?: string): void;
+  /** Problems that need someone: an error event nobody listens to, a handler failure without a listener. */
   error(obj: unknown, msg?: string): void;
 }
 

@@ -5,7 +5,7 @@
  * Nothing here holds a path's or a stream's file whole: uploads stream from the file, downloads stream from the
  * socket, and a stream of unknown length is spooled to a 0600 temp file first (homeservers require a
  * Content-Length; Synapse refuses an upload without one). CPU work (thumbnails, blurhash, AES-CTR and SHA-256)
- * runs on the media task pool (workers/media.ts), whose threads start on first use.
+ * runs on the media task pool (workers/media.ts over src/media-probe.ts), whose threads start on first use.
  */
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -18,6 +18,7 @@ import { HalcyonError } from './errors.ts';
 import { type MatrixHttp, seg } from './http.ts';
 import type { Logger } from './log.ts';
 import { TaskPool } from './pool.ts';
+import type { MediaProbe, MediaTask } from './protocol.ts';
 
 /** Where media bytes come from: a file path, bytes, or a readable stream. */
 export type MediaSource = string | Uint8Array | Readable;
@@ -44,12 +45,12 @@ export interface SendMediaOptions extends UploadOptions {
 export interface DownloadOptions {
   /**
    * Refuse (`HALCYON_MEDIA_TOO_LARGE`) past this many bytes. Default: the server's upload limit (`m.upload.size`),
-   * or {@link FALLBACK_DOWNLOAD_MAX_BYTES} when it states none. `Infinity` lifts the limit.
+   * or 100 MiB when it states none. `Infinity` lifts the limit.
    */
   maxBytes?: number;
 }
 
-/** Options of {@link Media.downloadThumbnail}. */
+/** Options of `Client.downloadThumbnail`. */
 export interface ThumbnailOptions extends DownloadOptions {
   /** Desired width and height in px (positive integers); the server picks the nearest size it has or makes. */
   width: number;
@@ -83,26 +84,6 @@ export interface MediaDeps {
   /** The bot's data directory (for temporary files). */
   dataDir: string;
   logger: Logger;
-}
-
-/** A task of the media pool (run by workers/media.ts). Bytes are transferred, so the sender must not reuse them. */
-export type MediaTask =
-  | { op: 'encrypt'; data: Uint8Array }
-  | { op: 'encryptFile'; src: string; dst: string }
-  | { op: 'decrypt'; data: Uint8Array; info: Record<string, unknown> }
-  | { op: 'probe'; kind: 'image' | 'video' | 'audio'; path?: string; data?: Uint8Array };
-
-/** What probing a file found; what could not be read is absent. */
-export interface MediaProbe {
-  /** Displayed width and height in px (images; video when its container says). */
-  w?: number;
-  h?: number;
-  /** Duration in ms (audio and video). */
-  duration?: number;
-  /** Blurhash, 4x3 components (PNG and JPEG). */
-  blurhash?: string;
-  /** JPEG thumbnail, only for PNG/JPEG images larger than 800 px on their longest side. */
-  thumbnail?: { data: Uint8Array; w: number; h: number };
 }
 
 /** The server name and media ID of a valid `mxc://` URI. */

@@ -7,6 +7,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { move, Piscina } from 'piscina';
+import { workerUrl } from './entries.ts';
 import { fromWireError, HalcyonError, toWireError, type WireError } from './errors.ts';
 
 /** What a task handler returns: its result and the ArrayBuffers inside it to transfer (not copy) back. */
@@ -17,11 +18,6 @@ export interface TaskResult<R> {
 
 type Outcome<R> = { ok: true; value: R } | { ok: false; error: WireError };
 
-/** Where a bundled worker entry lives, relative to this module (`workers/*.ts` under tsx, `dist/workers/*.js` built). */
-function entryPath(name: string): string {
-  const url = import.meta.url.endsWith('.ts') ? new URL(`../workers/${name}.ts`, import.meta.url) : new URL(`./workers/${name}.js`, import.meta.url);
-  return url.href;
-}
 
 /**
  * A lazily started pool running the default export of `workers/<name>` (made with {@link serveTasks}).
@@ -40,7 +36,7 @@ export class TaskPool {
   async run<R>(task: object, transfer: ArrayBuffer[] = []): Promise<R> {
     if (this.destroyed) throw new HalcyonError('HALCYON_STOPPED', `the ${this.name} pool was closed`);
     this.pool ??= new Piscina({
-      filename: entryPath(this.name),
+      filename: workerUrl(this.name).href,
       // Piscina's default parks idle workers in Atomics.wait, which blocks their event loop between tasks.
       atomics: 'disabled',
       minThreads: 0,

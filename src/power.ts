@@ -26,7 +26,7 @@ export interface PowerContext {
   roomVersion: string | null;
 }
 
-/** Something a user may want to do in a room, as {@link can} understands it. */
+/** Something a user may want to do in a room, as `can()` understands it. */
 export type Action =
   /** Send a message (non-state) event of this type, e.g. `m.room.message`, `m.reaction`. */
   | { kind: 'send'; eventType: string }

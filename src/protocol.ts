@@ -468,3 +468,25 @@ export type CryptoToMain =
 export type MainToCrypto =
   /** Late-decrypted events whose handlers settled: the actor forgets them. */
   { kind: 'lateHandled'; ids: string[] };
+
+// ---- media ----
+
+/** A task of the media pool (run by workers/media.ts). Bytes are transferred, so the sender must not reuse them. */
+export type MediaTask =
+  | { op: 'encrypt'; data: Uint8Array }
+  | { op: 'encryptFile'; src: string; dst: string }
+  | { op: 'decrypt'; data: Uint8Array; info: Record<string, unknown> }
+  | { op: 'probe'; kind: 'image' | 'video' | 'audio'; path?: string; data?: Uint8Array };
+
+/** What probing a file found; what could not be read is absent. */
+export interface MediaProbe {
+  /** Displayed width and height in px (images; video when its container says). */
+  w?: number;
+  h?: number;
+  /** Duration in ms (audio and video). */
+  duration?: number;
+  /** Blurhash, 4x3 components (PNG and JPEG). */
+  blurhash?: string;
+  /** JPEG thumbnail, only for PNG/JPEG images larger than 800 px on their longest side. */
+  thumbnail?: { data: Uint8Array; w: number; h: number };
+}

@@ -4,8 +4,9 @@
  * the homeserver, so what it claims beyond a message-like event is refused here, before the event is turned into
  * a batch handlers see.
  */
-import { EVENT_FLAGS, OFF, OFFSET_STRIDE, type WireBatch } from '../protocol.ts';
-import { type ProcessOptions, processSync } from '../sync/process.ts';
+import { BatchReader } from '../batch-reader.ts';
+import { EVENT_FLAGS, OFF, type WireBatch } from '../protocol.ts';
+import { type ProcessOptions, timelineBatch } from '../sync/process.ts';
 
 /** A decrypted event and its room. */
 export interface Decrypted {
@@ -85,39 +86,22 @@ export function useClearRelation(clear: Record<string, unknown>, envelopeContent
  */
 export function decryptedBatch(items: Decrypted[], extraFlags: number, opts: ProcessOptions): { batch: WireBatch; slots: number[] } | null {
   if (items.length === 0) return null;
-  const join: Record<string, { timeline: { events: unknown[] } }> = {};
-  for (const d of items) (join[d.roomId] ??= { timeline: { events: [] } }).timeline.events.push(d.event);
-  const body = Buffer.from(JSON.stringify({ next_batch: '', rooms: { join } }), 'utf8');
-  const p = processSync(body, opts);
-  const ev = p.events;
+  const byRoom = new Map<string, unknown[]>();
+  for (const d of items) {
+    let list = byRoom.get(d.roomId);
+    if (!list) byRoom.set(d.roomId, (list = []));
+    list.push(d.event);
+  }
+  const batch: WireBatch = { ...timelineBatch(byRoom, opts), seq: 0, redelivered: false, done: null };
+  const ev = batch.events;
+  const reader = new BatchReader(batch);
   const idToSlot = new Map<string, number>();
   for (let i = 0; i < ev.count; i++) {
-    const s = ev.offsets[i * OFFSET_STRIDE + OFF.eventId]!;
-    const e = ev.offsets[i * OFFSET_STRIDE + OFF.eventId + 1]!;
-    idToSlot.set(JSON.parse(body.toString('utf8', s, e)) as string, i);
+    idToSlot.set(reader.str(i, OFF.eventId)!, i);
     ev.flags[i] = ev.flags[i]! | EVENT_FLAGS.encrypted | extraFlags;
   }
-  const slots = items.map((d) => idToSlot.get(d.event.event_id as string) ?? -1);
   if (ev.count === 0) return null;
-  const batch: WireBatch = {
-    seq: 0,
-    redelivered: false,
-    done: null,
-    nextBatch: '',
-    first: false,
-    deliver: true,
-    rooms: p.rooms,
-    body: new Uint8Array(body.buffer, body.byteOffset, body.byteLength),
-    events: ev,
-    invites: [],
-    knocks: [],
-    left: [],
-    summaries: [],
-    errors: p.errors,
-    accountData: [],
-    receipts: [],
-  };
-  return { batch, slots };
+  return { batch, slots: items.map((d) => idToSlot.get(d.event.event_id as string) ?? -1) };
 }
 
 /**

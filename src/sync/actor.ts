@@ -11,7 +11,7 @@
  * disk (backpressure) and are read back as main catches up; polling stops only when `maxJournalEvents` are
  * journaled and unhandled. A restart posts the journal's remaining batches first, skipping events marked done.
  */
-import { HalcyonError, toWireError, type WireError } from '../errors.ts';
+import { HalcyonError, isTransient, toWireError, type WireError } from '../errors.ts';
 import { delay, MatrixHttp, seg } from '../http.ts';
 import { collectGarbage, type Port, type Remote } from '../actors.ts';
 import { threadMemory } from '../memory.ts';
@@ -31,7 +31,7 @@ import type {
 } from '../protocol.ts';
 import { type Database, kvGet, kvSet, openDatabase } from '../store.ts';
 import { EventJournal, type JournaledBatch } from './journal.ts';
-import { processSync, type ProcessedSync } from './process.ts';
+import { processSync, type ProcessedSync, timelineBatch } from './process.ts';
 
 /** The sync actor's collaborators: the cache actor, the crypto actor (with encryption on) and the event port to main. */
 export interface SyncDeps {
@@ -383,7 +383,7 @@ export class SyncActor implements SyncActorApi {
    * reach the cache: the sync's state block is newer.
    */
   private async backfill(gaps: ProcessedSync['gaps'], to: string): Promise<Backfill> {
-    const join: Record<string, { timeline: { events: unknown[] } }> = {};
+    const byRoom = new Map<string, unknown[]>();
     const errors: WireError[] = [];
     for (const g of gaps) {
       const events: unknown[] = [];
@@ -409,29 +409,14 @@ export class SyncActor implements SyncActorApi {
         }
       } catch (err) {
         // A transient failure fails the poll: it is retried from the same since token, and nothing is lost.
-        if (!this.running || isTransient(err as HalcyonError)) throw err;
+        if (!this.running || isTransient(err)) throw err;
         errors.push({ code: 'HALCYON_TIMELINE_GAP', message: `room ${g.roomId}: fetching the events missing from the timeline failed (${(err as Error).message}); they are not delivered`, roomId: g.roomId });
       }
-      if (events.length > 0) join[g.roomId] = { timeline: { events: events.reverse() } };
+      if (events.length > 0) byRoom.set(g.roomId, events.reverse());
     }
-    if (Object.keys(join).length === 0) return { batch: null, errors };
-    const body = Buffer.from(JSON.stringify({ next_batch: '', rooms: { join } }), 'utf8');
-    const p = processSync(body, { wantedTypes: this.wanted, ownUserId: this.config.userId });
-    const batch: JournaledBatch = {
-      nextBatch: '',
-      first: false,
-      deliver: true,
-      rooms: p.rooms,
-      body: body.byteOffset === 0 && body.byteLength === body.buffer.byteLength ? new Uint8Array(body.buffer) : new Uint8Array(body),
-      events: p.events,
-      invites: [],
-      knocks: [],
-      left: [],
-      summaries: [],
-      errors: [...p.errors, ...errors],
-      accountData: [],
-      receipts: [],
-    };
+    if (byRoom.size === 0) return { batch: null, errors };
+    const batch = timelineBatch(byRoom, { wantedTypes: this.wanted, ownUserId: this.config.userId });
+    batch.errors.push(...errors);
     return { batch, errors: [] };
   }
 
@@ -547,16 +532,6 @@ function countsOnly(c: CryptoSyncChanges): boolean {
   return c.toDeviceCount === 0 && c.deviceListsChanged.length === 0 && c.deviceListsLeft.length === 0 && c.encryption.length === 0 && c.members.length === 0 && c.historyVisibility.length === 0 && c.left.length === 0;
 }
 
-/** Failures worth retrying the poll for: transport, deadlines, rate limits, bad answers, server errors. */
-function isTransient(e: HalcyonError): boolean {
-  return (
-    e.code === 'HALCYON_HTTP' ||
-    e.code === 'HALCYON_TIMEOUT' ||
-    e.code === 'HALCYON_RATE_LIMITED' ||
-    e.code === 'HALCYON_BAD_RESPONSE' ||
-    (e.code === 'HALCYON_MATRIX' && (e.status === undefined || e.status >= 500))
-  );
-}
 
 /** Whether an event is the user's own join (a change into `join`, not a profile update). */
 function isOwnJoin(e: unknown, userId: string): boolean {

@@ -72,3 +72,14 @@ test('homeserver as typed: a bare server name is discovered; plain http to anoth
   await assert.rejects(newClient(t, tempDataDir(t)).run(remote), insecure);
   await assert.rejects(Client.login({ homeserver: 'ht!tp://x y', user: 'bot', password: 'x' }), (e: HalcyonError) => e.code === 'HALCYON_INVALID_ARGUMENT');
 });
+
+test('Client.importToken wraps an existing access token for its device; the client runs with it', async (t) => {
+  const user = await hs.registerUser();
+  const dataDir = tempDataDir(t);
+  const token = await Client.importToken({ homeserver: hs.baseUrl, accessToken: user.accessToken, dataDir });
+  const client = newClient(t, dataDir, { encryption: false });
+  await client.run(token);
+  assert.deepEqual([client.whoami().userId, client.whoami().deviceId], [user.userId, user.deviceId]);
+  await assert.rejects(Client.importToken({ homeserver: hs.baseUrl, accessToken: '' }), invalid(/accessToken/));
+  await assert.rejects(Client.importToken({ homeserver: hs.baseUrl, accessToken: 'syt_wrong' }), (e: HalcyonError) => e.code === 'HALCYON_UNKNOWN_TOKEN');
+});

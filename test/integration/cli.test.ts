@@ -39,8 +39,8 @@ interface Run {
  * /dev/null. HALCYON_PASSWORD and HALCYON_TOKEN are only set when `env` sets them.
  */
 function halcyon(args: string[], opts: { env?: Record<string, string | undefined>; input?: string; timeoutMs?: number } = {}): Promise<Run> {
-  const env: Record<string, string | undefined> = { ...process.env, HALCYON_PASSWORD: undefined, HALCYON_TOKEN: undefined, ...opts.env };
-  for (const k of ['HALCYON_PASSWORD', 'HALCYON_TOKEN']) if (env[k] === undefined) delete env[k];
+  const env: Record<string, string | undefined> = { ...process.env, HALCYON_PASSWORD: undefined, HALCYON_TOKEN: undefined, HALCYON_ACCESS_TOKEN: undefined, ...opts.env };
+  for (const k of ['HALCYON_PASSWORD', 'HALCYON_TOKEN', 'HALCYON_ACCESS_TOKEN']) if (env[k] === undefined) delete env[k];
   return new Promise((resolve, reject) => {
     const p = spawn(process.execPath, [CLI, ...args], { cwd: tmp, env, stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
     if (opts.input !== undefined) p.stdin!.end(opts.input);
@@ -240,11 +240,11 @@ test('login with stdin not a terminal and no password source fails at once with 
 });
 
 test('--help and -h on every command print the usage on stdout and exit 0', async () => {
-  for (const args of [['--help'], ['-h'], ['help'], [], ['login', '--help'], ['login', '-h'], ['whoami', '--help'], ['whoami', '-h']]) {
+  for (const args of [['--help'], ['-h'], ['help'], [], ['login', '--help'], ['login', '-h'], ['whoami', '--help'], ['whoami', '-h'], ['token', '--help'], ['token', 'import', '-h']]) {
     const r = await halcyon(args);
     assert.equal(r.code, 0, `${args.join(' ')}: ${show(r)}`);
     assert.match(r.stdout, /^usage:/, `${args.join(' ')}: ${show(r)}`);
-    assert.match(r.stdout, args[0] === 'whoami' ? /halcyon whoami/ : /halcyon login/, `${args.join(' ')}: ${show(r)}`);
+    assert.match(r.stdout, args[0] === 'whoami' ? /halcyon whoami/ : args[0] === 'token' ? /halcyon token import/ : /halcyon login/, `${args.join(' ')}: ${show(r)}`);
     assert.equal(r.stderr, '', `${args.join(' ')}: ${show(r)}`);
   }
   const bad = await halcyon(['frobnicate']);
@@ -379,4 +379,29 @@ test('on a terminal, Ctrl-C at the password prompt aborts with a non-zero exit a
   const d = await halcyonOnPty(['login', '--homeserver', hs.baseUrl, '--user', user.localpart, '--out', out], [['expect', 'Password: '], typed('\x04')]);
   assert.notEqual(d.code, 0, `Ctrl-D on an empty password must not log in: ${JSON.stringify(d)}`);
   assert.ok(d.echo && d.icanon, `the terminal was left without echo or line editing: ${JSON.stringify(d)}`);
+});
+
+test('token import wraps an existing access token (stdin, a file, or HALCYON_ACCESS_TOKEN) into a token for its device', async () => {
+  const user = await freshUser();
+  const file = join(tmp, 'access.txt');
+  writeFileSync(file, `${user.accessToken}\n`);
+  for (const [how, args, opts] of [
+    ['stdin', ['--access-token-stdin'], { input: `${user.accessToken}\n` }],
+    ['file', ['--access-token-file', file], {}],
+    ['env', [], { env: { HALCYON_ACCESS_TOKEN: user.accessToken } }],
+  ] as const) {
+    const r = await halcyon(['token', 'import', '--homeserver', hs.baseUrl, ...args], opts);
+    assert.equal(r.code, 0, `${how}: ${show(r)}`);
+    const session = decodeToken(r.stdout.trim());
+    assert.deepEqual([session.userId, session.deviceId, session.homeserver], [user.userId, user.deviceId, hs.baseUrl], how);
+    assert.equal(session.accessToken, user.accessToken);
+    assert.equal(r.stderr, '', `${how}: nothing on stderr (no warning, no echo)`);
+  }
+  const none = await halcyon(['token', 'import', '--homeserver', hs.baseUrl]);
+  assert.equal(none.code, 1, show(none));
+  assert.match(none.stderr, /^halcyon: HALCYON_INVALID_ARGUMENT: no access token/);
+  const wrong = await halcyon(['token', 'import', '--homeserver', hs.baseUrl, '--access-token-stdin'], { input: 'syt_not_a_real_token' });
+  assert.equal(wrong.code, 1, show(wrong));
+  assert.match(wrong.stderr, /^halcyon: HALCYON_UNKNOWN_TOKEN: /);
+  assertNoSecrets(wrong, ['syt_not_a_real_token']);
 });

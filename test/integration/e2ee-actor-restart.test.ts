@@ -8,6 +8,7 @@ import type { HalcyonError, Message } from '../../src/index.ts';
 import { startJsPeer } from '../harness/js-peer.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
 import { defer, newBot, WAIT_MS, waitUntil } from './util.ts';
+import { crashActorForTests } from '../../src/client/testing.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -33,7 +34,7 @@ test('the crypto worker crashes mid-stream: the actors restart on the same store
   const ids: string[] = [];
   for (let i = 0; i < 10; i++) ids.push(await peer.sendText(roomId, `before ${i}`));
   await waitUntil(() => got.length >= 3, WAIT_MS, 'the first messages');
-  await bot.client.crashActorForTests('crypto');
+  await crashActorForTests(bot.client, 'crypto');
   for (let i = 0; i < 10; i++) ids.push(await peer.sendText(roomId, `after ${i}`));
   await waitUntil(() => ids.every((id) => got.some((m) => m.eventId === id)), 60_000, `all 20 messages (got ${got.length}; errors ${errors.map((e) => e.code).join(', ')})`);
 

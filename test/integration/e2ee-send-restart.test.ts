@@ -10,6 +10,7 @@ import { startJsPeer } from '../harness/js-peer.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
 import { proxiedBot } from '../helpers/proxied-bot.ts';
 import { defer, WAIT_MS } from './util.ts';
+import { crashActorForTests } from '../../src/client/testing.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -38,7 +39,7 @@ for (const victim of ['sync', 'cache', 'crypto'] as const) {
       const body = `during ${sends.length}`;
       sends.push({ body, result: bot.client.sendMessage(roomId, body) });
     };
-    await bot.client.crashActorForTests(victim);
+    await crashActorForTests(bot.client, victim);
     const restarted = () => bot.logs.some((l) => l.includes('actors restarted'));
     while (!restarted()) {
       fire();

@@ -10,7 +10,13 @@
  * maxQueuedEvents of it); a delivery flagged not-redelivered is a first delivery; and the room holds exactly one
  * reply of the bot per peer message (idempotent sends: no duplicate replies whatever the kill hit).
  *
- * Knobs (env): HC_FAULT_SEED, HC_KILL_MESSAGES (2000), HC_KILL_RATE (messages/s, 30), HC_KILLS (20).
+ * Also: a kill with more events journaled than maxQueuedEvents (the next run must still become ready); kills
+ * during an encrypted stream (a matrix-js-sdk peer); and kills while replies wait in the outbox (handlers that
+ * do not await them).
+ *
+ * Knobs (env): HC_FAULT_SEED (every test), HC_KILL_MESSAGES (2000), HC_KILL_RATE (messages/s, 15), HC_KILLS (20),
+ * HC_KILL_MAX_QUEUED (the bot's maxQueuedEvents, 64), HC_KILL_DUMP (a file to write every bot line to),
+ * HC_KILL_E2EE_MESSAGES (150) and HC_KILLS_E2EE (5) for the encrypted stream.
  */
 import assert from 'node:assert/strict';
 import { randomInt } from 'node:crypto';

@@ -17,9 +17,10 @@ import jpeg from 'jpeg-js';
 import { PNG } from 'pngjs';
 import { decryptAttachment, type EncryptedFileInfo } from '../../src/attachments.ts';
 import { MatrixHttp } from '../../src/http.ts';
-import { Media, type MediaProbe, parseMxc, sniffMimetype } from '../../src/media.ts';
+import { Media, parseMxc, sniffMimetype } from '../../src/media.ts';
+import type { MediaProbe } from '../../src/protocol.ts';
 import { TaskPool } from '../../src/pool.ts';
-import { bytesSource, probeAudioVideo, probeImage, THUMBNAIL_MAX } from '../../workers/media.ts';
+import { bytesSource, probeAudioVideo, probeImage, THUMBNAIL_MAX } from '../../src/media-probe.ts';
 import { box, jpegImage, mp4, pngImage, u32, u32le, wav } from '../fixtures/media/build.ts';
 
 const silent = { debug() {}, info() {}, warn() {}, error() {} };
@@ -333,7 +334,8 @@ describe('Media over a scripted server', () => {
   before(async () => {
     await server.start();
     http = new MatrixHttp(server.url, 'syt_secret_token', { maxRetryAfterMs: 50 });
-    dataDir = tempDir();
+    // Not tempDir(): a hook registered from inside a before() hook never ran, and the dir was left behind.
+    dataDir = mkdtempSync(join(tmpdir(), 'halcyon-media-'));
     media = new Media({
       http,
       dataDir,
@@ -349,6 +351,7 @@ describe('Media over a scripted server', () => {
     await media.close();
     await http.close();
     await server.stop();
+    rmSync(dataDir, { recursive: true, force: true });
   });
   const reset = () => {
     server.requests.length = 0;

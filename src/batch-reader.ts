@@ -1,0 +1,51 @@
+/**
+ * The reader of a batch's event columns (see `EventColumns` in protocol.ts): the one place that decodes an event's
+ * fields from the body bytes and the offset table. Used on main (handler objects read through it) and by the
+ * actors that build batches (the crypto actor maps decrypted events to their slots).
+ */
+import { EVENT_FLAGS, type MatrixEvent, OFF, OFFSET_STRIDE, type WireBatch } from './protocol.ts';
+
+/**
+ * Reads the events of one batch from its body bytes. Fields are decoded on demand: an event nobody looks at
+ * costs nothing on this thread. Event objects keep the batch's body alive while they are referenced.
+ */
+export class BatchReader {
+  private readonly buf: Buffer;
+  /** @internal */
+  constructor(readonly batch: WireBatch) {
+    const body = batch.body;
+    this.buf = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  }
+  /** Decodes the string field at `slot` of event `i`, or null when the event has none. */
+  str(i: number, slot: number): string | null {
+    const o = this.batch.events.offsets;
+    const s = o[i * OFFSET_STRIDE + slot]!;
+    if (s < 0) return null;
+    const e = o[i * OFFSET_STRIDE + slot + 1]!;
+    return this.batch.events.flags[i]! & EVENT_FLAGS.escaped(slot) ? (JSON.parse(this.buf.toString('utf8', s, e)) as string) : this.buf.toString('utf8', s + 1, e - 1);
+  }
+  /** The JSON text of event `i`, as received. */
+  rawText(i: number): string {
+    const o = this.batch.events.offsets;
+    return this.buf.toString('utf8', o[i * OFFSET_STRIDE + OFF.rawStart], o[i * OFFSET_STRIDE + OFF.rawEnd]);
+  }
+  /** Parses event `i`. */
+  parse(i: number): MatrixEvent {
+    return JSON.parse(this.rawText(i)) as MatrixEvent;
+  }
+  /** `origin_server_ts` of event `i`. */
+  timestamp(i: number): number {
+    return this.batch.events.ts[i]!;
+  }
+  /** The type of event `i`. */
+  type(i: number): string {
+    const ev = this.batch.events;
+    return ev.strings[ev.type[i]!]!;
+  }
+  /** The relation type of event `i`, or null. */
+  relType(i: number): string | null {
+    const ev = this.batch.events;
+    const k = ev.relType[i]!;
+    return k < 0 ? null : ev.strings[k]!;
+  }
+}

@@ -1,0 +1,95 @@
+/**
+ * Acknowledgement bookkeeping of the main thread: which items of each batch (events, then invites, knocks,
+ * account data, receipts) are running or done ({@link HeldBatch}), and the coalesced acknowledgements sent to the
+ * sync actor's journal ({@link AckTracker}). Pure: no threads, no I/O beyond the send callback.
+ */
+import type { MainToSync } from '../protocol.ts';
+
+/**
+ * Collects progress (batches with newly handled events) and complete batches, and sends them to the sync actor
+ * in one message per turn of the event loop: a burst of handlers costs one message, not one per event. Handled
+ * events are read from each batch's {@link HeldBatch} at send time (a batch that completed meanwhile is sent as
+ * complete, without indices: the journal deletes it whole), so recording one costs a set insertion.
+ */
+export class AckTracker {
+  private touched = new Set<number>();
+  private complete: number[] = [];
+  private scheduled = false;
+
+  constructor(
+    private readonly send: (msg: MainToSync) => void,
+    private readonly doneEvents: (seq: number) => number[] | null,
+  ) {}
+
+  /** Batch `seq` has newly handled events. */
+  done(seq: number): void {
+    this.touched.add(seq);
+    this.schedule();
+  }
+
+  /** Everything of batch `seq` is handled. */
+  finish(seq: number): void {
+    this.touched.delete(seq);
+    this.complete.push(seq);
+    this.schedule();
+  }
+
+  /** Sends what is pending now. */
+  flush(): void {
+    this.scheduled = false;
+    if (this.touched.size === 0 && this.complete.length === 0) return;
+    const progress: Array<{ seq: number; indices: number[] }> = [];
+    for (const seq of this.touched) {
+      const indices = this.doneEvents(seq);
+      if (indices && indices.length > 0) progress.push({ seq, indices });
+    }
+    const complete = this.complete;
+    this.touched = new Set();
+    this.complete = [];
+    this.send({ kind: 'acks', progress, complete });
+  }
+
+  private schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => this.flush());
+  }
+}
+
+/** An item a handler task has been started for. */
+export const STARTED = 1;
+/** An item whose handlers have settled. */
+export const DONE = 2;
+
+/** What this thread does of one batch: per item (events, then invites, account data, receipts) not started, running or done. */
+export class HeldBatch {
+  readonly state: Uint8Array;
+  private readonly waiters = new Map<number, Array<() => void>>();
+  constructor(
+    private readonly events: number,
+    others: number,
+  ) {
+    this.state = new Uint8Array(events + others);
+  }
+  /** The events (not other items) done so far. */
+  doneEvents(): number[] {
+    const out: number[] = [];
+    for (let i = 0; i < this.events; i++) if (this.state[i] === DONE) out.push(i);
+    return out;
+  }
+  start(i: number): void {
+    this.state[i] = STARTED;
+  }
+  done(i: number): void {
+    this.state[i] = DONE;
+    const w = this.waiters.get(i);
+    if (!w) return;
+    this.waiters.delete(i);
+    for (const f of w) f();
+  }
+  whenDone(i: number, f: () => void): void {
+    let w = this.waiters.get(i);
+    if (!w) this.waiters.set(i, (w = []));
+    w.push(f);
+  }
+}

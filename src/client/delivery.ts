@@ -1,0 +1,187 @@
+/**
+ * Delivery: turns one event of a batch (a {@link BatchReader} slot) into the handler task the dispatcher runs —
+ * classified from the columns, wrapped in its typed object, emitted to the handlers of its kind and then to
+ * `event` handlers — plus the tasks of invites and of undecryptable events. A task is made only when some handler
+ * wants the event: an event nobody listens to costs no object and no parse.
+ */
+import type { HalcyonError } from '../errors.ts';
+import { type BatchReader, Edit, type Invite, MemberEvent, Message, Reaction, Redaction, type Room, RoomEvent } from '../events.ts';
+import { editProblem } from '../edits.ts';
+import { beginHandlerRun, endHandlerSyncPart } from '../outbox.ts';
+import { EVENT_FLAGS, OFF, type WireBatch } from '../protocol.ts';
+import { isPromise, settle } from './bus.ts';
+import type { ClientCore } from './core.ts';
+import { ENCRYPTED } from './actors.ts';
+import { fetchEvent } from './messages.ts';
+import type { DecryptionErrorInfo } from './options.ts';
+import { addDirectRoom, joinRoom, leaveRoom } from './rooms-api.ts';
+
+/** The kinds of room events with handlers of their own. */
+export type EventKind = 'message' | 'edit' | 'reaction' | 'member' | 'redaction';
+
+/** A dispatcher task that calls `done` once the handlers settled. */
+export type HandlerTask = (done: () => void) => unknown;
+
+/** What a withheld room key means for the bot, by `m.room_key.withheld` code (for the default log line). */
+const WITHHELD: Record<string, string> = {
+  'm.unverified': "its sender's client shares room keys only with verified devices (m.unverified): the bot's device is not cross-signed or verified",
+  'm.blacklisted': "its sender's client blocked the bot's device (m.blacklisted)",
+  'm.unauthorised': 'its sender does not allow the bot to read it (m.unauthorised)',
+  'm.unavailable': "its sender's client does not have the room key (m.unavailable)",
+  'm.no_olm': "its sender's client could not open a secure channel to the bot's device (m.no_olm)",
+};
+
+/** The handler kind of an event of `type` with relation `relType`, or null (only `event` handlers get it). */
+export function classify(type: string, relType: string | null): EventKind | null {
+  switch (type) {
+    case 'm.room.message':
+      return relType === 'm.replace' ? 'edit' : 'message';
+    case 'm.reaction':
+      return 'reaction';
+    case 'm.room.member':
+      return 'member';
+    case 'm.room.redaction':
+      return 'redaction';
+    default:
+      return null;
+  }
+}
+
+/** Makes the handler tasks of events, invites and undecryptable events; see the module comment. */
+export class Delivery {
+  constructor(private readonly core: ClientCore) {}
+
+  /** The task delivering event `i` of a reader, or null if no handler wants it. */
+  eventTask(r: BatchReader, i: number, roomId: string, anyEvent: boolean): HandlerTask | null {
+    const { opts, bus } = this.core;
+    const kind = classify(r.type(i), r.relType(i));
+    const flags = r.batch.events.flags[i]!;
+    const own = (flags & EVENT_FLAGS.own) !== 0;
+    const wantKind =
+      kind !== null &&
+      bus.has(kind) &&
+      !(opts.ignoreOwnEvents && kind !== 'member' && own) &&
+      // Spec: never answer a notice automatically; other senders' notices stay away from `message` handlers.
+      !(kind === 'message' && !own && (flags & EVENT_FLAGS.notice) !== 0 && !opts.deliverNotices);
+    if (!wantKind && !anyEvent) return null;
+    // The handler run is keyed by its event: sends it makes get transaction IDs derived from it (idempotent replays).
+    return (done) => {
+      beginHandlerRun(r.str(i, OFF.eventId) ?? '');
+      try {
+        return settle(this.deliver(r, i, roomId, wantKind ? kind : null, anyEvent), done);
+      } finally {
+        endHandlerSyncPart();
+      }
+    };
+  }
+
+  /**
+   * The task of an invite. Its sends are keyed by this invite, not by its room: a second invite to the same room
+   * must not reuse the first run's transaction IDs (the outbox would answer its sends from disk, and nothing would
+   * be sent). The batch's token stands in when the server sends the invite event without its ID (Synapse does);
+   * a redelivered batch keeps it, so a re-run stays idempotent.
+   */
+  inviteTask(inv: WireBatch['invites'][number], batchToken: string): HandlerTask {
+    return (done) => {
+      beginHandlerRun(`invite:${inv.eventId ?? `${inv.roomId}@${batchToken}`}`);
+      try {
+        return settle(this.deliverInvite(inv), done);
+      } finally {
+        endHandlerSyncPart();
+      }
+    };
+  }
+
+  /**
+   * The task reporting an event that could not be decrypted: to `decryptionError` handlers, or, when there are
+   * none, as a warning (a bot that silently cannot read a room is the complaint users have most of E2EE).
+   */
+  decryptionErrorTask(err: HalcyonError, r: BatchReader, i: number, roomId: string, why: Pick<DecryptionErrorInfo, 'sessionId' | 'willRetry' | 'withheldCode'>): HandlerTask {
+    return (done) => settle(this.decryptionError(err, r, i, roomId, why), done);
+  }
+
+  private decryptionError(err: HalcyonError, r: BatchReader, i: number, roomId: string, why: Pick<DecryptionErrorInfo, 'sessionId' | 'willRetry' | 'withheldCode'>): unknown {
+    const eventId = r.str(i, OFF.eventId) ?? '';
+    err.eventId = eventId;
+    const info: DecryptionErrorInfo = { roomId, eventId, sender: r.str(i, OFF.sender) ?? '', ...why };
+    if (this.core.bus.has('decryptionError')) return this.core.bus.emit('decryptionError', err, info);
+    const withheld = why.withheldCode === null ? null : (WITHHELD[why.withheldCode] ?? `its sender withheld the room key (${why.withheldCode})`);
+    this.core.opts.logger.warn(
+      { code: err.code, ...info },
+      `cannot decrypt ${eventId} from ${info.sender} in ${roomId}: ${withheld ?? err.message}${why.willRetry ? ' (kept: it is delivered if its key arrives)' : ''}`,
+    );
+    return undefined;
+  }
+
+  private deliver(b: BatchReader, i: number, roomId: string, kind: EventKind | null, anyEvent: boolean): unknown {
+    const { bus, mirror, client } = this.core;
+    const room = mirror.room(roomId);
+    if (kind === 'edit') return this.deliverEdit(b, i, room, anyEvent);
+    let first: unknown;
+    if (kind !== null) {
+      const obj =
+        kind === 'message' ? new Message(b, i, room, client)
+        : kind === 'reaction' ? new Reaction(b, i, room, client)
+        : kind === 'member' ? new MemberEvent(b, i, room, client)
+        : new Redaction(b, i, room, client);
+      first = bus.emit(kind, obj as never);
+    }
+    if (!anyEvent) return first;
+    const generic = () => bus.emit('event', new RoomEvent(b, i, room, client));
+    return isPromise(first) ? first.then(generic) : generic();
+  }
+
+  /**
+   * An edit reaches `edit` handlers only if it may replace its original by the spec's rules (same sender and
+   * type, no state event, the original not an edit, `m.new_content` present): anyone can send an `m.replace`
+   * relation to anyone's message, and servers do not check. Invalid ones are only logged (and still reach
+   * `event` handlers, as every event does).
+   */
+  private async deliverEdit(b: BatchReader, i: number, room: Room, anyEvent: boolean): Promise<void> {
+    const { bus, client } = this.core;
+    const edit = new Edit(b, i, room, client);
+    const original = await fetchEvent(this.core, room.id, edit.replaces);
+    const problem = editProblem(
+      { sender: edit.sender, type: edit.type, encrypted: edit.isEncrypted, stateKey: edit.stateKey, content: edit.content },
+      original && { sender: original.sender ?? '', type: original.type, encrypted: original.type === ENCRYPTED, stateKey: original.state_key ?? null, content: original.content },
+    );
+    if (problem) this.core.opts.logger.info({ roomId: room.id, eventId: edit.eventId }, `an invalid edit was ignored: ${problem}`);
+    else await bus.emit('edit', edit);
+    if (anyEvent) await bus.emit('event', new RoomEvent(b, i, room, client));
+  }
+
+  private deliverInvite(inv: WireBatch['invites'][number]): unknown {
+    const core = this.core;
+    const invite: Invite = { ...inv, accept: () => joinRoom(core, inv.roomId), decline: (reason?: string) => leaveRoom(core, inv.roomId, reason) };
+    const r = core.bus.emit('invite', invite);
+    if (core.opts.autoJoin === false) return r;
+    const join = async () => {
+      if (!(await this.acceptsInvite(invite))) return;
+      try {
+        await joinRoom(core, inv.roomId);
+        // A direct chat the inviter started is recorded in m.direct, so getOrCreateDm finds it later.
+        if (inv.isDirect && inv.inviter) await addDirectRoom(core, inv.inviter, inv.roomId);
+      } catch (err) {
+        core.bus.emitError(err as HalcyonError);
+      }
+    };
+    return isPromise(r) ? r.then(join) : join();
+  }
+
+  /** Whether the `autoJoin` policy accepts this invite. */
+  private async acceptsInvite(invite: Invite): Promise<boolean> {
+    const policy = this.core.opts.autoJoin;
+    if (policy === true) return true;
+    if (typeof policy === 'function') {
+      try {
+        return (await policy(invite)) === true;
+      } catch (err) {
+        this.core.bus.handlerFailed(err, 'autoJoin', invite.roomId);
+        return false;
+      }
+    }
+    if (typeof policy !== 'object' || !invite.inviter) return false;
+    const server = invite.inviter.slice(invite.inviter.indexOf(':') + 1);
+    return (policy.users?.includes(invite.inviter) ?? false) || (policy.servers?.includes(server) ?? false);
+  }
+}

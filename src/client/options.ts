@@ -1,0 +1,320 @@
+/**
+ * The client's public option and event types, their defaults, and {@link resolveOptions}: what `new Client(options)`
+ * accepts and what the rest of the client reads (one resolved object, checked once).
+ */
+import type { Client } from '../client.ts';
+import { HalcyonError } from '../errors.ts';
+import type { AccountDataEvent, Edit, Invite, MemberEvent, Message, Reaction, Receipt, Redaction, RoomEvent } from '../events.ts';
+import { consoleLogger, type Logger } from '../log.ts';
+import type { MetricsOptions } from '../metrics.ts';
+import type { OutboxStatus, RateLimit, SendFailure } from '../outbox.ts';
+import type { MatrixEvent } from '../protocol.ts';
+
+/** Options of a {@link Client}. Only `dataDir` is required. */
+export interface ClientOptions {
+  /** Where the bot keeps its state (sync token, room cache, account). Created 0700; files are 0600. */
+  dataDir: string;
+  /**
+   * Which invites the bot accepts by itself (default `true`: every invite, from anyone — convenient, and what
+   * most bots want, but anyone on the federation can then pull the bot into rooms: a spam and load risk).
+   * `false` joins none (accept in an `invite` handler with `invite.accept()`); `{ users, servers }` joins
+   * invites whose inviter is one of `users` or on one of `servers`; a function decides per invite (a rejection
+   * or throw counts as no, reported as `HALCYON_HANDLER_FAILED`). Invites not joined stay pending.
+   */
+  autoJoin?: AutoJoinPolicy;
+  /** Rooms whose handlers may run at the same time (default 16); within a room, events run in order. */
+  concurrency?: number;
+  /**
+   * Unhandled events held in memory (default 10,000). Past this, new batches wait in the journal on disk (a
+   * `backpressure` event says so) while polling goes on.
+   */
+  maxQueuedEvents?: number;
+  /** Unhandled events the journal holds before the sync actor stops polling (default 1,000,000). */
+  maxJournalEvents?: number;
+  /**
+   * When a room's timeline comes back `limited`, the missing events are fetched with `/messages` and delivered
+   * first, up to this many per room (default 500; 0 turns it off).
+   */
+  maxGapEvents?: number;
+  /** A pino-compatible logger (default: warnings and errors to stderr). */
+  logger?: Logger;
+  /** `worker` (default): actors on worker threads. `inline`: actors on the main thread, for tests and debugging. */
+  threads?: 'worker' | 'inline';
+  /** Long-poll timeout of /sync in ms (default 30,000). */
+  pollTimeoutMs?: number;
+  /** Deliver the timeline of the very first sync of a new data dir to handlers (default false: no replies to old messages). */
+  deliverInitialTimeline?: boolean;
+  /** Skip the bot's own messages, edits, reactions and redactions (default true). */
+  ignoreOwnEvents?: boolean;
+  /**
+   * Deliver other senders' `m.notice` messages to `message` handlers (default false: the spec says notices must
+   * never be answered automatically — they are what bots send, and two bots answering each other loop). They
+   * still reach `event` handlers; `message.isNotice` tells them apart.
+   */
+  deliverNotices?: boolean;
+  /** Backoff after a failed /sync: first wait and ceiling in ms (defaults 5,000 and 300,000). */
+  backoffMinMs?: number;
+  backoffMaxMs?: number;
+  /** Rooms whose full state the cache actor keeps in memory (default 1,000); the rest load from disk. */
+  maxRoomsInMemory?: number;
+  /**
+   * How often the watchdog checks that the sync actor answers and keeps polling (default 30,000 ms); a stuck or
+   * dead actor is restarted (worker threads only).
+   */
+  watchdogMs?: number;
+  /** How long `stop()` waits for running handlers, in ms (default 20,000). */
+  stopTimeoutMs?: number;
+  /** End-to-end encryption: on by default; `false` turns it off, an object configures it. */
+  encryption?: boolean | EncryptionOptions;
+  /** Accept a token whose homeserver is plain `http://` and not this machine (default false); see LoginOptions. */
+  allowInsecureHttp?: boolean;
+  /**
+   * Pacing of sends. `'adaptive'` (default): full speed until the homeserver answers 429, then its pace, learned
+   * from what it says (its retry time and the burst it took) and kept per account; a server without limits is
+   * never waited on. `{ perSecond, burst }`: a fixed token bucket (`DEFAULT_RATE_LIMIT` is Synapse's
+   * `rc_message`). `false`: no pacing (an account exempt from rate limits; 429s are still waited out).
+   */
+  rateLimit?: RateLimit | 'adaptive' | false;
+  /** Attempts of a send that keeps failing transiently before it is a dead letter (default 8; backoff 1 s → 60 s). */
+  maxSendAttempts?: number;
+  /**
+   * Prometheus metrics (prom-client): `true` records into a registry of the client's own (`metricsRegistry`);
+   * an object can pass the host application's `registry`, a `port` to serve `/metrics` on, and `perRoom` labels.
+   */
+  metrics?: boolean | MetricsOptions;
+}
+
+/** Which invites a client accepts by itself; see {@link ClientOptions.autoJoin}. */
+export type AutoJoinPolicy = boolean | { users?: string[]; servers?: string[] } | ((invite: Invite) => boolean | Promise<boolean>);
+
+/** Options of end-to-end encryption. */
+export interface EncryptionOptions {
+  /**
+   * Passphrase that encrypts the crypto store. Default: a random one kept in `<dataDir>/crypto.key` (0600).
+   * Give your own (from a secret manager) if whoever can read the data dir must not read the keys.
+   */
+  passphrase?: string;
+  /** Send plain text into encrypted rooms instead of encrypting (default false). */
+  allowPlaintext?: boolean;
+  /** Undecryptable events kept for a late room key: how many (default 1,000) and how long (default 24 h). */
+  maxPendingUndecryptable?: number;
+  pendingUndecryptableMaxAgeMs?: number;
+}
+
+/** Options of one send. */
+export interface SendOptions {
+  /** Send in the clear even if the room is encrypted (default false: encrypt, or refuse if encryption is off). */
+  allowPlaintext?: boolean;
+}
+
+/** Options of {@link Client.createRoom}. */
+export interface CreateRoomOptions {
+  name?: string;
+  topic?: string;
+  /** `private_chat` (invite only), `trusted_private_chat` (invitees get the creator's power), or `public_chat`. */
+  preset?: 'private_chat' | 'trusted_private_chat' | 'public_chat';
+  /** Users to invite. */
+  invite?: string[];
+  /** Turn end-to-end encryption on from the start (default false). */
+  encrypted?: boolean;
+  /** Mark it a direct chat for the invitees (`is_direct`). */
+  isDirect?: boolean;
+  /** Local part of an alias to create (`#<alias>:<server>`). */
+  alias?: string;
+  /** Whether the room is listed in the server's public directory (default private). */
+  visibility?: 'public' | 'private';
+  /** Room version (default: the server's). */
+  roomVersion?: string;
+  /** Overrides of the default `m.room.power_levels` content. */
+  powerLevels?: Record<string, unknown>;
+  /** Extra initial state events. */
+  initialState?: Array<{ type: string; stateKey?: string; content: Record<string, unknown> }>;
+}
+
+/** Details passed with a `decryptionError` event. */
+export interface DecryptionErrorInfo {
+  roomId: string;
+  eventId: string;
+  sender: string;
+  /** The Megolm session the event needs, when known. */
+  sessionId: string | null;
+  /**
+   * True if the event is kept: it is delivered to the usual handlers if its room key arrives later. False for a
+   * key its sender withheld for good (`withheldCode` m.unverified, m.blacklisted, m.unauthorised).
+   */
+  willRetry: boolean;
+  /**
+   * Why the sender's client did not share the room key, when it said (`m.room_key.withheld`): `m.unverified`
+   * (it shares only with verified or cross-signed devices), `m.blacklisted`, `m.unauthorised`, `m.unavailable`,
+   * `m.no_olm`; else null.
+   */
+  withheldCode: string | null;
+}
+
+/** A room the bot knocked on, as its sync shows it (the `knock` event). */
+export interface Knock {
+  roomId: string;
+  /** The stripped state the server shares with knockers (name, topic, join rule...); nothing authenticates it. */
+  state: MatrixEvent[];
+}
+
+/** Options of {@link Client.login}. */
+export interface LoginOptions {
+  homeserver: string;
+  /** Localpart (`bot`) or full user ID (`@bot:example.org`). */
+  user: string;
+  password: string;
+  /** Display name of the new device. */
+  deviceName?: string;
+  /** With a data dir, the device ID of an earlier login is reused instead of creating a new device. */
+  dataDir?: string;
+  /**
+   * Accept a plain `http://` homeserver that is not this machine (default false: `HALCYON_INSECURE_HOMESERVER`,
+   * since the password and token would cross the network in the clear).
+   */
+  allowInsecureHttp?: boolean;
+}
+
+/** Options of {@link Client.importToken}. */
+export interface ImportTokenOptions {
+  /** The homeserver: a URL, or a server name resolved through its `.well-known`. */
+  homeserver: string;
+  /** An access token of an existing device session. */
+  accessToken: string;
+  /** Claim this data directory for the token's account and device (as Client.login does). */
+  dataDir?: string;
+  /** Accept a plain `http://` homeserver that is not this machine (default false). */
+  allowInsecureHttp?: boolean;
+}
+
+/** Who the client is. */
+export interface WhoAmI {
+  userId: string;
+  deviceId: string;
+  homeserver: string;
+  /** The device's identity keys (unpadded base64), when encryption is on. */
+  identityKeys?: { curve25519: string; ed25519: string };
+  /** Whether end-to-end encryption is available (on, and the crypto store open). */
+  encryption: boolean;
+}
+
+/** What {@link Client.health} reports. */
+export interface Health {
+  /** `idle`, `starting`, `running`, `stopping` or `stopped`. */
+  state: string;
+  /** True while running and the sync loop is not failing. */
+  ok: boolean;
+  sync: {
+    /** Polls made this run, and consecutive failed ones now. */
+    polls: number;
+    consecutiveErrors: number;
+    /** When the last poll started and the last one succeeded (ms since the epoch), or null. */
+    lastPollStartAt: number | null;
+    lastSuccessAt: number | null;
+    lastError: { code: string; message: string } | null;
+  } | null;
+  /** Events waiting for or running in handlers on this thread. */
+  queuedEvents: number;
+  /** Events journaled and not yet handled (on disk while `backpressure`). */
+  backlogEvents: number;
+  /** Whether handlers fell behind and batches wait in the journal. */
+  backpressure: boolean;
+  /** Sends pending, dead, and waiting now by reason (see {@link Client.outboxStatus}); null when not running. */
+  outbox: OutboxStatus | null;
+}
+
+/** Details passed with a `backpressure` event. */
+export interface BackpressureInfo {
+  /** True when handlers fell behind and batches wait in the journal on disk; false when they caught up. */
+  active: boolean;
+  /** Events journaled and not yet handled. */
+  backlogEvents: number;
+  /** Events in memory waiting for or running in handlers. */
+  queuedEvents: number;
+}
+
+/** Details passed with a `syncError` event. */
+export interface SyncErrorInfo {
+  /** Consecutive failed polls so far. */
+  attempt: number;
+  /** When the next poll is due. */
+  retryInMs: number;
+}
+
+/** The events a client emits and their handler arguments. */
+export interface ClientEvents {
+  ready: [];
+  message: [message: Message];
+  edit: [edit: Edit];
+  reaction: [reaction: Reaction];
+  member: [member: MemberEvent];
+  redaction: [redaction: Redaction];
+  invite: [invite: Invite];
+  knock: [knock: Knock];
+  event: [event: RoomEvent];
+  error: [error: HalcyonError];
+  syncError: [error: HalcyonError, info: SyncErrorInfo];
+  syncRecovered: [info: { afterAttempts: number }];
+  decryptionError: [error: HalcyonError, info: DecryptionErrorInfo];
+  receipt: [receipt: Receipt];
+  backpressure: [info: BackpressureInfo];
+  sendFailed: [error: HalcyonError, info: SendFailure];
+  accountData: [event: AccountDataEvent];
+}
+
+
+/** A handler of event `K`. */
+export type Listener<K extends keyof ClientEvents> = (...args: ClientEvents[K]) => unknown;
+
+/** The options as the client uses them: every default filled in, `false`/`true` shorthands expanded. */
+export type ResolvedOptions = Required<Omit<ClientOptions, 'logger' | 'encryption' | 'rateLimit' | 'metrics'>> & {
+  logger: Logger;
+  /** Null when encryption is off. */
+  encryption: EncryptionOptions | null;
+  /** Null when pacing is off. */
+  rateLimit: RateLimit | 'adaptive' | null;
+  /** Null when metrics are off. */
+  metrics: MetricsOptions | null;
+};
+
+/** Fills in the defaults of `options` and checks what cannot wait for first use; throws `HALCYON_INVALID_ARGUMENT`. */
+export function resolveOptions(options: ClientOptions): ResolvedOptions {
+  if (!options || typeof options.dataDir !== 'string' || options.dataDir === '') {
+    throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'new Client({ dataDir }) needs a data directory');
+  }
+  const opts: ResolvedOptions = {
+    autoJoin: true,
+    concurrency: 16,
+    maxQueuedEvents: 10_000,
+    maxJournalEvents: 1_000_000,
+    maxGapEvents: 500,
+    threads: 'worker',
+    pollTimeoutMs: 30_000,
+    deliverInitialTimeline: false,
+    ignoreOwnEvents: true,
+    deliverNotices: false,
+    backoffMinMs: 5_000,
+    backoffMaxMs: 300_000,
+    watchdogMs: 30_000,
+    maxRoomsInMemory: 1_000,
+    stopTimeoutMs: 20_000,
+    maxSendAttempts: 8,
+    allowInsecureHttp: false,
+    ...options,
+    rateLimit: options.rateLimit === false ? null : (options.rateLimit ?? 'adaptive'),
+    metrics: options.metrics === true ? {} : options.metrics ? options.metrics : null,
+    logger: options.logger ?? consoleLogger(),
+    encryption: options.encryption === false ? null : options.encryption === true || options.encryption === undefined ? {} : options.encryption,
+  };
+  checkAutoJoin(opts.autoJoin);
+  return opts;
+}
+
+/** Throws `HALCYON_INVALID_ARGUMENT` unless `p` is an {@link AutoJoinPolicy}. */
+function checkAutoJoin(p: unknown): void {
+  if (typeof p === 'boolean' || typeof p === 'function') return;
+  const lists = p as { users?: unknown; servers?: unknown } | null;
+  const strings = (v: unknown) => v === undefined || (Array.isArray(v) && v.every((x) => typeof x === 'string'));
+  if (typeof lists === 'object' && lists !== null && strings(lists.users) && strings(lists.servers)) return;
+  throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'autoJoin must be a boolean, a function (invite) => boolean, or { users?: string[], servers?: string[] }');
+}

@@ -1,0 +1,221 @@
+/**
+ * Reading one timeline event of a /sync body: its byte span and routing fields go into the event columns without
+ * building strings for its IDs; a state event or a redaction is also parsed (the cache needs it). The hot path of
+ * sync processing.
+ */
+import { EVENT_FLAGS, type MatrixEvent, OFF, OFFSET_STRIDE } from '../protocol.ts';
+import { keyBytes, Scanner } from './scan.ts';
+import type { Builder } from './builder.ts';
+
+const K = {
+  type: keyBytes('type'),
+  eventId: keyBytes('event_id'),
+  sender: keyBytes('sender'),
+  stateKey: keyBytes('state_key'),
+  ts: keyBytes('origin_server_ts'),
+  content: keyBytes('content'),
+  relatesTo: keyBytes('m.relates_to'),
+  relType: keyBytes('rel_type'),
+  msgtype: keyBytes('msgtype'),
+};
+
+/** The `m.notice` msgtype as the string token a server writes (compared without decoding). */
+const NOTICE_TOKEN = Buffer.from('"m.notice"', 'utf8');
+
+/** Offsets of the event being read ({@link OFF} slots); reused, since events are read one at a time. */
+const span = new Int32Array(OFFSET_STRIDE);
+/** Marks a field that is present but not a string. */
+const WRONG_TYPE = -2;
+
+/** Records the span of the string at the cursor in slot `slot` (or marks it mistyped); returns its escape flag. */
+function readSpan(sc: Scanner, slot: number): number {
+  if (!sc.atString()) {
+    sc.skipValue();
+    span[slot] = WRONG_TYPE;
+    return 0;
+  }
+  span[slot] = sc.skipStringToken();
+  span[slot + 1] = sc.i;
+  return sc.escaped ? EVENT_FLAGS.escaped(slot) : 0;
+}
+
+/** Bits of the top-level member names {@link readTimelineEvent} routes on, to catch a repeated one. */
+const SEEN = { type: 1, eventId: 2, sender: 4, stateKey: 8, ts: 16, content: 32 } as const;
+
+/**
+ * Reads one timeline event: records its byte span and routing fields in the columns (no strings are made for
+ * IDs), and returns the parsed event when it is a state event or a redaction (the cache needs them).
+ *
+ * The columns and a handler's `JSON.parse` of the span must agree. They would not if a routed name came twice
+ * (`JSON.parse` keeps the last) or escaped (`"cont\u0065nt"` is `content` to `JSON.parse`, not to the byte
+ * comparison): such an event is skipped and reported. Any escaped top-level name is refused (the key token's
+ * escape flag is known); in `content` and `m.relates_to`, where user data may escape names, only one that
+ * decodes to a routed name is.
+ */
+export function readTimelineEvent(sc: Scanner, b: Builder, roomId: string, roomIndex: number): MatrixEvent | undefined {
+  if (!sc.atObject()) {
+    sc.skipValue();
+    b.error('timeline event is not an object', roomId);
+    return undefined;
+  }
+  const start = sc.i;
+  let type: string | null = null;
+  let relType: string | null = null;
+  let ts: number | null = null;
+  let contentOk = false;
+  let bad: string | null = null;
+  let flags = 0;
+  let typeSeen = false;
+  let tsSeen = false;
+  let seen = 0;
+  span.fill(-1);
+  sc.openObject();
+  for (let first = true; sc.keyToken(first); first = false) {
+    if (sc.escaped) {
+      bad ??= 'a top-level member name contains an escape';
+      sc.skipValue();
+      continue;
+    }
+    const bit = topLevelBit(sc);
+    if (bit !== 0) {
+      if ((seen & bit) !== 0) bad ??= `member "${sc.decode(sc.ks, sc.ke)}" appears twice`;
+      seen |= bit;
+    }
+    if (bit === SEEN.type) {
+      typeSeen = true;
+      if (sc.atString()) type = b.internToken(sc);
+      else sc.skipValue();
+    } else if (bit === SEEN.eventId) flags |= readSpan(sc, OFF.eventId);
+    else if (bit === SEEN.sender) flags |= readSpan(sc, OFF.sender);
+    else if (bit === SEEN.stateKey) flags |= readSpan(sc, OFF.stateKey);
+    else if (bit === SEEN.ts) {
+      tsSeen = true;
+      if (sc.atNumber()) ts = sc.readNumber();
+      else sc.skipValue();
+    } else if (bit === SEEN.content) {
+      if (!sc.atObject()) {
+        sc.skipValue();
+        bad ??= 'content is not an object';
+        continue;
+      }
+      contentOk = true;
+      const problem = readContent(sc, b); // read whatever `bad` holds: `??=` would skip the call
+      bad ??= problem;
+      relType = rel.type;
+      flags |= rel.flags;
+    } else sc.skipValue();
+  }
+  const end = sc.i;
+  const senderS = span[OFF.sender]!;
+  const senderE = span[OFF.sender + 1]!;
+  bad ??= type === null ? (typeSeen ? 'type is not a string' : 'missing type') : missingField(contentOk, ts === null ? tsSeen : null);
+  if (bad !== null) {
+    b.error(`timeline event skipped: ${bad}`, roomId, decodeToken(sc, span[OFF.eventId]!, span[OFF.eventId + 1]!));
+    return undefined;
+  }
+  const isState = span[OFF.stateKey]! >= 0;
+  if (b.opts.wantedTypes === null || b.opts.wantedTypes.has(type!)) {
+    const own = b.ownToken;
+    if (own !== null && senderE - senderS === own.length && sc.b.compare(own, 0, own.length, senderS, senderE) === 0) flags |= EVENT_FLAGS.own;
+    b.room.push(roomIndex);
+    b.type.push(b.intern(type!));
+    b.relType.push(relType === null ? -1 : b.intern(relType));
+    b.ts.push(ts!);
+    b.flags.push(flags);
+    span[OFF.rawStart] = start;
+    span[OFF.rawEnd] = end;
+    for (let k = 0; k < OFFSET_STRIDE; k++) b.offsets.push(span[k]!);
+  }
+  return isState || type === 'm.room.redaction' ? (JSON.parse(sc.b.toString('utf8', start, end)) as MatrixEvent) : undefined;
+}
+
+/**
+ * What the event being read (its {@link span}) lacks or has mistyped among event_id, sender, content,
+ * origin_server_ts and state_key, or null. `tsSeen` is null when a numeric timestamp was read, else whether a
+ * mistyped one was present.
+ */
+function missingField(contentOk: boolean, tsSeen: boolean | null): string | null {
+  const idS = span[OFF.eventId]!;
+  const senderS = span[OFF.sender]!;
+  if (idS < 0) return idS === WRONG_TYPE ? 'event_id is not a string' : 'missing event_id';
+  if (senderS < 0) return senderS === WRONG_TYPE ? 'sender is not a string' : 'missing sender';
+  if (!contentOk) return 'missing content';
+  if (tsSeen !== null) return tsSeen ? 'origin_server_ts is not a number' : 'missing origin_server_ts';
+  return span[OFF.stateKey] === WRONG_TYPE ? 'state_key is not a string' : null;
+}
+
+/** Which routed top-level name the last key token is ({@link SEEN} bit), or 0. */
+function topLevelBit(sc: Scanner): number {
+  if (sc.keyIs(K.type)) return SEEN.type;
+  if (sc.keyIs(K.eventId)) return SEEN.eventId;
+  if (sc.keyIs(K.sender)) return SEEN.sender;
+  if (sc.keyIs(K.stateKey)) return SEEN.stateKey;
+  if (sc.keyIs(K.ts)) return SEEN.ts;
+  if (sc.keyIs(K.content)) return SEEN.content;
+  return 0;
+}
+
+/** Whether the last key token is escaped and decodes to `name` (escaped names never match {@link Scanner.keyIs}). */
+function escapedAs(sc: Scanner, name: string): boolean {
+  return sc.escaped && sc.decode(sc.ks, sc.ke) === name;
+}
+
+/** What {@link readContent} found: `m.relates_to` and the notice flag (reused: events are read one at a time, on the hot path). */
+const rel = { type: null as string | null, flags: 0 };
+
+/**
+ * Reads an event's `content` object at the cursor for its `m.relates_to`: the relation type and event ID span
+ * go to {@link rel}; returns what makes the event unusable (a repeated or escaped routed name), or null.
+ */
+function readContent(sc: Scanner, b: Builder): string | null {
+  let bad: string | null = null;
+  let relatesSeen = false;
+  rel.type = null;
+  rel.flags = 0;
+  sc.openObject();
+  for (let f = true; sc.keyToken(f); f = false) {
+    if (sc.keyIs(K.msgtype)) {
+      // A notice is flagged so main can keep other senders' notices from `message` handlers without parsing
+      // (the last msgtype counts, as for JSON.parse).
+      rel.flags &= ~EVENT_FLAGS.notice;
+      if (!sc.atString()) sc.skipValue();
+      else if (isToken(sc, NOTICE_TOKEN)) rel.flags |= EVENT_FLAGS.notice;
+      continue;
+    }
+    const relates = sc.keyIs(K.relatesTo);
+    if (relates || escapedAs(sc, 'm.relates_to')) {
+      if (relatesSeen || !relates) bad ??= relates ? 'content member "m.relates_to" appears twice' : 'content member "m.relates_to" is escaped';
+      relatesSeen = true;
+    }
+    if (!relates || !sc.atObject()) {
+      sc.skipValue();
+      continue;
+    }
+    let relTypeSeen = false;
+    let idSeen = false;
+    sc.openObject();
+    for (let g = true; sc.keyToken(g); g = false) {
+      const isRelType = sc.keyIs(K.relType);
+      const isId = !isRelType && sc.keyIs(K.eventId);
+      if (escapedAs(sc, 'rel_type') || escapedAs(sc, 'event_id')) bad ??= 'an "m.relates_to" member name is escaped';
+      else if ((isRelType && relTypeSeen) || (isId && idSeen)) bad ??= `"m.relates_to" member "${isRelType ? 'rel_type' : 'event_id'}" appears twice`;
+      relTypeSeen ||= isRelType;
+      idSeen ||= isId;
+      if (isRelType && sc.atString()) rel.type = b.internToken(sc);
+      else if (isId && sc.atString()) rel.flags |= readSpan(sc, OFF.relEventId);
+      else sc.skipValue();
+    }
+  }
+  return bad;
+}
+
+/** Consumes the string token at the cursor; true if its bytes are `token`'s (quotes included). */
+function isToken(sc: Scanner, token: Buffer): boolean {
+  const s = sc.skipStringToken();
+  return sc.i - s === token.length && sc.b.compare(token, 0, token.length, s, sc.i) === 0;
+}
+
+/** Decodes a string token [s, e) of the scanner's bytes, or undefined when absent (s < 0). */
+function decodeToken(sc: Scanner, s: number, e: number): string | undefined {
+  return s >= 0 ? new Scanner(sc.b.subarray(s, e)).readString() : undefined;
+}

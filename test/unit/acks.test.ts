@@ -1,0 +1,59 @@
+/**
+ * The main thread's acknowledgement bookkeeping (src/client/acks.ts), as pure objects: which items of a batch run
+ * or are done, and the one coalesced message per turn of the loop the sync actor's journal gets.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { AckTracker, DONE, HeldBatch, STARTED } from '../../src/client/acks.ts';
+import type { MainToSync } from '../../src/protocol.ts';
+
+const turn = () => new Promise<void>((r) => setImmediate(r));
+
+test('HeldBatch: items go not started → started → done; waiters of an item run when it is done; doneEvents lists events only', () => {
+  const held = new HeldBatch(3, 2); // 3 events, then 2 other items (an invite, a receipt, ...)
+  assert.deepEqual([...held.state], [0, 0, 0, 0, 0]);
+  held.start(1);
+  held.start(3);
+  assert.equal(held.state[1], STARTED);
+  const woken: number[] = [];
+  held.whenDone(1, () => woken.push(1));
+  held.whenDone(1, () => woken.push(11));
+  held.done(3);
+  held.done(1);
+  assert.deepEqual(woken, [1, 11], 'both waiters, once');
+  held.done(1);
+  assert.deepEqual(woken, [1, 11], 'not again');
+  assert.equal(held.state[3], DONE);
+  assert.deepEqual(held.doneEvents(), [1], 'item 3 is not an event');
+});
+
+test('AckTracker: a burst of handled events costs one message per turn, with the indices read at send time; complete batches go whole', async () => {
+  const sent: MainToSync[] = [];
+  const helds = new Map([[7, new HeldBatch(4, 0)], [8, new HeldBatch(2, 0)]]);
+  const acks = new AckTracker((m) => void sent.push(m), (seq) => helds.get(seq)?.doneEvents() ?? null);
+  for (const i of [0, 2]) {
+    helds.get(7)!.done(i);
+    acks.done(7);
+  }
+  helds.get(8)!.done(0);
+  acks.done(8);
+  assert.deepEqual(sent, [], 'nothing before the turn ends');
+  await turn();
+  assert.deepEqual(sent, [{ kind: 'acks', progress: [{ seq: 7, indices: [0, 2] }, { seq: 8, indices: [0] }], complete: [] }]);
+  // Batch 8 completes in the next turn, after more progress: it goes as complete, without indices.
+  helds.get(8)!.done(1);
+  acks.done(8);
+  acks.finish(8);
+  await turn();
+  assert.deepEqual(sent[1], { kind: 'acks', progress: [], complete: [8] });
+  await turn();
+  assert.equal(sent.length, 2, 'an idle turn sends nothing');
+});
+
+test('AckTracker.flush sends at once; a batch whose held state is gone (completed meanwhile) sends no progress', () => {
+  const sent: MainToSync[] = [];
+  const acks = new AckTracker((m) => void sent.push(m), () => null);
+  acks.done(3);
+  acks.flush();
+  assert.deepEqual(sent, [{ kind: 'acks', progress: [], complete: [] }]);
+});
