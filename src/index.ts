@@ -14,6 +14,8 @@ export { ERROR_CODES, HalcyonError } from './errors.ts';
 export type { ErrorCode, ErrorDetails } from './errors.ts';
 export type { Logger } from './log.ts';
 export type { MetricsOptions } from './metrics.ts';
+export type { MemoryReport } from './memory.ts';
+export type { ActorMemory } from './protocol.ts';
 export type { OutboxOp, OutboxStatus, RateLimit, SendFailure, WaitReason } from './outbox.ts';
 export { consoleLogger } from './log.ts';
 export { DEFAULT_RATE_LIMIT } from './outbox.ts';

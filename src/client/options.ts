@@ -6,6 +6,7 @@ import type { Client } from '../client.ts';
 import { HalcyonError } from '../errors.ts';
 import type { AccountDataEvent, Edit, Invite, MemberEvent, Message, Reaction, Receipt, Redaction, RoomEvent } from '../events.ts';
 import { consoleLogger, type Logger } from '../log.ts';
+import type { MemoryReport } from '../memory.ts';
 import type { MetricsOptions } from '../metrics.ts';
 import type { OutboxStatus, RateLimit, SendFailure } from '../outbox.ts';
 import type { MatrixEvent } from '../protocol.ts';
@@ -221,6 +222,11 @@ export interface Health {
   backpressure: boolean;
   /** Sends pending, dead, and waiting now by reason (see {@link Client.outboxStatus}); null when not running. */
   outbox: OutboxStatus | null;
+  /**
+   * Memory by thread, each measured on its own thread: main's, and each actor's while it runs (null otherwise, or
+   * when it did not answer within 5 s), with the process's RSS. The README's "Memory" section says what to expect.
+   */
+  memory: MemoryReport;
 }
 
 /** Details passed with a `backpressure` event. */

@@ -3,6 +3,7 @@
  * import them from this module.
  */
 import { HalcyonError } from '../errors.ts';
+import type { MemoryReport } from '../memory.ts';
 import { cores } from './core.ts';
 
 /** Crashes one of a running client's actor workers as a fault would (its supervisor restarts the set). */
@@ -17,4 +18,14 @@ export async function stallActorForTests(client: object, name: 'sync' | 'cache' 
   const core = cores.get(client);
   if (!core) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'stallActorForTests: not a Client');
   await core.actors.stall(name);
+}
+
+/**
+ * Memory by thread, as `health()` reports it, after every worker collected its garbage: what is live, not what
+ * waits for a collection (tests of retention; a pause on each worker).
+ */
+export async function collectedMemoryForTests(client: object, timeoutMs = 30_000): Promise<MemoryReport> {
+  const core = cores.get(client);
+  if (!core) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'collectedMemoryForTests: not a Client');
+  return core.memory({ collect: true, timeoutMs });
 }
