@@ -21,11 +21,11 @@ export async function stallActorForTests(client: object, name: 'sync' | 'cache' 
 }
 
 /**
- * Memory by thread, as `health()` reports it, after every worker collected its garbage: what is live, not what
- * waits for a collection (tests of retention; a pause on each worker).
+ * Memory by thread, as `health()` reports it but with a generous deadline, by default after every worker collected
+ * its garbage: what is live, not what waits for a collection (tests of retention; a pause on each worker).
  */
-export async function collectedMemoryForTests(client: object, timeoutMs = 30_000): Promise<MemoryReport> {
+export async function memoryForTests(client: object, opts: { collect?: boolean; timeoutMs?: number } = {}): Promise<MemoryReport> {
   const core = cores.get(client);
-  if (!core) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'collectedMemoryForTests: not a Client');
-  return core.memory({ collect: true, timeoutMs });
+  if (!core) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'memoryForTests: not a Client');
+  return core.memory({ collect: opts.collect ?? true, timeoutMs: opts.timeoutMs ?? 30_000 });
 }

@@ -10,7 +10,8 @@ import { test } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { Client, encodeToken } from '../../src/index.ts';
-import { gatherMemory, type MemoryReport, type MemorySource } from '../../src/memory.ts';
+import { memoryForTests } from '../../src/client/testing.ts';
+import type { MemoryReport } from '../../src/memory.ts';
 import { tempDataDir, defer, waitUntil } from './util.ts';
 
 setFlagsFromString('--expose-gc');
@@ -94,12 +95,6 @@ async function streamServer() {
   };
 }
 
-/** The client's actors, as `gatherMemory` takes them (the client's health() reports them once it is wired). */
-function actorsOf(client: Client): Record<'sync' | 'cache' | 'crypto', MemorySource | undefined> {
-  const c = client as unknown as Record<'sync' | 'cache' | 'crypto', { api: MemorySource } | null>;
-  return { sync: c.sync?.api, cache: c.cache?.api, crypto: c.crypto?.api };
-}
-
 const MB = 2 ** 20;
 const show = (r: MemoryReport) =>
   (['main', 'sync', 'cache', 'crypto'] as const).map((k) => `${k} ${((r[k]?.heapUsed ?? NaN) / MB).toFixed(1)}+${((r[k]?.arrayBuffers ?? NaN) / MB).toFixed(1)} MiB`).join(', ');
@@ -127,14 +122,14 @@ test('20,000 events handled and answered: heaps return near where they were, and
 
   // Warm-up: the code paths are compiled and the caches (rooms, statements) filled before the baseline.
   await pump(20);
-  const before = await gatherMemory(actorsOf(client), { collect: true, timeoutMs: 30_000 });
+  const before = await memoryForTests(client);
   gc();
   const mainBefore = process.memoryUsage().heapUsed;
   await pump(200);
   const events = 200 * PER_BATCH;
   // Committed heap as the stream left it, before any collection: what RSS holds.
-  const committed = await gatherMemory(actorsOf(client), { timeoutMs: 30_000 });
-  const after = await gatherMemory(actorsOf(client), { collect: true, timeoutMs: 30_000 });
+  const committed = await memoryForTests(client, { collect: false });
+  const after = await memoryForTests(client);
 
   const problems: string[] = [];
   for (const k of ['sync', 'cache', 'crypto'] as const) {
