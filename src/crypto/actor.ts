@@ -129,17 +129,22 @@ export class CryptoActor implements CryptoActorApi {
     }
     kvSet(db, 'owner', JSON.stringify({ userId: config.userId, deviceId: config.deviceId }));
     const keys = this.machine.identityKeys;
-    this.identity = { userId: config.userId, deviceId: config.deviceId, curve25519: keys.curve25519.toBase64(), ed25519: keys.ed25519.toBase64() };
+    const [curve, ed] = [keys.curve25519, keys.ed25519];
+    this.identity = { userId: config.userId, deviceId: config.deviceId, curve25519: curve.toBase64(), ed25519: ed.toBase64() };
+    free(curve, ed, keys);
     this.http = new MatrixHttp(config.homeserver, config.accessToken);
     this.rooms = new SharingRooms(db, this.http);
     this.machine.registerRoomKeyUpdatedCallback(async (infos: W.RoomKeyInfo[]) => {
       for (const info of infos) this.arrivedSessions.add(info.sessionId);
+      free(...infos);
       this.scheduleRetry();
     });
     this.machine.registerRoomKeysWithheldCallback(async (infos: W.RoomKeyWithheldInfo[]) => {
       for (const info of infos) {
         this.withheldBy.delete(info.sessionId); // re-inserted last: the oldest notices are dropped first
-        this.withheldBy.set(info.sessionId, info.sender.toString());
+        const sender = info.sender;
+        this.withheldBy.set(info.sessionId, sender.toString());
+        free(sender, info);
       }
       while (this.withheldBy.size > MAX_WITHHELD) this.withheldBy.delete(this.withheldBy.keys().next().value!);
     });
@@ -300,13 +305,15 @@ export class CryptoActor implements CryptoActorApi {
       // the engine, which reads a missing count in a key upload's answer as "unchanged".
       const counts = new Map<string, number>(Object.entries({ signed_curve25519: 0, ...ch.otkCounts }));
       const fallback = ch.fallbackKeyTypes ? new Set(ch.fallbackKeyTypes) : undefined;
-      const processed = await m.receiveSyncChanges(JSON.stringify(fresh), new W.DeviceLists(changed, left), counts, fallback, untrusted());
+      const lists = new W.DeviceLists(changed, left);
+      const processed = await m.receiveSyncChanges(JSON.stringify(fresh), lists, counts, fallback, untrusted()).finally(() => lists.free());
       for (const p of processed) {
         if (p.type === W.ProcessedToDeviceEventType.UnableToDecrypt || p.type === W.ProcessedToDeviceEventType.Invalid) {
           const raw = safeJson((p as W.UTDToDeviceEvent).rawEvent);
           this.report(new HalcyonError('HALCYON_DECRYPT_FAILED', `a to-device event${raw && typeof raw.sender === 'string' ? ` from ${raw.sender}` : ''} could not be decrypted or was invalid; skipped`));
         }
       }
+      free(...processed);
     } catch (err) {
       failure = err;
     } finally {
@@ -332,7 +339,8 @@ export class CryptoActor implements CryptoActorApi {
     s.algorithm = W.EncryptionAlgorithm.MegolmV1AesSha2;
     if (typeof content.rotation_period_ms === 'number') s.sessionRotationPeriodMs = content.rotation_period_ms;
     if (typeof content.rotation_period_msgs === 'number') s.sessionRotationPeriodMessages = content.rotation_period_msgs;
-    await this.machine.setRoomSettings(new W.RoomId(roomId), s);
+    const room = new W.RoomId(roomId);
+    await this.machine.setRoomSettings(room, s).finally(() => free(room, s));
     kvSet(this.journal.db, `algorithm:${roomId}`, typeof content.algorithm === 'string' ? content.algorithm : 'unknown');
     kvSet(this.journal.db, `encryption:${roomId}`, JSON.stringify(content));
   }
@@ -366,12 +374,14 @@ export class CryptoActor implements CryptoActorApi {
     const fail = (message: string) => ({ code: 'HALCYON_DECRYPT_FAILED' as const, message, sessionId, pending: false, withheldCode: null });
     if (!original || !eventId || !content) return fail('malformed m.room.encrypted event');
     if (content.algorithm !== MEGOLM) return fail(`unsupported algorithm ${JSON.stringify(content.algorithm)}`);
+    const [room, settings] = [new W.RoomId(roomId), untrusted()];
     try {
-      const d = await this.machine.decryptRoomEvent(raw, new W.RoomId(roomId), untrusted());
+      const d = await this.machine.decryptRoomEvent(raw, room, settings);
       // With untrusted devices accepted, a forged `sender` still decrypts; only the shield tells. Refuse it.
-      const forged = d.shieldState(false).code === W.ShieldStateCode.MismatchedSender;
+      const shield = d.shieldState(false);
+      const forged = shield.code === W.ShieldStateCode.MismatchedSender;
       const event = JSON.parse(d.event) as Record<string, unknown>;
-      d.free();
+      free(shield, d);
       if (forged) return fail(`${eventId} claims to be from ${String(original.sender)} but was encrypted by another user's device`);
       const refused = refusal(event, original);
       if (refused) return fail(`${eventId} was refused: ${refused}`);
@@ -390,6 +400,8 @@ export class CryptoActor implements CryptoActorApi {
       // The engine's text ends in Rust formatting of the withheld code (`withheld code: None` / `Some("m.…")`).
       const why = withheldCode === null ? errMessage(err).replace(/, withheld code: None$/, '') : withheldReason(withheldCode, e.maybe_withheld);
       return { code: missing ? 'HALCYON_DECRYPT_MISSING_KEY' : 'HALCYON_DECRYPT_FAILED', message: `cannot decrypt ${eventId}: ${why}`, sessionId, pending, withheldCode };
+    } finally {
+      free(room, settings);
     }
   }
 
@@ -447,21 +459,26 @@ export class CryptoActor implements CryptoActorApi {
       throw new HalcyonError('HALCYON_ENCRYPT_FAILED', `room ${roomId} uses the encryption algorithm ${algorithm}, which Halcyon cannot send with`, { roomId });
     }
     const m = this.machine;
-    // wasm-bindgen moves IDs and settings passed by value: every call gets fresh ones.
-    const room = () => new W.RoomId(roomId);
-    const { users, visibility, fetched } = await this.rooms.recipients(roomId);
-    // Invited members are tracked too: their devices are known by the time they join.
-    if (fetched) await this.queue.run(() => m.updateTrackedUsers(userIds(fetched)), 'high');
-    // Device lists of new members are queried first (a key share skips users whose devices are unknown).
-    await this.flushOutgoing();
-    const claim = await this.queue.run(() => m.getMissingSessions(userIds(users)), 'high');
-    if (claim) await this.send(claim);
-    // The engine starts a new session when the visibility differs from the current session's, or a user it was
-    // shared with is not among `users` (left, or invited in a room now visible to joined members only).
-    const toDevice = await this.queue.run(() => m.shareRoomKey(room(), userIds(users), this.encryptionSettings(roomId, visibility)), 'high');
-    for (const req of toDevice) await this.send(req);
-    const encrypted = await this.queue.run(() => m.encryptRoomEvent(room(), type, JSON.stringify(content)), 'high');
-    return { encrypted: true, content: JSON.parse(encrypted) as Record<string, unknown> };
+    // Borrowed by each call below (not moved): freed once the event is encrypted.
+    const room = new W.RoomId(roomId);
+    try {
+      const { users, visibility, fetched } = await this.rooms.recipients(roomId);
+      // Invited members are tracked too: their devices are known by the time they join.
+      if (fetched) await this.queue.run(() => m.updateTrackedUsers(userIds(fetched)), 'high');
+      // Device lists of new members are queried first (a key share skips users whose devices are unknown).
+      await this.flushOutgoing();
+      const claim = await this.queue.run(() => m.getMissingSessions(userIds(users)), 'high');
+      if (claim) await this.send(claim);
+      // The engine starts a new session when the visibility differs from the current session's, or a user it was
+      // shared with is not among `users` (left, or invited in a room now visible to joined members only).
+      const settings = this.encryptionSettings(roomId, visibility);
+      const toDevice = await this.queue.run(() => m.shareRoomKey(room, userIds(users), settings), 'high').finally(() => settings.free());
+      await this.sendAll(toDevice);
+      const encrypted = await this.queue.run(() => m.encryptRoomEvent(room, type, JSON.stringify(content)), 'high');
+      return { encrypted: true, content: JSON.parse(encrypted) as Record<string, unknown> };
+    } finally {
+      room.free();
+    }
   }
 
   /** Sharing settings: the room's history visibility, and the session rotation periods of its m.room.encryption content. */
@@ -503,11 +520,30 @@ export class CryptoActor implements CryptoActorApi {
     for (let round = 0; round < 10; round++) {
       const reqs = await this.queue.run(() => this.machine.outgoingRequests(), 'high');
       if (reqs.length === 0) return;
-      for (const r of reqs) await this.send(r as OutgoingRequest);
+      await this.sendAll(reqs as OutgoingRequest[]);
     }
   }
 
+  /** Sends requests in order, each freed once sent; those after a failure are freed unsent. */
+  private async sendAll(reqs: OutgoingRequest[]): Promise<void> {
+    let i = 0;
+    try {
+      for (; i < reqs.length; i++) await this.send(reqs[i]!);
+    } finally {
+      free(...reqs.slice(i + 1));
+    }
+  }
+
+  /** Sends one of the machine's requests and tells it the answer; the request (a wasm object) is freed. */
   private async send(req: OutgoingRequest): Promise<void> {
+    try {
+      await this.sendRequest(req);
+    } finally {
+      free(req);
+    }
+  }
+
+  private async sendRequest(req: OutgoingRequest): Promise<void> {
     const T = W.RequestType;
     let path: string;
     let method = 'POST';
@@ -567,7 +603,7 @@ export class CryptoActor implements CryptoActorApi {
   }
 }
 
-type OutgoingRequest = { id: string; type: W.RequestType; body: string };
+type OutgoingRequest = { id: string; type: W.RequestType; body: string; free(): void };
 
 /** crypto-wasm's linear memory in this thread, once {@link captureWasmMemory} has seen it instantiated. */
 let wasmMemory: WebAssembly.Memory | null = null;
@@ -598,11 +634,21 @@ function captureWasmMemory(): void {
 }
 
 /**
- * Decryption settings accepting unverified devices (bots rarely verify). A new object per call: wasm-bindgen
- * moves arguments passed by value, so a reused settings object is a null pointer on its second use.
+ * Decryption settings accepting unverified devices (bots rarely verify). A new object per call: receiveSyncChanges
+ * takes it by value (wasm-bindgen moves it: a reused one is a null pointer), decryptRoomEvent borrows it (the
+ * caller frees it).
  */
 function untrusted(): W.DecryptionSettings {
   return new W.DecryptionSettings(W.TrustRequirement.Untrusted);
+}
+
+/**
+ * Frees wasm-bindgen objects the actor made or was handed and is done with. The garbage collector would free them
+ * too, but only when it runs, and meanwhile their wasm allocations keep crypto-wasm's linear memory (which never
+ * shrinks) larger than it needs to be. Never call it on an object the engine took by value (already freed).
+ */
+function free(...objects: Array<{ free(): void } | null | undefined>): void {
+  for (const o of objects) o?.free();
 }
 
 function userIds(users: Iterable<string>): W.UserId[] {
