@@ -6,7 +6,7 @@
  *
  * Talks to the parent in JSON lines: it prints `ready`, then `stats` (handled, replied, failed) every second and,
  * for Halcyon, a per-thread `memory` breakdown every {@link ChildArgs.memoryEveryMs}; a `stop` line on stdin makes
- * it print a last `memory` (as it stands, then after a full collection in each worker) and `done`, and exit.
+ * it print a last `memory` and `done`, and exit.
  *
  * Usage: `node --import tsx bench/workloads/soak-child.ts`, then {@link ChildArgs} as one JSON line on stdin (not
  * argv: it holds an access token).
@@ -17,7 +17,7 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import type { MemoryReport, MemorySource } from '../../src/memory.ts';
+import type { MemoryReport } from '../../src/memory.ts';
 
 /** The contenders of the soak. */
 export type SoakContender = 'halcyon' | 'matrix-bot-sdk';
@@ -39,7 +39,7 @@ export interface ChildArgs {
 export type ChildLine =
   | { soak: 'ready' }
   | { soak: 'stats'; handled: number; replied: number; failed: number; lastError?: string }
-  | { soak: 'memory'; at: number; collected: boolean; report: MemoryReport }
+  | { soak: 'memory'; at: number; report: MemoryReport }
   | { soak: 'done' }
   | { soak: 'error'; error: string };
 
@@ -49,7 +49,7 @@ const now = (): number => performance.timeOrigin + performance.now();
 /** A running bot: how to stop it and (Halcyon) how to read its memory. */
 interface Bot {
   stop(): Promise<void>;
-  memory?(collect: boolean): Promise<MemoryReport>;
+  memory?(): Promise<MemoryReport>;
 }
 
 const counts = { handled: 0, replied: 0, failed: 0, lastError: undefined as string | undefined };
@@ -65,7 +65,6 @@ const replied = (p: Promise<unknown>): void => {
 
 async function startHalcyon(a: ChildArgs): Promise<Bot> {
   const { Client, encodeToken } = (await import('../../dist/index.js' as string)) as typeof import('../../src/index.ts');
-  const { gatherMemory } = await import('../../src/memory.ts');
   const dataDir = await mkdtemp(join(tmpdir(), 'halcyon-soak-'));
   const log = (level: string) => (obj: unknown, msg?: string) =>
     process.stderr.write(`[halcyon ${level}] ${msg ?? ''} ${obj instanceof Error ? obj.message : typeof obj === 'string' ? obj : JSON.stringify(obj)}\n`);
@@ -78,18 +77,13 @@ async function startHalcyon(a: ChildArgs): Promise<Bot> {
   });
   client.on('error', (e) => log('error event')(e));
   await client.run(encodeToken({ homeserver: a.homeserverUrl, userId: a.userId, deviceId: a.deviceId, accessToken: a.accessToken }));
-  // The actors' handles: the client's health() reports memory once that is wired; until then, its fields.
-  const actors = client as unknown as Record<'sync' | 'cache' | 'crypto', { api: MemorySource } | null>;
   return {
     async stop() {
       await client.stop();
       await rm(dataDir, { recursive: true, force: true });
     },
-    async memory(collect) {
-      const viaHealth = (await client.health()) as { memory?: MemoryReport };
-      if (viaHealth.memory && !collect) return viaHealth.memory;
-      return gatherMemory({ sync: actors.sync?.api, cache: actors.cache?.api, crypto: actors.crypto?.api }, { collect, timeoutMs: 30_000 });
-    },
+    // As an operator sees it: health() (heaps as they stand, garbage not yet collected included).
+    memory: async () => (await client.health()).memory,
   };
 }
 
@@ -133,18 +127,17 @@ async function main(): Promise<void> {
   }
   say({ soak: 'ready' });
   const stats = setInterval(() => say({ soak: 'stats', ...counts }), 1000);
-  const snapshot = async (collect: boolean): Promise<void> => {
-    if (bot.memory) say({ soak: 'memory', at: now(), collected: collect, report: await bot.memory(collect) });
+  const snapshot = async (): Promise<void> => {
+    if (bot.memory) say({ soak: 'memory', at: now(), report: await bot.memory() });
   };
-  const memTimer = setInterval(() => void snapshot(false).catch(() => {}), a.memoryEveryMs);
-  await snapshot(false);
+  const memTimer = setInterval(() => void snapshot().catch(() => {}), a.memoryEveryMs);
+  await snapshot();
   for (let line = await lines.next(); !line.done; line = await lines.next()) {
     if ((line.value as string).trim() !== 'stop') continue;
     clearInterval(memTimer);
     clearInterval(stats);
     say({ soak: 'stats', ...counts });
-    await snapshot(false);
-    await snapshot(true);
+    await snapshot();
     await bot.stop().catch(() => {});
     say({ soak: 'done' });
     process.exit(0);

@@ -46,8 +46,6 @@ interface SoakSample {
   rss: Array<[number, number, number]>;
   /** Halcyon's per-thread breakdowns: [seconds, report]. */
   breakdowns: Array<[number, MemoryReport]>;
-  /** The last breakdown after a full collection in every worker (Halcyon). */
-  collected: MemoryReport | null;
   sent: number;
   handled: number;
   replied: number;
@@ -73,7 +71,7 @@ interface SoakSample {
 class Child {
   readonly proc: ChildProcess;
   stats: { handled: number; replied: number; failed: number; lastError?: string } = { handled: 0, replied: 0, failed: 0 };
-  readonly memory: Array<{ at: number; collected: boolean; report: MemoryReport }> = [];
+  readonly memory: Array<{ at: number; report: MemoryReport }> = [];
   private stderr = '';
   private readonly waiters: Array<{ kind: ChildLine['soak']; resolve: () => void }> = [];
   readonly exited: Promise<number | null>;
@@ -199,7 +197,7 @@ function breakdownRows(r: MemoryReport): string[] {
 /** A sample with nothing measured yet. */
 function emptySample(contender: SoakContender): SoakSample {
   return {
-    contender, rss: [], breakdowns: [], collected: null, sent: 0, handled: 0, replied: 0, failedReplies: 0, lost: 0, duplicates: 0, startMb: NaN,
+    contender, rss: [], breakdowns: [], sent: 0, handled: 0, replied: 0, failedReplies: 0, lost: 0, duplicates: 0, startMb: NaN,
     steadyMb: NaN, peakMb: NaN, growthPctPerHour: NaN, secondHalfGrowthPctPerHour: NaN, maxBehind: 0, maxPutsInFlight: 0, handledInStream: 0,
   };
 }
@@ -295,8 +293,7 @@ async function soakOne(contender: SoakContender, seconds: number, progress: (l: 
       await done.catch((e: unknown) => (sample.error = (e as Error).message));
       const st = bot.stats;
       Object.assign(sample, { handled: st.handled, replied: st.replied, failedReplies: st.failed }, figures(sample.rss, seconds));
-      sample.breakdowns = bot.memory.filter((m) => !m.collected).map((m) => [(m.at - t0) / 1000, m.report]);
-      sample.collected = bot.memory.find((m) => m.collected)?.report ?? null;
+      sample.breakdowns = bot.memory.map((m) => [(m.at - t0) / 1000, m.report]);
       if (st.lastError) progress(`soak ${LABEL[contender]}: last reply error: ${st.lastError}`);
       return Object.assign(sample, await audit(sender, rooms, senderId, user.userId, tag));
     } finally {
@@ -361,7 +358,6 @@ export const run: Workload = async (ctx) => {
           `At the end (${fmt(end[0])} s):`,
           '',
           ...breakdownRows(end[1]),
-          ...(h.collected ? ['', 'At the end, after a full collection in each worker:', '', ...breakdownRows(h.collected)] : []),
         ]
       : []),
     '',
