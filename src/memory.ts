@@ -18,9 +18,11 @@ export interface MemoryReport {
   rss: number;
   /** The main thread (the user's handlers, the dispatcher, the outbox). */
   main: ActorMemory;
-  /** Each actor's thread; null when the actor is not running or did not answer in time. */
+  /** The sync actor's thread; null when the actor is not running or did not answer in time (so for the others). */
   sync: ActorMemory | null;
+  /** The cache actor's thread (room state). */
   cache: ActorMemory | null;
+  /** The crypto actor's thread, crypto-wasm's linear memory included; null too with encryption off. */
   crypto: ActorMemory | null;
 }
 
