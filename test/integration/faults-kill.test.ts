@@ -47,7 +47,9 @@ const KILLS = Number(process.env.HC_KILLS ?? 20);
 const MAX_QUEUED = Number(process.env.HC_KILL_MAX_QUEUED ?? 64);
 const LONG_OUTAGE_MESSAGES = 120; // more than the filter's timeline limit (50): the next sync comes back limited
 
-test(`kill -9 at ${KILLS} random moments during a stream of ${MESSAGES} messages: each handled at least once, duplicates only for what was in flight, one reply per message`, { timeout: 420_000 }, async (t) => {
+// The stream's pace is the peer's and Synapse's: ~150 s on two idle cores, 400 s with the machine busy. The test
+// judges what was lost or repeated, never the time taken, so its bound is only there to end a hung run.
+test(`kill -9 at ${KILLS} random moments during a stream of ${MESSAGES} messages: each handled at least once, duplicates only for what was in flight, one reply per message`, { timeout: 1_200_000 }, async (t) => {
   const seed = Number(process.env.HC_FAULT_SEED ?? randomInt(2 ** 31));
   t.diagnostic(`seed ${seed} (HC_FAULT_SEED=${seed} reproduces the kill schedule)`);
   const rnd = seededRandom(seed);
