@@ -78,3 +78,37 @@ export async function gatherMemory(
   const [sync, cache, crypto] = await Promise.all([ask(actors.sync), ask(actors.cache), ask(actors.crypto)]);
   return { rss: process.memoryUsage.rss(), main: threadMemory(), sync, cache, crypto };
 }
+
+/**
+ * The linear memory of the wasm instance `firstUse` creates (synchronously), or null if it creates none: a binding
+ * that does not export its instance (crypto-wasm) is watched through `WebAssembly.Instance` while it instantiates.
+ * If this thread had used the binding already (an inline actor beside other crypto code), nothing is created and
+ * the size stays unknown.
+ */
+export function watchWasmMemory(firstUse: () => void): WebAssembly.Memory | null {
+  let found: WebAssembly.Memory | null = null;
+  const Original = WebAssembly.Instance;
+  WebAssembly.Instance = new Proxy(Original, {
+    construct(target, args: ConstructorParameters<typeof WebAssembly.Instance>) {
+      const instance = new target(...args);
+      const memory = instance.exports.memory;
+      if (memory instanceof WebAssembly.Memory) found = memory;
+      return instance;
+    },
+  });
+  try {
+    firstUse();
+  } finally {
+    WebAssembly.Instance = Original;
+  }
+  return found;
+}
+
+/**
+ * Frees wasm-bindgen objects their user made or was handed and is done with. The garbage collector would free them
+ * too, but only when it runs, and meanwhile their allocations keep a wasm linear memory (which never shrinks) larger
+ * than it needs to be. Never call it on an object a wasm call took by value (already freed).
+ */
+export function free(...objects: Array<{ free(): void } | null | undefined>): void {
+  for (const o of objects) o?.free();
+}

@@ -18,7 +18,7 @@ import { createHash } from 'node:crypto';
 import { HalcyonError, toWireError } from '../errors.ts';
 import { MatrixHttp, seg } from '../http.ts';
 import type { Port } from '../actors.ts';
-import { threadMemory } from '../memory.ts';
+import { free, threadMemory, watchWasmMemory } from '../memory.ts';
 import {
   type ActorMemory,
   type CryptoActorApi,
@@ -92,7 +92,8 @@ export class CryptoActor implements CryptoActorApi {
   constructor(private readonly events: Port<MainToCrypto, CryptoToMain>) {}
 
   async open(config: CryptoConfig): Promise<CryptoIdentity> {
-    captureWasmMemory();
+    // The binding instantiates its wasm on first use, synchronously: made here, watched, to find its memory.
+    if (wasmMemory === undefined) wasmMemory = watchWasmMemory(() => W.getVersions().free());
     this.config = config;
     this.wanted = config.wantedTypes ? new Set(config.wantedTypes) : null;
     const storeName = `halcyon-${createHash('sha256').update(config.dataDir).digest('hex').slice(0, 16)}`;
@@ -605,33 +606,8 @@ export class CryptoActor implements CryptoActorApi {
 
 type OutgoingRequest = { id: string; type: W.RequestType; body: string; free(): void };
 
-/** crypto-wasm's linear memory in this thread, once {@link captureWasmMemory} has seen it instantiated. */
-let wasmMemory: WebAssembly.Memory | null = null;
-let wasmCaptured = false;
-
-/**
- * Finds crypto-wasm's linear memory, for `memory()`: the binding does not export its instance, and instantiates
- * it synchronously on first use, so that first use is made here with `WebAssembly.Instance` watched. If this
- * thread had used the binding already (an inline actor beside other crypto code), the size stays unknown.
- */
-function captureWasmMemory(): void {
-  if (wasmCaptured) return;
-  wasmCaptured = true;
-  const Original = WebAssembly.Instance;
-  WebAssembly.Instance = new Proxy(Original, {
-    construct(target, args: ConstructorParameters<typeof WebAssembly.Instance>) {
-      const instance = new target(...args);
-      const memory = instance.exports.memory;
-      if (memory instanceof WebAssembly.Memory) wasmMemory = memory;
-      return instance;
-    },
-  });
-  try {
-    W.getVersions().free();
-  } finally {
-    WebAssembly.Instance = Original;
-  }
-}
+/** crypto-wasm's linear memory in this thread: undefined until the first open() looks for it, null if unknown. */
+let wasmMemory: WebAssembly.Memory | null | undefined;
 
 /**
  * Decryption settings accepting unverified devices (bots rarely verify). A new object per call: receiveSyncChanges
@@ -640,15 +616,6 @@ function captureWasmMemory(): void {
  */
 function untrusted(): W.DecryptionSettings {
   return new W.DecryptionSettings(W.TrustRequirement.Untrusted);
-}
-
-/**
- * Frees wasm-bindgen objects the actor made or was handed and is done with. The garbage collector would free them
- * too, but only when it runs, and meanwhile their wasm allocations keep crypto-wasm's linear memory (which never
- * shrinks) larger than it needs to be. Never call it on an object the engine took by value (already freed).
- */
-function free(...objects: Array<{ free(): void } | null | undefined>): void {
-  for (const o of objects) o?.free();
 }
 
 function userIds(users: Iterable<string>): W.UserId[] {
