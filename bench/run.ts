@@ -157,6 +157,7 @@ const notPublished: string[] = [
   ...(git.dirty.length ? [`the tree differs from commit ${git.commit} (${git.dirty.slice(0, 8).join(', ')}${git.dirty.length > 8 ? `, … ${git.dirty.length} files` : ''})`] : []),
   ...(QUICK ? ['a --quick run'] : []),
   ...(args.rounds !== undefined ? [`--rounds ${ROUNDS}`] : []),
+  ...(SOAK !== undefined ? [`--soak ${SOAK}`] : []),
   ...(SELECTED.length < WORKLOADS.length ? [`only ${SELECTED.join(', ')}`] : []),
   ...reports.filter((r) => r.error).map((r) => `${r.id} failed`),
 ];
