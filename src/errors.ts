@@ -44,6 +44,7 @@ export const ERROR_CODES = {
   HALCYON_INSECURE_HOMESERVER: 'The homeserver URL is plain http:// to a host that is not this machine (the token would cross the network in the clear); use https://, or allow it with allowInsecureHttp.',
   HALCYON_RECOVERY_KEY_INVALID: 'The recovery key is malformed (not base58, wrong length, prefix or parity: a typo) or is not the key of the account\'s secret storage.',
   HALCYON_SECRET_STORAGE: 'A secret in the account\'s secret storage is missing, malformed, or fails its MAC (altered, or written with another key).',
+  HALCYON_KEY_BACKUP: 'Server-side key backup could not be used: its version changed or was deleted on the server, or an upload or restore failed; room keys are kept locally.',
 } as const;
 
 /** One of the documented error codes. */

@@ -17,6 +17,7 @@ export type { MetricsOptions } from './metrics.ts';
 export type { OutboxOp, OutboxStatus, RateLimit, SendFailure, WaitReason } from './outbox.ts';
 export { consoleLogger } from './log.ts';
 export type { AccountDataWire, CryptoIdentity, CryptoStatus, MatrixEvent, ReceiptWire, RoomInfo, RoomSummary } from './protocol.ts';
+export type { KeyBackupStatus } from './protocol.ts';
 export { decryptAttachment, encryptAttachment } from './attachments.ts';
 export type { EncryptedFileInfo } from './attachments.ts';
 export type { DownloadOptions, MediaConfig, MediaSource, SendMediaOptions, ThumbnailOptions, UploadOptions } from './media.ts';

@@ -401,6 +401,17 @@ export interface CryptoStatus {
   appliedBatches: number;
   /** To-device events skipped because an earlier run had applied them already. */
   duplicateToDevice: number;
+  /** Server-side key backup: the version room keys go to and how many are backed up, or null when it is off. */
+  keyBackup: KeyBackupStatus | null;
+}
+
+/** The key backup of a running crypto actor (see {@link CryptoStatus.keyBackup}). */
+export interface KeyBackupStatus {
+  /** The backup version on the server. */
+  version: string;
+  /** Room keys in the store, and how many of them are backed up. */
+  backedUpKeys: number;
+  totalKeys: number;
 }
 
 /** RPC surface of the crypto actor (main → crypto, and sync → crypto for {@link CryptoActorApi.receiveSyncChanges}). */

@@ -34,6 +34,7 @@ import {
 } from '../protocol.ts';
 import { type Database, kvGet, kvSet } from '../store.ts';
 import type { ProcessOptions } from '../sync/process.ts';
+import { KeyBackup } from './backup.ts';
 import { IdbJournal } from './idb-journal.ts';
 import { SerialQueue } from './queue.ts';
 import { type HistoryVisibility, SharingRooms } from './rooms.ts';
@@ -77,6 +78,8 @@ export class CryptoActor implements CryptoActorApi {
   private retryScheduled = false;
   /** Decrypt requests run one after another (first in, first out), so the first batch is ready first. */
   private decryptTail: Promise<unknown> = Promise.resolve();
+  /** Server-side key backup (see backup.ts); null until `open`. */
+  private backup: KeyBackup | null = null;
   private outgoingRunning: Promise<void> | null = null;
   private outgoingQueued: Promise<void> | null = null;
   private appliedBatches = 0;
@@ -129,6 +132,8 @@ export class CryptoActor implements CryptoActorApi {
     this.identity = { userId: config.userId, deviceId: config.deviceId, curve25519: keys.curve25519.toBase64(), ed25519: keys.ed25519.toBase64() };
     this.http = new MatrixHttp(config.homeserver, config.accessToken);
     this.rooms = new SharingRooms(db, this.http);
+    const backup = new KeyBackup({ W, machine: this.machine, queue: this.queue, http: this.http, report: (e) => this.report(e), closed: () => this.closed });
+    this.backup = backup;
     this.machine.registerRoomKeyUpdatedCallback(async (infos: W.RoomKeyInfo[]) => {
       for (const info of infos) this.arrivedSessions.add(info.sessionId);
       this.scheduleRetry();
@@ -152,6 +157,7 @@ export class CryptoActor implements CryptoActorApi {
     // Events kept from an earlier run whose key came meanwhile (or whose late delivery was not handled).
     db.exec('UPDATE pending_utd SET posted = 0');
     void this.queue.run(() => this.retryPending(null)).catch((e) => this.report(e));
+    backup.start(() => this.keptSessions());
     this.opened = true;
     return this.identity;
   }
@@ -249,7 +255,17 @@ export class CryptoActor implements CryptoActorApi {
       storedRecords: this.journal.recordCount(),
       appliedBatches: this.appliedBatches,
       duplicateToDevice: this.duplicateToDevice,
+      keyBackup: (await this.backup?.status()) ?? null,
     };
+  }
+
+  // ---- key backup (backup.ts) ----
+
+  /** Room and session of every kept undecryptable event (looked up in the key backup at start). */
+  private keptSessions(): Array<{ roomId: string; sessionId: string }> {
+    if (this.closed) return [];
+    const rows = this.journal.db.prepare('SELECT DISTINCT room_id, session_id FROM pending_utd WHERE session_id IS NOT NULL').all() as { room_id: string; session_id: string }[];
+    return rows.map((r) => ({ roomId: r.room_id, sessionId: r.session_id }));
   }
 
   async close(): Promise<void> {
@@ -379,7 +395,10 @@ export class CryptoActor implements CryptoActorApi {
       // Anyone can send a withheld notice for any session: only the event's sender's own word ends the wait.
       const forGood = withheldCode !== null && WITHHELD_FOR_GOOD.has(withheldCode) && sessionId !== null && this.withheldBy.get(sessionId) === original.sender;
       const pending = missing && keep && sessionId !== null && !forGood;
-      if (pending) this.keepPending(eventId, roomId, sessionId, raw);
+      if (pending) {
+        this.keepPending(eventId, roomId, sessionId, raw);
+        this.backup?.lookup(roomId, sessionId);
+      }
       // The engine's text ends in Rust formatting of the withheld code (`withheld code: None` / `Some("m.…")`).
       const why = withheldCode === null ? errMessage(err).replace(/, withheld code: None$/, '') : withheldReason(withheldCode, e.maybe_withheld);
       return { code: missing ? 'HALCYON_DECRYPT_MISSING_KEY' : 'HALCYON_DECRYPT_FAILED', message: `cannot decrypt ${eventId}: ${why}`, sessionId, pending, withheldCode };
@@ -495,7 +514,10 @@ export class CryptoActor implements CryptoActorApi {
   private async outgoingLoop(): Promise<void> {
     for (let round = 0; round < 10; round++) {
       const reqs = await this.queue.run(() => this.machine.outgoingRequests(), 'high');
-      if (reqs.length === 0) return;
+      if (reqs.length === 0) {
+        this.backup?.kick(); // room keys that arrived meanwhile go to the key backup, without holding this loop up
+        return;
+      }
       for (const r of reqs) await this.send(r as OutgoingRequest);
     }
   }
@@ -522,7 +544,7 @@ export class CryptoActor implements CryptoActorApi {
         break;
       }
       default:
-        return; // key backup is not enabled; nothing else is produced
+        return; // nothing else is produced here (key backup requests come from backupRoomKeys: see backup.ts)
     }
     let res: unknown;
     try {
