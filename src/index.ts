@@ -2,6 +2,8 @@
 // First: on a Node.js too old for Halcyon, importing the package fails here with a coded line.
 import './runtime-check.ts';
 export { Client } from './client.ts';
+export { loginWithDetails } from './client/login.ts';
+export type { LoginDetails } from './client/login.ts';
 export type { AutoJoinPolicy, BackpressureInfo, ImportTokenOptions, Knock, Listener, ClientEvents, ClientOptions, CreateRoomOptions, Health, DecryptionErrorInfo, EncryptionOptions, LoginOptions, SendOptions, SyncErrorInfo, WhoAmI } from './client.ts';
 export { Edit, MemberEvent, Message, Reaction, Redaction, Room, RoomEvent, User } from './events.ts';
 export type { AccountDataEvent, ContentInput, Invite, Mentions, MessageOptions, Presence, Profile, Receipt, RoomActions } from './events.ts';

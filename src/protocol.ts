@@ -414,6 +414,37 @@ export interface KeyBackupStatus {
   totalKeys: number;
 }
 
+/** What login asks the crypto actor to do about the account's cross-signing identity (see crypto/identity.ts). */
+export interface IdentitySetup {
+  /** The user as given to login, and the password: the user-interactive auth of a cross-signing key upload. */
+  user: string;
+  password: string;
+  /** The recovery key of the account's secret storage (as printed), or null. */
+  recoveryKey: string | null;
+  /** Replace an existing identity (new cross-signing keys, secret storage and key backup). */
+  resetCrossSigning: boolean;
+}
+
+/** What the crypto actor did about the account's identity at login. */
+export interface IdentitySetupResult {
+  /**
+   * `created`: a new identity (cross-signing keys, secret storage, key backup); `reset`: a new one replaced the
+   * account's; `imported`: the keys came from secret storage with the recovery key; `existing`: the store held
+   * the keys already; `unsigned`: the account has an identity whose keys were not given, the device is unsigned.
+   */
+  crossSigning: 'created' | 'reset' | 'imported' | 'existing' | 'unsigned';
+  /** Whether the device is signed by the account's self-signing key (as the server now says). */
+  deviceSigned: boolean;
+  /** The account's master key (unpadded base64), or null when it has none. */
+  masterKey: string | null;
+  /** The recovery key of secret storage created by this call (once: it is stored nowhere else), or null. */
+  recoveryKey: string | null;
+  /** The key backup set up or restored by this call, or null. */
+  keyBackup: { version: string; importedKeys: number } | null;
+  /** Problems that did not stop the login (`HALCYON_CROSS_SIGNING_UNAVAILABLE`, `HALCYON_KEY_BACKUP`...). */
+  warnings: WireError[];
+}
+
 /** RPC surface of the crypto actor (main → crypto, and sync → crypto for {@link CryptoActorApi.receiveSyncChanges}). */
 export interface CryptoActorApi {
   /** Rebuilds the store, checks it belongs to this user and device, uploads keys if needed. */
@@ -429,6 +460,11 @@ export interface CryptoActorApi {
   /** Changes which decrypted types are delivered. */
   setWantedTypes(types: string[] | null): Promise<void>;
   status(): Promise<CryptoStatus>;
+  /**
+   * At login (the password is at hand): cross-signs the device, creating the account's identity, secret storage
+   * and key backup if it has none, or importing them with the recovery key; see {@link IdentitySetupResult}.
+   */
+  setupIdentity(req: IdentitySetup): Promise<IdentitySetupResult>;
   close(): Promise<void>;
 }
 

@@ -171,6 +171,28 @@ export interface LoginOptions {
    * since the password and token would cross the network in the clear).
    */
   allowInsecureHttp?: boolean;
+  /**
+   * End-to-end encryption, on by default: with `dataDir`, login opens the data dir's crypto store (the one `run()`
+   * opens), uploads the device keys and cross-signs the device, setting up the account's identity, secret storage
+   * and key backup if it has none (see the README). `false` skips all of it. Give the same value as to the
+   * client: of an object only `passphrase` is used here, and the store must be opened with the client's.
+   */
+  encryption?: boolean | EncryptionOptions;
+  /**
+   * The recovery key of the account's secret storage (as printed: base58, spaces allowed). Needed when the account
+   * already has a cross-signing identity (set up in another client, or before this data dir was lost): its keys
+   * then sign the new device, and the key backup is restored. Read it from a file or a secret store, never from
+   * the source. A malformed key fails before logging in, a wrong one after (`HALCYON_RECOVERY_KEY_INVALID`).
+   */
+  recoveryKey?: string;
+  /**
+   * Replace the account's cross-signing identity, secret storage and key backup with new ones (default false: an
+   * existing identity is never replaced; whoever verified the account sees it change, and old backups are lost to
+   * this key).
+   */
+  resetCrossSigning?: boolean;
+  /** Where warnings of the login go (default: stderr), e.g. `HALCYON_CROSS_SIGNING_UNAVAILABLE`. */
+  logger?: Logger;
 }
 
 /** Options of {@link Client.importToken}. */

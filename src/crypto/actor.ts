@@ -30,12 +30,15 @@ import {
   type DecryptResult,
   type EncryptResult,
   EVENT_FLAGS,
+  type IdentitySetup,
+  type IdentitySetupResult,
   type MainToCrypto,
 } from '../protocol.ts';
 import { type Database, kvGet, kvSet } from '../store.ts';
 import type { ProcessOptions } from '../sync/process.ts';
 import { KeyBackup } from './backup.ts';
 import { IdbJournal } from './idb-journal.ts';
+import { setUpIdentity } from './identity.ts';
 import { SerialQueue } from './queue.ts';
 import { type HistoryVisibility, SharingRooms } from './rooms.ts';
 import { type Decrypted, decryptedBatch, refusal, useClearRelation, WITHHELD_FOR_GOOD, withheldReason } from './decrypted.ts';
@@ -259,7 +262,14 @@ export class CryptoActor implements CryptoActorApi {
     };
   }
 
-  // ---- key backup (backup.ts) ----
+  // ---- identity and key backup (identity.ts, backup.ts) ----
+
+  async setupIdentity(req: IdentitySetup): Promise<IdentitySetupResult> {
+    this.ensureOpen();
+    const c = this.config;
+    const ctx = { W, machine: this.machine, queue: this.queue, http: this.http, userId: c.userId, deviceId: c.deviceId, accessToken: c.accessToken, backup: this.backup! };
+    return setUpIdentity({ ...ctx, send: (r) => this.send(r) }, req);
+  }
 
   /** Room and session of every kept undecryptable event (looked up in the key backup at start). */
   private keptSessions(): Array<{ roomId: string; sessionId: string }> {

@@ -8,6 +8,7 @@ import {
   ClientEvent,
   createClient,
   EventStatus,
+  type MatrixError,
   MatrixEventEvent,
   Preset,
   RoomEvent,
@@ -16,7 +17,7 @@ import {
   type MatrixClient,
   type MatrixEvent,
 } from 'matrix-js-sdk';
-import { AllDevicesIsolationMode, CryptoEvent } from 'matrix-js-sdk/lib/crypto-api/index.js';
+import { AllDevicesIsolationMode, CryptoEvent, OnlySignedDevicesIsolationMode } from 'matrix-js-sdk/lib/crypto-api/index.js';
 import { logger as sdkGlobalLogger, type Logger } from 'matrix-js-sdk/lib/logger.js';
 import type { Homeserver } from './synapse.ts';
 
@@ -67,6 +68,28 @@ export interface JsPeer {
   /** All messages seen so far in the room (decrypted where possible), in timeline order. */
   messages(roomId: string): PeerMessage[];
   stop(): Promise<void>;
+  /**
+   * Turns on MSC4153's "exclude insecure devices" (js-sdk's OnlySignedDevicesIsolationMode, Element's setting): room
+   * keys go only to devices cross-signed by their owner, and messages from other devices are not decrypted.
+   */
+  excludeInsecureDevices(): void;
+  /**
+   * Sets this peer's account up as Element does: cross-signing (the key upload answers user-interactive auth with
+   * the password), then secret storage under a new recovery key holding the cross-signing keys and a new key
+   * backup's key. Resolves with the recovery key as printed, and its bytes.
+   */
+  bootstrapIdentity(): Promise<{ recoveryKey: string; key: Uint8Array }>;
+  /** Runs `fn` on the js-sdk client inside the peer's context, so that the timers of its requests do not keep the process alive. */
+  call<T>(fn: (client: MatrixClient) => T | Promise<T>): Promise<T>;
+  /** Gives js-sdk a secret storage key (32 bytes) to read secret storage with (e.g. a bot's recovery key, decoded). */
+  useSecretStorageKey(key: Uint8Array): void;
+  /** The shield js-sdk shows for a received event (getEncryptionInfoForEvent), or null for a plain or unknown one. */
+  shield(roomId: string, eventId: string): Promise<{ colour: number; reason: number | null } | null>;
+  /**
+   * Whether js-sdk sees device `deviceId` of `userId` as cross-signed by its owner. Only tracked users' keys are
+   * kept (users sharing an encrypted room with the peer, and its own): for others this is false.
+   */
+  isSignedByOwner(userId: string, deviceId: string): Promise<boolean>;
 }
 
 const DEFAULT_TIMEOUT_MS = 20_000;
@@ -166,14 +189,22 @@ export async function startJsPeer(
   }
   quietGlobalLogger();
   unrefPeerTimers();
+  // Secret storage reads and writes ask this callback for the key: the one bootstrapIdentity made, or useSecretStorageKey's.
+  const storageKey: { key: Uint8Array | null } = { key: null };
   const client = createClient({
     baseUrl: hs.baseUrl,
     userId: creds.userId,
     deviceId: creds.deviceId,
     accessToken: creds.accessToken,
     logger: peerLogger(`${creds.userId}/${creds.deviceId}`, logLevel()),
+    cryptoCallbacks: {
+      getSecretStorageKey: async ({ keys }) => {
+        const id = Object.keys(keys)[0];
+        return storageKey.key && id !== undefined ? [id, storageKey.key as Uint8Array<ArrayBuffer>] : null;
+      },
+    },
   });
-  const peer = new JsPeerImpl(client, creds.userId, creds.deviceId, creds.password);
+  const peer = new JsPeerImpl(client, creds.userId, creds.deviceId, creds.password, storageKey);
   try {
     await peer.start();
   } catch (err) {
@@ -192,7 +223,13 @@ class JsPeerImpl implements JsPeer {
   private readonly detach: Array<() => void> = [];
   private stopped = false;
 
-  constructor(readonly client: MatrixClient, readonly userId: string, readonly deviceId: string, readonly password: string) {}
+  constructor(
+    readonly client: MatrixClient,
+    readonly userId: string,
+    readonly deviceId: string,
+    readonly password: string,
+    private readonly storageKey: { key: Uint8Array | null } = { key: null },
+  ) {}
 
   start(): Promise<void> {
     return inPeerContext(() => this.doStart());
@@ -375,6 +412,51 @@ class JsPeerImpl implements JsPeer {
       const list = seen.map((m) => `${m.eventId} from ${m.sender}: ${m.encrypted ? 'encrypted' : 'plain'} ${m.decryptionFailure ? `undecrypted (${m.decryptionFailure})` : JSON.stringify(m.body)}`);
       return `a matching message in ${roomId}; saw ${seen.length} message(s)${list.length ? `:\n  ${list.join('\n  ')}` : ''}`;
     });
+  }
+
+  excludeInsecureDevices(): void {
+    this.client.getCrypto()!.setDeviceIsolationMode(new OnlySignedDevicesIsolationMode());
+  }
+
+  bootstrapIdentity(): Promise<{ recoveryKey: string; key: Uint8Array }> {
+    return inPeerContext(async () => {
+      const crypto = this.client.getCrypto()!;
+      await crypto.bootstrapCrossSigning({
+        authUploadDeviceSigningKeys: async (makeRequest) => {
+          try {
+            await makeRequest(null); // a first upload needs no auth (MSC3967)
+          } catch (e) {
+            const session = (e as MatrixError).data?.session;
+            if ((e as MatrixError).httpStatus !== 401 || typeof session !== 'string') throw e;
+            await makeRequest({ type: 'm.login.password', identifier: { type: 'm.id.user', user: this.userId }, password: this.password, session });
+          }
+        },
+      });
+      const generated = await crypto.createRecoveryKeyFromPassphrase();
+      this.storageKey.key = generated.privateKey;
+      await crypto.bootstrapSecretStorage({ createSecretStorageKey: async () => generated, setupNewSecretStorage: true, setupNewKeyBackup: true });
+      return { recoveryKey: generated.encodedPrivateKey!, key: generated.privateKey };
+    });
+  }
+
+  call<T>(fn: (client: MatrixClient) => T | Promise<T>): Promise<T> {
+    return inPeerContext(async () => fn(this.client));
+  }
+
+  useSecretStorageKey(key: Uint8Array): void {
+    this.storageKey.key = key;
+  }
+
+  async shield(roomId: string, eventId: string): Promise<{ colour: number; reason: number | null } | null> {
+    const ev = (this.timeline.get(roomId) ?? []).find((e) => e.getId() === eventId);
+    if (!ev) return null;
+    const info = await inPeerContext(() => this.client.getCrypto()!.getEncryptionInfoForEvent(ev));
+    return info ? { colour: info.shieldColour, reason: info.shieldReason } : null;
+  }
+
+  async isSignedByOwner(userId: string, deviceId: string): Promise<boolean> {
+    const crypto = this.client.getCrypto()!;
+    return (await inPeerContext(() => crypto.getDeviceVerificationStatus(userId, deviceId)))?.signedByOwner ?? false;
   }
 
   async stop(): Promise<void> {
