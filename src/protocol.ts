@@ -409,8 +409,9 @@ export interface CryptoStatus {
 export interface KeyBackupStatus {
   /** The backup version on the server. */
   version: string;
-  /** Room keys in the store, and how many of them are backed up. */
+  /** Room keys of the store that are backed up. */
   backedUpKeys: number;
+  /** Room keys in the store. */
   totalKeys: number;
 }
 
