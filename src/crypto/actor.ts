@@ -126,7 +126,9 @@ export class CryptoActor implements CryptoActorApi {
       const msg = String((err as Error)?.message ?? err);
       throw new HalcyonError(
         /match/i.test(msg) ? 'HALCYON_STORE_MISMATCH' : 'HALCYON_CRYPTO_STORE',
-        `cannot open the crypto store in ${config.dataDir} (wrong passphrase, or another account's store?): ${msg}`,
+        // Since a login with encryption on creates the store, a bot with its own passphrase that did not give it
+        // to the login (or `halcyon login --store-passphrase-file`) meets this on its first run.
+        `cannot open the crypto store in ${config.dataDir} (wrong passphrase: the login that created it must be given the client's encryption options; or another account's store?): ${msg}`,
         { cause: err },
       );
     }

@@ -211,3 +211,15 @@ test('an event kept for a late key is delivered when its key turns up in the key
   assert.equal(late.decryptedLate, true);
   assert.deepEqual(again.errors, []);
 });
+
+test('a client whose store passphrase differs from the one its login was given: run() rejects with HALCYON_CRYPTO_STORE saying to give login the same encryption options', async (t) => {
+  const user = await hs.registerUser();
+  const dataDir = tempDataDir(t);
+  // The login creates the crypto store, with the data dir's generated passphrase (it was given no other).
+  const token = await Client.login({ homeserver: hs.baseUrl, user: user.localpart, password: user.password, dataDir });
+  const bot = botOn(t, dataDir, { encryption: { passphrase: 'the bot gives its store its own passphrase' } });
+  const err = (await bot.client.run(token).then(() => null, (e: unknown) => e)) as HalcyonError | null;
+  assert.equal(err?.code, 'HALCYON_CRYPTO_STORE', `run() rejects: ${err?.message}`);
+  assert.match(err.message, /login/, 'the message says the login must be given the same encryption options');
+  assert.ok(!err.message.includes('the bot gives its store'), 'the passphrase is not echoed');
+});
