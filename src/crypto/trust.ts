@@ -1,0 +1,157 @@
+/**
+ * The `trust` option in the crypto actor: which devices room keys are shared with, which senders' events are
+ * accepted, and the trust level each decrypted event carries to main (its sender device's state).
+ *
+ * The levels come from the engine's shield state (strict mode, which gives every case a code), raised to
+ * `verified` when the bot verified the device itself (an interactive verification marks the device locally
+ * verified; the shield only knows about verified owners, which needs the bot's user-signing key).
+ */
+import { TRUST_LEVELS, type TrustLevel, type TrustPolicy } from '../protocol.ts';
+
+/**
+ * The crypto binding, handed in by the crypto actor: actor.ts stays the one module that loads it (these are types
+ * only, erased at build).
+ */
+export type Wasm = typeof import('@matrix-org/matrix-sdk-crypto-wasm');
+type OlmMachine = import('@matrix-org/matrix-sdk-crypto-wasm').OlmMachine;
+type DecryptedRoomEvent = import('@matrix-org/matrix-sdk-crypto-wasm').DecryptedRoomEvent;
+type CollectStrategy = import('@matrix-org/matrix-sdk-crypto-wasm').CollectStrategy;
+type DecryptionSettings = import('@matrix-org/matrix-sdk-crypto-wasm').DecryptionSettings;
+
+/** What decryption found about an event's sender device. */
+export interface SenderTrust {
+  level: TrustLevel;
+  /** The sender's device ID, when the engine knows it. */
+  deviceId: string | null;
+}
+
+/** A decryption refused by the `trust` option: why, in words for the `decryptionError` message. */
+export interface TrustRefusal {
+  refused: string;
+  /** The device may become known with the next key query (a retry after it may succeed). */
+  unknownDevice: boolean;
+}
+
+/** The trust rules of one crypto actor; see the module comment. */
+export class TrustRules {
+  /** Whether each (user, device) is verified by the bot: kept for one decrypt request (devices change rarely). */
+  private verifiedCache = new Map<string, boolean>();
+  private warnedUnsigned = false;
+  /** The engine's refusals under a trust requirement, by decryption error code. */
+  private readonly engineRefusals: ReadonlyMap<number, string>;
+
+  constructor(
+    private readonly W: Wasm,
+    readonly policy: TrustPolicy,
+    private readonly warn: (message: string) => void,
+  ) {
+    this.engineRefusals = new Map([
+      [W.DecryptionErrorCode.UnsignedSenderDevice, 'its sender device is not cross-signed by its owner'],
+      [W.DecryptionErrorCode.UnknownSenderDevice, 'its sender device is not known'],
+      [W.DecryptionErrorCode.SenderIdentityVerificationViolation, 'its sender was verified before and has a new identity since'],
+    ]);
+  }
+
+  /**
+   * Decryption settings (a new object per call: wasm-bindgen moves arguments passed by value). `signed` is the
+   * engine's MSC4153 rule (cross-signed devices, and sessions from before the engine tracked senders); `verified`
+   * is checked after decryption (a device the bot verified need not be cross-signed), so the engine accepts all.
+   */
+  decryptionSettings(): DecryptionSettings {
+    const W = this.W;
+    return new W.DecryptionSettings(this.policy === 'signed' ? W.TrustRequirement.CrossSignedOrLegacy : W.TrustRequirement.Untrusted);
+  }
+
+  /**
+   * Who room keys go to. `signed` is the engine's identity-based strategy, which refuses to share at all while the
+   * bot's own device is not cross-signed (its own identity missing or not trusted): then keys go to every device,
+   * as with `all`, and a warning says so once per run, rather than leaving the bot unable to send.
+   */
+  async sharingStrategy(machine: OlmMachine, ownUserId: string): Promise<CollectStrategy> {
+    const W = this.W;
+    if (this.policy === 'all') return W.CollectStrategy.allDevices();
+    if (this.policy === 'verified') return W.CollectStrategy.onlyTrustedDevices();
+    const own = await machine.getIdentity(new W.UserId(ownUserId));
+    const ready = own instanceof W.OwnUserIdentity && own.isVerified();
+    own?.free();
+    if (ready) return W.CollectStrategy.identityBasedStrategy();
+    if (!this.warnedUnsigned) {
+      this.warnedUnsigned = true;
+      this.warn(
+        "trust 'signed': the bot's own device is not cross-signed, so room keys are shared with every device of the room's members " +
+          '(unsigned ones included) until it is; log in with Client.login to cross-sign it',
+      );
+    }
+    return W.CollectStrategy.allDevices();
+  }
+
+  /** Starts a decrypt request: device trust is read afresh (a verification or key query may have changed it). */
+  beginRequest(): void {
+    this.verifiedCache.clear();
+  }
+
+  /** Forgets what is known of devices (a verification ended). */
+  forget(): void {
+    this.verifiedCache.clear();
+  }
+
+  /** The trust of a decrypted event's sender device. */
+  async senderTrust(machine: OlmMachine, d: DecryptedRoomEvent): Promise<SenderTrust> {
+    const W = this.W;
+    const shield = d.shieldState(true);
+    const code = shield.code;
+    shield.free();
+    const deviceId = d.senderDevice?.toString() ?? null;
+    const userId = d.sender.toString();
+    let level: TrustLevel;
+    switch (code) {
+      case undefined:
+        level = 'verified';
+        break;
+      case W.ShieldStateCode.UnverifiedIdentity:
+        level = 'signed';
+        break;
+      case W.ShieldStateCode.UnsignedDevice:
+        level = 'unsigned';
+        break;
+      case W.ShieldStateCode.VerificationViolation:
+        level = 'identity-changed';
+        break;
+      default: // UnknownDevice; AuthenticityNotGuaranteed: a forwarded or backed-up key, not tied to a device
+        level = 'unknown-device';
+    }
+    if ((level === 'signed' || level === 'unsigned') && deviceId !== null && (await this.deviceVerified(machine, userId, deviceId))) level = 'verified';
+    return { level, deviceId };
+  }
+
+  /** Why the `trust` option refuses an event whose sender has this trust, or null if it is accepted. */
+  refusal(t: SenderTrust): string | null {
+    if (this.policy !== 'verified' || t.level === 'verified') return null;
+    return `its sender device is not verified by the bot (${t.level}; trust: 'verified')`;
+  }
+
+  /** The engine's refusal of a decryption under the `trust` option, or null if the error is another one. */
+  engineRefusal(err: unknown): TrustRefusal | null {
+    const code = (err as { code?: unknown }).code;
+    const refused = typeof code === 'number' ? this.engineRefusals.get(code) : undefined;
+    if (refused === undefined) return null;
+    return { refused: `${refused} (trust: '${this.policy}')`, unknownDevice: code === this.W.DecryptionErrorCode.UnknownSenderDevice };
+  }
+
+  private async deviceVerified(machine: OlmMachine, userId: string, deviceId: string): Promise<boolean> {
+    const W = this.W;
+    const key = `${userId}|${deviceId}`;
+    const known = this.verifiedCache.get(key);
+    if (known !== undefined) return known;
+    const device = await machine.getDevice(new W.UserId(userId), new W.DeviceId(deviceId));
+    const verified = device?.isVerified() ?? false;
+    device?.free();
+    this.verifiedCache.set(key, verified);
+    return verified;
+  }
+}
+
+/** The {@link EventColumns.trust} code of a level. */
+export function trustCode(level: TrustLevel): number {
+  return TRUST_LEVELS.indexOf(level) + 1;
+}
