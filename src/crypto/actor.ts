@@ -187,6 +187,7 @@ export class CryptoActor implements CryptoActorApi {
     this.ensureOpen();
     await this.queue.run(() => this.applySyncChanges(ch), 'high');
     void this.flushOutgoing().catch((e) => this.report(e));
+    void this.verification.retryUnknownSenders().catch((e) => this.report(e));
   }
 
   /**
@@ -217,7 +218,7 @@ export class CryptoActor implements CryptoActorApi {
   private async decryptAll(req: DecryptRequest): Promise<DecryptResult> {
     const ok: Array<Decrypted & { index: number }> = [];
     const failures: DecryptFailure[] = [];
-    const unknownSender: number[] = [];
+    const unknownSender: Array<{ i: number; sender: string }> = [];
     this.trust.beginRequest();
     let i = 0;
     while (i < req.raw.length) {
@@ -227,16 +228,18 @@ export class CryptoActor implements CryptoActorApi {
           const roomId = req.rooms[req.room[i]!]!;
           const r = await this.decryptOne(roomId, req.raw[i]!, true);
           if ('event' in r) ok.push({ ...r, index: i });
-          else if (r.unknownDevice) unknownSender.push(i);
+          else if (r.unknownDevice) unknownSender.push({ i, sender: r.unknownDevice });
           else failures.push(failureAt(r, i));
           i++;
         } while (i < req.raw.length && performance.now() < until);
       });
     }
-    // A sender device not known yet (a new member's keys are being queried) may pass the `trust` rule once known.
+    // A sender device not known yet (a user the bot does not track, or whose keys are being queried) may pass the
+    // `trust` rule once known: its user is tracked, its keys fetched, and the event decrypted again.
     if (unknownSender.length > 0) {
+      await this.queue.run(() => this.machine.updateTrackedUsers(userIds(new Set(unknownSender.map((u) => u.sender)))), 'high');
       await this.flushOutgoing().catch((e: unknown) => this.report(e));
-      for (const k of unknownSender) {
+      for (const { i: k } of unknownSender) {
         const r = await this.queue.run(() => this.decryptOne(req.rooms[req.room[k]!]!, req.raw[k]!, true));
         if ('event' in r) ok.push({ ...r, index: k });
         else failures.push(failureAt(r, k));
@@ -426,7 +429,7 @@ export class CryptoActor implements CryptoActorApi {
       return { roomId, event, trust };
     } catch (err) {
       const refused = this.trust.engineRefusal(err);
-      if (refused) return { ...fail(`cannot decrypt ${eventId}: ${refused.refused}`), code: 'HALCYON_DECRYPT_UNTRUSTED', unknownDevice: refused.unknownDevice };
+      if (refused) return { ...fail(`cannot decrypt ${eventId}: ${refused.refused}`), code: 'HALCYON_DECRYPT_UNTRUSTED', unknownDevice: refused.unknownDevice ? String(original.sender) : undefined };
       const e = err as { code?: unknown; withheldCode?: unknown; maybe_withheld?: unknown };
       const missing = e.code === W.DecryptionErrorCode.MissingRoomKey || e.code === W.DecryptionErrorCode.UnknownMessageIndex;
       const withheldCode = typeof e.withheldCode === 'string' ? e.withheldCode : null;
@@ -460,7 +463,7 @@ export class CryptoActor implements CryptoActorApi {
     for (const r of rows) {
       const res = await this.decryptOne(r.room_id, r.raw, false);
       if ('event' in res) ok.push({ ...res, index: ok.length });
-      else if (res.code !== 'HALCYON_DECRYPT_MISSING_KEY') hopeless.push(r.event_id); // the key came, the event is refused
+      else if (res.code !== 'HALCYON_DECRYPT_MISSING_KEY' && !res.unknownDevice) hopeless.push(r.event_id); // the key came, the event is refused
     }
     this.forgetPending(hopeless);
     const built = decryptedBatch(ok, EVENT_FLAGS.late, this.processOptions());
@@ -620,8 +623,8 @@ export class CryptoActor implements CryptoActorApi {
 
 type OutgoingRequest = Outgoing;
 
-/** A failure of {@link CryptoActor.decryptOne}; `unknownDevice`: refused by `trust` while the sender device is unknown. */
-type OneFailure = Omit<DecryptFailure, 'index'> & { unknownDevice?: boolean };
+/** A failure of {@link CryptoActor.decryptOne}; `unknownDevice`: refused by `trust` while the sender's device is unknown (the sender). */
+type OneFailure = Omit<DecryptFailure, 'index'> & { unknownDevice?: string };
 
 /** The failure of request event `index`, as main gets it. */
 function failureAt(f: OneFailure, index: number): DecryptFailure {

@@ -28,7 +28,10 @@ export interface SenderTrust {
 /** A decryption refused by the `trust` option: why, in words for the `decryptionError` message. */
 export interface TrustRefusal {
   refused: string;
-  /** The device may become known with the next key query (a retry after it may succeed). */
+  /**
+   * The sender's device or identity may not be known yet (a user the bot does not track: the room key came with the
+   * device's keys, not its owner's cross-signing identity); a retry after a key query of the sender may succeed.
+   */
   unknownDevice: boolean;
 }
 
@@ -135,7 +138,7 @@ export class TrustRules {
     const code = (err as { code?: unknown }).code;
     const refused = typeof code === 'number' ? this.engineRefusals.get(code) : undefined;
     if (refused === undefined) return null;
-    return { refused: `${refused} (trust: '${this.policy}')`, unknownDevice: code === this.W.DecryptionErrorCode.UnknownSenderDevice };
+    return { refused: `${refused} (trust: '${this.policy}')`, unknownDevice: code !== this.W.DecryptionErrorCode.SenderIdentityVerificationViolation };
   }
 
   private async deviceVerified(machine: OlmMachine, userId: string, deviceId: string): Promise<boolean> {

@@ -52,6 +52,8 @@ const REQUEST_TYPE = 'm.key.verification.request';
 /** The verification flows of one crypto actor; see the module comment. */
 export class Verifications {
   private readonly flows = new Map<string, Flow>();
+  /** Requests the engine ignored because their sender device was unknown, to retry once its keys are fetched. */
+  private unknownSenders: Array<{ sender: string; raw: string }> = [];
 
   constructor(
     private readonly W: Wasm,
@@ -65,8 +67,29 @@ export class Verifications {
       if (p.type !== T.Decrypted && p.type !== T.PlainText) continue;
       const ev = parse((p as { rawEvent: string }).rawEvent);
       const content = ev?.content as Record<string, unknown> | undefined;
-      if (ev?.type === REQUEST_TYPE && typeof ev.sender === 'string' && typeof content?.transaction_id === 'string') this.follow(ev.sender, content.transaction_id, null);
+      if (ev?.type !== REQUEST_TYPE || typeof ev.sender !== 'string' || typeof content?.transaction_id !== 'string') continue;
+      // The engine ignores a request from a device it does not know (a user it does not track): fetched, then retried.
+      if (!this.follow(ev.sender, content.transaction_id, null)) this.unknownSenders.push({ sender: ev.sender, raw: (p as { rawEvent: string }).rawEvent });
     }
+  }
+
+  /** Outside the queue, after a batch's to-device events: queries the devices of unknown requesters and retries their requests. */
+  async retryUnknownSenders(): Promise<void> {
+    const W = this.W;
+    const pending = this.unknownSenders.splice(0);
+    if (pending.length === 0) return;
+    await this.host.run(() => this.host.machine.updateTrackedUsers(pending.map((p) => new W.UserId(p.sender))));
+    await this.host.flush();
+    await this.host.run(async () => {
+      // Without key counts: the variant that reads missing counts as unknown, not zero.
+      const settings = new W.DecryptionSettings(W.TrustRequirement.Untrusted);
+      const processed = await this.host.machine.receiveSyncChangesMsc4186(JSON.stringify(pending.map((p) => JSON.parse(p.raw) as unknown)), new W.DeviceLists([], []), new Map(), undefined, settings);
+      for (const p of processed) {
+        const ev = parse((p as { rawEvent: string }).rawEvent);
+        const content = ev?.content as Record<string, unknown> | undefined;
+        if (typeof ev?.sender === 'string' && typeof content?.transaction_id === 'string') this.follow(ev.sender, content.transaction_id, null);
+      }
+    });
   }
 
   /** In the queue: hands a decrypted in-room event to the engine if it belongs to a verification. */
@@ -149,18 +172,19 @@ export class Verifications {
     return req;
   }
 
-  /** Starts following a flow (once); an incoming request still waiting for an answer is put to main. */
-  private follow(userId: string, flowId: string, group: string[] | null, known?: VerificationRequest): void {
+  /** Starts following a flow (once); an incoming request still waiting for an answer is put to main. False: no such flow. */
+  private follow(userId: string, flowId: string, group: string[] | null, known?: VerificationRequest): boolean {
     const k = key(userId, flowId);
-    if (this.flows.has(k)) return;
+    if (this.flows.has(k)) return true;
     const request = known ?? this.host.machine.getVerificationRequest(new this.W.UserId(userId), flowId);
-    if (!request) return;
+    if (!request) return false;
     const incoming = !request.weStarted();
-    if (incoming && request.phase() !== this.W.VerificationRequestPhase.Requested) return; // answered or ended already
+    if (incoming && request.phase() !== this.W.VerificationRequestPhase.Requested) return true; // answered or ended already
     const wire: VerificationWire = { flowId, userId, deviceId: request.otherDeviceId?.toString() ?? null, roomId: request.roomId?.toString() ?? null, weStarted: !incoming };
     this.flows.set(k, { wire, request, sas: null, sasShown: false, startingSas: false, group });
     request.registerChangesCallback(async () => this.changed(k));
     if (incoming) this.host.post({ kind: 'verificationAsked', verification: { ...wire } });
+    return true;
   }
 
   /** An engine change callback: the next step runs after the queued call that is running now. */

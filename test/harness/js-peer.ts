@@ -76,8 +76,8 @@ export interface JsPeer {
   messages(roomId: string): PeerMessage[];
   /** Whether this peer's device is cross-signed by its owner (the default; `crossSign: false` leaves it unsigned). */
   readonly crossSigned: boolean;
-  /** Requests a (to-device) verification of `userId`'s device `deviceId`. */
-  requestVerification(userId: string, deviceId: string): Promise<VerificationRequest>;
+  /** Requests a (to-device) verification of `userId`'s device `deviceId` (a user this peer tracks: one it shares an encrypted room with). */
+  requestVerification(userId: string, deviceId: string, timeoutMs?: number): Promise<VerificationRequest>;
   /** Resolves with the next verification request received from `userId` (one received already counts). */
   nextVerificationRequest(userId: string, timeoutMs?: number): Promise<VerificationRequest>;
   /**
@@ -327,12 +327,18 @@ class JsPeerImpl implements JsPeer {
     });
   }
 
-  requestVerification(userId: string, deviceId: string): Promise<VerificationRequest> {
-    return inPeerContext(async () => {
-      const req = await this.client.getCrypto()!.requestDeviceVerification(userId, deviceId);
-      this.watchRequest(req);
-      return req;
-    });
+  requestVerification(userId: string, deviceId: string, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<VerificationRequest> {
+    // The engine knows the devices of users it tracks (members of encrypted rooms) once their keys are queried.
+    return this.until(() => inPeerContext(async () => {
+      try {
+        const req = await this.client.getCrypto()!.requestDeviceVerification(userId, deviceId);
+        this.watchRequest(req);
+        return req;
+      } catch (err) {
+        if (/not a known device/i.test(String((err as Error).message))) return undefined;
+        throw err;
+      }
+    }), timeoutMs, () => `device ${userId}/${deviceId} to be known to this peer's crypto (to request its verification)`);
   }
 
   nextVerificationRequest(userId: string, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<VerificationRequest> {
