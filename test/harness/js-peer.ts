@@ -296,8 +296,11 @@ class JsPeerImpl implements JsPeer {
     return inPeerContext(async () => {
       const crypto = this.client.getCrypto()!;
       const known = identities.get(this.userId);
-      if (known) await crypto.importSecretsBundle!(known);
-      await crypto.bootstrapCrossSigning({
+      if (known) {
+        // With the private keys imported, bootstrapCrossSigning does nothing (the keys exist): sign the device here.
+        await crypto.importSecretsBundle!(known);
+        await crypto.crossSignDevice(this.deviceId);
+      } else await crypto.bootstrapCrossSigning({
         authUploadDeviceSigningKeys: async (makeRequest) => {
           let session: string | undefined;
           try {
@@ -312,8 +315,9 @@ class JsPeerImpl implements JsPeer {
       });
       if (!known) identities.set(this.userId, await crypto.exportSecretsBundle!());
       await this.flushCryptoRequests();
-      const status = await crypto.getDeviceVerificationStatus(this.userId, this.deviceId);
-      if (!status?.signedByOwner) throw new Error(`js-peer: ${this.userId}/${this.deviceId} is not cross-signed after bootstrapCrossSigning`);
+      // The device's own record learns of the signature by a key query of our user (the server says it changed).
+      await this.until(async () => (await crypto.getDeviceVerificationStatus(this.userId, this.deviceId))?.signedByOwner, DEFAULT_TIMEOUT_MS,
+        () => `${this.userId}/${this.deviceId} to be cross-signed by its owner`);
       this.crossSigned = true;
     });
   }
