@@ -163,7 +163,8 @@ export class CryptoActor implements CryptoActorApi {
 
   /** Sets up the `trust` option's rules and interactive verification (trust.ts, verification.ts). */
   private openTrust(): void {
-    this.trust = new TrustRules(W, this.config.trust ?? 'all', (message) => this.events.post({ kind: 'warning', message }));
+    const own = { userId: this.config.userId, deviceId: this.config.deviceId };
+    this.trust = new TrustRules(W, this.config.trust ?? 'all', own, (message) => this.events.post({ kind: 'warning', message }));
     this.verification = new Verifications(W, {
       machine: this.machine,
       ownDeviceId: this.config.deviceId,
@@ -237,8 +238,7 @@ export class CryptoActor implements CryptoActorApi {
     // A sender device not known yet (a user the bot does not track, or whose keys are being queried) may pass the
     // `trust` rule once known: its user is tracked, its keys fetched, and the event decrypted again.
     if (unknownSender.length > 0) {
-      await this.queue.run(() => this.machine.updateTrackedUsers(userIds(new Set(unknownSender.map((u) => u.sender)))), 'high');
-      await this.flushOutgoing().catch((e: unknown) => this.report(e));
+      await this.fetchSenders(unknownSender.map((u) => u.sender));
       for (const { i: k } of unknownSender) {
         const r = await this.queue.run(() => this.decryptOne(req.rooms[req.room[k]!]!, req.raw[k]!, true));
         if ('event' in r) ok.push({ ...r, index: k });
@@ -250,6 +250,12 @@ export class CryptoActor implements CryptoActorApi {
     const batch = decryptedBatch(ok, 0, this.processOptions());
     if (batch) for (const [k, d] of ok.entries()) slot[d.index] = batch.slots[k]!;
     return { batch: batch?.batch ?? null, slot, failures };
+  }
+
+  /** Tracks these senders and fetches their devices and identities, which the `trust` rule needs (outside the queue). */
+  private async fetchSenders(senders: Iterable<string>): Promise<void> {
+    await this.queue.run(() => this.machine.updateTrackedUsers(userIds(new Set(senders))), 'high');
+    await this.flushOutgoing().catch((e: unknown) => this.report(e));
   }
 
   async encrypt(roomId: string, type: string, content: Record<string, unknown>): Promise<EncryptResult> {
@@ -411,7 +417,7 @@ export class CryptoActor implements CryptoActorApi {
     if (!original || !eventId || !content) return fail('malformed m.room.encrypted event');
     if (content.algorithm !== MEGOLM) return fail(`unsupported algorithm ${JSON.stringify(content.algorithm)}`);
     try {
-      const d = await this.machine.decryptRoomEvent(raw, new W.RoomId(roomId), this.trust.decryptionSettings());
+      const d = await this.trust.decrypt(this.machine, raw, roomId, original.sender);
       // With untrusted devices accepted, a forged `sender` still decrypts; only the shield tells. Refuse it.
       const forged = d.shieldState(false).code === W.ShieldStateCode.MismatchedSender;
       const event = JSON.parse(d.event) as Record<string, unknown>;
@@ -451,8 +457,12 @@ export class CryptoActor implements CryptoActorApi {
     db.prepare('DELETE FROM pending_utd WHERE event_id IN (SELECT event_id FROM pending_utd ORDER BY at DESC, rowid DESC LIMIT -1 OFFSET ?)').run(this.config.maxPendingUndecryptable);
   }
 
-  /** Retries kept events (of these sessions, or all); posts those that now decrypt to main as a late batch. */
-  private async retryPending(sessions: Set<string> | null): Promise<void> {
+  /**
+   * Retries kept events (of these sessions, or all); posts those that now decrypt to main as a late batch. An event
+   * the `trust` rule refuses while its sender's device is not known (a room the bot only reads: its members are not
+   * tracked) is retried once more after fetching the sender's keys (`sendersFetched`), then given up.
+   */
+  private async retryPending(sessions: Set<string> | null, sendersFetched = false): Promise<void> {
     const db = this.journal.db;
     db.prepare('DELETE FROM pending_utd WHERE at < ?').run(Date.now() - this.config.pendingUndecryptableMaxAgeMs);
     const rows = (db.prepare('SELECT event_id, room_id, session_id, raw FROM pending_utd WHERE posted = 0 ORDER BY at, rowid').all() as {
@@ -460,12 +470,23 @@ export class CryptoActor implements CryptoActorApi {
     }[]).filter((r) => sessions === null || (r.session_id !== null && sessions.has(r.session_id)));
     const ok: Array<Decrypted & { index: number }> = [];
     const hopeless: string[] = [];
+    const unknownSenders = new Set<string>();
+    const unknownSessions = new Set<string>();
     for (const r of rows) {
       const res = await this.decryptOne(r.room_id, r.raw, false);
       if ('event' in res) ok.push({ ...res, index: ok.length });
-      else if (res.code !== 'HALCYON_DECRYPT_MISSING_KEY' && !res.unknownDevice) hopeless.push(r.event_id); // the key came, the event is refused
+      else if (res.unknownDevice && !sendersFetched && r.session_id !== null) {
+        unknownSenders.add(res.unknownDevice);
+        unknownSessions.add(r.session_id);
+      } else if (res.code !== 'HALCYON_DECRYPT_MISSING_KEY') hopeless.push(r.event_id); // the key came, the event is refused
     }
     this.forgetPending(hopeless);
+    if (unknownSenders.size > 0) {
+      // Not awaited: this runs in the queue, which the fetch needs.
+      void this.fetchSenders(unknownSenders)
+        .then(() => (this.closed ? undefined : this.queue.run(() => this.retryPending(unknownSessions, true))))
+        .catch((e) => this.report(e));
+    }
     const built = decryptedBatch(ok, EVENT_FLAGS.late, this.processOptions());
     if (!built) return;
     const ids = ok.map((d) => d.event.event_id as string);
@@ -510,7 +531,7 @@ export class CryptoActor implements CryptoActorApi {
     // shared with is not among `users` (left, or invited in a room now visible to joined members only).
     const toDevice = await this.queue.run(async () => {
       const settings = this.encryptionSettings(roomId, visibility);
-      settings.sharingStrategy = await this.trust.sharingStrategy(m, this.config.userId);
+      settings.sharingStrategy = await this.trust.sharingStrategy(m);
       return m.shareRoomKey(room(), userIds(users), settings);
     }, 'high');
     for (const req of toDevice) await this.send(req);

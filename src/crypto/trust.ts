@@ -46,6 +46,8 @@ export class TrustRules {
   constructor(
     private readonly W: Wasm,
     readonly policy: TrustPolicy,
+    /** The bot's own user and device. */
+    private readonly own: { userId: string; deviceId: string },
     private readonly warn: (message: string) => void,
   ) {
     this.engineRefusals = new Map([
@@ -60,9 +62,28 @@ export class TrustRules {
    * engine's MSC4153 rule (cross-signed devices, and sessions from before the engine tracked senders); `verified`
    * is checked after decryption (a device the bot verified need not be cross-signed), so the engine accepts all.
    */
-  decryptionSettings(): DecryptionSettings {
+  private decryptionSettings(): DecryptionSettings {
     const W = this.W;
     return new W.DecryptionSettings(this.policy === 'signed' ? W.TrustRequirement.CrossSignedOrLegacy : W.TrustRequirement.Untrusted);
+  }
+
+  /**
+   * Decrypts a room event under the option's rule. The bot's own device passes whatever its cross-signing: its
+   * events come back in the sync, and until the device is cross-signed `signed` would refuse them. So an event of
+   * the bot's user that the rule refuses is decrypted again accepting any device, and kept only if the engine says
+   * the bot's device encrypted it (another device of the bot's user stays under the rule).
+   */
+  async decrypt(machine: OlmMachine, raw: string, roomId: string, sender: unknown): Promise<DecryptedRoomEvent> {
+    const W = this.W;
+    try {
+      return await machine.decryptRoomEvent(raw, new W.RoomId(roomId), this.decryptionSettings());
+    } catch (err) {
+      if (sender !== this.own.userId || this.engineRefusal(err) === null) throw err;
+      const d = await machine.decryptRoomEvent(raw, new W.RoomId(roomId), new W.DecryptionSettings(W.TrustRequirement.Untrusted));
+      if (this.isOwnDevice(d.sender.toString(), d.senderDevice?.toString() ?? null)) return d;
+      d.free();
+      throw err;
+    }
   }
 
   /**
@@ -70,11 +91,11 @@ export class TrustRules {
    * bot's own device is not cross-signed (its own identity missing or not trusted): then keys go to every device,
    * as with `all`, and a warning says so once per run, rather than leaving the bot unable to send.
    */
-  async sharingStrategy(machine: OlmMachine, ownUserId: string): Promise<CollectStrategy> {
+  async sharingStrategy(machine: OlmMachine): Promise<CollectStrategy> {
     const W = this.W;
     if (this.policy === 'all') return W.CollectStrategy.allDevices();
     if (this.policy === 'verified') return W.CollectStrategy.onlyTrustedDevices();
-    const own = await machine.getIdentity(new W.UserId(ownUserId));
+    const own = await machine.getIdentity(new W.UserId(this.own.userId));
     const ready = own instanceof W.OwnUserIdentity && own.isVerified();
     own?.free();
     if (ready) return W.CollectStrategy.identityBasedStrategy();
@@ -123,8 +144,14 @@ export class TrustRules {
       default: // UnknownDevice; AuthenticityNotGuaranteed: a forwarded or backed-up key, not tied to a device
         level = 'unknown-device';
     }
-    if ((level === 'signed' || level === 'unsigned') && deviceId !== null && (await this.deviceVerified(machine, userId, deviceId))) level = 'verified';
+    // The bot's own device is the bot: verified by definition (its shield says unsigned until it is cross-signed).
+    if (this.isOwnDevice(userId, deviceId)) level = 'verified';
+    else if ((level === 'signed' || level === 'unsigned') && deviceId !== null && (await this.deviceVerified(machine, userId, deviceId))) level = 'verified';
     return { level, deviceId };
+  }
+
+  private isOwnDevice(userId: string, deviceId: string | null): boolean {
+    return userId === this.own.userId && deviceId === this.own.deviceId;
   }
 
   /** Why the `trust` option refuses an event whose sender has this trust, or null if it is accepted. */
