@@ -227,7 +227,7 @@ export class CryptoActor implements CryptoActorApi {
         const until = performance.now() + DECRYPT_SLICE_MS;
         do {
           const roomId = req.rooms[req.room[i]!]!;
-          const r = await this.decryptOne(roomId, req.raw[i]!, true);
+          const r = await this.decryptOne(roomId, req.raw[i]!, true, true);
           if ('event' in r) ok.push({ ...r, index: i });
           else if (r.unknownDevice) unknownSender.push({ i, sender: r.unknownDevice });
           else failures.push(failureAt(r, i));
@@ -240,7 +240,7 @@ export class CryptoActor implements CryptoActorApi {
     if (unknownSender.length > 0) {
       await this.fetchSenders(unknownSender.map((u) => u.sender));
       for (const { i: k } of unknownSender) {
-        const r = await this.queue.run(() => this.decryptOne(req.rooms[req.room[k]!]!, req.raw[k]!, true));
+        const r = await this.queue.run(() => this.decryptOne(req.rooms[req.room[k]!]!, req.raw[k]!, true, false));
         if ('event' in r) ok.push({ ...r, index: k });
         else failures.push(failureAt(r, k));
       }
@@ -256,6 +256,7 @@ export class CryptoActor implements CryptoActorApi {
   private async fetchSenders(senders: Iterable<string>): Promise<void> {
     await this.queue.run(() => this.machine.updateTrackedUsers(userIds(new Set(senders))), 'high');
     await this.flushOutgoing().catch((e: unknown) => this.report(e));
+    this.trust.forget();
   }
 
   async encrypt(roomId: string, type: string, content: Record<string, unknown>): Promise<EncryptResult> {
@@ -408,7 +409,12 @@ export class CryptoActor implements CryptoActorApi {
 
   // ---- decryption ----
 
-  private async decryptOne(roomId: string, raw: string, keep: boolean): Promise<Decrypted | OneFailure> {
+  /**
+   * Decrypts one event. `keep`: a missing key keeps it for a late key. `ask`: an event whose sender device the store
+   * does not know fails with `unknownDevice` (the caller fetches the sender's keys and asks again without `ask`),
+   * rather than be decided (the `trust` rule) or labelled (`encryption.trust`) on too little.
+   */
+  private async decryptOne(roomId: string, raw: string, keep: boolean, ask: boolean): Promise<Decrypted | OneFailure> {
     const original = safeJson(raw);
     const eventId = typeof original?.event_id === 'string' ? original.event_id : null;
     const content = original && typeof original.content === 'object' && original.content !== null ? (original.content as Record<string, unknown>) : null;
@@ -424,6 +430,7 @@ export class CryptoActor implements CryptoActorApi {
       const trust = forged ? null : await this.trust.senderTrust(this.machine, d);
       d.free();
       if (!trust) return fail(`${eventId} claims to be from ${String(original.sender)} but was encrypted by another user's device`);
+      if (!trust.known && ask) return { ...fail(`${eventId}: its sender device is not known`), unknownDevice: String(original.sender) };
       const refused = refusal(event, original);
       if (refused) return fail(`${eventId} was refused: ${refused}`);
       const untrusted = this.trust.refusal(trust);
@@ -432,10 +439,11 @@ export class CryptoActor implements CryptoActorApi {
       for (const k of ['event_id', 'sender', 'origin_server_ts', 'unsigned'] as const) if (event[k] === undefined && original[k] !== undefined) event[k] = original[k];
       useClearRelation(event, content);
       await this.verification.noticeRoomEvent(roomId, event);
-      return { roomId, event, trust };
+      return { roomId, event, trust: { level: trust.level, deviceId: trust.deviceId } };
     } catch (err) {
       const refused = this.trust.engineRefusal(err);
-      if (refused) return { ...fail(`cannot decrypt ${eventId}: ${refused.refused}`), code: 'HALCYON_DECRYPT_UNTRUSTED', unknownDevice: refused.unknownDevice ? String(original.sender) : undefined };
+      const unknownDevice = ask && refused?.unknownDevice ? String(original.sender) : undefined;
+      if (refused) return { ...fail(`cannot decrypt ${eventId}: ${refused.refused}`), code: 'HALCYON_DECRYPT_UNTRUSTED', unknownDevice };
       const e = err as { code?: unknown; withheldCode?: unknown; maybe_withheld?: unknown };
       const missing = e.code === W.DecryptionErrorCode.MissingRoomKey || e.code === W.DecryptionErrorCode.UnknownMessageIndex;
       const withheldCode = typeof e.withheldCode === 'string' ? e.withheldCode : null;
@@ -473,9 +481,9 @@ export class CryptoActor implements CryptoActorApi {
     const unknownSenders = new Set<string>();
     const unknownSessions = new Set<string>();
     for (const r of rows) {
-      const res = await this.decryptOne(r.room_id, r.raw, false);
+      const res = await this.decryptOne(r.room_id, r.raw, false, !sendersFetched);
       if ('event' in res) ok.push({ ...res, index: ok.length });
-      else if (res.unknownDevice && !sendersFetched && r.session_id !== null) {
+      else if (res.unknownDevice && r.session_id !== null) {
         unknownSenders.add(res.unknownDevice);
         unknownSessions.add(r.session_id);
       } else if (res.code !== 'HALCYON_DECRYPT_MISSING_KEY') hopeless.push(r.event_id); // the key came, the event is refused

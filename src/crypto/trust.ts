@@ -2,9 +2,9 @@
  * The `trust` option in the crypto actor: which devices room keys are shared with, which senders' events are
  * accepted, and the trust level each decrypted event carries to main (its sender device's state).
  *
- * The levels come from the engine's shield state (strict mode, which gives every case a code), raised to
- * `verified` when the bot verified the device itself (an interactive verification marks the device locally
- * verified; the shield only knows about verified owners, which needs the bot's user-signing key).
+ * The levels come from the sender device as the store knows it (verified by the bot, cross-signed by its owner,
+ * or neither), and from the engine's shield for what only the session tells (a changed identity, a key not tied
+ * to a device). The bot's own device counts as verified.
  */
 import { TRUST_LEVELS, type TrustLevel, type TrustPolicy } from '../protocol.ts';
 
@@ -37,8 +37,8 @@ export interface TrustRefusal {
 
 /** The trust rules of one crypto actor; see the module comment. */
 export class TrustRules {
-  /** Whether each (user, device) is verified by the bot: kept for one decrypt request (devices change rarely). */
-  private verifiedCache = new Map<string, boolean>();
+  /** Each sender device's level (null: unknown device), kept for one decrypt request (devices change rarely). */
+  private levels = new Map<string, TrustLevel | null>();
   private warnedUnsigned = false;
   /** The engine's refusals under a trust requirement, by decryption error code. */
   private readonly engineRefusals: ReadonlyMap<number, string>;
@@ -111,43 +111,33 @@ export class TrustRules {
 
   /** Starts a decrypt request: device trust is read afresh (a verification or key query may have changed it). */
   beginRequest(): void {
-    this.verifiedCache.clear();
+    this.levels.clear();
   }
 
   /** Forgets what is known of devices (a verification ended). */
   forget(): void {
-    this.verifiedCache.clear();
+    this.levels.clear();
   }
 
-  /** The trust of a decrypted event's sender device. */
-  async senderTrust(machine: OlmMachine, d: DecryptedRoomEvent): Promise<SenderTrust> {
+  /**
+   * The trust of a decrypted event's sender device. The shield tells a changed identity and a key not tied to a
+   * device (forwarded, or from a backup); the rest comes from the device as the store knows it now (the strict
+   * shield says "unverified user" for a device the store does not know, so it cannot tell signed from unsigned).
+   * `known: false`: the store does not know the device (its owner is not tracked); a key query may tell.
+   */
+  async senderTrust(machine: OlmMachine, d: DecryptedRoomEvent): Promise<SenderTrust & { known: boolean }> {
     const W = this.W;
     const shield = d.shieldState(true);
     const code = shield.code;
     shield.free();
     const deviceId = d.senderDevice?.toString() ?? null;
     const userId = d.sender.toString();
-    let level: TrustLevel;
-    switch (code) {
-      case undefined:
-        level = 'verified';
-        break;
-      case W.ShieldStateCode.UnverifiedIdentity:
-        level = 'signed';
-        break;
-      case W.ShieldStateCode.UnsignedDevice:
-        level = 'unsigned';
-        break;
-      case W.ShieldStateCode.VerificationViolation:
-        level = 'identity-changed';
-        break;
-      default: // UnknownDevice; AuthenticityNotGuaranteed: a forwarded or backed-up key, not tied to a device
-        level = 'unknown-device';
-    }
-    // The bot's own device is the bot: verified by definition (its shield says unsigned until it is cross-signed).
-    if (this.isOwnDevice(userId, deviceId)) level = 'verified';
-    else if ((level === 'signed' || level === 'unsigned') && deviceId !== null && (await this.deviceVerified(machine, userId, deviceId))) level = 'verified';
-    return { level, deviceId };
+    // The bot's own device is the bot: verified by definition (unsigned until it is cross-signed).
+    if (this.isOwnDevice(userId, deviceId)) return { level: 'verified', deviceId, known: true };
+    if (code === W.ShieldStateCode.VerificationViolation) return { level: 'identity-changed', deviceId, known: true };
+    if (code === W.ShieldStateCode.AuthenticityNotGuaranteed) return { level: 'unknown-device', deviceId, known: true };
+    const level = deviceId === null ? null : await this.deviceLevel(machine, userId, deviceId);
+    return { level: level ?? 'unknown-device', deviceId, known: level !== null };
   }
 
   private isOwnDevice(userId: string, deviceId: string | null): boolean {
@@ -168,16 +158,16 @@ export class TrustRules {
     return { refused: `${refused} (trust: '${this.policy}')`, unknownDevice: code !== this.W.DecryptionErrorCode.SenderIdentityVerificationViolation };
   }
 
-  private async deviceVerified(machine: OlmMachine, userId: string, deviceId: string): Promise<boolean> {
+  /** `verified`, `signed` or `unsigned` as the store knows the device now, or null when it does not know it. */
+  private async deviceLevel(machine: OlmMachine, userId: string, deviceId: string): Promise<TrustLevel | null> {
     const W = this.W;
     const key = `${userId}|${deviceId}`;
-    const known = this.verifiedCache.get(key);
-    if (known !== undefined) return known;
+    if (this.levels.has(key)) return this.levels.get(key)!;
     const device = await machine.getDevice(new W.UserId(userId), new W.DeviceId(deviceId));
-    const verified = device?.isVerified() ?? false;
+    const level: TrustLevel | null = !device ? null : device.isVerified() ? 'verified' : device.isCrossSignedByOwner() ? 'signed' : 'unsigned';
     device?.free();
-    this.verifiedCache.set(key, verified);
-    return verified;
+    this.levels.set(key, level);
+    return level;
   }
 }
 
