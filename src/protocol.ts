@@ -381,6 +381,8 @@ export interface CryptoSyncChanges {
   historyVisibility: Array<{ roomId: string; visibility: string }>;
   /** Rooms we left: their member lists are dropped. */
   left: string[];
+  /** Clear in-room verification events of the batch's timelines, in order (absent: none). */
+  verification?: Array<{ roomId: string; event: MatrixEvent }>;
 }
 
 /** Encrypted timeline events of one batch, to decrypt in order. */

@@ -246,6 +246,7 @@ export class CryptoActor implements CryptoActorApi {
       }
       ok.sort((a, b) => a.index - b.index); // timeline order
     }
+    void this.verification.retryUnknownSenders().catch((e) => this.report(e)); // requests among the events
     const slot: number[] = new Array<number>(req.raw.length).fill(-1);
     const batch = decryptedBatch(ok, 0, this.processOptions());
     if (batch) for (const [k, d] of ok.entries()) slot[d.index] = batch.slots[k]!;
@@ -352,6 +353,7 @@ export class CryptoActor implements CryptoActorApi {
       // To-device events are decrypted from any device: the `trust` option applies to the room events they unlock.
       const processed = await m.receiveSyncChanges(JSON.stringify(fresh), new W.DeviceLists(changed, left), counts, fallback, new W.DecryptionSettings(W.TrustRequirement.Untrusted));
       this.verification.noticeToDevice(processed);
+      for (const v of ch.verification ?? []) await this.verification.noticeRoomEvent(v.roomId, v.event as unknown as Record<string, unknown>);
       for (const p of processed) {
         if (p.type === W.ProcessedToDeviceEventType.UnableToDecrypt || p.type === W.ProcessedToDeviceEventType.Invalid) {
           const raw = safeJson((p as W.UTDToDeviceEvent).rawEvent);

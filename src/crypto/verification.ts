@@ -52,8 +52,11 @@ const REQUEST_TYPE = 'm.key.verification.request';
 /** The verification flows of one crypto actor; see the module comment. */
 export class Verifications {
   private readonly flows = new Map<string, Flow>();
-  /** Requests the engine ignored because their sender device was unknown, to retry once its keys are fetched. */
-  private unknownSenders: Array<{ sender: string; raw: string }> = [];
+  /**
+   * Requests the engine ignored because their sender device was unknown, to retry once its keys are fetched:
+   * to-device ones (`raw`), and in-room ones (`roomId`, `event`).
+   */
+  private unknownSenders: Array<{ sender: string; raw?: string; roomId?: string; event?: Record<string, unknown> }> = [];
 
   constructor(
     private readonly W: Wasm,
@@ -73,7 +76,7 @@ export class Verifications {
     }
   }
 
-  /** Outside the queue, after a batch's to-device events: queries the devices of unknown requesters and retries their requests. */
+  /** Outside the queue, after a batch's events: queries the devices of unknown requesters and retries their requests. */
   async retryUnknownSenders(): Promise<void> {
     const W = this.W;
     const pending = this.unknownSenders.splice(0);
@@ -81,25 +84,33 @@ export class Verifications {
     await this.host.run(() => this.host.machine.updateTrackedUsers(pending.map((p) => new W.UserId(p.sender))));
     await this.host.flush();
     await this.host.run(async () => {
+      const toDevice = pending.flatMap((p) => (p.raw === undefined ? [] : [JSON.parse(p.raw) as unknown]));
       // Without key counts: the variant that reads missing counts as unknown, not zero.
       const settings = new W.DecryptionSettings(W.TrustRequirement.Untrusted);
-      const processed = await this.host.machine.receiveSyncChangesMsc4186(JSON.stringify(pending.map((p) => JSON.parse(p.raw) as unknown)), new W.DeviceLists([], []), new Map(), undefined, settings);
+      const processed = toDevice.length === 0 ? [] : await this.host.machine.receiveSyncChangesMsc4186(JSON.stringify(toDevice), new W.DeviceLists([], []), new Map(), undefined, settings);
       for (const p of processed) {
         const ev = parse((p as { rawEvent: string }).rawEvent);
         const content = ev?.content as Record<string, unknown> | undefined;
         if (typeof ev?.sender === 'string' && typeof content?.transaction_id === 'string') this.follow(ev.sender, content.transaction_id, null);
       }
+      for (const p of pending) if (p.roomId !== undefined && p.event !== undefined) await this.noticeRoomEvent(p.roomId, p.event, false);
     });
   }
 
-  /** In the queue: hands a decrypted in-room event to the engine if it belongs to a verification. */
-  async noticeRoomEvent(roomId: string, event: Record<string, unknown>): Promise<void> {
+  /**
+   * In the queue: hands an in-room event (decrypted, or clear from the sync) to the engine if it belongs to a
+   * verification. A request to the bot the engine ignored (its sender's devices are not known: a user the bot does
+   * not track) is kept for {@link retryUnknownSenders} when `retry`.
+   */
+  async noticeRoomEvent(roomId: string, event: Record<string, unknown>, retry = true): Promise<void> {
     const type = event.type;
     const content = event.content as Record<string, unknown> | undefined;
     const isRequest = type === 'm.room.message' && content?.msgtype === REQUEST_TYPE;
     if (!isRequest && !(typeof type === 'string' && type.startsWith('m.key.verification.'))) return;
     await this.host.machine.receiveVerificationEvent(JSON.stringify({ ...event, room_id: roomId }), new this.W.RoomId(roomId));
-    if (isRequest && typeof event.sender === 'string' && typeof event.event_id === 'string') this.follow(event.sender, event.event_id, null);
+    const { sender, event_id: flowId } = event;
+    if (!isRequest || typeof sender !== 'string' || typeof flowId !== 'string' || content?.to !== this.ownUserId()) return;
+    if (!this.follow(sender, flowId, null) && retry) this.unknownSenders.push({ sender, roomId, event });
   }
 
   /** Accepts a request whose sender main allows (SAS only: the bot can neither show nor scan a QR code), or cancels it. */

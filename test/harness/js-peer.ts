@@ -78,6 +78,8 @@ export interface JsPeer {
   readonly crossSigned: boolean;
   /** Requests a (to-device) verification of `userId`'s device `deviceId` (a user this peer tracks: one it shares an encrypted room with). */
   requestVerification(userId: string, deviceId: string, timeoutMs?: number): Promise<VerificationRequest>;
+  /** Requests an in-room verification of `userId` in `roomId` (an `m.key.verification.request` message there). */
+  requestVerificationInRoom(userId: string, roomId: string): Promise<VerificationRequest>;
   /** Resolves with the next verification request received from `userId` (one received already counts). */
   nextVerificationRequest(userId: string, timeoutMs?: number): Promise<VerificationRequest>;
   /**
@@ -343,6 +345,14 @@ class JsPeerImpl implements JsPeer {
         throw err;
       }
     }), timeoutMs, () => `device ${userId}/${deviceId} to be known to this peer's crypto (to request its verification)`);
+  }
+
+  requestVerificationInRoom(userId: string, roomId: string): Promise<VerificationRequest> {
+    return inPeerContext(async () => {
+      const req = await this.client.getCrypto()!.requestVerificationDM(userId, roomId);
+      this.watchRequest(req);
+      return req;
+    });
   }
 
   nextVerificationRequest(userId: string, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<VerificationRequest> {

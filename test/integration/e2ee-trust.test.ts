@@ -7,16 +7,10 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import type * as W from '@matrix-org/matrix-sdk-crypto-wasm';
 import type { ClientOptions, DecryptionErrorInfo, HalcyonError, Message } from '../../src/index.ts';
-import { localPortPair } from '../../src/actors.ts';
-import { CryptoActor } from '../../src/crypto/actor.ts';
-import type { CryptoToMain, MainToCrypto } from '../../src/protocol.ts';
-import { storePassphrase } from '../../src/store.ts';
 import { decodeToken } from '../../src/token.ts';
+import { crossSignBot } from '../helpers/cross-sign-bot.ts';
 import { startJsPeer, type JsPeer } from '../harness/js-peer.ts';
-import { crossSignDevice } from '../harness/olm-peer.ts';
-import { Peer } from '../harness/peer.ts';
 import { testHomeserver, withTimeout, type Homeserver } from '../harness/synapse.ts';
 import { defer, newBot, WAIT_MS, waitUntil, type Bot } from './util.ts';
 
@@ -32,29 +26,6 @@ async function jsPeer(t: Parameters<typeof defer>[0], crossSign: boolean): Promi
   const p = await startJsPeer(hs, { crossSign });
   defer(t, () => p.stop());
   return p;
-}
-
-/**
- * Cross-signs a bot's device before its first run, as login will once it sets up the bot's identity: opens the
- * bot's crypto store with a crypto actor of this process, gives the account a new cross-signing identity (its
- * upload authorised with the password) and signs the device with it. The bot's store then holds its own trusted
- * identity, which the engine needs to share room keys by identity (`signed`).
- */
-async function crossSignBot(bot: Bot): Promise<void> {
-  const s = decodeToken(bot.token);
-  const actor = new CryptoActor(localPortPair<CryptoToMain, MainToCrypto>()[1]);
-  await actor.open({
-    homeserver: s.homeserver, userId: s.userId, deviceId: s.deviceId, accessToken: s.accessToken, dataDir: bot.dataDir,
-    passphrase: storePassphrase(bot.dataDir), wantedTypes: null, maxPendingUndecryptable: 1000, pendingUndecryptableMaxAgeMs: 3_600_000,
-  });
-  try {
-    // The machine is the actor's own (not part of its API): reached here, in a test, and nowhere else.
-    const machine = (actor as unknown as { machine: W.OlmMachine }).machine;
-    const http = new Peer(hs.baseUrl, bot.user);
-    await crossSignDevice(machine, (method, path, body) => http.request(method, path, body), bot.user.userId, bot.user.password);
-  } finally {
-    await actor.close();
-  }
 }
 
 /** Everything the bot reports about the room's messages. */
@@ -73,7 +44,7 @@ function record(bot: Bot) {
 async function setup(t: Parameters<typeof defer>[0], opts: Partial<ClientOptions>, crossSigned: boolean) {
   const bot = await newBot(t, hs, opts);
   const rec = record(bot);
-  if (crossSigned) await crossSignBot(bot);
+  if (crossSigned) await crossSignBot(hs, bot);
   await bot.client.run(bot.token);
   const botDevice = decodeToken(bot.token).deviceId;
   const signed = await jsPeer(t, true);

@@ -1,13 +1,15 @@
 /**
- * Interactive verification (SAS) between the bot and a matrix-js-sdk peer over Synapse: either side starts it,
- * both end up trusting each other's device (the peer's device status, the bot's `message.encryption.trust`), and a
- * request from a user `verification.from` does not allow is cancelled (m.user) and reported.
+ * Interactive verification (SAS) between the bot and a matrix-js-sdk peer over Synapse: either side starts it (the
+ * peer to-device or in a room), both end up trusting each other's device (the peer's device status, the bot's
+ * `message.encryption.trust`), and a request from a user `verification.from` does not allow is cancelled (m.user)
+ * and reported.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { VerificationPhase } from 'matrix-js-sdk/lib/crypto-api/index.js';
 import type { ClientOptions, HalcyonError, Message, Verification } from '../../src/index.ts';
 import { decodeToken } from '../../src/token.ts';
+import { crossSignBot } from '../helpers/cross-sign-bot.ts';
 import { startJsPeer, type JsPeer } from '../harness/js-peer.ts';
 import { testHomeserver, withTimeout, type Homeserver } from '../harness/synapse.ts';
 import { defer, deferred, newBot, WAIT_MS, waitUntil, type Bot } from './util.ts';
@@ -34,11 +36,12 @@ function record(bot: Bot): { messages: Message[]; decryptionErrors: HalcyonError
   return rec;
 }
 
-/** A running bot (with `opts`) and the peer in an encrypted room; the peer knows the bot's device. */
-async function setup(t: Parameters<typeof defer>[0], peer: JsPeer, opts: Partial<ClientOptions>, before?: (bot: Bot) => void) {
+/** A running bot (with `opts`; cross-signed first with `crossSigned`) and the peer in an encrypted room; the peer knows the bot's device. */
+async function setup(t: Parameters<typeof defer>[0], peer: JsPeer, opts: Partial<ClientOptions>, before?: (bot: Bot) => void, crossSigned = false) {
   const bot = await newBot(t, hs, opts);
   const rec = record(bot);
   before?.(bot);
+  if (crossSigned) await crossSignBot(hs, bot);
   await bot.client.run(bot.token);
   const botDevice = decodeToken(bot.token).deviceId;
   const roomId = await peer.createEncryptedRoom({ invite: [bot.user.userId] });
@@ -86,6 +89,24 @@ test('the peer starts: the bot accepts (verification.from), shows the SAS, and b
   assert.equal(v.emoji.length, 7);
   assert.deepEqual(v.emoji.map((e) => e.description), emoji, 'both sides show the same SAS');
   assert.equal(v.decimals.length, 3);
+  await assertMutualTrust(s, peer);
+  assert.deepEqual(s.bot.errors, []);
+});
+
+test('in a room: the peer sends the request as a message in the room they share (matrix-js-sdk sends it in the clear); the bot accepts and both sides end up trusting each other', async (t) => {
+  const peer = await jsPeer(t);
+  const shown = deferred<Verification>();
+  const s = await setup(t, peer, { verification: { from: [peer.userId], autoConfirm: true } }, (bot) => bot.client.on('verificationRequest', (v) => shown.resolve(v)), true);
+  const request = await peer.requestVerificationInRoom(s.bot.user.userId, s.roomId);
+  const { emoji } = await peer.runSas(request, { start: true }).catch((e) => {
+    console.error('DEBUG', s.rec.decryptionErrors, s.bot.errors);
+    throw e;
+  });
+  const v = await withTimeout(shown.promise, WAIT_MS, "the bot's verificationRequest event");
+  assert.equal(v.roomId, s.roomId);
+  assert.equal(v.flowId, request.transactionId, 'the flow is the request event');
+  assert.equal(v.deviceId, peer.deviceId);
+  assert.deepEqual(v.emoji.map((e) => e.description), emoji, 'both sides show the same SAS');
   await assertMutualTrust(s, peer);
   assert.deepEqual(s.bot.errors, []);
 });
