@@ -16,9 +16,9 @@ import type { RoomDetails } from './rooms.ts';
  * `trust`: `verified` (the bot verified this device, or its owner), `signed` (cross-signed by its owner, whom the
  * bot has not verified: what most devices are), `unsigned` (not cross-signed by its owner), `unknown-device` (not
  * known to the bot, or its room key came from a backup or another device, which cannot vouch for it),
- * `identity-changed` (its owner was verified and has a new identity since). Under the `trust` option `signed` (the
- * default) events of `unsigned` and `unknown-device` senders never reach handlers; under `verified`, only
- * `verified` ones do.
+ * `identity-changed` (its owner was verified and has a new identity since); the bot's own device is `verified`.
+ * Under the `trust` option `signed` (the default) events of `unsigned` and `unknown-device` senders never reach
+ * handlers; under `verified`, only `verified` ones do.
  */
 export interface EncryptionInfo {
   trust: TrustLevel;
