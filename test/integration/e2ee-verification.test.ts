@@ -154,3 +154,15 @@ test('a request from a user verification.from does not allow is cancelled (m.use
   assert.equal(shown, 0, 'no SAS was shown');
   assert.equal(await peer.deviceVerified(s.bot.user.userId, s.botDevice), false);
 });
+
+test('an allowed request with no verificationRequest handler and no autoConfirm is cancelled (nobody could compare the SAS)', async (t) => {
+  const peer = await jsPeer(t);
+  const s = await setup(t, peer, { verification: { from: [peer.userId] } });
+  const request = await peer.requestVerification(s.bot.user.userId, s.botDevice);
+  await peer.runSas(request, { start: true }).then(
+    () => assert.fail('the verification went through'),
+    () => {}, // cancelled by the bot
+  );
+  await peer.waitForPhase(request, VerificationPhase.Cancelled, WAIT_MS);
+  assert.equal(await peer.deviceVerified(s.bot.user.userId, s.botDevice), false);
+});
