@@ -8,7 +8,7 @@
  * matrix-js-sdk client, the same user's device `JSSDKDEV` (`initRustCrypto({ useIndexedDB: false })`: in memory),
  * which uploads its keys there after its first /sync; a "raw" OlmMachine (`@raw:bench` device `RAWDEV`) on the same
  * store type as the bot's crypto actor (fake-indexeddb written through to a SQLite journal, `IdbJournal`, with a
- * store passphrase), on this thread; and alice (an in-memory OlmMachine) who learns the devices' keys (keys/query,
+ * store passphrase), in a process of its own that does nothing else (bench/crypto-raw.ts); and alice (an in-memory OlmMachine) who learns the devices' keys (keys/query,
  * keys/claim), shares one megolm session with them (olm to-device events) and encrypts W + N `m.room.message`
  * events once. The bot's /sync #0 carries its to-device key share and the room's `m.room.encryption` state; js-sdk's
  * #0 the room and #1 its key share; then both get the same bodies of `perBody` encrypted events. Warm-up, untimed:
@@ -20,7 +20,11 @@
  *    polls. Events/s = N ÷ (last handler call − first timed body's response on the server, offset-corrected). The
  *    client not being measured idles in a long-poll meanwhile.
  *  - raw: the same N event texts through `await machine.decryptRoomEvent(text, new RoomId(room),
- *    new DecryptionSettings(Untrusted))` in a loop, reading `.event` and freeing each result. Events/s = N ÷ loop time.
+ *    new DecryptionSettings(Untrusted))` in a loop, reading `.event` and freeing each result, in the raw machine's
+ *    own process (the texts are handed over before the clock starts; this process waits meanwhile, its clients
+ *    idle in long-polls). Events/s = N ÷ loop time. A thread of its own like the crypto actor's, and alone: not on
+ *    the bench's main thread beside the clients, their fixtures and their garbage, which made it slower than
+ *    Halcyon's whole pipeline, so no floor.
  *
  * Cadence (a fresh bot per burst, same round): the same kind of burst — the messages in the clear in an unencrypted
  * room, alice's megolm events, or alice's events with a changed one-time-key count in every body (so every poll
@@ -29,23 +33,22 @@
  * /sync request's arrival − the previous /sync response's completion, on the replay server, for the responses that
  * carried the burst's bodies.
  *
- * Also recorded: the CPU of every thread of the bench process (/proc/self/task, Linux), so the crypto worker's CPU
- * per event can be set against the raw loop's; and when the clients' first handler calls came.
+ * Also recorded: the CPU of every thread of the bench process and of the raw loop's (/proc/self/task, Linux), so the
+ * crypto worker's CPU per event can be set against the raw loop's; and when the clients' first handler calls came.
  * @module
  */
 import * as W from '@matrix-org/matrix-sdk-crypto-wasm';
 import { randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { MatrixClient } from 'matrix-js-sdk';
 import type { Logger as JsLogger } from 'matrix-js-sdk/lib/logger.js';
-import { IdbJournal } from '../src/crypto/idb-journal.ts';
 import type { Logger, Message } from '../src/index.ts';
+import { type RawProcess, type RawRequest, startRawProcess } from './crypto-raw.ts';
 import { startReplayServer, type ReplayServer, type ReplayStats } from './replay-server.ts';
-import { clockOffset, fmt, now, percentile, processCpuMs, type Summary, summarize, threadCpuMs } from './stats.ts';
+import { clockOffset, fmt, now, percentile, perEventDelta, processCpuMs, type Summary, summarize, threadCpuMs, threadGroupsCpuMs } from './stats.ts';
 
 // The built package, as users run it. HALCYON_BENCH_DIST=/path/to/index.js runs this part against another build
 // (e.g. a patched copy of dist/, to try a fix without touching the tree).
@@ -91,9 +94,9 @@ export interface CryptoThroughputSample {
   events: number;
   seconds: number;
   eventsPerSec: number;
-  /** raw: this thread's CPU in the loop; bot, js-sdk: the main thread's CPU from the timed bodies' release to the last handler call. Per event. */
+  /** raw: the loop thread's CPU (its process's main thread); bot, js-sdk: the main thread's CPU from the timed bodies' release to the last handler call. Per event. */
   mainCpuUsPerEvent: number;
-  /** The whole bench process (main + workers + V8 helper threads) over the same span, per event. */
+  /** The whole bench process (main + workers + V8 helper threads) over the same span, per event; raw: its whole process. */
   allThreadsCpuUsPerEvent: number;
   /**
    * CPU per event by thread over the same span, from /proc/self/task (Linux; 10 ms ticks): `main`, `halcyon-crypto`,
@@ -205,12 +208,16 @@ class Keys {
     return { device_keys: deviceKeys, failures: {}, master_keys: {}, self_signing_keys: {}, user_signing_keys: {} };
   }
 
-  answer(machine: W.OlmMachine, req: { type: W.RequestType; body: string; event_type?: string }): string {
-    const me = machine.userId.toString();
+  answer(machine: W.OlmMachine, req: RawRequest): string {
+    return this.answerFor(machine.userId.toString(), machine.deviceId.toString(), req);
+  }
+
+  /** Answers a request of device `dev` of user `me` (the raw machine's come over IPC, from its own process). */
+  answerFor(me: string, dev: string, req: RawRequest): string {
     const body = JSON.parse(req.body) as Json;
     switch (req.type) {
       case W.RequestType.KeysUpload: {
-        this.upload(me, machine.deviceId.toString(), body);
+        this.upload(me, dev, body);
         return JSON.stringify({ one_time_key_counts: OTK_COUNTS });
       }
       case W.RequestType.KeysQuery:
@@ -254,76 +261,6 @@ class Keys {
   }
 }
 
-/** CPU time (ms) of this process's threads, grouped by thread name (Linux /proc; null elsewhere). */
-function threadGroupsCpuMs(): Map<string, number> | null {
-  let tids: string[];
-  try {
-    tids = readdirSync('/proc/self/task');
-  } catch {
-    return null;
-  }
-  const out = new Map<string, number>();
-  for (const tid of tids) {
-    let stat: string;
-    try {
-      stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
-    } catch {
-      continue; // the thread ended meanwhile
-    }
-    const close = stat.lastIndexOf(')');
-    const comm = stat.slice(stat.indexOf('(') + 1, close);
-    const fields = stat.slice(close + 2).split(' '); // fields[0] is field 3 (state); utime, stime are fields 14, 15
-    const ms = (Number(fields[11]) + Number(fields[12])) * 10; // USER_HZ = 100 on Linux
-    const group = comm.startsWith('halcyon-') ? comm : comm === 'MainThread' ? 'main' : comm === 'V8Worker' || comm.startsWith('DelayedTask') ? 'v8 helpers' : 'other';
-    out.set(group, (out.get(group) ?? 0) + ms);
-  }
-  return out;
-}
-
-function perEventDelta(a: Map<string, number> | null, b: Map<string, number> | null, n: number): Record<string, number> | undefined {
-  if (!a || !b) return undefined;
-  const out: Record<string, number> = {};
-  for (const [k, v] of b) out[k] = ((v - (a.get(k) ?? 0)) * 1000) / n;
-  return out;
-}
-
-const untrusted = (): W.DecryptionSettings => new W.DecryptionSettings(W.TrustRequirement.Untrusted);
-
-// ---------------------------------------------------------------- the raw machine (same store type as the crypto actor)
-
-interface RawMachine {
-  machine: W.OlmMachine;
-  close(): Promise<void>;
-}
-
-let rawCounter = 0;
-
-async function openRaw(keys: Keys): Promise<RawMachine> {
-  const dir = await mkdtemp(join(tmpdir(), 'halcyon-bench-raw-'));
-  // As the crypto actor opens its store: a journal prefix `<storeName>::`, a passphrase-encrypted IndexedDB store.
-  const storeName = `bench-raw-${process.pid}-${++rawCounter}`;
-  let failure: Error | null = null;
-  const journal = await IdbJournal.open(dir, 'crypto.sqlite', `${storeName}::`, (err) => (failure = err));
-  const machine = await W.OlmMachine.initialize(new W.UserId(RAW.userId), new W.DeviceId(RAW.deviceId), storeName, randomBytes(32).toString('base64url'));
-  await keys.pump(machine); // device keys and one-time keys
-  return {
-    machine,
-    async close() {
-      machine.close();
-      await journal.close();
-      await rm(dir, { recursive: true, force: true });
-      if (failure) throw failure;
-    },
-  };
-}
-
-async function deliverToDevice(keys: Keys, m: W.OlmMachine, events: Json[]): Promise<void> {
-  const processed = await m.receiveSyncChanges(JSON.stringify(events), new W.DeviceLists(), new Map(Object.entries(OTK_COUNTS)), new Set(), untrusted());
-  for (const p of processed) {
-    if (p.type !== W.ProcessedToDeviceEventType.Decrypted) throw new Error(`crypto bench: the raw machine could not decrypt a to-device event (type ${p.type})`);
-  }
-  await keys.pump(m);
-}
 
 // ---------------------------------------------------------------- fixtures
 
@@ -443,7 +380,7 @@ async function encryptedFixture(
   keys: Keys,
   alice: W.OlmMachine,
   botUpload: Json,
-  raw: RawMachine | null,
+  raw: RawProcess | null,
   n: number,
   perBody: number,
   extra: Extra = 'none',
@@ -478,7 +415,7 @@ async function encryptedFixture(
   };
   const botInbox = inbox(BOT, 'the bot');
   const jsInbox = jsUpload ? inbox(JSSDK, 'matrix-js-sdk') : null;
-  if (raw) await deliverToDevice(keys, raw.machine, inbox(RAW, 'the raw machine'));
+  if (raw) await raw.receiveToDevice(inbox(RAW, 'the raw machine'));
   const events: Json[] = [];
   for (let i = 0; i < n; i++) {
     const content = await alice.encryptRoomEvent(new W.RoomId(ROOM), 'm.room.message', JSON.stringify({ msgtype: 'm.text', body: messageBody(i) }));
@@ -686,35 +623,10 @@ function gapsForBodies(st: ReplayStats, from: number, to: number): number[] {
 
 const TIMEOUT_MS = 120_000;
 
-async function rawLoop(machine: W.OlmMachine, texts: string[]): Promise<CryptoThroughputSample> {
-  let sink = 0;
-  const n = texts.length;
-  const th0 = threadGroupsCpuMs();
-  const p0 = processCpuMs();
-  const c0 = threadCpuMs();
-  const t0 = performance.now();
-  for (const text of texts) {
-    const d = await machine.decryptRoomEvent(text, new W.RoomId(ROOM), untrusted());
-    sink += d.event.length;
-    d.free();
-  }
-  const seconds = (performance.now() - t0) / 1000;
-  const cpu = threadCpuMs() - c0;
-  const proc = processCpuMs() - p0;
-  const th1 = threadGroupsCpuMs();
-  if (sink === 0) throw new Error('unreachable');
-  const s: CryptoThroughputSample = {
-    round: 0,
-    contender: 'raw',
-    events: n,
-    seconds,
-    eventsPerSec: n / seconds,
-    mainCpuUsPerEvent: (cpu * 1000) / n,
-    allThreadsCpuUsPerEvent: (proc * 1000) / n,
-  };
-  const th = perEventDelta(th0, th1, n);
-  if (th) s.threadsCpuUsPerEvent = th;
-  return s;
+/** One timed loop of the raw machine, in its own process (bench/crypto-raw.ts), as a sample. */
+async function rawLoop(raw: RawProcess, texts: string[]): Promise<CryptoThroughputSample> {
+  const r = await raw.loop(texts, ROOM);
+  return { round: 0, contender: 'raw', ...r };
 }
 
 /** The throughput contenders: the Halcyon bot, the raw loop, matrix-js-sdk. */
@@ -757,7 +669,7 @@ async function throughputRound(o: CryptoBenchOptions, round: number, order: Thro
     clients.delete('jssdk');
     await js?.stop().catch(() => {});
   };
-  let raw: RawMachine | null = null;
+  let raw: RawProcess | null = null;
   let alice: W.OlmMachine | null = null;
   try {
     const botServer = await startReplayServer({ keys: true, whoami: BOT, longPollMs: 1000 });
@@ -785,7 +697,7 @@ async function throughputRound(o: CryptoBenchOptions, round: number, order: Thro
     }
     const botUpload = await firstUpload(botServer, bot, 'the bot');
     const jsUpload = js && jsServer ? await firstUpload(jsServer, js, 'matrix-js-sdk').catch(async (err: unknown) => (await dropJs(err), null)) : null;
-    raw = await openRaw(keys);
+    raw = await startRawProcess(RAW, (req) => keys.answerFor(RAW.userId, RAW.deviceId, req));
     const { fixture, jsFixture } = await encryptedFixture(keys, alice, botUpload, raw, w + n, o.perBody, 'none', jsUpload);
     alice.close();
     alice = null;
@@ -821,11 +733,11 @@ async function throughputRound(o: CryptoBenchOptions, round: number, order: Thro
         await dropJs(err);
       }
     }
-    const coldRaw = w > 0 ? (await rawLoop(raw.machine, warmTexts)).eventsPerSec : NaN;
+    const coldRaw = w > 0 ? (await rawLoop(raw, warmTexts)).eventsPerSec : NaN;
 
     const measureRaw = async () => {
       o.gc();
-      const s = await rawLoop(raw!.machine, timedTexts);
+      const s = await rawLoop(raw!, timedTexts);
       s.round = round;
       s.coldEventsPerSec = coldRaw;
       samples.push(s);
@@ -1122,7 +1034,7 @@ export function cryptoMarkdown(r: CryptoResult, withTitle = true): string[] {
       `Per round: a fresh Halcyon bot (dist \`Client\`, fresh data dir, encryption on) uploads its keys to a replay server` +
         (js ? '; a fresh matrix-js-sdk 43 client (the bot user\'s second device) does the same to a second replay server' : '') +
         `; alice (crypto-wasm, in memory) shares one megolm session with ${js ? 'both' : 'the bot'} and with a raw \`OlmMachine\` on the same store type as the ` +
-        `crypto actor's (${c.store}, on the bench's main thread) and encrypts ${fmt(c.warmup)} + ${fmt(c.events)} \`m.room.message\` events. ` +
+        `crypto actor's (${c.store}), in a process of its own that does nothing else (as the crypto actor has a thread of its own), and encrypts ${fmt(c.warmup)} + ${fmt(c.events)} \`m.room.message\` events. ` +
         `Bot: /sync #0 carries the key share (to-device) and the room's \`m.room.encryption\`; then ${c.perBody} encrypted events per body ` +
         `(${fmt(c.bodyBytesPerEvent)} B/event). ` +
         (js
@@ -1136,15 +1048,16 @@ export function cryptoMarkdown(r: CryptoResult, withTitle = true): string[] {
         'runs; the raw machine gets the same store history). Timed: the bodies of the other events are added to the replay server and served as fast ' +
         'as the client polls; events/s from the first timed body\'s response (server clock, offset-corrected) to the last handler call (which reads ' +
         'the sender, whether it was encrypted and the body). Raw: the same event texts through `await decryptRoomEvent(text, new RoomId(…), ' +
-        'new DecryptionSettings(Untrusted))`, reading `.event`, in a loop. The contenders take turns going first; the client not being measured ' +
+        'new DecryptionSettings(Untrusted))`, reading `.event`, in a loop in the raw machine\'s process (texts handed over before its clock starts; ' +
+        'the bench process waits meanwhile, its clients idle in long-polls). The contenders take turns going first; the client not being measured ' +
         'idles in a long-poll. Client CPU: from just before the timed bodies are added to the last handler call (main thread; all threads of the ' +
-        'bench process: main, Halcyon\'s workers, V8 helper threads); raw CPU: the loop\'s thread, and all threads.',
+        'bench process: main, Halcyon\'s workers, V8 helper threads); raw CPU: the loop\'s thread, and all threads of its process.',
       '',
     );
     L.push('| contender | events/s | main-thread CPU µs/event | all-threads CPU µs/event |', '| --- | ---: | ---: | ---: |');
     const row = (label: string, k: ThroughputContender) =>
       `| ${label} | ${mmm(t.summary[k].eventsPerSec)} | ${mmm(t.summary[k].mainCpuUsPerEvent, 1)} | ${mmm(t.summary[k].allThreadsCpuUsPerEvent, 1)} |`;
-    L.push(row('raw `decryptRoomEvent` loop (1 thread)', 'raw'));
+    L.push(row('raw `decryptRoomEvent` loop (a process of its own)', 'raw'));
     if (js) L.push(row('matrix-js-sdk 43 (rust crypto, in-memory store)', 'jssdk'));
     L.push(row('Halcyon bot (crypto actor on a worker)', 'bot'));
     L.push('');

@@ -34,7 +34,26 @@ export interface RatioEntry {
   perRound: Summary;
   /** Whether a ratio above 1 is good (`higher`: throughput) or bad (`lower`: latency, CPU, memory). */
   better: 'higher' | 'lower';
+  /** Halcyon's own median with its unit (e.g. `3.73 µs`), shown beside the ratios so a ratio is never read without the figure. */
+  value?: string;
+  /**
+   * What differs between Halcyon and this contender in this measurement and the reader must know to read the
+   * ratio (state kept, work skipped, events not the same); printed next to the figures in the summary table.
+   */
+  note?: string;
 }
+
+/**
+ * Where a goal stands. The rule ({@link GOAL_RULE}): `met` only when every round is on the right side of the goal,
+ * `missed` when every round is on the wrong side, `inconclusive` when the rounds straddle it.
+ */
+export type Verdict = 'met' | 'missed' | 'inconclusive' | 'not measured';
+
+/** The rule {@link Verdict}s follow, as the report prints it. */
+export const GOAL_RULE =
+  'A goal is **met** only when every round is on the right side of it (for a ratio: the whole range of per-round ratios), ' +
+  '**missed** when every round is on the wrong side, and **inconclusive** when the rounds straddle it, whatever the median says. ' +
+  'A goal over several shapes or percentiles is missed if any part is missed, met only if every part is met.';
 
 /** One of the issue's goals and where it stands after this run. */
 export interface GoalEntry {
@@ -42,8 +61,42 @@ export interface GoalEntry {
   goal: string;
   /** What was measured, e.g. `×0.56 (100x100), ×0.50 (1x10k)`. */
   actual: string;
-  /** true met, false missed, null not measured in this run. */
+  /** true met, false missed, null not measured (or inconclusive, see `verdict`) in this run. */
   met: boolean | null;
+  /** The verdict by {@link GOAL_RULE}; a goal without one is read from `met`. */
+  verdict?: Verdict;
+}
+
+/** The verdict of one measurement repeated over rounds: whether each round passed. */
+export function roundsVerdict(passed: readonly boolean[]): Verdict {
+  if (passed.length === 0) return 'not measured';
+  const n = passed.filter(Boolean).length;
+  return n === passed.length ? 'met' : n === 0 ? 'missed' : 'inconclusive';
+}
+
+/** A ratio's verdict against a threshold from its per-round range: `≥ limit` for `higher`, `≤ limit` for `lower`. */
+export function ratioVerdict(r: Pick<RatioEntry, 'perRound'>, better: 'higher' | 'lower', limit: number): Verdict {
+  const { min, max, n } = r.perRound;
+  if (!n || !Number.isFinite(min) || !Number.isFinite(max)) return 'not measured';
+  const ok = (x: number): boolean => (better === 'higher' ? x >= limit : x <= limit);
+  return ok(min) && ok(max) ? 'met' : !ok(min) && !ok(max) ? 'missed' : 'inconclusive';
+}
+
+/** Several parts of one goal (shapes, percentiles): missed if any is, met if all are, else inconclusive (or not measured). */
+export function combineVerdicts(parts: readonly Verdict[]): Verdict {
+  if (parts.length === 0 || parts.some((v) => v === 'not measured')) return parts.includes('missed') ? 'missed' : 'not measured';
+  if (parts.includes('missed')) return 'missed';
+  return parts.every((v) => v === 'met') ? 'met' : 'inconclusive';
+}
+
+/** A goal entry from its verdict (`met` kept in step for readers of `met`). */
+export function goalEntry(goal: string, actual: string, verdict: Verdict): GoalEntry {
+  return { goal, actual, verdict, met: verdict === 'met' ? true : verdict === 'missed' ? false : null };
+}
+
+/** A goal's verdict: its own, else read from `met`. */
+export function verdictOf(g: GoalEntry): Verdict {
+  return g.verdict ?? (g.met === true ? 'met' : g.met === false ? 'missed' : 'not measured');
 }
 
 /** What a workload's `run(ctx)` resolves with. */

@@ -2,16 +2,18 @@
  * The benchmark run (`npm run bench`): Halcyon side by side with matrix-bot-sdk, matrix-js-sdk and a raw floor,
  * workload by workload (bench/workloads/*.ts), each measurement repeated with the contenders alternating.
  *
- *  1. throughput  — replayed /sync bodies (1, 100, 10,000 rooms): events/s and main-thread CPU per event
+ *  1. throughput  — replayed /sync bodies (1, 100, 10,000 rooms): events/s, main-thread and all-threads CPU per event
  *  2. isolation   — a handler burning 500 ms CPU per event: /sync cadence and other rooms' latency
  *  3. latency     — a peer sends at a fixed rate on a real Synapse: send → handler
  *  4. coldstart   — login → ready with 1,000 joined rooms: time and peak RSS
  *  5. memory      — RSS with 10,000 rooms, bytes per room
  *  6. sends       — messages/s to Synapse with limits off; 429s and lost sends under the default rc_message
- *  7. e2ee        — decrypted events/s against matrix-js-sdk and a raw OlmMachine loop
+ *  7. e2ee        — decrypted events/s against matrix-js-sdk and a raw OlmMachine loop (alone, in its own process)
  *
- * Writes bench/results/latest.json (everything, samples included), latest.md (tables) and latest.svg (ratios).
- * One workload failing is reported in its section; the others still run.
+ * Writes bench/results/latest.json (everything, samples included), latest.md (tables) and latest.svg (ratios), and
+ * the same three files under bench/results/runs/<date>-<commit>/ (results.json, results.md, ratios.svg), so every
+ * run's figures stay on record. A run is "published" only when it is a default run of every workload on a clean
+ * commit; the report says why not otherwise. One workload failing is reported in its section; the others still run.
  *
  * Usage: node --import tsx bench/run.ts [--quick] [--rounds N] [--only LIST] [--out DIR]
  * One workload alone, printed: node --import tsx bench/workload.ts NAME [--quick].
@@ -25,8 +27,8 @@ import { parseArgs } from 'node:util';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { advantage, ratioChart } from './chart.ts';
-import type { BenchContext, Contender, GoalEntry, RatioEntry, Workload, WorkloadReport } from './report.ts';
-import { fmt } from './stats.ts';
+import { GOAL_RULE, verdictOf, type BenchContext, type Contender, type GoalEntry, type RatioEntry, type Verdict, type Workload, type WorkloadReport } from './report.ts';
+import { fmt, machineAndOwnCpuMs } from './stats.ts';
 
 const WORKLOADS = ['throughput', 'isolation', 'latency', 'coldstart', 'memory', 'sends', 'e2ee'] as const;
 
@@ -34,7 +36,7 @@ const USAGE = `usage: node --import tsx bench/run.ts [options]   (npm run bench 
   --quick        a few minutes: fewer rounds and smaller inputs
   --rounds N     rounds per measurement (default: 5, or each workload's own; 2 with --quick)
   --only LIST    comma-separated subset of ${WORKLOADS.join(',')}
-  --out DIR      where latest.json / latest.md / latest.svg go (default bench/results)`;
+  --out DIR      where latest.json / latest.md / latest.svg and runs/<date>-<commit>/ go (default bench/results)`;
 
 const { values: args } = parseArgs({
   options: {
@@ -61,15 +63,27 @@ const OUT_DIR = args.out ?? join(import.meta.dirname, 'results');
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
 
-function gitDescribe(): string {
+/**
+ * The commit the run measures and the files that differ from it (untracked ones included: a new source file is
+ * built too). The bench's own outputs (bench/results/) do not count: they are what a run writes.
+ */
+function gitState(): { commit: string; dirty: string[] } {
   try {
-    const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: import.meta.dirname, encoding: 'utf8' }).trim();
-    const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: import.meta.dirname, encoding: 'utf8' }).trim();
-    return dirty ? `${head} (+ uncommitted changes)` : head;
+    const git = (...a: string[]): string => execFileSync('git', a, { cwd: import.meta.dirname, encoding: 'utf8' });
+    const commit = git('rev-parse', '--short', 'HEAD').trim();
+    const top = git('rev-parse', '--show-toplevel').trim();
+    const dirty = execFileSync('git', ['status', '--porcelain'], { cwd: top, encoding: 'utf8' })
+      .split('\n')
+      .filter((l) => l.length > 3)
+      .map((l) => l.slice(3))
+      .filter((path) => !path.startsWith('bench/results/'));
+    return { commit, dirty };
   } catch {
-    return 'unknown';
+    return { commit: 'unknown', dirty: ['(not a git checkout: the commit is unknown)'] };
   }
 }
+const git = gitState();
+const cpuAtStart = machineAndOwnCpuMs();
 
 const cpus = os.cpus();
 const meta = {
@@ -81,7 +95,11 @@ const meta = {
   totalMemGB: os.totalmem() / 2 ** 30,
   /** 1/5/15-minute load averages when the run started (others' processes on a shared machine show up here). */
   loadavgStart: os.loadavg(),
-  git: gitDescribe(),
+  /** The commit, marked when the tree differs from it. */
+  git: git.dirty.length ? `${git.commit} + uncommitted changes` : git.commit,
+  commit: git.commit,
+  /** Files that differ from the commit (bench/results/ excluded). */
+  dirtyFiles: git.dirty,
   mode: QUICK ? 'quick' : 'default',
   rounds: ROUNDS,
   workloads: SELECTED,
@@ -104,8 +122,8 @@ for (const [i, id] of SELECTED.entries()) {
     const r = await run(ctx);
     const seconds = (performance.now() - w0) / 1000;
     reports.push({ ...r, seconds });
-    const worst = r.goals.filter((g) => g.met === false).length;
-    progress(`[${i + 1}/${SELECTED.length}] ${id} done in ${fmt(seconds)} s; goals met ${r.goals.filter((g) => g.met).length}/${r.goals.length}${worst ? `, missed ${worst}` : ''}`);
+    const count = (v: Verdict): number => r.goals.filter((g) => verdictOf(g) === v).length;
+    progress(`[${i + 1}/${SELECTED.length}] ${id} done in ${fmt(seconds)} s; goals of ${r.goals.length}: met ${count('met')}, missed ${count('missed')}, inconclusive ${count('inconclusive')}`);
   } catch (err) {
     const seconds = (performance.now() - w0) / 1000;
     const message = (err as Error).stack ?? String(err);
@@ -120,6 +138,24 @@ const wallS = (performance.now() - t0) / 1000;
 
 const VERSUS: Contender[] = ['floor', 'raw', 'matrix-bot-sdk', 'matrix-js-sdk'];
 const VERSUS_LABEL: Record<Contender, string> = { floor: 'floor', raw: 'raw loop', 'matrix-bot-sdk': 'matrix-bot-sdk', 'matrix-js-sdk': 'matrix-js-sdk', halcyon: 'Halcyon' };
+const VERDICT_LABEL: Record<Verdict, string> = { met: '✅ met', missed: '❌ missed', inconclusive: '❔ inconclusive', 'not measured': '– not measured' };
+
+const cpuAtEnd = machineAndOwnCpuMs();
+/** Share of the machine's cores other processes kept busy during the run (Linux), 0–1; NaN where unknown. */
+const othersShare =
+  cpuAtStart && cpuAtEnd
+    ? Math.max(0, cpuAtEnd.machineBusyMs - cpuAtStart.machineBusyMs - (cpuAtEnd.ownTreeMs - cpuAtStart.ownTreeMs)) / (wallS * 1000 * meta.cores)
+    : NaN;
+
+/** Why this run cannot stand as the published one (empty: it can). */
+const notPublished: string[] = [
+  ...(git.dirty.length ? [`the tree differs from commit ${git.commit} (${git.dirty.slice(0, 8).join(', ')}${git.dirty.length > 8 ? `, … ${git.dirty.length} files` : ''})`] : []),
+  ...(QUICK ? ['a --quick run'] : []),
+  ...(args.rounds !== undefined ? [`--rounds ${ROUNDS}`] : []),
+  ...(SELECTED.length < WORKLOADS.length ? [`only ${SELECTED.join(', ')}`] : []),
+  ...reports.filter((r) => r.error).map((r) => `${r.id} failed`),
+];
+const published = notPublished.length === 0;
 
 const ratioCell = (r: RatioEntry | undefined): string => {
   if (!r || !Number.isFinite(r.ofMedians)) return '–';
@@ -128,44 +164,61 @@ const ratioCell = (r: RatioEntry | undefined): string => {
   return `${good ? '' : '⚠ '}**×${fmt(r.ofMedians, r.ofMedians >= 10 ? 1 : 2)}**${range}`;
 };
 
-function markdown(): string {
+/** The summary of ratios: Halcyon's own figure, Halcyon ÷ each contender, and what differs between them. */
+function summaryTable(): string[] {
+  const cols = VERSUS.filter((v) => reports.some((r) => r.ratios.some((x) => x.versus === v)));
+  const L = [
+    `| workload | metric | Halcyon | ${cols.map((v) => `÷ ${VERSUS_LABEL[v]}`).join(' | ')} | what differs |`,
+    `| --- | --- | ---: | ${cols.map(() => '---:').join(' | ')} | --- |`,
+  ];
+  for (const r of reports) {
+    let previous = '';
+    for (const m of [...new Set(r.ratios.map((x) => x.metric))]) {
+      const of = r.ratios.filter((x) => x.metric === m);
+      const notes = [...new Set(of.map((x) => x.note).filter((n): n is string => !!n))].join(' ');
+      // A note repeated on the next row of the same workload is said once.
+      const shown = notes && notes === previous ? '(as above)' : notes;
+      previous = notes;
+      L.push(`| ${r.id} | ${m} (${of[0]!.better} is better) | ${of.find((x) => x.value)?.value ?? ''} | ${cols.map((v) => ratioCell(of.find((x) => x.versus === v))).join(' | ')} | ${shown} |`);
+    }
+  }
+  return L;
+}
+
+function markdown(svgName: string): string {
   const L: string[] = [];
-  L.push(`# Halcyon benchmark (${meta.mode} run)`, '');
+  L.push(`# Halcyon benchmark (${meta.mode} run${published ? ', published' : ', not for publishing'})`, '');
   L.push('| | |', '| --- | --- |');
   L.push(`| date | ${meta.date} |`);
   L.push(`| machine | ${meta.cpuModel}, ${meta.cores} cores, ${fmt(meta.totalMemGB, 1)} GiB RAM, ${meta.os} |`);
   L.push(`| Node | ${meta.node} |`);
-  L.push(`| commit | ${meta.git} |`);
+  L.push(`| commit | ${git.commit}${git.dirty.length ? ` **+ uncommitted changes** in ${git.dirty.length} file${git.dirty.length === 1 ? '' : 's'}` : ' (clean tree)'} |`);
+  L.push(`| published | ${published ? 'yes: a default run of every workload on a clean commit' : `**no**: ${notPublished.join('; ')}`} |`);
   L.push(`| rounds | ${ROUNDS} per measurement unless a section says otherwise; contenders alternate which goes first |`);
   L.push(`| wall time | ${fmt(wallS)} s (${reports.map((r) => `${r.id} ${fmt(r.seconds)} s`).join(', ')}) |`);
   L.push(
     `| load average (1/5/15 min) | at start ${meta.loadavgStart.map((x) => fmt(x, 2)).join(' / ')}; at end ${os.loadavg().map((x) => fmt(x, 2)).join(' / ')} ` +
-      `(above ~1 before the run means other processes competed for the ${meta.cores} cores) |`,
+      `(the bench's own processes count too) |`,
+  );
+  L.push(
+    `| other processes | ${Number.isFinite(othersShare) ? `kept ${fmt(othersShare * 100)}% of the ${meta.cores} cores busy on average during the run (machine CPU time minus the bench's and its children's, /proc)${othersShare > 0.15 ? ': **a busy machine**, figures are noisier and slower than on an idle one' : ''}` : 'unknown (no /proc)'} |`,
     '',
   );
   L.push('## Summary: Halcyon ÷ each contender', '');
   L.push(
-    'Ratio of medians over the rounds, with the range of the per-round ratios. For rates (events/s, messages/s) higher is ' +
-      'better for Halcyon; for times, CPU and memory lower is better; ⚠ marks a ratio where Halcyon is behind. ' +
+    '"Halcyon" is Halcyon\'s median over the rounds; each ratio is Halcyon\'s median ÷ the contender\'s, with the range of the per-round ratios. ' +
+      'For rates (events/s, messages/s) higher is better for Halcyon; for times, CPU and memory lower is better; ⚠ marks a ratio where Halcyon is behind. ' +
+      '"What differs" is what the two sides did not do alike; a ratio is only printed where they handled the same events. ' +
       'The floor / raw loop is the least work any client must do (one thread, no state); matrix-bot-sdk 0.8 and ' +
       'matrix-js-sdk 43 are what a bot author would pick instead.',
     '',
   );
-  L.push(`| workload | metric | ${VERSUS.filter((v) => reports.some((r) => r.ratios.some((x) => x.versus === v))).map((v) => `÷ ${VERSUS_LABEL[v]}`).join(' | ')} |`);
-  const cols = VERSUS.filter((v) => reports.some((r) => r.ratios.some((x) => x.versus === v)));
-  L.push(`| --- | --- | ${cols.map(() => '---:').join(' | ')} |`);
-  for (const r of reports) {
-    const metrics = [...new Set(r.ratios.map((x) => x.metric))];
-    for (const m of metrics) {
-      const better = r.ratios.find((x) => x.metric === m)!.better;
-      L.push(`| ${r.id} | ${m} (${better} is better) | ${cols.map((v) => ratioCell(r.ratios.find((x) => x.metric === m && x.versus === v))).join(' | ')} |`);
-    }
-  }
-  L.push('', '![ratios](latest.svg)', '');
+  L.push(...summaryTable());
+  L.push('', `![ratios](${svgName})`, '');
   const goals: Array<GoalEntry & { workload: string }> = reports.flatMap((r) => r.goals.map((g) => ({ ...g, workload: r.id })));
   if (goals.length) {
-    L.push('## Goals', '', '| workload | goal | measured | |', '| --- | --- | --- | --- |');
-    for (const g of goals) L.push(`| ${g.workload} | ${g.goal} | ${g.actual} | ${g.met === true ? '✅ met' : g.met === false ? '❌ missed' : '– not measured'} |`);
+    L.push('## Goals', '', GOAL_RULE, '', '| workload | goal | measured | |', '| --- | --- | --- | --- |');
+    for (const g of goals) L.push(`| ${g.workload} | ${g.goal} | ${g.actual} | ${VERDICT_LABEL[verdictOf(g)]} |`);
     L.push('');
   }
   for (const r of reports) {
@@ -176,11 +229,19 @@ function markdown(): string {
   return L.join('\n');
 }
 
-mkdirSync(OUT_DIR, { recursive: true });
-const md = markdown();
+// The run's own directory: <date>-<commit>, marked when the tree was dirty or the run quick.
+const runDir = join(OUT_DIR, 'runs', `${meta.date.slice(0, 19).replace(/:/g, '')}Z-${git.commit}${git.dirty.length ? '-dirty' : ''}${QUICK ? '-quick' : ''}`);
+mkdirSync(runDir, { recursive: true });
 const allRatios = reports.flatMap((r) => r.ratios);
-writeFileSync(join(OUT_DIR, 'latest.json'), JSON.stringify({ meta: { ...meta, wallSeconds: wallS, loadavgEnd: os.loadavg() }, workloads: reports }, null, 2) + '\n');
-writeFileSync(join(OUT_DIR, 'latest.md'), md + '\n');
-writeFileSync(join(OUT_DIR, 'latest.svg'), ratioChart(allRatios, `${meta.mode} run, ${meta.date.slice(0, 10)}, ${meta.cpuModel} × ${meta.cores} cores, Node ${meta.node}, commit ${meta.git}`));
-progress(`\n${md}\nwritten: ${join(OUT_DIR, 'latest.json')}, latest.md, latest.svg (${fmt(wallS)} s)`);
+const json = JSON.stringify({ meta: { ...meta, wallSeconds: wallS, loadavgEnd: os.loadavg(), otherProcessesShare: othersShare, published, notPublished }, workloads: reports }, null, 2) + '\n';
+const svg = ratioChart(allRatios, `${meta.mode} run, ${meta.date.slice(0, 10)}, ${meta.cpuModel} × ${meta.cores} cores, Node ${meta.node}, commit ${meta.git}${published ? '' : ' (not published)'}`);
+for (const [dir, names] of [
+  [OUT_DIR, ['latest.json', 'latest.md', 'latest.svg']],
+  [runDir, ['results.json', 'results.md', 'ratios.svg']],
+] as const) {
+  writeFileSync(join(dir, names[0]), json);
+  writeFileSync(join(dir, names[1]), markdown(names[2]) + '\n');
+  writeFileSync(join(dir, names[2]), svg);
+}
+progress(`\n${markdown('latest.svg')}\nwritten: ${join(OUT_DIR, 'latest.json')}, latest.md, latest.svg and ${runDir}/ (${fmt(wallS)} s)${published ? '' : `; not for publishing: ${notPublished.join('; ')}`}`);
 process.exit(reports.some((r) => r.error) ? 1 : 0);

@@ -2,6 +2,7 @@
  * Small statistics and timing helpers shared by the benchmark scripts.
  * @module
  */
+import { readdirSync, readFileSync } from 'node:fs';
 import type { ReplayServer } from './replay-server.ts';
 
 /** min / median / max of repeated measurements. */
@@ -73,3 +74,55 @@ export async function clockOffset(server: ReplayServer, pings = 7): Promise<{ of
 /** Formats a number with thousands separators and `d` decimals. */
 export const fmt = (n: number, d = 0): string =>
   Number.isFinite(n) ? n.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d }) : String(n);
+
+/**
+ * CPU time (ms) of the whole machine (all cores, busy: not idle or iowait) and of this process with its reaped
+ * children (Linux /proc; null elsewhere). Their deltas over a run give what other processes took meanwhile.
+ */
+export function machineAndOwnCpuMs(): { machineBusyMs: number; ownTreeMs: number } | null {
+  try {
+    const cpu = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+    const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = cpu;
+    const stat = readFileSync('/proc/self/stat', 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // Fields 14–17 (utime, stime, cutime, cstime) are f[11]..f[14]; USER_HZ is 100 on Linux.
+    const own = Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]);
+    return { machineBusyMs: (user + nice + system + irq + softirq + steal) * 10, ownTreeMs: own * 10 };
+  } catch {
+    return null;
+  }
+}
+
+/** CPU time (ms) of this process's threads, grouped by thread name (Linux /proc; null elsewhere). */
+export function threadGroupsCpuMs(): Map<string, number> | null {
+  let tids: string[];
+  try {
+    tids = readdirSync('/proc/self/task');
+  } catch {
+    return null;
+  }
+  const out = new Map<string, number>();
+  for (const tid of tids) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+    } catch {
+      continue; // the thread ended meanwhile
+    }
+    const close = stat.lastIndexOf(')');
+    const comm = stat.slice(stat.indexOf('(') + 1, close);
+    const fields = stat.slice(close + 2).split(' '); // fields[0] is field 3 (state); utime, stime are fields 14, 15
+    const ms = (Number(fields[11]) + Number(fields[12])) * 10; // USER_HZ = 100 on Linux
+    const group = comm.startsWith('halcyon-') ? comm : comm === 'MainThread' ? 'main' : comm === 'V8Worker' || comm.startsWith('DelayedTask') ? 'v8 helpers' : 'other';
+    out.set(group, (out.get(group) ?? 0) + ms);
+  }
+  return out;
+}
+
+/** Per-event CPU (µs) by thread group between two {@link threadGroupsCpuMs} readings. */
+export function perEventDelta(a: Map<string, number> | null, b: Map<string, number> | null, n: number): Record<string, number> | undefined {
+  if (!a || !b) return undefined;
+  const out: Record<string, number> = {};
+  for (const [k, v] of b) out[k] = ((v - (a.get(k) ?? 0)) * 1000) / n;
+  return out;
+}

@@ -6,7 +6,7 @@
 import { parseArgs } from 'node:util';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import type { Workload } from './report.ts';
+import { verdictOf, type Workload } from './report.ts';
 
 const { values, positionals } = parseArgs({ allowPositionals: true, options: { quick: { type: 'boolean', default: false }, rounds: { type: 'string' } } });
 const name = positionals[0];
@@ -17,5 +17,5 @@ const { run } = (await import(`./workloads/${name}.ts`)) as { run: Workload };
 const report = await run({ quick: values.quick, rounds: values.rounds ? Number(values.rounds) : values.quick ? 2 : 5, gc, progress: (l) => console.log(l) });
 console.log(`\n## ${report.title}\n\n${report.markdown.join('\n')}\n`);
 for (const r of report.ratios) console.log(`ratio ${r.metric} ÷ ${r.versus}: ×${r.ofMedians.toFixed(2)} (rounds ${r.perRound.min.toFixed(2)}–${r.perRound.max.toFixed(2)}; ${r.better} is better)`);
-for (const g of report.goals) console.log(`goal ${g.met === true ? 'MET' : g.met === false ? 'MISSED' : 'n/a'}: ${g.goal} — ${g.actual}`);
+for (const g of report.goals) console.log(`goal ${verdictOf(g).toUpperCase()}: ${g.goal} — ${g.actual}`);
 process.exit(0);

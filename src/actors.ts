@@ -38,7 +38,12 @@ export interface ActorHandle<T> {
   onDeath(cb: (err: HalcyonError) => void): void;
   /** Ends the worker as a crash would (death callbacks run); for fault-injection tests. @internal */
   crash(): Promise<void>;
+  /** Makes the worker stop answering while it stays alive, as a stuck actor would; for watchdog tests. @internal */
+  stall(): Promise<void>;
 }
+
+/** The message that blocks a worker's thread until it is terminated (see {@link ActorHandle.stall}). */
+const STALL = 'halcyonStallForTests';
 
 /** A typed one-way message port: receives `In`, sends `Out`. */
 export interface Port<In, Out> {
@@ -200,6 +205,9 @@ export function spawnWorkerActor<T>(entry: string | URL, deadlines: Deadlines, p
       lastError = new Error('crashed on purpose (fault injection)');
       await worker.terminate();
     },
+    async stall() {
+      worker.postMessage({ [STALL]: new SharedArrayBuffer(4) });
+    },
   };
 }
 
@@ -215,6 +223,9 @@ export function inThreadActor<T extends object>(name: string, impl: T, deadlines
     async crash() {
       throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `the ${name} actor runs in-thread: it cannot crash alone`);
     },
+    async stall() {
+      throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `the ${name} actor runs in-thread: it cannot stall alone`);
+    },
   };
 }
 
@@ -222,6 +233,11 @@ export function inThreadActor<T extends object>(name: string, impl: T, deadlines
 export function serveActor(impl: object): void {
   if (!parentPort) throw new HalcyonError('HALCYON_INTERNAL', 'serveActor called outside a worker thread');
   Comlink.expose(impl, nodeEndpoint(parentPort));
+  // A stall (tests only): the thread waits on a lock nobody releases; it answers nothing, and terminate() still ends it.
+  parentPort.on('message', (m: unknown) => {
+    const lock = (m as Record<string, unknown> | null)?.[STALL];
+    if (lock instanceof SharedArrayBuffer) Atomics.wait(new Int32Array(lock), 0, 0);
+  });
 }
 
 /** In a worker entry: the ports main handed over at spawn. */

@@ -17,6 +17,7 @@ export type { Logger } from './log.ts';
 export type { MetricsOptions } from './metrics.ts';
 export type { OutboxOp, OutboxStatus, RateLimit, SendFailure, WaitReason } from './outbox.ts';
 export { consoleLogger } from './log.ts';
+export { DEFAULT_RATE_LIMIT } from './outbox.ts';
 export type { AccountDataWire, CryptoIdentity, CryptoStatus, MatrixEvent, ReceiptWire, RoomInfo, RoomSummary } from './protocol.ts';
 export type { TrustLevel, TrustPolicy } from './protocol.ts';
 export { decryptAttachment, encryptAttachment } from './attachments.ts';

@@ -11,14 +11,16 @@
  * - **Never dropped silently.** Transient failures (transport, timeouts, 5xx, 429) are retried with backoff;
  *   a send that fails permanently (or exhausts its attempts) is kept as a dead letter, its caller's promise
  *   rejects with `HALCYON_SEND_FAILED`, and the client emits `sendFailed`.
- * - **Paced.** A token bucket (defaults: Synapse's `rc_message`) spaces sends so bursts do not run into 429s;
+ * - **Paced.** By default at full speed until the server answers 429, then at its pace (src/pacing.ts); or by a
+ *   fixed token bucket;
  *   429s that happen anyway are honoured (`retry_after_ms` / `Retry-After`).
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { createHash, randomBytes } from 'node:crypto';
 import { HalcyonError, isTransient } from './errors.ts';
 import { delay } from './http.ts';
-import { type Database, openDatabase } from './store.ts';
+import { AdaptivePacer, FixedPacer, type LearnedPacing, type Pacer } from './pacing.ts';
+import { type Database, kvGet, kvSet, openDatabase } from './store.ts';
 
 /** What one outbox entry asks the server to do. */
 export type OutboxOp = { kind: 'send'; type: string; content: Record<string, unknown> } | { kind: 'redact'; eventId: string; reason?: string };
@@ -28,9 +30,6 @@ export interface RateLimit {
   perSecond: number;
   burst: number;
 }
-
-/** The bucket refills at this fraction of the configured rate (see `Outbox.pace`). */
-const REFILL_MARGIN = 0.95;
 
 /** Synapse's default `rc_message`: 0.2 messages per second, bursts of 10. */
 export const DEFAULT_RATE_LIMIT: RateLimit = { perSecond: 0.2, burst: 10 };
@@ -70,7 +69,8 @@ export interface OutboxDeps {
   outcome?(result: 'sent' | 'retried' | 'rate_limited' | 'dead'): void;
   /** Says, once per stretch of waiting, that sends wait and why (the client logs it at warn level). */
   notice?(info: { reason: WaitReason; waiting: number; waitMs: number }, msg: string): void;
-  rateLimit: RateLimit | null;
+  /** How sends are spaced: a fixed bucket, `'adaptive'` (learned from the server's 429s), or null (not at all). */
+  rateLimit: RateLimit | 'adaptive' | null;
   /** Attempts per send before it is a dead letter (transient failures only; permanent ones stop at once). */
   maxAttempts: number;
   /** First retry wait and ceiling, in ms. */
@@ -144,8 +144,7 @@ export class Outbox {
   private readonly stmt;
   private readonly lanes = new Map<string, Entry[]>();
   private readonly running = new Set<Promise<void>>();
-  private tokens: number;
-  private lastRefill = Date.now();
+  private readonly pacer: Pacer | null;
   /** Sends waiting now: why and until when. */
   private readonly waits = new Map<Entry, { reason: WaitReason; until: number }>();
   /** Wait reasons announced in the current stretch (cleared when every queue is empty). */
@@ -170,8 +169,18 @@ export class Outbox {
       dead_: this.db.prepare("SELECT room_id, txn_id, op, attempts, error FROM outbox WHERE state = 'dead' ORDER BY id"),
       counts: this.db.prepare('SELECT state, count(*) AS n FROM outbox GROUP BY state'),
     };
-    this.tokens = deps.rateLimit?.burst ?? 0;
+    this.pacer = this.newPacer(deps.rateLimit);
     this.stmt.prune.run(Date.now() - KEEP_SENT_MS);
+  }
+
+  /** The pacer of `limit`; an adaptive one starts from what an earlier run learned of this account's server. */
+  private newPacer(limit: RateLimit | 'adaptive' | null): Pacer | null {
+    if (limit === null) return null;
+    if (limit !== 'adaptive') return new FixedPacer(limit);
+    const known = kvGet(this.db, 'pacing');
+    return new AdaptivePacer(known ? (JSON.parse(known) as LearnedPacing) : null, (learned) => {
+      if (this.db.isOpen) kvSet(this.db, 'pacing', JSON.stringify(learned));
+    });
   }
 
   /** Sends left unfinished by an earlier run go out first, in their original order. */
@@ -299,11 +308,12 @@ export class Outbox {
     for (;;) {
       if (this.closed) return;
       try {
-        if (cleared) this.drained();
+        if (cleared) this.pacer?.drained(Date.now());
         else await this.pace(e);
         cleared = false;
         e.attempts++;
         const eventId = await this.deps.attempt(e.roomId, e.txnId, e.op, e.allowPlaintext, this.abort.signal);
+        this.pacer?.sent();
         if (this.db.isOpen) this.stmt.sent.run(eventId, e.attempts, Date.now(), e.id);
         this.deps.outcome?.('sent');
         for (const w of e.waiters.splice(0)) w.resolve(eventId);
@@ -314,6 +324,7 @@ export class Outbox {
         const permanent = !isTransient(h);
         // A 429 that says when to come back is pacing, not failure: it does not use up attempts (within reason).
         const paced = h.code === 'HALCYON_RATE_LIMITED' && h.retryAfterMs !== undefined;
+        if (paced) this.pacer?.rateLimited(h.retryAfterMs!, Date.now());
         if (paced) e.pacedRetries++;
         else e.failures++;
         if (permanent || e.failures >= this.deps.maxAttempts || e.pacedRetries >= MAX_PACED_RETRIES) {
@@ -350,7 +361,7 @@ export class Outbox {
     this.waits.set(e, { reason, until: Date.now() + ms });
     if (!this.announced.has(reason)) {
       this.announced.add(reason);
-      this.deps.notice?.({ reason, waiting: this.waits.size, waitMs: ms }, WHY[reason](this.deps.rateLimit, ms));
+      this.deps.notice?.({ reason, waiting: this.waits.size, waitMs: ms }, WHY[reason](this.pacer, ms));
     }
     try {
       await delay(ms, this.abort.signal);
@@ -359,39 +370,15 @@ export class Outbox {
     }
   }
 
-  /** Empties the bucket as of now: the server's own limiter just allowed one send and will want the next later. */
-  private drained(): void {
-    this.tokens = 0;
-    this.lastRefill = Date.now();
-  }
-
-  /**
-   * Waits for a token of the bucket (none when pacing is off). It refills 5% slower than the configured rate: the
-   * server's limiter starts its clock at the first send it sees, a little after this bucket's, and a refill timed
-   * to the millisecond drew a 429 on every burst.
-   */
+  /** Waits until the pacer lets the next send go (at once without pacing). */
   private async pace(e: Entry): Promise<void> {
-    const rl = this.deps.rateLimit;
-    if (!rl) return;
-    const rate = rl.perSecond * REFILL_MARGIN;
-    for (;;) {
-      const now = Date.now();
-      this.tokens = Math.min(rl.burst, this.tokens + ((now - this.lastRefill) / 1000) * rate);
-      this.lastRefill = now;
-      if (this.tokens >= 1) {
-        this.tokens -= 1;
-        return;
-      }
-      await this.wait(e, 'pacing', Math.ceil(((1 - this.tokens) / rate) * 1000));
-    }
+    for (let ms = this.pacer?.next(Date.now()) ?? 0; ms > 0; ms = this.pacer!.next(Date.now())) await this.wait(e, 'pacing', ms);
   }
 }
 
 /** The notice of each wait reason (see Outbox.wait). */
-const WHY: Record<WaitReason, (rl: RateLimit | null, ms: number) => string> = {
-  pacing: (rl, ms) =>
-    `sends are paced: the next goes out in ${(ms / 1000).toFixed(1)} s (rateLimit ${rl?.perSecond}/s, bursts of ${rl?.burst}; the default is Synapse's rc_message). ` +
-    "Pass rateLimit: false if the bot's account is exempt from rate limits, or your server's limits",
-  rate_limited: (_rl, ms) => `the homeserver rate-limited a send (429): sends wait ${(ms / 1000).toFixed(1)} s as it asked`,
-  retrying: (_rl, ms) => `a send failed and is retried in ${(ms / 1000).toFixed(1)} s`,
+const WHY: Record<WaitReason, (pacer: Pacer | null, ms: number) => string> = {
+  pacing: (pacer, ms) => `sends are paced: the next goes out in ${(ms / 1000).toFixed(1)} s (${pacer?.describe() ?? 'not paced'})`,
+  rate_limited: (_p, ms) => `the homeserver rate-limited a send (429): sends wait ${(ms / 1000).toFixed(1)} s as it asked`,
+  retrying: (_p, ms) => `a send failed and is retried in ${(ms / 1000).toFixed(1)} s`,
 };

@@ -1,6 +1,6 @@
 /**
  * Halcyon as a benchmark contender: the built `dist/index.js` Client, as users run it, with a fresh data dir per
- * start (removed at stop) and the token built with `encodeToken` (no login).
+ * start (removed at stop), the token built with `encodeToken` (no login), and encryption off like the others.
  * @module
  */
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -38,6 +38,8 @@ export const startHalcyon: StartPeer = async (opts: PeerStartOptions): Promise<P
     deliverInitialTimeline: opts.deliverInitial ?? true,
     logger,
     stopTimeoutMs: 5_000,
+    // Off, as every contender it is compared with runs without a crypto stack (E2EE has its own workload).
+    encryption: false,
   };
   if (!opts.rateLimit) clientOpts.rateLimit = false;
   if (opts.ownEvents !== undefined) clientOpts.ignoreOwnEvents = !opts.ownEvents;

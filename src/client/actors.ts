@@ -244,6 +244,12 @@ export class Actors {
     const set = this.set;
     await (name === 'sync' ? set?.sync : name === 'cache' ? set?.cache : set?.crypto)?.crash();
   }
+
+  /** Makes one actor's worker stop answering while it stays alive (watchdog tests). */
+  async stall(name: 'sync' | 'cache' | 'crypto'): Promise<void> {
+    const set = this.set;
+    await (name === 'sync' ? set?.sync : name === 'cache' ? set?.cache : set?.crypto)?.stall();
+  }
 }
 
 /**

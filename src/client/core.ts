@@ -53,6 +53,8 @@ export class ClientCore {
   readonly plainRooms = new Set<string>();
   /** Mentions of the current version of messages the bot sent this run (see editMessage), most recent last. */
   readonly sentMentions = new BoundedMap<string, MentionsContent>(1_000);
+  /** Per room, the last send not yet queued in the outbox: sends are queued in call order (see messages.ts). */
+  readonly sendOrder = new Map<string, Promise<void>>();
   /** Tails of the operations that run one at a time per key (DM creation, `m.direct` writes). */
   readonly serial = new Map<string, Promise<unknown>>();
   /** The run() in progress (stop() during start-up waits for it), or null. */

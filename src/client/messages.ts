@@ -22,11 +22,35 @@ import { getStateEvent } from './rooms-api.ts';
 export async function sendMessage(core: ClientCore, roomId: string, content: ContentInput, opts: MessageOptions = {}): Promise<string> {
   roomIdArg(roomId, 'sendMessage');
   const c: Record<string, unknown> = typeof content === 'string' ? { msgtype: 'm.text', body: content } : { ...content };
-  // A thread message that replies to nothing in particular falls back to the thread's latest event.
-  const fallback = opts.threadId !== undefined && opts.replyTo === undefined ? await latestInThread(core, roomId, opts.threadId) : undefined;
-  const eventId = await sendEvent(core, roomId, 'm.room.message', withRelations(c, opts, fallback), opts);
+  const eventId = await inRoomOrder(core, roomId, async () => {
+    // A thread message that replies to nothing in particular falls back to the thread's latest event.
+    const fallback = opts.threadId !== undefined && opts.replyTo === undefined ? await latestInThread(core, roomId, opts.threadId) : undefined;
+    return queueSend(core, roomId, 'm.room.message', withRelations(c, opts, fallback), opts);
+  });
   core.sentMentions.set(eventId, readMentions(c['m.mentions']));
   return eventId;
+}
+
+/** A send queued in the outbox: its delivery (wrapped, so that awaiting the wrapper does not await the delivery). */
+type Queued = { delivery: Promise<string> };
+
+/**
+ * Runs `prepare` (what must be asked before a send: is the room encrypted, the thread's latest event, the edited
+ * message's mentions; it ends by queueing the send) once every earlier send of the room is queued, and resolves
+ * with the delivery: sends reach a room in call order even when their preparations take different times.
+ */
+function inRoomOrder(core: ClientCore, roomId: string, prepare: () => Promise<Queued>): Promise<string> {
+  const before = core.sendOrder.get(roomId) ?? Promise.resolve();
+  const queued = before.then(prepare);
+  const slot = queued.then(
+    () => {},
+    () => {},
+  );
+  core.sendOrder.set(roomId, slot);
+  void slot.then(() => {
+    if (core.sendOrder.get(roomId) === slot) core.sendOrder.delete(roomId);
+  });
+  return queued.then((q) => q.delivery);
 }
 
 /** The latest event of a thread (the server's `m.thread` relations), or the root when it has none. */
@@ -50,17 +74,19 @@ export async function editMessage(core: ClientCore, roomId: string, eventId: str
   delete n['m.relates_to'];
   if (opts.mentions !== undefined && n['m.mentions'] === undefined) n['m.mentions'] = mentionsContent(opts.mentions);
   const full = readMentions(n['m.mentions']);
-  const previous = await previousMentions(core, roomId, eventId);
-  const body = typeof n.body === 'string' ? n.body : '';
-  const outer: Record<string, unknown> = {
-    ...n,
-    body: `* ${body}`,
-    'm.new_content': n,
-    'm.relates_to': { rel_type: 'm.replace', event_id: eventId },
-    'm.mentions': newMentions(full, previous),
-  };
-  if (typeof n.formatted_body === 'string') outer.formatted_body = `* ${n.formatted_body}`;
-  const id = await sendEvent(core, roomId, 'm.room.message', outer);
+  const id = await inRoomOrder(core, roomId, async () => {
+    const previous = await previousMentions(core, roomId, eventId);
+    const body = typeof n.body === 'string' ? n.body : '';
+    const outer: Record<string, unknown> = {
+      ...n,
+      body: `* ${body}`,
+      'm.new_content': n,
+      'm.relates_to': { rel_type: 'm.replace', event_id: eventId },
+      'm.mentions': newMentions(full, previous),
+    };
+    if (typeof n.formatted_body === 'string') outer.formatted_body = `* ${n.formatted_body}`;
+    return queueSend(core, roomId, 'm.room.message', outer, {});
+  });
   core.sentMentions.set(eventId, full);
   return id;
 }
@@ -107,11 +133,17 @@ export async function sendEvent(core: ClientCore, roomId: string, type: string, 
   stringArg(type, 'sendEvent', 'the event type');
   contentArg(type, content, 'sendEvent');
   core.need();
+  return inRoomOrder(core, roomId, () => queueSend(core, roomId, type, content, opts));
+}
+
+/** Checks what a send into `roomId` needs (encryption off: the room must not be encrypted) and queues it. */
+async function queueSend(core: ClientCore, roomId: string, type: string, content: Record<string, unknown>, opts: SendOptions): Promise<Queued> {
+  contentArg(type, content, 'sendEvent');
   const plaintextOk = opts.allowPlaintext === true || core.opts.encryption?.allowPlaintext === true;
   if (!core.opts.encryption && !plaintextOk && (await encryptedForSend(core, roomId))) {
     throw new HalcyonError('HALCYON_ROOM_ENCRYPTED', `room ${roomId} is encrypted and encryption is off; pass { allowPlaintext: true } to send in the clear`, { roomId });
   }
-  return core.needOutbox().send(roomId, { kind: 'send', type, content }, plaintextOk);
+  return { delivery: core.needOutbox().send(roomId, { kind: 'send', type, content }, plaintextOk) };
 }
 
 /** Redacts an event through the outbox; resolves with the redaction's event ID. */
@@ -120,7 +152,7 @@ export async function redactEvent(core: ClientCore, roomId: string, eventId: str
   eventIdArg(eventId, 'redactEvent');
   core.need();
   const op: OutboxOp = reason === undefined ? { kind: 'redact', eventId } : { kind: 'redact', eventId, reason };
-  return core.needOutbox().send(roomId, op, true);
+  return inRoomOrder(core, roomId, async () => ({ delivery: core.needOutbox().send(roomId, op, true) }));
 }
 
 /**

@@ -7,7 +7,7 @@ import { HalcyonError } from '../errors.ts';
 import type { AccountDataEvent, Edit, Invite, MemberEvent, Message, Reaction, Receipt, Redaction, RoomEvent, Verification } from '../events.ts';
 import { consoleLogger, type Logger } from '../log.ts';
 import type { MetricsOptions } from '../metrics.ts';
-import { DEFAULT_RATE_LIMIT, type OutboxStatus, type RateLimit, type SendFailure } from '../outbox.ts';
+import type { OutboxStatus, RateLimit, SendFailure } from '../outbox.ts';
 import type { MatrixEvent, TrustPolicy } from '../protocol.ts';
 
 /** Options of a {@link Client}. Only `dataDir` is required. */
@@ -78,10 +78,12 @@ export interface ClientOptions {
   /** Accept a token whose homeserver is plain `http://` and not this machine (default false); see LoginOptions. */
   allowInsecureHttp?: boolean;
   /**
-   * Pacing of sends (a token bucket): default Synapse's `rc_message` (0.2/s, bursts of 10), so bursts do not run
-   * into 429s; `false` when the bot's account is exempt from rate limits.
+   * Pacing of sends. `'adaptive'` (default): full speed until the homeserver answers 429, then its pace, learned
+   * from what it says (its retry time and the burst it took) and kept per account; a server without limits is
+   * never waited on. `{ perSecond, burst }`: a fixed token bucket (`DEFAULT_RATE_LIMIT` is Synapse's
+   * `rc_message`). `false`: no pacing (an account exempt from rate limits; 429s are still waited out).
    */
-  rateLimit?: RateLimit | false;
+  rateLimit?: RateLimit | 'adaptive' | false;
   /** Attempts of a send that keeps failing transiently before it is a dead letter (default 8; backoff 1 s → 60 s). */
   maxSendAttempts?: number;
   /**
@@ -298,7 +300,7 @@ export type ResolvedOptions = Required<Omit<ClientOptions, 'logger' | 'encryptio
   /** Null when encryption is off. */
   encryption: EncryptionOptions | null;
   /** Null when pacing is off. */
-  rateLimit: RateLimit | null;
+  rateLimit: RateLimit | 'adaptive' | null;
   /** Null when metrics are off. */
   metrics: MetricsOptions | null;
 };
@@ -329,7 +331,7 @@ export function resolveOptions(options: ClientOptions): ResolvedOptions {
     trust: 'signed',
     ...options,
     verification: options.verification ?? null,
-    rateLimit: options.rateLimit === false ? null : (options.rateLimit ?? DEFAULT_RATE_LIMIT),
+    rateLimit: options.rateLimit === false ? null : (options.rateLimit ?? 'adaptive'),
     metrics: options.metrics === true ? {} : options.metrics ? options.metrics : null,
     logger: options.logger ?? consoleLogger(),
     encryption: options.encryption === false ? null : options.encryption === true || options.encryption === undefined ? {} : options.encryption,

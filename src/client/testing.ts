@@ -11,3 +11,10 @@ export async function crashActorForTests(client: object, name: 'sync' | 'cache' 
   if (!core) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'crashActorForTests: not a Client');
   await core.actors.crash(name);
 }
+
+/** Makes one actor stop answering while its worker stays alive, as a stuck actor would (watchdog tests). */
+export async function stallActorForTests(client: object, name: 'sync' | 'cache' | 'crypto'): Promise<void> {
+  const core = cores.get(client);
+  if (!core) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'stallActorForTests: not a Client');
+  await core.actors.stall(name);
+}

@@ -138,6 +138,9 @@ async function toDevice(from: Peer, type: string, userId: string, deviceId: stri
   await from.request('PUT', `/sendToDevice/${encodeURIComponent(type)}/bad${Date.now()}.${++txn}.${rand()}`, { messages: { [userId]: { [deviceId]: content } } });
 }
 
+/** The 'error' event of a to-device event the bot skipped. */
+const skipped = (sender: string) => ({ code: 'HALCYON_DECRYPT_FAILED', message: `a to-device event from ${sender} could not be decrypted or was invalid; skipped` });
+
 /** Garbage to-device events for the bot's device: broken Olm envelopes and plaintext room keys with junk fields. */
 async function sendGarbageToDevice(raw: Peer, roomId: string, to: { userId: string; deviceId: string; curve25519: string }): Promise<number> {
   const { userId, deviceId, curve25519 } = to;
@@ -173,7 +176,8 @@ test('garbage to-device events to the bot\'s device: the bot keeps running; encr
     throw e;
   });
   t.diagnostic(`${n} garbage to-device events; 'error' events: ${JSON.stringify(rec.errors)}`);
-  for (const e of rec.errors) assert.match(e.code, /^HALCYON_/);
+  await waitUntil(() => rec.errors.length >= n, WAIT_MS, `an error event for each of the ${n} garbage to-device events (got ${rec.errors.length})`);
+  assert.deepEqual(rec.errors, Array.from({ length: n }, () => skipped(raw.userId)), 'each garbage to-device event reported once, naming its sender');
   assert.deepEqual(rec.decryptionErrors, []);
   assert.deepEqual(rec.syncErrors, []);
   // Still fully alive: it sends encrypted too.
@@ -208,8 +212,40 @@ test('garbage to-device events in the same sync batch as a real room key (sent w
     throw e;
   });
   t.diagnostic(`garbage sent: ${n1} before, ${n2} after the real key; 'error' events: ${JSON.stringify(rec2.errors)}`);
-  for (const e of rec2.errors) assert.match(e.code, /^HALCYON_/);
+  await waitUntil(() => rec2.errors.length >= n1 + n2, WAIT_MS, `an error event for each of the ${n1 + n2} garbage to-device events (got ${rec2.errors.length})`);
+  assert.deepEqual(rec2.errors, Array.from({ length: n1 + n2 }, () => skipped(raw.userId)), 'each garbage to-device event reported once, naming its sender');
   assert.deepEqual(rec2.decryptionErrors, []);
   assert.deepEqual(rec2.syncErrors, []);
   assert.deepEqual(rec.decryptionErrors, []);
+});
+
+test('a room whose m.room.encryption names an algorithm Halcyon cannot send with: the send fails for good (HALCYON_SEND_FAILED caused by HALCYON_ENCRYPT_FAILED), nothing reaches the room, in the clear or otherwise', async (t) => {
+  const bot = await newBot(t, hs);
+  const failed: Array<{ code: string; cause: string | undefined }> = [];
+  bot.client.on('sendFailed', (e) => void failed.push({ code: e.code, cause: (e.cause as HalcyonError | undefined)?.code }));
+  await bot.client.run(bot.token);
+  const peer = await newPeer(hs);
+  const algorithm = 'com.example.unknown.v1';
+  const { room_id: roomId } = await peer.request('POST', '/createRoom', {
+    preset: 'private_chat',
+    invite: [bot.user.userId],
+    initial_state: [{ type: 'm.room.encryption', state_key: '', content: { algorithm } }],
+  });
+  await peer.waitForJoined(roomId, bot.user.userId, WAIT_MS);
+  await bot.client.waitForRoom(roomId);
+  assert.equal(await bot.client.isRoomEncrypted(roomId), true);
+
+  const err = await bot.client.sendMessage(roomId, 'not in the clear').then(
+    () => assert.fail('the send resolved'),
+    (e: HalcyonError) => e,
+  );
+  assert.equal(err.code, 'HALCYON_SEND_FAILED');
+  const cause = err.cause as HalcyonError;
+  assert.equal(cause.code, 'HALCYON_ENCRYPT_FAILED');
+  assert.equal(cause.message, `room ${roomId} uses the encryption algorithm ${algorithm}, which Halcyon cannot send with`);
+  assert.deepEqual(failed, [{ code: 'HALCYON_SEND_FAILED', cause: 'HALCYON_ENCRYPT_FAILED' }]);
+  assert.equal(bot.client.deadLetters().length, 1);
+  const { chunk } = await peer.request('GET', `/rooms/${encodeURIComponent(roomId)}/messages`, undefined, { dir: 'b', limit: '50' });
+  assert.deepEqual((chunk as Array<{ sender: string; type: string }>).filter((e) => e.sender === bot.user.userId && !e.type.startsWith('m.room.member')), [], 'no event of the bot in the room');
+  assert.deepEqual(bot.errors, []);
 });
