@@ -42,6 +42,9 @@ export const ERROR_CODES = {
   HALCYON_RESPONSE_TOO_LARGE: 'An answer body was larger than the limit of its request (its Content-Length, or counted as it came); it was not read further.',
   HALCYON_SOFT_LOGOUT: 'The server ended the session but kept the device: log in again with Client.login and the same dataDir (it reuses the device ID); keys are kept.',
   HALCYON_INSECURE_HOMESERVER: 'The homeserver URL is plain http:// to a host that is not this machine (the token would cross the network in the clear); use https://, or allow it with allowInsecureHttp.',
+  HALCYON_DECRYPT_UNTRUSTED: 'An encrypted event was refused because its sender device does not meet the `trust` option (e.g. not cross-signed by its owner under the default `signed`); it was skipped.',
+  HALCYON_VERIFICATION_REFUSED: 'A verification request came from a user `verification.from` does not allow; it was cancelled (m.user).',
+  HALCYON_VERIFICATION_CANCELLED: 'A verification ended without success: cancelled by either side (see the message for the cancel code), timed out, or the SAS did not match.',
 } as const;
 
 /** One of the documented error codes. */
