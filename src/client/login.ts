@@ -61,7 +61,7 @@ export async function login(opts: LoginOptions): Promise<string> {
 }
 
 /**
- * {@link login}, resolving with what it did about the device's cryptographic identity too (the recovery key of a
+ * `Client.login`, resolving with what it did about the device's cryptographic identity too (the recovery key of a
  * new secret storage among it). Warnings are also logged (`opts.logger`, default stderr).
  */
 export async function loginWithDetails(opts: LoginOptions): Promise<LoginDetails> {

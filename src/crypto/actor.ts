@@ -41,7 +41,9 @@ import { IdbJournal } from './idb-journal.ts';
 import { setUpIdentity } from './identity.ts';
 import { SerialQueue } from './queue.ts';
 import { type HistoryVisibility, SharingRooms } from './rooms.ts';
-import { type Decrypted, decryptedBatch, refusal, useClearRelation, WITHHELD_FOR_GOOD, withheldReason } from './decrypted.ts';
+import { type Decrypted, decryptedBatch, errMessage, refusal, safeJson, useClearRelation, WITHHELD_FOR_GOOD, withheldReason } from './decrypted.ts';
+import { TrustRules } from './trust.ts';
+import { type Outgoing, Verifications } from './verification.ts';
 
 /**
  * Decryption yields the queue after this many ms (at least one event per turn), so a batch's sync changes, which
@@ -67,6 +69,8 @@ export class CryptoActor implements CryptoActorApi {
   private journal!: IdbJournal;
   private machine!: W.OlmMachine;
   private identity!: CryptoIdentity;
+  private trust!: TrustRules;
+  private verification!: Verifications;
   private wanted: Set<string> | null = null;
   private readonly queue = new SerialQueue();
   /** Members (joined and invited) and history visibility of the rooms we send into. */
@@ -139,6 +143,7 @@ export class CryptoActor implements CryptoActorApi {
     this.rooms = new SharingRooms(db, this.http);
     const backup = new KeyBackup({ W, machine: this.machine, queue: this.queue, http: this.http, report: (e) => this.report(e), closed: () => this.closed });
     this.backup = backup;
+    this.openTrust();
     this.machine.registerRoomKeyUpdatedCallback(async (infos: W.RoomKeyInfo[]) => {
       for (const info of infos) this.arrivedSessions.add(info.sessionId);
       this.scheduleRetry();
@@ -167,6 +172,21 @@ export class CryptoActor implements CryptoActorApi {
     return this.identity;
   }
 
+  /** Sets up the `trust` option's rules and interactive verification (trust.ts, verification.ts). */
+  private openTrust(): void {
+    const own = { userId: this.config.userId, deviceId: this.config.deviceId };
+    this.trust = new TrustRules(W, this.config.trust ?? 'all', own, (message) => this.events.post({ kind: 'warning', message }));
+    this.verification = new Verifications(W, {
+      machine: this.machine,
+      ownDeviceId: this.config.deviceId,
+      run: (fn) => this.queue.run(fn, 'high'),
+      send: (req) => this.send(req),
+      flush: () => this.flushOutgoing(),
+      post: (msg) => this.events.post(msg),
+      verified: () => this.trust.forget(),
+    });
+  }
+
   /**
    * Refuses a call made before `open` resolved or after `close`: during an actor restart main may call before the
    * store and machine exist, and must get a coded error it can tell from a refusal by the server, not a TypeError.
@@ -179,6 +199,7 @@ export class CryptoActor implements CryptoActorApi {
     this.ensureOpen();
     await this.queue.run(() => this.applySyncChanges(ch), 'high');
     void this.flushOutgoing().catch((e) => this.report(e));
+    void this.verification.retryUnknownSenders().catch((e) => this.report(e));
   }
 
   /**
@@ -209,23 +230,45 @@ export class CryptoActor implements CryptoActorApi {
   private async decryptAll(req: DecryptRequest): Promise<DecryptResult> {
     const ok: Array<Decrypted & { index: number }> = [];
     const failures: DecryptFailure[] = [];
+    const unknownSender: Array<{ i: number; sender: string }> = [];
+    this.trust.beginRequest();
     let i = 0;
     while (i < req.raw.length) {
       await this.queue.run(async () => {
         const until = performance.now() + DECRYPT_SLICE_MS;
         do {
           const roomId = req.rooms[req.room[i]!]!;
-          const r = await this.decryptOne(roomId, req.raw[i]!, true);
+          const r = await this.decryptOne(roomId, req.raw[i]!, true, true);
           if ('event' in r) ok.push({ ...r, index: i });
-          else failures.push({ ...r, index: i });
+          else if (r.unknownDevice) unknownSender.push({ i, sender: r.unknownDevice });
+          else failures.push(failureAt(r, i));
           i++;
         } while (i < req.raw.length && performance.now() < until);
       });
     }
+    // A sender device not known yet (a user the bot does not track, or whose keys are being queried) may pass the
+    // `trust` rule once known: its user is tracked, its keys fetched, and the event decrypted again.
+    if (unknownSender.length > 0) {
+      await this.fetchSenders(unknownSender.map((u) => u.sender));
+      for (const { i: k } of unknownSender) {
+        const r = await this.queue.run(() => this.decryptOne(req.rooms[req.room[k]!]!, req.raw[k]!, true, false));
+        if ('event' in r) ok.push({ ...r, index: k });
+        else failures.push(failureAt(r, k));
+      }
+      ok.sort((a, b) => a.index - b.index); // timeline order
+    }
+    void this.verification.retryUnknownSenders().catch((e) => this.report(e)); // requests among the events
     const slot: number[] = new Array<number>(req.raw.length).fill(-1);
     const batch = decryptedBatch(ok, 0, this.processOptions());
     if (batch) for (const [k, d] of ok.entries()) slot[d.index] = batch.slots[k]!;
     return { batch: batch?.batch ?? null, slot, failures };
+  }
+
+  /** Tracks these senders and fetches their devices and identities, which the `trust` rule needs (outside the queue). */
+  private async fetchSenders(senders: Iterable<string>): Promise<void> {
+    await this.queue.run(() => this.machine.updateTrackedUsers(userIds(new Set(senders))), 'high');
+    await this.flushOutgoing().catch((e: unknown) => this.report(e));
+    this.trust.forget();
   }
 
   async encrypt(roomId: string, type: string, content: Record<string, unknown>): Promise<EncryptResult> {
@@ -280,6 +323,20 @@ export class CryptoActor implements CryptoActorApi {
     return rows.map((r) => ({ roomId: r.room_id, sessionId: r.session_id }));
   }
 
+  // Interactive verification: see verification.ts.
+  async answerVerification(userId: string, flowId: string, accept: boolean): Promise<void> {
+    return this.ensureOpen(), this.verification.answer(userId, flowId, accept);
+  }
+  async confirmVerification(userId: string, flowId: string): Promise<void> {
+    return this.ensureOpen(), this.verification.confirm(userId, flowId);
+  }
+  async cancelVerification(userId: string, flowId: string): Promise<void> {
+    return this.ensureOpen(), this.verification.cancel(userId, flowId);
+  }
+  async requestVerification(userId: string, deviceId: string | null): Promise<string[]> {
+    return this.ensureOpen(), this.verification.request(userId, deviceId);
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -321,7 +378,10 @@ export class CryptoActor implements CryptoActorApi {
       // the engine, which reads a missing count in a key upload's answer as "unchanged".
       const counts = new Map<string, number>(Object.entries({ signed_curve25519: 0, ...ch.otkCounts }));
       const fallback = ch.fallbackKeyTypes ? new Set(ch.fallbackKeyTypes) : undefined;
-      const processed = await m.receiveSyncChanges(JSON.stringify(fresh), new W.DeviceLists(changed, left), counts, fallback, untrusted());
+      // To-device events are decrypted from any device: the `trust` option applies to the room events they unlock.
+      const processed = await m.receiveSyncChanges(JSON.stringify(fresh), new W.DeviceLists(changed, left), counts, fallback, new W.DecryptionSettings(W.TrustRequirement.Untrusted));
+      this.verification.noticeToDevice(processed);
+      for (const v of ch.verification ?? []) await this.verification.noticeRoomEvent(v.roomId, v.event as unknown as Record<string, unknown>);
       for (const p of processed) {
         if (p.type === W.ProcessedToDeviceEventType.UnableToDecrypt || p.type === W.ProcessedToDeviceEventType.Invalid) {
           const raw = safeJson((p as W.UTDToDeviceEvent).rawEvent);
@@ -379,7 +439,12 @@ export class CryptoActor implements CryptoActorApi {
 
   // ---- decryption ----
 
-  private async decryptOne(roomId: string, raw: string, keep: boolean): Promise<Decrypted | Omit<DecryptFailure, 'index'>> {
+  /**
+   * Decrypts one event. `keep`: a missing key keeps it for a late key. `ask`: an event whose sender device the store
+   * does not know fails with `unknownDevice` (the caller fetches the sender's keys and asks again without `ask`),
+   * rather than be decided (the `trust` rule) or labelled (`encryption.trust`) on too little.
+   */
+  private async decryptOne(roomId: string, raw: string, keep: boolean, ask: boolean): Promise<Decrypted | OneFailure> {
     const original = safeJson(raw);
     const eventId = typeof original?.event_id === 'string' ? original.event_id : null;
     const content = original && typeof original.content === 'object' && original.content !== null ? (original.content as Record<string, unknown>) : null;
@@ -388,19 +453,27 @@ export class CryptoActor implements CryptoActorApi {
     if (!original || !eventId || !content) return fail('malformed m.room.encrypted event');
     if (content.algorithm !== MEGOLM) return fail(`unsupported algorithm ${JSON.stringify(content.algorithm)}`);
     try {
-      const d = await this.machine.decryptRoomEvent(raw, new W.RoomId(roomId), untrusted());
+      const d = await this.trust.decrypt(this.machine, raw, roomId, original.sender);
       // With untrusted devices accepted, a forged `sender` still decrypts; only the shield tells. Refuse it.
       const forged = d.shieldState(false).code === W.ShieldStateCode.MismatchedSender;
       const event = JSON.parse(d.event) as Record<string, unknown>;
+      const trust = forged ? null : await this.trust.senderTrust(this.machine, d);
       d.free();
-      if (forged) return fail(`${eventId} claims to be from ${String(original.sender)} but was encrypted by another user's device`);
+      if (!trust) return fail(`${eventId} claims to be from ${String(original.sender)} but was encrypted by another user's device`);
+      if (!trust.known && ask) return { ...fail(`${eventId}: its sender device is not known`), unknownDevice: String(original.sender) };
       const refused = refusal(event, original);
       if (refused) return fail(`${eventId} was refused: ${refused}`);
+      const untrusted = this.trust.refusal(trust);
+      if (untrusted) return { ...fail(`${eventId} was refused: ${untrusted}`), code: 'HALCYON_DECRYPT_UNTRUSTED' };
       // The clear event carries the encrypted event's envelope.
       for (const k of ['event_id', 'sender', 'origin_server_ts', 'unsigned'] as const) if (event[k] === undefined && original[k] !== undefined) event[k] = original[k];
       useClearRelation(event, content);
-      return { roomId, event };
+      await this.verification.noticeRoomEvent(roomId, event);
+      return { roomId, event, trust: { level: trust.level, deviceId: trust.deviceId } };
     } catch (err) {
+      const refused = this.trust.engineRefusal(err);
+      const unknownDevice = ask && refused?.unknownDevice ? String(original.sender) : undefined;
+      if (refused) return { ...fail(`cannot decrypt ${eventId}: ${refused.refused}`), code: 'HALCYON_DECRYPT_UNTRUSTED', unknownDevice };
       const e = err as { code?: unknown; withheldCode?: unknown; maybe_withheld?: unknown };
       const missing = e.code === W.DecryptionErrorCode.MissingRoomKey || e.code === W.DecryptionErrorCode.UnknownMessageIndex;
       const withheldCode = typeof e.withheldCode === 'string' ? e.withheldCode : null;
@@ -425,8 +498,12 @@ export class CryptoActor implements CryptoActorApi {
     db.prepare('DELETE FROM pending_utd WHERE event_id IN (SELECT event_id FROM pending_utd ORDER BY at DESC, rowid DESC LIMIT -1 OFFSET ?)').run(this.config.maxPendingUndecryptable);
   }
 
-  /** Retries kept events (of these sessions, or all); posts those that now decrypt to main as a late batch. */
-  private async retryPending(sessions: Set<string> | null): Promise<void> {
+  /**
+   * Retries kept events (of these sessions, or all); posts those that now decrypt to main as a late batch. An event
+   * the `trust` rule refuses while its sender's device is not known (a room the bot only reads: its members are not
+   * tracked) is retried once more after fetching the sender's keys (`sendersFetched`), then given up.
+   */
+  private async retryPending(sessions: Set<string> | null, sendersFetched = false): Promise<void> {
     const db = this.journal.db;
     db.prepare('DELETE FROM pending_utd WHERE at < ?').run(Date.now() - this.config.pendingUndecryptableMaxAgeMs);
     const rows = (db.prepare('SELECT event_id, room_id, session_id, raw FROM pending_utd WHERE posted = 0 ORDER BY at, rowid').all() as {
@@ -434,12 +511,23 @@ export class CryptoActor implements CryptoActorApi {
     }[]).filter((r) => sessions === null || (r.session_id !== null && sessions.has(r.session_id)));
     const ok: Array<Decrypted & { index: number }> = [];
     const hopeless: string[] = [];
+    const unknownSenders = new Set<string>();
+    const unknownSessions = new Set<string>();
     for (const r of rows) {
-      const res = await this.decryptOne(r.room_id, r.raw, false);
+      const res = await this.decryptOne(r.room_id, r.raw, false, !sendersFetched);
       if ('event' in res) ok.push({ ...res, index: ok.length });
-      else if (res.code === 'HALCYON_DECRYPT_FAILED') hopeless.push(r.event_id); // the key came, the event is refused
+      else if (res.unknownDevice && r.session_id !== null) {
+        unknownSenders.add(res.unknownDevice);
+        unknownSessions.add(r.session_id);
+      } else if (res.code !== 'HALCYON_DECRYPT_MISSING_KEY') hopeless.push(r.event_id); // the key came, the event is refused
     }
     this.forgetPending(hopeless);
+    if (unknownSenders.size > 0) {
+      // Not awaited: this runs in the queue, which the fetch needs.
+      void this.fetchSenders(unknownSenders)
+        .then(() => (this.closed ? undefined : this.queue.run(() => this.retryPending(unknownSessions, true))))
+        .catch((e) => this.report(e));
+    }
     const built = decryptedBatch(ok, EVENT_FLAGS.late, this.processOptions());
     if (!built) return;
     const ids = ok.map((d) => d.event.event_id as string);
@@ -482,7 +570,11 @@ export class CryptoActor implements CryptoActorApi {
     if (claim) await this.send(claim);
     // The engine starts a new session when the visibility differs from the current session's, or a user it was
     // shared with is not among `users` (left, or invited in a room now visible to joined members only).
-    const toDevice = await this.queue.run(() => m.shareRoomKey(room(), userIds(users), this.encryptionSettings(roomId, visibility)), 'high');
+    const toDevice = await this.queue.run(async () => {
+      const settings = this.encryptionSettings(roomId, visibility);
+      settings.sharingStrategy = await this.trust.sharingStrategy(m);
+      return m.shareRoomKey(room(), userIds(users), settings);
+    }, 'high');
     for (const req of toDevice) await this.send(req);
     const encrypted = await this.queue.run(() => m.encryptRoomEvent(room(), type, JSON.stringify(content)), 'high');
     return { encrypted: true, content: JSON.parse(encrypted) as Record<string, unknown> };
@@ -594,14 +686,14 @@ export class CryptoActor implements CryptoActorApi {
   }
 }
 
-type OutgoingRequest = { id: string; type: W.RequestType; body: string };
+type OutgoingRequest = Outgoing;
 
-/**
- * Decryption settings accepting unverified devices (bots rarely verify). A new object per call: wasm-bindgen
- * moves arguments passed by value, so a reused settings object is a null pointer on its second use.
- */
-function untrusted(): W.DecryptionSettings {
-  return new W.DecryptionSettings(W.TrustRequirement.Untrusted);
+/** A failure of {@link CryptoActor.decryptOne}; `unknownDevice`: refused by `trust` while the sender's device is unknown (the sender). */
+type OneFailure = Omit<DecryptFailure, 'index'> & { unknownDevice?: string };
+
+/** The failure of request event `index`, as main gets it. */
+function failureAt(f: OneFailure, index: number): DecryptFailure {
+  return { code: f.code, message: f.message, sessionId: f.sessionId, pending: f.pending, withheldCode: f.withheldCode, index };
 }
 
 function userIds(users: Iterable<string>): W.UserId[] {
@@ -614,19 +706,4 @@ function withZeroCount(res: unknown): unknown {
   const counts = (res as { one_time_key_counts?: unknown }).one_time_key_counts;
   const given = typeof counts === 'object' && counts !== null ? counts : {};
   return { ...res, one_time_key_counts: { signed_curve25519: 0, ...given } };
-}
-
-function safeJson(text: string): Record<string, unknown> | null {
-  try {
-    const v = JSON.parse(text) as unknown;
-    return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
-  } catch {
-    return null;
-  }
-}
-
-function errMessage(err: unknown): string {
-  if (err instanceof Error) return err.message;
-  const d = (err as { description?: unknown })?.description;
-  return typeof d === 'string' ? d : String(err);
 }

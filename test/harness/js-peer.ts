@@ -17,7 +17,16 @@ import {
   type MatrixClient,
   type MatrixEvent,
 } from 'matrix-js-sdk';
-import { AllDevicesIsolationMode, CryptoEvent, OnlySignedDevicesIsolationMode } from 'matrix-js-sdk/lib/crypto-api/index.js';
+import {
+  AllDevicesIsolationMode,
+  type CryptoApi,
+  CryptoEvent,
+  OnlySignedDevicesIsolationMode,
+  type VerificationRequest,
+  VerificationPhase,
+  VerificationRequestEvent,
+  VerifierEvent,
+} from 'matrix-js-sdk/lib/crypto-api/index.js';
 import { logger as sdkGlobalLogger, type Logger } from 'matrix-js-sdk/lib/logger.js';
 import type { Homeserver } from './synapse.ts';
 
@@ -67,6 +76,24 @@ export interface JsPeer {
   waitForMessage(roomId: string, match: (m: PeerMessage) => boolean, timeoutMs?: number): Promise<PeerMessage>;
   /** All messages seen so far in the room (decrypted where possible), in timeline order. */
   messages(roomId: string): PeerMessage[];
+  /** Whether this peer's device is cross-signed by its owner (the default; `crossSign: false` leaves it unsigned). */
+  readonly crossSigned: boolean;
+  /** Requests a (to-device) verification of `userId`'s device `deviceId` (a user this peer tracks: one it shares an encrypted room with). */
+  requestVerification(userId: string, deviceId: string, timeoutMs?: number): Promise<VerificationRequest>;
+  /** Requests an in-room verification of `userId` in `roomId` (an `m.key.verification.request` message there). */
+  requestVerificationInRoom(userId: string, roomId: string): Promise<VerificationRequest>;
+  /** Resolves with the next verification request received from `userId` (one received already counts). */
+  nextVerificationRequest(userId: string, timeoutMs?: number): Promise<VerificationRequest>;
+  /**
+   * Runs SAS on a request: accepts it if it came from the other side and is not accepted yet, starts SAS when `start`
+   * (else waits for the other side to), then confirms the SAS (or, with `match: false`, says it does not match).
+   * Resolves with the SAS emoji names once the verification is done; rejects if it was cancelled.
+   */
+  runSas(request: VerificationRequest, opts: { start: boolean; match?: boolean; timeoutMs?: number }): Promise<{ emoji: string[] }>;
+  /** Resolves once the request is in `phase` (e.g. Cancelled), with the request. */
+  waitForPhase(request: VerificationRequest, phase: VerificationPhase, timeoutMs?: number): Promise<VerificationRequest>;
+  /** Whether this peer's crypto considers `userId`'s device `deviceId` verified (`getDeviceVerificationStatus().isVerified()`). */
+  deviceVerified(userId: string, deviceId: string): Promise<boolean>;
   stop(): Promise<void>;
   /**
    * Turns on MSC4153's "exclude insecure devices" (js-sdk's OnlySignedDevicesIsolationMode, Element's setting): room
@@ -175,10 +202,21 @@ async function passwordLogin(baseUrl: string, user: string, password: string): P
   return { userId: data.user_id, accessToken: data.access_token, deviceId: data.device_id };
 }
 
-/** Registers a new user (or logs in again as an existing one, making a new device, when `login` is given) and starts syncing with rust crypto. */
+/**
+ * The cross-signing private keys of the users whose identity a js-peer of this process created, so that a later
+ * device of the same user (`login`) is signed by the same identity instead of replacing it.
+ */
+const identities = new Map<string, Awaited<ReturnType<NonNullable<CryptoApi['exportSecretsBundle']>>>>();
+
+/**
+ * Registers a new user (or logs in again as an existing one, making a new device, when `login` is given) and starts
+ * syncing with rust crypto. Unless `crossSign: false`, the device is then cross-signed by its owner (a new
+ * cross-signing identity, uploaded with the password for user-interactive auth; or, for another device of a user
+ * a peer of this process set up, that identity), as spec v1.18 clients expect (MSC4153).
+ */
 export async function startJsPeer(
   hs: TestHomeserver,
-  opts: { localpart?: string; login?: { user: string; password: string } } = {},
+  opts: { localpart?: string; login?: { user: string; password: string }; crossSign?: boolean } = {},
 ): Promise<JsPeer & { password: string }> {
   let creds: { userId: string; accessToken: string; deviceId: string; password: string };
   if (opts.login) {
@@ -207,6 +245,7 @@ export async function startJsPeer(
   const peer = new JsPeerImpl(client, creds.userId, creds.deviceId, creds.password, storageKey);
   try {
     await peer.start();
+    if (opts.crossSign !== false) await peer.crossSign();
   } catch (err) {
     await peer.stop();
     throw err;
@@ -221,7 +260,9 @@ class JsPeerImpl implements JsPeer {
   /** Re-check callbacks of the pending waits, run on every relevant js-sdk event. */
   private readonly waiters = new Set<() => void>();
   private readonly detach: Array<() => void> = [];
+  private readonly requests: VerificationRequest[] = [];
   private stopped = false;
+  crossSigned = false;
 
   constructor(
     readonly client: MatrixClient,
@@ -267,6 +308,11 @@ class JsPeerImpl implements JsPeer {
     });
     for (const e of [MatrixEventEvent.Decrypted, RoomEvent.LocalEchoUpdated, RoomStateEvent.Members, RoomEvent.MyMembership,
       ClientEvent.Room, ClientEvent.Sync, CryptoEvent.DevicesUpdated]) listen(e, notify);
+    listen(CryptoEvent.VerificationRequestReceived, (req: VerificationRequest) => {
+      this.requests.push(req);
+      this.watchRequest(req);
+      notify();
+    });
 
     let syncState: string | null = null;
     const prepared = this.until(() => syncState === SyncState.Prepared || syncState === SyncState.Syncing, DEFAULT_TIMEOUT_MS * 3,
@@ -280,6 +326,110 @@ class JsPeerImpl implements JsPeer {
     if (!keys.device_keys?.[this.userId]?.[this.deviceId]) {
       throw new Error(`js-peer: device keys of ${this.userId}/${this.deviceId} are not on the homeserver after the initial key upload`);
     }
+  }
+
+  /**
+   * Cross-signs this device: with the identity an earlier peer of the same user made (imported), or a new one
+   * (bootstrapCrossSigning, its upload authorised with the password: the first attempt gets the UIA session).
+   */
+  crossSign(): Promise<void> {
+    return inPeerContext(async () => {
+      const crypto = this.client.getCrypto()!;
+      const known = identities.get(this.userId);
+      if (known) {
+        // With the private keys imported, bootstrapCrossSigning does nothing (the keys exist): sign the device here.
+        await crypto.importSecretsBundle!(known);
+        await crypto.crossSignDevice(this.deviceId);
+      } else await crypto.bootstrapCrossSigning({
+        authUploadDeviceSigningKeys: async (makeRequest) => {
+          let session: string | undefined;
+          try {
+            await makeRequest(null);
+            return;
+          } catch (err) {
+            session = (err as { data?: { session?: string } }).data?.session;
+            if (!session) throw err;
+          }
+          await makeRequest({ type: 'm.login.password', identifier: { type: 'm.id.user', user: this.userId }, password: this.password, session } as never);
+        },
+      });
+      if (!known) identities.set(this.userId, await crypto.exportSecretsBundle!());
+      await this.flushCryptoRequests();
+      // The device's own record learns of the signature by a key query of our user (the server says it changed).
+      await this.until(async () => (await crypto.getDeviceVerificationStatus(this.userId, this.deviceId))?.signedByOwner, DEFAULT_TIMEOUT_MS,
+        () => `${this.userId}/${this.deviceId} to be cross-signed by its owner`);
+      this.crossSigned = true;
+    });
+  }
+
+  /** Re-checks the waits on every change of a verification request and of its verifier. */
+  private watchRequest(req: VerificationRequest): void {
+    const notify = () => { for (const w of [...this.waiters]) w(); };
+    req.on(VerificationRequestEvent.Change, () => {
+      notify();
+      req.verifier?.on(VerifierEvent.ShowSas, notify);
+    });
+  }
+
+  requestVerification(userId: string, deviceId: string, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<VerificationRequest> {
+    // The engine knows the devices of users it tracks (members of encrypted rooms) once their keys are queried.
+    return this.until(() => inPeerContext(async () => {
+      try {
+        const req = await this.client.getCrypto()!.requestDeviceVerification(userId, deviceId);
+        this.watchRequest(req);
+        return req;
+      } catch (err) {
+        if (/not a known device/i.test(String((err as Error).message))) return undefined;
+        throw err;
+      }
+    }), timeoutMs, () => `device ${userId}/${deviceId} to be known to this peer's crypto (to request its verification)`);
+  }
+
+  requestVerificationInRoom(userId: string, roomId: string): Promise<VerificationRequest> {
+    return inPeerContext(async () => {
+      const req = await this.client.getCrypto()!.requestVerificationDM(userId, roomId);
+      this.watchRequest(req);
+      return req;
+    });
+  }
+
+  nextVerificationRequest(userId: string, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<VerificationRequest> {
+    return this.until(() => {
+      const i = this.requests.findIndex((r) => r.otherUserId === userId);
+      return i < 0 ? undefined : this.requests.splice(i, 1)[0];
+    }, timeoutMs, () => `a verification request from ${userId}`);
+  }
+
+  waitForPhase(request: VerificationRequest, phase: VerificationPhase, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<VerificationRequest> {
+    return this.until(() => request.phase === phase && request, timeoutMs, () => `verification ${request.transactionId} to reach phase ${VerificationPhase[phase]} (now ${VerificationPhase[request.phase]})`);
+  }
+
+  runSas(request: VerificationRequest, opts: { start: boolean; match?: boolean; timeoutMs?: number }): Promise<{ emoji: string[] }> {
+    const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS * 3;
+    return inPeerContext(async () => {
+      if (!request.initiatedByMe && request.phase === VerificationPhase.Requested) await request.accept();
+      let verifier = request.verifier;
+      if (opts.start) {
+        await this.waitForPhase(request, VerificationPhase.Ready, timeoutMs);
+        verifier = await request.startVerification('m.sas.v1');
+      } else {
+        verifier = await this.until(() => request.verifier, timeoutMs, () => `the other side to start SAS on ${request.transactionId} (phase ${VerificationPhase[request.phase]})`);
+      }
+      let emoji: string[] = [];
+      const shown = new Promise<void>((resolve) => verifier.on(VerifierEvent.ShowSas, (sas) => {
+        emoji = (sas.sas.emoji ?? []).map(([, name]) => name);
+        if (opts.match === false) sas.mismatch();
+        else void sas.confirm();
+        resolve();
+      }));
+      await Promise.all([verifier.verify(), shown]);
+      return { emoji };
+    });
+  }
+
+  async deviceVerified(userId: string, deviceId: string): Promise<boolean> {
+    const status = await inPeerContext(() => this.client.getCrypto()!.getDeviceVerificationStatus(userId, deviceId));
+    return status?.isVerified() ?? false;
   }
 
   /**

@@ -162,7 +162,7 @@ test('secret storage written by Halcyon is read by matrix-js-sdk with the recove
   const d = await loginWithDetails({ homeserver: hs.baseUrl, user: user.localpart, password: user.password, dataDir });
   assert.equal(d.crossSigning, 'created');
   // Another session of the bot's account, in js-sdk, given the recovery key.
-  const j = await jsPeer(t, { login: { user: user.userId, password: user.password } });
+  const j = await jsPeer(t, { login: { user: user.userId, password: user.password }, crossSign: false });
   const key = decodeRecoveryKey(d.recoveryKey!);
   j.useSecretStorageKey(key);
   const [keyId, info] = (await j.call((c) => c.secretStorage.getKey()))!;
