@@ -32,14 +32,20 @@ import {
   type DecryptResult,
   type EncryptResult,
   EVENT_FLAGS,
+  type IdentitySetup,
+  type IdentitySetupResult,
   type MainToCrypto,
 } from '../protocol.ts';
 import { type Database, kvGet, kvSet } from '../store.ts';
 import type { ProcessOptions } from '../sync/process.ts';
+import { KeyBackup } from './backup.ts';
 import { IdbJournal } from './idb-journal.ts';
+import { setUpIdentity } from './identity.ts';
 import { SerialQueue } from './queue.ts';
 import { type HistoryVisibility, SharingRooms } from './rooms.ts';
-import { type Decrypted, decryptedBatch, refusal, useClearRelation, WITHHELD_FOR_GOOD, withheldReason } from './decrypted.ts';
+import { type Decrypted, decryptedBatch, errMessage, refusal, safeJson, useClearRelation, WITHHELD_FOR_GOOD, withheldReason } from './decrypted.ts';
+import { TrustRules } from './trust.ts';
+import { type Outgoing, Verifications } from './verification.ts';
 
 /**
  * Decryption yields the queue after this many ms (at least one event per turn), so a batch's sync changes, which
@@ -65,6 +71,8 @@ export class CryptoActor implements CryptoActorApi {
   private journal!: IdbJournal;
   private machine!: W.OlmMachine;
   private identity!: CryptoIdentity;
+  private trust!: TrustRules;
+  private verification!: Verifications;
   private wanted: Set<string> | null = null;
   private readonly queue = new SerialQueue();
   /** Members (joined and invited) and history visibility of the rooms we send into. */
@@ -79,6 +87,8 @@ export class CryptoActor implements CryptoActorApi {
   private retryScheduled = false;
   /** Decrypt requests run one after another (first in, first out), so the first batch is ready first. */
   private decryptTail: Promise<unknown> = Promise.resolve();
+  /** Server-side key backup (see backup.ts); null until `open`. */
+  private backup: KeyBackup | null = null;
   private outgoingRunning: Promise<void> | null = null;
   private outgoingQueued: Promise<void> | null = null;
   private appliedBatches = 0;
@@ -124,7 +134,9 @@ export class CryptoActor implements CryptoActorApi {
       const msg = String((err as Error)?.message ?? err);
       throw new HalcyonError(
         /match/i.test(msg) ? 'HALCYON_STORE_MISMATCH' : 'HALCYON_CRYPTO_STORE',
-        `cannot open the crypto store in ${config.dataDir} (wrong passphrase, or another account's store?): ${msg}`,
+        // Since a login with encryption on creates the store, a bot with its own passphrase that did not give it
+        // to the login (or `halcyon login --store-passphrase-file`) meets this on its first run.
+        `cannot open the crypto store in ${config.dataDir} (wrong passphrase: the login that created it must be given the client's encryption options; or another account's store?): ${msg}`,
         { cause: err },
       );
     }
@@ -135,6 +147,9 @@ export class CryptoActor implements CryptoActorApi {
     free(curve, ed, keys);
     this.http = new MatrixHttp(config.homeserver, config.accessToken);
     this.rooms = new SharingRooms(db, this.http);
+    const backup = new KeyBackup({ W, machine: this.machine, queue: this.queue, http: this.http, report: (e) => this.report(e), closed: () => this.closed });
+    this.backup = backup;
+    this.openTrust();
     this.machine.registerRoomKeyUpdatedCallback(async (infos: W.RoomKeyInfo[]) => {
       for (const info of infos) this.arrivedSessions.add(info.sessionId);
       free(...infos);
@@ -161,8 +176,24 @@ export class CryptoActor implements CryptoActorApi {
     // Events kept from an earlier run whose key came meanwhile (or whose late delivery was not handled).
     db.exec('UPDATE pending_utd SET posted = 0');
     void this.queue.run(() => this.retryPending(null)).catch((e) => this.report(e));
+    backup.start(() => this.keptSessions());
     this.opened = true;
     return this.identity;
+  }
+
+  /** Sets up the `trust` option's rules and interactive verification (trust.ts, verification.ts). */
+  private openTrust(): void {
+    const own = { userId: this.config.userId, deviceId: this.config.deviceId };
+    this.trust = new TrustRules(W, this.config.trust ?? 'all', own, (message) => this.events.post({ kind: 'warning', message }));
+    this.verification = new Verifications(W, {
+      machine: this.machine,
+      ownDeviceId: this.config.deviceId,
+      run: (fn) => this.queue.run(fn, 'high'),
+      send: (req) => this.send(req),
+      flush: () => this.flushOutgoing(),
+      post: (msg) => this.events.post(msg),
+      verified: () => this.trust.forget(),
+    });
   }
 
   /**
@@ -177,6 +208,7 @@ export class CryptoActor implements CryptoActorApi {
     this.ensureOpen();
     await this.queue.run(() => this.applySyncChanges(ch), 'high');
     void this.flushOutgoing().catch((e) => this.report(e));
+    void this.verification.retryUnknownSenders().catch((e) => this.report(e));
   }
 
   /**
@@ -207,23 +239,45 @@ export class CryptoActor implements CryptoActorApi {
   private async decryptAll(req: DecryptRequest): Promise<DecryptResult> {
     const ok: Array<Decrypted & { index: number }> = [];
     const failures: DecryptFailure[] = [];
+    const unknownSender: Array<{ i: number; sender: string }> = [];
+    this.trust.beginRequest();
     let i = 0;
     while (i < req.raw.length) {
       await this.queue.run(async () => {
         const until = performance.now() + DECRYPT_SLICE_MS;
         do {
           const roomId = req.rooms[req.room[i]!]!;
-          const r = await this.decryptOne(roomId, req.raw[i]!, true);
+          const r = await this.decryptOne(roomId, req.raw[i]!, true, true);
           if ('event' in r) ok.push({ ...r, index: i });
-          else failures.push({ ...r, index: i });
+          else if (r.unknownDevice) unknownSender.push({ i, sender: r.unknownDevice });
+          else failures.push(failureAt(r, i));
           i++;
         } while (i < req.raw.length && performance.now() < until);
       });
     }
+    // A sender device not known yet (a user the bot does not track, or whose keys are being queried) may pass the
+    // `trust` rule once known: its user is tracked, its keys fetched, and the event decrypted again.
+    if (unknownSender.length > 0) {
+      await this.fetchSenders(unknownSender.map((u) => u.sender));
+      for (const { i: k } of unknownSender) {
+        const r = await this.queue.run(() => this.decryptOne(req.rooms[req.room[k]!]!, req.raw[k]!, true, false));
+        if ('event' in r) ok.push({ ...r, index: k });
+        else failures.push(failureAt(r, k));
+      }
+      ok.sort((a, b) => a.index - b.index); // timeline order
+    }
+    void this.verification.retryUnknownSenders().catch((e) => this.report(e)); // requests among the events
     const slot: number[] = new Array<number>(req.raw.length).fill(-1);
     const batch = decryptedBatch(ok, 0, this.processOptions());
     if (batch) for (const [k, d] of ok.entries()) slot[d.index] = batch.slots[k]!;
     return { batch: batch?.batch ?? null, slot, failures };
+  }
+
+  /** Tracks these senders and fetches their devices and identities, which the `trust` rule needs (outside the queue). */
+  private async fetchSenders(senders: Iterable<string>): Promise<void> {
+    await this.queue.run(() => this.machine.updateTrackedUsers(userIds(new Set(senders))), 'high');
+    await this.flushOutgoing().catch((e: unknown) => this.report(e));
+    this.trust.forget();
   }
 
   async encrypt(roomId: string, type: string, content: Record<string, unknown>): Promise<EncryptResult> {
@@ -258,11 +312,42 @@ export class CryptoActor implements CryptoActorApi {
       storedRecords: this.journal.recordCount(),
       appliedBatches: this.appliedBatches,
       duplicateToDevice: this.duplicateToDevice,
+      keyBackup: (await this.backup?.status()) ?? null,
     };
   }
 
   async memory(collect = false): Promise<ActorMemory> {
     return threadMemory({ collect, wasmBytes: wasmMemory?.buffer.byteLength ?? null });
+  }
+
+  // ---- identity and key backup (identity.ts, backup.ts) ----
+
+  async setupIdentity(req: IdentitySetup): Promise<IdentitySetupResult> {
+    this.ensureOpen();
+    const c = this.config;
+    const ctx = { W, machine: this.machine, queue: this.queue, http: this.http, userId: c.userId, deviceId: c.deviceId, accessToken: c.accessToken, backup: this.backup! };
+    return setUpIdentity({ ...ctx, send: (r) => this.send(r) }, req);
+  }
+
+  /** Room and session of every kept undecryptable event (looked up in the key backup at start). */
+  private keptSessions(): Array<{ roomId: string; sessionId: string }> {
+    if (this.closed) return [];
+    const rows = this.journal.db.prepare('SELECT DISTINCT room_id, session_id FROM pending_utd WHERE session_id IS NOT NULL').all() as { room_id: string; session_id: string }[];
+    return rows.map((r) => ({ roomId: r.room_id, sessionId: r.session_id }));
+  }
+
+  // Interactive verification: see verification.ts.
+  async answerVerification(userId: string, flowId: string, accept: boolean): Promise<void> {
+    return this.ensureOpen(), this.verification.answer(userId, flowId, accept);
+  }
+  async confirmVerification(userId: string, flowId: string): Promise<void> {
+    return this.ensureOpen(), this.verification.confirm(userId, flowId);
+  }
+  async cancelVerification(userId: string, flowId: string): Promise<void> {
+    return this.ensureOpen(), this.verification.cancel(userId, flowId);
+  }
+  async requestVerification(userId: string, deviceId: string | null): Promise<string[]> {
+    return this.ensureOpen(), this.verification.request(userId, deviceId);
   }
 
   async close(): Promise<void> {
@@ -306,8 +391,13 @@ export class CryptoActor implements CryptoActorApi {
       // the engine, which reads a missing count in a key upload's answer as "unchanged".
       const counts = new Map<string, number>(Object.entries({ signed_curve25519: 0, ...ch.otkCounts }));
       const fallback = ch.fallbackKeyTypes ? new Set(ch.fallbackKeyTypes) : undefined;
+      // To-device events are decrypted from any device: the `trust` option applies to the room events they unlock.
       const lists = new W.DeviceLists(changed, left);
-      const processed = await m.receiveSyncChanges(JSON.stringify(fresh), lists, counts, fallback, untrusted()).finally(() => lists.free());
+      const processed = await m
+        .receiveSyncChanges(JSON.stringify(fresh), lists, counts, fallback, new W.DecryptionSettings(W.TrustRequirement.Untrusted))
+        .finally(() => lists.free());
+      this.verification.noticeToDevice(processed);
+      for (const v of ch.verification ?? []) await this.verification.noticeRoomEvent(v.roomId, v.event as unknown as Record<string, unknown>);
       for (const p of processed) {
         if (p.type === W.ProcessedToDeviceEventType.UnableToDecrypt || p.type === W.ProcessedToDeviceEventType.Invalid) {
           const raw = safeJson((p as W.UTDToDeviceEvent).rawEvent);
@@ -367,7 +457,12 @@ export class CryptoActor implements CryptoActorApi {
 
   // ---- decryption ----
 
-  private async decryptOne(roomId: string, raw: string, keep: boolean): Promise<Decrypted | Omit<DecryptFailure, 'index'>> {
+  /**
+   * Decrypts one event. `keep`: a missing key keeps it for a late key. `ask`: an event whose sender device the store
+   * does not know fails with `unknownDevice` (the caller fetches the sender's keys and asks again without `ask`),
+   * rather than be decided (the `trust` rule) or labelled (`encryption.trust`) on too little.
+   */
+  private async decryptOne(roomId: string, raw: string, keep: boolean, ask: boolean): Promise<Decrypted | OneFailure> {
     const original = safeJson(raw);
     const eventId = typeof original?.event_id === 'string' ? original.event_id : null;
     const content = original && typeof original.content === 'object' && original.content !== null ? (original.content as Record<string, unknown>) : null;
@@ -375,34 +470,42 @@ export class CryptoActor implements CryptoActorApi {
     const fail = (message: string) => ({ code: 'HALCYON_DECRYPT_FAILED' as const, message, sessionId, pending: false, withheldCode: null });
     if (!original || !eventId || !content) return fail('malformed m.room.encrypted event');
     if (content.algorithm !== MEGOLM) return fail(`unsupported algorithm ${JSON.stringify(content.algorithm)}`);
-    const [room, settings] = [new W.RoomId(roomId), untrusted()];
     try {
-      const d = await this.machine.decryptRoomEvent(raw, room, settings);
+      const d = await this.trust.decrypt(this.machine, raw, roomId, original.sender);
       // With untrusted devices accepted, a forged `sender` still decrypts; only the shield tells. Refuse it.
       const shield = d.shieldState(false);
       const forged = shield.code === W.ShieldStateCode.MismatchedSender;
       const event = JSON.parse(d.event) as Record<string, unknown>;
+      const trust = forged ? null : await this.trust.senderTrust(this.machine, d);
       free(shield, d);
-      if (forged) return fail(`${eventId} claims to be from ${String(original.sender)} but was encrypted by another user's device`);
+      if (!trust) return fail(`${eventId} claims to be from ${String(original.sender)} but was encrypted by another user's device`);
+      if (!trust.known && ask) return { ...fail(`${eventId}: its sender device is not known`), unknownDevice: String(original.sender) };
       const refused = refusal(event, original);
       if (refused) return fail(`${eventId} was refused: ${refused}`);
+      const untrusted = this.trust.refusal(trust);
+      if (untrusted) return { ...fail(`${eventId} was refused: ${untrusted}`), code: 'HALCYON_DECRYPT_UNTRUSTED' };
       // The clear event carries the encrypted event's envelope.
       for (const k of ['event_id', 'sender', 'origin_server_ts', 'unsigned'] as const) if (event[k] === undefined && original[k] !== undefined) event[k] = original[k];
       useClearRelation(event, content);
-      return { roomId, event };
+      await this.verification.noticeRoomEvent(roomId, event);
+      return { roomId, event, trust: { level: trust.level, deviceId: trust.deviceId } };
     } catch (err) {
+      const refused = this.trust.engineRefusal(err);
+      const unknownDevice = ask && refused?.unknownDevice ? String(original.sender) : undefined;
+      if (refused) return { ...fail(`cannot decrypt ${eventId}: ${refused.refused}`), code: 'HALCYON_DECRYPT_UNTRUSTED', unknownDevice };
       const e = err as { code?: unknown; withheldCode?: unknown; maybe_withheld?: unknown };
       const missing = e.code === W.DecryptionErrorCode.MissingRoomKey || e.code === W.DecryptionErrorCode.UnknownMessageIndex;
       const withheldCode = typeof e.withheldCode === 'string' ? e.withheldCode : null;
       // Anyone can send a withheld notice for any session: only the event's sender's own word ends the wait.
       const forGood = withheldCode !== null && WITHHELD_FOR_GOOD.has(withheldCode) && sessionId !== null && this.withheldBy.get(sessionId) === original.sender;
       const pending = missing && keep && sessionId !== null && !forGood;
-      if (pending) this.keepPending(eventId, roomId, sessionId, raw);
+      if (pending) {
+        this.keepPending(eventId, roomId, sessionId, raw);
+        this.backup?.lookup(roomId, sessionId);
+      }
       // The engine's text ends in Rust formatting of the withheld code (`withheld code: None` / `Some("m.…")`).
       const why = withheldCode === null ? errMessage(err).replace(/, withheld code: None$/, '') : withheldReason(withheldCode, e.maybe_withheld);
       return { code: missing ? 'HALCYON_DECRYPT_MISSING_KEY' : 'HALCYON_DECRYPT_FAILED', message: `cannot decrypt ${eventId}: ${why}`, sessionId, pending, withheldCode };
-    } finally {
-      free(room, settings);
     }
   }
 
@@ -414,8 +517,12 @@ export class CryptoActor implements CryptoActorApi {
     db.prepare('DELETE FROM pending_utd WHERE event_id IN (SELECT event_id FROM pending_utd ORDER BY at DESC, rowid DESC LIMIT -1 OFFSET ?)').run(this.config.maxPendingUndecryptable);
   }
 
-  /** Retries kept events (of these sessions, or all); posts those that now decrypt to main as a late batch. */
-  private async retryPending(sessions: Set<string> | null): Promise<void> {
+  /**
+   * Retries kept events (of these sessions, or all); posts those that now decrypt to main as a late batch. An event
+   * the `trust` rule refuses while its sender's device is not known (a room the bot only reads: its members are not
+   * tracked) is retried once more after fetching the sender's keys (`sendersFetched`), then given up.
+   */
+  private async retryPending(sessions: Set<string> | null, sendersFetched = false): Promise<void> {
     const db = this.journal.db;
     db.prepare('DELETE FROM pending_utd WHERE at < ?').run(Date.now() - this.config.pendingUndecryptableMaxAgeMs);
     const rows = (db.prepare('SELECT event_id, room_id, session_id, raw FROM pending_utd WHERE posted = 0 ORDER BY at, rowid').all() as {
@@ -423,12 +530,23 @@ export class CryptoActor implements CryptoActorApi {
     }[]).filter((r) => sessions === null || (r.session_id !== null && sessions.has(r.session_id)));
     const ok: Array<Decrypted & { index: number }> = [];
     const hopeless: string[] = [];
+    const unknownSenders = new Set<string>();
+    const unknownSessions = new Set<string>();
     for (const r of rows) {
-      const res = await this.decryptOne(r.room_id, r.raw, false);
+      const res = await this.decryptOne(r.room_id, r.raw, false, !sendersFetched);
       if ('event' in res) ok.push({ ...res, index: ok.length });
-      else if (res.code === 'HALCYON_DECRYPT_FAILED') hopeless.push(r.event_id); // the key came, the event is refused
+      else if (res.unknownDevice && r.session_id !== null) {
+        unknownSenders.add(res.unknownDevice);
+        unknownSessions.add(r.session_id);
+      } else if (res.code !== 'HALCYON_DECRYPT_MISSING_KEY') hopeless.push(r.event_id); // the key came, the event is refused
     }
     this.forgetPending(hopeless);
+    if (unknownSenders.size > 0) {
+      // Not awaited: this runs in the queue, which the fetch needs.
+      void this.fetchSenders(unknownSenders)
+        .then(() => (this.closed ? undefined : this.queue.run(() => this.retryPending(unknownSessions, true))))
+        .catch((e) => this.report(e));
+    }
     const built = decryptedBatch(ok, EVENT_FLAGS.late, this.processOptions());
     if (!built) return;
     const ids = ok.map((d) => d.event.event_id as string);
@@ -469,11 +587,18 @@ export class CryptoActor implements CryptoActorApi {
       // Device lists of new members are queried first (a key share skips users whose devices are unknown).
       await this.flushOutgoing();
       const claim = await this.queue.run(() => m.getMissingSessions(userIds(users)), 'high');
-      if (claim) await this.send(claim);
+      if (claim) await this.sendAll([claim]);
       // The engine starts a new session when the visibility differs from the current session's, or a user it was
       // shared with is not among `users` (left, or invited in a room now visible to joined members only).
-      const settings = this.encryptionSettings(roomId, visibility);
-      const toDevice = await this.queue.run(() => m.shareRoomKey(room, userIds(users), settings), 'high').finally(() => settings.free());
+      const toDevice = await this.queue.run(async () => {
+        const settings = this.encryptionSettings(roomId, visibility);
+        try {
+          settings.sharingStrategy = await this.trust.sharingStrategy(m);
+          return await m.shareRoomKey(room, userIds(users), settings);
+        } finally {
+          settings.free();
+        }
+      }, 'high');
       await this.sendAll(toDevice);
       const encrypted = await this.queue.run(() => m.encryptRoomEvent(room, type, JSON.stringify(content)), 'high');
       return { encrypted: true, content: JSON.parse(encrypted) as Record<string, unknown> };
@@ -520,31 +645,24 @@ export class CryptoActor implements CryptoActorApi {
   private async outgoingLoop(): Promise<void> {
     for (let round = 0; round < 10; round++) {
       const reqs = await this.queue.run(() => this.machine.outgoingRequests(), 'high');
-      if (reqs.length === 0) return;
-      await this.sendAll(reqs as OutgoingRequest[]);
+      if (reqs.length === 0) {
+        this.backup?.kick(); // room keys that arrived meanwhile go to the key backup, without holding this loop up
+        return;
+      }
+      await this.sendAll(reqs as Array<OutgoingRequest & { free(): void }>);
     }
   }
 
-  /** Sends requests in order, each freed once sent; those after a failure are freed unsent. */
-  private async sendAll(reqs: OutgoingRequest[]): Promise<void> {
-    let i = 0;
+  /** Sends requests the machine just made, in order, each freed (a wasm object) once sent or once one failed. */
+  private async sendAll(reqs: Array<OutgoingRequest & { free(): void }>): Promise<void> {
     try {
-      for (; i < reqs.length; i++) await this.send(reqs[i]!);
+      for (const r of reqs) await this.send(r);
     } finally {
-      free(...reqs.slice(i + 1));
+      free(...reqs);
     }
   }
 
-  /** Sends one of the machine's requests and tells it the answer; the request (a wasm object) is freed. */
   private async send(req: OutgoingRequest): Promise<void> {
-    try {
-      await this.sendRequest(req);
-    } finally {
-      free(req);
-    }
-  }
-
-  private async sendRequest(req: OutgoingRequest): Promise<void> {
     const T = W.RequestType;
     let path: string;
     let method = 'POST';
@@ -566,7 +684,7 @@ export class CryptoActor implements CryptoActorApi {
         break;
       }
       default:
-        return; // key backup is not enabled; nothing else is produced
+        return; // nothing else is produced here (key backup requests come from backupRoomKeys: see backup.ts)
     }
     let res: unknown;
     try {
@@ -604,18 +722,17 @@ export class CryptoActor implements CryptoActorApi {
   }
 }
 
-type OutgoingRequest = { id: string; type: W.RequestType; body: string; free(): void };
+type OutgoingRequest = Outgoing;
 
 /** crypto-wasm's linear memory in this thread: undefined until the first open() looks for it, null if unknown. */
 let wasmMemory: WebAssembly.Memory | null | undefined;
 
-/**
- * Decryption settings accepting unverified devices (bots rarely verify). A new object per call: receiveSyncChanges
- * takes it by value (wasm-bindgen moves it: a reused one is a null pointer), decryptRoomEvent borrows it (the
- * caller frees it).
- */
-function untrusted(): W.DecryptionSettings {
-  return new W.DecryptionSettings(W.TrustRequirement.Untrusted);
+/** A failure of {@link CryptoActor.decryptOne}; `unknownDevice`: refused by `trust` while the sender's device is unknown (the sender). */
+type OneFailure = Omit<DecryptFailure, 'index'> & { unknownDevice?: string };
+
+/** The failure of request event `index`, as main gets it. */
+function failureAt(f: OneFailure, index: number): DecryptFailure {
+  return { code: f.code, message: f.message, sessionId: f.sessionId, pending: f.pending, withheldCode: f.withheldCode, index };
 }
 
 function userIds(users: Iterable<string>): W.UserId[] {
@@ -628,19 +745,4 @@ function withZeroCount(res: unknown): unknown {
   const counts = (res as { one_time_key_counts?: unknown }).one_time_key_counts;
   const given = typeof counts === 'object' && counts !== null ? counts : {};
   return { ...res, one_time_key_counts: { signed_curve25519: 0, ...given } };
-}
-
-function safeJson(text: string): Record<string, unknown> | null {
-  try {
-    const v = JSON.parse(text) as unknown;
-    return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
-  } catch {
-    return null;
-  }
-}
-
-function errMessage(err: unknown): string {
-  if (err instanceof Error) return err.message;
-  const d = (err as { description?: unknown })?.description;
-  return typeof d === 'string' ? d : String(err);
 }

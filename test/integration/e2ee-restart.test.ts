@@ -312,7 +312,8 @@ test("another user's token on the data dir: run() rejects with HALCYON_STORE_MIS
   const x = await newBot(t, hs);
   await x.client.run(x.token);
   await x.client.stop();
-  const y = await newBot(t, hs);
+  // Y's login must not upload keys itself (with encryption on, login sets the device up in Y's own data dir).
+  const y = await newBot(t, hs, { encryption: false });
   const c = newClient(t, x.dataDir);
   const err = await rejection(c.run(y.token), "run() with user Y's token on X's data dir");
   assert.equal(err.code, 'HALCYON_STORE_MISMATCH', `got ${err.code}: ${err.message}`);

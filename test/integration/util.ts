@@ -92,7 +92,8 @@ export const FAST: Partial<ClientOptions> = { pollTimeoutMs: 2000, stopTimeoutMs
 export async function newBot(t: TestContext, hs: Homeserver, opts: Partial<ClientOptions> = {}): Promise<Bot> {
   const user = await hs.registerUser();
   const dataDir = tempDataDir(t);
-  const token = await Client.login({ homeserver: hs.baseUrl, user: user.localpart, password: user.password, dataDir });
+  // The client's encryption options go to the login too: it opens the crypto store with the client's passphrase.
+  const token = await Client.login({ homeserver: hs.baseUrl, user: user.localpart, password: user.password, dataDir, ...(opts.encryption === undefined ? {} : { encryption: opts.encryption }) });
   const client = newClient(t, dataDir, opts);
   const errors: HalcyonError[] = [];
   client.on('error', (e) => void errors.push(e));
