@@ -16,7 +16,7 @@
 import * as W from '@matrix-org/matrix-sdk-crypto-wasm';
 import { createHash } from 'node:crypto';
 import { HalcyonError, toWireError } from '../errors.ts';
-import { MatrixHttp, seg } from '../http.ts';
+import { MatrixHttp } from '../http.ts';
 import type { Port } from '../actors.ts';
 import { free, threadMemory, watchWasmMemory } from '../memory.ts';
 import {
@@ -42,10 +42,13 @@ import { KeyBackup } from './backup.ts';
 import { IdbJournal } from './idb-journal.ts';
 import { setUpIdentity } from './identity.ts';
 import { SerialQueue } from './queue.ts';
-import { type HistoryVisibility, SharingRooms } from './rooms.ts';
+import { SharingRooms } from './rooms.ts';
 import { type Decrypted, decryptedBatch, errMessage, refusal, safeJson, useClearRelation, WITHHELD_FOR_GOOD, withheldReason } from './decrypted.ts';
 import { TrustRules } from './trust.ts';
-import { type Outgoing, Verifications } from './verification.ts';
+import { OutgoingRequests } from './outgoing.ts';
+import { PendingEvents } from './pending.ts';
+import { RoomEncryption } from './room-encryption.ts';
+import { Verifications } from './verification.ts';
 
 /**
  * Decryption yields the queue after this many ms (at least one event per turn), so a batch's sync changes, which
@@ -57,12 +60,6 @@ const KEEP_HASH_BATCHES = 8;
 const MEGOLM = 'm.megolm.v1.aes-sha2';
 /** Withheld notices remembered (their senders), to tell whether a withheld key came from the event's sender. */
 const MAX_WITHHELD = 10_000;
-const HISTORY_VISIBILITY: Record<HistoryVisibility, W.HistoryVisibility> = {
-  invited: W.HistoryVisibility.Invited,
-  joined: W.HistoryVisibility.Joined,
-  shared: W.HistoryVisibility.Shared,
-  world_readable: W.HistoryVisibility.WorldReadable,
-};
 
 /** Owns the OlmMachine; see the module comment. */
 export class CryptoActor implements CryptoActorApi {
@@ -77,8 +74,10 @@ export class CryptoActor implements CryptoActorApi {
   private readonly queue = new SerialQueue();
   /** Members (joined and invited) and history visibility of the rooms we send into. */
   private rooms!: SharingRooms;
-  /** Rooms known not to be encrypted (asked the server); a later m.room.encryption event overrides. */
-  private readonly plainRooms = new Set<string>();
+  /** Undecryptable events kept for a late key (pending.ts); set in `open`. */
+  private pending!: PendingEvents;
+  /** Which rooms are encrypted, and how (room-encryption.ts); set in `open`. */
+  private roomEncryption!: RoomEncryption;
   private readonly roomLocks = new Map<string, Promise<unknown>>();
   /** Who sent the withheld notices of this run, by session (the newest {@link MAX_WITHHELD}). */
   private readonly withheldBy = new Map<string, string>();
@@ -89,8 +88,8 @@ export class CryptoActor implements CryptoActorApi {
   private decryptTail: Promise<unknown> = Promise.resolve();
   /** Server-side key backup (see backup.ts); null until `open`. */
   private backup: KeyBackup | null = null;
-  private outgoingRunning: Promise<void> | null = null;
-  private outgoingQueued: Promise<void> | null = null;
+  /** The machine's outgoing requests (outgoing.ts); set in `open`. */
+  private outgoing!: OutgoingRequests;
   private appliedBatches = 0;
   private duplicateToDevice = 0;
   private batchCounter = 0;
@@ -109,10 +108,8 @@ export class CryptoActor implements CryptoActorApi {
     const storeName = `halcyon-${createHash('sha256').update(config.dataDir).digest('hex').slice(0, 16)}`;
     this.journal = await IdbJournal.open(config.dataDir, 'crypto.sqlite', `${storeName}::`, (err) => this.fatal(err));
     const db = this.journal.db;
-    db.exec(`CREATE TABLE IF NOT EXISTS todevice_seen (hash TEXT PRIMARY KEY, batch INTEGER NOT NULL);
-      CREATE TABLE IF NOT EXISTS pending_utd (event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, session_id TEXT, raw TEXT NOT NULL,
-        at INTEGER NOT NULL, posted INTEGER NOT NULL DEFAULT 0);
-      CREATE INDEX IF NOT EXISTS pending_utd_session ON pending_utd (session_id);`);
+    db.exec('CREATE TABLE IF NOT EXISTS todevice_seen (hash TEXT PRIMARY KEY, batch INTEGER NOT NULL)');
+    this.pending = new PendingEvents(db, { maxAgeMs: config.pendingUndecryptableMaxAgeMs, maxCount: config.maxPendingUndecryptable });
     const owner = kvGet(db, 'owner');
     if (owner) {
       const o = JSON.parse(owner) as { userId: string; deviceId: string };
@@ -147,9 +144,34 @@ export class CryptoActor implements CryptoActorApi {
     free(curve, ed, keys);
     this.http = new MatrixHttp(config.homeserver, config.accessToken);
     this.rooms = new SharingRooms(db, this.http);
+    this.roomEncryption = new RoomEncryption({ W, machine: this.machine, queue: this.queue, http: this.http, db });
+    this.outgoing = new OutgoingRequests({
+      W, machine: this.machine, queue: this.queue, http: this.http, deviceId: config.deviceId, freshStore: this.freshStore,
+      backup: () => this.backup, fatal: (e) => this.fatal(e),
+    });
     const backup = new KeyBackup({ W, machine: this.machine, queue: this.queue, http: this.http, report: (e) => this.report(e), closed: () => this.closed });
     this.backup = backup;
     this.openTrust();
+    this.watchRoomKeys();
+    this.events.onMessage((msg) => {
+      if (msg.kind === 'lateHandled') this.forgetPending(msg.ids);
+    });
+    // Device keys must be on the server before anyone can encrypt for this device: upload before syncing. A
+    // failure other than a lost store's keys is reported and retried with the next sync's changes.
+    await this.outgoing.flush().catch((e: unknown) => {
+      if ((e as HalcyonError).code === 'HALCYON_CRYPTO_STORE') throw e;
+      this.report(e);
+    });
+    // Events kept from an earlier run whose key came meanwhile (or whose late delivery was not handled).
+    this.pending.unpostAll();
+    void this.queue.run(() => this.retryPending(null)).catch((e) => this.report(e));
+    backup.start(() => (this.closed ? [] : this.pending.sessions()));
+    this.opened = true;
+    return this.identity;
+  }
+
+  /** Keys that arrive retry the events kept for them; withheld notices are remembered by sender (see decryptOne). */
+  private watchRoomKeys(): void {
     this.machine.registerRoomKeyUpdatedCallback(async (infos: W.RoomKeyInfo[]) => {
       for (const info of infos) this.arrivedSessions.add(info.sessionId);
       free(...infos);
@@ -164,21 +186,6 @@ export class CryptoActor implements CryptoActorApi {
       }
       while (this.withheldBy.size > MAX_WITHHELD) this.withheldBy.delete(this.withheldBy.keys().next().value!);
     });
-    this.events.onMessage((msg) => {
-      if (msg.kind === 'lateHandled') this.forgetPending(msg.ids);
-    });
-    // Device keys must be on the server before anyone can encrypt for this device: upload before syncing. A
-    // failure other than a lost store's keys is reported and retried with the next sync's changes.
-    await this.flushOutgoing().catch((e: unknown) => {
-      if ((e as HalcyonError).code === 'HALCYON_CRYPTO_STORE') throw e;
-      this.report(e);
-    });
-    // Events kept from an earlier run whose key came meanwhile (or whose late delivery was not handled).
-    db.exec('UPDATE pending_utd SET posted = 0');
-    void this.queue.run(() => this.retryPending(null)).catch((e) => this.report(e));
-    backup.start(() => this.keptSessions());
-    this.opened = true;
-    return this.identity;
   }
 
   /** Sets up the `trust` option's rules and interactive verification (trust.ts, verification.ts). */
@@ -189,8 +196,8 @@ export class CryptoActor implements CryptoActorApi {
       machine: this.machine,
       ownDeviceId: this.config.deviceId,
       run: (fn) => this.queue.run(fn, 'high'),
-      send: (req) => this.send(req),
-      flush: () => this.flushOutgoing(),
+      send: (req) => this.outgoing.send(req),
+      flush: () => this.outgoing.flush(),
       post: (msg) => this.events.post(msg),
       verified: () => this.trust.forget(),
     });
@@ -207,7 +214,7 @@ export class CryptoActor implements CryptoActorApi {
   async receiveSyncChanges(ch: CryptoSyncChanges): Promise<void> {
     this.ensureOpen();
     await this.queue.run(() => this.applySyncChanges(ch), 'high');
-    void this.flushOutgoing().catch((e) => this.report(e));
+    void this.outgoing.flush().catch((e) => this.report(e));
     void this.verification.retryUnknownSenders().catch((e) => this.report(e));
   }
 
@@ -276,7 +283,7 @@ export class CryptoActor implements CryptoActorApi {
   /** Tracks these senders and fetches their devices and identities, which the `trust` rule needs (outside the queue). */
   private async fetchSenders(senders: Iterable<string>): Promise<void> {
     await this.queue.run(() => this.machine.updateTrackedUsers(userIds(new Set(senders))), 'high');
-    await this.flushOutgoing().catch((e: unknown) => this.report(e));
+    await this.outgoing.flush().catch((e: unknown) => this.report(e));
     this.trust.forget();
   }
 
@@ -295,7 +302,7 @@ export class CryptoActor implements CryptoActorApi {
 
   async isRoomEncrypted(roomId: string): Promise<boolean> {
     this.ensureOpen();
-    return (await this.roomAlgorithm(roomId)) !== null;
+    return (await this.roomEncryption.algorithm(roomId)) !== null;
   }
 
   async setWantedTypes(types: string[] | null): Promise<void> {
@@ -305,7 +312,7 @@ export class CryptoActor implements CryptoActorApi {
 
   async status(): Promise<CryptoStatus> {
     this.ensureOpen();
-    const n = (this.journal.db.prepare('SELECT count(*) AS n FROM pending_utd').get() as { n: number }).n;
+    const n = this.pending.count();
     return {
       identity: this.identity,
       pendingUndecryptable: n,
@@ -326,14 +333,7 @@ export class CryptoActor implements CryptoActorApi {
     this.ensureOpen();
     const c = this.config;
     const ctx = { W, machine: this.machine, queue: this.queue, http: this.http, userId: c.userId, deviceId: c.deviceId, accessToken: c.accessToken, backup: this.backup! };
-    return setUpIdentity({ ...ctx, send: (r) => this.send(r) }, req);
-  }
-
-  /** Room and session of every kept undecryptable event (looked up in the key backup at start). */
-  private keptSessions(): Array<{ roomId: string; sessionId: string }> {
-    if (this.closed) return [];
-    const rows = this.journal.db.prepare('SELECT DISTINCT room_id, session_id FROM pending_utd WHERE session_id IS NOT NULL').all() as { room_id: string; session_id: string }[];
-    return rows.map((r) => ({ roomId: r.room_id, sessionId: r.session_id }));
+    return setUpIdentity({ ...ctx, send: (r) => this.outgoing.send(r) }, req);
   }
 
   // Interactive verification: see verification.ts.
@@ -353,8 +353,7 @@ export class CryptoActor implements CryptoActorApi {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.outgoingRunning?.catch(() => {});
-    await this.outgoingQueued?.catch(() => {});
+    await this.outgoing?.settle();
     // Closed from inside the queue: no machine call can be running or start after it.
     await this.queue.shut(() => this.machine?.close());
     await this.http?.close();
@@ -382,7 +381,7 @@ export class CryptoActor implements CryptoActorApi {
     this.journal.beginGroup();
     let failure: unknown = null;
     try {
-      for (const e of ch.encryption) await this.setRoomEncryption(e.roomId, e.content);
+      for (const e of ch.encryption) await this.roomEncryption.set(e.roomId, e.content);
       const newUsers = this.rooms.apply(ch);
       if (newUsers.length > 0) await m.updateTrackedUsers(userIds(newUsers));
       const changed = ch.deviceListsChanged.map((u) => new W.UserId(u));
@@ -421,38 +420,6 @@ export class CryptoActor implements CryptoActorApi {
     }
     this.appliedBatches++;
     if (failure) this.report(new HalcyonError('HALCYON_DECRYPT_FAILED', `applying the batch's to-device events failed: ${errMessage(failure)}`, { cause: failure }));
-  }
-
-  private async setRoomEncryption(roomId: string, content: Record<string, unknown>): Promise<void> {
-    this.plainRooms.delete(roomId);
-    const s = new W.RoomSettings();
-    // Unknown algorithms still mark the room encrypted (plaintext is refused); megolm is all we can send.
-    s.algorithm = W.EncryptionAlgorithm.MegolmV1AesSha2;
-    if (typeof content.rotation_period_ms === 'number') s.sessionRotationPeriodMs = content.rotation_period_ms;
-    if (typeof content.rotation_period_msgs === 'number') s.sessionRotationPeriodMessages = content.rotation_period_msgs;
-    const room = new W.RoomId(roomId);
-    await this.machine.setRoomSettings(room, s).finally(() => free(room, s));
-    kvSet(this.journal.db, `algorithm:${roomId}`, typeof content.algorithm === 'string' ? content.algorithm : 'unknown');
-    kvSet(this.journal.db, `encryption:${roomId}`, JSON.stringify(content));
-  }
-
-  /** The room's encryption algorithm, or null if it is not encrypted. */
-  private async roomAlgorithm(roomId: string): Promise<string | null> {
-    const known = kvGet(this.journal.db, `algorithm:${roomId}`);
-    if (known !== undefined) return known;
-    if (this.plainRooms.has(roomId)) return null;
-    // Not seen in a sync of this store (the room predates encryption support, or we have not synced it yet).
-    try {
-      const content = await this.http.json('GET', `/_matrix/client/v3/rooms/${seg(roomId)}/state/m.room.encryption/`);
-      await this.queue.run(() => this.setRoomEncryption(roomId, content), 'high');
-      return kvGet(this.journal.db, `algorithm:${roomId}`) ?? null;
-    } catch (err) {
-      if ((err as HalcyonError).errcode === 'M_NOT_FOUND') {
-        this.plainRooms.add(roomId);
-        return null;
-      }
-      throw err;
-    }
   }
 
   // ---- decryption ----
@@ -500,7 +467,7 @@ export class CryptoActor implements CryptoActorApi {
       const forGood = withheldCode !== null && WITHHELD_FOR_GOOD.has(withheldCode) && sessionId !== null && this.withheldBy.get(sessionId) === original.sender;
       const pending = missing && keep && sessionId !== null && !forGood;
       if (pending) {
-        this.keepPending(eventId, roomId, sessionId, raw);
+        this.pending.keep(eventId, roomId, sessionId, raw);
         this.backup?.lookup(roomId, sessionId);
       }
       // The engine's text ends in Rust formatting of the withheld code (`withheld code: None` / `Some("m.…")`).
@@ -509,25 +476,13 @@ export class CryptoActor implements CryptoActorApi {
     }
   }
 
-  private keepPending(eventId: string, roomId: string, sessionId: string, raw: string): void {
-    const db = this.journal.db;
-    const now = Date.now();
-    db.prepare('INSERT OR IGNORE INTO pending_utd (event_id, room_id, session_id, raw, at) VALUES (?, ?, ?, ?, ?)').run(eventId, roomId, sessionId, raw, now);
-    db.prepare('DELETE FROM pending_utd WHERE at < ?').run(now - this.config.pendingUndecryptableMaxAgeMs);
-    db.prepare('DELETE FROM pending_utd WHERE event_id IN (SELECT event_id FROM pending_utd ORDER BY at DESC, rowid DESC LIMIT -1 OFFSET ?)').run(this.config.maxPendingUndecryptable);
-  }
-
   /**
    * Retries kept events (of these sessions, or all); posts those that now decrypt to main as a late batch. An event
    * the `trust` rule refuses while its sender's device is not known (a room the bot only reads: its members are not
    * tracked) is retried once more after fetching the sender's keys (`sendersFetched`), then given up.
    */
   private async retryPending(sessions: Set<string> | null, sendersFetched = false): Promise<void> {
-    const db = this.journal.db;
-    db.prepare('DELETE FROM pending_utd WHERE at < ?').run(Date.now() - this.config.pendingUndecryptableMaxAgeMs);
-    const rows = (db.prepare('SELECT event_id, room_id, session_id, raw FROM pending_utd WHERE posted = 0 ORDER BY at, rowid').all() as {
-      event_id: string; room_id: string; session_id: string | null; raw: string;
-    }[]).filter((r) => sessions === null || (r.session_id !== null && sessions.has(r.session_id)));
+    const rows = this.pending.due(sessions);
     const ok: Array<Decrypted & { index: number }> = [];
     const hopeless: string[] = [];
     const unknownSenders = new Set<string>();
@@ -550,8 +505,7 @@ export class CryptoActor implements CryptoActorApi {
     const built = decryptedBatch(ok, EVENT_FLAGS.late, this.processOptions());
     if (!built) return;
     const ids = ok.map((d) => d.event.event_id as string);
-    const mark = db.prepare('UPDATE pending_utd SET posted = 1 WHERE event_id = ?');
-    for (const id of ids) mark.run(id);
+    this.pending.markPosted(ids);
     // Unwanted types are not delivered, so nothing will acknowledge them: forget them now.
     const delivered = new Set<string>();
     for (const [k, d] of ok.entries()) if (built.slots[k]! >= 0) delivered.add(d.event.event_id as string);
@@ -564,15 +518,13 @@ export class CryptoActor implements CryptoActorApi {
   }
 
   private forgetPending(ids: string[]): void {
-    if (this.closed) return;
-    const del = this.journal.db.prepare('DELETE FROM pending_utd WHERE event_id = ?');
-    for (const id of ids) del.run(id);
+    if (!this.closed) this.pending.forget(ids);
   }
 
   // ---- encryption ----
 
   private async encryptLocked(roomId: string, type: string, content: Record<string, unknown>): Promise<EncryptResult> {
-    const algorithm = await this.roomAlgorithm(roomId);
+    const algorithm = await this.roomEncryption.algorithm(roomId);
     if (algorithm === null) return { encrypted: false };
     if (algorithm !== MEGOLM) {
       throw new HalcyonError('HALCYON_ENCRYPT_FAILED', `room ${roomId} uses the encryption algorithm ${algorithm}, which Halcyon cannot send with`, { roomId });
@@ -585,13 +537,13 @@ export class CryptoActor implements CryptoActorApi {
       // Invited members are tracked too: their devices are known by the time they join.
       if (fetched) await this.queue.run(() => m.updateTrackedUsers(userIds(fetched)), 'high');
       // Device lists of new members are queried first (a key share skips users whose devices are unknown).
-      await this.flushOutgoing();
+      await this.outgoing.flush();
       const claim = await this.queue.run(() => m.getMissingSessions(userIds(users)), 'high');
-      if (claim) await this.sendAll([claim]);
+      if (claim) await this.outgoing.sendAll([claim]);
       // The engine starts a new session when the visibility differs from the current session's, or a user it was
       // shared with is not among `users` (left, or invited in a room now visible to joined members only).
       const toDevice = await this.queue.run(async () => {
-        const settings = this.encryptionSettings(roomId, visibility);
+        const settings = this.roomEncryption.settings(roomId, visibility);
         try {
           settings.sharingStrategy = await this.trust.sharingStrategy(m);
           return await m.shareRoomKey(room, userIds(users), settings);
@@ -599,114 +551,12 @@ export class CryptoActor implements CryptoActorApi {
           settings.free();
         }
       }, 'high');
-      await this.sendAll(toDevice);
+      await this.outgoing.sendAll(toDevice);
       const encrypted = await this.queue.run(() => m.encryptRoomEvent(room, type, JSON.stringify(content)), 'high');
       return { encrypted: true, content: JSON.parse(encrypted) as Record<string, unknown> };
     } finally {
       room.free();
     }
-  }
-
-  /** Sharing settings: the room's history visibility, and the session rotation periods of its m.room.encryption content. */
-  private encryptionSettings(roomId: string, visibility: HistoryVisibility): W.EncryptionSettings {
-    const settings = new W.EncryptionSettings();
-    settings.historyVisibility = HISTORY_VISIBILITY[visibility];
-    const content = safeJson(kvGet(this.journal.db, `encryption:${roomId}`) ?? '{}') ?? {};
-    if (typeof content.rotation_period_ms === 'number' && content.rotation_period_ms > 0) {
-      settings.rotationPeriod = BigInt(Math.round(content.rotation_period_ms)) * 1000n; // microseconds
-    }
-    if (typeof content.rotation_period_msgs === 'number' && content.rotation_period_msgs > 0) {
-      settings.rotationPeriodMessages = BigInt(Math.round(content.rotation_period_msgs));
-    }
-    return settings;
-  }
-
-  // ---- outgoing requests ----
-
-  /**
-   * Sends the machine's outgoing requests until none are left. Callers share loops: a call made while a loop
-   * runs waits for one more loop after it (so requests created by the caller's own changes are included).
-   */
-  private flushOutgoing(): Promise<void> {
-    if (this.outgoingQueued) return this.outgoingQueued;
-    if (!this.outgoingRunning) {
-      const run = this.outgoingLoop().finally(() => (this.outgoingRunning = null));
-      this.outgoingRunning = run;
-      return run;
-    }
-    const queued = this.outgoingRunning.catch(() => {}).then(() => {
-      this.outgoingQueued = null;
-      return this.flushOutgoing();
-    });
-    this.outgoingQueued = queued;
-    return queued;
-  }
-
-  private async outgoingLoop(): Promise<void> {
-    for (let round = 0; round < 10; round++) {
-      const reqs = await this.queue.run(() => this.machine.outgoingRequests(), 'high');
-      if (reqs.length === 0) {
-        this.backup?.kick(); // room keys that arrived meanwhile go to the key backup, without holding this loop up
-        return;
-      }
-      await this.sendAll(reqs as Array<OutgoingRequest & { free(): void }>);
-    }
-  }
-
-  /** Sends requests the machine just made, in order, each freed (a wasm object) once sent or once one failed. */
-  private async sendAll(reqs: Array<OutgoingRequest & { free(): void }>): Promise<void> {
-    try {
-      for (const r of reqs) await this.send(r);
-    } finally {
-      free(...reqs);
-    }
-  }
-
-  private async send(req: OutgoingRequest): Promise<void> {
-    const T = W.RequestType;
-    let path: string;
-    let method = 'POST';
-    switch (req.type) {
-      case T.KeysUpload: path = '/_matrix/client/v3/keys/upload'; break;
-      case T.KeysQuery: path = '/_matrix/client/v3/keys/query'; break;
-      case T.KeysClaim: path = '/_matrix/client/v3/keys/claim'; break;
-      case T.SignatureUpload: path = '/_matrix/client/v3/keys/signatures/upload'; break;
-      case T.ToDevice: {
-        const r = req as W.ToDeviceRequest;
-        method = 'PUT';
-        path = `/_matrix/client/v3/sendToDevice/${seg(r.event_type)}/${seg(r.txn_id)}`;
-        break;
-      }
-      case T.RoomMessage: {
-        const r = req as W.RoomMessageRequest;
-        method = 'PUT';
-        path = `/_matrix/client/v3/rooms/${seg(r.room_id)}/send/${seg(r.event_type)}/${seg(r.txn_id)}`;
-        break;
-      }
-      default:
-        return; // nothing else is produced here (key backup requests come from backupRoomKeys: see backup.ts)
-    }
-    let res: unknown;
-    try {
-      res = await this.http.json(method, path, { body: JSON.parse(req.body) as unknown });
-    } catch (err) {
-      if (req.type === T.KeysUpload && this.freshStore && (err as HalcyonError).status === 400) {
-        // The server holds keys of an earlier store of this device: a new identity would be rejected forever.
-        const e = new HalcyonError(
-          'HALCYON_CRYPTO_STORE',
-          `the homeserver already holds other keys for device ${this.config.deviceId} (its crypto store was lost); log in again for a new device: ${errMessage(err)}`,
-          { cause: err },
-        );
-        this.fatal(e);
-        throw e;
-      }
-      throw err;
-    }
-    // An answer without a signed_curve25519 count means zero (as in a sync). The engine reads a missing count as
-    // "unchanged", yet marks every key it holds as published, new ones made while this upload was in flight
-    // included: without the zero, those are never uploaded and the pool stays empty.
-    if (req.type === T.KeysUpload) res = withZeroCount(res);
-    await this.queue.run(() => this.machine.markRequestAsSent(req.id, req.type, JSON.stringify(res)), 'high');
   }
 
   // ---- reporting ----
@@ -722,8 +572,6 @@ export class CryptoActor implements CryptoActorApi {
   }
 }
 
-type OutgoingRequest = Outgoing;
-
 /** crypto-wasm's linear memory in this thread: undefined until the first open() looks for it, null if unknown. */
 let wasmMemory: WebAssembly.Memory | null | undefined;
 
@@ -737,12 +585,4 @@ function failureAt(f: OneFailure, index: number): DecryptFailure {
 
 function userIds(users: Iterable<string>): W.UserId[] {
   return [...users].map((u) => new W.UserId(u));
-}
-
-/** A /keys/upload answer with `signed_curve25519: 0` added to `one_time_key_counts` when the server left it out. */
-function withZeroCount(res: unknown): unknown {
-  if (typeof res !== 'object' || res === null) return res;
-  const counts = (res as { one_time_key_counts?: unknown }).one_time_key_counts;
-  const given = typeof counts === 'object' && counts !== null ? counts : {};
-  return { ...res, one_time_key_counts: { signed_curve25519: 0, ...given } };
 }
