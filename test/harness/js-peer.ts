@@ -28,7 +28,9 @@ import {
   VerifierEvent,
 } from 'matrix-js-sdk/lib/crypto-api/index.js';
 import { logger as sdkGlobalLogger, type Logger } from 'matrix-js-sdk/lib/logger.js';
+import type { TestContext } from 'node:test';
 import type { Homeserver } from './synapse.ts';
+import { defer } from '../integration/util.ts';
 
 /** The homeserver type of the harness (see synapse.ts). */
 export type TestHomeserver = Homeserver;
@@ -634,4 +636,11 @@ function toMessage(ev: MatrixEvent, roomId: string): PeerMessage | undefined {
   if (ev.getType() !== 'm.room.message') return undefined;
   const content = { ...ev.getContent() } as Record<string, unknown>;
   return { body: typeof content.body === 'string' ? content.body : '', eventId, sender, encrypted, roomId, content };
+}
+
+/** A js-peer for one test: started now, stopped when the test ends. */
+export async function newJsPeer(t: TestContext, hs: TestHomeserver, opts: Parameters<typeof startJsPeer>[1] = {}): Promise<JsPeer & { password: string }> {
+  const p = await startJsPeer(hs, opts);
+  defer(t, () => p.stop());
+  return p;
 }

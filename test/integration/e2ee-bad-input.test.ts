@@ -9,9 +9,9 @@ import assert from 'node:assert/strict';
 import { after, before, test, type TestContext } from 'node:test';
 import type { DecryptionErrorInfo, HalcyonError, Message } from '../../src/index.ts';
 import { Peer } from '../harness/peer.ts';
-import { startJsPeer } from '../harness/js-peer.ts';
+import { newJsPeer } from '../harness/js-peer.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
-import { defer, newBot, newClient, newPeer, rand, WAIT_MS, waitUntil, type Bot } from './util.ts';
+import { newBot, newClient, newPeer, rand, WAIT_MS, waitUntil, type Bot } from './util.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -23,12 +23,6 @@ after(async () => {
 
 const MEGOLM = 'm.megolm.v1.aes-sha2';
 const OLM = 'm.olm.v1.curve25519-aes-sha2';
-
-async function jsPeer(t: TestContext) {
-  const p = await startJsPeer(hs);
-  defer(t, () => p.stop());
-  return p;
-}
 
 type DecErr = { code: string; message: string } & DecryptionErrorInfo;
 
@@ -50,7 +44,7 @@ async function setup(t: TestContext) {
   const bot = await newBot(t, hs);
   const rec = record(bot.client);
   await bot.client.run(bot.token);
-  const a = await jsPeer(t);
+  const a = await newJsPeer(t, hs);
   const raw: Peer = await newPeer(hs);
   const roomId = await a.createEncryptedRoom({ invite: [bot.user.userId, raw.userId] });
   await a.waitForMember(roomId, bot.user.userId, 'join');
@@ -164,7 +158,7 @@ test('garbage to-device events to the bot\'s device: the bot keeps running; encr
   const n = await sendGarbageToDevice(raw, roomId, { userId: who.userId, deviceId: who.deviceId, curve25519: who.identityKeys!.curve25519 });
 
   // A user the bot has no Olm session with: its room key comes in a new Olm pre-key message.
-  const c = await jsPeer(t);
+  const c = await newJsPeer(t, hs);
   await a.client.invite(roomId, c.userId);
   await c.waitForMember(roomId, c.userId, 'invite');
   await c.joinRoom(roomId);
@@ -196,7 +190,7 @@ test('garbage to-device events in the same sync batch as a real room key (sent w
   // While the bot is stopped: garbage first, then a new user's first message (its room key in a new Olm
   // session), then more garbage. The restarted bot gets all of these to-device events in one sync.
   const n1 = await sendGarbageToDevice(raw, roomId, to);
-  const c = await jsPeer(t);
+  const c = await newJsPeer(t, hs);
   await a.client.invite(roomId, c.userId);
   await c.waitForMember(roomId, c.userId, 'invite');
   await c.joinRoom(roomId);

@@ -8,11 +8,11 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, test, type TestContext } from 'node:test';
+import { after, before, test } from 'node:test';
 import { ed25519PublicKey } from '../../src/crypto/identity.ts';
 import { decodeRecoveryKey, encodeRecoveryKey, newSecretStorageKey } from '../../src/crypto/secret-storage.ts';
 import { decodeToken, type HalcyonError, type Logger, loginWithDetails, type Message } from '../../src/index.ts';
-import { type JsPeer, startJsPeer } from '../harness/js-peer.ts';
+import { type JsPeer, newJsPeer } from '../harness/js-peer.ts';
 import { OlmPeer } from '../harness/olm-peer.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
 import { defer, loggingProxy, newClient, tempDataDir, WAIT_MS, waitUntil } from './util.ts';
@@ -24,13 +24,6 @@ before(async () => {
 after(async () => {
   await hs?.stop();
 });
-
-/** A js-peer stopped when the test ends. */
-async function jsPeer(t: TestContext, opts: Parameters<typeof startJsPeer>[1] = {}) {
-  const p = await startJsPeer(hs, opts);
-  defer(t, () => p.stop());
-  return p;
-}
 
 /** A client-server API request with the peer's access token; resolves with the JSON answer. */
 async function asPeer(peer: JsPeer, method: string, path: string, body?: unknown): Promise<any> {
@@ -66,7 +59,7 @@ function capture(): Logger & { lines: unknown[] } {
 }
 
 test("an identity set up by js-sdk: a login without the recovery key leaves it alone and warns (HALCYON_CROSS_SIGNING_UNAVAILABLE); with js-sdk's recovery key the device is signed and js-sdk's key backup restored", async (t) => {
-  const peer = await jsPeer(t); // the account's session in "Element"
+  const peer = await newJsPeer(t, hs); // the account's session in "Element"
   const { recoveryKey } = await peer.bootstrapIdentity();
   const before = await serverKeys(peer);
   assert.ok(before.master);
@@ -119,7 +112,7 @@ test("an identity set up by js-sdk: a login without the recovery key leaves it a
 });
 
 test("a recovery key that is not the account's is refused with HALCYON_RECOVERY_KEY_INVALID: a malformed one before logging in, a wrong one after; the identity is untouched", async (t) => {
-  const peer = await jsPeer(t);
+  const peer = await newJsPeer(t, hs);
   await peer.bootstrapIdentity();
   const before = await serverKeys(peer);
   const devices = await deviceIds(peer);
@@ -138,7 +131,7 @@ test("a recovery key that is not the account's is refused with HALCYON_RECOVERY_
 });
 
 test("resetCrossSigning replaces an existing identity: the upload answers the server's user-interactive auth with the password; new secret storage and key backup", async (t) => {
-  const peer = await jsPeer(t);
+  const peer = await newJsPeer(t, hs);
   await peer.bootstrapIdentity();
   const before = await serverKeys(peer);
   const oldBackup = ((await asPeer(peer, 'GET', '/room_keys/version')) as { version: string }).version;
@@ -162,7 +155,7 @@ test('secret storage written by Halcyon is read by matrix-js-sdk with the recove
   const d = await loginWithDetails({ homeserver: hs.baseUrl, user: user.localpart, password: user.password, dataDir });
   assert.equal(d.crossSigning, 'created');
   // Another session of the bot's account, in js-sdk, given the recovery key.
-  const j = await jsPeer(t, { login: { user: user.userId, password: user.password }, crossSign: false });
+  const j = await newJsPeer(t, hs, { login: { user: user.userId, password: user.password }, crossSign: false });
   const key = decodeRecoveryKey(d.recoveryKey!);
   j.useSecretStorageKey(key);
   const [keyId, info] = (await j.call((c) => c.secretStorage.getKey()))!;

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { after, before, test, type TestContext } from 'node:test';
 import { EventShieldReason } from 'matrix-js-sdk/lib/crypto-api/index.js';
 import { Client, decodeToken, type DecryptionErrorInfo, type HalcyonError, loginWithDetails, type Message } from '../../src/index.ts';
-import { startJsPeer } from '../harness/js-peer.ts';
+import { newJsPeer } from '../harness/js-peer.ts';
 import { OlmPeer } from '../harness/olm-peer.ts';
 import { testHomeserver, type Homeserver, type TestUser } from '../harness/synapse.ts';
 import { defer, newClient, tempDataDir, WAIT_MS, waitUntil } from './util.ts';
@@ -22,13 +22,6 @@ before(async () => {
 after(async () => {
   await hs?.stop();
 });
-
-/** A js-peer stopped when the test ends. */
-async function jsPeer(t: TestContext, opts: Parameters<typeof startJsPeer>[1] = {}) {
-  const p = await startJsPeer(hs, opts);
-  defer(t, () => p.stop());
-  return p;
-}
 
 /** A bot client on `dataDir`, recording its messages, decryption errors and errors. */
 function botOn(t: TestContext, dataDir: string, opts: Parameters<typeof newClient>[2] = {}) {
@@ -76,7 +69,7 @@ test('a js-sdk peer excluding insecure devices (MSC4153) talks with a bot set up
   await bot.client.run(token);
 
   // The peer is a strict client: cross-signed itself, and excluding devices their owner did not sign.
-  const peer = await jsPeer(t);
+  const peer = await newJsPeer(t, hs);
   await peer.bootstrapIdentity();
   peer.excludeInsecureDevices();
   const roomId = await peer.createEncryptedRoom({ invite: [user.userId] });
@@ -114,7 +107,7 @@ test('recovery: a wiped data dir logs in again with the recovery key: same ident
 
   const a = botOn(t, dataDir);
   await a.client.run(first.token);
-  const peer = await jsPeer(t);
+  const peer = await newJsPeer(t, hs);
   await peer.bootstrapIdentity(); // a client excluding insecure devices must be cross-signed itself to send
   peer.excludeInsecureDevices();
   const roomId = await peer.createEncryptedRoom({ invite: [user.userId] });

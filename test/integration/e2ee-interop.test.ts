@@ -6,9 +6,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { DecryptionErrorInfo, HalcyonError, Message } from '../../src/index.ts';
-import { startJsPeer, type JsPeer } from '../harness/js-peer.ts';
+import { type JsPeer, newJsPeer } from '../harness/js-peer.ts';
 import { testHomeserver, withTimeout, type Homeserver } from '../harness/synapse.ts';
-import { defer, deferred, newBot, newPeer, roomWithBot, WAIT_MS, waitUntil, type Bot } from './util.ts';
+import { deferred, newBot, newPeer, roomWithBot, WAIT_MS, waitUntil, type Bot } from './util.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -17,13 +17,6 @@ before(async () => {
 after(async () => {
   await hs?.stop();
 });
-
-/** A js-peer stopped when the test ends. */
-async function jsPeer(t: Parameters<typeof defer>[0], opts: Parameters<typeof startJsPeer>[1] = {}) {
-  const p = await startJsPeer(hs, opts);
-  defer(t, () => p.stop());
-  return p;
-}
 
 /** Records everything a bot reports, for assertions and for debugging output on failure. */
 function record(bot: Bot) {
@@ -54,8 +47,8 @@ for (const threads of ['worker', 'inline'] as const) {
       });
       await bot.client.run(bot.token);
 
-      const a1 = await jsPeer(t);
-      const a2 = await jsPeer(t, { login: { user: a1.userId, password: a1.password } });
+      const a1 = await newJsPeer(t, hs);
+      const a2 = await newJsPeer(t, hs, { login: { user: a1.userId, password: a1.password } });
       assert.equal(a2.userId, a1.userId);
       assert.notEqual(a2.deviceId, a1.deviceId);
 
@@ -86,7 +79,7 @@ describe('devices that appear after the bot shared its room key (threads: worker
     const bot = await newBot(t, hs);
     const rec = record(bot);
     await bot.client.run(bot.token);
-    const a = await jsPeer(t);
+    const a = await newJsPeer(t, hs);
     const roomId = await a.createEncryptedRoom({ invite: [bot.user.userId] });
     await a.waitForMember(roomId, bot.user.userId, 'join');
 
@@ -95,7 +88,7 @@ describe('devices that appear after the bot shared its room key (threads: worker
     const early = await a.waitForMessage(roomId, (x) => x.sender === bot.user.userId && x.body === 'before B');
     assert.equal(early.encrypted, true);
 
-    const b = await jsPeer(t);
+    const b = await newJsPeer(t, hs);
     const botSawJoin = deferred();
     bot.client.on('member', (mem) => {
       if (mem.roomId === roomId && mem.userId === b.userId && mem.membership === 'join') botSawJoin.resolve();
@@ -125,13 +118,13 @@ describe('devices that appear after the bot shared its room key (threads: worker
     const bot = await newBot(t, hs);
     const rec = record(bot);
     await bot.client.run(bot.token);
-    const a1 = await jsPeer(t);
+    const a1 = await newJsPeer(t, hs);
     const roomId = await a1.createEncryptedRoom({ invite: [bot.user.userId] });
     await a1.waitForMember(roomId, bot.user.userId, 'join');
     await bot.client.sendMessage(roomId, 'before A3');
     await a1.waitForMessage(roomId, (x) => x.sender === bot.user.userId && x.body === 'before A3');
 
-    const a3 = await jsPeer(t, { login: { user: a1.userId, password: a1.password } });
+    const a3 = await newJsPeer(t, hs, { login: { user: a1.userId, password: a1.password } });
     // A marker sent after A3's keys were uploaded: the bot's sync that carries it carries the device-list change
     // of A too (or an earlier one did), and the crypto actor applies it before the marker reaches the handler.
     await a1.waitForDevice(a1.userId, a3.deviceId);
@@ -156,7 +149,7 @@ describe('bot-initiated sends (threads: worker)', () => {
     const bot = await newBot(t, hs);
     const rec = record(bot);
     await bot.client.run(bot.token);
-    const peer = await jsPeer(t);
+    const peer = await newJsPeer(t, hs);
     const roomId = await peer.createEncryptedRoom({ invite: [bot.user.userId] });
     await peer.waitForMember(roomId, bot.user.userId, 'join');
 
@@ -191,7 +184,7 @@ describe('encryption: false (threads: worker)', () => {
     assert.equal(bot.client.whoami().identityKeys, undefined, 'no identity keys with encryption off');
     assert.equal(await bot.client.cryptoStatus(), null, 'cryptoStatus is null with encryption off');
 
-    const peer: JsPeer = await jsPeer(t);
+    const peer: JsPeer = await newJsPeer(t, hs);
     const roomId = await peer.createEncryptedRoom({ invite: [bot.user.userId] });
     await peer.waitForMember(roomId, bot.user.userId, 'join');
     // The room cache decides with encryption off: wait for it to have seen the room's state.

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, test, type TestContext } from 'node:test';
 import { Client, decodeToken, type HalcyonError, type Message } from '../../src/index.ts';
-import { startJsPeer } from '../harness/js-peer.ts';
+import { newJsPeer } from '../harness/js-peer.ts';
 import { testHomeserver, withTimeout, type Homeserver } from '../harness/synapse.ts';
 import { defer, newBot, newClient, newPeer, WAIT_MS, waitUntil } from './util.ts';
 
@@ -25,12 +25,6 @@ before(async () => {
 after(async () => {
   await hs?.stop();
 });
-
-async function jsPeer(t: TestContext, opts: Parameters<typeof startJsPeer>[1] = {}) {
-  const p = await startJsPeer(hs, opts);
-  defer(t, () => p.stop());
-  return p;
-}
 
 /** Runs `p` and returns the HalcyonError it rejects with (fails if it resolves). */
 async function rejection(p: Promise<unknown>, what: string): Promise<HalcyonError> {
@@ -48,7 +42,7 @@ for (const threads of ['worker', 'inline'] as const) test(`clean restart (thread
   const who1 = bot.client.whoami();
   assert.ok(who1.identityKeys, 'identity keys with encryption on');
 
-  const peer = await jsPeer(t);
+  const peer = await newJsPeer(t, hs);
   const roomId = await peer.createEncryptedRoom({ invite: [bot.user.userId] });
   await peer.waitForMember(roomId, bot.user.userId, 'join');
   const beforeId = await peer.sendText(roomId, 'before stop');
@@ -170,7 +164,7 @@ test('kill -9 of a bot process: same identity keys after the restart; the 3 mess
   const ready1 = await run1.waitFor((l) => l.kind === 'ready', 'the first child to be ready');
   assert.ok(ready1.identityKeys?.curve25519 && ready1.identityKeys?.ed25519, 'the child reported identity keys');
 
-  const peer = await jsPeer(t);
+  const peer = await newJsPeer(t, hs);
   const roomId = await peer.createEncryptedRoom({ invite: [bot.user.userId] });
   await peer.waitForMember(roomId, bot.user.userId, 'join');
   const echoId = await peer.sendText(roomId, '!echo one');
@@ -225,7 +219,7 @@ test('kill -9 while the first encrypted message is being handled: after the rest
   // The first run's handlers hang: the kill lands while the message is handled, before it is acknowledged.
   const run1 = startChildBot(t, bot.token, bot.dataDir, { hold: true });
   const ready1 = await run1.waitFor((l) => l.kind === 'ready', 'the first child to be ready');
-  const peer = await jsPeer(t);
+  const peer = await newJsPeer(t, hs);
   const roomId = await peer.createEncryptedRoom({ invite: [bot.user.userId] });
   await peer.waitForMember(roomId, bot.user.userId, 'join');
   // The room key of this message reaches the bot by to-device just before it; the handler is held and killed

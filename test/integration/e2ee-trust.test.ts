@@ -10,7 +10,7 @@ import { after, before, test } from 'node:test';
 import type { ClientOptions, DecryptionErrorInfo, HalcyonError, Message } from '../../src/index.ts';
 import { decodeToken } from '../../src/token.ts';
 import { crossSignBot } from '../helpers/cross-sign-bot.ts';
-import { startJsPeer, type JsPeer } from '../harness/js-peer.ts';
+import { type JsPeer, newJsPeer } from '../harness/js-peer.ts';
 import { testHomeserver, withTimeout, type Homeserver } from '../harness/synapse.ts';
 import { defer, newBot, WAIT_MS, waitUntil, type Bot } from './util.ts';
 
@@ -21,12 +21,6 @@ before(async () => {
 after(async () => {
   await hs?.stop();
 });
-
-async function jsPeer(t: Parameters<typeof defer>[0], crossSign: boolean): Promise<JsPeer> {
-  const p = await startJsPeer(hs, { crossSign });
-  defer(t, () => p.stop());
-  return p;
-}
 
 /** Everything the bot reports about the room's messages. */
 function record(bot: Bot) {
@@ -47,8 +41,8 @@ async function setup(t: Parameters<typeof defer>[0], opts: Partial<ClientOptions
   if (crossSigned) await crossSignBot(hs, bot);
   await bot.client.run(bot.token);
   const botDevice = decodeToken(bot.token).deviceId;
-  const signed = await jsPeer(t, true);
-  const unsigned = await jsPeer(t, false);
+  const signed = await newJsPeer(t, hs, { crossSign: true });
+  const unsigned = await newJsPeer(t, hs, { crossSign: false });
   assert.equal(signed.crossSigned, true);
   assert.equal(unsigned.crossSigned, false);
   const roomId = await signed.createEncryptedRoom({ invite: [bot.user.userId, unsigned.userId] });

@@ -10,7 +10,7 @@ import { VerificationPhase } from 'matrix-js-sdk/lib/crypto-api/index.js';
 import type { ClientOptions, HalcyonError, Message, Verification } from '../../src/index.ts';
 import { decodeToken } from '../../src/token.ts';
 import { crossSignBot } from '../helpers/cross-sign-bot.ts';
-import { startJsPeer, type JsPeer } from '../harness/js-peer.ts';
+import { type JsPeer, newJsPeer } from '../harness/js-peer.ts';
 import { testHomeserver, withTimeout, type Homeserver } from '../harness/synapse.ts';
 import { defer, deferred, newBot, WAIT_MS, waitUntil, type Bot } from './util.ts';
 
@@ -21,12 +21,6 @@ before(async () => {
 after(async () => {
   await hs?.stop();
 });
-
-async function jsPeer(t: Parameters<typeof defer>[0]): Promise<JsPeer> {
-  const p = await startJsPeer(hs);
-  defer(t, () => p.stop());
-  return p;
-}
 
 /** The bot's messages from the peer, and its decryption errors. */
 function record(bot: Bot): { messages: Message[]; decryptionErrors: HalcyonError[] } {
@@ -63,7 +57,7 @@ async function assertMutualTrust(s: Awaited<ReturnType<typeof setup>>, peer: JsP
 }
 
 test('the peer starts: the bot accepts (verification.from), shows the SAS, and both sides end up trusting each other', async (t) => {
-  const peer = await jsPeer(t);
+  const peer = await newJsPeer(t, hs);
   const shown = deferred<Verification>();
   const s = await setup(t, peer, { verification: { from: [peer.userId] } }, (bot) =>
     bot.client.on('verificationRequest', async (v) => {
@@ -94,7 +88,7 @@ test('the peer starts: the bot accepts (verification.from), shows the SAS, and b
 });
 
 test('in a room: the peer sends the request as a message in the room they share (matrix-js-sdk sends it in the clear); the bot accepts and both sides end up trusting each other', async (t) => {
-  const peer = await jsPeer(t);
+  const peer = await newJsPeer(t, hs);
   const shown = deferred<Verification>();
   const s = await setup(t, peer, { verification: { from: [peer.userId], autoConfirm: true } }, (bot) => bot.client.on('verificationRequest', (v) => shown.resolve(v)), true);
   const request = await peer.requestVerificationInRoom(s.bot.user.userId, s.roomId);
@@ -112,7 +106,7 @@ test('in a room: the peer sends the request as a message in the room they share 
 });
 
 test('the bot starts (requestVerification, autoConfirm): the peer confirms, and both sides end up trusting each other', async (t) => {
-  const peer = await jsPeer(t);
+  const peer = await newJsPeer(t, hs);
   const s = await setup(t, peer, { verification: { from: [], autoConfirm: true } });
   const result = s.bot.client.requestVerification(peer.userId, peer.deviceId);
   result.catch(() => {}); // awaited below
@@ -127,7 +121,7 @@ test('the bot starts (requestVerification, autoConfirm): the peer confirms, and 
 });
 
 test('a SAS the peer says does not match: confirm() rejects with HALCYON_VERIFICATION_CANCELLED and nothing is trusted', async (t) => {
-  const peer = await jsPeer(t);
+  const peer = await newJsPeer(t, hs);
   const outcome = deferred<unknown>();
   const s = await setup(t, peer, { verification: { from: [peer.userId] } }, (bot) =>
     bot.client.on('verificationRequest', (v) => void v.confirm().then(() => outcome.resolve('confirmed'), (e: unknown) => outcome.resolve(e))),
@@ -141,7 +135,7 @@ test('a SAS the peer says does not match: confirm() rejects with HALCYON_VERIFIC
 });
 
 test('a request from a user verification.from does not allow is cancelled (m.user) and reported as HALCYON_VERIFICATION_REFUSED', async (t) => {
-  const peer = await jsPeer(t);
+  const peer = await newJsPeer(t, hs);
   let shown = 0;
   const s = await setup(t, peer, { verification: { from: (userId) => userId === '@someone-else:localhost' } }, (bot) =>
     bot.client.on('verificationRequest', () => void shown++),
@@ -156,7 +150,7 @@ test('a request from a user verification.from does not allow is cancelled (m.use
 });
 
 test('an allowed request with no verificationRequest handler and no autoConfirm is cancelled (nobody could compare the SAS)', async (t) => {
-  const peer = await jsPeer(t);
+  const peer = await newJsPeer(t, hs);
   const s = await setup(t, peer, { verification: { from: [peer.userId] } });
   const request = await peer.requestVerification(s.bot.user.userId, s.botDevice);
   await peer.runSas(request, { start: true }).then(
