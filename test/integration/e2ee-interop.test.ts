@@ -5,10 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import type { DecryptionErrorInfo, HalcyonError, Message } from '../../src/index.ts';
+import type { HalcyonError, Message } from '../../src/index.ts';
 import { type JsPeer, newJsPeer } from '../harness/js-peer.ts';
 import { testHomeserver, withTimeout, type Homeserver } from '../harness/synapse.ts';
-import { deferred, newBot, newPeer, roomWithBot, WAIT_MS, waitUntil, type Bot } from './util.ts';
+import { deferred, newBot, newPeer, roomWithBot, WAIT_MS, waitUntil, type Bot, recordMessages } from './util.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -18,17 +18,8 @@ after(async () => {
   await hs?.stop();
 });
 
-/** Records everything a bot reports, for assertions and for debugging output on failure. */
-function record(bot: Bot) {
-  const messages: Message[] = [];
-  const decryptionErrors: Array<{ code: string; message: string } & DecryptionErrorInfo> = [];
-  bot.client.on('message', (m) => void messages.push(m));
-  bot.client.on('decryptionError', (e: HalcyonError, info) => void decryptionErrors.push({ code: e.code, message: e.message, ...info }));
-  return { messages, decryptionErrors };
-}
-
 /** Waits for the bot to have a message with `body`; dumps what it knows on timeout. */
-async function botGot(bot: Bot, rec: ReturnType<typeof record>, pred: (m: Message) => boolean, what: string): Promise<Message> {
+async function botGot(bot: Bot, rec: ReturnType<typeof recordMessages>, pred: (m: Message) => boolean, what: string): Promise<Message> {
   try {
     return await waitUntil(() => rec.messages.find(pred), WAIT_MS, what);
   } catch (e) {
@@ -41,7 +32,7 @@ for (const threads of ['worker', 'inline'] as const) {
   describe(`two devices of one peer user (threads: ${threads})`, () => {
     test('A1 sends, the bot decrypts; the bot\'s encrypted reply decrypts on both A1 and A2', async (t) => {
       const bot = await newBot(t, hs, { threads });
-      const rec = record(bot);
+      const rec = recordMessages(bot);
       bot.client.on('message', async (m) => {
         if (m.body === 'hello from A1') await m.reply('reply to both devices');
       });
@@ -77,7 +68,7 @@ for (const threads of ['worker', 'inline'] as const) {
 describe('devices that appear after the bot shared its room key (threads: worker)', () => {
   test('a new user joining after the bot sent: the bot\'s next (single) message decrypts for them', async (t) => {
     const bot = await newBot(t, hs);
-    const rec = record(bot);
+    const rec = recordMessages(bot);
     await bot.client.run(bot.token);
     const a = await newJsPeer(t, hs);
     const roomId = await a.createEncryptedRoom({ invite: [bot.user.userId] });
@@ -116,7 +107,7 @@ describe('devices that appear after the bot shared its room key (threads: worker
 
   test('a new device of a member started after the bot sent: the bot\'s next (single) message decrypts on it', async (t) => {
     const bot = await newBot(t, hs);
-    const rec = record(bot);
+    const rec = recordMessages(bot);
     await bot.client.run(bot.token);
     const a1 = await newJsPeer(t, hs);
     const roomId = await a1.createEncryptedRoom({ invite: [bot.user.userId] });
@@ -147,7 +138,7 @@ describe('devices that appear after the bot shared its room key (threads: worker
 describe('bot-initiated sends (threads: worker)', () => {
   test('the bot sends first into an encrypted room the peer created; isRoomEncrypted is true there and false in a plain room', async (t) => {
     const bot = await newBot(t, hs);
-    const rec = record(bot);
+    const rec = recordMessages(bot);
     await bot.client.run(bot.token);
     const peer = await newJsPeer(t, hs);
     const roomId = await peer.createEncryptedRoom({ invite: [bot.user.userId] });
@@ -176,7 +167,7 @@ describe('bot-initiated sends (threads: worker)', () => {
 describe('encryption: false (threads: worker)', () => {
   test('refuses plaintext into an encrypted room unless allowPlaintext; encrypted events are reported; the bot keeps answering elsewhere', async (t) => {
     const bot = await newBot(t, hs, { encryption: false });
-    const rec = record(bot);
+    const rec = recordMessages(bot);
     bot.client.on('message', async (m) => {
       if (m.body === 'ping') await m.reply('pong');
     });

@@ -7,12 +7,12 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import type { ClientOptions, DecryptionErrorInfo, HalcyonError, Message } from '../../src/index.ts';
+import type { ClientOptions } from '../../src/index.ts';
 import { decodeToken } from '../../src/token.ts';
 import { crossSignBot } from '../helpers/cross-sign-bot.ts';
 import { type JsPeer, newJsPeer } from '../harness/js-peer.ts';
 import { testHomeserver, withTimeout, type Homeserver } from '../harness/synapse.ts';
-import { defer, newBot, WAIT_MS, waitUntil, type Bot } from './util.ts';
+import { defer, newBot, recordMessages, WAIT_MS, waitUntil } from './util.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -22,22 +22,13 @@ after(async () => {
   await hs?.stop();
 });
 
-/** Everything the bot reports about the room's messages. */
-function record(bot: Bot) {
-  const messages: Message[] = [];
-  const decryptionErrors: Array<{ code: string; message: string } & DecryptionErrorInfo> = [];
-  bot.client.on('message', (m) => void messages.push(m));
-  bot.client.on('decryptionError', (e: HalcyonError, info) => void decryptionErrors.push({ code: e.code, message: e.message, ...info }));
-  return { messages, decryptionErrors };
-}
-
 /**
  * A running bot (with `opts`; cross-signed first with `crossSigned`), a signed and an unsigned js-peer, all three
  * in an encrypted room the signed peer made; both peers know the bot's device.
  */
 async function setup(t: Parameters<typeof defer>[0], opts: Partial<ClientOptions>, crossSigned: boolean) {
   const bot = await newBot(t, hs, opts);
-  const rec = record(bot);
+  const rec = recordMessages(bot);
   if (crossSigned) await crossSignBot(hs, bot);
   await bot.client.run(bot.token);
   const botDevice = decodeToken(bot.token).deviceId;

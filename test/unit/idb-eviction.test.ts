@@ -102,7 +102,7 @@ test('over values read back from SQLite: get, getAll, cursors, the index, count,
   assert.deepEqual(await read(db, 's', (os) => os.get(1)), big(1, 'odd'));
   // cursor.update over a record whose value is in SQLite.
   await write(db, 's', (os) => {
-    os.openCursor(IDBKeyRange.only(2)).onsuccess = (e) => {
+    os.openCursor(IDBKeyRange.bound(2, 2)).onsuccess = (e) => {
       const c = (e.target as IDBRequest<IDBCursorWithValue | null>).result;
       c?.update({ ...(c.value as object), tag: 'updated' });
     };
