@@ -18,6 +18,7 @@ import type { OutboxOp, OutboxStatus } from './outbox.ts';
 import type { CryptoStatus, RoomSummary } from './protocol.ts';
 import type { RoomDetails } from './rooms.ts';
 import { ClientCore, cores } from './client/core.ts';
+import { requestVerification } from './client/delivery.ts';
 import { importToken, login } from './client/login.ts';
 import * as messages from './client/messages.ts';
 import { type ClientEvents, type ClientOptions, type CreateRoomOptions, type Health, type ImportTokenOptions, type Listener, type LoginOptions, resolveOptions, type SendOptions, type WhoAmI } from './client/options.ts';
@@ -42,6 +43,7 @@ export type {
   LoginOptions,
   SendOptions,
   SyncErrorInfo,
+  VerificationOptions,
   WhoAmI,
 } from './client/options.ts';
 
@@ -145,6 +147,16 @@ export class Client implements RoomActions {
   /** The prom-client registry the client records into (with `metrics` on), or null. */
   get metricsRegistry(): MetricsOptions['registry'] | null {
     return this.#core.metrics.registry;
+  }
+
+  /**
+   * Starts an interactive verification (SAS) with `userId`'s device `deviceId`, or with each of the user's devices
+   * (the first to accept goes on, the others are cancelled). The SAS comes as a `verificationRequest` event (or is
+   * confirmed by itself with `verification.autoConfirm`). Resolves with the verified device once both sides have
+   * confirmed; rejects with `HALCYON_VERIFICATION_CANCELLED` if it was cancelled or did not match.
+   */
+  requestVerification(userId: string, deviceId?: string): Promise<{ userId: string; deviceId: string | null }> {
+    return requestVerification(this.#core, userId, deviceId);
   }
 
   /** State of end-to-end encryption (store size, events waiting for keys), or null when it is off. */

@@ -171,6 +171,7 @@ export class Actors {
         wantedTypes: wanted === null ? null : DEFAULT_TYPES,
         maxPendingUndecryptable: e2ee.maxPendingUndecryptable ?? 1_000,
         pendingUndecryptableMaxAgeMs: e2ee.pendingUndecryptableMaxAgeMs ?? 24 * 3600_000,
+        trust: o.trust,
       });
       // Published only now, and only if no stop or restart replaced the set meanwhile: waiting sends go.
       if (this.set === set) {
@@ -242,6 +243,12 @@ export class Actors {
   async crash(name: 'sync' | 'cache' | 'crypto'): Promise<void> {
     const set = this.set;
     await (name === 'sync' ? set?.sync : name === 'cache' ? set?.cache : set?.crypto)?.crash();
+  }
+
+  /** Makes one actor's worker stop answering while it stays alive (watchdog tests). */
+  async stall(name: 'sync' | 'cache' | 'crypto'): Promise<void> {
+    const set = this.set;
+    await (name === 'sync' ? set?.sync : name === 'cache' ? set?.cache : set?.crypto)?.stall();
   }
 }
 

@@ -237,7 +237,7 @@ test('M_UNKNOWN_TOKEN with soft_logout: true is HALCYON_SOFT_LOGOUT; without it 
 });
 
 test('the access token never shows in util.inspect or JSON.stringify of the client, idle or with a request in flight', async (t) => {
-  const token = 'syt_dG9rZW4_inspect_me_not_0123456789';
+  const token = 'fake-token-inspect-me-not-0123456789';
   let release!: () => void;
   let arrived!: () => void;
   const held = new Promise<void>((r) => (arrived = r));
