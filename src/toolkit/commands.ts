@@ -101,7 +101,7 @@ export class CommandRouter {
   readonly #commands: Command[] = [];
   readonly #questions = new Questions();
   readonly #cooldowns = new Cooldowns();
-  readonly #onMessage = (m: Message): Promise<void> => this.#handle(m);
+  readonly #onMessage = (m: Message): Promise<void> | undefined => this.#handle(m);
   readonly #onReaction = (r: Reaction): void => void this.#questions.takeReaction(r);
 
   /** @internal */
@@ -153,13 +153,22 @@ export class CommandRouter {
     this.#questions.cancelAll(new HalcyonError('HALCYON_STOPPED', 'the command router was closed while a question waited for its answer'));
   }
 
-  /** One message: an answer to a question, a command, or nothing for the router. */
-  async #handle(m: Message): Promise<void> {
-    if (this.#questions.takeMessage(m)) return;
+  /**
+   * One message: an answer to a question, a command, or nothing for the router. A command is handled in a handler
+   * run of its own, keyed by its event: every answer (refusals and the handler's sends alike) gets a transaction ID
+   * derived from it, the same again if a crash makes the command run again, so nothing is sent twice.
+   */
+  #handle(m: Message): Promise<void> | undefined {
+    if (this.#questions.takeMessage(m)) return undefined;
     const me = this.#client.whoami().userId;
-    if (m.sender === me) return;
+    if (m.sender === me) return undefined;
     const mentioned = this.#mentions && m.mentionedUserIds.includes(me);
-    if (!mentioned && !m.body.startsWith(this.#prefix)) return;
+    if (!mentioned && !m.body.startsWith(this.#prefix)) return undefined;
+    return inHandlerRun(`command:${m.eventId}`, () => this.#command(m, me, mentioned));
+  }
+
+  /** A message that may be a command: the help command, an unknown command, or one to check and run. */
+  async #command(m: Message, me: string, mentioned: boolean): Promise<void> {
     const room = await this.#client.getRoom(m.roomId);
     const addressed = mentioned ? this.#addressed(m.body, me, room?.member(me)?.displayName ?? null) : null;
     const text = addressed ?? (m.body.startsWith(this.#prefix) ? m.body.slice(this.#prefix.length) : null);
@@ -199,15 +208,14 @@ export class CommandRouter {
   }
 
   /**
-   * Runs the handler in a handler run of its own (its sends get transaction IDs derived from the command's event,
-   * the same again if a crash makes it run again). Resolves when the handler settles or first asks a question:
-   * see context.ts for why the room's lane is let go then.
+   * Runs the handler (in the command's handler run: see {@link #handle}). Resolves when the handler settles or
+   * first asks a question: see context.ts for why the room's lane is let go then.
    */
   #call(m: Message, cmd: Command, name: string, args: Record<string, string | number>): Promise<void> {
     let release!: () => void;
     const released = new Promise<void>((r) => (release = r));
     const ctx = new CommandContext(this.#client, m, name, args, { questions: this.#questions, stopSignal: () => this.#host.stopSignal(), release: () => release() });
-    const run = inHandlerRun(`command:${m.eventId}`, async () => {
+    const run = (async () => {
       try {
         await cmd.handler(ctx as CommandContext<never>);
       } catch (err) {
@@ -215,7 +223,7 @@ export class CommandRouter {
         const why = (err as HalcyonError | null)?.code === 'HALCYON_ASK_TIMEOUT' ? 'no answer came in time' : `it failed (${(err as HalcyonError | null)?.code ?? 'an error'})`;
         await this.#notice(m, `Sorry, ${this.#prefix}${name} did not finish: ${why}.`).catch(() => {});
       }
-    });
+    })();
     return Promise.race([run, released]);
   }
 
@@ -226,10 +234,9 @@ export class CommandRouter {
   #addressed(body: string, me: string, displayName: string | null): string | null {
     const names = [me, me.slice(1, me.indexOf(':'))];
     if (displayName) names.unshift(displayName);
-    const lower = body.toLowerCase();
     for (const n of names) {
       for (const cand of n.startsWith('@') ? [n] : [n, `@${n}`]) {
-        if (!lower.startsWith(cand.toLowerCase())) continue;
+        if (body.slice(0, cand.length).toLowerCase() !== cand.toLowerCase()) continue;
         const rest = body.slice(cand.length);
         if (rest !== '' && !/^[\s:,]/.test(rest)) continue;
         const text = rest.replace(/^[:,]?\s*/, '');
