@@ -11,6 +11,7 @@ import { DatabaseSync } from 'node:sqlite';
 import { after, before, test } from 'node:test';
 import type { HalcyonError } from '../../src/index.ts';
 import { startSynapse, testHomeserver, type Homeserver } from '../harness/synapse.ts';
+import { newJsPeer } from '../harness/js-peer.ts';
 import { watch } from './toolkit-util.ts';
 import { defer, newBot, newClient, newPeer, roomWithBot, WAIT_MS, waitUntil } from './util.ts';
 
@@ -102,9 +103,31 @@ test('server schedule (MSC4140): a delayed event goes out while the bot is down;
   assert.equal(enc.mode, 'local', 'an encrypted room is encrypted at send time');
   assert.equal(await bot.client.cancelScheduled(enc.id), true);
 
+  const later = await bot.client.schedule(roomId, 'cancelled by the next run', { inMs: 600_000 });
+  assert.equal(later.mode, 'server');
+
   await bot.client.stop();
   const sent = await seen.waitFor((e) => e.sender === bot.user.userId && e.content.body === 'from the server', 'the delayed event');
   assert.equal(sent.room_id, roomId);
   assert.equal(seen.events.some((e) => e.content?.body === 'never sent'), false);
   assert.deepEqual(bot.errors as HalcyonError[], []);
+
+  // The ID outlives the client that made it: the next run cancels the server's entry by it.
+  const again = newClient(t, bot.dataDir);
+  await again.run(bot.token);
+  assert.equal(await again.cancelScheduled(later.id), true);
+  assert.equal(await again.cancelScheduled(later.id), false);
+});
+
+test('local schedule in an encrypted room: the message is encrypted when it is sent, and a matrix-js-sdk member reads it', async (t) => {
+  const bot = await newBot(t, hs);
+  await bot.client.run(bot.token);
+  const alice = await newJsPeer(t, hs);
+  const roomId = await alice.createEncryptedRoom({ invite: [bot.user.userId] });
+  await alice.waitForMember(roomId, bot.user.userId, 'join');
+  await bot.client.waitForRoom(roomId);
+  const s = await bot.client.schedule(roomId, 'a secret, later', { inMs: 500 });
+  assert.equal(s.mode, 'local');
+  const m = await alice.waitForMessage(roomId, (x) => x.sender === bot.user.userId && x.body === 'a secret, later', WAIT_MS);
+  assert.equal(m.encrypted, true);
 });
