@@ -24,6 +24,11 @@ const SWEEP_AT = 10_000;
 export class Cooldowns {
   readonly #windows = new Map<string, Window>();
 
+  /** How many windows are kept (running, or expired and not swept yet). */
+  get size(): number {
+    return this.#windows.size;
+  }
+
   /**
    * Whether `user` may run `cmd` (named `name`) in `roomId` now: null, and both cooldowns start; or how long to
    * wait, and whether to tell (the first refusal of a window).
