@@ -187,3 +187,36 @@ test('threads: a command from a thread is answered there, { thread: true } start
   assert.equal(failed.eventId, boom);
   assert.match(failed.message, /kaboom/);
 });
+
+test('where and who: dm-only and never-in-dm commands, a rooms list, admins above every level, a custom prefix without help', async (t) => {
+  const bot = await newBot(t, hs);
+  const admin = await newPeer(hs);
+  const only: string[] = [];
+  bot.client
+    .commands({ prefix: '?', help: false, admins: [admin.userId] })
+    .add('secret', { dm: true }, (ctx) => ctx.reply('psst'))
+    .add('announce', { dm: false, power: 100 }, (ctx) => ctx.reply('hear ye'))
+    .add('local', { rooms: only }, (ctx) => ctx.reply('here I am'));
+  await bot.client.run(bot.token);
+  const botId = bot.user.userId;
+  const peer = await newPeer(hs);
+  const dm = await roomWithBot(peer, botId);
+  const group = await roomWithBot(peer, botId);
+  await peer.invite(group, admin.userId);
+  await admin.join(group);
+  await waitUntil(async () => (await bot.client.getRoom(group))?.joinedMemberCount === 3, WAIT_MS, 'three members in the group, as the bot sees it');
+  only.push(group);
+  const seen = watch(t, peer);
+
+  assert.equal((await seen.answer(botId, await peer.sendText(dm, '?secret'))).content.body, 'psst');
+  assert.equal((await seen.answer(botId, await peer.sendText(group, '?secret'))).content.body, '?secret works only in a direct chat with me.');
+  assert.equal((await seen.answer(botId, await peer.sendText(dm, '?announce'))).content.body, '?announce does not work in a direct chat.');
+  assert.equal((await seen.answer(botId, await peer.sendText(dm, '?local'))).content.body, '?local is not available in this room.');
+  assert.equal((await seen.answer(botId, await peer.sendText(group, '?local'))).content.body, 'here I am');
+  // The room's creator has every level; the admin has power 0 here but is an admin of the bot.
+  assert.equal((await seen.answer(botId, await admin.sendText(group, '?announce'))).content.body, 'hear ye');
+  // No help command, and the prefix is "?": "!help" and "?help" are nobody's business (the echo shows the order).
+  const helps = [await peer.sendText(group, '?help'), await peer.sendText(group, '!local')];
+  assert.equal((await seen.answer(botId, await peer.sendText(group, '?local'))).content.body, 'here I am');
+  assert.equal(seen.events.filter((e) => helps.includes(e.content?.['m.relates_to']?.['m.in_reply_to']?.event_id)).length, 0);
+});
