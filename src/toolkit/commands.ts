@@ -110,6 +110,12 @@ export class CommandRouter {
     if (typeof prefix !== 'string' || prefix === '' || /\s/.test(prefix)) {
       throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'commands: prefix must be a non-empty string without white space');
     }
+    if (opts.help !== undefined && opts.help !== false && !(typeof opts.help === 'string' && /^\S+$/.test(opts.help))) {
+      throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'commands: help must be one word (the help command\'s name) or false');
+    }
+    if (opts.admins !== undefined && !(Array.isArray(opts.admins) && opts.admins.every((u) => typeof u === 'string'))) {
+      throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'commands: admins must be an array of user IDs');
+    }
     this.#client = client;
     this.#host = host;
     this.#prefix = prefix;
