@@ -100,13 +100,13 @@ export class Scheduler {
     if (typeof id !== 'string' || !/^(server|local):./.test(id)) {
       throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'cancelScheduled: the ID must be one client.schedule resolved with');
     }
+    const http = this.#host.http(); // throws HALCYON_NOT_RUNNING: the schedule is open while the client runs
     if (id.startsWith('local:')) {
       clearTimeout(this.#timers.get(id));
       this.#timers.delete(id);
       if (!this.#db && !existsSync(join(this.#host.dataDir, FILE))) return false;
       return Number(this.#open().prepare('DELETE FROM scheduled WHERE id = ?').run(id).changes) > 0;
     }
-    const http = this.#host.http();
     const delayId = seg(id.slice('server:'.length));
     try {
       await http.json('POST', `${UNSTABLE}/delayed_events/${delayId}/cancel`, { body: {} });

@@ -63,6 +63,7 @@ test('schedule: bad input is refused with HALCYON_INVALID_ARGUMENT, and a stoppe
   const bot = await newBot(t, hs);
   const peer = await newPeer(hs);
   await assert.rejects(bot.client.schedule('!r:localhost', 'x', { inMs: 10 }), { code: 'HALCYON_NOT_RUNNING' });
+  await assert.rejects(bot.client.cancelScheduled('local:x'), { code: 'HALCYON_NOT_RUNNING' });
   await bot.client.run(bot.token);
   const roomId = await roomWithBot(peer, bot.user.userId);
   for (const opts of [{}, { inMs: 1, at: Date.now() }, { inMs: -1 }, { at: Number.NaN }, { at: new Date('nonsense') }] as const) {
