@@ -286,6 +286,24 @@ export function remoteOnPort<T>(name: string, port: MessagePort, deadlines: Dead
   return settler.wrap<T>((method, args) => remote[method]!(...args));
 }
 
+/**
+ * An actor hosted on another actor's worker thread, served to main on `port`: its calls have deadlines of their own
+ * and reject when the port closes (the host's worker ended). It lives and dies with the host: crashing or stalling
+ * it crashes or stalls the host's thread, and its death is the host's (reported once, by the host's handle).
+ */
+export function guestActor<T>(name: string, host: ActorHandle<unknown>, port: MessagePort, deadlines: Deadlines): ActorHandle<T> {
+  const api = remoteOnPort<T>(name, port, deadlines);
+  return {
+    api,
+    async terminate() {
+      port.close();
+    },
+    onDeath() {},
+    crash: () => host.crash(),
+    stall: () => host.stall(),
+  };
+}
+
 /** Calls an in-thread actor object with the same deadlines as a remote one. */
 export function localRemote<T extends object>(name: string, impl: T, deadlines: Deadlines): Remote<T> {
   return inThreadActor(name, impl, deadlines).api;

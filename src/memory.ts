@@ -18,10 +18,11 @@ export interface MemoryReport {
   rss: number;
   /** The main thread (the user's handlers, the dispatcher, the outbox). */
   main: ActorMemory;
-  /** The sync actor's thread; null when the actor is not running or did not answer in time (so for the others). */
+  /**
+   * The sync worker's thread, which hosts the cache actor too (room state); null when the actor is not running or
+   * did not answer in time (so for crypto).
+   */
   sync: ActorMemory | null;
-  /** The cache actor's thread (room state). */
-  cache: ActorMemory | null;
   /** The crypto actor's thread, crypto-wasm's linear memory included; null too with encryption off. */
   crypto: ActorMemory | null;
 }
@@ -61,7 +62,7 @@ export function threadMemory(opts: { wasmBytes?: number | null; collect?: boolea
  * reported as null. `collect` has every worker collect its garbage first (tests; a pause on each worker).
  */
 export async function gatherMemory(
-  actors: { sync?: MemorySource | null; cache?: MemorySource | null; crypto?: MemorySource | null },
+  actors: { sync?: MemorySource | null; crypto?: MemorySource | null },
   opts: { collect?: boolean; timeoutMs?: number } = {},
 ): Promise<MemoryReport> {
   const collect = opts.collect === true;
@@ -75,8 +76,8 @@ export async function gatherMemory(
       clearTimeout(timer);
     }
   };
-  const [sync, cache, crypto] = await Promise.all([ask(actors.sync), ask(actors.cache), ask(actors.crypto)]);
-  return { rss: process.memoryUsage.rss(), main: threadMemory(), sync, cache, crypto };
+  const [sync, crypto] = await Promise.all([ask(actors.sync), ask(actors.crypto)]);
+  return { rss: process.memoryUsage.rss(), main: threadMemory(), sync, crypto };
 }
 
 /**

@@ -238,7 +238,7 @@ function registerMemoryGauges(on: Registering, memory: () => Promise<MemoryRepor
     async collect() {
       const r = (last = await memory());
       this.reset();
-      for (const thread of ['main', 'sync', 'cache', 'crypto'] as const) {
+      for (const thread of ['main', 'sync', 'crypto'] as const) {
         const m = r[thread];
         if (!m || (thread !== 'main' && m.thread === 'main')) continue;
         for (const [kind, field] of Object.entries(MEMORY_KINDS)) {

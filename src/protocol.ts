@@ -342,8 +342,6 @@ export interface CacheActorApi {
   summaries(): Promise<RoomSummary[]>;
   /** Stored account data of `type` (global when `roomId` is null), or undefined. */
   accountData(roomId: string | null, type: string): Promise<Record<string, unknown> | undefined>;
-  /** This actor's memory; `collect` runs a full garbage collection first (for tests: it costs a pause). */
-  memory(collect?: boolean): Promise<ActorMemory>;
   close(): Promise<void>;
 }
 

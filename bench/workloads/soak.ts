@@ -182,13 +182,12 @@ function breakdownRows(r: MemoryReport): string[] {
   const row = (name: string, m: ActorMemory | null) =>
     m ? `| ${name} | ${mb(m.heapUsed)} | ${mb(m.heapTotal)} (${mb(m.youngGeneration)}) | ${mb(m.external)} (${mb(m.arrayBuffers)}) | ${mb(m.wasmBytes)} | ${mb(m.sqliteCacheLimit)} |` : `| ${name} | – | – | – | – | – |`;
   // Actors running inline would be main's figures again: only workers add.
-  const threads = [r.sync, r.cache, r.crypto].filter((m): m is ActorMemory => m !== null && m.thread === 'worker').concat([r.main]);
+  const threads = [r.sync, r.crypto].filter((m): m is ActorMemory => m !== null && m.thread === 'worker').concat([r.main]);
   const counted = threads.reduce((s, m) => s + m.heapTotal + m.external + (m.wasmBytes ?? 0), 0);
   return [
     ...BREAKDOWN_HEAD,
     row('main', r.main),
-    row('sync', r.sync),
-    row('cache', r.cache),
+    row('sync (+ cache)', r.sync),
     row('crypto', r.crypto),
     `| **all** | RSS ${mb(r.rss)} | committed heaps + external + wasm: ${mb(counted)} | rest (code, stacks, allocator, SQLite pages): ${mb(r.rss - counted)} | | |`,
   ];

@@ -4,9 +4,8 @@
  * reads rooms back instead of refetching them from the server.
  */
 import { LRUCache } from 'lru-cache';
-import type { ActorMemory, CacheActorApi, CacheConfig, RoomInfo, RoomSummary, StateChanges } from '../protocol.ts';
+import type { CacheActorApi, CacheConfig, RoomInfo, RoomSummary, StateChanges } from '../protocol.ts';
 import { collectGarbage } from '../actors.ts';
-import { threadMemory } from '../memory.ts';
 import { type Database, openDatabase } from '../store.ts';
 import { HalcyonError } from '../errors.ts';
 import { applyChange, emptyRoom, type RoomState, roomInfo, sameSummary, summarize } from './state.ts';
@@ -94,10 +93,6 @@ export class CacheActor implements CacheActorApi {
     this.need();
     const rows = this.sql!.allSummaries.all() as Array<{ summary: string }>;
     return rows.map((r) => JSON.parse(r.summary) as RoomSummary);
-  }
-
-  async memory(collect = false): Promise<ActorMemory> {
-    return threadMemory({ collect });
   }
 
   async close(): Promise<void> {

@@ -285,7 +285,7 @@ export class ClientCore {
    */
   memory(opts: { collect?: boolean; timeoutMs?: number } = {}): Promise<MemoryReport> {
     const set = this.actors.set;
-    return gatherMemory({ sync: set?.sync.api, cache: set?.cache.api, crypto: set?.crypto?.api }, opts);
+    return gatherMemory({ sync: set?.sync.api, crypto: set?.crypto?.api }, opts);
   }
 
   private async metricsSnapshot(): Promise<MetricsSnapshot> {

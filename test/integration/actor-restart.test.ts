@@ -72,7 +72,8 @@ for (const victim of ['sync', 'cache'] as const) {
     await crashActorForTests(bot.client, victim);
     await restartedAndComplete();
     assert.deepEqual(bot.errors.map((e) => e.code), ['HALCYON_ACTOR_DIED']);
-    assert.match(bot.errors[0]!.message, new RegExp(`the ${victim} actor's worker exited`));
+    // The cache actor is the sync worker's guest: crashing it ends that worker, which is what is reported.
+    assert.match(bot.errors[0]!.message, /the sync actor's worker exited/);
   });
 }
 

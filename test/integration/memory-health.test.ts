@@ -7,14 +7,14 @@ import { test } from 'node:test';
 import { testHomeserver } from '../harness/synapse.ts';
 import { newBot } from './util.ts';
 
-test('health().memory and the metrics report main, sync, cache and crypto (worker threads, encryption on), and only main once stopped', async (t) => {
+test('health().memory and the metrics report main, sync (hosting the cache) and crypto (worker threads, encryption on), and only main once stopped', async (t) => {
   const hs = await testHomeserver();
   const bot = await newBot(t, hs, { metrics: {} });
   await bot.client.run(bot.token);
 
   const { memory } = await bot.client.health();
   assert.equal(memory.main.thread, 'main');
-  for (const k of ['sync', 'cache', 'crypto'] as const) {
+  for (const k of ['sync', 'crypto'] as const) {
     const m = memory[k];
     assert.ok(m, `${k} answered`);
     assert.equal(m.thread, 'worker', k);
@@ -26,12 +26,12 @@ test('health().memory and the metrics report main, sync, cache and crypto (worke
   assert.ok(memory.rss > memory.main.heapUsed);
 
   const text = await bot.client.metricsRegistry!.metrics();
-  for (const thread of ['main', 'sync', 'cache', 'crypto']) assert.match(text, new RegExp(`halcyon_thread_memory_bytes\\{thread="${thread}",kind="heap_used"\\} [1-9]`), thread);
+  for (const thread of ['main', 'sync', 'crypto']) assert.match(text, new RegExp(`halcyon_thread_memory_bytes\\{thread="${thread}",kind="heap_used"\\} [1-9]`), thread);
   assert.match(text, /halcyon_thread_memory_bytes\{thread="crypto",kind="wasm"\} [1-9]/);
   assert.match(text, /halcyon_rss_bytes [1-9]/);
 
   await bot.client.stop();
   const stopped = (await bot.client.health()).memory;
-  assert.deepEqual([stopped.sync, stopped.cache, stopped.crypto], [null, null, null]);
+  assert.deepEqual([stopped.sync, stopped.crypto], [null, null]);
   assert.equal(stopped.main.thread, 'main');
 });

@@ -10,10 +10,10 @@ import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { test } from 'node:test';
 import { Registry } from 'prom-client';
-import { portPair, spawnWorkerActor } from '../../src/actors.ts';
+import { guestActor, portPair, spawnWorkerActor } from '../../src/actors.ts';
 import { gatherMemory, type MemoryReport, threadMemory } from '../../src/memory.ts';
 import { createMetrics, type MetricsSnapshot } from '../../src/metrics.ts';
-import { CACHE_DEADLINES, type ActorMemory, type CacheActorApi } from '../../src/protocol.ts';
+import { CACHE_DEADLINES, type ActorMemory, type CacheActorApi, SYNC_DEADLINES, type SyncActorApi } from '../../src/protocol.ts';
 import { openDatabase } from '../../src/store.ts';
 
 const MB = 2 ** 20;
@@ -40,28 +40,32 @@ test('gatherMemory: main and the process RSS always; an actor that fails or does
   const ok = { memory: async (): Promise<ActorMemory> => ({ ...mem, thread: 'worker' }) };
   const failing = { memory: async (): Promise<ActorMemory> => Promise.reject(new Error('dead')) };
   const silent = { memory: (): Promise<ActorMemory> => new Promise(() => {}) };
-  const r = await gatherMemory({ sync: ok, cache: failing, crypto: silent }, { timeoutMs: 50 });
+  const r = await gatherMemory({ sync: ok, crypto: failing }, { timeoutMs: 50 });
   assert.equal(r.main.thread, 'main');
   assert.ok(r.rss > r.main.heapUsed);
   assert.equal(r.sync?.thread, 'worker');
-  assert.equal(r.cache, null);
   assert.equal(r.crypto, null);
+  assert.equal((await gatherMemory({ sync: silent }, { timeoutMs: 50 })).sync, null);
   const none = await gatherMemory({});
-  assert.deepEqual([none.sync, none.cache, none.crypto], [null, null, null]);
+  assert.deepEqual([none.sync, none.crypto], [null, null]);
 });
 
-test('a worker actor answers memory() with its own isolate\'s numbers, its young generation bounded', async (t) => {
+test('a worker actor answers memory() with its own isolate\'s numbers (its guest\'s included), its young generation bounded', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'hc-mem-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const [, forSync] = portPair();
-  const cache = spawnWorkerActor<CacheActorApi>('cache', CACHE_DEADLINES, { sync: forSync });
-  t.after(() => cache.terminate());
+  const [forMain, cachePort] = portPair();
+  const [, events] = portPair();
+  const sync = spawnWorkerActor<SyncActorApi>('sync', SYNC_DEADLINES, { cache: cachePort, events });
+  t.after(() => sync.terminate());
+  // The cache actor is the sync worker's guest: its database opened there shows in the sync thread's figures.
+  const cache = guestActor<CacheActorApi>('cache', sync, forMain, CACHE_DEADLINES);
   await cache.api.open({ dataDir: dir, maxRoomsInMemory: 10 });
-  const m = await cache.api.memory(true);
+  const m = await sync.api.memory(true);
   assert.equal(m.thread, 'worker');
   assert.ok(m.heapUsed > 0 && m.heapUsed <= m.heapTotal, JSON.stringify(m));
   assert.ok(m.youngGeneration <= 8 * MB, `young generation ${m.youngGeneration / MB} MiB`);
   assert.ok(m.sqliteCacheLimit !== null && m.sqliteCacheLimit > 0, 'cache.sqlite is open in that thread');
+  await cache.api.close();
   assert.equal(m.wasmBytes, null);
 });
 
@@ -70,7 +74,7 @@ test('metrics: per-thread memory gauges and the RSS, an inline actor not repeate
   const w = (heapUsed: number, thread: 'worker' | 'main' = 'worker'): ActorMemory => ({
     thread, heapUsed, heapTotal: 2 * heapUsed, heapLimit: 1e9, youngGeneration: heapUsed / 2, external: 1000, arrayBuffers: 500, wasmBytes: null, sqliteCacheLimit: 2e6,
   });
-  const report: MemoryReport = { rss: 123e6, main: w(10e6, 'main'), sync: w(20e6), cache: w(30e6, 'main'), crypto: { ...w(40e6), wasmBytes: 5e6 } };
+  const report: MemoryReport = { rss: 123e6, main: w(10e6, 'main'), sync: w(20e6), crypto: { ...w(40e6), wasmBytes: 5e6 } };
   const snapshot = async (): Promise<MetricsSnapshot> => ({ secondsSinceLastSync: 1, polls: 1, queuedEvents: 0, backlogEvents: 0, outboxPending: 0, outboxDead: 0, pendingUndecryptable: null });
   const rec = await createMetrics({ registry }, snapshot, async () => report);
   const text = await registry.metrics();
@@ -78,11 +82,14 @@ test('metrics: per-thread memory gauges and the RSS, an inline actor not repeate
   assert.match(text, /halcyon_thread_memory_bytes\{thread="sync",kind="heap_total"\} 40000000/);
   assert.match(text, /halcyon_thread_memory_bytes\{thread="sync",kind="young_generation"\} 10000000/);
   assert.match(text, /halcyon_thread_memory_bytes\{thread="crypto",kind="wasm"\} 5000000/);
-  assert.doesNotMatch(text, /thread="cache"/, 'an actor running on main is main');
   assert.doesNotMatch(text, /thread="sync",kind="wasm"/, 'no wasm figure where there is none');
   assert.match(text, /halcyon_rss_bytes 123000000/);
   await rec.close();
   assert.doesNotMatch(await registry.metrics(), /thread_memory_bytes|rss_bytes/, 'removed at close');
+  const inline = new Registry();
+  const rec2 = await createMetrics({ registry: inline }, snapshot, async () => ({ ...report, sync: w(30e6, 'main'), crypto: null }));
+  assert.doesNotMatch(await inline.metrics(), /thread="(sync|crypto)"/, 'an actor running on main is main');
+  await rec2.close();
 });
 
 test('workers collecting their garbage for the first time at the same instant all succeed (V8 flags are per process)', async () => {
