@@ -119,6 +119,18 @@ export interface JsPeer {
    * kept (users sharing an encrypted room with the peer, and its own): for others this is false.
    */
   isSignedByOwner(userId: string, deviceId: string): Promise<boolean>;
+  /**
+   * Cross-signs this device with its account's existing identity, read from secret storage with `key` (e.g. a bot's
+   * recovery key, decoded): js-sdk's bootstrapCrossSigning imports the private keys and signs the device. Resolves
+   * once the device's own record shows the signature. For a peer started with `crossSign: false`.
+   */
+  crossSignFromSecretStorage(key: Uint8Array): Promise<void>;
+  /**
+   * Asks this peer's own other devices for the room keys of the room's undecryptable messages (`m.room_key_request`):
+   * js-sdk turns requests off (element-web#26524), so they are turned on in its OlmMachine (a private field of
+   * RustCrypto) and the messages decrypted again, which makes the requests; then they are sent.
+   */
+  requestMissingRoomKeys(roomId: string): Promise<void>;
 }
 
 const DEFAULT_TIMEOUT_MS = 20_000;
@@ -609,6 +621,32 @@ class JsPeerImpl implements JsPeer {
   async isSignedByOwner(userId: string, deviceId: string): Promise<boolean> {
     const crypto = this.client.getCrypto()!;
     return (await inPeerContext(() => crypto.getDeviceVerificationStatus(userId, deviceId)))?.signedByOwner ?? false;
+  }
+
+  crossSignFromSecretStorage(key: Uint8Array): Promise<void> {
+    this.storageKey.key = key;
+    return inPeerContext(async () => {
+      const crypto = this.client.getCrypto()!;
+      await crypto.bootstrapCrossSigning({});
+      await this.flushCryptoRequests();
+      await this.until(async () => (await crypto.getDeviceVerificationStatus(this.userId, this.deviceId))?.signedByOwner, DEFAULT_TIMEOUT_MS,
+        () => `${this.userId}/${this.deviceId} to be cross-signed from secret storage`);
+      this.crossSigned = true;
+    });
+  }
+
+  requestMissingRoomKeys(roomId: string): Promise<void> {
+    return inPeerContext(async () => {
+      const crypto = this.client.getCrypto() as unknown as { olmMachine?: { roomKeyRequestsEnabled: boolean } };
+      if (!crypto.olmMachine || typeof crypto.olmMachine.roomKeyRequestsEnabled !== 'boolean') {
+        throw new Error('js-peer: RustCrypto.olmMachine.roomKeyRequestsEnabled is gone (js-sdk internals changed)');
+      }
+      crypto.olmMachine.roomKeyRequestsEnabled = true;
+      for (const ev of this.timeline.get(roomId) ?? []) {
+        if (ev.isDecryptionFailure()) await ev.attemptDecryption(crypto as never, { isRetry: true });
+      }
+      await this.flushCryptoRequests();
+    });
   }
 
   async stop(): Promise<void> {
