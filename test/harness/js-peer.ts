@@ -131,6 +131,14 @@ export interface JsPeer {
    * RustCrypto) and the messages decrypted again, which makes the requests; then they are sent.
    */
   requestMissingRoomKeys(roomId: string): Promise<void>;
+  /**
+   * Replaces this peer's cross-signing identity with a new one (new master key: js-sdk's bootstrapCrossSigning with
+   * `setupNewCrossSigning`, the upload authorised with the password) and signs this device with it; resolves once
+   * the device's own record shows the new signature.
+   */
+  resetIdentity(): Promise<void>;
+  /** Starts a new outbound room key session for the room's next message (js-sdk's forceDiscardSession). */
+  discardRoomKey(roomId: string): Promise<void>;
 }
 
 const DEFAULT_TIMEOUT_MS = 20_000;
@@ -582,20 +590,38 @@ class JsPeerImpl implements JsPeer {
     this.client.getCrypto()!.setDeviceIsolationMode(new OnlySignedDevicesIsolationMode());
   }
 
+  /** Answers the user-interactive auth of a cross-signing key upload with the password (a first upload needs none: MSC3967). */
+  private readonly authUpload = async (makeRequest: (auth: never) => Promise<unknown>): Promise<void> => {
+    try {
+      await makeRequest(null as never);
+    } catch (e) {
+      const session = (e as MatrixError).data?.session;
+      if ((e as MatrixError).httpStatus !== 401 || typeof session !== 'string') throw e;
+      await makeRequest({ type: 'm.login.password', identifier: { type: 'm.id.user', user: this.userId }, password: this.password, session } as never);
+    }
+  };
+
+  resetIdentity(): Promise<void> {
+    return inPeerContext(async () => {
+      const crypto = this.client.getCrypto()!;
+      const before = (await crypto.getCrossSigningKeyId()) ?? null;
+      await crypto.bootstrapCrossSigning({ setupNewCrossSigning: true, authUploadDeviceSigningKeys: this.authUpload });
+      await this.flushCryptoRequests();
+      await this.until(async () => {
+        const master = await crypto.getCrossSigningKeyId();
+        return master !== null && master !== before && (await crypto.getDeviceVerificationStatus(this.userId, this.deviceId))?.signedByOwner;
+      }, DEFAULT_TIMEOUT_MS, () => `${this.userId}/${this.deviceId} to be signed by a new identity`);
+    });
+  }
+
+  discardRoomKey(roomId: string): Promise<void> {
+    return inPeerContext(() => this.client.getCrypto()!.forceDiscardSession(roomId));
+  }
+
   bootstrapIdentity(): Promise<{ recoveryKey: string; key: Uint8Array }> {
     return inPeerContext(async () => {
       const crypto = this.client.getCrypto()!;
-      await crypto.bootstrapCrossSigning({
-        authUploadDeviceSigningKeys: async (makeRequest) => {
-          try {
-            await makeRequest(null); // a first upload needs no auth (MSC3967)
-          } catch (e) {
-            const session = (e as MatrixError).data?.session;
-            if ((e as MatrixError).httpStatus !== 401 || typeof session !== 'string') throw e;
-            await makeRequest({ type: 'm.login.password', identifier: { type: 'm.id.user', user: this.userId }, password: this.password, session });
-          }
-        },
-      });
+      await crypto.bootstrapCrossSigning({ authUploadDeviceSigningKeys: this.authUpload });
       const generated = await crypto.createRecoveryKeyFromPassphrase();
       this.storageKey.key = generated.privateKey;
       await crypto.bootstrapSecretStorage({ createSecretStorageKey: async () => generated, setupNewSecretStorage: true, setupNewKeyBackup: true });
