@@ -94,6 +94,43 @@ test("a running device of the bot that misses a room key asks the bot's other (c
   assert.deepEqual(bot.errors, [], bot.dump());
 });
 
+test("an event kept while the bot had no other verified device is asked for once one is: the bot's own device list changed, and the key comes forwarded", async (t) => {
+  const user = await hs.registerUser();
+  const dataDir = tempDataDir(t);
+  const d = await loginWithDetails({ homeserver: hs.baseUrl, user: user.localpart, password: user.password, dataDir });
+  // The bot looks a kept event's session up in the key backup once, when it keeps it (before the other session
+  // could back the key up): the key can come only by forwarding.
+  const bot = botOn(t, dataDir);
+  await bot.client.run(d.token);
+  // Another session of the bot's account, not cross-signed yet: the bot does not trust it, so does not ask it.
+  const own = await newJsPeer(t, hs, { login: { user: user.userId, password: user.password }, crossSign: false });
+  const peer = await OlmPeer.start(hs);
+  defer(t, () => peer.stop());
+  const roomId = await peer.createEncryptedRoom([user.userId]);
+  await waitUntil(async () => (await peer.joinedMembers(roomId)).includes(user.userId), WAIT_MS, 'the bot to join');
+  await own.joinRoom(roomId);
+  const held = await peer.prepareRoomKey(roomId);
+  for (const req of held.requests) {
+    const body = JSON.parse(req.body) as { messages: Record<string, Record<string, unknown>> };
+    const toOwn = (body.messages[user.userId] ?? {})[own.deviceId];
+    if (toOwn === undefined) continue;
+    await peer.http.request('PUT', `/sendToDevice/${encodeURIComponent(req.event_type)}/${encodeURIComponent(`${req.txn_id}-own`)}`, { messages: { [user.userId]: { [own.deviceId]: toOwn } } });
+  }
+  const { eventId } = await peer.sendEncrypted(roomId, 'm.room.message', { msgtype: 'm.text', body: 'asked for later' });
+  await own.waitForMessage(roomId, (m) => m.eventId === eventId && !m.decryptionFailure);
+  await waitUntil(() => bot.decryptionErrors.find((e) => e.eventId === eventId), WAIT_MS, 'the bot to keep the event for a late key');
+
+  // The session is cross-signed by the bot's identity: the bot's own device list changes, and it now trusts it.
+  await own.crossSignFromSecretStorage(decodeRecoveryKey(d.recoveryKey!));
+  const m = await waitUntil(() => bot.messages.find((x) => x.eventId === eventId), WAIT_MS, 'the kept event, decrypted with the forwarded key').catch((e) => {
+    throw new Error(`${(e as Error).message}; ${bot.dump()}`);
+  });
+  assert.equal(m.body, 'asked for later');
+  assert.equal(m.decryptedLate, true);
+  assert.equal(bot.messages.filter((x) => x.eventId === eventId).length, 1, 'delivered once');
+  assert.deepEqual(bot.errors, [], bot.dump());
+});
+
 test("the bot forwards a room key it holds to its own other device (cross-signed by the bot's identity) that asks for it", async (t) => {
   const user = await hs.registerUser();
   const dataDir = tempDataDir(t);
@@ -111,10 +148,15 @@ test("the bot forwards a room key it holds to its own other device (cross-signed
   const before = await own.waitForMessage(roomId, (m) => m.eventId === eventId);
   assert.ok(before.decryptionFailure, 'the new session cannot decrypt the message yet');
   await own.crossSignFromSecretStorage(decodeRecoveryKey(first.recoveryKey!));
-  // The bot shares keys (trust 'signed') only with devices it knows as cross-signed: once the session decrypts a
-  // new message of the bot, the bot knows it as such.
-  const sync = await bot.client.sendMessage(roomId, 'the bot knows the new session');
-  await own.waitForMessage(roomId, (m) => m.eventId === sync && !m.decryptionFailure);
+  // The bot shares keys (trust 'signed') only with devices it knows as cross-signed, and forwards only to devices it
+  // knows as verified: once the session decrypts a new message of the bot, the bot knows it as such. Until the bot
+  // has fetched the session's signature, its messages are withheld from it: send until one is not.
+  let known = false;
+  for (let i = 0; i < 10 && !known; i++) {
+    const sent = await bot.client.sendMessage(roomId, `does the bot know the new session? ${i}`);
+    known = !(await own.waitForMessage(roomId, (m) => m.eventId === sent)).decryptionFailure;
+  }
+  assert.ok(known, "the bot knows the session as cross-signed");
 
   await own.requestMissingRoomKeys(roomId);
   const after = await own.waitForMessage(roomId, (m) => m.eventId === eventId && !m.decryptionFailure);
