@@ -118,16 +118,27 @@ let fullGc: (() => void) | null = null;
  */
 export function collectGarbage(): void {
   if (isMainThread) return;
-  if (!fullGc) {
-    // `gc` exposed only to a context of our own, with the flag restored at once: user code never sees it.
+  fullGc ??= exposeGc();
+  fullGc();
+}
+
+/**
+ * `gc`, exposed only to a context of our own, with the flag restored at once: user code never sees it. V8 flags are
+ * per process, not per isolate: another worker can turn the flag back off between our setting it and our context
+ * being made (seen when every actor collects at once), so a context made without `gc` is simply made again.
+ */
+function exposeGc(): () => void {
+  for (let attempt = 1; ; attempt++) {
     setFlagsFromString('--expose-gc');
     try {
-      fullGc = runInNewContext('gc') as () => void;
+      const found = runInNewContext('typeof gc === "function" ? gc : null') as (() => void) | null;
+      if (found) return found;
     } finally {
       setFlagsFromString('--no-expose-gc');
     }
+    // Three actors can race at most a few times; a flag that never takes is a bug worth hearing about.
+    if (attempt === 100) throw new HalcyonError('HALCYON_INTERNAL', 'could not expose gc to a worker context');
   }
-  fullGc();
 }
 
 /** Whether this code runs on a worker thread (an actor's own), not on the main thread. */

@@ -41,6 +41,7 @@ export const ERROR_CODES = {
   HALCYON_MEDIA_TOO_LARGE: 'A file is larger than the homeserver\'s upload limit (checked before sending) or than the caller\'s `maxBytes` on download.',
   HALCYON_RESPONSE_TOO_LARGE: 'An answer body was larger than the limit of its request (its Content-Length, or counted as it came); it was not read further.',
   HALCYON_SOFT_LOGOUT: 'The server ended the session but kept the device: log in again with Client.login and the same dataDir (it reuses the device ID); keys are kept.',
+  HALCYON_ASK_TIMEOUT: 'A command\'s question (`ctx.ask`) got no answer from the person asked within its `timeoutMs`.',
   HALCYON_INSECURE_HOMESERVER: 'The homeserver URL is plain http:// to a host that is not this machine (the token would cross the network in the clear); use https://, or allow it with allowInsecureHttp.',
   HALCYON_CROSS_SIGNING_UNAVAILABLE: 'A warning: the device is not cross-signed (the account has an identity whose keys login was not given: pass the recovery key, or resetCrossSigning; or the set-up failed); the message says what to do.',
   HALCYON_RECOVERY_KEY_INVALID: 'The recovery key is malformed (not base58, wrong length, prefix or parity: a typo) or is not the key of the account\'s secret storage.',

@@ -31,3 +31,10 @@ export type { DownloadOptions, MediaConfig, MediaSource, SendMediaOptions, Thumb
 export { decodeToken, encodeToken } from './token.ts';
 export type { Session } from './token.ts';
 export { htmlToText, sanitizeHtml } from './html.ts';
+export { CommandRouter } from './toolkit/commands.ts';
+export type { Command, CommandHandler, CommandOptions, CommandsOptions } from './toolkit/commands.ts';
+export { CommandContext } from './toolkit/context.ts';
+export type { CommandReplyOptions } from './toolkit/context.ts';
+export type { Answer, AskOptions } from './toolkit/conversation.ts';
+export type { ArgsOf, ArgType, ArgValue, Param, Pattern } from './toolkit/args.ts';
+export type { ScheduledMessage, ScheduleOptions } from './toolkit/schedule.ts';

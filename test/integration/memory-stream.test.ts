@@ -148,7 +148,7 @@ test('20,000 events handled and answered: heaps return near where they were, and
     if (c.youngGeneration > 16 * MB) problems.push(`${k}: young generation ${(c.youngGeneration / MB).toFixed(1)} MiB (heap committed ${(c.heapTotal / MB).toFixed(1)} MiB)`);
   }
   assert.deepEqual(problems, [], `after ${events} events (before: ${show(before)}; after: ${show(after)})`);
-  // Main holds each send's request deadline (src/http.ts) until it passes (30 s): wait for that, not for a leak.
+  // Main's heap settles as its last sends' promises and timers unwind: wait for that, not for a leak.
   await waitUntil(() => {
     gc();
     return process.memoryUsage().heapUsed - mainBefore < 2 * MB;

@@ -5,7 +5,9 @@
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { Worker } from 'node:worker_threads';
 import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { test } from 'node:test';
 import { Registry } from 'prom-client';
 import { portPair, spawnWorkerActor } from '../../src/actors.ts';
@@ -81,4 +83,25 @@ test('metrics: per-thread memory gauges and the RSS, an inline actor not repeate
   assert.match(text, /halcyon_rss_bytes 123000000/);
   await rec.close();
   assert.doesNotMatch(await registry.metrics(), /thread_memory_bytes|rss_bytes/, 'removed at close');
+});
+
+test('workers collecting their garbage for the first time at the same instant all succeed (V8 flags are per process)', async () => {
+  // The flag that exposes gc is process-wide: one worker turning it back off must not leave another without gc.
+  const problems: string[] = [];
+  for (let round = 0; round < 8; round++) {
+    const barrier = new SharedArrayBuffer(8);
+    const counts = new Int32Array(barrier);
+    const workers = Array.from({ length: 4 }, () => new Worker(new URL('../fixtures/gc-worker.ts', import.meta.url), { workerData: { barrier }, execArgv: ['--import', 'tsx'] }));
+    const answers = workers.map((w) => new Promise<string>((resolve, reject) => {
+      w.once('message', resolve);
+      w.once('error', reject);
+    }));
+    // Poll for the workers to reach the barrier (a condition, not a fixed wait): then release them together.
+    while (Atomics.load(counts, 1) < workers.length) await delay(2);
+    Atomics.store(counts, 0, 1);
+    Atomics.notify(counts, 0);
+    problems.push(...(await Promise.all(answers)).filter((a) => a !== 'ok'));
+    await Promise.all(workers.map((w) => w.terminate()));
+  }
+  assert.deepEqual(problems, []);
 });
