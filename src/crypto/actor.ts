@@ -214,7 +214,9 @@ export class CryptoActor implements CryptoActorApi {
   async receiveSyncChanges(ch: CryptoSyncChanges): Promise<void> {
     this.ensureOpen();
     await this.queue.run(() => this.applySyncChanges(ch), 'high');
-    void this.outgoing.flush().catch((e) => this.report(e));
+    // The bot's own devices changed (one added, or cross-signed): once they are fetched, kept events are retried.
+    const own = ch.deviceListsChanged.includes(this.config.userId);
+    void this.outgoing.flush().then(() => (own ? this.askOwnDevices() : undefined)).catch((e) => this.report(e));
     void this.verification.retryUnknownSenders().catch((e) => this.report(e));
   }
 
@@ -274,6 +276,8 @@ export class CryptoActor implements CryptoActorApi {
       ok.sort((a, b) => a.index - b.index); // timeline order
     }
     void this.verification.retryUnknownSenders().catch((e) => this.report(e)); // requests among the events
+    // A missing key made the engine queue a request to the bot's own verified devices: sent now, not with the next sync.
+    if (failures.some((f) => f.pending)) void this.outgoing.flush().catch((e) => this.report(e));
     const slot: number[] = new Array<number>(req.raw.length).fill(-1);
     const batch = decryptedBatch(ok, 0, this.processOptions());
     if (batch) for (const [k, d] of ok.entries()) slot[d.index] = batch.slots[k]!;
@@ -511,6 +515,13 @@ export class CryptoActor implements CryptoActorApi {
     for (const [k, d] of ok.entries()) if (built.slots[k]! >= 0) delivered.add(d.event.event_id as string);
     this.forgetPending(ids.filter((id) => !delivered.has(id)));
     if (delivered.size > 0) this.events.post({ kind: 'late', batch: built.batch, ids: [...delivered] });
+  }
+
+  /** Retries kept events, sending the key requests that makes (the engine asks on a failed decryption, once per session, while an own device is verified). */
+  private async askOwnDevices(): Promise<void> {
+    if (this.closed || this.pending.count() === 0) return;
+    await this.queue.run(() => this.retryPending(null));
+    await this.outgoing.flush();
   }
 
   private processOptions(): ProcessOptions {

@@ -148,12 +148,29 @@ export class TrustRules {
     return { level: level ?? 'unknown-device', deviceId, known: level !== null };
   }
 
+  /**
+   * `identity-changed` when the sender's owner was verified by the bot and has a new identity since. The shield does
+   * not say so for a device the bot verified itself (SAS marks the device verified locally, which a new identity
+   * does not undo): the identity tells.
+   */
+  private async identityChanged(machine: OlmMachine, userId: string): Promise<boolean> {
+    const user = new this.W.UserId(userId);
+    const identity = await machine.getIdentity(user).finally(() => user.free());
+    const changed = identity?.hasVerificationViolation() ?? false;
+    identity?.free();
+    return changed;
+  }
+
   private isOwnDevice(userId: string, deviceId: string | null): boolean {
     return userId === this.own.userId && deviceId === this.own.deviceId;
   }
 
-  /** Why the `trust` option refuses an event whose sender has this trust, or null if it is accepted. */
+  /**
+   * Why the `trust` option refuses an event whose sender has this trust, or null if it is accepted. A changed
+   * identity is refused by `signed` as well, as the engine's cross-signed rule does (when its shield tells it).
+   */
   refusal(t: SenderTrust): string | null {
+    if (this.policy !== 'all' && t.level === 'identity-changed') return `its sender was verified before and has a new identity since (trust: '${this.policy}')`;
     if (this.policy !== 'verified' || t.level === 'verified') return null;
     return `its sender device is not verified by the bot (${t.level}; trust: 'verified')`;
   }
@@ -173,7 +190,11 @@ export class TrustRules {
     if (this.levels.has(key)) return this.levels.get(key)!;
     const ids = [new W.UserId(userId), new W.DeviceId(deviceId)] as const;
     const device = await machine.getDevice(...ids).finally(() => free(...ids));
-    const level: TrustLevel | null = !device ? null : device.isVerified() ? 'verified' : device.isCrossSignedByOwner() ? 'signed' : 'unsigned';
+    const level: TrustLevel | null = !device
+      ? null
+      : (await this.identityChanged(machine, userId))
+        ? 'identity-changed'
+        : device.isVerified() ? 'verified' : device.isCrossSignedByOwner() ? 'signed' : 'unsigned';
     device?.free();
     this.levels.set(key, level);
     return level;

@@ -119,6 +119,26 @@ export interface JsPeer {
    * kept (users sharing an encrypted room with the peer, and its own): for others this is false.
    */
   isSignedByOwner(userId: string, deviceId: string): Promise<boolean>;
+  /**
+   * Cross-signs this device with its account's existing identity, read from secret storage with `key` (e.g. a bot's
+   * recovery key, decoded): js-sdk's bootstrapCrossSigning imports the private keys and signs the device. Resolves
+   * once the device's own record shows the signature. For a peer started with `crossSign: false`.
+   */
+  crossSignFromSecretStorage(key: Uint8Array): Promise<void>;
+  /**
+   * Asks this peer's own other devices for the room keys of the room's undecryptable messages (`m.room_key_request`):
+   * js-sdk turns requests off (element-web#26524), so they are turned on in its OlmMachine (a private field of
+   * RustCrypto) and the messages decrypted again, which makes the requests; then they are sent.
+   */
+  requestMissingRoomKeys(roomId: string): Promise<void>;
+  /**
+   * Replaces this peer's cross-signing identity with a new one (new master key: js-sdk's bootstrapCrossSigning with
+   * `setupNewCrossSigning`, the upload authorised with the password) and signs this device with it; resolves once
+   * the device's own record shows the new signature.
+   */
+  resetIdentity(): Promise<void>;
+  /** Starts a new outbound room key session for the room's next message (js-sdk's forceDiscardSession). */
+  discardRoomKey(roomId: string): Promise<void>;
 }
 
 const DEFAULT_TIMEOUT_MS = 20_000;
@@ -570,20 +590,38 @@ class JsPeerImpl implements JsPeer {
     this.client.getCrypto()!.setDeviceIsolationMode(new OnlySignedDevicesIsolationMode());
   }
 
+  /** Answers the user-interactive auth of a cross-signing key upload with the password (a first upload needs none: MSC3967). */
+  private readonly authUpload = async (makeRequest: (auth: never) => Promise<unknown>): Promise<void> => {
+    try {
+      await makeRequest(null as never);
+    } catch (e) {
+      const session = (e as MatrixError).data?.session;
+      if ((e as MatrixError).httpStatus !== 401 || typeof session !== 'string') throw e;
+      await makeRequest({ type: 'm.login.password', identifier: { type: 'm.id.user', user: this.userId }, password: this.password, session } as never);
+    }
+  };
+
+  resetIdentity(): Promise<void> {
+    return inPeerContext(async () => {
+      const crypto = this.client.getCrypto()!;
+      const before = (await crypto.getCrossSigningKeyId()) ?? null;
+      await crypto.bootstrapCrossSigning({ setupNewCrossSigning: true, authUploadDeviceSigningKeys: this.authUpload });
+      await this.flushCryptoRequests();
+      await this.until(async () => {
+        const master = await crypto.getCrossSigningKeyId();
+        return master !== null && master !== before && (await crypto.getDeviceVerificationStatus(this.userId, this.deviceId))?.signedByOwner;
+      }, DEFAULT_TIMEOUT_MS, () => `${this.userId}/${this.deviceId} to be signed by a new identity`);
+    });
+  }
+
+  discardRoomKey(roomId: string): Promise<void> {
+    return inPeerContext(() => this.client.getCrypto()!.forceDiscardSession(roomId));
+  }
+
   bootstrapIdentity(): Promise<{ recoveryKey: string; key: Uint8Array }> {
     return inPeerContext(async () => {
       const crypto = this.client.getCrypto()!;
-      await crypto.bootstrapCrossSigning({
-        authUploadDeviceSigningKeys: async (makeRequest) => {
-          try {
-            await makeRequest(null); // a first upload needs no auth (MSC3967)
-          } catch (e) {
-            const session = (e as MatrixError).data?.session;
-            if ((e as MatrixError).httpStatus !== 401 || typeof session !== 'string') throw e;
-            await makeRequest({ type: 'm.login.password', identifier: { type: 'm.id.user', user: this.userId }, password: this.password, session });
-          }
-        },
-      });
+      await crypto.bootstrapCrossSigning({ authUploadDeviceSigningKeys: this.authUpload });
       const generated = await crypto.createRecoveryKeyFromPassphrase();
       this.storageKey.key = generated.privateKey;
       await crypto.bootstrapSecretStorage({ createSecretStorageKey: async () => generated, setupNewSecretStorage: true, setupNewKeyBackup: true });
@@ -609,6 +647,32 @@ class JsPeerImpl implements JsPeer {
   async isSignedByOwner(userId: string, deviceId: string): Promise<boolean> {
     const crypto = this.client.getCrypto()!;
     return (await inPeerContext(() => crypto.getDeviceVerificationStatus(userId, deviceId)))?.signedByOwner ?? false;
+  }
+
+  crossSignFromSecretStorage(key: Uint8Array): Promise<void> {
+    this.storageKey.key = key;
+    return inPeerContext(async () => {
+      const crypto = this.client.getCrypto()!;
+      await crypto.bootstrapCrossSigning({});
+      await this.flushCryptoRequests();
+      await this.until(async () => (await crypto.getDeviceVerificationStatus(this.userId, this.deviceId))?.signedByOwner, DEFAULT_TIMEOUT_MS,
+        () => `${this.userId}/${this.deviceId} to be cross-signed from secret storage`);
+      this.crossSigned = true;
+    });
+  }
+
+  requestMissingRoomKeys(roomId: string): Promise<void> {
+    return inPeerContext(async () => {
+      const crypto = this.client.getCrypto() as unknown as { olmMachine?: { roomKeyRequestsEnabled: boolean } };
+      if (!crypto.olmMachine || typeof crypto.olmMachine.roomKeyRequestsEnabled !== 'boolean') {
+        throw new Error('js-peer: RustCrypto.olmMachine.roomKeyRequestsEnabled is gone (js-sdk internals changed)');
+      }
+      crypto.olmMachine.roomKeyRequestsEnabled = true;
+      for (const ev of this.timeline.get(roomId) ?? []) {
+        if (ev.isDecryptionFailure()) await ev.attemptDecryption(crypto as never, { isRetry: true });
+      }
+      await this.flushCryptoRequests();
+    });
   }
 
   async stop(): Promise<void> {
