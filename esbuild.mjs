@@ -20,7 +20,7 @@ const common = {
 rmSync('dist', { recursive: true, force: true });
 await Promise.all([
   build({ ...common, entryPoints: { index: 'src/index.ts' }, outdir: 'dist' }),
-  build({ ...common, entryPoints: { sync: 'workers/sync.ts', cache: 'workers/cache.ts', crypto: 'workers/crypto.ts', media: 'workers/media.ts' }, outdir: 'dist/workers' }),
+  build({ ...common, entryPoints: { sync: 'workers/sync.ts', crypto: 'workers/crypto.ts', media: 'workers/media.ts' }, outdir: 'dist/workers' }),
   build({ ...common, entryPoints: { cli: 'workers/cli.ts' }, outdir: 'dist', banner: { js: '#!/usr/bin/env node' } }),
 ]);
 // require() of the package gets one clear line instead of a loader error: it is an ES module.

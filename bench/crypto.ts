@@ -100,7 +100,7 @@ export interface CryptoThroughputSample {
   allThreadsCpuUsPerEvent: number;
   /**
    * CPU per event by thread over the same span, from /proc/self/task (Linux; 10 ms ticks): `main`, `halcyon-crypto`,
-   * `halcyon-sync`, `halcyon-cache`, `v8 helpers` (GC, background compilation), `other`.
+   * `halcyon-sync` (the sync and cache actors), `v8 helpers` (GC, background compilation), `other`.
    */
   threadsCpuUsPerEvent?: Record<string, number>;
   /** bot, js-sdk: /sync requests the server saw between the first encrypted body and the last handler call, and their gaps. */
@@ -1092,8 +1092,8 @@ export function cryptoMarkdown(r: CryptoResult, withTitle = true): string[] {
       const crypto = med('bot', 'halcyon-crypto');
       const raw = med('raw', 'main');
       L.push(
-        `CPU by thread (/proc, 10 ms ticks), median µs/event: bot: crypto worker ${fmt(crypto, 0)}, sync worker ${fmt(med('bot', 'halcyon-sync'), 0)}, ` +
-          `cache worker ${fmt(med('bot', 'halcyon-cache'), 0)}, main ${fmt(med('bot', 'main'), 0)}, V8 helper threads ${fmt(med('bot', 'v8 helpers'), 0)}; ` +
+        `CPU by thread (/proc, 10 ms ticks), median µs/event: bot: crypto worker ${fmt(crypto, 0)}, sync worker (sync and cache actors) ${fmt(med('bot', 'halcyon-sync'), 0)}, ` +
+          `main ${fmt(med('bot', 'main'), 0)}, V8 helper threads ${fmt(med('bot', 'v8 helpers'), 0)}; ` +
           `raw: loop thread ${fmt(raw, 0)}, V8 helper threads ${fmt(med('raw', 'v8 helpers'), 0)}` +
           (js ? `; js-sdk: main ${fmt(med('jssdk', 'main'), 0)}, V8 helper threads ${fmt(med('jssdk', 'v8 helpers'), 0)}` : '') +
           `. Crypto worker ÷ raw loop CPU per event: ×${fmt(crypto / raw, 2)}.`,

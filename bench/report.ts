@@ -18,6 +18,8 @@ export interface BenchContext {
   gc: () => void;
   /** Prints one progress line. */
   progress: (line: string) => void;
+  /** `--soak SECONDS`: how long the soak workload runs (default: its own, 10 min or 2 with `quick`). */
+  soakSeconds?: number;
 }
 
 /** One ratio of Halcyon against another contender, for the summary table and the chart. */
@@ -101,7 +103,7 @@ export function verdictOf(g: GoalEntry): Verdict {
 
 /** What a workload's `run(ctx)` resolves with. */
 export interface WorkloadReport {
-  /** Short id: `throughput`, `isolation`, `latency`, `coldstart`, `memory`, `sends`, `e2ee`. */
+  /** Short id: `throughput`, `isolation`, `latency`, `coldstart`, `memory`, `sends`, `e2ee`, `soak`. */
   id: string;
   /** Section title, e.g. `1. Throughput on replayed /sync bodies`. */
   title: string;

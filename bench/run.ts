@@ -9,13 +9,14 @@
  *  5. memory      — RSS with 10,000 rooms, bytes per room
  *  6. sends       — messages/s to Synapse with limits off; 429s and lost sends under the default rc_message
  *  7. e2ee        — decrypted events/s against matrix-js-sdk and a raw OlmMachine loop (alone, in its own process)
+ *  8. soak        — a reply bot at 20 msg/s on Synapse for 10 minutes: RSS over time against matrix-bot-sdk
  *
  * Writes bench/results/latest.json (everything, samples included), latest.md (tables) and latest.svg (ratios), and
  * the same three files under bench/results/runs/<date>-<commit>/ (results.json, results.md, ratios.svg), so every
  * run's figures stay on record. A run is "published" only when it is a default run of every workload on a clean
  * commit; the report says why not otherwise. One workload failing is reported in its section; the others still run.
  *
- * Usage: node --import tsx bench/run.ts [--quick] [--rounds N] [--only LIST] [--out DIR]
+ * Usage: node --import tsx bench/run.ts [--quick] [--rounds N] [--only LIST] [--out DIR] [--soak SECONDS]
  * One workload alone, printed: node --import tsx bench/workload.ts NAME [--quick].
  * @module
  */
@@ -30,13 +31,14 @@ import { advantage, ratioChart } from './chart.ts';
 import { GOAL_RULE, verdictOf, type BenchContext, type Contender, type GoalEntry, type RatioEntry, type Verdict, type Workload, type WorkloadReport } from './report.ts';
 import { fmt, machineAndOwnCpuMs } from './stats.ts';
 
-const WORKLOADS = ['throughput', 'isolation', 'latency', 'coldstart', 'memory', 'sends', 'e2ee', 'cluster'] as const;
+const WORKLOADS = ['throughput', 'isolation', 'latency', 'coldstart', 'memory', 'sends', 'e2ee', 'soak', 'cluster'] as const;
 
 const USAGE = `usage: node --import tsx bench/run.ts [options]   (npm run bench -- [options])
   --quick        a few minutes: fewer rounds and smaller inputs
   --rounds N     rounds per measurement (default: 5, or each workload's own; 2 with --quick)
   --only LIST    comma-separated subset of ${WORKLOADS.join(',')}
-  --out DIR      where latest.json / latest.md / latest.svg and runs/<date>-<commit>/ go (default bench/results)`;
+  --out DIR      where latest.json / latest.md / latest.svg and runs/<date>-<commit>/ go (default bench/results)
+  --soak SECONDS how long the soak workload runs (default 600, 120 with --quick; e.g. 3600 for an hour)`;
 
 const { values: args } = parseArgs({
   options: {
@@ -44,6 +46,7 @@ const { values: args } = parseArgs({
     rounds: { type: 'string' },
     only: { type: 'string' },
     out: { type: 'string' },
+    soak: { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -58,6 +61,8 @@ const ONLY = args.only?.split(',').map((s) => s.trim());
 for (const w of ONLY ?? []) if (!(WORKLOADS as readonly string[]).includes(w)) throw new Error(`unknown workload ${w} in --only; choose from ${WORKLOADS.join(', ')}`);
 const SELECTED = WORKLOADS.filter((w) => !ONLY || ONLY.includes(w));
 const OUT_DIR = args.out ?? join(import.meta.dirname, 'results');
+const SOAK = args.soak !== undefined ? Number(args.soak) : undefined;
+if (SOAK !== undefined && !(SOAK > 0)) throw new Error(`--soak must be a number of seconds, not ${args.soak}`);
 
 // A full GC between measurements, so one contender's garbage is not collected on another's time.
 setFlagsFromString('--expose-gc');
@@ -106,7 +111,7 @@ const meta = {
 };
 
 const progress = (line: string): void => void process.stdout.write(line + '\n');
-const ctx: BenchContext = { quick: QUICK, rounds: ROUNDS, gc, progress };
+const ctx: BenchContext = { quick: QUICK, rounds: ROUNDS, gc, progress, ...(SOAK !== undefined ? { soakSeconds: SOAK } : {}) };
 
 const t0 = performance.now();
 progress(
@@ -152,6 +157,7 @@ const notPublished: string[] = [
   ...(git.dirty.length ? [`the tree differs from commit ${git.commit} (${git.dirty.slice(0, 8).join(', ')}${git.dirty.length > 8 ? `, … ${git.dirty.length} files` : ''})`] : []),
   ...(QUICK ? ['a --quick run'] : []),
   ...(args.rounds !== undefined ? [`--rounds ${ROUNDS}`] : []),
+  ...(SOAK !== undefined ? [`--soak ${SOAK}`] : []),
   ...(SELECTED.length < WORKLOADS.length ? [`only ${SELECTED.join(', ')}`] : []),
   ...reports.filter((r) => r.error).map((r) => `${r.id} failed`),
 ];

@@ -1,7 +1,8 @@
 /**
- * `npm run example -- <command|encrypted|media>`: runs one of the example bots against a local Synapse (installed
+ * `npm run example -- <command|encrypted|media|toolkit>`: runs one of the example bots against a local Synapse (installed
  * into ~/.cache/halcyon on first use) and has a scripted user talk to it, printing the conversation. The same
- * scenarios run in the test suite (test/integration/examples.test.ts) against the shared test homeserver.
+ * scenarios run in the test suite (test/integration/examples.test.ts, toolkit-example.test.ts) against the shared
+ * test homeserver.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,6 +15,7 @@ import { type Homeserver, startSynapse } from '../test/harness/synapse.ts';
 import { commandBot } from './command-bot.ts';
 import { encryptedBot } from './encrypted-bot.ts';
 import { mediaBot } from './media-bot.ts';
+import { toolkitBot } from './toolkit-bot.ts';
 
 /** Prints a line of the conversation. */
 export type Say = (line: string) => void;
@@ -112,7 +114,39 @@ export async function mediaScenario(hs: Homeserver, say: Say): Promise<Array<Rec
   }
 }
 
-const scenarios: Record<string, (hs: Homeserver, say: Say) => Promise<unknown>> = { command: commandScenario, encrypted: encryptedScenario, media: mediaScenario };
+/**
+ * The toolkit bot: generated help, dice, a kick refused by power level, a reminder sent later, and a question
+ * answered by a reaction. Returns the bot's messages, in order.
+ */
+export async function toolkitScenario(hs: Homeserver, say: Say): Promise<string[]> {
+  const bot = await startBot(hs, (c) => void toolkitBot(c));
+  try {
+    const alice = new Peer(hs.baseUrl, await hs.registerUser());
+    const carol = new Peer(hs.baseUrl, await hs.registerUser());
+    const roomId = await alice.createRoom({ name: 'Toolkit', invite: [bot.userId, carol.userId] });
+    await alice.waitForJoined(roomId, bot.userId);
+    await carol.join(roomId);
+    const answers = [await ask(carol, roomId, bot.userId, '!help', say), await ask(carol, roomId, bot.userId, `!kick ${alice.userId}`, say)];
+    for (const text of ['!help', '!roll 2d6', '!remind 1s tea']) answers.push(await ask(alice, roomId, bot.userId, text, say));
+    const reminder = await alice.waitFor((e, r) => r === roomId && e.sender === bot.userId && e.content?.body?.endsWith(': tea'), 30_000);
+    say(`  bot   ${reminder.content.body}`);
+    answers.push(reminder.content.body);
+    say('  user  !deploy');
+    const cmd = await alice.sendText(roomId, '!deploy');
+    const question = await alice.waitFor((e, r) => r === roomId && e.sender === bot.userId && e.content?.['m.relates_to']?.['m.in_reply_to']?.event_id === cmd, 30_000);
+    say(`  bot   ${question.content.body} (in a thread)`);
+    say('  user  (reacts 🚀)');
+    await alice.react(roomId, question.event_id, '🚀');
+    const done = await alice.waitFor((e, r) => r === roomId && e.sender === bot.userId && e.type === 'm.room.message' && e.content?.body?.startsWith('Deploying'), 30_000);
+    say(`  bot   ${done.content.body}`);
+    answers.push(question.content.body, done.content.body);
+    return answers;
+  } finally {
+    await bot.close();
+  }
+}
+
+const scenarios: Record<string, (hs: Homeserver, say: Say) => Promise<unknown>> = { command: commandScenario, encrypted: encryptedScenario, media: mediaScenario, toolkit: toolkitScenario };
 
 if (import.meta.main) {
   const name = process.argv[2] ?? '';

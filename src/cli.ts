@@ -1,6 +1,8 @@
 /**
  * The `halcyon` command: `halcyon login` gets a long-lived token (printed, or written to a 0600 file);
- * `halcyon whoami` shows whom a token belongs to. Neither ever prints a password or a token it was given.
+ * `halcyon whoami` shows whom a token belongs to. Neither ever prints a password or a token it was given. With a
+ * data dir, login also cross-signs the device; the recovery key of a new identity is written to a 0600 file and only
+ * its path is printed (the key itself only with --show-recovery-key).
  * Secrets come from stdin, a file or the environment; one given literally in argv still works, with a warning
  * (argv is visible to every user in `ps` and stays in shell history). Prompts are only shown on a terminal,
  * and a password typed there is never echoed.
@@ -9,6 +11,7 @@ import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline/promises';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { Client } from './client.ts';
+import { type LoginDetails, loginWithDetails } from './client/login.ts';
 import { HalcyonError, toWireError } from './errors.ts';
 import { MatrixHttp } from './http.ts';
 import { writeSecretFile } from './store.ts';
@@ -16,12 +19,22 @@ import { decodeToken } from './token.ts';
 
 const LOGIN_USAGE = `  halcyon login [--homeserver URL|SERVER] [--user USER] [--device-name NAME] [--data-dir DIR] [--out FILE]
                 [--password-stdin | --password-file FILE | --password @FILE] [--allow-insecure-http]
+                [--recovery-key @FILE | --recovery-key -] [--reset-cross-signing] [--show-recovery-key]
+                [--store-passphrase-file FILE] [--no-encryption]
       Logs in and prints the token (or writes it to FILE with mode 0600). The password comes from stdin
       (--password-stdin), a file, the HALCYON_PASSWORD environment variable, or else is asked for on the
       terminal without echo. Missing --homeserver and --user are asked for on a terminal too; when stdin is not a
       terminal they must be given. --password PASS still works but warns: argv shows in ps and shell history.
       A bare server name (example.org) is resolved through its .well-known; plain http:// to another machine
-      is refused unless --allow-insecure-http.`;
+      is refused unless --allow-insecure-http.
+      With --data-dir, the device is also cross-signed (--no-encryption skips it). An account without a
+      cross-signing identity gets one, with secret storage and a key backup: its recovery key is written to
+      DIR/recovery-key.txt (mode 0600) and only the path is printed (the key too with --show-recovery-key, on
+      stderr). An account that has one needs its recovery key to sign the device: --recovery-key @FILE, - (stdin),
+      or the HALCYON_RECOVERY_KEY environment variable (--recovery-key KEY warns, as a password in argv does);
+      without it the device stays unsigned, with a warning. --reset-cross-signing replaces the identity. The
+      crypto store's passphrase, if the bot gives its own, comes from --store-passphrase-file or
+      HALCYON_STORE_PASSPHRASE.`;
 const WHOAMI_USAGE = `  halcyon whoami [@FILE | -]
       Asks the homeserver whom the token belongs to. The token comes from FILE, from stdin (-), or from the
       HALCYON_TOKEN environment variable (whoami TOKEN still works but warns: argv shows in ps and shell history).`;
@@ -209,27 +222,69 @@ async function login(args: string[]): Promise<number> {
     'data-dir': { type: 'string' },
     out: { type: 'string' },
     'allow-insecure-http': { type: 'boolean' },
+    'recovery-key': { type: 'string' },
+    'reset-cross-signing': { type: 'boolean' },
+    'show-recovery-key': { type: 'boolean' },
+    'store-passphrase-file': { type: 'string' },
+    'no-encryption': { type: 'boolean' },
   });
   if (values.help) return help(`usage:\n${LOGIN_USAGE}`);
   // Not echoed: a stray positional may well be the password.
   if (positionals.length > 0) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'login takes no positional arguments (see halcyon login --help)');
   // Everything is checked before anything is asked: a script without a password fails before any prompt.
   const readPassword = passwordSource(values);
+  const readRecoveryKey = recoveryKeySource(values);
   if (values['password-stdin'] && !process.stdin.isTTY && (values.homeserver === undefined || values.user === undefined)) {
     throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'with --password-stdin, give --homeserver and --user too (stdin holds the password)');
   }
   const homeserver = await flagOrAsk(values.homeserver, '--homeserver', 'Homeserver URL: ');
   const user = await flagOrAsk(values.user, '--user', 'User: ');
-  const token = await Client.login({
+  const password = await readPassword();
+  const recoveryKey = await readRecoveryKey();
+  const passphraseFile = values['store-passphrase-file'];
+  const passphrase = passphraseFile !== undefined ? readSecretFromFile(passphraseFile, 'store passphrase') : process.env.HALCYON_STORE_PASSPHRASE;
+  const details = await loginWithDetails({
     homeserver,
     user,
-    password: await readPassword(),
+    password,
     ...(values['device-name'] ? { deviceName: values['device-name'] } : {}),
     ...(values['data-dir'] ? { dataDir: values['data-dir'] } : {}),
     ...(values['allow-insecure-http'] ? { allowInsecureHttp: true } : {}),
+    ...(recoveryKey !== undefined ? { recoveryKey } : {}),
+    ...(values['reset-cross-signing'] ? { resetCrossSigning: true } : {}),
+    encryption: values['no-encryption'] ? false : passphrase ? { passphrase } : true,
+    // Warnings are printed below, one line each, after what login did.
+    logger: { debug() {}, info() {}, warn() {}, error() {} },
   });
-  writeToken(token, values.out);
+  writeToken(details.token, values.out);
+  reportIdentity(details, values['show-recovery-key'] === true);
   return 0;
+}
+
+/**
+ * Where the recovery key comes from: `--recovery-key @FILE`, `-` (stdin), the key itself (with a warning), or
+ * HALCYON_RECOVERY_KEY; none is fine (an account without an identity needs none). Stdin cannot hold both it and
+ * the password.
+ */
+function recoveryKeySource(values: { 'recovery-key'?: string; 'password-stdin'?: boolean }): () => Promise<string | undefined> {
+  const flag = values['recovery-key'];
+  if (flag === '-' && values['password-stdin']) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'stdin cannot hold both the password and the recovery key: give the recovery key as @FILE or HALCYON_RECOVERY_KEY');
+  if (flag !== undefined && flag !== '-' && !flag.startsWith('@')) warnArgv('recovery key', 'use --recovery-key @FILE, --recovery-key - (stdin) or HALCYON_RECOVERY_KEY');
+  return async () => {
+    if (flag === '-') return readSecretFromStdin('recovery key');
+    if (flag?.startsWith('@')) return readSecretFromFile(flag.slice(1), 'recovery key');
+    return flag ?? process.env.HALCYON_RECOVERY_KEY;
+  };
+}
+
+/** Says on stderr what login did about the device's identity: never the recovery key unless asked. */
+function reportIdentity(d: LoginDetails, showRecoveryKey: boolean): void {
+  const say = (line: string) => process.stderr.write(`halcyon: ${line}\n`);
+  if (d.crossSigning === 'created' || d.crossSigning === 'reset') say(`${d.crossSigning === 'reset' ? 'replaced the account\'s cross-signing identity' : 'set up cross-signing'} (master key ${d.masterKey}); the device is signed; key backup version ${d.keyBackup?.version ?? '-'}`);
+  if (d.crossSigning === 'imported') say(`cross-signing keys taken from secret storage; the device is signed; ${d.keyBackup ? `${d.keyBackup.importedKeys} room keys restored from key backup version ${d.keyBackup.version}` : 'no key backup restored'}`);
+  if (d.recoveryKeyFile) say(`the recovery key was written to ${d.recoveryKeyFile} (mode 0600): keep it somewhere safe, away from the bot; a new data dir logs in with it (--recovery-key @FILE)`);
+  if (showRecoveryKey && d.recoveryKey) say(`recovery key: ${d.recoveryKey}`);
+  for (const w of d.warnings) say(`warning: ${w.code}: ${w.message.split('\n')[0]}`);
 }
 
 /** `halcyon whoami`. */

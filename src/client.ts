@@ -18,11 +18,15 @@ import type { OutboxOp, OutboxStatus } from './outbox.ts';
 import type { CryptoStatus, RoomSummary } from './protocol.ts';
 import type { RoomDetails } from './rooms.ts';
 import { ClientCore, cores } from './client/core.ts';
+import { requestVerification } from './client/delivery.ts';
 import { importToken, login } from './client/login.ts';
 import * as messages from './client/messages.ts';
 import { type ClientEvents, type ClientOptions, type CreateRoomOptions, type Health, type ImportTokenOptions, type Listener, type LoginOptions, resolveOptions, type SendOptions, type WhoAmI } from './client/options.ts';
 import * as rooms from './client/rooms-api.ts';
 import * as users from './client/users.ts';
+import { CommandRouter, type CommandsOptions } from './toolkit/commands.ts';
+import { toolkitHost } from './toolkit/host.ts';
+import { type ScheduledMessage, Scheduler, type ScheduleOptions } from './toolkit/schedule.ts';
 
 export type {
   AutoJoinPolicy,
@@ -39,16 +43,19 @@ export type {
   LoginOptions,
   SendOptions,
   SyncErrorInfo,
+  VerificationOptions,
   WhoAmI,
 } from './client/options.ts';
 
 /** A Matrix bot client; see the README for a tour. */
 export class Client implements RoomActions {
   readonly #core: ClientCore;
+  readonly #scheduler: Scheduler;
 
   constructor(options: ClientOptions) {
     this.#core = new ClientCore(resolveOptions(options), this);
     cores.set(this, this.#core);
+    this.#scheduler = new Scheduler(this, toolkitHost(this.#core));
   }
 
   /**
@@ -140,6 +147,16 @@ export class Client implements RoomActions {
   /** The prom-client registry the client records into (with `metrics` on), or null. */
   get metricsRegistry(): MetricsOptions['registry'] | null {
     return this.#core.metrics.registry;
+  }
+
+  /**
+   * Starts an interactive verification (SAS) with `userId`'s device `deviceId`, or with each of the user's devices
+   * (the first to accept goes on, the others are cancelled). The SAS comes as a `verificationRequest` event (or is
+   * confirmed by itself with `verification.autoConfirm`). Resolves with the verified device once both sides have
+   * confirmed; rejects with `HALCYON_VERIFICATION_CANCELLED` if it was cancelled or did not match.
+   */
+  requestVerification(userId: string, deviceId?: string): Promise<{ userId: string; deviceId: string | null }> {
+    return requestVerification(this.#core, userId, deviceId);
   }
 
   /** State of end-to-end encryption (store size, events waiting for keys), or null when it is off. */
@@ -382,6 +399,31 @@ export class Client implements RoomActions {
    */
   typingWhile<T>(roomId: string, work: Promise<T> | (() => Promise<T>)): Promise<T> {
     return users.typingWhile(this.#core, roomId, work);
+  }
+
+  // ---- toolkit ----
+
+  /**
+   * A command router: `client.commands({ prefix: '!' }).add('ban <user:userId> [reason...]', { power: 'ban' },
+   * async (ctx) => ...)`. Typed arguments, permission checks, cooldowns, a generated help command, questions
+   * (`ctx.ask`) and replies in threads; see the README's "Commands" section.
+   */
+  commands(opts: CommandsOptions = {}): CommandRouter {
+    return new CommandRouter(this, toolkitHost(this.#core), opts);
+  }
+
+  /**
+   * Sends a message later (`{ at }` or `{ inMs }`): as a server-side delayed event (MSC4140) where the homeserver
+   * offers them, else from a durable local schedule in the data dir that fires after a restart; encrypted rooms
+   * always use the local one (encrypted at send time). Resolves with its ID and where it is kept.
+   */
+  schedule(roomId: string, content: ContentInput, opts: ScheduleOptions): Promise<ScheduledMessage> {
+    return this.#scheduler.schedule(roomId, content, opts);
+  }
+
+  /** Cancels a scheduled message; resolves with false if it was sent or cancelled already (or is unknown). */
+  cancelScheduled(id: string): Promise<boolean> {
+    return this.#scheduler.cancel(id);
   }
 
   // ---- users ----

@@ -41,7 +41,15 @@ export const ERROR_CODES = {
   HALCYON_MEDIA_TOO_LARGE: 'A file is larger than the homeserver\'s upload limit (checked before sending) or than the caller\'s `maxBytes` on download.',
   HALCYON_RESPONSE_TOO_LARGE: 'An answer body was larger than the limit of its request (its Content-Length, or counted as it came); it was not read further.',
   HALCYON_SOFT_LOGOUT: 'The server ended the session but kept the device: log in again with Client.login and the same dataDir (it reuses the device ID); keys are kept.',
+  HALCYON_ASK_TIMEOUT: 'A command\'s question (`ctx.ask`) got no answer from the person asked within its `timeoutMs`.',
   HALCYON_INSECURE_HOMESERVER: 'The homeserver URL is plain http:// to a host that is not this machine (the token would cross the network in the clear); use https://, or allow it with allowInsecureHttp.',
+  HALCYON_CROSS_SIGNING_UNAVAILABLE: 'A warning: the device is not cross-signed (the account has an identity whose keys login was not given: pass the recovery key, or resetCrossSigning; or the set-up failed); the message says what to do.',
+  HALCYON_RECOVERY_KEY_INVALID: 'The recovery key is malformed (not base58, wrong length, prefix or parity: a typo) or is not the key of the account\'s secret storage.',
+  HALCYON_SECRET_STORAGE: 'A secret in the account\'s secret storage is missing, malformed, or fails its MAC (altered, or written with another key).',
+  HALCYON_KEY_BACKUP: 'Server-side key backup could not be used: its version changed or was deleted on the server, or an upload or restore failed; room keys are kept locally.',
+  HALCYON_DECRYPT_UNTRUSTED: 'An encrypted event was refused because its sender device does not meet the `trust` option (e.g. not cross-signed by its owner under the default `signed`); it was skipped.',
+  HALCYON_VERIFICATION_REFUSED: 'A verification request came from a user `verification.from` does not allow; it was cancelled (m.user).',
+  HALCYON_VERIFICATION_CANCELLED: 'A verification ended without success: cancelled by either side (see the message for the cancel code), timed out, or the SAS did not match.',
   HALCYON_CLUSTER: 'Cluster mode: NATS could not be reached or refused (connect, stream, lease), no ingest answered a worker\'s request, or the ingest lost its lease and stopped.',
 } as const;
 

@@ -6,10 +6,53 @@ import { HalcyonError } from './errors.ts';
 import { isMembership, isUserId, type Membership, type MessageContent, userIdOfLink } from './content.ts';
 import { linkHrefs, sanitizeHtml } from './html.ts';
 import { BatchReader } from './batch-reader.ts';
-import { EVENT_FLAGS, type InviteWire, type MatrixEvent, OFF, type ReceiptWire, type RoomSummary } from './protocol.ts';
+import { EVENT_FLAGS, type InviteWire, type MatrixEvent, OFF, type ReceiptWire, type RoomSummary, TRUST_LEVELS, type TrustLevel } from './protocol.ts';
 
 export { BatchReader };
 import type { RoomDetails } from './rooms.ts';
+
+/**
+ * How an encrypted event's sender device stands with the bot, as the crypto store knew it at decryption.
+ * `trust`: `verified` (the bot verified this device, or its owner), `signed` (cross-signed by its owner, whom the
+ * bot has not verified: what most devices are), `unsigned` (not cross-signed by its owner), `unknown-device` (not
+ * known to the bot, or its room key came from a backup or another device, which cannot vouch for it),
+ * `identity-changed` (its owner was verified and has a new identity since); the bot's own device is `verified`.
+ * Under the `trust` option `signed` (the default) events of `unsigned` and `unknown-device` senders never reach
+ * handlers; under `verified`, only `verified` ones do.
+ */
+export interface EncryptionInfo {
+  trust: TrustLevel;
+  /** The sender's device ID, when known. */
+  deviceId: string | null;
+}
+
+/**
+ * A verification whose short authentication string (SAS) is ready to compare, emitted as `verificationRequest`:
+ * show `emoji` (or `decimals`) to the person verifying, who compares them with their own screen; then `confirm()`
+ * if they match, else `cancel()`. With `verification.autoConfirm`, the client has confirmed already.
+ */
+export interface Verification {
+  /** The other user, and their device (known once the other side answered an in-room request). */
+  readonly userId: string;
+  readonly deviceId: string | null;
+  /** The flow's ID: the request's transaction ID (to-device) or event ID (in a room). */
+  readonly flowId: string;
+  /** The room of an in-room verification, else null. */
+  readonly roomId: string | null;
+  /** Whether the bot started it (`client.requestVerification`). */
+  readonly weStarted: boolean;
+  /** The seven emoji of the SAS (`symbol`, and its English `description`), in order. */
+  readonly emoji: ReadonlyArray<{ symbol: string; description: string }>;
+  /** The SAS as three four-digit numbers. */
+  readonly decimals: readonly number[];
+  /**
+   * Says the SAS matches. Resolves once the other side has confirmed too (the verification is done: each side now
+   * trusts the other's device); rejects with `HALCYON_VERIFICATION_CANCELLED` if it was cancelled instead.
+   */
+  confirm(): Promise<void>;
+  /** Cancels the verification (`m.user`): say so when the SAS does not match. */
+  cancel(): Promise<void>;
+}
 
 /** Content to send: a string becomes an `m.text` message. */
 export type ContentInput = string | Record<string, unknown>;
@@ -187,6 +230,18 @@ export class RoomEvent {
   /** Whether the event arrived encrypted (`m.room.encrypted`) and was decrypted; type and content are the decrypted ones. */
   get isEncrypted(): boolean {
     return (this.reader.batch.events.flags[this.i]! & EVENT_FLAGS.encrypted) !== 0;
+  }
+  /**
+   * For an event that arrived encrypted: what its sender device is to the bot (`trust`: `verified`, `signed`,
+   * `unsigned`, `unknown-device`, `identity-changed`; see {@link EncryptionInfo}), as known when it was decrypted;
+   * null for an event sent in the clear.
+   */
+  get encryption(): EncryptionInfo | null {
+    const ev = this.reader.batch.events;
+    const code = ev.trust?.[this.i] ?? 0;
+    if (code === 0) return null;
+    const device = ev.device?.[this.i] ?? -1;
+    return { trust: TRUST_LEVELS[code - 1]!, deviceId: device >= 0 ? ev.strings[device]! : null };
   }
   /** Whether it was decrypted late: its room key arrived after the events around it were delivered. */
   get decryptedLate(): boolean {

@@ -66,6 +66,34 @@ export interface SyncStatus {
   lastError?: WireError;
 }
 
+/**
+ * Memory of one thread, in bytes, as the thread itself measures it (see src/memory.ts). The V8 figures are the
+ * thread's own isolate: every worker has a heap of its own, which `process.memoryUsage()` on main does not show.
+ */
+export interface ActorMemory {
+  /** `worker`: measured on the actor's own thread; `main`: the actor runs inline, these are main's numbers. */
+  thread: 'worker' | 'main';
+  /** V8 heap in use (live objects and garbage not yet collected). */
+  heapUsed: number;
+  /** V8 heap committed (what the heap holds of RSS). */
+  heapTotal: number;
+  /** The most the heap may grow to (a worker's `resourceLimits`, else V8's default for this machine). */
+  heapLimit: number;
+  /**
+   * Of `heapTotal`: the young generation (new space), where short-lived objects are allocated. V8 doubles it under
+   * steady allocation and rarely shrinks it; it is what grew under steady traffic (see src/actors.ts).
+   */
+  youngGeneration: number;
+  /** Memory outside the heap held by JS objects (buffers, typed arrays), `arrayBuffers` included. */
+  external: number;
+  /** Of `external`: ArrayBuffer backing stores (sync bodies, typed arrays). */
+  arrayBuffers: number;
+  /** crypto-wasm's linear memory (it never shrinks), for the crypto actor; null elsewhere or when unknown. */
+  wasmBytes: number | null;
+  /** The most this thread's SQLite connections may cache (pages × page size); null when it has none open. */
+  sqliteCacheLimit: number | null;
+}
+
 /** RPC surface of the sync actor (main → sync). */
 export interface SyncActorApi {
   /** Opens the store, connects the cache actor port and the main event port, and starts polling. */
@@ -77,6 +105,8 @@ export interface SyncActorApi {
   setWantedTypes(types: string[] | null): Promise<void>;
   /** Changes the presence sent with each poll. */
   setPresence(state: SyncConfig['setPresence']): Promise<void>;
+  /** This actor's memory; `collect` runs a full garbage collection first (for tests: it costs a pause). */
+  memory(collect?: boolean): Promise<ActorMemory>;
 }
 
 /** Deadlines of actor calls, in ms. `stop` drains in-flight batches first, so it gets longer. */
@@ -112,7 +142,30 @@ export interface EventColumns {
    * tokens (quotes included) of event_id, sender, state_key and `m.relates_to`.event_id; -1 where absent.
    */
   offsets: Int32Array;
+  /**
+   * Decrypted batches only (absent on clear ones, which pay nothing for it): per event, the sender device's trust
+   * as 1 + its index in {@link TRUST_LEVELS}.
+   */
+  trust?: Uint8Array;
+  /** Decrypted batches only: per event, the index into `strings` of the sender's device ID, or -1 when unknown. */
+  device?: Int32Array;
 }
+
+/**
+ * What an encrypted event's sender device is to the bot: `verified` (the bot verified the device or its owner),
+ * `signed` (cross-signed by its owner, whom the bot has not verified), `unsigned` (not cross-signed by its owner),
+ * `unknown-device` (the device is not known, or the key came from a source that cannot vouch for it),
+ * `identity-changed` (its owner was verified before and has a new identity since).
+ */
+export type TrustLevel = 'verified' | 'signed' | 'unsigned' | 'unknown-device' | 'identity-changed';
+/** {@link EventColumns.trust} codes: level `TRUST_LEVELS[code - 1]` (0: not decrypted). */
+export const TRUST_LEVELS: readonly TrustLevel[] = ['verified', 'signed', 'unsigned', 'unknown-device', 'identity-changed'];
+/**
+ * Which devices the bot shares room keys with and accepts encrypted messages from: `all` (every device),
+ * `signed` (devices cross-signed by their owner: spec v1.18, MSC4153), `verified` (devices the bot verified, or
+ * whose owner it verified).
+ */
+export type TrustPolicy = 'all' | 'signed' | 'verified';
 
 /** Int32 slots per event in {@link EventColumns.offsets}. */
 export const OFFSET_STRIDE = 10;
@@ -322,6 +375,8 @@ export interface CryptoConfig {
   /** Undecryptable events kept for a late key: at most this many, for at most this long. */
   maxPendingUndecryptable: number;
   pendingUndecryptableMaxAgeMs: number;
+  /** Which devices room keys are shared with and messages accepted from (absent: `all`; the client always says). */
+  trust?: TrustPolicy;
 }
 
 /** Who the device is, as the crypto store says. */
@@ -356,6 +411,8 @@ export interface CryptoSyncChanges {
   historyVisibility: Array<{ roomId: string; visibility: string }>;
   /** Rooms we left: their member lists are dropped. */
   left: string[];
+  /** Clear in-room verification events of the batch's timelines, in order (absent: none). */
+  verification?: Array<{ roomId: string; event: MatrixEvent }>;
 }
 
 /** Encrypted timeline events of one batch, to decrypt in order. */
@@ -371,7 +428,7 @@ export interface DecryptRequest {
 export interface DecryptFailure {
   /** Index of the event in the request. */
   index: number;
-  code: 'HALCYON_DECRYPT_MISSING_KEY' | 'HALCYON_DECRYPT_FAILED';
+  code: 'HALCYON_DECRYPT_MISSING_KEY' | 'HALCYON_DECRYPT_FAILED' | 'HALCYON_DECRYPT_UNTRUSTED';
   message: string;
   sessionId: string | null;
   /** Whether the event is kept and will be delivered if its key arrives. */
@@ -401,6 +458,49 @@ export interface CryptoStatus {
   appliedBatches: number;
   /** To-device events skipped because an earlier run had applied them already. */
   duplicateToDevice: number;
+  /** Server-side key backup: the version room keys go to and how many are backed up, or null when it is off. */
+  keyBackup: KeyBackupStatus | null;
+}
+
+/** The key backup of a running crypto actor (see {@link CryptoStatus.keyBackup}). */
+export interface KeyBackupStatus {
+  /** The backup version on the server. */
+  version: string;
+  /** Room keys of the store that are backed up. */
+  backedUpKeys: number;
+  /** Room keys in the store. */
+  totalKeys: number;
+}
+
+/** What login asks the crypto actor to do about the account's cross-signing identity (see crypto/identity.ts). */
+export interface IdentitySetup {
+  /** The user as given to login, and the password: the user-interactive auth of a cross-signing key upload. */
+  user: string;
+  password: string;
+  /** The recovery key of the account's secret storage (as printed), or null. */
+  recoveryKey: string | null;
+  /** Replace an existing identity (new cross-signing keys, secret storage and key backup). */
+  resetCrossSigning: boolean;
+}
+
+/** What the crypto actor did about the account's identity at login. */
+export interface IdentitySetupResult {
+  /**
+   * `created`: a new identity (cross-signing keys, secret storage, key backup); `reset`: a new one replaced the
+   * account's; `imported`: the keys came from secret storage with the recovery key; `existing`: the store held
+   * the keys already; `unsigned`: the account has an identity whose keys were not given, the device is unsigned.
+   */
+  crossSigning: 'created' | 'reset' | 'imported' | 'existing' | 'unsigned';
+  /** Whether the device is signed by the account's self-signing key (as the server now says). */
+  deviceSigned: boolean;
+  /** The account's master key (unpadded base64), or null when it has none. */
+  masterKey: string | null;
+  /** The recovery key of secret storage created by this call (once: it is stored nowhere else), or null. */
+  recoveryKey: string | null;
+  /** The key backup set up or restored by this call, or null. */
+  keyBackup: { version: string; importedKeys: number } | null;
+  /** Problems that did not stop the login (`HALCYON_CROSS_SIGNING_UNAVAILABLE`, `HALCYON_KEY_BACKUP`...). */
+  warnings: WireError[];
 }
 
 /** RPC surface of the crypto actor (main → crypto, and sync → crypto for {@link CryptoActorApi.receiveSyncChanges}). */
@@ -418,7 +518,38 @@ export interface CryptoActorApi {
   /** Changes which decrypted types are delivered. */
   setWantedTypes(types: string[] | null): Promise<void>;
   status(): Promise<CryptoStatus>;
+  /** This actor's memory, crypto-wasm's included; `collect` runs a full garbage collection first (for tests). */
+  memory(collect?: boolean): Promise<ActorMemory>;
+  /**
+   * At login (the password is at hand): cross-signs the device, creating the account's identity, secret storage
+   * and key backup if it has none, or importing them with the recovery key; see {@link IdentitySetupResult}.
+   */
+  setupIdentity(req: IdentitySetup): Promise<IdentitySetupResult>;
   close(): Promise<void>;
+  /** Accepts an incoming verification request (main's `verification.from` allows its sender), or cancels it (`m.user`). */
+  answerVerification(userId: string, flowId: string, accept: boolean): Promise<void>;
+  /** Confirms that the SAS matches (the other side must confirm too for the verification to end). */
+  confirmVerification(userId: string, flowId: string): Promise<void>;
+  /** Cancels a verification (`m.user`). */
+  cancelVerification(userId: string, flowId: string): Promise<void>;
+  /**
+   * Requests a verification of one device of `userId`, or of each of its known devices when `deviceId` is null
+   * (the first to accept goes on; the others are cancelled). Resolves with the flow IDs.
+   */
+  requestVerification(userId: string, deviceId: string | null): Promise<string[]>;
+}
+
+/** One verification flow, as the crypto actor tells main about it. */
+export interface VerificationWire {
+  /** The to-device transaction ID, or the request event's ID for an in-room verification. */
+  flowId: string;
+  userId: string;
+  /** The other device, once known (an in-room request names it when the other side answers). */
+  deviceId: string | null;
+  /** The room of an in-room verification, else null. */
+  roomId: string | null;
+  /** Whether the bot sent the request. */
+  weStarted: boolean;
 }
 
 /** Messages from the crypto actor to main on its event port. */
@@ -428,7 +559,15 @@ export type CryptoToMain =
   /** A problem that does not stop the bot (a to-device event that could not be decrypted, a failed key upload). */
   | { kind: 'error'; error: WireError }
   /** The crypto store can no longer be trusted (journal write failed, keys rejected): the client stops. */
-  | { kind: 'fatal'; error: WireError };
+  | { kind: 'fatal'; error: WireError }
+  /** Something the bot's owner should know that is not an error (main logs it as a warning). */
+  | { kind: 'warning'; message: string }
+  /** An incoming verification request: main answers with {@link CryptoActorApi.answerVerification}. */
+  | { kind: 'verificationAsked'; verification: VerificationWire }
+  /** The SAS of a verification can be shown and confirmed. */
+  | { kind: 'verificationSas'; verification: VerificationWire; emoji: Array<{ symbol: string; description: string }>; decimals: number[] }
+  /** A verification ended: done (both sides confirmed), or cancelled (`cancelCode`, by us or by the other side). */
+  | { kind: 'verificationEnded'; verification: VerificationWire; done: boolean; cancelCode: string | null; reason: string | null; byUs: boolean };
 
 /** Messages from main to the crypto actor on its event port. */
 export type MainToCrypto =
@@ -456,39 +595,3 @@ export interface MediaProbe {
   /** JPEG thumbnail, only for PNG/JPEG images larger than 800 px on their longest side. */
   thumbnail?: { data: Uint8Array; w: number; h: number };
 }
-
-// ---- cluster (between processes, over NATS; see src/cluster/) ----
-
-/**
- * The first line of an event the ingest publishes; the event's JSON (decrypted) follows after a newline. It says
- * what a worker cannot tell from the event itself.
- */
-export interface ClusterEventHead {
-  roomId: string;
-  /** The {@link EVENT_FLAGS} bits `encrypted` and `late` (the worker recomputes the others). */
-  flags: number;
-  /** The room's summary when the event was published: the worker's mirror takes it before handlers run. */
-  summary: RoomSummary | null;
-  /** The ingest's journal handed the event out before (an ingest restart): it may have been published already. */
-  redelivered: boolean;
-}
-
-/** What a worker asks of the ingest (request/reply), by method: the request and the answer. */
-export interface ClusterRpc {
-  /** The device's identity keys (null: the ingest runs without encryption). */
-  identity: { req: null; res: CryptoIdentity | null };
-  getRoom: { req: { roomId: string }; res: RoomInfo | null };
-  /** Room summaries, a page at a time (a worker's mirror starts from them). */
-  summaries: { req: { offset: number }; res: { summaries: RoomSummary[]; more: boolean } };
-  accountData: { req: { roomId: string | null; type: string }; res: Record<string, unknown> | null };
-  /** State or account data a worker learned (a member list it loaded, account data it set): the ingest's cache applies it. */
-  apply: { req: StateChanges; res: RoomSummary[] };
-  isRoomEncrypted: { req: { roomId: string }; res: boolean };
-  cryptoStatus: { req: null; res: CryptoStatus | null };
-  /** Content encrypted by the ingest's crypto actor (the OlmMachine has one owner); the worker sends it. */
-  encrypt: { req: { roomId: string; type: string; content: Record<string, unknown> }; res: EncryptResult };
-  setPresence: { req: { state: SyncConfig['setPresence'] }; res: null };
-}
-
-/** The answer to a {@link ClusterRpc} request: its result, or why it failed. */
-export type ClusterRpcAnswer<T> = { ok: T } | { error: WireError };

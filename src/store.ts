@@ -46,12 +46,36 @@ export function openDatabase(dataDir: string, name: string): Database {
     if (!sqlite) throw new HalcyonError('HALCYON_UNSUPPORTED_RUNTIME', `node:sqlite is not available: halcyon-matrix needs Node.js >= 22.13 (this is ${process.version})`);
     const db = new sqlite.DatabaseSync(path);
     db.exec('PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;');
+    for (const d of opened) if (!d.isOpen) opened.delete(d);
+    opened.add(db);
     db.exec('CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL)');
     for (const suffix of ['', '-wal', '-shm']) if (existsSync(path + suffix)) chmodSync(path + suffix, 0o600);
     return db;
   } catch (err) {
     throw new HalcyonError('HALCYON_STORE', `cannot open ${path}: ${(err as Error).message}`, { cause: err });
   }
+}
+
+/** This thread's databases (closed ones are dropped as they are met), for {@link sqliteCacheLimit}. */
+const opened = new Set<Database>();
+
+/**
+ * The most this thread's open SQLite connections may hold in their page caches, in bytes (`cache_size` pages
+ * times the page size, per connection), or null when none is open.
+ */
+export function sqliteCacheLimit(): number | null {
+  let total: number | null = null;
+  for (const db of opened) {
+    if (!db.isOpen) {
+      opened.delete(db);
+      continue;
+    }
+    const pages = (db.prepare('PRAGMA cache_size').get() as { cache_size: number }).cache_size;
+    const pageSize = (db.prepare('PRAGMA page_size').get() as { page_size: number }).page_size;
+    // A negative cache_size is a limit in KiB rather than in pages.
+    total = (total ?? 0) + (pages < 0 ? -pages * 1024 : pages * pageSize);
+  }
+  return total;
 }
 
 /** Reads a value from the `kv` table. */

@@ -134,7 +134,8 @@ async function load({ contender, mode, dataDir }: ChildArgs): Promise<Runner> {
     const { Client } = (await import('../../dist/index.js' as string)) as typeof import('../../src/index.ts');
     return {
       async login(url) {
-        const token = await Client.login({ homeserver: url, user: USER, password: PASSWORD, dataDir });
+        // Login takes the client's encryption setting: with it on, login also sets up the device's identity.
+        const token = await Client.login({ homeserver: url, user: USER, password: PASSWORD, dataDir, ...(contender === 'halcyon' ? { encryption: false } : {}) });
         return { userId: '', deviceId: '', accessToken: '', token };
       },
       async start(_url, session) {

@@ -1,5 +1,5 @@
 /**
- * Workload 8, cluster (scale-out over NATS JetStream) on Synapse, with a handler-bound bot: every handler burns
+ * Workload 9, cluster (scale-out over NATS JetStream) on Synapse, with a handler-bound bot: every handler burns
  * 5 ms of CPU, 20 rooms. Each bot process is test/fixtures/cluster-bot.ts in a process of its own.
  *
  * - Throughput: the single-process Client, and an ingest with 1, 2 and 3 worker processes. The bot (the single
@@ -174,7 +174,7 @@ export const run: Workload = (ctx) =>
       const latMed = (config: 'single' | '2 workers', k: 'p50' | 'p99') => summarize(lat.filter((s) => s.config === config).map((s) => s[k])).median;
       return {
         id: 'cluster',
-        title: '8. Cluster: handler-bound scale-out over NATS JetStream',
+        title: '9. Cluster: handler-bound scale-out over NATS JetStream',
         ratios: [],
         goals: [
           goalEntry('2 workers ≥ 1.7× 1 worker (events/s, 5 ms CPU per event)', speedup.map((x) => `×${x.toFixed(2)}`).join(', '), roundsVerdict(speedup.map((x) => x >= 1.7))),

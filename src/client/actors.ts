@@ -4,7 +4,7 @@
  * (tests, debugging), {@link workerStrategy} on worker threads — then opened and started in the order the
  * protocol needs, and stopped. It also keeps the crypto gate: sends wait on it while no open crypto actor exists.
  */
-import { type ActorHandle, inThreadActor, localPortPair, localRemote, type MessagePort, type Port, portPair, spawnWorkerActor, typedPort } from '../actors.ts';
+import { type ActorHandle, guestActor, inThreadActor, localPortPair, localRemote, type MessagePort, type Port, portPair, spawnWorkerActor, typedPort } from '../actors.ts';
 import { claimDataDir } from '../account.ts';
 import { CacheActor } from '../cache/actor.ts';
 import { CryptoActor } from '../crypto/actor.ts';
@@ -74,12 +74,20 @@ export const inlineStrategy: ActorStrategy = {
   },
 };
 
-/** Actors on worker threads. The sync actor talks to the cache and crypto actors over ports of its own, never through main. */
+/**
+ * Actors on worker threads: the crypto actor on one, the sync and cache actors on another (the cache actor is the
+ * sync actor's guest: main reaches it over a port of its own, the sync actor calls it in-thread). The sync actor
+ * talks to the crypto actor over a port of its own, never through main.
+ *
+ * Why the cache shares the sync actor's thread: a worker is a V8 isolate with its own code, heap and allocator
+ * arena, ~25 MiB of RSS before it holds anything, and the sync actor awaited every state change the cache applied
+ * anyway, so its own thread bought no parallelism, only a structured clone of each batch's state.
+ */
 export const workerStrategy: ActorStrategy = {
   build(encryption) {
-    const [syncToCache, cacheFromSync] = portPair();
+    const [mainToCache, cacheForMain] = portPair();
     const [mainEvents, syncEvents] = portPair();
-    const syncPorts: Record<string, MessagePort> = { cache: syncToCache, events: syncEvents };
+    const syncPorts: Record<string, MessagePort> = { cache: cacheForMain, events: syncEvents };
     let crypto: ActorHandle<CryptoActorApi> | null = null;
     let cryptoPort: Port<CryptoToMain, MainToCrypto> | null = null;
     if (encryption) {
@@ -89,9 +97,10 @@ export const workerStrategy: ActorStrategy = {
       cryptoPort = typedPort<CryptoToMain, MainToCrypto>(mainCrypto);
       syncPorts.crypto = syncToCrypto;
     }
+    const sync = spawnWorkerActor<SyncActorApi>('sync', SYNC_DEADLINES, syncPorts);
     return {
-      sync: spawnWorkerActor<SyncActorApi>('sync', SYNC_DEADLINES, syncPorts),
-      cache: spawnWorkerActor<CacheActorApi>('cache', CACHE_DEADLINES, { sync: cacheFromSync }),
+      sync,
+      cache: guestActor<CacheActorApi>('cache', sync, mainToCache, CACHE_DEADLINES),
       crypto,
       port: typedPort<SyncToMain, MainToSync>(mainEvents),
       cryptoPort,
@@ -173,6 +182,7 @@ export class Actors {
         wantedTypes: wanted === null ? null : DEFAULT_TYPES,
         maxPendingUndecryptable: e2ee.maxPendingUndecryptable ?? 1_000,
         pendingUndecryptableMaxAgeMs: e2ee.pendingUndecryptableMaxAgeMs ?? 24 * 3600_000,
+        trust: o.trust,
       });
       // Published only now, and only if no stop or restart replaced the set meanwhile: waiting sends go.
       if (this.set === set) {
@@ -244,6 +254,12 @@ export class Actors {
   async crash(name: 'sync' | 'cache' | 'crypto'): Promise<void> {
     const set = this.set;
     await (name === 'sync' ? set?.sync : name === 'cache' ? set?.cache : set?.crypto)?.crash();
+  }
+
+  /** Makes one actor's worker stop answering while it stays alive (watchdog tests). */
+  async stall(name: 'sync' | 'cache' | 'crypto'): Promise<void> {
+    const set = this.set;
+    await (name === 'sync' ? set?.sync : name === 'cache' ? set?.cache : set?.crypto)?.stall();
   }
 }
 

@@ -13,6 +13,7 @@ import { HalcyonError } from '../errors.ts';
 import type { RoomActions } from '../events.ts';
 import { MatrixHttp } from '../http.ts';
 import { Media } from '../media.ts';
+import { gatherMemory, type MemoryReport } from '../memory.ts';
 import { createMetrics, type MetricsSnapshot, noMetrics, type Recorder } from '../metrics.ts';
 import { laneScope, Outbox } from '../outbox.ts';
 import type { CacheActorApi, CryptoActorApi } from '../protocol.ts';
@@ -146,7 +147,7 @@ export class ClientCore {
     // An ingest standby waits here for the lease; a worker, for its ingest.
     if (this.opts.cluster) this.cluster = await startCluster(this, this.opts.cluster);
     this.checkStarting();
-    if (this.opts.metrics) this.metrics = await createMetrics(this.opts.metrics, () => this.metricsSnapshot());
+    if (this.opts.metrics) this.metrics = await createMetrics(this.opts.metrics, () => this.metricsSnapshot(), () => this.memory());
     await this.actors.start(session);
     this.supervisor.watch();
     this.outbox = this.newOutbox();
@@ -268,7 +269,7 @@ export class ClientCore {
 
   /** How the client is doing; never throws. `starting` until run() resolves. */
   async health(): Promise<Health> {
-    const st = await this.actors.set?.sync.api.status().catch(() => null);
+    const [st, memory] = await Promise.all([this.actors.set?.sync.api.status().catch(() => null), this.memory()]);
     const sync = st
       ? {
           polls: st.polls,
@@ -287,7 +288,17 @@ export class ClientCore {
       backlogEvents: st?.backlogEvents ?? 0,
       backpressure: this.intake.backpressure,
       outbox: this.outbox?.status() ?? null,
+      memory,
     };
+  }
+
+  /**
+   * Memory by thread (src/memory.ts): main's and each running actor's. `collect` has each worker collect its
+   * garbage first (tests: it pauses every worker).
+   */
+  memory(opts: { collect?: boolean; timeoutMs?: number } = {}): Promise<MemoryReport> {
+    const set = this.actors.set;
+    return gatherMemory({ sync: set?.sync.api, crypto: set?.crypto?.api }, opts);
   }
 
   private async metricsSnapshot(): Promise<MetricsSnapshot> {

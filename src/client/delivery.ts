@@ -2,13 +2,15 @@
  * Delivery: turns one event of a batch (a {@link BatchReader} slot) into the handler task the dispatcher runs —
  * classified from the columns, wrapped in its typed object, emitted to the handlers of its kind and then to
  * `event` handlers — plus the tasks of invites and of undecryptable events. A task is made only when some handler
- * wants the event: an event nobody listens to costs no object and no parse.
+ * wants the event: an event nobody listens to costs no object and no parse. It also brings the crypto actor's
+ * verification flows to the app (`verificationRequest`, the `verification` option) and its warnings to the log.
  */
-import type { HalcyonError } from '../errors.ts';
-import { type BatchReader, Edit, type Invite, MemberEvent, Message, Reaction, Redaction, type Room, RoomEvent } from '../events.ts';
+import { HalcyonError } from '../errors.ts';
+import { type BatchReader, Edit, type Invite, MemberEvent, Message, Reaction, Redaction, type Room, RoomEvent, type Verification } from '../events.ts';
 import { editProblem } from '../edits.ts';
+import { userIdArg } from '../ids.ts';
 import { beginHandlerRun, endHandlerSyncPart } from '../outbox.ts';
-import { EVENT_FLAGS, OFF, type WireBatch } from '../protocol.ts';
+import { type CryptoActorApi, type CryptoToMain, EVENT_FLAGS, OFF, type VerificationWire, type WireBatch } from '../protocol.ts';
 import { isPromise, settle } from './bus.ts';
 import type { ClientCore } from './core.ts';
 import { ENCRYPTED } from './actors.ts';
@@ -31,6 +33,11 @@ const WITHHELD: Record<string, string> = {
   'm.no_olm': "its sender's client could not open a secure channel to the bot's device (m.no_olm)",
 };
 
+/** How a verification flow ended, as the crypto actor said. */
+type Ended = Extract<CryptoToMain, { kind: 'verificationEnded' }>;
+/** Ends of flows nobody waited for yet, kept for a late waiter (a request's answer racing its flow IDs). */
+const KEEP_ENDED = 100;
+
 /** The handler kind of an event of `type` with relation `relType`, or null (only `event` handlers get it). */
 export function classify(type: string, relType: string | null): EventKind | null {
   switch (type) {
@@ -49,7 +56,103 @@ export function classify(type: string, relType: string | null): EventKind | null
 
 /** Makes the handler tasks of events, invites and undecryptable events; see the module comment. */
 export class Delivery {
+  /** Who waits for the end of a verification flow, by `userId|flowId`. */
+  private readonly waiting = new Map<string, Array<(e: Ended) => void>>();
+  private readonly ended = new Map<string, Ended>();
+
   constructor(private readonly core: ClientCore) {}
+
+  /** The crypto actor's messages about verification, and its warnings. */
+  cryptoNews(msg: CryptoToMain): void {
+    switch (msg.kind) {
+      case 'warning':
+        this.core.opts.logger.warn({}, msg.message);
+        break;
+      case 'verificationAsked':
+        void this.answerRequest(msg.verification);
+        break;
+      case 'verificationSas':
+        this.showSas(msg.verification, msg.emoji, msg.decimals);
+        break;
+      case 'verificationEnded':
+        this.verificationEnded(msg);
+        break;
+    }
+  }
+
+  /** Resolves when flow `flowId` with `userId` ends (at once if it has ended already). */
+  whenEnded(userId: string, flowId: string): Promise<Ended> {
+    const k = `${userId}|${flowId}`;
+    const known = this.ended.get(k);
+    if (known) return Promise.resolve(known);
+    return new Promise((resolve) => {
+      const list = this.waiting.get(k) ?? [];
+      list.push(resolve);
+      this.waiting.set(k, list);
+    });
+  }
+
+  /** Accepts an incoming request if `verification.from` allows its sender, else cancels it and reports that. */
+  private async answerRequest(v: VerificationWire): Promise<void> {
+    const { opts, bus, actors } = this.core;
+    let allowed = false;
+    try {
+      const from = opts.verification?.from;
+      allowed = from === undefined ? false : Array.isArray(from) ? from.includes(v.userId) : (await from(v.userId)) === true;
+    } catch (err) {
+      bus.handlerFailed(err, 'verification.from');
+    }
+    try {
+      await actors.openCrypto?.answerVerification(v.userId, v.flowId, allowed);
+    } catch (err) {
+      bus.emitError(err as HalcyonError);
+    }
+    if (!allowed) {
+      const why = opts.verification ? 'verification.from does not allow this user' : 'the client accepts no verification (no `verification` option)';
+      bus.emitError(new HalcyonError('HALCYON_VERIFICATION_REFUSED', `a verification request from ${v.userId} (device ${v.deviceId ?? 'unknown'}) was cancelled: ${why}`));
+    }
+  }
+
+  /** Emits a SAS ready to compare; confirms it first with `autoConfirm`, cancels it when nobody could compare it. */
+  private showSas(v: VerificationWire, emoji: Verification['emoji'], decimals: number[]): void {
+    const { opts, bus } = this.core;
+    const verification: Verification = { ...v, emoji, decimals, confirm: () => this.confirmSas(v), cancel: () => this.crypto().cancelVerification(v.userId, v.flowId) };
+    const auto = opts.verification?.autoConfirm === true;
+    if (auto) verification.confirm().catch(() => {}); // its end is reported by verificationEnded
+    else if (!bus.has('verificationRequest')) {
+      opts.logger.warn({ userId: v.userId, deviceId: v.deviceId }, `verification with ${v.userId} cancelled: no verificationRequest handler shows the SAS, and verification.autoConfirm is off`);
+      void verification.cancel().catch(() => {});
+      return;
+    }
+    bus.emit('verificationRequest', verification)?.catch(() => {});
+  }
+
+  private async confirmSas(v: VerificationWire): Promise<void> {
+    const end = this.whenEnded(v.userId, v.flowId);
+    await this.crypto().confirmVerification(v.userId, v.flowId);
+    const e = await end;
+    if (!e.done) throw cancelled(e);
+  }
+
+  private verificationEnded(e: Ended): void {
+    const v = e.verification;
+    const k = `${v.userId}|${v.flowId}`;
+    const waiters = this.waiting.get(k);
+    this.waiting.delete(k);
+    for (const w of waiters ?? []) w(e);
+    if (!waiters) {
+      this.ended.set(k, e);
+      while (this.ended.size > KEEP_ENDED) this.ended.delete(this.ended.keys().next().value!);
+      if (e.done) this.core.opts.logger.info({ userId: v.userId, deviceId: v.deviceId }, `verified device ${v.deviceId} of ${v.userId}`);
+      else if (!e.byUs) this.core.bus.emitError(cancelled(e));
+    }
+  }
+
+  private crypto(): CryptoActorApi {
+    const crypto = this.core.actors.openCrypto;
+    if (!crypto) throw new HalcyonError('HALCYON_RESTARTING', 'the crypto actor is restarting');
+    return crypto;
+  }
 
   /** The task delivering event `i` of a reader, or null if no handler wants it. */
   eventTask(r: BatchReader, i: number, roomId: string, anyEvent: boolean): HandlerTask | null {
@@ -186,4 +289,36 @@ export class Delivery {
     const server = invite.inviter.slice(invite.inviter.indexOf(':') + 1);
     return (policy.users?.includes(invite.inviter) ?? false) || (policy.servers?.includes(server) ?? false);
   }
+}
+
+/** The error of a verification that ended without success. */
+function cancelled(e: Ended): HalcyonError {
+  const v = e.verification;
+  const who = e.byUs ? 'the bot' : v.userId;
+  return new HalcyonError('HALCYON_VERIFICATION_CANCELLED', `the verification with ${v.userId} (device ${v.deviceId ?? 'unknown'}) was cancelled by ${who}: ${e.cancelCode}${e.reason ? ` (${e.reason})` : ''}`);
+}
+
+/**
+ * Starts a verification with `userId`'s device `deviceId`, or with each of its devices (the first to accept goes on);
+ * resolves with the verified device once done, rejects with `HALCYON_VERIFICATION_CANCELLED` if none was.
+ */
+export async function requestVerification(core: ClientCore, userId: string, deviceId?: string): Promise<{ userId: string; deviceId: string | null }> {
+  userIdArg(userId, 'requestVerification');
+  if (deviceId !== undefined && (typeof deviceId !== 'string' || deviceId === '')) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'requestVerification: deviceId must be a non-empty string');
+  core.need();
+  if (!core.opts.encryption) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'requestVerification needs encryption (the client was created with encryption: false)');
+  const crypto = core.actors.openCrypto;
+  if (!crypto) throw new HalcyonError('HALCYON_RESTARTING', 'the crypto actor is restarting');
+  const flows = await crypto.requestVerification(userId, deviceId ?? null);
+  return new Promise((resolve, reject) => {
+    let left = flows.length;
+    let worst: Ended | null = null;
+    for (const f of flows) {
+      void core.intake.delivery.whenEnded(userId, f).then((e) => {
+        if (e.done) return resolve({ userId, deviceId: e.verification.deviceId });
+        if (!worst || !e.byUs) worst = e; // the other side's cancel says more than ours of the devices let go
+        if (--left === 0) reject(cancelled(worst));
+      });
+    }
+  });
 }

@@ -106,6 +106,8 @@ export class Intake {
       case 'fatal':
         this.core.fail(fromWireError(msg.error));
         break;
+      default:
+        this.delivery.cryptoNews(msg); // verification, warnings
     }
   }
 

@@ -5,11 +5,12 @@
 import { type ClusterOptions, type ResolvedCluster, resolveCluster } from '../cluster/options.ts';
 import type { Client } from '../client.ts';
 import { HalcyonError } from '../errors.ts';
-import type { AccountDataEvent, Edit, Invite, MemberEvent, Message, Reaction, Receipt, Redaction, RoomEvent } from '../events.ts';
+import type { AccountDataEvent, Edit, Invite, MemberEvent, Message, Reaction, Receipt, Redaction, RoomEvent, Verification } from '../events.ts';
 import { consoleLogger, type Logger } from '../log.ts';
+import type { MemoryReport } from '../memory.ts';
 import type { MetricsOptions } from '../metrics.ts';
 import type { OutboxStatus, RateLimit, SendFailure } from '../outbox.ts';
-import type { MatrixEvent } from '../protocol.ts';
+import type { MatrixEvent, TrustPolicy } from '../protocol.ts';
 
 /** Options of a {@link Client}. Only `dataDir` is required. */
 export interface ClientOptions {
@@ -67,6 +68,15 @@ export interface ClientOptions {
   stopTimeoutMs?: number;
   /** End-to-end encryption: on by default; `false` turns it off, an object configures it. */
   encryption?: boolean | EncryptionOptions;
+  /**
+   * Which devices the bot shares room keys with and accepts encrypted messages from (default `'signed'`, what spec
+   * v1.18 recommends (MSC4153): devices cross-signed by their owner). Messages from other devices reach
+   * `decryptionError` (`HALCYON_DECRYPT_UNTRUSTED`), not handlers, and the bot's messages are not readable there.
+   * `'verified'`: only devices the bot verified (or whose owner it verified). `'all'`: every device.
+   */
+  trust?: TrustPolicy;
+  /** Interactive verification (SAS): whose requests the bot accepts; default none (every request is cancelled). */
+  verification?: VerificationOptions;
   /** Accept a token whose homeserver is plain `http://` and not this machine (default false); see LoginOptions. */
   allowInsecureHttp?: boolean;
   /**
@@ -88,6 +98,22 @@ export interface ClientOptions {
    * others stand by) or one of its `worker`s (runs the handlers). Off by default; see the README's "Scale-out".
    */
   cluster?: ClusterOptions;
+}
+
+/** Whose verification requests a client accepts, and whether it confirms the SAS by itself; see {@link ClientOptions.verification}. */
+export interface VerificationOptions {
+  /**
+   * Users whose requests are accepted: a list of user IDs, or a function deciding per user (a throw or rejection
+   * counts as no, reported as `HALCYON_HANDLER_FAILED`). Requests from anyone else are cancelled (`m.user`) and
+   * reported as `HALCYON_VERIFICATION_REFUSED`.
+   */
+  from: string[] | ((userId: string) => boolean | Promise<boolean>);
+  /**
+   * Confirm the SAS without comparing it (default false: a `verificationRequest` handler shows the emoji and calls
+   * `confirm()` or `cancel()`). Safe only if the users in `from` cannot be impersonated towards the bot on the way
+   * (the SAS comparison is what detects a man in the middle).
+   */
+  autoConfirm?: boolean;
 }
 
 /** Which invites a client accepts by itself; see {@link ClientOptions.autoJoin}. */
@@ -179,6 +205,28 @@ export interface LoginOptions {
    * since the password and token would cross the network in the clear).
    */
   allowInsecureHttp?: boolean;
+  /**
+   * End-to-end encryption, on by default: with `dataDir`, login opens the data dir's crypto store (the one `run()`
+   * opens), uploads the device keys and cross-signs the device, setting up the account's identity, secret storage
+   * and key backup if it has none (see the README). `false` skips all of it. Give the same value as to the
+   * client: of an object only `passphrase` is used here, and the store must be opened with the client's.
+   */
+  encryption?: boolean | EncryptionOptions;
+  /**
+   * The recovery key of the account's secret storage (as printed: base58, spaces allowed). Needed when the account
+   * already has a cross-signing identity (set up in another client, or before this data dir was lost): its keys
+   * then sign the new device, and the key backup is restored. Read it from a file or a secret store, never from
+   * the source. A malformed key fails before logging in, a wrong one after (`HALCYON_RECOVERY_KEY_INVALID`).
+   */
+  recoveryKey?: string;
+  /**
+   * Replace the account's cross-signing identity, secret storage and key backup with new ones (default false: an
+   * existing identity is never replaced; whoever verified the account sees it change, and old backups are lost to
+   * this key).
+   */
+  resetCrossSigning?: boolean;
+  /** Where warnings of the login go (default: stderr), e.g. `HALCYON_CROSS_SIGNING_UNAVAILABLE`. */
+  logger?: Logger;
 }
 
 /** Options of {@link Client.importToken}. */
@@ -227,6 +275,11 @@ export interface Health {
   backpressure: boolean;
   /** Sends pending, dead, and waiting now by reason (see {@link Client.outboxStatus}); null when not running. */
   outbox: OutboxStatus | null;
+  /**
+   * Memory by thread, each measured on its own thread: main's, and each actor's while it runs (null otherwise, or
+   * when it did not answer within 5 s), with the process's RSS. The README's "Memory" section says what to expect.
+   */
+  memory: MemoryReport;
 }
 
 /** Details passed with a `backpressure` event. */
@@ -262,6 +315,7 @@ export interface ClientEvents {
   syncError: [error: HalcyonError, info: SyncErrorInfo];
   syncRecovered: [info: { afterAttempts: number }];
   decryptionError: [error: HalcyonError, info: DecryptionErrorInfo];
+  verificationRequest: [verification: Verification];
   receipt: [receipt: Receipt];
   backpressure: [info: BackpressureInfo];
   sendFailed: [error: HalcyonError, info: SendFailure];
@@ -273,7 +327,9 @@ export interface ClientEvents {
 export type Listener<K extends keyof ClientEvents> = (...args: ClientEvents[K]) => unknown;
 
 /** The options as the client uses them: every default filled in, `false`/`true` shorthands expanded. */
-export type ResolvedOptions = Required<Omit<ClientOptions, 'logger' | 'encryption' | 'rateLimit' | 'metrics' | 'cluster'>> & {
+export type ResolvedOptions = Required<Omit<ClientOptions, 'logger' | 'encryption' | 'rateLimit' | 'metrics' | 'verification' | 'cluster'>> & {
+  /** Null when no verification request is accepted. */
+  verification: VerificationOptions | null;
   logger: Logger;
   /** Null when encryption is off. */
   encryption: EncryptionOptions | null;
@@ -308,7 +364,9 @@ export function resolveOptions(options: ClientOptions): ResolvedOptions {
     stopTimeoutMs: 20_000,
     maxSendAttempts: 8,
     allowInsecureHttp: false,
+    trust: 'signed',
     ...options,
+    verification: options.verification ?? null,
     rateLimit: options.rateLimit === false ? null : (options.rateLimit ?? 'adaptive'),
     metrics: options.metrics === true ? {} : options.metrics ? options.metrics : null,
     logger: options.logger ?? consoleLogger(),
@@ -316,6 +374,7 @@ export function resolveOptions(options: ClientOptions): ResolvedOptions {
     cluster: options.cluster === undefined ? null : resolveCluster(options.cluster),
   };
   checkAutoJoin(opts.autoJoin);
+  checkTrust(opts.trust, opts.verification);
   return opts;
 }
 
@@ -326,4 +385,17 @@ function checkAutoJoin(p: unknown): void {
   const strings = (v: unknown) => v === undefined || (Array.isArray(v) && v.every((x) => typeof x === 'string'));
   if (typeof lists === 'object' && lists !== null && strings(lists.users) && strings(lists.servers)) return;
   throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'autoJoin must be a boolean, a function (invite) => boolean, or { users?: string[], servers?: string[] }');
+}
+
+/** Throws `HALCYON_INVALID_ARGUMENT` unless `trust` is a {@link TrustPolicy} and `v` a {@link VerificationOptions} (or null). */
+function checkTrust(trust: unknown, v: unknown): void {
+  if (trust !== 'all' && trust !== 'signed' && trust !== 'verified') {
+    throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `trust must be 'all', 'signed' or 'verified', not ${JSON.stringify(trust)}`);
+  }
+  if (v === null) return;
+  const o = v as { from?: unknown; autoConfirm?: unknown };
+  const fromOk = typeof o?.from === 'function' || (Array.isArray(o?.from) && o.from.every((u) => typeof u === 'string'));
+  if (typeof v !== 'object' || !fromOk || (o.autoConfirm !== undefined && typeof o.autoConfirm !== 'boolean')) {
+    throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'verification must be { from: string[] | (userId) => boolean, autoConfirm?: boolean }');
+  }
 }

@@ -13,11 +13,11 @@ import { delay } from '../http.ts';
 import type { ClientCore } from '../client/core.ts';
 import type { HandlerTask } from '../client/delivery.ts';
 import { isRoomEncrypted } from '../client/messages.ts';
-import { type ClusterRpc, OFF, type StateChanges, type SyncConfig } from '../protocol.ts';
+import { OFF, type StateChanges, type SyncConfig } from '../protocol.ts';
 import type { ClusterRole } from './index.ts';
 import type { Lease } from './lease.ts';
 import type { Broker } from './nats.ts';
-import { encodeEvent, partitionOf } from './wire.ts';
+import { type ClusterRpc, encodeEvent, partitionOf } from './wire.ts';
 
 /** Summaries a worker gets per `summaries` request. */
 const SUMMARY_PAGE = 500;

@@ -14,7 +14,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { fromWireError, HalcyonError, toWireError } from '../errors.ts';
 import { delay } from '../http.ts';
 import type { Logger } from '../log.ts';
-import type { ClusterRpc, ClusterRpcAnswer } from '../protocol.ts';
+import type { ClusterRpc, ClusterRpcAnswer } from './wire.ts';
 import type { ResolvedCluster } from './options.ts';
 
 /**

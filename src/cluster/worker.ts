@@ -16,7 +16,9 @@ import type { ActorSet, ActorStrategy } from '../client/actors.ts';
 import type { ClientCore } from '../client/core.ts';
 import { HalcyonError, toWireError } from '../errors.ts';
 import type { Logger } from '../log.ts';
+import { threadMemory } from '../memory.ts';
 import {
+  type ActorMemory,
   CACHE_DEADLINES,
   type CacheActorApi,
   CRYPTO_DEADLINES,
@@ -25,6 +27,7 @@ import {
   type CryptoStatus,
   EVENT_FLAGS,
   type EncryptResult,
+  type IdentitySetupResult,
   type MainToSync,
   type RoomInfo,
   type RoomSummary,
@@ -183,6 +186,11 @@ export class PartitionConsumer implements SyncActorApi {
 
   async setWantedTypes(): Promise<void> {}
 
+  /** The consumer runs on main's thread: main's memory (the report's `thread: 'main'`). */
+  async memory(collect?: boolean): Promise<ActorMemory> {
+    return threadMemory({ collect: collect === true });
+  }
+
   async setPresence(state: SyncConfig['setPresence']): Promise<void> {
     await this.broker.request('setPresence', { state }, RPC_MS);
   }
@@ -238,5 +246,29 @@ export class RemoteCrypto implements CryptoActorApi {
     if (!s) throw new HalcyonError('HALCYON_CLUSTER', 'the ingest runs without encryption');
     return s;
   }
+  /** Nothing of the crypto engine runs here: main's memory. */
+  async memory(collect?: boolean): Promise<ActorMemory> {
+    return threadMemory({ collect: collect === true });
+  }
+  async setupIdentity(): Promise<IdentitySetupResult> {
+    throw onIngest('the device identity is set up by logging in');
+  }
+  async answerVerification(): Promise<void> {
+    throw onIngest('verification');
+  }
+  async confirmVerification(): Promise<void> {
+    throw onIngest('verification');
+  }
+  async cancelVerification(): Promise<void> {
+    throw onIngest('verification');
+  }
+  async requestVerification(): Promise<string[]> {
+    throw onIngest('verification');
+  }
   async close(): Promise<void> {}
+}
+
+/** What a worker refuses: the device's crypto engine is the ingest's (its identity, its verifications). */
+function onIngest(what: string): HalcyonError {
+  return new HalcyonError('HALCYON_INVALID_ARGUMENT', `cluster: ${what} runs on the ingest (the owner of the device's crypto store), not on a worker`);
 }

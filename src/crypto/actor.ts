@@ -16,9 +16,11 @@
 import * as W from '@matrix-org/matrix-sdk-crypto-wasm';
 import { createHash } from 'node:crypto';
 import { HalcyonError, toWireError } from '../errors.ts';
-import { MatrixHttp, seg } from '../http.ts';
+import { MatrixHttp } from '../http.ts';
 import type { Port } from '../actors.ts';
+import { free, threadMemory, watchWasmMemory } from '../memory.ts';
 import {
+  type ActorMemory,
   type CryptoActorApi,
   type CryptoConfig,
   type CryptoIdentity,
@@ -30,14 +32,23 @@ import {
   type DecryptResult,
   type EncryptResult,
   EVENT_FLAGS,
+  type IdentitySetup,
+  type IdentitySetupResult,
   type MainToCrypto,
 } from '../protocol.ts';
 import { type Database, kvGet, kvSet } from '../store.ts';
 import type { ProcessOptions } from '../sync/process.ts';
+import { KeyBackup } from './backup.ts';
 import { IdbJournal } from './idb-journal.ts';
+import { setUpIdentity } from './identity.ts';
 import { SerialQueue } from './queue.ts';
-import { type HistoryVisibility, SharingRooms } from './rooms.ts';
-import { type Decrypted, decryptedBatch, refusal, useClearRelation, WITHHELD_FOR_GOOD, withheldReason } from './decrypted.ts';
+import { SharingRooms } from './rooms.ts';
+import { type Decrypted, decryptedBatch, errMessage, refusal, safeJson, useClearRelation, WITHHELD_FOR_GOOD, withheldReason } from './decrypted.ts';
+import { TrustRules } from './trust.ts';
+import { OutgoingRequests } from './outgoing.ts';
+import { PendingEvents } from './pending.ts';
+import { RoomEncryption } from './room-encryption.ts';
+import { Verifications } from './verification.ts';
 
 /**
  * Decryption yields the queue after this many ms (at least one event per turn), so a batch's sync changes, which
@@ -49,12 +60,6 @@ const KEEP_HASH_BATCHES = 8;
 const MEGOLM = 'm.megolm.v1.aes-sha2';
 /** Withheld notices remembered (their senders), to tell whether a withheld key came from the event's sender. */
 const MAX_WITHHELD = 10_000;
-const HISTORY_VISIBILITY: Record<HistoryVisibility, W.HistoryVisibility> = {
-  invited: W.HistoryVisibility.Invited,
-  joined: W.HistoryVisibility.Joined,
-  shared: W.HistoryVisibility.Shared,
-  world_readable: W.HistoryVisibility.WorldReadable,
-};
 
 /** Owns the OlmMachine; see the module comment. */
 export class CryptoActor implements CryptoActorApi {
@@ -63,12 +68,16 @@ export class CryptoActor implements CryptoActorApi {
   private journal!: IdbJournal;
   private machine!: W.OlmMachine;
   private identity!: CryptoIdentity;
+  private trust!: TrustRules;
+  private verification!: Verifications;
   private wanted: Set<string> | null = null;
   private readonly queue = new SerialQueue();
   /** Members (joined and invited) and history visibility of the rooms we send into. */
   private rooms!: SharingRooms;
-  /** Rooms known not to be encrypted (asked the server); a later m.room.encryption event overrides. */
-  private readonly plainRooms = new Set<string>();
+  /** Undecryptable events kept for a late key (pending.ts); set in `open`. */
+  private pending!: PendingEvents;
+  /** Which rooms are encrypted, and how (room-encryption.ts); set in `open`. */
+  private roomEncryption!: RoomEncryption;
   private readonly roomLocks = new Map<string, Promise<unknown>>();
   /** Who sent the withheld notices of this run, by session (the newest {@link MAX_WITHHELD}). */
   private readonly withheldBy = new Map<string, string>();
@@ -77,8 +86,10 @@ export class CryptoActor implements CryptoActorApi {
   private retryScheduled = false;
   /** Decrypt requests run one after another (first in, first out), so the first batch is ready first. */
   private decryptTail: Promise<unknown> = Promise.resolve();
-  private outgoingRunning: Promise<void> | null = null;
-  private outgoingQueued: Promise<void> | null = null;
+  /** Server-side key backup (see backup.ts); null until `open`. */
+  private backup: KeyBackup | null = null;
+  /** The machine's outgoing requests (outgoing.ts); set in `open`. */
+  private outgoing!: OutgoingRequests;
   private appliedBatches = 0;
   private duplicateToDevice = 0;
   private batchCounter = 0;
@@ -90,15 +101,15 @@ export class CryptoActor implements CryptoActorApi {
   constructor(private readonly events: Port<MainToCrypto, CryptoToMain>) {}
 
   async open(config: CryptoConfig): Promise<CryptoIdentity> {
+    // The binding instantiates its wasm on first use, synchronously: made here, watched, to find its memory.
+    if (wasmMemory === undefined) wasmMemory = watchWasmMemory(() => W.getVersions().free());
     this.config = config;
     this.wanted = config.wantedTypes ? new Set(config.wantedTypes) : null;
     const storeName = `halcyon-${createHash('sha256').update(config.dataDir).digest('hex').slice(0, 16)}`;
     this.journal = await IdbJournal.open(config.dataDir, 'crypto.sqlite', `${storeName}::`, (err) => this.fatal(err));
     const db = this.journal.db;
-    db.exec(`CREATE TABLE IF NOT EXISTS todevice_seen (hash TEXT PRIMARY KEY, batch INTEGER NOT NULL);
-      CREATE TABLE IF NOT EXISTS pending_utd (event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, session_id TEXT, raw TEXT NOT NULL,
-        at INTEGER NOT NULL, posted INTEGER NOT NULL DEFAULT 0);
-      CREATE INDEX IF NOT EXISTS pending_utd_session ON pending_utd (session_id);`);
+    db.exec('CREATE TABLE IF NOT EXISTS todevice_seen (hash TEXT PRIMARY KEY, batch INTEGER NOT NULL)');
+    this.pending = new PendingEvents(db, { maxAgeMs: config.pendingUndecryptableMaxAgeMs, maxCount: config.maxPendingUndecryptable });
     const owner = kvGet(db, 'owner');
     if (owner) {
       const o = JSON.parse(owner) as { userId: string; deviceId: string };
@@ -120,40 +131,76 @@ export class CryptoActor implements CryptoActorApi {
       const msg = String((err as Error)?.message ?? err);
       throw new HalcyonError(
         /match/i.test(msg) ? 'HALCYON_STORE_MISMATCH' : 'HALCYON_CRYPTO_STORE',
-        `cannot open the crypto store in ${config.dataDir} (wrong passphrase, or another account's store?): ${msg}`,
+        // Since a login with encryption on creates the store, a bot with its own passphrase that did not give it
+        // to the login (or `halcyon login --store-passphrase-file`) meets this on its first run.
+        `cannot open the crypto store in ${config.dataDir} (wrong passphrase: the login that created it must be given the client's encryption options; or another account's store?): ${msg}`,
         { cause: err },
       );
     }
     kvSet(db, 'owner', JSON.stringify({ userId: config.userId, deviceId: config.deviceId }));
     const keys = this.machine.identityKeys;
-    this.identity = { userId: config.userId, deviceId: config.deviceId, curve25519: keys.curve25519.toBase64(), ed25519: keys.ed25519.toBase64() };
+    const [curve, ed] = [keys.curve25519, keys.ed25519];
+    this.identity = { userId: config.userId, deviceId: config.deviceId, curve25519: curve.toBase64(), ed25519: ed.toBase64() };
+    free(curve, ed, keys);
     this.http = new MatrixHttp(config.homeserver, config.accessToken);
     this.rooms = new SharingRooms(db, this.http);
-    this.machine.registerRoomKeyUpdatedCallback(async (infos: W.RoomKeyInfo[]) => {
-      for (const info of infos) this.arrivedSessions.add(info.sessionId);
-      this.scheduleRetry();
+    this.roomEncryption = new RoomEncryption({ W, machine: this.machine, queue: this.queue, http: this.http, db });
+    this.outgoing = new OutgoingRequests({
+      W, machine: this.machine, queue: this.queue, http: this.http, deviceId: config.deviceId, freshStore: this.freshStore,
+      backup: () => this.backup, fatal: (e) => this.fatal(e),
     });
-    this.machine.registerRoomKeysWithheldCallback(async (infos: W.RoomKeyWithheldInfo[]) => {
-      for (const info of infos) {
-        this.withheldBy.delete(info.sessionId); // re-inserted last: the oldest notices are dropped first
-        this.withheldBy.set(info.sessionId, info.sender.toString());
-      }
-      while (this.withheldBy.size > MAX_WITHHELD) this.withheldBy.delete(this.withheldBy.keys().next().value!);
-    });
+    const backup = new KeyBackup({ W, machine: this.machine, queue: this.queue, http: this.http, report: (e) => this.report(e), closed: () => this.closed });
+    this.backup = backup;
+    this.openTrust();
+    this.watchRoomKeys();
     this.events.onMessage((msg) => {
       if (msg.kind === 'lateHandled') this.forgetPending(msg.ids);
     });
     // Device keys must be on the server before anyone can encrypt for this device: upload before syncing. A
     // failure other than a lost store's keys is reported and retried with the next sync's changes.
-    await this.flushOutgoing().catch((e: unknown) => {
+    await this.outgoing.flush().catch((e: unknown) => {
       if ((e as HalcyonError).code === 'HALCYON_CRYPTO_STORE') throw e;
       this.report(e);
     });
     // Events kept from an earlier run whose key came meanwhile (or whose late delivery was not handled).
-    db.exec('UPDATE pending_utd SET posted = 0');
+    this.pending.unpostAll();
     void this.queue.run(() => this.retryPending(null)).catch((e) => this.report(e));
+    backup.start(() => (this.closed ? [] : this.pending.sessions()));
     this.opened = true;
     return this.identity;
+  }
+
+  /** Keys that arrive retry the events kept for them; withheld notices are remembered by sender (see decryptOne). */
+  private watchRoomKeys(): void {
+    this.machine.registerRoomKeyUpdatedCallback(async (infos: W.RoomKeyInfo[]) => {
+      for (const info of infos) this.arrivedSessions.add(info.sessionId);
+      free(...infos);
+      this.scheduleRetry();
+    });
+    this.machine.registerRoomKeysWithheldCallback(async (infos: W.RoomKeyWithheldInfo[]) => {
+      for (const info of infos) {
+        this.withheldBy.delete(info.sessionId); // re-inserted last: the oldest notices are dropped first
+        const sender = info.sender;
+        this.withheldBy.set(info.sessionId, sender.toString());
+        free(sender, info);
+      }
+      while (this.withheldBy.size > MAX_WITHHELD) this.withheldBy.delete(this.withheldBy.keys().next().value!);
+    });
+  }
+
+  /** Sets up the `trust` option's rules and interactive verification (trust.ts, verification.ts). */
+  private openTrust(): void {
+    const own = { userId: this.config.userId, deviceId: this.config.deviceId };
+    this.trust = new TrustRules(W, this.config.trust ?? 'all', own, (message) => this.events.post({ kind: 'warning', message }));
+    this.verification = new Verifications(W, {
+      machine: this.machine,
+      ownDeviceId: this.config.deviceId,
+      run: (fn) => this.queue.run(fn, 'high'),
+      send: (req) => this.outgoing.send(req),
+      flush: () => this.outgoing.flush(),
+      post: (msg) => this.events.post(msg),
+      verified: () => this.trust.forget(),
+    });
   }
 
   /**
@@ -167,7 +214,10 @@ export class CryptoActor implements CryptoActorApi {
   async receiveSyncChanges(ch: CryptoSyncChanges): Promise<void> {
     this.ensureOpen();
     await this.queue.run(() => this.applySyncChanges(ch), 'high');
-    void this.flushOutgoing().catch((e) => this.report(e));
+    // The bot's own devices changed (one added, or cross-signed): once they are fetched, kept events are retried.
+    const own = ch.deviceListsChanged.includes(this.config.userId);
+    void this.outgoing.flush().then(() => (own ? this.askOwnDevices() : undefined)).catch((e) => this.report(e));
+    void this.verification.retryUnknownSenders().catch((e) => this.report(e));
   }
 
   /**
@@ -198,23 +248,47 @@ export class CryptoActor implements CryptoActorApi {
   private async decryptAll(req: DecryptRequest): Promise<DecryptResult> {
     const ok: Array<Decrypted & { index: number }> = [];
     const failures: DecryptFailure[] = [];
+    const unknownSender: Array<{ i: number; sender: string }> = [];
+    this.trust.beginRequest();
     let i = 0;
     while (i < req.raw.length) {
       await this.queue.run(async () => {
         const until = performance.now() + DECRYPT_SLICE_MS;
         do {
           const roomId = req.rooms[req.room[i]!]!;
-          const r = await this.decryptOne(roomId, req.raw[i]!, true);
+          const r = await this.decryptOne(roomId, req.raw[i]!, true, true);
           if ('event' in r) ok.push({ ...r, index: i });
-          else failures.push({ ...r, index: i });
+          else if (r.unknownDevice) unknownSender.push({ i, sender: r.unknownDevice });
+          else failures.push(failureAt(r, i));
           i++;
         } while (i < req.raw.length && performance.now() < until);
       });
     }
+    // A sender device not known yet (a user the bot does not track, or whose keys are being queried) may pass the
+    // `trust` rule once known: its user is tracked, its keys fetched, and the event decrypted again.
+    if (unknownSender.length > 0) {
+      await this.fetchSenders(unknownSender.map((u) => u.sender));
+      for (const { i: k } of unknownSender) {
+        const r = await this.queue.run(() => this.decryptOne(req.rooms[req.room[k]!]!, req.raw[k]!, true, false));
+        if ('event' in r) ok.push({ ...r, index: k });
+        else failures.push(failureAt(r, k));
+      }
+      ok.sort((a, b) => a.index - b.index); // timeline order
+    }
+    void this.verification.retryUnknownSenders().catch((e) => this.report(e)); // requests among the events
+    // A missing key made the engine queue a request to the bot's own verified devices: sent now, not with the next sync.
+    if (failures.some((f) => f.pending)) void this.outgoing.flush().catch((e) => this.report(e));
     const slot: number[] = new Array<number>(req.raw.length).fill(-1);
     const batch = decryptedBatch(ok, 0, this.processOptions());
     if (batch) for (const [k, d] of ok.entries()) slot[d.index] = batch.slots[k]!;
     return { batch: batch?.batch ?? null, slot, failures };
+  }
+
+  /** Tracks these senders and fetches their devices and identities, which the `trust` rule needs (outside the queue). */
+  private async fetchSenders(senders: Iterable<string>): Promise<void> {
+    await this.queue.run(() => this.machine.updateTrackedUsers(userIds(new Set(senders))), 'high');
+    await this.outgoing.flush().catch((e: unknown) => this.report(e));
+    this.trust.forget();
   }
 
   async encrypt(roomId: string, type: string, content: Record<string, unknown>): Promise<EncryptResult> {
@@ -232,7 +306,7 @@ export class CryptoActor implements CryptoActorApi {
 
   async isRoomEncrypted(roomId: string): Promise<boolean> {
     this.ensureOpen();
-    return (await this.roomAlgorithm(roomId)) !== null;
+    return (await this.roomEncryption.algorithm(roomId)) !== null;
   }
 
   async setWantedTypes(types: string[] | null): Promise<void> {
@@ -242,21 +316,48 @@ export class CryptoActor implements CryptoActorApi {
 
   async status(): Promise<CryptoStatus> {
     this.ensureOpen();
-    const n = (this.journal.db.prepare('SELECT count(*) AS n FROM pending_utd').get() as { n: number }).n;
+    const n = this.pending.count();
     return {
       identity: this.identity,
       pendingUndecryptable: n,
       storedRecords: this.journal.recordCount(),
       appliedBatches: this.appliedBatches,
       duplicateToDevice: this.duplicateToDevice,
+      keyBackup: (await this.backup?.status()) ?? null,
     };
+  }
+
+  async memory(collect = false): Promise<ActorMemory> {
+    return threadMemory({ collect, wasmBytes: wasmMemory?.buffer.byteLength ?? null });
+  }
+
+  // ---- identity and key backup (identity.ts, backup.ts) ----
+
+  async setupIdentity(req: IdentitySetup): Promise<IdentitySetupResult> {
+    this.ensureOpen();
+    const c = this.config;
+    const ctx = { W, machine: this.machine, queue: this.queue, http: this.http, userId: c.userId, deviceId: c.deviceId, accessToken: c.accessToken, backup: this.backup! };
+    return setUpIdentity({ ...ctx, send: (r) => this.outgoing.send(r) }, req);
+  }
+
+  // Interactive verification: see verification.ts.
+  async answerVerification(userId: string, flowId: string, accept: boolean): Promise<void> {
+    return this.ensureOpen(), this.verification.answer(userId, flowId, accept);
+  }
+  async confirmVerification(userId: string, flowId: string): Promise<void> {
+    return this.ensureOpen(), this.verification.confirm(userId, flowId);
+  }
+  async cancelVerification(userId: string, flowId: string): Promise<void> {
+    return this.ensureOpen(), this.verification.cancel(userId, flowId);
+  }
+  async requestVerification(userId: string, deviceId: string | null): Promise<string[]> {
+    return this.ensureOpen(), this.verification.request(userId, deviceId);
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.outgoingRunning?.catch(() => {});
-    await this.outgoingQueued?.catch(() => {});
+    await this.outgoing?.settle();
     // Closed from inside the queue: no machine call can be running or start after it.
     await this.queue.shut(() => this.machine?.close());
     await this.http?.close();
@@ -284,7 +385,7 @@ export class CryptoActor implements CryptoActorApi {
     this.journal.beginGroup();
     let failure: unknown = null;
     try {
-      for (const e of ch.encryption) await this.setRoomEncryption(e.roomId, e.content);
+      for (const e of ch.encryption) await this.roomEncryption.set(e.roomId, e.content);
       const newUsers = this.rooms.apply(ch);
       if (newUsers.length > 0) await m.updateTrackedUsers(userIds(newUsers));
       const changed = ch.deviceListsChanged.map((u) => new W.UserId(u));
@@ -293,13 +394,20 @@ export class CryptoActor implements CryptoActorApi {
       // the engine, which reads a missing count in a key upload's answer as "unchanged".
       const counts = new Map<string, number>(Object.entries({ signed_curve25519: 0, ...ch.otkCounts }));
       const fallback = ch.fallbackKeyTypes ? new Set(ch.fallbackKeyTypes) : undefined;
-      const processed = await m.receiveSyncChanges(JSON.stringify(fresh), new W.DeviceLists(changed, left), counts, fallback, untrusted());
+      // To-device events are decrypted from any device: the `trust` option applies to the room events they unlock.
+      const lists = new W.DeviceLists(changed, left);
+      const processed = await m
+        .receiveSyncChanges(JSON.stringify(fresh), lists, counts, fallback, new W.DecryptionSettings(W.TrustRequirement.Untrusted))
+        .finally(() => lists.free());
+      this.verification.noticeToDevice(processed);
+      for (const v of ch.verification ?? []) await this.verification.noticeRoomEvent(v.roomId, v.event as unknown as Record<string, unknown>);
       for (const p of processed) {
         if (p.type === W.ProcessedToDeviceEventType.UnableToDecrypt || p.type === W.ProcessedToDeviceEventType.Invalid) {
           const raw = safeJson((p as W.UTDToDeviceEvent).rawEvent);
           this.report(new HalcyonError('HALCYON_DECRYPT_FAILED', `a to-device event${raw && typeof raw.sender === 'string' ? ` from ${raw.sender}` : ''} could not be decrypted or was invalid; skipped`));
         }
       }
+      free(...processed);
     } catch (err) {
       failure = err;
     } finally {
@@ -318,40 +426,14 @@ export class CryptoActor implements CryptoActorApi {
     if (failure) this.report(new HalcyonError('HALCYON_DECRYPT_FAILED', `applying the batch's to-device events failed: ${errMessage(failure)}`, { cause: failure }));
   }
 
-  private async setRoomEncryption(roomId: string, content: Record<string, unknown>): Promise<void> {
-    this.plainRooms.delete(roomId);
-    const s = new W.RoomSettings();
-    // Unknown algorithms still mark the room encrypted (plaintext is refused); megolm is all we can send.
-    s.algorithm = W.EncryptionAlgorithm.MegolmV1AesSha2;
-    if (typeof content.rotation_period_ms === 'number') s.sessionRotationPeriodMs = content.rotation_period_ms;
-    if (typeof content.rotation_period_msgs === 'number') s.sessionRotationPeriodMessages = content.rotation_period_msgs;
-    await this.machine.setRoomSettings(new W.RoomId(roomId), s);
-    kvSet(this.journal.db, `algorithm:${roomId}`, typeof content.algorithm === 'string' ? content.algorithm : 'unknown');
-    kvSet(this.journal.db, `encryption:${roomId}`, JSON.stringify(content));
-  }
-
-  /** The room's encryption algorithm, or null if it is not encrypted. */
-  private async roomAlgorithm(roomId: string): Promise<string | null> {
-    const known = kvGet(this.journal.db, `algorithm:${roomId}`);
-    if (known !== undefined) return known;
-    if (this.plainRooms.has(roomId)) return null;
-    // Not seen in a sync of this store (the room predates encryption support, or we have not synced it yet).
-    try {
-      const content = await this.http.json('GET', `/_matrix/client/v3/rooms/${seg(roomId)}/state/m.room.encryption/`);
-      await this.queue.run(() => this.setRoomEncryption(roomId, content), 'high');
-      return kvGet(this.journal.db, `algorithm:${roomId}`) ?? null;
-    } catch (err) {
-      if ((err as HalcyonError).errcode === 'M_NOT_FOUND') {
-        this.plainRooms.add(roomId);
-        return null;
-      }
-      throw err;
-    }
-  }
-
   // ---- decryption ----
 
-  private async decryptOne(roomId: string, raw: string, keep: boolean): Promise<Decrypted | Omit<DecryptFailure, 'index'>> {
+  /**
+   * Decrypts one event. `keep`: a missing key keeps it for a late key. `ask`: an event whose sender device the store
+   * does not know fails with `unknownDevice` (the caller fetches the sender's keys and asks again without `ask`),
+   * rather than be decided (the `trust` rule) or labelled (`encryption.trust`) on too little.
+   */
+  private async decryptOne(roomId: string, raw: string, keep: boolean, ask: boolean): Promise<Decrypted | OneFailure> {
     const original = safeJson(raw);
     const eventId = typeof original?.event_id === 'string' ? original.event_id : null;
     const content = original && typeof original.content === 'object' && original.content !== null ? (original.content as Record<string, unknown>) : null;
@@ -360,60 +442,74 @@ export class CryptoActor implements CryptoActorApi {
     if (!original || !eventId || !content) return fail('malformed m.room.encrypted event');
     if (content.algorithm !== MEGOLM) return fail(`unsupported algorithm ${JSON.stringify(content.algorithm)}`);
     try {
-      const d = await this.machine.decryptRoomEvent(raw, new W.RoomId(roomId), untrusted());
+      const d = await this.trust.decrypt(this.machine, raw, roomId, original.sender);
       // With untrusted devices accepted, a forged `sender` still decrypts; only the shield tells. Refuse it.
-      const forged = d.shieldState(false).code === W.ShieldStateCode.MismatchedSender;
+      const shield = d.shieldState(false);
+      const forged = shield.code === W.ShieldStateCode.MismatchedSender;
       const event = JSON.parse(d.event) as Record<string, unknown>;
-      d.free();
-      if (forged) return fail(`${eventId} claims to be from ${String(original.sender)} but was encrypted by another user's device`);
+      const trust = forged ? null : await this.trust.senderTrust(this.machine, d);
+      free(shield, d);
+      if (!trust) return fail(`${eventId} claims to be from ${String(original.sender)} but was encrypted by another user's device`);
+      if (!trust.known && ask) return { ...fail(`${eventId}: its sender device is not known`), unknownDevice: String(original.sender) };
       const refused = refusal(event, original);
       if (refused) return fail(`${eventId} was refused: ${refused}`);
+      const untrusted = this.trust.refusal(trust);
+      if (untrusted) return { ...fail(`${eventId} was refused: ${untrusted}`), code: 'HALCYON_DECRYPT_UNTRUSTED' };
       // The clear event carries the encrypted event's envelope.
       for (const k of ['event_id', 'sender', 'origin_server_ts', 'unsigned'] as const) if (event[k] === undefined && original[k] !== undefined) event[k] = original[k];
       useClearRelation(event, content);
-      return { roomId, event };
+      await this.verification.noticeRoomEvent(roomId, event);
+      return { roomId, event, trust: { level: trust.level, deviceId: trust.deviceId } };
     } catch (err) {
+      const refused = this.trust.engineRefusal(err);
+      const unknownDevice = ask && refused?.unknownDevice ? String(original.sender) : undefined;
+      if (refused) return { ...fail(`cannot decrypt ${eventId}: ${refused.refused}`), code: 'HALCYON_DECRYPT_UNTRUSTED', unknownDevice };
       const e = err as { code?: unknown; withheldCode?: unknown; maybe_withheld?: unknown };
       const missing = e.code === W.DecryptionErrorCode.MissingRoomKey || e.code === W.DecryptionErrorCode.UnknownMessageIndex;
       const withheldCode = typeof e.withheldCode === 'string' ? e.withheldCode : null;
       // Anyone can send a withheld notice for any session: only the event's sender's own word ends the wait.
       const forGood = withheldCode !== null && WITHHELD_FOR_GOOD.has(withheldCode) && sessionId !== null && this.withheldBy.get(sessionId) === original.sender;
       const pending = missing && keep && sessionId !== null && !forGood;
-      if (pending) this.keepPending(eventId, roomId, sessionId, raw);
+      if (pending) {
+        this.pending.keep(eventId, roomId, sessionId, raw);
+        this.backup?.lookup(roomId, sessionId);
+      }
       // The engine's text ends in Rust formatting of the withheld code (`withheld code: None` / `Some("m.…")`).
       const why = withheldCode === null ? errMessage(err).replace(/, withheld code: None$/, '') : withheldReason(withheldCode, e.maybe_withheld);
       return { code: missing ? 'HALCYON_DECRYPT_MISSING_KEY' : 'HALCYON_DECRYPT_FAILED', message: `cannot decrypt ${eventId}: ${why}`, sessionId, pending, withheldCode };
     }
   }
 
-  private keepPending(eventId: string, roomId: string, sessionId: string, raw: string): void {
-    const db = this.journal.db;
-    const now = Date.now();
-    db.prepare('INSERT OR IGNORE INTO pending_utd (event_id, room_id, session_id, raw, at) VALUES (?, ?, ?, ?, ?)').run(eventId, roomId, sessionId, raw, now);
-    db.prepare('DELETE FROM pending_utd WHERE at < ?').run(now - this.config.pendingUndecryptableMaxAgeMs);
-    db.prepare('DELETE FROM pending_utd WHERE event_id IN (SELECT event_id FROM pending_utd ORDER BY at DESC, rowid DESC LIMIT -1 OFFSET ?)').run(this.config.maxPendingUndecryptable);
-  }
-
-  /** Retries kept events (of these sessions, or all); posts those that now decrypt to main as a late batch. */
-  private async retryPending(sessions: Set<string> | null): Promise<void> {
-    const db = this.journal.db;
-    db.prepare('DELETE FROM pending_utd WHERE at < ?').run(Date.now() - this.config.pendingUndecryptableMaxAgeMs);
-    const rows = (db.prepare('SELECT event_id, room_id, session_id, raw FROM pending_utd WHERE posted = 0 ORDER BY at, rowid').all() as {
-      event_id: string; room_id: string; session_id: string | null; raw: string;
-    }[]).filter((r) => sessions === null || (r.session_id !== null && sessions.has(r.session_id)));
+  /**
+   * Retries kept events (of these sessions, or all); posts those that now decrypt to main as a late batch. An event
+   * the `trust` rule refuses while its sender's device is not known (a room the bot only reads: its members are not
+   * tracked) is retried once more after fetching the sender's keys (`sendersFetched`), then given up.
+   */
+  private async retryPending(sessions: Set<string> | null, sendersFetched = false): Promise<void> {
+    const rows = this.pending.due(sessions);
     const ok: Array<Decrypted & { index: number }> = [];
     const hopeless: string[] = [];
+    const unknownSenders = new Set<string>();
+    const unknownSessions = new Set<string>();
     for (const r of rows) {
-      const res = await this.decryptOne(r.room_id, r.raw, false);
+      const res = await this.decryptOne(r.room_id, r.raw, false, !sendersFetched);
       if ('event' in res) ok.push({ ...res, index: ok.length });
-      else if (res.code === 'HALCYON_DECRYPT_FAILED') hopeless.push(r.event_id); // the key came, the event is refused
+      else if (res.unknownDevice && r.session_id !== null) {
+        unknownSenders.add(res.unknownDevice);
+        unknownSessions.add(r.session_id);
+      } else if (res.code !== 'HALCYON_DECRYPT_MISSING_KEY') hopeless.push(r.event_id); // the key came, the event is refused
     }
     this.forgetPending(hopeless);
+    if (unknownSenders.size > 0) {
+      // Not awaited: this runs in the queue, which the fetch needs.
+      void this.fetchSenders(unknownSenders)
+        .then(() => (this.closed ? undefined : this.queue.run(() => this.retryPending(unknownSessions, true))))
+        .catch((e) => this.report(e));
+    }
     const built = decryptedBatch(ok, EVENT_FLAGS.late, this.processOptions());
     if (!built) return;
     const ids = ok.map((d) => d.event.event_id as string);
-    const mark = db.prepare('UPDATE pending_utd SET posted = 1 WHERE event_id = ?');
-    for (const id of ids) mark.run(id);
+    this.pending.markPosted(ids);
     // Unwanted types are not delivered, so nothing will acknowledge them: forget them now.
     const delivered = new Set<string>();
     for (const [k, d] of ok.entries()) if (built.slots[k]! >= 0) delivered.add(d.event.event_id as string);
@@ -421,130 +517,57 @@ export class CryptoActor implements CryptoActorApi {
     if (delivered.size > 0) this.events.post({ kind: 'late', batch: built.batch, ids: [...delivered] });
   }
 
+  /** Retries kept events, sending the key requests that makes (the engine asks on a failed decryption, once per session, while an own device is verified). */
+  private async askOwnDevices(): Promise<void> {
+    if (this.closed || this.pending.count() === 0) return;
+    await this.queue.run(() => this.retryPending(null));
+    await this.outgoing.flush();
+  }
+
   private processOptions(): ProcessOptions {
     return { wantedTypes: this.wanted, ownUserId: this.config.userId };
   }
 
   private forgetPending(ids: string[]): void {
-    if (this.closed) return;
-    const del = this.journal.db.prepare('DELETE FROM pending_utd WHERE event_id = ?');
-    for (const id of ids) del.run(id);
+    if (!this.closed) this.pending.forget(ids);
   }
 
   // ---- encryption ----
 
   private async encryptLocked(roomId: string, type: string, content: Record<string, unknown>): Promise<EncryptResult> {
-    const algorithm = await this.roomAlgorithm(roomId);
+    const algorithm = await this.roomEncryption.algorithm(roomId);
     if (algorithm === null) return { encrypted: false };
     if (algorithm !== MEGOLM) {
       throw new HalcyonError('HALCYON_ENCRYPT_FAILED', `room ${roomId} uses the encryption algorithm ${algorithm}, which Halcyon cannot send with`, { roomId });
     }
     const m = this.machine;
-    // wasm-bindgen moves IDs and settings passed by value: every call gets fresh ones.
-    const room = () => new W.RoomId(roomId);
-    const { users, visibility, fetched } = await this.rooms.recipients(roomId);
-    // Invited members are tracked too: their devices are known by the time they join.
-    if (fetched) await this.queue.run(() => m.updateTrackedUsers(userIds(fetched)), 'high');
-    // Device lists of new members are queried first (a key share skips users whose devices are unknown).
-    await this.flushOutgoing();
-    const claim = await this.queue.run(() => m.getMissingSessions(userIds(users)), 'high');
-    if (claim) await this.send(claim);
-    // The engine starts a new session when the visibility differs from the current session's, or a user it was
-    // shared with is not among `users` (left, or invited in a room now visible to joined members only).
-    const toDevice = await this.queue.run(() => m.shareRoomKey(room(), userIds(users), this.encryptionSettings(roomId, visibility)), 'high');
-    for (const req of toDevice) await this.send(req);
-    const encrypted = await this.queue.run(() => m.encryptRoomEvent(room(), type, JSON.stringify(content)), 'high');
-    return { encrypted: true, content: JSON.parse(encrypted) as Record<string, unknown> };
-  }
-
-  /** Sharing settings: the room's history visibility, and the session rotation periods of its m.room.encryption content. */
-  private encryptionSettings(roomId: string, visibility: HistoryVisibility): W.EncryptionSettings {
-    const settings = new W.EncryptionSettings();
-    settings.historyVisibility = HISTORY_VISIBILITY[visibility];
-    const content = safeJson(kvGet(this.journal.db, `encryption:${roomId}`) ?? '{}') ?? {};
-    if (typeof content.rotation_period_ms === 'number' && content.rotation_period_ms > 0) {
-      settings.rotationPeriod = BigInt(Math.round(content.rotation_period_ms)) * 1000n; // microseconds
-    }
-    if (typeof content.rotation_period_msgs === 'number' && content.rotation_period_msgs > 0) {
-      settings.rotationPeriodMessages = BigInt(Math.round(content.rotation_period_msgs));
-    }
-    return settings;
-  }
-
-  // ---- outgoing requests ----
-
-  /**
-   * Sends the machine's outgoing requests until none are left. Callers share loops: a call made while a loop
-   * runs waits for one more loop after it (so requests created by the caller's own changes are included).
-   */
-  private flushOutgoing(): Promise<void> {
-    if (this.outgoingQueued) return this.outgoingQueued;
-    if (!this.outgoingRunning) {
-      const run = this.outgoingLoop().finally(() => (this.outgoingRunning = null));
-      this.outgoingRunning = run;
-      return run;
-    }
-    const queued = this.outgoingRunning.catch(() => {}).then(() => {
-      this.outgoingQueued = null;
-      return this.flushOutgoing();
-    });
-    this.outgoingQueued = queued;
-    return queued;
-  }
-
-  private async outgoingLoop(): Promise<void> {
-    for (let round = 0; round < 10; round++) {
-      const reqs = await this.queue.run(() => this.machine.outgoingRequests(), 'high');
-      if (reqs.length === 0) return;
-      for (const r of reqs) await this.send(r as OutgoingRequest);
-    }
-  }
-
-  private async send(req: OutgoingRequest): Promise<void> {
-    const T = W.RequestType;
-    let path: string;
-    let method = 'POST';
-    switch (req.type) {
-      case T.KeysUpload: path = '/_matrix/client/v3/keys/upload'; break;
-      case T.KeysQuery: path = '/_matrix/client/v3/keys/query'; break;
-      case T.KeysClaim: path = '/_matrix/client/v3/keys/claim'; break;
-      case T.SignatureUpload: path = '/_matrix/client/v3/keys/signatures/upload'; break;
-      case T.ToDevice: {
-        const r = req as W.ToDeviceRequest;
-        method = 'PUT';
-        path = `/_matrix/client/v3/sendToDevice/${seg(r.event_type)}/${seg(r.txn_id)}`;
-        break;
-      }
-      case T.RoomMessage: {
-        const r = req as W.RoomMessageRequest;
-        method = 'PUT';
-        path = `/_matrix/client/v3/rooms/${seg(r.room_id)}/send/${seg(r.event_type)}/${seg(r.txn_id)}`;
-        break;
-      }
-      default:
-        return; // key backup is not enabled; nothing else is produced
-    }
-    let res: unknown;
+    // Borrowed by each call below (not moved): freed once the event is encrypted.
+    const room = new W.RoomId(roomId);
     try {
-      res = await this.http.json(method, path, { body: JSON.parse(req.body) as unknown });
-    } catch (err) {
-      if (req.type === T.KeysUpload && this.freshStore && (err as HalcyonError).status === 400) {
-        // The server holds keys of an earlier store of this device: a new identity would be rejected forever.
-        const e = new HalcyonError(
-          'HALCYON_CRYPTO_STORE',
-          `the homeserver already holds other keys for device ${this.config.deviceId} (its crypto store was lost); log in again for a new device: ${errMessage(err)}`,
-          { cause: err },
-        );
-        this.fatal(e);
-        throw e;
-      }
-      throw err;
+      const { users, visibility, fetched } = await this.rooms.recipients(roomId);
+      // Invited members are tracked too: their devices are known by the time they join.
+      if (fetched) await this.queue.run(() => m.updateTrackedUsers(userIds(fetched)), 'high');
+      // Device lists of new members are queried first (a key share skips users whose devices are unknown).
+      await this.outgoing.flush();
+      const claim = await this.queue.run(() => m.getMissingSessions(userIds(users)), 'high');
+      if (claim) await this.outgoing.sendAll([claim]);
+      // The engine starts a new session when the visibility differs from the current session's, or a user it was
+      // shared with is not among `users` (left, or invited in a room now visible to joined members only).
+      const toDevice = await this.queue.run(async () => {
+        const settings = this.roomEncryption.settings(roomId, visibility);
+        try {
+          settings.sharingStrategy = await this.trust.sharingStrategy(m);
+          return await m.shareRoomKey(room, userIds(users), settings);
+        } finally {
+          settings.free();
+        }
+      }, 'high');
+      await this.outgoing.sendAll(toDevice);
+      const encrypted = await this.queue.run(() => m.encryptRoomEvent(room, type, JSON.stringify(content)), 'high');
+      return { encrypted: true, content: JSON.parse(encrypted) as Record<string, unknown> };
+    } finally {
+      room.free();
     }
-    // An answer without a signed_curve25519 count means zero (as in a sync). The engine reads a missing count as
-    // "unchanged", yet marks every key it holds as published, new ones made while this upload was in flight
-    // included: without the zero, those are never uploaded and the pool stays empty.
-    if (req.type === T.KeysUpload) res = withZeroCount(res);
-    await this.queue.run(() => this.machine.markRequestAsSent(req.id, req.type, JSON.stringify(res)), 'high');
   }
 
   // ---- reporting ----
@@ -560,39 +583,17 @@ export class CryptoActor implements CryptoActorApi {
   }
 }
 
-type OutgoingRequest = { id: string; type: W.RequestType; body: string };
+/** crypto-wasm's linear memory in this thread: undefined until the first open() looks for it, null if unknown. */
+let wasmMemory: WebAssembly.Memory | null | undefined;
 
-/**
- * Decryption settings accepting unverified devices (bots rarely verify). A new object per call: wasm-bindgen
- * moves arguments passed by value, so a reused settings object is a null pointer on its second use.
- */
-function untrusted(): W.DecryptionSettings {
-  return new W.DecryptionSettings(W.TrustRequirement.Untrusted);
+/** A failure of {@link CryptoActor.decryptOne}; `unknownDevice`: refused by `trust` while the sender's device is unknown (the sender). */
+type OneFailure = Omit<DecryptFailure, 'index'> & { unknownDevice?: string };
+
+/** The failure of request event `index`, as main gets it. */
+function failureAt(f: OneFailure, index: number): DecryptFailure {
+  return { code: f.code, message: f.message, sessionId: f.sessionId, pending: f.pending, withheldCode: f.withheldCode, index };
 }
 
 function userIds(users: Iterable<string>): W.UserId[] {
   return [...users].map((u) => new W.UserId(u));
-}
-
-/** A /keys/upload answer with `signed_curve25519: 0` added to `one_time_key_counts` when the server left it out. */
-function withZeroCount(res: unknown): unknown {
-  if (typeof res !== 'object' || res === null) return res;
-  const counts = (res as { one_time_key_counts?: unknown }).one_time_key_counts;
-  const given = typeof counts === 'object' && counts !== null ? counts : {};
-  return { ...res, one_time_key_counts: { signed_curve25519: 0, ...given } };
-}
-
-function safeJson(text: string): Record<string, unknown> | null {
-  try {
-    const v = JSON.parse(text) as unknown;
-    return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
-  } catch {
-    return null;
-  }
-}
-
-function errMessage(err: unknown): string {
-  if (err instanceof Error) return err.message;
-  const d = (err as { description?: unknown })?.description;
-  return typeof d === 'string' ? d : String(err);
 }

@@ -5,13 +5,16 @@
  * a batch handlers see.
  */
 import { BatchReader } from '../batch-reader.ts';
-import { EVENT_FLAGS, OFF, type WireBatch } from '../protocol.ts';
+import { EVENT_FLAGS, type EventColumns, OFF, type WireBatch } from '../protocol.ts';
 import { type ProcessOptions, timelineBatch } from '../sync/process.ts';
+import { type SenderTrust, trustCode } from './trust.ts';
 
 /** A decrypted event and its room. */
 export interface Decrypted {
   roomId: string;
   event: Record<string, unknown>;
+  /** Its sender device's trust (see trust.ts). */
+  trust?: SenderTrust;
 }
 
 /**
@@ -101,7 +104,25 @@ export function decryptedBatch(items: Decrypted[], extraFlags: number, opts: Pro
     ev.flags[i] = ev.flags[i]! | EVENT_FLAGS.encrypted | extraFlags;
   }
   if (ev.count === 0) return null;
-  return { batch, slots: items.map((d) => idToSlot.get(d.event.event_id as string) ?? -1) };
+  const slots = items.map((d) => idToSlot.get(d.event.event_id as string) ?? -1);
+  addTrustColumns(ev, items, slots);
+  return { batch, slots };
+}
+
+/** Gives a decrypted batch its trust and sender-device columns (clear batches have none: they cost nothing). */
+function addTrustColumns(ev: EventColumns, items: Decrypted[], slots: number[]): void {
+  ev.trust = new Uint8Array(ev.count);
+  ev.device = new Int32Array(ev.count).fill(-1);
+  for (const [k, d] of items.entries()) {
+    const slot = slots[k]!;
+    if (slot < 0 || !d.trust) continue;
+    ev.trust[slot] = trustCode(d.trust.level);
+    const id = d.trust.deviceId;
+    if (id === null) continue;
+    let s = ev.strings.indexOf(id);
+    if (s < 0) s = ev.strings.push(id) - 1;
+    ev.device[slot] = s;
+  }
 }
 
 /**
@@ -116,4 +137,21 @@ export const WITHHELD_FOR_GOOD: ReadonlySet<string> = new Set(['m.unverified', '
 /** Why a key is missing when it was withheld: the code, and the engine's text for it when it has one. */
 export function withheldReason(code: string, text: unknown): string {
   return `its room key was withheld (${code}${typeof text === 'string' && text !== '' ? `: ${text}` : ''})`;
+}
+
+/** The JSON object in `text`, or null when it is not JSON or not an object. */
+export function safeJson(text: string): Record<string, unknown> | null {
+  try {
+    const v = JSON.parse(text) as unknown;
+    return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The text of an error, including the engine's (wasm errors carry `description`, not `message`). */
+export function errMessage(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  const d = (err as { description?: unknown })?.description;
+  return typeof d === 'string' ? d : String(err);
 }

@@ -8,6 +8,12 @@
  * SQLite transaction: the final value of every record it touched, and for upgrade transactions a snapshot of
  * the database (schema, version, indexes, records). At start the databases are rebuilt from the journal.
  *
+ * Values live in SQLite, not in memory: once a record's commit is written, its in-memory value is dropped and the
+ * record keeps only its key ({@link StoredRecord}); a read loads the value back (the last few are cached). Records
+ * of transactions not yet written (an open transaction, a group) keep their values until they are. fake-indexeddb
+ * would otherwise hold the whole crypto store in the heap for as long as the bot runs: every Megolm session ever
+ * received, ~6 KB of heap each, growing for months in busy encrypted rooms.
+ *
  * Groups: between `beginGroup()` and `commitGroup()` the journal buffers IndexedDB commits and writes them in a
  * single SQLite transaction together with the caller's own rows. The crypto actor uses this so the effect of
  * one sync batch's to-device events and the checkpoint that says "this batch was applied" are durable
@@ -42,7 +48,7 @@ interface RawStore {
   keyGenerator: { num: number } | null;
   rawIndexes: Map<string, RawIndex>;
   rawDatabase: RawDatabase;
-  records: { values(range?: unknown): Iterable<RawRecord>; get(key: unknown): RawRecord | undefined };
+  records: { values(range?: unknown): Iterable<RawRecord>; get(key: unknown): RawRecord | undefined; put(rec: RawRecord, noOverwrite?: boolean): RawRecord | undefined };
   storeRecord(rec: RawRecord, noOverwrite: boolean, rollbackLog?: unknown[]): Key;
   deleteRecord(key: unknown, rollbackLog?: unknown[]): void;
   clear(rollbackLog?: unknown[]): void;
@@ -53,13 +59,37 @@ interface FakeTx { mode: string; db: { name: string; _rawDatabase: RawDatabase }
 /** What one IndexedDB transaction changed: per raw object store, the keys touched and whether it was cleared. */
 interface Dirty { stores: Map<RawStore, { cleared: boolean; keys: Map<string, Key> }> }
 
-/** One row-level change, captured at IndexedDB commit time. */
+/**
+ * One row-level change, captured at IndexedDB commit time. `rec` (a put's record) and `raw` (a snapshot's database)
+ * are what to drop from memory once the change is written.
+ */
 type Op =
-  | { op: 'put'; db: string; store: string; k: string; v: Uint8Array }
+  | { op: 'put'; db: string; store: string; k: string; v: Uint8Array; raw: RawStore; rec: RawRecord }
   | { op: 'del'; db: string; store: string; k: string }
   | { op: 'clear'; db: string; store: string }
   | { op: 'keygen'; db: string; store: string; num: number }
-  | { op: 'snapshot'; db: string; snapshot: DbSnapshot };
+  | { op: 'snapshot'; db: string; snapshot: DbSnapshot; raw: RawDatabase };
+
+/**
+ * Values read back from SQLite kept in memory, by the size of their rows (the sessions a burst of decryption uses
+ * are read once, not once per event); the least recently used go first.
+ */
+const VALUE_CACHE_BYTES = 1024 * 1024;
+
+/**
+ * A committed record of an object store whose value is in SQLite only: fake-indexeddb reads `value` (and always
+ * clones it before handing it out), which loads it from the row the record was written to.
+ */
+class StoredRecord implements RawRecord {
+  constructor(
+    public key: Key,
+    private readonly at: { journal: IdbJournal; db: string; store: string },
+  ) {}
+
+  get value(): unknown {
+    return this.at.journal.load(this.at.db, this.at.store, this.key);
+  }
+}
 
 interface DbSnapshot {
   version: number;
@@ -73,6 +103,12 @@ export class IdbJournal {
   private failed: HalcyonError | null = null;
   private readonly onFailure: (err: HalcyonError) => void;
   private closed = false;
+  private readonly loadStmt: ReturnType<Database['prepare']>;
+  /** Values recently loaded by {@link load}, by `db \0 store \0 key`, with their rows' sizes. */
+  private readonly cache = new Map<string, { value: unknown; bytes: number }>();
+  private cacheBytes = 0;
+  /** Where {@link StoredRecord}s read from, one object per database and store (shared by its records). */
+  private readonly places = new Map<string, { journal: IdbJournal; db: string; store: string }>();
 
   private constructor(dataDir: string, file: string, readonly prefix: string, onFailure: (err: HalcyonError) => void) {
     this.sql = openDatabase(dataDir, file);
@@ -83,6 +119,70 @@ export class IdbJournal {
         key_gen INTEGER NOT NULL, indexes TEXT NOT NULL, PRIMARY KEY (db, name));
       CREATE TABLE IF NOT EXISTS idb_record (db TEXT NOT NULL, store TEXT NOT NULL, k TEXT NOT NULL, v BLOB NOT NULL,
         PRIMARY KEY (db, store, k)) WITHOUT ROWID;`);
+    this.loadStmt = this.sql.prepare('SELECT v FROM idb_record WHERE db = ? AND store = ? AND k = ?');
+  }
+
+  /** The committed value of a record whose value was dropped from memory (see {@link StoredRecord}). */
+  load(db: string, store: string, key: Key): unknown {
+    const k = canonicalKey(key);
+    const id = `${db}\0${store}\0${k}`;
+    const hit = this.cache.get(id);
+    if (hit) {
+      this.cache.delete(id); // re-inserted last: the least recently used goes first
+      this.cache.set(id, hit);
+      return hit.value;
+    }
+    if (this.closed) throw new HalcyonError('HALCYON_CRYPTO_STORE', 'the crypto store journal is closed');
+    const row = this.loadStmt.get(db, store, k) as { v: Uint8Array } | undefined;
+    if (!row) throw new HalcyonError('HALCYON_CRYPTO_STORE', `the crypto store journal has no record ${k} in ${store}`);
+    const value = (deserialize(row.v) as [Key, unknown])[1];
+    this.cache.set(id, { value, bytes: row.v.length });
+    this.cacheBytes += row.v.length;
+    for (const [oldest, entry] of this.cache) {
+      if (this.cacheBytes <= VALUE_CACHE_BYTES) break;
+      this.forget(oldest, entry);
+    }
+    return value;
+  }
+
+  private place(db: string, store: string): { journal: IdbJournal; db: string; store: string } {
+    const id = `${db}\0${store}`;
+    let at = this.places.get(id);
+    if (!at) this.places.set(id, (at = { journal: this, db, store }));
+    return at;
+  }
+
+  private forget(id: string, entry = this.cache.get(id)): void {
+    if (!entry) return;
+    this.cache.delete(id);
+    this.cacheBytes -= entry.bytes;
+  }
+
+  /**
+   * After `ops` are in SQLite: the records they wrote keep only their keys (unless a later change replaced them in
+   * memory meanwhile), and cached values they changed are forgotten.
+   */
+  private evict(ops: Op[]): void {
+    for (const o of ops) {
+      if (o.op === 'put') {
+        this.forget(`${o.db}\0${o.store}\0${o.k}`);
+        if (o.raw.records.get(o.rec.key) === o.rec) o.raw.records.put(new StoredRecord(o.rec.key, this.place(o.db, o.store)));
+      } else if (o.op === 'del') this.forget(`${o.db}\0${o.store}\0${o.k}`);
+      else if (o.op === 'clear' || o.op === 'snapshot') {
+        this.cache.clear();
+        this.cacheBytes = 0;
+        if (o.op === 'snapshot') this.evictAll(o.raw);
+      }
+    }
+  }
+
+  /** Every record of the database keeps only its key: its stores' rows were all just written (snapshot, restore). */
+  private evictAll(raw: RawDatabase): void {
+    for (const store of raw.rawObjectStores.values()) {
+      if (store.deleted) continue;
+      const at = this.place(raw.name, store.name);
+      for (const rec of [...store.records.values()]) store.records.put(new StoredRecord(rec.key, at));
+    }
   }
 
   /**
@@ -159,7 +259,7 @@ export class IdbJournal {
     const dbName = tx.db.name;
     const ops: Op[] = [];
     if (tx.mode === 'versionchange') {
-      ops.push({ op: 'snapshot', db: dbName, snapshot: snapshotOf(tx.db._rawDatabase) });
+      ops.push({ op: 'snapshot', db: dbName, snapshot: snapshotOf(tx.db._rawDatabase), raw: tx.db._rawDatabase });
     } else {
       const dirty = dirtyByLog.get(tx._rollbackLog);
       if (!dirty) return true;
@@ -168,7 +268,7 @@ export class IdbJournal {
         if (d.cleared) ops.push({ op: 'clear', db: dbName, store: store.name });
         for (const [k, key] of d.keys) {
           const rec = store.records.get(key);
-          ops.push(rec ? { op: 'put', db: dbName, store: store.name, k, v: serialize([rec.key, rec.value]) } : { op: 'del', db: dbName, store: store.name, k });
+          ops.push(rec ? { op: 'put', db: dbName, store: store.name, k, v: serialize([rec.key, rec.value]), raw: store, rec } : { op: 'del', db: dbName, store: store.name, k });
         }
         if (store.keyGenerator) ops.push({ op: 'keygen', db: dbName, store: store.name, num: store.keyGenerator.num });
       }
@@ -205,6 +305,7 @@ export class IdbJournal {
       this.onFailure(this.failed);
       throw this.failed;
     }
+    this.evict(ops);
   }
 
   private apply(o: Op): void {
@@ -275,6 +376,8 @@ export class IdbJournal {
             };
           };
           req.onsuccess = () => {
+            // Rebuilt with every value in memory (the indexes are computed from them); from now on they are read back.
+            this.evictAll((req.result as unknown as { _rawDatabase: RawDatabase })._rawDatabase);
             req.result.close();
             resolve();
           };

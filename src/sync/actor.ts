@@ -14,7 +14,9 @@
 import { HalcyonError, isTransient, toWireError, type WireError } from '../errors.ts';
 import { delay, MatrixHttp, seg } from '../http.ts';
 import { collectGarbage, type Port, type Remote } from '../actors.ts';
+import { threadMemory } from '../memory.ts';
 import type {
+  ActorMemory,
   CacheActorApi,
   CryptoActorApi,
   CryptoSyncChanges,
@@ -213,6 +215,10 @@ export class SyncActor implements SyncActorApi {
     };
     if (this.lastError) s.lastError = this.lastError;
     return s;
+  }
+
+  async memory(collect = false): Promise<ActorMemory> {
+    return threadMemory({ collect });
   }
 
   private async run(resumed: boolean): Promise<void> {
@@ -463,7 +469,7 @@ export class SyncActor implements SyncActorApi {
     // Counts left out are news too: in sync v2 a missing count is zero (the crypto actor refills the pool).
     const keyCounts = JSON.stringify([c.otkCounts, c.fallbackKeyTypes]);
     const countsChanged = keyCounts !== this.lastKeyCounts;
-    if (c.toDevice.length === 0 && c.deviceListsChanged.length === 0 && c.deviceListsLeft.length === 0 && !countsChanged && encryption.length === 0 && members.length === 0 && historyVisibility.length === 0 && p.left.length === 0) {
+    if (c.toDevice.length === 0 && c.deviceListsChanged.length === 0 && c.deviceListsLeft.length === 0 && !countsChanged && encryption.length === 0 && members.length === 0 && historyVisibility.length === 0 && p.left.length === 0 && c.verification.length === 0) {
       return null;
     }
     if (countsChanged) this.lastKeyCounts = keyCounts;
@@ -479,6 +485,7 @@ export class SyncActor implements SyncActorApi {
       members,
       historyVisibility,
       left: p.left,
+      ...(c.verification.length > 0 ? { verification: c.verification } : {}),
     };
   }
 
@@ -523,7 +530,7 @@ export class SyncActor implements SyncActorApi {
 
 /** Whether crypto changes carry nothing but one-time-key counts and fallback key types. */
 function countsOnly(c: CryptoSyncChanges): boolean {
-  return c.toDeviceCount === 0 && c.deviceListsChanged.length === 0 && c.deviceListsLeft.length === 0 && c.encryption.length === 0 && c.members.length === 0 && c.historyVisibility.length === 0 && c.left.length === 0;
+  return c.toDeviceCount === 0 && c.deviceListsChanged.length === 0 && c.deviceListsLeft.length === 0 && c.encryption.length === 0 && c.members.length === 0 && c.historyVisibility.length === 0 && c.left.length === 0 && !c.verification;
 }
 
 

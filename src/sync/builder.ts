@@ -50,6 +50,8 @@ export interface SyncCryptoFields {
   deviceListsLeft: string[];
   otkCounts: Record<string, number> | null;
   fallbackKeyTypes: string[] | null;
+  /** Clear in-room verification events of the timelines (`m.key.verification.*`, and requests sent as messages). */
+  verification: Array<{ roomId: string; event: MatrixEvent }>;
 }
 
 /** Collects what one body brings, then {@link Builder.finish} turns it into a {@link ProcessedSync}. */
@@ -69,7 +71,7 @@ export class Builder {
   readonly left: string[] = [];
   readonly state: StateChanges['rooms'] = [];
   readonly errors: WireError[] = [];
-  readonly crypto: SyncCryptoFields = { toDevice: [], deviceListsChanged: [], deviceListsLeft: [], otkCounts: null, fallbackKeyTypes: null };
+  readonly crypto: SyncCryptoFields = { toDevice: [], deviceListsChanged: [], deviceListsLeft: [], otkCounts: null, fallbackKeyTypes: null, verification: [] };
   readonly accountData: AccountDataWire[] = [];
   readonly receipts: ReceiptWire[] = [];
   readonly gaps: Array<{ roomId: string; prevBatch: string }> = [];

@@ -21,6 +21,8 @@ const K = {
 
 /** The `m.notice` msgtype as the string token a server writes (compared without decoding). */
 const NOTICE_TOKEN = Buffer.from('"m.notice"', 'utf8');
+/** The msgtype of an in-room verification request (a clear one goes to the crypto actor, as do `m.key.verification.*` events). */
+const VERIFICATION_REQUEST_TOKEN = Buffer.from('"m.key.verification.request"', 'utf8');
 
 /** Offsets of the event being read ({@link OFF} slots); reused, since events are read one at a time. */
 const span = new Int32Array(OFFSET_STRIDE);
@@ -114,6 +116,10 @@ export function readTimelineEvent(sc: Scanner, b: Builder, roomId: string, roomI
     return undefined;
   }
   const isState = span[OFF.stateKey]! >= 0;
+  // Clear in-room verification events go to the crypto actor whatever handlers want (encrypted ones reach it anyway).
+  if (type!.startsWith('m.key.verification.') || (type === 'm.room.message' && rel.verificationRequest)) {
+    b.crypto.verification.push({ roomId, event: JSON.parse(sc.b.toString('utf8', start, end)) as MatrixEvent });
+  }
   if (b.opts.wantedTypes === null || b.opts.wantedTypes.has(type!)) {
     const own = b.ownToken;
     if (own !== null && senderE - senderS === own.length && sc.b.compare(own, 0, own.length, senderS, senderE) === 0) flags |= EVENT_FLAGS.own;
@@ -161,7 +167,7 @@ function escapedAs(sc: Scanner, name: string): boolean {
 }
 
 /** What {@link readContent} found: `m.relates_to` and the notice flag (reused: events are read one at a time, on the hot path). */
-const rel = { type: null as string | null, flags: 0 };
+const rel = { type: null as string | null, flags: 0, verificationRequest: false };
 
 /**
  * Reads an event's `content` object at the cursor for its `m.relates_to`: the relation type and event ID span
@@ -172,14 +178,21 @@ function readContent(sc: Scanner, b: Builder): string | null {
   let relatesSeen = false;
   rel.type = null;
   rel.flags = 0;
+  rel.verificationRequest = false;
   sc.openObject();
   for (let f = true; sc.keyToken(f); f = false) {
     if (sc.keyIs(K.msgtype)) {
       // A notice is flagged so main can keep other senders' notices from `message` handlers without parsing
       // (the last msgtype counts, as for JSON.parse).
       rel.flags &= ~EVENT_FLAGS.notice;
-      if (!sc.atString()) sc.skipValue();
-      else if (isToken(sc, NOTICE_TOKEN)) rel.flags |= EVENT_FLAGS.notice;
+      rel.verificationRequest = false;
+      if (!sc.atString()) {
+        sc.skipValue();
+        continue;
+      }
+      const s = sc.skipStringToken();
+      if (sameToken(sc, s, NOTICE_TOKEN)) rel.flags |= EVENT_FLAGS.notice;
+      else rel.verificationRequest = sameToken(sc, s, VERIFICATION_REQUEST_TOKEN);
       continue;
     }
     const relates = sc.keyIs(K.relatesTo);
@@ -209,9 +222,8 @@ function readContent(sc: Scanner, b: Builder): string | null {
   return bad;
 }
 
-/** Consumes the string token at the cursor; true if its bytes are `token`'s (quotes included). */
-function isToken(sc: Scanner, token: Buffer): boolean {
-  const s = sc.skipStringToken();
+/** Whether the string token just skipped (from `s` to the cursor) is `token`. */
+function sameToken(sc: Scanner, s: number, token: Buffer): boolean {
   return sc.i - s === token.length && sc.b.compare(token, 0, token.length, s, sc.i) === 0;
 }
 

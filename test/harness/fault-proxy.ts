@@ -10,8 +10,8 @@
  * - `stall`: hold the request without answering until the client gives up (or, with `ms` or `until`, forward it
  *   after `ms` or once `until` settles); with `forward: true` the request reaches the upstream first and only the
  *   answer is held back;
- * - `status`: answer 500/502/503 (or any status) with a Synapse-like JSON or a proxy's HTML body; with
- *   `forward: true` the upstream handles the request first and its answer is replaced;
+ * - `status`: answer 500/502/503 (or any status) with a Synapse-like JSON or a proxy's HTML body, or with the
+ *   given `body` (as JSON); with `forward: true` the upstream handles the request first and its answer is replaced;
  * - `truncate`: answer 200 with a prefix of the upstream's real body (Content-Length of the prefix);
  * - `rateLimit`: answer 429 with `retry_after_ms` in the JSON, with only a `Retry-After` header, or with neither;
  * - `redirect`: answer 302 (or 307...) to another URL (see {@link startRecorder}: a server that records whether
@@ -29,7 +29,7 @@ import { Agent, createServer, type IncomingHttpHeaders, type IncomingMessage, re
 export type Fault =
   | { kind: 'reset'; when: 'before-headers' | 'after-headers' | 'mid-body'; forward?: boolean }
   | { kind: 'stall'; ms?: number; until?: Promise<unknown>; forward?: boolean }
-  | { kind: 'status'; status: number; forward?: boolean; html?: boolean }
+  | { kind: 'status'; status: number; forward?: boolean; html?: boolean; body?: string }
   | { kind: 'truncate'; fraction?: number }
   | { kind: 'rateLimit'; retryAfterMs?: number; retryAfterSeconds?: number }
   | { kind: 'redirect'; location: string; status?: number };
@@ -284,6 +284,7 @@ export async function startFaultProxy(upstream: string, opts: { seed?: number } 
       }
       case 'status': {
         if (fault.forward && !(await forwardFully())) return;
+        if (fault.body !== undefined) return answer(res, rec, fault.status, { 'content-type': 'application/json' }, fault.body);
         if (fault.html) return answer(res, rec, fault.status, { 'content-type': 'text/html' }, `<html><body><h1>${fault.status}</h1>fault proxy</body></html>`);
         return answer(res, rec, fault.status, { 'content-type': 'application/json' }, JSON.stringify({ errcode: 'M_UNKNOWN', error: `fault proxy: injected ${fault.status}` }));
       }

@@ -8,6 +8,7 @@ import {
   ClientEvent,
   createClient,
   EventStatus,
+  type MatrixError,
   MatrixEventEvent,
   Preset,
   RoomEvent,
@@ -16,9 +17,20 @@ import {
   type MatrixClient,
   type MatrixEvent,
 } from 'matrix-js-sdk';
-import { AllDevicesIsolationMode, CryptoEvent } from 'matrix-js-sdk/lib/crypto-api/index.js';
+import {
+  AllDevicesIsolationMode,
+  type CryptoApi,
+  CryptoEvent,
+  OnlySignedDevicesIsolationMode,
+  type VerificationRequest,
+  VerificationPhase,
+  VerificationRequestEvent,
+  VerifierEvent,
+} from 'matrix-js-sdk/lib/crypto-api/index.js';
 import { logger as sdkGlobalLogger, type Logger } from 'matrix-js-sdk/lib/logger.js';
+import type { TestContext } from 'node:test';
 import type { Homeserver } from './synapse.ts';
+import { defer } from '../integration/util.ts';
 
 /** The homeserver type of the harness (see synapse.ts). */
 export type TestHomeserver = Homeserver;
@@ -66,7 +78,67 @@ export interface JsPeer {
   waitForMessage(roomId: string, match: (m: PeerMessage) => boolean, timeoutMs?: number): Promise<PeerMessage>;
   /** All messages seen so far in the room (decrypted where possible), in timeline order. */
   messages(roomId: string): PeerMessage[];
+  /** Whether this peer's device is cross-signed by its owner (the default; `crossSign: false` leaves it unsigned). */
+  readonly crossSigned: boolean;
+  /** Requests a (to-device) verification of `userId`'s device `deviceId` (a user this peer tracks: one it shares an encrypted room with). */
+  requestVerification(userId: string, deviceId: string, timeoutMs?: number): Promise<VerificationRequest>;
+  /** Requests an in-room verification of `userId` in `roomId` (an `m.key.verification.request` message there). */
+  requestVerificationInRoom(userId: string, roomId: string): Promise<VerificationRequest>;
+  /** Resolves with the next verification request received from `userId` (one received already counts). */
+  nextVerificationRequest(userId: string, timeoutMs?: number): Promise<VerificationRequest>;
+  /**
+   * Runs SAS on a request: accepts it if it came from the other side and is not accepted yet, starts SAS when `start`
+   * (else waits for the other side to), then confirms the SAS (or, with `match: false`, says it does not match).
+   * Resolves with the SAS emoji names once the verification is done; rejects if it was cancelled.
+   */
+  runSas(request: VerificationRequest, opts: { start: boolean; match?: boolean; timeoutMs?: number }): Promise<{ emoji: string[] }>;
+  /** Resolves once the request is in `phase` (e.g. Cancelled), with the request. */
+  waitForPhase(request: VerificationRequest, phase: VerificationPhase, timeoutMs?: number): Promise<VerificationRequest>;
+  /** Whether this peer's crypto considers `userId`'s device `deviceId` verified (`getDeviceVerificationStatus().isVerified()`). */
+  deviceVerified(userId: string, deviceId: string): Promise<boolean>;
   stop(): Promise<void>;
+  /**
+   * Turns on MSC4153's "exclude insecure devices" (js-sdk's OnlySignedDevicesIsolationMode, Element's setting): room
+   * keys go only to devices cross-signed by their owner, and messages from other devices are not decrypted.
+   */
+  excludeInsecureDevices(): void;
+  /**
+   * Sets this peer's account up as Element does: cross-signing (the key upload answers user-interactive auth with
+   * the password), then secret storage under a new recovery key holding the cross-signing keys and a new key
+   * backup's key. Resolves with the recovery key as printed, and its bytes.
+   */
+  bootstrapIdentity(): Promise<{ recoveryKey: string; key: Uint8Array }>;
+  /** Runs `fn` on the js-sdk client inside the peer's context, so that the timers of its requests do not keep the process alive. */
+  call<T>(fn: (client: MatrixClient) => T | Promise<T>): Promise<T>;
+  /** Gives js-sdk a secret storage key (32 bytes) to read secret storage with (e.g. a bot's recovery key, decoded). */
+  useSecretStorageKey(key: Uint8Array): void;
+  /** The shield js-sdk shows for a received event (getEncryptionInfoForEvent), or null for a plain or unknown one. */
+  shield(roomId: string, eventId: string): Promise<{ colour: number; reason: number | null } | null>;
+  /**
+   * Whether js-sdk sees device `deviceId` of `userId` as cross-signed by its owner. Only tracked users' keys are
+   * kept (users sharing an encrypted room with the peer, and its own): for others this is false.
+   */
+  isSignedByOwner(userId: string, deviceId: string): Promise<boolean>;
+  /**
+   * Cross-signs this device with its account's existing identity, read from secret storage with `key` (e.g. a bot's
+   * recovery key, decoded): js-sdk's bootstrapCrossSigning imports the private keys and signs the device. Resolves
+   * once the device's own record shows the signature. For a peer started with `crossSign: false`.
+   */
+  crossSignFromSecretStorage(key: Uint8Array): Promise<void>;
+  /**
+   * Asks this peer's own other devices for the room keys of the room's undecryptable messages (`m.room_key_request`):
+   * js-sdk turns requests off (element-web#26524), so they are turned on in its OlmMachine (a private field of
+   * RustCrypto) and the messages decrypted again, which makes the requests; then they are sent.
+   */
+  requestMissingRoomKeys(roomId: string): Promise<void>;
+  /**
+   * Replaces this peer's cross-signing identity with a new one (new master key: js-sdk's bootstrapCrossSigning with
+   * `setupNewCrossSigning`, the upload authorised with the password) and signs this device with it; resolves once
+   * the device's own record shows the new signature.
+   */
+  resetIdentity(): Promise<void>;
+  /** Starts a new outbound room key session for the room's next message (js-sdk's forceDiscardSession). */
+  discardRoomKey(roomId: string): Promise<void>;
 }
 
 const DEFAULT_TIMEOUT_MS = 20_000;
@@ -152,10 +224,21 @@ async function passwordLogin(baseUrl: string, user: string, password: string): P
   return { userId: data.user_id, accessToken: data.access_token, deviceId: data.device_id };
 }
 
-/** Registers a new user (or logs in again as an existing one, making a new device, when `login` is given) and starts syncing with rust crypto. */
+/**
+ * The cross-signing private keys of the users whose identity a js-peer of this process created, so that a later
+ * device of the same user (`login`) is signed by the same identity instead of replacing it.
+ */
+const identities = new Map<string, Awaited<ReturnType<NonNullable<CryptoApi['exportSecretsBundle']>>>>();
+
+/**
+ * Registers a new user (or logs in again as an existing one, making a new device, when `login` is given) and starts
+ * syncing with rust crypto. Unless `crossSign: false`, the device is then cross-signed by its owner (a new
+ * cross-signing identity, uploaded with the password for user-interactive auth; or, for another device of a user
+ * a peer of this process set up, that identity), as spec v1.18 clients expect (MSC4153).
+ */
 export async function startJsPeer(
   hs: TestHomeserver,
-  opts: { localpart?: string; login?: { user: string; password: string } } = {},
+  opts: { localpart?: string; login?: { user: string; password: string }; crossSign?: boolean } = {},
 ): Promise<JsPeer & { password: string }> {
   let creds: { userId: string; accessToken: string; deviceId: string; password: string };
   if (opts.login) {
@@ -166,16 +249,25 @@ export async function startJsPeer(
   }
   quietGlobalLogger();
   unrefPeerTimers();
+  // Secret storage reads and writes ask this callback for the key: the one bootstrapIdentity made, or useSecretStorageKey's.
+  const storageKey: { key: Uint8Array | null } = { key: null };
   const client = createClient({
     baseUrl: hs.baseUrl,
     userId: creds.userId,
     deviceId: creds.deviceId,
     accessToken: creds.accessToken,
     logger: peerLogger(`${creds.userId}/${creds.deviceId}`, logLevel()),
+    cryptoCallbacks: {
+      getSecretStorageKey: async ({ keys }) => {
+        const id = Object.keys(keys)[0];
+        return storageKey.key && id !== undefined ? [id, storageKey.key as Uint8Array<ArrayBuffer>] : null;
+      },
+    },
   });
-  const peer = new JsPeerImpl(client, creds.userId, creds.deviceId, creds.password);
+  const peer = new JsPeerImpl(client, creds.userId, creds.deviceId, creds.password, storageKey);
   try {
     await peer.start();
+    if (opts.crossSign !== false) await peer.crossSign();
   } catch (err) {
     await peer.stop();
     throw err;
@@ -190,9 +282,17 @@ class JsPeerImpl implements JsPeer {
   /** Re-check callbacks of the pending waits, run on every relevant js-sdk event. */
   private readonly waiters = new Set<() => void>();
   private readonly detach: Array<() => void> = [];
+  private readonly requests: VerificationRequest[] = [];
   private stopped = false;
+  crossSigned = false;
 
-  constructor(readonly client: MatrixClient, readonly userId: string, readonly deviceId: string, readonly password: string) {}
+  constructor(
+    readonly client: MatrixClient,
+    readonly userId: string,
+    readonly deviceId: string,
+    readonly password: string,
+    private readonly storageKey: { key: Uint8Array | null } = { key: null },
+  ) {}
 
   start(): Promise<void> {
     return inPeerContext(() => this.doStart());
@@ -230,6 +330,11 @@ class JsPeerImpl implements JsPeer {
     });
     for (const e of [MatrixEventEvent.Decrypted, RoomEvent.LocalEchoUpdated, RoomStateEvent.Members, RoomEvent.MyMembership,
       ClientEvent.Room, ClientEvent.Sync, CryptoEvent.DevicesUpdated]) listen(e, notify);
+    listen(CryptoEvent.VerificationRequestReceived, (req: VerificationRequest) => {
+      this.requests.push(req);
+      this.watchRequest(req);
+      notify();
+    });
 
     let syncState: string | null = null;
     const prepared = this.until(() => syncState === SyncState.Prepared || syncState === SyncState.Syncing, DEFAULT_TIMEOUT_MS * 3,
@@ -243,6 +348,110 @@ class JsPeerImpl implements JsPeer {
     if (!keys.device_keys?.[this.userId]?.[this.deviceId]) {
       throw new Error(`js-peer: device keys of ${this.userId}/${this.deviceId} are not on the homeserver after the initial key upload`);
     }
+  }
+
+  /**
+   * Cross-signs this device: with the identity an earlier peer of the same user made (imported), or a new one
+   * (bootstrapCrossSigning, its upload authorised with the password: the first attempt gets the UIA session).
+   */
+  crossSign(): Promise<void> {
+    return inPeerContext(async () => {
+      const crypto = this.client.getCrypto()!;
+      const known = identities.get(this.userId);
+      if (known) {
+        // With the private keys imported, bootstrapCrossSigning does nothing (the keys exist): sign the device here.
+        await crypto.importSecretsBundle!(known);
+        await crypto.crossSignDevice(this.deviceId);
+      } else await crypto.bootstrapCrossSigning({
+        authUploadDeviceSigningKeys: async (makeRequest) => {
+          let session: string | undefined;
+          try {
+            await makeRequest(null);
+            return;
+          } catch (err) {
+            session = (err as { data?: { session?: string } }).data?.session;
+            if (!session) throw err;
+          }
+          await makeRequest({ type: 'm.login.password', identifier: { type: 'm.id.user', user: this.userId }, password: this.password, session } as never);
+        },
+      });
+      if (!known) identities.set(this.userId, await crypto.exportSecretsBundle!());
+      await this.flushCryptoRequests();
+      // The device's own record learns of the signature by a key query of our user (the server says it changed).
+      await this.until(async () => (await crypto.getDeviceVerificationStatus(this.userId, this.deviceId))?.signedByOwner, DEFAULT_TIMEOUT_MS,
+        () => `${this.userId}/${this.deviceId} to be cross-signed by its owner`);
+      this.crossSigned = true;
+    });
+  }
+
+  /** Re-checks the waits on every change of a verification request and of its verifier. */
+  private watchRequest(req: VerificationRequest): void {
+    const notify = () => { for (const w of [...this.waiters]) w(); };
+    req.on(VerificationRequestEvent.Change, () => {
+      notify();
+      req.verifier?.on(VerifierEvent.ShowSas, notify);
+    });
+  }
+
+  requestVerification(userId: string, deviceId: string, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<VerificationRequest> {
+    // The engine knows the devices of users it tracks (members of encrypted rooms) once their keys are queried.
+    return this.until(() => inPeerContext(async () => {
+      try {
+        const req = await this.client.getCrypto()!.requestDeviceVerification(userId, deviceId);
+        this.watchRequest(req);
+        return req;
+      } catch (err) {
+        if (/not a known device/i.test(String((err as Error).message))) return undefined;
+        throw err;
+      }
+    }), timeoutMs, () => `device ${userId}/${deviceId} to be known to this peer's crypto (to request its verification)`);
+  }
+
+  requestVerificationInRoom(userId: string, roomId: string): Promise<VerificationRequest> {
+    return inPeerContext(async () => {
+      const req = await this.client.getCrypto()!.requestVerificationDM(userId, roomId);
+      this.watchRequest(req);
+      return req;
+    });
+  }
+
+  nextVerificationRequest(userId: string, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<VerificationRequest> {
+    return this.until(() => {
+      const i = this.requests.findIndex((r) => r.otherUserId === userId);
+      return i < 0 ? undefined : this.requests.splice(i, 1)[0];
+    }, timeoutMs, () => `a verification request from ${userId}`);
+  }
+
+  waitForPhase(request: VerificationRequest, phase: VerificationPhase, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<VerificationRequest> {
+    return this.until(() => request.phase === phase && request, timeoutMs, () => `verification ${request.transactionId} to reach phase ${VerificationPhase[phase]} (now ${VerificationPhase[request.phase]})`);
+  }
+
+  runSas(request: VerificationRequest, opts: { start: boolean; match?: boolean; timeoutMs?: number }): Promise<{ emoji: string[] }> {
+    const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS * 3;
+    return inPeerContext(async () => {
+      if (!request.initiatedByMe && request.phase === VerificationPhase.Requested) await request.accept();
+      let verifier = request.verifier;
+      if (opts.start) {
+        await this.waitForPhase(request, VerificationPhase.Ready, timeoutMs);
+        verifier = await request.startVerification('m.sas.v1');
+      } else {
+        verifier = await this.until(() => request.verifier, timeoutMs, () => `the other side to start SAS on ${request.transactionId} (phase ${VerificationPhase[request.phase]})`);
+      }
+      let emoji: string[] = [];
+      const shown = new Promise<void>((resolve) => verifier.on(VerifierEvent.ShowSas, (sas) => {
+        emoji = (sas.sas.emoji ?? []).map(([, name]) => name);
+        if (opts.match === false) sas.mismatch();
+        else void sas.confirm();
+        resolve();
+      }));
+      await Promise.all([verifier.verify(), shown]);
+      return { emoji };
+    });
+  }
+
+  async deviceVerified(userId: string, deviceId: string): Promise<boolean> {
+    const status = await inPeerContext(() => this.client.getCrypto()!.getDeviceVerificationStatus(userId, deviceId));
+    return status?.isVerified() ?? false;
   }
 
   /**
@@ -377,6 +586,95 @@ class JsPeerImpl implements JsPeer {
     });
   }
 
+  excludeInsecureDevices(): void {
+    this.client.getCrypto()!.setDeviceIsolationMode(new OnlySignedDevicesIsolationMode());
+  }
+
+  /** Answers the user-interactive auth of a cross-signing key upload with the password (a first upload needs none: MSC3967). */
+  private readonly authUpload = async (makeRequest: (auth: never) => Promise<unknown>): Promise<void> => {
+    try {
+      await makeRequest(null as never);
+    } catch (e) {
+      const session = (e as MatrixError).data?.session;
+      if ((e as MatrixError).httpStatus !== 401 || typeof session !== 'string') throw e;
+      await makeRequest({ type: 'm.login.password', identifier: { type: 'm.id.user', user: this.userId }, password: this.password, session } as never);
+    }
+  };
+
+  resetIdentity(): Promise<void> {
+    return inPeerContext(async () => {
+      const crypto = this.client.getCrypto()!;
+      const before = (await crypto.getCrossSigningKeyId()) ?? null;
+      await crypto.bootstrapCrossSigning({ setupNewCrossSigning: true, authUploadDeviceSigningKeys: this.authUpload });
+      await this.flushCryptoRequests();
+      await this.until(async () => {
+        const master = await crypto.getCrossSigningKeyId();
+        return master !== null && master !== before && (await crypto.getDeviceVerificationStatus(this.userId, this.deviceId))?.signedByOwner;
+      }, DEFAULT_TIMEOUT_MS, () => `${this.userId}/${this.deviceId} to be signed by a new identity`);
+    });
+  }
+
+  discardRoomKey(roomId: string): Promise<void> {
+    return inPeerContext(() => this.client.getCrypto()!.forceDiscardSession(roomId));
+  }
+
+  bootstrapIdentity(): Promise<{ recoveryKey: string; key: Uint8Array }> {
+    return inPeerContext(async () => {
+      const crypto = this.client.getCrypto()!;
+      await crypto.bootstrapCrossSigning({ authUploadDeviceSigningKeys: this.authUpload });
+      const generated = await crypto.createRecoveryKeyFromPassphrase();
+      this.storageKey.key = generated.privateKey;
+      await crypto.bootstrapSecretStorage({ createSecretStorageKey: async () => generated, setupNewSecretStorage: true, setupNewKeyBackup: true });
+      return { recoveryKey: generated.encodedPrivateKey!, key: generated.privateKey };
+    });
+  }
+
+  call<T>(fn: (client: MatrixClient) => T | Promise<T>): Promise<T> {
+    return inPeerContext(async () => fn(this.client));
+  }
+
+  useSecretStorageKey(key: Uint8Array): void {
+    this.storageKey.key = key;
+  }
+
+  async shield(roomId: string, eventId: string): Promise<{ colour: number; reason: number | null } | null> {
+    const ev = (this.timeline.get(roomId) ?? []).find((e) => e.getId() === eventId);
+    if (!ev) return null;
+    const info = await inPeerContext(() => this.client.getCrypto()!.getEncryptionInfoForEvent(ev));
+    return info ? { colour: info.shieldColour, reason: info.shieldReason } : null;
+  }
+
+  async isSignedByOwner(userId: string, deviceId: string): Promise<boolean> {
+    const crypto = this.client.getCrypto()!;
+    return (await inPeerContext(() => crypto.getDeviceVerificationStatus(userId, deviceId)))?.signedByOwner ?? false;
+  }
+
+  crossSignFromSecretStorage(key: Uint8Array): Promise<void> {
+    this.storageKey.key = key;
+    return inPeerContext(async () => {
+      const crypto = this.client.getCrypto()!;
+      await crypto.bootstrapCrossSigning({});
+      await this.flushCryptoRequests();
+      await this.until(async () => (await crypto.getDeviceVerificationStatus(this.userId, this.deviceId))?.signedByOwner, DEFAULT_TIMEOUT_MS,
+        () => `${this.userId}/${this.deviceId} to be cross-signed from secret storage`);
+      this.crossSigned = true;
+    });
+  }
+
+  requestMissingRoomKeys(roomId: string): Promise<void> {
+    return inPeerContext(async () => {
+      const crypto = this.client.getCrypto() as unknown as { olmMachine?: { roomKeyRequestsEnabled: boolean } };
+      if (!crypto.olmMachine || typeof crypto.olmMachine.roomKeyRequestsEnabled !== 'boolean') {
+        throw new Error('js-peer: RustCrypto.olmMachine.roomKeyRequestsEnabled is gone (js-sdk internals changed)');
+      }
+      crypto.olmMachine.roomKeyRequestsEnabled = true;
+      for (const ev of this.timeline.get(roomId) ?? []) {
+        if (ev.isDecryptionFailure()) await ev.attemptDecryption(crypto as never, { isRetry: true });
+      }
+      await this.flushCryptoRequests();
+    });
+  }
+
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
@@ -402,4 +700,11 @@ function toMessage(ev: MatrixEvent, roomId: string): PeerMessage | undefined {
   if (ev.getType() !== 'm.room.message') return undefined;
   const content = { ...ev.getContent() } as Record<string, unknown>;
   return { body: typeof content.body === 'string' ? content.body : '', eventId, sender, encrypted, roomId, content };
+}
+
+/** A js-peer for one test: started now, stopped when the test ends. */
+export async function newJsPeer(t: TestContext, hs: TestHomeserver, opts: Parameters<typeof startJsPeer>[1] = {}): Promise<JsPeer & { password: string }> {
+  const p = await startJsPeer(hs, opts);
+  defer(t, () => p.stop());
+  return p;
 }

@@ -53,12 +53,19 @@ export class OlmPeer {
     this.deviceId = http.user.deviceId;
   }
 
-  /** Registers a user, creates its OlmMachine for the login's device and uploads the device keys and one-time keys. */
-  static async start(hs: Homeserver): Promise<OlmPeer> {
+  /**
+   * Registers a user, creates its OlmMachine for the login's device and uploads the device keys and one-time keys;
+   * then, unless `crossSign: false`, cross-signs the device (as spec v1.18 clients expect: MSC4153).
+   */
+  static async start(hs: Homeserver, opts: { crossSign?: boolean } = {}): Promise<OlmPeer> {
     const user = await hs.registerUser();
     const machine = await W.OlmMachine.initialize(new W.UserId(user.userId), new W.DeviceId(user.deviceId));
     const peer = new OlmPeer(new Peer(hs.baseUrl, user), machine);
     await peer.flush();
+    if (opts.crossSign !== false) {
+      await crossSignDevice(machine, (method, path, body) => peer.http.request(method, path, body), user.userId, user.password);
+      await peer.flush();
+    }
     const keys = await peer.http.request('POST', '/keys/query', { device_keys: { [user.userId]: [user.deviceId] } });
     if (!keys.device_keys?.[user.userId]?.[user.deviceId]) throw new Error(`olm-peer: the device keys of ${user.userId}/${user.deviceId} are not on the homeserver after the upload`);
     return peer;
@@ -229,4 +236,31 @@ export class OlmPeer {
     this.stopped = true;
     this.machine.close();
   }
+}
+
+/**
+ * Gives the machine's user a new cross-signing identity and signs the machine's device with it: the keys upload is
+ * authorised with the password (user-interactive auth: the first attempt's 401 gives the session). `request` sends
+ * one client-server API request (paths under /_matrix/client/v3) and throws an error with `status` and `body`.
+ */
+export async function crossSignDevice(
+  machine: W.OlmMachine,
+  request: (method: string, path: string, body: unknown) => Promise<any>,
+  user: string,
+  password: string,
+): Promise<void> {
+  const reqs = await machine.bootstrapCrossSigning(true);
+  const keys = JSON.parse(reqs.uploadSigningKeysRequest.body) as Record<string, unknown>;
+  try {
+    await request('POST', '/keys/device_signing/upload', keys);
+  } catch (err) {
+    const e = err as { status?: number; body?: { session?: string } };
+    if (e.status !== 401 || !e.body?.session) throw err;
+    const auth = { type: 'm.login.password', identifier: { type: 'm.id.user', user }, password, session: e.body.session };
+    await request('POST', '/keys/device_signing/upload', { ...keys, auth });
+  }
+  const sigs = reqs.uploadSignaturesRequest;
+  const res = await request('POST', '/keys/signatures/upload', JSON.parse(sigs.body));
+  if (sigs.id) await machine.markRequestAsSent(sigs.id, sigs.type, JSON.stringify(res));
+  reqs.free();
 }

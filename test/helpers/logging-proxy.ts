@@ -9,10 +9,12 @@
  * and the time its response was completely written (both `Date.now()`). `GET /__log` is answered by the proxy
  * itself with the records. On the IPC command `{ sendMessages: {...} }` the child sends m.text messages
  * straight to the homeserver (not through the proxy) with fetch, which lets a test have messages sent while its
- * own thread is busy. Nothing secret (headers, bodies, access tokens) is recorded.
+ * own thread is busy (start and done signals then go through files, see {@link SendMessagesCommand}). Nothing
+ * secret (headers, bodies, access tokens) is recorded.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { existsSync, writeFileSync } from 'node:fs';
 import { Agent, createServer, request, type IncomingHttpHeaders } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -51,14 +53,22 @@ export interface ProxyLog {
   sent: SentRecord[];
 }
 
-/** The `sendMessages` IPC command: `count` messages `${prefix}${i}` into `roomId`, `spacingMs` apart, after `startDelayMs`. */
+/**
+ * The `sendMessages` IPC command: `count` messages `${prefix}${i}` into `roomId`, `spacingMs` apart, after
+ * `startDelayMs`. A parent whose thread will be blocked talks to the child through files instead of IPC: with
+ * `startFile` the child starts only once that file exists; with `doneFile` it creates that file once every
+ * message is answered and the proxied client has polled past them (a /sync that arrived after the last answer
+ * completed, and another /sync arrived after that).
+ */
 export interface SendMessagesCommand {
   roomId: string;
   accessToken: string;
   count: number;
-  startDelayMs: number;
+  startDelayMs?: number;
   spacingMs?: number;
   prefix?: string;
+  startFile?: string;
+  doneFile?: string;
 }
 
 /** Parent-side handle on a running proxy child. */
@@ -227,11 +237,22 @@ function serve(target: string): void {
   server.headersTimeout = 130_000;
   server.requestTimeout = 0;
 
+  /** Resolves once `ready()` holds, checking every 10 ms, or after `ms` (then the parent's own bound reports it). */
+  const until = async (ready: () => boolean, ms: number) => {
+    for (const end = Date.now() + ms; !ready() && Date.now() < end; ) await sleep(10);
+  };
+  /** A /sync arrived after `t` and completed, and another /sync arrived after that. */
+  const polledPast = (t: number) => {
+    const syncs = requests.filter((r) => r.path.endsWith('/sync'));
+    return syncs.some((a) => a.arrival >= t && a.complete !== undefined && syncs.some((b) => b.arrival >= a.complete!));
+  };
+
   const sendMessages = async (cmd: SendMessagesCommand & { id: string }) => {
     const spacing = cmd.spacingMs ?? 200;
     const prefix = cmd.prefix ?? 'm';
     const mine: SentRecord[] = [];
-    await sleep(cmd.startDelayMs);
+    if (cmd.startFile) await until(() => existsSync(cmd.startFile!), 60_000);
+    await sleep(cmd.startDelayMs ?? 0);
     for (let i = 0; i < cmd.count; i++) {
       if (i > 0) await sleep(spacing);
       const body = `${prefix}${i}`;
@@ -254,6 +275,11 @@ function serve(target: string): void {
       rec.answeredAt = Date.now();
       mine.push(rec);
       sent.push(rec);
+    }
+    if (cmd.doneFile) {
+      const last = Math.max(...mine.map((r) => r.answeredAt));
+      await until(() => polledPast(last), 60_000);
+      if (polledPast(last)) writeFileSync(cmd.doneFile, '');
     }
     process.send?.({ sentDone: cmd.id, sent: mine } satisfies ChildToParent);
   };

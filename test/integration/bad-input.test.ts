@@ -5,11 +5,11 @@
  */
 import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import { mkdtempSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { Client, encodeToken, type HalcyonError } from '../../src/index.ts';
+import { tempDataDir } from './util.ts';
 
 type Step = (req: IncomingMessage, res: ServerResponse) => void;
 const json = (res: ServerResponse, status: number, body: unknown) => {
@@ -58,7 +58,7 @@ function captureLogger(lines: string[]) {
   return { debug: rec, info: rec, warn: rec, error: rec };
 }
 
-test('bad /sync bodies, 5xx, resets and malformed events: coded events, no crash, every good event delivered in order', async () => {
+test('bad /sync bodies, 5xx, resets and malformed events: coded events, no crash, every good event delivered in order', async (t) => {
   const big = { ...ev(3), content: { msgtype: 'm.text', body: 'x'.repeat(10 * 1024 * 1024) } };
   const hs = await scripted([
     (_q, res) => json(res, 200, syncBody('s1', [])),
@@ -76,7 +76,7 @@ test('bad /sync bodies, 5xx, resets and malformed events: coded events, no crash
     (_q, res) => json(res, 200, syncBody('s3', [big, ev(4)])),
   ]);
   const logs: string[] = [];
-  const client = new Client({ dataDir: mkdtempSync(join(tmpdir(), 'hc-bad-')), encryption: false, backoffMinMs: 5, backoffMaxMs: 20, pollTimeoutMs: 1000, logger: captureLogger(logs) });
+  const client = new Client({ dataDir: tempDataDir(t), encryption: false, backoffMinMs: 5, backoffMaxMs: 20, pollTimeoutMs: 1000, logger: captureLogger(logs) });
   const bodies: string[] = [];
   const syncErrors: string[] = [];
   const errors: HalcyonError[] = [];
@@ -87,9 +87,10 @@ test('bad /sync bodies, 5xx, resets and malformed events: coded events, no crash
     bodies.push(m.body.slice(0, 10));
     if (bodies.length === 4) allDelivered();
   });
+  const retries: Array<{ attempt: number; retryInMs: number }> = [];
   client.on('syncError', (e, info) => {
     syncErrors.push(e.code);
-    assert.ok(info.attempt >= 1 && info.retryInMs >= 0);
+    retries.push({ attempt: info.attempt, retryInMs: info.retryInMs });
     assert.ok(!e.message.includes(ACCESS_TOKEN));
   });
   client.on('syncRecovered', () => recovered++);
@@ -99,6 +100,9 @@ test('bad /sync bodies, 5xx, resets and malformed events: coded events, no crash
     await delivered;
     assert.deepEqual(bodies, ['good 1', 'good 2', 'xxxxxxxxxx', 'good 4']);
     assert.deepEqual(syncErrors, ['HALCYON_BAD_SYNC', 'HALCYON_BAD_SYNC', 'HALCYON_MATRIX', 'HALCYON_HTTP', 'HALCYON_HTTP']);
+    assert.deepEqual(retries.map((r) => r.attempt), [1, 2, 3, 4, 5], 'consecutive failed polls are counted');
+    // backoffMinMs 5 doubling up to backoffMaxMs 20, with ±20% jitter under the ceiling.
+    for (const r of retries) assert.ok(r.retryInMs >= 4 && r.retryInMs <= 20, `attempt ${r.attempt}: retry in ${r.retryInMs} ms, outside the backoff's 4..20 ms`);
     assert.equal(recovered, 1);
     assert.deepEqual(errors.map((e) => e.code), ['HALCYON_BAD_EVENT', 'HALCYON_BAD_EVENT', 'HALCYON_BAD_EVENT']);
     assert.ok(errors.every((e) => e.roomId === '!r:s'));
@@ -111,7 +115,7 @@ test('bad /sync bodies, 5xx, resets and malformed events: coded events, no crash
   assert.ok(!logs.join('\n').includes(ACCESS_TOKEN), 'the access token reached the logs');
 });
 
-test('a token revoked mid-run stops the bot with HALCYON_UNKNOWN_TOKEN and no retry loop', async () => {
+test('a token revoked mid-run stops the bot with HALCYON_UNKNOWN_TOKEN and no retry loop', async (t) => {
   let release!: () => void;
   const revoked = new Promise<void>((r) => (release = r));
   const hs = await scripted([
@@ -122,7 +126,7 @@ test('a token revoked mid-run stops the bot with HALCYON_UNKNOWN_TOKEN and no re
     },
   ]);
   const logs: string[] = [];
-  const client = new Client({ dataDir: mkdtempSync(join(tmpdir(), 'hc-revoked-')), encryption: false, backoffMinMs: 5, pollTimeoutMs: 1000, logger: captureLogger(logs) });
+  const client = new Client({ dataDir: tempDataDir(t), encryption: false, backoffMinMs: 5, pollTimeoutMs: 1000, logger: captureLogger(logs) });
   const fatal = new Promise<HalcyonError>((resolve) => client.on('error', resolve));
   try {
     await client.run(encodeToken({ homeserver: hs.url, userId: '@bot:s', deviceId: 'DEV', accessToken: ACCESS_TOKEN }));
@@ -140,9 +144,9 @@ test('a token revoked mid-run stops the bot with HALCYON_UNKNOWN_TOKEN and no re
   }
 });
 
-test('run() rejects with HALCYON_UNKNOWN_TOKEN when the server refuses the token at start, and starts no poll', async () => {
+test('run() rejects with HALCYON_UNKNOWN_TOKEN when the server refuses the token at start, and starts no poll', async (t) => {
   const hs = await scripted([], { refuseToken: true });
-  const client = new Client({ dataDir: mkdtempSync(join(tmpdir(), 'hc-refused-')), encryption: false });
+  const client = new Client({ dataDir: tempDataDir(t), encryption: false });
   try {
     await assert.rejects(
       client.run(encodeToken({ homeserver: hs.url, userId: '@bot:s', deviceId: 'DEV', accessToken: ACCESS_TOKEN })),
@@ -154,14 +158,14 @@ test('run() rejects with HALCYON_UNKNOWN_TOKEN when the server refuses the token
   }
 });
 
-test('a repeated next_batch is skipped: nothing in that response is delivered again', async () => {
+test('a repeated next_batch is skipped: nothing in that response is delivered again', async (t) => {
   const hs = await scripted([
     (_q, res) => json(res, 200, syncBody('s1', [])),
     (_q, res) => json(res, 200, syncBody('s2', [ev(1)])),
     (_q, res) => json(res, 200, syncBody('s2', [ev(1)])), // the same batch again
     (_q, res) => json(res, 200, syncBody('s3', [ev(2)])),
   ]);
-  const dataDir = mkdtempSync(join(tmpdir(), 'hc-repeat-'));
+  const dataDir = tempDataDir(t);
   const client = new Client({ dataDir, pollTimeoutMs: 1000, encryption: false });
   const seen: string[] = [];
   let done!: () => void;

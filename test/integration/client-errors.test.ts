@@ -1,10 +1,11 @@
-/** Client errors: coded run() rejections (bad, revoked and mismatched tokens) and failing handlers. */
+/** Client errors: coded run() rejections (bad, revoked and mismatched tokens), failing handlers, malformed answers. */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { inspect } from 'node:util';
 import { Client, decodeToken, encodeToken, HalcyonError, type Message } from '../../src/index.ts';
+import { startFaultProxy } from '../harness/fault-proxy.ts';
 import { testHomeserver, withTimeout, type Homeserver } from '../harness/synapse.ts';
-import { deferred, newBot, newClient, newPeer, roomWithBot, tempDataDir, WAIT_MS, waitUntil } from './util.ts';
+import { defer, deferred, newBot, newClient, newPeer, roomWithBot, tempDataDir, WAIT_MS, waitUntil } from './util.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -110,7 +111,7 @@ test('handlers that throw (sync and async) emit HALCYON_HANDLER_FAILED with room
       throw boomAsync;
     }
   });
-  // A second, synchronous listener that throws must not stop the first from running (or vice versa).
+  // A second listener: it still runs for the events whose first listener failed.
   const second: string[] = [];
   bot.client.on('message', (m) => {
     second.push(m.body);
@@ -214,4 +215,23 @@ test('an invite handler that throws is reported with the roomId, and the bot sti
   const err = await waitUntil(() => bot.errors.find((e) => e.code === 'HALCYON_HANDLER_FAILED'), WAIT_MS, 'the invite handler error');
   assert.match(err.message, /invite boom/);
   assert.equal(err.roomId, roomId, 'the error names the room of the invite');
+});
+
+test('answers that are not the JSON the spec describes are HALCYON_BAD_RESPONSE: a login answer cut short, a createRoom answer without room_id', async (t) => {
+  const proxy = await startFaultProxy(hs.baseUrl);
+  defer(t, () => proxy.close());
+  const user = await hs.registerUser();
+  proxy.inject({ method: 'POST', path: '/login', fault: { kind: 'truncate' }, times: 1 });
+  const login = await rejectsWithCode(Client.login({ homeserver: proxy.url, user: user.localpart, password: user.password }), 'HALCYON_BAD_RESPONSE');
+  assert.ok(!login.message.includes(user.password), 'the message does not echo the password');
+
+  const dataDir = tempDataDir(t);
+  const token = await Client.login({ homeserver: proxy.url, user: user.localpart, password: user.password, dataDir });
+  const client = newClient(t, dataDir, { encryption: false });
+  await client.run(token);
+  // Synapse creates the room; the answer the bot gets is an empty object.
+  const lost = proxy.inject({ method: 'POST', path: '/createRoom', fault: { kind: 'status', status: 200, body: '{}', forward: true }, times: 1 });
+  const err = await rejectsWithCode(client.createRoom({ name: 'answer lost' }), 'HALCYON_BAD_RESPONSE');
+  assert.match(err.message, /no room_id/);
+  assert.deepEqual([lost.records[0]?.upstreamStatus, lost.records[0]?.status], [200, 200]);
 });

@@ -129,7 +129,8 @@ async function stopDuringStart(t: TestContext, threads: 'worker' | 'inline', tok
   const exit = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
   let exited = true;
   try {
-    await withTimeout(exit, 10_000, 'the child process to exit after stop()');
+    // From the spawn, so tsx's start-up on a busy machine counts too; a process something keeps alive never exits.
+    await withTimeout(exit, 30_000, 'the child process to exit after stop()');
   } catch {
     exited = false;
     child.kill('SIGKILL');

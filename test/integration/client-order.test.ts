@@ -106,3 +106,33 @@ test('a slow handler in room A does not block room B; room A resumes in order on
     gate.resolve(); // never leave the handler (and so stop()) hanging
   }
 });
+
+test('concurrency: 2 lets handlers of two rooms run at once; a third room waits for one of them to finish', async (t) => {
+  const bot = await newBot(t, hs, { encryption: false, concurrency: 2 });
+  const peer = await newPeer(hs);
+  const gates = new Map([['A', deferred()], ['B', deferred()]]);
+  const events: string[] = [];
+  bot.client.on('message', async (m: Message) => {
+    events.push(`start ${m.body}`);
+    await gates.get(m.body)?.promise;
+    events.push(`end ${m.body}`);
+  });
+  await bot.client.run(bot.token);
+  const rooms = await Promise.all(['A', 'B', 'C'].map((name) => roomWithBot(peer, bot.user.userId, { name })));
+  try {
+    await peer.sendText(rooms[0]!, 'A');
+    await peer.sendText(rooms[1]!, 'B');
+    await waitUntil(() => events.includes('start A') && events.includes('start B'), WAIT_MS, 'the handlers of rooms A and B to run together');
+    await peer.sendText(rooms[2]!, 'C');
+    // C's event reached the dispatcher (three queued or running) and waits: both slots are taken.
+    await waitUntil(async () => (await bot.client.health()).queuedEvents === 3, WAIT_MS, "room C's event to be queued");
+    assert.deepEqual(events, ['start A', 'start B'], 'C does not start while A and B run');
+    gates.get('B')!.resolve();
+    await waitUntil(() => events.includes('end C'), WAIT_MS, 'room C to run once B finished');
+    assert.deepEqual(events, ['start A', 'start B', 'end B', 'start C', 'end C']);
+  } finally {
+    for (const g of gates.values()) g.resolve();
+  }
+  await waitUntil(() => events.includes('end A'), WAIT_MS, 'room A to finish');
+  assert.deepEqual(bot.errors, []);
+});

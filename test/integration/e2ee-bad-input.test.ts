@@ -9,9 +9,9 @@ import assert from 'node:assert/strict';
 import { after, before, test, type TestContext } from 'node:test';
 import type { DecryptionErrorInfo, HalcyonError, Message } from '../../src/index.ts';
 import { Peer } from '../harness/peer.ts';
-import { startJsPeer } from '../harness/js-peer.ts';
+import { newJsPeer } from '../harness/js-peer.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
-import { defer, newBot, newClient, newPeer, rand, WAIT_MS, waitUntil, type Bot } from './util.ts';
+import { newBot, newClient, newPeer, rand, WAIT_MS, waitUntil, type Bot } from './util.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -23,12 +23,6 @@ after(async () => {
 
 const MEGOLM = 'm.megolm.v1.aes-sha2';
 const OLM = 'm.olm.v1.curve25519-aes-sha2';
-
-async function jsPeer(t: TestContext) {
-  const p = await startJsPeer(hs);
-  defer(t, () => p.stop());
-  return p;
-}
 
 type DecErr = { code: string; message: string } & DecryptionErrorInfo;
 
@@ -50,7 +44,7 @@ async function setup(t: TestContext) {
   const bot = await newBot(t, hs);
   const rec = record(bot.client);
   await bot.client.run(bot.token);
-  const a = await jsPeer(t);
+  const a = await newJsPeer(t, hs);
   const raw: Peer = await newPeer(hs);
   const roomId = await a.createEncryptedRoom({ invite: [bot.user.userId, raw.userId] });
   await a.waitForMember(roomId, bot.user.userId, 'join');
@@ -138,6 +132,9 @@ async function toDevice(from: Peer, type: string, userId: string, deviceId: stri
   await from.request('PUT', `/sendToDevice/${encodeURIComponent(type)}/bad${Date.now()}.${++txn}.${rand()}`, { messages: { [userId]: { [deviceId]: content } } });
 }
 
+/** The 'error' event of a to-device event the bot skipped. */
+const skipped = (sender: string) => ({ code: 'HALCYON_DECRYPT_FAILED', message: `a to-device event from ${sender} could not be decrypted or was invalid; skipped` });
+
 /** Garbage to-device events for the bot's device: broken Olm envelopes and plaintext room keys with junk fields. */
 async function sendGarbageToDevice(raw: Peer, roomId: string, to: { userId: string; deviceId: string; curve25519: string }): Promise<number> {
   const { userId, deviceId, curve25519 } = to;
@@ -161,7 +158,7 @@ test('garbage to-device events to the bot\'s device: the bot keeps running; encr
   const n = await sendGarbageToDevice(raw, roomId, { userId: who.userId, deviceId: who.deviceId, curve25519: who.identityKeys!.curve25519 });
 
   // A user the bot has no Olm session with: its room key comes in a new Olm pre-key message.
-  const c = await jsPeer(t);
+  const c = await newJsPeer(t, hs);
   await a.client.invite(roomId, c.userId);
   await c.waitForMember(roomId, c.userId, 'invite');
   await c.joinRoom(roomId);
@@ -173,7 +170,8 @@ test('garbage to-device events to the bot\'s device: the bot keeps running; encr
     throw e;
   });
   t.diagnostic(`${n} garbage to-device events; 'error' events: ${JSON.stringify(rec.errors)}`);
-  for (const e of rec.errors) assert.match(e.code, /^HALCYON_/);
+  await waitUntil(() => rec.errors.length >= n, WAIT_MS, `an error event for each of the ${n} garbage to-device events (got ${rec.errors.length})`);
+  assert.deepEqual(rec.errors, Array.from({ length: n }, () => skipped(raw.userId)), 'each garbage to-device event reported once, naming its sender');
   assert.deepEqual(rec.decryptionErrors, []);
   assert.deepEqual(rec.syncErrors, []);
   // Still fully alive: it sends encrypted too.
@@ -192,7 +190,7 @@ test('garbage to-device events in the same sync batch as a real room key (sent w
   // While the bot is stopped: garbage first, then a new user's first message (its room key in a new Olm
   // session), then more garbage. The restarted bot gets all of these to-device events in one sync.
   const n1 = await sendGarbageToDevice(raw, roomId, to);
-  const c = await jsPeer(t);
+  const c = await newJsPeer(t, hs);
   await a.client.invite(roomId, c.userId);
   await c.waitForMember(roomId, c.userId, 'invite');
   await c.joinRoom(roomId);
@@ -208,8 +206,40 @@ test('garbage to-device events in the same sync batch as a real room key (sent w
     throw e;
   });
   t.diagnostic(`garbage sent: ${n1} before, ${n2} after the real key; 'error' events: ${JSON.stringify(rec2.errors)}`);
-  for (const e of rec2.errors) assert.match(e.code, /^HALCYON_/);
+  await waitUntil(() => rec2.errors.length >= n1 + n2, WAIT_MS, `an error event for each of the ${n1 + n2} garbage to-device events (got ${rec2.errors.length})`);
+  assert.deepEqual(rec2.errors, Array.from({ length: n1 + n2 }, () => skipped(raw.userId)), 'each garbage to-device event reported once, naming its sender');
   assert.deepEqual(rec2.decryptionErrors, []);
   assert.deepEqual(rec2.syncErrors, []);
   assert.deepEqual(rec.decryptionErrors, []);
+});
+
+test('a room whose m.room.encryption names an algorithm Halcyon cannot send with: the send fails for good (HALCYON_SEND_FAILED caused by HALCYON_ENCRYPT_FAILED), nothing reaches the room, in the clear or otherwise', async (t) => {
+  const bot = await newBot(t, hs);
+  const failed: Array<{ code: string; cause: string | undefined }> = [];
+  bot.client.on('sendFailed', (e) => void failed.push({ code: e.code, cause: (e.cause as HalcyonError | undefined)?.code }));
+  await bot.client.run(bot.token);
+  const peer = await newPeer(hs);
+  const algorithm = 'com.example.unknown.v1';
+  const { room_id: roomId } = await peer.request('POST', '/createRoom', {
+    preset: 'private_chat',
+    invite: [bot.user.userId],
+    initial_state: [{ type: 'm.room.encryption', state_key: '', content: { algorithm } }],
+  });
+  await peer.waitForJoined(roomId, bot.user.userId, WAIT_MS);
+  await bot.client.waitForRoom(roomId);
+  assert.equal(await bot.client.isRoomEncrypted(roomId), true);
+
+  const err = await bot.client.sendMessage(roomId, 'not in the clear').then(
+    () => assert.fail('the send resolved'),
+    (e: HalcyonError) => e,
+  );
+  assert.equal(err.code, 'HALCYON_SEND_FAILED');
+  const cause = err.cause as HalcyonError;
+  assert.equal(cause.code, 'HALCYON_ENCRYPT_FAILED');
+  assert.equal(cause.message, `room ${roomId} uses the encryption algorithm ${algorithm}, which Halcyon cannot send with`);
+  assert.deepEqual(failed, [{ code: 'HALCYON_SEND_FAILED', cause: 'HALCYON_ENCRYPT_FAILED' }]);
+  assert.equal(bot.client.deadLetters().length, 1);
+  const { chunk } = await peer.request('GET', `/rooms/${encodeURIComponent(roomId)}/messages`, undefined, { dir: 'b', limit: '50' });
+  assert.deepEqual((chunk as Array<{ sender: string; type: string }>).filter((e) => e.sender === bot.user.userId && !e.type.startsWith('m.room.member')), [], 'no event of the bot in the room');
+  assert.deepEqual(bot.errors, []);
 });

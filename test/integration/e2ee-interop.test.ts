@@ -5,10 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import type { DecryptionErrorInfo, HalcyonError, Message } from '../../src/index.ts';
-import { startJsPeer, type JsPeer } from '../harness/js-peer.ts';
+import type { HalcyonError, Message } from '../../src/index.ts';
+import { type JsPeer, newJsPeer } from '../harness/js-peer.ts';
 import { testHomeserver, withTimeout, type Homeserver } from '../harness/synapse.ts';
-import { defer, deferred, newBot, newPeer, roomWithBot, WAIT_MS, waitUntil, type Bot } from './util.ts';
+import { deferred, newBot, newPeer, roomWithBot, WAIT_MS, waitUntil, type Bot, recordMessages } from './util.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -18,24 +18,8 @@ after(async () => {
   await hs?.stop();
 });
 
-/** A js-peer stopped when the test ends. */
-async function jsPeer(t: Parameters<typeof defer>[0], opts: Parameters<typeof startJsPeer>[1] = {}) {
-  const p = await startJsPeer(hs, opts);
-  defer(t, () => p.stop());
-  return p;
-}
-
-/** Records everything a bot reports, for assertions and for debugging output on failure. */
-function record(bot: Bot) {
-  const messages: Message[] = [];
-  const decryptionErrors: Array<{ code: string; message: string } & DecryptionErrorInfo> = [];
-  bot.client.on('message', (m) => void messages.push(m));
-  bot.client.on('decryptionError', (e: HalcyonError, info) => void decryptionErrors.push({ code: e.code, message: e.message, ...info }));
-  return { messages, decryptionErrors };
-}
-
 /** Waits for the bot to have a message with `body`; dumps what it knows on timeout. */
-async function botGot(bot: Bot, rec: ReturnType<typeof record>, pred: (m: Message) => boolean, what: string): Promise<Message> {
+async function botGot(bot: Bot, rec: ReturnType<typeof recordMessages>, pred: (m: Message) => boolean, what: string): Promise<Message> {
   try {
     return await waitUntil(() => rec.messages.find(pred), WAIT_MS, what);
   } catch (e) {
@@ -48,14 +32,14 @@ for (const threads of ['worker', 'inline'] as const) {
   describe(`two devices of one peer user (threads: ${threads})`, () => {
     test('A1 sends, the bot decrypts; the bot\'s encrypted reply decrypts on both A1 and A2', async (t) => {
       const bot = await newBot(t, hs, { threads });
-      const rec = record(bot);
+      const rec = recordMessages(bot);
       bot.client.on('message', async (m) => {
         if (m.body === 'hello from A1') await m.reply('reply to both devices');
       });
       await bot.client.run(bot.token);
 
-      const a1 = await jsPeer(t);
-      const a2 = await jsPeer(t, { login: { user: a1.userId, password: a1.password } });
+      const a1 = await newJsPeer(t, hs);
+      const a2 = await newJsPeer(t, hs, { login: { user: a1.userId, password: a1.password } });
       assert.equal(a2.userId, a1.userId);
       assert.notEqual(a2.deviceId, a1.deviceId);
 
@@ -84,9 +68,9 @@ for (const threads of ['worker', 'inline'] as const) {
 describe('devices that appear after the bot shared its room key (threads: worker)', () => {
   test('a new user joining after the bot sent: the bot\'s next (single) message decrypts for them', async (t) => {
     const bot = await newBot(t, hs);
-    const rec = record(bot);
+    const rec = recordMessages(bot);
     await bot.client.run(bot.token);
-    const a = await jsPeer(t);
+    const a = await newJsPeer(t, hs);
     const roomId = await a.createEncryptedRoom({ invite: [bot.user.userId] });
     await a.waitForMember(roomId, bot.user.userId, 'join');
 
@@ -95,7 +79,7 @@ describe('devices that appear after the bot shared its room key (threads: worker
     const early = await a.waitForMessage(roomId, (x) => x.sender === bot.user.userId && x.body === 'before B');
     assert.equal(early.encrypted, true);
 
-    const b = await jsPeer(t);
+    const b = await newJsPeer(t, hs);
     const botSawJoin = deferred();
     bot.client.on('member', (mem) => {
       if (mem.roomId === roomId && mem.userId === b.userId && mem.membership === 'join') botSawJoin.resolve();
@@ -123,15 +107,15 @@ describe('devices that appear after the bot shared its room key (threads: worker
 
   test('a new device of a member started after the bot sent: the bot\'s next (single) message decrypts on it', async (t) => {
     const bot = await newBot(t, hs);
-    const rec = record(bot);
+    const rec = recordMessages(bot);
     await bot.client.run(bot.token);
-    const a1 = await jsPeer(t);
+    const a1 = await newJsPeer(t, hs);
     const roomId = await a1.createEncryptedRoom({ invite: [bot.user.userId] });
     await a1.waitForMember(roomId, bot.user.userId, 'join');
     await bot.client.sendMessage(roomId, 'before A3');
     await a1.waitForMessage(roomId, (x) => x.sender === bot.user.userId && x.body === 'before A3');
 
-    const a3 = await jsPeer(t, { login: { user: a1.userId, password: a1.password } });
+    const a3 = await newJsPeer(t, hs, { login: { user: a1.userId, password: a1.password } });
     // A marker sent after A3's keys were uploaded: the bot's sync that carries it carries the device-list change
     // of A too (or an earlier one did), and the crypto actor applies it before the marker reaches the handler.
     await a1.waitForDevice(a1.userId, a3.deviceId);
@@ -154,9 +138,9 @@ describe('devices that appear after the bot shared its room key (threads: worker
 describe('bot-initiated sends (threads: worker)', () => {
   test('the bot sends first into an encrypted room the peer created; isRoomEncrypted is true there and false in a plain room', async (t) => {
     const bot = await newBot(t, hs);
-    const rec = record(bot);
+    const rec = recordMessages(bot);
     await bot.client.run(bot.token);
-    const peer = await jsPeer(t);
+    const peer = await newJsPeer(t, hs);
     const roomId = await peer.createEncryptedRoom({ invite: [bot.user.userId] });
     await peer.waitForMember(roomId, bot.user.userId, 'join');
 
@@ -183,7 +167,7 @@ describe('bot-initiated sends (threads: worker)', () => {
 describe('encryption: false (threads: worker)', () => {
   test('refuses plaintext into an encrypted room unless allowPlaintext; encrypted events are reported; the bot keeps answering elsewhere', async (t) => {
     const bot = await newBot(t, hs, { encryption: false });
-    const rec = record(bot);
+    const rec = recordMessages(bot);
     bot.client.on('message', async (m) => {
       if (m.body === 'ping') await m.reply('pong');
     });
@@ -191,7 +175,7 @@ describe('encryption: false (threads: worker)', () => {
     assert.equal(bot.client.whoami().identityKeys, undefined, 'no identity keys with encryption off');
     assert.equal(await bot.client.cryptoStatus(), null, 'cryptoStatus is null with encryption off');
 
-    const peer: JsPeer = await jsPeer(t);
+    const peer: JsPeer = await newJsPeer(t, hs);
     const roomId = await peer.createEncryptedRoom({ invite: [bot.user.userId] });
     await peer.waitForMember(roomId, bot.user.userId, 'join');
     // The room cache decides with encryption off: wait for it to have seen the room's state.

@@ -1,7 +1,7 @@
 /**
  * The HTTP door's limits and session handling against the real Synapse: /sync answers far above the ordinary
- * body limit, the media download limit from the server's own upload limit (an own Synapse, restarted with a
- * lower max_upload_size), and soft logout (a proxy in front of Synapse scripts what Synapse will not do on demand).
+ * body limit, the server's 413 for an upload over its limit and the media download limit from that limit (an
+ * own Synapse, restarted with a lower max_upload_size), and soft logout (a proxy in front of Synapse scripts what Synapse will not do on demand).
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, before, test, type TestContext } from 'node:test';
 import { resolveHomeserver } from '../../src/discovery.ts';
 import { MatrixHttp } from '../../src/http.ts';
-import { Client } from '../../src/index.ts';
+import { Client, type HalcyonError } from '../../src/index.ts';
 import { startSynapse, testHomeserver, withTimeout, type Homeserver } from '../harness/synapse.ts';
 import { defer, newBot, newClient, newPeer, tempDataDir, WAIT_MS } from './util.ts';
 
@@ -73,7 +73,7 @@ test('a /sync answer far above the 16 MiB default body limit is read (the sync a
   assert.deepEqual(syncErrors, []);
 });
 
-test("media downloads default to the server's upload limit: a file stored before the admin lowered it is refused unless maxBytes says otherwise", async (t) => {
+test("the admin lowers the upload limit: an upload over it is Synapse's 413 (HALCYON_MEDIA_TOO_LARGE) for a bot that knew the old limit; downloads default to the new limit unless maxBytes says otherwise", async (t) => {
   const own = await startSynapse();
   defer(t, () => own.stop());
   const peer = await newPeer(own);
@@ -81,6 +81,12 @@ test("media downloads default to the server's upload limit: a file stored before
   const res = await fetch(`${own.baseUrl}/_matrix/media/v3/upload`, { method: 'POST', headers: { authorization: `Bearer ${peer.user.accessToken}`, 'content-type': 'application/octet-stream' }, body: bytes });
   assert.equal(res.status, 200);
   const mxc = ((await res.json()) as { content_uri: string }).content_uri;
+  // A bot running before the change has the old limit (50M) cached: its own check lets 300K through.
+  const before = await newBot(t, own, { encryption: false });
+  await before.client.run(before.token);
+  const roomId = await before.client.createRoom({ invite: [peer.userId] });
+  await peer.join(roomId);
+  assert.deepEqual(await before.client.mediaConfig(), { uploadSize: 50 * 1024 * 1024 });
   // The admin lowers max_upload_size to 100K (homeserver.yaml is JSON, which is YAML) and restarts Synapse.
   await own.restart({
     down: () => {
@@ -88,6 +94,12 @@ test("media downloads default to the server's upload limit: a file stored before
       writeFileSync(cfg, JSON.stringify({ ...JSON.parse(readFileSync(cfg, 'utf8')), max_upload_size: '100K' }));
     },
   });
+  const tooLarge = (e: HalcyonError) => e.code === 'HALCYON_MEDIA_TOO_LARGE' && e.status === 413 && e.errcode === 'M_TOO_LARGE';
+  await assert.rejects(before.client.uploadMedia(bytes), tooLarge, "Synapse's 413, coded");
+  await assert.rejects(before.client.sendFile(roomId, bytes, { filename: 'big.bin' }), tooLarge);
+  const { chunk } = await peer.request('GET', `/rooms/${encodeURIComponent(roomId)}/messages`, undefined, { dir: 'b', limit: '50' });
+  assert.deepEqual((chunk as Array<{ type: string }>).filter((e) => e.type === 'm.room.message'), [], 'no message for the refused file');
+
   const bot = await newBot(t, own, { encryption: false });
   await bot.client.run(bot.token);
   assert.deepEqual(await bot.client.mediaConfig(), { uploadSize: 100 * 1024 });

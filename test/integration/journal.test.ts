@@ -1,123 +1,133 @@
 /**
- * The event journal through the whole client, from a scripted homeserver (a real one will not hold 3,000 events
- * back and release them in one burst on demand): handlers that fall behind do not stop polling, memory holds at
- * most `maxQueuedEvents` unhandled events while the rest waits on disk, and a restart delivers what was left,
- * in order, flagging what an earlier run had already handed to handlers.
+ * The event journal through the whole client, on the real Synapse with a peer streaming messages: handlers that
+ * fall behind do not stop polling, memory holds at most `maxQueuedEvents` unhandled events while the rest waits on
+ * disk (the client's own `health()` and `backpressure` events say so), polling stops once `maxJournalEvents` wait
+ * unhandled, and a restart delivers what was left, in order, flagging what an earlier run had already handed to
+ * handlers.
  */
 import assert from 'node:assert/strict';
-import { createServer, type ServerResponse } from 'node:http';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { test } from 'node:test';
-import { type BackpressureInfo, Client, encodeToken, type Message } from '../../src/index.ts';
-import { deferred, waitUntil } from './util.ts';
+import { after, before, test } from 'node:test';
+import type { BackpressureInfo, Client, Message } from '../../src/index.ts';
+import type { RequestRecord } from '../harness/fault-proxy.ts';
+import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
+import { startStream } from '../helpers/fault-stream.ts';
+import { peerRoomWithBot, proxiedBot } from '../helpers/proxied-bot.ts';
+import { defer, deferred, newBot, newClient, newPeer, roomWithBot, WAIT_MS, waitUntil } from './util.ts';
 
-const PER_BODY = 100;
-const BODIES = 30;
-const json = (res: ServerResponse, status: number, body: unknown) => {
-  res.writeHead(status, { 'content-type': 'application/json' });
-  res.end(JSON.stringify(body));
-};
-const ev = (n: number) => ({ type: 'm.room.message', event_id: `$e${n}`, sender: '@peer:s', origin_server_ts: n, content: { msgtype: 'm.text', body: `m${n}` } });
+let hs: Homeserver;
+before(async () => {
+  hs = await testHomeserver();
+});
+after(async () => {
+  await hs?.stop();
+});
 
-/** Serves an empty initial sync, then BODIES bodies of PER_BODY events as fast as they are asked for, then holds polls. */
-async function burstServer() {
-  const polls: string[] = [];
-  const server = createServer((req, res) => {
-    const url = new URL(req.url!, 'http://x');
-    if (url.pathname.endsWith('/account/whoami')) return json(res, 200, { user_id: '@bot:s', device_id: 'DEV' });
-    if (url.pathname.endsWith('/filter')) return json(res, 200, { filter_id: '1' });
-    if (url.pathname.endsWith('/sync')) {
-      const since = url.searchParams.get('since');
-      polls.push(since ?? '');
-      const k = since === null ? 0 : Number(since.slice(1));
-      if (k < BODIES) {
-        const events = Array.from({ length: since === null ? 0 : PER_BODY }, (_, i) => ev((k - 1) * PER_BODY + i));
-        return json(res, 200, { next_batch: `s${k + 1}`, rooms: { join: { '!r:s': { timeline: { events } } } } });
-      }
-      const t = setTimeout(() => json(res, 200, { next_batch: since }), Number(url.searchParams.get('timeout') ?? 0));
-      res.on('close', () => clearTimeout(t));
-      return;
-    }
-    // No encryption state event in the room (what a homeserver answers when an unencrypted bot asks before sending).
-    if (url.pathname.includes('/state/m.room.encryption')) return json(res, 404, { errcode: 'M_NOT_FOUND', error: 'no such state' });
-    json(res, 404, { errcode: 'M_UNRECOGNIZED', error: 'not scripted' });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
-  return { url, polls, close: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }) };
+const isSync = (r: RequestRecord) => r.method === 'GET' && r.path.endsWith('/sync');
+
+/** `health()` of the client, also tracking the most queued events any call saw. */
+function healthWatch(client: Client) {
+  const w = {
+    maxQueued: 0,
+    async health() {
+      const h = await client.health();
+      w.maxQueued = Math.max(w.maxQueued, h.queuedEvents);
+      return h;
+    },
+  };
+  return w;
 }
 
-const TOTAL = (BODIES - 1) * PER_BODY;
-
-test('handlers stuck: polling goes on, memory holds maxQueuedEvents, the rest waits in the journal; then all arrive in order', async (t) => {
-  const hs = await burstServer();
-  t.after(() => hs.close());
-  const maxQueuedEvents = 250;
-  const client = new Client({ dataDir: mkdtempSync(join(tmpdir(), 'hc-journal-')), encryption: false, pollTimeoutMs: 500, maxQueuedEvents });
-  t.after(() => client.stop());
+test('a stuck handler while a peer streams 80 messages: polling goes on, memory holds maxQueuedEvents, the rest waits in the journal; then all arrive in order', async (t) => {
+  const maxQueuedEvents = 20;
+  const count = 80;
+  const bot = await newBot(t, hs, { encryption: false, maxQueuedEvents });
   const gate = deferred();
+  defer(t, () => gate.resolve());
   const seen: number[] = [];
-  let maxQueued = 0;
   const pressure: BackpressureInfo[] = [];
-  client.on('backpressure', (b) => void pressure.push(b));
-  client.on('message', async (m) => {
+  bot.client.on('backpressure', (b) => void pressure.push(b));
+  bot.client.on('message', async (m) => {
     seen.push(Number(m.body.slice(1)));
     await gate.promise;
   });
-  const token = encodeToken({ homeserver: hs.url, userId: '@bot:s', deviceId: 'DEV', accessToken: 'fake-test-access-token-journal' });
-  await client.run(token);
+  await bot.client.run(bot.token);
+  const peer = await newPeer(hs);
+  const roomId = await roomWithBot(peer, bot.user.userId);
+  const watch = healthWatch(bot.client);
 
-  // Every body is fetched although the first handler never returns.
-  await waitUntil(() => hs.polls.includes(`s${BODIES}`), 20_000, 'the sync actor to poll past the last body');
+  const sent = await startStream({ baseUrl: hs.baseUrl, accessToken: peer.user.accessToken, roomId, count, perSecond: 200, prefix: 'n' }).done;
+  // Every message is fetched and journaled although the first handler never returns.
   const h = await waitUntil(async () => {
-    const x = await client.health();
-    maxQueued = Math.max(maxQueued, x.queuedEvents);
-    return x.backlogEvents === TOTAL ? x : undefined;
-  }, 20_000, 'the whole burst to be journaled');
+    const x = await watch.health();
+    return x.backlogEvents === count ? x : undefined;
+  }, WAIT_MS, `all ${count} messages journaled`);
   assert.equal(h.backpressure, true);
   assert.ok(h.queuedEvents <= maxQueuedEvents, `at most maxQueuedEvents in memory (${h.queuedEvents})`);
   assert.deepEqual(seen, [0], 'one room: the first handler holds the rest');
-  assert.equal(pressure[0]?.active, true);
+  assert.equal(pressure[0]?.active, true, 'a backpressure event said handlers fell behind');
 
   gate.resolve();
-  await waitUntil(() => seen.length === TOTAL, 30_000, `all ${TOTAL} events (got ${seen.length})`);
-  assert.deepEqual(seen, Array.from({ length: TOTAL }, (_, i) => i), 'in order, each once');
-  await waitUntil(() => pressure.at(-1)?.active === false, 10_000, 'backpressure to end');
-  await waitUntil(async () => (await client.health()).backlogEvents === 0, 10_000, 'the journal to empty');
-  assert.ok(maxQueued <= maxQueuedEvents, `queued events stayed under the bound (max seen ${maxQueued})`);
+  await waitUntil(() => seen.length === count, WAIT_MS, `all ${count} messages handled (got ${seen.length})`);
+  assert.deepEqual(seen, sent.map((s) => s.index), 'in order, each once');
+  await waitUntil(() => pressure.at(-1)?.active === false, WAIT_MS, 'backpressure to end');
+  await waitUntil(async () => (await watch.health()).backlogEvents === 0, WAIT_MS, 'the journal to empty');
+  assert.ok(watch.maxQueued <= maxQueuedEvents, `queued events stayed under the bound (max seen ${watch.maxQueued})`);
+  for (const p of pressure) assert.ok(p.queuedEvents <= maxQueuedEvents, `a backpressure event reported ${p.queuedEvents} queued events`);
+  assert.deepEqual(bot.errors, []);
 });
 
 test('a stop with a backlog: the next run delivers the rest in order; what the first run had handed to handlers is flagged redelivered', async (t) => {
-  const hs = await burstServer();
-  t.after(() => hs.close());
-  const dataDir = mkdtempSync(join(tmpdir(), 'hc-journal-'));
-  const token = encodeToken({ homeserver: hs.url, userId: '@bot:s', deviceId: 'DEV', accessToken: 'fake-test-access-token-journal' });
-  const first = new Client({ dataDir, encryption: false, pollTimeoutMs: 500, maxQueuedEvents: 150, stopTimeoutMs: 200 });
-  const handled = new Set<number>();
+  const count = 60;
+  const bot = await proxiedBot(t, hs, { reply: false, client: { maxQueuedEvents: 15, stopTimeoutMs: 200 } });
   const gate = deferred();
-  first.on('message', async (m) => {
-    const n = Number(m.body.slice(1));
-    if (n >= 120) await gate.promise; // stuck from event 120 on
-    handled.add(n);
+  defer(t, () => gate.resolve());
+  bot.client.on('message', async (m) => {
+    if (Number(m.body.slice(1)) >= 12) await gate.promise; // stuck from message 12 on
   });
-  await first.run(token);
-  await waitUntil(async () => (await first.health()).backlogEvents === TOTAL - 120, 20_000, 'the burst journaled with 120 events handled');
-  await first.stop(); // event 120 is abandoned mid-handler
+  await bot.client.run(bot.token);
+  const { peer, roomId } = await peerRoomWithBot(hs, bot);
+  await startStream({ baseUrl: hs.baseUrl, accessToken: peer.user.accessToken, roomId, count, perSecond: 200, prefix: 'n' }).done;
+  await waitUntil(async () => (await bot.client.health()).backlogEvents === count - 12, WAIT_MS, 'the stream journaled with 12 messages handled');
+  await bot.client.stop(); // message 12 is abandoned mid-handler
   gate.resolve();
 
-  const second = new Client({ dataDir, encryption: false, pollTimeoutMs: 500 });
-  t.after(() => second.stop());
+  const second = newClient(t, bot.dataDir, { encryption: false });
   const got: Message[] = [];
   second.on('message', (m) => void got.push(m));
-  await second.run(token);
-  await waitUntil(() => got.length >= TOTAL - 120, 30_000, `the ${TOTAL - 120} unhandled events (got ${got.length})`);
-  const ns = got.map((m) => Number(m.body.slice(1)));
-  assert.deepEqual(ns, Array.from({ length: TOTAL - 120 }, (_, i) => 120 + i), 'exactly the unhandled ones, in order');
-  // Event 120 was running when the first run stopped; its batch had been handed over: redelivered.
+  await second.run(bot.token);
+  await waitUntil(() => got.length >= count - 12, WAIT_MS, `the ${count - 12} unhandled messages (got ${got.length})`);
+  assert.deepEqual(got.map((m) => Number(m.body.slice(1))), Array.from({ length: count - 12 }, (_, i) => 12 + i), 'exactly the unhandled ones, in order');
+  // Message 12 was running when the first run stopped; its batch had been handed over: redelivered.
   assert.equal(got[0]!.redelivered, true);
-  // The last batches never left the journal in the first run: first deliveries.
+  // The last batches never left the journal in the first run (15 in memory at most): first deliveries.
   assert.equal(got.at(-1)!.redelivered, false);
-  assert.equal(hs.polls.filter((s) => s === '').length, 1, 'the second run resumed from the saved token (no initial sync)');
+  assert.equal(bot.proxy.records.filter((r) => isSync(r) && r.syncSince === false).length, 1, 'the second run resumed from the saved token (no initial sync)');
+});
+
+test('maxJournalEvents: once that many events wait unhandled, no poll goes out until handlers catch up; then the rest arrives in order', async (t) => {
+  const maxJournalEvents = 10;
+  const bot = await proxiedBot(t, hs, { reply: false, client: { maxJournalEvents } });
+  const gate = deferred();
+  defer(t, () => gate.resolve());
+  const seen: number[] = [];
+  bot.client.on('message', async (m) => {
+    seen.push(Number(m.body.slice(1)));
+    await gate.promise;
+  });
+  await bot.client.run(bot.token);
+  const { peer, roomId } = await peerRoomWithBot(hs, bot);
+
+  for (let i = 0; i < maxJournalEvents; i++) await peer.sendText(roomId, `j${i}`);
+  await waitUntil(async () => (await bot.client.health()).backlogEvents >= maxJournalEvents, WAIT_MS, 'the journal to fill');
+  const fullAt = Date.now();
+  // More messages while the journal is full: a bot that kept polling would fetch them (each wakes a long-poll).
+  for (let i = maxJournalEvents; i < 2 * maxJournalEvents; i++) await peer.sendText(roomId, `j${i}`);
+  assert.equal((await bot.client.health()).backlogEvents, maxJournalEvents, 'nothing more was fetched');
+  const releasedAt = Date.now();
+  gate.resolve();
+  await waitUntil(() => seen.length === 2 * maxJournalEvents, WAIT_MS, `all ${2 * maxJournalEvents} messages handled (got ${seen.length})`);
+  assert.deepEqual(seen, Array.from({ length: 2 * maxJournalEvents }, (_, i) => i), 'in order, each once');
+  const whileFull = bot.proxy.records.filter((r) => isSync(r) && r.start > fullAt && r.start < releasedAt);
+  assert.deepEqual(whileFull.map((r) => r.n), [], 'no /sync request while the journal was full');
+  assert.ok(bot.proxy.records.some((r) => isSync(r) && r.start >= releasedAt), 'polling resumed after the handlers caught up');
 });

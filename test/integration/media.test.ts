@@ -1,7 +1,7 @@
 /**
  * Media against the real Synapse: authenticated upload and download (a 20 MB file streamed both ways), media
  * messages as a plain-HTTP peer sees them, a peer's media downloaded by the bot, encrypted attachments both ways
- * with a matrix-js-sdk peer (checked with crypto-wasm's Attachment), tampering, hostile mxc URIs, and the upload
+ * with a matrix-js-sdk peer (image, file, audio and video; checked with crypto-wasm's Attachment), tampering, hostile mxc URIs, and the upload
  * limit (Synapse's max_upload_size in the harness is 50M).
  */
 import assert from 'node:assert/strict';
@@ -38,6 +38,16 @@ async function fetchMedia(token: string, mxc: string): Promise<Buffer> {
   const res = await fetch(`${hs.baseUrl}/_matrix/client/v1/media/download/${m[1]}/${m[2]}`, { headers: { authorization: `Bearer ${token}` } });
   assert.equal(res.status, 200, `download of ${mxc} as the peer`);
   return Buffer.from(await res.arrayBuffer());
+}
+
+/** Downloads an encrypted attachment as someone else and decrypts it with crypto-wasm (not Halcyon's code). */
+async function decryptedMedia(token: string, file: Record<string, unknown>): Promise<Buffer> {
+  const att = new EncryptedAttachment(await fetchMedia(token, file.url as string), JSON.stringify(file));
+  try {
+    return Buffer.from(Attachment.decrypt(att));
+  } finally {
+    att.free();
+  }
 }
 
 /** Uploads as someone else; resolves with the mxc URI. */
@@ -263,21 +273,56 @@ describe('encrypted media with a matrix-js-sdk peer', () => {
     assert.deepEqual([content.info.w, content.info.h, content.info.size, content.info.mimetype], [1000, 1000, img.length, 'image/png']);
 
     const token = peer.client.getAccessToken()!;
-    const decrypt = async (file: Record<string, unknown>) => {
-      const ciphertext = await fetchMedia(token, file.url as string);
-      const att = new EncryptedAttachment(ciphertext, JSON.stringify(file));
-      try {
-        return Buffer.from(Attachment.decrypt(att));
-      } finally {
-        att.free();
-      }
-    };
     const ciphertext = await fetchMedia(token, content.file.url);
     assert.notDeepEqual(ciphertext, img, 'the server holds ciphertext');
-    assert.deepEqual(await decrypt(content.file), img);
-    const thumb = await decrypt(content.info.thumbnail_file);
+    assert.deepEqual(await decryptedMedia(token, content.file), img);
+    const thumb = await decryptedMedia(token, content.info.thumbnail_file);
     assert.equal(thumb.length, content.info.thumbnail_info.size);
     assert.deepEqual([jpeg.decode(thumb).width, jpeg.decode(thumb).height], [800, 800]);
+    assert.deepEqual(bot.errors, []);
+  });
+
+  test('the bot sends an encrypted file (a path), audio (a stream) and video: the peer decrypts the events, downloads and decrypts the attachments', async (t) => {
+    const bot = await runningBot(t);
+    const peer = await startJsPeer(hs);
+    defer(t, () => peer.stop());
+    const roomId = await peer.createEncryptedRoom({ invite: [bot.user.userId] });
+    await peer.waitForMember(roomId, bot.user.userId, 'join');
+    const dir = tempDataDir(t);
+    const doc = Buffer.concat([Buffer.from('%PDF-1.7\n'), randomBytes(5000)]);
+    writeFileSync(join(dir, 'report.pdf'), doc);
+    const sound = wav(8000, 1, 16, 1250);
+    const clip = mp4({ timescale: 1000, duration: 3210, w: 640, h: 480 });
+    writeFileSync(join(dir, 'clip.mp4'), clip);
+
+    const fileId = await bot.client.sendFile(roomId, join(dir, 'report.pdf'));
+    const audioId = await bot.client.sendAudio(roomId, Readable.from([sound.subarray(0, 1000), sound.subarray(1000)]), { filename: 'beep.wav' });
+    const videoId = await bot.client.sendVideo(roomId, join(dir, 'clip.mp4'));
+    const token = peer.client.getAccessToken()!;
+    const received = async (id: string) => {
+      const m = await peer.waitForMessage(roomId, (x) => x.eventId === id);
+      assert.equal(m.encrypted, true);
+      assert.equal(m.decryptionFailure, undefined, `the peer could not decrypt: ${m.decryptionFailure}`);
+      const content = m.content as any;
+      assert.equal(content.url, undefined, 'no plain url in an encrypted room');
+      return content;
+    };
+
+    const file = await received(fileId);
+    assert.deepEqual([file.msgtype, file.body, file.filename], ['m.file', 'report.pdf', 'report.pdf']);
+    assert.deepEqual(file.info, { mimetype: 'application/pdf', size: doc.length });
+    assert.notDeepEqual(await fetchMedia(token, file.file.url), doc, 'the server holds ciphertext');
+    assert.deepEqual(await decryptedMedia(token, file.file), doc);
+
+    const audio = await received(audioId);
+    assert.deepEqual([audio.msgtype, audio.body, audio.filename], ['m.audio', 'beep.wav', 'beep.wav']);
+    assert.deepEqual(audio.info, { mimetype: 'audio/wav', size: sound.length, duration: 1250 });
+    assert.deepEqual(await decryptedMedia(token, audio.file), sound);
+
+    const video = await received(videoId);
+    assert.deepEqual([video.msgtype, video.body], ['m.video', 'clip.mp4']);
+    assert.deepEqual(video.info, { mimetype: 'video/mp4', size: clip.length, w: 640, h: 480, duration: 3210 });
+    assert.deepEqual(await decryptedMedia(token, video.file), clip);
     assert.deepEqual(bot.errors, []);
   });
 

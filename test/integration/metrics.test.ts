@@ -6,12 +6,9 @@
 import assert from 'node:assert/strict';
 import { createServer as createNetServer } from 'node:net';
 import { createServer, type ServerResponse } from 'node:http';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { test } from 'node:test';
-import { Client, encodeToken } from '../../src/index.ts';
-import { waitUntil } from './util.ts';
+import { encodeToken } from '../../src/index.ts';
+import { newClient, tempDataDir, waitUntil } from './util.ts';
 
 const json = (res: ServerResponse, status: number, body: unknown) => {
   res.writeHead(status, { 'content-type': 'application/json' });
@@ -55,8 +52,7 @@ test('metrics: events, handlers, sync, sends, in the registry and at /metrics; n
   t.after(() => new Promise<void>((r) => { srv.closeAllConnections(); srv.close(() => r()); }));
   const port = await freePort();
   const secret = 'fake-test-access-token-metrics-secret';
-  const client = new Client({ dataDir: mkdtempSync(join(tmpdir(), 'hc-metrics-')), encryption: false, pollTimeoutMs: 500, rateLimit: false, metrics: { port } });
-  t.after(() => client.stop());
+  const client = newClient(t, tempDataDir(t), { encryption: false, pollTimeoutMs: 500, metrics: { port } });
   let handled = 0;
   client.on('message', async (m) => {
     if (m.body === 'm0') await m.reply('pong');

@@ -185,7 +185,7 @@ test('npm pack gives an installable package whose Client runs on worker threads'
   const list = await exec('tar', ['-tzf', tarball], tmp, 60_000);
   assert.equal(list.code, 0, show('tar -tzf', list));
   const files = list.stdout.split('\n').filter(Boolean).map((f) => f.replace(/^package\//, ''));
-  const want = ['package.json', 'dist/index.js', 'dist/workers/sync.js', 'dist/workers/cache.js', 'dist/cli.js', 'dist/types/index.d.ts'];
+  const want = ['package.json', 'dist/index.js', 'dist/workers/sync.js', 'dist/workers/crypto.js', 'dist/cli.js', 'dist/types/index.d.ts'];
   if (existsSync(join(ROOT, 'README.md'))) want.push('README.md');
   for (const f of want) assert.ok(files.includes(f), `the tarball lacks ${f}; it has:\n${files.join('\n')}`);
   const forbidden = files.filter((f) => /^(src|test|workers|bench|scripts|examples)\//.test(f) || f === 'esbuild.mjs' || f.startsWith('node_modules/'));
@@ -204,7 +204,7 @@ test('npm pack gives an installable package whose Client runs on worker threads'
   for (const dep of ['undici', 'comlink', 'piscina', 'lru-cache']) {
     assert.ok(existsSync(join(consumer, 'node_modules', dep, 'package.json')), `runtime dependency ${dep} was not installed`);
   }
-  for (const f of ['dist/workers/sync.js', 'dist/workers/cache.js']) assert.ok(existsSync(join(installed, f)), `installed package lacks ${f}`);
+  for (const f of ['dist/workers/sync.js', 'dist/workers/crypto.js']) assert.ok(existsSync(join(installed, f)), `installed package lacks ${f}`);
   // Published declarations import .js, not the sources' .ts.
   const dts = readdirSync(join(installed, 'dist', 'types'), { recursive: true }).map(String).filter((f) => f.endsWith('.d.ts'));
   assert.ok(dts.length > 0);

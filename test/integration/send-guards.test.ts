@@ -1,15 +1,17 @@
 /**
  * Guards on the way out, against the real Synapse: with encryption off, a room the bot's cache has not seen is
- * asked of the server (plain text never goes into an encrypted room for want of a sync); a send into a room the
- * bot is not in names the send; `via` joins; the crypto status during a restart; the client never shows its
- * secrets to `util.inspect`.
+ * asked of the server (plain text never goes into an encrypted room for want of a sync), one send at a time so
+ * that concurrent sends keep their order; a send into a room the bot is not in names the send; `via` joins; the
+ * crypto status during a restart; the client never shows its secrets to `util.inspect`.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { inspect } from 'node:util';
 import { Client, decodeToken, type HalcyonError } from '../../src/index.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
-import { deferred, loggingProxy, newBot, newClient, newPeer, roomWithBot, tempDataDir, WAIT_MS, waitUntil } from './util.ts';
+import { repliesInRoom } from '../helpers/fault-stream.ts';
+import { proxiedBot } from '../helpers/proxied-bot.ts';
+import { defer, deferred, loggingProxy, newBot, newClient, newPeer, roomWithBot, tempDataDir, WAIT_MS, waitUntil } from './util.ts';
 import { crashActorForTests } from '../../src/client/testing.ts';
 
 let hs: Homeserver;
@@ -67,6 +69,25 @@ test('encryption off: an unencrypted room the cache has not seen is asked too, a
   const id = await bot.client.sendMessage(roomId, 'hello');
   const ev = await peer.waitFor((e) => e.event_id === id, WAIT_MS);
   assert.equal(ev.content.body, 'hello');
+});
+
+test('encryption off: concurrent sends into a room the bot has not synced yet go out in call order while the server is asked whether it is encrypted', async (t) => {
+  const bot = await proxiedBot(t, hs, { reply: false });
+  await bot.client.run(bot.token);
+  // The bot's sync sees nothing from now on: the room it joins below is unknown to its cache.
+  const blind = deferred();
+  defer(t, () => blind.resolve());
+  const held = bot.proxy.inject({ method: 'GET', path: '/sync', fault: { kind: 'stall', until: blind.promise }, label: 'blind' });
+  await waitUntil(() => held.hits > 0, WAIT_MS, 'a held poll');
+  const peer = await newPeer(hs);
+  const roomId = await peer.createRoom({ invite: [bot.user.userId] });
+  await bot.client.joinRoom(roomId);
+  // The first "is it encrypted?" answer is slow (a slow server): later sends must not overtake the first.
+  const slow = bot.proxy.inject({ method: 'GET', path: '/state/m.room.encryption', fault: { kind: 'stall', ms: 1000 }, times: 1, label: 'slow state' });
+  const ids = await Promise.all(Array.from({ length: 5 }, (_, i) => bot.client.sendMessage(roomId, `c${i}`)));
+  assert.equal(slow.hits, 1, 'the server was asked');
+  assert.deepEqual((await repliesInRoom(hs.baseUrl, peer.user.accessToken, roomId, bot.user.userId)).map((r) => r.body), ['c0', 'c1', 'c2', 'c3', 'c4'], 'in call order');
+  assert.deepEqual((await repliesInRoom(hs.baseUrl, peer.user.accessToken, roomId, bot.user.userId)).map((r) => r.eventId), ids);
 });
 
 test('a send into a room the bot is not in fails at once, naming the send, with the server\'s errcode', async (t) => {

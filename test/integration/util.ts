@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
-import { Client, type ClientOptions, type HalcyonError } from '../../src/index.ts';
+import { Client, type ClientOptions, type DecryptionErrorInfo, type HalcyonError, type Message } from '../../src/index.ts';
 import { Peer } from '../harness/peer.ts';
 import type { Homeserver, TestUser } from '../harness/synapse.ts';
 
@@ -92,7 +92,8 @@ export const FAST: Partial<ClientOptions> = { pollTimeoutMs: 2000, stopTimeoutMs
 export async function newBot(t: TestContext, hs: Homeserver, opts: Partial<ClientOptions> = {}): Promise<Bot> {
   const user = await hs.registerUser();
   const dataDir = tempDataDir(t);
-  const token = await Client.login({ homeserver: hs.baseUrl, user: user.localpart, password: user.password, dataDir });
+  // The client's encryption options go to the login too: it opens the crypto store with the client's passphrase.
+  const token = await Client.login({ homeserver: hs.baseUrl, user: user.localpart, password: user.password, dataDir, ...(opts.encryption === undefined ? {} : { encryption: opts.encryption }) });
   const client = newClient(t, dataDir, opts);
   const errors: HalcyonError[] = [];
   client.on('error', (e) => void errors.push(e));
@@ -162,4 +163,13 @@ export async function loggingProxy(
     await new Promise<void>((resolve) => server.close(() => resolve()));
   });
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, log };
+}
+
+/** Records a bot's messages and decryption errors, for assertions (and for a dump when a wait times out). */
+export function recordMessages(bot: Bot): { messages: Message[]; decryptionErrors: Array<{ code: string; message: string } & DecryptionErrorInfo> } {
+  const messages: Message[] = [];
+  const decryptionErrors: Array<{ code: string; message: string } & DecryptionErrorInfo> = [];
+  bot.client.on('message', (m) => void messages.push(m));
+  bot.client.on('decryptionError', (e: HalcyonError, info) => void decryptionErrors.push({ code: e.code, message: e.message, ...info }));
+  return { messages, decryptionErrors };
 }

@@ -1,17 +1,17 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { CacheActor } from '../../src/cache/actor.ts';
 import type { MatrixEvent } from '../../src/protocol.ts';
 import { RoomDetails } from '../../src/rooms.ts';
 import { openDatabase } from '../../src/store.ts';
+import { tempDataDir } from '../integration/util.ts';
 
 const st = (type: string, stateKey: string, content: Record<string, unknown>, sender = '@alice:x'): MatrixEvent => ({ type, state_key: stateKey, content, sender });
 
-test('cache actor: applies state, reports only changed summaries, and reads rooms back from SQLite after a restart', async () => {
-  const dataDir = mkdtempSync(join(tmpdir(), 'hc-cache-'));
+test('cache actor: applies state, reports only changed summaries, and reads rooms back from SQLite after a restart', async (t) => {
+  const dataDir = tempDataDir(t);
   const a = new CacheActor();
   await a.open({ dataDir, maxRoomsInMemory: 1 });
   const changed = await a.apply({
@@ -40,15 +40,10 @@ test('cache actor: applies state, reports only changed summaries, and reads room
   assert.deepEqual(await a.apply({ rooms: [{ roomId: '!b:x', membership: 'join', state: [st('m.room.encryption', '', {})] }] }), []);
   const renamed = await a.apply({ rooms: [{ roomId: '!a:x', membership: 'join', state: [st('m.room.name', '', { name: 'Renamed' }), st('m.room.member', '@alice:x', { membership: 'leave' })] }] });
   assert.deepEqual(renamed.map((s) => [s.name, s.joinedMemberCount]), [['Renamed', 1]]);
+  // While the store is open its WAL and shared-memory files exist too (a clean close folds them away).
+  for (const f of ['cache.sqlite', 'cache.sqlite-wal', 'cache.sqlite-shm']) assert.equal(statSync(join(dataDir, f)).mode & 0o777, 0o600, f);
   await a.close();
-
-  for (const f of ['cache.sqlite', 'cache.sqlite-wal']) {
-    try {
-      assert.equal(statSync(join(dataDir, f)).mode & 0o777, 0o600, f);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    }
-  }
+  assert.equal(statSync(join(dataDir, 'cache.sqlite')).mode & 0o777, 0o600);
   assert.equal(statSync(dataDir).mode & 0o777, 0o700);
 
   const b = new CacheActor();
@@ -70,8 +65,8 @@ test('cache actor: applies state, reports only changed summaries, and reads room
   await b.close();
 });
 
-test('cache actor: room version, creators and history visibility; account data stored and read back after a restart', async () => {
-  const dataDir = mkdtempSync(join(tmpdir(), 'hc-cache-'));
+test('cache actor: room version, creators and history visibility; account data stored and read back after a restart', async (t) => {
+  const dataDir = tempDataDir(t);
   const a = new CacheActor();
   await a.open({ dataDir, maxRoomsInMemory: 10 });
   await a.apply({
@@ -112,8 +107,8 @@ test('cache actor: room version, creators and history visibility; account data s
   await b.close();
 });
 
-test("cache actor: creators follow src/power.ts's rule per room version (content.creator only before v11, additional_creators only from v12)", async () => {
-  const dataDir = mkdtempSync(join(tmpdir(), 'hc-cache-'));
+test("cache actor: creators follow src/power.ts's rule per room version (content.creator only before v11, additional_creators only from v12)", async (t) => {
+  const dataDir = tempDataDir(t);
   const a = new CacheActor();
   await a.open({ dataDir, maxRoomsInMemory: 10 });
   const create = (roomId: string, content: Record<string, unknown>) => ({ roomId, membership: 'join' as const, state: [st('m.room.create', '', content, '@alice:x')] });
@@ -149,8 +144,8 @@ test("cache actor: creators follow src/power.ts's rule per room version (content
   await b.close();
 });
 
-test('cache actor: a room saved by an earlier version (creator, additionalCreators, roomVersion instead of the create event; no member event IDs) keeps its creators', async () => {
-  const dataDir = mkdtempSync(join(tmpdir(), 'hc-cache-'));
+test('cache actor: a room saved by an earlier version (creator, additionalCreators, roomVersion instead of the create event; no member event IDs) keeps its creators', async (t) => {
+  const dataDir = tempDataDir(t);
   const db = openDatabase(dataDir, 'cache.sqlite');
   // The tables as earlier versions made them.
   db.exec(`CREATE TABLE rooms (room_id TEXT PRIMARY KEY, data TEXT NOT NULL, summary TEXT NOT NULL);
@@ -192,8 +187,8 @@ const strippedClaims = (): MatrixEvent[] => [
 const ACTIONS = ['send', 'state', 'invite', 'kick', 'ban', 'unban', 'redact', 'notify'] as const;
 
 for (const membership of ['invite', 'knock'] as const) {
-  test(`cache actor: ${membership} state is kept apart: only its display fields show, nothing reaches the room's state, and joining drops it`, async () => {
-    const dataDir = mkdtempSync(join(tmpdir(), 'hc-cache-'));
+  test(`cache actor: ${membership} state is kept apart: only its display fields show, nothing reaches the room's state, and joining drops it`, async (t) => {
+    const dataDir = tempDataDir(t);
     const a = new CacheActor();
     await a.open({ dataDir, maxRoomsInMemory: 1 });
     const [summary] = await a.apply({ rooms: [{ roomId: '!r:x', membership, state: strippedClaims() }] });
@@ -239,9 +234,9 @@ for (const membership of ['invite', 'knock'] as const) {
   });
 }
 
-test('cache actor: leaving a room the bot was invited to drops the invite state', async () => {
+test('cache actor: leaving a room the bot was invited to drops the invite state', async (t) => {
   const a = new CacheActor();
-  await a.open({ dataDir: mkdtempSync(join(tmpdir(), 'hc-cache-')), maxRoomsInMemory: 10 });
+  await a.open({ dataDir: tempDataDir(t), maxRoomsInMemory: 10 });
   await a.apply({ rooms: [{ roomId: '!r:x', membership: 'invite', state: strippedClaims() }] });
   const [left] = await a.apply({ rooms: [{ roomId: '!r:x', membership: 'leave', state: [st('m.room.member', '@bot:x', { membership: 'leave' }, '@bot:x')] }] });
   assert.equal(left!.name, null);
@@ -250,8 +245,8 @@ test('cache actor: leaving a room the bot was invited to drops the invite state'
   await a.close();
 });
 
-test('cache actor: an invited room saved by an earlier version (stripped state applied as state) keeps only its display fields, and the join leaves nothing of it', async () => {
-  const dataDir = mkdtempSync(join(tmpdir(), 'hc-cache-'));
+test('cache actor: an invited room saved by an earlier version (stripped state applied as state) keeps only its display fields, and the join leaves nothing of it', async (t) => {
+  const dataDir = tempDataDir(t);
   const a = new CacheActor();
   await a.open({ dataDir, maxRoomsInMemory: 10 });
   await a.close();
@@ -273,8 +268,8 @@ test('cache actor: an invited room saved by an earlier version (stripped state a
 /** A state event with an event ID, as sync delivers it. */
 const sid = (id: string, type: string, stateKey: string, content: Record<string, unknown>): MatrixEvent => ({ ...st(type, stateKey, content), event_id: id });
 
-test('cache actor: a redaction of a current state event applies its redacted content (per room version); other redactions change nothing', async () => {
-  const dataDir = mkdtempSync(join(tmpdir(), 'hc-cache-'));
+test('cache actor: a redaction of a current state event applies its redacted content (per room version); other redactions change nothing', async (t) => {
+  const dataDir = tempDataDir(t);
   const a = new CacheActor();
   await a.open({ dataDir, maxRoomsInMemory: 10 });
   const pl = { users: { '@alice:x': 100 }, users_default: 5, kick: 60, invite: 30, notifications: { room: 20 }, events: { 'm.room.topic': 70 } };
@@ -325,9 +320,9 @@ test('cache actor: a redaction of a current state event applies its redacted con
   await b.close();
 });
 
-test('cache actor: a state event and its redaction in the same batch; a redaction in a pending room is ignored', async () => {
+test('cache actor: a state event and its redaction in the same batch; a redaction in a pending room is ignored', async (t) => {
   const a = new CacheActor();
-  await a.open({ dataDir: mkdtempSync(join(tmpdir(), 'hc-cache-')), maxRoomsInMemory: 10 });
+  await a.open({ dataDir: tempDataDir(t), maxRoomsInMemory: 10 });
   const [s] = await a.apply({ rooms: [{ roomId: '!r:x', membership: 'join', state: [sid('$c', 'm.room.create', '', { room_version: '11' }), sid('$n', 'm.room.name', '', { name: 'Brief' })], redactions: ['$n'] }] });
   assert.equal(s!.name, null);
   await a.apply({ rooms: [{ roomId: '!i:x', membership: 'invite', state: [st('m.room.name', '', { name: 'Claimed' })], redactions: ['$n'] }] });
@@ -335,9 +330,9 @@ test('cache actor: a state event and its redaction in the same batch; a redactio
   await a.close();
 });
 
-test('cache actor: room-wide types with a non-empty state key are other state, not the room name, topic or power levels', async () => {
+test('cache actor: room-wide types with a non-empty state key are other state, not the room name, topic or power levels', async (t) => {
   const a = new CacheActor();
-  await a.open({ dataDir: mkdtempSync(join(tmpdir(), 'hc-cache-')), maxRoomsInMemory: 10 });
+  await a.open({ dataDir: tempDataDir(t), maxRoomsInMemory: 10 });
   await a.apply({ rooms: [{ roomId: '!r:x', membership: 'join', state: [st('m.room.name', '', { name: 'Real' }), st('m.room.power_levels', '', { users: {} })] }] });
   await a.apply({ rooms: [{ roomId: '!r:x', membership: 'join', state: [st('m.room.name', 'x', { name: 'Other' }), st('m.room.power_levels', '@me:x', { users_default: 100 })] }] });
   const info = (await a.getRoom('!r:x'))!;

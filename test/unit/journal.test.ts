@@ -1,13 +1,13 @@
 /** The event journal over a real SQLite file: append with the since token, acks, completion, reload after reopening. */
 import assert from 'node:assert/strict';
-import { appendFileSync, mkdtempSync, readdirSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { appendFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { MessageChannel } from 'node:worker_threads';
 import { kvGet, openDatabase } from '../../src/store.ts';
 import { EventJournal, isDone, type JournaledBatch } from '../../src/sync/journal.ts';
 import { processSync } from '../../src/sync/process.ts';
+import { tempDataDir } from '../integration/util.ts';
 
 function batchOf(n: number, tag: string): JournaledBatch {
   const events = Array.from({ length: n }, (_, i) => ({ type: 'm.room.message', event_id: `$${tag}${i}`, sender: '@a:x', origin_server_ts: i, content: { body: `${tag} ${i}` } }));
@@ -30,8 +30,8 @@ function batchOf(n: number, tag: string): JournaledBatch {
   };
 }
 
-test('append saves the batch and the since token together; acks set done bits; complete deletes; a reopened journal has the rest', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'hc-journal-'));
+test('append saves the batch and the since token together; acks set done bits; complete deletes; a reopened journal has the rest', (t) => {
+  const dir = tempDataDir(t);
   let db = openDatabase(dir, 'sync.sqlite');
   let j = new EventJournal(db, dir);
   assert.equal(j.maxSeq(), 0);
@@ -82,8 +82,8 @@ test('append saves the batch and the since token together; acks set done bits; c
   db.close();
 });
 
-test('bytes a crash left after the last committed row are ignored: the next run writes a fresh segment', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'hc-journal-'));
+test('bytes a crash left after the last committed row are ignored: the next run writes a fresh segment', (t) => {
+  const dir = tempDataDir(t);
   let db = openDatabase(dir, 'sync.sqlite');
   let j = new EventJournal(db, dir);
   j.append([{ seq: 1, batch: batchOf(2, 'a') }], 's-a');
@@ -103,8 +103,8 @@ test('bytes a crash left after the last committed row are ignored: the next run 
   db.close();
 });
 
-test('saveSince alone moves the token without a journal row', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'hc-journal-'));
+test('saveSince alone moves the token without a journal row', (t) => {
+  const dir = tempDataDir(t);
   const db = openDatabase(dir, 'sync.sqlite');
   const j = new EventJournal(db, dir);
   j.saveSince('s-9');

@@ -334,7 +334,8 @@ describe('Media over a scripted server', () => {
   before(async () => {
     await server.start();
     http = new MatrixHttp(server.url, 'syt_secret_token', { maxRetryAfterMs: 50 });
-    dataDir = tempDir();
+    // Not tempDir(): a hook registered from inside a before() hook never ran, and the dir was left behind.
+    dataDir = mkdtempSync(join(tmpdir(), 'halcyon-media-'));
     media = new Media({
       http,
       dataDir,
@@ -350,6 +351,7 @@ describe('Media over a scripted server', () => {
     await media.close();
     await http.close();
     await server.stop();
+    rmSync(dataDir, { recursive: true, force: true });
   });
   const reset = () => {
     server.requests.length = 0;

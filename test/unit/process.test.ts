@@ -390,3 +390,21 @@ test('notices are flagged from the raw msgtype token (the last one counts, as fo
   assert.deepEqual(p.cols.relEventId, [null, '$x', null, '$root', null]);
   assert.deepEqual(p.errors, []);
 });
+
+test('clear in-room verification events (m.key.verification.*, and requests sent as messages) go to the crypto fields whatever the wanted types', () => {
+  const ev = (n: number, type: string, content: string) => `{"type":"${type}","event_id":"$n${n}","sender":"@a:x","origin_server_ts":${n},"content":${content}}`;
+  const text = `{"next_batch":"s2","rooms":{"join":{"!r:x":{"timeline":{"events":[${[
+    ev(0, 'm.room.message', '{"msgtype":"m.key.verification.request","to":"@bot:localhost","from_device":"D","methods":["m.sas.v1"],"body":"b"}'),
+    ev(1, 'm.room.message', '{"msgtype":"m.text","body":"m.key.verification.request"}'),
+    ev(2, 'm.key.verification.ready', '{"from_device":"D","methods":["m.sas.v1"],"m.relates_to":{"rel_type":"m.reference","event_id":"$n0"}}'),
+    ev(3, 'm.room.message', '{"msgtype":"m.key.verification.request","msgtype":"m.text","body":"last wins"}'),
+    ev(4, 'm.room.encrypted', '{"algorithm":"m.megolm.v1.aes-sha2","ciphertext":"x"}'),
+  ].join(',')}]}}}}}`;
+  const p = processSync(text, { wantedTypes: new Set(['m.room.message']), ownUserId: '@bot:localhost' });
+  assert.deepEqual(p.crypto.verification.map((v) => [v.roomId, v.event.event_id, v.event.type]), [
+    ['!r:x', '$n0', 'm.room.message'],
+    ['!r:x', '$n2', 'm.key.verification.ready'],
+  ]);
+  assert.deepEqual(p.cols.eventId, ['$n0', '$n1', '$n3'], 'handlers still get the messages they want, and only those');
+  assert.deepEqual(p.errors, []);
+});

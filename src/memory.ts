@@ -1,0 +1,115 @@
+/**
+ * Where the process's memory is, per thread. Each actor measures its own thread ({@link threadMemory}: a worker
+ * is an isolate of its own, with a heap `process.memoryUsage()` on main does not count) and answers `memory()`;
+ * {@link gatherMemory} asks every actor and adds main's numbers and the process's RSS.
+ *
+ * What RSS holds beyond the figures here: each thread's V8 code and metadata, Node's per-thread buffers, SQLite's
+ * page caches (bounded: {@link ActorMemory.sqliteCacheLimit}) and what the C allocator keeps of memory freed by
+ * native code.
+ */
+import { getHeapSpaceStatistics, getHeapStatistics } from 'node:v8';
+import { collectGarbage, isWorkerThread } from './actors.ts';
+import type { ActorMemory } from './protocol.ts';
+import { sqliteCacheLimit } from './store.ts';
+
+/** A process's memory by thread, in bytes. */
+export interface MemoryReport {
+  /** Resident set of the whole process (every thread, wasm, native allocations). */
+  rss: number;
+  /** The main thread (the user's handlers, the dispatcher, the outbox). */
+  main: ActorMemory;
+  /**
+   * The sync worker's thread, which hosts the cache actor too (room state); null when the actor is not running or
+   * did not answer in time (so for crypto).
+   */
+  sync: ActorMemory | null;
+  /** The crypto actor's thread, crypto-wasm's linear memory included; null too with encryption off. */
+  crypto: ActorMemory | null;
+}
+
+/** Anything that answers `memory()`: an actor's API (remote or in-thread). */
+export interface MemorySource {
+  memory(collect?: boolean): Promise<ActorMemory>;
+}
+
+/**
+ * This thread's memory. `wasmBytes` is the crypto actor's (it alone knows its wasm instance). With `collect`,
+ * a worker runs a full garbage collection first, so `heapUsed` is what is live (main never collects here: that is
+ * the application's call).
+ */
+export function threadMemory(opts: { wasmBytes?: number | null; collect?: boolean } = {}): ActorMemory {
+  if (opts.collect) collectGarbage();
+  const heap = getHeapStatistics();
+  const usage = process.memoryUsage();
+  let young = 0;
+  for (const s of getHeapSpaceStatistics()) if (s.space_name === 'new_space' || s.space_name === 'new_large_object_space') young += s.space_size;
+  return {
+    thread: isWorkerThread() ? 'worker' : 'main',
+    heapUsed: heap.used_heap_size,
+    heapTotal: heap.total_heap_size,
+    heapLimit: heap.heap_size_limit,
+    youngGeneration: young,
+    external: usage.external,
+    arrayBuffers: usage.arrayBuffers,
+    wasmBytes: opts.wasmBytes ?? null,
+    sqliteCacheLimit: sqliteCacheLimit(),
+  };
+}
+
+/**
+ * The memory of main and of every actor given (null or undefined when not running): what a client reports from
+ * `health()` and its metrics. Never throws: an actor that fails or takes longer than `timeoutMs` (default 5 s) is
+ * reported as null. `collect` has every worker collect its garbage first (tests; a pause on each worker).
+ */
+export async function gatherMemory(
+  actors: { sync?: MemorySource | null; crypto?: MemorySource | null },
+  opts: { collect?: boolean; timeoutMs?: number } = {},
+): Promise<MemoryReport> {
+  const collect = opts.collect === true;
+  const ask = async (a: MemorySource | null | undefined): Promise<ActorMemory | null> => {
+    if (!a) return null;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), opts.timeoutMs ?? 5_000).unref()));
+    try {
+      return await Promise.race([a.memory(collect).catch(() => null), late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+  const [sync, crypto] = await Promise.all([ask(actors.sync), ask(actors.crypto)]);
+  return { rss: process.memoryUsage.rss(), main: threadMemory(), sync, crypto };
+}
+
+/**
+ * The linear memory of the wasm instance `firstUse` creates (synchronously), or null if it creates none: a binding
+ * that does not export its instance (crypto-wasm) is watched through `WebAssembly.Instance` while it instantiates.
+ * If this thread had used the binding already (an inline actor beside other crypto code), nothing is created and
+ * the size stays unknown.
+ */
+export function watchWasmMemory(firstUse: () => void): WebAssembly.Memory | null {
+  let found: WebAssembly.Memory | null = null;
+  const Original = WebAssembly.Instance;
+  WebAssembly.Instance = new Proxy(Original, {
+    construct(target, args: ConstructorParameters<typeof WebAssembly.Instance>) {
+      const instance = new target(...args);
+      const memory = instance.exports.memory;
+      if (memory instanceof WebAssembly.Memory) found = memory;
+      return instance;
+    },
+  });
+  try {
+    firstUse();
+  } finally {
+    WebAssembly.Instance = Original;
+  }
+  return found;
+}
+
+/**
+ * Frees wasm-bindgen objects their user made or was handed and is done with. The garbage collector would free them
+ * too, but only when it runs, and meanwhile their allocations keep a wasm linear memory (which never shrinks) larger
+ * than it needs to be. Never call it on an object a wasm call took by value (already freed).
+ */
+export function free(...objects: Array<{ free(): void } | null | undefined>): void {
+  for (const o of objects) o?.free();
+}
