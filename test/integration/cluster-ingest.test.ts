@@ -4,7 +4,8 @@
  * mid-stream: the standby takes the lease once it expires, continues from the stored since token and publishes
  * what the dead leader's journal had not seen stored. Checked: every message handled, each room's messages first
  * seen in timeline order, none handled twice (the stream drops the new leader's republished events by their
- * event ID), one reply per `ping`. The takeover time (kill → the standby's `ready`) is reported.
+ * event ID), one reply per `ping`. The takeover time (kill → the standby's `ready`) is reported. And a leader
+ * that cannot renew its lease (NATS down) steps down.
  * Knobs (env): HC_CLUSTER_MESSAGES (300).
  */
 import assert from 'node:assert/strict';
@@ -14,7 +15,7 @@ import { type NatsServer, startNats } from '../harness/nats.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
 import type { BotLine } from '../helpers/fault-stream.ts';
 import { checkHandled, checkOneReplyEach, waitAllReplied, CLUSTER_MESSAGES, clusterName, sendOverRooms, startClusterBot } from '../helpers/cluster.ts';
-import { newPeer, tempDataDir, waitUntil } from './util.ts';
+import { newBot, newPeer, tempDataDir, waitUntil } from './util.ts';
 
 let hs: Homeserver;
 let nats: NatsServer;
@@ -67,4 +68,12 @@ test(`kill -9 of the ingest leader mid-stream (${CLUSTER_MESSAGES} messages, ${R
   assert.deepEqual(lines.filter((l) => l.kind === 'error' || l.kind === 'sendFailed' || l.kind === 'runFailed'), []);
   await checkOneReplyEach(hs.baseUrl, peer.user.accessToken, user.userId, sent);
   t.diagnostic(`takeover ${takeoverMs} ms after the kill (lease TTL ${LEASE_TTL_MS} ms); wall time ${Date.now() - t0} ms`);
+});
+
+test('an ingest that cannot renew its lease (NATS gone for most of the TTL) steps down with HALCYON_CLUSTER and stops', { timeout: 120_000 }, async (t) => {
+  const bot = await newBot(t, hs, { encryption: false, cluster: { servers: nats.url, name: clusterName(), role: 'ingest', leaseTtlMs: 2_000 } });
+  await bot.client.run(bot.token);
+  // NATS stays down until the ingest has given up: a standby elsewhere may take the lease once it expires.
+  await nats.restart(() => waitUntil(() => bot.errors.some((e) => e.code === 'HALCYON_CLUSTER') && bot.client.toJSON().state === 'stopped', 30_000, 'the ingest to step down'));
+  assert.match(bot.errors.find((e) => e.code === 'HALCYON_CLUSTER')!.message, /lost its lease/);
 });
