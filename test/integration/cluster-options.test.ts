@@ -1,12 +1,13 @@
 /**
  * Cluster mode, bad input: a malformed `cluster` option fails in `new Client()` with HALCYON_INVALID_ARGUMENT
  * naming what is wrong, and a NATS that cannot be reached fails `run()` with HALCYON_CLUSTER (real Synapse; no
- * NATS needed).
+ * NATS needed). And the wire format: the partition hash, an event's round trip, garbage refused.
  */
 import assert from 'node:assert/strict';
 import { createServer } from 'node:net';
 import { after, before, test } from 'node:test';
 import { Client, type ClusterOptions, type HalcyonError } from '../../src/index.ts';
+import { decodeEvent, encodeEvent, partitionOf } from '../../src/cluster/wire.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
 import { newBot, tempDataDir } from './util.ts';
 
@@ -51,4 +52,20 @@ test('run() with no NATS listening rejects with HALCYON_CLUSTER and stops cleanl
   const bot = await newBot(t, hs, { encryption: false, cluster: { servers: `nats://127.0.0.1:${port}`, name: 'nobody', role: 'ingest' } });
   await assert.rejects(bot.client.run(bot.token), (e: HalcyonError) => e.code === 'HALCYON_CLUSTER' && e.message.includes(`127.0.0.1:${port}`));
   await bot.client.stop();
+});
+
+test('the wire: a room always maps to the same partition in range; an event round-trips; anything else is refused', () => {
+  const rooms = Array.from({ length: 200 }, (_, i) => `!r${i}:localhost`);
+  for (const r of rooms) {
+    const p = partitionOf(r, 16);
+    assert.ok(Number.isInteger(p) && p >= 0 && p < 16);
+    assert.equal(partitionOf(r, 16), p);
+  }
+  assert.ok(new Set(rooms.map((r) => partitionOf(r, 16))).size === 16, 'rooms spread over every partition');
+  const head = { roomId: '!a:localhost', flags: 64, summary: null, redelivered: false };
+  const event = { type: 'm.room.message', event_id: '$e', sender: '@u:localhost', content: { body: 'multi\nline' } };
+  assert.deepEqual(decodeEvent(encodeEvent(head, JSON.stringify(event))), { head, event });
+  for (const garbage of ['', 'no head line', '{"roomId":1,"flags":0}\n{}', `${JSON.stringify(head)}\nnull`, `${JSON.stringify(head)}\n{`]) {
+    assert.throws(() => decodeEvent(Buffer.from(garbage)), Error, garbage);
+  }
 });
