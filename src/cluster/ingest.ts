@@ -38,7 +38,12 @@ export class IngestRole implements ClusterRole {
     private readonly partitions: number,
     private readonly lease: Lease,
   ) {
-    lease.onLost((why) => core.fail(new HalcyonError('HALCYON_CLUSTER', `the ingest lost its lease (${why}); it stops so that another can take over`)));
+    lease.onLost((why) => {
+      // At once, before the stop drains: the next leader's crypto actor must be the only one encrypting.
+      this.unserve?.();
+      this.unserve = null;
+      core.fail(new HalcyonError('HALCYON_CLUSTER', `the ingest lost its lease (${why}); it stops so that another can take over`));
+    });
   }
 
   /** The task that publishes event `i` of `r` to its room's partition; it settles once the stream has it. */

@@ -36,11 +36,6 @@ export class Lease {
     this.pollMs = Math.min(1_000, Math.round(ttlMs / 4));
   }
 
-  /** Whether this process holds the lease now. */
-  get held(): boolean {
-    return this.timer !== null;
-  }
-
   /** Waits until this process holds the lease (at once when nobody does); rejects with `HALCYON_STOPPED` on abort. */
   async acquire(signal: AbortSignal): Promise<void> {
     let told = false;
