@@ -9,11 +9,11 @@ import { mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test, type TestContext } from 'node:test';
 import { EventShieldReason } from 'matrix-js-sdk/lib/crypto-api/index.js';
-import { Client, decodeToken, type DecryptionErrorInfo, type HalcyonError, loginWithDetails, type Message } from '../../src/index.ts';
+import { Client, decodeToken, type HalcyonError, loginWithDetails, type Message } from '../../src/index.ts';
 import { newJsPeer } from '../harness/js-peer.ts';
 import { OlmPeer } from '../harness/olm-peer.ts';
 import { testHomeserver, type Homeserver, type TestUser } from '../harness/synapse.ts';
-import { defer, newClient, tempDataDir, WAIT_MS, waitUntil } from './util.ts';
+import { defer, newClient, recordingClient, tempDataDir, WAIT_MS, waitUntil } from './util.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -25,14 +25,7 @@ after(async () => {
 
 /** A bot client on `dataDir`, recording its messages, decryption errors and errors. */
 function botOn(t: TestContext, dataDir: string, opts: Parameters<typeof newClient>[2] = {}) {
-  const client = newClient(t, dataDir, opts);
-  const messages: Message[] = [];
-  const decryptionErrors: Array<{ code: string; message: string } & DecryptionErrorInfo> = [];
-  const errors: HalcyonError[] = [];
-  client.on('message', (m) => void messages.push(m));
-  client.on('decryptionError', (e, info) => void decryptionErrors.push({ code: e.code, message: e.message, ...info }));
-  client.on('error', (e) => void errors.push(e));
-  return { client, messages, decryptionErrors, errors };
+  return recordingClient(t, dataDir, opts);
 }
 
 /** Waits for the bot to have a message matching `pred`; shows what it has on timeout. */

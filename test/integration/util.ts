@@ -166,10 +166,24 @@ export async function loggingProxy(
 }
 
 /** Records a bot's messages and decryption errors, for assertions (and for a dump when a wait times out). */
-export function recordMessages(bot: Bot): { messages: Message[]; decryptionErrors: Array<{ code: string; message: string } & DecryptionErrorInfo> } {
+export function recordMessages(bot: Pick<Bot, 'client'>): { messages: Message[]; decryptionErrors: Array<{ code: string; message: string } & DecryptionErrorInfo> } {
   const messages: Message[] = [];
   const decryptionErrors: Array<{ code: string; message: string } & DecryptionErrorInfo> = [];
   bot.client.on('message', (m) => void messages.push(m));
   bot.client.on('decryptionError', (e: HalcyonError, info) => void decryptionErrors.push({ code: e.code, message: e.message, ...info }));
   return { messages, decryptionErrors };
+}
+
+/**
+ * A client on `dataDir` (see {@link newClient}) recording its messages, decryption errors and errors, with a dump of
+ * them for failure messages.
+ */
+export function recordingClient(t: TestContext, dataDir: string, opts: Partial<ClientOptions> = {}) {
+  const client = newClient(t, dataDir, opts);
+  const { messages, decryptionErrors } = recordMessages({ client });
+  const errors: HalcyonError[] = [];
+  client.on('error', (e) => void errors.push(e));
+  const dump = () =>
+    JSON.stringify({ messages: messages.map((m) => [m.eventId, m.body, m.encryption, m.decryptedLate]), decryptionErrors, errors: errors.map((e) => `${e.code}: ${e.message}`) });
+  return { client, messages, decryptionErrors, errors, dump };
 }
