@@ -20,6 +20,8 @@ export interface BenchContext {
   progress: (line: string) => void;
   /** `--soak SECONDS`: how long the soak workload runs (default: its own, 10 min or 2 with `quick`). */
   soakSeconds?: number;
+  /** `--soak-only NAME`: the soak workload runs this contender alone (a long run of Halcyon's own growth, say). */
+  soakOnly?: string;
 }
 
 /** One ratio of Halcyon against another contender, for the summary table and the chart. */

@@ -38,7 +38,8 @@ const USAGE = `usage: node --import tsx bench/run.ts [options]   (npm run bench 
   --rounds N     rounds per measurement (default: 5, or each workload's own; 2 with --quick)
   --only LIST    comma-separated subset of ${WORKLOADS.join(',')}
   --out DIR      where latest.json / latest.md / latest.svg and runs/<date>-<commit>/ go (default bench/results)
-  --soak SECONDS how long the soak workload runs (default 600, 120 with --quick; e.g. 3600 for an hour)`;
+  --soak SECONDS how long the soak workload runs (default 600, 120 with --quick; e.g. 3600 for an hour)
+  --soak-only C  the soak workload runs one contender alone: halcyon or matrix-bot-sdk (half the time, no ratio)`;
 
 const { values: args } = parseArgs({
   options: {
@@ -47,6 +48,7 @@ const { values: args } = parseArgs({
     only: { type: 'string' },
     out: { type: 'string' },
     soak: { type: 'string' },
+    'soak-only': { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -111,7 +113,8 @@ const meta = {
 };
 
 const progress = (line: string): void => void process.stdout.write(line + '\n');
-const ctx: BenchContext = { quick: QUICK, rounds: ROUNDS, gc, progress, ...(SOAK !== undefined ? { soakSeconds: SOAK } : {}) };
+const SOAK_ONLY = args['soak-only'];
+const ctx: BenchContext = { quick: QUICK, rounds: ROUNDS, gc, progress, ...(SOAK !== undefined ? { soakSeconds: SOAK } : {}), ...(SOAK_ONLY ? { soakOnly: SOAK_ONLY } : {}) };
 
 const t0 = performance.now();
 progress(
@@ -158,6 +161,7 @@ const notPublished: string[] = [
   ...(QUICK ? ['a --quick run'] : []),
   ...(args.rounds !== undefined ? [`--rounds ${ROUNDS}`] : []),
   ...(SOAK !== undefined ? [`--soak ${SOAK}`] : []),
+  ...(SOAK_ONLY ? [`--soak-only ${SOAK_ONLY}`] : []),
   ...(SELECTED.length < WORKLOADS.length ? [`only ${SELECTED.join(', ')}`] : []),
   ...reports.filter((r) => r.error).map((r) => `${r.id} failed`),
 ];
