@@ -8,10 +8,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
-import { createConnection, createServer } from 'node:net';
+import { createConnection } from 'node:net';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { freePort } from './synapse.ts';
 
 const VERSION = '2.15.3';
 const root = () => join(process.env.HALCYON_CACHE_DIR ?? join(homedir(), '.cache', 'halcyon'), `nats-server-${VERSION}`);
@@ -80,16 +81,6 @@ export async function ensureNatsInstalled(log: (s: string) => void = (s) => proc
   } finally {
     await fs.rm(lock, { recursive: true, force: true });
   }
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer().once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 /** Resolves once a TCP connection to the port succeeds; rejects if `proc` exits or after `ms`. */

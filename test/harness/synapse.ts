@@ -157,7 +157,8 @@ const templateKey = () => {
   return `${VERSION} ${createHash('sha256').update(text).digest('hex')}`;
 };
 
-function freePort(): Promise<number> {
+/** A TCP port free on 127.0.0.1 now (for a server the harness is about to start). */
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = createServer().once('error', reject);
     srv.listen(0, '127.0.0.1', () => {
