@@ -1,13 +1,15 @@
 /**
  * The one door to NATS: the only module that imports `@nats-io/transport-node`, `@nats-io/jetstream` and
- * `@nats-io/kv` (a test checks it). It loads them with `import()` on first use, so a bot that is not in a cluster
- * never loads them (start-up time). {@link Broker} is all the rest of the cluster code sees: the bot's stream and
+ * `@nats-io/kv` (a test checks it). It loads them on first use, so a bot that is not in a cluster never loads them
+ * (start-up time), and with `require` (they are CommonJS), not `import()`: an `import(` in the bundle makes
+ * loaders such as tsx transform the whole bundle and keep its source map, ~40 MB of a bot's start-up peak RSS. {@link Broker} is all the rest of the cluster code sees: the bot's stream and
  * its partition consumers, publish with de-duplication, request/reply, and the lease bucket.
  *
  * Names, all derived from the bot's cluster name so one NATS serves many bots: the stream `HALCYON_<name>`, its
  * subjects `halcyon.<name>.ev.<partition>`, durable consumers `p<partition>`, request subjects
  * `halcyon.<name>.rpc.<method>`, and the KV bucket `halcyon_<name>_lease`.
  */
+import { createRequire } from 'node:module';
 import type { JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
 import type { KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
@@ -58,6 +60,12 @@ export interface LeaseStore {
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
+/** Loads a `@nats-io` package on first use (see the module comment for why `require`). */
+const requireCjs = createRequire(import.meta.url);
+function load<T>(name: string): T {
+  return requireCjs(name) as T;
+}
+
 /** The bot's view of NATS: one connection, its stream, its consumers, requests and the lease. */
 export class Broker {
   readonly stream: string;
@@ -78,7 +86,7 @@ export class Broker {
    * disconnects and reconnects to the log. Fails with `HALCYON_CLUSTER` if no server answers at first.
    */
   static async connect(cfg: ResolvedCluster, logger: Logger, role: string): Promise<Broker> {
-    const [{ connect }, { jetstream, jetstreamManager }] = await Promise.all([import('@nats-io/transport-node'), import('@nats-io/jetstream')]);
+    const [{ connect }, { jetstream, jetstreamManager }] = [load<typeof import('@nats-io/transport-node')>('@nats-io/transport-node'), load<typeof import('@nats-io/jetstream')>('@nats-io/jetstream')];
     let nc: NatsConnection;
     try {
       nc = await connect({
@@ -113,7 +121,7 @@ export class Broker {
    * order whichever worker pulls it. Resolves with the stream's partition count (fixed at creation).
    */
   async ensureTopology(): Promise<number> {
-    const { AckPolicy, DeliverPolicy, RetentionPolicy, StorageType } = await import('@nats-io/jetstream');
+    const { AckPolicy, DeliverPolicy, RetentionPolicy, StorageType } = load<typeof import('@nats-io/jetstream')>('@nats-io/jetstream');
     const c = this.cfg;
     let partitions = c.partitions;
     try {
@@ -264,7 +272,7 @@ export class Broker {
 
   /** The lease bucket: entries expire `ttlMs` after their last write. */
   async leaseStore(ttlMs: number): Promise<LeaseStore> {
-    const { Kvm } = await import('@nats-io/kv');
+    const { Kvm } = load<typeof import('@nats-io/kv')>('@nats-io/kv');
     let kv: KV;
     try {
       kv = await new Kvm(this.nc).create(`halcyon_${this.cfg.name}_lease`, { ttl: ttlMs, history: 1, replicas: this.cfg.replicas });
