@@ -17,7 +17,7 @@ import * as W from '@matrix-org/matrix-sdk-crypto-wasm';
 import { createHash } from 'node:crypto';
 import { HalcyonError, toWireError } from '../errors.ts';
 import { MatrixHttp } from '../http.ts';
-import type { Port } from '../actors.ts';
+import { type Port, traceStartup } from '../actors.ts';
 import { free, threadMemory, watchWasmMemory } from '../memory.ts';
 import {
   type ActorMemory,
@@ -96,17 +96,29 @@ export class CryptoActor implements CryptoActorApi {
   private freshStore = false;
   /** Set when `open` resolves; until then (and after `close`) every API call is refused (see {@link ensureOpen}). */
   private opened = false;
+  /** The `open` in progress (true once open, false if it failed), or null before `open` is called. */
+  private opening: Promise<boolean> | null = null;
   private closed = false;
 
   constructor(private readonly events: Port<MainToCrypto, CryptoToMain>) {}
 
   async open(config: CryptoConfig): Promise<CryptoIdentity> {
+    const opening = this.openStore(config);
+    this.opening = opening.then(
+      () => true,
+      () => false,
+    );
+    return opening;
+  }
+
+  private async openStore(config: CryptoConfig): Promise<CryptoIdentity> {
     // The binding instantiates its wasm on first use, synchronously: made here, watched, to find its memory.
     if (wasmMemory === undefined) wasmMemory = watchWasmMemory(() => W.getVersions().free());
     this.config = config;
     this.wanted = config.wantedTypes ? new Set(config.wantedTypes) : null;
     const storeName = `halcyon-${createHash('sha256').update(config.dataDir).digest('hex').slice(0, 16)}`;
     this.journal = await IdbJournal.open(config.dataDir, 'crypto.sqlite', `${storeName}::`, (err) => this.fatal(err));
+    traceStartup('crypto.sqlite open');
     const db = this.journal.db;
     db.exec('CREATE TABLE IF NOT EXISTS todevice_seen (hash TEXT PRIMARY KEY, batch INTEGER NOT NULL)');
     this.pending = new PendingEvents(db, { maxAgeMs: config.pendingUndecryptableMaxAgeMs, maxCount: config.maxPendingUndecryptable });
@@ -137,6 +149,7 @@ export class CryptoActor implements CryptoActorApi {
         { cause: err },
       );
     }
+    traceStartup('olm machine open');
     kvSet(db, 'owner', JSON.stringify({ userId: config.userId, deviceId: config.deviceId }));
     const keys = this.machine.identityKeys;
     const [curve, ed] = [keys.curve25519, keys.ed25519];
@@ -156,12 +169,14 @@ export class CryptoActor implements CryptoActorApi {
     this.events.onMessage((msg) => {
       if (msg.kind === 'lateHandled') this.forgetPending(msg.ids);
     });
-    // Device keys must be on the server before anyone can encrypt for this device: upload before syncing. A
-    // failure other than a lost store's keys is reported and retried with the next sync's changes.
+    // Device keys must be on the server before anyone can encrypt for this device: uploaded before the first
+    // sync's changes are taken (see receiveSyncChanges). A failure other than a lost store's keys is reported and
+    // retried with the next sync's changes.
     await this.outgoing.flush().catch((e: unknown) => {
       if ((e as HalcyonError).code === 'HALCYON_CRYPTO_STORE') throw e;
       this.report(e);
     });
+    traceStartup('crypto keys flushed');
     // Events kept from an earlier run whose key came meanwhile (or whose late delivery was not handled).
     this.pending.unpostAll();
     void this.queue.run(() => this.retryPending(null)).catch((e) => this.report(e));
@@ -212,6 +227,9 @@ export class CryptoActor implements CryptoActorApi {
   }
 
   async receiveSyncChanges(ch: CryptoSyncChanges): Promise<void> {
+    // The sync actor starts while this actor opens (client/actors.ts): its first batch waits for the open here,
+    // and is refused if the open failed (its token is then not saved: nothing of it is lost).
+    if (!this.opened && this.opening) await this.opening;
     this.ensureOpen();
     await this.queue.run(() => this.applySyncChanges(ch), 'high');
     // The bot's own devices changed (one added, or cross-signed): once they are fetched, kept events are retried.
