@@ -169,14 +169,16 @@ export class CryptoActor implements CryptoActorApi {
     this.events.onMessage((msg) => {
       if (msg.kind === 'lateHandled') this.forgetPending(msg.ids);
     });
-    // Device keys must be on the server before anyone can encrypt for this device: uploaded before the first
-    // sync's changes are taken (see receiveSyncChanges). A failure other than a lost store's keys is reported and
-    // retried with the next sync's changes.
-    await this.outgoing.flush().catch((e: unknown) => {
+    // A new store's device keys go up before the run goes on: the server refusing them means the store was lost
+    // (HALCYON_CRYPTO_STORE fails the run). An existing store's keys are on the server already (or their upload
+    // failed and is retried now): its requests (one-time keys, key queries) go out beside the first sync instead
+    // of before it. A failure other than a lost store's keys is reported and retried with the next sync's changes.
+    const flushing = this.outgoing.flush().catch((e: unknown) => {
       if ((e as HalcyonError).code === 'HALCYON_CRYPTO_STORE') throw e;
       this.report(e);
     });
-    traceStartup('crypto keys flushed');
+    if (this.freshStore) await flushing;
+    else void flushing.then(() => traceStartup('crypto keys flushed'));
     // Events kept from an earlier run whose key came meanwhile (or whose late delivery was not handled).
     this.pending.unpostAll();
     void this.queue.run(() => this.retryPending(null)).catch((e) => this.report(e));
