@@ -58,6 +58,9 @@ export interface SendFailure {
   attempts: number;
 }
 
+/** What another process's send tells the account's pacer (see {@link Outbox.sharedPace}). */
+export type SharedPaceOp = 'next' | 'sent' | 'rateLimited' | 'drained';
+
 /** What the outbox needs from the client. */
 export interface OutboxDeps {
   dataDir: string;
@@ -71,6 +74,11 @@ export interface OutboxDeps {
   notice?(info: { reason: WaitReason; waiting: number; waitMs: number }, msg: string): void;
   /** How sends are spaced: a fixed bucket, `'adaptive'` (learned from the server's 429s), or null (not at all). */
   rateLimit: RateLimit | 'adaptive' | null;
+  /**
+   * Wraps the pacer of `rateLimit` when the account's budget is shared with other processes (a cluster worker:
+   * the ingest keeps it, the local pacer serves while the ingest does not answer). Not called without pacing.
+   */
+  sharedPacer?: (local: Pacer) => Pacer;
   /** Attempts per send before it is a dead letter (transient failures only; permanent ones stop at once). */
   maxAttempts: number;
   /** First retry wait and ceiling, in ms. */
@@ -169,7 +177,8 @@ export class Outbox {
       dead_: this.db.prepare("SELECT room_id, txn_id, op, attempts, error FROM outbox WHERE state = 'dead' ORDER BY id"),
       counts: this.db.prepare('SELECT state, count(*) AS n FROM outbox GROUP BY state'),
     };
-    this.pacer = this.newPacer(deps.rateLimit);
+    const local = this.newPacer(deps.rateLimit);
+    this.pacer = local && deps.sharedPacer ? deps.sharedPacer(local) : local;
     this.stmt.prune.run(Date.now() - KEEP_SENT_MS);
   }
 
@@ -372,7 +381,24 @@ export class Outbox {
 
   /** Waits until the pacer lets the next send go (at once without pacing). */
   private async pace(e: Entry): Promise<void> {
-    for (let ms = this.pacer?.next(Date.now()) ?? 0; ms > 0; ms = this.pacer!.next(Date.now())) await this.wait(e, 'pacing', ms);
+    if (!this.pacer) return;
+    for (let ms = await this.pacer.next(Date.now()); ms > 0; ms = await this.pacer.next(Date.now())) await this.wait(e, 'pacing', ms);
+  }
+
+  /**
+   * The account's pacing on behalf of another process (a cluster's ingest answering its workers): `next` takes a
+   * token and says how long to wait for one; the others report what a send met. Unpaced (rateLimit: false): 0.
+   */
+  sharedPace(op: SharedPaceOp, retryAfterMs: number): { waitMs: number; describe: string } {
+    const p = this.pacer;
+    if (!p) return { waitMs: 0, describe: 'not paced' };
+    const now = Date.now();
+    let waitMs = 0;
+    if (op === 'next') waitMs = p.next(now) as number; // this process's own pacer is local: never a promise
+    else if (op === 'sent') p.sent();
+    else if (op === 'rateLimited') p.rateLimited(retryAfterMs, now);
+    else p.drained(now);
+    return { waitMs, describe: p.describe() };
   }
 }
 

@@ -34,8 +34,11 @@ export interface LearnedPacing {
 
 /** Spaces sends; see the module comment. */
 export interface Pacer {
-  /** Ms to wait before the next send may go; 0 means it may go now, and it is counted (a token taken). */
-  next(now: number): number;
+  /**
+   * Ms to wait before the next send may go; 0 means it may go now, and it is counted (a token taken). A promise
+   * when the budget is kept elsewhere (a cluster worker asks the ingest, which keeps the account's).
+   */
+  next(now: number): number | Promise<number>;
   /** A send went through. */
   sent(): void;
   /** The server refused a send (429) and said to come back after `retryAfterMs`. */

@@ -187,6 +187,7 @@ export class ClientCore {
       outcome: (r) => this.metrics.send(r),
       notice: (info, msg) => this.opts.logger.warn(info, msg),
       rateLimit: this.opts.rateLimit,
+      sharedPacer: this.cluster ? (local) => this.cluster?.sharedPacer(local) ?? local : undefined,
       maxAttempts: this.opts.maxSendAttempts,
       retryMinMs: 1_000,
       retryMaxMs: 60_000,

@@ -18,6 +18,7 @@ import type { Logger } from '../log.ts';
 import type { ActorStrategy } from '../client/actors.ts';
 import type { ClientCore } from '../client/core.ts';
 import type { HandlerTask } from '../client/delivery.ts';
+import type { Pacer } from '../pacing.ts';
 import type { CryptoIdentity } from '../protocol.ts';
 import { IngestRole } from './ingest.ts';
 import { Lease } from './lease.ts';
@@ -35,6 +36,8 @@ export interface ClusterRole {
   readonly strategy: ActorStrategy | null;
   /** On the ingest: the task that publishes event `i` of a batch instead of running handlers on it; null on a worker. */
   publishTask(r: BatchReader, i: number, roomId: string): HandlerTask | null;
+  /** On a worker: the outbox's pacer, `local` wrapped to pace by the account's budget on the ingest; null on the ingest. */
+  sharedPacer(local: Pacer): Pacer | null;
   /** The client's actors run: the ingest starts answering the workers' requests. */
   running(): void;
   /** Ends the role: stops serving, gives the lease up, closes the connection. */

@@ -5,7 +5,7 @@
  * event, so the journal's guarantee moves to the stream: an event is in the journal (and published again by the
  * next ingest run from the same data dir, where the stream drops it as a duplicate of its event ID) or in the
  * stream. It also answers the workers' requests: room state from the cache actor, encryption by the crypto actor
- * (the OlmMachine has one owner), presence.
+ * (the OlmMachine has one owner), presence, and the account's send budget (its outbox's pacer: one per account).
  */
 import type { BatchReader } from '../events.ts';
 import { HalcyonError } from '../errors.ts';
@@ -13,6 +13,7 @@ import { delay } from '../http.ts';
 import type { ClientCore } from '../client/core.ts';
 import type { HandlerTask } from '../client/delivery.ts';
 import { isRoomEncrypted } from '../client/messages.ts';
+import type { SharedPaceOp } from '../outbox.ts';
 import { OFF, type StateChanges, type SyncConfig } from '../protocol.ts';
 import type { ClusterRole } from './index.ts';
 import type { Lease } from './lease.ts';
@@ -44,6 +45,10 @@ export class IngestRole implements ClusterRole {
       this.unserve = null;
       core.fail(new HalcyonError('HALCYON_CLUSTER', `the ingest lost its lease (${why}); it stops so that another can take over`));
     });
+  }
+
+  sharedPacer(): null {
+    return null;
   }
 
   /** The task that publishes event `i` of `r` to its room's partition; it settles once the stream has it. */
@@ -109,6 +114,12 @@ export class IngestRole implements ClusterRole {
       case 'setPresence':
         await core.actors.set?.sync.api.setPresence(b.state as SyncConfig['setPresence']);
         return null;
+      case 'pace': {
+        // The account's one budget is this process's outbox's pacer (it exists once running() serves).
+        const outbox = core.outbox;
+        if (!outbox) throw new HalcyonError('HALCYON_CLUSTER', 'the ingest is not running yet');
+        return outbox.sharedPace(String(b.op) as SharedPaceOp, Number(b.retryAfterMs) || 0);
+      }
       default:
         throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `unknown cluster request ${String(method)}`);
     }

@@ -5,6 +5,7 @@
  * protocol.ts; these cross processes and machines.
  */
 import type { WireError } from '../errors.ts';
+import type { SharedPaceOp } from '../outbox.ts';
 import type { CryptoIdentity, CryptoStatus, EncryptResult, RoomInfo, RoomSummary, StateChanges, SyncConfig } from '../protocol.ts';
 
 const dec = new TextDecoder();
@@ -66,6 +67,8 @@ export interface ClusterRpc {
   /** Content encrypted by the ingest's crypto actor (the OlmMachine has one owner); the worker sends it. */
   encrypt: { req: { roomId: string; type: string; content: Record<string, unknown> }; res: EncryptResult };
   setPresence: { req: { state: SyncConfig['setPresence'] }; res: null };
+  /** The account's send budget, kept by the ingest's outbox: take a token (`next`) or report what a send met. */
+  pace: { req: { op: SharedPaceOp; retryAfterMs?: number }; res: { waitMs: number; describe: string } };
 }
 
 /** The answer to a {@link ClusterRpc} request: its result, or why it failed. */

@@ -41,7 +41,9 @@ import {
   type WireBatch,
 } from '../protocol.ts';
 import { timelineBatch } from '../sync/process.ts';
+import type { Pacer } from '../pacing.ts';
 import type { ClusterRole } from './index.ts';
+import { SharedPacer } from './pacing.ts';
 import type { Broker, Delivery } from './nats.ts';
 import { decodeEvent } from './wire.ts';
 
@@ -52,6 +54,7 @@ const RPC_MS = 10_000;
 export class WorkerRole implements ClusterRole {
   readonly role = 'worker';
   readonly strategy: ActorStrategy;
+  private readonly logger: Logger;
 
   constructor(
     core: ClientCore,
@@ -60,6 +63,7 @@ export class WorkerRole implements ClusterRole {
     ackWaitMs: number,
     identity: CryptoIdentity | null,
   ) {
+    this.logger = core.opts.logger;
     this.strategy = {
       build: (encryption): ActorSet => {
         const [mainSide, consumerSide] = localPortPair<SyncToMain, MainToSync>();
@@ -77,6 +81,10 @@ export class WorkerRole implements ClusterRole {
 
   publishTask(): null {
     return null;
+  }
+
+  sharedPacer(local: Pacer): Pacer {
+    return new SharedPacer(this.broker, local, this.logger);
   }
 
   running(): void {}
