@@ -36,10 +36,11 @@ import {
   type IdentitySetupResult,
   type MainToCrypto,
 } from '../protocol.ts';
-import { type Database, kvGet, kvSet } from '../store.ts';
+import { type Database, kvSet } from '../store.ts';
 import type { ProcessOptions } from '../sync/process.ts';
 import { KeyBackup } from './backup.ts';
-import { IdbJournal } from './idb-journal.ts';
+import type { IdbJournal } from './idb-journal.ts';
+import { openCryptoStore } from './open.ts';
 import { setUpIdentity } from './identity.ts';
 import { SerialQueue } from './queue.ts';
 import { SharingRooms } from './rooms.ts';
@@ -104,10 +105,7 @@ export class CryptoActor implements CryptoActorApi {
 
   async open(config: CryptoConfig): Promise<CryptoIdentity> {
     const opening = this.openStore(config);
-    this.opening = opening.then(
-      () => true,
-      () => false,
-    );
+    this.opening = opening.then(() => true, () => false);
     return opening;
   }
 
@@ -117,39 +115,11 @@ export class CryptoActor implements CryptoActorApi {
     this.config = config;
     this.wanted = config.wantedTypes ? new Set(config.wantedTypes) : null;
     const storeName = `halcyon-${createHash('sha256').update(config.dataDir).digest('hex').slice(0, 16)}`;
-    this.journal = await IdbJournal.open(config.dataDir, 'crypto.sqlite', `${storeName}::`, (err) => this.fatal(err));
-    traceStartup('crypto.sqlite open');
+    ({ journal: this.journal, machine: this.machine, freshStore: this.freshStore } = await openCryptoStore(W, config, storeName, (err) => this.fatal(err)));
     const db = this.journal.db;
     db.exec('CREATE TABLE IF NOT EXISTS todevice_seen (hash TEXT PRIMARY KEY, batch INTEGER NOT NULL)');
     this.pending = new PendingEvents(db, { maxAgeMs: config.pendingUndecryptableMaxAgeMs, maxCount: config.maxPendingUndecryptable });
-    const owner = kvGet(db, 'owner');
-    if (owner) {
-      const o = JSON.parse(owner) as { userId: string; deviceId: string };
-      if (o.userId !== config.userId || o.deviceId !== config.deviceId) {
-        await this.journal.close();
-        throw new HalcyonError(
-          'HALCYON_STORE_MISMATCH',
-          `the crypto store in ${config.dataDir} belongs to ${o.userId} device ${o.deviceId}, not ${config.userId} device ${config.deviceId}; ` +
-            'refusing to start rather than create a new identity (use the data dir of this device, or log in again with a fresh data dir)',
-        );
-      }
-    }
-    this.freshStore = owner === undefined;
     this.batchCounter = (db.prepare('SELECT max(batch) AS b FROM todevice_seen').get() as { b: number | null }).b ?? 0;
-    try {
-      this.machine = await W.OlmMachine.initialize(new W.UserId(config.userId), new W.DeviceId(config.deviceId), storeName, config.passphrase);
-    } catch (err) {
-      await this.journal.close();
-      const msg = String((err as Error)?.message ?? err);
-      throw new HalcyonError(
-        /match/i.test(msg) ? 'HALCYON_STORE_MISMATCH' : 'HALCYON_CRYPTO_STORE',
-        // Since a login with encryption on creates the store, a bot with its own passphrase that did not give it
-        // to the login (or `halcyon login --store-passphrase-file`) meets this on its first run.
-        `cannot open the crypto store in ${config.dataDir} (wrong passphrase: the login that created it must be given the client's encryption options; or another account's store?): ${msg}`,
-        { cause: err },
-      );
-    }
-    traceStartup('olm machine open');
     kvSet(db, 'owner', JSON.stringify({ userId: config.userId, deviceId: config.deviceId }));
     const keys = this.machine.identityKeys;
     const [curve, ed] = [keys.curve25519, keys.ed25519];
