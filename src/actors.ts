@@ -6,9 +6,9 @@
  * comlink gaps: errors keep their `code` across threads, and every call settles, by its deadline or with
  * `HALCYON_ACTOR_DIED` as soon as the worker exits.
  */
-import { setFlagsFromString } from 'node:v8';
+import { getHeapStatistics, setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { isMainThread, MessageChannel, type MessagePort, parentPort, Worker, workerData } from 'node:worker_threads';
+import { isMainThread, MessageChannel, type MessagePort, parentPort, threadId, Worker, workerData } from 'node:worker_threads';
 import * as Comlink from 'comlink';
 import { fromWireError, HalcyonError, toWireError, type WireError } from './errors.ts';
 import { workerUrl } from './entries.ts';
@@ -141,6 +141,23 @@ function exposeGc(): () => void {
   }
 }
 
+/** Whether start-up steps are traced (see {@link traceStartup}); read once, each thread reads the same environment. */
+const TRACE_STARTUP = process.env.HALCYON_TRACE_STARTUP === '1';
+
+/**
+ * With `HALCYON_TRACE_STARTUP=1` in the environment: one line on stderr per start-up step (`halcyon-startup
+ * <thread> <step> rss=<process MB> heap=<thread's used/total MB> <epoch ms>`), absolute times so steps of different
+ * threads line up. For finding where `run()`'s time and memory go (bench/workloads/coldstart.ts); nothing is written
+ * otherwise, and no secret is in a step.
+ */
+export function traceStartup(step: string): void {
+  if (!TRACE_STARTUP) return;
+  const h = getHeapStatistics();
+  const mb = (n: number) => (n / 1e6).toFixed(0);
+  const at = (performance.timeOrigin + performance.now()).toFixed(1);
+  process.stderr.write(`halcyon-startup ${threadId} ${step} rss=${mb(process.memoryUsage.rss())} heap=${mb(h.used_heap_size)}/${mb(h.total_heap_size)} ${at}\n`);
+}
+
 /** Whether this code runs on a worker thread (an actor's own), not on the main thread. */
 export function isWorkerThread(): boolean {
   return !isMainThread;
@@ -196,6 +213,7 @@ export const WORKER_RESOURCE_LIMITS = { maxYoungGenerationSizeMb: 12 } as const;
  */
 export function spawnWorkerActor<T>(entry: string | URL, deadlines: Deadlines, ports: Record<string, MessagePort> = {}): ActorHandle<T> {
   const name = entry instanceof URL ? entry.pathname.replace(/^.*\//, '') : entry;
+  traceStartup(`${name} worker spawning`);
   const worker = newWorker(workerUrl(entry), {
     workerData: { ports },
     transferList: Object.values(ports),
@@ -207,6 +225,7 @@ export function spawnWorkerActor<T>(entry: string | URL, deadlines: Deadlines, p
   let terminating = false;
   let deathCb: ((e: HalcyonError) => void) | null = null;
   let lastError: unknown;
+  worker.once('online', () => traceStartup(`${name} worker online`));
   worker.on('error', (err) => {
     lastError = err;
   });

@@ -3,11 +3,12 @@
  * reaches the cache over a handed port (see workerStrategy in src/client/actors.ts); the crypto actor and main are
  * reached over handed ports too.
  */
-import { localRemote, remoteOnPort, serveActor, serveOnPort, typedPort, workerPorts } from '../src/actors.ts';
+import { localRemote, remoteOnPort, serveActor, serveOnPort, traceStartup, typedPort, workerPorts } from '../src/actors.ts';
 import { CacheActor } from '../src/cache/actor.ts';
 import { CACHE_DEADLINES, type CacheActorApi, CRYPTO_DEADLINES, type CryptoActorApi, type MainToSync, type SyncToMain } from '../src/protocol.ts';
 import { SyncActor } from '../src/sync/actor.ts';
 
+traceStartup('sync worker loaded');
 const ports = workerPorts();
 const cache = new CacheActor();
 serveOnPort(cache, ports.cache!);

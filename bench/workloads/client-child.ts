@@ -55,6 +55,20 @@ export interface ChildResult {
   heapUsedMb?: number;
   settleMs?: number;
   settled?: boolean;
+  /**
+   * Halcyon, when the bench runs with `HALCYON_TRACE_STARTUP=1`: its start-up steps (src/actors.ts traceStartup), ms
+   * from the login's start, in the order they happened, with the process's RSS (MB) at each.
+   */
+  steps?: StartupStep[];
+}
+
+/** One traced start-up step of a Halcyon child (see {@link ChildResult.steps}). */
+export interface StartupStep {
+  step: string;
+  /** The thread it happened on (0: main). */
+  thread: number;
+  ms: number;
+  rssMb: number;
 }
 
 /** A started contender. */
@@ -262,7 +276,17 @@ export async function runChild(args: Omit<ChildArgs, 'dataDir'>, timeoutMs: numb
     let out = '';
     let err = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (err = (err + d).slice(-2000)));
+    // Traced start-up steps (HALCYON_TRACE_STARTUP=1 in the bench's environment) are kept apart from the rest.
+    const traced: string[] = [];
+    let partial = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      const lines = (partial + d).split('\n');
+      partial = lines.pop()!;
+      for (const l of lines) {
+        if (l.startsWith('halcyon-startup ')) traced.push(l);
+        else err = `${err}${l}\n`.slice(-2000);
+      }
+    });
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
@@ -275,6 +299,7 @@ export async function runChild(args: Omit<ChildArgs, 'dataDir'>, timeoutMs: numb
     const line = out.split('\n').reverse().find((l) => l.startsWith('{"contender"'));
     if (!line) return failed(`${args.contender}: exited (code ${code}) without a result; stderr: ${err.trim().slice(-500)}`);
     const result = JSON.parse(line) as ChildResult;
+    if (traced.length > 0) result.steps = startupSteps(traced);
     if (!result.ok) result.error = `${args.contender}: ${result.error ?? 'failed'}`;
     return result;
   } finally {
@@ -303,6 +328,17 @@ export async function startInitialSyncServer(rooms: number): Promise<{ server: R
     delete process.env.BENCH_JOINED_ROOMS_FILE;
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/** Parses traceStartup lines (`halcyon-startup <thread> <step> rss=<MB> heap=<used>/<total> <epoch ms>`), relative to the login's start. */
+function startupSteps(lines: string[]): StartupStep[] {
+  const parsed = lines.map((l) => {
+    const parts = l.split(' ');
+    const rss = parts.find((p) => p.startsWith('rss='));
+    return { step: parts.slice(2, -3).join(' '), thread: Number(parts[1]), at: Number(parts.at(-1)), rssMb: Number(rss?.slice(4)) };
+  });
+  const t0 = parsed.find((p) => p.step === 'login sent')?.at ?? parsed[0]!.at;
+  return parsed.sort((a, b) => a.at - b.at).map(({ step, thread, at, rssMb }) => ({ step, thread, ms: at - t0, rssMb }));
 }
 
 /** The contenders the child can run, in the order the workloads list them. */

@@ -108,6 +108,7 @@ export const run: Workload = async (ctx) => {
     `| floor: \`JSON.parse\` of the body alone | ${cell(sum('floor', 'parseMs'))} | | | | |`,
     ...(failed.length ? ['', `**Failed runs:** ${failed.map((s) => `round ${s.round + 1}: ${s.error}`).join('; ')}.`] : []),
     '',
+    ...stepsMarkdown(samples),
     ...identityMarkdown(identity),
   ];
   ratios.push(...identityRatios(identity));
@@ -132,6 +133,35 @@ function runReadyGoal(on: Array<{ round: number; value: number }>, off: Array<{ 
     `×${fmt(r.ofMedians, 2)}: ${fmt(summarize(on.map((x) => x.value)).median)} ms vs ${fmt(summarize(off.map((x) => x.value)).median)} ms (medians; per round ×${fmt(r.perRound.min, 2)}–×${fmt(r.perRound.max, 2)})`,
     ratioVerdict(r, 'lower', 1.3),
   );
+}
+
+/**
+ * With `HALCYON_TRACE_STARTUP=1` in the bench's environment: Halcyon's start-up steps, median ms from the login's
+ * start and the process's RSS then, per contender (a step's repeats are numbered: login's crypto store, then run's).
+ */
+function stepsMarkdown(samples: Sample[]): string[] {
+  const traced = (['halcyon', 'halcyon-e2ee'] as const).filter((c) => samples.some((s) => s.contender === c && s.steps));
+  if (traced.length === 0) return [];
+  const out = [`**Where start-up goes** (\`HALCYON_TRACE_STARTUP=1\`): median ms from the login's start, and the process's RSS (MB) then; thread 0 is main.`, ''];
+  for (const c of traced) {
+    const byKey = new Map<string, { ms: number[]; rss: number[]; thread: number }>();
+    for (const s of samples) {
+      if (s.contender !== c || !s.steps) continue;
+      const seen = new Map<string, number>();
+      for (const st of s.steps) {
+        const n = (seen.get(st.step) ?? 0) + 1;
+        seen.set(st.step, n);
+        const key = n > 1 ? `${st.step} (${n})` : st.step;
+        const e = byKey.get(key) ?? { ms: [], rss: [], thread: st.thread };
+        e.ms.push(st.ms);
+        e.rss.push(st.rssMb);
+        byKey.set(key, e);
+      }
+    }
+    const rows = [...byKey].map(([step, e]) => ({ step, thread: e.thread, ms: summarize(e.ms).median, rss: summarize(e.rss).median })).sort((a, b) => a.ms - b.ms);
+    out.push(`| ${LABEL[c]}: step | thread | ms | RSS (MB) |`, '|---|---|---|---|', ...rows.map((r) => `| ${r.step} | ${r.thread} | ${fmt(r.ms)} | ${fmt(r.rss)} |`), '');
+  }
+  return out;
 }
 
 const IDENTITY_NOTE =

@@ -4,7 +4,7 @@
  * (tests, debugging), {@link workerStrategy} on worker threads — then opened and started in the order the
  * protocol needs, and stopped. It also keeps the crypto gate: sends wait on it while no open crypto actor exists.
  */
-import { type ActorHandle, guestActor, inThreadActor, localPortPair, localRemote, type MessagePort, type Port, portPair, spawnWorkerActor, typedPort } from '../actors.ts';
+import { type ActorHandle, guestActor, traceStartup, inThreadActor, localPortPair, localRemote, type MessagePort, type Port, portPair, spawnWorkerActor, typedPort } from '../actors.ts';
 import { claimDataDir } from '../account.ts';
 import { CacheActor } from '../cache/actor.ts';
 import { CryptoActor } from '../crypto/actor.ts';
@@ -159,42 +159,80 @@ export class Actors {
   }
 
   /**
-   * Builds and starts a set: the crypto store first (the device's keys must be on the server before anyone
-   * encrypts for it), then the cache (its summaries go to main's mirror), then the sync actor's polling.
+   * Spawns the workers of a set ahead of {@link start} (their module loading and isolates' start-up, a few hundred
+   * ms, then overlap run()'s HTTP start-up). Not for a cluster: its strategy is known only once the cluster part has
+   * started. A set spawned here and never started is ended by {@link stop}.
+   */
+  prepare(): void {
+    if (this.set || this.opts.cluster) return;
+    this.set = this.build();
+  }
+
+  private build(): ActorSet {
+    const o = this.opts;
+    const set = (this.hooks.strategy?.() ?? (o.threads === 'inline' ? inlineStrategy : workerStrategy)).build(o.encryption !== null);
+    traceStartup('actors built');
+    for (const actor of [set.cache, set.sync, set.crypto]) actor?.onDeath((err) => this.hooks.onDeath(err));
+    set.cryptoPort?.onMessage((msg) => this.hooks.onCryptoMessage(msg));
+    return set;
+  }
+
+  /**
+   * Starts a set (the one {@link prepare} spawned, or a new one). The crypto store opens while the cache opens and
+   * the sync actor fetches and scans its first /sync: the sync actor hands a batch to the crypto actor before its
+   * state is applied or its token saved, and the crypto actor takes it only once open (the device's keys are on the
+   * server by then, and a store of another device has refused the run first). Main takes the sync actor's messages
+   * only once the crypto actor is open here too (they wait in the port), so no batch reaches decryption before the
+   * open crypto actor is published; the cache's summaries go to main's mirror before the first batch as well.
    */
   async start(session: Session): Promise<void> {
     const o = this.opts;
     const e2ee = o.encryption;
-    const set = (this.hooks.strategy?.() ?? (o.threads === 'inline' ? inlineStrategy : workerStrategy)).build(e2ee !== null);
-    this.set = set;
-    for (const actor of [set.cache, set.sync, set.crypto]) actor?.onDeath((err) => this.hooks.onDeath(err));
-    set.port.onMessage((msg) => this.hooks.onSyncMessage(msg));
-    set.cryptoPort?.onMessage((msg) => this.hooks.onCryptoMessage(msg));
-    if (set.crypto && e2ee) {
-      const wanted = this.hooks.wantedTypes();
-      this.identity = await set.crypto.api.open({
-        homeserver: session.homeserver,
-        userId: session.userId,
-        deviceId: session.deviceId,
-        accessToken: session.accessToken,
-        dataDir: o.dataDir,
-        passphrase: e2ee.passphrase ?? storePassphrase(o.dataDir),
-        wantedTypes: wanted === null ? null : DEFAULT_TYPES,
-        maxPendingUndecryptable: e2ee.maxPendingUndecryptable ?? 1_000,
-        pendingUndecryptableMaxAgeMs: e2ee.pendingUndecryptableMaxAgeMs ?? 24 * 3600_000,
-        trust: o.trust,
-      });
-      // Published only now, and only if no stop or restart replaced the set meanwhile: waiting sends go.
-      if (this.set === set) {
-        this.cryptoOpen = set.crypto;
-        this.gate.open();
-      }
+    const set = this.set ?? (this.set = this.build());
+    const held: SyncToMain[] = [];
+    let holding = true;
+    set.port.onMessage((msg) => (holding ? held.push(msg) : this.hooks.onSyncMessage(msg)));
+    const opening = (set.crypto && e2ee ? this.openCryptoStore(set, session, e2ee) : Promise.resolve()).then(() => {
+      // Only now is the token's device known to fit the crypto store: a refused run must not re-point the data dir.
+      claimDataDir(o.dataDir, session.homeserver, session.userId, session.deviceId);
+    });
+    const starting = (async () => {
+      await set.cache.api.open({ dataDir: o.dataDir, maxRoomsInMemory: o.maxRoomsInMemory });
+      traceStartup('cache open');
+      for (const s of await set.cache.api.summaries()) this.hooks.onSummary(s);
+      await set.sync.api.start(this.syncConfig(session, set.crypto !== null));
+      traceStartup('sync started');
+    })();
+    // Both settle before either's failure is thrown: the caller's clean-up must find no call in flight.
+    const [opened, started] = await Promise.allSettled([opening, starting]);
+    if (opened.status === 'rejected') throw opened.reason;
+    if (started.status === 'rejected') throw started.reason;
+    holding = false;
+    for (const msg of held.splice(0)) this.hooks.onSyncMessage(msg);
+  }
+
+  /** Opens the set's crypto store and, if the set is still the live one, publishes it (waiting sends go). */
+  private async openCryptoStore(set: ActorSet, session: Session, e2ee: NonNullable<ResolvedOptions['encryption']>): Promise<void> {
+    const o = this.opts;
+    const wanted = this.hooks.wantedTypes();
+    this.identity = await set.crypto!.api.open({
+      homeserver: session.homeserver,
+      userId: session.userId,
+      deviceId: session.deviceId,
+      accessToken: session.accessToken,
+      dataDir: o.dataDir,
+      passphrase: e2ee.passphrase ?? storePassphrase(o.dataDir),
+      wantedTypes: wanted === null ? null : DEFAULT_TYPES,
+      maxPendingUndecryptable: e2ee.maxPendingUndecryptable ?? 1_000,
+      pendingUndecryptableMaxAgeMs: e2ee.pendingUndecryptableMaxAgeMs ?? 24 * 3600_000,
+      trust: o.trust,
+    });
+    traceStartup('crypto open');
+    // Published only now, and only if no stop or restart replaced the set meanwhile: waiting sends go.
+    if (this.set === set) {
+      this.cryptoOpen = set.crypto;
+      this.gate.open();
     }
-    // Only now is the token's device known to fit the crypto store: a refused run must not re-point the data dir.
-    claimDataDir(o.dataDir, session.homeserver, session.userId, session.deviceId);
-    await set.cache.api.open({ dataDir: o.dataDir, maxRoomsInMemory: o.maxRoomsInMemory });
-    for (const s of await set.cache.api.summaries()) this.hooks.onSummary(s);
-    await set.sync.api.start(this.syncConfig(session, set.crypto !== null));
   }
 
   private syncConfig(session: Session, encryption: boolean): SyncConfig {

@@ -14,6 +14,7 @@ import type { RoomActions } from '../events.ts';
 import { MatrixHttp } from '../http.ts';
 import { Media } from '../media.ts';
 import { gatherMemory, type MemoryReport } from '../memory.ts';
+import { traceStartup } from '../actors.ts';
 import { createMetrics, type MetricsSnapshot, noMetrics, type Recorder } from '../metrics.ts';
 import { laneScope, Outbox } from '../outbox.ts';
 import type { CacheActorApi, CryptoActorApi } from '../protocol.ts';
@@ -125,13 +126,17 @@ export class ClientCore {
   }
 
   private async startUp(token: string): Promise<void> {
+    traceStartup('run');
     const session = decodeToken(token);
+    // The workers start (isolates, module loading: a few hundred ms) while the HTTP start-up below runs.
+    this.actors.prepare();
     await resolveHomeserver(session.homeserver, { allowInsecureHttp: this.opts.allowInsecureHttp });
     this.session = session;
     const http = (this.http = new MatrixHttp(session.homeserver, session.accessToken));
     this.media = this.newMedia(http);
     checkDataDir(this.opts.dataDir, session.homeserver, session.userId);
     const who = await http.json<{ user_id?: unknown }>('GET', '/_matrix/client/v3/account/whoami');
+    traceStartup('whoami answered');
     this.checkStarting();
     if (who.user_id !== session.userId) {
       throw new HalcyonError('HALCYON_INVALID_TOKEN', `the token's access token belongs to ${String(who.user_id)}, not ${session.userId}`);
@@ -157,6 +162,7 @@ export class ClientCore {
     this.checkStarting();
     this.state = 'running';
     await ready;
+    traceStartup('ready');
   }
 
   private newMedia(http: MatrixHttp): Media {

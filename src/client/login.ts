@@ -11,7 +11,7 @@
  */
 import { join } from 'node:path';
 import { claimDataDir, storedDeviceId } from '../account.ts';
-import { localPortPair } from '../actors.ts';
+import { localPortPair, traceStartup } from '../actors.ts';
 import { CryptoActor } from '../crypto/actor.ts';
 import { decodeRecoveryKey } from '../crypto/secret-storage.ts';
 import { resolveHomeserver } from '../discovery.ts';
@@ -111,6 +111,7 @@ async function passwordLogin(opts: LoginOptions, homeserver: string): Promise<Se
     // Refuses (HALCYON_STORE_MISMATCH) before logging in if the data dir belongs to another account.
     const deviceId = opts.dataDir ? storedDeviceId(opts.dataDir, homeserver, opts.user) : undefined;
     let res: { user_id?: unknown; access_token?: unknown; device_id?: unknown };
+    traceStartup('login sent');
     try {
       res = await http.json('POST', '/_matrix/client/v3/login', {
         anonymous: true,
@@ -135,6 +136,7 @@ async function passwordLogin(opts: LoginOptions, homeserver: string): Promise<Se
     if (typeof res.user_id !== 'string' || typeof res.access_token !== 'string' || typeof res.device_id !== 'string') {
       throw new HalcyonError('HALCYON_BAD_RESPONSE', 'login: the answer lacks user_id, access_token or device_id');
     }
+    traceStartup('login answered');
     if (opts.dataDir) claimDataDir(opts.dataDir, homeserver, res.user_id, res.device_id);
     return { homeserver, userId: res.user_id, deviceId: res.device_id, accessToken: res.access_token };
   } finally {

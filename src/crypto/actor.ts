@@ -17,7 +17,7 @@ import * as W from '@matrix-org/matrix-sdk-crypto-wasm';
 import { createHash } from 'node:crypto';
 import { HalcyonError, toWireError } from '../errors.ts';
 import { MatrixHttp } from '../http.ts';
-import type { Port } from '../actors.ts';
+import { type Port, traceStartup } from '../actors.ts';
 import { free, threadMemory, watchWasmMemory } from '../memory.ts';
 import {
   type ActorMemory,
@@ -36,10 +36,11 @@ import {
   type IdentitySetupResult,
   type MainToCrypto,
 } from '../protocol.ts';
-import { type Database, kvGet, kvSet } from '../store.ts';
+import { type Database, kvSet } from '../store.ts';
 import type { ProcessOptions } from '../sync/process.ts';
 import { KeyBackup } from './backup.ts';
-import { IdbJournal } from './idb-journal.ts';
+import type { IdbJournal } from './idb-journal.ts';
+import { openCryptoStore } from './open.ts';
 import { setUpIdentity } from './identity.ts';
 import { SerialQueue } from './queue.ts';
 import { SharingRooms } from './rooms.ts';
@@ -96,47 +97,29 @@ export class CryptoActor implements CryptoActorApi {
   private freshStore = false;
   /** Set when `open` resolves; until then (and after `close`) every API call is refused (see {@link ensureOpen}). */
   private opened = false;
+  /** The `open` in progress (true once open, false if it failed), or null before `open` is called. */
+  private opening: Promise<boolean> | null = null;
   private closed = false;
 
   constructor(private readonly events: Port<MainToCrypto, CryptoToMain>) {}
 
   async open(config: CryptoConfig): Promise<CryptoIdentity> {
+    const opening = this.openStore(config);
+    this.opening = opening.then(() => true, () => false);
+    return opening;
+  }
+
+  private async openStore(config: CryptoConfig): Promise<CryptoIdentity> {
     // The binding instantiates its wasm on first use, synchronously: made here, watched, to find its memory.
     if (wasmMemory === undefined) wasmMemory = watchWasmMemory(() => W.getVersions().free());
     this.config = config;
     this.wanted = config.wantedTypes ? new Set(config.wantedTypes) : null;
     const storeName = `halcyon-${createHash('sha256').update(config.dataDir).digest('hex').slice(0, 16)}`;
-    this.journal = await IdbJournal.open(config.dataDir, 'crypto.sqlite', `${storeName}::`, (err) => this.fatal(err));
+    ({ journal: this.journal, machine: this.machine, freshStore: this.freshStore } = await openCryptoStore(W, config, storeName, (err) => this.fatal(err)));
     const db = this.journal.db;
     db.exec('CREATE TABLE IF NOT EXISTS todevice_seen (hash TEXT PRIMARY KEY, batch INTEGER NOT NULL)');
     this.pending = new PendingEvents(db, { maxAgeMs: config.pendingUndecryptableMaxAgeMs, maxCount: config.maxPendingUndecryptable });
-    const owner = kvGet(db, 'owner');
-    if (owner) {
-      const o = JSON.parse(owner) as { userId: string; deviceId: string };
-      if (o.userId !== config.userId || o.deviceId !== config.deviceId) {
-        await this.journal.close();
-        throw new HalcyonError(
-          'HALCYON_STORE_MISMATCH',
-          `the crypto store in ${config.dataDir} belongs to ${o.userId} device ${o.deviceId}, not ${config.userId} device ${config.deviceId}; ` +
-            'refusing to start rather than create a new identity (use the data dir of this device, or log in again with a fresh data dir)',
-        );
-      }
-    }
-    this.freshStore = owner === undefined;
     this.batchCounter = (db.prepare('SELECT max(batch) AS b FROM todevice_seen').get() as { b: number | null }).b ?? 0;
-    try {
-      this.machine = await W.OlmMachine.initialize(new W.UserId(config.userId), new W.DeviceId(config.deviceId), storeName, config.passphrase);
-    } catch (err) {
-      await this.journal.close();
-      const msg = String((err as Error)?.message ?? err);
-      throw new HalcyonError(
-        /match/i.test(msg) ? 'HALCYON_STORE_MISMATCH' : 'HALCYON_CRYPTO_STORE',
-        // Since a login with encryption on creates the store, a bot with its own passphrase that did not give it
-        // to the login (or `halcyon login --store-passphrase-file`) meets this on its first run.
-        `cannot open the crypto store in ${config.dataDir} (wrong passphrase: the login that created it must be given the client's encryption options; or another account's store?): ${msg}`,
-        { cause: err },
-      );
-    }
     kvSet(db, 'owner', JSON.stringify({ userId: config.userId, deviceId: config.deviceId }));
     const keys = this.machine.identityKeys;
     const [curve, ed] = [keys.curve25519, keys.ed25519];
@@ -156,12 +139,16 @@ export class CryptoActor implements CryptoActorApi {
     this.events.onMessage((msg) => {
       if (msg.kind === 'lateHandled') this.forgetPending(msg.ids);
     });
-    // Device keys must be on the server before anyone can encrypt for this device: upload before syncing. A
-    // failure other than a lost store's keys is reported and retried with the next sync's changes.
-    await this.outgoing.flush().catch((e: unknown) => {
+    // A new store's device keys go up before the run goes on: the server refusing them means the store was lost
+    // (HALCYON_CRYPTO_STORE fails the run). An existing store's keys are on the server already (or their upload
+    // failed and is retried now): its requests (one-time keys, key queries) go out beside the first sync instead
+    // of before it. A failure other than a lost store's keys is reported and retried with the next sync's changes.
+    const flushing = this.outgoing.flush().catch((e: unknown) => {
       if ((e as HalcyonError).code === 'HALCYON_CRYPTO_STORE') throw e;
       this.report(e);
     });
+    if (this.freshStore) await flushing;
+    else void flushing.then(() => traceStartup('crypto keys flushed'));
     // Events kept from an earlier run whose key came meanwhile (or whose late delivery was not handled).
     this.pending.unpostAll();
     void this.queue.run(() => this.retryPending(null)).catch((e) => this.report(e));
@@ -212,6 +199,9 @@ export class CryptoActor implements CryptoActorApi {
   }
 
   async receiveSyncChanges(ch: CryptoSyncChanges): Promise<void> {
+    // The sync actor starts while this actor opens (client/actors.ts): its first batch waits for the open here,
+    // and is refused if the open failed (its token is then not saved: nothing of it is lost).
+    if (!this.opened && this.opening) await this.opening;
     this.ensureOpen();
     await this.queue.run(() => this.applySyncChanges(ch), 'high');
     // The bot's own devices changed (one added, or cross-signed): once they are fetched, kept events are retried.

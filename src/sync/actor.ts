@@ -13,7 +13,7 @@
  */
 import { HalcyonError, isTransient, toWireError, type WireError } from '../errors.ts';
 import { delay, MatrixHttp, seg } from '../http.ts';
-import { collectGarbage, type Port, type Remote } from '../actors.ts';
+import { collectGarbage, type Port, type Remote, traceStartup } from '../actors.ts';
 import { threadMemory } from '../memory.ts';
 import type {
   ActorMemory,
@@ -113,6 +113,7 @@ export class SyncActor implements SyncActorApi {
     this.config = config;
     this.wanted = config.wantedTypes ? new Set(config.wantedTypes) : null;
     this.db = openDatabase(config.dataDir, 'sync.sqlite');
+    traceStartup('sync.sqlite open');
     this.since = kvGet(this.db, 'since') ?? null;
     this.savedSince = this.since;
     this.journal = new EventJournal(this.db, config.dataDir);
@@ -265,6 +266,7 @@ export class SyncActor implements SyncActorApi {
    */
   private async pollOnce(first: boolean, deliverTimeline: boolean): Promise<number> {
     const filter = await this.filterId();
+    if (first) traceStartup('first /sync sent');
     this.lastPollStartAt = Date.now();
     const body = await this.http.bytes('GET', '/_matrix/client/v3/sync', {
       query: {
@@ -283,9 +285,11 @@ export class SyncActor implements SyncActorApi {
       // A big account's initial sync runs to 100s of MB; the limit only stops a server that never ends its answer.
       maxBytes: 512 * 1024 * 1024,
     });
+    if (first) traceStartup('first /sync received');
     this.polls++;
     this.lastSuccessAt = Date.now();
     const processed = processSync(body, { wantedTypes: this.wanted, ownUserId: this.config.userId });
+    if (first) traceStartup('first /sync scanned');
     if (this.consecutiveErrors > 0) {
       this.deps.events.post({ kind: 'syncRecovered', afterAttempts: this.consecutiveErrors });
       this.consecutiveErrors = 0;
@@ -317,11 +321,14 @@ export class SyncActor implements SyncActorApi {
     // Only what the next poll deletes (to-device events) or what this batch's handlers may send with (device
     // lists, room encryption, members) is waited for. Key counts alone are not: the server repeats them in every
     // sync, and the crypto actor applies calls in the order they were made, so a later batch still comes after.
-    const mustWait = changes !== null && !countsOnly(changes);
+    // A run's first batch always waits: the crypto actor may still be opening its store, and a store that refuses
+    // this device fails the run, which must then have saved no token of this device in the data dir.
+    const mustWait = changes !== null && (first || !countsOnly(changes));
     // Not awaited: the crypto actor reports its own failures to main (error/fatal on its port, or its death).
     if (applying && !mustWait) applying.catch(() => {});
     const stateChanged = p.state.rooms.length > 0 || p.accountData.length > 0;
     const [summaries] = await Promise.all([stateChanged ? this.deps.cache.apply(p.state) : [], mustWait ? applying : undefined]);
+    if (first) traceStartup('first /sync state applied');
     const count = deliver ? p.events.count : 0;
     const accountData = deliver ? p.accountData : [];
     const receipts = deliver ? p.receipts : [];
