@@ -48,6 +48,8 @@ interface Queued {
   /** Unhandled events it brings (its event count, less those done before a restart). */
   count: number;
   journaled: boolean;
+  /** Its journal row says "posted" already (it was appended so, to be posted at once): no second commit for it. */
+  marked?: boolean;
 }
 
 function emptyColumns(): EventColumns {
@@ -137,7 +139,7 @@ export class SyncActor implements SyncActorApi {
   private pump(): void {
     while (this.queue.length > 0 && this.db.isOpen) {
       const q = this.queue[0]!;
-      if (q.count > 0 && this.inFlightEvents > 0 && this.inFlightEvents + q.count > this.config.maxInFlightEvents) break;
+      if (!this.hasRoom(q.count)) break;
       let batch = q.batch;
       if (!batch) {
         const row = this.journal.load(q.seq);
@@ -148,7 +150,7 @@ export class SyncActor implements SyncActorApi {
         batch = { ...row.batch, seq: q.seq, redelivered: row.posted, done: row.done };
       }
       this.queue.shift();
-      if (q.journaled) this.journal.markPosted(q.seq);
+      if (q.journaled && !q.marked) this.journal.markPosted(q.seq);
       if (q.count > 0 || q.journaled) {
         this.inFlight.set(q.seq, q.count);
         this.inFlightEvents += q.count;
@@ -164,6 +166,11 @@ export class SyncActor implements SyncActorApi {
       this.backpressure = behind;
       this.deps.events.post({ kind: 'backpressure', active: behind, backlogEvents: this.backlog, inFlightEvents: this.inFlightEvents });
     }
+  }
+
+  /** Whether main has room for a batch of `count` events now (one without events, or into an empty main, always goes). */
+  private hasRoom(count: number): boolean {
+    return count === 0 || this.inFlightEvents === 0 || this.inFlightEvents + count <= this.config.maxInFlightEvents;
   }
 
   async setWantedTypes(types: string[] | null): Promise<void> {
@@ -363,16 +370,19 @@ export class SyncActor implements SyncActorApi {
       accountData,
       receipts,
     };
-    const rows: Array<{ seq: number; batch: JournaledBatch }> = [];
+    // A lone batch that pump() posts at once (nothing queued before it, room in main) is journaled as posted:
+    // one SQLite commit per batch on the way to main instead of two.
+    const direct = !gap?.batch && this.queue.length === 0 && this.hasRoom(count);
+    const rows: Array<{ seq: number; batch: JournaledBatch; posted?: boolean }> = [];
     if (gap?.batch) rows.push({ seq: gapSeq, batch: gap.batch });
-    if (forHandlers) rows.push({ seq, batch: journaled });
+    if (forHandlers) rows.push({ seq, batch: journaled, posted: direct });
     if (rows.length > 0) {
       this.journal.append(rows, p.nextBatch);
       this.savedSince = p.nextBatch;
       for (const r of rows) this.backlog += r.batch.events.count;
     } else this.saveSince(p.nextBatch);
     if (gap?.batch) this.queue.push({ seq: gapSeq, batch: { ...gap.batch, seq: gapSeq, redelivered: false, done: null }, count: gap.batch.events.count, journaled: true });
-    this.queue.push({ seq, batch: { ...journaled, seq, redelivered: false, done: null }, count, journaled: forHandlers });
+    this.queue.push({ seq, batch: { ...journaled, seq, redelivered: false, done: null }, count, journaled: forHandlers, marked: direct });
     this.pump();
   }
 
