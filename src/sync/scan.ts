@@ -280,9 +280,11 @@ export class Scanner {
     let wide = false;
     for (i++; i < n; i++) {
       const c = b[i]!;
-      // The common bytes first: plain printable ASCII and UTF-8 continuation/lead bytes.
-      if (c > BACKSLASH) {
-        if (c >= 0x80) wide = true;
+      // The common bytes first, by one table look-up: printable ASCII but the quote and the backslash.
+      const k = STRING_BYTE[c]!;
+      if (k === PLAIN) continue;
+      if (k === WIDE) {
+        wide = true;
         continue;
       }
       if (c === QUOTE) {
@@ -328,6 +330,13 @@ export class Scanner {
     return i;
   }
 }
+
+/** {@link STRING_BYTE} classes: a byte a string may hold as it is, one of 0x80 and above (UTF-8), anything else. */
+const PLAIN = 0;
+const WIDE = 1;
+const SPECIAL = 2;
+/** The class of each byte inside a string: the quote, the backslash and control characters are SPECIAL. */
+const STRING_BYTE = new Uint8Array(256).map((_, c) => (c >= 0x80 ? WIDE : c < 32 || c === QUOTE || c === BACKSLASH ? SPECIAL : PLAIN));
 
 function ws(b: Buffer, i: number): number {
   for (;;) {
