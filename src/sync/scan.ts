@@ -37,6 +37,14 @@ export function keyBytes(name: string): KeyBytes {
   return Buffer.from(name, 'utf8');
 }
 
+/** Member names {@link Scanner.keyOf} recognises by their bytes, each with its string (made once). */
+export type KeyNames = ReadonlyArray<{ bytes: KeyBytes; name: string }>;
+
+/** Encodes member names once, for {@link Scanner.keyOf}. */
+export function keyNames(...names: string[]): KeyNames {
+  return names.map((name) => ({ bytes: keyBytes(name), name }));
+}
+
 /** Cursor over JSON bytes; every read validates what it passes. */
 export class Scanner {
   readonly b: Buffer;
@@ -136,6 +144,33 @@ export class Scanner {
   /** Like {@link keyToken}, but decodes the name: for the outer levels of a body, where names are room IDs. */
   key(first: boolean): string | null {
     return this.keyToken(first) ? this.decode(this.ks, this.ke) : null;
+  }
+
+  /**
+   * Like {@link key}, but a name among `names` comes back as its own string, not decoded again: a body's
+   * structural names (`timeline`, `events`, ...) repeat in every room. Any other name, or an escaped one, is
+   * decoded as {@link key} does, so the result is the same.
+   */
+  keyOf(first: boolean, names: KeyNames): string | null {
+    if (!this.keyToken(first)) return null;
+    if (!this.escaped) for (let k = 0; k < names.length; k++) if (this.keyIs(names[k]!.bytes)) return names[k]!.name;
+    return this.decode(this.ks, this.ke);
+  }
+
+  /**
+   * Consumes the value at the cursor if its bytes are exactly `token` (a complete JSON value, e.g. `{"events":[]}`)
+   * and returns true; else moves nothing (but white space) and returns false. Lets the common empty parts of a
+   * body skip {@link readValue}'s decode and parse.
+   */
+  skipIf(token: Uint8Array): boolean {
+    this.peek();
+    const b = this.b;
+    const i = this.i;
+    const n = token.length;
+    if (i + n > b.length) return false;
+    for (let k = 0; k < n; k++) if (b[i + k] !== token[k]) return false;
+    this.i = i + n;
+    return true;
   }
 
   /** Consumes `[`; iterate items with {@link item}. */
