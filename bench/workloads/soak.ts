@@ -193,6 +193,21 @@ function breakdownRows(r: MemoryReport): string[] {
   ];
 }
 
+/**
+ * Halcyon's RSS beside each thread's committed heap (of it the young generation) at the breakdown nearest each
+ * time: a step of the RSS that one thread's heap follows is that heap's doing (V8 grows and shrinks the young
+ * generation with the allocation rate), not a leak.
+ */
+function threadsOverTime(breakdowns: Array<[number, MemoryReport]>, times: number[]): string[] {
+  const mb = (x: number | null | undefined) => (x === null || x === undefined ? '–' : fmt(x / MB, 1));
+  const heap = (m: ActorMemory | null) => (m ? `${mb(m.heapTotal)} (${mb(m.youngGeneration)})` : '–');
+  const rows = times.map((t) => {
+    const [at, r] = breakdowns.reduce((best, b) => (Math.abs(b[0] - t) < Math.abs(best[0] - t) ? b : best));
+    return `| ${fmt(at / 60, 1)} | ${mb(r.rss)} | ${heap(r.main)} | ${heap(r.sync)} | ${heap(r.crypto)} |`;
+  });
+  return ['Halcyon over time (MiB): RSS and each thread\'s committed heap (of it the young generation).', '', '| min | RSS | main | sync (+ cache) | crypto |', '|---|---|---|---|---|', ...rows];
+}
+
 /** A sample with nothing measured yet. */
 function emptySample(contender: SoakContender): SoakSample {
   return {
@@ -347,6 +362,7 @@ export const run: Workload = async (ctx) => {
     ...samples.map((s) => `| ${LABEL[s.contender]} | ${fmt(s.startMb)} | **${fmt(s.steadyMb)}** | ${fmt(s.peakMb)} | ${fmt(s.growthPctPerHour, 1)} %/h | ${fmt(s.secondHalfGrowthPctPerHour, 1)} %/h | ${fmt(s.handledInStream)} | ${fmt(s.maxBehind)} (${fmt(s.maxPutsInFlight)}) | ${fmt(s.sent)} | ${fmt(s.lost)} | ${fmt(s.duplicates)} |`),
     '',
     `RSS over time (MiB): ${times.map((t) => `${fmt(t / 60, 1)} min: ${samples.map((s) => `${LABEL[s.contender]} ${fmt(at(s, t))}`).join(' / ')}`).join('; ')}.`,
+    ...(h && h.breakdowns.length > 0 ? ['', ...threadsOverTime(h.breakdowns, times)] : []),
     ...(end
       ? [
           '',

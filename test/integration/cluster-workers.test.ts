@@ -1,18 +1,18 @@
 /**
- * Cluster mode, workers (real Synapse + real nats-server): an ingest (in this process) publishes the events of 20
- * rooms to three worker processes; one worker, whose handlers hang, is killed with SIGKILL mid-stream. Checked:
+ * Cluster mode, workers (real Synapse + real nats-server): an ingest (in this process) publishes 2,000 messages
+ * over 50 rooms (the issue's figures) to three worker processes; one worker, whose handlers hang, is killed with SIGKILL mid-stream. Checked:
  * every message handled by a surviving worker, each room's messages first seen in timeline order across workers,
  * the killed worker's unacknowledged events redelivered to the others (`redelivered: true`) and nothing else
  * handled twice, and exactly one reply per `ping` (sends from workers are idempotent). Then a worker in this process
  * reads room state from the ingest's cache (`getRoom`, its latency reported).
- * Knobs (env): HC_CLUSTER_MESSAGES (300).
+ * Knobs (env): HC_CLUSTER_WORKERS_MESSAGES (2000), HC_CLUSTER_ROOMS (50).
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { type NatsServer, startNats } from '../harness/nats.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
 import type { BotLine } from '../helpers/fault-stream.ts';
-import { checkHandled, checkOneReplyEach, waitAllReplied, CLUSTER_MESSAGES, clusterName, sendOverRooms, startClusterBot } from '../helpers/cluster.ts';
+import { checkHandled, checkOneReplyEach, waitAllReplied, clusterName, sendOverRooms, startClusterBot } from '../helpers/cluster.ts';
 import { newBot, newClient, newPeer, tempDataDir, waitUntil } from './util.ts';
 
 let hs: Homeserver;
@@ -24,10 +24,11 @@ after(async () => {
   await Promise.all([hs?.stop(), nats?.stop()]);
 });
 
-const ROOMS = 20;
+const MESSAGES = Number(process.env.HC_CLUSTER_WORKERS_MESSAGES ?? 2000);
+const ROOMS = Number(process.env.HC_CLUSTER_ROOMS ?? 50);
 const PARTITIONS = 8;
 
-test(`${CLUSTER_MESSAGES} messages over ${ROOMS} rooms to three workers, one killed with SIGKILL mid-stream: each handled, in order per room, its events redelivered, one reply per ping`, { timeout: 180_000 }, async (t) => {
+test(`${MESSAGES} messages over ${ROOMS} rooms to three workers, one killed with SIGKILL mid-stream: each handled, in order per room, its events redelivered, one reply per ping`, { timeout: 300_000 }, async (t) => {
   const t0 = Date.now();
   const name = clusterName();
   const cluster = { servers: nats.url, name, role: 'ingest' as const, partitions: PARTITIONS, ackWaitMs: 2_000 };
@@ -43,7 +44,7 @@ test(`${CLUSTER_MESSAGES} messages over ${ROOMS} rooms to three workers, one kil
   const workers = [victim, startClusterBot(t, 'w1', env(tempDataDir(t)), lines), startClusterBot(t, 'w2', env(tempDataDir(t)), lines)];
   await Promise.all(workers.map((w) => w.waitFor((l) => l.kind === 'ready', `worker ${w.run} ready`, 60_000)));
 
-  const sending = sendOverRooms(peer, rooms, CLUSTER_MESSAGES, 5);
+  const sending = sendOverRooms(peer, rooms, MESSAGES, 5);
   // The victim holds what it pulled (its handlers hang): killed once it holds two events, while the peer sends.
   await victim.waitFor((l) => l.kind === 'message' && lines.filter((m) => m.run === 'w0' && m.kind === 'message').length >= 2, 'the victim to hold two events', 60_000);
   await victim.kill9();
