@@ -16,11 +16,14 @@ export interface FloorResult {
 
 const cpu = (): NodeJS.CpuUsage => (process.threadCpuUsage ? process.threadCpuUsage() : process.cpuUsage());
 
-/** Long-polls `url`'s `/sync` with undici, `JSON.parse`s each body and hands every timeline event to `handler` until `expectedEvents` have been seen. */
+/**
+ * Long-polls `url`'s `/sync` with undici, `JSON.parse`s each body and hands every timeline event (with its room's
+ * ID) to `handler` until `expectedEvents` have been seen.
+ */
 export async function runFloor(
   url: string,
   expectedEvents: number,
-  handler: (ev: any) => void = () => {},
+  handler: (ev: any, roomId: string) => void = () => {},
 ): Promise<FloorResult> {
   let since: string | undefined;
   let events = 0;
@@ -39,7 +42,7 @@ export async function runFloor(
       for (const roomId in join) {
         const timeline = join[roomId].timeline?.events;
         if (!timeline) continue;
-        for (let i = 0; i < timeline.length; i++) handler(timeline[i]);
+        for (let i = 0; i < timeline.length; i++) handler(timeline[i], roomId);
         got += timeline.length;
       }
     }

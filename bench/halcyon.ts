@@ -26,6 +26,8 @@ export interface HalcyonRunOptions {
   mode: HandlerMode;
   /** Extra per-event work, run inside the handler after the reads (e.g. a CPU burn). */
   work?: () => void;
+  /** Called first in every handler with the event's room (the throughput workload times each body's first call by it). */
+  onRoom?: (roomId: string) => void;
   /** Give up after this long (ms) without reaching `expectedEvents`. */
   timeoutMs?: number;
   /** Passed through to the client (default: the library's default). */
@@ -100,6 +102,7 @@ export async function runHalcyon(opts: HalcyonRunOptions): Promise<HalcyonRunRes
 
   const expected = opts.expectedEvents;
   const work = opts.work;
+  const onRoom = opts.onRoom;
   let messages = 0;
   let reactions = 0;
   let sink = 0;
@@ -128,12 +131,14 @@ export async function runHalcyon(opts: HalcyonRunOptions): Promise<HalcyonRunRes
 
   if (opts.mode === 'trivial') {
     client.on('message', (m: Message) => {
+      if (onRoom) onRoom(m.roomId);
       sink += m.sender.length + m.eventId.length;
       messages++;
       if (work) work();
       counted();
     });
     client.on('reaction', (r: Reaction) => {
+      if (onRoom) onRoom(r.roomId);
       sink += r.sender.length + r.eventId.length;
       reactions++;
       if (work) work();
@@ -141,6 +146,7 @@ export async function runHalcyon(opts: HalcyonRunOptions): Promise<HalcyonRunRes
     });
   } else {
     client.on('message', (m: Message) => {
+      if (onRoom) onRoom(m.roomId);
       const body = m.content.body;
       sink += typeof body === 'string' ? body.length : 0;
       messages++;
@@ -148,6 +154,7 @@ export async function runHalcyon(opts: HalcyonRunOptions): Promise<HalcyonRunRes
       counted();
     });
     client.on('reaction', (r: Reaction) => {
+      if (onRoom) onRoom(r.roomId);
       const rel = r.content['m.relates_to'] as { key?: unknown } | undefined;
       sink += typeof rel?.key === 'string' ? rel.key.length : 0;
       reactions++;

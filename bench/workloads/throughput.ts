@@ -4,15 +4,17 @@
  * `/sync` response to the last call of a trivial handler, for Halcyon, matrix-bot-sdk, matrix-js-sdk and the
  * single-thread floor, and main-thread CPU time per delivered event (`process.threadCpuUsage()` of the main thread
  * next to `process.cpuUsage()` of the whole process). Halcyon also runs with a handler that reads the content (the
- * lazy parse), and a JSON.parse-only pass over the same bodies shows the parse's own rate.
+ * lazy parse), and a JSON.parse-only pass over the same bodies shows the parse's own rate. Each contender's
+ * response → first handler call: from each body's response (server clock, offset-corrected) to the first handler
+ * call of that body's events, after start-up (bodies after the first), median over bodies and rounds.
  * @module
  */
 import { runFloor } from '../floor.ts';
 import { makeSyncBody } from '../fixtures.ts';
 import { type HandlerMode, runHalcyon } from '../halcyon.ts';
 import type { PeerEvent, StartPeer } from '../peers/types.ts';
-import { combineVerdicts, type Contender, type GoalEntry, goalEntry, type RatioEntry, ratioOf, ratioVerdict, type Workload, type WorkloadReport } from '../report.ts';
-import { startReplayServer, type ReplayServer } from '../replay-server.ts';
+import { combineVerdicts, type Contender, type GoalEntry, goalEntry, type RatioEntry, ratioOf, ratioVerdict, roundsVerdict, type Verdict, type Workload, type WorkloadReport } from '../report.ts';
+import { startReplayServer, type ReplayServer, type ReplayStats } from '../replay-server.ts';
 import { clockOffset, fmt, now, processCpuMs, type Summary, summarize, threadCpuMs } from '../stats.ts';
 
 type TpContender = 'floor' | 'halcyon-trivial' | 'halcyon-content' | 'json-parse' | 'matrix-bot-sdk' | 'matrix-js-sdk';
@@ -65,6 +67,46 @@ const MIN_BODIES_FOR_ALL_THREADS = 5;
 const TIMEOUT_MS = 120_000;
 /** matrix-js-sdk's limit: ~15k events/s, slower as rooms' timelines grow (200,000 events in 100 rooms: ~20 s). */
 const JSSDK_TIMEOUT_MS = 300_000;
+/** Goal: Halcyon's response → first handler call at most the floor's plus this (ms). */
+const FIRST_CALL_MARGIN_MS = 10;
+
+/**
+ * When each body's first handler call came. Every room has `perRoom` events in every body and a room's events
+ * reach handlers in timeline order in every contender, so a room's n-th event (from 0) belongs to body
+ * ⌊n / perRoom⌋, and the first call of body k is the first call whose room's count is k × perRoom — exact even
+ * where a client runs one room's next body before another room's current one (counting all events would not be).
+ */
+class FirstCalls {
+  /** Epoch ms of each body's first handler call; NaN until it came. */
+  readonly at: number[];
+  private readonly seen = new Map<string, number>();
+  constructor(
+    private readonly perRoom: number,
+    bodies: number,
+  ) {
+    this.at = new Array<number>(bodies).fill(NaN);
+  }
+  /** Called in the handler with the event's room. */
+  readonly hit = (roomId: string): void => {
+    const n = this.seen.get(roomId) ?? 0;
+    this.seen.set(roomId, n + 1);
+    if (n % this.perRoom !== 0) return;
+    const k = n / this.perRoom;
+    if (this.at[k] !== this.at[k]) this.at[k] = now(); // NaN: the body's first call
+  };
+  /**
+   * Response → first handler call (ms) of each body after the first (start-up is not in it), the response being
+   * the first the server sent with that body since request `before` (server clock, offset-corrected).
+   */
+  latencies(st: ReplayStats, before: number, offsetMs: number): number[] {
+    const sent = new Array<number>(this.at.length).fill(NaN);
+    for (let i = before; i < st.requestBodies.length; i++) {
+      const k = st.requestBodies[i]!;
+      if (k >= 0 && k < sent.length && Number.isNaN(sent[k])) sent[k] = st.responseTimes[i]! - offsetMs;
+    }
+    return this.at.slice(1).map((t, j) => t - sent[j + 1]!).filter(Number.isFinite);
+  }
+}
 
 interface TpSample {
   round: number;
@@ -85,6 +127,10 @@ interface TpSample {
   /** Start of the run to the first /sync response (Halcyon: worker start-up, whoami, filter upload). */
   startupMs?: number;
   stopMs?: number;
+  /** Response → first handler call of each body after the first, ms (see {@link FirstCalls}). */
+  firstCallsMs?: number[];
+  /** Their median: this round's figure. */
+  firstCallMs?: number;
   problems?: string[];
   error?: string;
 }
@@ -92,13 +138,26 @@ interface TpSample {
 interface ShapeResult {
   shape: Shape & { batches: number; events: number; bodyBytes: number; bytesPerEvent: number; messages: number; reactions: number; jsSdkBatches: number; jsSdkEvents: number };
   samples: TpSample[];
-  summary: Partial<Record<TpContender, { eventsPerSec: Summary; mainCpuUsPerEvent?: Summary; allThreadsCpuUsPerEvent?: Summary; steadyMainCpuUsPerEvent?: Summary }>>;
+  summary: Partial<
+    Record<TpContender, { eventsPerSec: Summary; mainCpuUsPerEvent?: Summary; allThreadsCpuUsPerEvent?: Summary; steadyMainCpuUsPerEvent?: Summary; firstCallMs?: Summary }>
+  >;
 }
 
 type TimelineEvent = { type: string; sender: string; event_id: string };
 
-async function measureFloor(server: ReplayServer, offsetMs: number, total: number, perBatch: number): Promise<TpSample> {
+/** A sample's response → first handler call figures from its {@link FirstCalls}. */
+function withFirstCalls(s: TpSample, first: FirstCalls, st: ReplayStats, before: number, offsetMs: number): TpSample {
+  const xs = first.latencies(st, before, offsetMs);
+  if (xs.length > 0) {
+    s.firstCallsMs = xs;
+    s.firstCallMs = summarize(xs).median;
+  }
+  return s;
+}
+
+async function measureFloor(server: ReplayServer, offsetMs: number, total: number, perBatch: number, perRoom: number): Promise<TpSample> {
   const before = (await server.stats()).syncRequests;
+  const first = new FirstCalls(perRoom, total / perBatch);
   let n = 0;
   let reactions = 0;
   let sink = 0;
@@ -107,7 +166,8 @@ async function measureFloor(server: ReplayServer, offsetMs: number, total: numbe
   let procLast = NaN;
   let cpuFirst = NaN;
   let cpuLast = NaN;
-  const r = await runFloor(server.url, total, (ev: TimelineEvent) => {
+  const r = await runFloor(server.url, total, (ev: TimelineEvent, roomId: string) => {
+    first.hit(roomId);
     sink += ev.sender.length + ev.event_id.length;
     if (ev.type === 'm.reaction') reactions++;
     if (++n === 1) {
@@ -123,7 +183,7 @@ async function measureFloor(server: ReplayServer, offsetMs: number, total: numbe
   const st = await server.stats();
   const seconds = (lastAt - (st.responseTimes[before]! - offsetMs)) / 1000;
   if (sink === 0) throw new Error('unreachable');
-  return {
+  return withFirstCalls({
     round: 0,
     contender: 'floor',
     events: r.events,
@@ -135,12 +195,13 @@ async function measureFloor(server: ReplayServer, offsetMs: number, total: numbe
     mainCpuUsPerEvent: (r.mainCpuMs * 1000) / r.events,
     allThreadsCpuUsPerEvent: ((procLast - procFirst) * 1000) / (total - perBatch),
     steadyMainCpuUsPerEvent: ((cpuLast - cpuFirst) * 1000) / (total - perBatch),
-  };
+  }, first, st, before, offsetMs);
 }
 
-async function measureHalcyon(server: ReplayServer, offsetMs: number, total: number, perBatch: number, mode: HandlerMode): Promise<TpSample> {
+async function measureHalcyon(server: ReplayServer, offsetMs: number, total: number, perBatch: number, perRoom: number, mode: HandlerMode): Promise<TpSample> {
   const before = (await server.stats()).syncRequests;
-  const h = await runHalcyon({ url: server.url, expectedEvents: total, mode, timeoutMs: TIMEOUT_MS });
+  const first = new FirstCalls(perRoom, total / perBatch);
+  const h = await runHalcyon({ url: server.url, expectedEvents: total, mode, timeoutMs: TIMEOUT_MS, onRoom: first.hit });
   const st = await server.stats();
   if (st.syncRequests <= before) throw new Error('the replay server saw no /sync from Halcyon');
   const firstResponse = st.responseTimes[before]! - offsetMs;
@@ -161,17 +222,25 @@ async function measureHalcyon(server: ReplayServer, offsetMs: number, total: num
     stopMs: h.stopMs,
   };
   if (h.problems.length > 0) s.problems = h.problems;
-  return s;
+  return withFirstCalls(s, first, st, before, offsetMs);
 }
 
 /**
  * An SDK through its adapter, timed like the floor and Halcyon: `total` events from the first body on (the first
  * sync included), a handler reading `sender` and `eventId`, stopped at the last one.
  */
-async function measurePeer(server: ReplayServer, offsetMs: number, total: number, perBatch: number, contender: 'matrix-bot-sdk' | 'matrix-js-sdk'): Promise<TpSample> {
+async function measurePeer(
+  server: ReplayServer,
+  offsetMs: number,
+  total: number,
+  perBatch: number,
+  perRoom: number,
+  contender: 'matrix-bot-sdk' | 'matrix-js-sdk',
+): Promise<TpSample> {
   const startPeer = await ADAPTERS[contender]();
   const timeoutMs = contender === 'matrix-js-sdk' ? JSSDK_TIMEOUT_MS : TIMEOUT_MS;
   const before = (await server.stats()).syncRequests;
+  const first = new FirstCalls(perRoom, total / perBatch);
   let n = 0;
   let reactions = 0;
   let sink = 0;
@@ -184,6 +253,7 @@ async function measurePeer(server: ReplayServer, offsetMs: number, total: number
   const finished = new Promise<void>((resolve) => (finish = resolve));
   const onEvent = (ev: PeerEvent): void => {
     if (n >= total) return; // the SDK goes on with the body it is in
+    first.hit(ev.roomId);
     sink += ev.sender.length + ev.eventId.length;
     if (ev.type === 'm.reaction') reactions++;
     if (++n === 1) {
@@ -222,7 +292,7 @@ async function measurePeer(server: ReplayServer, offsetMs: number, total: number
   const seconds = (lastAt - firstResponse) / 1000;
   if (sink === 0) throw new Error('unreachable');
   const mainCpuMs = cpuLast - cpu0;
-  return {
+  return withFirstCalls({
     round: 0,
     contender,
     events: n,
@@ -239,7 +309,7 @@ async function measurePeer(server: ReplayServer, offsetMs: number, total: number
       : {}),
     startupMs: firstResponse - startAt,
     stopMs,
-  };
+  }, first, st, before, offsetMs);
 }
 
 function measureParse(bodies: readonly string[], total: number): TpSample {
@@ -292,11 +362,11 @@ async function measureShape(shape: Shape, batches: number, ctx: Parameters<Workl
         let s: TpSample;
         try {
           s =
-            c === 'floor' ? await measureFloor(server, offsetMs, total, perBatch)
+            c === 'floor' ? await measureFloor(server, offsetMs, total, perBatch, shape.perRoom)
             : c === 'json-parse' ? measureParse(bodies, total)
-            : c === 'halcyon-trivial' || c === 'halcyon-content' ? await measureHalcyon(server, offsetMs, total, perBatch, c === 'halcyon-trivial' ? 'trivial' : 'content')
-            : c === 'matrix-js-sdk' ? await measurePeer(server, offsetMs, jsTotal, perBatch, c)
-            : await measurePeer(server, offsetMs, total, perBatch, c);
+            : c === 'halcyon-trivial' || c === 'halcyon-content' ? await measureHalcyon(server, offsetMs, total, perBatch, shape.perRoom, c === 'halcyon-trivial' ? 'trivial' : 'content')
+            : c === 'matrix-js-sdk' ? await measurePeer(server, offsetMs, jsTotal, perBatch, shape.perRoom, c)
+            : await measurePeer(server, offsetMs, total, perBatch, shape.perRoom, c);
         } catch (err) {
           s = { round, contender: c, events: 0, seconds: NaN, eventsPerSec: NaN, error: (err as Error).message };
         }
@@ -310,6 +380,7 @@ async function measureShape(shape: Shape, batches: number, ctx: Parameters<Workl
               ? `FAILED: ${s.error}`
               : `${fmt(s.eventsPerSec).padStart(9)} events/s in ${fmt(s.seconds, 3)} s; main CPU ${fmt(s.mainCpuUsPerEvent!, 2)} µs/event` +
                 (s.allThreadsCpuUsPerEvent !== undefined ? `; all threads ${fmt(s.allThreadsCpuUsPerEvent, 2)} µs/event` : '') +
+                (s.firstCallMs !== undefined ? `; response → first call ${fmt(s.firstCallMs, 1)} ms` : '') +
                 (s.startupMs !== undefined ? `; start-up ${fmt(s.startupMs)} ms, stop ${fmt(s.stopMs!)} ms` : '') +
                 (s.problems ? `; PROBLEMS: ${s.problems.join(' | ')}` : '') +
                 mismatch),
@@ -326,6 +397,8 @@ async function measureShape(shape: Shape, batches: number, ctx: Parameters<Workl
     if (ss.some((s) => s.mainCpuUsPerEvent !== undefined)) entry.mainCpuUsPerEvent = summarize(ss.map((s) => s.mainCpuUsPerEvent!));
     if (ss.some((s) => s.allThreadsCpuUsPerEvent !== undefined)) entry.allThreadsCpuUsPerEvent = summarize(ss.map((s) => s.allThreadsCpuUsPerEvent!));
     if (ss.some((s) => s.steadyMainCpuUsPerEvent !== undefined)) entry.steadyMainCpuUsPerEvent = summarize(ss.map((s) => s.steadyMainCpuUsPerEvent!));
+    // Over bodies and rounds together.
+    if (ss.some((s) => s.firstCallsMs !== undefined)) entry.firstCallMs = summarize(ss.flatMap((s) => s.firstCallsMs ?? []));
     summary[c] = entry;
   }
   return {
@@ -341,13 +414,14 @@ export const run: Workload = async (ctx): Promise<WorkloadReport> => {
   const results: ShapeResult[] = [];
   for (const shape of SHAPES) results.push(await measureShape(shape, batches, ctx));
 
-  type Key = 'eventsPerSec' | 'mainCpuUsPerEvent' | 'steadyMainCpuUsPerEvent' | 'allThreadsCpuUsPerEvent';
+  type Key = 'eventsPerSec' | 'mainCpuUsPerEvent' | 'steadyMainCpuUsPerEvent' | 'allThreadsCpuUsPerEvent' | 'firstCallMs';
   const per = (r: ShapeResult, c: TpContender, key: Key) => r.samples.filter((s) => s.contender === c && !s.error).map((s) => ({ round: s.round, value: s[key] ?? NaN }));
   const METRICS: Array<{ key: Key; metric: string; better: 'higher' | 'lower'; unit: (x: number) => string }> = [
     { key: 'eventsPerSec', metric: 'events/s', better: 'higher', unit: (x) => `${fmt(x)} events/s` },
     { key: 'mainCpuUsPerEvent', metric: 'main CPU/event', better: 'lower', unit: (x) => `${fmt(x, 2)} µs` },
     { key: 'steadyMainCpuUsPerEvent', metric: 'main CPU/event after start-up', better: 'lower', unit: (x) => `${fmt(x, 2)} µs` },
     { key: 'allThreadsCpuUsPerEvent', metric: 'all-threads CPU/event', better: 'lower', unit: (x) => `${fmt(x, 2)} µs` },
+    { key: 'firstCallMs', metric: 'response → first handler call', better: 'lower', unit: (x) => `${fmt(x, 1)} ms` },
   ];
   const ratios: RatioEntry[] = [];
   for (const r of results) {
@@ -381,6 +455,7 @@ export const run: Workload = async (ctx): Promise<WorkloadReport> => {
     goal('Throughput ≥2.5× matrix-bot-sdk', 'events/s', 'matrix-bot-sdk', 'higher', 2.5),
     goal("Main-thread CPU per delivered event ≤0.5× the floor's (from the first to the last handler call)", 'main CPU/event after start-up', 'floor', 'lower', 0.5),
     goal("Main-thread CPU per delivered event ≤0.5× the floor's, Halcyon's start-up on main included", 'main CPU/event', 'floor', 'lower', 0.5),
+    firstCallGoal(results),
   ];
 
   const mmm = (s: Summary | undefined, d = 0): string => (s && s.n > 0 ? `${fmt(s.min, d)} / **${fmt(s.median, d)}** / ${fmt(s.max, d)}` : '–');
@@ -393,6 +468,9 @@ export const run: Workload = async (ctx): Promise<WorkloadReport> => {
       'start of the run (so it includes each client\'s start-up on main) to the last handler call, and "after start-up" from the first to the ' +
       'last handler call per event after the first body (the all-threads window); all-threads CPU is `process.cpuUsage()` ' +
       '(main + workers + GC threads) from the first to the last handler call, per event after the first body: what a user pays for in cores. ' +
+      'Response → first handler call runs from each body\'s response (server clock, offset-corrected) to the first handler call of that ' +
+      'body\'s events (a room\'s n-th event belongs to body ⌊n / events per room⌋), for every body but the first (start-up), median over ' +
+      'bodies and rounds (min / max: the fastest and slowest body). ' +
       'Halcyon runs with encryption off, as every other contender here (none has a crypto stack; E2EE is workload 7). matrix-bot-sdk runs with a ' +
       'memory store and `room.event`; matrix-js-sdk with `initialSyncLimit: 10, lazyLoadMembers: true` and `Room.timeline` (live events), ' +
       'on the same bodies as everyone, except in the single busy room, where it gets the first body only: its cost per event grows with the ' +
@@ -409,12 +487,17 @@ export const run: Workload = async (ctx): Promise<WorkloadReport> => {
         (w.jsSdkEvents === w.events ? 'every contender the same events)' : `**matrix-js-sdk: the first ${fmt(w.jsSdkEvents)} events only**)`),
       '',
     );
-    L.push('| contender | events/s | main-thread CPU µs/event | main-thread CPU µs/event after start-up | all-threads CPU µs/event | start-up ms |', '| --- | ---: | ---: | ---: | ---: | ---: |');
+    L.push(
+      '| contender | events/s | main-thread CPU µs/event | main-thread CPU µs/event after start-up | all-threads CPU µs/event | response → first handler call ms | start-up ms |',
+      '| --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+    );
     for (const c of CONTENDERS) {
       const s = r.summary[c]!;
       const startup = summarize(r.samples.filter((x) => x.contender === c && x.startupMs !== undefined).map((x) => x.startupMs!));
       const label = c === 'matrix-js-sdk' && w.jsSdkEvents !== w.events ? `${LABELS[c]} (**first body only**: ${fmt(w.jsSdkEvents)} events, not comparable)` : LABELS[c];
-      L.push(`| ${label} | ${mmm(s.eventsPerSec)} | ${mmm(s.mainCpuUsPerEvent, 2)} | ${mmm(s.steadyMainCpuUsPerEvent, 2)} | ${mmm(s.allThreadsCpuUsPerEvent, 2)} | ${mmm(startup)} |`);
+      L.push(
+        `| ${label} | ${mmm(s.eventsPerSec)} | ${mmm(s.mainCpuUsPerEvent, 2)} | ${mmm(s.steadyMainCpuUsPerEvent, 2)} | ${mmm(s.allThreadsCpuUsPerEvent, 2)} | ${mmm(s.firstCallMs, 1)} | ${mmm(startup)} |`,
+      );
     }
     const failed = r.samples.filter((s) => s.error);
     const problems = r.samples.filter((s) => s.problems);
@@ -431,7 +514,7 @@ export const run: Workload = async (ctx): Promise<WorkloadReport> => {
       'lower is better ("main": the main thread, start-up included; "all": every thread, after the first body).',
     '',
   );
-  const cols: Array<[string, string]> = [['events/s', 'events/s'], ['main CPU/event', 'main CPU'], ['all-threads CPU/event', 'all CPU']];
+  const cols: Array<[string, string]> = [['events/s', 'events/s'], ['main CPU/event', 'main CPU'], ['all-threads CPU/event', 'all CPU'], ['response → first handler call', 'first call']];
   L.push(`| shape | ${VERSUS.flatMap(([, v]) => cols.map(([, h]) => `÷ ${v} ${h}`)).join(' | ')} |`);
   L.push(`| --- | ${VERSUS.flatMap(() => cols.map(() => '---:')).join(' | ')} |`);
   for (const r of results) {
@@ -441,3 +524,27 @@ export const run: Workload = async (ctx): Promise<WorkloadReport> => {
   L.push('');
   return { id: 'throughput', title: '1. Throughput on replayed /sync bodies', ratios, goals, markdown: L, data: { shapes: results } };
 };
+
+/**
+ * The goal "response → first handler call ≤ the floor's + 10 ms" in every shape: a round meets it when Halcyon's
+ * (trivial handler) median over that round's bodies is within the floor's of the same round plus the margin.
+ */
+function firstCallGoal(results: readonly ShapeResult[]): GoalEntry {
+  const verdicts: Verdict[] = [];
+  const parts: string[] = [];
+  for (const r of results) {
+    const of = (c: TpContender) => r.samples.filter((s) => s.contender === c && s.firstCallMs !== undefined);
+    const h = of('halcyon-trivial');
+    const f = of('floor');
+    const passed = h.flatMap((s) => {
+      const base = f.find((x) => x.round === s.round);
+      return base ? [s.firstCallMs! <= base.firstCallMs! + FIRST_CALL_MARGIN_MS] : [];
+    });
+    verdicts.push(roundsVerdict(passed));
+    parts.push(
+      `${fmt(r.summary['halcyon-trivial']?.firstCallMs?.median ?? NaN, 1)} ms vs floor ${fmt(r.summary.floor?.firstCallMs?.median ?? NaN, 1)} ms ` +
+        `(${r.shape.id}; within the floor's + ${FIRST_CALL_MARGIN_MS} ms in ${passed.filter(Boolean).length} of ${passed.length} rounds)`,
+    );
+  }
+  return goalEntry(`Response → first handler call ≤ the floor's + ${FIRST_CALL_MARGIN_MS} ms`, parts.join(', '), combineVerdicts(verdicts));
+}

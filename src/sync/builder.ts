@@ -9,6 +9,7 @@ import {
   type InviteWire,
   type KnockWire,
   type MatrixEvent,
+  OFFSET_STRIDE,
   type ReceiptWire,
   type StateChanges,
 } from '../protocol.ts';
@@ -54,18 +55,23 @@ export interface SyncCryptoFields {
   verification: Array<{ roomId: string; event: MatrixEvent }>;
 }
 
+/** Event capacity the columns start with. */
+const INITIAL_EVENTS = 256;
+
 /** Collects what one body brings, then {@link Builder.finish} turns it into a {@link ProcessedSync}. */
 export class Builder {
   nextBatch: string | null = null;
   readonly rooms: string[] = [];
-  readonly room: number[] = [];
-  readonly type: number[] = [];
-  readonly relType: number[] = [];
   readonly strings: string[] = [];
   private readonly stringIndex = new Map<string, number>();
-  readonly ts: number[] = [];
-  readonly flags: number[] = [];
-  readonly offsets: number[] = [];
+  /** Events in the columns below, which grow by doubling: written in place, no array of boxed numbers to convert. */
+  private count = 0;
+  private room = new Int32Array(INITIAL_EVENTS);
+  private type = new Int32Array(INITIAL_EVENTS);
+  private relType = new Int32Array(INITIAL_EVENTS);
+  private ts = new Float64Array(INITIAL_EVENTS);
+  private flags = new Uint8Array(INITIAL_EVENTS);
+  private offsets = new Int32Array(INITIAL_EVENTS * OFFSET_STRIDE);
   readonly invites: InviteWire[] = [];
   readonly knocks: KnockWire[] = [];
   readonly left: string[] = [];
@@ -110,6 +116,34 @@ export class Builder {
     return k;
   }
 
+  /** Adds an event to the columns: its room (index in `rooms`), interned type and rel_type (−1: none), flags and {@link OFFSET_STRIDE} offsets. */
+  addEvent(room: number, type: number, relType: number, ts: number, flags: number, offsets: Int32Array): void {
+    const n = this.count;
+    if (n === this.room.length) this.grow();
+    this.room[n] = room;
+    this.type[n] = type;
+    this.relType[n] = relType;
+    this.ts[n] = ts;
+    this.flags[n] = flags;
+    this.offsets.set(offsets, n * OFFSET_STRIDE);
+    this.count = n + 1;
+  }
+
+  private grow(): void {
+    const cap = this.room.length * 2;
+    const more = <T extends Int32Array | Float64Array | Uint8Array>(a: T, size: number): T => {
+      const b = new (a.constructor as new (n: number) => T)(size);
+      b.set(a);
+      return b;
+    };
+    this.room = more(this.room, cap);
+    this.type = more(this.type, cap);
+    this.relType = more(this.relType, cap);
+    this.ts = more(this.ts, cap);
+    this.flags = more(this.flags, cap);
+    this.offsets = more(this.offsets, cap * OFFSET_STRIDE);
+  }
+
   error(message: string, roomId?: string, eventId?: string): void {
     const e: WireError = { code: 'HALCYON_BAD_EVENT', message };
     if (roomId !== undefined) e.roomId = roomId;
@@ -118,18 +152,20 @@ export class Builder {
   }
 
   finish(): ProcessedSync {
+    const n = this.count;
     return {
       nextBatch: this.nextBatch!,
       rooms: this.rooms,
+      // Copies of exactly the events' length, each with a buffer of its own: they are transferred to main.
       events: {
-        count: this.type.length,
-        room: Int32Array.from(this.room),
-        type: Int32Array.from(this.type),
-        relType: Int32Array.from(this.relType),
+        count: n,
+        room: this.room.slice(0, n),
+        type: this.type.slice(0, n),
+        relType: this.relType.slice(0, n),
         strings: this.strings,
-        ts: Float64Array.from(this.ts),
-        flags: Uint8Array.from(this.flags),
-        offsets: Int32Array.from(this.offsets),
+        ts: this.ts.slice(0, n),
+        flags: this.flags.slice(0, n),
+        offsets: this.offsets.slice(0, n * OFFSET_STRIDE),
       },
       invites: this.invites,
       knocks: this.knocks,

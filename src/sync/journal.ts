@@ -55,7 +55,7 @@ export class EventJournal {
       meta_length INTEGER NOT NULL, body_length INTEGER NOT NULL, events INTEGER NOT NULL,
       done BLOB, done_events INTEGER NOT NULL DEFAULT 0, posted INTEGER NOT NULL DEFAULT 0)`);
     this.stmt = {
-      insert: db.prepare('INSERT INTO journal (seq, segment, offset, meta_length, body_length, events) VALUES (?, ?, ?, ?, ?, ?)'),
+      insert: db.prepare('INSERT INTO journal (seq, segment, offset, meta_length, body_length, events, posted) VALUES (?, ?, ?, ?, ?, ?, ?)'),
       posted: db.prepare('UPDATE journal SET posted = 1 WHERE seq = ? AND posted = 0'),
       loadDone: db.prepare('SELECT done, events, segment FROM journal WHERE seq = ?'),
       saveDone: db.prepare('UPDATE journal SET done = ?, done_events = ? WHERE seq = ?'),
@@ -81,19 +81,23 @@ export class EventJournal {
     this.fd = this.openSegment(this.segment);
   }
 
-  /** Appends batches and saves `since` with them: the bytes first, then their rows and the token in one transaction. */
-  append(rows: ReadonlyArray<{ seq: number; batch: JournaledBatch }>, since: string): void {
-    const placed = rows.map(({ seq, batch }) => {
+  /**
+   * Appends batches and saves `since` with them: the bytes first, then their rows and the token in one
+   * transaction. A row `posted` is recorded as handed to main already: the caller posts it right after, and one
+   * commit saves what {@link markPosted}'s own would (a crash in between only flags its events as redeliveries).
+   */
+  append(rows: ReadonlyArray<{ seq: number; batch: JournaledBatch; posted?: boolean }>, since: string): void {
+    const placed = rows.map(({ seq, batch, posted }) => {
       if (this.size > SEGMENT_BYTES) this.rotate();
       // The body is written as it is; the rest (columns, invites, ...) is serialised beside it.
       const meta = serialize({ ...batch, body: null });
       const offset = this.size;
       writevSync(this.fd, [meta, batch.body]);
       this.size += meta.length + batch.body.length;
-      return { seq, segment: this.segment, offset, metaLength: meta.length, bodyLength: batch.body.length, events: batch.events.count };
+      return { seq, segment: this.segment, offset, metaLength: meta.length, bodyLength: batch.body.length, events: batch.events.count, posted: posted ? 1 : 0 };
     });
     this.tx(() => {
-      for (const r of placed) this.stmt.insert.run(r.seq, r.segment, r.offset, r.metaLength, r.bodyLength, r.events);
+      for (const r of placed) this.stmt.insert.run(r.seq, r.segment, r.offset, r.metaLength, r.bodyLength, r.events, r.posted);
       kvSet(this.db, 'since', since);
     });
     for (const r of placed) this.rowsIn.set(r.segment, (this.rowsIn.get(r.segment) ?? 0) + 1);

@@ -5,13 +5,21 @@
 import { HalcyonError } from '../errors.ts';
 import { type InviteWire, type MatrixEvent, type RoomSummary, type StateChanges, type WireBatch } from '../protocol.ts';
 import { redactedEventId } from '../redaction.ts';
-import { Scanner, ScanError } from './scan.ts';
+import { keyNames, Scanner, ScanError } from './scan.ts';
 import { Builder, type ProcessedSync, type ProcessOptions } from './builder.ts';
 import { readTimelineEvent } from './timeline.ts';
 
 export type { ProcessedSync, ProcessOptions, SyncCryptoFields } from './builder.ts';
 
 type Membership = RoomSummary['membership'];
+
+/** The member names of the rooms part of a body, recognised without decoding (see {@link Scanner.keyOf}). */
+const SECTION_KEYS = keyNames('join', 'invite', 'leave', 'knock');
+const ROOM_KEYS = keyNames('timeline', 'state', 'account_data', 'ephemeral', 'summary', 'unread_notifications');
+const TIMELINE_KEYS = keyNames('events', 'limited', 'prev_batch');
+/** A room's parts as a server sends them when nothing is in them: skipped without a parse. */
+const EMPTY_EVENTS = Buffer.from('{"events":[]}', 'utf8');
+const EMPTY_OBJECT = Buffer.from('{}', 'utf8');
 type StateRoom = StateChanges['rooms'][number];
 
 /**
@@ -105,7 +113,7 @@ function stringList(v: unknown): string[] {
 
 function readRooms(sc: Scanner, b: Builder): void {
   sc.openObject();
-  for (let section: string | null, first = true; (section = sc.key(first)) !== null; first = false) {
+  for (let section: string | null, first = true; (section = sc.keyOf(first, SECTION_KEYS)) !== null; first = false) {
     const membership: Membership | null =
       section === 'join' ? 'join' : section === 'invite' ? 'invite' : section === 'leave' ? 'leave' : section === 'knock' ? 'knock' : null;
     if (membership === null || !sc.atObject()) {
@@ -134,10 +142,10 @@ function readRoom(sc: Scanner, b: Builder, roomId: string, membership: Membershi
   let limited = false;
   let prevBatch: string | null = null;
   sc.openObject();
-  for (let k: string | null, first = true; (k = sc.key(first)) !== null; first = false) {
+  for (let k: string | null, first = true; (k = sc.keyOf(first, ROOM_KEYS)) !== null; first = false) {
     if (k === 'timeline' && sc.atObject()) {
       sc.openObject();
-      for (let t: string | null, f = true; (t = sc.key(f)) !== null; f = false) {
+      for (let t: string | null, f = true; (t = sc.keyOf(f, TIMELINE_KEYS)) !== null; f = false) {
         if (t === 'limited') {
           limited = sc.readValue() === true;
           continue;
@@ -162,16 +170,18 @@ function readRoom(sc: Scanner, b: Builder, roomId: string, membership: Membershi
         }
       }
     } else if (k === 'state' && sc.atObject()) {
+      if (sc.skipIf(EMPTY_EVENTS)) continue;
       sc.openObject();
-      for (let t: string | null, f = true; (t = sc.key(f)) !== null; f = false) {
+      for (let t: string | null, f = true; (t = sc.keyOf(f, TIMELINE_KEYS)) !== null; f = false) {
         if (t === 'events' && sc.atArray()) readStateEvents(sc, b, roomId, st.state);
         else sc.skipValue();
       }
     } else if (k === 'account_data' && sc.atObject()) {
-      readAccountData(sc.readValue() as Record<string, unknown>, b, roomId);
+      if (!sc.skipIf(EMPTY_EVENTS)) readAccountData(sc.readValue() as Record<string, unknown>, b, roomId);
     } else if (k === 'ephemeral' && sc.atObject() && membership === 'join') {
-      readEphemeral(sc.readValue() as Record<string, unknown>, b, roomId);
+      if (!sc.skipIf(EMPTY_EVENTS)) readEphemeral(sc.readValue() as Record<string, unknown>, b, roomId);
     } else if (k === 'summary' && sc.atObject()) {
+      if (sc.skipIf(EMPTY_OBJECT)) continue;
       const summary = sc.readValue() as StateRoom['summary'];
       if (summary && Object.keys(summary).length > 0) st.summary = summary;
     } else sc.skipValue();

@@ -37,6 +37,14 @@ export function keyBytes(name: string): KeyBytes {
   return Buffer.from(name, 'utf8');
 }
 
+/** Member names {@link Scanner.keyOf} recognises by their bytes, each with its string (made once). */
+export type KeyNames = ReadonlyArray<{ bytes: KeyBytes; name: string }>;
+
+/** Encodes member names once, for {@link Scanner.keyOf}. */
+export function keyNames(...names: string[]): KeyNames {
+  return names.map((name) => ({ bytes: keyBytes(name), name }));
+}
+
 /** Cursor over JSON bytes; every read validates what it passes. */
 export class Scanner {
   readonly b: Buffer;
@@ -136,6 +144,33 @@ export class Scanner {
   /** Like {@link keyToken}, but decodes the name: for the outer levels of a body, where names are room IDs. */
   key(first: boolean): string | null {
     return this.keyToken(first) ? this.decode(this.ks, this.ke) : null;
+  }
+
+  /**
+   * Like {@link key}, but a name among `names` comes back as its own string, not decoded again: a body's
+   * structural names (`timeline`, `events`, ...) repeat in every room. Any other name, or an escaped one, is
+   * decoded as {@link key} does, so the result is the same.
+   */
+  keyOf(first: boolean, names: KeyNames): string | null {
+    if (!this.keyToken(first)) return null;
+    if (!this.escaped) for (let k = 0; k < names.length; k++) if (this.keyIs(names[k]!.bytes)) return names[k]!.name;
+    return this.decode(this.ks, this.ke);
+  }
+
+  /**
+   * Consumes the value at the cursor if its bytes are exactly `token` (a complete JSON value, e.g. `{"events":[]}`)
+   * and returns true; else moves nothing (but white space) and returns false. Lets the common empty parts of a
+   * body skip {@link readValue}'s decode and parse.
+   */
+  skipIf(token: Uint8Array): boolean {
+    this.peek();
+    const b = this.b;
+    const i = this.i;
+    const n = token.length;
+    if (i + n > b.length) return false;
+    for (let k = 0; k < n; k++) if (b[i + k] !== token[k]) return false;
+    this.i = i + n;
+    return true;
   }
 
   /** Consumes `[`; iterate items with {@link item}. */
@@ -280,9 +315,11 @@ export class Scanner {
     let wide = false;
     for (i++; i < n; i++) {
       const c = b[i]!;
-      // The common bytes first: plain printable ASCII and UTF-8 continuation/lead bytes.
-      if (c > BACKSLASH) {
-        if (c >= 0x80) wide = true;
+      // The common bytes first, by one table look-up: printable ASCII but the quote and the backslash.
+      const k = STRING_BYTE[c]!;
+      if (k === PLAIN) continue;
+      if (k === WIDE) {
+        wide = true;
         continue;
       }
       if (c === QUOTE) {
@@ -328,6 +365,13 @@ export class Scanner {
     return i;
   }
 }
+
+/** {@link STRING_BYTE} classes: a byte a string may hold as it is, one of 0x80 and above (UTF-8), anything else. */
+const PLAIN = 0;
+const WIDE = 1;
+const SPECIAL = 2;
+/** The class of each byte inside a string: the quote, the backslash and control characters are SPECIAL. */
+const STRING_BYTE = new Uint8Array(256).map((_, c) => (c >= 0x80 ? WIDE : c < 32 || c === QUOTE || c === BACKSLASH ? SPECIAL : PLAIN));
 
 function ws(b: Buffer, i: number): number {
   for (;;) {

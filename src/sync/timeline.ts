@@ -123,14 +123,9 @@ export function readTimelineEvent(sc: Scanner, b: Builder, roomId: string, roomI
   if (b.opts.wantedTypes === null || b.opts.wantedTypes.has(type!)) {
     const own = b.ownToken;
     if (own !== null && senderE - senderS === own.length && sc.b.compare(own, 0, own.length, senderS, senderE) === 0) flags |= EVENT_FLAGS.own;
-    b.room.push(roomIndex);
-    b.type.push(b.intern(type!));
-    b.relType.push(relType === null ? -1 : b.intern(relType));
-    b.ts.push(ts!);
-    b.flags.push(flags);
     span[OFF.rawStart] = start;
     span[OFF.rawEnd] = end;
-    for (let k = 0; k < OFFSET_STRIDE; k++) b.offsets.push(span[k]!);
+    b.addEvent(roomIndex, b.intern(type!), relType === null ? -1 : b.intern(relType), ts!, flags, span);
   }
   return isState || type === 'm.room.redaction' ? (JSON.parse(sc.b.toString('utf8', start, end)) as MatrixEvent) : undefined;
 }

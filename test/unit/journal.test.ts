@@ -113,3 +113,24 @@ test('saveSince alone moves the token without a journal row', (t) => {
   j.close();
   db.close();
 });
+
+test('a batch appended as posted (the sync actor posts it at once) reads back posted without a markPosted commit of its own', (t) => {
+  const dir = tempDataDir(t);
+  let db = openDatabase(dir, 'sync.sqlite');
+  let j = new EventJournal(db, dir);
+  j.append([{ seq: 1, batch: batchOf(2, 'a'), posted: true }], 's-a');
+  j.append([{ seq: 2, batch: batchOf(1, 'b') }], 's-b');
+  j.close();
+  db.close();
+  // After a crash, the first batch's events come again flagged as redeliveries; the second's, never posted, do not.
+  db = openDatabase(dir, 'sync.sqlite');
+  j = new EventJournal(db, dir);
+  assert.deepEqual(j.pending(), [
+    { seq: 1, events: 2, doneEvents: 0, posted: true },
+    { seq: 2, events: 1, doneEvents: 0, posted: false },
+  ]);
+  assert.equal(j.load(1)!.posted, true);
+  assert.equal(kvGet(db, 'since'), 's-b');
+  j.close();
+  db.close();
+});

@@ -408,3 +408,32 @@ test('clear in-room verification events (m.key.verification.*, and requests sent
   assert.deepEqual(p.cols.eventId, ['$n0', '$n1', '$n3'], 'handlers still get the messages they want, and only those');
   assert.deepEqual(p.errors, []);
 });
+
+test('structural names read as JSON.parse reads them, escaped or not; empty parts, compact or spaced, read as empty; a full part is still read', () => {
+  const msg = { type: 'm.room.message', event_id: '$m', sender: '@a:x', origin_server_ts: 1, content: { body: 'hi' } };
+  const receipt = { type: 'm.receipt', content: { $m: { 'm.read': { '@b:x': { ts: 2 } } } } };
+  const plain = JSON.stringify({
+    next_batch: 's1',
+    rooms: {
+      join: {
+        '!a:x': { timeline: { events: [msg] }, state: { events: [] }, account_data: { events: [] }, ephemeral: { events: [] }, summary: {} },
+        '!b:x': { timeline: { events: [{ ...msg, event_id: '$n' }] }, ephemeral: { events: [receipt] }, summary: { 'm.joined_member_count': 2 } },
+      },
+    },
+  });
+  // The same body with escaped structural names and spaced empty parts.
+  const odd = plain
+    .replace('"join"', '"j\\u006fin"')
+    .replace('"timeline"', '"timelin\\u0065"')
+    .replace('"events":[]},"account_data"', '"events" : [ ] },"account_data"')
+    .replace('"summary":{}', '"summary": { }');
+  assert.notEqual(odd, plain);
+  for (const text of [plain, odd]) {
+    const p = processSync(text, { wantedTypes: null });
+    assert.deepEqual(p.cols.eventId, ['$m', '$n'], text);
+    assert.deepEqual(p.rooms, ['!a:x', '!b:x']);
+    assert.deepEqual(p.receipts.map((r) => [r.roomId, r.eventId, r.userId]), [['!b:x', '$m', '@b:x']]);
+    assert.deepEqual(p.state.rooms.map((r) => [r.roomId, r.summary]), [['!b:x', { 'm.joined_member_count': 2 }]]);
+    assert.deepEqual(p.errors, []);
+  }
+});
