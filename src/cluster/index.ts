@@ -59,7 +59,8 @@ export async function startCluster(core: ClientCore, cfg: ResolvedCluster): Prom
       if (identity === null && core.opts.encryption) {
         throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'cluster: the ingest runs without encryption, so its workers must too (encryption: false)');
       }
-      return new WorkerRole(core, broker, partitions, await broker.ackWaitMs(), identity);
+      const store = await broker.leaseStore(null, signal);
+      return new WorkerRole(core, broker, store, partitions, await broker.ackWaitMs(), identity);
     }
     const partitions = await broker.ensureTopology();
     const lease = new Lease(await broker.leaseStore(cfg.leaseTtlMs), cfg.leaseTtlMs, `${hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`, core.opts.logger);

@@ -1,5 +1,6 @@
 /**
- * The ingest's lease: one active ingest per bot device. Matrix gives one event stream per device — the server
+ * A lease in the cluster's KV: the ingest's (one active ingest per bot device), and, by the same rules, a worker's
+ * membership and its claim on each partition it owns (ownership.ts). The ingest's: one active ingest per bot device. Matrix gives one event stream per device — the server
  * deletes to-device messages (room keys among them) once the next `since` token is used — so two processes
  * syncing one device would lose keys. The lease is a key in a JetStream KV bucket whose entries expire `ttlMs`
  * after their last write: the holder rewrites it (compare-and-set on its revision) every third of the TTL; a
@@ -13,7 +14,8 @@ import { delay } from '../http.ts';
 import type { Logger } from '../log.ts';
 import type { LeaseStore } from './nats.ts';
 
-const KEY = 'ingest';
+/** The ingest's key. */
+const INGEST_KEY = 'ingest';
 
 /** One process's claim on the ingest lease; see the module comment. */
 export class Lease {
@@ -32,33 +34,48 @@ export class Lease {
     /** Who holds it (host, pid and a random tag): shown to standbys and in logs. */
     readonly holder: string,
     private readonly logger: Logger,
+    /** The key in the bucket (default: the ingest's). */
+    private readonly key = INGEST_KEY,
   ) {
     this.pollMs = Math.min(1_000, Math.round(ttlMs / 4));
+  }
+
+  /** Whether this process holds the lease now (it is renewed until lost or released). */
+  get held(): boolean {
+    return this.timer !== null;
   }
 
   /** Waits until this process holds the lease (at once when nobody does); rejects with `HALCYON_STOPPED` on abort. */
   async acquire(signal: AbortSignal): Promise<void> {
     let told = false;
     for (;;) {
-      const sentAt = Date.now();
-      const rev = await this.store.create(KEY, this.holder).catch((err: unknown) => {
+      const got = await this.tryAcquire().catch((err: unknown) => {
         this.logger.warn({ err: (err as Error).message }, 'cluster: cannot reach the lease bucket; trying again');
-        return null;
+        return false;
       });
-      if (rev !== null) {
-        this.rev = rev;
-        this.lastOkSentAt = sentAt;
-        this.timer = setInterval(() => this.tick(), Math.max(100, Math.round(this.ttlMs / 6)));
+      if (got) {
         this.logger.info({ holder: this.holder }, 'cluster: this process holds the ingest lease');
         return;
       }
       if (!told) {
         told = true;
-        const holder = await this.store.get(KEY).catch(() => null);
+        const holder = await this.store.get(this.key).catch(() => null);
         this.logger.info({ holder }, 'cluster: another ingest holds the lease; standing by');
       }
       await delay(this.pollMs, signal);
     }
+  }
+
+  /** One attempt: takes the lease if nobody holds it (resolves true) and renews it from then on; rejects if NATS fails. */
+  async tryAcquire(): Promise<boolean> {
+    if (this.timer) return true;
+    const sentAt = Date.now();
+    const rev = await this.store.create(this.key, this.holder);
+    if (rev === null) return false;
+    this.rev = rev;
+    this.lastOkSentAt = sentAt;
+    this.timer = setInterval(() => this.tick(), Math.max(100, Math.round(this.ttlMs / 6)));
+    return true;
   }
 
   /** Called once if the lease is lost (see the module comment). */
@@ -74,7 +91,7 @@ export class Lease {
     this.renewing = true;
     const sentAt = Date.now();
     this.store
-      .update(KEY, this.holder, this.rev)
+      .update(this.key, this.holder, this.rev)
       .then((rev) => {
         if (!this.timer) return;
         if (rev === null) return this.lose('another process wrote it');
@@ -95,10 +112,15 @@ export class Lease {
     this.timer = null;
   }
 
+  /** Stops renewing without giving the key up: it expires after the TTL (a release that is not clean). */
+  abandon(): void {
+    this.stopRenewing();
+  }
+
   /** Gives the lease up (a clean stop): a standby takes over at its next try instead of after the TTL. */
   async release(): Promise<void> {
     if (!this.timer) return;
     this.stopRenewing();
-    await this.store.release(KEY, this.rev);
+    await this.store.release(this.key, this.rev);
   }
 }

@@ -27,8 +27,17 @@ const DUPLICATE_WINDOW_MS = 10 * 60_000;
 /** How long the stream keeps events, handled or not (more than the window: see ensureTopology). */
 const STREAM_MAX_AGE_MS = 60 * 60_000;
 
-/** Pause before a partition's consumption that ended is started again. */
-const CONSUME_RETRY_MS = 500;
+/** How long one pull of a partition waits for messages (and so how long after a worker's last pull it can still get one). */
+export const PULL_EXPIRES_MS = 2_000;
+
+/**
+ * How many events of one partition may be out (delivered, not acknowledged) at once: what its owner holds. 32
+ * lets a few rooms of a partition each have their next events at hand while one runs (20 rooms over 16
+ * partitions in the benchmark, 50 over 8 in the tests), so a handler that settles is followed at once by the next,
+ * without a round trip to NATS; it is also what a dead worker leaves to be redelivered per partition, and how far
+ * a busy room can keep the other rooms of its partition waiting (they queue behind its events in the server).
+ */
+export const MAX_ACK_PENDING = 32;
 
 /** How long a publish waits for the stream's acknowledgement before it counts as failed (and is retried). */
 const PUBLISH_TIMEOUT_MS = 10_000;
@@ -38,9 +47,16 @@ export interface Delivery {
   readonly data: Uint8Array;
   /** Delivered before (to a worker that died or did not acknowledge it within the ack wait). */
   readonly redelivered: boolean;
+  /** Its sequence in the stream (a room's events go out in this order). */
+  readonly seq: number;
+  /** Its delivery's sequence on the consumer: one more for each delivery, redeliveries too (a gap is a lost delivery). */
+  readonly dseq: number;
   ack(): void;
-  /** Gives it back: the server delivers it again at once (to any worker). */
-  nak(): void;
+  /**
+   * Gives it back, confirmed: resolves once the server has queued it for redelivery (redeliveries go before new
+   * events, in the order they were given back), so the next owner of its partition gets it first.
+   */
+  nak(): Promise<void>;
   /** Tells the server the handler is still running: the ack wait starts again. */
   working(): void;
 }
@@ -55,6 +71,16 @@ export interface LeaseStore {
   release(key: string, rev: number): Promise<void>;
   /** The key's value, or null. */
   get(key: string): Promise<string | null>;
+}
+
+/** {@link LeaseStore} with what a worker's partition ownership also needs. */
+export interface KeyStore extends LeaseStore {
+  /** How long a key lives after its last write. */
+  readonly ttlMs: number;
+  /** `held` (a value), `released` (deleted by its holder: a clean hand-over) or `absent` (never written, or expired). */
+  state(key: string): Promise<'held' | 'released' | 'absent'>;
+  /** The keys that hold a value and match `filter` (`w.*`). */
+  keys(filter: string): Promise<string[]>;
 }
 
 const enc = new TextEncoder();
@@ -117,8 +143,9 @@ export class Broker {
   /**
    * Creates the bot's stream and one durable consumer per partition, or checks the existing ones. The stream
    * keeps events for an hour (handled or not) with de-duplication by message ID; each durable consumer remembers
-   * which events of its partition were acknowledged and delivers one event at a time (`max_ack_pending: 1`), which keeps every room of the partition in
-   * order whichever worker pulls it. Resolves with the stream's partition count (fixed at creation).
+   * which events of its partition were acknowledged and lets {@link MAX_ACK_PENDING} of them be out at once, to the
+   * one worker that owns the partition (ownership.ts), which runs each room's in order. A consumer made by an older
+   * version (one event at a time) is updated to that. Resolves with the stream's partition count (fixed at creation).
    */
   async ensureTopology(): Promise<number> {
     const { AckPolicy, DeliverPolicy, RetentionPolicy, StorageType } = load<typeof import('@nats-io/jetstream')>('@nats-io/jetstream');
@@ -150,16 +177,21 @@ export class Broker {
         });
     }
     for (let p = 0; p < partitions; p++) {
-      const config = {
-        durable_name: `p${p}`,
-        filter_subject: this.subject(p),
-        ack_policy: AckPolicy.Explicit,
-        deliver_policy: DeliverPolicy.All,
-        max_ack_pending: 1,
-        ack_wait: c.ackWaitMs * 1_000_000,
-      };
-      await this.jsm.consumers.add(this.stream, config).catch((e: unknown) => {
-        throw clusterError(`cannot create consumer p${p} of ${this.stream}`, e);
+      const info = await this.jsm.consumers.info(this.stream, `p${p}`).catch((e: unknown) => (isNotFound(e) ? null : Promise.reject(clusterError(`cannot read consumer p${p} of ${this.stream}`, e))));
+      const made = info
+        ? info.config.max_ack_pending === MAX_ACK_PENDING
+          ? null
+          : this.jsm.consumers.update(this.stream, `p${p}`, { max_ack_pending: MAX_ACK_PENDING })
+        : this.jsm.consumers.add(this.stream, {
+            durable_name: `p${p}`,
+            filter_subject: this.subject(p),
+            ack_policy: AckPolicy.Explicit,
+            deliver_policy: DeliverPolicy.All,
+            max_ack_pending: MAX_ACK_PENDING,
+            ack_wait: c.ackWaitMs * 1_000_000,
+          });
+      await made?.catch((e: unknown) => {
+        throw clusterError(`cannot ${info ? 'update' : 'create'} consumer p${p} of ${this.stream}`, e);
       });
     }
     return partitions;
@@ -198,38 +230,33 @@ export class Broker {
   }
 
   /**
-   * Consumes partition `p`: `onMessage` gets each delivery (one at a time per partition, by the consumer's
-   * settings). Resolves with a stop function once the consumer is found. A consumption that ends on its own (the
-   * server restarted, the consumer was not found for a moment) is started again, so a worker never stops pulling
-   * a partition while it runs.
+   * One pull of partition `p` (a fetch): up to `max` deliveries as the server hands them out, ending when it has
+   * sent them or after {@link PULL_EXPIRES_MS}. A worker pulls only partitions it owns, one pull at a time, and
+   * stops owning one only between pulls: a pull that ended on its own has handed over every message the server
+   * sent for it (closing one early could drop messages already on the wire, which the server then counts as
+   * delivered). Rejects, or the iteration throws, when NATS fails.
    */
-  async consume(p: number, onMessage: (d: Delivery) => void): Promise<() => Promise<void>> {
+  async pull(p: number, max: number): Promise<AsyncIterable<Delivery>> {
     const consumer = await this.js.consumers.get(this.stream, `p${p}`);
-    let current = await consumer.consume({ max_messages: 4, expires: 10_000 });
-    let stopped = false;
-    const stop = new AbortController();
-    const done = (async () => {
-      for (;;) {
-        try {
-          for await (const m of current) onMessage(wrap(m));
-        } catch (err) {
-          if (!stopped) this.logger.warn({ partition: p, err: (err as Error).message }, 'cluster: consuming a partition failed; starting again');
-        }
-        if (stopped) return;
-        await delay(CONSUME_RETRY_MS, stop.signal);
-        try {
-          current = await (await this.js.consumers.get(this.stream, `p${p}`)).consume({ max_messages: 4, expires: 10_000 });
-        } catch {
-          // tried again after the next pause: the iterator below is the finished one, which ends at once
-        }
-      }
-    })().catch(() => {}); // HALCYON_STOPPED from the pause
-    return async () => {
-      stopped = true;
-      stop.abort();
-      await current.close().catch(() => {});
-      await done;
-    };
+    const msgs = await consumer.fetch({ max_messages: max, expires: PULL_EXPIRES_MS });
+    const nc = this.nc;
+    return (async function* () {
+      for await (const m of msgs) yield wrap(m, nc);
+    })();
+  }
+
+  /**
+   * What the server holds for partition `p`'s consumer: messages delivered and not acknowledged (naked ones
+   * included, until they go out again), pull requests waiting (a dead worker's, until it expires), and the
+   * sequence of the last delivery.
+   */
+  async pending(p: number): Promise<{ ackPending: number; waiting: number; delivered: number }> {
+    try {
+      const info = await this.jsm.consumers.info(this.stream, `p${p}`);
+      return { ackPending: info.num_ack_pending, waiting: info.num_waiting, delivered: info.delivered.consumer_seq };
+    } catch (err) {
+      throw clusterError(`cannot read consumer p${p} of ${this.stream}`, err);
+    }
   }
 
   /**
@@ -270,17 +297,30 @@ export class Broker {
     return () => sub.unsubscribe();
   }
 
-  /** The lease bucket: entries expire `ttlMs` after their last write. */
-  async leaseStore(ttlMs: number): Promise<LeaseStore> {
+  /**
+   * The lease bucket: entries expire its TTL after their last write. The ingest (`ttlMs` given) creates it with its
+   * `leaseTtlMs`; a worker (`ttlMs` null) opens the ingest's, waiting for it, and goes by its TTL, so every process
+   * of a bot agrees on how long a silent holder keeps a key. It holds the ingest's lease, the workers' membership
+   * (`w.<worker>`) and their partitions (`p.<partition>`).
+   */
+  async leaseStore(ttlMs: number | null, signal?: AbortSignal): Promise<KeyStore> {
     const { Kvm } = load<typeof import('@nats-io/kv')>('@nats-io/kv');
+    const bucket = `halcyon_${this.cfg.name}_lease`;
     let kv: KV;
-    try {
-      kv = await new Kvm(this.nc).create(`halcyon_${this.cfg.name}_lease`, { ttl: ttlMs, history: 1, replicas: this.cfg.replicas });
-    } catch (err) {
-      throw clusterError('cannot open the lease bucket', err);
+    for (let told = false; ; told = true) {
+      try {
+        kv = ttlMs === null ? await new Kvm(this.nc).open(bucket) : await new Kvm(this.nc).create(bucket, { ttl: ttlMs, history: 1, replicas: this.cfg.replicas });
+        break;
+      } catch (err) {
+        if (ttlMs !== null || !isNotFound(err)) throw clusterError('cannot open the lease bucket', err);
+        if (!told) this.logger.info({ bucket }, 'cluster: waiting for the ingest to create the lease bucket');
+        await delay(1_000, signal);
+      }
     }
+    const ttl = ttlMs ?? (await kv.status()).ttl;
     const wrongRevision = (e: unknown) => /wrong last sequence|key exists/i.test((e as Error).message ?? '');
     return {
+      ttlMs: ttl,
       create: (key, value) => kv.create(key, value).catch((e: unknown) => (wrongRevision(e) ? null : Promise.reject(e))),
       update: (key, value, rev) => kv.update(key, value, rev).catch((e: unknown) => (wrongRevision(e) ? null : Promise.reject(e))),
       release: async (key, rev) => {
@@ -289,6 +329,15 @@ export class Broker {
       get: async (key) => {
         const e = await kv.get(key);
         return e && e.operation === 'PUT' ? e.string() : null;
+      },
+      state: async (key) => {
+        const e = await kv.get(key);
+        return e === null ? 'absent' : e.operation === 'PUT' ? 'held' : 'released';
+      },
+      keys: async (filter) => {
+        const out: string[] = [];
+        for await (const k of await kv.keys(filter)) out.push(k);
+        return out;
       },
     };
   }
@@ -312,12 +361,21 @@ export function clusterError(what: string, err: unknown): HalcyonError {
   return new HalcyonError('HALCYON_CLUSTER', `${what}: ${(err as Error).message ?? String(err)}`, { cause: err });
 }
 
-function wrap(m: JsMsg): Delivery {
+/** How long a confirmed nak may take. */
+const NAK_TIMEOUT_MS = 5_000;
+
+function wrap(m: JsMsg, nc: NatsConnection): Delivery {
+  // The server answers an ack-subject message sent as a request once it has processed it.
+  const reply = (m as unknown as { reply: string }).reply;
   return {
     data: m.data,
     redelivered: m.redelivered,
+    seq: m.seq,
+    dseq: m.info.deliverySequence,
     ack: () => m.ack(),
-    nak: () => m.nak(),
+    nak: async () => {
+      await nc.request(reply, enc.encode('-NAK'), { timeout: NAK_TIMEOUT_MS });
+    },
     working: () => m.working(),
   };
 }

@@ -2,15 +2,17 @@
  * A worker's role: an actor set of its own behind the same handles and ports as the local ones, so the rest of
  * the client — intake, dispatcher, handlers, outbox, the API — runs unchanged:
  *
- * - in the sync actor's place, {@link PartitionConsumer}: it pulls the bot's partitions and posts each event as a
- *   batch of one on the sync port; the intake's acknowledgement of the batch (its handlers settled) acks the
- *   message. Each partition's consumer lets one message be unacknowledged at a time, so a room's events reach
- *   handlers in order whichever worker pulls them; a worker that dies leaves its message unacknowledged, and the
- *   server gives it to another worker after the ack wait, `redelivered`.
+ * - in the sync actor's place, {@link PartitionConsumer}: it owns a share of the bot's partitions (ownership.ts),
+ *   pulls several events of each at once and posts them as batches of one on the sync port, a room's next event
+ *   once the one before it settled (partition.ts); the intake's acknowledgement of a batch (its handlers settled)
+ *   acks the message. A worker that dies leaves its events unacknowledged; the worker that takes its partitions
+ *   over gets them after the ack wait, `redelivered`, before anything newer of their rooms.
  * - in the cache actor's place, {@link RemoteCache}: the ingest's cache over request/reply.
  * - in the crypto actor's place, {@link RemoteCrypto}: the ingest's crypto actor over request/reply (the OlmMachine
  *   has one owner); the worker then sends the encrypted content itself, with its deterministic transaction ID.
  */
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import { inThreadActor, localPortPair, type Port } from '../actors.ts';
 import type { ActorSet, ActorStrategy } from '../client/actors.ts';
 import type { ClientCore } from '../client/core.ts';
@@ -44,7 +46,9 @@ import { timelineBatch } from '../sync/process.ts';
 import type { Pacer } from '../pacing.ts';
 import type { ClusterRole } from './index.ts';
 import { SharedPacer } from './pacing.ts';
-import type { Broker, Delivery } from './nats.ts';
+import type { Broker, Delivery, KeyStore } from './nats.ts';
+import { Ownership, type PartitionOwner, type Takeover } from './ownership.ts';
+import { OwnedPartition, type PartitionSink, type Prepared } from './partition.ts';
 import { decodeEvent } from './wire.ts';
 
 /** Bound of a worker's request to the ingest (room state, presence); encryption gets the crypto actor's own. */
@@ -59,6 +63,7 @@ export class WorkerRole implements ClusterRole {
   constructor(
     core: ClientCore,
     private readonly broker: Broker,
+    store: KeyStore,
     partitions: number,
     ackWaitMs: number,
     identity: CryptoIdentity | null,
@@ -67,7 +72,7 @@ export class WorkerRole implements ClusterRole {
     this.strategy = {
       build: (encryption): ActorSet => {
         const [mainSide, consumerSide] = localPortPair<SyncToMain, MainToSync>();
-        const consumer = new PartitionConsumer(broker, partitions, consumerSide, core.opts.logger, ackWaitMs);
+        const consumer = new PartitionConsumer(broker, store, partitions, consumerSide, core.opts.logger, ackWaitMs);
         return {
           sync: inThreadActor<SyncActorApi>('sync', consumer, SYNC_DEADLINES),
           cache: inThreadActor<CacheActorApi>('cache', new RemoteCache(broker), CACHE_DEADLINES),
@@ -94,29 +99,49 @@ export class WorkerRole implements ClusterRole {
   }
 }
 
+/** This worker's name in the lease bucket (a key: letters, digits, `_` and `-`): host, process and a random tag. */
+function workerId(): string {
+  return `${hostname().replace(/[^A-Za-z0-9_-]/g, '_').slice(0, 40)}-${process.pid}-${randomBytes(4).toString('hex')}`;
+}
+
 /** An empty batch: the first of a run (it fires `ready`), or one that only reports errors. */
 function emptyBatch(seq: number, first: boolean, errors: WireBatch['errors'] = []): WireBatch {
   return { ...timelineBatch(new Map(), { wantedTypes: null }), seq, first, redelivered: false, done: null, errors };
 }
 
-/** The sync actor's stand-in on a worker: the bot's partitions as batches of one event; see the module comment. */
-export class PartitionConsumer implements SyncActorApi {
+/** A delivery read once: its room, and the batch it becomes (null: not a Halcyon event, reported instead). */
+interface PreparedEvent extends Prepared {
+  readonly make: ((seq: number, redelivered: boolean) => WireBatch) | null;
+  readonly error: string;
+}
+
+/**
+ * The sync actor's stand-in on a worker: the partitions this worker owns (ownership.ts, partition.ts), their
+ * events as batches of one on the sync port; the intake's acknowledgement of a batch acks its event.
+ */
+export class PartitionConsumer implements SyncActorApi, PartitionSink, PartitionOwner {
   private seq = 0;
   private userId = '';
-  private readonly inFlight = new Map<number, Delivery>();
-  private stops: Array<() => Promise<void>> = [];
+  /** Batches posted and not yet acknowledged by the intake: their partition and stream sequence. */
+  private readonly inFlight = new Map<number, { part: OwnedPartition; seq: number }>();
+  private readonly owned = new Map<number, OwnedPartition>();
+  private ownership: Ownership | null = null;
   private running = false;
   private delivered = 0;
-  private idle: (() => void) | null = null;
+  /** How long a hand-over waits for running handlers: the ack wait while running, the stop's drain when stopping. */
+  private drainMs: number;
   private heartbeat: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly broker: Broker,
+    private readonly store: KeyStore,
     private readonly partitions: number,
     private readonly port: Port<MainToSync, SyncToMain>,
-    private readonly logger: Logger,
-    private readonly ackWaitMs: number,
-  ) {}
+    readonly logger: Logger,
+    readonly ackWaitMs: number,
+  ) {
+    this.drainMs = ackWaitMs;
+  }
 
   async start(config: SyncConfig): Promise<SyncStartInfo> {
     this.seq = config.seqFloor;
@@ -124,71 +149,87 @@ export class PartitionConsumer implements SyncActorApi {
     this.running = true;
     this.port.onMessage((msg) => this.acked(msg));
     this.port.post({ kind: 'batch', batch: emptyBatch(++this.seq, true) });
-    for (let p = 0; p < this.partitions; p++) this.stops.push(await this.broker.consume(p, (d) => this.receive(d)));
+    this.ownership = new Ownership(this.store, this.partitions, workerId(), this, this.logger);
+    this.ownership.start();
     // A handler that runs longer than the ack wait must not have its event given to another worker meanwhile.
     this.heartbeat = setInterval(() => {
-      for (const d of this.inFlight.values()) d.working();
+      for (const part of this.owned.values()) part.working();
     }, Math.max(500, Math.round(this.ackWaitMs / 3)));
     this.heartbeat.unref();
     return { resumed: true };
   }
 
-  private receive(d: Delivery): void {
-    if (!this.running) return; // not acknowledged: the server gives it to another worker
-    const seq = ++this.seq;
-    let batch: WireBatch;
+  acquired(p: number, how: Takeover, at: number): void {
+    this.owned.set(p, new OwnedPartition(p, this.broker, this, how, at));
+  }
+
+  async handOver(p: number): Promise<boolean> {
+    const part = this.owned.get(p);
+    if (!part) return false;
+    const clean = await part.handOver(this.drainMs);
+    if (this.owned.get(p) === part) this.owned.delete(p);
+    return clean;
+  }
+
+  lost(p: number, why: string): void {
+    this.logger.warn({ partition: p, why }, 'cluster: this worker lost a partition; it stops handling its events');
+    this.owned.get(p)?.lose();
+    this.owned.delete(p);
+  }
+
+  prepare(d: Delivery): PreparedEvent {
     try {
       const { head, event } = decodeEvent(d.data);
       const b = timelineBatch(new Map([[head.roomId, [event]]]), { wantedTypes: null, ownUserId: this.userId });
       // Own, notice and escape bits are recomputed from the event; what only the ingest knew comes from the head.
       const carried = head.flags & (EVENT_FLAGS.encrypted | EVENT_FLAGS.late);
       for (let i = 0; i < b.events.count; i++) b.events.flags[i] = b.events.flags[i]! | carried;
-      batch = { ...b, seq, redelivered: d.redelivered || head.redelivered, done: null, summaries: head.summary ? [head.summary] : [] };
+      const make = (seq: number, redelivered: boolean): WireBatch => ({ ...b, seq, redelivered: redelivered || head.redelivered, done: null, summaries: head.summary ? [head.summary] : [] });
+      return { roomId: head.roomId, make, error: '' };
     } catch (err) {
-      const e = new HalcyonError('HALCYON_CLUSTER', `a message on the bot's stream is not a Halcyon event; dropped: ${(err as Error).message}`);
+      return { roomId: '', make: null, error: (err as Error).message };
+    }
+  }
+
+  post(prepared: Prepared, redelivered: boolean, streamSeq: number, part: OwnedPartition): void {
+    const { make, error } = prepared as PreparedEvent;
+    const seq = ++this.seq;
+    let batch: WireBatch;
+    if (make) batch = make(seq, redelivered);
+    else {
+      const e = new HalcyonError('HALCYON_CLUSTER', `a message on the bot's stream is not a Halcyon event; dropped: ${error}`);
       batch = emptyBatch(seq, false, [toWireError(e, 'HALCYON_CLUSTER')]);
     }
-    this.inFlight.set(seq, d);
+    this.inFlight.set(seq, { part, seq: streamSeq });
     this.delivered++;
     this.port.post({ kind: 'batch', batch });
   }
 
-  /** The intake acknowledged batches: their messages are acked (a batch holds one event, so it completes whole). */
+  /** The intake acknowledged batches: their events are acked (a batch holds one event, so it completes whole). */
   private acked(msg: MainToSync): void {
     for (const seq of msg.complete) {
-      const d = this.inFlight.get(seq);
-      if (!d) continue;
+      const f = this.inFlight.get(seq);
+      if (!f) continue;
       this.inFlight.delete(seq);
-      d.ack();
+      f.part.acked(f.seq);
     }
-    if (this.inFlight.size === 0) this.idle?.();
   }
 
-  /** Stops pulling; waits up to `drainMs` for handlers to finish; what is still running goes back to the stream now. */
+  /** Hands every partition over (waiting up to `drainMs` for running handlers) and leaves the membership. */
   async stop(drainMs = 0): Promise<void> {
     this.running = false;
-    const stops = this.stops;
-    this.stops = [];
-    await Promise.all(stops.map((s) => s()));
-    if (this.inFlight.size > 0 && drainMs > 0) {
-      let timer: NodeJS.Timeout | undefined;
-      await new Promise<void>((resolve) => {
-        this.idle = resolve;
-        timer = setTimeout(resolve, drainMs);
-      });
-      clearTimeout(timer);
-      this.idle = null;
-    }
+    this.drainMs = drainMs;
+    await this.ownership?.stop();
+    this.ownership = null;
     if (this.heartbeat) clearInterval(this.heartbeat);
     this.heartbeat = null;
-    if (this.inFlight.size > 0) this.logger.warn({ events: this.inFlight.size }, 'cluster: handlers still running at stop; their events go to another worker');
-    for (const d of this.inFlight.values()) d.nak();
     this.inFlight.clear();
   }
 
   async status(): Promise<SyncStatus> {
     const now = Date.now();
-    const n = this.inFlight.size;
+    let n = 0;
+    for (const part of this.owned.values()) n += part.size;
     return { running: this.running, since: null, polls: this.delivered, consecutiveErrors: 0, inFlightEvents: n, backlogEvents: n, waitingForCredit: false, nextPollAt: null, lastPollStartAt: now, lastSuccessAt: now };
   }
 

@@ -1,0 +1,263 @@
+/**
+ * One partition a worker owns (ownership.ts decides which): it pulls the partition's events, up to
+ * MAX_ACK_PENDING at a time, and hands them to the client's intake one room event at a time per room — a room's
+ * next event goes out when the one before it is acknowledged (its handlers settled), so events of other rooms
+ * run meanwhile and nothing of a room is ever queued where it could not be taken back. Each event is acked when
+ * its handlers settle; the worker's heartbeat keeps everything it holds from expiring.
+ *
+ * When to pull matters for per-room order: the server gives redeliveries (naked events, and events whose ack
+ * wait expired) before new ones, but a delivered event whose ack wait has not expired yet is neither — a pull
+ * then gets newer events of its room first (seen on nats-server 2.15.3). So a partition starts being pulled
+ * ({@link OwnedPartition.run}):
+ * - at once when its previous owner handed it over cleanly (it acked or naked, in order, everything it held);
+ * - at once when nothing of it is out (no event unacknowledged, no pull request waiting: never owned, or its
+ *   dead owner held nothing);
+ * - otherwise (a dead owner's key expired) once the dead owner's last pull has expired and, if it left events
+ *   unacknowledged, their ack wait too: PULL_EXPIRES_MS + ack wait + a margin after the key was taken.
+ * The same holds for the owner itself: a pull that ends in an error, or a gap in the delivery sequence, may have
+ * lost deliveries on the wire; the partition then waits for their ack wait before pulling again, unless the server
+ * shows nothing out beyond what the worker holds.
+ */
+import { HalcyonError } from '../errors.ts';
+import { delay } from '../http.ts';
+import type { Logger } from '../log.ts';
+import type { Broker, Delivery } from './nats.ts';
+import { MAX_ACK_PENDING, PULL_EXPIRES_MS } from './nats.ts';
+import type { Takeover } from './ownership.ts';
+
+/** Slack on top of a wait for the server's clocks (its ack-wait timer, a pull's expiry). */
+export const TAKEOVER_MARGIN_MS = 1_000;
+
+/** An event as the worker's consumer turned it into the intake's terms; see {@link PartitionSink}. */
+export interface Prepared {
+  /** Its room (events of one room go out one at a time); '' for a message that is not a Halcyon event. */
+  readonly roomId: string;
+}
+
+/** What a partition needs of the worker's consumer (worker.ts). */
+export interface PartitionSink {
+  readonly logger: Logger;
+  /** The consumers' ack wait. */
+  readonly ackWaitMs: number;
+  /** Reads a delivery (it is decoded once). */
+  prepare(d: Delivery): Prepared;
+  /** Hands an event to the intake; `ack` is called once with the stream sequence when its handlers settled. */
+  post(prepared: Prepared, redelivered: boolean, streamSeq: number, partition: OwnedPartition): void;
+}
+
+/** An event the partition holds: received, not yet acked or given back. */
+interface Held {
+  /** The newest delivery of it (acks and progress go by it). */
+  d: Delivery;
+  readonly seq: number;
+  readonly prepared: Prepared;
+  /** Whether the server had delivered it before it first reached this worker. */
+  readonly redelivered: boolean;
+  posted: boolean;
+}
+
+/** Where a partition is: waiting before its first pull, pulling, draining for a hand-over, or no longer owned. */
+type State = 'waiting' | 'pulling' | 'draining' | 'gone';
+
+/** One owned partition; see the module comment. */
+export class OwnedPartition {
+  private state: State = 'waiting';
+  private readonly held = new Map<number, Held>();
+  /** Each room's held events in stream order; the first is the one posted, if any. */
+  private readonly rooms = new Map<string, Held[]>();
+  private posted = 0;
+  /** The delivery sequence the next message should have (0: not known yet). */
+  private nextDseq = 0;
+  /** Whether deliveries may be out that this worker does not hold (before its first pull, after a failed one). */
+  private suspect = true;
+  private readonly abort = new AbortController();
+  private readonly loop: Promise<void>;
+  private idle: (() => void) | null = null;
+
+  constructor(
+    readonly partition: number,
+    private readonly broker: Broker,
+    private readonly sink: PartitionSink,
+    how: Takeover,
+    takenAt: number,
+  ) {
+    this.loop = this.run(how, takenAt).catch((err: unknown) => {
+      if ((err as HalcyonError).code !== 'HALCYON_STOPPED') sink.logger.warn({ partition, err: (err as Error).message }, 'cluster: a partition stopped pulling');
+    });
+  }
+
+  /** Events held (received, not acked). */
+  get size(): number {
+    return this.held.size;
+  }
+
+  /** Waits until pulling cannot reorder a room (see the module comment), then pulls while owned. */
+  private async run(how: Takeover, takenAt: number): Promise<void> {
+    const { ackWaitMs, logger } = this.sink;
+    const out = await this.serverState();
+    if (how === 'absent' && (out.ackPending > 0 || out.waiting > 0)) {
+      logger.info({ partition: this.partition, ackPending: out.ackPending }, 'cluster: taking a partition over from a worker that is gone; waiting for its pulls to expire');
+      await delay(Math.max(0, takenAt + PULL_EXPIRES_MS + TAKEOVER_MARGIN_MS - Date.now()), this.abort.signal);
+      if ((await this.serverState()).ackPending > 0) {
+        logger.info({ partition: this.partition }, 'cluster: its events are still out; waiting for their ack wait before pulling');
+        await delay(Math.max(0, takenAt + PULL_EXPIRES_MS + ackWaitMs + TAKEOVER_MARGIN_MS - Date.now()), this.abort.signal);
+      }
+    }
+    this.nextDseq = (await this.serverState()).delivered + 1;
+    if (this.state !== 'waiting') return;
+    this.state = 'pulling';
+    this.suspect = false;
+    while (this.state === 'pulling') {
+      const lostAt = await this.pullOnce();
+      if (lostAt !== null) await this.settle(lostAt);
+    }
+  }
+
+  /** The consumer's state on the server, asked until NATS answers (or the partition is given up). */
+  private async serverState(): Promise<{ ackPending: number; waiting: number; delivered: number }> {
+    for (;;) {
+      try {
+        return await this.broker.pending(this.partition);
+      } catch (err) {
+        this.sink.logger.warn({ partition: this.partition, err: (err as Error).message }, 'cluster: cannot read a partition; trying again');
+        await delay(500, this.abort.signal);
+      }
+    }
+  }
+
+  /** One pull, to its end; resolves with when deliveries may have been lost (an error, a gap), or null. */
+  private async pullOnce(): Promise<number | null> {
+    try {
+      for await (const d of await this.broker.pull(this.partition, MAX_ACK_PENDING)) {
+        if (this.state === 'gone') continue; // stepped down: what still comes is left to expire
+        if (this.nextDseq !== 0 && d.dseq !== this.nextDseq) {
+          this.sink.logger.warn({ partition: this.partition, expected: this.nextDseq, got: d.dseq }, 'cluster: deliveries of a partition were lost; pulling again after their ack wait');
+          this.suspect = true;
+          return Date.now(); // this one and the rest of the pull are left to expire, after the lost ones
+        }
+        this.nextDseq = d.dseq + 1;
+        this.take(d);
+      }
+      return null;
+    } catch (err) {
+      if (this.state === 'gone') return null;
+      this.sink.logger.warn({ partition: this.partition, err: (err as Error).message }, 'cluster: pulling a partition failed');
+      this.suspect = true;
+      return Date.now();
+    }
+  }
+
+  /** After a pull that may have lost deliveries: pulls again once nothing can be out beyond what this worker holds. */
+  private async settle(lostAt: number): Promise<void> {
+    for (let i = 0; i < 5; i++) {
+      // The worker's acks may still be on their way: asked a few times before counting a delivery as lost.
+      const out = await this.serverState();
+      if (out.ackPending <= this.held.size) {
+        this.nextDseq = out.delivered + 1;
+        this.suspect = false;
+        return;
+      }
+      await delay(200, this.abort.signal);
+    }
+    await delay(Math.max(0, lostAt + this.sink.ackWaitMs + TAKEOVER_MARGIN_MS - Date.now()), this.abort.signal);
+    this.nextDseq = (await this.serverState()).delivered + 1;
+    this.suspect = false;
+  }
+
+  /** A delivery: held, and posted at once if its room has nothing out. */
+  private take(d: Delivery): void {
+    const known = this.held.get(d.seq);
+    if (known) {
+      known.d = d; // its ack wait expired (NATS was unreachable): acks now go by the new delivery
+      return;
+    }
+    const h: Held = { d, seq: d.seq, prepared: this.sink.prepare(d), redelivered: d.redelivered, posted: false };
+    this.held.set(d.seq, h);
+    const q = this.rooms.get(h.prepared.roomId);
+    if (!q) {
+      this.rooms.set(h.prepared.roomId, [h]);
+      if (this.state === 'pulling') this.post(h);
+      return;
+    }
+    // In stream order (a redelivery can come after a newer event of its room), never ahead of the posted one.
+    let i = q.length;
+    while (i > 0 && q[i - 1]!.seq > h.seq && !q[i - 1]!.posted) i--;
+    q.splice(i, 0, h);
+  }
+
+  private post(h: Held): void {
+    h.posted = true;
+    this.posted++;
+    this.sink.post(h.prepared, h.redelivered, h.seq, this);
+  }
+
+  /** The handlers of event `seq` settled: it is acked, and its room's next event goes out. */
+  acked(seq: number): void {
+    const h = this.held.get(seq);
+    if (!h) return; // given back already (a hand-over that timed out)
+    this.held.delete(seq);
+    this.posted--;
+    h.d.ack();
+    const q = this.rooms.get(h.prepared.roomId);
+    if (q) {
+      q.splice(q.indexOf(h), 1);
+      if (q.length === 0) this.rooms.delete(h.prepared.roomId);
+      else if (this.state === 'pulling') this.post(q[0]!);
+    }
+    if (this.posted === 0) this.idle?.();
+  }
+
+  /** Tells the server the worker still has its events (their ack wait starts again); not once no longer owned. */
+  working(): void {
+    if (this.state === 'gone') return;
+    for (const h of this.held.values()) h.d.working();
+  }
+
+  /**
+   * Hands the partition over: stops pulling (the pull under way runs to its end, so nothing is lost on the
+   * wire), waits up to `drainMs` for the handlers running on its events, then gives back what is left, in stream
+   * order (the server delivers naked events first, in that order). Resolves true if the next owner may pull at
+   * once; false if deliveries may be out (this worker had not started pulling, or a pull failed): its key is then
+   * left to expire, and the next owner waits as after a crash.
+   */
+  async handOver(drainMs: number): Promise<boolean> {
+    if (this.state === 'gone') return false;
+    this.state = 'draining';
+    this.abort.abort();
+    await this.loop;
+    if (this.posted > 0 && drainMs > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await new Promise<void>((resolve) => {
+        this.idle = resolve;
+        timer = setTimeout(resolve, drainMs);
+      });
+      clearTimeout(timer);
+      this.idle = null;
+    }
+    const rest = [...this.held.values()].sort((a, b) => a.seq - b.seq);
+    const running = rest.filter((h) => h.posted).length;
+    if (running > 0) this.sink.logger.warn({ partition: this.partition, events: running }, 'cluster: handlers still running at a hand-over; their events go to the next owner');
+    this.held.clear();
+    this.rooms.clear();
+    this.posted = 0;
+    this.state = 'gone';
+    // Sent in order on one connection, processed in that order by the server; each confirmed.
+    const naked = await Promise.all(rest.map((h) => h.d.nak().then(() => true, () => false)));
+    return !this.suspect && naked.every(Boolean);
+  }
+
+  /**
+   * The partition's key is lost: nothing more of it is handed out. Events not yet posted are dropped (their ack
+   * wait gives them to the next owner); those whose handlers run are still acked when they settle.
+   */
+  lose(): void {
+    this.state = 'gone';
+    this.abort.abort();
+    for (const [seq, h] of this.held) if (!h.posted) this.held.delete(seq);
+    for (const [room, q] of this.rooms) {
+      const posted = q.filter((h) => h.posted);
+      if (posted.length === 0) this.rooms.delete(room);
+      else this.rooms.set(room, posted);
+    }
+  }
+}
