@@ -231,18 +231,21 @@ export class Broker {
 
   /**
    * One pull of partition `p` (a fetch): up to `max` deliveries as the server hands them out, ending when it has
-   * sent them or after {@link PULL_EXPIRES_MS}. A worker pulls only partitions it owns, one pull at a time, and
-   * stops owning one only between pulls: a pull that ended on its own has handed over every message the server
-   * sent for it (closing one early could drop messages already on the wire, which the server then counts as
-   * delivered). Rejects, or the iteration throws, when NATS fails.
+   * sent them, after {@link PULL_EXPIRES_MS}, or when `stop` is called. A worker pulls only partitions it owns, one
+   * pull at a time. A pull stopped early may have had deliveries on the wire, which the server counts as delivered
+   * and the worker never sees: a hand-over compares the consumer's delivery sequence with the last one it saw
+   * (partition.ts). The iteration throws when NATS fails.
    */
-  async pull(p: number, max: number): Promise<AsyncIterable<Delivery>> {
+  async pull(p: number, max: number): Promise<{ messages: AsyncIterable<Delivery>; stop(): void }> {
     const consumer = await this.js.consumers.get(this.stream, `p${p}`);
     const msgs = await consumer.fetch({ max_messages: max, expires: PULL_EXPIRES_MS });
     const nc = this.nc;
-    return (async function* () {
-      for await (const m of msgs) yield wrap(m, nc);
-    })();
+    return {
+      messages: (async function* () {
+        for await (const m of msgs) yield wrap(m, nc);
+      })(),
+      stop: () => msgs.stop(),
+    };
   }
 
   /**

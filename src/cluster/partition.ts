@@ -71,6 +71,8 @@ export class OwnedPartition {
   /** Whether deliveries may be out that this worker does not hold (before its first pull, after a failed one). */
   private suspect = true;
   private readonly abort = new AbortController();
+  /** Ends the pull under way early (a hand-over). */
+  private stopPull: (() => void) | null = null;
   private readonly loop: Promise<void>;
   private idle: (() => void) | null = null;
 
@@ -128,7 +130,10 @@ export class OwnedPartition {
   /** One pull, to its end; resolves with when deliveries may have been lost (an error, a gap), or null. */
   private async pullOnce(): Promise<number | null> {
     try {
-      for await (const d of await this.broker.pull(this.partition, MAX_ACK_PENDING)) {
+      const pull = await this.broker.pull(this.partition, MAX_ACK_PENDING);
+      this.stopPull = pull.stop;
+      if (this.state !== 'pulling') pull.stop();
+      for await (const d of pull.messages) {
         if (this.state === 'gone') continue; // stepped down: what still comes is left to expire
         if (this.nextDseq !== 0 && d.dseq !== this.nextDseq) {
           this.sink.logger.warn({ partition: this.partition, expected: this.nextDseq, got: d.dseq }, 'cluster: deliveries of a partition were lost; pulling again after their ack wait');
@@ -140,7 +145,7 @@ export class OwnedPartition {
       }
       return null;
     } catch (err) {
-      if (this.state === 'gone') return null;
+      if (this.state !== 'pulling') return null;
       this.sink.logger.warn({ partition: this.partition, err: (err as Error).message }, 'cluster: pulling a partition failed');
       this.suspect = true;
       return Date.now();
@@ -214,17 +219,21 @@ export class OwnedPartition {
   }
 
   /**
-   * Hands the partition over: stops pulling (the pull under way runs to its end, so nothing is lost on the
-   * wire), waits up to `drainMs` for the handlers running on its events, then gives back what is left, in stream
-   * order (the server delivers naked events first, in that order). Resolves true if the next owner may pull at
-   * once; false if deliveries may be out (this worker had not started pulling, or a pull failed): its key is then
-   * left to expire, and the next owner waits as after a crash.
+   * Hands the partition over: stops pulling, waits up to `drainMs` for the handlers running on its events, then
+   * gives back what is left, in stream order (the server delivers naked events first, in that order). Resolves
+   * true if the next owner may pull at once; false if deliveries may be out that this worker never saw (it had not
+   * started pulling, a pull failed, or the stopped pull had a delivery on the wire: the consumer's delivery
+   * sequence is past the last one seen here): its key is then left to expire, and the next owner waits as after a
+   * crash.
    */
   async handOver(drainMs: number): Promise<boolean> {
     if (this.state === 'gone') return false;
     this.state = 'draining';
     this.abort.abort();
+    this.stopPull?.();
     await this.loop;
+    // Everything the server delivered reached this worker if its last delivery is the last one seen here.
+    if (!this.suspect) await this.broker.pending(this.partition).then((out) => (this.suspect = out.delivered !== this.nextDseq - 1), () => (this.suspect = true));
     if (this.posted > 0 && drainMs > 0) {
       let timer: NodeJS.Timeout | undefined;
       await new Promise<void>((resolve) => {
