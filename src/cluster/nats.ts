@@ -81,6 +81,11 @@ export interface KeyStore extends LeaseStore {
   state(key: string): Promise<'held' | 'released' | 'absent'>;
   /** The keys that hold a value and match `filter` (`w.*`). */
   keys(filter: string): Promise<string[]>;
+  /**
+   * Calls `onChange` when a key appears or is deleted (not on renewals, nor on expiry, which has no event: a
+   * poll finds those). Returns the function that stops watching.
+   */
+  watch(onChange: () => void): () => void;
 }
 
 const enc = new TextEncoder();
@@ -341,6 +346,19 @@ export class Broker {
         const out: string[] = [];
         for await (const k of await kv.keys(filter)) out.push(k);
         return out;
+      },
+      watch: (onChange) => {
+        const seen = new Set<string>();
+        const watching = kv.watch({ key: '>', include: 'updates' });
+        void (async () => {
+          for await (const e of await watching) {
+            if (e.operation === 'PUT' && seen.has(e.key)) continue; // a renewal
+            if (e.operation === 'PUT') seen.add(e.key);
+            else seen.delete(e.key);
+            onChange();
+          }
+        })().catch(() => {}); // watching is a shortcut: the poll still finds every change
+        return () => void watching.then((w) => w.stop(), () => {});
       },
     };
   }

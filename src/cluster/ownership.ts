@@ -69,6 +69,9 @@ export class Ownership {
   private timer: NodeJS.Timeout | null = null;
   /** The look under way, if any (one at a time). */
   private ticking: Promise<void> | null = null;
+  /** A change was seen during the look under way: look again after it. */
+  private again = false;
+  private unwatch: (() => void) | null = null;
   private stopping = false;
 
   constructor(
@@ -88,15 +91,27 @@ export class Ownership {
     return [...this.leases.keys()].sort((a, b) => a - b);
   }
 
-  /** Starts looking: the first look at once, then every {@link pollMs}. */
+  /**
+   * Starts looking: the first look at once, then every {@link pollMs}, and at once when a worker or partition key
+   * appears or is deleted (a worker joins, a partition is given up), so a hand-over takes round trips, not polls.
+   */
   start(): void {
     this.timer = setInterval(() => this.tick(), this.pollMs);
+    this.unwatch = this.store.watch(() => this.tick());
     this.tick();
   }
 
   private tick(): void {
-    if (this.ticking || this.stopping) return;
-    this.ticking = this.look().finally(() => (this.ticking = null));
+    if (this.stopping) return;
+    if (this.ticking) {
+      this.again = true;
+      return;
+    }
+    this.again = false;
+    this.ticking = this.look().finally(() => {
+      this.ticking = null;
+      if (this.again) this.tick();
+    });
   }
 
   /** One look: renews nothing (the leases do), takes and gives partitions by {@link planOwnership}. */
@@ -154,6 +169,7 @@ export class Ownership {
     this.stopping = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
+    this.unwatch?.();
     await this.ticking;
     await Promise.all(this.owned.map((p) => this.giveUp(p)));
     await this.member.release().catch(() => {});
