@@ -70,6 +70,8 @@ export class OwnedPartition {
   private nextDseq = 0;
   /** Whether deliveries may be out that this worker does not hold (before its first pull, after a failed one). */
   private suspect = true;
+  /** Events to hold before posting any (see {@link resume}); 0: post as they come. */
+  private gather = 0;
   private readonly abort = new AbortController();
   /** Ends the pull under way early (a hand-over). */
   private stopPull: (() => void) | null = null;
@@ -105,14 +107,31 @@ export class OwnedPartition {
         await delay(Math.max(0, takenAt + PULL_EXPIRES_MS + ackWaitMs + TAKEOVER_MARGIN_MS - Date.now()), this.abort.signal);
       }
     }
-    this.nextDseq = (await this.serverState()).delivered + 1;
+    this.resume(await this.serverState());
     if (this.state !== 'waiting') return;
     this.state = 'pulling';
-    this.suspect = false;
     while (this.state === 'pulling') {
       const lostAt = await this.pullOnce();
+      if (this.gather > 0 && this.state === 'pulling') this.release(); // fewer came than were out (acked meanwhile)
       if (lostAt !== null) await this.settle(lostAt);
     }
+  }
+
+  /**
+   * Pulling starts (again) once what was out can only come back, first: the redeliveries. They come in the
+   * order their ack wait expired, which is not always the stream's (a progress signal lost with the connection
+   * keeps one out longer than the next), so nothing is posted until all `ackPending` are held, in stream order.
+   */
+  private resume(out: { ackPending: number; delivered: number }): void {
+    this.nextDseq = out.delivered + 1;
+    this.suspect = false;
+    this.gather = out.ackPending > this.held.size ? out.ackPending : 0;
+  }
+
+  /** Everything that was out is held: each room's first event goes out. */
+  private release(): void {
+    this.gather = 0;
+    for (const q of this.rooms.values()) if (!q[0]!.posted) this.post(q[0]!);
   }
 
   /** The consumer's state on the server, asked until NATS answers (or the partition is given up). */
@@ -157,16 +176,11 @@ export class OwnedPartition {
     for (let i = 0; i < 5; i++) {
       // The worker's acks may still be on their way: asked a few times before counting a delivery as lost.
       const out = await this.serverState();
-      if (out.ackPending <= this.held.size) {
-        this.nextDseq = out.delivered + 1;
-        this.suspect = false;
-        return;
-      }
+      if (out.ackPending <= this.held.size) return this.resume(out);
       await delay(200, this.abort.signal);
     }
     await delay(Math.max(0, lostAt + this.sink.ackWaitMs + TAKEOVER_MARGIN_MS - Date.now()), this.abort.signal);
-    this.nextDseq = (await this.serverState()).delivered + 1;
-    this.suspect = false;
+    this.resume(await this.serverState());
   }
 
   /** A delivery: held, and posted at once if its room has nothing out. */
@@ -181,13 +195,14 @@ export class OwnedPartition {
     const q = this.rooms.get(h.prepared.roomId);
     if (!q) {
       this.rooms.set(h.prepared.roomId, [h]);
-      if (this.state === 'pulling') this.post(h);
-      return;
+      if (this.state === 'pulling' && this.gather === 0) this.post(h);
+    } else {
+      // In stream order (a redelivery can come after a newer event of its room), never ahead of the posted one.
+      let i = q.length;
+      while (i > 0 && q[i - 1]!.seq > h.seq && !q[i - 1]!.posted) i--;
+      q.splice(i, 0, h);
     }
-    // In stream order (a redelivery can come after a newer event of its room), never ahead of the posted one.
-    let i = q.length;
-    while (i > 0 && q[i - 1]!.seq > h.seq && !q[i - 1]!.posted) i--;
-    q.splice(i, 0, h);
+    if (this.gather > 0 && this.held.size >= this.gather && this.state === 'pulling') this.release();
   }
 
   private post(h: Held): void {
@@ -207,7 +222,7 @@ export class OwnedPartition {
     if (q) {
       q.splice(q.indexOf(h), 1);
       if (q.length === 0) this.rooms.delete(h.prepared.roomId);
-      else if (this.state === 'pulling') this.post(q[0]!);
+      else if (this.state === 'pulling' && this.gather === 0) this.post(q[0]!);
     }
     if (this.posted === 0) this.idle?.();
   }
