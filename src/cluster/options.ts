@@ -20,7 +20,11 @@ export interface ClusterOptions {
   role?: 'worker' | 'ingest';
   /** Partitions of the event stream (rooms are spread by a hash of their ID); fixed when the stream is created. Default 16. */
   partitions?: number;
-  /** How long the ingest's lease lives without renewal: a standby takes over this long after the leader died. Default 10,000 ms. */
+  /**
+   * How long the ingest's lease lives without renewal: a standby takes over this long after the leader died. The
+   * ingest's value also bounds the workers' keys (their membership, the partitions each owns): a dead worker's
+   * partitions move this long after it died (a worker's own value is not used). Default 10,000 ms.
+   */
   leaseTtlMs?: number;
   /**
    * How long a dead worker's event waits before it goes to another worker: the ack wait of the partitions'

@@ -16,7 +16,9 @@
  *   unacknowledged, their ack wait too: PULL_EXPIRES_MS + ack wait + a margin after the key was taken.
  * The same holds for the owner itself: a pull that ends in an error, or a gap in the delivery sequence, may have
  * lost deliveries on the wire; the partition then waits for their ack wait before pulling again, unless the server
- * shows nothing out beyond what the worker holds.
+ * shows nothing out beyond what the worker holds. And redeliveries come in the order their ack wait expired, not
+ * always the stream's: after any of these waits, nothing is posted until everything that was out is held again
+ * ({@link OwnedPartition.resume}).
  */
 import { HalcyonError } from '../errors.ts';
 import { delay } from '../http.ts';
@@ -41,7 +43,7 @@ export interface PartitionSink {
   readonly ackWaitMs: number;
   /** Reads a delivery (it is decoded once). */
   prepare(d: Delivery): Prepared;
-  /** Hands an event to the intake; `ack` is called once with the stream sequence when its handlers settled. */
+  /** Hands an event to the intake; the sink calls `partition.acked(streamSeq)` once its handlers settled. */
   post(prepared: Prepared, redelivered: boolean, streamSeq: number, partition: OwnedPartition): void;
 }
 
