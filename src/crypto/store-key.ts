@@ -36,10 +36,10 @@ const SCRYPT_COST = { N: 2 ** 15, r: 8, p: 1 } as const;
 const SCRYPT_MAX_MEM = 256 * 1024 * 1024;
 
 /**
- * How the store named `storeName` in `db` (the journal's database) is keyed: its record; for a store that does not
- * exist yet, a new record, written here (HKDF for the data dir's generated key, scrypt with a new salt for any other
- * passphrase); null for a store made before raw keys (it opens with the passphrase). `exists` says whether the
- * store's IndexedDB databases are there.
+ * How the store whose journal database is `db` is keyed: its record; for a store that does not exist yet (`exists`:
+ * whether its IndexedDB databases are there), a new record, written here (HKDF for the data dir's generated key,
+ * scrypt with a new salt for any other passphrase); null for a store made before raw keys (it opens with the
+ * passphrase, in crypto-wasm).
  */
 export function storeKeyRecord(db: Database, dataDir: string, passphrase: string, exists: boolean): StoreKeyRecord | null {
   const stored = kvGet(db, RECORD_KEY);

@@ -166,6 +166,28 @@ test('a raw-key record written but the store never created (a crash between the 
   assert.equal((await openAndClose(dir, pass)).keys, again.keys);
 });
 
+test('a key record this version does not know (a newer version\'s): refused with HALCYON_CRYPTO_STORE saying so; the store is left as it was', async (t) => {
+  const dir = tempDir(t);
+  const secret = storePassphrase(dir);
+  const first = await openAndClose(dir, secret);
+  const { DatabaseSync } = await import('node:sqlite');
+  const db = new DatabaseSync(join(dir, 'crypto.sqlite'));
+  const newer = JSON.stringify({ format: 'raw-v2', kdf: 'something-new' });
+  db.prepare("UPDATE kv SET v = ? WHERE k = 'storeKey'").run(newer);
+  db.close();
+  const err = (await openCryptoStore(W, config(dir, secret), STORE, () => {}).then(
+    () => assert.fail('opened'),
+    (e: unknown) => e,
+  )) as HalcyonError;
+  assert.equal(err.code, 'HALCYON_CRYPTO_STORE', err.message);
+  assert.match(err.message, /key record .* is not one this version knows .*newer halcyon-matrix/);
+  assert.ok(!err.message.includes(secret));
+  const db2 = new DatabaseSync(join(dir, 'crypto.sqlite'));
+  db2.prepare("UPDATE kv SET v = ? WHERE k = 'storeKey'").run(first.storeKey!);
+  db2.close();
+  assert.equal((await openAndClose(dir, secret)).keys, first.keys, 'nothing was lost');
+});
+
 test("another user's store is refused with HALCYON_STORE_MISMATCH before any key is derived, on the raw-key format", async (t) => {
   const dir = tempDir(t);
   const secret = storePassphrase(dir);
