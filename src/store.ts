@@ -3,7 +3,7 @@
  * data directory (one owner per file); files are created 0600 and the directory 0700, because they hold
  * tokens and room state.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { DatabaseSync as SqliteDatabase } from 'node:sqlite';
@@ -119,4 +119,19 @@ export function storePassphrase(dataDir: string): string {
   const key = readFileSync(path, 'utf8').trim();
   if (key.length < 16) throw new HalcyonError('HALCYON_CRYPTO_STORE', `${path} does not hold a passphrase`);
   return key;
+}
+
+/**
+ * Whether `passphrase` is the data dir's generated `crypto.key` (see {@link storePassphrase}): 256 random bits, which
+ * need no stretching into a key (src/crypto/store-key.ts). Compared in constant time; false if there is no such file.
+ */
+export function isGeneratedPassphrase(dataDir: string, passphrase: string): boolean {
+  let stored: Buffer;
+  try {
+    stored = Buffer.from(readFileSync(join(dataDir, 'crypto.key'), 'utf8').trim());
+  } catch {
+    return false;
+  }
+  const given = Buffer.from(passphrase);
+  return stored.length === given.length && timingSafeEqual(stored, given);
 }

@@ -5,11 +5,14 @@
  */
 import { localRemote, remoteOnPort, serveActor, serveOnPort, traceStartup, typedPort, workerPorts } from '../src/actors.ts';
 import { CacheActor } from '../src/cache/actor.ts';
+import { trimHeapPeriodically } from '../src/memory.ts';
 import { CACHE_DEADLINES, type CacheActorApi, CRYPTO_DEADLINES, type CryptoActorApi, type MainToSync, type SyncToMain } from '../src/protocol.ts';
 import { SyncActor } from '../src/sync/actor.ts';
 
 traceStartup('sync worker loaded');
 const ports = workerPorts();
+// Keeps this worker's committed heap near its live data under steady traffic (see trimHeapPeriodically).
+trimHeapPeriodically();
 const cache = new CacheActor();
 serveOnPort(cache, ports.cache!);
 serveActor(

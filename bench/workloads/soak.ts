@@ -37,6 +37,8 @@ const LABEL: Record<SoakContender, string> = { halcyon: 'Halcyon', 'matrix-bot-s
 const CONTENDERS: SoakContender[] = ['halcyon', 'matrix-bot-sdk'];
 /** After the stream, replies are waited for as long as they keep coming, giving up after this long without one. */
 const DRAIN_STALL_MS = 60_000;
+/** Most sender PUTs unanswered at once: two seconds of the stream (see `stream`). */
+const MAX_PUTS_IN_FLIGHT = 2 * RATE_PER_S;
 const MB = 2 ** 20;
 
 /** One contender's run. */
@@ -62,7 +64,9 @@ interface SoakSample {
   maxBehind: number;
   /** Most sender PUTs not yet answered by Synapse at a sample (messages "behind" that the server had not accepted). */
   maxPutsInFlight: number;
-  /** Messages handled while the stream ran (of `seconds × 20`): below it, Synapse or the bot did not keep up. */
+  /** Messages sent while the stream ran: below `seconds × RATE_PER_S`, Synapse did not take them as fast. */
+  sentInStream: number;
+  /** Messages handled while the stream ran: below `sentInStream`, the bot was behind when it ended. */
   handledInStream: number;
   error?: string;
 }
@@ -212,7 +216,7 @@ function threadsOverTime(breakdowns: Array<[number, MemoryReport]>, times: numbe
 function emptySample(contender: SoakContender): SoakSample {
   return {
     contender, rss: [], breakdowns: [], sent: 0, handled: 0, replied: 0, failedReplies: 0, lost: 0, duplicates: 0, startMb: NaN,
-    steadyMb: NaN, peakMb: NaN, growthPctPerHour: NaN, secondHalfGrowthPctPerHour: NaN, maxBehind: 0, maxPutsInFlight: 0, handledInStream: 0,
+    steadyMb: NaN, peakMb: NaN, growthPctPerHour: NaN, secondHalfGrowthPctPerHour: NaN, maxBehind: 0, maxPutsInFlight: 0, sentInStream: 0, handledInStream: 0,
   };
 }
 
@@ -239,37 +243,48 @@ async function setUp(hs: Homeserver): Promise<{ sender: Api; senderId: string; u
 }
 
 /**
- * The measured stream: `seconds × RATE_PER_S` messages on an absolute schedule, the bot's RSS sampled meanwhile;
- * then waits for the replies as long as they keep coming.
+ * The measured stream: for `seconds`, a message every 1/RATE_PER_S s on an absolute schedule, but never more than
+ * {@link MAX_PUTS_IN_FLIGHT} unanswered: when Synapse cannot take RATE_PER_S (on SQLite, on a machine shared with
+ * other work), the sender slows to what it accepts instead of queueing thousands of requests, which loaded the
+ * machine for everyone and left half an hour of backlog to drain after the stream. The bot's RSS is sampled
+ * meanwhile; then the replies are waited for as long as they keep coming. Resolves with the stream's start and
+ * the number of messages sent in it.
  */
-async function stream(bot: Child, send: (i: number) => Promise<{ status: number }>, seconds: number, sample: SoakSample, progress: (l: string) => void): Promise<number> {
+async function stream(bot: Child, send: (i: number) => Promise<{ status: number }>, seconds: number, sample: SoakSample, progress: (l: string) => void): Promise<{ t0: number; sent: number }> {
   const t0 = now() + 1000 / RATE_PER_S;
+  const end = t0 + seconds * 1000;
   let sent = 0;
   let inFlight = 0;
   let failures = 0;
+  let answered: (() => void) | null = null;
   const behind = () => sent + ROOMS - bot.stats.handled;
   const sampler = setInterval(() => {
     sample.maxPutsInFlight = Math.max(sample.maxPutsInFlight, inFlight);
     sample.rss.push([(now() - t0) / 1000, bot.rssMb(), Math.max(0, behind())]);
   }, SAMPLE_MS);
-  const total = Math.round(seconds * RATE_PER_S);
   try {
-    for (let i = 0; i < total; i++) {
-      // Absolute schedule: a late timer does not push every later send back.
-      const wait = t0 + (i * 1000) / RATE_PER_S - now();
+    for (let i = 0; ; i++) {
+      // Absolute schedule: a late timer does not push every later send back; a full window does (see above).
+      const wait = Math.max(t0 + (i * 1000) / RATE_PER_S, now()) - now();
       if (wait > 0) await sleep(wait);
+      while (inFlight >= MAX_PUTS_IN_FLIGHT && now() < end) await new Promise<void>((r) => (answered = r));
+      if (now() >= end) break;
       inFlight++;
       void send(i)
         .then((r) => void (r.status === 200 ? 0 : failures++), () => void failures++)
-        .finally(() => inFlight--);
+        .finally(() => {
+          inFlight--;
+          answered?.();
+          answered = null;
+        });
       sent = i + 1;
-      if (i > 0 && i % (RATE_PER_S * 60) === 0) progress(`soak ${LABEL[bot.contender]} ${fmt(i / RATE_PER_S)} s: RSS ${fmt(bot.rssMb())} MiB, ${behind()} messages behind (${inFlight} not yet accepted by Synapse)`);
+      if (i > 0 && i % (RATE_PER_S * 60) === 0) progress(`soak ${LABEL[bot.contender]} ${fmt((now() - t0) / 1000)} s: RSS ${fmt(bot.rssMb())} MiB, ${sent} sent, ${behind()} messages behind (${inFlight} not yet accepted by Synapse)`);
     }
     sample.handledInStream = bot.stats.handled - ROOMS;
     let last = -1;
     let lastAt = now();
-    while (inFlight > 0 || bot.stats.replied + bot.stats.failed < total + ROOMS) {
-      const got = bot.stats.replied + bot.stats.failed + (total - inFlight);
+    while (inFlight > 0 || bot.stats.replied + bot.stats.failed < sent + ROOMS) {
+      const got = bot.stats.replied + bot.stats.failed + (sent - inFlight);
       if (got !== last) [last, lastAt] = [got, now()];
       else if (now() - lastAt > DRAIN_STALL_MS) break;
       await sleep(250);
@@ -278,7 +293,7 @@ async function stream(bot: Child, send: (i: number) => Promise<{ status: number 
     clearInterval(sampler);
   }
   if (failures) progress(`soak ${LABEL[bot.contender]}: ${failures} sender PUTs failed`);
-  return t0;
+  return { t0, sent };
 }
 
 /**
@@ -301,7 +316,8 @@ async function soakOne(contender: SoakContender, seconds: number, progress: (l: 
       for (let w = 1; w <= ROOMS; w++) await send(-w);
       const warm = now() + 60_000;
       while (bot.stats.replied < ROOMS && now() < warm) await sleep(200);
-      const t0 = await stream(bot, send, seconds, sample, progress);
+      const { t0, sent } = await stream(bot, send, seconds, sample, progress);
+      sample.sentInStream = sent;
       const done = bot.next('done', 60_000);
       bot.proc.stdin!.write('stop\n');
       await done.catch((e: unknown) => (sample.error = (e as Error).message));
@@ -328,7 +344,7 @@ export const run: Workload = async (ctx) => {
     samples.push(s);
     ctx.progress(
       `soak ${LABEL[c]}: steady ${fmt(s.steadyMb)} MiB (start ${fmt(s.startMb)}, peak ${fmt(s.peakMb)}), growth ${fmt(s.growthPctPerHour, 1)} %/h after the first minute (${fmt(s.secondHalfGrowthPctPerHour, 1)} %/h over the second half); ` +
-        `${s.handledInStream} of ${seconds * RATE_PER_S} handled during the stream, ${s.sent} sent in all, ${s.lost} without a reply, ${s.duplicates} duplicate replies${s.error ? `; FAILED: ${s.error}` : ''}`,
+        `${s.handledInStream} of ${s.sentInStream} sent handled during the stream (${fmt(s.sentInStream / seconds, 1)} msg/s), ${s.sent} sent in all, ${s.lost} without a reply, ${s.duplicates} duplicate replies${s.error ? `; FAILED: ${s.error}` : ''}`,
     );
   }
   // With --soak-only one of them ran: its own figures, no ratio.
@@ -355,11 +371,11 @@ export const run: Workload = async (ctx) => {
   const end = h?.breakdowns.at(-1);
   const first = h?.breakdowns.find(([t]) => t >= 0);
   const markdown = [
-    `A sender in the benchmark process posts ${RATE_PER_S} messages/s round-robin into ${ROOMS} rooms for ${fmt(seconds / 60, 1)} min (${fmt(seconds * RATE_PER_S)} messages, after ${ROOMS} warm-up messages), and the contender answers every one with a rich reply. Halcyon runs with its defaults but \`rateLimit: false\` (so encryption is on; the rooms are not encrypted), matrix-bot-sdk as its README sets a bot up (\`MemoryStorageProvider\`, no crypto). Each runs in a process of its own (Node with \`--import tsx\` for the child script, both alike), one after the other, each on a fresh Synapse: both at once (80 events/s with the replies) is more than Synapse on SQLite persists on this machine, and both fell behind alike. RSS (VmRSS, MiB) is sampled every ${SAMPLE_MS / 1000} s; growth is the least-squares slope from ${SETTLE_S} s on, in % of the steady RSS (the median over the last third) per hour. "Handled in the stream" below ${fmt(seconds * RATE_PER_S)} means Synapse or the bot did not keep up (the most messages behind, and of them the most not yet accepted by Synapse, say which). Replies are counted from the rooms' history on the server.`,
+    `A sender in the benchmark process posts ${RATE_PER_S} messages/s round-robin into ${ROOMS} rooms for ${fmt(seconds / 60, 1)} min (up to ${fmt(seconds * RATE_PER_S)} messages, after ${ROOMS} warm-up messages; never more than ${MAX_PUTS_IN_FLIGHT} unanswered, so when Synapse takes fewer, the sender keeps to Synapse's pace: the rate column), and the contender answers every one with a rich reply. Halcyon runs with its defaults but \`rateLimit: false\` (so encryption is on; the rooms are not encrypted), matrix-bot-sdk as its README sets a bot up (\`MemoryStorageProvider\`, no crypto). Each runs in a process of its own (Node with \`--import tsx\` for the child script, both alike), one after the other, each on a fresh Synapse: both at once (80 events/s with the replies) is more than Synapse on SQLite persists on this machine, and both fell behind alike. RSS (VmRSS, MiB) is sampled every ${SAMPLE_MS / 1000} s; growth is the least-squares slope from ${SETTLE_S} s on, in % of the steady RSS (the median over the last third) per hour. "Handled in the stream" below "sent in the stream" means the bot was behind when the stream ended (the most messages behind, and of them the most not yet accepted by Synapse). Replies are counted from the rooms' history on the server.`,
     '',
-    '| contender | RSS at start | steady RSS | peak | growth after 1 min | growth, 2nd half | handled in the stream | most behind (not yet accepted by Synapse) | sent | no reply | duplicate replies |',
-    '|---|---|---|---|---|---|---|---|---|---|---|',
-    ...samples.map((s) => `| ${LABEL[s.contender]} | ${fmt(s.startMb)} | **${fmt(s.steadyMb)}** | ${fmt(s.peakMb)} | ${fmt(s.growthPctPerHour, 1)} %/h | ${fmt(s.secondHalfGrowthPctPerHour, 1)} %/h | ${fmt(s.handledInStream)} | ${fmt(s.maxBehind)} (${fmt(s.maxPutsInFlight)}) | ${fmt(s.sent)} | ${fmt(s.lost)} | ${fmt(s.duplicates)} |`),
+    '| contender | RSS at start | steady RSS | peak | growth after 1 min | growth, 2nd half | rate (msg/s) | sent in the stream | handled in the stream | most behind (not yet accepted by Synapse) | sent | no reply | duplicate replies |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+    ...samples.map((s) => `| ${LABEL[s.contender]} | ${fmt(s.startMb)} | **${fmt(s.steadyMb)}** | ${fmt(s.peakMb)} | ${fmt(s.growthPctPerHour, 1)} %/h | ${fmt(s.secondHalfGrowthPctPerHour, 1)} %/h | ${fmt(s.sentInStream / seconds, 1)} | ${fmt(s.sentInStream)} | ${fmt(s.handledInStream)} | ${fmt(s.maxBehind)} (${fmt(s.maxPutsInFlight)}) | ${fmt(s.sent)} | ${fmt(s.lost)} | ${fmt(s.duplicates)} |`),
     '',
     `RSS over time (MiB): ${times.map((t) => `${fmt(t / 60, 1)} min: ${samples.map((s) => `${LABEL[s.contender]} ${fmt(at(s, t))}`).join(' / ')}`).join('; ')}.`,
     ...(h && h.breakdowns.length > 0 ? ['', ...threadsOverTime(h.breakdowns, times)] : []),

@@ -11,7 +11,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { test } from 'node:test';
 import { Registry } from 'prom-client';
 import { guestActor, portPair, spawnWorkerActor } from '../../src/actors.ts';
-import { gatherMemory, type MemoryReport, threadMemory } from '../../src/memory.ts';
+import { gatherMemory, type MemoryReport, type OldGeneration, shouldTrimHeap, threadMemory } from '../../src/memory.ts';
 import { createMetrics, type MetricsSnapshot } from '../../src/metrics.ts';
 import { CACHE_DEADLINES, type ActorMemory, type CacheActorApi, SYNC_DEADLINES, type SyncActorApi } from '../../src/protocol.ts';
 import { openDatabase } from '../../src/store.ts';
@@ -111,4 +111,25 @@ test('workers collecting their garbage for the first time at the same instant al
     await Promise.all(workers.map((w) => w.terminate()));
   }
   assert.deepEqual(problems, []);
+});
+
+test('a worker\'s periodic heap trim gives back an old generation full of garbage, down to its live data plus the slack', async (t) => {
+  const worker = new Worker(new URL('../fixtures/trim-worker.ts', import.meta.url), { workerData: { everyMs: 100 }, resourceLimits: { maxYoungGenerationSizeMb: 12 } });
+  t.after(() => worker.terminate());
+  const r = await new Promise<{ before: OldGeneration; after: OldGeneration }>((resolve, reject) => {
+    worker.once('message', resolve);
+    worker.once('error', reject);
+    worker.once('exit', (code) => reject(new Error(`the worker exited (code ${code}) without a trim`)));
+  });
+  const mib = (g: OldGeneration) => `${(g.used / MB).toFixed(1)}/${(g.committed / MB).toFixed(1)} MiB`;
+  assert.ok(shouldTrimHeap(r.before, 0), `the garbage is there to trim (old generation used/committed ${mib(r.before)})`);
+  assert.ok(!shouldTrimHeap(r.after, r.after.used), `trimmed to live data plus the slack: ${mib(r.before)} → ${mib(r.after)}`);
+  assert.ok(r.after.committed < r.before.committed / 2, `${mib(r.before)} → ${mib(r.after)}`);
+});
+
+test('shouldTrimHeap: a trim once the old generation holds more than its live data plus 8 MiB or half again, whichever is larger', () => {
+  assert.equal(shouldTrimHeap({ committed: 17 * MB, used: 16 * MB }, 10 * MB), false);
+  assert.equal(shouldTrimHeap({ committed: 19 * MB, used: 16 * MB }, 10 * MB), true);
+  assert.equal(shouldTrimHeap({ committed: 59 * MB, used: 50 * MB }, 40 * MB), false);
+  assert.equal(shouldTrimHeap({ committed: 61 * MB, used: 50 * MB }, 40 * MB), true);
 });
