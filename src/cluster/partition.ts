@@ -100,17 +100,19 @@ export class OwnedPartition {
   /** Waits until pulling cannot reorder a room (see the module comment), then pulls while owned. */
   private async run(how: Takeover, takenAt: number): Promise<void> {
     const { ackWaitMs, logger } = this.sink;
-    const out = await this.serverState();
-    if (how === 'absent' && (out.ackPending > 0 || out.waiting > 0)) {
-      logger.info({ partition: this.partition, ackPending: out.ackPending }, 'cluster: taking a partition over from a worker that is gone; waiting for its pulls to expire');
+    const first = await this.serverState();
+    if (how === 'absent' && (first.ackPending > 0 || first.waiting > 0)) {
+      logger.info({ partition: this.partition, ackPending: first.ackPending }, 'cluster: taking a partition over from a worker that is gone; waiting for its pulls to expire');
       await delay(Math.max(0, takenAt + PULL_EXPIRES_MS + TAKEOVER_MARGIN_MS - Date.now()), this.abort.signal);
       if ((await this.serverState()).ackPending > 0) {
         logger.info({ partition: this.partition }, 'cluster: its events are still out; waiting for their ack wait before pulling');
         await delay(Math.max(0, takenAt + PULL_EXPIRES_MS + ackWaitMs + TAKEOVER_MARGIN_MS - Date.now()), this.abort.signal);
       }
     }
-    this.resume(await this.serverState());
+    const out = await this.serverState();
+    this.resume(out);
     if (this.state !== 'waiting') return;
+    logger.info({ partition: this.partition, how, ...out, gather: this.gather }, 'cluster: a partition starts pulling');
     this.state = 'pulling';
     while (this.state === 'pulling') {
       const lostAt = await this.pullOnce();

@@ -240,3 +240,41 @@ export function countBy<T>(xs: T[], key: (x: T) => string): Map<string, number> 
   for (const x of xs) m.set(key(x), (m.get(key(x)) ?? 0) + 1);
   return m;
 }
+
+/**
+ * A logger for an in-process cluster client (an ingest) that records its `cluster:` lines in `sink` as the
+ * fixtures' `cluster` lines (labelled `run`), for {@link describeCluster}; warnings and errors also go to stderr.
+ */
+export function clusterLogger(run: string, sink: BotLine[]): { debug(): void; info: Log; warn: Log; error: Log } {
+  const make = (level: string): Log => (obj, msg) => {
+    const fields = obj instanceof Error ? { err: obj.message } : typeof obj === 'object' && obj !== null ? obj : { text: String(obj) };
+    if (msg?.startsWith('cluster:')) sink.push({ kind: 'cluster', run, level, msg, ...fields, t: Date.now() });
+    if (level !== 'info') process.stderr.write(`[${run} ${level}] ${msg ?? ''} ${JSON.stringify(fields)}\n`);
+  };
+  return { debug() {}, info: make('info'), warn: make('warn'), error: make('error') };
+}
+type Log = (obj: unknown, msg?: string) => void;
+
+/**
+ * What a cluster test prints when it times out: every process's `cluster` lines in time order (partitions taken,
+ * waited for, handed over, lost; NATS lost and back), the messages still missing by partition, and `extra` (the
+ * ingest's health, its errors).
+ */
+export function describeCluster(lines: BotLine[], missing: { body: string; partition: number }[], extra: Record<string, unknown>): string {
+  const t0 = lines[0]?.t ?? 0;
+  const log = lines
+    .filter((l) => l.kind === 'cluster')
+    .sort((a, b) => a.t - b.t)
+    .map(({ kind: _k, t, run, level, msg, ...rest }) => `  +${t - t0} ms ${run} ${level ?? ''} ${msg} ${JSON.stringify(rest)}`);
+  const byPartition = new Map<number, string[]>();
+  for (const m of missing) byPartition.set(m.partition, [...(byPartition.get(m.partition) ?? []), m.body]);
+  const last = new Map<string, number>();
+  for (const l of lines) if (l.kind === 'message') last.set(l.run, l.t - t0);
+  return [
+    `missing ${missing.length}: ${[...byPartition].map(([p, b]) => `p${p}: ${b.length} (${b.slice(0, 3).join(', ')}…)`).join('; ')}`,
+    `last message handled per process (ms from the first line): ${JSON.stringify(Object.fromEntries(last))}`,
+    ...Object.entries(extra).map(([k, v]) => `${k}: ${JSON.stringify(v)}`),
+    'cluster log:',
+    ...log,
+  ].join('\n');
+}

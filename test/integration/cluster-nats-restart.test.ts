@@ -10,7 +10,8 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { type NatsServer, startNats } from '../harness/nats.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
-import type { BotLine } from '../helpers/fault-stream.ts';
+import { partitionOf } from '../../src/cluster/wire.ts';
+import { type BotLine, clusterLogger, describeCluster } from '../helpers/fault-stream.ts';
 import { checkHandled, checkOneReplyEach, waitAllReplied, CLUSTER_MESSAGES, clusterName, sendOverRooms, startClusterBot } from '../helpers/cluster.ts';
 import { newBot, newPeer, tempDataDir, waitUntil } from './util.ts';
 
@@ -24,13 +25,14 @@ after(async () => {
 });
 
 const ROOMS = 20;
+const PARTITIONS = 8;
 
 test(`NATS restarted mid-stream (${CLUSTER_MESSAGES} messages, ${ROOMS} rooms): the bot resumes, nothing lost`, { timeout: 180_000 }, async (t) => {
   const t0 = Date.now();
   const name = clusterName();
-  const bot = await newBot(t, hs, { encryption: false, cluster: { servers: nats.url, name, role: 'ingest', partitions: 8, ackWaitMs: 2_000 } });
-  await bot.client.run(bot.token);
   const lines: BotLine[] = [];
+  const bot = await newBot(t, hs, { encryption: false, logger: clusterLogger('ingest', lines), cluster: { servers: nats.url, name, role: 'ingest', partitions: PARTITIONS, ackWaitMs: 2_000 } });
+  await bot.client.run(bot.token);
   const workers = ['w0', 'w1'].map((run) => startClusterBot(t, run, { HC_TOKEN: bot.token, HC_DIR: tempDataDir(t), HC_NATS: nats.url, HC_NAME: name }, lines));
   await Promise.all(workers.map((w) => w.waitFor((l) => l.kind === 'ready', `worker ${w.run} ready`, 60_000)));
 
@@ -42,13 +44,21 @@ test(`NATS restarted mid-stream (${CLUSTER_MESSAGES} messages, ${ROOMS} rooms): 
   await waitUntil(() => handled() >= CLUSTER_MESSAGES / 3, 60_000, 'a third of the messages handled');
   const before = handled();
   // Down while the peer goes on sending: the ingest's publishes fail and wait, its journal holds the events.
+  lines.push({ kind: 'cluster', run: 'test', msg: 'NATS stopping', t: Date.now() });
   await nats.restart(() => waitUntil(() => bot.client.health().then((h) => h.backlogEvents > 0), 30_000, 'events held by the ingest while NATS is down'), 'SIGTERM');
+  lines.push({ kind: 'cluster', run: 'test', msg: 'NATS serving again', t: Date.now() });
   const sent = await sending;
 
+  const seen = () => new Set(lines.filter((l) => l.kind === 'message' && workers.some((w) => w.run === l.run)).map((l) => l.eventId));
   await waitUntil(() => {
-    const seen = new Set(lines.filter((l) => l.kind === 'message' && workers.some((w) => w.run === l.run)).map((l) => l.eventId));
-    return sent.every((s) => seen.has(s.eventId));
-  }, 90_000, 'every message handled');
+    const s = seen();
+    return sent.every((m) => s.has(m.eventId));
+  }, 90_000, 'every message handled').catch(async (err: Error) => {
+    const s = seen();
+    const missing = sent.filter((m) => !s.has(m.eventId)).map((m) => ({ body: m.body, partition: partitionOf(m.roomId, PARTITIONS) }));
+    const health = await bot.client.health().catch((e: Error) => e.message);
+    throw new Error(`${err.message}\n${describeCluster(lines, missing, { ingestHealth: health, ingestErrors: bot.errors.map((e) => `${e.code}: ${e.message}`) })}`);
+  });
   await waitAllReplied(lines, sent, 30_000);
   assert.ok(handled() > before, 'handling went on after the restart');
   // A message the server had handed out when it stopped counts as delivered: it comes again flagged, to any worker.
