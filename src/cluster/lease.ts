@@ -21,6 +21,8 @@ const INGEST_KEY = 'ingest';
 export class Lease {
   /** How often a standby tries to take the lease. */
   readonly pollMs: number;
+  /** How often the holder looks at its lease (renews it when due), and how long one renewal may take. */
+  private readonly tickMs: number;
   private rev = 0;
   private timer: NodeJS.Timeout | null = null;
   private renewing = false;
@@ -38,6 +40,7 @@ export class Lease {
     private readonly key = INGEST_KEY,
   ) {
     this.pollMs = Math.min(1_000, Math.round(ttlMs / 4));
+    this.tickMs = Math.max(100, Math.round(ttlMs / 6));
   }
 
   /** Whether this process holds the lease now (it is renewed until lost or released). */
@@ -74,7 +77,7 @@ export class Lease {
     if (rev === null) return false;
     this.rev = rev;
     this.lastOkSentAt = sentAt;
-    this.timer = setInterval(() => this.tick(), Math.max(100, Math.round(this.ttlMs / 6)));
+    this.timer = setInterval(() => this.tick(), this.tickMs);
     return true;
   }
 
@@ -90,8 +93,10 @@ export class Lease {
     if (this.renewing || since < this.ttlMs / 3) return;
     this.renewing = true;
     const sentAt = Date.now();
+    // Bounded by the tick: a renewal whose answer was lost with the connection (a NATS restart) gets none, and nats.js
+    // would wait its default 5 s, past the step-down above; so it fails in time for the next tick to try again.
     this.store
-      .update(this.key, this.holder, this.rev)
+      .update(this.key, this.holder, this.rev, this.tickMs)
       .then((rev) => {
         if (!this.timer) return;
         if (rev === null) return this.lose('another process wrote it');

@@ -65,8 +65,13 @@ export interface Delivery {
 export interface LeaseStore {
   /** Creates the key if it does not exist (or expired); resolves with its revision, or null if it exists. */
   create(key: string, value: string): Promise<number | null>;
-  /** Writes the key if its revision is still `rev`; resolves with the new revision, or null if another wrote it. */
-  update(key: string, value: string, rev: number): Promise<number | null>;
+  /**
+   * Writes the key if its revision is still `rev`; resolves with the new revision, or null if another wrote it. A
+   * key that moved on but holds `value` (a holder's value is unique to it) was moved by this holder's own earlier
+   * update whose answer was lost (a NATS restart): it resolves with that revision. Rejects if no answer came
+   * within `timeoutMs` (default: nats.js's 5 s).
+   */
+  update(key: string, value: string, rev: number, timeoutMs?: number): Promise<number | null>;
   /** Deletes the key if its revision is still `rev` (a clean hand-over). */
   release(key: string, rev: number): Promise<void>;
   /** The key's value, or null. */
@@ -330,7 +335,13 @@ export class Broker {
     return {
       ttlMs: ttl,
       create: (key, value) => kv.create(key, value).catch((e: unknown) => (wrongRevision(e) ? null : Promise.reject(e))),
-      update: (key, value, rev) => kv.update(key, value, rev).catch((e: unknown) => (wrongRevision(e) ? null : Promise.reject(e))),
+      update: (key, value, rev, timeoutMs) =>
+        kv.update(key, value, rev, timeoutMs).catch(async (e: unknown) => {
+          if (!wrongRevision(e)) throw e;
+          // Still this holder's value (unique to it): its own earlier renewal was stored, but its answer was lost.
+          const now = await kv.get(key);
+          return now?.operation === 'PUT' && now.string() === value ? now.revision : null;
+        }),
       release: async (key, rev) => {
         await kv.delete(key, { previousSeq: rev }).catch(() => {});
       },

@@ -1,0 +1,38 @@
+/**
+ * The lease bucket on a real nats-server (src/cluster/nats.ts, `Broker.leaseStore`): compare-and-set on the
+ * revision, and a renewal whose answer was lost (the server stored it, then restarted or the connection dropped
+ * before the answer came) is recognised on the next try instead of being taken for another holder's write.
+ */
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { Broker } from '../../src/cluster/nats.ts';
+import { resolveCluster } from '../../src/cluster/options.ts';
+import { type NatsServer, startNats } from '../harness/nats.ts';
+import { clusterName } from '../helpers/cluster.ts';
+
+let nats: NatsServer;
+before(async () => {
+  nats = await startNats();
+});
+after(async () => {
+  await nats?.stop();
+});
+
+const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+
+test('lease store: a renewal sent again after its answer was lost resolves with the revision it wrote; another holder still gets null', async (t) => {
+  const broker = await Broker.connect(resolveCluster({ servers: nats.url, name: clusterName(), role: 'ingest' }), quiet, 'ingest');
+  t.after(() => broker.close());
+  const store = await broker.leaseStore(10_000);
+  const r1 = await store.create('ingest', 'me');
+  assert.ok(r1 !== null);
+  assert.equal(await store.create('ingest', 'other'), null, 'held: nobody else creates it');
+  const r2 = await store.update('ingest', 'me', r1);
+  assert.ok(r2 !== null && r2 > r1);
+  // The holder never saw r2 (the answer was lost): it renews from r1 again. The key holds its own value: renewed.
+  assert.equal(await store.update('ingest', 'me', r1), r2);
+  assert.equal(await store.update('ingest', 'other', r1), null, 'a stale revision of another holder is refused');
+  assert.equal(await store.get('ingest'), 'me');
+  const r3 = await store.update('ingest', 'me', r2);
+  assert.ok(r3 !== null && r3 > r2, 'renewals go on from the recognised revision');
+});

@@ -1,0 +1,77 @@
+/**
+ * The lease of src/cluster/lease.ts (the ingest's, and each worker's membership and partition keys), on a fake
+ * store and mocked timers: a renewal whose answer is lost with the connection (a NATS restart) must not cost the
+ * lease while NATS is back in time for another try. nats.js answers a lost request only by its timeout (the
+ * JetStream default: 5 s), which is longer than the window a lease has between its renewal and its step-down.
+ */
+import assert from 'node:assert/strict';
+import { test, type TestContext } from 'node:test';
+import { Lease } from '../../src/cluster/lease.ts';
+import type { LeaseStore } from '../../src/cluster/nats.ts';
+
+const TTL = 10_000;
+/** nats.js's default timeout of a JetStream request: a request without its own times out after it. */
+const JS_DEFAULT_TIMEOUT_MS = 5_000;
+const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+
+/**
+ * A one-key store as the NATS bucket behaves: compare-and-set on the revision; while `down`, a request gets no
+ * answer and rejects after its timeout (the lease's, else nats.js's default).
+ */
+interface FakeStore {
+  down: boolean;
+  updates: number;
+  answer<T>(fn: () => T, timeoutMs?: number): Promise<T>;
+  store: LeaseStore;
+}
+
+function fakeStore(): FakeStore {
+  let rev = 0;
+  let value: string | null = null;
+  const s: FakeStore = {
+    down: false,
+    updates: 0,
+    answer<T>(fn: () => T, timeoutMs?: number): Promise<T> {
+      if (!s.down) return Promise.resolve(fn());
+      return new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), timeoutMs ?? JS_DEFAULT_TIMEOUT_MS));
+    },
+    store: {
+      create: (_key: string, v: string) => s.answer(() => (value === null ? ((value = v), ++rev) : null)),
+      update: (_key: string, v: string, r: number, timeoutMs?: number) => {
+        s.updates++;
+        return s.answer(() => (r === rev ? ((value = v), ++rev) : null), timeoutMs);
+      },
+      release: async () => {
+        value = null;
+      },
+      get: async () => value,
+    },
+  };
+  return s;
+}
+
+/** Advances the mocked clock by `ms` in small steps, letting promise callbacks run between them. */
+async function advance(t: TestContext, ms: number): Promise<void> {
+  for (let done = 0; done < ms; done += 50) {
+    t.mock.timers.tick(50);
+    for (let i = 0; i < 10; i++) await Promise.resolve();
+  }
+}
+
+test('Lease: a renewal lost with the connection is tried again in time; a short NATS outage keeps the lease', async (t) => {
+  t.mock.timers.enable({ apis: ['setInterval', 'setTimeout', 'Date'], now: 0 });
+  const s = fakeStore();
+  const lease = new Lease(s.store, TTL, 'me', quiet);
+  const lost: string[] = [];
+  lease.onLost((why) => lost.push(why));
+  assert.equal(await lease.tryAcquire(), true);
+  await advance(t, TTL / 3 - 200); // just before the first renewal is due
+  s.down = true; // NATS restarts: the renewal sent now is never answered
+  await advance(t, 1_000);
+  assert.equal(s.updates, 1, 'the renewal was sent into the outage');
+  s.down = false; // back within a second
+  await advance(t, 3 * TTL);
+  assert.deepEqual(lost, []);
+  assert.equal(lease.held, true);
+  lease.abandon();
+});
