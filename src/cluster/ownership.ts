@@ -1,6 +1,6 @@
 /**
  * Which worker owns which partition. Each partition is owned by at most one live worker at a time: the owner holds
- * the key `p.<partition>` of the lease bucket (a {@link Lease}: renewed every third of the bucket's TTL, given up
+ * the key `p.<partition>` of the lease bucket (a {@link Lease}: renewed every sixth of the bucket's TTL, given up
  * on a clean hand-over, stepped down from when it cannot be renewed). Live workers announce themselves with a
  * lease of their own, `w.<worker>`. Every {@link Ownership.pollMs} each worker counts the live workers and the
  * partitions taken, and {@link planOwnership} says what to do: each targets ceil(P / live workers) partitions,
