@@ -44,9 +44,11 @@ test(`NATS restarted mid-stream (${CLUSTER_MESSAGES} messages, ${ROOMS} rooms): 
   await waitUntil(() => handled() >= CLUSTER_MESSAGES / 3, 60_000, 'a third of the messages handled');
   const before = handled();
   // Down while the peer goes on sending: the ingest's publishes fail and wait, its journal holds the events.
-  lines.push({ kind: 'cluster', run: 'test', msg: 'NATS stopping', t: Date.now() });
+  const downAt = Date.now();
+  lines.push({ kind: 'cluster', run: 'test', msg: 'NATS stopping', t: downAt });
   await nats.restart(() => waitUntil(() => bot.client.health().then((h) => h.backlogEvents > 0), 30_000, 'events held by the ingest while NATS is down'), 'SIGTERM');
-  lines.push({ kind: 'cluster', run: 'test', msg: 'NATS serving again', t: Date.now() });
+  const outageMs = Date.now() - downAt;
+  lines.push({ kind: 'cluster', run: 'test', msg: 'NATS serving again', t: Date.now(), outageMs });
   const sent = await sending;
 
   const seen = () => new Set(lines.filter((l) => l.kind === 'message' && workers.some((w) => w.run === l.run)).map((l) => l.eventId));
@@ -66,5 +68,5 @@ test(`NATS restarted mid-stream (${CLUSTER_MESSAGES} messages, ${ROOMS} rooms): 
   assert.deepEqual(lines.filter((l) => l.kind === 'error' || l.kind === 'sendFailed'), []);
   await checkOneReplyEach(hs.baseUrl, peer.user.accessToken, bot.user.userId, sent);
   assert.deepEqual(bot.errors, []);
-  t.diagnostic(`wall time ${Date.now() - t0} ms; ${twice.size} handled twice (redelivered after the restart)`);
+  t.diagnostic(`wall time ${Date.now() - t0} ms; NATS down ${outageMs} ms; ${twice.size} handled twice (redelivered after the restart)`);
 });
