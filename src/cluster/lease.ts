@@ -16,16 +16,19 @@ import type { LeaseStore } from './nats.ts';
 
 /** The ingest's key. */
 const INGEST_KEY = 'ingest';
+/** Renewals of one lease out at once (one a tick while answers do not come; each ends by nats.js's timeout). */
+const MAX_RENEWALS = 3;
 
 /** One process's claim on the ingest lease; see the module comment. */
 export class Lease {
   /** How often a standby tries to take the lease. */
   readonly pollMs: number;
-  /** How often the holder renews its lease (a renewal may take three quarters of it). */
+  /** How often the holder renews its lease. */
   private readonly tickMs: number;
   private rev = 0;
   private timer: NodeJS.Timeout | null = null;
-  private renewing = false;
+  /** Renewals sent and not yet answered. */
+  private readonly renewals = new Set<Promise<void>>();
   /** When the last successful renewal (or the creation) was sent. */
   private lastOkSentAt = 0;
   private lostCb: ((why: string) => void) | null = null;
@@ -89,24 +92,24 @@ export class Lease {
   private tick(): void {
     const since = Date.now() - this.lastOkSentAt;
     if (since > this.ttlMs * 0.8) return this.lose(`could not renew it for ${since} ms (NATS unreachable); it may have expired`);
-    // Renewed at every tick (a sixth of the TTL), one renewal at a time: the last renewal is then at most a tick old
-    // when NATS goes away, which leaves the outage most of the 80 % (renewing every third left it as little as 13 %).
-    if (this.renewing) return;
-    this.renewing = true;
+    // Renewed at every tick (a sixth of the TTL): the last renewal is then at most a tick old when NATS goes away,
+    // which leaves an outage most of the 80 % (renewing every third left it as little as 13 %). A renewal still
+    // unanswered does not hold the next one back: its answer may have been lost with the connection (a NATS
+    // restart), and nats.js waits 5 s for it, past the step-down; a slow answer still counts when it comes. Of two
+    // renewals from one revision the second finds the key moved by the first, and the store says so (nats.ts).
+    if (this.renewals.size >= MAX_RENEWALS) return;
     const sentAt = Date.now();
-    // Bounded within the tick: a renewal whose answer was lost with the connection (a NATS restart) gets none, and
-    // nats.js would wait its default 5 s, past the step-down above; so it has failed when the next tick tries again.
-    // A NATS outage of up to a third of the TTL, from any moment, is then waited out (test/unit/cluster-lease).
-    this.store
-      .update(this.key, this.holder, this.rev, Math.round((this.tickMs * 3) / 4))
+    const renewal = this.store
+      .update(this.key, this.holder, this.rev)
       .then((rev) => {
         if (!this.timer) return;
         if (rev === null) return this.lose('another process wrote it');
-        this.rev = rev;
-        this.lastOkSentAt = sentAt;
+        this.rev = Math.max(this.rev, rev);
+        this.lastOkSentAt = Math.max(this.lastOkSentAt, sentAt);
       })
       .catch(() => {}) // unreachable now: tried again on the next tick, until the deadline above
-      .finally(() => (this.renewing = false));
+      .finally(() => this.renewals.delete(renewal));
+    this.renewals.add(renewal);
   }
 
   private lose(why: string): void {
@@ -128,6 +131,7 @@ export class Lease {
   async release(): Promise<void> {
     if (!this.timer) return;
     this.stopRenewing();
+    await Promise.all(this.renewals); // the delete goes by the newest revision
     await this.store.release(this.key, this.rev);
   }
 }

@@ -67,11 +67,10 @@ export interface LeaseStore {
   create(key: string, value: string): Promise<number | null>;
   /**
    * Writes the key if its revision is still `rev`; resolves with the new revision, or null if another wrote it. A
-   * key that moved on but holds `value` (a holder's value is unique to it) was moved by this holder's own earlier
-   * update whose answer was lost (a NATS restart): it resolves with that revision. Rejects if no answer came
-   * within `timeoutMs` (default: nats.js's 5 s).
+   * key that moved on but holds `value` (a holder's value is unique to it) was moved by this holder's own other
+   * update (one whose answer was lost with a NATS restart, or is still on its way): it resolves with that revision.
    */
-  update(key: string, value: string, rev: number, timeoutMs?: number): Promise<number | null>;
+  update(key: string, value: string, rev: number): Promise<number | null>;
   /** Deletes the key if its revision is still `rev` (a clean hand-over). */
   release(key: string, rev: number): Promise<void>;
   /** The key's value, or null. */
@@ -335,10 +334,10 @@ export class Broker {
     return {
       ttlMs: ttl,
       create: (key, value) => kv.create(key, value).catch((e: unknown) => (wrongRevision(e) ? null : Promise.reject(e))),
-      update: (key, value, rev, timeoutMs) =>
-        kv.update(key, value, rev, timeoutMs).catch(async (e: unknown) => {
+      update: (key, value, rev) =>
+        kv.update(key, value, rev).catch(async (e: unknown) => {
           if (!wrongRevision(e)) throw e;
-          // Still this holder's value (unique to it): its own earlier renewal was stored, but its answer was lost.
+          // Still this holder's value (unique to it): its own other renewal moved it.
           const now = await kv.get(key);
           return now?.operation === 'PUT' && now.string() === value ? now.revision : null;
         }),

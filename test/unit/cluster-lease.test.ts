@@ -16,12 +16,14 @@ const quiet = { debug() {}, info() {}, warn() {}, error() {} };
 
 /**
  * A one-key store as the NATS bucket behaves: compare-and-set on the revision; while `down`, a request gets no
- * answer and rejects after its timeout (the lease's, else nats.js's default).
+ * answer and rejects after nats.js's default timeout.
  */
 interface FakeStore {
   down: boolean;
+  /** When > 0: each write is stored at once, its answer comes this much later (a loaded machine). */
+  slowMs: number;
   updates: number;
-  answer<T>(fn: () => T, timeoutMs?: number): Promise<T>;
+  answer<T>(fn: () => T): Promise<T>;
   store: LeaseStore;
 }
 
@@ -30,19 +32,25 @@ function fakeStore(): FakeStore {
   let value: string | null = null;
   const s: FakeStore = {
     down: false,
+    slowMs: 0,
     updates: 0,
-    answer<T>(fn: () => T, timeoutMs?: number): Promise<T> {
+    answer<T>(fn: () => T): Promise<T> {
+      if (s.slowMs > 0) {
+        const v = fn();
+        return new Promise((resolve) => setTimeout(() => resolve(v), s.slowMs));
+      }
       if (!s.down) return Promise.resolve(fn());
-      return new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), timeoutMs ?? JS_DEFAULT_TIMEOUT_MS));
+      return new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), JS_DEFAULT_TIMEOUT_MS));
     },
     store: {
       create: (_key: string, v: string) => s.answer(() => (value === null ? ((value = v), ++rev) : null)),
-      update: (_key: string, v: string, r: number, timeoutMs?: number) => {
+      update: (_key: string, v: string, r: number) => {
         s.updates++;
-        return s.answer(() => (r === rev ? ((value = v), ++rev) : null), timeoutMs);
+        // As the NATS store: a stale revision of the holder's own value is its own other renewal (nats.ts).
+        return s.answer(() => (r === rev ? ((value = v), ++rev) : value === v ? rev : null));
       },
-      release: async () => {
-        value = null;
+      release: async (_key: string, r: number) => {
+        if (r === rev) value = null;
       },
       get: async () => value,
     },
@@ -103,4 +111,22 @@ test('Lease: a NATS outage shorter than a third of the TTL, starting at any mome
   await advance(t, 0.8 * TTL + TTL / 6 + 100);
   assert.equal(lost.length, 1, 'the holder steps down before the key can have expired on the server');
   assert.equal(lease.held, false);
+});
+
+test('Lease: answers slower than a renewal tick still renew it (a loaded machine); renewals overlap, none is taken for another holder', async (t) => {
+  t.mock.timers.enable({ apis: ['setInterval', 'setTimeout', 'Date'], now: 0 });
+  const s = fakeStore();
+  const lease = new Lease(s.store, TTL, 'me', quiet);
+  const lost: string[] = [];
+  lease.onLost((why) => lost.push(why));
+  assert.equal(await lease.tryAcquire(), true);
+  s.slowMs = TTL / 4; // longer than a tick (TTL / 6), within the step-down
+  await advance(t, 3 * TTL);
+  assert.deepEqual(lost, []);
+  s.slowMs = 0;
+  await advance(t, TTL);
+  assert.deepEqual(lost, []);
+  assert.equal(lease.held, true);
+  await lease.release();
+  assert.equal(await s.store.get('k'), null, 'released by the newest revision');
 });
