@@ -32,6 +32,9 @@ export interface MemorySource {
   memory(collect?: boolean): Promise<ActorMemory>;
 }
 
+/** V8's heap spaces that make up the young generation (the rest is the old generation). */
+const YOUNG_SPACES: ReadonlySet<string> = new Set(['new_space', 'new_large_object_space']);
+
 /**
  * This thread's memory. `wasmBytes` is the crypto actor's (it alone knows its wasm instance). With `collect`,
  * a worker runs a full garbage collection first, so `heapUsed` is what is live (main never collects here: that is
@@ -42,7 +45,7 @@ export function threadMemory(opts: { wasmBytes?: number | null; collect?: boolea
   const heap = getHeapStatistics();
   const usage = process.memoryUsage();
   let young = 0;
-  for (const s of getHeapSpaceStatistics()) if (s.space_name === 'new_space' || s.space_name === 'new_large_object_space') young += s.space_size;
+  for (const s of getHeapSpaceStatistics()) if (YOUNG_SPACES.has(s.space_name)) young += s.space_size;
   return {
     thread: isWorkerThread() ? 'worker' : 'main',
     heapUsed: heap.used_heap_size,
@@ -72,7 +75,7 @@ export function oldGeneration(): OldGeneration {
   let committed = 0;
   let used = 0;
   for (const s of getHeapSpaceStatistics()) {
-    if (s.space_name === 'new_space' || s.space_name === 'new_large_object_space') continue;
+    if (YOUNG_SPACES.has(s.space_name)) continue;
     committed += s.space_size;
     used += s.space_used_size;
   }

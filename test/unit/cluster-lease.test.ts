@@ -58,6 +58,15 @@ function fakeStore(): FakeStore {
   return s;
 }
 
+/** A lease held by 'me' on `s`, and the reasons it reports for losing it. */
+async function heldLease(s: FakeStore): Promise<{ lease: Lease; lost: string[] }> {
+  const lease = new Lease(s.store, TTL, 'me', quiet);
+  const lost: string[] = [];
+  lease.onLost((why) => lost.push(why));
+  assert.equal(await lease.tryAcquire(), true);
+  return { lease, lost };
+}
+
 /** Advances the mocked clock by `ms` in small steps, letting promise callbacks run between them. */
 async function advance(t: TestContext, ms: number): Promise<void> {
   for (let done = 0; done < ms; done += 50) {
@@ -69,10 +78,7 @@ async function advance(t: TestContext, ms: number): Promise<void> {
 test('Lease: a renewal lost with the connection is tried again in time; a short NATS outage keeps the lease', async (t) => {
   t.mock.timers.enable({ apis: ['setInterval', 'setTimeout', 'Date'], now: 0 });
   const s = fakeStore();
-  const lease = new Lease(s.store, TTL, 'me', quiet);
-  const lost: string[] = [];
-  lease.onLost((why) => lost.push(why));
-  assert.equal(await lease.tryAcquire(), true);
+  const { lease, lost } = await heldLease(s);
   await advance(t, TTL);
   const before = s.updates;
   s.down = true; // NATS restarts: the renewal sent now is never answered
@@ -90,10 +96,7 @@ test('Lease: a NATS outage shorter than a third of the TTL, starting at any mome
   // Outages starting at every point of a renewal cycle (a renewal is due a third of the TTL after the last one).
   for (let start = 0; start < TTL / 2; start += 250) {
     const s = fakeStore();
-    const lease = new Lease(s.store, TTL, 'me', quiet);
-    const lost: string[] = [];
-    lease.onLost((why) => lost.push(why));
-    assert.equal(await lease.tryAcquire(), true);
+    const { lease, lost } = await heldLease(s);
     await advance(t, 2 * TTL + start);
     s.down = true;
     await advance(t, TTL / 3 - 300);
@@ -103,10 +106,7 @@ test('Lease: a NATS outage shorter than a third of the TTL, starting at any mome
     lease.abandon();
   }
   const s = fakeStore();
-  const lease = new Lease(s.store, TTL, 'me', quiet);
-  const lost: string[] = [];
-  lease.onLost((why) => lost.push(why));
-  assert.equal(await lease.tryAcquire(), true);
+  const { lease, lost } = await heldLease(s);
   s.down = true;
   await advance(t, 0.8 * TTL + TTL / 6 + 100);
   assert.equal(lost.length, 1, 'the holder steps down before the key can have expired on the server');
@@ -116,10 +116,7 @@ test('Lease: a NATS outage shorter than a third of the TTL, starting at any mome
 test('Lease: answers slower than a renewal tick still renew it (a loaded machine); renewals overlap, none is taken for another holder', async (t) => {
   t.mock.timers.enable({ apis: ['setInterval', 'setTimeout', 'Date'], now: 0 });
   const s = fakeStore();
-  const lease = new Lease(s.store, TTL, 'me', quiet);
-  const lost: string[] = [];
-  lease.onLost((why) => lost.push(why));
-  assert.equal(await lease.tryAcquire(), true);
+  const { lease, lost } = await heldLease(s);
   s.slowMs = TTL / 4; // longer than a tick (TTL / 6), within the step-down
   await advance(t, 3 * TTL);
   assert.deepEqual(lost, []);
