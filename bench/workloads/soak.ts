@@ -14,6 +14,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { MemoryReport } from '../../src/memory.ts';
@@ -141,28 +143,43 @@ const median = (xs: number[]): number => {
   return s.length ? (s[Math.floor((s.length - 1) / 2)]! + s[Math.ceil((s.length - 1) / 2)]!) / 2 : NaN;
 };
 
-/** Counts, from the rooms' history, messages of this run without a reply and replies beyond the first. */
-async function audit(api: Api, rooms: string[], senderId: string, botId: string, tag: string): Promise<{ sent: number; lost: number; duplicates: number }> {
-  let sent = 0;
-  let lost = 0;
-  let duplicates = 0;
-  for (const roomId of rooms) {
-    const events = await api.messages(roomId);
-    const replies = new Map<string, number>();
-    for (const ev of events) {
-      if (ev.sender !== botId) continue;
-      const to = (ev.content['m.relates_to'] as { 'm.in_reply_to'?: { event_id?: string } } | undefined)?.['m.in_reply_to']?.event_id;
-      if (to) replies.set(to, (replies.get(to) ?? 0) + 1);
+/**
+ * Counts, from the rooms' history, messages of this run without a reply and replies beyond the first. The history
+ * is read from Synapse's own event store (its SQLite database, read-only, after the bot stopped): paging
+ * `/messages` through an hour's ~100,000 events took Synapse over 50 minutes on this machine (it checks each
+ * event's visibility), reading the store takes seconds, and it holds every event the server accepted.
+ */
+function audit(hs: Homeserver, rooms: string[], senderId: string, botId: string, tag: string): { sent: number; lost: number; duplicates: number } {
+  const db = new DatabaseSync(join(hs.dataDir, 'homeserver.db'), { readOnly: true, timeout: 30_000 });
+  try {
+    const query = db.prepare(
+      `SELECT e.sender AS sender, e.event_id AS eventId, j.json AS json FROM events e JOIN event_json j ON j.event_id = e.event_id
+       WHERE e.room_id = ? AND e.type = 'm.room.message' AND e.sender IN (?, ?) AND e.outlier = 0`,
+    );
+    let sent = 0;
+    let lost = 0;
+    let duplicates = 0;
+    for (const roomId of rooms) {
+      const replies = new Map<string, number>();
+      const asked: string[] = [];
+      for (const row of query.iterate(roomId, senderId, botId) as Iterable<{ sender: string; eventId: string; json: string }>) {
+        const content = (JSON.parse(row.json) as { content?: Record<string, unknown> }).content ?? {};
+        if (row.sender === botId) {
+          const to = (content['m.relates_to'] as { 'm.in_reply_to'?: { event_id?: string } } | undefined)?.['m.in_reply_to']?.event_id;
+          if (to) replies.set(to, (replies.get(to) ?? 0) + 1);
+        } else if (typeof content.body === 'string' && content.body.startsWith(`soak:${tag}:`)) asked.push(row.eventId);
+      }
+      for (const id of asked) {
+        sent++;
+        const n = replies.get(id) ?? 0;
+        if (n === 0) lost++;
+        else duplicates += n - 1;
+      }
     }
-    for (const ev of events) {
-      if (ev.sender !== senderId || typeof ev.content.body !== 'string' || !ev.content.body.startsWith(`soak:${tag}:`)) continue;
-      sent++;
-      const n = replies.get(ev.event_id) ?? 0;
-      if (n === 0) lost++;
-      else duplicates += n - 1;
-    }
+    return { sent, lost, duplicates };
+  } finally {
+    db.close();
   }
-  return { sent, lost, duplicates };
 }
 
 /** Figures of one contender's RSS series. */
@@ -327,7 +344,7 @@ async function soakOne(contender: SoakContender, seconds: number, progress: (l: 
       Object.assign(sample, { handled: st.handled, replied: st.replied, failedReplies: st.failed }, figures(sample.rss, seconds));
       sample.breakdowns = bot.memory.map((m) => [(m.at - t0) / 1000, m.report]);
       if (st.lastError) progress(`soak ${LABEL[contender]}: last reply error: ${st.lastError}`);
-      return Object.assign(sample, await audit(sender, rooms, senderId, user.userId, tag));
+      return Object.assign(sample, audit(hs, rooms, senderId, user.userId, tag));
     } finally {
       if (bot && bot.proc.exitCode === null) bot.proc.kill('SIGKILL');
       await sender.close();
@@ -373,7 +390,7 @@ export const run: Workload = async (ctx) => {
   const end = h?.breakdowns.at(-1);
   const first = h?.breakdowns.find(([t]) => t >= 0);
   const markdown = [
-    `A sender in the benchmark process posts ${RATE_PER_S} messages/s round-robin into ${ROOMS} rooms for ${fmt(seconds / 60, 1)} min (up to ${fmt(seconds * RATE_PER_S)} messages, after ${ROOMS} warm-up messages; never more than ${MAX_PUTS_IN_FLIGHT} unanswered, so when Synapse takes fewer, the sender keeps to Synapse's pace: the rate column), and the contender answers every one with a rich reply. Halcyon runs with its defaults but \`rateLimit: false\` (so encryption is on; the rooms are not encrypted), matrix-bot-sdk as its README sets a bot up (\`MemoryStorageProvider\`, no crypto). Each runs in a process of its own (Node with \`--import tsx\` for the child script, both alike), one after the other, each on a fresh Synapse: both at once (80 events/s with the replies) is more than Synapse on SQLite persists on this machine, and both fell behind alike. RSS (VmRSS, MiB) is sampled every ${SAMPLE_MS / 1000} s; growth is the least-squares slope from ${SETTLE_S} s on, in % of the steady RSS (the median over the last third) per hour. "Handled in the stream" below "sent in the stream" means the bot was behind when the stream ended (the most messages behind, and of them the most not yet accepted by Synapse). Replies are counted from the rooms' history on the server.${ARENA_MAX ? ` The contenders ran with \`MALLOC_ARENA_MAX=${ARENA_MAX}\` in their environment (glibc's malloc arenas; see the README's Memory section).` : ''}`,
+    `A sender in the benchmark process posts ${RATE_PER_S} messages/s round-robin into ${ROOMS} rooms for ${fmt(seconds / 60, 1)} min (up to ${fmt(seconds * RATE_PER_S)} messages, after ${ROOMS} warm-up messages; never more than ${MAX_PUTS_IN_FLIGHT} unanswered, so when Synapse takes fewer, the sender keeps to Synapse's pace: the rate column), and the contender answers every one with a rich reply. Halcyon runs with its defaults but \`rateLimit: false\` (so encryption is on; the rooms are not encrypted), matrix-bot-sdk as its README sets a bot up (\`MemoryStorageProvider\`, no crypto). Each runs in a process of its own (Node with \`--import tsx\` for the child script, both alike), one after the other, each on a fresh Synapse: both at once (80 events/s with the replies) is more than Synapse on SQLite persists on this machine, and both fell behind alike. RSS (VmRSS, MiB) is sampled every ${SAMPLE_MS / 1000} s; growth is the least-squares slope from ${SETTLE_S} s on, in % of the steady RSS (the median over the last third) per hour. "Handled in the stream" below "sent in the stream" means the bot was behind when the stream ended (the most messages behind, and of them the most not yet accepted by Synapse). Replies are counted from the rooms' history in Synapse's event store (its database, read after the bot stopped).${ARENA_MAX ? ` The contenders ran with \`MALLOC_ARENA_MAX=${ARENA_MAX}\` in their environment (glibc's malloc arenas; see the README's Memory section).` : ''}`,
     '',
     '| contender | RSS at start | steady RSS | peak | growth after 1 min | growth, 2nd half | rate (msg/s) | sent in the stream | handled in the stream | most behind (not yet accepted by Synapse) | sent | no reply | duplicate replies |',
     '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
