@@ -51,6 +51,8 @@ export interface Delivery {
   readonly seq: number;
   /** Its delivery's sequence on the consumer: one more for each delivery, redeliveries too (a gap is a lost delivery). */
   readonly dseq: number;
+  /** How many times the server has delivered it, this delivery included (diagnostics). */
+  readonly deliveries: number;
   ack(): void;
   /**
    * Gives it back, confirmed: resolves once the server has queued it for redelivery (redeliveries go before new
@@ -403,6 +405,7 @@ function wrap(m: JsMsg, nc: NatsConnection): Delivery {
     redelivered: m.redelivered,
     seq: m.seq,
     dseq: m.info.deliverySequence,
+    deliveries: m.info.deliveryCount,
     ack: () => m.ack(),
     nak: async () => {
       await nc.request(reply, enc.encode('-NAK'), { timeout: NAK_TIMEOUT_MS });

@@ -34,6 +34,8 @@ export const TAKEOVER_MARGIN_MS = 1_000;
 export interface Prepared {
   /** Its room (events of one room go out one at a time); '' for a message that is not a Halcyon event. */
   readonly roomId: string;
+  /** Its event ID, for the debug log ('' if unknown). */
+  readonly eventId: string;
 }
 
 /** What a partition needs of the worker's consumer (worker.ts). */
@@ -191,7 +193,9 @@ export class OwnedPartition {
   private take(d: Delivery): void {
     const known = this.held.get(d.seq);
     if (known) {
-      known.d = d; // its ack wait expired (NATS was unreachable): acks now go by the new delivery
+      // Its ack wait expired (NATS was unreachable, or the progress signal was late): acks now go by the new delivery.
+      this.sink.logger.debug({ partition: this.partition, seq: d.seq, dseq: d.dseq, deliveries: d.deliveries, eventId: known.prepared.eventId }, 'cluster: an event held here was delivered again');
+      known.d = d;
       return;
     }
     const h: Held = { d, seq: d.seq, prepared: this.sink.prepare(d), redelivered: d.redelivered, posted: false };
@@ -212,13 +216,20 @@ export class OwnedPartition {
   private post(h: Held): void {
     h.posted = true;
     this.posted++;
+    const { d } = h;
+    this.sink.logger.debug({ partition: this.partition, seq: h.seq, dseq: d.dseq, deliveries: d.deliveries, redelivered: h.redelivered, eventId: h.prepared.eventId }, 'cluster: an event goes to the handlers');
     this.sink.post(h.prepared, h.redelivered, h.seq, this);
   }
 
   /** The handlers of event `seq` settled: it is acked, and its room's next event goes out. */
   acked(seq: number): void {
     const h = this.held.get(seq);
-    if (!h) return; // given back already (a hand-over that timed out)
+    if (!h) {
+      // Given back already (a hand-over that timed out, a lost key): the next owner handles it again.
+      this.sink.logger.debug({ partition: this.partition, seq }, 'cluster: handlers settled on an event given back');
+      return;
+    }
+    this.sink.logger.debug({ partition: this.partition, seq, eventId: h.prepared.eventId }, 'cluster: an event is acked');
     this.held.delete(seq);
     this.posted--;
     h.d.ack();
@@ -263,8 +274,9 @@ export class OwnedPartition {
       this.idle = null;
     }
     const rest = [...this.held.values()].sort((a, b) => a.seq - b.seq);
-    const running = rest.filter((h) => h.posted).length;
-    if (running > 0) this.sink.logger.warn({ partition: this.partition, events: running }, 'cluster: handlers still running at a hand-over; their events go to the next owner');
+    const running = rest.filter((h) => h.posted).map((h) => h.seq);
+    if (running.length > 0) this.sink.logger.warn({ partition: this.partition, seqs: running }, 'cluster: handlers still running at a hand-over; their events go to the next owner');
+    if (rest.length > 0) this.sink.logger.debug({ partition: this.partition, seqs: rest.map((h) => h.seq) }, 'cluster: events given back at a hand-over');
     this.held.clear();
     this.rooms.clear();
     this.posted = 0;

@@ -152,9 +152,15 @@ export class PartitionConsumer implements SyncActorApi, PartitionSink, Partition
     this.ownership = new Ownership(this.store, this.partitions, workerId(), this, this.logger);
     this.ownership.start();
     // A handler that runs longer than the ack wait must not have its event given to another worker meanwhile.
+    const every = Math.max(500, Math.round(this.ackWaitMs / 3));
+    let last = Date.now();
     this.heartbeat = setInterval(() => {
+      const now = Date.now();
+      // Two missed beats leave the server a third of the ack wait: a stalled event loop risks redeliveries.
+      if (now - last > 2 * every) this.logger.warn({ gapMs: now - last, ackWaitMs: this.ackWaitMs }, 'cluster: the progress signal of running handlers was late');
+      last = now;
       for (const part of this.owned.values()) part.working();
-    }, Math.max(500, Math.round(this.ackWaitMs / 3)));
+    }, every);
     this.heartbeat.unref();
     return { resumed: true };
   }
@@ -185,9 +191,9 @@ export class PartitionConsumer implements SyncActorApi, PartitionSink, Partition
       const carried = head.flags & (EVENT_FLAGS.encrypted | EVENT_FLAGS.late);
       for (let i = 0; i < b.events.count; i++) b.events.flags[i] = b.events.flags[i]! | carried;
       const make = (seq: number, redelivered: boolean): WireBatch => ({ ...b, seq, redelivered: redelivered || head.redelivered, done: null, summaries: head.summary ? [head.summary] : [] });
-      return { roomId: head.roomId, make, error: '' };
+      return { roomId: head.roomId, eventId: typeof event.event_id === 'string' ? event.event_id : '', make, error: '' };
     } catch (err) {
-      return { roomId: '', make: null, error: (err as Error).message };
+      return { roomId: '', eventId: '', make: null, error: (err as Error).message };
     }
   }
 

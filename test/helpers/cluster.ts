@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
+import { partitionOf } from '../../src/cluster/wire.ts';
 import type { Peer } from '../harness/peer.ts';
 import { defer, waitUntil } from '../integration/util.ts';
 import { type BotLine, type BotProcess, repliesInRoom, startFaultBot } from './fault-stream.ts';
@@ -110,4 +111,28 @@ export async function checkOneReplyEach(baseUrl: string, accessToken: string, bo
     assert.equal(mine.length, 1, `${s.body}: ${mine.length} replies (want exactly one)`);
     assert.equal(mine[0]!.body, `re: ${s.body}`);
   }
+}
+
+/**
+ * What a test prints about events handled twice (`ids`): for each, every handling (which process, when, flagged
+ * `redelivered` or not), its deliveries as the workers' debug lines tell them (stream and delivery sequence,
+ * delivery count, acked, given back, delivered again), and what happened to its partition meanwhile (owners taken,
+ * handed over, lost; waits; late progress signals; NATS lost), 30 s either side. Times are ms from the first line.
+ */
+export function explainTwice(lines: BotLine[], sent: SentMessage[], ids: Iterable<string>, partitions: number): string {
+  const t0 = lines[0]?.t ?? 0;
+  const show = ({ kind, t, run, ...rest }: BotLine) => `    +${t - t0} ms ${run} ${kind} ${JSON.stringify(rest)}`;
+  const out: string[] = [];
+  for (const id of ids) {
+    const s = sent.find((m) => m.eventId === id);
+    const p = s ? partitionOf(s.roomId, partitions) : -1;
+    const seqs = new Set(lines.filter((l) => l.kind === 'clusterDebug' && l.eventId === id).map((l) => l.seq as number));
+    const own = lines.filter((l) => l.eventId === id || (l.kind === 'clusterDebug' && l.partition === p && (seqs.has(l.seq) || (l.seqs as number[] | undefined)?.some((q) => seqs.has(q)))));
+    const from = Math.min(...own.map((l) => l.t)) - 30_000;
+    const to = Math.max(...own.map((l) => l.t)) + 30_000;
+    const around = lines.filter((l) => l.kind === 'cluster' && l.t >= from && l.t <= to && (l.partition === undefined || l.partition === p));
+    out.push(`  ${s?.body ?? id} (${id}), partition ${p}, stream seq ${[...seqs].join(', ')}:`);
+    out.push(...[...new Set([...own, ...around])].sort((a, b) => a.t - b.t).map(show));
+  }
+  return out.join('\n');
 }

@@ -13,7 +13,7 @@ import { MAX_ACK_PENDING } from '../../src/cluster/nats.ts';
 import { type NatsServer, startNats } from '../harness/nats.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
 import type { BotLine } from '../helpers/fault-stream.ts';
-import { checkHandled, checkOneReplyEach, waitAllReplied, clusterName, sendOverRooms, startClusterBot } from '../helpers/cluster.ts';
+import { checkHandled, checkOneReplyEach, explainTwice, waitAllReplied, clusterName, sendOverRooms, startClusterBot } from '../helpers/cluster.ts';
 import { newBot, newClient, newPeer, tempDataDir, waitUntil } from './util.ts';
 
 let hs: Homeserver;
@@ -49,6 +49,7 @@ test(`${MESSAGES} messages over ${ROOMS} rooms to three workers, one killed with
   // The victim holds what it pulled (its handlers hang): killed once it holds two events, while the peer sends.
   await victim.waitFor((l) => l.kind === 'message' && lines.filter((m) => m.run === 'w0' && m.kind === 'message').length >= 2, 'the victim to hold two events', 60_000);
   await victim.kill9();
+  lines.push({ kind: 'cluster', run: 'test', msg: 'w0 killed', t: Date.now() });
   const held = new Set(lines.filter((l) => l.run === 'w0' && l.kind === 'message').map((l) => l.eventId as string));
   const sent = await sending;
 
@@ -60,6 +61,8 @@ test(`${MESSAGES} messages over ${ROOMS} rooms to three workers, one killed with
   await waitAllReplied(lines, sent, 30_000);
 
   const { twice, firstRedelivered } = checkHandled(lines, sent, survivors);
+  const extra = [...twice].filter((id) => !held.has(id));
+  if (extra.length > 0) t.diagnostic(`handled twice though the killed worker never held them:\n${explainTwice(lines, sent, extra, PARTITIONS)}`);
   assert.deepEqual([...twice].sort(), [...held].filter((id) => sent.some((s) => s.eventId === id)).sort(), 'handled twice: exactly the events the killed worker held');
   // Beside those, only events the victim had pulled and not yet started (its handlers hang): at most what a
   // partition lets out at once, per partition.
