@@ -67,6 +67,11 @@ type State = 'waiting' | 'pulling' | 'draining' | 'gone';
 export class OwnedPartition {
   private state: State = 'waiting';
   private readonly held = new Map<number, Held>();
+  /**
+   * Stream sequences this worker acked lately, oldest first: a delivery of one is the server's redelivery that
+   * crossed the ack (its ack wait expired while the handler ran and the progress signal was late), not new work.
+   */
+  private readonly acks = new Set<number>();
   /** Each room's held events in stream order; the first is the one posted, if any. */
   private readonly rooms = new Map<string, Held[]>();
   private posted = 0;
@@ -191,6 +196,12 @@ export class OwnedPartition {
 
   /** A delivery: held, and posted at once if its room has nothing out. */
   private take(d: Delivery): void {
+    if (this.acks.has(d.seq)) {
+      // Handled and acked here already: acked again (the server dropped it with the first ack, or takes this one).
+      this.sink.logger.debug({ partition: this.partition, seq: d.seq, dseq: d.dseq, deliveries: d.deliveries }, 'cluster: an event acked here was delivered again; acked again');
+      d.ack();
+      return;
+    }
     const known = this.held.get(d.seq);
     if (known) {
       // Its ack wait expired (NATS was unreachable, or the progress signal was late): acks now go by the new delivery.
@@ -233,6 +244,10 @@ export class OwnedPartition {
     this.held.delete(seq);
     this.posted--;
     h.d.ack();
+    this.acks.add(seq);
+    // A redelivery that crossed an ack arrives before anything the server sent after it: fewer than MAX_ACK_PENDING
+    // acks come between them, so 4× that many is plenty.
+    if (this.acks.size > 4 * MAX_ACK_PENDING) this.acks.delete(this.acks.values().next().value!);
     const q = this.rooms.get(h.prepared.roomId);
     if (q) {
       q.splice(q.indexOf(h), 1);

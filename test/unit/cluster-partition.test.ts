@@ -1,0 +1,193 @@
+/**
+ * A worker's partitions (src/cluster/partition.ts, worker.ts) and slow handlers, on a real nats-server: the
+ * consumer (PartitionConsumer) runs in this process with the test as its intake (each batch's handler settles when
+ * the test says), and an ingest-side broker publishes. Checked: a handler that runs longer than the ack wait keeps
+ * its event (no redelivery, handled once); a delivery of an event already acked (the server's redelivery crossed the
+ * ack, after a late progress signal) is not handled again.
+ */
+import assert from 'node:assert/strict';
+import { after, before, test, type TestContext } from 'node:test';
+import { localPortPair } from '../../src/actors.ts';
+import { Broker, type Delivery } from '../../src/cluster/nats.ts';
+import { resolveCluster } from '../../src/cluster/options.ts';
+import { OwnedPartition, type PartitionSink, type Prepared } from '../../src/cluster/partition.ts';
+import { PartitionConsumer } from '../../src/cluster/worker.ts';
+import { encodeEvent, partitionOf } from '../../src/cluster/wire.ts';
+import type { Logger } from '../../src/log.ts';
+import type { MainToSync, SyncConfig, SyncToMain } from '../../src/protocol.ts';
+import { type NatsServer, startNats } from '../harness/nats.ts';
+import { clusterName } from '../helpers/cluster.ts';
+import { defer, waitUntil } from '../integration/util.ts';
+
+let nats: NatsServer;
+before(async () => {
+  nats = await startNats();
+});
+after(async () => {
+  await nats?.stop();
+});
+
+const ACK_WAIT_MS = 1_000;
+const LEASE_TTL_MS = 3_000;
+
+/** A logger that keeps the cluster's lines (for waits and failure messages). */
+function recorder(): Logger & { lines: string[] } {
+  const lines: string[] = [];
+  const rec = (level: string) => (obj: unknown, msg?: string) => void lines.push(`${level} ${msg ?? ''} ${JSON.stringify(obj)}`);
+  return { lines, debug() {}, info: rec('info'), warn: rec('warn'), error: rec('error') };
+}
+
+/** A room of partition `p` (of `partitions`). */
+function roomIn(p: number, partitions: number, tag: string): string {
+  for (let i = 0; ; i++) {
+    const roomId = `!${tag}${i}:test`;
+    if (partitionOf(roomId, partitions) === p) return roomId;
+  }
+}
+
+/** The bot's stream and consumers (as its ingest makes them), and a publisher of text messages. */
+async function ingest(t: TestContext, partitions: number) {
+  const cfg = resolveCluster({ servers: nats.url, name: clusterName(), role: 'ingest', partitions, ackWaitMs: ACK_WAIT_MS, leaseTtlMs: LEASE_TTL_MS });
+  const broker = await Broker.connect(cfg, recorder(), 'ingest');
+  defer(t, () => broker.close());
+  await broker.ensureTopology();
+  await broker.leaseStore(LEASE_TTL_MS);
+  let n = 0;
+  return {
+    cfg,
+    broker,
+    /** Publishes a message in `roomId`; resolves with its event ID once the stream has it. */
+    async send(roomId: string, body: string): Promise<string> {
+      const eventId = `$e${++n}-${body}`;
+      const event = { type: 'm.room.message', event_id: eventId, sender: '@peer:test', room_id: roomId, origin_server_ts: Date.now(), content: { msgtype: 'm.text', body } };
+      await broker.publish(partitionOf(roomId, partitions), eventId, encodeEvent({ roomId, flags: 0, summary: null, redelivered: false }, JSON.stringify(event)));
+      return eventId;
+    },
+  };
+}
+
+/** One handling of an event by a worker: when it started and ended. */
+interface Handling {
+  worker: string;
+  eventId: string;
+  redelivered: boolean;
+  start: number;
+  end?: number;
+}
+
+/**
+ * A worker's consumer in this process, the test as its intake: each event's handler is `handle(eventId)`; the
+ * batch is acknowledged when it settles. Every handling goes to `log`.
+ */
+async function startWorker(t: TestContext, name: string, cfg: ReturnType<typeof resolveCluster>, log: Handling[], handle: (eventId: string) => Promise<void>) {
+  const logger = recorder();
+  const broker = await Broker.connect({ ...cfg, role: 'worker' }, logger, 'worker');
+  const store = await broker.leaseStore(null);
+  const [main, side] = localPortPair<SyncToMain, MainToSync>();
+  const consumer = new PartitionConsumer(broker, store, cfg.partitions, side, logger, await broker.ackWaitMs());
+  main.onMessage((msg) => {
+    if (msg.kind !== 'batch') return;
+    const { batch } = msg;
+    const join = (JSON.parse(Buffer.from(batch.body).toString('utf8')) as { rooms?: { join?: Record<string, { timeline: { events: Array<{ event_id: string }> } }> } }).rooms?.join ?? {};
+    const ids = Object.values(join).flatMap((r) => r.timeline.events.map((e) => e.event_id));
+    void (async () => {
+      for (const eventId of ids) {
+        const h: Handling = { worker: name, eventId, redelivered: batch.redelivered, start: Date.now() };
+        log.push(h);
+        await handle(eventId);
+        h.end = Date.now();
+      }
+      main.post({ kind: 'acks', progress: [], complete: [batch.seq] });
+    })();
+  });
+  await consumer.start({ seqFloor: 0, userId: '@bot:test' } as SyncConfig);
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    await consumer.stop(0);
+    await broker.close();
+  };
+  defer(t, stop);
+  /** Whether this worker pulls partition `p` (it owns it and has started). */
+  const pulling = (p: number) => logger.lines.some((l) => l.includes('a partition starts pulling') && l.includes(`"partition":${p},`));
+  return { logger, broker, consumer, pulling, stop };
+}
+
+const slow = () => new Promise<void>((r) => setTimeout(r, 3 * ACK_WAIT_MS));
+const handledOf = (log: Handling[], id: string) => log.filter((h) => h.eventId === id);
+
+test('a handler that runs three times the ack wait keeps its event: handled once, never delivered again', { timeout: 60_000 }, async (t) => {
+  const { cfg, broker, send } = await ingest(t, 1);
+  const log: Handling[] = [];
+  const room = roomIn(0, 1, 'a');
+  const w = await startWorker(t, 'w1', cfg, log, (id) => (id.endsWith('-slow') ? slow() : Promise.resolve()));
+  await waitUntil(() => w.pulling(0), 10_000, 'the worker to pull partition 0');
+  const first = await send(room, 'slow');
+  const second = await send(room, 'next');
+  await waitUntil(() => handledOf(log, second).length > 0, 20_000, 'the next event handled');
+  await waitUntil(async () => (await broker.pending(0)).ackPending === 0, 10_000, 'both acked');
+  assert.deepEqual(handledOf(log, first).map((h) => h.redelivered), [false], 'the slow event handled once');
+  assert.deepEqual(handledOf(log, second).map((h) => h.redelivered), [false]);
+  assert.ok(handledOf(log, second)[0]!.start >= handledOf(log, first)[0]!.end!, 'the room in order');
+  assert.equal((await broker.pending(0)).delivered, 2, 'two deliveries: none of them again');
+});
+
+/** A delivery made by hand (the fake broker's), with what the partition did to it. */
+function delivery(seq: number, dseq: number, deliveries: number, done: string[]): Delivery {
+  return {
+    data: new Uint8Array(),
+    redelivered: deliveries > 1,
+    seq,
+    dseq,
+    deliveries,
+    ack: () => void done.push(`ack ${seq}/${dseq}`),
+    nak: async () => void done.push(`nak ${seq}/${dseq}`),
+    working: () => {},
+  };
+}
+
+test('an event delivered again after its handlers settled and it was acked (the redelivery crossed the ack) is acked again, not handled again', async () => {
+  // A fake broker: one pull whose deliveries the test pushes (the race cannot be timed on a real server).
+  const queue: Delivery[] = [];
+  let wake: (() => void) | null = null;
+  let stopped = false;
+  const push = (d: Delivery) => {
+    queue.push(d);
+    wake?.();
+  };
+  const broker = {
+    pending: async () => ({ ackPending: 0, waiting: 0, delivered: 0 }),
+    pull: async () => ({
+      messages: (async function* () {
+        while (!stopped) {
+          const d = queue.shift();
+          if (d) yield d;
+          else await new Promise<void>((r) => (wake = r));
+        }
+      })(),
+      stop: () => {
+        stopped = true;
+        wake?.();
+      },
+    }),
+  };
+  const posted: number[] = [];
+  const sink: PartitionSink = {
+    logger: recorder(),
+    ackWaitMs: ACK_WAIT_MS,
+    prepare: (): Prepared => ({ roomId: '!r:test', eventId: '' }),
+    post: (_p, _r, seq) => void posted.push(seq),
+  };
+  const done: string[] = [];
+  const part = new OwnedPartition(0, broker as unknown as Broker, sink, 'released', Date.now());
+  push(delivery(7, 1, 1, done));
+  await waitUntil(() => posted.length === 1, 5_000, 'the event posted');
+  part.acked(7);
+  push(delivery(7, 2, 2, done)); // the server's redelivery, sent before it had the ack
+  push(delivery(8, 3, 1, done));
+  await waitUntil(() => posted.length >= 2, 5_000, 'the next event posted');
+  assert.deepEqual(posted, [7, 8], 'the redelivered event is not handled again');
+  assert.deepEqual(done, ['ack 7/1', 'ack 7/2']);
+  await part.handOver(0);
+});
