@@ -48,12 +48,19 @@ export function planOwnership(partitions: number, live: number, mine: readonly n
 /** How a partition was taken: from nobody, from a holder that gave it up cleanly, or from one whose key expired. */
 export type Takeover = 'released' | 'absent';
 
+/**
+ * How a hand-over ended: `clean` (everything given back or acked: the key is deleted, the next owner pulls at once),
+ * `unclean` (deliveries may be out that the worker never saw: the key is left to expire) or `kept` (a handler on one
+ * of its events still runs: the worker keeps the partition, and the key, until it settles).
+ */
+export type HandOver = 'clean' | 'unclean' | 'kept';
+
 /** What the worker does when it gains or loses a partition (partition.ts). */
 export interface PartitionOwner {
   /** This worker now owns `p`. */
   acquired(p: number, how: Takeover, at: number): void;
-  /** Hand `p` over: stop pulling it, settle or give back its events; resolves true if cleanly (the key is then deleted). */
-  handOver(p: number): Promise<boolean>;
+  /** Hand `p` over: stop pulling it, settle or give back its events (or keep it, see {@link HandOver}). */
+  handOver(p: number): Promise<HandOver>;
   /** `p`'s key was lost (another wrote it, or it could not be renewed): stop handling its events at once. */
   lost(p: number, why: string): void;
 }
@@ -147,18 +154,21 @@ export class Ownership {
     this.owner.acquired(p, before, at);
   }
 
-  /** Starts handing `p` over (once): the worker settles its events, then the key is deleted (or left to expire if that failed). */
+  /**
+   * Starts handing `p` over (once at a time): the worker settles its events, then the key is deleted (or left to
+   * expire if that failed); a partition the worker kept (a handler on it still runs) stays, with its key.
+   */
   private giveUp(p: number): Promise<void> {
     const lease = this.leases.get(p);
     const already = this.leaving.get(p);
     if (already || !lease) return already ?? Promise.resolve();
     const leaving = (async () => {
-      const clean = await this.owner.handOver(p);
-      if (this.leases.get(p) !== lease) return; // lost meanwhile
+      const how = await this.owner.handOver(p);
+      if (this.leases.get(p) !== lease || how === 'kept') return; // lost meanwhile, or kept
       this.leases.delete(p);
-      if (clean) await lease.release().catch(() => lease.abandon());
+      if (how === 'clean') await lease.release().catch(() => lease.abandon());
       else lease.abandon();
-      this.logger.info({ partition: p, clean }, 'cluster: this worker handed a partition over');
+      this.logger.info({ partition: p, clean: how === 'clean' }, 'cluster: this worker handed a partition over');
     })().finally(() => this.leaving.delete(p));
     this.leaving.set(p, leaving);
     return leaving;
@@ -171,7 +181,8 @@ export class Ownership {
     this.timer = null;
     this.unwatch?.();
     await this.ticking;
-    await Promise.all(this.owned.map((p) => this.giveUp(p)));
+    // A hand-over begun before the stop may have kept its partition (a handler ran on): given up again, for good.
+    while (this.leases.size > 0) await Promise.all(this.owned.map((p) => this.giveUp(p)));
     await this.member.release().catch(() => {});
   }
 }

@@ -25,7 +25,7 @@ import { delay } from '../http.ts';
 import type { Logger } from '../log.ts';
 import type { Broker, Delivery } from './nats.ts';
 import { MAX_ACK_PENDING, PULL_EXPIRES_MS } from './nats.ts';
-import type { Takeover } from './ownership.ts';
+import type { HandOver, Takeover } from './ownership.ts';
 
 /** Slack on top of a wait for the server's clocks (its ack-wait timer, a pull's expiry). */
 export const TAKEOVER_MARGIN_MS = 1_000;
@@ -81,11 +81,13 @@ export class OwnedPartition {
   private suspect = true;
   /** Events to hold before posting any (see {@link resume}); 0: post as they come. */
   private gather = 0;
-  private readonly abort = new AbortController();
+  private abort = new AbortController();
   /** Ends the pull under way early (a hand-over). */
   private stopPull: (() => void) | null = null;
-  private readonly loop: Promise<void>;
+  private loop: Promise<void>;
   private idle: (() => void) | null = null;
+  /** Events whose handlers outlived a hand-over's wait (the partition was kept): no hand-over is tried while one runs. */
+  private readonly outlived = new Set<number>();
 
   constructor(
     readonly partition: number,
@@ -94,8 +96,13 @@ export class OwnedPartition {
     how: Takeover,
     takenAt: number,
   ) {
-    this.loop = this.run(how, takenAt).catch((err: unknown) => {
-      if ((err as HalcyonError).code !== 'HALCYON_STOPPED') sink.logger.warn({ partition, err: (err as Error).message }, 'cluster: a partition stopped pulling');
+    this.loop = this.guard(this.run(how, takenAt));
+  }
+
+  /** The pulling loop `p`, its end logged unless a hand-over or a loss ended it. */
+  private guard(p: Promise<void>): Promise<void> {
+    return p.catch((err: unknown) => {
+      if ((err as HalcyonError).code !== 'HALCYON_STOPPED') this.sink.logger.warn({ partition: this.partition, err: (err as Error).message }, 'cluster: a partition stopped pulling');
     });
   }
 
@@ -121,6 +128,11 @@ export class OwnedPartition {
     if (this.state !== 'waiting') return;
     logger.info({ partition: this.partition, how, ...out, gather: this.gather }, 'cluster: a partition starts pulling');
     this.state = 'pulling';
+    await this.pullWhileOwned();
+  }
+
+  /** Pulls until the partition is handed over or lost. */
+  private async pullWhileOwned(): Promise<void> {
     while (this.state === 'pulling') {
       const lostAt = await this.pullOnce();
       if (this.gather > 0 && this.state === 'pulling') this.release(); // fewer came than were out (acked meanwhile)
@@ -266,30 +278,34 @@ export class OwnedPartition {
   /**
    * Hands the partition over: stops pulling, waits up to `drainMs` for the handlers running on its events, then
    * gives back what is left, in stream order (the server delivers naked events first, in that order). Resolves
-   * true if the next owner may pull at once; false if deliveries may be out that this worker never saw (it had not
-   * started pulling, a pull failed, or the stopped pull had a delivery on the wire: the consumer's delivery
+   * `clean` if the next owner may pull at once; `unclean` if deliveries may be out that this worker never saw (it
+   * had not started pulling, a pull failed, or the stopped pull had a delivery on the wire: the consumer's delivery
    * sequence is past the last one seen here): its key is then left to expire, and the next owner waits as after a
-   * crash.
+   * crash. With `keep` (a rebalance, not a stop), an event whose handler still runs is never given back — the next
+   * owner would run it again, beside this one: the partition is kept (`kept`), pulling again, and no hand-over is
+   * tried until those handlers settle.
    */
-  async handOver(drainMs: number): Promise<boolean> {
-    if (this.state === 'gone') return false;
+  async handOver(drainMs: number, keep: boolean): Promise<HandOver> {
+    if (this.state === 'gone') return 'unclean';
+    // A handler that outlived the last try still runs: trying again would only hold the partition's other rooms up.
+    if (keep && [...this.outlived].some((seq) => this.held.has(seq))) return 'kept';
+    this.outlived.clear();
+    const wasPulling = this.state === 'pulling';
     this.state = 'draining';
     this.abort.abort();
     this.stopPull?.();
     await this.loop;
     // Everything the server delivered reached this worker if its last delivery is the last one seen here.
     if (!this.suspect) await this.broker.pending(this.partition).then((out) => (this.suspect = out.delivered !== this.nextDseq - 1), () => (this.suspect = true));
-    if (this.posted > 0 && drainMs > 0) {
-      let timer: NodeJS.Timeout | undefined;
-      await new Promise<void>((resolve) => {
-        this.idle = resolve;
-        timer = setTimeout(resolve, drainMs);
-      });
-      clearTimeout(timer);
-      this.idle = null;
-    }
+    if (this.posted > 0 && drainMs > 0) await this.drain(drainMs);
     const rest = [...this.held.values()].sort((a, b) => a.seq - b.seq);
     const running = rest.filter((h) => h.posted).map((h) => h.seq);
+    if (running.length > 0 && keep && wasPulling && this.state === 'draining') {
+      this.sink.logger.warn({ partition: this.partition, seqs: running, waitedMs: drainMs }, 'cluster: handlers still running at a hand-over; the partition stays with this worker until they settle');
+      for (const seq of running) this.outlived.add(seq);
+      this.pullAgain();
+      return 'kept';
+    }
     if (running.length > 0) this.sink.logger.warn({ partition: this.partition, seqs: running }, 'cluster: handlers still running at a hand-over; their events go to the next owner');
     if (rest.length > 0) this.sink.logger.debug({ partition: this.partition, seqs: rest.map((h) => h.seq) }, 'cluster: events given back at a hand-over');
     this.held.clear();
@@ -298,7 +314,36 @@ export class OwnedPartition {
     this.state = 'gone';
     // Sent in order on one connection, processed in that order by the server; each confirmed.
     const naked = await Promise.all(rest.map((h) => h.d.nak().then(() => true, () => false)));
-    return !this.suspect && naked.every(Boolean);
+    return !this.suspect && naked.every(Boolean) ? 'clean' : 'unclean';
+  }
+
+  /** Waits up to `ms` for the running handlers to settle. */
+  private async drain(ms: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    await new Promise<void>((resolve) => {
+      this.idle = resolve;
+      timer = setTimeout(resolve, ms);
+    });
+    clearTimeout(timer);
+    this.idle = null;
+  }
+
+  /**
+   * A hand-over kept the partition: its rooms' next events go out again and pulling resumes — after waiting out
+   * what the stopped pull may have had on the wire, as after a failed pull.
+   */
+  private pullAgain(): void {
+    this.state = 'pulling';
+    this.abort = new AbortController();
+    this.stopPull = null;
+    const stoppedAt = Date.now();
+    this.loop = this.guard(
+      (async () => {
+        if (this.suspect) await this.settle(stoppedAt);
+        if (this.gather === 0 && this.state === 'pulling') this.release();
+        await this.pullWhileOwned();
+      })(),
+    );
   }
 
   /**

@@ -47,7 +47,7 @@ import type { Pacer } from '../pacing.ts';
 import type { ClusterRole } from './index.ts';
 import { SharedPacer } from './pacing.ts';
 import type { Broker, Delivery, KeyStore } from './nats.ts';
-import { Ownership, type PartitionOwner, type Takeover } from './ownership.ts';
+import { type HandOver, Ownership, type PartitionOwner, type Takeover } from './ownership.ts';
 import { OwnedPartition, type PartitionSink, type Prepared } from './partition.ts';
 import { decodeEvent } from './wire.ts';
 
@@ -169,12 +169,13 @@ export class PartitionConsumer implements SyncActorApi, PartitionSink, Partition
     this.owned.set(p, new OwnedPartition(p, this.broker, this, how, at));
   }
 
-  async handOver(p: number): Promise<boolean> {
+  async handOver(p: number): Promise<HandOver> {
     const part = this.owned.get(p);
-    if (!part) return false;
-    const clean = await part.handOver(this.drainMs);
-    if (this.owned.get(p) === part) this.owned.delete(p);
-    return clean;
+    if (!part) return 'unclean';
+    // While running (a rebalance) a handler that outlives the wait keeps its partition here; a stop gives it back.
+    const how = await part.handOver(this.drainMs, this.running);
+    if (how !== 'kept' && this.owned.get(p) === part) this.owned.delete(p);
+    return how;
   }
 
   lost(p: number, why: string): void {

@@ -2,8 +2,9 @@
  * A worker's partitions (src/cluster/partition.ts, worker.ts) and slow handlers, on a real nats-server: the
  * consumer (PartitionConsumer) runs in this process with the test as its intake (each batch's handler settles when
  * the test says), and an ingest-side broker publishes. Checked: a handler that runs longer than the ack wait keeps
- * its event (no redelivery, handled once); a delivery of an event already acked (the server's redelivery crossed the
- * ack, after a late progress signal) is not handled again.
+ * its event (no redelivery, handled once); a hand-over while such a handler runs does not give its event to the next
+ * owner (handled once, the room's next event after it); a delivery of an event already acked (the server's
+ * redelivery crossed the ack, after a late progress signal) is not handled again.
  */
 import assert from 'node:assert/strict';
 import { after, before, test, type TestContext } from 'node:test';
@@ -133,6 +134,29 @@ test('a handler that runs three times the ack wait keeps its event: handled once
   assert.equal((await broker.pending(0)).delivered, 2, 'two deliveries: none of them again');
 });
 
+test('a hand-over while a handler runs longer than the ack wait: its event stays with the worker running it, the room goes on in order at the next owner', { timeout: 90_000 }, async (t) => {
+  const { cfg, send } = await ingest(t, 2);
+  const log: Handling[] = [];
+  const room = roomIn(1, 2, 'b');
+  const handle = (id: string) => (id.endsWith('-slow') ? slow() : Promise.resolve());
+  const a = await startWorker(t, 'a', cfg, log, handle);
+  await waitUntil(() => a.pulling(0) && a.pulling(1), 10_000, 'worker a to pull both partitions');
+  const first = await send(room, 'slow');
+  await waitUntil(() => handledOf(log, first).length > 0, 10_000, 'the slow event started on a');
+  const second = await send(room, 'next');
+  // b joins: a keeps partition 0 and hands partition 1 (the slow event's) over.
+  const b = await startWorker(t, 'b', cfg, log, handle);
+  await waitUntil(() => b.pulling(1), 30_000, 'worker b to pull partition 1');
+  const third = await send(room, 'after');
+  await waitUntil(() => [second, third].every((id) => log.some((h) => h.eventId === id && h.end !== undefined)), 30_000, 'the room\'s next events handled');
+  const msg = `handlings: ${JSON.stringify(log)}\na: ${a.logger.lines.join('\n')}\nb: ${b.logger.lines.join('\n')}`;
+  assert.deepEqual(handledOf(log, first).map((h) => h.worker), ['a'], `the slow event handled once, by a\n${msg}`);
+  assert.equal(handledOf(log, second).length, 1, msg);
+  assert.equal(handledOf(log, third).length, 1, msg);
+  assert.ok(handledOf(log, second)[0]!.start >= handledOf(log, first)[0]!.end!, `the room in order\n${msg}`);
+  assert.ok(handledOf(log, third)[0]!.start >= handledOf(log, second)[0]!.end!, `the room in order\n${msg}`);
+});
+
 /** A delivery made by hand (the fake broker's), with what the partition did to it. */
 function delivery(seq: number, dseq: number, deliveries: number, done: string[]): Delivery {
   return {
@@ -189,5 +213,5 @@ test('an event delivered again after its handlers settled and it was acked (the 
   await waitUntil(() => posted.length >= 2, 5_000, 'the next event posted');
   assert.deepEqual(posted, [7, 8], 'the redelivered event is not handled again');
   assert.deepEqual(done, ['ack 7/1', 'ack 7/2']);
-  await part.handOver(0);
+  await part.handOver(0, false);
 });
