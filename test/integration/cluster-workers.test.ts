@@ -12,7 +12,7 @@ import { after, before, test } from 'node:test';
 import { MAX_ACK_PENDING } from '../../src/cluster/nats.ts';
 import { type NatsServer, startNats } from '../harness/nats.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
-import type { BotLine } from '../helpers/fault-stream.ts';
+import { type BotLine, countBy } from '../helpers/fault-stream.ts';
 import { checkHandled, checkOneReplyEach, explainTwice, waitAllReplied, clusterName, sendOverRooms, startClusterBot } from '../helpers/cluster.ts';
 import { newBot, newClient, newPeer, tempDataDir, waitUntil } from './util.ts';
 
@@ -85,4 +85,8 @@ test(`${MESSAGES} messages over ${ROOMS} rooms to three workers, one killed with
   ms.sort((a, b) => a - b);
   t.diagnostic(`worker getRoom over NATS: p50 ${ms[50]!.toFixed(2)} ms, p99 ${ms[99]!.toFixed(2)} ms`);
   t.diagnostic(`wall time ${Date.now() - t0} ms; ${sent.length} messages, ${held.size} handled twice, ${firstRedelivered.size} more redelivered`);
+  // What the workers' cluster code said, by message (partitions taken and handed over, waits, late progress
+  // signals, events delivered again to the worker holding them): what came near a duplicate.
+  const said = countBy(lines.filter((l) => l.kind === 'cluster' || l.kind === 'clusterDebug'), (l) => `${l.msg}`.replace(/^cluster: /, ''));
+  t.diagnostic(`cluster lines: ${[...said].map(([m, n]) => `${n}× ${m}`).join('; ')}`);
 });
