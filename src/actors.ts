@@ -112,15 +112,23 @@ let fullGc: ((opts?: object) => void) | null = null;
 
 /**
  * A full, memory-reducing garbage collection of this worker's isolate, for an actor that has just handled an
- * exceptionally large batch (a big account's initial sync), and for the periodic trim (src/memory.ts). An idle
- * worker's V8 does not collect by itself: the garbage of a 100 MB initial sync stayed committed, 400 MB of RSS, for
- * as long as the bot ran. The `last-resort` flavour (V8's memory-reducing collection; ignored by older V8s, which
- * then run a plain full one) also compacts and gives back the emptied pages: a plain `gc()` left a worker's heap
- * at 17.8 MiB committed for 6.2 live, this one at 7.3. A no-op on the main thread (actors running inline), whose
- * collection is the application's business.
+ * exceptionally large batch (a big account's initial sync). An idle worker's V8 does not collect by itself: the
+ * garbage of a 100 MB initial sync stayed committed, 400 MB of RSS, for as long as the bot ran. A no-op on the main
+ * thread (actors running inline), whose collections are the application's (its heap trim is an option of its own,
+ * see src/memory.ts).
  */
 export function collectGarbage(): void {
   if (isMainThread) return;
+  compactHeap();
+}
+
+/**
+ * A full, memory-reducing garbage collection of this thread's isolate, on any thread ({@link collectGarbage}, and
+ * the periodic heap trim in src/memory.ts). The `last-resort` flavour (V8's memory-reducing collection; ignored by
+ * older V8s, which then run a plain full one) also compacts and gives back the emptied pages: a plain `gc()` left a
+ * worker's heap at 17.8 MiB committed for 6.2 live, this one at 7.3.
+ */
+export function compactHeap(): void {
   fullGc ??= exposeGc();
   fullGc({ type: 'major', execution: 'sync', flavor: 'last-resort' });
 }

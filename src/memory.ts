@@ -8,7 +8,7 @@
  * native code.
  */
 import { getHeapSpaceStatistics, getHeapStatistics } from 'node:v8';
-import { collectGarbage, isWorkerThread } from './actors.ts';
+import { collectGarbage, compactHeap, isWorkerThread } from './actors.ts';
 import type { ActorMemory } from './protocol.ts';
 import { sqliteCacheLimit } from './store.ts';
 
@@ -91,30 +91,89 @@ export function shouldTrimHeap(old: OldGeneration, liveAfterTrim: number): boole
   return old.committed > liveAfterTrim + Math.max(TRIM_SLACK.bytes, liveAfterTrim * TRIM_SLACK.fraction);
 }
 
+/** A trim's pause (ms) above which the next check waits twice as long (see {@link trimHeapPeriodically}). */
+export const TRIM_PAUSE_BUDGET_MS = 50;
+/** The longest wait between two checks once trims have been slow. */
+const TRIM_CHECK_MAX_MS = 3_600_000;
+
+/** What one trim did: how long it paused its thread and when the next check comes. */
+export interface TrimInfo {
+  pauseMs: number;
+  nextCheckMs: number;
+}
+
+/** Options of {@link trimHeapPeriodically}. */
+export interface HeapTrimOptions {
+  /** Time between two checks, ms (default {@link HEAP_TRIM_CHECK_MS}). */
+  everyMs?: number;
+  /** A trim pausing the thread longer than this, ms, doubles the time to the next check (default {@link TRIM_PAUSE_BUDGET_MS}). */
+  pauseBudgetMs?: number;
+  /** Hears of each trim (tests, debug logs). */
+  onTrim?: (before: OldGeneration, after: OldGeneration, info: TrimInfo) => void;
+}
+
 /**
- * On an actor's worker: every {@link HEAP_TRIM_CHECK_MS}, a memory-reducing collection ({@link collectGarbage})
- * when {@link shouldTrimHeap} says so. Why: under steady traffic V8 lets an old generation grow to a limit of up to
+ * Every `everyMs`, a memory-reducing collection ({@link compactHeap}) of this thread's heap when
+ * {@link shouldTrimHeap} says so. Why: under steady traffic V8 lets an old generation grow to a limit of up to
  * several times its live data before collecting it, and gives the pages back only when allocation nearly stops,
  * which a bot under traffic never does. The sync and crypto workers' committed heaps crept that way for most of an
- * hour (sync 17 → 25 MiB, crypto 23 → 40 over the soak) while their live data stayed flat. A trim costs one pause
- * of ~30 ms on a 20–40 MiB worker heap, at most once a minute per worker; it never runs on the main thread (the
- * application's) and its timer does not keep the thread alive. `onTrim` hears of each trim (tests). Returns a
- * function that stops it.
+ * hour (sync 17 → 25 MiB, crypto 23 → 40 over the soak) while their live data stayed flat, and so did main's
+ * (31 → 50 MiB in 25 minutes) once the workers were trimmed. Each actor's worker runs it; the main thread runs it
+ * while a Client runs with `trimMainHeap` (the default). A trim is one pause of ~30 ms on a 20–50 MiB heap, at most
+ * once per check; one that pauses longer than `pauseBudgetMs` (an application with a big heap of its own on main)
+ * doubles the time to the next check, up to an hour. The timer does not keep the thread alive. Returns a function
+ * that stops it.
  */
-export function trimHeapPeriodically(everyMs = HEAP_TRIM_CHECK_MS, onTrim?: (before: OldGeneration, after: OldGeneration) => void): () => void {
-  if (!isWorkerThread()) return () => {};
+export function trimHeapPeriodically(opts: HeapTrimOptions = {}): () => void {
+  let everyMs = opts.everyMs ?? HEAP_TRIM_CHECK_MS;
+  const budget = opts.pauseBudgetMs ?? TRIM_PAUSE_BUDGET_MS;
   // Unknown until the first trim (what is used now may be mostly garbage): the first check trims unless the heap is tiny.
   let liveAfterTrim = 0;
-  const timer = setInterval(() => {
+  let stopped = false;
+  let timer: NodeJS.Timeout;
+  const arm = () => {
+    timer = setTimeout(check, everyMs);
+    timer.unref();
+  };
+  const check = () => {
     const old = oldGeneration();
-    if (!shouldTrimHeap(old, liveAfterTrim)) return;
-    collectGarbage();
-    const after = oldGeneration();
-    liveAfterTrim = after.used;
-    onTrim?.(old, after);
-  }, everyMs);
-  timer.unref();
-  return () => clearInterval(timer);
+    if (shouldTrimHeap(old, liveAfterTrim)) {
+      const t0 = performance.now();
+      compactHeap();
+      const pauseMs = performance.now() - t0;
+      const after = oldGeneration();
+      liveAfterTrim = after.used;
+      if (pauseMs > budget) everyMs = Math.min(everyMs * 2, TRIM_CHECK_MAX_MS);
+      opts.onTrim?.(old, after, { pauseMs, nextCheckMs: everyMs });
+    }
+    if (!stopped) arm();
+  };
+  arm();
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
+}
+
+let mainTrimHolders = 0;
+let stopMainTrim: (() => void) | null = null;
+
+/**
+ * Keeps the main thread's heap trim ({@link trimHeapPeriodically}) running while at least one holder holds it: each
+ * running Client with `trimMainHeap` holds it once (several clients in one process share one main heap, so one
+ * trim). Returns the release.
+ */
+export function holdMainHeapTrim(onTrim?: HeapTrimOptions['onTrim']): () => void {
+  if (mainTrimHolders++ === 0) stopMainTrim = trimHeapPeriodically({ onTrim });
+  let released = false;
+  return () => {
+    if (released) return;
+    released = true;
+    if (--mainTrimHolders === 0) {
+      stopMainTrim?.();
+      stopMainTrim = null;
+    }
+  };
 }
 
 /**

@@ -13,7 +13,7 @@ import { HalcyonError } from '../errors.ts';
 import type { RoomActions } from '../events.ts';
 import { MatrixHttp } from '../http.ts';
 import { Media } from '../media.ts';
-import { gatherMemory, type MemoryReport } from '../memory.ts';
+import { gatherMemory, holdMainHeapTrim, type MemoryReport, type OldGeneration, type TrimInfo } from '../memory.ts';
 import { traceStartup } from '../actors.ts';
 import { createMetrics, type MetricsSnapshot, noMetrics, type Recorder } from '../metrics.ts';
 import { laneScope, Outbox } from '../outbox.ts';
@@ -62,6 +62,8 @@ export class ClientCore {
   readonly sendOrder = new Map<string, Promise<void>>();
   /** Tails of the operations that run one at a time per key (DM creation, `m.direct` writes). */
   readonly serial = new Map<string, Promise<unknown>>();
+  /** Ends this client's hold on the main thread's heap trim (a no-op when it holds none). */
+  private releaseMainTrim: () => void = () => {};
   /** The run() in progress (stop() during start-up waits for it), or null. */
   private starting: Promise<void> | null = null;
   private readyWaiter: { resolve: () => void; reject: (e: HalcyonError) => void } | null = null;
@@ -160,6 +162,7 @@ export class ClientCore {
     this.outbox.resume();
     this.cluster?.running();
     this.checkStarting();
+    if (this.opts.trimMainHeap) this.releaseMainTrim = holdMainHeapTrim((before, after, info) => this.traceTrim(before, after, info));
     this.state = 'running';
     await ready;
     traceStartup('ready');
@@ -232,9 +235,17 @@ export class ClientCore {
     void this.shutdown().then(() => (this.state = 'stopped'));
   }
 
+  /** A main-heap trim, at debug level. */
+  private traceTrim(before: OldGeneration, after: OldGeneration, info: TrimInfo): void {
+    const mib = (n: number) => Math.round((n / 2 ** 20) * 10) / 10;
+    this.opts.logger.debug({ committedMiB: [mib(before.committed), mib(after.committed)], liveMiB: mib(after.used), ...info }, 'main heap trimmed');
+  }
+
   private async shutdown(): Promise<void> {
     const warn = (e: unknown, what: string) => this.opts.logger.warn(e, what);
     this.lifecycle.abort();
+    this.releaseMainTrim();
+    this.releaseMainTrim = () => {};
     // A restart in progress ends first (its wait is aborted), so there is one set of actors to stop.
     await this.supervisor.stop();
     const sync = this.actors.set?.sync;

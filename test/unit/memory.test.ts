@@ -11,7 +11,8 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { test } from 'node:test';
 import { Registry } from 'prom-client';
 import { guestActor, portPair, spawnWorkerActor } from '../../src/actors.ts';
-import { gatherMemory, type MemoryReport, type OldGeneration, shouldTrimHeap, threadMemory } from '../../src/memory.ts';
+import { gatherMemory, type MemoryReport, oldGeneration, type OldGeneration, shouldTrimHeap, threadMemory, trimHeapPeriodically, type TrimInfo } from '../../src/memory.ts';
+import { makeOldGarbage } from '../fixtures/heap-garbage.ts';
 import { createMetrics, type MetricsSnapshot } from '../../src/metrics.ts';
 import { CACHE_DEADLINES, type ActorMemory, type CacheActorApi, SYNC_DEADLINES, type SyncActorApi } from '../../src/protocol.ts';
 import { openDatabase } from '../../src/store.ts';
@@ -125,6 +126,41 @@ test('a worker\'s periodic heap trim gives back an old generation full of garbag
   assert.ok(shouldTrimHeap(r.before, 0), `the garbage is there to trim (old generation used/committed ${mib(r.before)})`);
   assert.ok(!shouldTrimHeap(r.after, r.after.used), `trimmed to live data plus the slack: ${mib(r.before)} → ${mib(r.after)}`);
   assert.ok(r.after.committed < r.before.committed / 2, `${mib(r.before)} → ${mib(r.after)}`);
+});
+
+test('the main thread\'s heap trim (what `trimMainHeap` runs) gives back an old generation full of garbage too', { timeout: 60_000 }, async () => {
+  const keptLive = makeOldGarbage();
+  const before = oldGeneration();
+  const after = await new Promise<OldGeneration>((resolve) => {
+    const stop = trimHeapPeriodically({
+      everyMs: 100,
+      onTrim: (_old, a) => {
+        stop();
+        resolve(a);
+      },
+    });
+  });
+  const mib = (g: OldGeneration) => `${(g.used / MB).toFixed(1)}/${(g.committed / MB).toFixed(1)} MiB`;
+  assert.ok(keptLive.length > 0);
+  assert.ok(shouldTrimHeap(before, 0), `the garbage is there to trim (old generation used/committed ${mib(before)})`);
+  assert.ok(!shouldTrimHeap(after, after.used), `trimmed to live data plus the slack: ${mib(before)} → ${mib(after)}`);
+  assert.ok(after.committed < before.committed, `${mib(before)} → ${mib(after)}`);
+});
+
+test('a trim that pauses its thread for longer than the budget doubles the wait before the next check', { timeout: 60_000 }, async () => {
+  makeOldGarbage();
+  const info = await new Promise<TrimInfo>((resolve) => {
+    const stop = trimHeapPeriodically({
+      everyMs: 50,
+      pauseBudgetMs: 0,
+      onTrim: (_old, _after, i) => {
+        stop();
+        resolve(i);
+      },
+    });
+  });
+  assert.equal(info.nextCheckMs, 100);
+  assert.ok(info.pauseMs > 0);
 });
 
 test('shouldTrimHeap: a trim once the old generation holds more than its live data plus 8 MiB or half again, whichever is larger', () => {
