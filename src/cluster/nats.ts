@@ -85,7 +85,7 @@ export interface KeyStore extends LeaseStore {
   readonly ttlMs: number;
   /** `held` (a value), `released` (deleted by its holder: a clean hand-over) or `absent` (never written, or expired). */
   state(key: string): Promise<'held' | 'released' | 'absent'>;
-  /** The keys that hold a value and match `filter` (`w.*`). */
+  /** The keys that hold a value and match `filter` (`w.*`), each once. */
   keys(filter: string): Promise<string[]>;
   /**
    * Calls `onChange` when a key appears or is deleted (not on renewals, nor on expiry, which has no event: a
@@ -355,9 +355,10 @@ export class Broker {
         return e === null ? 'absent' : e.operation === 'PUT' ? 'held' : 'released';
       },
       keys: async (filter) => {
-        const out: string[] = [];
-        for await (const k of await kv.keys(filter)) out.push(k);
-        return out;
+        // A key written again while it is listed (a renewal) comes twice: its last value, then the new one.
+        const out = new Set<string>();
+        for await (const k of await kv.keys(filter)) out.add(k);
+        return [...out];
       },
       watch: (onChange) => {
         const seen = new Set<string>();

@@ -1,7 +1,8 @@
 /**
  * The lease bucket on a real nats-server (src/cluster/nats.ts, `Broker.leaseStore`): compare-and-set on the
  * revision, and a renewal whose answer was lost (the server stored it, then restarted or the connection dropped
- * before the answer came) is recognised on the next try instead of being taken for another holder's write.
+ * before the answer came) is recognised on the next try instead of being taken for another holder's write; a
+ * listing of the keys names each once, even while they are renewed.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -35,4 +36,27 @@ test('lease store: a renewal sent again after its answer was lost resolves with 
   assert.equal(await store.get('ingest'), 'me');
   const r3 = await store.update('ingest', 'me', r2);
   assert.ok(r3 !== null && r3 > r2, 'renewals go on from the recognised revision');
+});
+
+test('lease store: keys() lists each key once while keys are renewed during the listing (a worker listed twice made the others count one worker too many and hand partitions over)', async (t) => {
+  const broker = await Broker.connect(resolveCluster({ servers: nats.url, name: clusterName(), role: 'ingest' }), quiet, 'ingest');
+  t.after(() => broker.close());
+  const store = await broker.leaseStore(10_000);
+  const revs = new Map<string, number>();
+  for (let i = 0; i < 200; i++) revs.set(`w.k${i}`, (await store.create(`w.k${i}`, `v${i}`))!);
+  // Renewals, one after the other, all through the listings (a renewal of a key already listed appends it again).
+  let renewing = true;
+  const renewer = (async () => {
+    while (renewing) for (const [k, rev] of revs) revs.set(k, (await store.update(k, `v${k.slice(3)}`, rev))!);
+  })();
+  try {
+    for (let round = 0; round < 20; round++) {
+      const keys = await store.keys('w.*');
+      assert.equal(keys.length - new Set(keys).size, 0, `listing ${round}: keys listed twice`);
+      assert.equal(keys.length, 200);
+    }
+  } finally {
+    renewing = false;
+    await renewer;
+  }
 });
