@@ -18,12 +18,13 @@ type SendContender = Exclude<Contender, 'floor'>;
  * Part (a) runs Halcyon twice: `halcyon` awaits each send before the next, as every other contender does (the
  * comparison), and `halcyon-pipelined` fires them all at once (what its outbox allows: it keeps them in call order).
  */
-type RateContender = SendContender | 'halcyon-pipelined';
+type RateContender = SendContender | 'halcyon-pipelined' | 'halcyon-paced';
 
 const LABEL: Record<RateContender, string> = {
   raw: 'raw undici loop',
   halcyon: 'Halcyon, each send awaited',
   'halcyon-pipelined': 'Halcyon, all sends fired at once',
+  'halcyon-paced': 'Halcyon, all fired at once, default pacing',
   'matrix-bot-sdk': 'matrix-bot-sdk',
   'matrix-js-sdk': 'matrix-js-sdk',
 };
@@ -86,13 +87,14 @@ async function sendRate(c: RateContender, round: number, m: number, hs: Homeserv
   try {
     // The raw loop runs beside the floor's bare /sync loop: a bot always syncs, and each send wakes its long-poll,
     // which costs the homeserver work too (without it the raw loop sent ~20% faster than any syncing client).
-    peer = await client(c === 'raw' ? 'floor' : c === 'halcyon-pipelined' ? 'halcyon' : c, hs, hs.baseUrl, user, false);
+    // `halcyon-paced` is Halcyon as a bot author leaves it (adaptive pacing, the default) on a server without limits.
+    peer = await client(c === 'raw' ? 'floor' : c === 'halcyon-pipelined' || c === 'halcyon-paced' ? 'halcyon' : c, hs, hs.baseUrl, user, c === 'halcyon-paced');
     const t0 = now();
     const sending = (async () => {
       if (c === 'raw') {
         // The floor: each raw undici PUT awaited in turn (per-room order), nothing else.
         for (const body of bodies) await peer!.sendText(roomId, body).catch(() => failed++);
-      } else if (c === 'halcyon-pipelined') {
+      } else if (c === 'halcyon-pipelined' || c === 'halcyon-paced') {
         // A bot fires its sends; the outbox queues them per room, in call order.
         failed = (await Promise.allSettled(bodies.map((b) => peer!.sendText(roomId, b)))).filter((r) => r.status === 'rejected').length;
       } else {
@@ -214,7 +216,7 @@ export const run: Workload = async (ctx: BenchContext): Promise<WorkloadReport> 
   const m = ctx.quick ? 100 : 200;
   const k = ctx.quick ? 13 : 20;
   const contenders: SendContender[] = ['raw', ...availablePeers().filter((p): p is Exclude<PeerName, 'floor'> => p !== 'floor')];
-  const rateContenders: RateContender[] = ['raw', 'halcyon', 'halcyon-pipelined', ...contenders.filter((c) => c !== 'raw' && c !== 'halcyon')];
+  const rateContenders: RateContender[] = ['raw', 'halcyon', 'halcyon-pipelined', 'halcyon-paced', ...contenders.filter((c) => c !== 'raw' && c !== 'halcyon')];
 
   const rate: RateSample[] = [];
   await withSynapse(undefined, async (hs) => {
@@ -280,12 +282,24 @@ export const run: Workload = async (ctx: BenchContext): Promise<WorkloadReport> 
   if (vsRaw && of('halcyon').length) {
     goals.push(goalEntry('sends ≥0.9× raw with limits off (each send awaited, as the raw loop does)', `×${fmt(vsRaw.ofMedians, 2)} (rounds ${fmt(vsRaw.perRound.min, 2)}–${fmt(vsRaw.perRound.max, 2)})`, ratioVerdict(vsRaw, 'higher', 0.9)));
   }
+  // Default pacing against no pacing, both fired at once, round by round on the same server without limits.
+  const paced = ratioOf(series('halcyon-paced'), series('halcyon-pipelined'));
+  if (of('halcyon-paced').length && of('halcyon-pipelined').length) {
+    goals.push(
+      goalEntry(
+        'default (adaptive) pacing within 1.2× of `rateLimit: false` on a server without limits',
+        `sends/s ×${fmt(paced.ofMedians, 2)} of unpaced (rounds ${fmt(paced.perRound.min, 2)}–${fmt(paced.perRound.max, 2)}; goal ≥${fmt(1 / 1.2, 2)})`,
+        ratioVerdict(paced, 'higher', 1 / 1.2),
+      ),
+    );
+  }
   const hb = bursts.find((b) => b.contender === 'halcyon');
   if (hb) goals.push(goalEntry('zero lost sends under default limits', `${hb.lost} of ${k} lost, ${hb.duplicates} duplicated, ${hb.sends429} × 429 (one run)`, roundsVerdict([hb.lost === 0 && hb.duplicates === 0])));
+  if (hb) goals.push(goalEntry('at most one 429 per burst under default limits (default pacing)', `${hb.sends429} × 429 on ${hb.sendRequests} send PUTs (one run)`, roundsVerdict([hb.sends429 <= 1])));
 
   const integrity = rate.filter((s) => s.error || s.arrived !== m || s.duplicates || !s.inOrder);
   const markdown = [
-    `**(a) Limits off.** Each contender sends ${m} messages into a fresh room as fast as its API allows while keeping them in order: the raw loop awaits each undici PUT in turn; matrix-bot-sdk and matrix-js-sdk await each send in a loop; Halcyon runs twice, once awaiting each send in the same loop (the comparison) and once with its sends all fired at once (its outbox sends them one at a time per room, in call order) and awaited together (with encryption off in both, as the others). Timed from the first send to the last acknowledgement, each client already started (a fresh one on a new device per round, syncing meanwhile; the raw loop's user runs the floor's bare /sync loop meanwhile, as any bot does: each send wakes the sender's long-poll, which costs the homeserver work), ${ctx.rounds} rounds with the order rotating. Afterwards \`/messages\` is checked: all ${m} there, in order, exactly once.`,
+    `**(a) Limits off.** Each contender sends ${m} messages into a fresh room as fast as its API allows while keeping them in order: the raw loop awaits each undici PUT in turn; matrix-bot-sdk and matrix-js-sdk await each send in a loop; Halcyon runs three times, once awaiting each send in the same loop (the comparison), once with its sends all fired at once (its outbox sends them one at a time per room, in call order) and awaited together, both with \`rateLimit: false\`, and once fired at once with its default pacing (\`'adaptive'\`: full speed until a 429), which on this server without limits should cost nothing (with encryption off in all three, as the others). Timed from the first send to the last acknowledgement, each client already started (a fresh one on a new device per round, syncing meanwhile; the raw loop's user runs the floor's bare /sync loop meanwhile, as any bot does: each send wakes the sender's long-poll, which costs the homeserver work), ${ctx.rounds} rounds with the order rotating. Afterwards \`/messages\` is checked: all ${m} there, in order, exactly once.`,
     '',
     '| contender | messages/s (min / **median** / max) | arrived in order, once |',
     '|---|---|---|',
