@@ -108,27 +108,41 @@ export interface HeapTrimOptions {
   everyMs?: number;
   /** A trim pausing the thread longer than this, ms, doubles the time to the next check (default {@link TRIM_PAUSE_BUDGET_MS}). */
   pauseBudgetMs?: number;
+  /** The collection a trim runs (see {@link compactHeap}; default `last-resort`). */
+  flavor?: 'regular' | 'last-resort';
+  /**
+   * Live bytes to start from, as if a trim had left them (default 0: the first check trims unless the heap is tiny,
+   * for a worker whose start-up left garbage behind).
+   */
+  initialLive?: number;
   /** Hears of each trim (tests, debug logs). */
   onTrim?: (before: OldGeneration, after: OldGeneration, info: TrimInfo) => void;
 }
 
 /**
- * Every `everyMs`, a memory-reducing collection ({@link compactHeap}) of this thread's heap when
+ * The main thread's trim: one `regular` full collection (its pause is what handlers wait for: a `last-resort` one
+ * took ~300 ms on a busy machine), counted from the old generation in use when the client starts (its start-up was
+ * just collected by V8; a first trim then freed 1 MiB for a 300 ms pause).
+ */
+export const MAIN_TRIM: Readonly<Pick<HeapTrimOptions, 'flavor'>> = { flavor: 'regular' };
+
+/**
+ * Every `everyMs`, a full collection ({@link compactHeap}, memory-reducing by default) of this thread's heap when
  * {@link shouldTrimHeap} says so. Why: under steady traffic V8 lets an old generation grow to a limit of up to
  * several times its live data before collecting it, and gives the pages back only when allocation nearly stops,
  * which a bot under traffic never does. The sync and crypto workers' committed heaps crept that way for most of an
  * hour (sync 17 → 25 MiB, crypto 23 → 40 over the soak) while their live data stayed flat, and so did main's
  * (31 → 50 MiB in 25 minutes) once the workers were trimmed. Each actor's worker runs it; the main thread runs it
- * while a Client runs with `trimMainHeap` (the default). A trim is one pause of ~30 ms on a 20–50 MiB heap, at most
- * once per check; one that pauses longer than `pauseBudgetMs` (an application with a big heap of its own on main)
- * doubles the time to the next check, up to an hour. The timer does not keep the thread alive. Returns a function
+ * while a Client runs with `trimMainHeap` (the default), with {@link MAIN_TRIM}. A trim is one pause of 20–300 ms
+ * on a 20–50 MiB heap (regular to last-resort, idle to busy machine), at most once per check; one that pauses
+ * longer than `pauseBudgetMs` (an application with a big heap of its own on main) doubles the time to the next
+ * check, up to an hour. The timer does not keep the thread alive. Returns a function
  * that stops it.
  */
 export function trimHeapPeriodically(opts: HeapTrimOptions = {}): () => void {
   let everyMs = opts.everyMs ?? HEAP_TRIM_CHECK_MS;
   const budget = opts.pauseBudgetMs ?? TRIM_PAUSE_BUDGET_MS;
-  // Unknown until the first trim (what is used now may be mostly garbage): the first check trims unless the heap is tiny.
-  let liveAfterTrim = 0;
+  let liveAfterTrim = opts.initialLive ?? 0;
   let stopped = false;
   let timer: NodeJS.Timeout;
   const arm = () => {
@@ -139,7 +153,7 @@ export function trimHeapPeriodically(opts: HeapTrimOptions = {}): () => void {
     const old = oldGeneration();
     if (shouldTrimHeap(old, liveAfterTrim)) {
       const t0 = performance.now();
-      compactHeap();
+      compactHeap(opts.flavor);
       const pauseMs = performance.now() - t0;
       const after = oldGeneration();
       liveAfterTrim = after.used;
@@ -164,7 +178,7 @@ let stopMainTrim: (() => void) | null = null;
  * trim). Returns the release.
  */
 export function holdMainHeapTrim(onTrim?: HeapTrimOptions['onTrim']): () => void {
-  if (mainTrimHolders++ === 0) stopMainTrim = trimHeapPeriodically({ onTrim });
+  if (mainTrimHolders++ === 0) stopMainTrim = trimHeapPeriodically({ ...MAIN_TRIM, initialLive: oldGeneration().used, onTrim });
   let released = false;
   return () => {
     if (released) return;

@@ -11,7 +11,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { test } from 'node:test';
 import { Registry } from 'prom-client';
 import { guestActor, portPair, spawnWorkerActor } from '../../src/actors.ts';
-import { gatherMemory, type MemoryReport, oldGeneration, type OldGeneration, shouldTrimHeap, threadMemory, trimHeapPeriodically, type TrimInfo } from '../../src/memory.ts';
+import { gatherMemory, MAIN_TRIM, type MemoryReport, oldGeneration, type OldGeneration, shouldTrimHeap, threadMemory, trimHeapPeriodically, type TrimInfo } from '../../src/memory.ts';
 import { makeOldGarbage } from '../fixtures/heap-garbage.ts';
 import { createMetrics, type MetricsSnapshot } from '../../src/metrics.ts';
 import { CACHE_DEADLINES, type ActorMemory, type CacheActorApi, SYNC_DEADLINES, type SyncActorApi } from '../../src/protocol.ts';
@@ -133,6 +133,7 @@ test('the main thread\'s heap trim (what `trimMainHeap` runs) gives back an old 
   const before = oldGeneration();
   const after = await new Promise<OldGeneration>((resolve) => {
     const stop = trimHeapPeriodically({
+      ...MAIN_TRIM,
       everyMs: 100,
       onTrim: (_old, a) => {
         stop();
