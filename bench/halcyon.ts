@@ -9,6 +9,7 @@ import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 // The built package, as users run it: workers load plain JS bundles (from source, each worker would transpile through tsx).
 import type { Logger, Message, Reaction } from '../src/index.ts';
+import { now, processCpuMs as procCpuMs, type ThreadCpu, threadCpuMs as cpuMs, threadsCpuMs } from './stats.ts';
 
 const built = (await import('../dist/index.js' as string)) as typeof import('../src/index.ts');
 /** Other builds (`--baseline DIR`), loaded once each. */
@@ -34,6 +35,11 @@ export interface HalcyonRunOptions {
   maxQueuedEvents?: number;
   /** Run another build of Halcyon: the `dist/` directory holding its index.js (default: this tree's). */
   dist?: string;
+  /**
+   * Read every thread's CPU time (/proc) at the first and at the last handler call ({@link HalcyonRunResult.threadsAtFirst}).
+   * Off by default: each reading costs the main thread a fraction of a ms (outside the CPU figures' window, inside the events/s one).
+   */
+  threadCpu?: boolean;
 }
 
 /** Result of {@link runHalcyon}. All times are epoch ms (`performance.timeOrigin + performance.now()`). */
@@ -53,6 +59,9 @@ export interface HalcyonRunResult {
   mainCpuToFirstMs: number;
   /** CPU of the whole bench process (all threads: main, sync and cache workers, GC) from the first to the last handler call, ms. */
   procCpuFirstToLastMs: number;
+  /** With `threadCpu`: each thread's CPU just before the first handler call's other readings and just after the last's (null off Linux). */
+  threadsAtFirst?: Map<string, ThreadCpu> | null;
+  threadsAtLast?: Map<string, ThreadCpu> | null;
   /** Errors the client emitted (`error`/`syncError` events) and warnings it logged. */
   problems: string[];
   /** A value derived from what the handlers read, so the reads cannot be optimised away. */
@@ -60,16 +69,6 @@ export interface HalcyonRunResult {
   /** How long `client.stop()` took, ms. */
   stopMs: number;
 }
-
-const now = (): number => performance.timeOrigin + performance.now();
-const cpuMs = (): number => {
-  const u = process.threadCpuUsage();
-  return (u.user + u.system) / 1000;
-};
-const procCpuMs = (): number => {
-  const u = process.cpuUsage();
-  return (u.user + u.system) / 1000;
-};
 
 /** Runs one fresh client (fresh data dir, fresh workers) until `expectedEvents` handler calls, then stops it. */
 export async function runHalcyon(opts: HalcyonRunOptions): Promise<HalcyonRunResult> {
@@ -112,11 +111,15 @@ export async function runHalcyon(opts: HalcyonRunOptions): Promise<HalcyonRunRes
   let cpuAtLast = NaN;
   let procAtFirst = NaN;
   let procAtLast = NaN;
+  let threadsAtFirst: Map<string, ThreadCpu> | null | undefined;
+  let threadsAtLast: Map<string, ThreadCpu> | null | undefined;
   let finish!: () => void;
   const finished = new Promise<void>((resolve) => (finish = resolve));
   const counted = (): void => {
     const n = messages + reactions;
     if (n === 1) {
+      // Read first (and last, below): the /proc walk's own cost stays outside the other figures' window.
+      if (opts.threadCpu) threadsAtFirst = threadsCpuMs();
       firstHandlerAt = now();
       cpuAtFirst = cpuMs();
       procAtFirst = procCpuMs();
@@ -125,6 +128,7 @@ export async function runHalcyon(opts: HalcyonRunOptions): Promise<HalcyonRunRes
       lastHandlerAt = now();
       cpuAtLast = cpuMs();
       procAtLast = procCpuMs();
+      if (opts.threadCpu) threadsAtLast = threadsCpuMs();
       finish();
     }
   };
@@ -194,6 +198,7 @@ export async function runHalcyon(opts: HalcyonRunOptions): Promise<HalcyonRunRes
     mainCpuMs: cpuAtLast - cpu0,
     mainCpuToFirstMs: cpuAtFirst - cpu0,
     procCpuFirstToLastMs: procAtLast - procAtFirst,
+    ...(opts.threadCpu ? { threadsAtFirst: threadsAtFirst ?? null, threadsAtLast: threadsAtLast ?? null } : {}),
     problems,
     sink,
     stopMs,

@@ -113,10 +113,78 @@ export function threadGroupsCpuMs(): Map<string, number> | null {
     const comm = stat.slice(stat.indexOf('(') + 1, close);
     const fields = stat.slice(close + 2).split(' '); // fields[0] is field 3 (state); utime, stime are fields 14, 15
     const ms = (Number(fields[11]) + Number(fields[12])) * 10; // USER_HZ = 100 on Linux
-    const group = comm.startsWith('halcyon-') ? comm : comm === 'MainThread' ? 'main' : comm === 'V8Worker' || comm.startsWith('DelayedTask') ? 'v8 helpers' : 'other';
+    const group = threadGroup(comm);
     out.set(group, (out.get(group) ?? 0) + ms);
   }
   return out;
+}
+
+/** The group a thread's name (`comm`) puts it in: Halcyon's workers (`halcyon-…`) by name, main, V8 helpers, other. */
+export function threadGroup(comm: string): string {
+  return comm.startsWith('halcyon-') ? comm : comm === 'MainThread' ? 'main' : comm === 'V8Worker' || comm.startsWith('DelayedTask') ? 'v8 helpers' : 'other';
+}
+
+/** One thread's CPU time (ms) and its {@link threadGroup}. */
+export interface ThreadCpu {
+  group: string;
+  ms: number;
+}
+
+/**
+ * CPU time (ms) of each thread of this process (or of process `pid`), by thread ID, with its group (Linux /proc; null elsewhere). From
+ * `schedstat` (the scheduler's run time in ns, current to the last tick or switch) where the kernel has it, which
+ * is finer than `stat`'s 10 ms ticks ({@link threadGroupsCpuMs}); from `stat` otherwise.
+ */
+export function threadsCpuMs(pid: number | 'self' = 'self'): Map<string, ThreadCpu> | null {
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return null;
+  }
+  const out = new Map<string, ThreadCpu>();
+  for (const tid of tids) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    } catch {
+      continue; // the thread ended meanwhile
+    }
+    const close = stat.lastIndexOf(')');
+    const group = threadGroup(stat.slice(stat.indexOf('(') + 1, close));
+    let ms: number;
+    try {
+      ms = Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]) / 1e6;
+    } catch {
+      const fields = stat.slice(close + 2).split(' ');
+      ms = (Number(fields[11]) + Number(fields[12])) * 10; // utime + stime, USER_HZ = 100
+    }
+    out.set(tid, { group, ms });
+  }
+  return out;
+}
+
+/** Per-group totals of a {@link threadsCpuMs} reading (for {@link perEventDelta}). */
+export function groupTotals(threads: Map<string, ThreadCpu> | null): Map<string, number> | null {
+  if (!threads) return null;
+  const out = new Map<string, number>();
+  for (const { group, ms } of threads.values()) out.set(group, (out.get(group) ?? 0) + ms);
+  return out;
+}
+
+/**
+ * The thread that used the most CPU between two {@link threadsCpuMs} readings, per event (µs), with its group: on as
+ * many cores as busy threads, the process's throughput is bounded by it. A thread that started in between counts
+ * from zero; one that ended in between is not seen (its CPU is gone from /proc).
+ */
+export function busiestThread(a: Map<string, ThreadCpu> | null, b: Map<string, ThreadCpu> | null, n: number): { group: string; usPerEvent: number } | undefined {
+  if (!a || !b) return undefined;
+  let best: { group: string; usPerEvent: number } | undefined;
+  for (const [tid, { group, ms }] of b) {
+    const us = ((ms - (a.get(tid)?.ms ?? 0)) * 1000) / n;
+    if (!best || us > best.usPerEvent) best = { group, usPerEvent: us };
+  }
+  return best;
 }
 
 /** Per-event CPU (µs) by thread group between two {@link threadGroupsCpuMs} readings. */

@@ -7,6 +7,8 @@
  * lazy parse), and a JSON.parse-only pass over the same bodies shows the parse's own rate. Each contender's
  * response → first handler call: from each body's response (server clock, offset-corrected) to the first handler
  * call of that body's events, after start-up (bodies after the first), median over bodies and rounds.
+ * Halcyon (trivial handler) and the floor also get CPU per event by thread, the goal on the busiest thread and its
+ * projection, and a `taskset` check on one core against two (throughput-child.ts).
  * @module
  */
 import { runFloor } from '../floor.ts';
@@ -15,9 +17,11 @@ import { type HandlerMode, runHalcyon } from '../halcyon.ts';
 import type { PeerEvent, StartPeer } from '../peers/types.ts';
 import { combineVerdicts, type Contender, type GoalEntry, goalEntry, type RatioEntry, ratioOf, ratioVerdict, roundsVerdict, type Verdict, type Workload, type WorkloadReport } from '../report.ts';
 import { startReplayServer, type ReplayServer, type ReplayStats } from '../replay-server.ts';
-import { clockOffset, fmt, now, processCpuMs, type Summary, summarize, threadCpuMs } from '../stats.ts';
+import { busiestThread, clockOffset, fmt, groupTotals, now, perEventDelta, processCpuMs, type Summary, summarize, type ThreadCpu, threadCpuMs, threadsCpuMs } from '../stats.ts';
+import { busiestThreadGoal, tasksetComparison, threadsMarkdown } from './throughput-child.ts';
 
-type TpContender = 'floor' | 'halcyon-trivial' | 'halcyon-content' | 'json-parse' | 'matrix-bot-sdk' | 'matrix-js-sdk';
+/** The contenders of this workload. */
+export type TpContender = 'floor' | 'halcyon-trivial' | 'halcyon-content' | 'json-parse' | 'matrix-bot-sdk' | 'matrix-js-sdk';
 const CONTENDERS: TpContender[] = ['floor', 'halcyon-trivial', 'halcyon-content', 'json-parse', 'matrix-bot-sdk', 'matrix-js-sdk'];
 const LABELS: Record<TpContender, string> = {
   floor: 'floor (undici + JSON.parse, 1 thread)',
@@ -108,7 +112,8 @@ class FirstCalls {
   }
 }
 
-interface TpSample {
+/** One contender's run in one shape and round (exported for the CPU-by-thread figures in throughput-child.ts). */
+export interface TpSample {
   round: number;
   contender: TpContender;
   events: number;
@@ -124,6 +129,11 @@ interface TpSample {
   allThreadsCpuUsPerEvent?: number;
   /** Main-thread CPU from the first to the last handler call, per event after body 0 (the all-threads window): no start-up. */
   steadyMainCpuUsPerEvent?: number;
+  /** The floor and Halcyon (trivial): CPU by thread group (/proc) over the all-threads window, per event after body 0, µs. */
+  threadsCpuUsPerEvent?: Record<string, number>;
+  /** The single thread that used the most CPU over that window (its group), and its CPU per event (µs). */
+  busiestThread?: string;
+  busiestThreadCpuUsPerEvent?: number;
   /** Start of the run to the first /sync response (Halcyon: worker start-up, whoami, filter upload). */
   startupMs?: number;
   stopMs?: number;
@@ -135,7 +145,8 @@ interface TpSample {
   error?: string;
 }
 
-interface ShapeResult {
+/** A shape's runs and their summaries (exported for throughput-child.ts). */
+export interface ShapeResult {
   shape: Shape & { batches: number; events: number; bodyBytes: number; bytesPerEvent: number; messages: number; reactions: number; jsSdkBatches: number; jsSdkEvents: number };
   samples: TpSample[];
   summary: Partial<
@@ -166,11 +177,14 @@ async function measureFloor(server: ReplayServer, offsetMs: number, total: numbe
   let procLast = NaN;
   let cpuFirst = NaN;
   let cpuLast = NaN;
+  let threadsFirst: Map<string, ThreadCpu> | null = null;
+  let threadsLast: Map<string, ThreadCpu> | null = null;
   const r = await runFloor(server.url, total, (ev: TimelineEvent, roomId: string) => {
     first.hit(roomId);
     sink += ev.sender.length + ev.event_id.length;
     if (ev.type === 'm.reaction') reactions++;
     if (++n === 1) {
+      threadsFirst = threadsCpuMs(); // before the other readings, as runHalcyon: the /proc walk stays out of their window
       procFirst = processCpuMs();
       cpuFirst = threadCpuMs();
     }
@@ -178,12 +192,13 @@ async function measureFloor(server: ReplayServer, offsetMs: number, total: numbe
       lastAt = now();
       procLast = processCpuMs();
       cpuLast = threadCpuMs();
+      threadsLast = threadsCpuMs();
     }
   });
   const st = await server.stats();
   const seconds = (lastAt - (st.responseTimes[before]! - offsetMs)) / 1000;
   if (sink === 0) throw new Error('unreachable');
-  return withFirstCalls({
+  return withFirstCalls(withThreads({
     round: 0,
     contender: 'floor',
     events: r.events,
@@ -195,13 +210,25 @@ async function measureFloor(server: ReplayServer, offsetMs: number, total: numbe
     mainCpuUsPerEvent: (r.mainCpuMs * 1000) / r.events,
     allThreadsCpuUsPerEvent: ((procLast - procFirst) * 1000) / (total - perBatch),
     steadyMainCpuUsPerEvent: ((cpuLast - cpuFirst) * 1000) / (total - perBatch),
-  }, first, st, before, offsetMs);
+  }, threadsFirst, threadsLast, total - perBatch), first, st, before, offsetMs);
+}
+
+/** A sample's CPU by thread from two {@link threadsCpuMs} readings, per event (`n`: events after body 0). */
+function withThreads(s: TpSample, a: Map<string, ThreadCpu> | null | undefined, b: Map<string, ThreadCpu> | null | undefined, n: number): TpSample {
+  const groups = perEventDelta(groupTotals(a ?? null), groupTotals(b ?? null), n);
+  const top = busiestThread(a ?? null, b ?? null, n);
+  if (groups) s.threadsCpuUsPerEvent = groups;
+  if (top) {
+    s.busiestThread = top.group;
+    s.busiestThreadCpuUsPerEvent = top.usPerEvent;
+  }
+  return s;
 }
 
 async function measureHalcyon(server: ReplayServer, offsetMs: number, total: number, perBatch: number, perRoom: number, mode: HandlerMode): Promise<TpSample> {
   const before = (await server.stats()).syncRequests;
   const first = new FirstCalls(perRoom, total / perBatch);
-  const h = await runHalcyon({ url: server.url, expectedEvents: total, mode, timeoutMs: TIMEOUT_MS, onRoom: first.hit });
+  const h = await runHalcyon({ url: server.url, expectedEvents: total, mode, timeoutMs: TIMEOUT_MS, onRoom: first.hit, threadCpu: mode === 'trivial' });
   const st = await server.stats();
   if (st.syncRequests <= before) throw new Error('the replay server saw no /sync from Halcyon');
   const firstResponse = st.responseTimes[before]! - offsetMs;
@@ -222,6 +249,7 @@ async function measureHalcyon(server: ReplayServer, offsetMs: number, total: num
     stopMs: h.stopMs,
   };
   if (h.problems.length > 0) s.problems = h.problems;
+  if (mode === 'trivial') withThreads(s, h.threadsAtFirst, h.threadsAtLast, total - perBatch);
   return withFirstCalls(s, first, st, before, offsetMs);
 }
 
@@ -413,6 +441,11 @@ export const run: Workload = async (ctx): Promise<WorkloadReport> => {
   const batches = ctx.quick ? 5 : 20;
   const results: ShapeResult[] = [];
   for (const shape of SHAPES) results.push(await measureShape(shape, batches, ctx));
+  // Short: 100x100 only, a few bodies, fewer rounds (it adds child processes' start-up to the run).
+  const taskset = await tasksetComparison(ctx, ctx.quick ? 5 : 8, Math.min(ctx.rounds, ctx.quick ? 2 : 3)).catch((err: Error) => ({
+    markdown: ['**`taskset`: one core against two**', '', `Failed: ${err.message}`, ''],
+    data: { skipped: `failed: ${err.message}` },
+  }));
 
   type Key = 'eventsPerSec' | 'mainCpuUsPerEvent' | 'steadyMainCpuUsPerEvent' | 'allThreadsCpuUsPerEvent' | 'firstCallMs';
   const per = (r: ShapeResult, c: TpContender, key: Key) => r.samples.filter((s) => s.contender === c && !s.error).map((s) => ({ round: s.round, value: s[key] ?? NaN }));
@@ -457,6 +490,8 @@ export const run: Workload = async (ctx): Promise<WorkloadReport> => {
     goal("Main-thread CPU per delivered event ≤0.5× the floor's, Halcyon's start-up on main included", 'main CPU/event', 'floor', 'lower', 0.5),
     firstCallGoal(results),
   ];
+  const busiest = busiestThreadGoal(results, rx);
+  goals.push(busiest.goal);
 
   const mmm = (s: Summary | undefined, d = 0): string => (s && s.n > 0 ? `${fmt(s.min, d)} / **${fmt(s.median, d)}** / ${fmt(s.max, d)}` : '–');
   const L: string[] = [];
@@ -521,8 +556,8 @@ export const run: Workload = async (ctx): Promise<WorkloadReport> => {
     const id = r.shape.id;
     L.push(`| ${id} | ${VERSUS.flatMap(([, v]) => cols.map(([m]) => cell(m, id, v))).join(' | ')} |`);
   }
-  L.push('');
-  return { id: 'throughput', title: '1. Throughput on replayed /sync bodies', ratios, goals, markdown: L, data: { shapes: results } };
+  L.push('', ...threadsMarkdown(results, busiest.ratios, rx), ...taskset.markdown);
+  return { id: 'throughput', title: '1. Throughput on replayed /sync bodies', ratios, goals, markdown: L, data: { shapes: results, taskset: taskset.data } };
 };
 
 /**
@@ -548,3 +583,4 @@ function firstCallGoal(results: readonly ShapeResult[]): GoalEntry {
   }
   return goalEntry(`Response → first handler call ≤ the floor's + ${FIRST_CALL_MARGIN_MS} ms`, parts.join(', '), combineVerdicts(verdicts));
 }
+
