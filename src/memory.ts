@@ -109,7 +109,7 @@ export interface HeapTrimOptions {
   /** A trim pausing the thread longer than this, ms, doubles the time to the next check (default {@link TRIM_PAUSE_BUDGET_MS}). */
   pauseBudgetMs?: number;
   /** The collection a trim runs (see {@link compactHeap}; default `last-resort`). */
-  flavor?: 'regular' | 'last-resort';
+  flavor?: 'compacting' | 'last-resort';
   /**
    * Live bytes to start from, as if a trim had left them (default 0: the first check trims unless the heap is tiny,
    * for a worker whose start-up left garbage behind).
@@ -120,11 +120,12 @@ export interface HeapTrimOptions {
 }
 
 /**
- * The main thread's trim: one `regular` full collection (its pause is what handlers wait for: a `last-resort` one
- * took ~300 ms on a busy machine), counted from the old generation in use when the client starts (its start-up was
- * just collected by V8; a first trim then freed 1 MiB for a 300 ms pause).
+ * The main thread's trim: one `compacting` full collection (its pause is what handlers wait for: a `last-resort`
+ * one took ~300 ms on a busy machine, twice a compacting one; a plain full collection gave nothing back), counted
+ * from the old generation in use when the client starts (its start-up was just collected by V8; a first trim then
+ * freed 1 MiB).
  */
-export const MAIN_TRIM: Readonly<Pick<HeapTrimOptions, 'flavor'>> = { flavor: 'regular' };
+export const MAIN_TRIM: Readonly<Pick<HeapTrimOptions, 'flavor'>> = { flavor: 'compacting' };
 
 /**
  * Every `everyMs`, a full collection ({@link compactHeap}, memory-reducing by default) of this thread's heap when
@@ -133,8 +134,8 @@ export const MAIN_TRIM: Readonly<Pick<HeapTrimOptions, 'flavor'>> = { flavor: 'r
  * which a bot under traffic never does. The sync and crypto workers' committed heaps crept that way for most of an
  * hour (sync 17 → 25 MiB, crypto 23 → 40 over the soak) while their live data stayed flat, and so did main's
  * (31 → 50 MiB in 25 minutes) once the workers were trimmed. Each actor's worker runs it; the main thread runs it
- * while a Client runs with `trimMainHeap` (the default), with {@link MAIN_TRIM}. A trim is one pause of 20–300 ms
- * on a 20–50 MiB heap (regular to last-resort, idle to busy machine), at most once per check; one that pauses
+ * while a Client runs with `trimMainHeap` (the default), with {@link MAIN_TRIM}. A trim is one pause of 30–300 ms
+ * on a 20–50 MiB heap (compacting to last-resort, idle to busy machine), at most once per check; one that pauses
  * longer than `pauseBudgetMs` (an application with a big heap of its own on main) doubles the time to the next
  * check, up to an hour. The timer does not keep the thread alive. Returns a function
  * that stops it.
