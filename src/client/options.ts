@@ -62,7 +62,7 @@ export interface ClientOptions {
   /**
    * Trim the main thread's V8 heap while the client runs (default true): once a minute, when its old generation has
    * committed more than the live data the last trim left plus 8 MiB or half again, one full collection (a pause
-   * of 20–60 ms in handlers). Under steady traffic V8 otherwise lets main's heap creep towards several times
+   * of tens of ms in handlers, up to ~200 ms on a busy machine). Under steady traffic V8 otherwise lets main's heap creep towards several times
    * its live data. A trim pausing for over 50 ms (a big application heap) makes the next check wait twice as long.
    * The workers' heaps are always trimmed. `false` leaves main's collections to V8 and the application.
    */
