@@ -93,30 +93,9 @@ export function machineAndOwnCpuMs(): { machineBusyMs: number; ownTreeMs: number
   }
 }
 
-/** CPU time (ms) of this process's threads, grouped by thread name (Linux /proc; null elsewhere). */
+/** CPU time (ms) of this process's threads, grouped by thread name (Linux /proc; null elsewhere): {@link groupTotals} of {@link threadsCpuMs}. */
 export function threadGroupsCpuMs(): Map<string, number> | null {
-  let tids: string[];
-  try {
-    tids = readdirSync('/proc/self/task');
-  } catch {
-    return null;
-  }
-  const out = new Map<string, number>();
-  for (const tid of tids) {
-    let stat: string;
-    try {
-      stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
-    } catch {
-      continue; // the thread ended meanwhile
-    }
-    const close = stat.lastIndexOf(')');
-    const comm = stat.slice(stat.indexOf('(') + 1, close);
-    const fields = stat.slice(close + 2).split(' '); // fields[0] is field 3 (state); utime, stime are fields 14, 15
-    const ms = (Number(fields[11]) + Number(fields[12])) * 10; // USER_HZ = 100 on Linux
-    const group = threadGroup(comm);
-    out.set(group, (out.get(group) ?? 0) + ms);
-  }
-  return out;
+  return groupTotals(threadsCpuMs());
 }
 
 /** The group a thread's name (`comm`) puts it in: Halcyon's workers (`halcyon-…`) by name, main, V8 helpers, other. */
@@ -133,7 +112,7 @@ export interface ThreadCpu {
 /**
  * CPU time (ms) of each thread of this process (or of process `pid`), by thread ID, with its group (Linux /proc; null elsewhere). From
  * `schedstat` (the scheduler's run time in ns, current to the last tick or switch) where the kernel has it, which
- * is finer than `stat`'s 10 ms ticks ({@link threadGroupsCpuMs}); from `stat` otherwise.
+ * is finer than `stat`'s 10 ms ticks; from `stat` otherwise.
  */
 export function threadsCpuMs(pid: number | 'self' = 'self'): Map<string, ThreadCpu> | null {
   let tids: string[];
