@@ -48,8 +48,11 @@ const ARENA_MAX = process.env.MALLOC_ARENA_MAX;
 /** One contender's run. */
 interface SoakSample {
   contender: SoakContender;
-  /** [seconds since the measured stream started (negative before), RSS MiB, messages sent − handled]. */
-  rss: Array<[number, number, number]>;
+  /**
+   * [seconds since the measured stream started (negative before), RSS MiB, messages sent − handled, replies not
+   * yet sent: handled − replied − failed (the bot's send backlog, held in its memory)].
+   */
+  rss: Array<[number, number, number, number]>;
   /** Halcyon's per-thread breakdowns: [seconds, report]. */
   breakdowns: Array<[number, MemoryReport]>;
   sent: number;
@@ -66,6 +69,8 @@ interface SoakSample {
   growthPctPerHour: number;
   secondHalfGrowthPctPerHour: number;
   maxBehind: number;
+  /** Most replies the bot had asked for and the server not yet accepted, at a sample during the stream. */
+  maxRepliesQueued: number;
   /** Most sender PUTs not yet answered by Synapse at a sample (messages "behind" that the server had not accepted). */
   maxPutsInFlight: number;
   /** Messages sent while the stream ran: below `seconds × RATE_PER_S`, Synapse did not take them as fast. */
@@ -183,7 +188,10 @@ function audit(hs: Homeserver, rooms: string[], senderId: string, botId: string,
 }
 
 /** Figures of one contender's RSS series. */
-function figures(rss: Array<[number, number, number]>, seconds: number): Pick<SoakSample, 'startMb' | 'steadyMb' | 'peakMb' | 'growthPctPerHour' | 'secondHalfGrowthPctPerHour' | 'maxBehind'> {
+function figures(
+  rss: SoakSample['rss'],
+  seconds: number,
+): Pick<SoakSample, 'startMb' | 'steadyMb' | 'peakMb' | 'growthPctPerHour' | 'secondHalfGrowthPctPerHour' | 'maxBehind' | 'maxRepliesQueued'> {
   const during = rss.filter(([t]) => t >= 0 && t <= seconds);
   const steadyMb = median(during.filter(([t]) => t >= (seconds * 2) / 3).map(([, m]) => m));
   const pct = (from: number) => (slope(during.filter(([t]) => t >= from).map(([t, m]) => [t, m])) * 3600 * 100) / steadyMb;
@@ -194,6 +202,7 @@ function figures(rss: Array<[number, number, number]>, seconds: number): Pick<So
     growthPctPerHour: pct(SETTLE_S),
     secondHalfGrowthPctPerHour: pct(seconds / 2),
     maxBehind: Math.max(0, ...during.map(([, , b]) => b)),
+    maxRepliesQueued: Math.max(0, ...during.map(([, , , q]) => q)),
   };
 }
 
@@ -235,7 +244,7 @@ function threadsOverTime(breakdowns: Array<[number, MemoryReport]>, times: numbe
 function emptySample(contender: SoakContender): SoakSample {
   return {
     contender, rss: [], breakdowns: [], sent: 0, handled: 0, replied: 0, failedReplies: 0, lost: 0, duplicates: 0, startMb: NaN,
-    steadyMb: NaN, peakMb: NaN, growthPctPerHour: NaN, secondHalfGrowthPctPerHour: NaN, maxBehind: 0, maxPutsInFlight: 0, sentInStream: 0, handledInStream: 0,
+    steadyMb: NaN, peakMb: NaN, growthPctPerHour: NaN, secondHalfGrowthPctPerHour: NaN, maxBehind: 0, maxRepliesQueued: 0, maxPutsInFlight: 0, sentInStream: 0, handledInStream: 0,
   };
 }
 
@@ -277,9 +286,10 @@ async function stream(bot: Child, send: (i: number) => Promise<{ status: number 
   let failures = 0;
   let answered: (() => void) | null = null;
   const behind = () => sent + ROOMS - bot.stats.handled;
+  const queued = () => bot.stats.handled - bot.stats.replied - bot.stats.failed;
   const sampler = setInterval(() => {
     sample.maxPutsInFlight = Math.max(sample.maxPutsInFlight, inFlight);
-    sample.rss.push([(now() - t0) / 1000, bot.rssMb(), Math.max(0, behind())]);
+    sample.rss.push([(now() - t0) / 1000, bot.rssMb(), Math.max(0, behind()), queued()]);
   }, SAMPLE_MS);
   try {
     for (let i = 0; ; i++) {
@@ -297,7 +307,7 @@ async function stream(bot: Child, send: (i: number) => Promise<{ status: number 
           answered = null;
         });
       sent = i + 1;
-      if (i > 0 && i % (RATE_PER_S * 60) === 0) progress(`soak ${LABEL[bot.contender]} ${fmt((now() - t0) / 1000)} s: RSS ${fmt(bot.rssMb())} MiB, ${sent} sent, ${behind()} messages behind (${inFlight} not yet accepted by Synapse)`);
+      if (i > 0 && i % (RATE_PER_S * 60) === 0) progress(`soak ${LABEL[bot.contender]} ${fmt((now() - t0) / 1000)} s: RSS ${fmt(bot.rssMb())} MiB, ${sent} sent, ${behind()} messages behind (${inFlight} not yet accepted by Synapse), ${queued()} replies queued`);
     }
     sample.handledInStream = bot.stats.handled - ROOMS;
     let last = -1;
@@ -385,18 +395,20 @@ export const run: Workload = async (ctx) => {
       : []),
   ];
   const step = Math.max(60, Math.round(seconds / 10 / 60) * 60);
-  const at = (s: SoakSample, t: number) => median(s.rss.filter(([x]) => Math.abs(x - t) <= SAMPLE_MS / 1000).map(([, m]) => m));
+  const near = (s: SoakSample, t: number) => s.rss.filter(([x]) => Math.abs(x - t) <= SAMPLE_MS / 1000);
+  const at = (s: SoakSample, t: number) => median(near(s, t).map(([, m]) => m));
+  const queuedAt = (s: SoakSample, t: number) => median(near(s, t).map(([, , , q]) => q));
   const times = Array.from({ length: Math.floor(seconds / step) + 1 }, (_, i) => i * step);
   const end = h?.breakdowns.at(-1);
   const first = h?.breakdowns.find(([t]) => t >= 0);
   const markdown = [
-    `A sender in the benchmark process posts ${RATE_PER_S} messages/s round-robin into ${ROOMS} rooms for ${fmt(seconds / 60, 1)} min (up to ${fmt(seconds * RATE_PER_S)} messages, after ${ROOMS} warm-up messages; never more than ${MAX_PUTS_IN_FLIGHT} unanswered, so when Synapse takes fewer, the sender keeps to Synapse's pace: the rate column), and the contender answers every one with a rich reply. Halcyon runs with its defaults but \`rateLimit: false\` (so encryption is on; the rooms are not encrypted), matrix-bot-sdk as its README sets a bot up (\`MemoryStorageProvider\`, no crypto). Each runs in a process of its own (Node with \`--import tsx\` for the child script, both alike), one after the other, each on a fresh Synapse: both at once (80 events/s with the replies) is more than Synapse on SQLite persists on this machine, and both fell behind alike. RSS (VmRSS, MiB) is sampled every ${SAMPLE_MS / 1000} s; growth is the least-squares slope from ${SETTLE_S} s on, in % of the steady RSS (the median over the last third) per hour. "Handled in the stream" below "sent in the stream" means the bot was behind when the stream ended (the most messages behind, and of them the most not yet accepted by Synapse). Replies are counted from the rooms' history in Synapse's event store (its database, read after the bot stopped).${ARENA_MAX ? ` The contenders ran with \`MALLOC_ARENA_MAX=${ARENA_MAX}\` in their environment (glibc's malloc arenas; see the README's Memory section).` : ''}`,
+    `A sender in the benchmark process posts ${RATE_PER_S} messages/s round-robin into ${ROOMS} rooms for ${fmt(seconds / 60, 1)} min (up to ${fmt(seconds * RATE_PER_S)} messages, after ${ROOMS} warm-up messages; never more than ${MAX_PUTS_IN_FLIGHT} unanswered, so when Synapse takes fewer, the sender keeps to Synapse's pace: the rate column), and the contender answers every one with a rich reply. Halcyon runs with its defaults but \`rateLimit: false\` (so encryption is on; the rooms are not encrypted), matrix-bot-sdk as its README sets a bot up (\`MemoryStorageProvider\`, no crypto). Each runs in a process of its own (Node with \`--import tsx\` for the child script, both alike), one after the other, each on a fresh Synapse: both at once (80 events/s with the replies) is more than Synapse on SQLite persists on this machine, and both fell behind alike. RSS (VmRSS, MiB) is sampled every ${SAMPLE_MS / 1000} s; growth is the least-squares slope from ${SETTLE_S} s on, in % of the steady RSS (the median over the last third) per hour. "Handled in the stream" below "sent in the stream" means the bot was behind when the stream ended (the most messages behind, and of them the most not yet accepted by Synapse); "replies queued" are replies the bot has asked for that Synapse has not yet accepted, which the bot holds in memory meanwhile (a queue that grows through the run shows up as RSS growth). Replies are counted from the rooms' history in Synapse's event store (its database, read after the bot stopped).${ARENA_MAX ? ` The contenders ran with \`MALLOC_ARENA_MAX=${ARENA_MAX}\` in their environment (glibc's malloc arenas; see the README's Memory section).` : ''}`,
     '',
-    '| contender | RSS at start | steady RSS | peak | growth after 1 min | growth, 2nd half | rate (msg/s) | sent in the stream | handled in the stream | most behind (not yet accepted by Synapse) | sent | no reply | duplicate replies |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
-    ...samples.map((s) => `| ${LABEL[s.contender]} | ${fmt(s.startMb)} | **${fmt(s.steadyMb)}** | ${fmt(s.peakMb)} | ${fmt(s.growthPctPerHour, 1)} %/h | ${fmt(s.secondHalfGrowthPctPerHour, 1)} %/h | ${fmt(s.sentInStream / seconds, 1)} | ${fmt(s.sentInStream)} | ${fmt(s.handledInStream)} | ${fmt(s.maxBehind)} (${fmt(s.maxPutsInFlight)}) | ${fmt(s.sent)} | ${fmt(s.lost)} | ${fmt(s.duplicates)} |`),
+    '| contender | RSS at start | steady RSS | peak | growth after 1 min | growth, 2nd half | rate (msg/s) | sent in the stream | handled in the stream | most behind (not yet accepted by Synapse) | most replies queued | sent | no reply | duplicate replies |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+    ...samples.map((s) => `| ${LABEL[s.contender]} | ${fmt(s.startMb)} | **${fmt(s.steadyMb)}** | ${fmt(s.peakMb)} | ${fmt(s.growthPctPerHour, 1)} %/h | ${fmt(s.secondHalfGrowthPctPerHour, 1)} %/h | ${fmt(s.sentInStream / seconds, 1)} | ${fmt(s.sentInStream)} | ${fmt(s.handledInStream)} | ${fmt(s.maxBehind)} (${fmt(s.maxPutsInFlight)}) | ${fmt(s.maxRepliesQueued)} | ${fmt(s.sent)} | ${fmt(s.lost)} | ${fmt(s.duplicates)} |`),
     '',
-    `RSS over time (MiB): ${times.map((t) => `${fmt(t / 60, 1)} min: ${samples.map((s) => `${LABEL[s.contender]} ${fmt(at(s, t))}`).join(' / ')}`).join('; ')}.`,
+    `RSS over time (MiB, with the replies queued): ${times.map((t) => `${fmt(t / 60, 1)} min: ${samples.map((s) => `${LABEL[s.contender]} ${fmt(at(s, t))} (${fmt(queuedAt(s, t))} replies queued)`).join(' / ')}`).join('; ')}.`,
     ...(h && h.breakdowns.length > 0 ? ['', ...threadsOverTime(h.breakdowns, times)] : []),
     ...(end
       ? [
