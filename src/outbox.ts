@@ -7,7 +7,11 @@
  *   after a crash makes the very same requests: the server answers a repeated transaction ID with the event it
  *   already has, and a send the outbox knows went through is answered from disk without a request.
  * - **Durable.** A send not yet acknowledged by the server survives a restart and is sent by the next run.
- * - **Ordered.** Sends into one room go out one at a time, in call order.
+ * - **Ordered.** The sends of one chain go out one at a time, in call order: a chain is one handler run's sends
+ *   into the room of its event, a handler's sends into another room by the room of its event (so a bot relaying
+ *   room A into room B keeps A's order), and every send made outside handlers. Chains of one room overlap, up to
+ *   `window` sends in flight, started in call order: one slow round trip per reply would otherwise cap a busy
+ *   room at one reply per round trip (with `window` 1 every room's sends are one chain).
  * - **Never dropped silently.** Transient failures (transport, timeouts, 5xx, 429) are retried with backoff;
  *   a send that fails permanently (or exhausts its attempts) is kept as a dead letter, its caller's promise
  *   rejects with `HALCYON_SEND_FAILED`, and the client emits `sendFailed`.
@@ -79,6 +83,8 @@ export interface OutboxDeps {
    * the ingest keeps it, the local pacer serves while the ingest does not answer). Not called without pacing.
    */
   sharedPacer?: (local: Pacer) => Pacer;
+  /** Sends into one room in flight at once (of different chains; see the module comment); 1 is strict room order. */
+  window: number;
   /** Attempts per send before it is a dead letter (transient failures only; permanent ones stop at once). */
   maxAttempts: number;
   /** First retry wait and ceiling, in ms. */
@@ -86,9 +92,20 @@ export interface OutboxDeps {
   retryMaxMs: number;
 }
 
-/** The handler run a send belongs to: the event that triggered it and how many sends the run made so far. */
+/** The handler run a send belongs to: the event that triggered it, its room, and how many sends the run made so far. */
 interface SendContext {
   key: string;
+  room: string | undefined;
+  n: number;
+}
+
+/** A send's place in its handler run, claimed when the send is called (see {@link claimSendSlot}). */
+export interface SendSlot {
+  /** The triggering event (the handler run's key). */
+  key: string;
+  /** The triggering event's room, when known. */
+  room: string | undefined;
+  /** The send's position in the run. */
   n: number;
 }
 
@@ -104,22 +121,36 @@ const context = new AsyncLocalStorage<SendContext>();
  * within their synchronous part, which a plain variable covers for free.
  */
 export function laneScope<T>(fn: () => T): T {
-  return context.run({ key: '', n: 0 }, fn);
+  return context.run({ key: '', room: undefined, n: 0 }, fn);
 }
 
 /** The handler run whose synchronous part is running now, outside any lane scope. */
 let syncRun: SendContext | null = null;
 
 /**
- * Marks the start of the handler run for `key` (the triggering event ID): in the current lane's context, or,
- * outside a lane scope, for the synchronous part of the call only (until {@link endHandlerSyncPart}).
+ * Marks the start of the handler run for `key` (the triggering event ID) of an event in `room`: in the current
+ * lane's context, or, outside a lane scope, for the synchronous part of the call only (until
+ * {@link endHandlerSyncPart}).
  */
-export function beginHandlerRun(key: string): void {
+export function beginHandlerRun(key: string, room?: string): void {
   const c = context.getStore();
   if (c) {
     c.key = key;
+    c.room = room;
     c.n = 0;
-  } else syncRun = { key, n: 0 };
+  } else syncRun = { key, room, n: 0 };
+}
+
+/**
+ * Claims the next send position of the handler run running now, or null outside handlers. Called synchronously
+ * where the send is called, before anything is awaited: what a send must ask first (is the room encrypted, a
+ * thread's latest event) can take long enough that the lane has moved on to the next handler, whose run would
+ * otherwise be credited with the send (a transaction ID a re-run would not repeat).
+ */
+export function claimSendSlot(): SendSlot | null {
+  const c = context.getStore() ?? syncRun;
+  if (!c || c.key === '') return null;
+  return { key: c.key, room: c.room, n: c.n++ };
 }
 
 /** Ends the synchronous part of a handler run begun outside a lane scope. */
@@ -137,11 +168,24 @@ interface Entry {
   /** Failed attempts that count against `maxAttempts`, and 429s with a retry time (which do not). */
   failures: number;
   pacedRetries: number;
+  /** The chain it belongs to: its sends go one at a time, in order (see the module comment). */
+  chain: string;
+  started: boolean;
   waiters: Array<{ resolve: (eventId: string) => void; reject: (e: HalcyonError) => void }>;
 }
 
 /** 429s with a retry time a send waits out before it is a dead letter (a server that never lets it through). */
 const MAX_PACED_RETRIES = 50;
+
+/** One room's sends: queued and in flight, in call order, and the chains with a send in flight. */
+interface Lane {
+  queue: Entry[];
+  inFlight: number;
+  busy: Set<string>;
+}
+
+/** The chain of sends made outside handlers, and of sends an earlier run left (their handler runs are not kept). */
+const OUTSIDE = '';
 
 /** Keeps a sent transaction's event ID this long, to answer a re-run handler without a request. */
 const KEEP_SENT_MS = 24 * 3600_000;
@@ -150,7 +194,7 @@ const KEEP_SENT_MS = 24 * 3600_000;
 export class Outbox {
   private readonly db: Database;
   private readonly stmt;
-  private readonly lanes = new Map<string, Entry[]>();
+  private readonly lanes = new Map<string, Lane>();
   private readonly running = new Set<Promise<void>>();
   private readonly pacer: Pacer | null;
   /** Sends waiting now: why and until when. */
@@ -195,21 +239,25 @@ export class Outbox {
   /** Sends left unfinished by an earlier run go out first, in their original order. */
   resume(): void {
     for (const r of this.stmt.pending.all() as Array<{ id: number; room_id: string; txn_id: string; op: string; plaintext: number; attempts: number }>) {
-      this.enqueue({ id: r.id, roomId: r.room_id, txnId: r.txn_id, op: JSON.parse(r.op) as OutboxOp, allowPlaintext: r.plaintext === 1, attempts: r.attempts, failures: 0, pacedRetries: 0, waiters: [] });
+      const op = JSON.parse(r.op) as OutboxOp;
+      this.enqueue({ id: r.id, roomId: r.room_id, txnId: r.txn_id, op, allowPlaintext: r.plaintext === 1, attempts: r.attempts, failures: 0, pacedRetries: 0, chain: OUTSIDE, started: false, waiters: [] });
     }
   }
 
   /**
    * Queues a send and resolves with its event ID once the server has it. The transaction ID is derived from the
-   * current handler run when there is one, else random; it is on disk before any request.
+   * handler run's `slot` (claimed where the send was called) when there is one, else random; it is on disk
+   * before any request.
    */
-  send(roomId: string, op: OutboxOp, allowPlaintext: boolean): Promise<string> {
+  send(roomId: string, op: OutboxOp, allowPlaintext: boolean, slot: SendSlot | null = claimSendSlot()): Promise<string> {
     if (this.closed) return Promise.reject(new HalcyonError('HALCYON_STOPPED', 'the client was stopped', { roomId }));
-    const txnId = this.txnFor(roomId, op);
+    const txnId = txnFor(roomId, op, slot);
+    // A handler's sends into its own event's room are a chain of that run; into another room, of the event's room.
+    const chain = slot === null ? OUTSIDE : slot.room === undefined || slot.room === roomId ? `e:${slot.key}` : `r:${slot.room}`;
     const known = this.stmt.byTxn.get(txnId) as { id: number; state: string; event_id: string | null; attempts: number } | undefined;
     if (known?.state === 'sent' && known.event_id) return Promise.resolve(known.event_id);
     // Joining an entry already queued (a re-run handler whose earlier send is still pending): wait for it.
-    const queued = known ? this.lanes.get(roomId)?.find((e) => e.id === known.id) : undefined;
+    const queued = known ? this.lanes.get(roomId)?.queue.find((e) => e.id === known.id) : undefined;
     return new Promise<string>((resolve, reject) => {
       if (queued) {
         queued.waiters.push({ resolve, reject });
@@ -223,7 +271,7 @@ export class Outbox {
       } else {
         id = Number(this.stmt.insert.run(roomId, txnId, JSON.stringify(op), allowPlaintext ? 1 : 0, Date.now()).lastInsertRowid);
       }
-      this.enqueue({ id, roomId, txnId, op, allowPlaintext, attempts: known?.attempts ?? 0, failures: 0, pacedRetries: 0, waiters: [{ resolve, reject }] });
+      this.enqueue({ id, roomId, txnId, op, allowPlaintext, attempts: known?.attempts ?? 0, failures: 0, pacedRetries: 0, chain, started: false, waiters: [{ resolve, reject }] });
     });
   }
 
@@ -273,41 +321,46 @@ export class Outbox {
     this.closed = true;
     this.abort.abort();
     const stopped = new HalcyonError('HALCYON_STOPPED', 'the client was stopped before the send went out (it is kept and sent by the next run)');
-    for (const lane of this.lanes.values()) for (const e of lane) for (const w of e.waiters.splice(0)) w.reject(stopped);
+    for (const lane of this.lanes.values()) for (const e of lane.queue) for (const w of e.waiters.splice(0)) w.reject(stopped);
     this.lanes.clear();
     // In-flight attempts finish or fail on their own; their results still reach the database if it is open.
     void Promise.allSettled([...this.running]).then(() => this.db.close());
   }
 
-  private txnFor(roomId: string, op: OutboxOp): string {
-    const ctx = context.getStore() ?? syncRun;
-    if (!ctx || ctx.key === '') return `hc${Date.now().toString(36)}.${randomBytes(6).toString('base64url')}`;
-    const n = ctx.n++;
-    const what = op.kind === 'send' ? op.type : `redact:${op.eventId}`;
-    return `hcr.${createHash('sha256').update(`${ctx.key}\n${n}\n${roomId}\n${what}`).digest('base64url').slice(0, 27)}`;
-  }
-
   private enqueue(e: Entry): void {
     let lane = this.lanes.get(e.roomId);
-    if (lane) {
-      lane.push(e);
-      return;
+    if (!lane) {
+      lane = { queue: [], inFlight: 0, busy: new Set() };
+      this.lanes.set(e.roomId, lane);
     }
-    lane = [e];
-    this.lanes.set(e.roomId, lane);
-    const run = this.runLane(e.roomId, lane).finally(() => this.running.delete(run));
-    this.running.add(run);
+    lane.queue.push(e);
+    this.pump(e.roomId, lane);
   }
 
-  private async runLane(roomId: string, lane: Entry[]): Promise<void> {
-    while (lane.length > 0 && !this.closed) {
-      const e = lane[0]!;
-      await this.deliver(e);
-      lane.shift();
+  /**
+   * Starts what may start in `lane`, in call order: a send whose chain has none in flight, while fewer than
+   * `window` are. A send whose chain is busy is passed over (and so is the rest of its chain) so that other
+   * chains are not held behind it.
+   */
+  private pump(roomId: string, lane: Lane): void {
+    for (const e of lane.queue) {
+      if (lane.inFlight >= this.deps.window || this.closed) return;
+      if (e.started || lane.busy.has(e.chain)) continue;
+      e.started = true;
+      lane.inFlight++;
+      lane.busy.add(e.chain);
+      const run = this.deliver(e).finally(() => {
+        this.running.delete(run);
+        lane.inFlight--;
+        lane.busy.delete(e.chain);
+        lane.queue.splice(lane.queue.indexOf(e), 1);
+        if (lane.queue.length > 0) return this.pump(roomId, lane);
+        if (this.lanes.get(roomId) === lane) this.lanes.delete(roomId);
+        // Every queue is empty: the stretch of waiting (if any) is over; the next wait is announced again.
+        if (this.lanes.size === 0) this.announced.clear();
+      });
+      this.running.add(run);
     }
-    if (this.lanes.get(roomId) === lane) this.lanes.delete(roomId);
-    // Every queue is empty: the stretch of waiting (if any) is over; the next wait is announced again.
-    if (this.lanes.size === 0) this.announced.clear();
   }
 
   /** Attempts one entry until it is sent, dead, or the outbox closes. */
@@ -400,6 +453,13 @@ export class Outbox {
     else p.drained(now);
     return { waitMs, describe: p.describe() };
   }
+}
+
+/** A send's transaction ID: derived from its handler run's slot (a re-run repeats it), else random. */
+function txnFor(roomId: string, op: OutboxOp, slot: SendSlot | null): string {
+  if (slot === null) return `hc${Date.now().toString(36)}.${randomBytes(6).toString('base64url')}`;
+  const what = op.kind === 'send' ? op.type : `redact:${op.eventId}`;
+  return `hcr.${createHash('sha256').update(`${slot.key}\n${slot.n}\n${roomId}\n${what}`).digest('base64url').slice(0, 27)}`;
 }
 
 /** The notice of each wait reason (see Outbox.wait). */

@@ -191,6 +191,7 @@ export class ClientCore {
       notice: (info, msg) => this.opts.logger.warn(info, msg),
       rateLimit: this.opts.rateLimit,
       sharedPacer: this.cluster ? (local) => this.cluster?.sharedPacer(local) ?? local : undefined,
+      window: this.opts.sendWindow,
       maxAttempts: this.opts.maxSendAttempts,
       retryMinMs: 1_000,
       retryMaxMs: 60_000,

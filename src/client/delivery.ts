@@ -171,7 +171,7 @@ export class Delivery {
     if (!wantKind && !anyEvent) return null;
     // The handler run is keyed by its event: sends it makes get transaction IDs derived from it (idempotent replays).
     return (done) => {
-      beginHandlerRun(r.str(i, OFF.eventId) ?? '');
+      beginHandlerRun(r.str(i, OFF.eventId) ?? '', roomId);
       try {
         return settle(this.deliver(r, i, roomId, wantKind ? kind : null, anyEvent), done);
       } finally {
@@ -188,7 +188,7 @@ export class Delivery {
    */
   inviteTask(inv: WireBatch['invites'][number], batchToken: string): HandlerTask {
     return (done) => {
-      beginHandlerRun(`invite:${inv.eventId ?? `${inv.roomId}@${batchToken}`}`);
+      beginHandlerRun(`invite:${inv.eventId ?? `${inv.roomId}@${batchToken}`}`, inv.roomId);
       try {
         return settle(this.deliverInvite(inv), done);
       } finally {

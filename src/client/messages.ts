@@ -10,7 +10,7 @@ import { HalcyonError } from '../errors.ts';
 import type { ContentInput, Mentions, MessageOptions } from '../events.ts';
 import { seg } from '../http.ts';
 import { contentArg, eventIdArg, roomIdArg, stringArg } from '../ids.ts';
-import type { OutboxOp } from '../outbox.ts';
+import { claimSendSlot, type OutboxOp, type SendSlot } from '../outbox.ts';
 import type { MatrixEvent } from '../protocol.ts';
 import { ENCRYPTED } from './actors.ts';
 import type { ClientCore } from './core.ts';
@@ -22,10 +22,10 @@ import { getStateEvent } from './rooms-api.ts';
 export async function sendMessage(core: ClientCore, roomId: string, content: ContentInput, opts: MessageOptions = {}): Promise<string> {
   roomIdArg(roomId, 'sendMessage');
   const c: Record<string, unknown> = typeof content === 'string' ? { msgtype: 'm.text', body: content } : { ...content };
-  const eventId = await inRoomOrder(core, roomId, async () => {
+  const eventId = await inRoomOrder(core, roomId, async (slot) => {
     // A thread message that replies to nothing in particular falls back to the thread's latest event.
     const fallback = opts.threadId !== undefined && opts.replyTo === undefined ? await latestInThread(core, roomId, opts.threadId) : undefined;
-    return queueSend(core, roomId, 'm.room.message', withRelations(c, opts, fallback), opts);
+    return queueSend(core, roomId, 'm.room.message', withRelations(c, opts, fallback), opts, slot);
   });
   core.sentMentions.set(eventId, readMentions(c['m.mentions']));
   return eventId;
@@ -37,11 +37,13 @@ type Queued = { delivery: Promise<string> };
 /**
  * Runs `prepare` (what must be asked before a send: is the room encrypted, the thread's latest event, the edited
  * message's mentions; it ends by queueing the send) once every earlier send of the room is queued, and resolves
- * with the delivery: sends reach a room in call order even when their preparations take different times.
+ * with the delivery: sends reach the outbox in call order even when their preparations take different times.
+ * The send's place in its handler run is claimed here, where it is called (see `claimSendSlot`).
  */
-function inRoomOrder(core: ClientCore, roomId: string, prepare: () => Promise<Queued>): Promise<string> {
+function inRoomOrder(core: ClientCore, roomId: string, prepare: (slot: SendSlot | null) => Promise<Queued>): Promise<string> {
+  const run = claimSendSlot();
   const before = core.sendOrder.get(roomId) ?? Promise.resolve();
-  const queued = before.then(prepare);
+  const queued = before.then(() => prepare(run));
   const slot = queued.then(
     () => {},
     () => {},
@@ -74,7 +76,7 @@ export async function editMessage(core: ClientCore, roomId: string, eventId: str
   delete n['m.relates_to'];
   if (opts.mentions !== undefined && n['m.mentions'] === undefined) n['m.mentions'] = mentionsContent(opts.mentions);
   const full = readMentions(n['m.mentions']);
-  const id = await inRoomOrder(core, roomId, async () => {
+  const id = await inRoomOrder(core, roomId, async (slot) => {
     const previous = await previousMentions(core, roomId, eventId);
     const body = typeof n.body === 'string' ? n.body : '';
     const outer: Record<string, unknown> = {
@@ -85,7 +87,7 @@ export async function editMessage(core: ClientCore, roomId: string, eventId: str
       'm.mentions': newMentions(full, previous),
     };
     if (typeof n.formatted_body === 'string') outer.formatted_body = `* ${n.formatted_body}`;
-    return queueSend(core, roomId, 'm.room.message', outer, {});
+    return queueSend(core, roomId, 'm.room.message', outer, {}, slot);
   });
   core.sentMentions.set(eventId, full);
   return id;
@@ -133,17 +135,17 @@ export async function sendEvent(core: ClientCore, roomId: string, type: string, 
   stringArg(type, 'sendEvent', 'the event type');
   contentArg(type, content, 'sendEvent');
   core.need();
-  return inRoomOrder(core, roomId, () => queueSend(core, roomId, type, content, opts));
+  return inRoomOrder(core, roomId, (slot) => queueSend(core, roomId, type, content, opts, slot));
 }
 
 /** Checks what a send into `roomId` needs (encryption off: the room must not be encrypted) and queues it. */
-async function queueSend(core: ClientCore, roomId: string, type: string, content: Record<string, unknown>, opts: SendOptions): Promise<Queued> {
+async function queueSend(core: ClientCore, roomId: string, type: string, content: Record<string, unknown>, opts: SendOptions, slot: SendSlot | null): Promise<Queued> {
   contentArg(type, content, 'sendEvent');
   const plaintextOk = opts.allowPlaintext === true || core.opts.encryption?.allowPlaintext === true;
   if (!core.opts.encryption && !plaintextOk && (await encryptedForSend(core, roomId))) {
     throw new HalcyonError('HALCYON_ROOM_ENCRYPTED', `room ${roomId} is encrypted and encryption is off; pass { allowPlaintext: true } to send in the clear`, { roomId });
   }
-  return { delivery: core.needOutbox().send(roomId, { kind: 'send', type, content }, plaintextOk) };
+  return { delivery: core.needOutbox().send(roomId, { kind: 'send', type, content }, plaintextOk, slot) };
 }
 
 /** Redacts an event through the outbox; resolves with the redaction's event ID. */
@@ -152,7 +154,7 @@ export async function redactEvent(core: ClientCore, roomId: string, eventId: str
   eventIdArg(eventId, 'redactEvent');
   core.need();
   const op: OutboxOp = reason === undefined ? { kind: 'redact', eventId } : { kind: 'redact', eventId, reason };
-  return inRoomOrder(core, roomId, async () => ({ delivery: core.needOutbox().send(roomId, op, true) }));
+  return inRoomOrder(core, roomId, async (slot) => ({ delivery: core.needOutbox().send(roomId, op, true, slot) }));
 }
 
 /**

@@ -97,6 +97,14 @@ export interface ClientOptions {
   /** Attempts of a send that keeps failing transiently before it is a dead letter (default 8; backoff 1 s → 60 s). */
   maxSendAttempts?: number;
   /**
+   * Sends into one room in flight at once (default 4). A handler run's sends into its event's room go one at a
+   * time in call order, and so do its sends into other rooms per room of its event (a relay keeps its source's
+   * order), and sends made outside handlers; different events' replies into a busy room overlap, so a room is
+   * not capped at one reply per round trip to the server, and may land out of order under load. `1`: every
+   * room's sends one at a time, in call order.
+   */
+  sendWindow?: number;
+  /**
    * Prometheus metrics (prom-client): `true` records into a registry of the client's own (`metricsRegistry`);
    * an object can pass the host application's `registry`, a `port` to serve `/metrics` on, and `perRoom` labels.
    */
@@ -372,6 +380,7 @@ export function resolveOptions(options: ClientOptions): ResolvedOptions {
     trimMainHeap: true,
     stopTimeoutMs: 20_000,
     maxSendAttempts: 8,
+    sendWindow: 4,
     allowInsecureHttp: false,
     trust: 'signed',
     ...options,
@@ -383,6 +392,9 @@ export function resolveOptions(options: ClientOptions): ResolvedOptions {
     cluster: options.cluster === undefined ? null : resolveCluster(options.cluster),
   };
   checkAutoJoin(opts.autoJoin);
+  if (!Number.isInteger(opts.sendWindow) || opts.sendWindow < 1 || opts.sendWindow > 64) {
+    throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `sendWindow must be a whole number from 1 to 64, not ${String(opts.sendWindow)}`);
+  }
   checkTrust(opts.trust, opts.verification);
   return opts;
 }

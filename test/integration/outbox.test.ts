@@ -88,6 +88,24 @@ test('a handler run again after a stop repeats the same transaction IDs: Synapse
   assert.equal(okPerTxn(repeats).get(secondTxn!), 1, `one attempt answered 200: ${repeats.map((r) => r.status).join(', ')}`);
 });
 
+test('a handler that is not async gets derived transaction IDs too: sends it makes in its synchronous part, unawaited', async (t) => {
+  const bot = await proxiedBot(t, hs, { reply: false });
+  const ids: Array<Promise<string>> = [];
+  // As many bots write it: a plain function that fires its replies and returns.
+  bot.client.on('message', (m) => {
+    ids.push(m.reply('one'), m.reply('two'));
+  });
+  await bot.client.run(bot.token);
+  const { peer, roomId } = await peerRoomWithBot(hs, bot);
+  await peer.sendText(roomId, 'reply twice, from a plain handler');
+  await waitUntil(() => ids.length === 2, WAIT_MS, 'the handler to run');
+  await Promise.all(ids);
+  const txns = [...new Set(sends(bot).map(txnOf))];
+  assert.equal(txns.length, 2, 'one transaction ID per reply');
+  for (const txn of txns) assert.match(txn, /^hcr\./, 'derived from the triggering event, so a re-run repeats it');
+  assert.deepEqual((await inRoom(bot, peer, roomId)).map((r) => r.body), ['one', 'two'], 'in call order');
+});
+
 test('a refused send is a dead letter: the caller gets HALCYON_SEND_FAILED with the errcode, sendFailed fires once, deadLetters() keeps it, later sends still go', async (t) => {
   const bot = await proxiedBot(t, hs, { reply: false });
   const failed: Array<{ code: string; errcode?: string; info: SendFailure }> = [];
