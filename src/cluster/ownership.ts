@@ -33,6 +33,11 @@ export const REBALANCE_MARGIN = 0.1;
  * side's load by more than this part of a share; lighter ones (idle partitions among them) are shared by count.
  */
 export const MOVE_MIN_GAIN = 0.025;
+/**
+ * How long (in polls) a worker leaves a partition it handed over to the taker before it may take it back by load:
+ * the taker's look comes at once (the key's deletion is watched), so this only matters if nobody took it.
+ */
+const RETAKE_AFTER_POLLS = 2;
 /** How many of the latest events the load remembers: each event weighs 1 − 1/this of the one after it. */
 export const LOAD_WINDOW = 1_000;
 
@@ -54,10 +59,19 @@ export interface OwnershipPlan {
  * not all race for the same ones; one above it gives up its highest-numbered ones (a worker just at or below its
  * target keeps what it has, so partitions move only when the membership changes).
  */
-export function planOwnership(partitions: number, live: number, mine: readonly number[], taken: ReadonlySet<number>, start = 0, weights: readonly number[] | null = null): OwnershipPlan {
+export function planOwnership(
+  partitions: number,
+  live: number,
+  mine: readonly number[],
+  taken: ReadonlySet<number>,
+  start = 0,
+  weights: readonly number[] | null = null,
+  /** Partitions this worker handed over lately: not taken back by load (see {@link planByLoad}). */
+  gaveUp: ReadonlySet<number> = new Set(),
+): OwnershipPlan {
   const target = Math.ceil(partitions / Math.max(1, live));
   const total = weights?.length === partitions ? weights.reduce((s, w) => s + w, 0) : 0;
-  if (weights && total >= LOAD_FLOOR) return { target, ...planByLoad(partitions, live, mine, taken, start, weights, total, target) };
+  if (weights && total >= LOAD_FLOOR) return { target, ...planByLoad(partitions, live, mine, taken, start, weights, total, target, gaveUp) };
   const owned = [...mine].sort((a, b) => a - b);
   if (owned.length > target) return { target, take: [], give: owned.slice(target).reverse() };
   return { target, take: freeFrom(partitions, taken, start).slice(0, target - owned.length), give: [] };
@@ -80,9 +94,11 @@ function freeFrom(partitions: number, taken: ReadonlySet<number>, start: number)
  * deleted) brings the next look at once. Below its share, a worker takes free partitions, heaviest first, until it
  * reaches it. Free partitions lighter than a move is worth (idle ones) are taken by count, as without load, so
  * every partition is owned: while one is free, some worker owns fewer than the target (or, for a heavier one, has
- * less than its share).
+ * less than its share). A worker that handed a partition over may be left below its share (with two workers, a
+ * move may overshoot the share as long as the split gets better): it does not take that partition back while
+ * `gaveUp` names it, or it would race the taker for it, and win as often as not.
  */
-function planByLoad(partitions: number, live: number, mine: readonly number[], taken: ReadonlySet<number>, start: number, w: readonly number[], total: number, target: number): Omit<OwnershipPlan, 'target'> {
+function planByLoad(partitions: number, live: number, mine: readonly number[], taken: ReadonlySet<number>, start: number, w: readonly number[], total: number, target: number, gaveUp: ReadonlySet<number>): Omit<OwnershipPlan, 'target'> {
   const share = total / Math.max(1, live);
   const worth = MOVE_MIN_GAIN * share;
   let load = mine.reduce((s, p) => s + w[p]!, 0);
@@ -99,7 +115,7 @@ function planByLoad(partitions: number, live: number, mine: readonly number[], t
   const free = freeFrom(partitions, taken, start);
   const take: number[] = [];
   // A stable sort: among equal weights, the offset's order (workers starting together race less).
-  for (const p of free.filter((q) => w[q]! >= worth).sort((a, b) => w[b]! - w[a]!)) {
+  for (const p of free.filter((q) => w[q]! >= worth && !gaveUp.has(q)).sort((a, b) => w[b]! - w[a]!)) {
     if (load >= share) break;
     take.push(p);
     load += w[p]!;
@@ -193,6 +209,8 @@ export class Ownership {
   private readonly leases = new Map<number, Lease>();
   /** Partitions being handed over: still counted as this worker's until their key is deleted. */
   private readonly leaving = new Map<number, Promise<void>>();
+  /** When this worker last handed each partition over (not taken back by load for {@link RETAKE_AFTER_POLLS} polls). */
+  private readonly gaveAt = new Map<number, number>();
   private timer: NodeJS.Timeout | null = null;
   /** The look under way, if any (one at a time). */
   private ticking: Promise<void> | null = null;
@@ -232,6 +250,13 @@ export class Ownership {
     this.tick();
   }
 
+  /** Partitions this worker handed over in the last {@link RETAKE_AFTER_POLLS} polls: left to their taker. */
+  private gaveUpLately(): Set<number> {
+    const since = Date.now() - RETAKE_AFTER_POLLS * this.pollMs;
+    for (const [p, at] of this.gaveAt) if (at < since) this.gaveAt.delete(p);
+    return new Set(this.gaveAt.keys());
+  }
+
   /** Owned partitions not being handed over: the load this worker will carry. */
   private keeping(): number[] {
     return [...this.leases.keys()].filter((p) => !this.leaving.has(p));
@@ -243,7 +268,7 @@ export class Ownership {
    */
   private loadChanged(text: string | null): void {
     const seen = this.seen;
-    const plan = seen && planOwnership(this.partitions, seen.live, this.keeping(), seen.taken, 0, parseLoad(text, this.partitions));
+    const plan = seen && planOwnership(this.partitions, seen.live, this.keeping(), seen.taken, 0, parseLoad(text, this.partitions), this.gaveUpLately());
     if (!plan || plan.give.length + plan.take.length > 0) this.tick();
   }
 
@@ -269,7 +294,7 @@ export class Ownership {
       const live = Math.max(1, workers.length);
       this.seen = { live, taken };
       // Partitions being handed over are not counted as this worker's: they are on their way to another.
-      const plan = planOwnership(this.partitions, live, this.keeping(), taken, partitionOf(this.id, this.partitions), parseLoad(load, this.partitions));
+      const plan = planOwnership(this.partitions, live, this.keeping(), taken, partitionOf(this.id, this.partitions), parseLoad(load, this.partitions), this.gaveUpLately());
       for (const p of plan.give) this.giveUp(p);
       for (const p of plan.take) if (!this.stopping) await this.take(p);
     } catch (err) {
@@ -307,6 +332,7 @@ export class Ownership {
       const how = await this.owner.handOver(p);
       if (this.leases.get(p) !== lease || how === 'kept') return; // lost meanwhile, or kept
       this.leases.delete(p);
+      this.gaveAt.set(p, Date.now());
       if (how === 'clean') await lease.release().catch(() => lease.abandon());
       else lease.abandon();
       this.logger.info({ partition: p, clean: how === 'clean' }, 'cluster: this worker handed a partition over');

@@ -226,3 +226,14 @@ test('PartitionLoad: a decayed count of the events of each partition; parseLoad 
   assert.equal(parseLoad('{', 4), null);
   assert.deepEqual(parseLoad('[0,0,1.5,2]', 4), [0, 0, 1.5, 2]);
 });
+
+test('planOwnership by load: a worker that handed a partition over and fell below its share does not race the taker for it', () => {
+  // a: 130 + 170, b: 100; a share is 200. a hands over 130 (b's 100 + 130 is the better split) and is left at 170.
+  const w = [130, 170, 100];
+  const give = planOwnership(3, 2, [0, 1], new Set([0, 1, 2]), 0, w).give;
+  assert.deepEqual(give, [0]);
+  // a's next look comes before b's: partition 0 is free, and a below its share.
+  assert.deepEqual(planOwnership(3, 2, [1], new Set([1, 2]), 0, w, new Set([0])).take, [], 'a leaves it to b');
+  assert.deepEqual(planOwnership(3, 2, [2], new Set([1, 2]), 0, w).take, [0], 'b takes it');
+  assert.deepEqual(planOwnership(3, 2, [1], new Set([1, 2]), 0, w, new Set()).take, [0], 'a takes it back once it stops avoiding it (nobody else did)');
+});
