@@ -20,8 +20,12 @@ import { partitionOf } from './wire.ts';
 
 /** The lease bucket's key where the ingest keeps the partitions' load: a JSON array, one figure per partition. */
 export const LOAD_KEY = 'load';
-/** Below this total load (events, decayed) the figures are too few to go by: partitions are shared by count. */
-export const LOAD_FLOOR = 32;
+/**
+ * Below this total load (events, decayed) the figures are too few to go by: partitions are shared by count. 100,
+ * not fewer: the ingest publishes a backlog a room's event at a time, so after 32 events of 20 rooms some had 1 and
+ * some 2, and the workers moved partitions one way, then back when the figures evened out.
+ */
+export const LOAD_FLOOR = 100;
 /**
  * Hysteresis: a worker gives partitions up only when it is more than this part of a share above its share, so
  * figures that drift by less move nothing. 10 %, not more: 20 rooms split 12/8 between two workers (the

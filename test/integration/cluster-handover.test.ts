@@ -109,13 +109,13 @@ test('a worker joining takes a share of the load, not of the partition count: th
   const w0 = startClusterBot(t, 'w0', env(), lines);
   await w0.waitFor((l) => l.kind === 'ready', 'w0 ready', 60_000);
   // Enough events for the ingest's figures of the load to be gone by (LOAD_FLOOR), all handled by w0 alone.
-  const first = await sendOverRooms(peer, busy, 48, 1_000);
+  const first = await sendOverRooms(peer, busy, 120, 1_000);
   await waitUntil(() => handledBy(lines, 'w0').length >= first.length, 60_000, 'the first batch handled by w0');
   const w1 = startClusterBot(t, 'w1', env(), lines);
   await w1.waitFor((l) => l.kind === 'cluster' && l.msg === 'cluster: a partition starts pulling' && (l.partition === 0 || l.partition === 1), 'w1 to take a busy partition', 30_000);
   const joinedAt = Date.now();
-  // Each room's second 8 after its first 8, in the order checked.
-  const second = (await sendOverRooms(peer, busy, 48, 1_000)).map((m) => ({ ...m, index: m.index + 8 }));
+  // Each room's second 8 after its first 20, in the order checked.
+  const second = (await sendOverRooms(peer, busy, 48, 1_000)).map((m) => ({ ...m, index: m.index + 20 }));
   await checkAll(lines, [...first, ...second], ['w0', 'w1'], peer.user.accessToken, bot.user.userId);
   const after = (run: string) => partitionsOf(handledBy(lines, run).filter((l) => l.t > joinedAt));
   assert.equal(after('w1').size, 1, `w1 handles one busy partition (${[...after('w1')]})`);
