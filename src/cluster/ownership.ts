@@ -211,7 +211,7 @@ export class Ownership {
   readonly pollMs: number;
   private readonly member: Lease;
   private readonly leases = new Map<number, Lease>();
-  /** Partitions being handed over: still counted as this worker's until their key is deleted. */
+  /** Partitions being handed over: their keys are still held, but they no longer count in this worker's load. */
   private readonly leaving = new Map<number, Promise<void>>();
   /** When this worker last handed each partition over (not taken back by load for {@link RETAKE_AFTER_POLLS} polls). */
   private readonly gaveAt = new Map<number, number>();
