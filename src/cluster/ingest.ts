@@ -6,6 +6,7 @@
  * next ingest run from the same data dir, where the stream drops it as a duplicate of its event ID) or in the
  * stream. It also answers the workers' requests: room state from the cache actor, encryption by the crypto actor
  * (the OlmMachine has one owner), presence, and the account's send budget (its outbox's pacer: one per account).
+ * And it keeps the partitions' load in the lease bucket ({@link LoadReport}): what the workers share them by.
  */
 import type { BatchReader } from '../events.ts';
 import { HalcyonError } from '../errors.ts';
@@ -16,14 +17,21 @@ import { isRoomEncrypted } from '../client/messages.ts';
 import type { SharedPaceOp } from '../outbox.ts';
 import { OFF, type StateChanges, type SyncConfig } from '../protocol.ts';
 import type { ClusterRole } from './index.ts';
+import type { Logger } from '../log.ts';
 import type { Lease } from './lease.ts';
-import type { Broker } from './nats.ts';
+import type { Broker, KeyStore } from './nats.ts';
+import { LOAD_FLOOR, LOAD_KEY, PartitionLoad, parseLoad } from './ownership.ts';
 import { type ClusterRpc, encodeEvent, partitionOf } from './wire.ts';
 
 /** Summaries a worker gets per `summaries` request. */
 const SUMMARY_PAGE = 500;
 /** Wait between attempts of a publish that failed (NATS unreachable or restarting). */
 const PUBLISH_RETRY_MS = 250;
+/**
+ * How often at most the partitions' load is written while events flow. A quarter second, not a second: a backlog
+ * that two workers clear in a second or two (the benchmark's) must be shared out near its start to be shared at all.
+ */
+const LOAD_WRITE_MS = 250;
 
 /** The ingest's part of a clustered client; see the module comment. */
 export class IngestRole implements ClusterRole {
@@ -32,6 +40,7 @@ export class IngestRole implements ClusterRole {
   private unserve: (() => void) | null = null;
   /** Publishes are failing (NATS unreachable): told once until one succeeds again. */
   private failing = false;
+  private readonly load: LoadReport;
 
   constructor(
     private readonly core: ClientCore,
@@ -39,6 +48,7 @@ export class IngestRole implements ClusterRole {
     private readonly partitions: number,
     private readonly lease: Lease,
   ) {
+    this.load = new LoadReport(broker, partitions, core.opts.logger);
     lease.onLost((why) => {
       // At once, before the stop drains: the next leader's crypto actor must be the only one encrypting.
       this.unserve?.();
@@ -57,7 +67,11 @@ export class IngestRole implements ClusterRole {
       const eventId = r.str(i, OFF.eventId);
       if (eventId === null) return done(); // a timeline event without an ID is refused by the sync actor already
       const data = encodeEvent({ roomId, flags: r.batch.events.flags[i]!, summary: this.core.mirror.get(roomId) ?? null, redelivered: r.batch.redelivered }, r.rawText(i));
-      return this.publish(partitionOf(roomId, this.partitions), eventId, data).then(done, () => {}); // a stop abandons it: the journal keeps it
+      const p = partitionOf(roomId, this.partitions);
+      return this.publish(p, eventId, data).then(() => {
+        this.load.published(p);
+        done();
+      }, () => {}); // a stop abandons it: the journal keeps it
     };
   }
 
@@ -82,6 +96,7 @@ export class IngestRole implements ClusterRole {
 
   running(): void {
     this.unserve ??= this.broker.serve((method, body) => this.answer(method as keyof ClusterRpc, body));
+    this.load.open(this.core.lifecycle.signal);
   }
 
   /** Answers one worker request (see `ClusterRpc` in protocol.ts). */
@@ -126,9 +141,91 @@ export class IngestRole implements ClusterRole {
   }
 
   async close(): Promise<void> {
+    this.load.close();
     this.unserve?.();
     this.unserve = null;
     await this.lease.release().catch(() => {});
     await this.broker.close();
+  }
+}
+
+/**
+ * The partitions' load as the workers read it (ownership.ts): a decayed count of the events published to each
+ * ({@link PartitionLoad}), written to the lease bucket's {@link LOAD_KEY} at most every {@link LOAD_WRITE_MS} and
+ * only when its figures changed, and again every third of the bucket's TTL so that it does not expire while this
+ * ingest leads. It goes on from the figures it finds there (a restarted ingest, a standby that took over).
+ * Nothing is written below {@link LOAD_FLOOR}: the workers would share by count anyway.
+ */
+class LoadReport {
+  private readonly meter: PartitionLoad;
+  private store: KeyStore | null = null;
+  private written = '';
+  private lastAt = 0;
+  private timer: NodeJS.Timeout | null = null;
+  private refresh: NodeJS.Timeout | null = null;
+  private opened = false;
+  private closed = false;
+
+  constructor(
+    private readonly broker: Broker,
+    private readonly partitions: number,
+    private readonly logger: Logger,
+  ) {
+    this.meter = new PartitionLoad(partitions);
+  }
+
+  /** Opens the lease bucket and reads the figures there; writing starts then (a failure leaves the workers sharing by count). */
+  open(signal: AbortSignal): void {
+    if (this.opened || this.closed) return;
+    this.opened = true;
+    void (async () => {
+      const store = await this.broker.leaseStore(null, signal);
+      const before = parseLoad(await store.get(LOAD_KEY), this.partitions);
+      if (this.closed) return;
+      if (before) this.meter.seed(before);
+      this.store = store;
+      this.refresh = setInterval(() => void this.write(true), Math.max(100, Math.round(store.ttlMs / 3)));
+      this.refresh.unref();
+      this.schedule();
+    })().catch((err: unknown) => this.logger.warn({ err: (err as Error).message }, "cluster: cannot keep the partitions' load; workers share them by count"));
+  }
+
+  /** An event was published to partition `p`. */
+  published(p: number): void {
+    this.meter.add(p);
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.timer || !this.store || this.closed) return;
+    this.timer = setTimeout(
+      () => {
+        this.timer = null;
+        void this.write(false);
+      },
+      Math.max(0, this.lastAt + LOAD_WRITE_MS - Date.now()),
+    );
+    this.timer.unref();
+  }
+
+  /** Writes the figures if they changed (or, with `again`, to keep the key alive). */
+  private async write(again: boolean): Promise<void> {
+    const store = this.store;
+    if (!store || this.closed || this.meter.total < LOAD_FLOOR) return;
+    const text = JSON.stringify(this.meter.figures());
+    if (text === this.written && !again) return;
+    this.written = text;
+    this.lastAt = Date.now();
+    await store.put(LOAD_KEY, text).catch((err: unknown) => {
+      this.written = ''; // written again at the next event or refresh
+      this.logger.debug({ err: (err as Error).message }, "cluster: cannot write the partitions' load");
+    });
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    if (this.refresh) clearInterval(this.refresh);
+    this.timer = this.refresh = null;
   }
 }

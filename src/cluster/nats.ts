@@ -92,6 +92,10 @@ export interface KeyStore extends LeaseStore {
    * poll finds those). Returns the function that stops watching.
    */
   watch(onChange: () => void): () => void;
+  /** Writes the key whatever it holds (the ingest's figures of the partitions' load). */
+  put(key: string, value: string): Promise<void>;
+  /** Calls `onValue` with each new value of `key` (null: deleted), renewals too. Returns the function that stops watching. */
+  watchKey(key: string, onValue: (value: string | null) => void): () => void;
 }
 
 const enc = new TextEncoder();
@@ -371,6 +375,16 @@ export class Broker {
             onChange();
           }
         })().catch(() => {}); // watching is a shortcut: the poll still finds every change
+        return () => void watching.then((w) => w.stop(), () => {});
+      },
+      put: async (key, value) => {
+        await kv.put(key, value);
+      },
+      watchKey: (key, onValue) => {
+        const watching = kv.watch({ key, include: 'updates' });
+        void (async () => {
+          for await (const e of await watching) onValue(e.operation === 'PUT' ? e.string() : null);
+        })().catch(() => {}); // a shortcut too: the poll reads the key
         return () => void watching.then((w) => w.stop(), () => {});
       },
     };

@@ -2,10 +2,12 @@
  * Which worker owns which partition. Each partition is owned by at most one live worker at a time: the owner holds
  * the key `p.<partition>` of the lease bucket (a {@link Lease}: renewed every sixth of the bucket's TTL, given up
  * on a clean hand-over, stepped down from when it cannot be renewed). Live workers announce themselves with a
- * lease of their own, `w.<worker>`. Every {@link Ownership.pollMs} each worker counts the live workers and the
- * partitions taken, and {@link planOwnership} says what to do: each targets ceil(P / live workers) partitions,
- * takes free ones while it has fewer, and gives its surplus up (a graceful hand-over, see partition.ts) when a
- * worker joins. A dead worker's keys expire after the TTL; the others then take its partitions.
+ * lease of their own, `w.<worker>`. Every {@link Ownership.pollMs}, and whenever the ingest writes new figures of
+ * the partitions' load (key {@link LOAD_KEY}: a decayed count of the events published to each, the same for every
+ * worker), each worker counts the live workers and the partitions taken, and {@link planOwnership} says what to
+ * do: each aims at an equal share of the load, takes free partitions while below it and gives partitions up (a
+ * graceful hand-over, see partition.ts) while clearly above it; without enough load to go by, each targets
+ * ceil(P / live workers) partitions. A dead worker's keys expire after the TTL; the others then take its partitions.
  *
  * How a partition is taken decides when its new owner may pull (see partition.ts): a key its holder deleted was
  * handed over cleanly (everything the old owner had was acknowledged or given back), one that is absent was
@@ -16,9 +18,36 @@ import { Lease } from './lease.ts';
 import type { KeyStore } from './nats.ts';
 import { partitionOf } from './wire.ts';
 
+/** The lease bucket's key where the ingest keeps the partitions' load: a JSON array, one figure per partition. */
+export const LOAD_KEY = 'load';
+/**
+ * Below this total load (events, decayed) the figures are too few to go by: partitions are shared by count. 100,
+ * not fewer: the ingest publishes a backlog a room's event at a time, so after 32 events of 20 rooms some had 1 and
+ * some 2, and the workers moved partitions one way, then back when the figures evened out.
+ */
+export const LOAD_FLOOR = 100;
+/**
+ * Hysteresis: a worker gives partitions up only when it is more than this part of a share above its share, so
+ * figures that drift by less move nothing. 10 %, not more: 20 rooms split 12/8 between two workers (the
+ * benchmark's uneven case) are 20 % above a share and must be evened out.
+ */
+export const REBALANCE_MARGIN = 0.1;
+/**
+ * A partition is worth a hand-over (round trips, its rooms held up meanwhile) only if moving it lowers the busier
+ * side's load by more than this part of a share; lighter ones (idle partitions among them) are shared by count.
+ */
+export const MOVE_MIN_GAIN = 0.025;
+/**
+ * How long (in polls) a worker leaves a partition it handed over to the taker before it may take it back by load:
+ * the taker's look comes at once (the key's deletion is watched), so this only matters if nobody took it.
+ */
+const RETAKE_AFTER_POLLS = 2;
+/** How many of the latest events the load remembers: each event weighs 1 − 1/this of the one after it. */
+export const LOAD_WINDOW = 1_000;
+
 /** What one worker should do about its partitions; see {@link planOwnership}. */
 export interface OwnershipPlan {
-  /** Partitions each worker should own: ceil(P / live workers). */
+  /** Partitions each worker should own by count: ceil(P / live workers) (by load, a cap on idle ones taken). */
   target: number;
   /** Free partitions to try to take (others may win them). */
   take: number[];
@@ -28,21 +57,132 @@ export interface OwnershipPlan {
 
 /**
  * The ownership arithmetic, without NATS: `live` workers (this one among them), `partitions` in all, `mine` owned
- * by this worker, `taken` owned by anyone (mine included). A worker below its target takes free partitions,
- * starting at an offset of its own (`start`) so that workers starting together do not all race for the same ones;
- * one above it gives up its highest-numbered ones (a worker just at or below its target keeps what it has, so
- * partitions move only when the membership changes).
+ * by this worker, `taken` owned by anyone (mine included), `weights` each partition's load (null: not known).
+ * With load enough to go by ({@link LOAD_FLOOR}), see {@link planByLoad}. Otherwise by count: a worker below its
+ * target takes free partitions, starting at an offset of its own (`start`) so that workers starting together do
+ * not all race for the same ones; one above it gives up its highest-numbered ones (a worker just at or below its
+ * target keeps what it has, so partitions move only when the membership changes).
  */
-export function planOwnership(partitions: number, live: number, mine: readonly number[], taken: ReadonlySet<number>, start = 0): OwnershipPlan {
+export function planOwnership(
+  partitions: number,
+  live: number,
+  mine: readonly number[],
+  taken: ReadonlySet<number>,
+  start = 0,
+  weights: readonly number[] | null = null,
+  /** Partitions this worker handed over lately: not taken back by load (see {@link planByLoad}). */
+  gaveUp: ReadonlySet<number> = new Set(),
+): OwnershipPlan {
   const target = Math.ceil(partitions / Math.max(1, live));
+  const total = weights?.length === partitions ? weights.reduce((s, w) => s + w, 0) : 0;
+  if (weights && total >= LOAD_FLOOR) return { target, ...planByLoad(partitions, live, mine, taken, start, weights, total, target, gaveUp) };
   const owned = [...mine].sort((a, b) => a - b);
   if (owned.length > target) return { target, take: [], give: owned.slice(target).reverse() };
-  const take: number[] = [];
-  for (let i = 0; i < partitions && owned.length + take.length < target; i++) {
-    const p = (start + i) % partitions;
-    if (!taken.has(p)) take.push(p);
+  return { target, take: freeFrom(partitions, taken, start).slice(0, target - owned.length), give: [] };
+}
+
+/** The free partitions, from `start` on, wrapping around. */
+function freeFrom(partitions: number, taken: ReadonlySet<number>, start: number): number[] {
+  const free: number[] = [];
+  for (let i = 0; i < partitions; i++) if (!taken.has((start + i) % partitions)) free.push((start + i) % partitions);
+  return free;
+}
+
+/**
+ * By load: each worker aims at an equal share of the total. More than {@link REBALANCE_MARGIN} of a share above
+ * it, it gives up the partition that lowers the busier side's load the most — its own load, or the taker's with
+ * the partition — if that gain is over {@link MOVE_MIN_GAIN} of a share. A taker is below its share and holds at
+ * most what is not this worker's (exactly that with two workers), so each move lowers the sum of squared distances
+ * from the share: under steady weights the moves end, and a partition never moves back. One partition a look: the
+ * bound on the taker holds for one (it might take several given up at once), and a hand-over's end (its key
+ * deleted) brings the next look at once. Below its share, a worker takes free partitions, heaviest first, until it
+ * reaches it. Free partitions lighter than a move is worth (idle ones) are taken by count, as without load, so
+ * every partition is owned: while one is free, some worker owns fewer than the target (or, for a heavier one, has
+ * less than its share). A worker that handed a partition over may be left below its share (with two workers, a
+ * move may overshoot the share as long as the split gets better): it does not take that partition back while
+ * `gaveUp` names it, or it would race the taker for it, and win as often as not.
+ */
+function planByLoad(partitions: number, live: number, mine: readonly number[], taken: ReadonlySet<number>, start: number, w: readonly number[], total: number, target: number, gaveUp: ReadonlySet<number>): Omit<OwnershipPlan, 'target'> {
+  const share = total / Math.max(1, live);
+  const worth = MOVE_MIN_GAIN * share;
+  let load = mine.reduce((s, p) => s + w[p]!, 0);
+  if (load - share > REBALANCE_MARGIN * share) {
+    const taker = Math.min(share, total - load);
+    let best = -1;
+    let gain = worth;
+    for (const p of mine) {
+      const g = load - Math.max(load - w[p]!, taker + w[p]!);
+      if (g > gain) [best, gain] = [p, g];
+    }
+    if (best >= 0) return { take: [], give: [best] };
   }
-  return { target, take, give: [] };
+  const free = freeFrom(partitions, taken, start);
+  const take: number[] = [];
+  // A stable sort: among equal weights, the offset's order (workers starting together race less).
+  for (const p of free.filter((q) => w[q]! >= worth && !gaveUp.has(q)).sort((a, b) => w[b]! - w[a]!)) {
+    if (load >= share) break;
+    take.push(p);
+    load += w[p]!;
+  }
+  let count = mine.length + take.length;
+  for (const p of free) if (w[p]! < worth && count < target) take.push(p), count++;
+  return { take, give: [] };
+}
+
+/** Reads the ingest's figures of the partitions' load ({@link LOAD_KEY}); null if absent or not `partitions` of them. */
+export function parseLoad(text: string | null, partitions: number): number[] | null {
+  if (text === null) return null;
+  try {
+    const w = JSON.parse(text) as unknown;
+    return Array.isArray(w) && w.length === partitions && w.every((x) => typeof x === 'number' && Number.isFinite(x) && x >= 0) ? (w as number[]) : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * A decayed count of the events published to each partition (the ingest keeps it, see {@link LOAD_KEY}): each
+ * event adds one to its partition, and every figure loses 1/{@link LOAD_WINDOW} of itself per event, so the
+ * figures are the split of the latest ~{@link LOAD_WINDOW} events, over seconds when the bot is busy and hours
+ * when it is quiet. Decayed by events, not time: an idle bot's figures stay as they were, so nothing moves while
+ * nothing happens.
+ */
+export class PartitionLoad {
+  /** The figures times {@link unit}, which grows instead of every figure shrinking at each event. */
+  private readonly scaled: Float64Array;
+  private unit = 1;
+
+  constructor(partitions: number) {
+    this.scaled = new Float64Array(partitions);
+  }
+
+  /** One more event published to partition `p`. */
+  add(p: number): void {
+    this.scaled[p]! += this.unit;
+    this.unit /= 1 - 1 / LOAD_WINDOW;
+    if (this.unit > 1e12) {
+      for (let i = 0; i < this.scaled.length; i++) this.scaled[i]! /= this.unit;
+      this.unit = 1;
+    }
+  }
+
+  /** Goes on from earlier figures (a previous ingest's), if there are as many. */
+  seed(weights: readonly number[]): void {
+    if (weights.length !== this.scaled.length) return;
+    for (let i = 0; i < weights.length; i++) this.scaled[i] = weights[i]! * this.unit;
+  }
+
+  /** The sum of the figures. */
+  get total(): number {
+    let t = 0;
+    for (const x of this.scaled) t += x;
+    return t / this.unit;
+  }
+
+  /** The figures, to a tenth of an event. */
+  figures(): number[] {
+    return [...this.scaled].map((x) => Math.round((x / this.unit) * 10) / 10);
+  }
 }
 
 /** How a partition was taken: from nobody, from a holder that gave it up cleanly, or from one whose key expired. */
@@ -71,14 +211,19 @@ export class Ownership {
   readonly pollMs: number;
   private readonly member: Lease;
   private readonly leases = new Map<number, Lease>();
-  /** Partitions being handed over: still counted as this worker's until their key is deleted. */
+  /** Partitions being handed over: their keys are still held, but they no longer count in this worker's load. */
   private readonly leaving = new Map<number, Promise<void>>();
+  /** When this worker last handed each partition over (not taken back by load for {@link RETAKE_AFTER_POLLS} polls). */
+  private readonly gaveAt = new Map<number, number>();
   private timer: NodeJS.Timeout | null = null;
   /** The look under way, if any (one at a time). */
   private ticking: Promise<void> | null = null;
   /** A change was seen during the look under way: look again after it. */
   private again = false;
   private unwatch: (() => void) | null = null;
+  private unwatchLoad: (() => void) | null = null;
+  /** What the last look saw: live workers and partitions taken (a change of the load is checked against it). */
+  private seen: { live: number; taken: ReadonlySet<number> } | null = null;
   private stopping = false;
 
   constructor(
@@ -105,7 +250,30 @@ export class Ownership {
   start(): void {
     this.timer = setInterval(() => this.tick(), this.pollMs);
     this.unwatch = this.store.watch(() => this.tick());
+    this.unwatchLoad = this.store.watchKey(LOAD_KEY, (v) => this.loadChanged(v));
     this.tick();
+  }
+
+  /** Partitions this worker handed over in the last {@link RETAKE_AFTER_POLLS} polls: left to their taker. */
+  private gaveUpLately(): Set<number> {
+    const since = Date.now() - RETAKE_AFTER_POLLS * this.pollMs;
+    for (const [p, at] of this.gaveAt) if (at < since) this.gaveAt.delete(p);
+    return new Set(this.gaveAt.keys());
+  }
+
+  /** Owned partitions not being handed over: the load this worker will carry. */
+  private keeping(): number[] {
+    return [...this.leases.keys()].filter((p) => !this.leaving.has(p));
+  }
+
+  /**
+   * The ingest wrote new figures of the load (several times a second while events flow): a look at once if they
+   * change what this worker should do, judged by what the last look saw (the look reads everything again).
+   */
+  private loadChanged(text: string | null): void {
+    const seen = this.seen;
+    const plan = seen && planOwnership(this.partitions, seen.live, this.keeping(), seen.taken, 0, parseLoad(text, this.partitions), this.gaveUpLately());
+    if (!plan || plan.give.length + plan.take.length > 0) this.tick();
   }
 
   private tick(): void {
@@ -121,14 +289,16 @@ export class Ownership {
     });
   }
 
-  /** One look: renews nothing (the leases do), takes and gives partitions by {@link planOwnership}. */
+  /** One look: renews nothing (the leases do), takes and gives partitions by {@link planOwnership} and the load. */
   private async look(): Promise<void> {
     try {
       if (!this.member.held && !(await this.member.tryAcquire())) return; // our own key still there from before: it expires
-      const [workers, keys] = await Promise.all([this.store.keys('w.*'), this.store.keys('p.*')]);
+      const [workers, keys, load] = await Promise.all([this.store.keys('w.*'), this.store.keys('p.*'), this.store.get(LOAD_KEY)]);
       const taken = new Set(keys.map((k) => Number(k.slice(2))));
-      const mine = [...this.leases.keys()];
-      const plan = planOwnership(this.partitions, Math.max(1, workers.length), mine, taken, partitionOf(this.id, this.partitions));
+      const live = Math.max(1, workers.length);
+      this.seen = { live, taken };
+      // Partitions being handed over are not counted as this worker's: they are on their way to another.
+      const plan = planOwnership(this.partitions, live, this.keeping(), taken, partitionOf(this.id, this.partitions), parseLoad(load, this.partitions), this.gaveUpLately());
       for (const p of plan.give) this.giveUp(p);
       for (const p of plan.take) if (!this.stopping) await this.take(p);
     } catch (err) {
@@ -166,6 +336,7 @@ export class Ownership {
       const how = await this.owner.handOver(p);
       if (this.leases.get(p) !== lease || how === 'kept') return; // lost meanwhile, or kept
       this.leases.delete(p);
+      this.gaveAt.set(p, Date.now());
       if (how === 'clean') await lease.release().catch(() => lease.abandon());
       else lease.abandon();
       this.logger.info({ partition: p, clean: how === 'clean' }, 'cluster: this worker handed a partition over');
@@ -180,6 +351,7 @@ export class Ownership {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     this.unwatch?.();
+    this.unwatchLoad?.();
     await this.ticking;
     // A hand-over begun before the stop may have kept its partition (a handler ran on): given up again, for good.
     while (this.leases.size > 0) await Promise.all(this.owned.map((p) => this.giveUp(p)));

@@ -29,6 +29,8 @@ import type { HandOver, Takeover } from './ownership.ts';
 
 /** Slack on top of a wait for the server's clocks (its ack-wait timer, a pull's expiry). */
 export const TAKEOVER_MARGIN_MS = 1_000;
+/** How long a rebalance's hand-over lets the pull under way end by itself (see {@link OwnedPartition.handOver}). */
+const LAST_PULL_WAIT_MS = 250;
 
 /** An event as the worker's consumer turned it into the intake's terms; see {@link PartitionSink}. */
 export interface Prepared {
@@ -86,6 +88,10 @@ export class OwnedPartition {
   private stopPull: (() => void) | null = null;
   private loop: Promise<void>;
   private idle: (() => void) | null = null;
+  /** The pull under way (being made, or bringing deliveries), until it ends. */
+  private pulling: Promise<number | null> | null = null;
+  /** A rebalance's hand-over waits for the pull under way: no other is made. */
+  private lastPull = false;
   /** Events whose handlers outlived a hand-over's wait (the partition was kept): no hand-over is tried while one runs. */
   private readonly outlived = new Set<number>();
 
@@ -131,10 +137,12 @@ export class OwnedPartition {
     await this.pullWhileOwned();
   }
 
-  /** Pulls until the partition is handed over or lost. */
+  /** Pulls until the partition is handed over or lost (or, for a rebalance, until the pull under way ends). */
   private async pullWhileOwned(): Promise<void> {
-    while (this.state === 'pulling') {
-      const lostAt = await this.pullOnce();
+    while (this.state === 'pulling' && !this.lastPull) {
+      this.pulling = this.pullOnce();
+      const lostAt = await this.pulling;
+      this.pulling = null;
       if (this.gather > 0 && this.state === 'pulling') this.release(); // fewer came than were out (acked meanwhile)
       if (lostAt !== null) await this.settle(lostAt);
     }
@@ -283,13 +291,26 @@ export class OwnedPartition {
    * sequence is past the last one seen here): its key is then left to expire, and the next owner waits as after a
    * crash. With `keep` (a rebalance, not a stop), an event whose handler still runs is never given back — the next
    * owner would run it again, beside this one: the partition is kept (`kept`), pulling again, and no hand-over is
-   * tried until those handlers settle.
+   * tried until those handlers settle; and the pull under way gets a moment to end by itself first (one stopped as
+   * it is made loses the deliveries the server answered it with), its events handled meanwhile.
    */
   async handOver(drainMs: number, keep: boolean): Promise<HandOver> {
     if (this.state === 'gone') return 'unclean';
     // A handler that outlived the last try still runs: trying again would only hold the partition's other rooms up.
     if (keep && [...this.outlived].some((seq) => this.held.has(seq))) return 'kept';
     this.outlived.clear();
+    if (keep && this.state === 'pulling' && this.pulling) {
+      // A rebalance gives the pull under way a moment to end by itself, its events handled meanwhile. Stopped just
+      // as it is made — when the server answers it at once with a backlog's events — its deliveries on the wire
+      // would be lost: an unclean hand-over, after which the next owner waits out the key's TTL and the ack wait.
+      // Not longer: a pull waiting for events or for acks may run for PULL_EXPIRES_MS, and stopping it then
+      // rarely meets a delivery on the way.
+      this.lastPull = true;
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.pulling, new Promise<void>((r) => (timer = setTimeout(r, LAST_PULL_WAIT_MS)))]);
+      clearTimeout(timer);
+      if (this.state !== 'pulling') return 'unclean'; // lost meanwhile
+    }
     const wasPulling = this.state === 'pulling';
     this.state = 'draining';
     this.abort.abort();
@@ -334,6 +355,7 @@ export class OwnedPartition {
    */
   private pullAgain(): void {
     this.state = 'pulling';
+    this.lastPull = false;
     this.abort = new AbortController();
     this.stopPull = null;
     const stoppedAt = Date.now();

@@ -172,6 +172,69 @@ function delivery(seq: number, dseq: number, deliveries: number, done: string[])
   };
 }
 
+/**
+ * A partition's consumer as the server keeps it, for {@link OwnedPartition} without NATS: `total` events of one
+ * room; each pull, once `gate` lets its creation answer, has its deliveries sent (counted as delivered) whether or
+ * not the worker then reads them — as a real pull stopped right after it was made.
+ */
+function fakeConsumer(total: number) {
+  let delivered = 0;
+  let next = 1;
+  const pending = new Set<number>();
+  const gates: Array<() => void> = [];
+  const broker = {
+    async pending() {
+      return { ackPending: pending.size, waiting: 0, delivered };
+    },
+    async pull(_p: number, max: number) {
+      await new Promise<void>((open) => gates.push(open));
+      const batch: Delivery[] = [];
+      const room = max - pending.size;
+      while (batch.length < room && next <= total) {
+        const seq = next++;
+        pending.add(seq);
+        batch.push({ data: new Uint8Array(), redelivered: false, seq, dseq: ++delivered, deliveries: 1, ack: () => void pending.delete(seq), nak: async () => void pending.delete(seq), working() {} });
+      }
+      let stopped = false;
+      return {
+        messages: (async function* () {
+          for (const d of batch) if (!stopped) yield d;
+        })(),
+        stop: () => void (stopped = true),
+      };
+    },
+  };
+  /** Lets the pull being made answer; resolves once one is being made. */
+  const open = async () => {
+    await waitUntil(() => gates.length > 0, 5_000, 'a pull being made');
+    gates.shift()!();
+  };
+  return { broker: broker as unknown as Broker, open, pulls: () => gates.length, pending: () => pending.size };
+}
+
+test('a hand-over for a rebalance while a pull is being made is clean: the pull runs to its end first (stopped at once, its deliveries were lost on the wire and the next owner waited out the key and the ack wait)', async () => {
+  const consumer = fakeConsumer(100);
+  const handled: number[] = [];
+  const logger = recorder();
+  const sink: PartitionSink = {
+    logger,
+    ackWaitMs: 30_000,
+    prepare: (d): Prepared => ({ roomId: '!r:test', eventId: `$${d.seq}` }),
+    post: (prepared, _redelivered, seq, part) => {
+      handled.push(seq);
+      setImmediate(() => part.acked(seq));
+    },
+  };
+  const part = new OwnedPartition(0, consumer.broker, sink, 'released', Date.now());
+  await consumer.open(); // the first pull: 32 events, handled one after the other
+  await waitUntil(() => handled.length === 32 && consumer.pending() === 0 && consumer.pulls() === 1, 5_000, 'the first pull handled and the next being made');
+  const how = part.handOver(1_000, true);
+  await consumer.open(); // the server answers the pull being made: 32 more sent
+  assert.equal(await how, 'clean', logger.lines.join('; '));
+  assert.deepEqual(handled, Array.from({ length: handled.length }, (_, i) => i + 1), 'in order');
+  assert.equal(consumer.pending(), 0, 'what the last pull brought was handled or given back');
+});
+
 test('an event delivered again after its handlers settled and it was acked (the redelivery crossed the ack) is acked again, not handled again', async () => {
   // A fake broker: one pull whose deliveries the test pushes (the race cannot be timed on a real server).
   const queue: Delivery[] = [];
