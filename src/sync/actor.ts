@@ -258,9 +258,10 @@ export class SyncActor implements SyncActorApi {
       if (!this.running) break;
       try {
         const bytes = await this.pollOnce(first, deliverTimeline);
+        // The body and what processing it made are garbage now: collect a very large one, or a run's first (an
+        // idle worker's V8 kept a 10 MB initial sync's chunks and heap, ~40 MB), while the next long-poll waits.
+        if (bytes >= LARGE_BODY_BYTES || (first && bytes >= 0)) collectGarbage();
         if (bytes >= 0) first = false;
-        // The body and what processing it made are garbage now: collect a very large one while the next long-poll waits.
-        if (bytes >= LARGE_BODY_BYTES) collectGarbage();
       } catch (err) {
         if (!this.running) break;
         const e = toWireError(err, 'HALCYON_INTERNAL');
