@@ -22,6 +22,12 @@ const COLON = 58;
 const OBJ = 1;
 const ARR = 2;
 
+/** The index of byte `c` in `b[from, n)`, or `n`. */
+function indexIn(b: Buffer, c: number, from: number, n: number): number {
+  const k = b.indexOf(c, from);
+  return k < 0 ? n : k;
+}
+
 /** A copy of `c[a, b)` with a buffer of its own. */
 const copy = (c: Uint8Array, a: number, b: number): Uint8Array => new Uint8Array(c.subarray(a, b));
 
@@ -42,6 +48,8 @@ export class JoinSplitter {
   private keyPos = false;
   private inString = false;
   private escape = false;
+  /** The next backslash at or after the cursor in the chunk being read (see stringEnd). */
+  private backslash = -1;
   /** The member name being read at depth 1 or 2 (its bytes, in parts when it spans chunks), or null. */
   private keyParts: Uint8Array[] | null = null;
   /** Inside `rooms.join`: its depth (0 between entries); −1 outside. */
@@ -61,20 +69,20 @@ export class JoinSplitter {
   push(chunk: Uint8Array): Uint8Array[] {
     let from = 0; // start of the bytes not yet given to the rest or the current entry
     const n = chunk.length;
+    const buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    this.backslash = -1;
     for (let i = 0; i < n; i++) {
-      const c = chunk[i]!;
       if (this.inString) {
-        if (this.escape) this.escape = false;
-        else if (c === BACKSLASH) this.escape = true;
-        else if (c === QUOTE) {
-          this.inString = false;
-          if (this.keyParts) {
-            this.endKey(copy(chunk, from, i));
-            from = i; // the closing quote goes to the rest
-          }
+        i = this.stringEnd(buf, i, n);
+        if (i === n) break;
+        this.inString = false;
+        if (this.keyParts) {
+          this.endKey(copy(chunk, from, i));
+          from = i; // the closing quote goes to the rest
         }
         continue;
       }
+      const c = chunk[i]!;
       if (this.joinDepth >= 0) {
         if (c === CLOSE_OBJ && this.joinDepth === 0) {
           this.entryParts.push(chunk.subarray(from, i));
@@ -137,6 +145,26 @@ export class JoinSplitter {
     this.flush();
     if (this.keyParts) this.rest.push(...this.keyParts);
     return { slices: this.done.splice(0), rest: Buffer.concat(this.rest) };
+  }
+
+  /**
+   * Where the string the cursor is in ends in `buf[i, n)` (its closing quote), or `n`. The quote and the next
+   * backslash are found by a native search, not byte by byte: most of a body's bytes are in strings. The
+   * backslash is searched again only once passed.
+   */
+  private stringEnd(buf: Buffer, i: number, n: number): number {
+    for (; i < n; i++) {
+      if (this.escape) {
+        this.escape = false;
+        continue;
+      }
+      if (this.backslash < i) this.backslash = indexIn(buf, BACKSLASH, i, n);
+      const quote = indexIn(buf, QUOTE, i, n);
+      if (this.backslash >= quote) return quote;
+      i = this.backslash;
+      this.escape = true;
+    }
+    return n;
   }
 
   private close(): void {
