@@ -69,6 +69,8 @@ interface Backfill {
 const GAP_FILTER = JSON.stringify({ lazy_load_members: true });
 
 const SYNC_PATH = '/_matrix/client/v3/sync';
+/** A streamed first sync's joined rooms go to the cache this many at a time (see streamFirst). */
+const APPLY_ROOMS = 500;
 /** A big account's initial sync runs to 100s of MB; the limit only stops a server that never ends its answer. */
 const MAX_SYNC_BYTES = 512 * 1024 * 1024;
 
@@ -357,6 +359,14 @@ export class SyncActor implements SyncActorApi {
     const cryptoRooms: StateChanges['rooms'] = [];
     const verification: ProcessedSync['crypto']['verification'] = [];
     const encryption = this.deps.crypto !== undefined && this.config.encryption;
+    // Slices' state goes to the cache a few hundred rooms at a time: a transaction per small slice cost twice the
+    // cache's time (a commit rewrites the same pages), while small slices free the body's chunks sooner.
+    let pending: Required<StateChanges> = { rooms: [], accountData: [] };
+    const apply = async (): Promise<void> => {
+      const state = pending;
+      pending = { rooms: [], accountData: [] };
+      if (state.rooms.length > 0 || state.accountData.length > 0) for (const s of await this.deps.cache.apply(state)) this.firstSummaries.set(s.roomId, s);
+    };
     let out: Awaited<ReturnType<typeof processStream>>;
     try {
       out = await processStream(res.body, {
@@ -364,13 +374,16 @@ export class SyncActor implements SyncActorApi {
         ownUserId: this.config.userId,
         maxBytes: MAX_SYNC_BYTES,
         onSlice: async (slice) => {
-          for (const s of await this.deps.cache.apply(slice.state)) this.firstSummaries.set(s.roomId, s);
+          pending.rooms.push(...slice.state.rooms);
+          pending.accountData.push(...(slice.state.accountData ?? []));
+          if (pending.rooms.length >= APPLY_ROOMS) await apply();
           errors.push(...slice.errors);
           verification.push(...slice.crypto.verification);
           // The crypto actor hears of joined rooms' members and settings with the batch, as from a whole body.
           if (encryption) for (const r of slice.state.rooms) cryptoRooms.push({ ...r, state: r.state.filter((ev) => CRYPTO_STATE.has(ev.type)) });
         },
       });
+      await apply();
     } finally {
       res.body.on('error', () => {}).destroy();
     }

@@ -36,7 +36,7 @@ const SLICE_TAIL = Buffer.from('}}}', 'utf8');
 const SEPARATOR = Buffer.from(',', 'utf8');
 
 /** A slice is closed once its room entries add up to this many bytes: a few hundred rooms of a typical account. */
-export const SLICE_BYTES = 2 * 1024 * 1024;
+export const SLICE_BYTES = 512 * 1024;
 
 /** See the module comment. */
 export class JoinSplitter {

@@ -53,7 +53,8 @@ const secondSync = Buffer.from(JSON.stringify({
 
 /**
  * Serves whoami, the filter and the two syncs; later polls are held until the test ends. `cut`: the first answer
- * to the initial sync sends only the first half of the body (a slice and more), then the connection is closed.
+ * to the initial sync sends only the first 90 % of the body (past the first 500 rooms, which the sync actor applies
+ * to the cache together), then the connection is closed.
  */
 async function scriptedServer(opts: { cut?: boolean } = {}) {
   const initial = initialSync();
@@ -74,7 +75,7 @@ async function scriptedServer(opts: { cut?: boolean } = {}) {
         cutDone = true;
         res.writeHead(200, { 'content-type': 'application/json', 'content-length': initial.length });
         // Ended, not reset: the client reads every byte sent (a reset may drop what it had not read yet).
-        res.write(initial.subarray(0, initial.length >> 1), () => res.socket?.end());
+        res.write(initial.subarray(0, Math.floor(initial.length * 0.9)), () => res.socket?.end());
         return;
       }
       if (since === null) return reply(initial);
@@ -137,7 +138,7 @@ test('an initial sync processed in slices as it arrives gives the same rooms, st
   for (const roomId of roomIds) assert.deepEqual(fresh(streamed.delivered).filter((d) => d.room === roomId), fresh(whole.delivered).filter((d) => d.room === roomId));
 });
 
-test('an initial sync cut off half-way through its joined rooms is fetched again, and main still learns of every room', async () => {
+test('an initial sync cut off part-way through its joined rooms is fetched again, and main still learns of every room', async () => {
   const cut = await runOnce({ deliverInitialTimeline: false }, { cut: true });
   assert.equal(cut.listed.length, ROOMS, 'every joined room is listed on main, those of the cut attempt too');
   assert.equal(cut.details.filter((d) => d?.name?.startsWith('room ')).length, ROOMS);
