@@ -74,7 +74,6 @@ const APPLY_ROOMS = 500;
 /** A big account's initial sync runs to 100s of MB; the limit only stops a server that never ends its answer. */
 const MAX_SYNC_BYTES = 512 * 1024 * 1024;
 
-
 /** Batches waiting for room in main stay in memory, the next to go first, while their bodies add up to at most this. */
 const KEEP_WAITING_BYTES = 16 * 1024 * 1024;
 
@@ -373,6 +372,7 @@ export class SyncActor implements SyncActorApi {
         wantedTypes: this.wanted,
         ownUserId: this.config.userId,
         maxBytes: MAX_SYNC_BYTES,
+        contentLength: Number(res.headers['content-length']), // NaN without one: streamed
         onSlice: async (slice) => {
           pending.rooms.push(...slice.state.rooms);
           pending.accountData.push(...(slice.state.accountData ?? []));

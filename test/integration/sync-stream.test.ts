@@ -20,7 +20,7 @@ const ev = (type: string, stateKey: string | undefined, content: unknown, id: st
   type, sender: '@peer:s', event_id: id, origin_server_ts: ts, content, ...(stateKey === undefined ? {} : { state_key: stateKey }),
 });
 
-/** ~6 MB: three slices of joined rooms, with brackets, commas and quotes in names, an invite, a leave and account data. */
+/** ~20 MB (over STREAM_MIN_BYTES, so streamed): ~40 slices of joined rooms, with brackets, commas and quotes in names, an invite, a leave and account data. */
 function initialSync(): Buffer {
   const join: Record<string, unknown> = {};
   roomIds.forEach((roomId, r) => {
@@ -33,7 +33,7 @@ function initialSync(): Buffer {
           ev('m.room.member', '@bot:s', { membership: 'join' }, `$b${r}`),
         ],
       },
-      timeline: { events: Array.from({ length: 8 }, (_, i) => ev('m.room.message', undefined, { msgtype: 'm.text', body: `old ${r}/${i} ${'x'.repeat(1000)}` }, `$o${r}_${i}`)), limited: false },
+      timeline: { events: Array.from({ length: 8 }, (_, i) => ev('m.room.message', undefined, { msgtype: 'm.text', body: `old ${r}/${i} ${'x'.repeat(4000)}` }, `$o${r}_${i}`)), limited: false },
       account_data: { events: [{ type: 'org.example.room', content: { r } }] },
       summary: { 'm.joined_member_count': 2 },
     };
@@ -144,7 +144,7 @@ test('an initial sync cut off part-way through its joined rooms is fetched again
   assert.equal(cut.details.filter((d) => d?.name?.startsWith('room ')).length, ROOMS);
 });
 
-test("after a fresh run's initial sync (6 MB, below the size that always collects), the sync worker has collected its garbage while the next long-poll waits", async () => {
+test("after a fresh run's initial sync (20 MB, below the size that always collects), the sync worker has collected its garbage while the next long-poll waits", async () => {
   const srv = await scriptedServer();
   const dataDir = mkdtempSync(join(tmpdir(), 'halcyon-stream-'));
   const client = new Client({ dataDir, encryption: false, stopTimeoutMs: 1000, autoJoin: false });
