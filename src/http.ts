@@ -360,7 +360,7 @@ function answerBody(what: string, res: { statusCode: number; headers: Record<str
  * concatenating at the end (what `arrayBuffer()` does) holds the body twice at its peak, 200 MB for a big
  * account's initial sync. The caller destroys the body afterwards, whatever happened.
  */
-async function readBody(what: string, body: AsyncIterable<Uint8Array>, contentLength: string | string[] | undefined, maxBytes: number, cut = false): Promise<Uint8Array> {
+export async function readBody(what: string, body: AsyncIterable<Uint8Array>, contentLength: string | string[] | undefined, maxBytes: number, cut = false): Promise<Uint8Array> {
   const length = typeof contentLength === 'string' && /^\d+$/.test(contentLength) ? Number(contentLength) : NaN;
   if (length > maxBytes) throw tooLarge(what, `${length} bytes`, maxBytes);
   const out = new Uint8Array(length > 0 ? length : 0);

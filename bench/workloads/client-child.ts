@@ -55,6 +55,11 @@ export interface ChildResult {
   heapUsedMb?: number;
   settleMs?: number;
   settled?: boolean;
+  /** memory: of `rssMb`, anonymous memory (heaps, allocator arenas) and file-backed pages (code, libraries), from /proc. */
+  rssAnonMb?: number;
+  rssFileMb?: number;
+  /** memory, Halcyon: each thread's V8 heap once settled (`client.health().memory`), committed and in use. */
+  threads?: { mainHeapMb: number; mainUsedMb: number; syncHeapMb: number; syncUsedMb: number; syncExternalMb: number };
   /**
    * Halcyon, when the bench runs with `HALCYON_TRACE_STARTUP=1`: its start-up steps (src/actors.ts traceStartup), ms
    * from the login's start, in the order they happened, with the process's RSS (MB) at each.
@@ -74,6 +79,8 @@ export interface StartupStep {
 /** A started contender. */
 interface Running {
   stop(): Promise<void>;
+  /** Halcyon: its threads' heaps (see {@link ChildResult.threads}). */
+  threads?(): Promise<ChildResult['threads']>;
 }
 
 /** A contender's two steps: a password login, then a start that resolves once the client is ready. */
@@ -164,7 +171,11 @@ async function load({ contender, mode, dataDir }: ChildArgs): Promise<Runner> {
           await client.stop().catch(() => {});
           throw new Error(`${(err as Error).message}; logged: ${problems.join(' | ') || 'nothing'}`);
         }
-        return { stop: () => client.stop() };
+        const threads = async (): Promise<ChildResult['threads']> => {
+          const { main, sync } = (await client.health()).memory;
+          return { mainHeapMb: main.heapTotal / MB, mainUsedMb: main.heapUsed / MB, syncHeapMb: (sync?.heapTotal ?? NaN) / MB, syncUsedMb: (sync?.heapUsed ?? NaN) / MB, syncExternalMb: (sync?.external ?? NaN) / MB };
+        };
+        return { stop: () => client.stop(), threads };
       },
     };
   }
@@ -253,6 +264,11 @@ async function main(): Promise<void> {
       Object.assign(result, await settle(args.settleMaxMs ?? 10_000));
       result.rssMb = rssMb();
       result.heapUsedMb = process.memoryUsage().heapUsed / MB;
+      const status = readFileSync('/proc/self/status', 'utf8');
+      const kb = (k: string) => (Number(new RegExp(`^${k}:\\s+(\\d+) kB$`, 'm').exec(status)?.[1] ?? NaN) * 1024) / MB;
+      result.rssAnonMb = kb('RssAnon');
+      result.rssFileMb = kb('RssFile');
+      if (running.threads) result.threads = await running.threads();
     }
     result.ok = true;
   } catch (err) {

@@ -1,7 +1,8 @@
 /**
  * Workload 5, memory with 10,000 rooms: each contender, in a fresh process of its own, starts against a replayed
  * initial sync of 10,000 joined rooms (~100 MB) until ready, collects garbage and waits for its RSS to settle;
- * the RSS and main-thread heap are reported, and bytes per room from a second run with 1,000 rooms.
+ * the RSS and main-thread heap are reported, the RSS split into anonymous and file-backed memory (and Halcyon's
+ * per-thread V8 heaps), and bytes per room from a second run with 1,000 rooms.
  * @module
  */
 import { goalEntry, ratioOf, roundsVerdict, type Contender, type GoalEntry, type RatioEntry, type Workload } from '../report.ts';
@@ -77,6 +78,8 @@ export const run: Workload = async (ctx) => {
   const of = (c: ChildContender) => samples.filter((s) => s.contender === c);
   const bigOk = (c: ChildContender) => of(c).filter((s) => s.big.ok);
   const at = (c: ChildContender, k: 'rssMb' | 'heapUsedMb' | 'peakRssMb' | 'readyMs') => summarize(bigOk(c).map((s) => s.big[k] ?? NaN).filter(Number.isFinite));
+  const med = (c: ChildContender, f: (r: ChildResult) => number | undefined) => summarize(bigOk(c).map((s) => f(s.big) ?? NaN).filter(Number.isFinite)).median;
+  const threads = (f: (t: NonNullable<ChildResult['threads']>) => number) => fmt(med('halcyon', (r) => (r.threads ? f(r.threads) : undefined)));
   const baseRss = (c: ChildContender) => summarize(of(c).filter((s) => s.base.ok).map((s) => s.base.rssMb!));
   const perRoom = (c: ChildContender) => summarize(of(c).map((s) => s.bytesPerRoom).filter(Number.isFinite));
 
@@ -119,6 +122,8 @@ export const run: Workload = async (ctx) => {
     `| contender | RSS at ${fmt(ROOMS)} rooms (MB) | heap (MB) | peak (MB) | ready (ms) | RSS at ${fmt(BASE_ROOMS)} rooms (MB) | bytes per room |`,
     '|---|---|---|---|---|---|---|',
     ...contenders.map((c) => `| ${LABEL[c]} | ${cell(at(c, 'rssMb'))} | ${cell(at(c, 'heapUsedMb'))} | ${cell(at(c, 'peakRssMb'))} | ${cell(at(c, 'readyMs'))} | ${cell(baseRss(c))} | ${cell(perRoom(c))} |`),
+    '',
+    `Settled RSS at ${fmt(ROOMS)} rooms by kind (median, MB, from /proc): ${contenders.map((c) => `${LABEL[c]} ${fmt(med(c, (r) => r.rssAnonMb))} anonymous + ${fmt(med(c, (r) => r.rssFileMb))} file-backed`).join('; ')}. Anonymous memory holds the V8 heaps and the C allocator's arenas; file-backed, Node and the code loaded. Halcyon's V8 heaps (\`client.health().memory\`): main ${threads((t) => t.mainHeapMb)} MB committed (${threads((t) => t.mainUsedMb)} in use), the sync worker (with the cache) ${threads((t) => t.syncHeapMb)} MB (${threads((t) => t.syncUsedMb)} in use; ${threads((t) => t.syncExternalMb)} MB external).`,
     ...(unsettled.length ? ['', `RSS still moving after ${SETTLE_MAX_MS / 1000} s (taken as it stood): ${unsettled.join('; ')}.`] : []),
     ...(failed.length ? ['', `**Failed runs:** ${failed.join('; ')}.`] : []),
   ];

@@ -13,16 +13,17 @@
  * remaining batches first, skipping events marked done.
  */
 import { HalcyonError, isTransient, toWireError, type WireError } from '../errors.ts';
-import { delay, MatrixHttp, seg } from '../http.ts';
+import { delay, MatrixHttp, type RequestOptions, seg } from '../http.ts';
 import { collectGarbage, type Port, type Remote, traceStartup } from '../actors.ts';
 import { threadMemory } from '../memory.ts';
 import type {
   ActorMemory,
   CacheActorApi,
   CryptoActorApi,
-  CryptoSyncChanges,
   EventColumns,
   MainToSync,
+  RoomSummary,
+  StateChanges,
   SyncActorApi,
   SyncConfig,
   SyncStartInfo,
@@ -33,6 +34,8 @@ import type {
 import { type Database, kvGet, kvSet, openDatabase } from '../store.ts';
 import { EventJournal, type JournaledBatch } from './journal.ts';
 import { processSync, type ProcessedSync, timelineBatch } from './process.ts';
+import { processStream } from './split.ts';
+import { countsOnly, CRYPTO_STATE, cryptoChanges } from './crypto-changes.ts';
 
 /** The sync actor's collaborators: the cache actor, the crypto actor (with encryption on) and the event port to main. */
 export interface SyncDeps {
@@ -64,6 +67,12 @@ interface Backfill {
 }
 
 const GAP_FILTER = JSON.stringify({ lazy_load_members: true });
+
+const SYNC_PATH = '/_matrix/client/v3/sync';
+/** A streamed first sync's joined rooms go to the cache this many at a time (see streamFirst). */
+const APPLY_ROOMS = 500;
+/** A big account's initial sync runs to 100s of MB; the limit only stops a server that never ends its answer. */
+const MAX_SYNC_BYTES = 512 * 1024 * 1024;
 
 /** Batches waiting for room in main stay in memory, the next to go first, while their bodies add up to at most this. */
 const KEEP_WAITING_BYTES = 16 * 1024 * 1024;
@@ -110,7 +119,9 @@ export class SyncActor implements SyncActorApi {
   private running = false;
   private drained: (() => void) | null = null;
   /** The key counts last given to the crypto actor: unchanged counts alone are not worth a call. */
-  private lastKeyCounts = '';
+  private readonly keyCounts = { last: '' };
+  /** Summaries of the rooms a streamed first sync changed, until a first batch takes them to main (see streamFirst). */
+  private readonly firstSummaries = new Map<string, RoomSummary>();
 
   constructor(private readonly deps: SyncDeps) {}
 
@@ -248,9 +259,10 @@ export class SyncActor implements SyncActorApi {
       if (!this.running) break;
       try {
         const bytes = await this.pollOnce(first, deliverTimeline);
+        // The body and what processing it made are garbage now: collect a very large one, or a run's first (an
+        // idle worker's V8 kept a 10 MB initial sync's chunks and heap, ~40 MB), while the next long-poll waits.
+        if (bytes >= LARGE_BODY_BYTES || (first && bytes >= 0)) collectGarbage();
         if (bytes >= 0) first = false;
-        // The body and what processing it made are garbage now: collect a very large one while the next long-poll waits.
-        if (bytes >= LARGE_BODY_BYTES) collectGarbage();
       } catch (err) {
         if (!this.running) break;
         const e = toWireError(err, 'HALCYON_INTERNAL');
@@ -286,7 +298,7 @@ export class SyncActor implements SyncActorApi {
     const filter = await this.filterId();
     if (first) traceStartup('first /sync sent');
     this.lastPollStartAt = Date.now();
-    const body = await this.http.bytes('GET', '/_matrix/client/v3/sync', {
+    const request = {
       query: {
         since: this.since ?? undefined,
         // The first poll of a run answers at once, whatever it brings: `ready` must not wait out a long-poll on
@@ -300,9 +312,11 @@ export class SyncActor implements SyncActorApi {
       timeoutMs: (first ? Math.max(this.config.pollTimeoutMs, 120_000) : this.config.pollTimeoutMs) + this.config.deadlineMarginMs,
       signal: this.abort.signal,
       maxRateLimitRetries: 0,
-      // A big account's initial sync runs to 100s of MB; the limit only stops a server that never ends its answer.
-      maxBytes: 512 * 1024 * 1024,
-    });
+    };
+    // A run's first sync whose timelines are not delivered (a fresh start's: as big as the account) is processed
+    // as it arrives, its joined rooms' state applied slice by slice: never the whole body in memory.
+    if (first && !deliverTimeline) return this.streamFirst(request);
+    const body = await this.http.bytes('GET', SYNC_PATH, { ...request, maxBytes: MAX_SYNC_BYTES });
     if (first) traceStartup('first /sync received');
     this.polls++;
     this.lastSuccessAt = Date.now();
@@ -323,16 +337,76 @@ export class SyncActor implements SyncActorApi {
     return size;
   }
 
+  /** A first batch's summaries: those of a streamed first sync's slices (see streamFirst), then `applied`. */
+  private withFirstSummaries(applied: RoomSummary[]): RoomSummary[] {
+    if (this.firstSummaries.size === 0) return applied;
+    for (const s of applied) this.firstSummaries.set(s.roomId, s);
+    const all = [...this.firstSummaries.values()];
+    this.firstSummaries.clear();
+    return all;
+  }
+
+  /**
+   * The first poll of a fresh run, its timelines not delivered: the body is read as a stream (processStream) and
+   * each slice of joined rooms goes to the cache before more is read; the rest (the other rooms, to-device events,
+   * the token) is handed off as a whole body's would be. The slices' summaries are kept until a first batch takes
+   * them: a failed attempt's are not lost to its retry, which finds those rooms unchanged.
+   */
+  private async streamFirst(request: RequestOptions): Promise<number> {
+    const res = await this.http.stream('GET', SYNC_PATH, request);
+    const errors: WireError[] = [];
+    const cryptoRooms: StateChanges['rooms'] = [];
+    const verification: ProcessedSync['crypto']['verification'] = [];
+    const encryption = this.deps.crypto !== undefined && this.config.encryption;
+    // Slices' state goes to the cache a few hundred rooms at a time: a transaction per small slice cost twice the
+    // cache's time (a commit rewrites the same pages), while small slices free the body's chunks sooner.
+    let pending: Required<StateChanges> = { rooms: [], accountData: [] };
+    const apply = async (): Promise<void> => {
+      const state = pending;
+      pending = { rooms: [], accountData: [] };
+      if (state.rooms.length > 0 || state.accountData.length > 0) for (const s of await this.deps.cache.apply(state)) this.firstSummaries.set(s.roomId, s);
+    };
+    let out: Awaited<ReturnType<typeof processStream>>;
+    try {
+      out = await processStream(res.body, {
+        wantedTypes: this.wanted,
+        ownUserId: this.config.userId,
+        maxBytes: MAX_SYNC_BYTES,
+        contentLength: Number(res.headers['content-length']), // NaN without one: streamed
+        onSlice: async (slice) => {
+          pending.rooms.push(...slice.state.rooms);
+          pending.accountData.push(...(slice.state.accountData ?? []));
+          if (pending.rooms.length >= APPLY_ROOMS) await apply();
+          errors.push(...slice.errors);
+          verification.push(...slice.crypto.verification);
+          // The crypto actor hears of joined rooms' members and settings with the batch, as from a whole body.
+          if (encryption) for (const r of slice.state.rooms) cryptoRooms.push({ ...r, state: r.state.filter((ev) => CRYPTO_STATE.has(ev.type)) });
+        },
+      });
+      await apply();
+    } finally {
+      res.body.on('error', () => {}).destroy();
+    }
+    traceStartup('first /sync received');
+    this.polls++;
+    this.lastSuccessAt = Date.now();
+    const p = out.rest;
+    p.errors.unshift(...errors);
+    p.crypto.verification.unshift(...verification);
+    await this.handOff(p, new Uint8Array(0), true, false, null, cryptoRooms);
+    return out.bytes;
+  }
+
   /**
    * Has the crypto actor apply the batch's to-device events and key changes (before the next poll, whose since
    * token lets the server delete them) and the cache apply its state, then posts the batch to main. The since
    * token advances in memory.
    */
-  private async handOff(p: ProcessedSync, body: Uint8Array, first: boolean, deliver: boolean, gap: Backfill | null): Promise<void> {
-    const changes = this.deps.crypto && this.config.encryption ? this.cryptoChanges(p) : null;
+  private async handOff(p: ProcessedSync, body: Uint8Array, first: boolean, deliver: boolean, gap: Backfill | null, cryptoRooms: StateChanges['rooms'] = []): Promise<void> {
+    const changes = this.deps.crypto && this.config.encryption ? cryptoChanges(p, cryptoRooms, this.keyCounts) : null;
     const applying = changes
       ? this.deps.crypto!.receiveSyncChanges(changes).catch((err: unknown) => {
-          this.lastKeyCounts = ''; // the retry of this batch (or the next batch) must carry its key counts again
+          this.keyCounts.last = ''; // the retry of this batch (or the next batch) must carry its key counts again
           throw err;
         })
       : undefined;
@@ -345,8 +419,9 @@ export class SyncActor implements SyncActorApi {
     // Not awaited: the crypto actor reports its own failures to main (error/fatal on its port, or its death).
     if (applying && !mustWait) applying.catch(() => {});
     const stateChanged = p.state.rooms.length > 0 || p.accountData.length > 0;
-    const [summaries] = await Promise.all([stateChanged ? this.deps.cache.apply(p.state) : [], mustWait ? applying : undefined]);
+    const [applied] = await Promise.all([stateChanged ? this.deps.cache.apply(p.state) : [], mustWait ? applying : undefined]);
     if (first) traceStartup('first /sync state applied');
+    const summaries = first ? this.withFirstSummaries(applied) : applied;
     const count = deliver ? p.events.count : 0;
     const accountData = deliver ? p.accountData : [];
     const receipts = deliver ? p.receipts : [];
@@ -478,45 +553,6 @@ export class SyncActor implements SyncActorApi {
     if (this.creditWaiter && this.hasCredit()) this.creditWaiter();
   }
 
-  /** The batch's crypto-relevant parts, or null when there are none worth a call. */
-  private cryptoChanges(p: ProcessedSync): CryptoSyncChanges | null {
-    const c = p.crypto;
-    const encryption: CryptoSyncChanges['encryption'] = [];
-    const members: CryptoSyncChanges['members'] = [];
-    const historyVisibility: CryptoSyncChanges['historyVisibility'] = [];
-    for (const r of p.state.rooms) {
-      if (r.membership !== 'join') continue; // invite state is stripped and unauthenticated
-      for (const ev of r.state) {
-        if (ev.type === 'm.room.encryption' && ev.state_key === '') encryption.push({ roomId: r.roomId, content: ev.content });
-        else if (ev.type === 'm.room.history_visibility' && ev.state_key === '') historyVisibility.push({ roomId: r.roomId, visibility: String(ev.content.history_visibility) });
-        else if (ev.type === 'm.room.member' && typeof ev.state_key === 'string' && typeof ev.content.membership === 'string') {
-          members.push({ roomId: r.roomId, userId: ev.state_key, membership: ev.content.membership });
-        }
-      }
-    }
-    // Counts left out are news too: in sync v2 a missing count is zero (the crypto actor refills the pool).
-    const keyCounts = JSON.stringify([c.otkCounts, c.fallbackKeyTypes]);
-    const countsChanged = keyCounts !== this.lastKeyCounts;
-    if (c.toDevice.length === 0 && c.deviceListsChanged.length === 0 && c.deviceListsLeft.length === 0 && !countsChanged && encryption.length === 0 && members.length === 0 && historyVisibility.length === 0 && p.left.length === 0 && c.verification.length === 0) {
-      return null;
-    }
-    if (countsChanged) this.lastKeyCounts = keyCounts;
-    return {
-      batchToken: p.nextBatch,
-      toDevice: JSON.stringify(c.toDevice),
-      toDeviceCount: c.toDevice.length,
-      deviceListsChanged: c.deviceListsChanged,
-      deviceListsLeft: c.deviceListsLeft,
-      otkCounts: c.otkCounts,
-      fallbackKeyTypes: c.fallbackKeyTypes,
-      encryption,
-      members,
-      historyVisibility,
-      left: p.left,
-      ...(c.verification.length > 0 ? { verification: c.verification } : {}),
-    };
-  }
-
   /** Whether another poll may go out: the journal's unhandled events are under `maxJournalEvents`. */
   private hasCredit(): boolean {
     return this.backlog < this.config.maxJournalEvents;
@@ -555,12 +591,6 @@ export class SyncActor implements SyncActorApi {
     return res.filter_id;
   }
 }
-
-/** Whether crypto changes carry nothing but one-time-key counts and fallback key types. */
-function countsOnly(c: CryptoSyncChanges): boolean {
-  return c.toDeviceCount === 0 && c.deviceListsChanged.length === 0 && c.deviceListsLeft.length === 0 && c.encryption.length === 0 && c.members.length === 0 && c.historyVisibility.length === 0 && c.left.length === 0 && !c.verification;
-}
-
 
 /** Whether an event is the user's own join (a change into `join`, not a profile update). */
 function isOwnJoin(e: unknown, userId: string): boolean {
