@@ -29,8 +29,13 @@ import type { HandOver, Takeover } from './ownership.ts';
 
 /** Slack on top of a wait for the server's clocks (its ack-wait timer, a pull's expiry). */
 export const TAKEOVER_MARGIN_MS = 1_000;
-/** How long a rebalance's hand-over lets the pull under way end by itself (see {@link OwnedPartition.handOver}). */
-const LAST_PULL_WAIT_MS = 250;
+/**
+ * How long a rebalance's hand-over lets the pull under way end by itself (see {@link OwnedPartition.handOver}): to
+ * its expiry, plus a margin. A pull stopped early may lose deliveries on the wire, and the unclean hand-over that
+ * follows holds the partition for the key's TTL plus the ack wait (43 s by default: a three-worker bench round
+ * stalled that long with a 250 ms wait here); a rebalance is never that urgent.
+ */
+const LAST_PULL_WAIT_MS = PULL_EXPIRES_MS + TAKEOVER_MARGIN_MS;
 
 /** An event as the worker's consumer turned it into the intake's terms; see {@link PartitionSink}. */
 export interface Prepared {
@@ -303,8 +308,8 @@ export class OwnedPartition {
       // A rebalance gives the pull under way a moment to end by itself, its events handled meanwhile. Stopped just
       // as it is made — when the server answers it at once with a backlog's events — its deliveries on the wire
       // would be lost: an unclean hand-over, after which the next owner waits out the key's TTL and the ack wait.
-      // Not longer: a pull waiting for events or for acks may run for PULL_EXPIRES_MS, and stopping it then
-      // rarely meets a delivery on the way.
+      // So it waits up to the pull's expiry: no new pull is made meanwhile (`lastPull`), and this worker goes on
+      // handling what the pull brings.
       this.lastPull = true;
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([this.pulling, new Promise<void>((r) => (timer = setTimeout(r, LAST_PULL_WAIT_MS)))]);
