@@ -268,10 +268,10 @@ export class Broker {
    * included, until they go out again), pull requests waiting (a dead worker's, until it expires), and the
    * sequence of the last delivery.
    */
-  async pending(p: number): Promise<{ ackPending: number; waiting: number; delivered: number }> {
+  async pending(p: number): Promise<{ ackPending: number; waiting: number; delivered: number; undelivered?: number }> {
     try {
       const info = await this.jsm.consumers.info(this.stream, `p${p}`);
-      return { ackPending: info.num_ack_pending, waiting: info.num_waiting, delivered: info.delivered.consumer_seq };
+      return { ackPending: info.num_ack_pending, waiting: info.num_waiting, delivered: info.delivered.consumer_seq, undelivered: info.num_pending };
     } catch (err) {
       throw clusterError(`cannot read consumer p${p} of ${this.stream}`, err);
     }

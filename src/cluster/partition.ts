@@ -36,6 +36,8 @@ export const TAKEOVER_MARGIN_MS = 1_000;
  * stalled that long with a 250 ms wait here); a rebalance is never that urgent.
  */
 const LAST_PULL_WAIT_MS = PULL_EXPIRES_MS + TAKEOVER_MARGIN_MS;
+/** How often a rebalance asks the server whether the last pull has anything more coming (see `nothingMoreToPull`). */
+const NOTHING_MORE_POLL_MS = 100;
 
 /** An event as the worker's consumer turned it into the intake's terms; see {@link PartitionSink}. */
 export interface Prepared {
@@ -312,7 +314,8 @@ export class OwnedPartition {
       // handling what the pull brings.
       this.lastPull = true;
       let timer: NodeJS.Timeout | undefined;
-      await Promise.race([this.pulling, new Promise<void>((r) => (timer = setTimeout(r, LAST_PULL_WAIT_MS)))]);
+      const spent = new Promise<void>((r) => (timer = setTimeout(r, LAST_PULL_WAIT_MS)));
+      await Promise.race([this.pulling, spent, this.nothingMoreToPull(spent)]);
       clearTimeout(timer);
       if (this.state !== 'pulling') return 'unclean'; // lost meanwhile
     }
@@ -341,6 +344,24 @@ export class OwnedPartition {
     // Sent in order on one connection, processed in that order by the server; each confirmed.
     const naked = await Promise.all(rest.map((h) => h.d.nak().then(() => true, () => false)));
     return !this.suspect && naked.every(Boolean) ? 'clean' : 'unclean';
+  }
+
+  /**
+   * Resolves once the server has nothing more for the pull under way: no event of the partition left undelivered,
+   * and every delivery seen here. Asked at once, then every {@link NOTHING_MORE_POLL_MS} until `spent`. A last pull
+   * otherwise waits out its expiry for events that are not coming (a backlog worked off), which held a rebalance
+   * back until the backlog was over. An event published just after the answer is caught as before: the check
+   * after the pull is stopped finds a delivery not seen here, and the hand-over is unclean.
+   */
+  private async nothingMoreToPull(spent: Promise<void>): Promise<void> {
+    let over = false;
+    void spent.then(() => (over = true));
+    while (!over && this.pulling) {
+      const out = await this.broker.pending(this.partition).catch(() => null);
+      if (out?.undelivered === 0 && out.delivered === this.nextDseq - 1) return;
+      await Promise.race([spent, new Promise<void>((r) => setTimeout(r, NOTHING_MORE_POLL_MS))]);
+    }
+    await new Promise<void>(() => {}); // the other racers settle the hand-over's wait
   }
 
   /** Waits up to `ms` for the running handlers to settle. */

@@ -279,3 +279,43 @@ test('an event delivered again after its handlers settled and it was acked (the 
   assert.deepEqual(done, ['ack 7/1', 'ack 7/2']);
   await part.handOver(0, false);
 });
+
+test("a rebalance's hand-over ends as soon as the server has nothing more for the last pull, not at the pull's expiry", { timeout: 10_000 }, async (t) => {
+  // A pull that, like a real one, brings what the partition has (three events) and then waits for more until its
+  // expiry; here until it is stopped. The server says nothing is left to deliver and everything was delivered.
+  let delivered = 0;
+  let stopped = false;
+  let wake: (() => void) | null = null;
+  const broker = {
+    pending: async () => ({ ackPending: 0, waiting: 1, delivered, undelivered: 0 }),
+    pull: async () => {
+      const batch: Delivery[] = [1, 2, 3].map((seq) => ({ data: new Uint8Array(), redelivered: false, seq, dseq: ++delivered, deliveries: 1, ack() {}, nak: async () => {}, working() {} }));
+      return {
+        messages: (async function* () {
+          for (const d of batch) yield d;
+          while (!stopped) await new Promise<void>((r) => (wake = r));
+        })(),
+        stop: () => {
+          stopped = true;
+          wake?.();
+        },
+      };
+    },
+  };
+  const handled: number[] = [];
+  const sink: PartitionSink = {
+    logger: recorder(),
+    ackWaitMs: 30_000,
+    prepare: (d): Prepared => ({ roomId: '!r:test', eventId: `$${d.seq}` }),
+    post: (_p, _r, seq, part) => {
+      handled.push(seq);
+      setImmediate(() => part.acked(seq));
+    },
+  };
+  const part = new OwnedPartition(0, broker as unknown as Broker, sink, 'released', Date.now());
+  await waitUntil(() => handled.length === 3, 5_000, 'the three events handled');
+  // The pull's expiry never comes (timers are frozen from here): the hand-over must not wait for it.
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  assert.equal(await part.handOver(1_000, true), 'clean');
+  assert.ok(stopped, 'the last pull was stopped, not left to expire');
+});
