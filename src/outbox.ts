@@ -92,13 +92,6 @@ export interface OutboxDeps {
   retryMaxMs: number;
 }
 
-/** The handler run a send belongs to: the event that triggered it, its room, and how many sends the run made so far. */
-interface SendContext {
-  key: string;
-  room: string | undefined;
-  n: number;
-}
-
 /** A send's place in its handler run, claimed when the send is called (see {@link claimSendSlot}). */
 export interface SendSlot {
   /** The triggering event (the handler run's key). */
@@ -108,6 +101,9 @@ export interface SendSlot {
   /** The send's position in the run. */
   n: number;
 }
+
+/** The handler run running now: its slot's fields, `n` counting the sends it made so far. */
+type SendContext = SendSlot;
 
 const context = new AsyncLocalStorage<SendContext>();
 
@@ -177,10 +173,9 @@ interface Entry {
 /** 429s with a retry time a send waits out before it is a dead letter (a server that never lets it through). */
 const MAX_PACED_RETRIES = 50;
 
-/** One room's sends: queued and in flight, in call order, and the chains with a send in flight. */
+/** One room's sends: queued and in flight, in call order, and the chains with a send in flight (one each: its size is the sends in flight). */
 interface Lane {
   queue: Entry[];
-  inFlight: number;
   busy: Set<string>;
 }
 
@@ -330,7 +325,7 @@ export class Outbox {
   private enqueue(e: Entry): void {
     let lane = this.lanes.get(e.roomId);
     if (!lane) {
-      lane = { queue: [], inFlight: 0, busy: new Set() };
+      lane = { queue: [], busy: new Set() };
       this.lanes.set(e.roomId, lane);
     }
     lane.queue.push(e);
@@ -344,14 +339,12 @@ export class Outbox {
    */
   private pump(roomId: string, lane: Lane): void {
     for (const e of lane.queue) {
-      if (lane.inFlight >= this.deps.window || this.closed) return;
+      if (lane.busy.size >= this.deps.window || this.closed) return;
       if (e.started || lane.busy.has(e.chain)) continue;
       e.started = true;
-      lane.inFlight++;
       lane.busy.add(e.chain);
       const run = this.deliver(e).finally(() => {
         this.running.delete(run);
-        lane.inFlight--;
         lane.busy.delete(e.chain);
         lane.queue.splice(lane.queue.indexOf(e), 1);
         if (lane.queue.length > 0) return this.pump(roomId, lane);
