@@ -19,14 +19,22 @@ export class ScanError extends Error {
   }
 }
 
-const OPEN_OBJ = 123; // {
-const CLOSE_OBJ = 125; // }
-const OPEN_ARR = 91; // [
-const CLOSE_ARR = 93; // ]
-const QUOTE = 34;
-const BACKSLASH = 92;
-const COMMA = 44;
-const COLON = 58;
+/** JSON's structural bytes (also read by the initial sync's splitter, src/sync/split.ts). */
+export const OPEN_OBJ = 123; // {
+/** `}` */
+export const CLOSE_OBJ = 125;
+/** `[` */
+export const OPEN_ARR = 91;
+/** `]` */
+export const CLOSE_ARR = 93;
+/** `"` */
+export const QUOTE = 34;
+/** `\\` */
+export const BACKSLASH = 92;
+/** `,` */
+export const COMMA = 44;
+/** `:` */
+export const COLON = 58;
 const MINUS = 45;
 
 /** A member name to match without decoding it: its UTF-8 bytes. */

@@ -11,15 +11,8 @@
 import { HalcyonError } from '../errors.ts';
 import { readBody } from '../http.ts';
 import { type ProcessedSync, type ProcessOptions, processSync } from './process.ts';
+import { BACKSLASH, CLOSE_ARR, CLOSE_OBJ, COLON, COMMA, OPEN_ARR, OPEN_OBJ, QUOTE } from './scan.ts';
 
-const QUOTE = 34;
-const BACKSLASH = 92;
-const OPEN_OBJ = 123;
-const CLOSE_OBJ = 125;
-const OPEN_ARR = 91;
-const CLOSE_ARR = 93;
-const COMMA = 44;
-const COLON = 58;
 const OBJ = 1;
 const ARR = 2;
 
