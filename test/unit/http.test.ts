@@ -4,6 +4,7 @@
  * access token kept out of inspection.
  */
 import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
@@ -11,7 +12,7 @@ import { test, type TestContext } from 'node:test';
 import { inspect } from 'node:util';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { MatrixHttp, MAX_RETRY_AFTER_MS, parseRetryAfter } from '../../src/http.ts';
+import { loadUndici, MatrixHttp, MAX_RETRY_AFTER_MS, parseRetryAfter, UNDICI_FILES } from '../../src/http.ts';
 import { withTimeout } from '../harness/synapse.ts';
 
 /** A scripted server: `handle` answers every request; it counts them and keeps its sockets' close events. */
@@ -304,4 +305,24 @@ test('a finished request lets go of its deadline at once: 10,000 sends leave not
   const kept = process.memoryUsage().heapUsed - before;
   // Each request's deadline signal with what listens to it is ~0.6 KB: ~6 MiB for 10,000 when they were kept.
   assert.ok(kept < 3 * 2 ** 20, `${(kept / 2 ** 20).toFixed(2)} MiB still on the heap after 10,000 finished requests`);
+});
+
+test('undici is loaded from the files Halcyon uses; an undici whose files moved is loaded whole, and both answer alike', async (t) => {
+  const server = await scripted(t, (req, res) => res.end(JSON.stringify({ path: req.url })));
+  const indexLoaded = () => Object.keys(createRequire(import.meta.url).cache).some((f) => /undici[\\/]index\.js$/.test(f));
+  const parts = loadUndici();
+  assert.equal(indexLoaded(), false, "undici's index (fetch, WebSocket, mocks …) is not loaded");
+  const moved = loadUndici({ ...UNDICI_FILES, agent: './lib/no-such-file.js' });
+  assert.equal(indexLoaded(), true);
+  const whole = (await import('undici')) as typeof import('undici');
+  assert.equal(moved.Agent, whole.Agent);
+  assert.equal(moved.errors.HeadersTimeoutError, whole.errors.HeadersTimeoutError);
+  const { origin } = new URL(server.url);
+  for (const p of [parts, moved]) {
+    const agent = new p.Agent();
+    t.after(() => agent.close());
+    const res = await p.request({ dispatcher: agent, origin, path: '/x?y=1', method: 'GET' });
+    assert.equal(res.statusCode, 200);
+    assert.deepEqual(await res.body.json(), { path: '/x?y=1' });
+  }
 });
