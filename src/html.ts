@@ -9,7 +9,11 @@
  * (since v1.13) `mx-reply` stripped with its content. The spec's `rel="noopener"` is for web clients rendering
  * links, not for what is sent (`rel` is not a permitted attribute), so it is not added.
  */
-import { Parser } from 'htmlparser2';
+import type { Parser } from 'htmlparser2';
+import { requireLazily } from './lazy-require.ts';
+
+/** htmlparser2's parser, loaded when HTML is first parsed (a bot that never reads or sends HTML never loads it). */
+const parserClass = (): typeof Parser => requireLazily<typeof import('htmlparser2')>('htmlparser2').Parser;
 
 /** Tags kept by {@link sanitizeHtml}: the spec's suggested set. */
 const ALLOWED_TAGS = new Set([
@@ -137,7 +141,7 @@ export function sanitizeHtml(html: string): string {
   const stack: Open[] = [];
   let depth = 0; // emitted, non-void elements currently open
   const dropping = () => stack.length > 0 && stack[stack.length - 1]!.dropping;
-  const parser = new Parser(
+  const parser = new (parserClass())(
     {
       onopentag(name, attribs) {
         if (dropping() || DROP_WITH_CONTENT.has(name)) {
@@ -186,7 +190,7 @@ export function linkHrefs(html: string): string[] {
   const hrefs: string[] = [];
   const stack: { name: string; dropping: boolean }[] = [];
   const dropping = () => stack.length > 0 && stack[stack.length - 1]!.dropping;
-  const parser = new Parser(
+  const parser = new (parserClass())(
     {
       onopentag(name, attribs) {
         const drop = dropping() || DROP_WITH_CONTENT.has(name);
@@ -238,7 +242,7 @@ export function htmlToText(html: string): string {
     out += decodeEntities(pending);
     pending = '';
   };
-  const parser = new Parser(
+  const parser = new (parserClass())(
     {
       onopentag(name) {
         flush();

@@ -1,12 +1,17 @@
 /**
  * Prometheus metrics (the only module importing prom-client). Opt-in: with `metrics` in the client options the
  * client records into a registry, its own or the host application's, and optionally serves it over HTTP. Without
- * it, every recording call is a no-op on a null object, so the hot path pays nothing.
+ * it, every recording call is a no-op on a null object, so the hot path pays nothing, and prom-client is never
+ * loaded (src/lazy-require.ts).
  */
 import { createServer, type Server } from 'node:http';
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { Registry } from 'prom-client';
 import { HalcyonError } from './errors.ts';
+import { requireLazily } from './lazy-require.ts';
 import type { MemoryReport } from './memory.ts';
+
+/** prom-client, loaded when a client first records metrics. */
+const prom = () => requireLazily<typeof import('prom-client')>('prom-client');
 
 /** Metrics options of a client. */
 export interface MetricsOptions {
@@ -82,7 +87,7 @@ const MEMORY_KINDS = {
  * they are not registered.
  */
 export async function createMetrics(opts: MetricsOptions, snapshot: () => Promise<MetricsSnapshot>, memory?: () => Promise<MemoryReport>): Promise<Recorder> {
-  const registry = opts.registry ?? new Registry();
+  const registry = opts.registry ?? new (prom().Registry)();
   const p = opts.prefix ?? 'halcyon_';
   /** Names of the metrics registered here: close() removes them and leaves a host's registry otherwise as it was. */
   const names: string[] = [];
@@ -154,6 +159,7 @@ function roomLabels(max: number): { of(roomId: string | null): string; forget(ro
 
 /** The gauges read from one {@link MetricsSnapshot} per scrape. */
 function registerSnapshotGauges(on: Registering, snapshot: () => Promise<MetricsSnapshot>): void {
+  const { Gauge } = prom();
   let last: MetricsSnapshot | null = null;
   const read = async () => (last = await snapshot());
   const gauge = (name: string, help: string, pick: (s: MetricsSnapshot) => number | null, first = false) =>
@@ -179,6 +185,7 @@ function registerSnapshotGauges(on: Registering, snapshot: () => Promise<Metrics
 
 /** The counters and histograms the client records into as events, handlers and sends happen. */
 function eventMetrics(on: Registering, roomLabel: boolean) {
+  const { Counter, Histogram } = prom();
   const registers = [on.registry];
   const handlerLabels = roomLabel ? ['kind', 'room'] : ['kind'];
   return {
@@ -229,6 +236,7 @@ async function serve(registry: Registry, port: number, host: string): Promise<Se
  * actor running inline is main's thread and is not repeated) and `rss_bytes`, from one `memory()` round per scrape.
  */
 function registerMemoryGauges(on: Registering, memory: () => Promise<MemoryReport>): void {
+  const { Gauge } = prom();
   let last: MemoryReport | null = null;
   new Gauge({
     name: named(on, 'thread_memory_bytes'),

@@ -6,9 +6,13 @@
  * errors cross as plain data (`{ ok, value }` or a {@link WireError}), so a task's `HalcyonError` keeps its code.
  */
 import { availableParallelism } from 'node:os';
-import { move, Piscina } from 'piscina';
+import type { Piscina } from 'piscina';
 import { workerUrl } from './entries.ts';
 import { fromWireError, HalcyonError, toWireError, type WireError } from './errors.ts';
+import { requireLazily } from './lazy-require.ts';
+
+/** piscina, loaded with the first pool or task (a bot that never resizes or encrypts media never loads it). */
+const piscina = () => requireLazily<typeof import('piscina')>('piscina');
 
 /** What a task handler returns: its result and the ArrayBuffers inside it to transfer (not copy) back. */
 export interface TaskResult<R> {
@@ -35,7 +39,7 @@ export class TaskPool {
   /** Runs one task; the ArrayBuffers in `transfer` move to the worker (the caller must not use them afterwards). */
   async run<R>(task: object, transfer: ArrayBuffer[] = []): Promise<R> {
     if (this.destroyed) throw new HalcyonError('HALCYON_STOPPED', `the ${this.name} pool was closed`);
-    this.pool ??= new Piscina({
+    this.pool ??= new (piscina().Piscina)({
       filename: workerUrl(this.name).href,
       // Piscina's default parks idle workers in Atomics.wait, which blocks their event loop between tasks.
       atomics: 'disabled',
@@ -73,6 +77,7 @@ export function serveTasks<T, R>(handler: (task: T) => Promise<TaskResult<R>> | 
       const { value, transfer = [] } = await handler(task);
       const outcome: Outcome<R> = { ok: true, value };
       // Piscina's transfer protocol: an object naming its transferables and its value, marked by move().
+      const { move, Piscina } = piscina();
       return move({
         get [Piscina.transferableSymbol]() {
           return transfer;

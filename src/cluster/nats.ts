@@ -1,18 +1,17 @@
 /**
  * The one door to NATS: the only module that imports `@nats-io/transport-node`, `@nats-io/jetstream` and
  * `@nats-io/kv` (a test checks it). It loads them on first use, so a bot that is not in a cluster never loads them
- * (start-up time), and with `require` (they are CommonJS), not `import()`: an `import(` in the bundle makes
- * loaders such as tsx transform the whole bundle and keep its source map, ~40 MB of a bot's start-up peak RSS. {@link Broker} is all the rest of the cluster code sees: the bot's stream and
+ * (start-up time; see src/lazy-require.ts). {@link Broker} is all the rest of the cluster code sees: the bot's stream and
  * its partition consumers, publish with de-duplication, request/reply, and the lease bucket.
  *
  * Names, all derived from the bot's cluster name so one NATS serves many bots: the stream `HALCYON_<name>`, its
  * subjects `halcyon.<name>.ev.<partition>`, durable consumers `p<partition>`, request subjects
  * `halcyon.<name>.rpc.<method>`, and the KV bucket `halcyon_<name>_lease`.
  */
-import { createRequire } from 'node:module';
 import type { JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
 import type { KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
+import { requireLazily } from '../lazy-require.ts';
 import { fromWireError, HalcyonError, toWireError } from '../errors.ts';
 import { delay } from '../http.ts';
 import type { Logger } from '../log.ts';
@@ -101,11 +100,6 @@ export interface KeyStore extends LeaseStore {
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
-/** Loads a `@nats-io` package on first use (see the module comment for why `require`). */
-const requireCjs = createRequire(import.meta.url);
-function load<T>(name: string): T {
-  return requireCjs(name) as T;
-}
 
 /** The bot's view of NATS: one connection, its stream, its consumers, requests and the lease. */
 export class Broker {
@@ -127,7 +121,7 @@ export class Broker {
    * disconnects and reconnects to the log. Fails with `HALCYON_CLUSTER` if no server answers at first.
    */
   static async connect(cfg: ResolvedCluster, logger: Logger, role: string): Promise<Broker> {
-    const [{ connect }, { jetstream, jetstreamManager }] = [load<typeof import('@nats-io/transport-node')>('@nats-io/transport-node'), load<typeof import('@nats-io/jetstream')>('@nats-io/jetstream')];
+    const [{ connect }, { jetstream, jetstreamManager }] = [requireLazily<typeof import('@nats-io/transport-node')>('@nats-io/transport-node'), requireLazily<typeof import('@nats-io/jetstream')>('@nats-io/jetstream')];
     let nc: NatsConnection;
     try {
       nc = await connect({
@@ -163,7 +157,7 @@ export class Broker {
    * version (one event at a time) is updated to that. Resolves with the stream's partition count (fixed at creation).
    */
   async ensureTopology(): Promise<number> {
-    const { AckPolicy, DeliverPolicy, RetentionPolicy, StorageType } = load<typeof import('@nats-io/jetstream')>('@nats-io/jetstream');
+    const { AckPolicy, DeliverPolicy, RetentionPolicy, StorageType } = requireLazily<typeof import('@nats-io/jetstream')>('@nats-io/jetstream');
     const c = this.cfg;
     let partitions = c.partitions;
     try {
@@ -322,7 +316,7 @@ export class Broker {
    * (`w.<worker>`) and their partitions (`p.<partition>`).
    */
   async leaseStore(ttlMs: number | null, signal?: AbortSignal): Promise<KeyStore> {
-    const { Kvm } = load<typeof import('@nats-io/kv')>('@nats-io/kv');
+    const { Kvm } = requireLazily<typeof import('@nats-io/kv')>('@nats-io/kv');
     const bucket = `halcyon_${this.cfg.name}_lease`;
     let kv: KV;
     for (let told = false; ; told = true) {
