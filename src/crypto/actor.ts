@@ -1,6 +1,8 @@
 /**
  * The crypto actor: the one owner of the OlmMachine (`@matrix-org/matrix-sdk-crypto-wasm`; this is the only
- * module that imports it) and of `crypto.sqlite`, its durable store (see idb-journal.ts).
+ * module that imports it, and it loads it with the first `open`: a main thread that never runs a crypto actor
+ * itself, as with the default worker threads, never loads it; see src/lazy-require.ts) and of `crypto.sqlite`, its
+ * durable store (see idb-journal.ts).
  *
  * Every OlmMachine call runs through one serial queue with two priorities: a batch's sync changes (which the
  * sync actor waits for before its next poll) jump ahead of queued decryption, and decryption runs in small
@@ -13,7 +15,7 @@
  * it has not deleted, and those already applied are recognised by their hash and skipped. So none is lost
  * (applied before the token that deletes it is used) and none is applied twice.
  */
-import * as W from '@matrix-org/matrix-sdk-crypto-wasm';
+import type * as Wasm from '@matrix-org/matrix-sdk-crypto-wasm';
 import { createHash } from 'node:crypto';
 import { HalcyonError, toWireError } from '../errors.ts';
 import { MatrixHttp } from '../http.ts';
@@ -50,6 +52,7 @@ import { OutgoingRequests } from './outgoing.ts';
 import { PendingEvents } from './pending.ts';
 import { RoomEncryption } from './room-encryption.ts';
 import { Verifications } from './verification.ts';
+import { requireLazily } from '../lazy-require.ts';
 
 /**
  * Decryption yields the queue after this many ms (at least one event per turn), so a batch's sync changes, which
@@ -67,7 +70,7 @@ export class CryptoActor implements CryptoActorApi {
   private config!: CryptoConfig;
   private http!: MatrixHttp;
   private journal!: IdbJournal;
-  private machine!: W.OlmMachine;
+  private machine!: Wasm.OlmMachine;
   private identity!: CryptoIdentity;
   private trust!: TrustRules;
   private verification!: Verifications;
@@ -110,6 +113,7 @@ export class CryptoActor implements CryptoActorApi {
   }
 
   private async openStore(config: CryptoConfig): Promise<CryptoIdentity> {
+    W ??= requireLazily<typeof Wasm>('@matrix-org/matrix-sdk-crypto-wasm');
     // The binding instantiates its wasm on first use, synchronously: made here, watched, to find its memory.
     if (wasmMemory === undefined) wasmMemory = watchWasmMemory(() => W.getVersions().free());
     this.config = config;
@@ -159,12 +163,12 @@ export class CryptoActor implements CryptoActorApi {
 
   /** Keys that arrive retry the events kept for them; withheld notices are remembered by sender (see decryptOne). */
   private watchRoomKeys(): void {
-    this.machine.registerRoomKeyUpdatedCallback(async (infos: W.RoomKeyInfo[]) => {
+    this.machine.registerRoomKeyUpdatedCallback(async (infos: Wasm.RoomKeyInfo[]) => {
       for (const info of infos) this.arrivedSessions.add(info.sessionId);
       free(...infos);
       this.scheduleRetry();
     });
-    this.machine.registerRoomKeysWithheldCallback(async (infos: W.RoomKeyWithheldInfo[]) => {
+    this.machine.registerRoomKeysWithheldCallback(async (infos: Wasm.RoomKeyWithheldInfo[]) => {
       for (const info of infos) {
         this.withheldBy.delete(info.sessionId); // re-inserted last: the oldest notices are dropped first
         const sender = info.sender;
@@ -393,7 +397,7 @@ export class CryptoActor implements CryptoActorApi {
       for (const v of ch.verification ?? []) await this.verification.noticeRoomEvent(v.roomId, v.event as unknown as Record<string, unknown>);
       for (const p of processed) {
         if (p.type === W.ProcessedToDeviceEventType.UnableToDecrypt || p.type === W.ProcessedToDeviceEventType.Invalid) {
-          const raw = safeJson((p as W.UTDToDeviceEvent).rawEvent);
+          const raw = safeJson((p as Wasm.UTDToDeviceEvent).rawEvent);
           this.report(new HalcyonError('HALCYON_DECRYPT_FAILED', `a to-device event${raw && typeof raw.sender === 'string' ? ` from ${raw.sender}` : ''} could not be decrypted or was invalid; skipped`));
         }
       }
@@ -576,6 +580,9 @@ export class CryptoActor implements CryptoActorApi {
 /** crypto-wasm's linear memory in this thread: undefined until the first open() looks for it, null if unknown. */
 let wasmMemory: WebAssembly.Memory | null | undefined;
 
+/** crypto-wasm in this thread, loaded by the first open() (every other use of it comes after an open). */
+let W: typeof Wasm;
+
 /** A failure of {@link CryptoActor.decryptOne}; `unknownDevice`: refused by `trust` while the sender's device is unknown (the sender). */
 type OneFailure = Omit<DecryptFailure, 'index'> & { unknownDevice?: string };
 
@@ -584,6 +591,6 @@ function failureAt(f: OneFailure, index: number): DecryptFailure {
   return { code: f.code, message: f.message, sessionId: f.sessionId, pending: f.pending, withheldCode: f.withheldCode, index };
 }
 
-function userIds(users: Iterable<string>): W.UserId[] {
+function userIds(users: Iterable<string>): Wasm.UserId[] {
   return [...users].map((u) => new W.UserId(u));
 }
