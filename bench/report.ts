@@ -14,6 +14,11 @@ export interface BenchContext {
   quick: boolean;
   /** Rounds per measurement (the contenders alternate which goes first each round). */
   rounds: number;
+  /**
+   * Rounds of a contender no goal is decided against (at most `rounds`): it is only compared, so a ratio with the
+   * range of a few rounds says as much, and matrix-js-sdk (×14–20 slower in places) no longer dominates the run.
+   */
+  sideRounds: number;
   /** A full GC, to run between measurements so one contender's garbage is not collected on another's time. */
   gc: () => void;
   /** Prints one progress line. */
@@ -101,6 +106,28 @@ export function goalEntry(goal: string, actual: string, verdict: Verdict): GoalE
 /** A goal's verdict: its own, else read from `met`. */
 export function verdictOf(g: GoalEntry): Verdict {
   return g.verdict ?? (g.met === true ? 'met' : g.met === false ? 'missed' : 'not measured');
+}
+
+/** {@link BenchContext.sideRounds} unless `--side-rounds` says otherwise (capped at the rounds). */
+export const DEFAULT_SIDE_ROUNDS = 2;
+
+/**
+ * Whether a contender runs in round `round` (0-based). Halcyon and every contender a goal is decided against run
+ * every round (a goal is met only when every round is on its right side); a `side` one, only compared, runs the
+ * first `ctx.sideRounds`.
+ */
+export function runsInRound(ctx: Pick<BenchContext, 'sideRounds'>, round: number, side: boolean): boolean {
+  return !side || round < ctx.sideRounds;
+}
+
+/**
+ * The report's sentence on the contenders that ran fewer rounds than `rounds`, e.g. "matrix-js-sdk ran 2 of the
+ * 5 rounds (no goal is decided against it; its ratios span those rounds)."; empty when none did.
+ */
+export function sideRoundsNote(names: readonly string[], sideRounds: number, rounds: number): string {
+  if (names.length === 0 || sideRounds >= rounds) return '';
+  const them = names.length === 1 ? 'it' : 'them';
+  return `${names.join(' and ')} ran ${sideRounds} of the ${rounds} rounds (no goal is decided against ${them}; ${names.length === 1 ? 'its' : 'their'} ratios span those rounds).`;
 }
 
 /** What a workload's `run(ctx)` resolves with. */
