@@ -3,7 +3,7 @@
  * raw crypto-wasm decryption loop, and /sync cadence during an encrypted burst against a plaintext one.
  *
  * Each round sets up, untimed: a replay server that answers the key endpoints; a fresh Halcyon bot (dist `Client`,
- * `@bot:bench` device `BENCHDEV`, fresh data dir, encryption on) that uploads its device and one-time keys there;
+ * `@bot:bench` device `BENCHDEV`, fresh data dir, encryption on, `trust: 'all'`) that uploads its device and one-time keys there;
  * a second replay server (plus the js-sdk start-up endpoints of bench/workloads/e2ee-routes.ts) and a fresh
  * matrix-js-sdk client, the same user's device `JSSDKDEV` (`initRustCrypto({ useIndexedDB: false })`: in memory),
  * which uploads its keys there after its first /sync; a "raw" OlmMachine (`@raw:bench` device `RAWDEV`) on the same
@@ -459,7 +459,9 @@ function launchBot(url: string): Bot {
   let client: InstanceType<typeof Client> | null = null;
   const startAt = now();
   const running = dataDirP.then(async (dataDir) => {
-    client = new Client({ dataDir, deliverInitialTimeline: false, pollTimeoutMs: 30_000, logger, stopTimeoutMs: 5_000 });
+    // trust 'all': the raw loop decrypts with `TrustRequirement.Untrusted`, and alice's device is not cross-signed
+    // (the default, 'signed', refuses her events).
+    client = new Client({ dataDir, deliverInitialTimeline: false, pollTimeoutMs: 30_000, logger, stopTimeoutMs: 5_000, trust: 'all' });
     client.on('message', (m: Message) => {
       // What a bot reads: the sender, whether it was encrypted, the text.
       if (m.isEncrypted) encrypted++;
@@ -1035,7 +1037,7 @@ export function cryptoMarkdown(r: CryptoResult, withTitle = true): string[] {
     const t = r.throughput;
     const js = t.ratioVsJsSdk !== null;
     L.push(
-      `Per round: a fresh Halcyon bot (dist \`Client\`, fresh data dir, encryption on) uploads its keys to a replay server` +
+      `Per round: a fresh Halcyon bot (dist \`Client\`, fresh data dir, encryption on, \`trust: 'all'\` as the raw loop's \`Untrusted\`: alice's device is not cross-signed) uploads its keys to a replay server` +
         (js
           ? '; a fresh matrix-js-sdk 43 client (the bot user\'s second device) does the same to a second replay server' +
             (c.jsSdkRounds < c.rounds ? ` (in the first ${c.jsSdkRounds} of the ${c.rounds} rounds: no goal is decided against it, its ratio spans those rounds)` : '')
