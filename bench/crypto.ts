@@ -981,13 +981,17 @@ export async function cryptoBench(o: CryptoBenchOptions): Promise<CryptoResult> 
       allThreadsCpuUsPerEvent: summarize(of(c).map((s) => s.allThreadsCpuUsPerEvent)),
     });
     const summary = { bot: sum('bot'), raw: sum('raw'), jssdk: sum('jssdk') };
+    // The bot's median over the rounds the other ran too (js-sdk may run fewer), as report.ts's ratioOf.
     const ratio = (other: ThroughputContender) => {
       const perRound: number[] = [];
+      const bot: number[] = [];
       for (const b of of('bot')) {
         const r = of(other).find((x) => x.round === b.round);
-        if (r) perRound.push(b.eventsPerSec / r.eventsPerSec);
+        if (!r) continue;
+        bot.push(b.eventsPerSec);
+        perRound.push(b.eventsPerSec / r.eventsPerSec);
       }
-      return { ofMedians: summary.bot.eventsPerSec.median / summary[other].eventsPerSec.median, perRound: summarize(perRound), perRoundValues: perRound };
+      return { ofMedians: summarize(bot).median / summary[other].eventsPerSec.median, perRound: summarize(perRound), perRoundValues: perRound };
     };
     result.throughput = { samples: tp, summary, ratio: ratio('raw'), ratioVsJsSdk: contenders.includes('jssdk') ? ratio('jssdk') : null };
     const t = result.throughput;

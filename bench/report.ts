@@ -147,7 +147,11 @@ export interface WorkloadReport {
 /** A workload module's export. */
 export type Workload = (ctx: BenchContext) => Promise<WorkloadReport>;
 
-/** Ratio of medians and the per-round spread, pairing samples by round; NaN entries are skipped. */
+/**
+ * Ratio of medians and the per-round spread, pairing samples by round; NaN entries are skipped. Halcyon's median is
+ * over the rounds the other ran too: against a contender of fewer rounds ({@link BenchContext.sideRounds}) a median
+ * over all of Halcyon's could put the ratio outside the range of the per-round ones.
+ */
 export function ratioOf(h: ReadonlyArray<{ round: number; value: number }>, other: ReadonlyArray<{ round: number; value: number }>): { ofMedians: number; perRound: Summary } {
   const med = (xs: number[]): number => {
     if (xs.length === 0) return NaN;
@@ -155,15 +159,15 @@ export function ratioOf(h: ReadonlyArray<{ round: number; value: number }>, othe
     const r = (s.length - 1) / 2;
     return (s[Math.floor(r)]! + s[Math.ceil(r)]!) / 2;
   };
-  const hv = h.map((s) => s.value).filter(Number.isFinite);
-  const ov = other.map((s) => s.value).filter(Number.isFinite);
+  const ov = other.filter((s) => Number.isFinite(s.value));
+  const hv = h.filter((s) => Number.isFinite(s.value) && ov.some((o) => o.round === s.round)).map((s) => s.value);
   const per: number[] = [];
   for (const s of h) {
     const o = other.find((x) => x.round === s.round);
     if (o && Number.isFinite(s.value) && Number.isFinite(o.value) && o.value !== 0) per.push(s.value / o.value);
   }
   return {
-    ofMedians: med(hv) / med(ov),
+    ofMedians: med(hv) / med(ov.map((s) => s.value)),
     perRound: { min: per.length ? Math.min(...per) : NaN, median: med(per), max: per.length ? Math.max(...per) : NaN, n: per.length },
   };
 }

@@ -246,7 +246,7 @@ function markdown(svgName: string): string {
   );
   L.push('## Summary: Halcyon ÷ each contender', '');
   L.push(
-    '"Halcyon" is Halcyon\'s median over the rounds; each ratio is Halcyon\'s median ÷ the contender\'s, with the range of the per-round ratios. ' +
+    '"Halcyon" is Halcyon\'s median over the rounds; each ratio is Halcyon\'s median ÷ the contender\'s (over the rounds both ran), with the range of the per-round ratios. ' +
       'For rates (events/s, messages/s) higher is better for Halcyon; for times, CPU and memory lower is better; ⚠ marks a ratio where Halcyon is behind. ' +
       '"What differs" is what the two sides did not do alike; a ratio is only printed where they handled the same events. ' +
       'The floor / raw loop is the least work any client must do (one thread, no state); matrix-bot-sdk 0.8 and ' +
