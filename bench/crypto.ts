@@ -3,7 +3,7 @@
  * raw crypto-wasm decryption loop, and /sync cadence during an encrypted burst against a plaintext one.
  *
  * Each round sets up, untimed: a replay server that answers the key endpoints; a fresh Halcyon bot (dist `Client`,
- * `@bot:bench` device `BENCHDEV`, fresh data dir, encryption on) that uploads its device and one-time keys there;
+ * `@bot:bench` device `BENCHDEV`, fresh data dir, encryption on, `trust: 'all'`) that uploads its device and one-time keys there;
  * a second replay server (plus the js-sdk start-up endpoints of bench/workloads/e2ee-routes.ts) and a fresh
  * matrix-js-sdk client, the same user's device `JSSDKDEV` (`initRustCrypto({ useIndexedDB: false })`: in memory),
  * which uploads its keys there after its first /sync; a "raw" OlmMachine (`@raw:bench` device `RAWDEV`) on the same
@@ -82,6 +82,8 @@ export interface CryptoBenchOptions {
   parts?: Array<'throughput' | 'cadence'>;
   /** Throughput contenders (default all: the Halcyon bot, the raw loop, matrix-js-sdk). */
   contenders?: ThroughputContender[];
+  /** Rounds matrix-js-sdk runs, the first ones (default all): no goal is decided against it, only a ratio. */
+  jsSdkRounds?: number;
   /** Full GC between measurements. */
   gc: () => void;
   progress: (line: string) => void;
@@ -151,7 +153,7 @@ export interface ThroughputRatio {
 
 /** Result of {@link cryptoBench}. */
 export interface CryptoResult {
-  config: { rounds: number; events: number; warmup: number; perBody: number; cadencePerBody: number; cadenceReleaseEveryMs: number; bodyBytesPerEvent: number; store: string; jssdkStore: string };
+  config: { rounds: number; jsSdkRounds: number; events: number; warmup: number; perBody: number; cadencePerBody: number; cadenceReleaseEveryMs: number; bodyBytesPerEvent: number; store: string; jssdkStore: string };
   throughput: {
     samples: CryptoThroughputSample[];
     summary: Record<ThroughputContender, { eventsPerSec: Summary; mainCpuUsPerEvent: Summary; allThreadsCpuUsPerEvent: Summary }>;
@@ -457,7 +459,9 @@ function launchBot(url: string): Bot {
   let client: InstanceType<typeof Client> | null = null;
   const startAt = now();
   const running = dataDirP.then(async (dataDir) => {
-    client = new Client({ dataDir, deliverInitialTimeline: false, pollTimeoutMs: 30_000, logger, stopTimeoutMs: 5_000 });
+    // trust 'all': the raw loop decrypts with `TrustRequirement.Untrusted`, and alice's device is not cross-signed
+    // (the default, 'signed', refuses her events).
+    client = new Client({ dataDir, deliverInitialTimeline: false, pollTimeoutMs: 30_000, logger, stopTimeoutMs: 5_000, trust: 'all' });
     client.on('message', (m: Message) => {
       // What a bot reads: the sender, whether it was encrypted, the text.
       if (m.isEncrypted) encrypted++;
@@ -891,6 +895,7 @@ function threadsLine(t: Record<string, number>): string {
 export async function cryptoBench(o: CryptoBenchOptions): Promise<CryptoResult> {
   const parts = o.parts ?? ['throughput', 'cadence'];
   const contenders = o.contenders ?? THROUGHPUT_CONTENDERS;
+  const jsSdkRounds = Math.min(o.rounds, o.jsSdkRounds ?? o.rounds);
   const offered = (o.cadencePerBody * 1000) / o.cadenceReleaseEveryMs;
   o.progress(
     `[C] ${fmt(o.events)} encrypted m.room.message events per measurement; throughput: ${o.perBody} per /sync body, served at once, after ${fmt(o.warmup)} untimed; ` +
@@ -902,7 +907,7 @@ export async function cryptoBench(o: CryptoBenchOptions): Promise<CryptoResult> 
   for (let round = 1; round <= o.rounds; round++) {
     if (parts.includes('throughput')) {
       // Each contender goes first, second and last in turn.
-      const order = contenders.map((_, i) => contenders[(i + round - 1) % contenders.length]!);
+      const order = contenders.map((_, i) => contenders[(i + round - 1) % contenders.length]!).filter((c) => c !== 'jssdk' || round <= jsSdkRounds);
       try {
         const r = await throughputRound(o, round, order);
         bytesPerEvent = r.bytesPerEvent;
@@ -926,7 +931,7 @@ export async function cryptoBench(o: CryptoBenchOptions): Promise<CryptoResult> 
       const rate = (c: ThroughputContender) => tp.find((x) => x.round === round && x.contender === c && !x.error)?.eventsPerSec ?? NaN;
       o.progress(
         `[C r${round}/${o.rounds}] bot ÷ raw = ${fmt(rate('bot') / rate('raw'), 2)}` +
-          (contenders.includes('jssdk') ? `, bot ÷ js-sdk = ${fmt(rate('bot') / rate('jssdk'), 2)}` : '') +
+          (order.includes('jssdk') ? `, bot ÷ js-sdk = ${fmt(rate('bot') / rate('jssdk'), 2)}` : '') +
           ` (order: ${order.join(', ')})`,
       );
     }
@@ -955,6 +960,7 @@ export async function cryptoBench(o: CryptoBenchOptions): Promise<CryptoResult> 
   const result: CryptoResult = {
     config: {
       rounds: o.rounds,
+      jsSdkRounds,
       events: o.events,
       warmup: o.warmup,
       perBody: o.perBody,
@@ -975,13 +981,17 @@ export async function cryptoBench(o: CryptoBenchOptions): Promise<CryptoResult> 
       allThreadsCpuUsPerEvent: summarize(of(c).map((s) => s.allThreadsCpuUsPerEvent)),
     });
     const summary = { bot: sum('bot'), raw: sum('raw'), jssdk: sum('jssdk') };
+    // The bot's median over the rounds the other ran too (js-sdk may run fewer), as report.ts's ratioOf.
     const ratio = (other: ThroughputContender) => {
       const perRound: number[] = [];
+      const bot: number[] = [];
       for (const b of of('bot')) {
         const r = of(other).find((x) => x.round === b.round);
-        if (r) perRound.push(b.eventsPerSec / r.eventsPerSec);
+        if (!r) continue;
+        bot.push(b.eventsPerSec);
+        perRound.push(b.eventsPerSec / r.eventsPerSec);
       }
-      return { ofMedians: summary.bot.eventsPerSec.median / summary[other].eventsPerSec.median, perRound: summarize(perRound), perRoundValues: perRound };
+      return { ofMedians: summarize(bot).median / summary[other].eventsPerSec.median, perRound: summarize(perRound), perRoundValues: perRound };
     };
     result.throughput = { samples: tp, summary, ratio: ratio('raw'), ratioVsJsSdk: contenders.includes('jssdk') ? ratio('jssdk') : null };
     const t = result.throughput;
@@ -1031,8 +1041,11 @@ export function cryptoMarkdown(r: CryptoResult, withTitle = true): string[] {
     const t = r.throughput;
     const js = t.ratioVsJsSdk !== null;
     L.push(
-      `Per round: a fresh Halcyon bot (dist \`Client\`, fresh data dir, encryption on) uploads its keys to a replay server` +
-        (js ? '; a fresh matrix-js-sdk 43 client (the bot user\'s second device) does the same to a second replay server' : '') +
+      `Per round: a fresh Halcyon bot (dist \`Client\`, fresh data dir, encryption on, \`trust: 'all'\` as the raw loop's \`Untrusted\`: alice's device is not cross-signed) uploads its keys to a replay server` +
+        (js
+          ? '; a fresh matrix-js-sdk 43 client (the bot user\'s second device) does the same to a second replay server' +
+            (c.jsSdkRounds < c.rounds ? ` (in the first ${c.jsSdkRounds} of the ${c.rounds} rounds: no goal is decided against it, its ratio spans those rounds)` : '')
+          : '') +
         `; alice (crypto-wasm, in memory) shares one megolm session with ${js ? 'both' : 'the bot'} and with a raw \`OlmMachine\` on the same store type as the ` +
         `crypto actor's (${c.store}), in a process of its own that does nothing else (as the crypto actor has a thread of its own), and encrypts ${fmt(c.warmup)} + ${fmt(c.events)} \`m.room.message\` events. ` +
         `Bot: /sync #0 carries the key share (to-device) and the room's \`m.room.encryption\`; then ${c.perBody} encrypted events per body ` +

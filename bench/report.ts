@@ -14,6 +14,11 @@ export interface BenchContext {
   quick: boolean;
   /** Rounds per measurement (the contenders alternate which goes first each round). */
   rounds: number;
+  /**
+   * Rounds of a contender no goal is decided against (at most `rounds`): it is only compared, so a ratio with the
+   * range of a few rounds says as much, and matrix-js-sdk (×14–20 slower in places) no longer dominates the run.
+   */
+  sideRounds: number;
   /** A full GC, to run between measurements so one contender's garbage is not collected on another's time. */
   gc: () => void;
   /** Prints one progress line. */
@@ -103,6 +108,28 @@ export function verdictOf(g: GoalEntry): Verdict {
   return g.verdict ?? (g.met === true ? 'met' : g.met === false ? 'missed' : 'not measured');
 }
 
+/** {@link BenchContext.sideRounds} unless `--side-rounds` says otherwise (capped at the rounds). */
+export const DEFAULT_SIDE_ROUNDS = 2;
+
+/**
+ * Whether a contender runs in round `round` (0-based). Halcyon and every contender a goal is decided against run
+ * every round (a goal is met only when every round is on its right side); a `side` one, only compared, runs the
+ * first `ctx.sideRounds`.
+ */
+export function runsInRound(ctx: Pick<BenchContext, 'sideRounds'>, round: number, side: boolean): boolean {
+  return !side || round < ctx.sideRounds;
+}
+
+/**
+ * The report's sentence on the contenders that ran fewer rounds than `rounds`, e.g. "matrix-js-sdk ran 2 of the
+ * 5 rounds (no goal is decided against it; its ratios span those rounds)."; empty when none did.
+ */
+export function sideRoundsNote(names: readonly string[], sideRounds: number, rounds: number): string {
+  if (names.length === 0 || sideRounds >= rounds) return '';
+  const them = names.length === 1 ? 'it' : 'them';
+  return `${names.join(' and ')} ran ${sideRounds} of the ${rounds} rounds (no goal is decided against ${them}; ${names.length === 1 ? 'its' : 'their'} ratios span those rounds).`;
+}
+
 /** What a workload's `run(ctx)` resolves with. */
 export interface WorkloadReport {
   /** Short id: `throughput`, `isolation`, `latency`, `coldstart`, `memory`, `sends`, `e2ee`, `soak`. */
@@ -120,7 +147,11 @@ export interface WorkloadReport {
 /** A workload module's export. */
 export type Workload = (ctx: BenchContext) => Promise<WorkloadReport>;
 
-/** Ratio of medians and the per-round spread, pairing samples by round; NaN entries are skipped. */
+/**
+ * Ratio of medians and the per-round spread, pairing samples by round; NaN entries are skipped. Halcyon's median is
+ * over the rounds the other ran too: against a contender of fewer rounds ({@link BenchContext.sideRounds}) a median
+ * over all of Halcyon's could put the ratio outside the range of the per-round ones.
+ */
 export function ratioOf(h: ReadonlyArray<{ round: number; value: number }>, other: ReadonlyArray<{ round: number; value: number }>): { ofMedians: number; perRound: Summary } {
   const med = (xs: number[]): number => {
     if (xs.length === 0) return NaN;
@@ -128,15 +159,15 @@ export function ratioOf(h: ReadonlyArray<{ round: number; value: number }>, othe
     const r = (s.length - 1) / 2;
     return (s[Math.floor(r)]! + s[Math.ceil(r)]!) / 2;
   };
-  const hv = h.map((s) => s.value).filter(Number.isFinite);
-  const ov = other.map((s) => s.value).filter(Number.isFinite);
+  const ov = other.filter((s) => Number.isFinite(s.value));
+  const hv = h.filter((s) => Number.isFinite(s.value) && ov.some((o) => o.round === s.round)).map((s) => s.value);
   const per: number[] = [];
   for (const s of h) {
     const o = other.find((x) => x.round === s.round);
     if (o && Number.isFinite(s.value) && Number.isFinite(o.value) && o.value !== 0) per.push(s.value / o.value);
   }
   return {
-    ofMedians: med(hv) / med(ov),
+    ofMedians: med(hv) / med(ov.map((s) => s.value)),
     perRound: { min: per.length ? Math.min(...per) : NaN, median: med(per), max: per.length ? Math.max(...per) : NaN, n: per.length },
   };
 }

@@ -10,13 +10,19 @@
  *  6. sends       — messages/s to Synapse with limits off; 429s and lost sends under the default rc_message
  *  7. e2ee        — decrypted events/s against matrix-js-sdk and a raw OlmMachine loop (alone, in its own process)
  *  8. soak        — a reply bot at 20 msg/s on Synapse for 10 minutes: RSS over time against matrix-bot-sdk
+ *  9. cluster     — workers sharing one bot's rooms on Synapse: events/s of one, two and three workers
+ *
+ * The default run is the seven short workloads (~15 min on an idle 2-core machine); soak and cluster take
+ * 20 minutes and more, so they run only when asked: `--only soak,cluster`, or `--all` for all nine. Contenders
+ * no goal is decided against run fewer rounds (`--side-rounds`, BenchContext.sideRounds).
  *
  * Writes bench/results/latest.json (everything, samples included), latest.md (tables) and latest.svg (ratios), and
  * the same three files under bench/results/runs/<date>-<commit>/ (results.json, results.md, ratios.svg), so every
- * run's figures stay on record. A run is "published" only when it is a default run of every workload on a clean
- * commit; the report says why not otherwise. One workload failing is reported in its section; the others still run.
+ * run's figures stay on record. A run is "published" only when it ran at least the seven short workloads, with the
+ * default settings, on a clean commit; the report says why not otherwise, and which workloads it left out and how
+ * to run them. One workload failing is reported in its section; the others still run.
  *
- * Usage: node --import tsx bench/run.ts [--quick] [--rounds N] [--only LIST] [--out DIR] [--soak SECONDS]
+ * Usage: node --import tsx bench/run.ts [--quick] [--rounds N] [--side-rounds N] [--only LIST | --all] [--out DIR] [--soak SECONDS]
  * One workload alone, printed: node --import tsx bench/workload.ts NAME [--quick].
  * @module
  */
@@ -28,15 +34,22 @@ import { parseArgs } from 'node:util';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { advantage, ratioChart } from './chart.ts';
-import { GOAL_RULE, verdictOf, type BenchContext, type Contender, type GoalEntry, type RatioEntry, type Verdict, type Workload, type WorkloadReport } from './report.ts';
+import { DEFAULT_SIDE_ROUNDS, GOAL_RULE, verdictOf, type BenchContext, type Contender, type GoalEntry, type RatioEntry, type Verdict, type Workload, type WorkloadReport } from './report.ts';
 import { fmt, machineAndOwnCpuMs } from './stats.ts';
 
 const WORKLOADS = ['throughput', 'isolation', 'latency', 'coldstart', 'memory', 'sends', 'e2ee', 'soak', 'cluster'] as const;
+/** The long workloads (soak: 2 × 10 min; cluster: several minutes on Synapses of its own): only with `--only` or `--all`. */
+const LONG: ReadonlyArray<(typeof WORKLOADS)[number]> = ['soak', 'cluster'];
+/** What a default run runs. */
+const SHORT = WORKLOADS.filter((w) => !LONG.includes(w));
 
 const USAGE = `usage: node --import tsx bench/run.ts [options]   (npm run bench -- [options])
   --quick        a few minutes: fewer rounds and smaller inputs
   --rounds N     rounds per measurement (default: 5, or each workload's own; 2 with --quick)
+  --side-rounds N  rounds of the contenders no goal is decided against (default ${DEFAULT_SIDE_ROUNDS}, at most --rounds)
   --only LIST    comma-separated subset of ${WORKLOADS.join(',')}
+                 (default: the short ones, ${SHORT.join(', ')}, ~15 min)
+  --all          all of them, ${LONG.join(' and ')} too (~20 min and more on top)
   --out DIR      where latest.json / latest.md / latest.svg and runs/<date>-<commit>/ go (default bench/results)
   --soak SECONDS how long the soak workload runs (default 600, 120 with --quick; e.g. 3600 for an hour)
   --soak-only C  the soak workload runs one contender alone: halcyon or matrix-bot-sdk (half the time, no ratio)`;
@@ -46,6 +59,8 @@ const { values: args } = parseArgs({
     quick: { type: 'boolean', default: false },
     rounds: { type: 'string' },
     only: { type: 'string' },
+    all: { type: 'boolean', default: false },
+    'side-rounds': { type: 'string' },
     out: { type: 'string' },
     soak: { type: 'string' },
     'soak-only': { type: 'string' },
@@ -59,9 +74,14 @@ if (args.help) {
 const QUICK = args.quick;
 const ROUNDS = args.rounds !== undefined ? Number(args.rounds) : QUICK ? 2 : 5;
 if (!Number.isInteger(ROUNDS) || ROUNDS < 1) throw new Error(`--rounds must be a positive integer, not ${args.rounds}`);
+const SIDE_ROUNDS = Math.min(ROUNDS, args['side-rounds'] !== undefined ? Number(args['side-rounds']) : DEFAULT_SIDE_ROUNDS);
+if (!Number.isInteger(SIDE_ROUNDS) || SIDE_ROUNDS < 1) throw new Error(`--side-rounds must be a positive integer, not ${args['side-rounds']}`);
 const ONLY = args.only?.split(',').map((s) => s.trim());
+if (ONLY && args.all) throw new Error('--only and --all do not go together');
 for (const w of ONLY ?? []) if (!(WORKLOADS as readonly string[]).includes(w)) throw new Error(`unknown workload ${w} in --only; choose from ${WORKLOADS.join(', ')}`);
-const SELECTED = WORKLOADS.filter((w) => !ONLY || ONLY.includes(w));
+const SELECTED = WORKLOADS.filter((w) => (ONLY ? ONLY.includes(w) : args.all || SHORT.includes(w)));
+/** The workloads this run left out, for the report's header. */
+const LEFT_OUT = WORKLOADS.filter((w) => !SELECTED.includes(w));
 const OUT_DIR = args.out ?? join(import.meta.dirname, 'results');
 const SOAK = args.soak !== undefined ? Number(args.soak) : undefined;
 if (SOAK !== undefined && !(SOAK > 0)) throw new Error(`--soak must be a number of seconds, not ${args.soak}`);
@@ -109,17 +129,20 @@ const meta = {
   dirtyFiles: git.dirty,
   mode: QUICK ? 'quick' : 'default',
   rounds: ROUNDS,
+  sideRounds: SIDE_ROUNDS,
   workloads: SELECTED,
+  leftOut: LEFT_OUT,
 };
 
 const progress = (line: string): void => void process.stdout.write(line + '\n');
 const SOAK_ONLY = args['soak-only'];
-const ctx: BenchContext = { quick: QUICK, rounds: ROUNDS, gc, progress, ...(SOAK !== undefined ? { soakSeconds: SOAK } : {}), ...(SOAK_ONLY ? { soakOnly: SOAK_ONLY } : {}) };
+const ctx: BenchContext = { quick: QUICK, rounds: ROUNDS, sideRounds: SIDE_ROUNDS, gc, progress, ...(SOAK !== undefined ? { soakSeconds: SOAK } : {}), ...(SOAK_ONLY ? { soakOnly: SOAK_ONLY } : {}) };
 
 const t0 = performance.now();
 progress(
   `Halcyon bench (${meta.mode}): ${meta.cpuModel}, ${meta.cores} cores, Node ${meta.node}; load average ${meta.loadavgStart.map((x) => fmt(x, 2)).join(' / ')}; ` +
-    `${ROUNDS} rounds; workloads: ${SELECTED.join(', ')}`,
+    `${ROUNDS} rounds (${SIDE_ROUNDS} for contenders no goal is decided against); workloads: ${SELECTED.join(', ')}` +
+    (LEFT_OUT.length ? `; left out: ${LEFT_OUT.join(', ')}` : ''),
 );
 const reports: Array<WorkloadReport & { seconds: number; error?: string }> = [];
 for (const [i, id] of SELECTED.entries()) {
@@ -160,9 +183,11 @@ const notPublished: string[] = [
   ...(git.dirty.length ? [`the tree differs from commit ${git.commit} (${git.dirty.slice(0, 8).join(', ')}${git.dirty.length > 8 ? `, … ${git.dirty.length} files` : ''})`] : []),
   ...(QUICK ? ['a --quick run'] : []),
   ...(args.rounds !== undefined ? [`--rounds ${ROUNDS}`] : []),
-  ...(SOAK !== undefined ? [`--soak ${SOAK}`] : []),
-  ...(SOAK_ONLY ? [`--soak-only ${SOAK_ONLY}`] : []),
-  ...(SELECTED.length < WORKLOADS.length ? [`only ${SELECTED.join(', ')}`] : []),
+  ...(args['side-rounds'] !== undefined ? [`--side-rounds ${SIDE_ROUNDS}`] : []),
+  ...(SOAK !== undefined && SELECTED.includes('soak') ? [`--soak ${SOAK}`] : []),
+  ...(SOAK_ONLY && SELECTED.includes('soak') ? [`--soak-only ${SOAK_ONLY}`] : []),
+  // The seven short workloads stand on their own; the long ones add to them, never replace them.
+  ...(SHORT.some((w) => !SELECTED.includes(w)) ? [`only ${SELECTED.join(', ')}`] : []),
   ...reports.filter((r) => r.error).map((r) => `${r.id} failed`),
 ];
 const published = notPublished.length === 0;
@@ -203,8 +228,13 @@ function markdown(svgName: string): string {
   L.push(`| machine | ${meta.cpuModel}, ${meta.cores} cores, ${fmt(meta.totalMemGB, 1)} GiB RAM, ${meta.os} |`);
   L.push(`| Node | ${meta.node} |`);
   L.push(`| commit | ${git.commit}${git.dirty.length ? ` **+ uncommitted changes** in ${git.dirty.length} file${git.dirty.length === 1 ? '' : 's'}` : ' (clean tree)'} |`);
-  L.push(`| published | ${published ? 'yes: a default run of every workload on a clean commit' : `**no**: ${notPublished.join('; ')}`} |`);
-  L.push(`| rounds | ${ROUNDS} per measurement unless a section says otherwise; contenders alternate which goes first |`);
+  const longRan = SELECTED.filter((w) => LONG.includes(w));
+  const ranWhat = LEFT_OUT.length === 0 ? `all ${WORKLOADS.length} workloads` : `the ${SHORT.length} short workloads${longRan.length ? ` and ${longRan.join(', ')}` : ''}`;
+  L.push(`| published | ${published ? `yes: ${ranWhat} with the default settings on a clean commit` : `**no**: ${notPublished.join('; ')}`} |`);
+  L.push(`| workloads | ran ${SELECTED.join(', ')}${LEFT_OUT.length ? `; **left out** ${LEFT_OUT.join(', ')} (run ${LEFT_OUT.length === 1 ? 'it' : 'them'} with \`npm run bench -- --only ${LEFT_OUT.join(',')}\`, or \`--all\` for every workload)` : ''} |`);
+  L.push(
+    `| rounds | ${ROUNDS} per measurement unless a section says otherwise (${SIDE_ROUNDS} for a contender no goal is decided against; each section says which); contenders alternate which goes first |`,
+  );
   L.push(`| wall time | ${fmt(wallS)} s (${reports.map((r) => `${r.id} ${fmt(r.seconds)} s`).join(', ')}) |`);
   L.push(
     `| load average (1/5/15 min) | at start ${meta.loadavgStart.map((x) => fmt(x, 2)).join(' / ')}; at end ${os.loadavg().map((x) => fmt(x, 2)).join(' / ')} ` +
@@ -216,7 +246,7 @@ function markdown(svgName: string): string {
   );
   L.push('## Summary: Halcyon ÷ each contender', '');
   L.push(
-    '"Halcyon" is Halcyon\'s median over the rounds; each ratio is Halcyon\'s median ÷ the contender\'s, with the range of the per-round ratios. ' +
+    '"Halcyon" is Halcyon\'s median over the rounds; each ratio is Halcyon\'s median ÷ the contender\'s (over the rounds both ran), with the range of the per-round ratios. ' +
       'For rates (events/s, messages/s) higher is better for Halcyon; for times, CPU and memory lower is better; ⚠ marks a ratio where Halcyon is behind. ' +
       '"What differs" is what the two sides did not do alike; a ratio is only printed where they handled the same events. ' +
       'The floor / raw loop is the least work any client must do (one thread, no state); matrix-bot-sdk 0.8 and ' +

@@ -8,7 +8,7 @@
  * @module
  */
 import { BACKUP_KEYS, identityBench, type IdentitySample } from '../identity.ts';
-import { goalEntry, ratioOf, ratioVerdict, roundsVerdict, type Contender, type GoalEntry, type RatioEntry, type Workload } from '../report.ts';
+import { goalEntry, ratioOf, ratioVerdict, roundsVerdict, runsInRound, sideRoundsNote, type Contender, type GoalEntry, type RatioEntry, type Workload } from '../report.ts';
 import { fmt, summarize } from '../stats.ts';
 import { cell, childContenders, runChild, startInitialSyncServer, type ChildContender, type ChildResult } from './client-child.ts';
 
@@ -23,6 +23,9 @@ const LABEL: Record<ChildContender, string> = {
   'matrix-bot-sdk': 'matrix-bot-sdk',
   'matrix-js-sdk': 'matrix-js-sdk',
 };
+
+/** Contenders no goal is decided against (the goals are on Halcyon and the floor): `ctx.sideRounds` rounds. */
+const SIDE: ReadonlySet<ChildContender> = new Set(['matrix-bot-sdk', 'matrix-js-sdk']);
 
 /** What the contenders do not do alike here: who hands the initial sync's timeline to handlers. */
 const NOTE =
@@ -39,7 +42,7 @@ export const run: Workload = async (ctx) => {
   const { server, bodyBytes } = await startInitialSyncServer(ROOMS);
   try {
     for (let round = 0; round < ctx.rounds; round++) {
-      const order = round % 2 === 0 ? contenders : [...contenders].reverse();
+      const order = (round % 2 === 0 ? contenders : [...contenders].reverse()).filter((c) => runsInRound(ctx, round, SIDE.has(c)));
       for (const c of order) {
         ctx.gc();
         const r = await runChild({ contender: c, url: server.url, mode: 'coldstart' }, CHILD_TIMEOUT_MS);
@@ -100,7 +103,7 @@ export const run: Workload = async (ctx) => {
 
   const failed = samples.filter((s) => !s.ok);
   const markdown = [
-    `Each contender runs in a fresh process of its own (\`node --expose-gc --import tsx\`, modules loaded before the clock starts): it logs in with a password (\`m.login.password\`) on the replay server, whose first \`/sync\` is a Synapse-shaped initial sync of ${fmt(ROOMS)} joined rooms (${fmt(bodyBytes / 1e6, 1)} MB: per room create, power levels, join rules, history visibility, guest access, name/topic/alias/avatar for some, 6 members, 14 messages, summary, unread counts; push rules at the top), and starts until ready: Halcyon \`Client.login\` then \`run(token)\` resolved; the floor an undici login, one \`GET /sync\`, \`JSON.parse\`, a walk over every room's events; matrix-bot-sdk \`MatrixAuth.passwordLogin\`, \`start()\` and its first \`processSync\` done (\`start()\` itself resolves before the first sync); matrix-js-sdk \`loginRequest\`, \`startClient\` and \`PREPARED\`. Halcyon runs with encryption off like the peers (none loads a crypto stack here); "E2EE on" is its default configuration, for reference. ${NOTE} Peak RSS is the whole process's (\`process.resourceUsage().maxRSS\`: main thread, workers, native), up to ready; "after imports" is the RSS before the login (node + tsx + the library). ${ctx.rounds} rounds, contenders alternating order; min / **median** / max.`,
+    `Each contender runs in a fresh process of its own (\`node --expose-gc --import tsx\`, modules loaded before the clock starts): it logs in with a password (\`m.login.password\`) on the replay server, whose first \`/sync\` is a Synapse-shaped initial sync of ${fmt(ROOMS)} joined rooms (${fmt(bodyBytes / 1e6, 1)} MB: per room create, power levels, join rules, history visibility, guest access, name/topic/alias/avatar for some, 6 members, 14 messages, summary, unread counts; push rules at the top), and starts until ready: Halcyon \`Client.login\` then \`run(token)\` resolved; the floor an undici login, one \`GET /sync\`, \`JSON.parse\`, a walk over every room's events; matrix-bot-sdk \`MatrixAuth.passwordLogin\`, \`start()\` and its first \`processSync\` done (\`start()\` itself resolves before the first sync); matrix-js-sdk \`loginRequest\`, \`startClient\` and \`PREPARED\`. Halcyon runs with encryption off like the peers (none loads a crypto stack here); "E2EE on" is its default configuration, for reference. ${NOTE} Peak RSS is the whole process's (\`process.resourceUsage().maxRSS\`: main thread, workers, native), up to ready; "after imports" is the RSS before the login (node + tsx + the library). ${ctx.rounds} rounds, contenders alternating order; min / **median** / max. ${sideRoundsNote(contenders.filter((c) => SIDE.has(c)).map((c) => LABEL[c]), ctx.sideRounds, ctx.rounds)}`,
     '',
     '| contender | login→ready (ms) | peak RSS (MB) | login (ms) | run()→ready (ms) | RSS after imports (MB) |',
     '|---|---|---|---|---|---|',

@@ -15,6 +15,7 @@ export const run: Workload = async (ctx) => {
   // Sized so the whole workload takes about 1.5 min with --quick and 6 min by default (both parts, 5 rounds).
   const r = await cryptoBench({
     rounds: ctx.rounds,
+    jsSdkRounds: ctx.sideRounds,
     events: ctx.quick ? 2_000 : 3_000,
     warmup: 500,
     perBody: 100,

@@ -6,7 +6,7 @@
  * @module
  */
 import type { Contender, RatioEntry, Workload, WorkloadReport } from '../report.ts';
-import { goalEntry, ratioOf, roundsVerdict } from '../report.ts';
+import { goalEntry, ratioOf, roundsVerdict, runsInRound, sideRoundsNote } from '../report.ts';
 import type { PeerClient, PeerEvent, StartPeer } from '../peers/types.ts';
 import { startReplayServer, type ReplayServer } from '../replay-server.ts';
 import { burnCpu, clockOffset, fmt, now, percentile, type Summary, summarize } from '../stats.ts';
@@ -28,6 +28,8 @@ const ADAPTERS: Record<IsoContender, [module: string, name: string]> = {
   'matrix-bot-sdk': ['../peers/botsdk.ts', 'startBotSdk'],
   'matrix-js-sdk': ['../peers/jssdk.ts', 'startJsSdk'],
 };
+/** Contenders no goal is decided against (the goal is on Halcyon alone; the floor is the reference): `ctx.sideRounds` rounds. */
+const SIDE: ReadonlySet<IsoContender> = new Set(['matrix-bot-sdk', 'matrix-js-sdk']);
 const LABELS: Record<IsoContender, string> = {
   halcyon: 'Halcyon',
   floor: 'floor (undici loop, handlers before the next /sync)',
@@ -304,7 +306,7 @@ export const run: Workload = async (ctx): Promise<WorkloadReport> => {
   }
   const samples: IsoSample[] = [];
   for (let round = 1; round <= ctx.rounds; round++) {
-    const order = CONTENDERS.map((_, i) => CONTENDERS[(i + round - 1) % CONTENDERS.length]!);
+    const order = CONTENDERS.map((_, i) => CONTENDERS[(i + round - 1) % CONTENDERS.length]!).filter((c) => runsInRound(ctx, round - 1, SIDE.has(c)));
     for (const c of order) {
       ctx.gc();
       const start = starters.get(c)!;
@@ -365,7 +367,9 @@ export const run: Workload = async (ctx): Promise<WorkloadReport> => {
       '"Burns waited" counts burns that started after a quiet event was released and before it was handled (0–1 means quiet rooms get a turn between ' +
       'burns); "latency growth" is the slope of quiet latency over release time for the quiet events handled within the window (0: steady; ' +
       `(burn wall ms − ${RELEASE_EVERY_MS}) / ${RELEASE_EVERY_MS}, i.e. ${fmt((BURN_MS - RELEASE_EVERY_MS) / RELEASE_EVERY_MS)} on an idle machine: each quiet event waits ` +
-      "for every earlier body's burn). Burn wall ms is the median wall time of a burn (above its CPU time when other processes compete for the CPU).",
+      "for every earlier body's burn). Burn wall ms is the median wall time of a burn (above its CPU time when other processes compete for the CPU). " +
+      `${ctx.rounds} rounds, each starting with the next contender; min / **median** / max over rounds. ` +
+      sideRoundsNote(CONTENDERS.filter((c) => SIDE.has(c)).map((c) => LABELS[c]), ctx.sideRounds, ctx.rounds),
     '',
   );
   L.push(

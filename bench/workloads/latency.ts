@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import type { TestUser } from '../../test/harness/synapse.ts';
 import type { PeerClient, PeerEvent } from '../peers/types.ts';
-import { combineVerdicts, goalEntry, ratioOf, roundsVerdict, type BenchContext, type GoalEntry, type RatioEntry, type Workload, type WorkloadReport } from '../report.ts';
+import { combineVerdicts, goalEntry, ratioOf, roundsVerdict, runsInRound, sideRoundsNote, type BenchContext, type GoalEntry, type RatioEntry, type Workload, type WorkloadReport } from '../report.ts';
 import { fmt, percentile, summarize, type Summary } from '../stats.ts';
 import { Api, availablePeers, newDevice, now, sleep, startPeer, stopPeer, withSynapse, withTimeout, type PeerName } from './synapse-common.ts';
 
@@ -32,6 +32,9 @@ interface LatencySample {
   /** Why the run failed (the contender did not start or did not handle the warm-up), if it did. */
   error?: string;
 }
+
+/** Contenders no goal is decided against (the goal is on the floor): they run `ctx.sideRounds` rounds. */
+const SIDE: ReadonlySet<PeerName> = new Set(['matrix-bot-sdk', 'matrix-js-sdk']);
 
 const LABEL: Record<PeerName, string> = { halcyon: 'Halcyon', floor: 'floor', 'matrix-bot-sdk': 'matrix-bot-sdk', 'matrix-js-sdk': 'matrix-js-sdk' };
 
@@ -146,7 +149,7 @@ export const run: Workload = async (ctx: BenchContext): Promise<WorkloadReport> 
       }
       for (let round = 0; round < ctx.rounds; round++) {
         // Each contender goes first in turn.
-        const order = contenders.map((_, i) => contenders[(i + round) % contenders.length]!);
+        const order = contenders.map((_, i) => contenders[(i + round) % contenders.length]!).filter((c) => runsInRound(ctx, round, SIDE.has(c)));
         for (const c of order) {
           const { user, roomId } = users.get(c)!;
           ctx.gc();
@@ -200,7 +203,7 @@ export const run: Workload = async (ctx: BenchContext): Promise<WorkloadReport> 
   const lost = samples.filter((s) => !s.error && (s.missing > 0 || s.duplicates > 0));
   const failed = samples.filter((s) => s.error);
   const markdown = [
-    `A sender in the benchmark process PUTs ${count} messages at ${RATE_PER_S}/s (raw HTTP, its own user) into a room each contender's user has joined; each body carries the send's start time and latency is the contender's handler call minus it (one clock: same process). Each contender runs alone, a fresh client on a new device per round (Halcyon with encryption off, as the others run: none has a crypto stack here), the order rotating across ${ctx.rounds} rounds. Before the measured stream, ${WARMUP} warm-up messages go through the handler one at a time (the first after start-up meets cold paths); they are not counted. Values: min / **median** / max over rounds of each round's percentile, in ms; "pooled" is over all rounds' samples; the sender's PUT round trip (send start → 200) shows what Synapse itself takes to accept a message during that contender's runs.`,
+    `A sender in the benchmark process PUTs ${count} messages at ${RATE_PER_S}/s (raw HTTP, its own user) into a room each contender's user has joined; each body carries the send's start time and latency is the contender's handler call minus it (one clock: same process). Each contender runs alone, a fresh client on a new device per round (Halcyon with encryption off, as the others run: none has a crypto stack here), the order rotating across ${ctx.rounds} rounds. ${sideRoundsNote(contenders.filter((c) => SIDE.has(c)).map((c) => LABEL[c]), ctx.sideRounds, ctx.rounds)} Before the measured stream, ${WARMUP} warm-up messages go through the handler one at a time (the first after start-up meets cold paths); they are not counted. Values: min / **median** / max over rounds of each round's percentile, in ms; "pooled" is over all rounds' samples; the sender's PUT round trip (send start → 200) shows what Synapse itself takes to accept a message during that contender's runs.`,
     '',
     '| contender | p50 (ms) | p99 (ms) | max (ms) | pooled p50 / p99 | sender PUT p50 (pooled) |',
     '|---|---|---|---|---|---|',
