@@ -10,10 +10,11 @@
  * links, not for what is sent (`rel` is not a permitted attribute), so it is not added.
  */
 import type { Parser } from 'htmlparser2';
-import { requireLazily } from './lazy-require.ts';
+import { lazyModule } from './lazy-require.ts';
 
 /** htmlparser2's parser, loaded when HTML is first parsed (a bot that never reads or sends HTML never loads it). */
-const parserClass = (): typeof Parser => requireLazily<typeof import('htmlparser2')>('htmlparser2').Parser;
+const htmlparser2 = lazyModule<typeof import('htmlparser2')>('htmlparser2');
+const parserClass = (): typeof Parser => htmlparser2().Parser;
 
 /** Tags kept by {@link sanitizeHtml}: the spec's suggested set. */
 const ALLOWED_TAGS = new Set([

@@ -7,6 +7,7 @@ import { createRequire } from 'node:module';
 import { Readable } from 'node:stream';
 import type * as Undici from 'undici';
 import { HalcyonError } from './errors.ts';
+import { lazyModule, resolveModule } from './lazy-require.ts';
 
 /** What Halcyon uses of undici: its connection-pooling agent, the request API and its error classes. */
 export interface UndiciParts {
@@ -25,16 +26,15 @@ export const UNDICI_FILES = { agent: './lib/dispatcher/agent.js', request: './li
  * +14 MB of RSS per thread. An undici whose files moved is loaded whole instead (the same parts, slower).
  */
 export function loadUndici(files: Record<keyof typeof UNDICI_FILES, string> = UNDICI_FILES): UndiciParts {
-  const req = createRequire(import.meta.url);
   try {
-    const from = createRequire(req.resolve('undici'));
+    const from = createRequire(resolveModule('undici'));
     const Agent = from(files.agent) as typeof Undici.Agent;
     const api = from(files.request) as (this: Undici.Dispatcher, opts: Undici.Dispatcher.RequestOptions) => Promise<Undici.Dispatcher.ResponseData>;
     const errors = from(files.errors) as typeof Undici.errors;
     if (typeof Agent !== 'function' || typeof api !== 'function' || typeof errors?.HeadersTimeoutError !== 'function') throw new Error('undici layout changed');
     return { Agent, errors, request: (opts) => api.call(opts.dispatcher, opts) };
   } catch {
-    const whole = req('undici') as typeof Undici;
+    const whole = lazyModule<typeof Undici>('undici')();
     return { Agent: whole.Agent, errors: whole.errors, request: (opts) => opts.dispatcher.request(opts) };
   }
 }

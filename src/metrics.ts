@@ -7,11 +7,11 @@
 import { createServer, type Server } from 'node:http';
 import type { Registry } from 'prom-client';
 import { HalcyonError } from './errors.ts';
-import { requireLazily } from './lazy-require.ts';
+import { lazyModule } from './lazy-require.ts';
 import type { MemoryReport } from './memory.ts';
 
 /** prom-client, loaded when a client first records metrics. */
-const prom = () => requireLazily<typeof import('prom-client')>('prom-client');
+const prom = lazyModule<typeof import('prom-client')>('prom-client');
 
 /** Metrics options of a client. */
 export interface MetricsOptions {

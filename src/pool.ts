@@ -9,10 +9,10 @@ import { availableParallelism } from 'node:os';
 import type { Piscina } from 'piscina';
 import { workerUrl } from './entries.ts';
 import { fromWireError, HalcyonError, toWireError, type WireError } from './errors.ts';
-import { requireLazily } from './lazy-require.ts';
+import { lazyModule } from './lazy-require.ts';
 
 /** piscina, loaded with the first pool or task (a bot that never resizes or encrypts media never loads it). */
-const piscina = () => requireLazily<typeof import('piscina')>('piscina');
+const piscina = lazyModule<typeof import('piscina')>('piscina');
 
 /** What a task handler returns: its result and the ArrayBuffers inside it to transfer (not copy) back. */
 export interface TaskResult<R> {

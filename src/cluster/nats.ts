@@ -11,7 +11,7 @@
 import type { JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
 import type { KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { requireLazily } from '../lazy-require.ts';
+import { lazyModule } from '../lazy-require.ts';
 import { fromWireError, HalcyonError, toWireError } from '../errors.ts';
 import { delay } from '../http.ts';
 import type { Logger } from '../log.ts';
@@ -97,6 +97,11 @@ export interface KeyStore extends LeaseStore {
   watchKey(key: string, onValue: (value: string | null) => void): () => void;
 }
 
+/** The NATS packages, loaded on first use (see the module comment). */
+const transportNode = lazyModule<typeof import('@nats-io/transport-node')>('@nats-io/transport-node');
+const jetstreamModule = lazyModule<typeof import('@nats-io/jetstream')>('@nats-io/jetstream');
+const kvModule = lazyModule<typeof import('@nats-io/kv')>('@nats-io/kv');
+
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
@@ -121,7 +126,7 @@ export class Broker {
    * disconnects and reconnects to the log. Fails with `HALCYON_CLUSTER` if no server answers at first.
    */
   static async connect(cfg: ResolvedCluster, logger: Logger, role: string): Promise<Broker> {
-    const [{ connect }, { jetstream, jetstreamManager }] = [requireLazily<typeof import('@nats-io/transport-node')>('@nats-io/transport-node'), requireLazily<typeof import('@nats-io/jetstream')>('@nats-io/jetstream')];
+    const [{ connect }, { jetstream, jetstreamManager }] = [transportNode(), jetstreamModule()];
     let nc: NatsConnection;
     try {
       nc = await connect({
@@ -157,7 +162,7 @@ export class Broker {
    * version (one event at a time) is updated to that. Resolves with the stream's partition count (fixed at creation).
    */
   async ensureTopology(): Promise<number> {
-    const { AckPolicy, DeliverPolicy, RetentionPolicy, StorageType } = requireLazily<typeof import('@nats-io/jetstream')>('@nats-io/jetstream');
+    const { AckPolicy, DeliverPolicy, RetentionPolicy, StorageType } = jetstreamModule();
     const c = this.cfg;
     let partitions = c.partitions;
     try {
@@ -316,7 +321,7 @@ export class Broker {
    * (`w.<worker>`) and their partitions (`p.<partition>`).
    */
   async leaseStore(ttlMs: number | null, signal?: AbortSignal): Promise<KeyStore> {
-    const { Kvm } = requireLazily<typeof import('@nats-io/kv')>('@nats-io/kv');
+    const { Kvm } = kvModule();
     const bucket = `halcyon_${this.cfg.name}_lease`;
     let kv: KV;
     for (let told = false; ; told = true) {

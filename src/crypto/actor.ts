@@ -52,7 +52,7 @@ import { OutgoingRequests } from './outgoing.ts';
 import { PendingEvents } from './pending.ts';
 import { RoomEncryption } from './room-encryption.ts';
 import { Verifications } from './verification.ts';
-import { requireLazily } from '../lazy-require.ts';
+import { lazyModule } from '../lazy-require.ts';
 
 /**
  * Decryption yields the queue after this many ms (at least one event per turn), so a batch's sync changes, which
@@ -113,7 +113,7 @@ export class CryptoActor implements CryptoActorApi {
   }
 
   private async openStore(config: CryptoConfig): Promise<CryptoIdentity> {
-    W ??= requireLazily<typeof Wasm>('@matrix-org/matrix-sdk-crypto-wasm');
+    W = wasm();
     // The binding instantiates its wasm on first use, synchronously: made here, watched, to find its memory.
     if (wasmMemory === undefined) wasmMemory = watchWasmMemory(() => W.getVersions().free());
     this.config = config;
@@ -580,7 +580,8 @@ export class CryptoActor implements CryptoActorApi {
 /** crypto-wasm's linear memory in this thread: undefined until the first open() looks for it, null if unknown. */
 let wasmMemory: WebAssembly.Memory | null | undefined;
 
-/** crypto-wasm in this thread, loaded by the first open() (every other use of it comes after an open). */
+/** crypto-wasm, loaded by the first open() into {@link W}, which every other use of it reads (they all come after an open). */
+const wasm = lazyModule<typeof Wasm>('@matrix-org/matrix-sdk-crypto-wasm');
 let W: typeof Wasm;
 
 /** A failure of {@link CryptoActor.decryptOne}; `unknownDevice`: refused by `trust` while the sender's device is unknown (the sender). */
