@@ -48,6 +48,7 @@ import type { Logger as JsLogger } from 'matrix-js-sdk/lib/logger.js';
 import type { Logger, Message } from '../src/index.ts';
 import { type RawProcess, type RawRequest, startRawProcess } from './crypto-raw.ts';
 import { startReplayServer, type ReplayServer, type ReplayStats } from './replay-server.ts';
+import { ratioOf } from './report.ts';
 import { clockOffset, fmt, now, percentile, perEventDelta, processCpuMs, type Summary, summarize, threadCpuMs, threadGroupsCpuMs } from './stats.ts';
 
 // The built package, as users run it. HALCYON_BENCH_DIST=/path/to/index.js runs this part against another build
@@ -981,17 +982,12 @@ export async function cryptoBench(o: CryptoBenchOptions): Promise<CryptoResult> 
       allThreadsCpuUsPerEvent: summarize(of(c).map((s) => s.allThreadsCpuUsPerEvent)),
     });
     const summary = { bot: sum('bot'), raw: sum('raw'), jssdk: sum('jssdk') };
-    // The bot's median over the rounds the other ran too (js-sdk may run fewer), as report.ts's ratioOf.
+    // Paired by round (js-sdk may run fewer): the bot's median is over the rounds the other ran too.
     const ratio = (other: ThroughputContender) => {
-      const perRound: number[] = [];
-      const bot: number[] = [];
-      for (const b of of('bot')) {
-        const r = of(other).find((x) => x.round === b.round);
-        if (!r) continue;
-        bot.push(b.eventsPerSec);
-        perRound.push(b.eventsPerSec / r.eventsPerSec);
-      }
-      return { ofMedians: summarize(bot).median / summary[other].eventsPerSec.median, perRound: summarize(perRound), perRoundValues: perRound };
+      const series = (c: ThroughputContender) => of(c).map((x) => ({ round: x.round, value: x.eventsPerSec }));
+      const { ofMedians, perRound } = ratioOf(series('bot'), series(other));
+      const perRoundValues = of('bot').flatMap((b) => of(other).filter((x) => x.round === b.round).map((x) => b.eventsPerSec / x.eventsPerSec));
+      return { ofMedians, perRound, perRoundValues };
     };
     result.throughput = { samples: tp, summary, ratio: ratio('raw'), ratioVsJsSdk: contenders.includes('jssdk') ? ratio('jssdk') : null };
     const t = result.throughput;
