@@ -30,7 +30,7 @@ import {
 import { logger as sdkGlobalLogger, type Logger } from 'matrix-js-sdk/lib/logger.js';
 import type { TestContext } from 'node:test';
 import type { Homeserver } from './synapse.ts';
-import { defer } from '../integration/util.ts';
+import { defer, waitUntil } from '../integration/util.ts';
 
 /** The homeserver type of the harness (see synapse.ts). */
 export type TestHomeserver = Homeserver;
@@ -536,6 +536,11 @@ class JsPeerImpl implements JsPeer {
       initial_state: [{ type: 'm.room.encryption', state_key: '', content: { algorithm: MEGOLM } }],
     }));
     await this.waitForMember(roomId, this.userId, 'join');
+    // The rust crypto takes the room's m.room.encryption from the same sync, but a moment after the membership
+    // (it ran late once in a full run): a send before that would go out in the clear.
+    const crypto = this.client.getCrypto()!;
+    // Polled: no timeline event need follow to wake a wait.
+    await waitUntil(() => inPeerContext(() => crypto.isEncryptionEnabledInRoom(roomId)), DEFAULT_TIMEOUT_MS, `${roomId} to be known as encrypted to this peer's crypto`);
     return roomId;
   }
 
