@@ -5,14 +5,15 @@
  *
  * Delivery: each batch with something for handlers is appended to the journal (journal.ts) in the same SQLite
  * transaction that saves its `next_batch` as the since token, so the token advances at once and a crash loses
- * nothing. Batches are posted to main in journal order without waiting for main, so a busy main thread never
- * delays the next poll; main acknowledges events as their handlers settle, and the journal forgets a batch once
- * it is complete. At most `maxInFlightEvents` unhandled events are in main's memory: past that, batches wait on
+ * nothing (a batch main can take at once is posted just before its bytes are written, behind a hand-over mark
+ * that flags it redelivered should the process die in between: see journal.ts). Batches are posted to main in
+ * journal order without waiting for main, so a busy main thread never delays the next poll; main acknowledges
+ * events as their handlers settle, and the journal forgets a batch once it is complete. At most `maxInFlightEvents` unhandled events are in main's memory: past that, batches wait on
  * disk (backpressure; the next to go, up to 16 MiB, stay in memory too) and are read back as main catches up;
  * polling stops only when `maxJournalEvents` are journaled and unhandled. A restart posts the journal's
  * remaining batches first, skipping events marked done.
  */
-import { HalcyonError, isTransient, toWireError, type WireError } from '../errors.ts';
+import { HalcyonError, toWireError, type WireError } from '../errors.ts';
 import { delay, MatrixHttp, type RequestOptions, seg } from '../http.ts';
 import { collectGarbage, type Port, type Remote, traceStartup } from '../actors.ts';
 import { threadMemory } from '../memory.ts';
@@ -33,7 +34,8 @@ import type {
 } from '../protocol.ts';
 import { type Database, kvGet, kvSet, openDatabase } from '../store.ts';
 import { EventJournal, type JournaledBatch } from './journal.ts';
-import { processSync, type ProcessedSync, timelineBatch } from './process.ts';
+import { processSync, type ProcessedSync } from './process.ts';
+import { backfill, type Backfill } from './backfill.ts';
 import { processStream } from './split.ts';
 import { countsOnly, CRYPTO_STATE, cryptoChanges } from './crypto-changes.ts';
 
@@ -59,14 +61,6 @@ interface Queued {
 function emptyColumns(): EventColumns {
   return { count: 0, room: new Int32Array(0), type: new Int32Array(0), relType: new Int32Array(0), strings: [], ts: new Float64Array(0), flags: new Uint8Array(0), offsets: new Int32Array(0) };
 }
-
-/** The events a gap backfill fetched, as a batch (null when none), and the problems met. */
-interface Backfill {
-  batch: JournaledBatch | null;
-  errors: WireError[];
-}
-
-const GAP_FILTER = JSON.stringify({ lazy_load_members: true });
 
 const SYNC_PATH = '/_matrix/client/v3/sync';
 /** A streamed first sync's joined rooms go to the cache this many at a time (see streamFirst). */
@@ -95,6 +89,8 @@ export class SyncActor implements SyncActorApi {
   private db!: Database;
   private since: string | null = null;
   private savedSince: string | null = null;
+  /** An earlier run died after handing the batch fetched from the saved token to main (see journal.ts): flag it. */
+  private redeliverNext = false;
   private wanted: Set<string> | null = null;
   private journal!: EventJournal;
   private seq = 0;
@@ -134,6 +130,7 @@ export class SyncActor implements SyncActorApi {
     this.since = kvGet(this.db, 'since') ?? null;
     this.savedSince = this.since;
     this.journal = new EventJournal(this.db, config.dataDir);
+    this.redeliverNext = this.journal.handedOverFrom(this.savedSince);
     this.seq = Math.max(this.journal.maxSeq(), config.seqFloor);
     // What an earlier run journaled and main did not finish goes first, in order.
     for (const row of this.journal.pending()) {
@@ -172,8 +169,11 @@ export class SyncActor implements SyncActorApi {
         this.inFlightEvents += q.count;
       }
       const e = batch.events;
-      // Moved, not copied: the body and the offset table change owner; this actor is done with them.
-      this.deps.events.post({ kind: 'batch', batch }, [batch.body.buffer, e.room.buffer, e.type.buffer, e.relType.buffer, e.ts.buffer, e.flags.buffer, e.offsets.buffer] as ArrayBuffer[]);
+      // Moved, not copied: the offset table changes owner, and so does the body unless it is shared (a fresh
+      // /sync body, which handOff journals after posting it); this actor is done with them.
+      const moved = [e.room.buffer, e.type.buffer, e.relType.buffer, e.ts.buffer, e.flags.buffer, e.offsets.buffer] as ArrayBuffer[];
+      if (!(batch.body.buffer instanceof SharedArrayBuffer)) moved.push(batch.body.buffer);
+      this.deps.events.post({ kind: 'batch', batch }, moved);
     }
     // Batches kept back wait on disk, not in memory, but for the next ones to go up to KEEP_WAITING_BYTES: they
     // mostly wait only for main's acknowledgement already queued behind this turn, and reading one back (a file
@@ -316,7 +316,7 @@ export class SyncActor implements SyncActorApi {
     // A run's first sync whose timelines are not delivered (a fresh start's: as big as the account) is processed
     // as it arrives, its joined rooms' state applied slice by slice: never the whole body in memory.
     if (first && !deliverTimeline) return this.streamFirst(request);
-    const body = await this.http.bytes('GET', SYNC_PATH, { ...request, maxBytes: MAX_SYNC_BYTES });
+    const body = await this.http.bytes('GET', SYNC_PATH, { ...request, maxBytes: MAX_SYNC_BYTES, shared: true });
     if (first) traceStartup('first /sync received');
     this.polls++;
     this.lastSuccessAt = Date.now();
@@ -331,7 +331,7 @@ export class SyncActor implements SyncActorApi {
     const deliver = first ? deliverTimeline : true;
     // Events a gappy (limited) timeline left out, fetched before the batch is handed over.
     const gaps = this.since === null ? [] : processed.gaps.filter((g) => g.prevBatch !== this.since);
-    const gap = deliver && gaps.length > 0 && this.config.maxGapEvents > 0 ? await this.backfill(gaps, this.since!) : null;
+    const gap = deliver && gaps.length > 0 && this.config.maxGapEvents > 0 ? await backfill(this.http, gaps, this.since!, { maxGapEvents: this.config.maxGapEvents, userId: this.config.userId, wanted: this.wanted, signal: this.abort.signal, running: () => this.running }) : null;
     const size = body.byteLength; // before the hand-off, which may transfer the buffer away
     await this.handOff(processed, body, first, deliver, gap);
     return size;
@@ -398,11 +398,10 @@ export class SyncActor implements SyncActorApi {
   }
 
   /**
-   * Has the crypto actor apply the batch's to-device events and key changes (before the next poll, whose since
-   * token lets the server delete them) and the cache apply its state, then posts the batch to main. The since
-   * token advances in memory.
+   * The batch's crypto changes to the crypto actor and its state to the cache; resolves with the cache's room
+   * summaries once what must be waited for is applied.
    */
-  private async handOff(p: ProcessedSync, body: Uint8Array, first: boolean, deliver: boolean, gap: Backfill | null, cryptoRooms: StateChanges['rooms'] = []): Promise<void> {
+  private async applyChanges(p: ProcessedSync, first: boolean, cryptoRooms: StateChanges['rooms']): Promise<RoomSummary[]> {
     const changes = this.deps.crypto && this.config.encryption ? cryptoChanges(p, cryptoRooms, this.keyCounts) : null;
     const applying = changes
       ? this.deps.crypto!.receiveSyncChanges(changes).catch((err: unknown) => {
@@ -420,6 +419,18 @@ export class SyncActor implements SyncActorApi {
     if (applying && !mustWait) applying.catch(() => {});
     const stateChanged = p.state.rooms.length > 0 || p.accountData.length > 0;
     const [applied] = await Promise.all([stateChanged ? this.deps.cache.apply(p.state) : [], mustWait ? applying : undefined]);
+    return applied;
+  }
+
+  /**
+   * Has the crypto actor apply the batch's to-device events and key changes (before the next poll, whose since
+   * token lets the server delete them) and the cache apply its state, then posts the batch to main. The since
+   * token advances in memory.
+   */
+  private async handOff(p: ProcessedSync, body: Uint8Array, first: boolean, deliver: boolean, gap: Backfill | null, cryptoRooms: StateChanges['rooms'] = []): Promise<void> {
+    const applied = await this.applyChanges(p, first, cryptoRooms);
+    const redelivered = this.redeliverNext;
+    this.redeliverNext = false;
     if (first) traceStartup('first /sync state applied');
     const summaries = first ? this.withFirstSummaries(applied) : applied;
     const count = deliver ? p.events.count : 0;
@@ -466,6 +477,19 @@ export class SyncActor implements SyncActorApi {
     // A lone batch that pump() posts at once (nothing queued before it, room in main) is journaled as posted:
     // one SQLite commit per batch on the way to main instead of two.
     const direct = !gap?.batch && this.queue.length === 0 && this.hasRoom(count);
+    if (direct && forHandlers && journaled.body.buffer instanceof SharedArrayBuffer) {
+      // Main gets it before its bytes are written (the post shares the body): writing megabytes is off the way to
+      // the first handler call. The hand-over mark keeps a crash in between honest (journal.ts); the meta is
+      // encoded first, as the post moves the columns away. Acks cannot come before the append: same task.
+      const meta = this.journal.encode(journaled);
+      this.journal.markHandingOver(this.savedSince);
+      this.queue.push({ seq, batch: { ...journaled, seq, redelivered, done: null }, count, journaled: true, marked: true });
+      this.pump();
+      this.journal.append([{ seq, batch: journaled, posted: true, meta }], p.nextBatch);
+      this.savedSince = p.nextBatch;
+      this.backlog += count;
+      return;
+    }
     const rows: Array<{ seq: number; batch: JournaledBatch; posted?: boolean }> = [];
     if (gap?.batch) rows.push({ seq: gapSeq, batch: gap.batch });
     if (forHandlers) rows.push({ seq, batch: journaled, posted: direct });
@@ -474,53 +498,9 @@ export class SyncActor implements SyncActorApi {
       this.savedSince = p.nextBatch;
       for (const r of rows) this.backlog += r.batch.events.count;
     } else this.saveSince(p.nextBatch);
-    if (gap?.batch) this.queue.push({ seq: gapSeq, batch: { ...gap.batch, seq: gapSeq, redelivered: false, done: null }, count: gap.batch.events.count, journaled: true });
-    this.queue.push({ seq, batch: { ...journaled, seq, redelivered: false, done: null }, count, journaled: forHandlers, marked: direct });
+    if (gap?.batch) this.queue.push({ seq: gapSeq, batch: { ...gap.batch, seq: gapSeq, redelivered, done: null }, count: gap.batch.events.count, journaled: true });
+    this.queue.push({ seq, batch: { ...journaled, seq, redelivered, done: null }, count, journaled: forHandlers, marked: direct });
     this.pump();
-  }
-
-  /**
-   * Fetches, with `/messages` backwards from each gap's `prev_batch` to the previous sync's token, the events a
-   * limited timeline left out: at most `maxGapEvents` per room (a larger gap is reported, its oldest events are
-   * skipped). Returns them as one batch, in timeline order, plus the problems met. Their state events do not
-   * reach the cache: the sync's state block is newer.
-   */
-  private async backfill(gaps: ProcessedSync['gaps'], to: string): Promise<Backfill> {
-    const byRoom = new Map<string, unknown[]>();
-    const errors: WireError[] = [];
-    for (const g of gaps) {
-      const events: unknown[] = [];
-      let from = g.prevBatch;
-      try {
-        for (;;) {
-          const limit = Math.min(100, this.config.maxGapEvents - events.length);
-          if (limit <= 0) {
-            errors.push({ code: 'HALCYON_TIMELINE_GAP', message: `room ${g.roomId}: more than maxGapEvents (${this.config.maxGapEvents}) events were missing from the timeline; the older ones were not fetched`, roomId: g.roomId });
-            break;
-          }
-          const res = await this.http.json<{ chunk?: unknown; end?: unknown }>('GET', `/_matrix/client/v3/rooms/${seg(g.roomId)}/messages`, {
-            query: { dir: 'b', from, to, limit, filter: GAP_FILTER },
-            signal: this.abort.signal,
-          });
-          const chunk = Array.isArray(res.chunk) ? res.chunk : [];
-          // Back to the bot's own join at most: before it lies the room's history, not something the bot missed
-          // (the previous sync's token may predate the join when the bot had not synced since accepting it).
-          const joined = chunk.findIndex((e) => isOwnJoin(e, this.config.userId));
-          events.push(...(joined >= 0 ? chunk.slice(0, joined + 1) : chunk));
-          if (joined >= 0 || chunk.length === 0 || typeof res.end !== 'string' || res.end === from) break;
-          from = res.end;
-        }
-      } catch (err) {
-        // A transient failure fails the poll: it is retried from the same since token, and nothing is lost.
-        if (!this.running || isTransient(err)) throw err;
-        errors.push({ code: 'HALCYON_TIMELINE_GAP', message: `room ${g.roomId}: fetching the events missing from the timeline failed (${(err as Error).message}); they are not delivered`, roomId: g.roomId });
-      }
-      if (events.length > 0) byRoom.set(g.roomId, events.reverse());
-    }
-    if (byRoom.size === 0) return { batch: null, errors };
-    const batch = timelineBatch(byRoom, { wantedTypes: this.wanted, ownUserId: this.config.userId });
-    batch.errors.push(...errors);
-    return { batch, errors: [] };
   }
 
   private saveSince(token: string): void {
@@ -590,10 +570,4 @@ export class SyncActor implements SyncActorApi {
     kvSet(this.db, key, res.filter_id);
     return res.filter_id;
   }
-}
-
-/** Whether an event is the user's own join (a change into `join`, not a profile update). */
-function isOwnJoin(e: unknown, userId: string): boolean {
-  const ev = e as { type?: unknown; state_key?: unknown; content?: { membership?: unknown }; unsigned?: { prev_content?: { membership?: unknown } } };
-  return ev?.type === 'm.room.member' && ev.state_key === userId && ev.content?.membership === 'join' && ev.unsigned?.prev_content?.membership !== 'join';
 }
