@@ -24,6 +24,10 @@ export class BatchReader {
     const e = o[i * OFFSET_STRIDE + slot + 1]!;
     return this.batch.events.flags[i]! & EVENT_FLAGS.escaped(slot) ? (JSON.parse(this.buf.toString('utf8', s, e)) as string) : this.buf.toString('utf8', s + 1, e - 1);
   }
+  /** The key of event `i`'s handler run (its ID; see `RunKeySource` in outbox.ts): its sends' transaction IDs derive from it. */
+  runKey(i: number): string {
+    return this.str(i, OFF.eventId) ?? '';
+  }
   /** The JSON text of event `i`, as received. */
   rawText(i: number): string {
     const o = this.batch.events.offsets;

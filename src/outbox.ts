@@ -102,8 +102,20 @@ export interface SendSlot {
   n: number;
 }
 
-/** The handler run running now: its slot's fields, `n` counting the sends it made so far. */
-type SendContext = SendSlot;
+/**
+ * Where a handler run's key comes from when the run sends: event `i` of a batch, its ID decoded only then (most
+ * handler runs send nothing, and a decode per event is a fair part of the main thread's cost per event).
+ */
+export interface RunKeySource {
+  /** The key of the run of event `i`. */
+  runKey(i: number): string;
+}
+
+/** The handler run running now: its slot's fields, `n` counting the sends it made so far; `key` read from `source` at the first send. */
+interface SendContext extends SendSlot {
+  source: RunKeySource | null;
+  index: number;
+}
 
 const context = new AsyncLocalStorage<SendContext>();
 
@@ -117,24 +129,31 @@ const context = new AsyncLocalStorage<SendContext>();
  * within their synchronous part, which a plain variable covers for free.
  */
 export function laneScope<T>(fn: () => T): T {
-  return context.run({ key: '', room: undefined, n: 0 }, fn);
+  return context.run({ key: '', room: undefined, n: 0, source: null, index: 0 }, fn);
 }
 
 /** The handler run whose synchronous part is running now, outside any lane scope. */
 let syncRun: SendContext | null = null;
+/** What `syncRun` points to while set: one object for every run (a slot copies what it needs). */
+const syncContext: SendContext = { key: '', room: undefined, n: 0, source: null, index: 0 };
 
 /**
- * Marks the start of the handler run for `key` (the triggering event ID) of an event in `room`: in the current
- * lane's context, or, outside a lane scope, for the synchronous part of the call only (until
- * {@link endHandlerSyncPart}).
+ * Marks the start of the handler run for `key` (the triggering event ID, or event `index` of `key` as a
+ * {@link RunKeySource}) of an event in `room`: in the current lane's context, or, outside a lane scope, for the
+ * synchronous part of the call only (until {@link endHandlerSyncPart}).
  */
-export function beginHandlerRun(key: string, room?: string): void {
-  const c = context.getStore();
-  if (c) {
+export function beginHandlerRun(key: string | RunKeySource, room?: string, index = 0): void {
+  const c = context.getStore() ?? (syncRun = syncContext);
+  if (typeof key === 'string') {
     c.key = key;
-    c.room = room;
-    c.n = 0;
-  } else syncRun = { key, room, n: 0 };
+    c.source = null;
+  } else {
+    c.key = '';
+    c.source = key;
+    c.index = index;
+  }
+  c.room = room;
+  c.n = 0;
 }
 
 /**
@@ -145,7 +164,12 @@ export function beginHandlerRun(key: string, room?: string): void {
  */
 export function claimSendSlot(): SendSlot | null {
   const c = context.getStore() ?? syncRun;
-  if (!c || c.key === '') return null;
+  if (!c) return null;
+  if (c.source) {
+    c.key = c.source.runKey(c.index);
+    c.source = null;
+  }
+  if (c.key === '') return null;
   return { key: c.key, room: c.room, n: c.n++ };
 }
 

@@ -171,7 +171,7 @@ export class Delivery {
     if (!wantKind && !anyEvent) return null;
     // The handler run is keyed by its event: sends it makes get transaction IDs derived from it (idempotent replays).
     return (done) => {
-      beginHandlerRun(r.str(i, OFF.eventId) ?? '', roomId);
+      beginHandlerRun(r, roomId, i); // the event ID is decoded only if the handler sends
       try {
         return settle(this.deliver(r, i, roomId, wantKind ? kind : null, anyEvent), done);
       } finally {

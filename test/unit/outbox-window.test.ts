@@ -9,7 +9,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
-import { beginHandlerRun, claimSendSlot, laneScope, Outbox, type OutboxOp } from '../../src/outbox.ts';
+import { beginHandlerRun, claimSendSlot, endHandlerSyncPart, laneScope, Outbox, type OutboxOp } from '../../src/outbox.ts';
 
 /** An attempt the test has not answered yet. */
 interface Pending {
@@ -155,4 +155,28 @@ test('the transaction ID comes from the handler run that called the send, even w
   });
   assert.equal(await rerun, '$late');
   assert.equal(started.length, 1, 'no second attempt');
+});
+
+test("a run keyed by a batch's event decodes its key only at its first send, once, in a lane scope and outside one", async () => {
+  let reads = 0;
+  const source = { runKey: (i: number) => (reads++, `$event${i}`) };
+  // Outside a lane scope (synchronous handlers): the synchronous part of the run.
+  beginHandlerRun(source, '!a', 3);
+  assert.equal(reads, 0, 'nothing decoded before a send');
+  assert.deepEqual(claimSendSlot(), { key: '$event3', room: '!a', n: 0 });
+  assert.deepEqual(claimSendSlot(), { key: '$event3', room: '!a', n: 1 });
+  assert.equal(reads, 1);
+  beginHandlerRun(source, '!a', 4); // a run that sends nothing
+  beginHandlerRun('$plain', '!b');
+  assert.deepEqual(claimSendSlot(), { key: '$plain', room: '!b', n: 0 }, 'a string key replaces an unread source');
+  assert.equal(reads, 1);
+  endHandlerSyncPart();
+  assert.equal(claimSendSlot(), null, 'after the synchronous part, outside a scope: no run');
+  // In a lane scope (async handlers): the run's context holds it across awaits.
+  await laneScope(async () => {
+    beginHandlerRun(source, '!c', 5);
+    await Promise.resolve();
+    assert.deepEqual(claimSendSlot(), { key: '$event5', room: '!c', n: 0 });
+    assert.equal(reads, 2);
+  });
 });
