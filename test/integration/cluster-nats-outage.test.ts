@@ -9,22 +9,11 @@
  * Knobs (env): HC_CLUSTER_MESSAGES (300: half of it goes out here).
  */
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import { type NatsServer, startNats } from '../harness/nats.ts';
-import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
-import { partitionOf } from '../../src/cluster/wire.ts';
-import { type BotLine, clusterLogger, describeCluster } from '../helpers/fault-stream.ts';
-import { checkHandled, checkOneReplyEach, waitAllReplied, CLUSTER_MESSAGES, clusterName, type SentMessage, sendOverRooms, startClusterBot } from '../helpers/cluster.ts';
-import { newBot, newPeer, tempDataDir, waitUntil } from './util.ts';
+import { test } from 'node:test';
+import { checkHandled, checkOneReplyEach, waitAllHandled, waitAllReplied, CLUSTER_MESSAGES, clusterServers, ingestWithWorkers, type SentMessage, sendOverRooms } from '../helpers/cluster.ts';
+import { newPeer, waitUntil } from './util.ts';
 
-let hs: Homeserver;
-let nats: NatsServer;
-before(async () => {
-  [hs, nats] = await Promise.all([testHomeserver(), startNats()]);
-});
-after(async () => {
-  await Promise.all([hs?.stop(), nats?.stop()]);
-});
+const servers = clusterServers();
 
 const ROOMS_PER_SET = 4;
 const PARTITIONS = 8;
@@ -35,12 +24,8 @@ const PER_SET = Math.round(CLUSTER_MESSAGES / 6);
 
 test(`NATS down longer than the lease (${LEASE_TTL_MS} ms): the ingest stands by, leads again, nothing lost`, { timeout: 120_000 }, async (t) => {
   const t0 = Date.now();
-  const name = clusterName();
-  const lines: BotLine[] = [];
-  const bot = await newBot(t, hs, { encryption: false, logger: clusterLogger('ingest', lines), cluster: { servers: nats.url, name, role: 'ingest', partitions: PARTITIONS, ackWaitMs: 2_000, leaseTtlMs: LEASE_TTL_MS } });
-  await bot.client.run(bot.token);
-  const workers = ['w0', 'w1'].map((run) => startClusterBot(t, run, { HC_TOKEN: bot.token, HC_DIR: tempDataDir(t), HC_NATS: nats.url, HC_NAME: name }, lines));
-  await Promise.all(workers.map((w) => w.waitFor((l) => l.kind === 'ready', `worker ${w.run} ready`, 60_000)));
+  const { hs, nats } = servers;
+  const { bot, lines } = await ingestWithWorkers(t, servers, { partitions: PARTITIONS, leaseTtlMs: LEASE_TTL_MS });
 
   const peer = await newPeer(hs);
   const roomSet = () => Promise.all(Array.from({ length: ROOMS_PER_SET }, () => peer.createRoom({ invite: [bot.user.userId] })));
@@ -63,16 +48,7 @@ test(`NATS down longer than the lease (${LEASE_TTL_MS} ms): the ingest stands by
   const sentLate = await sendOverRooms(peer, late, PER_SET, 5);
   const sent = [...(await sendingEarly), ...sentDuring, ...sentLate];
 
-  const seen = () => new Set(lines.filter((l) => l.kind === 'message' && workers.some((w) => w.run === l.run)).map((l) => l.eventId));
-  await waitUntil(() => {
-    const s = seen();
-    return sent.every((m) => s.has(m.eventId));
-  }, 60_000, 'every message handled').catch(async (err: Error) => {
-    const s = seen();
-    const missing = sent.filter((m) => !s.has(m.eventId)).map((m) => ({ body: m.body, partition: partitionOf(m.roomId, PARTITIONS) }));
-    const health = await bot.client.health().catch((e: Error) => e.message);
-    throw new Error(`${err.message}\n${describeCluster(lines, missing, { ingestHealth: health, ingestErrors: bot.errors.map((e) => `${e.code}: ${e.message}`) })}`);
-  });
+  await waitAllHandled(lines, sent, ['w0', 'w1'], PARTITIONS, bot, 60_000);
   await waitAllReplied(lines, sent, 30_000);
   assert.ok(outageMs > LEASE_TTL_MS, `the outage (${outageMs} ms) outlasted the lease`);
   assert.equal((await bot.client.health()).state, 'running', 'the same client leads again');
