@@ -43,8 +43,9 @@ test(`NATS down longer than the lease (${LEASE_TTL_MS} ms): the ingest stands by
     await waitUntil(() => ingestSaid('cluster: the ingest lost its lease'), 30_000, "the ingest's step-down");
     sentDuring = await sendOverRooms(peer, during, PER_SET, 5);
   }, 'SIGTERM');
-  const outageMs = Date.now() - downAt;
-  await waitUntil(() => ingestSaid('cluster: the ingest leads again'), 60_000, 'the ingest leading again');
+  const upAt = Date.now();
+  const outageMs = upAt - downAt;
+  const ledAgain = await waitUntil(() => ingestSaid('cluster: the ingest leads again'), 60_000, 'the ingest leading again');
   const sentLate = await sendOverRooms(peer, late, PER_SET, 5);
   const sent = [...(await sendingEarly), ...sentDuring, ...sentLate];
 
@@ -56,5 +57,6 @@ test(`NATS down longer than the lease (${LEASE_TTL_MS} ms): the ingest stands by
   assert.deepEqual(lines.filter((l) => l.kind === 'error' || l.kind === 'sendFailed'), []);
   await checkOneReplyEach(hs.baseUrl, peer.user.accessToken, bot.user.userId, sent);
   assert.deepEqual(bot.errors, []);
-  t.diagnostic(`wall time ${Date.now() - t0} ms; NATS down ${outageMs} ms; ${sent.length} messages; ${twice.size} handled twice`);
+  const steppedDownAt = ingestSaid('cluster: the ingest lost its lease')!.t;
+  t.diagnostic(`wall time ${Date.now() - t0} ms; NATS down ${outageMs} ms; stepped down ${steppedDownAt - downAt} ms after NATS stopped, led again ${ledAgain.t - upAt} ms after it was back; ${sent.length} messages; ${twice.size} handled twice`);
 });
