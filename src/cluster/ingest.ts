@@ -7,6 +7,7 @@
  * stream. It also answers the workers' requests: room state from the cache actor, encryption by the crypto actor
  * (the OlmMachine has one owner), presence, and the account's send budget (its outbox's pacer: one per account).
  * And it keeps the partitions' load in the lease bucket ({@link LoadReport}): what the workers share them by.
+ * Losing its lease, it steps down and stands by in the same process until it holds the lease again (stepDown).
  */
 import type { BatchReader } from '../events.ts';
 import { HalcyonError } from '../errors.ts';
@@ -114,7 +115,7 @@ export class IngestRole implements ClusterRole {
     const { lifecycle, opts } = this.core;
     for (;;) {
       // Not while standing by (another ingest may lead): the event waits, and goes once this one leads again.
-      if (this.regain) await this.regain;
+      while (this.regain) await this.regain;
       try {
         await this.broker.publish(p, msgId, data);
         if (this.failing) opts.logger.info({}, 'cluster: publishing to the stream again');

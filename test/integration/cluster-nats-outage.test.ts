@@ -1,7 +1,7 @@
 /**
  * Cluster mode, a NATS outage longer than the ingest's lease (real Synapse + real nats-server): the server is
  * stopped (SIGTERM) while an ingest (in this process) publishes a peer's messages to two worker processes, and
- * started again only once the ingest has lost its lease and stepped down. The ingest must stand by, take the lease
+ * started again only once the ingest has lost its lease, stepped down, and failed a first try to take it again. The ingest must stand by, take the lease
  * again and lead again in the same process (no restart), resuming from its since token and journal. Messages go to
  * three sets of rooms: one stream sent across the outage's start, one sent while the ingest stands by, one sent
  * after it leads again. Checked: every message handled by the workers, each room's messages first seen in timeline
@@ -38,9 +38,12 @@ test(`NATS down longer than the lease (${LEASE_TTL_MS} ms): the ingest stands by
   await waitUntil(() => handled() >= PER_SET / 3, 60_000, 'a third of the first set handled');
   const downAt = Date.now();
   let sentDuring: SentMessage[] = [];
-  // Down until the ingest has stepped down (its own warning), and while the peer sends the second set.
+  // Down until the ingest has stepped down and its first try to take the lease again failed (its own warnings:
+  // the try waits out nats.js's request timeout, so NATS stays down well past the TTL), and while the peer sends
+  // the second set.
   await nats.restart(async () => {
     await waitUntil(() => ingestSaid('cluster: the ingest lost its lease'), 30_000, "the ingest's step-down");
+    await waitUntil(() => ingestSaid('cluster: cannot reach the lease bucket'), 30_000, "the standby's first try failing");
     sentDuring = await sendOverRooms(peer, during, PER_SET, 5);
   }, 'SIGTERM');
   const upAt = Date.now();
