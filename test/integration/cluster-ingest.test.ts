@@ -96,6 +96,8 @@ test('an ingest whose lease another process wrote steps down, stays standby whil
   otherHolds(true);
   await waitUntil(() => said('cluster: another ingest holds the lease; standing by') >= 1, 30_000, 'the ingest standing by');
   assert.equal(said('cluster: the ingest lost its lease'), 1);
+  // Its actors stop (a moment after the step-down): not ok, as it does not sync; still running.
+  await waitUntil(() => bot.client.health().then((h) => h.sync === null && !h.ok), 10_000, 'the standby not syncing');
   assert.equal((await bot.client.health()).state, 'running', 'run() goes on: the client does not stop');
   otherHolds(false); // its key expires after the TTL: the ingest takes it
   await waitUntil(() => said('cluster: the ingest leads again') >= 1, 30_000, 'the ingest leading again');
