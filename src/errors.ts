@@ -50,7 +50,7 @@ export const ERROR_CODES = {
   HALCYON_DECRYPT_UNTRUSTED: 'An encrypted event was refused because its sender device does not meet the `trust` option (e.g. not cross-signed by its owner under the default `signed`); it was skipped.',
   HALCYON_VERIFICATION_REFUSED: 'A verification request came from a user `verification.from` does not allow; it was cancelled (m.user).',
   HALCYON_VERIFICATION_CANCELLED: 'A verification ended without success: cancelled by either side (see the message for the cancel code), timed out, or the SAS did not match.',
-  HALCYON_CLUSTER: 'Cluster mode: NATS could not be reached or refused (connect, stream, lease), no ingest answered a worker\'s request, or the ingest lost its lease and stopped.',
+  HALCYON_CLUSTER: 'Cluster mode: NATS could not be reached or refused (connect, stream, lease), no ingest answered a worker\'s request, or the ingest lost its lease while starting (or with inline actors) and stopped.',
 } as const;
 
 /** One of the documented error codes. */

@@ -562,6 +562,32 @@ export function seg(s: string): string {
   return encodeURIComponent(s);
 }
 
+/** `p`, or a rejection with `HALCYON_STOPPED` as soon as one of the signals aborts. */
+export function unlessAborted<T>(p: Promise<T>, signals: Array<AbortSignal | undefined>): Promise<T> {
+  const live = signals.filter((s): s is AbortSignal => s !== undefined);
+  if (live.some((s) => s.aborted)) return Promise.reject(new HalcyonError('HALCYON_STOPPED', 'stopped'));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => {
+      done();
+      reject(new HalcyonError('HALCYON_STOPPED', 'stopped'));
+    };
+    const done = () => {
+      for (const s of live) s.removeEventListener('abort', onAbort);
+    };
+    for (const s of live) s.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => {
+        done();
+        resolve(v);
+      },
+      (e: unknown) => {
+        done();
+        reject(e);
+      },
+    );
+  });
+}
+
 /**
  * A deadline signal whose timer is cleared when the request is over. `AbortSignal.timeout` cannot be cancelled: each
  * finished request's signal (and whatever listens to it) stayed alive until its 30 s passed — 600 requests' worth at

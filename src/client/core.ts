@@ -11,7 +11,7 @@ import type { MentionsContent } from '../edits.ts';
 import { Dispatcher } from '../dispatcher.ts';
 import { HalcyonError } from '../errors.ts';
 import type { RoomActions } from '../events.ts';
-import { MatrixHttp } from '../http.ts';
+import { MatrixHttp, unlessAborted } from '../http.ts';
 import { Media } from '../media.ts';
 import { gatherMemory, holdMainHeapTrim, type MemoryReport, type OldGeneration, type TrimInfo } from '../memory.ts';
 import { traceStartup } from '../actors.ts';
@@ -91,7 +91,12 @@ export class ClientCore {
       actors: this.actors,
       running: () => this.state === 'running',
       lifecycle: () => this.lifecycle.signal,
-      start: () => this.actors.start(this.session!),
+      start: async () => {
+        // A cluster ingest that stepped down starts its actors, and serves its workers, only once it leads again.
+        await this.cluster?.leading();
+        await this.actors.start(this.session!);
+        this.cluster?.running();
+      },
       report: (err) => this.bus.emitError(err),
       fail: (err) => this.fail(err),
       warn: (obj, msg) => opts.logger.warn(obj, msg),
@@ -404,30 +409,4 @@ export class BoundedMap<K, V> extends Map<K, V> {
     if (this.size > this.max) this.delete(this.keys().next().value!);
     return this;
   }
-}
-
-/** `p`, or a rejection with `HALCYON_STOPPED` as soon as one of the signals aborts. */
-function unlessAborted<T>(p: Promise<T>, signals: Array<AbortSignal | undefined>): Promise<T> {
-  const live = signals.filter((s): s is AbortSignal => s !== undefined);
-  if (live.some((s) => s.aborted)) return Promise.reject(new HalcyonError('HALCYON_STOPPED', 'stopped'));
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => {
-      done();
-      reject(new HalcyonError('HALCYON_STOPPED', 'stopped'));
-    };
-    const done = () => {
-      for (const s of live) s.removeEventListener('abort', onAbort);
-    };
-    for (const s of live) s.addEventListener('abort', onAbort, { once: true });
-    p.then(
-      (v) => {
-        done();
-        resolve(v);
-      },
-      (e: unknown) => {
-        done();
-        reject(e);
-      },
-    );
-  });
 }

@@ -3,6 +3,8 @@
  * keeps starting polls, and a dead or stuck set of actors is stopped and started again after 1 s, 2 s, 4 s, ...
  * Handlers and sends go on meanwhile; the restarted sync actor posts the journal's unfinished batches again and
  * main merges them with what it runs. More than {@link MAX_RESTARTS} restarts within 5 minutes stop the client.
+ * A cluster ingest that lost its lease has its actors stopped and started the same way ({@link Supervisor.standBy}):
+ * one owner of the actor set for both, so a step-down and an actor restart never run side by side.
  */
 import { HalcyonError } from '../errors.ts';
 import { delay } from '../http.ts';
@@ -23,7 +25,7 @@ export interface SupervisorDeps {
   running(): boolean;
   /** Aborted when the client stops: ends a restart's wait. */
   lifecycle(): AbortSignal;
-  /** Starts a new set of actors. */
+  /** Starts a new set of actors (a cluster ingest's once it holds the lease). */
   start(): Promise<void>;
   /** Reports a problem that does not stop the client (the `error` event). */
   report(err: HalcyonError): void;
@@ -67,19 +69,47 @@ export class Supervisor {
     this.times.push(now);
     d.report(err);
     const wait = 1000 * 2 ** (this.times.length - 1);
-    this.restarting = (async () => {
-      await d.actors.stop(false, (e, what) => d.warn(e, what));
+    this.cycle(async () => {
       await delay(wait, d.lifecycle());
       if (!d.running()) return;
       await d.start();
       d.warn({ after: err.code }, 'actors restarted');
+    });
+  }
+
+  /**
+   * Stops the actors and starts them again, after a restart in progress if any: a cluster ingest that lost its
+   * lease stands by so (`start` waits until it holds the lease again, which may be never). Not a failure: neither
+   * counted nor reported. Inline actors cannot be stopped alone: the client fails with `err`.
+   */
+  standBy(err: HalcyonError): void {
+    const d = this.deps;
+    if (!d.running()) return;
+    if (d.opts.threads === 'inline') return d.fail(err);
+    this.cycle(async () => {
+      if (d.running()) await d.start();
+    });
+  }
+
+  /**
+   * Stops the actors, then runs `then` (which starts them again): the one restart in progress, queued behind the
+   * one before it if any (it then stops the actors that one started). A failure of it stops the client.
+   */
+  private cycle(then: () => Promise<void>): void {
+    const d = this.deps;
+    const before = this.restarting;
+    const run = (async () => {
+      await before;
+      await d.actors.stop(false, (e, what) => d.warn(e, what));
+      await then();
     })()
       .catch((e: HalcyonError) => {
         if (d.running()) d.fail(e);
       })
       .finally(() => {
-        this.restarting = null;
+        if (this.restarting === run) this.restarting = null;
       });
+    this.restarting = run;
   }
 
   /** Checks that the sync actor answers and keeps polling; restarts the actors if not. */

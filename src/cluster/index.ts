@@ -38,8 +38,13 @@ export interface ClusterRole {
   publishTask(r: BatchReader, i: number, roomId: string): HandlerTask | null;
   /** On a worker: the outbox's pacer, `local` wrapped to pace by the account's budget on the ingest; null on the ingest. */
   sharedPacer(local: Pacer): Pacer | null;
-  /** The client's actors run: the ingest starts answering the workers' requests. */
+  /** The client's actors run (again, after a restart): the ingest starts answering the workers' requests. */
   running(): void;
+  /**
+   * Resolves once this process may run its actors: at once, except on an ingest that lost its lease, where it
+   * waits until it holds the lease again (rejects with `HALCYON_STOPPED` when the client stops first).
+   */
+  leading(): Promise<void>;
   /** Ends the role: stops serving, gives the lease up, closes the connection. */
   close(): Promise<void>;
 }

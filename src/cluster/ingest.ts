@@ -7,6 +7,7 @@
  * stream. It also answers the workers' requests: room state from the cache actor, encryption by the crypto actor
  * (the OlmMachine has one owner), presence, and the account's send budget (its outbox's pacer: one per account).
  * And it keeps the partitions' load in the lease bucket ({@link LoadReport}): what the workers share them by.
+ * Losing its lease, it steps down and stands by in the same process until it holds the lease again (stepDown).
  */
 import type { BatchReader } from '../events.ts';
 import { HalcyonError } from '../errors.ts';
@@ -40,7 +41,12 @@ export class IngestRole implements ClusterRole {
   private unserve: (() => void) | null = null;
   /** Publishes are failing (NATS unreachable): told once until one succeeds again. */
   private failing = false;
-  private readonly load: LoadReport;
+  private load: LoadReport;
+  /** While this ingest stands by after losing its lease: its wait to hold it again (null while it leads). */
+  private regain: Promise<void> | null = null;
+  /** It stepped down since it last started serving: it says so when it leads again. */
+  private steppedDown = false;
+  private closed = false;
 
   constructor(
     private readonly core: ClientCore,
@@ -49,12 +55,41 @@ export class IngestRole implements ClusterRole {
     private readonly lease: Lease,
   ) {
     this.load = new LoadReport(broker, partitions, core.opts.logger);
-    lease.onLost((why) => {
-      // At once, before the stop drains: the next leader's crypto actor must be the only one encrypting.
-      this.unserve?.();
-      this.unserve = null;
-      core.fail(new HalcyonError('HALCYON_CLUSTER', `the ingest lost its lease (${why}); it stops so that another can take over`));
-    });
+    lease.onLost((why) => this.stepDown(why));
+  }
+
+  /**
+   * The lease is lost (NATS away for most of its TTL, or another process wrote the key). At once this ingest stops
+   * serving (the next leader's crypto actor must be the only one encrypting), publishing, and syncing: the
+   * supervisor stops its actors (the next leader's sync actor must be the only one) and starts them again only
+   * once {@link leading} resolves, when this process holds the lease again. They resume from the stored since token
+   * and the journal; publishes that were waiting go on then. If another ingest took the lease meanwhile, this one
+   * stays standby until that one goes. Only a client still starting (or with inline actors) stops instead.
+   */
+  private stepDown(why: string): void {
+    const core = this.core;
+    this.unserve?.();
+    this.unserve = null;
+    this.load.close();
+    if (this.closed) return;
+    this.load = new LoadReport(this.broker, this.partitions, core.opts.logger);
+    const err = new HalcyonError('HALCYON_CLUSTER', `the ingest lost its lease (${why}); it stops so that another can take over`);
+    if (core.state !== 'running') return core.fail(err);
+    core.opts.logger.warn({ why }, 'cluster: the ingest lost its lease; it stops leading and stands by until it holds the lease again');
+    this.steppedDown = true;
+    const regain = this.lease.acquire(core.lifecycle.signal);
+    this.regain = regain;
+    regain.then(
+      () => {
+        if (this.regain === regain) this.regain = null;
+      },
+      () => {}, // the client stopped: whoever waits on it sees the rejection
+    );
+    core.supervisor.standBy(err);
+  }
+
+  leading(): Promise<void> {
+    return this.regain ?? Promise.resolve();
   }
 
   sharedPacer(): null {
@@ -79,6 +114,8 @@ export class IngestRole implements ClusterRole {
   private async publish(p: number, msgId: string, data: Uint8Array): Promise<void> {
     const { lifecycle, opts } = this.core;
     for (;;) {
+      // Not while standing by (another ingest may lead): the event waits, and goes once this one leads again.
+      while (this.regain) await this.regain;
       try {
         await this.broker.publish(p, msgId, data);
         if (this.failing) opts.logger.info({}, 'cluster: publishing to the stream again');
@@ -95,6 +132,8 @@ export class IngestRole implements ClusterRole {
   }
 
   running(): void {
+    if (this.steppedDown) this.core.opts.logger.info({}, 'cluster: the ingest leads again; it resumes from its since token and journal');
+    this.steppedDown = false;
     this.unserve ??= this.broker.serve((method, body) => this.answer(method as keyof ClusterRpc, body));
     this.load.open(this.core.lifecycle.signal);
   }
@@ -141,6 +180,7 @@ export class IngestRole implements ClusterRole {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     this.load.close();
     this.unserve?.();
     this.unserve = null;

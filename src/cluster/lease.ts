@@ -10,7 +10,7 @@
  * for 80% of the TTL counted from the *sending* of its last successful renewal: the key cannot have expired on
  * the server before then, so a standby cannot have taken over while the holder still believed it held the lease.
  */
-import { delay } from '../http.ts';
+import { delay, unlessAborted } from '../http.ts';
 import type { Logger } from '../log.ts';
 import type { LeaseStore } from './nats.ts';
 
@@ -51,19 +51,32 @@ export class Lease {
     return this.timer !== null;
   }
 
-  /** Waits until this process holds the lease (at once when nobody does); rejects with `HALCYON_STOPPED` on abort. */
+  /**
+   * Waits until this process holds the lease (at once when nobody does); rejects with `HALCYON_STOPPED` on abort,
+   * at once even while an attempt is out (a lease that attempt takes after all is given up again).
+   */
   async acquire(signal: AbortSignal): Promise<void> {
     let told = false;
+    let unreachable = false;
     for (;;) {
-      const got = await this.tryAcquire().catch((err: unknown) => {
-        this.logger.warn({ err: (err as Error).message }, 'cluster: cannot reach the lease bucket; trying again');
-        return false;
+      const attempt = this.tryAcquire().catch((err: unknown) => {
+        // Once per outage: a standby tries every pollMs for as long as NATS is away.
+        if (!unreachable) this.logger.warn({ err: (err as Error).message }, 'cluster: cannot reach the lease bucket; trying again');
+        unreachable = true;
+        return null;
       });
+      const got = await unlessAborted(attempt, [signal]).catch((err: unknown) => {
+        void attempt.then((took) => {
+          if (took) void this.release().catch(() => {});
+        });
+        throw err;
+      });
+      if (got !== null) unreachable = false;
       if (got) {
         this.logger.info({ holder: this.holder }, 'cluster: this process holds the ingest lease');
         return;
       }
-      if (!told) {
+      if (got === false && !told) {
         told = true;
         const holder = await this.store.get(this.key).catch(() => null);
         this.logger.info({ holder }, 'cluster: another ingest holds the lease; standing by');
@@ -84,7 +97,7 @@ export class Lease {
     return true;
   }
 
-  /** Called once if the lease is lost (see the module comment). */
+  /** Called each time the lease is lost (see the module comment); {@link acquire} may take it again. */
   onLost(cb: (why: string) => void): void {
     this.lostCb = cb;
   }

@@ -94,6 +94,10 @@ export class WorkerRole implements ClusterRole {
 
   running(): void {}
 
+  leading(): Promise<void> {
+    return Promise.resolve();
+  }
+
   async close(): Promise<void> {
     await this.broker.close();
   }

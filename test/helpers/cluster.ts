@@ -7,11 +7,13 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import type { TestContext } from 'node:test';
+import { after, before, type TestContext } from 'node:test';
 import { partitionOf } from '../../src/cluster/wire.ts';
+import { type NatsServer, startNats } from '../harness/nats.ts';
 import type { Peer } from '../harness/peer.ts';
-import { defer, waitUntil } from '../integration/util.ts';
-import { type BotLine, type BotProcess, repliesInRoom, startFaultBot } from './fault-stream.ts';
+import { type Homeserver, testHomeserver } from '../harness/synapse.ts';
+import { type Bot, defer, newBot, tempDataDir, waitUntil } from '../integration/util.ts';
+import { type BotLine, type BotProcess, clusterLogger, describeCluster, repliesInRoom, startFaultBot } from './fault-stream.ts';
 
 const SCRIPT = join(import.meta.dirname, '..', 'fixtures', 'cluster-bot.ts');
 
@@ -28,6 +30,37 @@ export function startClusterBot(t: TestContext, run: string, env: Record<string,
   const b = startFaultBot(run, env, sink, SCRIPT);
   defer(t, () => b.kill9());
   return b;
+}
+
+/** A Synapse and a nats-server for a test file: started before its tests, stopped after them (read inside a test). */
+export function clusterServers(): { hs: Homeserver; nats: NatsServer } {
+  const servers = {} as { hs: Homeserver; nats: NatsServer };
+  before(async () => {
+    [servers.hs, servers.nats] = await Promise.all([testHomeserver(), startNats()]);
+  });
+  after(async () => {
+    await Promise.all([servers.hs?.stop(), servers.nats?.stop()]);
+  });
+  return servers;
+}
+
+/**
+ * A bot without encryption on a fresh account, on a fresh cluster: its ingest running in this process, and two
+ * worker processes (runs w0, w1) ready. `lines` gets the workers' lines and the ingest's `cluster:` log lines (run
+ * `ingest`).
+ */
+export async function ingestWithWorkers(
+  t: TestContext,
+  { hs, nats }: { hs: Homeserver; nats: NatsServer },
+  cluster: { partitions: number; leaseTtlMs: number },
+): Promise<{ bot: Bot; workers: BotProcess[]; lines: BotLine[] }> {
+  const lines: BotLine[] = [];
+  const name = clusterName();
+  const bot = await newBot(t, hs, { encryption: false, logger: clusterLogger('ingest', lines), cluster: { servers: nats.url, name, role: 'ingest', ackWaitMs: 2_000, ...cluster } });
+  await bot.client.run(bot.token);
+  const workers = ['w0', 'w1'].map((run) => startClusterBot(t, run, { HC_TOKEN: bot.token, HC_DIR: tempDataDir(t), HC_NATS: nats.url, HC_NAME: name }, lines));
+  await Promise.all(workers.map((w) => w.waitFor((l) => l.kind === 'ready', `worker ${w.run} ready`, 60_000)));
+  return { bot, workers, lines };
 }
 
 /** A message the peer sent: its room, its place in the room, its body and event ID. */
@@ -91,6 +124,29 @@ export function checkHandled(lines: BotLine[], sent: SentMessage[], survivors: S
     nextIndex.set(s.roomId, expected + 1);
   }
   return { twice, firstRedelivered };
+}
+
+/** What {@link waitAllHandled} says of the ingest (in the test's process) when it times out. */
+interface IngestBot {
+  client: { health(): Promise<unknown> };
+  errors: { code: string; message: string }[];
+}
+
+/**
+ * Resolves once every message of `sent` was handled by one of the `workers` (runs); on a timeout, rejects with the
+ * cluster's story (describeCluster): the messages missing by partition, the ingest's health and errors.
+ */
+export async function waitAllHandled(lines: BotLine[], sent: SentMessage[], workers: string[], partitions: number, ingest: IngestBot, timeoutMs: number): Promise<void> {
+  const seen = () => new Set(lines.filter((l) => l.kind === 'message' && workers.includes(l.run)).map((l) => l.eventId));
+  await waitUntil(() => {
+    const s = seen();
+    return sent.every((m) => s.has(m.eventId));
+  }, timeoutMs, 'every message handled').catch(async (err: Error) => {
+    const s = seen();
+    const missing = sent.filter((m) => !s.has(m.eventId)).map((m) => ({ body: m.body, partition: partitionOf(m.roomId, partitions) }));
+    const health = await ingest.client.health().catch((e: Error) => e.message);
+    throw new Error(`${err.message}\n${describeCluster(lines, missing, { ingestHealth: health, ingestErrors: ingest.errors.map((e) => `${e.code}: ${e.message}`) })}`);
+  });
 }
 
 /** Resolves once every `ping` of `sent` has a `replied` line (a redelivered ping's second reply line does not count twice). */

@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
 import { Lease } from '../../src/cluster/lease.ts';
+import type { HalcyonError } from '../../src/errors.ts';
 import type { LeaseStore } from '../../src/cluster/nats.ts';
 
 const TTL = 10_000;
@@ -23,6 +24,8 @@ interface FakeStore {
   /** When > 0: each write is stored at once, its answer comes this much later (a loaded machine). */
   slowMs: number;
   updates: number;
+  /** The key expires on the server (its TTL passed without a write). */
+  expire(): void;
   answer<T>(fn: () => T): Promise<T>;
   store: LeaseStore;
 }
@@ -34,6 +37,7 @@ function fakeStore(): FakeStore {
     down: false,
     slowMs: 0,
     updates: 0,
+    expire: () => void (value = null),
     answer<T>(fn: () => T): Promise<T> {
       if (s.slowMs > 0) {
         const v = fn();
@@ -126,4 +130,47 @@ test('Lease: answers slower than a renewal tick still renew it (a loaded machine
   assert.equal(lease.held, true);
   await lease.release();
   assert.equal(await s.store.get('k'), null, 'released by the newest revision');
+});
+
+test('Lease: lost to an outage past its TTL, taken again by acquire once NATS is back and the key expired; lost again, again', async (t) => {
+  t.mock.timers.enable({ apis: ['setInterval', 'setTimeout', 'Date'], now: 0 });
+  const s = fakeStore();
+  const { lease, lost } = await heldLease(s);
+  for (let round = 1; round <= 2; round++) {
+    s.down = true;
+    await advance(t, TTL + TTL / 6);
+    assert.equal(lost.length, round, `round ${round}: stepped down`);
+    const again = lease.acquire(new AbortController().signal);
+    let held = false;
+    void again.then(() => (held = true));
+    await advance(t, TTL); // still down: tries, fails, tries again
+    assert.equal(held, false);
+    s.down = false;
+    await advance(t, 2 * TTL); // NATS back, the old key not yet expired on the server: a standby's tries fail
+    assert.equal(held, false);
+    s.expire();
+    await advance(t, 2_000);
+    assert.equal(held, true, `round ${round}: held again`);
+    assert.equal(lease.held, true);
+  }
+  lease.abandon();
+});
+
+test('Lease: acquire aborted while an attempt is out rejects at once; a lease that attempt takes after all is given up', async (t) => {
+  t.mock.timers.enable({ apis: ['setInterval', 'setTimeout', 'Date'], now: 0 });
+  const s = fakeStore();
+  const lease = new Lease(s.store, TTL, 'me', quiet);
+  s.slowMs = JS_DEFAULT_TIMEOUT_MS; // the create is stored at once, its answer comes late
+  const stop = new AbortController();
+  const acquiring = lease.acquire(stop.signal);
+  await advance(t, 100);
+  let outcome = 'pending';
+  acquiring.catch((e: HalcyonError) => (outcome = e.code));
+  stop.abort();
+  await advance(t, 50);
+  assert.equal(outcome, 'HALCYON_STOPPED', 'rejected at once, not after the attempt');
+  assert.equal(await s.store.get('k'), 'me', 'the attempt took it on the server');
+  await advance(t, JS_DEFAULT_TIMEOUT_MS);
+  assert.equal(await s.store.get('k'), null, 'given up once its answer came');
+  assert.equal(lease.held, false);
 });
