@@ -6,6 +6,7 @@
 import { createRequire } from 'node:module';
 import { Readable } from 'node:stream';
 import type * as Undici from 'undici';
+import { delay } from './abort.ts';
 import { HalcyonError } from './errors.ts';
 import { lazyModule, resolveModule } from './lazy-require.ts';
 
@@ -541,51 +542,9 @@ function redactPath(path: string): string {
   return q < 0 ? path : path.slice(0, q);
 }
 
-/** Resolves after `ms`, or rejects with `HALCYON_STOPPED` when `signal` aborts first. */
-export function delay(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(new HalcyonError('HALCYON_STOPPED', 'stopped'));
-    const t = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(t);
-      reject(new HalcyonError('HALCYON_STOPPED', 'stopped'));
-    };
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
-}
-
 /** Percent-encodes one path segment (room IDs, event IDs, user IDs, aliases). */
 export function seg(s: string): string {
   return encodeURIComponent(s);
-}
-
-/** `p`, or a rejection with `HALCYON_STOPPED` as soon as one of the signals aborts. */
-export function unlessAborted<T>(p: Promise<T>, signals: Array<AbortSignal | undefined>): Promise<T> {
-  const live = signals.filter((s): s is AbortSignal => s !== undefined);
-  if (live.some((s) => s.aborted)) return Promise.reject(new HalcyonError('HALCYON_STOPPED', 'stopped'));
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => {
-      done();
-      reject(new HalcyonError('HALCYON_STOPPED', 'stopped'));
-    };
-    const done = () => {
-      for (const s of live) s.removeEventListener('abort', onAbort);
-    };
-    for (const s of live) s.addEventListener('abort', onAbort, { once: true });
-    p.then(
-      (v) => {
-        done();
-        resolve(v);
-      },
-      (e: unknown) => {
-        done();
-        reject(e);
-      },
-    );
-  });
 }
 
 /**

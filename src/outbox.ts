@@ -22,7 +22,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { createHash, randomBytes } from 'node:crypto';
 import { HalcyonError, isTransient } from './errors.ts';
-import { delay } from './http.ts';
+import { delay } from './abort.ts';
 import { AdaptivePacer, FixedPacer, type LearnedPacing, type Pacer } from './pacing.ts';
 import { type Database, kvGet, kvSet, openDatabase } from './store.ts';
 

@@ -7,7 +7,7 @@
  * one owner of the actor set for both, so a step-down and an actor restart never run side by side.
  */
 import { HalcyonError } from '../errors.ts';
-import { delay } from '../http.ts';
+import { delay } from '../abort.ts';
 import type { Actors } from './actors.ts';
 import type { ResolvedOptions } from './options.ts';
 

@@ -12,7 +12,7 @@
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { HalcyonError } from '../errors.ts';
-import { delay } from '../http.ts';
+import { delay } from '../abort.ts';
 import type { BatchReader } from '../events.ts';
 import type { Logger } from '../log.ts';
 import type { ActorStrategy } from '../client/actors.ts';

@@ -11,7 +11,7 @@
  */
 import type { BatchReader } from '../events.ts';
 import { HalcyonError } from '../errors.ts';
-import { delay } from '../http.ts';
+import { delay } from '../abort.ts';
 import type { ClientCore } from '../client/core.ts';
 import type { HandlerTask } from '../client/delivery.ts';
 import { isRoomEncrypted } from '../client/messages.ts';

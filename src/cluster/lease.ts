@@ -10,7 +10,7 @@
  * for 80% of the TTL counted from the *sending* of its last successful renewal: the key cannot have expired on
  * the server before then, so a standby cannot have taken over while the holder still believed it held the lease.
  */
-import { delay, unlessAborted } from '../http.ts';
+import { delay, unlessAborted } from '../abort.ts';
 import type { Logger } from '../log.ts';
 import type { LeaseStore } from './nats.ts';
 

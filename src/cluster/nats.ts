@@ -13,7 +13,7 @@ import type { KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { lazyModule } from '../lazy-require.ts';
 import { fromWireError, HalcyonError, toWireError } from '../errors.ts';
-import { delay } from '../http.ts';
+import { delay } from '../abort.ts';
 import type { Logger } from '../log.ts';
 import type { ClusterRpc, ClusterRpcAnswer } from './wire.ts';
 import type { ResolvedCluster } from './options.ts';

@@ -21,7 +21,7 @@
  * ({@link OwnedPartition.resume}).
  */
 import { HalcyonError } from '../errors.ts';
-import { delay } from '../http.ts';
+import { delay } from '../abort.ts';
 import type { Logger } from '../log.ts';
 import type { Broker, Delivery } from './nats.ts';
 import { MAX_ACK_PENDING, PULL_EXPIRES_MS } from './nats.ts';

@@ -14,7 +14,8 @@
  * remaining batches first, skipping events marked done.
  */
 import { HalcyonError, toWireError, type WireError } from '../errors.ts';
-import { delay, MatrixHttp, type RequestOptions, seg } from '../http.ts';
+import { delay } from '../abort.ts';
+import { MatrixHttp, type RequestOptions, seg } from '../http.ts';
 import { collectGarbage, type Port, type Remote, traceStartup } from '../actors.ts';
 import { threadMemory } from '../memory.ts';
 import type {

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { HalcyonError } from '../../src/errors.ts';
-import { unlessAborted } from '../../src/http.ts';
+import { unlessAborted } from '../../src/abort.ts';
 import { Supervisor, type SupervisorDeps } from '../../src/client/supervisor.ts';
 
 /** A supervisor over fake actors: `calls` records stops and starts; a start waits until `lead()` is called. */
