@@ -64,11 +64,6 @@ export interface RequestOptions {
    * Error answers are read up to {@link ERROR_BODY_MAX_BYTES} whatever this says.
    */
   maxBytes?: number;
-  /**
-   * Read a 2xx body into a `SharedArrayBuffer`: posted to another thread, it is shared, not detached, so this thread
-   * can go on reading it (the sync actor hands a /sync body to main first and journals its bytes right after).
-   */
-  shared?: boolean;
 }
 
 /**
@@ -270,7 +265,7 @@ export class MatrixHttp {
         headersTimeout: timeoutMs,
         bodyTimeout: timeoutMs,
       });
-      const bytes = await answerBody(what, res, opts.maxBytes, opts.shared);
+      const bytes = await answerBody(what, res, opts.maxBytes);
       const text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8');
       if (res.statusCode >= 200 && res.statusCode < 300) return text;
       throw errorFromResponse(what, res.statusCode, text, res.headers['retry-after']);
@@ -358,7 +353,7 @@ export class MatrixHttp {
       });
       status = res.statusCode;
       retryAfterHeader = res.headers['retry-after'];
-      bytes = await answerBody(what, res, opts.maxBytes, opts.shared);
+      bytes = await answerBody(what, res, opts.maxBytes);
     } catch (err) {
       if (err instanceof HalcyonError) throw err;
       throw this.#transportError(what, err, opts.signal, deadline.aborted, timeoutMs);
@@ -391,10 +386,10 @@ export class MatrixHttp {
  * The body of an answer: a 2xx one up to `maxBytes` (default {@link DEFAULT_MAX_BYTES}), past which it fails; an
  * error one up to {@link ERROR_BODY_MAX_BYTES}, cut there (what was read still tells what happened).
  */
-function answerBody(what: string, res: { statusCode: number; headers: Record<string, string | string[] | undefined>; body: AsyncIterable<Uint8Array> }, maxBytes: number | undefined, shared = false): Promise<Uint8Array> {
+function answerBody(what: string, res: { statusCode: number; headers: Record<string, string | string[] | undefined>; body: AsyncIterable<Uint8Array> }, maxBytes: number | undefined): Promise<Uint8Array> {
   const ok = res.statusCode >= 200 && res.statusCode < 300;
   if (ok && maxBytes !== undefined && !(maxBytes >= 0)) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'maxBytes must be a number >= 0');
-  return ok ? readBody(what, res.body, res.headers['content-length'], maxBytes ?? DEFAULT_MAX_BYTES, false, shared) : readBody(what, res.body, undefined, ERROR_BODY_MAX_BYTES, true);
+  return ok ? readBody(what, res.body, res.headers['content-length'], maxBytes ?? DEFAULT_MAX_BYTES) : readBody(what, res.body, undefined, ERROR_BODY_MAX_BYTES, true);
 }
 
 /**
@@ -403,14 +398,12 @@ function answerBody(what: string, res: { statusCode: number; headers: Record<str
  * without one the chunks are counted as they come. With `cut`, the body is cut at the limit instead of failing.
  * With a Content-Length the chunks are copied into a buffer of that size as they come: gathering them and
  * concatenating at the end (what `arrayBuffer()` does) holds the body twice at its peak, 200 MB for a big
- * account's initial sync. With `shared`, the buffer is a `SharedArrayBuffer` (see {@link RequestOptions.shared}).
- * The caller destroys the body afterwards, whatever happened.
+ * account's initial sync. The caller destroys the body afterwards, whatever happened.
  */
-export async function readBody(what: string, body: AsyncIterable<Uint8Array>, contentLength: string | string[] | undefined, maxBytes: number, cut = false, shared = false): Promise<Uint8Array> {
+export async function readBody(what: string, body: AsyncIterable<Uint8Array>, contentLength: string | string[] | undefined, maxBytes: number, cut = false): Promise<Uint8Array> {
   const length = typeof contentLength === 'string' && /^\d+$/.test(contentLength) ? Number(contentLength) : NaN;
   if (length > maxBytes) throw tooLarge(what, `${length} bytes`, maxBytes);
-  const alloc = (n: number) => (shared ? new Uint8Array(new SharedArrayBuffer(n)) : new Uint8Array(n));
-  const out = alloc(length > 0 ? length : 0);
+  const out = new Uint8Array(length > 0 ? length : 0);
   const chunks: Uint8Array[] = [];
   let at = 0;
   for await (const chunk of body) {
@@ -430,7 +423,7 @@ export async function readBody(what: string, body: AsyncIterable<Uint8Array>, co
     if (at !== length) throw new Error(`the body ended after ${at} of its ${length} bytes`);
     return out;
   }
-  const joined = alloc(at);
+  const joined = new Uint8Array(at);
   let pos = 0;
   for (const c of chunks) {
     joined.set(c, pos);

@@ -170,11 +170,8 @@ export class SyncActor implements SyncActorApi {
         this.inFlightEvents += q.count;
       }
       const e = batch.events;
-      // Moved, not copied: the offset table changes owner, and so does the body unless it is shared (a fresh
-      // /sync body, which handOff journals after posting it); this actor is done with them.
-      const moved = [e.room.buffer, e.type.buffer, e.relType.buffer, e.ts.buffer, e.flags.buffer, e.offsets.buffer] as ArrayBuffer[];
-      if (!(batch.body.buffer instanceof SharedArrayBuffer)) moved.push(batch.body.buffer);
-      this.deps.events.post({ kind: 'batch', batch }, moved);
+      // Moved, not copied: the body and the offset table change owner; this actor is done with them.
+      this.deps.events.post({ kind: 'batch', batch }, [batch.body.buffer, e.room.buffer, e.type.buffer, e.relType.buffer, e.ts.buffer, e.flags.buffer, e.offsets.buffer] as ArrayBuffer[]);
     }
     // Batches kept back wait on disk, not in memory, but for the next ones to go up to KEEP_WAITING_BYTES: they
     // mostly wait only for main's acknowledgement already queued behind this turn, and reading one back (a file
@@ -317,7 +314,7 @@ export class SyncActor implements SyncActorApi {
     // A run's first sync whose timelines are not delivered (a fresh start's: as big as the account) is processed
     // as it arrives, its joined rooms' state applied slice by slice: never the whole body in memory.
     if (first && !deliverTimeline) return this.streamFirst(request);
-    const body = await this.http.bytes('GET', SYNC_PATH, { ...request, maxBytes: MAX_SYNC_BYTES, shared: true });
+    const body = await this.http.bytes('GET', SYNC_PATH, { ...request, maxBytes: MAX_SYNC_BYTES });
     if (first) traceStartup('first /sync received');
     this.polls++;
     this.lastSuccessAt = Date.now();
@@ -478,15 +475,19 @@ export class SyncActor implements SyncActorApi {
     // A lone batch that pump() posts at once (nothing queued before it, room in main) is journaled as posted:
     // one SQLite commit per batch on the way to main instead of two.
     const direct = !gap?.batch && this.queue.length === 0 && this.hasRoom(count);
-    if (direct && forHandlers && journaled.body.buffer instanceof SharedArrayBuffer) {
-      // Main gets it before its bytes are written (the post shares the body): writing megabytes is off the way to
-      // the first handler call. The hand-over mark keeps a crash in between honest (journal.ts); the meta is
-      // encoded first, as the post moves the columns away. Acks cannot come before the append: same task.
+    if (direct && forHandlers) {
+      // Main gets it before its bytes are written: writing megabytes (1–7 ms for 3 MB) is off the way to the first
+      // handler call. The post moves the body and the columns away, so the journal writes a copy of the body (a
+      // memcpy, ~0.3 ms for 3 MB; a SharedArrayBuffer instead cost main ~15 % more CPU per event: V8 decodes
+      // strings out of shared memory more slowly) and the meta encoded first. The hand-over mark keeps a crash in
+      // between honest (journal.ts). Acks cannot come before the append: same task.
       const meta = this.journal.encode(journaled);
+      const bytes = Buffer.allocUnsafe(journaled.body.byteLength);
+      bytes.set(journaled.body);
       this.journal.markHandingOver(this.savedSince);
       this.queue.push({ seq, batch: { ...journaled, seq, redelivered, done: null }, count, journaled: true, marked: true });
       this.pump();
-      this.journal.append([{ seq, batch: journaled, posted: true, meta }], p.nextBatch);
+      this.journal.append([{ seq, batch: { ...journaled, body: bytes }, posted: true, meta }], p.nextBatch);
       this.savedSince = p.nextBatch;
       this.backlog += count;
       return;
