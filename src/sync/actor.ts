@@ -8,7 +8,8 @@
  * nothing (a batch main can take at once is posted just before its bytes are written, behind a hand-over mark
  * that flags it redelivered should the process die in between: see journal.ts). Batches are posted to main in
  * journal order without waiting for main, so a busy main thread never delays the next poll; main acknowledges
- * events as their handlers settle, and the journal forgets a batch once it is complete. At most `maxInFlightEvents` unhandled events are in main's memory: past that, batches wait on
+ * events as their handlers settle, and the journal forgets a batch once it is complete. At most
+ * `maxInFlightEvents` unhandled events are in main's memory: past that, batches wait on
  * disk (backpressure; the next to go, up to 16 MiB, stay in memory too) and are read back as main catches up;
  * polling stops only when `maxJournalEvents` are journaled and unhandled. A restart posts the journal's
  * remaining batches first, skipping events marked done.
@@ -493,8 +494,9 @@ export class SyncActor implements SyncActorApi {
       return;
     }
     const rows: Array<{ seq: number; batch: JournaledBatch; posted?: boolean }> = [];
-    if (gap?.batch) rows.push({ seq: gapSeq, batch: gap.batch });
-    if (forHandlers) rows.push({ seq, batch: journaled, posted: direct });
+    // A batch flagged redelivered is journaled as posted: should it wait and the process die again, it keeps the flag.
+    if (gap?.batch) rows.push({ seq: gapSeq, batch: gap.batch, posted: redelivered });
+    if (forHandlers) rows.push({ seq, batch: journaled, posted: direct || redelivered });
     if (rows.length > 0) {
       this.journal.append(rows, p.nextBatch);
       this.savedSince = p.nextBatch;
