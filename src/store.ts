@@ -89,11 +89,6 @@ export function kvSet(db: Database, key: string, value: string): void {
   db.prepare('INSERT INTO kv (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v').run(key, value);
 }
 
-/** Deletes a value from the `kv` table (nothing if absent). */
-export function kvDelete(db: Database, key: string): void {
-  db.prepare('DELETE FROM kv WHERE k = ?').run(key);
-}
-
 /** Writes a secret file with mode 0600, atomically (temp file + rename), even over an existing file. */
 export function writeSecretFile(path: string, text: string): void {
   const tmp = join(dirname(path), `.halcyon-secret-${process.pid}-${Date.now()}`);

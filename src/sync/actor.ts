@@ -5,11 +5,9 @@
  *
  * Delivery: each batch with something for handlers is appended to the journal (journal.ts) in the same SQLite
  * transaction that saves its `next_batch` as the since token, so the token advances at once and a crash loses
- * nothing (a batch main can take at once is posted just before its bytes are written, behind a hand-over mark
- * that flags it redelivered should the process die in between: see journal.ts). Batches are posted to main in
- * journal order without waiting for main, so a busy main thread never delays the next poll; main acknowledges
- * events as their handlers settle, and the journal forgets a batch once it is complete. At most
- * `maxInFlightEvents` unhandled events are in main's memory: past that, batches wait on
+ * nothing. Batches are posted to main in journal order without waiting for main, so a busy main thread never
+ * delays the next poll; main acknowledges events as their handlers settle, and the journal forgets a batch once
+ * it is complete. At most `maxInFlightEvents` unhandled events are in main's memory: past that, batches wait on
  * disk (backpressure; the next to go, up to 16 MiB, stay in memory too) and are read back as main catches up;
  * polling stops only when `maxJournalEvents` are journaled and unhandled. A restart posts the journal's
  * remaining batches first, skipping events marked done.
@@ -91,8 +89,6 @@ export class SyncActor implements SyncActorApi {
   private db!: Database;
   private since: string | null = null;
   private savedSince: string | null = null;
-  /** An earlier run died after handing the batch fetched from the saved token to main (see journal.ts): flag it. */
-  private redeliverNext = false;
   private wanted: Set<string> | null = null;
   private journal!: EventJournal;
   private seq = 0;
@@ -132,7 +128,6 @@ export class SyncActor implements SyncActorApi {
     this.since = kvGet(this.db, 'since') ?? null;
     this.savedSince = this.since;
     this.journal = new EventJournal(this.db, config.dataDir);
-    this.redeliverNext = this.journal.handedOverFrom(this.savedSince);
     this.seq = Math.max(this.journal.maxSeq(), config.seqFloor);
     // What an earlier run journaled and main did not finish goes first, in order.
     for (const row of this.journal.pending()) {
@@ -428,8 +423,6 @@ export class SyncActor implements SyncActorApi {
    */
   private async handOff(p: ProcessedSync, body: Uint8Array, first: boolean, deliver: boolean, gap: Backfill | null, cryptoRooms: StateChanges['rooms'] = []): Promise<void> {
     const applied = await this.applyChanges(p, first, cryptoRooms);
-    const redelivered = this.redeliverNext;
-    this.redeliverNext = false;
     if (first) traceStartup('first /sync state applied');
     const summaries = first ? this.withFirstSummaries(applied) : applied;
     const count = deliver ? p.events.count : 0;
@@ -476,34 +469,16 @@ export class SyncActor implements SyncActorApi {
     // A lone batch that pump() posts at once (nothing queued before it, room in main) is journaled as posted:
     // one SQLite commit per batch on the way to main instead of two.
     const direct = !gap?.batch && this.queue.length === 0 && this.hasRoom(count);
-    if (direct && forHandlers) {
-      // Main gets it before its bytes are written: writing megabytes (1–7 ms for 3 MB) is off the way to the first
-      // handler call. The post moves the body and the columns away, so the journal writes a copy of the body (a
-      // memcpy, ~0.3 ms for 3 MB; a SharedArrayBuffer instead cost main ~15 % more CPU per event: V8 decodes
-      // strings out of shared memory more slowly) and the meta encoded first. The hand-over mark keeps a crash in
-      // between honest (journal.ts). Acks cannot come before the append: same task.
-      const meta = this.journal.encode(journaled);
-      const bytes = Buffer.allocUnsafe(journaled.body.byteLength);
-      bytes.set(journaled.body);
-      this.journal.markHandingOver(this.savedSince);
-      this.queue.push({ seq, batch: { ...journaled, seq, redelivered, done: null }, count, journaled: true, marked: true });
-      this.pump();
-      this.journal.append([{ seq, batch: { ...journaled, body: bytes }, posted: true, meta }], p.nextBatch);
-      this.savedSince = p.nextBatch;
-      this.backlog += count;
-      return;
-    }
     const rows: Array<{ seq: number; batch: JournaledBatch; posted?: boolean }> = [];
-    // A batch flagged redelivered is journaled as posted: should it wait and the process die again, it keeps the flag.
-    if (gap?.batch) rows.push({ seq: gapSeq, batch: gap.batch, posted: redelivered });
-    if (forHandlers) rows.push({ seq, batch: journaled, posted: direct || redelivered });
+    if (gap?.batch) rows.push({ seq: gapSeq, batch: gap.batch });
+    if (forHandlers) rows.push({ seq, batch: journaled, posted: direct });
     if (rows.length > 0) {
       this.journal.append(rows, p.nextBatch);
       this.savedSince = p.nextBatch;
       for (const r of rows) this.backlog += r.batch.events.count;
     } else this.saveSince(p.nextBatch);
-    if (gap?.batch) this.queue.push({ seq: gapSeq, batch: { ...gap.batch, seq: gapSeq, redelivered, done: null }, count: gap.batch.events.count, journaled: true });
-    this.queue.push({ seq, batch: { ...journaled, seq, redelivered, done: null }, count, journaled: forHandlers, marked: direct });
+    if (gap?.batch) this.queue.push({ seq: gapSeq, batch: { ...gap.batch, seq: gapSeq, redelivered: false, done: null }, count: gap.batch.events.count, journaled: true });
+    this.queue.push({ seq, batch: { ...journaled, seq, redelivered: false, done: null }, count, journaled: forHandlers, marked: direct });
     this.pump();
   }
 

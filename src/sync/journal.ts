@@ -13,18 +13,13 @@
  * pages, the WAL, the checkpoint, and freed again). A segment is written before the row that points into it is
  * committed, so a crash in between leaves only unreferenced bytes; a segment is deleted once no row points into
  * it. Owned by the sync actor (one owner); no threads.
- *
- * A batch main can take at once goes to main before its bytes are written (writing megabytes took 1–7 ms on the
- * way to the first handler call). So that its events still come flagged `redelivered` if the process dies before
- * its row is committed, a mark naming the saved since token is committed first ({@link markHandingOver}): a run
- * that finds the mark beside the same token knows the server's next batch repeats events a handler may have seen.
  */
 import { closeSync, fstatSync, openSync, readdirSync, readSync, rmSync, writevSync } from 'node:fs';
 import { join } from 'node:path';
 import { deserialize, serialize } from 'node:v8';
 import type { WireBatch } from '../protocol.ts';
 import type { Database } from '../store.ts';
-import { kvDelete, kvGet, kvSet } from '../store.ts';
+import { kvSet } from '../store.ts';
 
 /** A batch as journaled: everything of a {@link WireBatch} but its run-local fields. */
 export type JournaledBatch = Omit<WireBatch, 'seq' | 'redelivered' | 'done'>;
@@ -40,9 +35,6 @@ export interface PendingRow {
   posted: boolean;
 }
 
-/** The key of the hand-over mark (see the module comment). */
-const HANDING_OVER = 'handing_over';
-
 /** A segment file past this size is closed and a new one started. */
 const SEGMENT_BYTES = 64 * 1024 * 1024;
 
@@ -54,8 +46,6 @@ export class EventJournal {
   private segment: number;
   private fd: number;
   private size = 0;
-  /** A hand-over mark is stored (the next append clears it). */
-  private marked: boolean;
 
   constructor(
     private readonly db: Database,
@@ -76,7 +66,6 @@ export class EventJournal {
       backlog: db.prepare('SELECT coalesce(sum(events - done_events), 0) AS n FROM journal'),
       segments: db.prepare('SELECT segment, count(*) AS n FROM journal GROUP BY segment'),
     };
-    this.marked = kvGet(db, HANDING_OVER) !== undefined;
     for (const r of this.stmt.segments.all() as Array<{ segment: number; n: number }>) this.rowsIn.set(r.segment, r.n);
     // Segments no row points into (complete batches, or bytes a crash left before their row) go.
     let last = 0;
@@ -97,9 +86,11 @@ export class EventJournal {
    * transaction. A row `posted` is recorded as handed to main already: the caller posts it right after, and one
    * commit saves what {@link markPosted}'s own would (a crash in between only flags its events as redeliveries).
    */
-  append(rows: ReadonlyArray<{ seq: number; batch: JournaledBatch; posted?: boolean; meta?: Uint8Array }>, since: string): void {
-    const placed = rows.map(({ seq, batch, posted, meta = this.encode(batch) }) => {
+  append(rows: ReadonlyArray<{ seq: number; batch: JournaledBatch; posted?: boolean }>, since: string): void {
+    const placed = rows.map(({ seq, batch, posted }) => {
       if (this.size > SEGMENT_BYTES) this.rotate();
+      // The body is written as it is; the rest (columns, invites, ...) is serialised beside it.
+      const meta = serialize({ ...batch, body: null });
       const offset = this.size;
       writevSync(this.fd, [meta, batch.body]);
       this.size += meta.length + batch.body.length;
@@ -108,37 +99,8 @@ export class EventJournal {
     this.tx(() => {
       for (const r of placed) this.stmt.insert.run(r.seq, r.segment, r.offset, r.metaLength, r.bodyLength, r.events, r.posted);
       kvSet(this.db, 'since', since);
-      if (this.marked) kvDelete(this.db, HANDING_OVER);
     });
-    this.marked = false;
     for (const r of placed) this.rowsIn.set(r.segment, (this.rowsIn.get(r.segment) ?? 0) + 1);
-  }
-
-  /**
-   * A batch's record but its body: the body is written as it is, the rest (columns, invites, ...) serialised
-   * beside it. Made before a batch is posted to main ahead of its {@link append}: the post moves its columns away.
-   */
-  encode(batch: JournaledBatch): Uint8Array {
-    return serialize({ ...batch, body: null });
-  }
-
-  /**
-   * Commits the hand-over mark before a batch goes to main ahead of its {@link append}: `since` is the token saved
-   * now (null before the first), which the server answers again with the batch's events if the process dies
-   * before the append commits.
-   */
-  markHandingOver(since: string | null): void {
-    kvSet(this.db, HANDING_OVER, since ?? '');
-    this.marked = true;
-  }
-
-  /**
-   * Whether an earlier run died between handing a batch to main and committing it, the token saved then being
-   * `since`: the next batch fetched from `since` repeats events a handler may have started. The mark stays until
-   * the next append, so a run that dies again before one still knows.
-   */
-  handedOverFrom(since: string | null): boolean {
-    return kvGet(this.db, HANDING_OVER) === (since ?? '');
   }
 
   /** Closes the segment being written. */

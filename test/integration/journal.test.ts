@@ -12,7 +12,6 @@ import type { RequestRecord } from '../harness/fault-proxy.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
 import { startStream } from '../helpers/fault-stream.ts';
 import { peerRoomWithBot, proxiedBot } from '../helpers/proxied-bot.ts';
-import { kvGet, kvSet, openDatabase } from '../../src/store.ts';
 import { defer, deferred, newBot, newClient, newPeer, roomWithBot, WAIT_MS, waitUntil } from './util.ts';
 
 let hs: Homeserver;
@@ -103,38 +102,6 @@ test('a stop with a backlog: the next run delivers the rest in order; what the f
   // The last batches never left the journal in the first run (15 in memory at most): first deliveries.
   assert.equal(got.at(-1)!.redelivered, false);
   assert.equal(bot.proxy.records.filter((r) => isSync(r) && r.syncSince === false).length, 1, 'the second run resumed from the saved token (no initial sync)');
-});
-
-test('a run that died between handing a batch to main and committing it (the hand-over mark beside the saved token): the next run flags what the server sends again redelivered, and only that', async (t) => {
-  const bot = await newBot(t, hs, { encryption: false });
-  const got: Message[] = [];
-  bot.client.on('message', (m) => void got.push(m));
-  await bot.client.run(bot.token);
-  const peer = await newPeer(hs);
-  const roomId = await roomWithBot(peer, bot.user.userId);
-  await peer.sendText(roomId, 'm1');
-  await waitUntil(() => got.length === 1, WAIT_MS, 'm1 handled');
-  await bot.client.stop();
-  // What the sync actor commits just before it posts a batch ahead of its journal row (src/sync/journal.ts); the
-  // process dying there leaves it beside the token saved before the batch.
-  const db = openDatabase(bot.dataDir, 'sync.sqlite');
-  kvSet(db, 'handing_over', kvGet(db, 'since')!);
-  db.close();
-  await peer.sendText(roomId, 'm2');
-
-  const second = newClient(t, bot.dataDir, { encryption: false });
-  second.on('message', (m) => void got.push(m));
-  await second.run(bot.token);
-  await waitUntil(() => got.length === 2, WAIT_MS, 'm2 handled');
-  assert.equal(got[1]!.body, 'm2');
-  assert.equal(got[1]!.redelivered, true, 'a handler of the dead run may have seen it');
-  await peer.sendText(roomId, 'm3');
-  await waitUntil(() => got.length === 3, WAIT_MS, 'm3 handled');
-  assert.equal(got[2]!.redelivered, false, 'a batch fetched after the mark was cleared is a first delivery');
-  await second.stop();
-  const after = openDatabase(bot.dataDir, 'sync.sqlite');
-  defer(t, () => after.close());
-  assert.equal(kvGet(after, 'handing_over'), undefined, 'the next journaled batch cleared the mark');
 });
 
 test('maxJournalEvents: once that many events wait unhandled, no poll goes out until handlers catch up; then the rest arrives in order', async (t) => {

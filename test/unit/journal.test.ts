@@ -134,34 +134,3 @@ test('a batch appended as posted (the sync actor posts it at once) reads back po
   j.close();
   db.close();
 });
-
-test('the hand-over mark: committed before a batch goes to main ahead of its row, it names the saved token; the append clears it; encoded meta reads back as the batch', (t) => {
-  const dir = tempDataDir(t);
-  let db = openDatabase(dir, 'sync.sqlite');
-  let j = new EventJournal(db, dir);
-  j.append([{ seq: 1, batch: batchOf(1, 'a') }], 's-a');
-  const b = batchOf(3, 'b');
-  const meta = j.encode(b); // before the post moves the columns away
-  j.markHandingOver('s-a');
-  j.close();
-  db.close();
-  // Died here: the next run finds the mark beside the token it polls from, and only beside that one.
-  db = openDatabase(dir, 'sync.sqlite');
-  j = new EventJournal(db, dir);
-  assert.equal(j.handedOverFrom('s-a'), true);
-  assert.equal(j.handedOverFrom('s-other'), false);
-  assert.equal(j.handedOverFrom(null), false);
-  j.markHandingOver('s-a');
-  j.append([{ seq: 2, batch: b, posted: true, meta }], 's-b');
-  assert.equal(j.handedOverFrom('s-a'), false, 'the append cleared it');
-  assert.equal(kvGet(db, 'handing_over'), undefined);
-  const row = j.load(2)!;
-  assert.equal(row.posted, true);
-  assert.equal(row.batch.events.count, 3);
-  assert.equal(Buffer.from(row.batch.body).toString(), Buffer.from(b.body).toString());
-  // Before any token: the mark names none.
-  j.markHandingOver(null);
-  assert.equal(j.handedOverFrom(null), true);
-  j.close();
-  db.close();
-});
