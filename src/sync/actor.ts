@@ -73,6 +73,8 @@ const KEEP_WAITING_BYTES = 16 * 1024 * 1024;
 
 /** A /sync body this large (a big account's initial sync, a long catch-up) is followed by a full collection. */
 const LARGE_BODY_BYTES = 32 * 1024 * 1024;
+/** A poll not answered within this long is held by the server (nothing new): the worker is idle meanwhile. */
+const HELD_POLL_MS = 100;
 
 const FILTER = {
   room: {
@@ -89,6 +91,8 @@ export class SyncActor implements SyncActorApi {
   private db!: Database;
   private since: string | null = null;
   private savedSince: string | null = null;
+  /** Garbage of the run's first sync waits to be collected while the server holds a poll (see run). */
+  private collectWhenHeld = false;
   private wanted: Set<string> | null = null;
   private journal!: EventJournal;
   private seq = 0;
@@ -253,9 +257,12 @@ export class SyncActor implements SyncActorApi {
       if (!this.running) break;
       try {
         const bytes = await this.pollOnce(first, deliverTimeline);
-        // The body and what processing it made are garbage now: collect a very large one, or a run's first (an
-        // idle worker's V8 kept a 10 MB initial sync's chunks and heap, ~40 MB), while the next long-poll waits.
-        if (bytes >= LARGE_BODY_BYTES || (first && bytes >= 0)) collectGarbage();
+        // The body and what processing it made are garbage now: a very large one's is collected at once; a run's
+        // first (an idle worker's V8 kept a 10 MB initial sync's chunks and heap, ~40 MB) once the server holds a
+        // long-poll (pollOnce): not while events stream in, where collecting the whole heap (~50 ms) held the next
+        // poll up and took CPU the stream needed.
+        if (bytes >= LARGE_BODY_BYTES) collectGarbage();
+        else if (first && bytes >= 0) this.collectWhenHeld = true;
         if (bytes >= 0) first = false;
       } catch (err) {
         if (!this.running) break;
@@ -310,7 +317,8 @@ export class SyncActor implements SyncActorApi {
     // A run's first sync whose timelines are not delivered (a fresh start's: as big as the account) is processed
     // as it arrives, its joined rooms' state applied slice by slice: never the whole body in memory.
     if (first && !deliverTimeline) return this.streamFirst(request);
-    const body = await this.http.bytes('GET', SYNC_PATH, { ...request, maxBytes: MAX_SYNC_BYTES });
+    const fetching = this.http.bytes('GET', SYNC_PATH, { ...request, maxBytes: MAX_SYNC_BYTES });
+    const body = this.collectWhenHeld ? await this.collectingWhileHeld(fetching) : await fetching;
     if (first) traceStartup('first /sync received');
     this.polls++;
     this.lastSuccessAt = Date.now();
@@ -329,6 +337,19 @@ export class SyncActor implements SyncActorApi {
     const size = body.byteLength; // before the hand-off, which may transfer the buffer away
     await this.handOff(processed, body, first, deliver, gap);
     return size;
+  }
+
+  /** Awaits a poll's answer, collecting garbage if the server holds the poll past {@link HELD_POLL_MS} (idle). */
+  private async collectingWhileHeld<T>(answer: Promise<T>): Promise<T> {
+    const timer = setTimeout(() => {
+      this.collectWhenHeld = false;
+      collectGarbage();
+    }, HELD_POLL_MS);
+    try {
+      return await answer;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** A first batch's summaries: those of a streamed first sync's slices (see streamFirst), then `applied`. */
