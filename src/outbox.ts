@@ -176,6 +176,7 @@ export function claimSendSlot(): SendSlot | null {
 /** Ends the synchronous part of a handler run begun outside a lane scope. */
 export function endHandlerSyncPart(): void {
   syncRun = null;
+  syncContext.source = null; // its batch's body must not outlive the batch for this
 }
 
 interface Entry {
