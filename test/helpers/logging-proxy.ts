@@ -26,9 +26,10 @@ export interface ProxyRecord {
   method: string;
   /** The path without its query string. */
   path: string;
-  /** For /sync: the `timeout` and whether a `since` was given. */
+  /** For /sync: the `timeout`, whether a `since` was given, and the `filter` (an ID, or inline JSON). */
   syncTimeout?: string | null;
   syncHasSince?: boolean;
+  syncFilter?: string | null;
   /** Date.now() when the request arrived at the proxy. */
   arrival: number;
   /** Date.now() when the proxy finished writing the response (undefined while pending or if it failed). */
@@ -202,6 +203,7 @@ function serve(target: string): void {
     if (url.pathname.endsWith('/sync')) {
       rec.syncTimeout = url.searchParams.get('timeout');
       rec.syncHasSince = url.searchParams.has('since');
+      rec.syncFilter = url.searchParams.get('filter');
     }
     requests.push(rec);
     const fail = (why: string) => {

@@ -118,10 +118,12 @@ test('the sync actor keeps polling while a handler blocks the main thread; the m
       `arrival=${r.arrival - blockStart} complete=${r.complete === undefined ? '-' : r.complete - blockStart}${r.status ? ` status=${r.status}` : ''}${r.error ? ` error=${r.error}` : ''}`;
     const timeline = `\nblock window [0, ${blockEnd - blockStart}] ms; requests relative to blockStart:\n${log.requests.map(describe).join('\n')}`;
 
-    // The proxy is really in the bot's path: login, filter upload and the initial sync passed through it.
+    // The proxy is really in the bot's path: login and the initial sync passed through it.
     assert.ok(log.requests.some((r) => r.method === 'POST' && r.path.endsWith('/login')), 'login did not go through the proxy' + timeline);
-    assert.ok(log.requests.some((r) => r.method === 'POST' && /\/user\/[^/]+\/filter$/.test(r.path)), 'the filter upload did not go through the proxy' + timeline);
     const syncs = log.requests.filter((r) => r.path === '/_matrix/client/v3/sync');
+    // The filter goes inline in every poll (no upload): lazy-loaded members, a timeline limit of 50.
+    assert.ok(!log.requests.some((r) => /\/user\/[^/]+\/filter$/.test(r.path)), 'a filter was uploaded' + timeline);
+    for (const s of syncs) assert.deepEqual(JSON.parse(s.syncFilter ?? 'null'), { room: { state: { lazy_load_members: true }, timeline: { lazy_load_members: true, limit: 50 } } }, `a /sync without the inline filter: ${describe(s)}` + timeline);
     assert.ok(syncs.some((r) => r.syncHasSince === false && r.syncTimeout === '0'), 'no initial /sync (timeout=0, no since) through the proxy' + timeline);
     for (const s of syncs) assert.equal(s.error, undefined, `a /sync failed at the proxy: ${describe(s)}` + timeline);
 
