@@ -403,7 +403,9 @@ function answerBody(what: string, res: { statusCode: number; headers: Record<str
 export async function readBody(what: string, body: AsyncIterable<Uint8Array>, contentLength: string | string[] | undefined, maxBytes: number, cut = false): Promise<Uint8Array> {
   const length = typeof contentLength === 'string' && /^\d+$/.test(contentLength) ? Number(contentLength) : NaN;
   if (length > maxBytes) throw tooLarge(what, `${length} bytes`, maxBytes);
-  const out = new Uint8Array(length > 0 ? length : 0);
+  // Not zero-filled: every byte is written below (a body shorter than its Content-Length fails), and zeroing a
+  // /sync body's megabytes first cost the sync worker ~0.3 ms per 3.4 MB.
+  const out: Uint8Array = Buffer.allocUnsafeSlow(length > 0 ? length : 0);
   const chunks: Uint8Array[] = [];
   let at = 0;
   for await (const chunk of body) {
@@ -423,7 +425,7 @@ export async function readBody(what: string, body: AsyncIterable<Uint8Array>, co
     if (at !== length) throw new Error(`the body ended after ${at} of its ${length} bytes`);
     return out;
   }
-  const joined = new Uint8Array(at);
+  const joined: Uint8Array = Buffer.allocUnsafeSlow(at);
   let pos = 0;
   for (const c of chunks) {
     joined.set(c, pos);
