@@ -92,12 +92,10 @@ export class ClientCore {
       actors: this.actors,
       running: () => this.state === 'running',
       lifecycle: () => this.lifecycle.signal,
-      start: async () => {
-        // A cluster ingest that stepped down starts its actors, and serves its workers, only once it leads again.
-        await this.cluster?.leading();
-        await this.actors.start(this.session!);
-        this.cluster?.running();
-      },
+      // A cluster ingest that stepped down starts its actors, and serves its workers, only once it leads again.
+      leading: () => this.cluster?.leading() ?? Promise.resolve(),
+      start: () => this.actors.start(this.session!),
+      started: () => this.cluster?.running(),
       report: (err) => this.bus.emitError(err),
       fail: (err) => this.fail(err),
       warn: (obj, msg) => opts.logger.warn(obj, msg),
