@@ -28,6 +28,7 @@ function fakeStore() {
     update: async (_k, v, r) => (r === rev ? ((value = v), ++rev) : null),
     release: async (_k, r) => void (r === rev && (value = null)),
     get: async () => value,
+    onReconnect: () => () => {},
   };
   return {
     store,
