@@ -6,7 +6,7 @@
  * three sets of rooms: one stream sent across the outage's start, one sent while the ingest stands by, one sent
  * after it leads again. Checked: every message handled by the workers, each room's messages first seen in timeline
  * order, a second handling only flagged `redelivered`, one reply per `ping`, no error from the ingest, and the
- * lease taken again within 1.5 s of the reconnect (tries sent into the outage are not waited for).
+ * lease taken again within 2.5 s of the reconnect (tries sent into the outage are not waited for).
  * Knobs (env): HC_CLUSTER_MESSAGES (300: half of it goes out here).
  */
 import assert from 'node:assert/strict';
@@ -65,6 +65,6 @@ test(`NATS down longer than the lease (${LEASE_TTL_MS} ms): the ingest stands by
   // The lease is tried again as soon as the connection is back, not after a try sent into the outage times out (5 s).
   const reconnectedAt = ingestSaid('cluster: reconnected to NATS', steppedDownAt)!.t;
   const heldAt = ingestSaid('cluster: this process holds the ingest lease', steppedDownAt)!.t;
-  assert.ok(heldAt - reconnectedAt < 1_500, `the lease taken again ${heldAt - reconnectedAt} ms after NATS reconnected`);
+  assert.ok(heldAt - reconnectedAt < 2_500, `the lease taken again ${heldAt - reconnectedAt} ms after NATS reconnected`);
   t.diagnostic(`wall time ${Date.now() - t0} ms; NATS down ${outageMs} ms; stepped down ${steppedDownAt - downAt} ms after NATS stopped; reconnected ${reconnectedAt - upAt} ms, held the lease ${heldAt - upAt} ms, led again ${ledAgain.t - upAt} ms after it was back; ${sent.length} messages; ${twice.size} handled twice`);
 });
