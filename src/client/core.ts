@@ -96,7 +96,7 @@ export class ClientCore {
       lifecycle: () => this.lifecycle.signal,
       // A cluster ingest that stepped down starts its actors, and serves its workers, only once it leads again.
       leading: () => this.cluster?.leading() ?? Promise.resolve(),
-      start: () => this.actors.start(this.session!),
+      start: (leads) => this.actors.start(this.session!, leads),
       started: () => this.cluster?.running(),
       report: (err) => this.bus.emitError(err),
       fail: (err) => this.fail(err),
@@ -162,7 +162,7 @@ export class ClientCore {
     if (this.opts.cluster) this.cluster = await startCluster(this, this.opts.cluster);
     this.checkStarting();
     if (this.opts.metrics) this.metrics = await createMetrics(this.opts.metrics, () => this.metricsSnapshot(), () => this.memory());
-    await this.actors.start(session);
+    await this.actors.start(session, () => this.startFailure === null);
     // A cluster ingest that lost its lease meanwhile failed: it must not serve its workers, nor go on starting.
     this.checkStarting();
     this.supervisor.watch();

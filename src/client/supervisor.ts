@@ -29,8 +29,8 @@ export interface SupervisorDeps {
   lifecycle(): AbortSignal;
   /** Resolves once this process may run its actors: at once, except on a cluster ingest that stands by. */
   leading(): Promise<void>;
-  /** Starts a new set of actors. */
-  start(): Promise<void>;
+  /** Starts a new set of actors; its sync actor only if `leads()` still holds once the others are open. */
+  start(leads: () => boolean): Promise<void>;
   /** The new set runs, and no step-down came while it started: a cluster ingest serves its workers again. */
   started(): void;
   /** Reports a problem that does not stop the client (the `error` event). */
@@ -116,7 +116,7 @@ export class Supervisor {
     const d = this.deps;
     const downs = this.standBys;
     await d.leading();
-    await d.start();
+    await d.start(() => this.standBys === downs);
     if (this.standBys !== downs) return false;
     d.started();
     return true;

@@ -3,10 +3,15 @@
  * the restart must not start, or leave running, an actor set — nor serve the workers — while the lease is not
  * held, since another ingest's sync and crypto actors may run for the same device then (to-device messages and
  * Olm state would split). The real client core, supervisor, ingest role and lease, on a fake lease store, a fake
- * broker and fake actors; mocked timers.
+ * broker and fake actors; mocked timers. And Actors.start, which leaves the sync actor unstarted when the start
+ * no longer leads.
  */
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
+import { Actors, type ActorSet } from '../../src/client/actors.ts';
 import { ClientCore } from '../../src/client/core.ts';
 import { resolveOptions } from '../../src/client/options.ts';
 import { IngestRole } from '../../src/cluster/ingest.ts';
@@ -49,7 +54,7 @@ function ingest() {
   const core = new ClientCore(opts, {} as RoomActions);
   const lease = new Lease(s.store, TTL, 'me', quiet);
   const violations: string[] = [];
-  const st = { up: false, serving: false, starts: 0, gateOpen: true, opened: () => {} };
+  const st = { up: false, serving: false, starts: 0, syncStarts: 0, gateOpen: true, opened: () => {} };
   const broker = {
     serve: () => {
       if (!lease.held) violations.push('served the workers without the lease');
@@ -60,11 +65,15 @@ function ingest() {
     close: async () => {},
   } as unknown as Broker;
   Object.assign(core.actors, {
-    start: async () => {
+    start: async (_session: Session, leads: () => boolean) => {
       if (!lease.held) violations.push('started actors without the lease');
       st.starts++;
-      st.up = true; // the sync actor polls from the start call on
+      st.up = true;
       if (!st.gateOpen) await new Promise<void>((r) => (st.opened = r));
+      // As Actors.start: the sync actor, last, only if the start still leads.
+      if (!leads()) return;
+      if (!lease.held) violations.push('started the sync actor without the lease');
+      st.syncStarts++;
     },
     stop: async () => void (st.up = false),
   });
@@ -120,6 +129,7 @@ test('Step-down during an actor restart: lease lost while the restart starts its
   i.st.gateOpen = true;
   i.st.opened(); // the restart's actors are up now
   await advance(t, 200);
+  assert.equal(i.st.syncStarts, 0, 'its sync actor never started');
   i.check('after the restart ended');
   await advance(t, 3 * TTL); // the other ingest leads meanwhile
   i.check('while standing by');
@@ -128,6 +138,7 @@ test('Step-down during an actor restart: lease lost while the restart starts its
   assert.equal(i.lease.held, true, 'holds the lease again');
   assert.equal(i.st.up, true, 'its actors run again');
   assert.equal(i.st.serving, true, 'it serves the workers again');
+  assert.equal(i.st.syncStarts, 1);
   assert.deepEqual(i.violations, []);
   i.end();
 });
@@ -152,4 +163,28 @@ test('Step-down during an actor restart: lease lost during its back-off — the 
   assert.equal(i.st.starts, 1, 'one set started: the restart was superseded by the stand-by, not run after it');
   assert.deepEqual(i.violations, []);
   i.end();
+});
+
+test('Actors.start: a step-down before the sync actor starts keeps it from starting (the others opened; the set is stopped next)', async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'halcyon-stepdown-'));
+  const calls: string[] = [];
+  const set = {
+    sync: { api: { start: async () => void calls.push('sync start') }, onDeath() {} },
+    cache: { api: { open: async () => void calls.push('cache open'), summaries: async () => [] }, onDeath() {} },
+    crypto: null,
+    port: { onMessage() {} },
+    cryptoPort: null,
+  } as unknown as ActorSet;
+  const hooks = { onSyncMessage() {}, onCryptoMessage() {}, onDeath() {}, onSummary() {}, wantedTypes: () => null, seqFloor: () => 0, strategy: () => ({ build: () => set }) };
+  try {
+    const actors = new Actors(resolveOptions({ dataDir, logger: quiet, encryption: false }), hooks);
+    const session = { homeserver: 'https://hs.example', userId: '@bot:hs.example', deviceId: 'DEV' } as Session;
+    await actors.start(session, () => false);
+    assert.deepEqual(calls, ['cache open']);
+    actors.set = null;
+    await actors.start(session, () => true);
+    assert.deepEqual(calls, ['cache open', 'cache open', 'sync start']);
+  } finally {
+    rmSync(dataDir, { recursive: true, force: true });
+  }
 });
