@@ -184,8 +184,10 @@ export class Actors {
    * server by then, and a store of another device has refused the run first). Main takes the sync actor's messages
    * only once the crypto actor is open here too (they wait in the port), so no batch reaches decryption before the
    * open crypto actor is published; the cache's summaries go to main's mirror before the first batch as well.
+   * The sync actor starts only if `leads()` still says so then: a cluster ingest that lost its lease while the
+   * others opened must not poll /sync (the next leader may already); the set is stopped after this returns.
    */
-  async start(session: Session): Promise<void> {
+  async start(session: Session, leads: () => boolean = () => true): Promise<void> {
     const o = this.opts;
     const e2ee = o.encryption;
     const set = this.set ?? (this.set = this.build());
@@ -200,6 +202,7 @@ export class Actors {
       await set.cache.api.open({ dataDir: o.dataDir, maxRoomsInMemory: o.maxRoomsInMemory });
       traceStartup('cache open');
       for (const s of await set.cache.api.summaries()) this.hooks.onSummary(s);
+      if (!leads()) return;
       await set.sync.api.start(this.syncConfig(session, set.crypto !== null));
       traceStartup('sync started');
     })();

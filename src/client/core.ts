@@ -68,6 +68,8 @@ export class ClientCore {
   /** The run() in progress (stop() during start-up waits for it), or null. */
   private starting: Promise<void> | null = null;
   private readyWaiter: { resolve: () => void; reject: (e: HalcyonError) => void } | null = null;
+  /** A failure that came while run() was starting: its start-up stops at its next check (see {@link fail}). */
+  private startFailure: HalcyonError | null = null;
 
   constructor(
     readonly opts: ResolvedOptions,
@@ -92,12 +94,10 @@ export class ClientCore {
       actors: this.actors,
       running: () => this.state === 'running',
       lifecycle: () => this.lifecycle.signal,
-      start: async () => {
-        // A cluster ingest that stepped down starts its actors, and serves its workers, only once it leads again.
-        await this.cluster?.leading();
-        await this.actors.start(this.session!);
-        this.cluster?.running();
-      },
+      // A cluster ingest that stepped down starts its actors, and serves its workers, only once it leads again.
+      leading: () => this.cluster?.leading() ?? Promise.resolve(),
+      start: (leads) => this.actors.start(this.session!, leads),
+      started: () => this.cluster?.running(),
       report: (err) => this.bus.emitError(err),
       fail: (err) => this.fail(err),
       warn: (obj, msg) => opts.logger.warn(obj, msg),
@@ -114,6 +114,7 @@ export class ClientCore {
   async run(token: string): Promise<void> {
     if (this.state !== 'idle') throw new HalcyonError('HALCYON_ALREADY_RUNNING', `run() called on a client that is ${this.state}`);
     this.state = 'starting';
+    this.startFailure = null;
     const attempt = this.startUp(token).catch(async (err: unknown) => {
       await this.shutdown();
       throw err;
@@ -161,7 +162,9 @@ export class ClientCore {
     if (this.opts.cluster) this.cluster = await startCluster(this, this.opts.cluster);
     this.checkStarting();
     if (this.opts.metrics) this.metrics = await createMetrics(this.opts.metrics, () => this.metricsSnapshot(), () => this.memory());
-    await this.actors.start(session);
+    await this.actors.start(session, () => this.startFailure === null);
+    // A cluster ingest that lost its lease meanwhile failed: it must not serve its workers, nor go on starting.
+    this.checkStarting();
     this.supervisor.watch();
     this.outbox = this.newOutbox();
     // Sends an earlier run left unacknowledged go out first (same transaction IDs: no duplicates).
@@ -204,8 +207,9 @@ export class ClientCore {
     });
   }
 
-  /** Throws `HALCYON_STOPPED` if stop() was called while run() was starting. */
+  /** Throws `HALCYON_STOPPED` if stop() was called while run() was starting, or the failure that came meanwhile. */
   private checkStarting(): void {
+    if (this.startFailure) throw this.startFailure;
     if (this.state !== 'starting') throw new HalcyonError('HALCYON_STOPPED', 'the client was stopped while starting');
   }
 
@@ -235,6 +239,7 @@ export class ClientCore {
     const waiter = this.readyWaiter;
     this.readyWaiter = null;
     if (waiter) {
+      if (this.state === 'starting') this.startFailure = err;
       waiter.reject(err);
       return; // run() shuts down itself
     }

@@ -4,7 +4,9 @@
  * Handlers and sends go on meanwhile; the restarted sync actor posts the journal's unfinished batches again and
  * main merges them with what it runs. More than {@link MAX_RESTARTS} restarts within 5 minutes stop the client.
  * A cluster ingest that lost its lease has its actors stopped and started the same way ({@link Supervisor.standBy}):
- * one owner of the actor set for both, so a step-down and an actor restart never run side by side.
+ * one owner of the actor set for both, so a step-down and an actor restart never run side by side. Every start
+ * (a restart's and a stand-by's) waits until the role leads, and a set that a step-down overtook while it started
+ * is never reported running: the stand-by that step-down queued stops it as soon as its start returns.
  */
 import { HalcyonError } from '../errors.ts';
 import { delay } from '../abort.ts';
@@ -25,8 +27,12 @@ export interface SupervisorDeps {
   running(): boolean;
   /** Aborted when the client stops: ends a restart's wait. */
   lifecycle(): AbortSignal;
-  /** Starts a new set of actors (a cluster ingest's once it holds the lease). */
-  start(): Promise<void>;
+  /** Resolves once this process may run its actors: at once, except on a cluster ingest that stands by. */
+  leading(): Promise<void>;
+  /** Starts a new set of actors; its sync actor only if `leads()` still holds once the others are open. */
+  start(leads: () => boolean): Promise<void>;
+  /** The new set runs, and no step-down came while it started: a cluster ingest serves its workers again. */
+  started(): void;
   /** Reports a problem that does not stop the client (the `error` event). */
   report(err: HalcyonError): void;
   /** A problem that stops the client. */
@@ -40,6 +46,10 @@ export class Supervisor {
   restarting: Promise<void> | null = null;
   private times: number[] = [];
   private watchdog: NodeJS.Timeout | null = null;
+  /** Step-downs so far ({@link standBy}): a start during which this changed did not lead all along. */
+  private standBys = 0;
+  /** Ends the back-off of the last restart: a step-down supersedes a restart that has not started its actors. */
+  private backOff = new AbortController();
 
   constructor(private readonly deps: SupervisorDeps) {}
 
@@ -69,26 +79,47 @@ export class Supervisor {
     this.times.push(now);
     d.report(err);
     const wait = 1000 * 2 ** (this.times.length - 1);
+    const backOff = (this.backOff = new AbortController());
     this.cycle(async () => {
-      await delay(wait, d.lifecycle());
-      if (!d.running()) return;
-      await d.start();
-      d.warn({ after: err.code }, 'actors restarted');
+      // Cut short by a stop, or by a step-down: the stand-by queued behind this starts the actors once leading.
+      const waited = await delay(wait, AbortSignal.any([d.lifecycle(), backOff.signal])).then(
+        () => true,
+        () => false,
+      );
+      if (waited && d.running() && (await this.startLeading())) d.warn({ after: err.code }, 'actors restarted');
     });
   }
 
   /**
    * Stops the actors and starts them again, after a restart in progress if any: a cluster ingest that lost its
-   * lease stands by so (`start` waits until it holds the lease again, which may be never). Not a failure: neither
-   * counted nor reported. Inline actors cannot be stopped alone: the client fails with `err`.
+   * lease stands by so (the start waits until it holds the lease again, which may be never). A restart still in its
+   * back-off is superseded: it starts nothing. Not a failure: neither counted nor reported. Inline actors cannot be
+   * stopped alone: the client fails with `err`.
    */
   standBy(err: HalcyonError): void {
     const d = this.deps;
+    this.standBys++;
+    this.backOff.abort();
     if (!d.running()) return;
     if (d.opts.threads === 'inline') return d.fail(err);
     this.cycle(async () => {
-      if (d.running()) await d.start();
+      if (d.running()) await this.startLeading();
     });
+  }
+
+  /**
+   * Starts a set once the role leads, and reports it running unless a step-down came meanwhile (resolves false
+   * then): that step-down's lease loss may let another ingest lead, so the set is not served from, and the
+   * stand-by it queued, next in line behind this cycle, stops it at once.
+   */
+  private async startLeading(): Promise<boolean> {
+    const d = this.deps;
+    const downs = this.standBys;
+    await d.leading();
+    await d.start(() => this.standBys === downs);
+    if (this.standBys !== downs) return false;
+    d.started();
+    return true;
   }
 
   /**

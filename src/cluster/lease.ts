@@ -4,7 +4,8 @@
  * deletes to-device messages (room keys among them) once the next `since` token is used — so two processes
  * syncing one device would lose keys. The lease is a key in a JetStream KV bucket whose entries expire `ttlMs`
  * after their last write: the holder rewrites it (compare-and-set on its revision) every sixth of the TTL; a
- * standby tries to create it every {@link Lease.pollMs} and gets it once the holder released it or it expired.
+ * standby tries to create it every {@link Lease.pollMs} (and at once when the connection to NATS is back) and gets
+ * it once the holder released it or it expired.
  *
  * The holder steps down (the `lost` callback) when another process wrote the key, or when it could not renew
  * for 80% of the TTL counted from the *sending* of its last successful renewal: the key cannot have expired on
@@ -18,6 +19,8 @@ import type { LeaseStore } from './nats.ts';
 const INGEST_KEY = 'ingest';
 /** Renewals of one lease out at once (one a tick while answers do not come; each ends by nats.js's timeout). */
 const MAX_RENEWALS = 3;
+/** Tries to take a lease out at once ({@link Lease.acquire}), for the same reason. */
+const MAX_TRIES = 3;
 
 /** One process's claim on the ingest lease; see the module comment. */
 export class Lease {
@@ -53,36 +56,67 @@ export class Lease {
 
   /**
    * Waits until this process holds the lease (at once when nobody does); rejects with `HALCYON_STOPPED` on abort,
-   * at once even while an attempt is out (a lease that attempt takes after all is given up again).
+   * at once even while tries are out (a lease one of them takes after all is given up again).
+   *
+   * A try is waited for {@link pollMs} at most, and only until NATS reconnects: one sent into a NATS outage is
+   * answered only by nats.js's timeout (5 s), even when the server is back a moment later (its answer is lost with
+   * the connection), and that wait was most of an ingest's time to lead again after an outage. The next try goes
+   * then; the slow one still counts if it took the lease. Safety does not depend on it: every try is a create,
+   * which the server refuses while any process's key (this one's too) is there, so a takeover still waits for the
+   * holder's release or its TTL.
    */
   async acquire(signal: AbortSignal): Promise<void> {
     let told = false;
     let unreachable = false;
-    for (;;) {
-      const attempt = this.tryAcquire().catch((err: unknown) => {
-        // Once per outage: a standby tries every pollMs for as long as NATS is away.
-        if (!unreachable) this.logger.warn({ err: (err as Error).message }, 'cluster: cannot reach the lease bucket; trying again');
-        unreachable = true;
-        return null;
-      });
-      const got = await unlessAborted(attempt, [signal]).catch((err: unknown) => {
-        void attempt.then((took) => {
-          if (took) void this.release().catch(() => {});
+    const out = new Set<Promise<unknown>>();
+    let wake = () => {};
+    const off = this.store.onReconnect(() => wake());
+    try {
+      for (;;) {
+        const reconnected = new Promise<undefined>((r) => (wake = () => r(undefined)));
+        const attempt = this.tryAcquire().catch((err: unknown) => {
+          // Once per outage: a standby tries every pollMs for as long as NATS is away.
+          if (!unreachable) this.logger.warn({ err: (err as Error).message }, 'cluster: cannot reach the lease bucket; trying again');
+          unreachable = true;
+          return null;
         });
-        throw err;
-      });
-      if (got !== null) unreachable = false;
-      if (got) {
-        this.logger.info({ holder: this.holder }, 'cluster: this process holds the ingest lease');
-        return;
+        const settled = attempt.then((took) => {
+          out.delete(settled);
+          if (took && signal.aborted) void this.release().catch(() => {}); // taken after the wait was given up
+        });
+        out.add(settled);
+        const got = await unlessAborted(this.answerOrPoll(attempt, out, reconnected), [signal]);
+        if (this.held) {
+          this.logger.info({ holder: this.holder }, 'cluster: this process holds the ingest lease');
+          return;
+        }
+        if (got === undefined) continue; // no answer within pollMs: the next try goes at once
+        if (got !== null) unreachable = false;
+        if (got === false && !told) {
+          const holder = await this.store.get(this.key).catch(() => null);
+          // This process's own key: a slow try took it, and its answer is still on its way (or was lost).
+          told = holder !== this.holder;
+          if (told) this.logger.info({ holder }, 'cluster: another ingest holds the lease; standing by');
+        }
+        await delay(this.pollMs, signal);
       }
-      if (got === false && !told) {
-        told = true;
-        const holder = await this.store.get(this.key).catch(() => null);
-        this.logger.info({ holder }, 'cluster: another ingest holds the lease; standing by');
-      }
-      await delay(this.pollMs, signal);
+    } finally {
+      off();
     }
+  }
+
+  /**
+   * `attempt`'s answer, or undefined once {@link pollMs} passed without it, or at once when NATS `reconnected`.
+   * With {@link MAX_TRIES} tries out (NATS away: each waits out nats.js's timeout), the poll waits for one of them
+   * to end too, so tries do not pile up; a reconnect does not (those tries are lost with the old connection).
+   */
+  private async answerOrPoll(attempt: Promise<boolean | null>, out: Set<Promise<unknown>>, reconnected: Promise<undefined>): Promise<boolean | null | undefined> {
+    let timer: NodeJS.Timeout | undefined;
+    const poll = new Promise<void>((r) => (timer = setTimeout(r, this.pollMs).unref()));
+    const capped = poll.then(() => (out.size >= MAX_TRIES ? Promise.race(out).then(() => undefined) : undefined));
+    const got = await Promise.race([attempt, capped, reconnected]);
+    clearTimeout(timer);
+    return got;
   }
 
   /** One attempt: takes the lease if nobody holds it (resolves true) and renews it from then on; rejects if NATS fails. */

@@ -76,6 +76,11 @@ export interface LeaseStore {
   release(key: string, rev: number): Promise<void>;
   /** The key's value, or null. */
   get(key: string): Promise<string | null>;
+  /**
+   * Calls `cb` each time the connection to NATS is back after a loss (a request sent before it is answered only
+   * by its timeout). Returns the function that stops it.
+   */
+  onReconnect(cb: () => void): () => void;
 }
 
 /** {@link LeaseStore} with what a worker's partition ownership also needs. */
@@ -117,6 +122,8 @@ export class Broker {
     private readonly jsm: JetStreamManager,
     private readonly cfg: ResolvedCluster,
     private readonly logger: Logger,
+    /** Called at each reconnect (see {@link LeaseStore.onReconnect}). */
+    private readonly reconnected: Set<() => void>,
   ) {
     this.stream = `HALCYON_${cfg.name}`;
   }
@@ -139,13 +146,17 @@ export class Broker {
     } catch (err) {
       throw new HalcyonError('HALCYON_CLUSTER', `cannot connect to NATS at ${cfg.servers.join(', ')}: ${(err as Error).message}`, { cause: err });
     }
+    const reconnected = new Set<() => void>();
     void (async () => {
       for await (const s of nc.status()) {
         if (s.type === 'disconnect') logger.warn({ server: s.server }, 'cluster: lost the connection to NATS; reconnecting');
-        else if (s.type === 'reconnect') logger.warn({ server: s.server }, 'cluster: reconnected to NATS');
+        else if (s.type === 'reconnect') {
+          logger.warn({ server: s.server }, 'cluster: reconnected to NATS');
+          for (const cb of reconnected) cb();
+        }
       }
     })().catch(() => {});
-    const broker = new Broker(nc, jetstream(nc), await jetstreamManager(nc, { timeout: 10_000 }), cfg, logger);
+    const broker = new Broker(nc, jetstream(nc), await jetstreamManager(nc, { timeout: 10_000 }), cfg, logger, reconnected);
     return broker;
   }
 
@@ -352,6 +363,10 @@ export class Broker {
       get: async (key) => {
         const e = await kv.get(key);
         return e && e.operation === 'PUT' ? e.string() : null;
+      },
+      onReconnect: (cb) => {
+        this.reconnected.add(cb);
+        return () => void this.reconnected.delete(cb);
       },
       state: async (key) => {
         const e = await kv.get(key);

@@ -26,6 +26,8 @@ interface FakeStore {
   updates: number;
   /** The key expires on the server (its TTL passed without a write). */
   expire(): void;
+  /** The connection is back: what the store's `onReconnect` callbacks are told. */
+  reconnect(): void;
   answer<T>(fn: () => T): Promise<T>;
   store: LeaseStore;
 }
@@ -33,11 +35,13 @@ interface FakeStore {
 function fakeStore(): FakeStore {
   let rev = 0;
   let value: string | null = null;
+  const reconnected = new Set<() => void>();
   const s: FakeStore = {
     down: false,
     slowMs: 0,
     updates: 0,
     expire: () => void (value = null),
+    reconnect: () => reconnected.forEach((cb) => cb()),
     answer<T>(fn: () => T): Promise<T> {
       if (s.slowMs > 0) {
         const v = fn();
@@ -57,6 +61,10 @@ function fakeStore(): FakeStore {
         if (r === rev) value = null;
       },
       get: async () => value,
+      onReconnect: (cb) => {
+        reconnected.add(cb);
+        return () => void reconnected.delete(cb);
+      },
     },
   };
   return s;
@@ -153,6 +161,34 @@ test('Lease: lost to an outage past its TTL, taken again by acquire once NATS is
     assert.equal(held, true, `round ${round}: held again`);
     assert.equal(lease.held, true);
   }
+  lease.abandon();
+});
+
+test('Lease: a try sent into a NATS outage does not hold acquire up once NATS is back (its answer comes only by the timeout): the next goes at the reconnect; tries do not pile up', async (t) => {
+  t.mock.timers.enable({ apis: ['setInterval', 'setTimeout', 'Date'], now: 0 });
+  const s = fakeStore();
+  const { lease } = await heldLease(s);
+  let out = 0;
+  let maxOut = 0;
+  const create = s.store.create;
+  s.store.create = (k, v) => {
+    maxOut = Math.max(maxOut, ++out);
+    return create(k, v).finally(() => out--);
+  };
+  s.down = true;
+  await advance(t, TTL + TTL / 6); // stepped down
+  assert.equal(lease.held, false);
+  const again = lease.acquire(new AbortController().signal);
+  let heldAt = 0;
+  void again.then(() => (heldAt = Date.now()));
+  await advance(t, 3 * TTL + 700); // tries keep going out into the outage
+  s.expire();
+  s.down = false;
+  const backAt = Date.now();
+  s.reconnect();
+  for (let i = 0; i < 100; i++) await Promise.resolve(); // no timer runs: only the reconnect wakes it
+  assert.equal(heldAt, backAt, 'held again as soon as NATS reconnected');
+  assert.ok(maxOut <= 4, `${maxOut} tries out at once (3, and the one sent at the reconnect)`);
   lease.abandon();
 });
 

@@ -1,9 +1,10 @@
 /**
  * A cluster ingest that lost its lease stands by through the client's supervisor (src/client/supervisor.ts,
- * `standBy`): its actors stop at once and start again only once the role leads again (the supervisor's `start`
- * waits for it, as core.ts's does), a stand-by is never counted as an actor failure, an actor restart asked for
- * meanwhile does not start a second set, one in progress is waited for and its actors stopped, and a stop ends a
- * stand-by at once. Fake actors and role; mocked timers where a restart's back-off runs.
+ * `standBy`): its actors stop at once and start again only once the role leads again (the supervisor waits for
+ * the role's `leading()` before every start), a stand-by is never counted as an actor failure, an actor restart
+ * asked for meanwhile does not start a second set, one still in its back-off is superseded (it starts nothing),
+ * and a stop ends a stand-by at once. Fake actors and role; mocked timers where a restart's back-off runs. A
+ * step-down while a restart starts its actors: cluster-stepdown.test.ts.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -11,7 +12,7 @@ import { HalcyonError } from '../../src/errors.ts';
 import { unlessAborted } from '../../src/abort.ts';
 import { Supervisor, type SupervisorDeps } from '../../src/client/supervisor.ts';
 
-/** A supervisor over fake actors: `calls` records stops and starts; a start waits until `lead()` is called. */
+/** A supervisor over fake actors: `calls` records stops and starts; `leading()` waits until `lead()` is called. */
 function standbySupervisor() {
   const lifecycle = new AbortController();
   const calls: string[] = [];
@@ -25,10 +26,9 @@ function standbySupervisor() {
     actors: { stop: async () => void calls.push('stop') },
     running: () => state === 'running',
     lifecycle: () => lifecycle.signal,
-    start: async () => {
-      await unlessAborted(leading, [lifecycle.signal]);
-      calls.push('start');
-    },
+    leading: () => unlessAborted(leading, [lifecycle.signal]),
+    start: async () => void calls.push('start'),
+    started() {},
     report: (e: HalcyonError) => void reported.push(e),
     fail: (e: HalcyonError) => void failed.push(e),
     warn() {},
@@ -85,17 +85,18 @@ test('Supervisor.standBy: a stop while standing by ends the wait at once, nothin
   assert.deepEqual(s.failed, []);
 });
 
-test('Supervisor.standBy during an actor restart: after it, stopping the actors it started, then starting them once leading', async (t) => {
+test('Supervisor.standBy during an actor restart\'s back-off: the restart starts nothing, the stand-by starts one set once leading', async (t) => {
   t.mock.timers.enable({ apis: ['setTimeout'] });
   const s = standbySupervisor();
   s.sup.restart(new HalcyonError('HALCYON_ACTOR_DIED', 'a worker died'));
   await turns();
   s.lose();
   s.sup.standBy(lost());
-  s.lead(); // the restart's start goes ahead (this fake's lead lets every waiting start go)
-  t.mock.timers.tick(1_000); // the restart's back-off
   await turns();
-  assert.deepEqual(s.calls.splice(0), ['stop', 'start', 'stop', 'start']);
+  assert.deepEqual(s.calls.splice(0), ['stop', 'stop'], 'the back-off ended, nothing started');
+  s.lead();
+  await turns();
+  assert.deepEqual(s.calls.splice(0), ['start']);
   await s.sup.restarting;
   assert.equal(s.sup.restarting, null);
   assert.equal(s.reported.length, 1, 'only the actor failure is reported');
