@@ -205,7 +205,7 @@ describe('audio and video info', () => {
   test('unknown or corrupt files yield nothing, never an error', () => {
     // Random bytes without 0xff: an MP3 frame header can start at any offset (MP3 has no magic number), and about
     // one random kilobyte in eighteen holds one that looks valid, which is an MP3 to any prober.
-    const noise = randomBytes(1000).map((x) => (x === 0xff ? 0 : x));
+    const noise = Buffer.from(randomBytes(1000).map((x) => (x === 0xff ? 0 : x)));
     for (const b of [Buffer.alloc(0), noise, Buffer.from('RIFF\0\0\0\0WAVE'), box('ftyp', Buffer.from('isom')), Buffer.from('OggS'), Buffer.from('fLaC')]) {
       assert.deepEqual(probe(b), {});
     }
