@@ -7,7 +7,12 @@
  * offset table, and main decodes an event only when a handler reads it. Skipped values are validated to the
  * JSON grammar, so any span it hands out is guaranteed to `JSON.parse` (a differential test holds it to that).
  * Bytes of 0x80 and above are accepted inside strings and decoded as UTF-8 (invalid sequences become U+FFFD).
+ *
+ * The string and value skips run in WebAssembly with SIMD (src/sync/skipper.ts) over a copy of the body, made on
+ * the first skip of a body of {@link MIN_WASM_BODY} bytes or more; the JS skips below stay the reference: they
+ * run for small bodies, and redo any skip the WebAssembly one did not finish, to throw the ScanError.
  */
+import { FLAG_BITS, FLAGS, holds, load, skipString as wasmSkipString, skipValue as wasmSkipValue } from './skipper.ts';
 
 /** Thrown when the bytes are not valid JSON at `pos`. */
 export class ScanError extends Error {
@@ -64,6 +69,8 @@ export class Scanner {
   /** Token bounds (quotes included) of the last member name read by {@link keyToken}. */
   ks = 0;
   ke = 0;
+  /** The id of this body's copy in the skipper's memory (see {@link inWasm}); 0 before the first skip, -1 for none. */
+  private wasmId = 0;
 
   constructor(bytes: Uint8Array) {
     this.b = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -248,9 +255,22 @@ export class Scanner {
 
   /** Validates and skips any value; returns the start offset (after white space) of the value skipped. */
   skipValue(): number {
-    const b = this.b;
     this.peek();
     const begin = this.i;
+    if (this.inWasm()) {
+      const r = wasmSkipValue(begin, this.b.length);
+      if (r >= 0) {
+        if ((r & FLAGS.string) !== 0) this.setFlags(r);
+        this.i = r >> FLAG_BITS;
+        return begin;
+      }
+    }
+    return this.skipValueJs(begin);
+  }
+
+  /** {@link skipValue} in JS, from `begin` (after white space). */
+  private skipValueJs(begin: number): number {
+    const b = this.b;
     let i = begin;
     // An explicit stack (1 object, 2 array) instead of recursion: a hostile body of nested brackets must
     // produce a ScanError, not a stack overflow.
@@ -315,8 +335,38 @@ export class Scanner {
     return i + 1;
   }
 
+  /**
+   * Whether this body is in the skipper's memory, copying it there on the first call if it is big enough: a small
+   * body (a single token's scanner) would pay more for the copy than it saves.
+   */
+  private inWasm(): boolean {
+    const id = this.wasmId;
+    if (id > 0 && holds(id)) return true;
+    if (id < 0) return false;
+    this.wasmId = this.b.length >= MIN_WASM_BODY ? load(this.b) : -1;
+    return this.wasmId > 0;
+  }
+
+  /** Sets {@link escaped} and {@link wide} from a WebAssembly skip's result. */
+  private setFlags(r: number): void {
+    this.escaped = (r & FLAGS.escaped) !== 0;
+    this.wide = (r & FLAGS.wide) !== 0;
+  }
+
   /** Skips the string starting at `i` (a quote) and returns the offset after its closing quote. */
   private skipString(i: number): number {
+    if (this.inWasm()) {
+      const r = wasmSkipString(i, this.b.length);
+      if (r >= 0) {
+        this.setFlags(r);
+        return r >> FLAG_BITS;
+      }
+    }
+    return this.skipStringJs(i);
+  }
+
+  /** {@link skipString} in JS. */
+  private skipStringJs(i: number): number {
     const b = this.b;
     const n = b.length;
     let escaped = false;
@@ -373,6 +423,9 @@ export class Scanner {
     return i;
   }
 }
+
+/** Bodies shorter than this are scanned by JS alone (see {@link Scanner.inWasm}). */
+export const MIN_WASM_BODY = 1024;
 
 /** {@link STRING_BYTE} classes: a byte a string may hold as it is, one of 0x80 and above (UTF-8), anything else. */
 const PLAIN = 0;
