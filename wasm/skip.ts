@@ -140,6 +140,43 @@ export function skipValue(i: i32, n: i32): i32 {
   }
 }
 
+/** Where {@link keyToken} leaves the bounds of the member name it read: two i32s (its quotes included). */
+const key = memory.data(8, 8);
+
+/** The key span's address (for the door's view of it). */
+export function keySpan(): usize {
+  return key;
+}
+
+/** The result bit {@link keyToken} sets when it consumed the object's `}` (no name read). */
+const CLOSED = 4;
+
+/**
+ * The JS scanner's keyToken: at `i` (white space allowed), with `first` 0 after a `,` is due, reads the next
+ * member name (its bounds go to {@link keySpan}) and its colon, and returns the offset after the colon shifted
+ * left by 3 with the name's ESCAPED and WIDE bits; or consumes `}` and returns the offset after it, shifted, with
+ * CLOSED; or -1.
+ */
+export function keyToken(i: i32, n: i32, first: i32): i32 {
+  i = ws(i);
+  let c = at(i);
+  if (c === 0x7d) return ((i + 1) << FLAG_BITS) | CLOSED;
+  if (!first) {
+    if (c !== 0x2c) return -1;
+    i = ws(i + 1);
+    c = at(i);
+  }
+  if (c !== 0x22) return -1;
+  const r = skipString(i, n);
+  if (r < 0) return -1;
+  const e = r >> FLAG_BITS;
+  store<i32>(key, i);
+  store<i32>(key, e, 4);
+  const j = ws(e);
+  if (at(j) !== 0x3a) return -1;
+  return ((j + 1) << FLAG_BITS) | (r & (ESCAPED | WIDE));
+}
+
 /** Skips a member name at `i` and its colon: the offset after the colon with the name's flags, or -1. */
 function memberName(i: i32, n: i32): i32 {
   if (at(i) !== 0x22) return -1;

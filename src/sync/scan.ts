@@ -12,7 +12,7 @@
  * the first skip of a body of {@link MIN_WASM_BODY} bytes or more; the JS skips below stay the reference: they
  * run for small bodies, and redo any skip the WebAssembly one did not finish, to throw the ScanError.
  */
-import { FLAG_BITS, FLAGS, holds, load, skipString as wasmSkipString, skipValue as wasmSkipValue } from './skipper.ts';
+import { FLAG_BITS, FLAGS, holds, keySpan, load, keyToken as wasmKeyToken, skipString as wasmSkipString, skipValue as wasmSkipValue } from './skipper.ts';
 
 /** Thrown when the bytes are not valid JSON at `pos`. */
 export class ScanError extends Error {
@@ -127,6 +127,22 @@ export class Scanner {
    * `}` and returns false. `first` is true for the first call after {@link openObject}. No string is made.
    */
   keyToken(first: boolean): boolean {
+    if (this.inWasm()) {
+      const r = wasmKeyToken(this.i, this.b.length, first ? 1 : 0);
+      if (r >= 0) {
+        this.i = r >> FLAG_BITS;
+        if ((r & FLAGS.closed) !== 0) return false;
+        this.setFlags(r);
+        this.ks = keySpan[0]!;
+        this.ke = keySpan[1]!;
+        return true;
+      }
+    }
+    return this.keyTokenJs(first);
+  }
+
+  /** {@link keyToken} in JS. */
+  private keyTokenJs(first: boolean): boolean {
     let c = this.peek();
     if (c === CLOSE_OBJ) {
       this.i++;
@@ -235,16 +251,22 @@ export class Scanner {
   readNumber(): number {
     this.peek();
     const start = this.i;
-    this.i = this.skipNumber(start);
-    // Timestamps are plain non-negative integers: add up the digits rather than making a string.
+    // Timestamps are plain integers of up to 15 digits, no leading zero: their digits add up as they are
+    // validated, in one pass and with no string made. Anything else is skipped, then parsed by Number.
     const b = this.b;
+    let k = start;
     let v = 0;
-    for (let k = start; k < this.i; k++) {
-      const c = b[k]!;
-      if (c < 48 || c > 57 || this.i - start > 15) return Number(b.toString('latin1', start, this.i));
-      v = v * 10 + (c - 48);
+    let c = b[k];
+    if (c !== undefined && c >= 49 && c <= 57) {
+      do v = v * 10 + (c - 48);
+      while ((c = b[++k]) !== undefined && c >= 48 && c <= 57 && k - start < 15);
+      if (!(c !== undefined && ((c >= 48 && c <= 57) || c === 46 || c === 101 || c === 69))) {
+        this.i = k;
+        return v;
+      }
     }
-    return v;
+    this.i = this.skipNumber(start);
+    return Number(b.toString('latin1', start, this.i));
   }
 
   /** Reads any value by validating it and parsing its bytes (for the small parts of a body). */

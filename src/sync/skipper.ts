@@ -22,10 +22,14 @@ interface Exports {
   skipString(i: number, n: number): number;
   /** The offset after the value at `i` shifted left by {@link FLAG_BITS}, with the last string's {@link FLAGS}; or -1. */
   skipValue(i: number, n: number): number;
+  /** The scanner's keyToken (see wasm/skip.ts): the offset after the colon, shifted, with flags; or -1. */
+  keyToken(i: number, n: number, first: number): number;
+  /** Address of the two i32s where keyToken leaves the name's bounds. */
+  keySpan(): number;
 }
 
 /** The flag bits of a skip's result: the string (or the last one a value held) was escaped, wide, present. */
-export const FLAGS = { escaped: 1, wide: 2, string: 4 } as const;
+export const FLAGS = { escaped: 1, wide: 2, string: 4, closed: 4 } as const;
 /** How far a skip's result is shifted to make room for its {@link FLAGS}. */
 export const FLAG_BITS = 3;
 /** The largest body the skipper takes: offsets shifted by {@link FLAG_BITS} must stay positive int32s. */
@@ -74,6 +78,8 @@ export function load(body: Uint8Array): number {
   current = ++lastId;
   skipString = wasm.skipString;
   skipValue = wasm.skipValue;
+  keyToken = wasm.keyToken;
+  if (keySpan.buffer !== wasm.memory.buffer) keySpan = new Int32Array(wasm.memory.buffer, wasm.keySpan(), 2);
   return current;
 }
 
@@ -86,6 +92,11 @@ export function holds(id: number): boolean {
 export let skipString: (i: number, n: number) => number = () => -1;
 /** The loaded instance's value skip (see {@link Exports.skipValue}); call only while {@link holds} is true. */
 export let skipValue: (i: number, n: number) => number = () => -1;
+
+/** The loaded instance's keyToken (see {@link Exports.keyToken}); call only while {@link holds} is true. */
+export let keyToken: (i: number, n: number, first: number) => number = () => -1;
+/** Where {@link keyToken} left the bounds of the name it read (start, end). */
+export let keySpan = new Int32Array(2);
 
 /** Bytes of linear memory the skipper holds on this thread (the sync actor's memory report), or null before its first use. */
 export function wasmBytes(): number | null {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { MIN_WASM_BODY, Scanner, ScanError } from '../../src/sync/scan.ts';
-import { FLAG_BITS, load, skipValue } from '../../src/sync/skipper.ts';
+import { FLAG_BITS, keyToken, load, skipValue } from '../../src/sync/skipper.ts';
 
 /** A small seeded PRNG (mulberry32): failures reproduce. */
 function rng(seed: number): () => number {
@@ -203,6 +203,7 @@ function sameBothWays(text: string | Uint8Array, seed: number): void {
     assert.ok(load(padded) > 0);
     const r = skipValue(PAD + start, padded.length);
     assert.equal(r >> FLAG_BITS, PAD + sc.i, `the skipper finishes ${JSON.stringify(bytes.toString('latin1'))}`);
+    if (bytes[start] === 0x7b) assert.ok(keyToken(PAD + start + 1, padded.length, 1) >= 0, 'the skipper reads the first member name');
   }
 }
 
