@@ -69,6 +69,9 @@ export class Scanner {
   /** Token bounds (quotes included) of the last member name read by {@link keyToken}. */
   ks = 0;
   ke = 0;
+  /** Where the last member name's value starts if it is a string keyToken skipped already, and that skip's result. */
+  private valueAt = -1;
+  private valueSkip = 0;
   /** The id of this body's copy in the skipper's memory (see {@link inWasm}); 0 before the first skip, -1 for none. */
   private wasmId = 0;
 
@@ -135,6 +138,8 @@ export class Scanner {
         this.setFlags(r);
         this.ks = keySpan[0]!;
         this.ke = keySpan[1]!;
+        this.valueAt = keySpan[2]!;
+        this.valueSkip = keySpan[3]!;
         return true;
       }
     }
@@ -280,7 +285,7 @@ export class Scanner {
     this.peek();
     const begin = this.i;
     if (this.inWasm()) {
-      const r = wasmSkipValue(begin, this.b.length);
+      const r = begin === this.valueAt ? this.valueSkip : wasmSkipValue(begin, this.b.length);
       if (r >= 0) {
         if ((r & FLAGS.string) !== 0) this.setFlags(r);
         this.i = r >> FLAG_BITS;
@@ -378,7 +383,7 @@ export class Scanner {
   /** Skips the string starting at `i` (a quote) and returns the offset after its closing quote. */
   private skipString(i: number): number {
     if (this.inWasm()) {
-      const r = wasmSkipString(i, this.b.length);
+      const r = i === this.valueAt ? this.valueSkip : wasmSkipString(i, this.b.length);
       if (r >= 0) {
         this.setFlags(r);
         return r >> FLAG_BITS;

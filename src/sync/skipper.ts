@@ -79,7 +79,7 @@ export function load(body: Uint8Array): number {
   skipString = wasm.skipString;
   skipValue = wasm.skipValue;
   keyToken = wasm.keyToken;
-  if (keySpan.buffer !== wasm.memory.buffer) keySpan = new Int32Array(wasm.memory.buffer, wasm.keySpan(), 2);
+  if (keySpan.buffer !== wasm.memory.buffer) keySpan = new Int32Array(wasm.memory.buffer, wasm.keySpan(), 4);
   return current;
 }
 
@@ -95,8 +95,11 @@ export let skipValue: (i: number, n: number) => number = () => -1;
 
 /** The loaded instance's keyToken (see {@link Exports.keyToken}); call only while {@link holds} is true. */
 export let keyToken: (i: number, n: number, first: number) => number = () => -1;
-/** Where {@link keyToken} left the bounds of the name it read (start, end). */
-export let keySpan = new Int32Array(2);
+/**
+ * What {@link keyToken} left: the bounds of the name it read (start, end), then the start of its value and the
+ * string skip's result for it when the value is a well-formed string (else -1 and -1).
+ */
+export let keySpan = new Int32Array(4);
 
 /** Bytes of linear memory the skipper holds on this thread (the sync actor's memory report), or null before its first use. */
 export function wasmBytes(): number | null {
