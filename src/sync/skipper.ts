@@ -34,8 +34,11 @@ export const FLAGS = { escaped: 1, wide: 2, string: 4, closed: 4 } as const;
 export const FLAG_BITS = 3;
 /** The largest body the skipper takes: offsets shifted by {@link FLAG_BITS} must stay positive int32s. */
 export const MAX_WASM_BODY = 2 ** (31 - FLAG_BITS) - 64;
-/** Once the memory is larger than this, a body that fits in it gets a fresh instance (see the module comment). */
-export const SHRINK_ABOVE = 32 * 1024 * 1024;
+/**
+ * Once the memory is larger than this, a body that fits in it gets a fresh instance (see the module comment): an
+ * incremental sync's body or a streamed initial sync's slice (512 KiB) is far smaller.
+ */
+export const SHRINK_ABOVE = 4 * 1024 * 1024;
 const PAGE = 65536;
 
 let compiled: WebAssembly.Module | null = null;
