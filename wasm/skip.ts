@@ -6,7 +6,8 @@
  * It only answers "where does this end, and how": any malformed input, or nesting deeper than its stack, returns
  * -1 and the JS scanner redoes the skip to throw its ScanError (so messages and positions are the JS ones). It
  * never traps: the body is followed by PADDING zero bytes, which stop every loop (zero is a control character,
- * not a digit, not white space), so no read goes past them.
+ * not a digit, not white space), so no read goes past them, and the body's length need not be passed: a string
+ * that reaches the padding is unterminated, a value that reaches it is cut off.
  *
  * Memory layout: the container stack, then the body at {@link base} (positions passed in and returned are offsets
  * into the body), then PADDING zeros. The JS door grows the memory to fit the body.
@@ -39,16 +40,16 @@ const FLAG_BITS = 3;
 }
 
 /**
- * Skips the string whose opening quote is at `i` in a body of `n` bytes. Returns the offset after its closing
+ * Skips the string whose opening quote is at `i`. Returns the offset after its closing
  * quote, shifted left by 3, with the ESCAPED, WIDE and STRING bits; or -1 if it is malformed.
  */
-export function skipString(i: i32, n: i32): i32 {
-  return string(i, n);
+export function skipString(i: i32): i32 {
+  return string(i);
 }
 
 /** {@link skipString}, inlined where the scanner's hot paths need it (a call is a dependent latency). */
 // @ts-ignore: decorator
-@inline function string(i: i32, n: i32): i32 {
+@inline function string(i: i32): i32 {
   const b = base();
   const quote = i8x16.splat(0x22);
   const backslash = i8x16.splat(0x5c);
@@ -68,10 +69,9 @@ export function skipString(i: i32, n: i32): i32 {
     const k = ctz(stop);
     if ((high & ((1 << k) - 1)) !== 0) flags |= WIDE;
     i += k;
-    if (i >= n) return -1;
     const c = at(i);
     if (c === 0x22) return ((i + 1) << FLAG_BITS) | flags;
-    if (c !== 0x5c) return -1; // a control character
+    if (c !== 0x5c) return -1; // a control character, or the padding
     flags |= ESCAPED;
     const e = at(i + 1);
     if (e === 0x75) {
@@ -83,11 +83,11 @@ export function skipString(i: i32, n: i32): i32 {
 }
 
 /**
- * Skips the value starting at `i` (no white space before it) in a body of `n` bytes. Returns the offset after it,
+ * Skips the value starting at `i` (no white space before it). Returns the offset after it,
  * shifted left by 3, with the flags of the last string it held (no STRING bit if it held none); or -1 if it is
  * malformed or nested deeper than the stack.
  */
-export function skipValue(i: i32, n: i32): i32 {
+export function skipValue(i: i32): i32 {
   let depth = 0;
   let last = 0;
   while (true) {
@@ -101,7 +101,7 @@ export function skipValue(i: i32, n: i32): i32 {
         store<u8>(stack + <usize>depth, c === 0x7b ? OBJECT : ARRAY);
         depth++;
         if (c === 0x7b) {
-          const r = memberName(j, n);
+          const r = memberName(j);
           if (r < 0) return -1;
           last = r & 7;
           i = r >> FLAG_BITS;
@@ -109,7 +109,7 @@ export function skipValue(i: i32, n: i32): i32 {
         continue;
       }
     } else if (c === 0x22) {
-      const r = skipString(i, n);
+      const r = skipString(i);
       if (r < 0) return -1;
       last = r & 7;
       i = r >> FLAG_BITS;
@@ -129,7 +129,7 @@ export function skipValue(i: i32, n: i32): i32 {
       if (d === 0x2c) {
         i++;
         if (top === OBJECT) {
-          const r = memberName(ws(i), n);
+          const r = memberName(ws(i));
           if (r < 0) return -1;
           last = r & 7;
           i = r >> FLAG_BITS;
@@ -167,7 +167,7 @@ const CLOSED = 4;
  * left by 3 with the name's ESCAPED and WIDE bits; or consumes `}` and returns the offset after it, shifted, with
  * CLOSED; or -1.
  */
-export function keyToken(i: i32, n: i32, first: i32): i32 {
+export function keyToken(i: i32, first: i32): i32 {
   i = ws(i);
   let c = at(i);
   if (c === 0x7d) return ((i + 1) << FLAG_BITS) | CLOSED;
@@ -177,7 +177,7 @@ export function keyToken(i: i32, n: i32, first: i32): i32 {
     c = at(i);
   }
   if (c !== 0x22) return -1;
-  const r = string(i, n);
+  const r = string(i);
   if (r < 0) return -1;
   const e = r >> FLAG_BITS;
   store<i32>(key, i);
@@ -185,16 +185,16 @@ export function keyToken(i: i32, n: i32, first: i32): i32 {
   const j = ws(e);
   if (at(j) !== 0x3a) return -1;
   const v = ws(j + 1);
-  const s = at(v) === 0x22 ? string(v, n) : -1;
+  const s = at(v) === 0x22 ? string(v) : -1;
   store<i32>(key, s < 0 ? -1 : v, 8);
   store<i32>(key, s, 12);
   return ((j + 1) << FLAG_BITS) | (r & (ESCAPED | WIDE));
 }
 
 /** Skips a member name at `i` and its colon: the offset after the colon with the name's flags, or -1. */
-function memberName(i: i32, n: i32): i32 {
+function memberName(i: i32): i32 {
   if (at(i) !== 0x22) return -1;
-  const r = skipString(i, n);
+  const r = skipString(i);
   if (r < 0) return -1;
   const j = ws(r >> FLAG_BITS);
   if (at(j) !== 0x3a) return -1;

@@ -131,7 +131,7 @@ export class Scanner {
    */
   keyToken(first: boolean): boolean {
     if (this.inWasm()) {
-      const r = wasmKeyToken(this.i, this.b.length, first ? 1 : 0);
+      const r = wasmKeyToken(this.i, first ? 1 : 0);
       if (r >= 0) {
         this.i = r >> FLAG_BITS;
         if ((r & FLAGS.closed) !== 0) return false;
@@ -285,7 +285,7 @@ export class Scanner {
     this.peek();
     const begin = this.i;
     if (this.inWasm()) {
-      const r = begin === this.valueAt ? this.valueSkip : wasmSkipValue(begin, this.b.length);
+      const r = begin === this.valueAt ? this.valueSkip : wasmSkipValue(begin);
       if (r >= 0) {
         if ((r & FLAGS.string) !== 0) this.setFlags(r);
         this.i = r >> FLAG_BITS;
@@ -383,7 +383,7 @@ export class Scanner {
   /** Skips the string starting at `i` (a quote) and returns the offset after its closing quote. */
   private skipString(i: number): number {
     if (this.inWasm()) {
-      const r = i === this.valueAt ? this.valueSkip : wasmSkipString(i, this.b.length);
+      const r = i === this.valueAt ? this.valueSkip : wasmSkipString(i);
       if (r >= 0) {
         this.setFlags(r);
         return r >> FLAG_BITS;

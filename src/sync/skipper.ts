@@ -19,11 +19,11 @@ interface Exports {
   base(): number;
   PADDING: WebAssembly.Global;
   /** The offset after the string at `i` shifted left by {@link FLAG_BITS}, with {@link FLAGS}; or -1. */
-  skipString(i: number, n: number): number;
+  skipString(i: number): number;
   /** The offset after the value at `i` shifted left by {@link FLAG_BITS}, with the last string's {@link FLAGS}; or -1. */
-  skipValue(i: number, n: number): number;
+  skipValue(i: number): number;
   /** The scanner's keyToken (see wasm/skip.ts): the offset after the colon, shifted, with flags; or -1. */
-  keyToken(i: number, n: number, first: number): number;
+  keyToken(i: number, first: number): number;
   /** Address of the two i32s where keyToken leaves the name's bounds. */
   keySpan(): number;
 }
@@ -92,12 +92,12 @@ export function holds(id: number): boolean {
 }
 
 /** The loaded instance's string skip (see {@link Exports.skipString}); call only while {@link holds} is true. */
-export let skipString: (i: number, n: number) => number = () => -1;
+export let skipString: (i: number) => number = () => -1;
 /** The loaded instance's value skip (see {@link Exports.skipValue}); call only while {@link holds} is true. */
-export let skipValue: (i: number, n: number) => number = () => -1;
+export let skipValue: (i: number) => number = () => -1;
 
 /** The loaded instance's keyToken (see {@link Exports.keyToken}); call only while {@link holds} is true. */
-export let keyToken: (i: number, n: number, first: number) => number = () => -1;
+export let keyToken: (i: number, first: number) => number = () => -1;
 /**
  * What {@link keyToken} left: the bounds of the name it read (start, end), then the start of its value and the
  * string skip's result for it when the value is a well-formed string (else -1 and -1).

@@ -201,9 +201,9 @@ function sameBothWays(text: string | Uint8Array, seed: number): void {
   }
   if (start >= 0) {
     assert.ok(load(padded) > 0);
-    const r = skipValue(PAD + start, padded.length);
+    const r = skipValue(PAD + start);
     assert.equal(r >> FLAG_BITS, PAD + sc.i, `the skipper finishes ${JSON.stringify(bytes.toString('latin1'))}`);
-    if (bytes[start] === 0x7b) assert.ok(keyToken(PAD + start + 1, padded.length, 1) >= 0, 'the skipper reads the first member name');
+    if (bytes[start] === 0x7b) assert.ok(keyToken(PAD + start + 1, 1) >= 0, 'the skipper reads the first member name');
   }
 }
 
