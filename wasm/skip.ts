@@ -40,8 +40,8 @@ const FLAG_BITS = 3;
 }
 
 /**
- * Skips the string whose opening quote is at `i`. Returns the offset after its closing
- * quote, shifted left by 3, with the ESCAPED, WIDE and STRING bits; or -1 if it is malformed.
+ * Skips the string whose opening quote is at `i`. Returns the offset after its closing quote, shifted left by 3,
+ * with the ESCAPED, WIDE and STRING bits; or -1 if it is malformed.
  */
 export function skipString(i: i32): i32 {
   return string(i);
@@ -149,7 +149,7 @@ export function skipValue(i: i32): i32 {
 /**
  * What {@link keyToken} leaves for the JS scanner: the bounds of the member name it read (its quotes included),
  * then, when the member's value is a well-formed string, where it starts and skipString's result for it (else -1
- * and 0): the scanner's next call would be that skip, and a call is the cost here.
+ * and -1): the scanner's next call would be that skip, and a call is the cost here.
  */
 const key = memory.data(16, 8);
 
@@ -162,10 +162,10 @@ export function keySpan(): usize {
 const CLOSED = 4;
 
 /**
- * The JS scanner's keyToken: at `i` (white space allowed), with `first` 0 after a `,` is due, reads the next
- * member name (its bounds, and its value's if a string, go to {@link keySpan}) and its colon, and returns the offset after the colon shifted
- * left by 3 with the name's ESCAPED and WIDE bits; or consumes `}` and returns the offset after it, shifted, with
- * CLOSED; or -1.
+ * The JS scanner's keyToken: at `i` (white space allowed), with `first` 0 when a `,` is due, reads the next
+ * member name and its colon (the name's bounds, and its value's skip if a string, go to {@link keySpan}) and
+ * returns the offset after the colon shifted left by 3 with the name's ESCAPED and WIDE bits; or consumes `}` and
+ * returns the offset after it, shifted, with CLOSED; or -1.
  */
 export function keyToken(i: i32, first: i32): i32 {
   i = ws(i);

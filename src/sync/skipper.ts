@@ -22,13 +22,16 @@ interface Exports {
   skipString(i: number): number;
   /** The offset after the value at `i` shifted left by {@link FLAG_BITS}, with the last string's {@link FLAGS}; or -1. */
   skipValue(i: number): number;
-  /** The scanner's keyToken (see wasm/skip.ts): the offset after the colon, shifted, with flags; or -1. */
+  /** The scanner's keyToken (see wasm/skip.ts): the offset after the colon (or `}`), shifted, with flags; or -1. */
   keyToken(i: number, first: number): number;
-  /** Address of the two i32s where keyToken leaves the name's bounds. */
+  /** Address of the four i32s where keyToken leaves the name's bounds and its string value's skip. */
   keySpan(): number;
 }
 
-/** The flag bits of a skip's result: the string (or the last one a value held) was escaped, wide, present. */
+/**
+ * The flag bits of a skip's result: the string (or the last one a value held) was escaped, wide, present; for
+ * keyToken, whose result never has `string`, its bit means the object's `}` was consumed instead of a name.
+ */
 export const FLAGS = { escaped: 1, wide: 2, string: 4, closed: 4 } as const;
 /** How far a skip's result is shifted to make room for its {@link FLAGS}. */
 export const FLAG_BITS = 3;
