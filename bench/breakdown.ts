@@ -5,6 +5,8 @@
  *   node --import tsx bench/breakdown.ts [--batches N] [--passes N]
  *
  * Stages: JSON.parse (the floor's parse); processSync (the sync actor's validating scan, src/sync/process.ts);
+ * skip (the scanner's validating skip of a whole body, `new Scanner(body).skipValue()`: the part of processSync's
+ * work done in WebAssembly, src/sync/skipper.ts);
  * serialize + deserialize of the WireBatch as a worker postMessage would (v8.serialize / v8.deserialize use the
  * same ValueSerializer); CacheActor.apply of the batch's StateChanges (the sync actor awaits it before posting);
  * JSON.parse of every event's raw slice (what main pays when handlers read content).
@@ -17,6 +19,7 @@ import { parseArgs } from 'node:util';
 import { deserialize, serialize } from 'node:v8';
 import { CacheActor } from '../src/cache/actor.ts';
 import { processSync } from '../src/sync/process.ts';
+import { Scanner } from '../src/sync/scan.ts';
 import { BatchReader } from '../src/events.ts';
 import type { WireBatch } from '../src/protocol.ts';
 import { makeSyncBody } from './fixtures.ts';
@@ -46,7 +49,7 @@ function time(fn: () => void): number {
 }
 
 console.log(`stage breakdown, µs per event (median of ${PASSES} passes after a warm-up), ${BATCHES} bodies per shape, Node ${process.version}`);
-console.log('shape    JSON.parse  processSync  serialize  deserialize  cache.apply(fresh)  cache.apply(steady)  raw JSON.parse');
+console.log('shape    JSON.parse  processSync       skip  serialize  deserialize  cache.apply(fresh)  cache.apply(steady)  raw JSON.parse');
 for (const s of shapes) {
   const bodies = Array.from({ length: BATCHES }, (_, batch) => makeSyncBody({ rooms: s.rooms, eventsPerRoom: s.perRoom, batch, seed: 42 }));
   const events = s.rooms * s.perRoom * BATCHES;
@@ -58,6 +61,9 @@ for (const s of shapes) {
   const bytes = bodies.map((b) => Buffer.from(b, 'utf8'));
   const scan = time(() => {
     for (const b of bytes) processSync(b, { wantedTypes: WANTED });
+  });
+  const skip = time(() => {
+    for (const b of bytes) new Scanner(b).skipValue();
   });
   const processed = bytes.map((b) => processSync(b, { wantedTypes: WANTED }));
   const batches = processed.map((p, i) => ({
@@ -108,7 +114,7 @@ for (const s of shapes) {
   const c = await cacheRun();
   const perBody = events / BATCHES;
   console.log(
-    `${s.id.padEnd(8)}${per(parse)}  ${per(scan)}  ${per(ser)}  ${per(de)}  ` +
+    `${s.id.padEnd(8)}${per(parse)}  ${per(scan)}  ${per(skip)}  ${per(ser)}  ${per(de)}  ` +
       `${fmt((c.fresh * 1000) / perBody, 2).padStart(18)}  ${fmt((c.steady * 1000) / perBody, 2).padStart(19)}  ${per(rawParse)}` +
       `   (cache.apply per body: first ${fmt(c.fresh)} ms, then ${fmt(c.steady)} ms)`,
   );

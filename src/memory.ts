@@ -36,7 +36,7 @@ export interface MemorySource {
 const YOUNG_SPACES: ReadonlySet<string> = new Set(['new_space', 'new_large_object_space']);
 
 /**
- * This thread's memory. `wasmBytes` is the crypto actor's (it alone knows its wasm instance). With `collect`,
+ * This thread's memory. `wasmBytes` is the actor's wasm memory (only it knows its instance). With `collect`,
  * a worker runs a full garbage collection first, so `heapUsed` is what is live (main never collects here: that is
  * the application's call).
  */

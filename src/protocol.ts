@@ -88,7 +88,7 @@ export interface ActorMemory {
   external: number;
   /** Of `external`: ArrayBuffer backing stores (sync bodies, typed arrays). */
   arrayBuffers: number;
-  /** crypto-wasm's linear memory (it never shrinks), for the crypto actor; null elsewhere or when unknown. */
+  /** Wasm linear memory (never shrinks): crypto-wasm's (crypto actor), the scanner's skipper's (sync actor); else null. */
   wasmBytes: number | null;
   /** The most this thread's SQLite connections may cache (pages × page size); null when it has none open. */
   sqliteCacheLimit: number | null;

@@ -17,6 +17,7 @@ import { delay } from '../abort.ts';
 import { MatrixHttp, type RequestOptions } from '../http.ts';
 import { collectGarbage, type Port, type Remote, traceStartup } from '../actors.ts';
 import { threadMemory } from '../memory.ts';
+import { wasmBytes } from './skipper.ts';
 import type {
   ActorMemory,
   CacheActorApi,
@@ -246,7 +247,7 @@ export class SyncActor implements SyncActorApi {
   }
 
   async memory(collect = false): Promise<ActorMemory> {
-    return threadMemory({ collect });
+    return threadMemory({ collect, wasmBytes: wasmBytes() });
   }
 
   private async run(resumed: boolean): Promise<void> {

@@ -20,6 +20,7 @@ const TIMELINE_KEYS = keyNames('events', 'limited', 'prev_batch');
 /** A room's parts as a server sends them when nothing is in them: skipped without a parse. */
 const EMPTY_EVENTS = Buffer.from('{"events":[]}', 'utf8');
 const EMPTY_OBJECT = Buffer.from('{}', 'utf8');
+const TRUE = Buffer.from('true', 'utf8');
 type StateRoom = StateChanges['rooms'][number];
 
 /**
@@ -147,7 +148,9 @@ function readRoom(sc: Scanner, b: Builder, roomId: string, membership: Membershi
       sc.openObject();
       for (let t: string | null, f = true; (t = sc.keyOf(f, TIMELINE_KEYS)) !== null; f = false) {
         if (t === 'limited') {
-          limited = sc.readValue() === true;
+          // Only `true` counts (as for JSON.parse): a literal is matched, not parsed.
+          limited = sc.skipIf(TRUE);
+          if (!limited) sc.skipValue();
           continue;
         }
         if (t === 'prev_batch' && sc.atString()) {

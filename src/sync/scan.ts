@@ -7,7 +7,12 @@
  * offset table, and main decodes an event only when a handler reads it. Skipped values are validated to the
  * JSON grammar, so any span it hands out is guaranteed to `JSON.parse` (a differential test holds it to that).
  * Bytes of 0x80 and above are accepted inside strings and decoded as UTF-8 (invalid sequences become U+FFFD).
+ *
+ * The string and value skips run in WebAssembly with SIMD (src/sync/skipper.ts) over a copy of the body, made on
+ * the first skip of a body of {@link MIN_WASM_BODY} bytes or more; the JS skips below stay the reference: they
+ * run for small bodies, and redo any skip the WebAssembly one did not finish, to throw the ScanError.
  */
+import { FLAG_BITS, FLAGS, holds, keySpan, load, keyToken as wasmKeyToken, skipString as wasmSkipString, skipValue as wasmSkipValue } from './skipper.ts';
 
 /** Thrown when the bytes are not valid JSON at `pos`. */
 export class ScanError extends Error {
@@ -64,6 +69,11 @@ export class Scanner {
   /** Token bounds (quotes included) of the last member name read by {@link keyToken}. */
   ks = 0;
   ke = 0;
+  /** Where the last member name's value starts if it is a string keyToken skipped already, and that skip's result. */
+  private valueAt = -1;
+  private valueSkip = 0;
+  /** The id of this body's copy in the skipper's memory (see {@link inWasm}); 0 before the first skip, -1 for none. */
+  private wasmId = 0;
 
   constructor(bytes: Uint8Array) {
     this.b = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -120,6 +130,24 @@ export class Scanner {
    * `}` and returns false. `first` is true for the first call after {@link openObject}. No string is made.
    */
   keyToken(first: boolean): boolean {
+    if (this.inWasm()) {
+      const r = wasmKeyToken(this.i, first ? 1 : 0);
+      if (r >= 0) {
+        this.i = r >> FLAG_BITS;
+        if ((r & FLAGS.closed) !== 0) return false;
+        this.setFlags(r);
+        this.ks = keySpan[0]!;
+        this.ke = keySpan[1]!;
+        this.valueAt = keySpan[2]!;
+        this.valueSkip = keySpan[3]!;
+        return true;
+      }
+    }
+    return this.keyTokenJs(first);
+  }
+
+  /** {@link keyToken} in JS. */
+  private keyTokenJs(first: boolean): boolean {
     let c = this.peek();
     if (c === CLOSE_OBJ) {
       this.i++;
@@ -228,16 +256,22 @@ export class Scanner {
   readNumber(): number {
     this.peek();
     const start = this.i;
-    this.i = this.skipNumber(start);
-    // Timestamps are plain non-negative integers: add up the digits rather than making a string.
+    // Timestamps are plain integers of up to 15 digits, no leading zero: their digits add up as they are
+    // validated, in one pass and with no string made. Anything else is skipped, then parsed by Number.
     const b = this.b;
+    let k = start;
     let v = 0;
-    for (let k = start; k < this.i; k++) {
-      const c = b[k]!;
-      if (c < 48 || c > 57 || this.i - start > 15) return Number(b.toString('latin1', start, this.i));
-      v = v * 10 + (c - 48);
+    let c = b[k];
+    if (c !== undefined && c >= 49 && c <= 57) {
+      do v = v * 10 + (c - 48);
+      while ((c = b[++k]) !== undefined && c >= 48 && c <= 57 && k - start < 15);
+      if (!(c !== undefined && ((c >= 48 && c <= 57) || c === 46 || c === 101 || c === 69))) {
+        this.i = k;
+        return v;
+      }
     }
-    return v;
+    this.i = this.skipNumber(start);
+    return Number(b.toString('latin1', start, this.i));
   }
 
   /** Reads any value by validating it and parsing its bytes (for the small parts of a body). */
@@ -248,9 +282,22 @@ export class Scanner {
 
   /** Validates and skips any value; returns the start offset (after white space) of the value skipped. */
   skipValue(): number {
-    const b = this.b;
     this.peek();
     const begin = this.i;
+    if (this.inWasm()) {
+      const r = begin === this.valueAt ? this.valueSkip : wasmSkipValue(begin);
+      if (r >= 0) {
+        if ((r & FLAGS.string) !== 0) this.setFlags(r);
+        this.i = r >> FLAG_BITS;
+        return begin;
+      }
+    }
+    return this.skipValueJs(begin);
+  }
+
+  /** {@link skipValue} in JS, from `begin` (after white space). */
+  private skipValueJs(begin: number): number {
+    const b = this.b;
     let i = begin;
     // An explicit stack (1 object, 2 array) instead of recursion: a hostile body of nested brackets must
     // produce a ScanError, not a stack overflow.
@@ -315,8 +362,38 @@ export class Scanner {
     return i + 1;
   }
 
+  /**
+   * Whether this body is in the skipper's memory, copying it there on the first call if it is big enough: a small
+   * body (a single token's scanner) would pay more for the copy than it saves.
+   */
+  private inWasm(): boolean {
+    const id = this.wasmId;
+    if (id > 0 && holds(id)) return true;
+    if (id < 0) return false;
+    this.wasmId = this.b.length >= MIN_WASM_BODY ? load(this.b) : -1;
+    return this.wasmId > 0;
+  }
+
+  /** Sets {@link escaped} and {@link wide} from a WebAssembly skip's result. */
+  private setFlags(r: number): void {
+    this.escaped = (r & FLAGS.escaped) !== 0;
+    this.wide = (r & FLAGS.wide) !== 0;
+  }
+
   /** Skips the string starting at `i` (a quote) and returns the offset after its closing quote. */
   private skipString(i: number): number {
+    if (this.inWasm()) {
+      const r = i === this.valueAt ? this.valueSkip : wasmSkipString(i);
+      if (r >= 0) {
+        this.setFlags(r);
+        return r >> FLAG_BITS;
+      }
+    }
+    return this.skipStringJs(i);
+  }
+
+  /** {@link skipString} in JS. */
+  private skipStringJs(i: number): number {
     const b = this.b;
     const n = b.length;
     let escaped = false;
@@ -373,6 +450,9 @@ export class Scanner {
     return i;
   }
 }
+
+/** Bodies shorter than this are scanned by JS alone (see {@link Scanner.inWasm}). */
+export const MIN_WASM_BODY = 1024;
 
 /** {@link STRING_BYTE} classes: a byte a string may hold as it is, one of 0x80 and above (UTF-8), anything else. */
 const PLAIN = 0;

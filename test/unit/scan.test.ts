@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Scanner, ScanError } from '../../src/sync/scan.ts';
+import { MIN_WASM_BODY, Scanner, ScanError } from '../../src/sync/scan.ts';
+import { FLAG_BITS, keyToken, load, skipValue } from '../../src/sync/skipper.ts';
 
 /** A small seeded PRNG (mulberry32): failures reproduce. */
 function rng(seed: number): () => number {
@@ -146,4 +147,112 @@ test('scanner: a member name read by keyToken reports whether it was escaped (th
     sc.skipValue();
   }
   assert.deepEqual(seen, [[false, 'content'], [true, 'content']]);
+});
+
+// The WebAssembly skips (src/sync/skipper.ts) run for bodies of MIN_WASM_BODY bytes or more; smaller ones are
+// scanned by JS alone. The same text, after PAD bytes of white space, goes through WebAssembly: every read, flag
+// and error (its position shifted by PAD) must be the same.
+const PAD = MIN_WASM_BODY;
+
+/** Everything a scanner reports while walking `bytes` (reads, flags, skips chosen by `r`), ending with its error. */
+function walk(bytes: Uint8Array, r: () => number, offset: number): unknown[] {
+  const sc = new Scanner(bytes);
+  const trace: unknown[] = [];
+  const value = (depth: number): void => {
+    if (r() < 0.25 || depth > 20) {
+      trace.push(sc.skipValue() - offset, sc.i - offset, sc.escaped);
+    } else if (sc.atObject()) {
+      sc.openObject();
+      for (let first = true; sc.keyToken(first); first = false) {
+        trace.push(sc.escaped, sc.decode(sc.ks, sc.ke));
+        value(depth + 1);
+      }
+    } else if (sc.atArray()) {
+      sc.openArray();
+      for (let first = true; sc.item(first); first = false) value(depth + 1);
+    } else if (sc.atString()) trace.push(sc.readString(), sc.escaped);
+    else if (sc.atNumber()) trace.push(sc.readNumber());
+    else trace.push(sc.readValue());
+  };
+  try {
+    value(0);
+    sc.end();
+  } catch (err) {
+    if (!(err instanceof ScanError)) throw err;
+    trace.push(`error: ${err.message.replace(/\d+$/, '')}${err.pos - offset}`);
+  }
+  return trace;
+}
+
+/** Walks `text` with JS alone and through WebAssembly (same choices), and checks they agree. */
+function sameBothWays(text: string | Uint8Array, seed: number): void {
+  const bytes = typeof text === 'string' ? Buffer.from(text, 'utf8') : Buffer.from(text);
+  assert.ok(bytes.length < PAD, 'the JS-alone text is small');
+  const padded = Buffer.concat([Buffer.alloc(PAD, 32), bytes]);
+  const js = walk(bytes, rng(seed), 0);
+  assert.deepEqual(walk(padded, rng(seed), PAD), js, `on ${JSON.stringify(bytes.toString('latin1'))}`);
+  // The JS redo hides a WebAssembly skip that gives up on valid input: ask the skipper itself.
+  const sc = new Scanner(bytes);
+  let start = -1;
+  try {
+    start = sc.skipValue();
+  } catch (err) {
+    assert.ok(err instanceof ScanError);
+  }
+  if (start >= 0) {
+    assert.ok(load(padded) > 0);
+    const r = skipValue(PAD + start);
+    assert.equal(r >> FLAG_BITS, PAD + sc.i, `the skipper finishes ${JSON.stringify(bytes.toString('latin1'))}`);
+    if (bytes[start] === 0x7b) assert.ok(keyToken(PAD + start + 1, 1) >= 0, 'the skipper reads the first member name');
+  }
+}
+
+test('scanner: the WebAssembly skips agree with the JS ones on 20,000 generated and mutated texts (reads, flags, errors and their positions)', () => {
+  const r = rng(7);
+  for (let n = 0; n < 20_000; n++) {
+    let text = JSON.stringify(randomValue(r, 0), null, r() < 0.2 ? 1 : undefined);
+    if (n % 2 === 1) text = mutate(text, r);
+    if (Buffer.byteLength(text) < PAD) sameBothWays(text, n);
+  }
+});
+
+test('scanner: the WebAssembly skips agree with the JS ones across SIMD block boundaries', () => {
+  const specials = ['\\"', '\\\\', '\\n', '\\u00e9', '\\uD83D', '\\u12', '\\u', '\\', '\\x', 'é', '🎉', '\u0001', '\u001f', '\u007f', '\xff'];
+  for (let shift = 0; shift < 16; shift++) {
+    for (let at = 0; at < 40; at++) {
+      for (const s of specials) {
+        const body = `${'a'.repeat(at)}${s}${'b'.repeat(40 - at)}`;
+        // A string, a member name, and both cut off at every length near the special byte.
+        for (const text of [`${' '.repeat(shift)}"${body}"`, `{${' '.repeat(shift)}"${body}":1}`]) {
+          sameBothWays(text, at);
+          for (let cut = shift + at; cut < shift + at + 8; cut++) sameBothWays(text.slice(0, cut), at);
+        }
+      }
+    }
+  }
+  // Raw bytes that are not UTF-8 text, and a string ending exactly at the end of the input.
+  for (let len = 0; len < 34; len++) {
+    sameBothWays(Uint8Array.from([0x22, ...Array<number>(len).fill(0x80), 0x22]), len);
+    sameBothWays(Uint8Array.from([0x22, ...Array<number>(len).fill(0x41)]), len);
+    sameBothWays(Uint8Array.from([0x22, ...Array<number>(len).fill(0x41), 0x5c]), len);
+    sameBothWays(Uint8Array.from([0x22, ...Array<number>(len).fill(0x41), 0x5c, 0x75, 0x31, 0x32, 0x33]), len);
+  }
+});
+
+test('scanner: the WebAssembly skips agree with the JS ones on numbers, literals and containers cut at every byte', () => {
+  const texts = ['[-0.5e+10,1E-3,0,-0,12345678901234567890,true,false,null,{},[],{"a":[{"b":null}]}]', '{"k" :\t[ 1 , "x" ] ,\n"m":{ }}', '[01]', '[1.]', '[-]', '[tru]', '[nul]', '[fals]', '{"a" 1}', '[1 2]', '{"a":1,}'];
+  for (const t of texts) for (let cut = 0; cut <= t.length; cut++) sameBothWays(t.slice(0, cut), cut);
+});
+
+test('scanner: nesting around the WebAssembly stack depth (65,536) agrees with JS, closed or not', () => {
+  for (const depth of [65_535, 65_536, 65_537, 200_000]) {
+    for (const closed of [true, false]) {
+      const text = '['.repeat(depth) + (closed ? ']'.repeat(depth) : '');
+      const viaWasm = new Scanner(Buffer.from(text));
+      if (closed) {
+        assert.equal(viaWasm.skipValue(), 0);
+        assert.equal(viaWasm.i, text.length);
+      } else assert.throws(() => viaWasm.skipValue(), (e) => e instanceof ScanError && e.pos === text.length);
+    }
+  }
 });

@@ -47,7 +47,7 @@ test('every error code is documented in the README, and every code used in src/ 
   for (const code of used) assert.ok(code in ERROR_CODES, `${code} is used in src/ but not declared in ERROR_CODES`);
 });
 
-test('one door per dependency: undici, comlink, worker_threads, lru-cache, node:sqlite, the crypto binding and fake-indexeddb are each imported by one module', () => {
+test('one door per dependency: undici, comlink, worker_threads, lru-cache, node:sqlite, the crypto binding, fake-indexeddb and the scanner\'s wasm module are each imported by one module', () => {
   const doors: Record<string, string> = {
     undici: 'src/http.ts',
     comlink: 'src/actors.ts',
@@ -62,6 +62,8 @@ test('one door per dependency: undici, comlink, worker_threads, lru-cache, node:
     '@nats-io/transport-node': 'src/cluster/nats.ts',
     '@nats-io/jetstream': 'src/cluster/nats.ts',
     '@nats-io/kv': 'src/cluster/nats.ts',
+    // The scanner's WebAssembly module: loaded, instantiated and given its memory in one place.
+    './skip-wasm.ts': 'src/sync/skipper.ts',
   };
   for (const f of [...sources(join(root, 'src')), ...sources(join(root, 'workers'))]) {
     const text = readFileSync(f, 'utf8');

@@ -1,0 +1,113 @@
+/**
+ * The door to the WebAssembly skipper (wasm/skip.ts, bytes in ./skip-wasm.ts): compiles it once per thread, holds
+ * its instance and linear memory, and copies a body into that memory for the {@link Scanner} of src/sync/scan.ts.
+ *
+ * One body at a time is in the memory: the last one {@link load}ed, known by the id `load` returned. A scanner
+ * whose body is no longer there loads it again (the sync actor scans one body at a time, so that does not happen
+ * in practice). Linear memory never shrinks, so after a big body (a non-streamed initial sync) the next small one
+ * gets a fresh instance and the big memory is left to the garbage collector.
+ *
+ * The skips return -1 for anything they do not finish (malformed input, nesting deeper than their stack); the
+ * scanner then redoes the skip in JS, which throws the ScanError. A body the memory cannot take (over
+ * {@link MAX_WASM_BODY}, or the memory cannot grow) is scanned by JS alone: same results, only slower.
+ */
+import { SKIPPER_WASM } from './skip-wasm.ts';
+
+/** The skipper's exports (see wasm/skip.ts). */
+interface Exports {
+  memory: WebAssembly.Memory;
+  base(): number;
+  PADDING: WebAssembly.Global;
+  /** The offset after the string at `i` shifted left by {@link FLAG_BITS}, with {@link FLAGS}; or -1. */
+  skipString(i: number): number;
+  /** The offset after the value at `i` shifted left by {@link FLAG_BITS}, with the last string's {@link FLAGS}; or -1. */
+  skipValue(i: number): number;
+  /** The scanner's keyToken (see wasm/skip.ts): the offset after the colon (or `}`), shifted, with flags; or -1. */
+  keyToken(i: number, first: number): number;
+  /** Address of the four i32s where keyToken leaves the name's bounds and its string value's skip. */
+  keySpan(): number;
+}
+
+/**
+ * The flag bits of a skip's result: the string (or the last one a value held) was escaped, wide, present; for
+ * keyToken, whose result never has `string`, its bit means the object's `}` was consumed instead of a name.
+ */
+export const FLAGS = { escaped: 1, wide: 2, string: 4, closed: 4 } as const;
+/** How far a skip's result is shifted to make room for its {@link FLAGS}. */
+export const FLAG_BITS = 3;
+/** The largest body the skipper takes: offsets shifted by {@link FLAG_BITS} must stay positive int32s. */
+export const MAX_WASM_BODY = 2 ** (31 - FLAG_BITS) - 64;
+/**
+ * Once the memory is larger than this, a body that fits in it gets a fresh instance (see the module comment): an
+ * incremental sync's body or a streamed initial sync's slice (512 KiB) is far smaller.
+ */
+export const SHRINK_ABOVE = 4 * 1024 * 1024;
+const PAGE = 65536;
+
+let compiled: WebAssembly.Module | null = null;
+let wasm: Exports | null = null;
+/** Id of the body in the memory (0: none); ids only grow. */
+let current = 0;
+let lastId = 0;
+
+function instantiate(): Exports {
+  compiled ??= new WebAssembly.Module(Buffer.from(SKIPPER_WASM, 'base64'));
+  return new WebAssembly.Instance(compiled, {}).exports as unknown as Exports;
+}
+
+/**
+ * Copies `body` into the skipper's memory; returns the id to pass to {@link holds}, or -1 if the memory cannot
+ * take it (the caller scans with JS alone).
+ */
+export function load(body: Uint8Array): number {
+  if (body.length > MAX_WASM_BODY) return -1;
+  wasm ??= instantiate();
+  const padding = wasm.PADDING.value as number;
+  let need = wasm.base() + body.length + padding;
+  if (wasm.memory.buffer.byteLength > SHRINK_ABOVE && need <= SHRINK_ABOVE) {
+    wasm = instantiate();
+    need = wasm.base() + body.length + padding;
+  }
+  const have = wasm.memory.buffer.byteLength;
+  if (need > have) {
+    try {
+      wasm.memory.grow(Math.ceil((need - have) / PAGE));
+    } catch {
+      current = 0;
+      return -1; // the engine's limit or the machine's memory: JS scans it instead
+    }
+  }
+  const mem = new Uint8Array(wasm.memory.buffer);
+  const at = wasm.base();
+  mem.set(body, at);
+  mem.fill(0, at + body.length, at + body.length + padding);
+  current = ++lastId;
+  skipString = wasm.skipString;
+  skipValue = wasm.skipValue;
+  keyToken = wasm.keyToken;
+  if (keySpan.buffer !== wasm.memory.buffer) keySpan = new Int32Array(wasm.memory.buffer, wasm.keySpan(), 4);
+  return current;
+}
+
+/** Whether the body loaded under `id` is still the one in the memory. */
+export function holds(id: number): boolean {
+  return id === current;
+}
+
+/** The loaded instance's string skip (see {@link Exports.skipString}); call only while {@link holds} is true. */
+export let skipString: (i: number) => number = () => -1;
+/** The loaded instance's value skip (see {@link Exports.skipValue}); call only while {@link holds} is true. */
+export let skipValue: (i: number) => number = () => -1;
+
+/** The loaded instance's keyToken (see {@link Exports.keyToken}); call only while {@link holds} is true. */
+export let keyToken: (i: number, first: number) => number = () => -1;
+/**
+ * What {@link keyToken} left: the bounds of the name it read (start, end), then the start of its value and the
+ * string skip's result for it when the value is a well-formed string (else -1 and -1).
+ */
+export let keySpan = new Int32Array(4);
+
+/** Bytes of linear memory the skipper holds on this thread (the sync actor's memory report), or null before its first use. */
+export function wasmBytes(): number | null {
+  return wasm?.memory.buffer.byteLength ?? null;
+}

@@ -1,0 +1,239 @@
+/**
+ * The sync scanner's validating skips in WebAssembly (AssemblyScript; built by `npm run build:wasm` into
+ * src/sync/skip-wasm.ts): the string and value skips of src/sync/scan.ts over a copy of the body in linear memory,
+ * strings 16 bytes at a time with SIMD.
+ *
+ * It only answers "where does this end, and how": any malformed input, or nesting deeper than its stack, returns
+ * -1 and the JS scanner redoes the skip to throw its ScanError (so messages and positions are the JS ones). It
+ * never traps: the body is followed by PADDING zero bytes, which stop every loop (zero is a control character,
+ * not a digit, not white space), so no read goes past them, and the body's length need not be passed: a string
+ * that reaches the padding is unterminated, a value that reaches it is cut off.
+ *
+ * Memory layout: the container stack, then the body at {@link base} (positions passed in and returned are offsets
+ * into the body), then PADDING zeros. The JS door grows the memory to fit the body.
+ */
+
+/** Container kinds on the stack. */
+const OBJECT: u8 = 1;
+const ARRAY: u8 = 2;
+/** Nesting deeper than this goes back to the JS scanner (whose stack is a JS array). */
+const STACK_SIZE: i32 = 65536;
+const stack = memory.data(STACK_SIZE, 16);
+
+/** The zero bytes the door writes after the body: more than the widest read past a position below the end (15). */
+export const PADDING: i32 = 32;
+
+/** Where the body starts in linear memory. */
+export function base(): usize {
+  return (__heap_base + 15) & ~15;
+}
+
+/** Result bits: the string skipped (or the last one a value held) had an escape / a byte >= 0x80 / was there. */
+const ESCAPED = 1;
+const WIDE = 2;
+const STRING = 4;
+const FLAG_BITS = 3;
+
+// @ts-ignore: decorator
+@inline function at(i: i32): i32 {
+  return load<u8>(base() + <usize>i);
+}
+
+/**
+ * Skips the string whose opening quote is at `i`. Returns the offset after its closing quote, shifted left by 3,
+ * with the ESCAPED, WIDE and STRING bits; or -1 if it is malformed.
+ */
+export function skipString(i: i32): i32 {
+  return string(i);
+}
+
+/** {@link skipString}, inlined where the scanner's hot paths need it (a call is a dependent latency). */
+// @ts-ignore: decorator
+@inline function string(i: i32): i32 {
+  const b = base();
+  const quote = i8x16.splat(0x22);
+  const backslash = i8x16.splat(0x5c);
+  const space = i8x16.splat(0x20);
+  let flags = STRING;
+  i++;
+  while (true) {
+    const v = v128.load(b + <usize>i);
+    // Bytes that end a run of plain ones: the quote, the backslash, control characters (and the zero padding).
+    const stop = i8x16.bitmask(v128.or(v128.or(i8x16.eq(v, quote), i8x16.eq(v, backslash)), i8x16.lt_u(v, space)));
+    const high = i8x16.bitmask(v); // bytes >= 0x80
+    if (stop === 0) {
+      if (high !== 0) flags |= WIDE;
+      i += 16;
+      continue;
+    }
+    const k = ctz(stop);
+    if ((high & ((1 << k) - 1)) !== 0) flags |= WIDE;
+    i += k;
+    const c = at(i);
+    if (c === 0x22) return ((i + 1) << FLAG_BITS) | flags;
+    if (c !== 0x5c) return -1; // a control character, or the padding
+    flags |= ESCAPED;
+    const e = at(i + 1);
+    if (e === 0x75) {
+      if (!isHex(at(i + 2)) || !isHex(at(i + 3)) || !isHex(at(i + 4)) || !isHex(at(i + 5))) return -1;
+      i += 6;
+    } else if (e === 0x22 || e === 0x5c || e === 0x2f || e === 0x62 || e === 0x66 || e === 0x6e || e === 0x72 || e === 0x74) i += 2;
+    else return -1;
+  }
+}
+
+/**
+ * Skips the value starting at `i` (no white space before it). Returns the offset after it,
+ * shifted left by 3, with the flags of the last string it held (no STRING bit if it held none); or -1 if it is
+ * malformed or nested deeper than the stack.
+ */
+export function skipValue(i: i32): i32 {
+  let depth = 0;
+  let last = 0;
+  while (true) {
+    i = ws(i);
+    const c = at(i);
+    if (c === 0x7b || c === 0x5b) {
+      const j = ws(i + 1);
+      if (at(j) === c + 2) i = j + 1; // {} or []
+      else {
+        if (depth === STACK_SIZE) return -1;
+        store<u8>(stack + <usize>depth, c === 0x7b ? OBJECT : ARRAY);
+        depth++;
+        if (c === 0x7b) {
+          const r = memberName(j);
+          if (r < 0) return -1;
+          last = r & 7;
+          i = r >> FLAG_BITS;
+        } else i = j;
+        continue;
+      }
+    } else if (c === 0x22) {
+      const r = skipString(i);
+      if (r < 0) return -1;
+      last = r & 7;
+      i = r >> FLAG_BITS;
+    } else if (c === 0x2d || (c >= 0x30 && c <= 0x39)) {
+      i = skipNumber(i);
+      if (i < 0) return -1;
+    } else if (c === 0x74 && load<u32>(base() + <usize>i) === 0x65757274) i += 4; // true
+    else if (c === 0x66 && load<u32>(base() + <usize>i + 1) === 0x65736c61) i += 5; // false
+    else if (c === 0x6e && load<u32>(base() + <usize>i) === 0x6c6c756e) i += 4; // null
+    else return -1;
+    // A value is complete: close containers until one expects another member or item.
+    while (true) {
+      if (depth === 0) return (i << FLAG_BITS) | last;
+      i = ws(i);
+      const d = at(i);
+      const top = load<u8>(stack + <usize>(depth - 1));
+      if (d === 0x2c) {
+        i++;
+        if (top === OBJECT) {
+          const r = memberName(ws(i));
+          if (r < 0) return -1;
+          last = r & 7;
+          i = r >> FLAG_BITS;
+        }
+        break;
+      }
+      if ((top === OBJECT && d === 0x7d) || (top === ARRAY && d === 0x5d)) {
+        depth--;
+        i++;
+        continue;
+      }
+      return -1;
+    }
+  }
+}
+
+/**
+ * What {@link keyToken} leaves for the JS scanner: the bounds of the member name it read (its quotes included),
+ * then, when the member's value is a well-formed string, where it starts and skipString's result for it (else -1
+ * and -1): the scanner's next call would be that skip, and a call is the cost here.
+ */
+const key = memory.data(16, 8);
+
+/** The key span's address (for the door's view of it). */
+export function keySpan(): usize {
+  return key;
+}
+
+/** The result bit {@link keyToken} sets when it consumed the object's `}` (no name read). */
+const CLOSED = 4;
+
+/**
+ * The JS scanner's keyToken: at `i` (white space allowed), with `first` 0 when a `,` is due, reads the next
+ * member name and its colon (the name's bounds, and its value's skip if a string, go to {@link keySpan}) and
+ * returns the offset after the colon shifted left by 3 with the name's ESCAPED and WIDE bits; or consumes `}` and
+ * returns the offset after it, shifted, with CLOSED; or -1.
+ */
+export function keyToken(i: i32, first: i32): i32 {
+  i = ws(i);
+  let c = at(i);
+  if (c === 0x7d) return ((i + 1) << FLAG_BITS) | CLOSED;
+  if (!first) {
+    if (c !== 0x2c) return -1;
+    i = ws(i + 1);
+    c = at(i);
+  }
+  if (c !== 0x22) return -1;
+  const r = string(i);
+  if (r < 0) return -1;
+  const e = r >> FLAG_BITS;
+  store<i32>(key, i);
+  store<i32>(key, e, 4);
+  const j = ws(e);
+  if (at(j) !== 0x3a) return -1;
+  const v = ws(j + 1);
+  const s = at(v) === 0x22 ? string(v) : -1;
+  store<i32>(key, s < 0 ? -1 : v, 8);
+  store<i32>(key, s, 12);
+  return ((j + 1) << FLAG_BITS) | (r & (ESCAPED | WIDE));
+}
+
+/** Skips a member name at `i` and its colon: the offset after the colon with the name's flags, or -1. */
+function memberName(i: i32): i32 {
+  if (at(i) !== 0x22) return -1;
+  const r = skipString(i);
+  if (r < 0) return -1;
+  const j = ws(r >> FLAG_BITS);
+  if (at(j) !== 0x3a) return -1;
+  return ((j + 1) << FLAG_BITS) | (r & 7);
+}
+
+/** Skips a number per the JSON grammar: the offset after it, or -1. */
+function skipNumber(i: i32): i32 {
+  if (at(i) === 0x2d) i++;
+  const c = at(i);
+  if (c === 0x30) i++;
+  else if (c >= 0x31 && c <= 0x39) while (isDigit(at(++i)));
+  else return -1;
+  if (at(i) === 0x2e) {
+    if (!isDigit(at(++i))) return -1;
+    while (isDigit(at(++i)));
+  }
+  const e = at(i);
+  if (e === 0x65 || e === 0x45) {
+    const s = at(++i);
+    if (s === 0x2b || s === 0x2d) i++;
+    if (!isDigit(at(i))) return -1;
+    while (isDigit(at(++i)));
+  }
+  return i;
+}
+
+// @ts-ignore: decorator
+@inline function ws(i: i32): i32 {
+  let c = at(i);
+  // Compact JSON has none: one comparison rejects every other byte.
+  while (c <= 0x20 && (c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09)) c = at(++i);
+  return i;
+}
+// @ts-ignore: decorator
+@inline function isDigit(c: i32): bool {
+  return <u32>(c - 0x30) <= 9;
+}
+// @ts-ignore: decorator
+@inline function isHex(c: i32): bool {
+  return <u32>(c - 0x30) <= 9 || <u32>((c | 0x20) - 0x61) <= 5;
+}
