@@ -101,6 +101,9 @@ export class SyncActor implements SyncActorApi {
   private consecutiveErrors = 0;
   private lastError: SyncStatus['lastError'];
   private lastPollStartAt: number | null = null;
+  /** Aborts the poll waiting for its answer (null when none is), and the `set_presence` that poll carries. */
+  private pollAbort: AbortController | null = null;
+  private pollPresence: SyncConfig['setPresence'];
   private lastSuccessAt: number | null = null;
   /** When the poll after a failure is due (null when none is waiting). */
   private nextPollAt: number | null = null;
@@ -201,6 +204,9 @@ export class SyncActor implements SyncActorApi {
 
   async setPresence(state: SyncConfig['setPresence']): Promise<void> {
     this.config.setPresence = state;
+    // A poll already out carries the old value, and the server applies it when the poll reaches it: after the
+    // caller's presence PUT, if its connection was still being made. It goes again at once with the new value.
+    if (this.pollAbort && this.pollPresence !== state) this.pollAbort.abort();
   }
 
   /**
@@ -319,8 +325,20 @@ export class SyncActor implements SyncActorApi {
     // A run's first sync whose timelines are not delivered (a fresh start's: as big as the account) is processed
     // as it arrives, its joined rooms' state applied slice by slice: never the whole body in memory.
     if (first && !deliverTimeline) return this.streamFirst(request);
-    const fetching = this.http.bytes('GET', SYNC_PATH, { ...request, maxBytes: MAX_SYNC_BYTES });
-    const body = this.collectWhenHeld ? await this.collectingWhileHeld(fetching) : await fetching;
+    const pollAbort = new AbortController();
+    this.pollAbort = pollAbort;
+    this.pollPresence = request.query.set_presence;
+    const fetching = this.http.bytes('GET', SYNC_PATH, { ...request, signal: AbortSignal.any([this.abort.signal, pollAbort.signal]), maxBytes: MAX_SYNC_BYTES });
+    let body: Uint8Array;
+    try {
+      body = this.collectWhenHeld ? await this.collectingWhileHeld(fetching) : await fetching;
+    } catch (err) {
+      // Aborted for a presence change (setPresence): nothing was received, so nothing moves; poll again at once.
+      if (pollAbort.signal.aborted && this.running) return -1;
+      throw err;
+    } finally {
+      this.pollAbort = null;
+    }
     if (first) traceStartup('first /sync received');
     this.polls++;
     this.lastSuccessAt = Date.now();
