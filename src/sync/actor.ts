@@ -1,7 +1,7 @@
 /**
  * The sync actor: long-polls /sync, turns each body into a change batch (see process.ts), has the cache actor
- * apply its state, journals the batch, and posts it to main. It owns `sync.sqlite` (since token, filter ID,
- * event journal).
+ * apply its state, journals the batch, and posts it to main. It owns `sync.sqlite` (since token, event
+ * journal).
  *
  * Delivery: each batch with something for handlers is appended to the journal (journal.ts) in the same SQLite
  * transaction that saves its `next_batch` as the since token, so the token advances at once and a crash loses
