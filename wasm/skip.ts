@@ -237,3 +237,251 @@ function skipNumber(i: i32): i32 {
 @inline function isHex(c: i32): bool {
   return <u32>(c - 0x30) <= 9 || <u32>((c | 0x20) - 0x61) <= 5;
 }
+
+/**
+ * readEvent's record of the event it read: the string tokens (quotes included) of event_id, sender, state_key,
+ * `m.relates_to`.event_id, type, `m.relates_to`.rel_type and the last msgtype as [start, end) i32 pairs (-1 when
+ * absent) from slot 0, the {@link EV_FLAGS} bits at slot 14, the timestamp as an f64 at byte 64.
+ */
+const ev = memory.data(72, 8);
+
+/** The record's address (for the door's views of it). */
+export function eventRecord(): usize {
+  return ev;
+}
+
+/** Record slots: each a [start, end) pair but the flags. */
+const ID = 0;
+const SENDER = 2;
+const STATE_KEY = 4;
+const REL_ID = 6;
+const TYPE = 8;
+const REL_TYPE = 10;
+const MSGTYPE = 12;
+const FLAGS_SLOT = 14;
+
+/**
+ * The record's flag bits. NOTICE and the four escape bits are the event columns' own (EVENT_FLAGS in
+ * src/protocol.ts: notice 2, an escaped string at slot k 1 << (1 + k / 2)), so the door passes them through.
+ */
+const NOTICE = 2;
+const ESC_ID = 4;
+const ESC_SENDER = 8;
+const ESC_STATE_KEY = 16;
+const ESC_REL_ID = 32;
+const VERIFICATION_REQUEST = 64;
+const TYPE_ESCAPED = 128;
+const TYPE_WIDE = 256;
+const REL_TYPE_ESCAPED = 512;
+const REL_TYPE_WIDE = 1024;
+
+/** Top-level names an event is routed on; each may appear once. */
+const N_TYPE = 1;
+const N_ID = 2;
+const N_SENDER = 4;
+const N_STATE_KEY = 8;
+const N_TS = 16;
+const N_CONTENT = 32;
+const REQUIRED = N_TYPE | N_ID | N_SENDER | N_TS | N_CONTENT;
+
+// @ts-ignore: decorator
+@inline function slot(k: i32, v: i32): void {
+  store<i32>(ev + (<usize>k << 2), v);
+}
+
+/** Whether the body's bytes [s, e) are those of `text` (ASCII). */
+function bytesAre(s: i32, e: i32, text: String): bool {
+  const n = text.length;
+  if (e - s !== n) return false;
+  const p = changetype<usize>(text);
+  for (let k = 0; k < n; k++) if (at(s + k) !== <i32>load<u16>(p + (<usize>k << 1))) return false;
+  return true;
+}
+
+/** Which routed top-level name the member name token [s, e) is (an N_ bit), or 0. */
+function topLevelName(s: i32, e: i32): i32 {
+  switch (e - s) {
+    case 6: return bytesAre(s, e, '"type"') ? N_TYPE : 0;
+    case 10: return bytesAre(s, e, '"event_id"') ? N_ID : 0;
+    case 8: return bytesAre(s, e, '"sender"') ? N_SENDER : 0;
+    case 11: return bytesAre(s, e, '"state_key"') ? N_STATE_KEY : 0;
+    case 18: return bytesAre(s, e, '"origin_server_ts"') ? N_TS : 0;
+    case 9: return bytesAre(s, e, '"content"') ? N_CONTENT : 0;
+  }
+  return 0;
+}
+
+/**
+ * The routing read of src/sync/timeline.ts for the common event, in one call: at `i`, the event's `{`, reads its
+ * members into the record and returns the offset after its `}`. Anything the JS reader would report or treat
+ * specially returns -1 and the JS reader reads the event instead (so every message stays the JS one): an escaped
+ * member name at any level it reads, a routed name twice, a routed field missing or of another type, a timestamp
+ * that is not a plain integer of at most 15 digits, malformed JSON.
+ */
+export function readEvent(i: i32): i32 {
+  if (at(i) !== 0x7b) return -1;
+  for (let k = 0; k < FLAGS_SLOT; k++) slot(k, -1);
+  let flags = 0;
+  let seen = 0;
+  let first = 1;
+  i++;
+  while (true) {
+    const r = keyToken(i, first);
+    if (r < 0 || (r & ESCAPED) !== 0) return -1;
+    if ((r & CLOSED) !== 0) {
+      i = r >> FLAG_BITS;
+      break;
+    }
+    first = 0;
+    const name = topLevelName(load<i32>(key), load<i32>(key, 4));
+    if ((seen & name) !== 0) return -1;
+    seen |= name;
+    const v = ws(r >> FLAG_BITS);
+    if (name === N_CONTENT) {
+      i = content(v);
+      if (i < 0) return -1;
+      flags |= load<i32>(ev + (<usize>FLAGS_SLOT << 2));
+      continue;
+    }
+    if (name === N_TS) {
+      i = timestamp(v);
+      if (i < 0) return -1;
+      continue;
+    }
+    if (name === 0) {
+      const s = skipValue(v);
+      if (s < 0) return -1;
+      i = s >> FLAG_BITS;
+      continue;
+    }
+    // A routed string: keyToken skipped it already.
+    const s = load<i32>(key, 12);
+    if (load<i32>(key, 8) < 0 || s < 0) return -1;
+    i = s >> FLAG_BITS;
+    const escaped = (s & ESCAPED) !== 0;
+    if (name === N_TYPE) {
+      slot(TYPE, v);
+      slot(TYPE + 1, i);
+      if (escaped) flags |= TYPE_ESCAPED;
+      if ((s & WIDE) !== 0) flags |= TYPE_WIDE;
+    } else {
+      const k = name === N_ID ? ID : name === N_SENDER ? SENDER : STATE_KEY;
+      slot(k, v);
+      slot(k + 1, i);
+      if (escaped) flags |= name === N_ID ? ESC_ID : name === N_SENDER ? ESC_SENDER : ESC_STATE_KEY;
+    }
+  }
+  if ((seen & REQUIRED) !== REQUIRED) return -1;
+  slot(FLAGS_SLOT, flags);
+  return i;
+}
+
+/** Reads a plain integer timestamp at `i` into the record: the offset after it, or -1 for anything else. */
+function timestamp(i: i32): i32 {
+  const s = i;
+  let c = at(i);
+  if (c < 0x31 || c > 0x39) return -1;
+  let v: f64 = 0;
+  do {
+    v = v * 10 + <f64>(c - 0x30);
+    c = at(++i);
+  } while (isDigit(c) && i - s < 15);
+  if (isDigit(c) || c === 0x2e || c === 0x65 || c === 0x45) return -1;
+  store<f64>(ev + 64, v);
+  return i;
+}
+
+/**
+ * Reads an event's content object at `i` for its msgtype and `m.relates_to` (into the record; its flags go to
+ * the flags slot, which readEvent reads back before setting its own): the offset after it, or -1.
+ */
+function content(i: i32): i32 {
+  if (at(i) !== 0x7b) return -1;
+  let flags = 0;
+  let relatesSeen = false;
+  let first = 1;
+  i++;
+  while (true) {
+    const r = keyToken(i, first);
+    if (r < 0 || (r & ESCAPED) !== 0) return -1;
+    if ((r & CLOSED) !== 0) {
+      slot(FLAGS_SLOT, flags);
+      return r >> FLAG_BITS;
+    }
+    first = 0;
+    const ks = load<i32>(key);
+    const ke = load<i32>(key, 4);
+    const v = ws(r >> FLAG_BITS);
+    if (bytesAre(ks, ke, '"msgtype"')) {
+      // The last msgtype counts, as for JSON.parse.
+      flags &= ~(NOTICE | VERIFICATION_REQUEST);
+      const s = load<i32>(key, 12);
+      if (load<i32>(key, 8) >= 0 && s >= 0) {
+        i = s >> FLAG_BITS;
+        if (bytesAre(v, i, '"m.notice"')) flags |= NOTICE;
+        else if (bytesAre(v, i, '"m.key.verification.request"')) flags |= VERIFICATION_REQUEST;
+        continue;
+      }
+    } else if (bytesAre(ks, ke, '"m.relates_to"')) {
+      if (relatesSeen) return -1;
+      relatesSeen = true;
+      if (at(v) === 0x7b) {
+        i = relatesTo(v);
+        if (i < 0) return -1;
+        flags |= relFlags;
+        continue;
+      }
+    }
+    const s = skipValue(v);
+    if (s < 0) return -1;
+    i = s >> FLAG_BITS;
+  }
+}
+
+/** The flags relatesTo found (ESC_REL_ID, REL_TYPE_ESCAPED, REL_TYPE_WIDE). */
+let relFlags = 0;
+
+/**
+ * Reads an `m.relates_to` object at `i` for its rel_type and event_id (into the record, their flags into
+ * {@link relFlags}): the offset after it, or -1 (also for either name twice, or either not a string).
+ */
+function relatesTo(i: i32): i32 {
+  relFlags = 0;
+  let typeSeen = false;
+  let idSeen = false;
+  let first = 1;
+  i++;
+  while (true) {
+    const r = keyToken(i, first);
+    if (r < 0 || (r & ESCAPED) !== 0) return -1;
+    if ((r & CLOSED) !== 0) return r >> FLAG_BITS;
+    first = 0;
+    const ks = load<i32>(key);
+    const ke = load<i32>(key, 4);
+    const v = ws(r >> FLAG_BITS);
+    const isType = bytesAre(ks, ke, '"rel_type"');
+    const isId = !isType && bytesAre(ks, ke, '"event_id"');
+    if (!isType && !isId) {
+      const s = skipValue(v);
+      if (s < 0) return -1;
+      i = s >> FLAG_BITS;
+      continue;
+    }
+    if ((isType && typeSeen) || (isId && idSeen)) return -1;
+    const s = load<i32>(key, 12);
+    if (load<i32>(key, 8) < 0 || s < 0) return -1;
+    i = s >> FLAG_BITS;
+    if (isType) {
+      typeSeen = true;
+      slot(REL_TYPE, v);
+      slot(REL_TYPE + 1, i);
+      if ((s & ESCAPED) !== 0) relFlags |= REL_TYPE_ESCAPED;
+      if ((s & WIDE) !== 0) relFlags |= REL_TYPE_WIDE;
+    } else {
+      idSeen = true;
+      slot(REL_ID, v);
+      slot(REL_ID + 1, i);
+      if ((s & ESCAPED) !== 0) relFlags |= ESC_REL_ID;
+    }
+  }
+}

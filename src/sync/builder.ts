@@ -93,7 +93,14 @@ export class Builder {
   /** Reads the string value at the cursor, reusing the string of an identical earlier token. */
   internToken(sc: Scanner): string {
     const s = sc.skipStringToken();
-    const e = sc.i;
+    return this.internSpan(sc, s, sc.i, sc.escaped, sc.wide);
+  }
+
+  /**
+   * The string of the token [s, e) of the scanner's body (its escape and wide flags as its skip found them),
+   * reusing the string of an identical earlier token.
+   */
+  internSpan(sc: Scanner, s: number, e: number, escaped: boolean, wide: boolean): string {
     const len = e - s;
     const buf = sc.b;
     outer: for (const t of this.tokens) {
@@ -102,7 +109,7 @@ export class Builder {
       for (let k = 0; k < len; k++) if (tb[k] !== buf[s + k]) continue outer;
       return t.value;
     }
-    const value = sc.decode(s, e);
+    const value = sc.decodeAs(s, e, escaped, wide);
     if (this.tokens.length < 64) this.tokens.push({ bytes: Buffer.from(buf.subarray(s, e)), value });
     return value;
   }

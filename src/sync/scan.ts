@@ -12,7 +12,7 @@
  * the first skip of a body of {@link MIN_WASM_BODY} bytes or more; the JS skips below stay the reference: they
  * run for small bodies, and redo any skip the WebAssembly one did not finish, to throw the ScanError.
  */
-import { FLAG_BITS, FLAGS, holds, keySpan, load, keyToken as wasmKeyToken, skipString as wasmSkipString, skipValue as wasmSkipValue } from './skipper.ts';
+import { FLAG_BITS, FLAGS, holds, keySpan, load, keyToken as wasmKeyToken, readEvent as wasmReadEvent, skipString as wasmSkipString, skipValue as wasmSkipValue } from './skipper.ts';
 
 /** Thrown when the bytes are not valid JSON at `pos`. */
 export class ScanError extends Error {
@@ -65,7 +65,7 @@ export class Scanner {
   /** Whether the last string read or skipped contained an escape. */
   escaped = false;
   /** Whether the last string read or skipped contained a byte >= 0x80. */
-  private wide = false;
+  wide = false;
   /** Token bounds (quotes included) of the last member name read by {@link keyToken}. */
   ks = 0;
   ke = 0;
@@ -247,9 +247,27 @@ export class Scanner {
 
   /** Decodes the string token [s, e) (quotes included) as the last skip left it. */
   decode(s: number, e: number): string {
+    return this.decodeAs(s, e, this.escaped, this.wide);
+  }
+
+  /** Decodes the string token [s, e) (quotes included), whose skip found `escaped` and `wide` as given. */
+  decodeAs(s: number, e: number, escaped: boolean, wide: boolean): string {
     // Plain ASCII strings (ids, types, keys: the common case) decode as latin1, the cheapest path.
-    if (this.escaped) return JSON.parse(this.b.toString('utf8', s, e)) as string;
-    return this.b.toString(this.wide ? 'utf8' : 'latin1', s + 1, e - 1);
+    if (escaped) return JSON.parse(this.b.toString('utf8', s, e)) as string;
+    return this.b.toString(wide ? 'utf8' : 'latin1', s + 1, e - 1);
+  }
+
+  /**
+   * Reads the event object at the cursor (after white space) in WebAssembly, its routing fields into the
+   * skipper's event record (src/sync/skipper.ts): true with the cursor after it, or false with the cursor
+   * unchanged when the body is not in the skipper or the event needs the JS reader (src/sync/timeline.ts).
+   */
+  readEventFast(): boolean {
+    if (!this.inWasm()) return false;
+    const r = wasmReadEvent(this.i);
+    if (r < 0) return false;
+    this.i = r;
+    return true;
   }
 
   /** Reads a number value. */

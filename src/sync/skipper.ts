@@ -26,7 +26,22 @@ interface Exports {
   keyToken(i: number, first: number): number;
   /** Address of the four i32s where keyToken leaves the name's bounds and its string value's skip. */
   keySpan(): number;
+  /** The routing read of one timeline event at `i` into the event record: the offset after it, or -1 (see wasm/skip.ts). */
+  readEvent(i: number): number;
+  /** Address of the event record ({@link EVENT_SLOTS}). */
+  eventRecord(): number;
 }
+
+/**
+ * The event record's layout: [start, end) token pairs of the event's strings (-1 when absent), the flags slot
+ * ({@link EVENT_RECORD_FLAGS}), and the timestamp, an f64 in slot `ts` of the record's Float64Array view.
+ */
+export const EVENT_SLOTS = { eventId: 0, sender: 2, stateKey: 4, relEventId: 6, type: 8, relType: 10, msgtype: 12, flags: 14, ts: 8 } as const;
+/**
+ * The flags slot's bits. `columns` are passed to the event columns as they are (EVENT_FLAGS' notice and the
+ * escape bits of event_id, sender, state_key and the relation's event_id).
+ */
+export const EVENT_RECORD_FLAGS = { columns: 2 | 4 | 8 | 16 | 32, verificationRequest: 64, typeEscaped: 128, typeWide: 256, relTypeEscaped: 512, relTypeWide: 1024 } as const;
 
 /**
  * The flag bits of a skip's result: the string (or the last one a value held) was escaped, wide, present; for
@@ -85,7 +100,12 @@ export function load(body: Uint8Array): number {
   skipString = wasm.skipString;
   skipValue = wasm.skipValue;
   keyToken = wasm.keyToken;
-  if (keySpan.buffer !== wasm.memory.buffer) keySpan = new Int32Array(wasm.memory.buffer, wasm.keySpan(), 4);
+  readEvent = wasm.readEvent;
+  if (keySpan.buffer !== wasm.memory.buffer) {
+    keySpan = new Int32Array(wasm.memory.buffer, wasm.keySpan(), 4);
+    eventRecord = new Int32Array(wasm.memory.buffer, wasm.eventRecord(), 16);
+    eventTs = new Float64Array(wasm.memory.buffer, wasm.eventRecord(), 9);
+  }
   return current;
 }
 
@@ -106,6 +126,13 @@ export let keyToken: (i: number, first: number) => number = () => -1;
  * string skip's result for it when the value is a well-formed string (else -1 and -1).
  */
 export let keySpan = new Int32Array(4);
+
+/** The loaded instance's readEvent (see {@link Exports.readEvent}); call only while {@link holds} is true. */
+export let readEvent: (i: number) => number = () => -1;
+/** What {@link readEvent} left ({@link EVENT_SLOTS}). */
+export let eventRecord = new Int32Array(16);
+/** The same record as f64s: the timestamp is at {@link EVENT_SLOTS}.ts. */
+export let eventTs = new Float64Array(9);
 
 /** Bytes of linear memory the skipper holds on this thread (the sync actor's memory report), or null before its first use. */
 export function wasmBytes(): number | null {
