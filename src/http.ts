@@ -392,20 +392,23 @@ function answerBody(what: string, res: { statusCode: number; headers: Record<str
   return ok ? readBody(what, res.body, res.headers['content-length'], maxBytes ?? DEFAULT_MAX_BYTES) : readBody(what, res.body, undefined, ERROR_BODY_MAX_BYTES, true);
 }
 
+const EMPTY = new Uint8Array(0);
+
 /**
  * Reads a response body of at most `maxBytes` into one buffer that owns its memory (so it can be transferred). A
  * Content-Length over the limit is refused (`HALCYON_RESPONSE_TOO_LARGE`) before a byte is read or allocated;
  * without one the chunks are counted as they come. With `cut`, the body is cut at the limit instead of failing.
  * With a Content-Length the chunks are copied into a buffer of that size as they come: gathering them and
  * concatenating at the end (what `arrayBuffer()` does) holds the body twice at its peak, 200 MB for a big
- * account's initial sync. The caller destroys the body afterwards, whatever happened.
+ * account's initial sync. The caller destroys the body afterwards, whatever happened. `alloc` makes that buffer
+ * (a caller may read into memory of its own: the sync scanner's WebAssembly memory; that body cannot be transferred).
  */
-export async function readBody(what: string, body: AsyncIterable<Uint8Array>, contentLength: string | string[] | undefined, maxBytes: number, cut = false): Promise<Uint8Array> {
+export async function readBody(what: string, body: AsyncIterable<Uint8Array>, contentLength: string | string[] | undefined, maxBytes: number, cut = false, alloc: (length: number) => Uint8Array = Buffer.allocUnsafeSlow): Promise<Uint8Array> {
   const length = typeof contentLength === 'string' && /^\d+$/.test(contentLength) ? Number(contentLength) : NaN;
   if (length > maxBytes) throw tooLarge(what, `${length} bytes`, maxBytes);
   // Not zero-filled: every byte is written below (a body shorter than its Content-Length fails), and zeroing a
   // /sync body's megabytes first cost the sync worker ~0.3 ms per 3.4 MB.
-  const out: Uint8Array = Buffer.allocUnsafeSlow(length > 0 ? length : 0);
+  const out: Uint8Array = length > 0 ? alloc(length) : EMPTY;
   const chunks: Uint8Array[] = [];
   let at = 0;
   for await (const chunk of body) {

@@ -70,12 +70,44 @@ function instantiate(): Exports {
   return new WebAssembly.Instance(compiled, {}).exports as unknown as Exports;
 }
 
+/** Instances made by {@link reserve}, by their memory's buffer, until their body is loaded. */
+const reservations = new WeakMap<ArrayBufferLike, Exports>();
+
 /**
- * Copies `body` into the skipper's memory; returns the id to pass to {@link holds}, or -1 if the memory cannot
- * take it (the caller scans with JS alone).
+ * Memory for a body of `length` bytes about to be read (a non-delivered initial sync, 10 MB with 1,000 rooms):
+ * a view into the memory of a fresh instance, which {@link load} of that very view then takes without a copy,
+ * the body never held twice. The instance is the body's own until then: another body scanned on this thread
+ * meanwhile (another client's, threads inline) goes to the current one and cannot write over it. Null when the
+ * memory cannot take it (the caller reads into memory of its own).
+ */
+export function reserve(length: number): Uint8Array | null {
+  if (length > MAX_WASM_BODY) return null;
+  const own = instantiate();
+  // A fresh or grown memory is zeros: the padding after the body is there already.
+  const need = own.base() + length + (own.PADDING.value as number);
+  const have = own.memory.buffer.byteLength;
+  try {
+    if (need > have) own.memory.grow(Math.ceil((need - have) / PAGE));
+  } catch {
+    return null;
+  }
+  reservations.set(own.memory.buffer, own);
+  return new Uint8Array(own.memory.buffer, own.base(), length);
+}
+
+/**
+ * Copies `body` into the skipper's memory (or takes it where it is: a view {@link reserve} gave); returns the id
+ * to pass to {@link holds}, or -1 if the memory cannot take it (the caller scans with JS alone).
  */
 export function load(body: Uint8Array): number {
   if (body.length > MAX_WASM_BODY) return -1;
+  const own = reservations.get(body.buffer);
+  if (own !== undefined && body.byteOffset === own.base()) {
+    // The body was read into this instance's memory: it becomes the current one (its memory shrinks away at the
+    // next small body, as after any big one).
+    reservations.delete(body.buffer);
+    return bind(own);
+  }
   wasm ??= instantiate();
   const padding = wasm.PADDING.value as number;
   let need = wasm.base() + body.length + padding;
@@ -96,6 +128,12 @@ export function load(body: Uint8Array): number {
   const at = wasm.base();
   mem.set(body, at);
   mem.fill(0, at + body.length, at + body.length + padding);
+  return bind(wasm);
+}
+
+/** Makes `instance` the current one, its body loaded: the exported skips and views point at it. */
+function bind(instance: Exports): number {
+  wasm = instance;
   current = ++lastId;
   skipString = wasm.skipString;
   skipValue = wasm.skipValue;

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { compileSkipper, GENERATED, generatedModule } from '../../wasm/build.ts';
 import { Scanner } from '../../src/sync/scan.ts';
-import { holds, load, MAX_WASM_BODY, SHRINK_ABOVE, wasmBytes } from '../../src/sync/skipper.ts';
+import { holds, load, MAX_WASM_BODY, reserve, SHRINK_ABOVE, wasmBytes } from '../../src/sync/skipper.ts';
 
 const root = join(import.meta.dirname, '..', '..');
 
@@ -36,4 +36,38 @@ test('skipper: after a body bigger than SHRINK_ABOVE, the next small one gets a 
 
 test('skipper: a body too large for it is refused, and the scanner uses JS alone', () => {
   assert.equal(load({ length: MAX_WASM_BODY + 1 } as Uint8Array), -1);
+});
+
+test('skipper: a body read into reserved memory is scanned where it is, and other bodies meanwhile do not touch it', () => {
+  const text = Buffer.from(JSON.stringify({ a: ['x'.repeat(3000), { b: 'é\n' }], c: 1 }));
+  const view = reserve(text.length)!;
+  assert.ok(view !== null && view.length === text.length);
+  // Another body scanned before the reserved one is filled: it goes to the current instance, not into `view`.
+  const other = Buffer.from(JSON.stringify(['z'.repeat(5000)]));
+  const sc2 = new Scanner(other);
+  sc2.skipValue();
+  assert.equal(sc2.i, other.length);
+  view.set(text);
+  const sc = new Scanner(view);
+  sc.skipValue();
+  assert.equal(sc.i, text.length);
+  // Taken without a copy: the current memory is the reserved one (a copy would have gone to the other's memory).
+  assert.equal(wasmBytes(), view.buffer.byteLength);
+  // And it reads right through the keys as well.
+  sc.i = 0;
+  sc.openObject();
+  const keys: string[] = [];
+  for (let first = true; sc.keyToken(first); first = false) {
+    keys.push(sc.decode(sc.ks, sc.ke));
+    sc.skipValue();
+  }
+  assert.deepEqual(keys, ['a', 'c']);
+  // A second load of the same view (its instance current already) copies nothing either and still scans right.
+  const again = new Scanner(view);
+  again.skipValue();
+  assert.equal(again.i, text.length);
+});
+
+test('skipper: memory that cannot be reserved gives null (the caller reads into its own)', () => {
+  assert.equal(reserve(MAX_WASM_BODY + 1), null);
 });

@@ -118,3 +118,13 @@ test('fuzz (fast-check): byte-level mutations of a body: streamed processing ref
     { numRuns: 4000, seed: 20261206 },
   );
 });
+
+test('a body announced under STREAM_MIN_BYTES is read whole (into the scanner memory) and gives what processing it whole gives', async () => {
+  const bytes = Buffer.from(trickyBody(40));
+  const whole = processSync(bytes, OPTS);
+  const slices: ProcessedSync[] = [];
+  const { rest, bytes: n } = await processStream(chunks(bytes, 4096), { ...OPTS, maxBytes: 1e9, contentLength: bytes.length, onSlice: async (s) => void slices.push(s) });
+  assert.equal(n, bytes.length);
+  assert.equal(slices.length, 0);
+  assert.deepEqual(outcome([], rest), outcome([], whole));
+});
