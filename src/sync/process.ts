@@ -29,7 +29,7 @@ type StateRoom = StateChanges['rooms'][number];
  * `since`). The returned event columns point into `body`.
  */
 export function processSync(body: Uint8Array, opts: ProcessOptions): ProcessedSync {
-  const b = new Builder(opts);
+  const b = new Builder(opts, body.length);
   const sc = new Scanner(body);
   try {
     if (!sc.atObject()) sc.fail('the body is not a JSON object');
