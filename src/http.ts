@@ -132,6 +132,8 @@ export class MatrixHttp {
   readonly #maxRetryAfterMs: number;
   readonly #https: boolean;
   readonly #loopback: boolean;
+  /** While requests are held ({@link hold}): what they wait on before their first attempt. */
+  #held: { wait: Promise<void>; release: () => void; drop: (err: Error) => void } | null = null;
 
   /** Throws `HALCYON_INVALID_ARGUMENT` when `homeserver` is not an http(s) URL (see `resolveHomeserver` for user input). */
   constructor(homeserver: string, accessToken?: string, opts: HttpOptions = {}) {
@@ -197,7 +199,34 @@ export class MatrixHttp {
     return this.retrying(opts, () => this.streamOnce(method, path, opts));
   }
 
+  /**
+   * Holds every request from now on before its first attempt, none sent, until {@link release} (or
+   * {@link dropHeld}, which fails them with `HALCYON_NOT_RUNNING`): a cluster ingest's crypto actor opens before
+   * the ingest knows it still leads, and must send nothing (key uploads) for a device another ingest may serve.
+   */
+  hold(): void {
+    if (this.#held) return;
+    let release!: () => void;
+    let drop!: (err: Error) => void;
+    const wait = new Promise<void>((resolve, reject) => ((release = resolve), (drop = reject)));
+    wait.catch(() => {}); // nobody may be waiting when it is dropped
+    this.#held = { wait, release, drop };
+  }
+
+  /** Lets held requests go (see {@link hold}). */
+  release(): void {
+    this.#held?.release();
+    this.#held = null;
+  }
+
+  /** Fails held requests (see {@link hold}); later ones go. */
+  dropHeld(): void {
+    this.#held?.drop(new HalcyonError('HALCYON_NOT_RUNNING', 'the request was held, and its sender stopped before it could go'));
+    this.#held = null;
+  }
+
   private async retrying<T>(opts: RequestOptions, once: () => Promise<T>): Promise<T> {
+    if (this.#held) await this.#held.wait;
     const maxRetries = opts.maxRateLimitRetries ?? 5;
     for (let attempt = 0; ; attempt++) {
       try {

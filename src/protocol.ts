@@ -1,10 +1,9 @@
 /**
  * The one protocol file: every message that crosses a thread and every actor API is declared here.
  *
- * Threads: main (the user's handlers and the dispatcher), the sync actor (long-polls /sync), the cache actor
- * (owns room state), the crypto actor (owns the OlmMachine and its store; only with encryption on). RPC calls (`*Api`) go through comlink with deadlines; the event stream from the sync actor
- * to main is a one-way message port carrying {@link SyncToMain} and {@link MainToSync} messages, so that the
- * sync actor never waits on the main thread to keep polling.
+ * Threads: main (handlers, dispatcher), the sync actor (long-polls /sync), the cache actor (room state), the crypto
+ * actor (the OlmMachine and its store; encryption on). RPC calls (`*Api`) go through comlink with deadlines; the
+ * sync actor's events reach main on a one-way port ({@link SyncToMain}, {@link MainToSync}): it never waits on main.
  */
 import type { WireError } from './errors.ts';
 
@@ -113,11 +112,8 @@ export interface SyncActorApi {
 export const SYNC_DEADLINES = { default: 10_000, stop: 30_000 } as const;
 /** Deadlines of cache actor calls, in ms. */
 export const CACHE_DEADLINES = { default: 30_000 } as const;
-/**
- * Deadlines of crypto actor calls, in ms. Sending may first query and claim keys and share a room key with
- * every device of a big room; decrypting a batch is bounded by its size; `open` rebuilds the store.
- */
-export const CRYPTO_DEADLINES = { default: 30_000, open: 120_000, encrypt: 120_000, decrypt: 120_000, close: 60_000 } as const;
+/** Crypto actor call deadlines, ms: a send may share a room key with a big room; `open` rebuilds the store. */
+export const CRYPTO_DEADLINES = { default: 30_000, open: 120_000, release: 120_000, encrypt: 120_000, decrypt: 120_000, close: 60_000 } as const;
 
 /**
  * Timeline events of one batch, as an offset table into the body's bytes. Nothing here is a parsed event or a
@@ -377,6 +373,8 @@ export interface CryptoConfig {
   pendingUndecryptableMaxAgeMs: number;
   /** Which devices room keys are shared with and messages accepted from (absent: `all`; the client always says). */
   trust?: TrustPolicy;
+  /** No request (key uploads...) goes until {@link CryptoActorApi.release} (a cluster ingest may have stepped down). */
+  holdRequests?: boolean;
 }
 
 /** Who the device is, as the crypto store says. */
@@ -507,6 +505,8 @@ export interface IdentitySetupResult {
 export interface CryptoActorApi {
   /** Rebuilds the store, checks it belongs to this user and device, uploads keys if needed. */
   open(config: CryptoConfig): Promise<CryptoIdentity>;
+  /** Lets held requests go; resolves once a new store's keys are up (rejects as `open` would if they are refused). */
+  release(): Promise<void>;
   /** Applies a batch's to-device events, device-list changes, key counts, room settings and members; durable on return. */
   receiveSyncChanges(changes: CryptoSyncChanges): Promise<void>;
   /** Decrypts a batch's encrypted events in order; undecryptable ones are kept for a late key. */

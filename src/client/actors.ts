@@ -185,7 +185,8 @@ export class Actors {
    * only once the crypto actor is open here too (they wait in the port), so no batch reaches decryption before the
    * open crypto actor is published; the cache's summaries go to main's mirror before the first batch as well.
    * The sync actor starts only if `leads()` still says so then: a cluster ingest that lost its lease while the
-   * others opened must not poll /sync (the next leader may already); the set is stopped after this returns.
+   * others opened must not poll /sync (the next leader may already); the set is stopped after this returns. Its
+   * crypto actor, likewise, sends no request (key uploads) unless `leads()` still says so once its store is open.
    */
   async start(session: Session, leads: () => boolean = () => true): Promise<void> {
     const o = this.opts;
@@ -194,7 +195,7 @@ export class Actors {
     const held: SyncToMain[] = [];
     let holding = true;
     set.port.onMessage((msg) => (holding ? held.push(msg) : this.hooks.onSyncMessage(msg)));
-    const opening = (set.crypto && e2ee ? this.openCryptoStore(set, session, e2ee) : Promise.resolve()).then(() => {
+    const opening = (set.crypto && e2ee ? this.openCryptoStore(set, session, e2ee, leads) : Promise.resolve()).then(() => {
       // Only now is the token's device known to fit the crypto store: a refused run must not re-point the data dir.
       claimDataDir(o.dataDir, session.homeserver, session.userId, session.deviceId);
     });
@@ -214,9 +215,13 @@ export class Actors {
     for (const msg of held.splice(0)) this.hooks.onSyncMessage(msg);
   }
 
-  /** Opens the set's crypto store and, if the set is still the live one, publishes it (waiting sends go). */
-  private async openCryptoStore(set: ActorSet, session: Session, e2ee: NonNullable<ResolvedOptions['encryption']>): Promise<void> {
+  /**
+   * Opens the set's crypto store and, if the set is still the live one, publishes it (waiting sends go). In a
+   * cluster its requests are held until then, and let go only if `leads()` still holds (see {@link start}).
+   */
+  private async openCryptoStore(set: ActorSet, session: Session, e2ee: NonNullable<ResolvedOptions['encryption']>, leads: () => boolean): Promise<void> {
     const o = this.opts;
+    const hold = o.cluster !== null;
     const wanted = this.hooks.wantedTypes();
     this.identity = await set.crypto!.api.open({
       homeserver: session.homeserver,
@@ -229,8 +234,13 @@ export class Actors {
       maxPendingUndecryptable: e2ee.maxPendingUndecryptable ?? 1_000,
       pendingUndecryptableMaxAgeMs: e2ee.pendingUndecryptableMaxAgeMs ?? 24 * 3600_000,
       trust: o.trust,
+      ...(hold ? { holdRequests: true } : {}),
     });
     traceStartup('crypto open');
+    if (hold) {
+      if (!leads()) return; // stepped down meanwhile: nothing went, and the set is stopped next
+      await set.crypto!.api.release();
+    }
     // Published only now, and only if no stop or restart replaced the set meanwhile: waiting sends go.
     if (this.set === set) {
       this.cryptoOpen = set.crypto;

@@ -290,6 +290,8 @@ export class RemoteCrypto implements CryptoActorApi {
     if (!this.identity) throw new HalcyonError('HALCYON_INVALID_ARGUMENT', 'the ingest runs without encryption: create its workers with encryption: false');
     return this.identity;
   }
+  /** The ingest's actor sends the requests: nothing is held here. */
+  async release(): Promise<void> {}
   async receiveSyncChanges(): Promise<void> {}
   async decrypt(): Promise<never> {
     throw new HalcyonError('HALCYON_INTERNAL', 'a cluster worker receives its events decrypted');

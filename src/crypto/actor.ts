@@ -51,6 +51,7 @@ import { TrustRules } from './trust.ts';
 import { OutgoingRequests } from './outgoing.ts';
 import { PendingEvents } from './pending.ts';
 import { RoomEncryption } from './room-encryption.ts';
+import { watchRoomKeys } from './room-keys.ts';
 import { Verifications } from './verification.ts';
 import { lazyModule } from '../lazy-require.ts';
 
@@ -62,8 +63,6 @@ const DECRYPT_SLICE_MS = 4;
 /** Applied to-device hashes are kept for this many batches (a crash replays at most the last unacknowledged one). */
 const KEEP_HASH_BATCHES = 8;
 const MEGOLM = 'm.megolm.v1.aes-sha2';
-/** Withheld notices remembered (their senders), to tell whether a withheld key came from the event's sender. */
-const MAX_WITHHELD = 10_000;
 
 /** Owns the OlmMachine; see the module comment. */
 export class CryptoActor implements CryptoActorApi {
@@ -83,7 +82,7 @@ export class CryptoActor implements CryptoActorApi {
   /** Which rooms are encrypted, and how (room-encryption.ts); set in `open`. */
   private roomEncryption!: RoomEncryption;
   private readonly roomLocks = new Map<string, Promise<unknown>>();
-  /** Who sent the withheld notices of this run, by session (the newest {@link MAX_WITHHELD}). */
+  /** Who sent the withheld notices of this run, by session (room-keys.ts keeps the newest). */
   private readonly withheldBy = new Map<string, string>();
   /** Sessions whose keys arrived during the current sync changes (their pending events are retried after). */
   private arrivedSessions = new Set<string>();
@@ -98,6 +97,8 @@ export class CryptoActor implements CryptoActorApi {
   private duplicateToDevice = 0;
   private batchCounter = 0;
   private freshStore = false;
+  /** The requests `open` sent first (a new store's device keys): awaited by open, or by release when held. */
+  private firstFlush: Promise<void> = Promise.resolve();
   /** Set when `open` resolves; until then (and after `close`) every API call is refused (see {@link ensureOpen}). */
   private opened = false;
   /** The `open` in progress (true once open, false if it failed), or null before `open` is called. */
@@ -130,6 +131,7 @@ export class CryptoActor implements CryptoActorApi {
     this.identity = { userId: config.userId, deviceId: config.deviceId, curve25519: curve.toBase64(), ed25519: ed.toBase64() };
     free(curve, ed, keys);
     this.http = new MatrixHttp(config.homeserver, config.accessToken);
+    if (config.holdRequests) this.http.hold(); // until release()
     this.rooms = new SharingRooms(db, this.http);
     this.roomEncryption = new RoomEncryption({ W, machine: this.machine, queue: this.queue, http: this.http, db });
     this.outgoing = new OutgoingRequests({
@@ -139,7 +141,8 @@ export class CryptoActor implements CryptoActorApi {
     const backup = new KeyBackup({ W, machine: this.machine, queue: this.queue, http: this.http, report: (e) => this.report(e), closed: () => this.closed });
     this.backup = backup;
     this.openTrust();
-    this.watchRoomKeys();
+    // Keys that arrive retry the events kept for them.
+    watchRoomKeys(this.machine, (ids) => (ids.forEach((id) => this.arrivedSessions.add(id)), this.scheduleRetry()), this.withheldBy);
     this.events.onMessage((msg) => {
       if (msg.kind === 'lateHandled') this.forgetPending(msg.ids);
     });
@@ -151,7 +154,9 @@ export class CryptoActor implements CryptoActorApi {
       if ((e as HalcyonError).code === 'HALCYON_CRYPTO_STORE') throw e;
       this.report(e);
     });
-    if (this.freshStore) await flushing;
+    this.firstFlush = flushing;
+    if (config.holdRequests) flushing.catch(() => {}); // release() awaits it
+    else if (this.freshStore) await flushing;
     else void flushing.then(() => traceStartup('crypto keys flushed'));
     // Events kept from an earlier run whose key came meanwhile (or whose late delivery was not handled).
     this.pending.unpostAll();
@@ -159,24 +164,6 @@ export class CryptoActor implements CryptoActorApi {
     backup.start(() => (this.closed ? [] : this.pending.sessions()));
     this.opened = true;
     return this.identity;
-  }
-
-  /** Keys that arrive retry the events kept for them; withheld notices are remembered by sender (see decryptOne). */
-  private watchRoomKeys(): void {
-    this.machine.registerRoomKeyUpdatedCallback(async (infos: Wasm.RoomKeyInfo[]) => {
-      for (const info of infos) this.arrivedSessions.add(info.sessionId);
-      free(...infos);
-      this.scheduleRetry();
-    });
-    this.machine.registerRoomKeysWithheldCallback(async (infos: Wasm.RoomKeyWithheldInfo[]) => {
-      for (const info of infos) {
-        this.withheldBy.delete(info.sessionId); // re-inserted last: the oldest notices are dropped first
-        const sender = info.sender;
-        this.withheldBy.set(info.sessionId, sender.toString());
-        free(sender, info);
-      }
-      while (this.withheldBy.size > MAX_WITHHELD) this.withheldBy.delete(this.withheldBy.keys().next().value!);
-    });
   }
 
   /** Sets up the `trust` option's rules and interactive verification (trust.ts, verification.ts). */
@@ -348,9 +335,16 @@ export class CryptoActor implements CryptoActorApi {
     return this.ensureOpen(), this.verification.request(userId, deviceId);
   }
 
+  async release(): Promise<void> {
+    this.ensureOpen();
+    this.http.release();
+    if (this.freshStore) await this.firstFlush;
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.http?.dropHeld(); // held requests never went: they fail now, and settle() does not wait for them
     await this.outgoing?.settle();
     // Closed from inside the queue: no machine call can be running or start after it.
     await this.queue.shut(() => this.machine?.close());

@@ -188,3 +188,45 @@ test('Actors.start: a step-down before the sync actor starts keeps it from start
     rmSync(dataDir, { recursive: true, force: true });
   }
 });
+
+test('Actors.start: a cluster ingest\'s crypto actor sends nothing unless the ingest still leads once its store is open', async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'halcyon-stepdown-'));
+  const calls: string[] = [];
+  const crypto = {
+    api: {
+      open: async (config: { holdRequests?: boolean }) => {
+        calls.push(`crypto open, held: ${config.holdRequests === true}`);
+        return { userId: '@bot:hs.example', deviceId: 'DEV', curve25519: 'c', ed25519: 'e' };
+      },
+      release: async () => void calls.push('crypto release'),
+    },
+    onDeath() {},
+  };
+  const newSet = () =>
+    ({
+      sync: { api: { start: async () => void calls.push('sync start') }, onDeath() {} },
+      cache: { api: { open: async () => void calls.push('cache open'), summaries: async () => [] }, onDeath() {} },
+      crypto,
+      port: { onMessage() {} },
+      cryptoPort: { onMessage() {} },
+    }) as unknown as ActorSet;
+  const hooks = { onSyncMessage() {}, onCryptoMessage() {}, onDeath() {}, onSummary() {}, wantedTypes: () => null, seqFloor: () => 0, strategy: () => ({ build: newSet }) };
+  const session = { homeserver: 'https://hs.example', userId: '@bot:hs.example', deviceId: 'DEV', accessToken: 'secret' } as Session;
+  try {
+    const cluster = { servers: 'nats://127.0.0.1:4222', name: 'bot', role: 'ingest' as const };
+    const actors = new Actors(resolveOptions({ dataDir, logger: quiet, encryption: { passphrase: 'p' }, cluster }), hooks);
+    await actors.start(session, () => false);
+    assert.deepEqual(calls.filter((c) => c.startsWith('crypto')), ['crypto open, held: true'], 'opened held, never released');
+    actors.set = null;
+    calls.length = 0;
+    await actors.start(session, () => true);
+    assert.deepEqual(calls.filter((c) => c.startsWith('crypto')), ['crypto open, held: true', 'crypto release']);
+    // A single process holds nothing.
+    calls.length = 0;
+    const single = new Actors(resolveOptions({ dataDir, logger: quiet, encryption: { passphrase: 'p' } }), hooks);
+    await single.start(session);
+    assert.deepEqual(calls.filter((c) => c.startsWith('crypto')), ['crypto open, held: false']);
+  } finally {
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+});

@@ -326,3 +326,23 @@ test('undici is loaded from the files Halcyon uses; an undici whose files moved 
     assert.deepEqual(await res.body.json(), { path: '/x?y=1' });
   }
 });
+
+test('held requests are not sent until released; dropped, they fail as HALCYON_NOT_RUNNING and none is sent', async (t) => {
+  const server = await scripted(t, (_req, res) => res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}'));
+  const http = client(t, server.url);
+  http.hold();
+  const first = http.json('GET', '/first');
+  await settle();
+  // A whole round trip of another client, begun after it: a request that wrongly went would be in by then.
+  await client(t, server.url).json('GET', '/other');
+  assert.deepEqual(server.requests, ['GET /other']);
+  http.release();
+  assert.deepEqual(await first, { ok: true });
+  assert.deepEqual(server.requests, ['GET /other', 'GET /first']);
+  http.hold();
+  const second = http.json('GET', '/second');
+  http.dropHeld();
+  await assert.rejects(second, { code: 'HALCYON_NOT_RUNNING' });
+  assert.deepEqual(await http.json('GET', '/third'), { ok: true }, 'later requests go');
+  assert.deepEqual(server.requests, ['GET /other', 'GET /first', 'GET /third']);
+});
