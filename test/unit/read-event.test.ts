@@ -11,21 +11,12 @@ import { processSync } from '../../src/sync/process.ts';
 import { MIN_WASM_BODY, Scanner, ScanError } from '../../src/sync/scan.ts';
 import { EVENT_RECORD_FLAGS, EVENT_SLOTS, eventRecord, eventTs } from '../../src/sync/skipper.ts';
 import { OFFSET_STRIDE } from '../../src/protocol.ts';
+import { seededRandom } from '../harness/fault-proxy.ts';
 
 const PAD = MIN_WASM_BODY;
 const OWN = '@me:x';
 
-/** A small seeded PRNG (mulberry32): the same seed gives the same cases. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = seededRandom;
 
 const pick = <T>(r: () => number, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
 
