@@ -99,6 +99,8 @@ export class OwnedPartition {
   private pulling: Promise<number | null> | null = null;
   /** A rebalance's hand-over waits for the pull under way: no other is made. */
   private lastPull = false;
+  /** Whether {@link pullWhileOwned} runs (a called-off hand-over starts it again if it ended on `lastPull`). */
+  private looping = false;
   /** Events whose handlers outlived a hand-over's wait (the partition was kept): no hand-over is tried while one runs. */
   private readonly outlived = new Set<number>();
 
@@ -146,12 +148,17 @@ export class OwnedPartition {
 
   /** Pulls until the partition is handed over or lost (or, for a rebalance, until the pull under way ends). */
   private async pullWhileOwned(): Promise<void> {
-    while (this.state === 'pulling' && !this.lastPull) {
-      this.pulling = this.pullOnce();
-      const lostAt = await this.pulling;
-      this.pulling = null;
-      if (this.gather > 0 && this.state === 'pulling') this.release(); // fewer came than were out (acked meanwhile)
-      if (lostAt !== null) await this.settle(lostAt);
+    this.looping = true;
+    try {
+      while (this.state === 'pulling' && !this.lastPull) {
+        this.pulling = this.pullOnce();
+        const lostAt = await this.pulling;
+        this.pulling = null;
+        if (this.gather > 0 && this.state === 'pulling') this.release(); // fewer came than were out (acked meanwhile)
+        if (lostAt !== null) await this.settle(lostAt);
+      }
+    } finally {
+      this.looping = false;
     }
   }
 
@@ -299,9 +306,12 @@ export class OwnedPartition {
    * crash. With `keep` (a rebalance, not a stop), an event whose handler still runs is never given back — the next
    * owner would run it again, beside this one: the partition is kept (`kept`), pulling again, and no hand-over is
    * tried until those handlers settle; and the pull under way gets a moment to end by itself first (one stopped as
-   * it is made loses the deliveries the server answered it with), its events handled meanwhile.
+   * it is made loses the deliveries the server answered it with), its events handled meanwhile. That wait lasts
+   * as long as the pull brings events (half a second in a backlog), and the partitions' load may have moved
+   * meanwhile: a hand-over that `wanted` (asked then) no longer calls for is called off (`kept`, pulling on),
+   * before anything was stopped or given back.
    */
-  async handOver(drainMs: number, keep: boolean): Promise<HandOver> {
+  async handOver(drainMs: number, keep: boolean, wanted: () => boolean = () => true): Promise<HandOver> {
     if (this.state === 'gone') return 'unclean';
     // A handler that outlived the last try still runs: trying again would only hold the partition's other rooms up.
     if (keep && [...this.outlived].some((seq) => this.held.has(seq))) return 'kept';
@@ -318,6 +328,12 @@ export class OwnedPartition {
       await Promise.race([this.pulling, spent, this.nothingMoreToPull(spent)]);
       clearTimeout(timer);
       if (this.state !== 'pulling') return 'unclean'; // lost meanwhile
+      if (!wanted()) {
+        this.sink.logger.info({ partition: this.partition }, "cluster: a hand-over is called off: the partitions' load moved while its last pull ran");
+        this.lastPull = false;
+        if (!this.looping) this.loop = this.guard(this.pullWhileOwned());
+        return 'kept';
+      }
     }
     const wasPulling = this.state === 'pulling';
     this.state = 'draining';

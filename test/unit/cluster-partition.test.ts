@@ -319,3 +319,53 @@ test("a rebalance's hand-over ends as soon as the server has nothing more for th
   assert.equal(await part.handOver(1_000, true), 'clean');
   assert.ok(stopped, 'the last pull was stopped, not left to expire');
 });
+
+test("a rebalance's hand-over that is no longer wanted once the last pull is over (the load moved meanwhile) is called off: the partition is kept and pulled on", { timeout: 10_000 }, async () => {
+  // Each pull brings three new events, then waits for more until it ends (its expiry, here `expire`).
+  let delivered = 0;
+  let pulls = 0;
+  let expire = () => {};
+  const naked: number[] = [];
+  const broker = {
+    pending: async () => ({ ackPending: 0, waiting: 1, delivered, undelivered: 0 }),
+    pull: async () => {
+      const first = 3 * pulls++ + 1;
+      const batch: Delivery[] = [first, first + 1, first + 2].map((seq) => ({ data: new Uint8Array(), redelivered: false, seq, dseq: ++delivered, deliveries: 1, ack() {}, nak: async () => void naked.push(seq), working() {} }));
+      let ended = false;
+      let wake = () => {};
+      const end = () => {
+        ended = true;
+        wake();
+      };
+      expire = end;
+      return {
+        messages: (async function* () {
+          for (const d of batch) yield d;
+          while (!ended) await new Promise<void>((r) => (wake = r));
+        })(),
+        stop: end,
+      };
+    },
+  };
+  const handled: number[] = [];
+  const logger = recorder();
+  const sink: PartitionSink = {
+    logger,
+    ackWaitMs: 30_000,
+    prepare: (d): Prepared => ({ roomId: '!r:test', eventId: `$${d.seq}` }),
+    post: (_p, _r, seq, part) => {
+      handled.push(seq);
+      setImmediate(() => part.acked(seq));
+    },
+  };
+  const part = new OwnedPartition(0, broker as unknown as Broker, sink, 'released', Date.now());
+  await waitUntil(() => handled.length === 3, 5_000, 'the first pull handled');
+  let asked = 0;
+  assert.equal(await part.handOver(1_000, true, () => (asked++, false)), 'kept', logger.lines.join('; '));
+  assert.equal(asked, 1, 'asked once the last pull was over');
+  expire(); // the pull under way ends by itself: the next is made, as if no hand-over had begun
+  await waitUntil(() => handled.length === 6, 5_000, "the next pull's events handled");
+  assert.deepEqual(handled, [1, 2, 3, 4, 5, 6]);
+  assert.deepEqual(naked, [], 'nothing given back');
+  assert.equal(await part.handOver(1_000, true, () => true), 'clean', 'a later hand-over still wanted goes ahead');
+});
