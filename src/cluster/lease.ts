@@ -149,9 +149,11 @@ export class Lease {
     const renewal = this.store
       .update(this.key, this.holder, this.rev)
       .then((rev) => {
+        // Kept even once renewing stopped: a release waits for this renewal and deletes by the newest revision (by
+        // the one before, the store refused the delete and the key stayed until its TTL).
+        if (rev !== null) this.rev = Math.max(this.rev, rev);
         if (!this.timer) return;
         if (rev === null) return this.lose('another process wrote it');
-        this.rev = Math.max(this.rev, rev);
         this.lastOkSentAt = Math.max(this.lastOkSentAt, sentAt);
       })
       .catch(() => {}) // unreachable now: tried again on the next tick, until the deadline above

@@ -3,7 +3,10 @@
  * MAX_ACK_PENDING at a time, and hands them to the client's intake one room event at a time per room — a room's
  * next event goes out when the one before it is acknowledged (its handlers settled), so events of other rooms
  * run meanwhile and nothing of a room is ever queued where it could not be taken back. Each event is acked when
- * its handlers settle; the worker's heartbeat keeps everything it holds from expiring.
+ * its handlers settle; the worker's heartbeat keeps everything it holds from expiring. A pull asks only for what
+ * the server may send now (the free part of MAX_ACK_PENDING, once {@link MIN_PULL} of it is free), so that in a
+ * backlog it is filled at once and ends by itself: a hand-over waits for the pull under way (see
+ * {@link OwnedPartition.handOver}).
  *
  * When to pull matters for per-room order: the server gives redeliveries (naked events, and events whose ack
  * wait expired) before new ones, but a delivered event whose ack wait has not expired yet is neither — a pull
@@ -36,6 +39,14 @@ export const TAKEOVER_MARGIN_MS = 1_000;
  * stalled that long with a 250 ms wait here); a rebalance is never that urgent.
  */
 const LAST_PULL_WAIT_MS = PULL_EXPIRES_MS + TAKEOVER_MARGIN_MS;
+/**
+ * Free slots (of MAX_ACK_PENDING) before a partition pulls again. A pull that asked for more than the server could
+ * send filled only as events were acked, and in a backlog it ended only once the partition's backlog was all
+ * delivered: a rebalance waited for it that long (a 60-event partition of the bench moved after ~930 ms, when half
+ * of it was handled and the other worker had run dry). Half, not one: a pull per ack would double NATS's work, and
+ * the 16 held meanwhile keep the partition's rooms fed.
+ */
+const MIN_PULL = MAX_ACK_PENDING / 2;
 /** How often a rebalance asks the server whether the last pull has anything more coming (see `nothingMoreToPull`). */
 const NOTHING_MORE_POLL_MS = 100;
 
@@ -95,10 +106,14 @@ export class OwnedPartition {
   private stopPull: (() => void) | null = null;
   private loop: Promise<void>;
   private idle: (() => void) | null = null;
+  /** Wakes the pulling loop waiting for free slots (see {@link MIN_PULL}). */
+  private freed: (() => void) | null = null;
   /** The pull under way (being made, or bringing deliveries), until it ends. */
   private pulling: Promise<number | null> | null = null;
   /** A rebalance's hand-over waits for the pull under way: no other is made. */
   private lastPull = false;
+  /** Whether {@link pullWhileOwned} runs (a called-off hand-over starts it again if it ended on `lastPull`). */
+  private looping = false;
   /** Events whose handlers outlived a hand-over's wait (the partition was kept): no hand-over is tried while one runs. */
   private readonly outlived = new Set<number>();
 
@@ -146,13 +161,39 @@ export class OwnedPartition {
 
   /** Pulls until the partition is handed over or lost (or, for a rebalance, until the pull under way ends). */
   private async pullWhileOwned(): Promise<void> {
-    while (this.state === 'pulling' && !this.lastPull) {
-      this.pulling = this.pullOnce();
-      const lostAt = await this.pulling;
-      this.pulling = null;
-      if (this.gather > 0 && this.state === 'pulling') this.release(); // fewer came than were out (acked meanwhile)
-      if (lostAt !== null) await this.settle(lostAt);
+    this.looping = true;
+    try {
+      while (this.state === 'pulling' && !this.lastPull) {
+        const free = MAX_ACK_PENDING - this.held.size;
+        // While gathering, what is out comes back as redeliveries, which take no free slot: pulled at once.
+        if (this.gather === 0 && free < MIN_PULL) {
+          await this.slotsFree();
+          continue;
+        }
+        this.pulling = this.pullOnce(this.gather > 0 ? MAX_ACK_PENDING : free);
+        const lostAt = await this.pulling;
+        this.pulling = null;
+        if (this.gather > 0 && this.state === 'pulling') this.release(); // fewer came than were out (acked meanwhile)
+        if (lostAt !== null) await this.settle(lostAt);
+      }
+    } finally {
+      this.looping = false;
     }
+  }
+
+  /** Resolves once {@link MIN_PULL} slots are free, or the pulling is aborted (a hand-over, a loss). */
+  private slotsFree(): Promise<void> {
+    const signal = this.abort.signal;
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        this.freed = null;
+        signal.removeEventListener('abort', done);
+        resolve();
+      };
+      this.freed = done;
+      if (signal.aborted) done();
+      else signal.addEventListener('abort', done, { once: true });
+    });
   }
 
   /**
@@ -185,9 +226,9 @@ export class OwnedPartition {
   }
 
   /** One pull, to its end; resolves with when deliveries may have been lost (an error, a gap), or null. */
-  private async pullOnce(): Promise<number | null> {
+  private async pullOnce(max: number): Promise<number | null> {
     try {
-      const pull = await this.broker.pull(this.partition, MAX_ACK_PENDING);
+      const pull = await this.broker.pull(this.partition, max);
       this.stopPull = pull.stop;
       if (this.state !== 'pulling') pull.stop();
       for await (const d of pull.messages) {
@@ -271,6 +312,7 @@ export class OwnedPartition {
     this.held.delete(seq);
     this.posted--;
     h.d.ack();
+    if (MAX_ACK_PENDING - this.held.size >= MIN_PULL) this.freed?.();
     this.acks.add(seq);
     // A redelivery that crossed an ack arrives before anything the server sent after it: fewer than MAX_ACK_PENDING
     // acks come between them, so 4× that many is plenty.
@@ -299,9 +341,12 @@ export class OwnedPartition {
    * crash. With `keep` (a rebalance, not a stop), an event whose handler still runs is never given back — the next
    * owner would run it again, beside this one: the partition is kept (`kept`), pulling again, and no hand-over is
    * tried until those handlers settle; and the pull under way gets a moment to end by itself first (one stopped as
-   * it is made loses the deliveries the server answered it with), its events handled meanwhile.
+   * it is made loses the deliveries the server answered it with), its events handled meanwhile. That wait lasts
+   * as long as the pull brings events (half a second in a backlog), and the partitions' load may have moved
+   * meanwhile: a hand-over that `wanted` (asked then) no longer calls for is called off (`kept`, pulling on),
+   * before anything was stopped or given back.
    */
-  async handOver(drainMs: number, keep: boolean): Promise<HandOver> {
+  async handOver(drainMs: number, keep: boolean, wanted: () => boolean = () => true): Promise<HandOver> {
     if (this.state === 'gone') return 'unclean';
     // A handler that outlived the last try still runs: trying again would only hold the partition's other rooms up.
     if (keep && [...this.outlived].some((seq) => this.held.has(seq))) return 'kept';
@@ -318,6 +363,12 @@ export class OwnedPartition {
       await Promise.race([this.pulling, spent, this.nothingMoreToPull(spent)]);
       clearTimeout(timer);
       if (this.state !== 'pulling') return 'unclean'; // lost meanwhile
+      if (!wanted()) {
+        this.sink.logger.info({ partition: this.partition }, "cluster: a hand-over is called off: the partitions' load moved while its last pull ran");
+        this.lastPull = false;
+        if (!this.looping) this.loop = this.guard(this.pullWhileOwned());
+        return 'kept';
+      }
     }
     const wasPulling = this.state === 'pulling';
     this.state = 'draining';

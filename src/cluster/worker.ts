@@ -173,11 +173,11 @@ export class PartitionConsumer implements SyncActorApi, PartitionSink, Partition
     this.owned.set(p, new OwnedPartition(p, this.broker, this, how, at));
   }
 
-  async handOver(p: number): Promise<HandOver> {
+  async handOver(p: number, wanted: () => boolean): Promise<HandOver> {
     const part = this.owned.get(p);
     if (!part) return 'unclean';
     // While running (a rebalance) a handler that outlives the wait keeps its partition here; a stop gives it back.
-    const how = await part.handOver(this.drainMs, this.running);
+    const how = await part.handOver(this.drainMs, this.running, wanted);
     if (how !== 'kept' && this.owned.get(p) === part) this.owned.delete(p);
     return how;
   }

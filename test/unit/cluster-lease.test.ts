@@ -210,3 +210,20 @@ test('Lease: acquire aborted while an attempt is out rejects at once; a lease th
   assert.equal(await s.store.get('k'), null, 'given up once its answer came');
   assert.equal(lease.held, false);
 });
+
+test('Lease: released while a renewal is out, the key is deleted by the revision that renewal wrote (not left to expire)', async (t) => {
+  // A worker's clean hand-over deleted its partition's key by the revision before the renewal, which the store
+  // refused: the key expired a TTL later, and the next owner, finding it absent, waited for the ack wait too (a
+  // three-worker bench round stalled 44 s).
+  t.mock.timers.enable({ apis: ['setInterval', 'setTimeout', 'Date'], now: 0 });
+  const s = fakeStore();
+  const { lease } = await heldLease(s);
+  s.slowMs = 100;
+  const before = s.updates;
+  await advance(t, TTL / 6); // a renewal tick: the write is stored, its answer still on its way
+  assert.equal(s.updates, before + 1, 'a renewal is out');
+  const released = lease.release();
+  await advance(t, 200);
+  await released;
+  assert.equal(await s.store.get('k'), null, 'deleted');
+});

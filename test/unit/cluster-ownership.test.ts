@@ -237,3 +237,16 @@ test('planOwnership by load: a worker that handed a partition over and fell belo
   assert.deepEqual(planOwnership(3, 2, [2], new Set([1, 2]), 0, w).take, [0], 'b takes it');
   assert.deepEqual(planOwnership(3, 2, [1], new Set([1, 2]), 0, w, new Set()).take, [0], 'a takes it back once it stops avoiding it (nobody else did)');
 });
+
+test('planOwnership by load: a partition handed over on figures that then moved is taken back by its giver when no other worker is below its share', () => {
+  // Figures midway through a backlog's publishing: a (partitions 0 and 1) 220, b (2) 80, a share 150: a hands 0 over.
+  const early = [60, 160, 80];
+  assert.deepEqual(planOwnership(3, 2, [0, 1], new Set([0, 1, 2]), 0, early).give, [0]);
+  // The backlog published, the figures are even: b is at its share and leaves partition 0 free.
+  const late = [50, 150, 200];
+  assert.deepEqual(planOwnership(3, 2, [2], new Set([1, 2]), 0, late).take, [], 'b, at its share, does not take it');
+  // Nobody else will take it: a takes it back at once, not after it stops avoiding it (two polls of its events waiting).
+  assert.deepEqual(planOwnership(3, 2, [1], new Set([1, 2]), 0, late, new Set([0])).take, [0], 'a takes it back');
+  // With three workers, a is left to avoid it while another (c, at 0) is below its share.
+  assert.deepEqual(planOwnership(4, 3, [1], new Set([1, 2, 3]), 0, [50, 150, 200, 0], new Set([0])).take, [], 'c may take it');
+});

@@ -116,6 +116,19 @@ async function startWorker(t: TestContext, name: string, cfg: ReturnType<typeof 
   return { logger, broker, consumer, pulling, stop };
 }
 
+/** A sink whose handlers record each event's stream sequence in `handled` and settle by `settle` (at once by default). */
+function handlingSink(handled: number[], logger: Logger, settle: (ack: () => void) => void = (ack) => void setImmediate(ack)): PartitionSink {
+  return {
+    logger,
+    ackWaitMs: 30_000,
+    prepare: (d): Prepared => ({ roomId: '!r:test', eventId: `$${d.seq}` }),
+    post: (_p, _r, seq, part) => {
+      handled.push(seq);
+      settle(() => part.acked(seq));
+    },
+  };
+}
+
 const slow = () => new Promise<void>((r) => setTimeout(r, 3 * ACK_WAIT_MS));
 const handledOf = (log: Handling[], id: string) => log.filter((h) => h.eventId === id);
 
@@ -216,15 +229,7 @@ test('a hand-over for a rebalance while a pull is being made is clean: the pull 
   const consumer = fakeConsumer(100);
   const handled: number[] = [];
   const logger = recorder();
-  const sink: PartitionSink = {
-    logger,
-    ackWaitMs: 30_000,
-    prepare: (d): Prepared => ({ roomId: '!r:test', eventId: `$${d.seq}` }),
-    post: (prepared, _redelivered, seq, part) => {
-      handled.push(seq);
-      setImmediate(() => part.acked(seq));
-    },
-  };
+  const sink = handlingSink(handled, logger);
   const part = new OwnedPartition(0, consumer.broker, sink, 'released', Date.now());
   await consumer.open(); // the first pull: 32 events, handled one after the other
   await waitUntil(() => handled.length === 32 && consumer.pending() === 0 && consumer.pulls() === 1, 5_000, 'the first pull handled and the next being made');
@@ -303,19 +308,102 @@ test("a rebalance's hand-over ends as soon as the server has nothing more for th
     },
   };
   const handled: number[] = [];
-  const sink: PartitionSink = {
-    logger: recorder(),
-    ackWaitMs: 30_000,
-    prepare: (d): Prepared => ({ roomId: '!r:test', eventId: `$${d.seq}` }),
-    post: (_p, _r, seq, part) => {
-      handled.push(seq);
-      setImmediate(() => part.acked(seq));
-    },
-  };
+  const sink = handlingSink(handled, recorder());
   const part = new OwnedPartition(0, broker as unknown as Broker, sink, 'released', Date.now());
   await waitUntil(() => handled.length === 3, 5_000, 'the three events handled');
   // The pull's expiry never comes (timers are frozen from here): the hand-over must not wait for it.
   t.mock.timers.enable({ apis: ['setTimeout'] });
   assert.equal(await part.handOver(1_000, true), 'clean');
   assert.ok(stopped, 'the last pull was stopped, not left to expire');
+});
+
+test("a rebalance's hand-over that is no longer wanted once the last pull is over (the load moved meanwhile) is called off: the partition is kept and pulled on", { timeout: 10_000 }, async () => {
+  // Each pull brings three new events, then waits for more until it ends (its expiry, here `expire`).
+  let delivered = 0;
+  let pulls = 0;
+  let expire = () => {};
+  const naked: number[] = [];
+  const broker = {
+    pending: async () => ({ ackPending: 0, waiting: 1, delivered, undelivered: 0 }),
+    pull: async () => {
+      const first = 3 * pulls++ + 1;
+      const batch: Delivery[] = [first, first + 1, first + 2].map((seq) => ({ data: new Uint8Array(), redelivered: false, seq, dseq: ++delivered, deliveries: 1, ack() {}, nak: async () => void naked.push(seq), working() {} }));
+      let ended = false;
+      let wake = () => {};
+      const end = () => {
+        ended = true;
+        wake();
+      };
+      expire = end;
+      return {
+        messages: (async function* () {
+          for (const d of batch) yield d;
+          while (!ended) await new Promise<void>((r) => (wake = r));
+        })(),
+        stop: end,
+      };
+    },
+  };
+  const handled: number[] = [];
+  const logger = recorder();
+  const sink = handlingSink(handled, logger);
+  const part = new OwnedPartition(0, broker as unknown as Broker, sink, 'released', Date.now());
+  await waitUntil(() => handled.length === 3, 5_000, 'the first pull handled');
+  let asked = 0;
+  assert.equal(await part.handOver(1_000, true, () => (asked++, false)), 'kept', logger.lines.join('; '));
+  assert.equal(asked, 1, 'asked once the last pull was over');
+  expire(); // the pull under way ends by itself: the next is made, as if no hand-over had begun
+  await waitUntil(() => handled.length === 6, 5_000, "the next pull's events handled");
+  assert.deepEqual(handled, [1, 2, 3, 4, 5, 6]);
+  assert.deepEqual(naked, [], 'nothing given back');
+  assert.equal(await part.handOver(1_000, true, () => true), 'clean', 'a later hand-over still wanted goes ahead');
+});
+
+test("a rebalance's hand-over of a partition with a backlog ends at once: a pull asks only for what the server can send now, so it ends by itself", { timeout: 15_000 }, async () => {
+  // A server with a backlog of 64 events of one room, at most MAX_ACK_PENDING (32) out at a time, as nats-server:
+  // a pull gets what it asked for as slots free up, until it is stopped (its expiry does not come in this test).
+  // (A partition of the bench: 60 events of three rooms.)
+  const total = 64;
+  let next = 1;
+  let dseq = 0;
+  const out = new Set<number>();
+  const naked: number[] = [];
+  let wake = () => {};
+  const broker = {
+    pending: async () => ({ ackPending: out.size, waiting: 0, delivered: dseq, undelivered: total - next + 1 }),
+    pull: async (_p: number, max: number) => {
+      let stopped = false;
+      return {
+        messages: (async function* () {
+          for (let got = 0; got < max && !stopped; ) {
+            if (out.size >= 32 || next > total) {
+              await new Promise<void>((r) => (wake = r));
+              continue;
+            }
+            const seq = next++;
+            out.add(seq);
+            got++;
+            yield { data: new Uint8Array(), redelivered: false, seq, dseq: ++dseq, deliveries: 1, ack: () => void (out.delete(seq), wake()), nak: async () => void naked.push(seq), working() {} } satisfies Delivery;
+          }
+        })(),
+        stop: () => {
+          stopped = true;
+          wake();
+        },
+      };
+    },
+  };
+  const handled: number[] = [];
+  const logger = recorder();
+  const sink = handlingSink(handled, logger, (ack) => void setTimeout(ack, 5)); // handlers of 5 ms, as the bench's
+  const part = new OwnedPartition(0, broker as unknown as Broker, sink, 'released', Date.now());
+  await waitUntil(() => handled.length >= 8, 5_000, 'the backlog being handled, the second pull under way');
+  const before = handled.length;
+  assert.equal(await part.handOver(1_000, true), 'clean', logger.lines.join('; '));
+  // Before, the second pull (32 asked, 32 slots taken) filled as events were acked: the hand-over waited for the
+  // backlog to be delivered, 24 more events handled here, a room held up while the next owner idled.
+  assert.ok(handled.length - before <= 2, `${handled.length - before} events handled during the hand-over`);
+  assert.deepEqual(handled, Array.from({ length: handled.length }, (_, i) => i + 1), 'in order, once each');
+  assert.deepEqual(naked, Array.from({ length: naked.length }, (_, i) => handled.length + 1 + i), 'the rest given back, in order');
+  assert.equal(handled.length + naked.length, dseq, 'every delivery handled or given back');
 });
