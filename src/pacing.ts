@@ -104,6 +104,8 @@ export class AdaptivePacer implements Pacer {
   private bucket: Bucket | null = null;
   /** Sends since the last refusal (or since pacing stopped): the burst the server took. */
   private streak = 0;
+  /** When the first send of {@link streak} went (null before it). */
+  private streakStart: number | null = null;
   /** The last rate that went {@link PROBE_AFTER} sends without a refusal (a refused probe returns to it). */
   private safe: number | null = null;
 
@@ -119,7 +121,9 @@ export class AdaptivePacer implements Pacer {
   }
 
   next(now: number): number {
-    return this.bucket ? this.bucket.take(now) : 0;
+    const wait = this.bucket ? this.bucket.take(now) : 0;
+    if (wait === 0 && this.streakStart === null) this.streakStart = now;
+    return wait;
   }
 
   sent(): void {
@@ -136,15 +140,20 @@ export class AdaptivePacer implements Pacer {
   }
 
   rateLimited(retryAfterMs: number, now: number): void {
-    // Unpaced, a refusal comes when the burst is spent and the server's bucket empty: its retry time is then one
-    // refill, its rate, and what it took before refusing is its burst. Paced, the bucket was not empty (the retry
-    // time is only what was left of a refill): back to the last rate without refusals, or a step slower.
-    const told = 1000 / Math.max(retryAfterMs, 1);
+    // Unpaced, a refusal comes when the burst is spent and the server's bucket empty: what it took before refusing
+    // is its burst, and its retry time one refill less what refilled while the burst went (a real Synapse took 11
+    // sends in 1.2 s: taking 3.8 s for its 5 s made the paced sends draw a second 429). A burst longer than the retry
+    // time says nothing of that kind (the bucket refilled by whole sends): the retry time alone. Paced, the bucket was
+    // not empty (the retry time is only what was left of a refill): back to the last rate without refusals, or a
+    // step slower.
+    const span = this.streakStart === null ? 0 : Math.max(0, now - this.streakStart);
+    const told = 1000 / Math.max(retryAfterMs + (span < retryAfterMs ? span : 0), 1);
     const b = this.bucket;
     const rate = b ? Math.min(told, this.safe ?? b.rate / PROBE_FACTOR) : told;
     const burst = b ? b.burst : Math.max(1, this.streak);
     this.bucket = new Bucket(rate, burst, now, false);
     this.streak = 0;
+    this.streakStart = null;
     this.keep({ rate, burst, at: now });
   }
 

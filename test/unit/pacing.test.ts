@@ -22,8 +22,11 @@ function serverLimiter(rate: number, burst: number) {
   };
 }
 
-/** Sends `n` messages back to back through `pacer` to `server`; returns the 429s and the simulated time taken. */
-function run(pacer: AdaptivePacer | FixedPacer, server: (now: number) => number | null, n: number, start = 0): { refusals: number; ms: number; now: number } {
+/**
+ * Sends `n` messages back to back through `pacer` to `server` (each taking `roundTripMs`); returns the 429s and the
+ * simulated time taken.
+ */
+function run(pacer: AdaptivePacer | FixedPacer, server: (now: number) => number | null, n: number, start = 0, roundTripMs = 20): { refusals: number; ms: number; now: number } {
   let now = start;
   let refusals = 0;
   for (let i = 0; i < n; ) {
@@ -36,7 +39,7 @@ function run(pacer: AdaptivePacer | FixedPacer, server: (now: number) => number 
     if (retry === null) {
       pacer.sent();
       i++;
-      now += 20; // the request's round trip
+      now += roundTripMs; // the request's round trip
       continue;
     }
     refusals++;
@@ -61,6 +64,15 @@ test('adaptive: under Synapse\'s default rc_message (0.2/s, bursts of 10), 40 se
   assert.ok(last, 'what it learned is kept');
   assert.equal(last.burst, 10, 'the burst the server took');
   assert.ok(Math.abs(last.rate - 0.2) < 0.02, `the server's rate: ${last.rate}`);
+});
+
+test('adaptive: a burst that took the server a while (its bucket refilled meanwhile) still teaches its rate: one 429, not one per few sends', () => {
+  // A real Synapse took 11 sends in 1.2 s: its retry time after the burst is then a refill less the burst's span.
+  const kept: LearnedPacing[] = [];
+  const pacer = new AdaptivePacer(null, (l) => void (l && kept.push(l)), 0);
+  const r = run(pacer, serverLimiter(0.2, 10), 19, 0, 110); // under 20 sends after the 429: no probe yet
+  assert.equal(r.refusals, 1, `${r.refusals} refusals`);
+  assert.ok(Math.abs(kept[0]!.rate - 0.2) < 0.01, `the server's rate: ${kept[0]!.rate}`);
 });
 
 test('adaptive: a server without limits is never waited on', () => {
