@@ -239,9 +239,10 @@ function skipNumber(i: i32): i32 {
 }
 
 /**
- * readEvent's record of the event it read: the string tokens (quotes included) of event_id, sender, state_key,
- * `m.relates_to`.event_id, type, `m.relates_to`.rel_type and the last msgtype as [start, end) i32 pairs (-1 when
- * absent) from slot 0, the {@link EV_FLAGS} bits at slot 14, the timestamp as an f64 at byte 64.
+ * readEvent's record of the event it read, i32 slots: the event's [start, end) and the string tokens (quotes
+ * included; -1 when absent) of event_id, sender, state_key and `m.relates_to`.event_id, in the order of the event
+ * columns' offsets (src/protocol.ts OFF: JS copies them as they are), then the tokens of type and
+ * `m.relates_to`.rel_type, the flag bits at slot 14; the timestamp is an f64 at byte 64.
  */
 const ev = memory.data(72, 8);
 
@@ -251,13 +252,13 @@ export function eventRecord(): usize {
 }
 
 /** Record slots: each a [start, end) pair but the flags. */
-const ID = 0;
-const SENDER = 2;
-const STATE_KEY = 4;
-const REL_ID = 6;
-const TYPE = 8;
-const REL_TYPE = 10;
-const MSGTYPE = 12;
+const RAW = 0;
+const ID = 2;
+const SENDER = 4;
+const STATE_KEY = 6;
+const REL_ID = 8;
+const TYPE = 10;
+const REL_TYPE = 12;
 const FLAGS_SLOT = 14;
 
 /**
@@ -287,6 +288,15 @@ const REQUIRED = N_TYPE | N_ID | N_SENDER | N_TS | N_CONTENT;
 // @ts-ignore: decorator
 @inline function slot(k: i32, v: i32): void {
   store<i32>(ev + (<usize>k << 2), v);
+}
+
+/**
+ * keyToken for the event reader: -1 also for an escaped member name (where the reader reads names, the JS reader
+ * has an escaped one to report or to decode, so the event goes to it).
+ */
+function plainKey(i: i32, first: i32): i32 {
+  const r = keyToken(i, first);
+  return (r & ESCAPED) !== 0 ? -1 : r;
 }
 
 /** Whether the body's bytes [s, e) are those of `text` (ASCII). */
@@ -320,14 +330,15 @@ function topLevelName(s: i32, e: i32): i32 {
  */
 export function readEvent(i: i32): i32 {
   if (at(i) !== 0x7b) return -1;
-  for (let k = 0; k < FLAGS_SLOT; k++) slot(k, -1);
+  slot(RAW, i);
+  for (let k = ID; k < FLAGS_SLOT; k++) slot(k, -1);
   let flags = 0;
   let seen = 0;
   let first = 1;
   i++;
   while (true) {
-    const r = keyToken(i, first);
-    if (r < 0 || (r & ESCAPED) !== 0) return -1;
+    const r = plainKey(i, first);
+    if (r < 0) return -1;
     if ((r & CLOSED) !== 0) {
       i = r >> FLAG_BITS;
       break;
@@ -372,6 +383,7 @@ export function readEvent(i: i32): i32 {
     }
   }
   if ((seen & REQUIRED) !== REQUIRED) return -1;
+  slot(RAW + 1, i);
   slot(FLAGS_SLOT, flags);
   return i;
 }
@@ -402,8 +414,8 @@ function content(i: i32): i32 {
   let first = 1;
   i++;
   while (true) {
-    const r = keyToken(i, first);
-    if (r < 0 || (r & ESCAPED) !== 0) return -1;
+    const r = plainKey(i, first);
+    if (r < 0) return -1;
     if ((r & CLOSED) !== 0) {
       slot(FLAGS_SLOT, flags);
       return r >> FLAG_BITS;
@@ -452,8 +464,8 @@ function relatesTo(i: i32): i32 {
   let first = 1;
   i++;
   while (true) {
-    const r = keyToken(i, first);
-    if (r < 0 || (r & ESCAPED) !== 0) return -1;
+    const r = plainKey(i, first);
+    if (r < 0) return -1;
     if ((r & CLOSED) !== 0) return r >> FLAG_BITS;
     first = 0;
     const ks = load<i32>(key);

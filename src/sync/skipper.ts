@@ -11,6 +11,7 @@
  * scanner then redoes the skip in JS, which throws the ScanError. A body the memory cannot take (over
  * {@link MAX_WASM_BODY}, or the memory cannot grow) is scanned by JS alone: same results, only slower.
  */
+import { OFFSET_STRIDE } from '../protocol.ts';
 import { SKIPPER_WASM } from './skip-wasm.ts';
 
 /** The skipper's exports (see wasm/skip.ts). */
@@ -33,14 +34,11 @@ interface Exports {
 }
 
 /**
- * The event record's layout: [start, end) token pairs of the event's strings (-1 when absent), the flags slot
- * ({@link EVENT_RECORD_FLAGS}), and the timestamp, an f64 in slot `ts` of the record's Float64Array view.
+ * The event record's layout beyond its first {@link OFFSET_STRIDE} slots, which are the event columns' offsets as
+ * they are (src/protocol.ts OFF: the event's span, its event_id, sender, state_key and relation event ID tokens):
+ * the type's and rel_type's tokens, the flags ({@link EVENT_RECORD_FLAGS}); the timestamp is f64 number `ts`.
  */
-export const EVENT_SLOTS = { eventId: 0, sender: 2, stateKey: 4, relEventId: 6, type: 8, relType: 10, msgtype: 12, flags: 14, ts: 8 } as const;
-/**
- * The flags slot's bits. `columns` are passed to the event columns as they are (EVENT_FLAGS' notice and the
- * escape bits of event_id, sender, state_key and the relation's event_id).
- */
+export const EVENT_SLOTS = { type: 10, relType: 12, flags: 14, ts: 8 } as const;
 export const EVENT_RECORD_FLAGS = { columns: 2 | 4 | 8 | 16 | 32, verificationRequest: 64, typeEscaped: 128, typeWide: 256, relTypeEscaped: 512, relTypeWide: 1024 } as const;
 
 /**
@@ -142,6 +140,7 @@ function bind(instance: Exports): number {
   if (keySpan.buffer !== wasm.memory.buffer) {
     keySpan = new Int32Array(wasm.memory.buffer, wasm.keySpan(), 4);
     eventRecord = new Int32Array(wasm.memory.buffer, wasm.eventRecord(), 16);
+    eventOffsets = new Int32Array(wasm.memory.buffer, wasm.eventRecord(), OFFSET_STRIDE);
     eventTs = new Float64Array(wasm.memory.buffer, wasm.eventRecord(), 9);
   }
   return current;
@@ -169,6 +168,8 @@ export let keySpan = new Int32Array(4);
 export let readEvent: (i: number) => number = () => -1;
 /** What {@link readEvent} left ({@link EVENT_SLOTS}). */
 export let eventRecord = new Int32Array(16);
+/** The record's first {@link OFFSET_STRIDE} slots: the event's offsets, in the columns' order. */
+export let eventOffsets = new Int32Array(OFFSET_STRIDE);
 /** The same record as f64s: the timestamp is at {@link EVENT_SLOTS}.ts. */
 export let eventTs = new Float64Array(9);
 

@@ -5,7 +5,7 @@
  */
 import { EVENT_FLAGS, type MatrixEvent, OFF, OFFSET_STRIDE } from '../protocol.ts';
 import { keyBytes, Scanner } from './scan.ts';
-import { EVENT_RECORD_FLAGS, EVENT_SLOTS, eventRecord, eventTs } from './skipper.ts';
+import { EVENT_RECORD_FLAGS, EVENT_SLOTS, eventOffsets, eventRecord, eventTs } from './skipper.ts';
 import type { Builder } from './builder.ts';
 
 const K = {
@@ -61,28 +61,19 @@ export function readTimelineEvent(sc: Scanner, b: Builder, roomId: string, roomI
     b.error('timeline event is not an object', roomId);
     return undefined;
   }
-  const start = sc.i;
   // The common event in one WebAssembly call; anything it leaves (to report, or unusual) is read in JS below.
-  return sc.readEventFast() ? fromRecord(sc, b, roomId, roomIndex, start) : readInJs(sc, b, roomId, roomIndex);
+  return sc.readEventFast() ? fromRecord(sc, b, roomId, roomIndex) : readInJs(sc, b, roomId, roomIndex);
 }
 
-/** The event the skipper's readEvent just read (from `start` to the cursor), from its record to the columns. */
-function fromRecord(sc: Scanner, b: Builder, roomId: string, roomIndex: number, start: number): MatrixEvent | undefined {
+/** The event the skipper's readEvent just read, from its record to the columns. */
+function fromRecord(sc: Scanner, b: Builder, roomId: string, roomIndex: number): MatrixEvent | undefined {
   const r = eventRecord;
   const f = r[EVENT_SLOTS.flags]!;
   const type = b.internSpan(sc, r[EVENT_SLOTS.type]!, r[EVENT_SLOTS.type + 1]!, (f & EVENT_RECORD_FLAGS.typeEscaped) !== 0, (f & EVENT_RECORD_FLAGS.typeWide) !== 0);
   const rs = r[EVENT_SLOTS.relType]!;
   const relType = rs < 0 ? null : b.internSpan(sc, rs, r[EVENT_SLOTS.relType + 1]!, (f & EVENT_RECORD_FLAGS.relTypeEscaped) !== 0, (f & EVENT_RECORD_FLAGS.relTypeWide) !== 0);
-  span[OFF.eventId] = r[EVENT_SLOTS.eventId]!;
-  span[OFF.eventId + 1] = r[EVENT_SLOTS.eventId + 1]!;
-  span[OFF.sender] = r[EVENT_SLOTS.sender]!;
-  span[OFF.sender + 1] = r[EVENT_SLOTS.sender + 1]!;
-  span[OFF.stateKey] = r[EVENT_SLOTS.stateKey]!;
-  span[OFF.stateKey + 1] = r[EVENT_SLOTS.stateKey + 1]!;
-  span[OFF.relEventId] = r[EVENT_SLOTS.relEventId]!;
-  span[OFF.relEventId + 1] = r[EVENT_SLOTS.relEventId + 1]!;
   const verificationRequest = (f & EVENT_RECORD_FLAGS.verificationRequest) !== 0;
-  return toColumns(sc, b, roomId, roomIndex, start, type, relType, eventTs[EVENT_SLOTS.ts]!, f & EVENT_RECORD_FLAGS.columns, verificationRequest);
+  return toColumns(sc, b, roomId, roomIndex, type, relType, eventTs[EVENT_SLOTS.ts]!, f & EVENT_RECORD_FLAGS.columns, verificationRequest, eventOffsets);
 }
 
 /** {@link readTimelineEvent} in JS: the reference, which reports what makes an event unusable. */
@@ -139,30 +130,31 @@ function readInJs(sc: Scanner, b: Builder, roomId: string, roomIndex: number): M
     b.error(`timeline event skipped: ${bad}`, roomId, decodeToken(sc, span[OFF.eventId]!, span[OFF.eventId + 1]!));
     return undefined;
   }
-  return toColumns(sc, b, roomId, roomIndex, start, type!, relType, ts!, flags, rel.verificationRequest);
+  span[OFF.rawStart] = start;
+  span[OFF.rawEnd] = sc.i;
+  return toColumns(sc, b, roomId, roomIndex, type!, relType, ts!, flags, rel.verificationRequest, span);
 }
 
 /**
- * Adds a read event (from `start` to the cursor; its string spans in {@link span}) to the columns if handlers
- * want its type, and returns it parsed when it is a state event or a redaction (the cache needs them).
+ * Adds a read event to the columns if handlers want its type, and returns it parsed when it is a state event or
+ * a redaction (the cache needs them). `offsets` holds its span and string tokens in the columns' order (OFF): the
+ * JS reader's {@link span}, or the WebAssembly reader's record.
  */
-function toColumns(sc: Scanner, b: Builder, roomId: string, roomIndex: number, start: number, type: string, relType: string | null, ts: number, flags: number, verificationRequest: boolean): MatrixEvent | undefined {
-  const end = sc.i;
-  const isState = span[OFF.stateKey]! >= 0;
+function toColumns(sc: Scanner, b: Builder, roomId: string, roomIndex: number, type: string, relType: string | null, ts: number, flags: number, verificationRequest: boolean, offsets: Int32Array): MatrixEvent | undefined {
+  const start = offsets[OFF.rawStart]!;
+  const end = offsets[OFF.rawEnd]!;
   // Clear in-room verification events go to the crypto actor whatever handlers want (encrypted ones reach it anyway).
   if (type.startsWith('m.key.verification.') || (type === 'm.room.message' && verificationRequest)) {
     b.crypto.verification.push({ roomId, event: JSON.parse(sc.b.toString('utf8', start, end)) as MatrixEvent });
   }
   if (b.opts.wantedTypes === null || b.opts.wantedTypes.has(type)) {
     const own = b.ownToken;
-    const senderS = span[OFF.sender]!;
-    const senderE = span[OFF.sender + 1]!;
+    const senderS = offsets[OFF.sender]!;
+    const senderE = offsets[OFF.sender + 1]!;
     if (own !== null && senderE - senderS === own.length && sc.b.compare(own, 0, own.length, senderS, senderE) === 0) flags |= EVENT_FLAGS.own;
-    span[OFF.rawStart] = start;
-    span[OFF.rawEnd] = end;
-    b.addEvent(roomIndex, b.intern(type), relType === null ? -1 : b.intern(relType), ts, flags, span);
+    b.addEvent(roomIndex, b.intern(type), relType === null ? -1 : b.intern(relType), ts, flags, offsets);
   }
-  return isState || type === 'm.room.redaction' ? (JSON.parse(sc.b.toString('utf8', start, end)) as MatrixEvent) : undefined;
+  return offsets[OFF.stateKey]! >= 0 || type === 'm.room.redaction' ? (JSON.parse(sc.b.toString('utf8', start, end)) as MatrixEvent) : undefined;
 }
 
 /**

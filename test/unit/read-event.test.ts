@@ -10,7 +10,7 @@ import { HalcyonError } from '../../src/errors.ts';
 import { processSync } from '../../src/sync/process.ts';
 import { MIN_WASM_BODY, Scanner, ScanError } from '../../src/sync/scan.ts';
 import { EVENT_RECORD_FLAGS, EVENT_SLOTS, eventRecord, eventTs } from '../../src/sync/skipper.ts';
-import { OFFSET_STRIDE } from '../../src/protocol.ts';
+import { OFF, OFFSET_STRIDE } from '../../src/protocol.ts';
 import { seededRandom } from '../harness/fault-proxy.ts';
 
 const PAD = MIN_WASM_BODY;
@@ -147,12 +147,13 @@ test('readEvent: a common event is read by WebAssembly itself, not handed back t
   assert.equal(sc.readEventFast(), true);
   assert.equal(sc.i, bytes.length);
   const token = (slot: number): string => bytes.toString('utf8', eventRecord[slot]!, eventRecord[slot + 1]!);
+  assert.equal(token(OFF.rawStart), ev);
   assert.equal(token(EVENT_SLOTS.type), '"m.room.message"');
-  assert.equal(token(EVENT_SLOTS.sender), '"@u:x"');
-  assert.equal(token(EVENT_SLOTS.eventId), '"$e"');
+  assert.equal(token(OFF.sender), '"@u:x"');
+  assert.equal(token(OFF.eventId), '"$e"');
   assert.equal(token(EVENT_SLOTS.relType), '"m.replace"');
-  assert.equal(token(EVENT_SLOTS.relEventId), '"$o\\u0031"');
-  assert.equal(eventRecord[EVENT_SLOTS.stateKey], -1);
+  assert.equal(token(OFF.relEventId), '"$o\\u0031"');
+  assert.equal(eventRecord[OFF.stateKey], -1);
   assert.equal(eventTs[EVENT_SLOTS.ts], 1700000000001);
   // Notice (2) and the relation's escaped event ID (32), the columns' own bits.
   assert.equal(eventRecord[EVENT_SLOTS.flags]! & EVENT_RECORD_FLAGS.columns, 2 | 32);
