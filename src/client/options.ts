@@ -27,8 +27,10 @@ export interface ClientOptions {
   /** Rooms whose handlers may run at the same time (default 16); within a room, events run in order. */
   concurrency?: number;
   /**
-   * Unhandled events held in memory (default 10,000). Past this, new batches wait in the journal on disk (a
-   * `backpressure` event says so) while polling goes on.
+   * Unhandled events held in memory (default 20,000). Past this, new batches wait in the journal on disk (a
+   * `backpressure` event says so) while polling goes on. The default holds two bodies of 10,000 events: main
+   * then has the next batch in hand when it finishes one, instead of idling while its acknowledgement travels to
+   * the sync worker (busy scanning the body after) and the next batch comes back.
    */
   maxQueuedEvents?: number;
   /** Unhandled events the journal holds before the sync actor stops polling (default 1,000,000). */
@@ -365,7 +367,7 @@ export function resolveOptions(options: ClientOptions): ResolvedOptions {
   const opts: ResolvedOptions = {
     autoJoin: true,
     concurrency: 16,
-    maxQueuedEvents: 10_000,
+    maxQueuedEvents: 20_000,
     maxJournalEvents: 1_000_000,
     maxGapEvents: 500,
     threads: 'worker',
