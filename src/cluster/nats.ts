@@ -72,8 +72,14 @@ export interface LeaseStore {
    * update (one whose answer was lost with a NATS restart, or is still on its way): it resolves with that revision.
    */
   update(key: string, value: string, rev: number): Promise<number | null>;
-  /** Deletes the key if its revision is still `rev` (a clean hand-over). */
-  release(key: string, rev: number): Promise<void>;
+  /**
+   * Deletes the key if its revision is still `rev` (a clean hand-over). Resolves with null once the key is gone
+   * (deleted now, or already deleted or expired), or, when the delete was refused because another write moved the
+   * key on, with the value and revision it holds now (a holder's own renewal whose answer was lost, or another
+   * holder's write: the caller tells them apart by the value). Rejects with `HALCYON_CLUSTER` when NATS did not
+   * answer: the key may still be there, until its TTL.
+   */
+  release(key: string, rev: number): Promise<{ value: string; rev: number } | null>;
   /** The key's value, or null. */
   get(key: string): Promise<string | null>;
   /**
@@ -358,7 +364,14 @@ export class Broker {
           return now?.operation === 'PUT' && now.string() === value ? now.revision : null;
         }),
       release: async (key, rev) => {
-        await kv.delete(key, { previousSeq: rev }).catch(() => {});
+        try {
+          await kv.delete(key, { previousSeq: rev });
+          return null;
+        } catch (err) {
+          if (!wrongRevision(err)) throw clusterError(`cannot release lease key ${key}`, err);
+        }
+        const now = await kv.get(key).catch((err: unknown) => Promise.reject(clusterError(`cannot read lease key ${key}`, err)));
+        return now?.operation === 'PUT' ? { value: now.string(), rev: now.revision } : null;
       },
       get: async (key) => {
         const e = await kv.get(key);

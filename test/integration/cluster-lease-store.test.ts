@@ -2,7 +2,7 @@
  * The lease bucket on a real nats-server (src/cluster/nats.ts, `Broker.leaseStore`): compare-and-set on the
  * revision, and a renewal whose answer was lost (the server stored it, then restarted or the connection dropped
  * before the answer came) is recognised on the next try instead of being taken for another holder's write; a
- * listing of the keys names each once, even while they are renewed.
+ * release NATS does not answer fails; a listing of the keys names each once, even while they are renewed.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -59,4 +59,12 @@ test('lease store: keys() lists each key once while keys are renewed during the 
     renewing = false;
     await renewer;
   }
+});
+
+test('lease store: a release NATS did not answer rejects with HALCYON_CLUSTER (it once passed for a clean release)', async () => {
+  const closed = await Broker.connect(resolveCluster({ servers: nats.url, name: clusterName(), role: 'ingest' }), quiet, 'ingest');
+  const gone = await closed.leaseStore(10_000);
+  const r = await gone.create('k', 'me');
+  await closed.close();
+  await assert.rejects(gone.release('k', r!), { code: 'HALCYON_CLUSTER' });
 });

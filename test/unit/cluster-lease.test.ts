@@ -57,9 +57,8 @@ function fakeStore(): FakeStore {
         // As the NATS store: a stale revision of the holder's own value is its own other renewal (nats.ts).
         return s.answer(() => (r === rev ? ((value = v), ++rev) : value === v ? rev : null));
       },
-      release: async (_key: string, r: number) => {
-        if (r === rev) value = null;
-      },
+      // As the NATS store: refused for a stale revision, it tells what the key holds now.
+      release: async (_key: string, r: number) => (r === rev ? ((value = null), rev++, null) : value === null ? null : { value, rev }),
       get: async () => value,
       onReconnect: (cb) => {
         reconnected.add(cb);
