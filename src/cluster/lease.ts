@@ -10,8 +10,15 @@
  * The holder steps down (the `lost` callback) when another process wrote the key, or when it could not renew
  * for 80% of the TTL counted from the *sending* of its last successful renewal: the key cannot have expired on
  * the server before then, so a standby cannot have taken over while the holder still believed it held the lease.
+ *
+ * A clean stop releases the key ({@link Lease.release}) so that a standby or the next owner takes it at once: it is
+ * deleted by its revision, and, when a renewal of this holder's moved it past the revision known here (its answer
+ * was lost in a NATS outage), by the key's current one while it still holds this holder's value (host, pid and a
+ * random tag: unique to the process). A key another process wrote is never deleted. A release that cannot make
+ * sure the key is gone or someone else's rejects; the key then expires after the TTL.
  */
 import { delay, unlessAborted } from '../abort.ts';
+import { HalcyonError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { LeaseStore } from './nats.ts';
 
@@ -21,6 +28,12 @@ const INGEST_KEY = 'ingest';
 const MAX_RENEWALS = 3;
 /** Tries to take a lease out at once ({@link Lease.acquire}), for the same reason. */
 const MAX_TRIES = 3;
+/**
+ * Deletes a release tries: each by the revision the key holds (still this holder's value) when the last was
+ * refused. Only a renewal of this holder's that lands late moves the key again once renewing stopped: one more
+ * try is plenty; more would chase a key something keeps writing.
+ */
+const MAX_RELEASES = 3;
 
 /** One process's claim on the ingest lease; see the module comment. */
 export class Lease {
@@ -176,11 +189,25 @@ export class Lease {
     this.stopRenewing();
   }
 
-  /** Gives the lease up (a clean stop): a standby takes over at its next try instead of after the TTL. */
+  /**
+   * Gives the lease up (a clean stop): a standby takes over at its next try instead of after the TTL. Stops
+   * renewing, waits for the renewals out, and deletes the key by its revision. Resolves once the key is gone, or is
+   * another holder's (the lease was lost already: that key is never deleted), and at once if the lease is not held.
+   * Rejects with `HALCYON_CLUSTER` when the key may still be this holder's (NATS did not answer, or the key kept
+   * moving under {@link MAX_RELEASES} deletes): it then expires after the TTL, as after {@link abandon}.
+   */
   async release(): Promise<void> {
     if (!this.timer) return;
     this.stopRenewing();
-    await Promise.all(this.renewals); // the delete goes by the newest revision
-    await this.store.release(this.key, this.rev);
+    await Promise.all(this.renewals); // the delete goes by the newest revision known
+    let rev = this.rev;
+    for (let i = 0; i < MAX_RELEASES; i++) {
+      const now = await this.store.release(this.key, rev);
+      if (now === null || now.value !== this.holder) return;
+      // Still this holder's value (unique to it): a renewal whose answer was lost moved the key past the revision
+      // known here. Deleted by the key's own revision, as long as the value is still this holder's.
+      rev = now.rev;
+    }
+    throw new HalcyonError('HALCYON_CLUSTER', `cannot release lease key ${this.key}: it kept moving under ${MAX_RELEASES} deletes; it expires after its TTL`);
   }
 }

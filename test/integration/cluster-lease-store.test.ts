@@ -1,12 +1,14 @@
 /**
  * The lease bucket on a real nats-server (src/cluster/nats.ts, `Broker.leaseStore`): compare-and-set on the
  * revision, and a renewal whose answer was lost (the server stored it, then restarted or the connection dropped
- * before the answer came) is recognised on the next try instead of being taken for another holder's write; a
- * release NATS does not answer fails; a listing of the keys names each once, even while they are renewed.
+ * before the answer came) is recognised on the next try instead of being taken for another holder's write, and by a
+ * release, which then deletes the key by its current revision; a release NATS does not answer fails; a listing of
+ * the keys names each once, even while they are renewed.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { Broker } from '../../src/cluster/nats.ts';
+import { Lease } from '../../src/cluster/lease.ts';
+import { Broker, type LeaseStore } from '../../src/cluster/nats.ts';
 import { resolveCluster } from '../../src/cluster/options.ts';
 import { type NatsServer, startNats } from '../harness/nats.ts';
 import { clusterName } from '../helpers/cluster.ts';
@@ -59,6 +61,38 @@ test('lease store: keys() lists each key once while keys are renewed during the 
     renewing = false;
     await renewer;
   }
+});
+
+/**
+ * The revision of `key` while it holds 'me', which a lease does not tell: an update by a revision it cannot have
+ * (a stale one) of a holder's own key answers with the current one and writes nothing.
+ */
+async function revOf(store: LeaseStore, key: string): Promise<number> {
+  const rev = await store.update(key, 'me', 1e9);
+  assert.ok(rev !== null, `${key} holds 'me'`);
+  return rev;
+}
+
+test('lease store: a lease released by a stale revision of its own key (a renewal whose answer was lost) deletes it by the current one; another holder\'s key stays (the refused delete once passed for a clean release, and the key stayed until its TTL)', async (t) => {
+  const broker = await Broker.connect(resolveCluster({ servers: nats.url, name: clusterName(), role: 'ingest' }), quiet, 'ingest');
+  t.after(() => broker.close());
+  const store = await broker.leaseStore(10_000);
+  const lease = new Lease(store, 10_000, 'me', quiet, 'p.0');
+  assert.equal(await lease.tryAcquire(), true);
+  // A renewal the server applied and whose answer was lost: the lease still knows the revision before it.
+  const r0 = await revOf(store, 'p.0');
+  const r1 = await store.update('p.0', 'me', r0);
+  assert.ok(r1 !== null && r1 > r0);
+  await lease.release();
+  assert.equal(await store.state('p.0'), 'released', 'deleted at once, not left to expire');
+
+  const again = new Lease(store, 10_000, 'me', quiet, 'p.1');
+  assert.equal(await again.tryAcquire(), true);
+  await store.update('p.1', 'me', await revOf(store, 'p.1')); // as above: its own renewal, answer lost
+  await store.release('p.1', await revOf(store, 'p.1')); // as if the key had expired
+  assert.ok((await store.create('p.1', 'someone else')) !== null, 'the key expired; another holder took it');
+  await again.release();
+  assert.equal(await store.get('p.1'), 'someone else', 'never deletes a key another holder wrote');
 });
 
 test('lease store: a release NATS did not answer rejects with HALCYON_CLUSTER (it once passed for a clean release)', async () => {

@@ -23,9 +23,19 @@ interface FakeStore {
   down: boolean;
   /** When > 0: each write is stored at once, its answer comes this much later (a loaded machine). */
   slowMs: number;
+  /** Each write is stored at once, its answer is lost (a NATS restart): it rejects after nats.js's timeout. */
+  lost: boolean;
   updates: number;
+  /** Deletes asked for (refused ones too). */
+  deletes: number;
+  /** Runs before each delete is applied (a late write of the holder's arriving first). */
+  beforeDelete: () => void;
   /** The key expires on the server (its TTL passed without a write). */
   expire(): void;
+  /** Another process writes the key (it expired, and another took it). */
+  steal(): void;
+  /** A late write of the holder's lands: the key moves on under the same value. */
+  rewrite(): void;
   /** The connection is back: what the store's `onReconnect` callbacks are told. */
   reconnect(): void;
   answer<T>(fn: () => T): Promise<T>;
@@ -39,13 +49,22 @@ function fakeStore(): FakeStore {
   const s: FakeStore = {
     down: false,
     slowMs: 0,
+    lost: false,
     updates: 0,
+    deletes: 0,
+    beforeDelete: () => {},
     expire: () => void (value = null),
+    steal: () => void ((value = 'other'), rev++),
+    rewrite: () => void rev++,
     reconnect: () => reconnected.forEach((cb) => cb()),
     answer<T>(fn: () => T): Promise<T> {
       if (s.slowMs > 0) {
         const v = fn();
         return new Promise((resolve) => setTimeout(() => resolve(v), s.slowMs));
+      }
+      if (s.lost) {
+        fn();
+        return new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), JS_DEFAULT_TIMEOUT_MS));
       }
       if (!s.down) return Promise.resolve(fn());
       return new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), JS_DEFAULT_TIMEOUT_MS));
@@ -57,8 +76,12 @@ function fakeStore(): FakeStore {
         // As the NATS store: a stale revision of the holder's own value is its own other renewal (nats.ts).
         return s.answer(() => (r === rev ? ((value = v), ++rev) : value === v ? rev : null));
       },
-      // As the NATS store: refused for a stale revision, it tells what the key holds now.
-      release: async (_key: string, r: number) => (r === rev ? ((value = null), rev++, null) : value === null ? null : { value, rev }),
+      release: (_key: string, r: number) => {
+        s.deletes++;
+        s.beforeDelete();
+        // As the NATS store: refused for a stale revision, it tells what the key holds now.
+        return s.answer(() => (r === rev ? ((value = null), rev++, null) : value === null ? null : { value, rev }));
+      },
       get: async () => value,
       onReconnect: (cb) => {
         reconnected.add(cb);
@@ -225,4 +248,39 @@ test('Lease: released while a renewal is out, the key is deleted by the revision
   await advance(t, 200);
   await released;
   assert.equal(await s.store.get('k'), null, 'deleted');
+});
+
+test('Lease: released while a renewal is out whose answer is lost (the server applied it), the key is deleted by its current revision; a key another holder wrote is left alone', async (t) => {
+  // The renewal's answer never comes (nats.js gives up after 5 s): the lease still knows the revision before it, the
+  // delete by that revision is refused, and the key stayed until its TTL (the stall of the test above, again).
+  t.mock.timers.enable({ apis: ['setInterval', 'setTimeout', 'Date'], now: 0 });
+  const s = fakeStore();
+  const { lease } = await heldLease(s);
+  s.lost = true;
+  const before = s.updates;
+  await advance(t, TTL / 6); // a renewal tick: the write is stored, its answer lost
+  assert.equal(s.updates, before + 1, 'a renewal is out');
+  s.lost = false;
+  const released = lease.release();
+  await advance(t, JS_DEFAULT_TIMEOUT_MS + 100);
+  await released;
+  assert.equal(await s.store.get('k'), null, 'deleted');
+
+  const other = fakeStore();
+  const { lease: stolen } = await heldLease(other);
+  other.steal(); // the key expired (an outage), another process took it
+  await stolen.release();
+  assert.equal(await other.store.get('k'), 'other', 'never deletes a key another holder wrote');
+});
+
+test('Lease: a release whose key keeps moving under its own value gives up after a few deletes and rejects with HALCYON_CLUSTER (the key then expires by its TTL)', async (t) => {
+  t.mock.timers.enable({ apis: ['setInterval', 'setTimeout', 'Date'], now: 0 });
+  const s = fakeStore();
+  const { lease } = await heldLease(s);
+  // A late renewal of this holder's lands before each delete.
+  s.beforeDelete = s.rewrite;
+  await assert.rejects(lease.release(), { code: 'HALCYON_CLUSTER' });
+  assert.ok(s.deletes >= 2 && s.deletes <= 5, `${s.deletes} deletes`);
+  assert.equal(await s.store.get('k'), 'me');
+  assert.equal(lease.held, false);
 });
