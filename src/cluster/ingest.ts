@@ -184,7 +184,7 @@ export class IngestRole implements ClusterRole {
     this.load.close();
     this.unserve?.();
     this.unserve = null;
-    await this.lease.release().catch(() => {});
+    await this.lease.release().catch((err: unknown) => this.core.opts.logger.warn({ err: (err as Error).message }, 'cluster: cannot delete the ingest lease; a standby takes over once it expires'));
     await this.broker.close();
   }
 }

@@ -95,7 +95,8 @@ export class Lease {
         });
         const settled = attempt.then((took) => {
           out.delete(settled);
-          if (took && signal.aborted) void this.release().catch(() => {}); // taken after the wait was given up
+          // Taken after the wait was given up: given up again (a key left behind expires after the TTL).
+          if (took && signal.aborted) void this.release().catch((err: unknown) => this.logger.warn({ key: this.key, err: (err as Error).message }, 'cluster: cannot delete a lease key taken after its wait was given up; it expires'));
         });
         out.add(settled);
         const got = await unlessAborted(this.answerOrPoll(attempt, out, reconnected), [signal]);

@@ -353,9 +353,18 @@ export class Ownership {
       if (this.leases.get(p) !== lease || how === 'kept') return; // lost meanwhile, or kept
       this.leases.delete(p);
       this.gaveAt.set(p, Date.now());
-      if (how === 'clean') await lease.release().catch(() => lease.abandon());
-      else lease.abandon();
-      this.logger.info({ partition: p, clean: how === 'clean' }, 'cluster: this worker handed a partition over');
+      let clean = how === 'clean';
+      if (clean) {
+        // A key left behind costs the next owner its TTL and then the ack wait (it was taken from an expired key).
+        clean = await lease.release().then(
+          () => true,
+          (err: unknown) => {
+            this.logger.warn({ partition: p, err: (err as Error).message }, "cluster: cannot delete a partition's key; its next owner takes it once it expires");
+            return false;
+          },
+        );
+      } else lease.abandon();
+      this.logger.info({ partition: p, clean }, 'cluster: this worker handed a partition over');
     })().finally(() => this.leaving.delete(p));
     this.leaving.set(p, leaving);
     return leaving;
@@ -385,6 +394,6 @@ export class Ownership {
     await this.ticking;
     // A hand-over begun before the stop may have kept its partition (a handler ran on): given up again, for good.
     while (this.leases.size > 0) await Promise.all(this.owned.map((p) => this.giveUp(p)));
-    await this.member.release().catch(() => {});
+    await this.member.release().catch((err: unknown) => this.logger.warn({ err: (err as Error).message }, "cluster: cannot delete this worker's membership key; the others count it until it expires"));
   }
 }
