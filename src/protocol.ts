@@ -18,6 +18,8 @@ export interface SyncConfig {
   /** Long-poll timeout sent to the server, in ms. The client-side deadline adds `deadlineMarginMs`. */
   pollTimeoutMs: number;
   deadlineMarginMs: number;
+  /** Deadline of the actor's other requests (backfill), in ms (`requestTimeoutMs`). */
+  requestTimeoutMs: number;
   /** Events handed to main but not yet handled; past this, batches wait in the journal (on disk) instead. */
   maxInFlightEvents: number;
   /** Events journaled but not yet handled; past this the actor waits before its next poll. */
@@ -138,10 +140,7 @@ export interface EventColumns {
    * tokens (quotes included) of event_id, sender, state_key and `m.relates_to`.event_id; -1 where absent.
    */
   offsets: Int32Array;
-  /**
-   * Decrypted batches only (absent on clear ones, which pay nothing for it): per event, the sender device's trust
-   * as 1 + its index in {@link TRUST_LEVELS}.
-   */
+  /** Decrypted batches only (absent on clear ones): per event, the sender device's trust as 1 + its index in {@link TRUST_LEVELS}. */
   trust?: Uint8Array;
   /** Decrypted batches only: per event, the index into `strings` of the sender's device ID, or -1 when unknown. */
   device?: Int32Array;
@@ -373,6 +372,8 @@ export interface CryptoConfig {
   pendingUndecryptableMaxAgeMs: number;
   /** Which devices room keys are shared with and messages accepted from (absent: `all`; the client always says). */
   trust?: TrustPolicy;
+  /** Deadline of each request (key uploads, queries, to-device sends), in ms (`requestTimeoutMs`; absent: 30 s). */
+  requestTimeoutMs?: number;
   /** No request (key uploads...) goes until {@link CryptoActorApi.release} (a cluster ingest may have stepped down). */
   holdRequests?: boolean;
 }
@@ -386,8 +387,8 @@ export interface CryptoIdentity {
 }
 
 /**
- * The crypto-relevant parts of one /sync batch, sent by the sync actor before it polls with the batch's token
- * (that poll tells the server to delete the batch's to-device events, so they must be applied first).
+ * The crypto-relevant parts of one /sync batch, sent by the sync actor before it polls with the batch's token (that
+ * poll tells the server to delete the batch's to-device events, so they must be applied first).
  */
 export interface CryptoSyncChanges {
   /** next_batch of the batch. */

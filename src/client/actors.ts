@@ -234,6 +234,7 @@ export class Actors {
       maxPendingUndecryptable: e2ee.maxPendingUndecryptable ?? 1_000,
       pendingUndecryptableMaxAgeMs: e2ee.pendingUndecryptableMaxAgeMs ?? 24 * 3600_000,
       trust: o.trust,
+      requestTimeoutMs: o.requestTimeoutMs,
       ...(hold ? { holdRequests: true } : {}),
     });
     traceStartup('crypto open');
@@ -258,6 +259,7 @@ export class Actors {
       dataDir: o.dataDir,
       pollTimeoutMs: o.pollTimeoutMs,
       deadlineMarginMs: 15_000,
+      requestTimeoutMs: o.requestTimeoutMs,
       maxInFlightEvents: o.maxQueuedEvents,
       maxJournalEvents: o.maxJournalEvents,
       maxGapEvents: o.maxGapEvents,

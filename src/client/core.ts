@@ -141,7 +141,7 @@ export class ClientCore {
     this.actors.prepare();
     await resolveHomeserver(session.homeserver, { allowInsecureHttp: this.opts.allowInsecureHttp });
     this.session = session;
-    const http = (this.http = new MatrixHttp(session.homeserver, session.accessToken));
+    const http = (this.http = new MatrixHttp(session.homeserver, session.accessToken, { timeoutMs: this.opts.requestTimeoutMs }));
     this.media = this.newMedia(http);
     checkDataDir(this.opts.dataDir, session.homeserver, session.userId);
     const who = await http.json<{ user_id?: unknown }>('GET', '/_matrix/client/v3/account/whoami');

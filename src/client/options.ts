@@ -76,6 +76,12 @@ export interface ClientOptions {
   watchdogMs?: number;
   /** How long `stop()` waits for running handlers, in ms (default 20,000). */
   stopTimeoutMs?: number;
+  /**
+   * Deadline of each HTTP request but /sync's long-poll (sends, room and user calls, key uploads), in ms (default
+   * 30,000): a request without an answer by then fails with `HALCYON_TIMEOUT`, and a send is retried under its
+   * transaction ID. The long-poll's own deadline is `pollTimeoutMs` + 15 s.
+   */
+  requestTimeoutMs?: number;
   /** End-to-end encryption: on by default; `false` turns it off, an object configures it. */
   encryption?: boolean | EncryptionOptions;
   /**
@@ -381,6 +387,7 @@ export function resolveOptions(options: ClientOptions): ResolvedOptions {
     maxRoomsInMemory: 1_000,
     trimMainHeap: true,
     stopTimeoutMs: 20_000,
+    requestTimeoutMs: 30_000,
     maxSendAttempts: 8,
     sendWindow: 4,
     allowInsecureHttp: false,
@@ -396,6 +403,9 @@ export function resolveOptions(options: ClientOptions): ResolvedOptions {
   checkAutoJoin(opts.autoJoin);
   if (!Number.isInteger(opts.sendWindow) || opts.sendWindow < 1 || opts.sendWindow > 64) {
     throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `sendWindow must be a whole number from 1 to 64, not ${String(opts.sendWindow)}`);
+  }
+  if (!Number.isInteger(opts.requestTimeoutMs) || opts.requestTimeoutMs < 100 || opts.requestTimeoutMs > 3_600_000) {
+    throw new HalcyonError('HALCYON_INVALID_ARGUMENT', `requestTimeoutMs must be a whole number of ms from 100 to 3,600,000, not ${String(opts.requestTimeoutMs)}`);
   }
   checkTrust(opts.trust, opts.verification);
   return opts;

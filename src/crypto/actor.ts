@@ -130,7 +130,7 @@ export class CryptoActor implements CryptoActorApi {
     const [curve, ed] = [keys.curve25519, keys.ed25519];
     this.identity = { userId: config.userId, deviceId: config.deviceId, curve25519: curve.toBase64(), ed25519: ed.toBase64() };
     free(curve, ed, keys);
-    this.http = new MatrixHttp(config.homeserver, config.accessToken);
+    this.http = new MatrixHttp(config.homeserver, config.accessToken, { timeoutMs: config.requestTimeoutMs });
     if (config.holdRequests) this.http.hold(); // until release()
     this.rooms = new SharingRooms(db, this.http);
     this.roomEncryption = new RoomEncryption({ W, machine: this.machine, queue: this.queue, http: this.http, db });

@@ -142,7 +142,7 @@ export class SyncActor implements SyncActorApi {
       this.queue.push({ seq: row.seq, batch: null, count: row.events - row.doneEvents, journaled: true });
       this.backlog += row.events - row.doneEvents;
     }
-    this.http = new MatrixHttp(config.homeserver, config.accessToken);
+    this.http = new MatrixHttp(config.homeserver, config.accessToken, { timeoutMs: config.requestTimeoutMs });
     this.deps.events.onMessage((msg) => {
       if (msg.kind === 'acks') this.acked(msg.progress, msg.complete);
     });

@@ -159,8 +159,11 @@ test('the wait before the next poll never exceeds backoffMaxMs unless the server
   assert.deepEqual(waits.filter((w) => w > 200), [], 'announced waits above backoffMaxMs (the ceiling, README: Configuration)');
 });
 
+/** The sends' deadline in the test below (`requestTimeoutMs`): a stalled send is given up then, not after the default 30 s. */
+const SEND_DEADLINE_MS = 8_000;
+
 test('faults on sends: 5xx, resets, truncated answers, 429 storms, a stall: each reply arrives exactly once, retried under its transaction ID, no sendFailed', { timeout: 300_000 }, async (t) => {
-  const bot = await proxiedBot(t, hs);
+  const bot = await proxiedBot(t, hs, { client: { requestTimeoutMs: SEND_DEADLINE_MS } });
   await bot.client.run(bot.token);
   const { peer, roomId } = await peerRoomWithBot(hs, bot);
   const s = await streaming(t, hs, bot, peer, roomId, 6);
@@ -192,6 +195,11 @@ test('faults on sends: 5xx, resets, truncated answers, 429 storms, a stall: each
     results.push(`${p.label}: ${p.times} faulted attempt(s) on ${paths.size} send(s); retry ${next.start - faultEnd} ms after the fault ended, ${next.status}`);
     if (!paths.has(next.path) || paths.size !== 1) problems.push(`${p.label}: the retry did not repeat the faulted transaction ID (${[...paths].join(', ')} -> ${next.path})`);
     if (next.status !== 200) problems.push(`${p.label}: the retry got ${next.status}`);
+    // A stalled send is given up at the client's requestTimeoutMs (the proxy sees the client close it).
+    const stalled = p.fault.kind === 'stall' ? rule.records[0]! : null;
+    if (stalled && (stalled.end! - stalled.start < SEND_DEADLINE_MS - CLOCK_MS || stalled.end! - stalled.start >= 30_000)) {
+      problems.push(`${p.label}: the stalled send was given up after ${stalled.end! - stalled.start} ms, not at requestTimeoutMs (${SEND_DEADLINE_MS} ms)`);
+    }
     // The wait really taken after each 429 (the attempt after it, from the proxy's records) honours the server's time.
     for (const r of p.retryAfterMs === undefined ? [] : rule.records) {
       const retry = bot.proxy.records.find((x) => isSend(x) && x.path === r.path && x.n > r.n);
