@@ -33,6 +33,11 @@ const PUBLISH_RETRY_MS = 250;
  * that two workers clear in a second or two (the benchmark's) must be shared out near its start to be shared at all.
  */
 const LOAD_WRITE_MS = 250;
+/**
+ * How long at most the figures wait for the ingest to catch up (see {@link LoadReport}). A second: the bench's
+ * backlog (400 events) took 0.3 to 0.75 s to publish; a backlog longer than that gets figures once a second.
+ */
+const LOAD_CATCH_UP_MS = 1_000;
 
 /** The ingest's part of a clustered client; see the module comment. */
 export class IngestRole implements ClusterRole {
@@ -98,15 +103,22 @@ export class IngestRole implements ClusterRole {
 
   /** The task that publishes event `i` of `r` to its room's partition; it settles once the stream has it. */
   publishTask(r: BatchReader, i: number, roomId: string): HandlerTask {
+    this.load.takenIn();
     return (done) => {
       const eventId = r.str(i, OFF.eventId);
-      if (eventId === null) return done(); // a timeline event without an ID is refused by the sync actor already
+      if (eventId === null) {
+        this.load.published(null);
+        return done(); // a timeline event without an ID is refused by the sync actor already
+      }
       const data = encodeEvent({ roomId, flags: r.batch.events.flags[i]!, summary: this.core.mirror.get(roomId) ?? null, redelivered: r.batch.redelivered }, r.rawText(i));
       const p = partitionOf(roomId, this.partitions);
-      return this.publish(p, eventId, data).then(() => {
-        this.load.published(p);
-        done();
-      }, () => {}); // a stop abandons it: the journal keeps it
+      return this.publish(p, eventId, data).then(
+        () => {
+          this.load.published(p);
+          done();
+        },
+        () => this.load.published(null), // a stop abandons it: the journal keeps it
+      );
     };
   }
 
@@ -195,12 +207,23 @@ export class IngestRole implements ClusterRole {
  * only when its figures changed, and again every third of the bucket's TTL so that it does not expire while this
  * ingest leads. It goes on from the figures it finds there (a restarted ingest, a standby that took over).
  * Nothing is written below {@link LOAD_FLOOR}: the workers would share by count anyway.
+ *
+ * Nor while events taken in wait to be published (for up to {@link LOAD_CATCH_UP_MS}): the figures would lack
+ * them. A sync batch is taken in at once, but the dispatcher publishes the client's `concurrency` rooms at a time
+ * (16): the bench's first figures (written at 106 of the backlog's 330) lacked 4 of its 20 rooms, and workers
+ * handed partitions over on them that the whole backlog's figures, 250 ms later, did not call for.
  */
-class LoadReport {
+export class LoadReport {
   private readonly meter: PartitionLoad;
   private store: KeyStore | null = null;
   private written = '';
   private lastAt = 0;
+  /** Events taken in ({@link takenIn}) and not yet published: while there are, the figures lack them. */
+  private unpublished = 0;
+  /** When the first event not in the figures written was published (null: they are up to date). */
+  private staleSince: number | null = null;
+  /** When the write timer fires. */
+  private timerAt = 0;
   private timer: NodeJS.Timeout | null = null;
   private refresh: NodeJS.Timeout | null = null;
   private opened = false;
@@ -230,30 +253,51 @@ class LoadReport {
     })().catch((err: unknown) => this.logger.warn({ err: (err as Error).message }, "cluster: cannot keep the partitions' load; workers share them by count"));
   }
 
-  /** An event was published to partition `p`. */
-  published(p: number): void {
-    this.meter.add(p);
+  /** An event was taken in to be published (its publish task made): the figures wait for it. */
+  takenIn(): void {
+    this.unpublished++;
+  }
+
+  /** An event taken in was published to partition `p` (null: its task ended without a publish). */
+  published(p: number | null): void {
+    // Not below 0: after a step-down, tasks taken in by the previous report end here.
+    this.unpublished = Math.max(0, this.unpublished - 1);
+    if (p !== null) {
+      this.meter.add(p);
+      this.staleSince ??= Date.now();
+    }
     this.schedule();
   }
 
+  /** Whether the figures wait for events taken in (not for longer than {@link LOAD_CATCH_UP_MS}). */
+  private waiting(): boolean {
+    return this.unpublished > 0 && this.staleSince !== null && Date.now() - this.staleSince < LOAD_CATCH_UP_MS;
+  }
+
+  /** Sets the write timer for the next write allowed; sooner if the ingest caught up meanwhile. */
   private schedule(): void {
-    if (this.timer || !this.store || this.closed) return;
+    if (!this.store || this.closed) return;
+    const at = Math.max(this.lastAt + LOAD_WRITE_MS, this.waiting() ? this.staleSince! + LOAD_CATCH_UP_MS : 0);
+    if (this.timer && this.timerAt <= at) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timerAt = at;
     this.timer = setTimeout(
       () => {
         this.timer = null;
         void this.write(false);
       },
-      Math.max(0, this.lastAt + LOAD_WRITE_MS - Date.now()),
+      Math.max(0, at - Date.now()),
     );
     this.timer.unref();
   }
 
-  /** Writes the figures if they changed (or, with `again`, to keep the key alive). */
+  /** Writes the figures if they changed (or, with `again`, to keep the key alive: the last ones, while waiting). */
   private async write(again: boolean): Promise<void> {
     const store = this.store;
     if (!store || this.closed || this.meter.total < LOAD_FLOOR) return;
-    const text = JSON.stringify(this.meter.figures());
-    if (text === this.written && !again) return;
+    const text = this.waiting() ? this.written : JSON.stringify(this.meter.figures());
+    if (text === '' || (text === this.written && !again)) return;
+    if (!this.waiting()) this.staleSince = null;
     this.written = text;
     this.lastAt = Date.now();
     await store.put(LOAD_KEY, text).catch((err: unknown) => {

@@ -4,8 +4,12 @@
  * over a membership change, the workers end up with every partition owned once and shares within one of each other.
  */
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
+import { LoadReport } from '../../src/cluster/ingest.ts';
+import type { Broker, KeyStore } from '../../src/cluster/nats.ts';
 import { LOAD_WINDOW, PartitionLoad, parseLoad, planOwnership } from '../../src/cluster/ownership.ts';
+
+const quiet = { debug() {}, info() {}, warn() {}, error() {} };
 
 test('planOwnership: the target share is ceil(P / live workers)', () => {
   assert.equal(planOwnership(16, 1, [], new Set()).target, 16);
@@ -249,4 +253,51 @@ test('planOwnership by load: a partition handed over on figures that then moved 
   assert.deepEqual(planOwnership(3, 2, [1], new Set([1, 2]), 0, late, new Set([0])).take, [0], 'a takes it back');
   // With three workers, a is left to avoid it while another (c, at 0) is below its share.
   assert.deepEqual(planOwnership(4, 3, [1], new Set([1, 2, 3]), 0, [50, 150, 200, 0], new Set([0])).take, [], 'c may take it');
+});
+
+/** A LoadReport on a fake bucket that records each figures written, on mocked timers. */
+async function loadReport(t: TestContext, partitions: number) {
+  t.mock.timers.enable({ apis: ['setInterval', 'setTimeout', 'Date'], now: 0 });
+  const written: number[][] = [];
+  const store = { ttlMs: 10_000, get: async () => null, put: async (_k: string, v: string) => void written.push(JSON.parse(v) as number[]) } as unknown as KeyStore;
+  const report = new LoadReport({ leaseStore: async () => store } as unknown as Broker, partitions, quiet);
+  report.open(new AbortController().signal);
+  await new Promise((r) => setImmediate(r)); // the bucket opened
+  t.after(() => report.close());
+  return { report, written };
+}
+
+test('LoadReport: a backlog taken in at once is not written until published, so no worker moves on a part of it', async (t) => {
+  // The bench's rooms: 20 rooms of 20 events on 16 partitions. The ingest takes the backlog in as one batch; its
+  // dispatcher publishes 16 rooms at a time, so the last 4 rooms' events are published only after the others'.
+  const rooms = [0, 1, 1, 4, 5, 5, 6, 6, 8, 11, 12, 12, 14, 15, 15, 15, /* later: */ 2, 5, 8, 11];
+  const { report, written } = await loadReport(t, 16);
+  for (let i = 0; i < rooms.length * 20; i++) report.takenIn();
+  for (const lanes of [rooms.slice(0, 16), rooms.slice(16)]) {
+    for (let e = 0; e < 20; e++) {
+      for (const p of lanes) report.published(p);
+      t.mock.timers.tick(10); // a publish round trip
+    }
+  }
+  t.mock.timers.tick(1_000);
+  assert.ok(written.length > 0, 'the figures are written');
+  for (const f of written) assert.ok([2, 5, 8, 11].every((p) => f[p]! >= 19), `every room counted in full: ${f.join(', ')}`);
+  const last = written.at(-1)!;
+  assert.ok(last[2]! > 19 && last[0]! > 13 && last[5]! > 40, `the whole backlog: ${last.join(', ')}`);
+});
+
+test('LoadReport: a backlog that is never caught up with still has its figures written, once a second', async (t) => {
+  const { report, written } = await loadReport(t, 4);
+  for (let i = 0; i < 1_000; i++) report.takenIn();
+  for (let e = 0; e < 300; e++) {
+    report.published(e % 4);
+    t.mock.timers.tick(10);
+  }
+  // 3 s of publishing, never caught up: written once a second (LOAD_CATCH_UP_MS), not every 250 ms (LOAD_WRITE_MS).
+  assert.ok(written.length >= 2 && written.length <= 3, `${written.length} writes`);
+  const n = written.length;
+  for (let i = 300; i < 1_000; i++) report.published(null); // tasks that published nothing (no event ID, or a stop) are done too
+  t.mock.timers.tick(250);
+  assert.equal(written.length, n + 1, 'caught up: the figures are written');
+  assert.ok(written.at(-1)!.every((x) => x > 60), `all 300 events: ${written.at(-1)!.join(', ')}`);
 });
