@@ -15,10 +15,14 @@ export class AckTracker {
   private touched = new Set<number>();
   private complete: number[] = [];
   private scheduled = false;
+  /** Acknowledgements waiting for sends to be queued (see {@link flush}), in order; null when none waits. */
+  private waiting: Promise<void> | null = null;
 
   constructor(
     private readonly send: (msg: MainToSync) => void,
     private readonly doneEvents: (seq: number) => number[] | null,
+    /** Settles once every send called so far is in the outbox (on disk); null when none is on its way there. */
+    private readonly sendsQueued: () => Promise<unknown> | null = () => null,
   ) {}
 
   /** Batch `seq` has newly handled events. */
@@ -34,7 +38,12 @@ export class AckTracker {
     this.schedule();
   }
 
-  /** Sends what is pending now. */
+  /**
+   * Sends what is pending now, once the sends called so far are queued. A handler that does not await its send
+   * returns before the send is in the outbox (its preparation first asks an actor whether the room is encrypted):
+   * acknowledged then, a kill before the outbox's write lost it, its event done and the send nowhere. Later
+   * acknowledgements wait behind a waiting one, so the journal gets them in order.
+   */
   flush(): void {
     this.scheduled = false;
     if (this.touched.size === 0 && this.complete.length === 0) return;
@@ -46,7 +55,14 @@ export class AckTracker {
     const complete = this.complete;
     this.touched = new Set();
     this.complete = [];
-    this.send({ kind: 'acks', progress, complete });
+    const msg: MainToSync = { kind: 'acks', progress, complete };
+    const queueing = this.sendsQueued();
+    if (!queueing && !this.waiting) return this.send(msg);
+    const next: Promise<void> = Promise.all([this.waiting, queueing]).then(() => {
+      if (this.waiting === next) this.waiting = null;
+      this.send(msg);
+    });
+    this.waiting = next;
   }
 
   private schedule(): void {

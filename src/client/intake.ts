@@ -22,6 +22,7 @@ import { ENCRYPTED } from './actors.ts';
 import { settle } from './bus.ts';
 import type { ClientCore } from './core.ts';
 import { classify, Delivery, type EventKind, type HandlerTask } from './delivery.ts';
+import { sendsQueued } from './messages.ts';
 
 /** Decryption of one batch: the result, or why there is none. */
 type Decryption = { result: DecryptResult; reader: BatchReader | null } | { error: HalcyonError };
@@ -53,6 +54,7 @@ export class Intake {
     this.acks = new AckTracker(
       (msg) => core.actors.set?.port.post(msg),
       (seq) => this.held.get(seq)?.doneEvents() ?? null,
+      () => sendsQueued(core),
     );
   }
 

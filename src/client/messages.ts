@@ -55,6 +55,14 @@ function inRoomOrder(core: ClientCore, roomId: string, prepare: (slot: SendSlot 
   return queued.then((q) => q.delivery);
 }
 
+/**
+ * Settles once every send called so far is in the outbox (its preparation done, or failed); null when none is on
+ * its way. Acknowledging a handler's event waits for it (see `AckTracker.flush`).
+ */
+export function sendsQueued(core: ClientCore): Promise<unknown> | null {
+  return core.sendOrder.size === 0 ? null : Promise.all(core.sendOrder.values());
+}
+
 /** The latest event of a thread (the server's `m.thread` relations), or the root when it has none. */
 async function latestInThread(core: ClientCore, roomId: string, root: string): Promise<string> {
   const res = await core

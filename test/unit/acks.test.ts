@@ -57,3 +57,30 @@ test('AckTracker.flush sends at once; a batch whose held state is gone (complete
   acks.flush();
   assert.deepEqual(sent, [{ kind: 'acks', progress: [], complete: [] }]);
 });
+
+test('AckTracker: an acknowledgement waits for the sends still being queued (a kill in between would lose them), and acknowledgements keep their order', async () => {
+  const sent: MainToSync[] = [];
+  let queueing: Promise<void> | null = null;
+  let queued!: () => void;
+  const acks = new AckTracker((m) => void sent.push(m), () => null, () => queueing);
+  // A handler of batch 1 called a send whose preparation (is the room encrypted? an actor's answer) is not done.
+  queueing = new Promise<void>((r) => (queued = r));
+  acks.finish(1);
+  await turn();
+  await turn();
+  assert.equal(sent.length, 0, "batch 1 acknowledged before its handler's send reached the outbox");
+  // Batch 2 completes meanwhile, with nothing of its own being queued: it still goes after batch 1.
+  queueing = null;
+  acks.finish(2);
+  await turn();
+  assert.equal(sent.length, 0, 'batch 2 acknowledged ahead of batch 1');
+  queued();
+  await turn();
+  assert.deepEqual(
+    sent.map((m) => (m.kind === 'acks' ? m.complete : null)),
+    [[1], [2]],
+  );
+  acks.finish(3);
+  await turn();
+  assert.equal(sent.length, 3, 'with nothing being queued, the next acknowledgement goes at once (next turn)');
+});
