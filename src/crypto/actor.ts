@@ -373,7 +373,7 @@ export class CryptoActor implements CryptoActorApi {
     this.journal.beginGroup();
     let failure: unknown = null;
     try {
-      for (const e of ch.encryption) await this.roomEncryption.set(e.roomId, e.content);
+      await this.roomEncryption.setMany(ch.encryption);
       const newUsers = this.rooms.apply(ch);
       if (newUsers.length > 0) await m.updateTrackedUsers(userIds(newUsers));
       const changed = ch.deviceListsChanged.map((u) => new W.UserId(u));

@@ -6,7 +6,7 @@
 import type { HalcyonError } from '../errors.ts';
 import { type MatrixHttp, seg } from '../http.ts';
 import { free } from '../memory.ts';
-import { type Database, kvGet, kvSet } from '../store.ts';
+import { type Database, kvGet, kvSetMany } from '../store.ts';
 import type { Machine, Wasm } from './backup.ts';
 import { safeJson } from './decrypted.ts';
 import type { SerialQueue } from './queue.ts';
@@ -30,17 +30,31 @@ export class RoomEncryption {
 
   /** Records a room's `m.room.encryption` content (in the machine and the store). Call it in the actor's queue. */
   async set(roomId: string, content: Record<string, unknown>): Promise<void> {
+    await this.setMany([{ roomId, content }]);
+  }
+
+  /**
+   * {@link set} for a sync batch's rooms: the store's rows in one transaction (a first sync of many encrypted rooms
+   * wrote two commits a room), those of the rooms the machine took even if a later one fails.
+   */
+  async setMany(rooms: ReadonlyArray<{ roomId: string; content: Record<string, unknown> }>): Promise<void> {
     const { W, machine, db } = this.ctx;
-    this.plain.delete(roomId);
-    const s = new W.RoomSettings();
-    // Unknown algorithms still mark the room encrypted (plaintext is refused); megolm is all we can send.
-    s.algorithm = W.EncryptionAlgorithm.MegolmV1AesSha2;
-    if (typeof content.rotation_period_ms === 'number') s.sessionRotationPeriodMs = content.rotation_period_ms;
-    if (typeof content.rotation_period_msgs === 'number') s.sessionRotationPeriodMessages = content.rotation_period_msgs;
-    const room = new W.RoomId(roomId);
-    await machine.setRoomSettings(room, s).finally(() => free(room, s));
-    kvSet(db, `algorithm:${roomId}`, typeof content.algorithm === 'string' ? content.algorithm : 'unknown');
-    kvSet(db, `encryption:${roomId}`, JSON.stringify(content));
+    const rows: Array<[string, string]> = [];
+    try {
+      for (const { roomId, content } of rooms) {
+        this.plain.delete(roomId);
+        const s = new W.RoomSettings();
+        // Unknown algorithms still mark the room encrypted (plaintext is refused); megolm is all we can send.
+        s.algorithm = W.EncryptionAlgorithm.MegolmV1AesSha2;
+        if (typeof content.rotation_period_ms === 'number') s.sessionRotationPeriodMs = content.rotation_period_ms;
+        if (typeof content.rotation_period_msgs === 'number') s.sessionRotationPeriodMessages = content.rotation_period_msgs;
+        const room = new W.RoomId(roomId);
+        await machine.setRoomSettings(room, s).finally(() => free(room, s));
+        rows.push([`algorithm:${roomId}`, typeof content.algorithm === 'string' ? content.algorithm : 'unknown'], [`encryption:${roomId}`, JSON.stringify(content)]);
+      }
+    } finally {
+      if (rows.length > 0) kvSetMany(db, rows);
+    }
   }
 
   /** The room's encryption algorithm, or null if it is not encrypted; asks the server for a room not synced yet. */

@@ -7,7 +7,7 @@
 import type { HalcyonError } from '../errors.ts';
 import { type MatrixHttp, seg } from '../http.ts';
 import type { CryptoSyncChanges, MatrixEvent } from '../protocol.ts';
-import { type Database, kvGet, kvSet } from '../store.ts';
+import { type Database, kvGet, kvSet, kvSetMany } from '../store.ts';
 
 /** A room's `history_visibility`, as the spec defines them. */
 export type HistoryVisibility = 'invited' | 'joined' | 'shared' | 'world_readable';
@@ -41,7 +41,7 @@ export class SharingRooms {
    * members of a known room, whose devices must be tracked.
    */
   apply(ch: Pick<CryptoSyncChanges, 'historyVisibility' | 'members' | 'left'>): string[] {
-    for (const v of ch.historyVisibility) kvSet(this.db, `visibility:${v.roomId}`, toHistoryVisibility(v.visibility));
+    if (ch.historyVisibility.length > 0) kvSetMany(this.db, ch.historyVisibility.map((v) => [`visibility:${v.roomId}`, toHistoryVisibility(v.visibility)]));
     const added = new Set<string>();
     for (const mc of ch.members) {
       const room = this.members.get(mc.roomId);

@@ -4,7 +4,9 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { ERROR_CODES } from '../../src/errors.ts';
 import { htmlToText } from '../../src/html.ts';
+import { kvGet, kvSet, kvSetMany, openDatabase } from '../../src/store.ts';
 import { decodeToken, encodeToken } from '../../src/token.ts';
+import { tempDataDir } from '../integration/util.ts';
 
 const root = join(import.meta.dirname, '..', '..');
 
@@ -71,4 +73,22 @@ test('one door per dependency: undici, comlink, worker_threads, lru-cache, node:
       if (new RegExp(`from '${dep}'`).test(text)) assert.equal(f.slice(root.length + 1), door, `${dep} imported outside its door`);
     }
   }
+});
+
+test('kvSetMany: writes every value in one transaction, none when one fails, and leaves no transaction open', (t) => {
+  const db = openDatabase(tempDataDir(t), 'kv.sqlite');
+  t.after(() => db.close());
+  kvSet(db, 'a', 'old');
+  kvSetMany(db, [['a', 'new'], ['b', '2']]);
+  assert.deepEqual([kvGet(db, 'a'), kvGet(db, 'b')], ['new', '2']);
+  function* failing(): Generator<[string, string]> {
+    yield ['a', 'lost'];
+    yield ['c', 'lost'];
+    throw new Error('source failed');
+  }
+  assert.throws(() => kvSetMany(db, failing()), /source failed/);
+  assert.deepEqual([kvGet(db, 'a'), kvGet(db, 'c')], ['new', undefined]);
+  kvSet(db, 'd', 'after'); // autocommit again: a transaction left open would make this throw at the next BEGIN
+  kvSetMany(db, [['e', '5']]);
+  assert.deepEqual([kvGet(db, 'd'), kvGet(db, 'e')], ['after', '5']);
 });
