@@ -14,8 +14,12 @@
  * A clean stop releases the key ({@link Lease.release}) so that a standby or the next owner takes it at once: it is
  * deleted by its revision, and, when a renewal of this holder's moved it past the revision known here (its answer
  * was lost in a NATS outage), by the key's current one while it still holds this holder's value (host, pid and a
- * random tag: unique to the process). A key another process wrote is never deleted. A release that cannot make
- * sure the key is gone or someone else's rejects; the key then expires after the TTL.
+ * random tag: unique to the process). A key another process wrote is never deleted. A lease that stepped down is
+ * released the same way: when NATS came back before the TTL its key still holds this holder's value, and the next
+ * owner would wait out the TTL for nothing (the caller must have stopped the work the lease guarded, as for any
+ * release; a worker does not release a partition it lost, whose events may still be out: ownership.ts). A release
+ * that cannot make sure the key is gone or someone else's rejects; the key then expires after the TTL, unless a
+ * later release deletes it.
  */
 import { delay, unlessAborted } from '../abort.ts';
 import { HalcyonError } from '../errors.ts';
@@ -42,6 +46,11 @@ export class Lease {
   /** How often the holder renews its lease. */
   private readonly tickMs: number;
   private rev = 0;
+  /**
+   * Whether the key may still hold this lease's value: from its taking until a release made sure it is gone or
+   * another holder's, or it was abandoned. Stepping down does not clear it: NATS may be back before the TTL.
+   */
+  private mine = false;
   private timer: NodeJS.Timeout | null = null;
   /** Renewals sent and not yet answered. */
   private readonly renewals = new Set<Promise<void>>();
@@ -140,6 +149,7 @@ export class Lease {
     const rev = await this.store.create(this.key, this.holder);
     if (rev === null) return false;
     this.rev = rev;
+    this.mine = true;
     this.lastOkSentAt = sentAt;
     this.timer = setInterval(() => this.tick(), this.tickMs);
     return true;
@@ -188,23 +198,30 @@ export class Lease {
   /** Stops renewing without giving the key up: it expires after the TTL (a release that is not clean). */
   abandon(): void {
     this.stopRenewing();
+    this.mine = false;
   }
 
   /**
    * Gives the lease up (a clean stop): a standby takes over at its next try instead of after the TTL. Stops
-   * renewing, waits for the renewals out, and deletes the key by its revision. Resolves once the key is gone, or is
-   * another holder's (the lease was lost already: that key is never deleted), and at once if the lease is not held.
-   * Rejects with `HALCYON_CLUSTER` when the key may still be this holder's (NATS did not answer, or the key kept
-   * moving under {@link MAX_RELEASES} deletes): it then expires after the TTL, as after {@link abandon}.
+   * renewing, waits for the renewals out, and deletes the key by its revision — a lease that stepped down too, as
+   * long as its key still holds this holder's value (see the module comment). Resolves once the key is gone, or is
+   * another holder's (that key is never deleted), and at once if this lease never took the key, released it
+   * already, or abandoned it. Rejects with `HALCYON_CLUSTER` when the key may still be this holder's (NATS did not
+   * answer: each request ends by nats.js's timeout, 5 s, so within about 10 s with the renewals out; or the key kept
+   * moving under {@link MAX_RELEASES} deletes): it then expires after the TTL, as after {@link abandon}, unless
+   * release is called again once NATS answers.
    */
   async release(): Promise<void> {
-    if (!this.timer) return;
     this.stopRenewing();
+    if (!this.mine) return;
     await Promise.all(this.renewals); // the delete goes by the newest revision known
     let rev = this.rev;
     for (let i = 0; i < MAX_RELEASES; i++) {
       const now = await this.store.release(this.key, rev);
-      if (now === null || now.value !== this.holder) return;
+      if (now === null || now.value !== this.holder) {
+        this.mine = false;
+        return;
+      }
       // Still this holder's value (unique to it): a renewal whose answer was lost moved the key past the revision
       // known here. Deleted by the key's own revision, as long as the value is still this holder's.
       rev = now.rev;

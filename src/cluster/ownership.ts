@@ -332,6 +332,9 @@ export class Ownership {
     if (!(await lease.tryAcquire())) return; // another worker was faster
     this.leases.set(p, lease);
     lease.onLost((why) => {
+      // Left to expire, never released: events the worker held may still be out, and a deleted key tells the next
+      // owner to pull at once instead of waiting for them (partition.ts).
+      lease.abandon();
       if (this.leases.get(p) !== lease) return;
       this.leases.delete(p);
       this.owner.lost(p, why);

@@ -2,16 +2,19 @@
  * The lease bucket on a real nats-server (src/cluster/nats.ts, `Broker.leaseStore`): compare-and-set on the
  * revision, and a renewal whose answer was lost (the server stored it, then restarted or the connection dropped
  * before the answer came) is recognised on the next try instead of being taken for another holder's write, and by a
- * release, which then deletes the key by its current revision; a release NATS does not answer fails; a listing of
- * the keys names each once, even while they are renewed.
+ * release, which then deletes the key by its current revision; a release NATS does not answer fails (a closed
+ * connection, a stopped server) and the key is freed after the restart; a listing of the keys names each once, even
+ * while they are renewed.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { Lease } from '../../src/cluster/lease.ts';
 import { Broker, type LeaseStore } from '../../src/cluster/nats.ts';
 import { resolveCluster } from '../../src/cluster/options.ts';
+import type { HalcyonError } from '../../src/errors.ts';
 import { type NatsServer, startNats } from '../harness/nats.ts';
 import { clusterName } from '../helpers/cluster.ts';
+import { waitUntil } from './util.ts';
 
 let nats: NatsServer;
 before(async () => {
@@ -22,6 +25,13 @@ after(async () => {
 });
 
 const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+/** The lease TTL of the stopped-server test: longer than a release into the outage takes, and the restart. */
+const RESTART_TTL_MS = 15_000;
+/**
+ * How long a release may take when NATS does not answer (lease.ts: the renewals out, then the delete, each ended by
+ * nats.js's 5 s timeout), with a second for a loaded machine.
+ */
+const RELEASE_DEADLINE_MS = 11_000;
 
 test('lease store: a renewal sent again after its answer was lost resolves with the revision it wrote; another holder still gets null', async (t) => {
   const broker = await Broker.connect(resolveCluster({ servers: nats.url, name: clusterName(), role: 'ingest' }), quiet, 'ingest');
@@ -101,4 +111,50 @@ test('lease store: a release NATS did not answer rejects with HALCYON_CLUSTER (i
   const r = await gone.create('k', 'me');
   await closed.close();
   await assert.rejects(gone.release('k', r!), { code: 'HALCYON_CLUSTER' });
+});
+
+test('lease: released while nats-server is stopped, release rejects with HALCYON_CLUSTER within its deadline; after the restart the key expires by its TTL, or a release tried again deletes it', { timeout: 90_000 }, async (t) => {
+  const unhandled: unknown[] = [];
+  const onUnhandled = (err: unknown) => unhandled.push(err);
+  process.on('unhandledRejection', onUnhandled);
+  t.after(() => process.off('unhandledRejection', onUnhandled));
+  const broker = await Broker.connect(resolveCluster({ servers: nats.url, name: clusterName(), role: 'ingest' }), quiet, 'ingest');
+  t.after(() => broker.close());
+  const store = await broker.leaseStore(RESTART_TTL_MS);
+  const left = new Lease(store, RESTART_TTL_MS, 'me', quiet, 'ingest');
+  const retried = new Lease(store, RESTART_TTL_MS, 'me', quiet, 'w.me');
+  assert.equal(await left.tryAcquire(), true);
+  assert.equal(await retried.tryAcquire(), true);
+  // A request sent before the client reconnects is answered only by its timeout, even once the server is back.
+  let off = () => {};
+  const reconnected = new Promise<void>((r) => (off = store.onReconnect(r)));
+  t.after(() => off());
+  let stoppedAt = 0;
+  const outcomes: string[] = [];
+  const took: number[] = [];
+  await nats.restart(async () => {
+    stoppedAt = Date.now();
+    await Promise.all(
+      [left, retried].map((lease) =>
+        lease.release().then(
+          () => outcomes.push('resolved'),
+          (err: HalcyonError) => outcomes.push(err.code),
+        ).finally(() => took.push(Date.now() - stoppedAt)),
+      ),
+    );
+  }, 'SIGTERM');
+  t.diagnostic(`releases settled ${took.join(' and ')} ms after the stop`);
+  assert.deepEqual(outcomes, ['HALCYON_CLUSTER', 'HALCYON_CLUSTER']);
+  for (const ms of took) assert.ok(ms <= RELEASE_DEADLINE_MS, `settled ${ms} ms after the stop (deadline ${RELEASE_DEADLINE_MS})`);
+  await reconnected;
+  await retried.release(); // NATS answers again
+  assert.ok(Date.now() - stoppedAt < RESTART_TTL_MS, 'released again before the TTL could have freed it');
+  assert.equal(await store.state('w.me'), 'released', 'deleted by the release tried again');
+  assert.equal(await store.get('ingest'), 'me', 'the key whose release failed is still there');
+  await waitUntil(() => store.state('ingest').then((s) => s !== 'held'), RESTART_TTL_MS, 'the ingest key freed');
+  assert.equal(await store.state('ingest'), 'absent', 'expired by its TTL (not deleted)');
+  const expiredAfter = Date.now() - stoppedAt;
+  t.diagnostic(`the key whose release failed expired ${expiredAfter} ms after the stop (TTL ${RESTART_TTL_MS} ms)`);
+  assert.ok(expiredAfter <= RESTART_TTL_MS + 5_000);
+  assert.deepEqual(unhandled, [], 'no unhandled rejection');
 });

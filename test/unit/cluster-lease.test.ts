@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
 import { Lease } from '../../src/cluster/lease.ts';
-import type { HalcyonError } from '../../src/errors.ts';
+import { HalcyonError } from '../../src/errors.ts';
 import type { LeaseStore } from '../../src/cluster/nats.ts';
 
 const TTL = 10_000;
@@ -79,8 +79,10 @@ function fakeStore(): FakeStore {
       release: (_key: string, r: number) => {
         s.deletes++;
         s.beforeDelete();
-        // As the NATS store: refused for a stale revision, it tells what the key holds now.
-        return s.answer(() => (r === rev ? ((value = null), rev++, null) : value === null ? null : { value, rev }));
+        // As the NATS store: refused for a stale revision, it tells what the key holds now; unanswered, a coded error.
+        return s
+          .answer(() => (r === rev ? ((value = null), rev++, null) : value === null ? null : { value, rev }))
+          .catch((err: unknown) => Promise.reject(new HalcyonError('HALCYON_CLUSTER', `cannot release lease key: ${(err as Error).message}`)));
       },
       get: async () => value,
       onReconnect: (cb) => {
@@ -99,6 +101,15 @@ async function heldLease(s: FakeStore): Promise<{ lease: Lease; lost: string[] }
   lease.onLost((why) => lost.push(why));
   assert.equal(await lease.tryAcquire(), true);
   return { lease, lost };
+}
+
+/** A lease held by 'me' on `s` that stepped down in a NATS outage (`s` is left down; its renewals are still out). */
+async function steppedDown(t: TestContext, s: FakeStore): Promise<Lease> {
+  const { lease, lost } = await heldLease(s);
+  s.down = true;
+  await advance(t, 0.8 * TTL + TTL / 6 + 100);
+  assert.equal(lost.length, 1, 'stepped down');
+  return lease;
 }
 
 /** Advances the mocked clock by `ms` in small steps, letting promise callbacks run between them. */
@@ -283,4 +294,62 @@ test('Lease: a release whose key keeps moving under its own value gives up after
   assert.ok(s.deletes >= 2 && s.deletes <= 5, `${s.deletes} deletes`);
   assert.equal(await s.store.get('k'), 'me');
   assert.equal(lease.held, false);
+});
+
+test('Lease: stepped down in a NATS outage and released once NATS is back before the TTL, its key (still its own) is deleted at once; a key another holder wrote is left alone', async (t) => {
+  // A lease that had stepped down returned from release() without a delete: its key, still this holder's, stayed
+  // until its TTL, and the next owner waited that long (a partition's, the ack wait too) for nothing.
+  t.mock.timers.enable({ apis: ['setInterval', 'setTimeout', 'Date'], now: 0 });
+  const s = fakeStore();
+  const lease = await steppedDown(t, s);
+  s.down = false; // back before the key expired on the server: it still holds 'me'
+  const released = lease.release();
+  await advance(t, JS_DEFAULT_TIMEOUT_MS + 100); // renewals sent into the outage end by their timeout first
+  await released;
+  assert.equal(await s.store.get('k'), null, 'deleted');
+
+  const other = fakeStore();
+  const stolen = await steppedDown(t, other);
+  other.down = false;
+  other.expire();
+  other.steal(); // the key expired; another process took it
+  const releasing = stolen.release();
+  await advance(t, JS_DEFAULT_TIMEOUT_MS + 100);
+  await releasing;
+  assert.equal(await other.store.get('k'), 'other', 'never deletes a key another holder wrote');
+});
+
+test('Lease: stepped down and released while NATS is still away, release rejects with HALCYON_CLUSTER within two request timeouts; released again once NATS is back, the key is deleted', async (t) => {
+  t.mock.timers.enable({ apis: ['setInterval', 'setTimeout', 'Date'], now: 0 });
+  const s = fakeStore();
+  const lease = await steppedDown(t, s);
+  let outcome = 'pending';
+  const released = lease.release().then(
+    () => (outcome = 'resolved'),
+    (e: HalcyonError) => (outcome = e.code),
+  );
+  await advance(t, 2 * JS_DEFAULT_TIMEOUT_MS + 100);
+  assert.equal(outcome, 'HALCYON_CLUSTER');
+  await released;
+  s.down = false;
+  await lease.release();
+  assert.equal(await s.store.get('k'), null, 'deleted by the release tried again');
+});
+
+test('Lease: release of a lease never taken, already released, or abandoned sends no delete', async (t) => {
+  t.mock.timers.enable({ apis: ['setInterval', 'setTimeout', 'Date'], now: 0 });
+  const s = fakeStore();
+  await new Lease(s.store, TTL, 'me', quiet).release();
+  assert.equal(s.deletes, 0, 'never taken');
+  const { lease } = await heldLease(s);
+  await lease.release();
+  assert.equal(s.deletes, 1);
+  await lease.release();
+  assert.equal(s.deletes, 1, 'released already');
+  const again = fakeStore();
+  const { lease: left } = await heldLease(again);
+  left.abandon();
+  await left.release();
+  assert.equal(again.deletes, 0, 'abandoned: its key is left to expire');
+  assert.equal(await again.store.get('k'), 'me');
 });
