@@ -20,22 +20,17 @@
  * together or not at all. Nothing outside the thread observes the buffered state before the group commits
  * (the actor sends no request and answers no call in between), so write-through holds as seen from outside.
  */
-import {
-  IDBCursor,
-  IDBCursorWithValue,
-  IDBDatabase,
-  IDBFactory,
-  IDBIndex,
-  IDBKeyRange,
-  IDBObjectStore,
-  IDBOpenDBRequest,
-  IDBRequest,
-  IDBTransaction,
-  IDBVersionChangeEvent,
-} from 'fake-indexeddb';
+import type * as FakeIndexedDb from 'fake-indexeddb';
 import { deserialize, serialize } from 'node:v8';
 import { HalcyonError } from '../errors.ts';
+import { lazyModule } from '../lazy-require.ts';
 import { type Database, openDatabase } from '../store.ts';
+
+/**
+ * fake-indexeddb, loaded when this thread first opens a crypto store: main runs no crypto actor by default, and the
+ * package cost it ~12 MB of RSS and ~30 ms at import.
+ */
+const fakeIndexedDb = lazyModule<typeof FakeIndexedDb>('fake-indexeddb');
 
 type Key = number | string | Date | ArrayBuffer | Key[];
 interface RawRecord { key: Key; value: unknown }
@@ -454,6 +449,7 @@ function snapshotOf(raw: RawDatabase): DbSnapshot {
  */
 function installHooks(): Promise<void> {
   installed ??= (async () => {
+    const { IDBCursor, IDBCursorWithValue, IDBDatabase, IDBFactory, IDBIndex, IDBKeyRange, IDBObjectStore, IDBOpenDBRequest, IDBRequest, IDBTransaction, IDBVersionChangeEvent } = fakeIndexedDb();
     Object.assign(globalThis, {
       indexedDB: new IDBFactory(),
       IDBCursor, IDBCursorWithValue, IDBDatabase, IDBFactory, IDBIndex, IDBKeyRange, IDBObjectStore, IDBOpenDBRequest, IDBRequest, IDBTransaction, IDBVersionChangeEvent,
