@@ -35,7 +35,6 @@ import type {
 } from '../protocol.ts';
 import { type Database, kvGet, openDatabase } from '../store.ts';
 import { EventJournal, type JournaledBatch } from './journal.ts';
-import { STATE_CHUNK_ROOMS } from './builder.ts';
 import { processSync, type ProcessedSync } from './process.ts';
 import { backfill, type Backfill } from './backfill.ts';
 import { processStream } from './split.ts';
@@ -65,6 +64,8 @@ function emptyColumns(): EventColumns {
 }
 
 const SYNC_PATH = '/_matrix/client/v3/sync';
+/** A streamed first sync's joined rooms go to the cache this many at a time (see streamFirst). */
+const APPLY_ROOMS = 500;
 /** A big account's initial sync runs to 100s of MB; the limit only stops a server that never ends its answer. */
 const MAX_SYNC_BYTES = 512 * 1024 * 1024;
 
@@ -392,29 +393,13 @@ export class SyncActor implements SyncActorApi {
     const cryptoRooms: StateChanges['rooms'] = [];
     const verification: ProcessedSync['crypto']['verification'] = [];
     const encryption = this.deps.crypto !== undefined && this.config.encryption;
-    // Rooms' state goes to the cache a few hundred rooms at a time, as processing takes it (onStateRooms): the
-    // cache (on main) applies them while this thread goes on with the body (a 10 MB initial sync's 1,000 rooms
-    // took ~45 ms to apply after ~70 ms of processing). One apply at a time, in order; a streamed body waits for
-    // the previous one before reading on. A transaction per small slice cost twice the cache's time (a commit
-    // rewrites the same pages), while small slices free the body's chunks sooner.
+    // Slices' state goes to the cache a few hundred rooms at a time: a transaction per small slice cost twice the
+    // cache's time (a commit rewrites the same pages), while small slices free the body's chunks sooner.
     let pending: Required<StateChanges> = { rooms: [], accountData: [] };
-    let applying: Promise<void> = Promise.resolve();
-    const apply = (): Promise<void> => {
+    const apply = async (): Promise<void> => {
       const state = pending;
       pending = { rooms: [], accountData: [] };
-      if (state.rooms.length === 0 && state.accountData.length === 0) return applying;
-      applying = applying.then(async () => {
-        for (const s of await this.deps.cache.apply(state)) this.firstSummaries.set(s.roomId, s);
-      });
-      // Awaited later (the next slice, or the end): until then its failure must not count as unhandled.
-      applying.catch(() => {});
-      return applying;
-    };
-    const take = (rooms: StateChanges['rooms']): void => {
-      for (const r of rooms) pending.rooms.push(r);
-      // The crypto actor hears of joined rooms' members and settings with the batch, as from a whole body.
-      if (encryption) for (const r of rooms) cryptoRooms.push({ ...r, state: r.state.filter((ev) => CRYPTO_STATE.has(ev.type)) });
-      if (pending.rooms.length >= STATE_CHUNK_ROOMS) void apply();
+      if (state.rooms.length > 0 || state.accountData.length > 0) for (const s of await this.deps.cache.apply(state)) this.firstSummaries.set(s.roomId, s);
     };
     let out: Awaited<ReturnType<typeof processStream>>;
     try {
@@ -423,13 +408,14 @@ export class SyncActor implements SyncActorApi {
         ownUserId: this.config.userId,
         maxBytes: MAX_SYNC_BYTES,
         contentLength: Number(res.headers['content-length']), // NaN without one: streamed
-        onStateRooms: take,
         onSlice: async (slice) => {
-          take(slice.state.rooms);
+          pending.rooms.push(...slice.state.rooms);
           pending.accountData.push(...(slice.state.accountData ?? []));
+          if (pending.rooms.length >= APPLY_ROOMS) await apply();
           errors.push(...slice.errors);
           verification.push(...slice.crypto.verification);
-          await applying;
+          // The crypto actor hears of joined rooms' members and settings with the batch, as from a whole body.
+          if (encryption) for (const r of slice.state.rooms) cryptoRooms.push({ ...r, state: r.state.filter((ev) => CRYPTO_STATE.has(ev.type)) });
         },
       });
       await apply();

@@ -21,16 +21,7 @@ export interface ProcessOptions {
   wantedTypes: ReadonlySet<string> | null;
   /** The bot's user ID: its events are flagged {@link EVENT_FLAGS.own}. */
   ownUserId?: string;
-  /**
-   * Takes the rooms' state as processing goes, {@link STATE_CHUNK_ROOMS} rooms at a time, instead of in the
-   * result's `state.rooms` (which then holds only the last rooms): a first sync's state can go to the cache, on
-   * another thread, while the rest of the body is processed.
-   */
-  onStateRooms?: (rooms: StateChanges['rooms']) => void;
 }
-
-/** How many rooms' state {@link ProcessOptions.onStateRooms} takes at a time. */
-export const STATE_CHUNK_ROOMS = 250;
 
 /** The change batch of one /sync response, before sequencing. */
 export interface ProcessedSync {

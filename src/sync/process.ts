@@ -6,7 +6,7 @@ import { HalcyonError } from '../errors.ts';
 import { type InviteWire, type MatrixEvent, type RoomSummary, type StateChanges, type WireBatch } from '../protocol.ts';
 import { redactedEventId } from '../redaction.ts';
 import { keyNames, Scanner, ScanError } from './scan.ts';
-import { Builder, type ProcessedSync, type ProcessOptions, STATE_CHUNK_ROOMS } from './builder.ts';
+import { Builder, type ProcessedSync, type ProcessOptions } from './builder.ts';
 import { readTimelineEvent } from './timeline.ts';
 
 export type { ProcessedSync, ProcessOptions, SyncCryptoFields } from './builder.ts';
@@ -197,10 +197,7 @@ function readRoom(sc: Scanner, b: Builder, roomId: string, membership: Membershi
   if (membership === 'join' && limited && prevBatch !== null) b.gaps.push({ roomId, prevBatch });
   // A joined room with no state change has nothing for the cache: skipping it keeps a 10,000-room batch from
   // costing 10,000 cache writes.
-  if (membership !== 'join' || st.state.length > 0 || st.summary || st.redactions) {
-    b.state.push(st);
-    if (b.opts.onStateRooms && b.state.length >= STATE_CHUNK_ROOMS) b.opts.onStateRooms(b.state.splice(0));
-  }
+  if (membership !== 'join' || st.state.length > 0 || st.summary || st.redactions) b.state.push(st);
 }
 
 function readStateEvents(sc: Scanner, b: Builder, roomId: string, out: MatrixEvent[]): void {

@@ -437,20 +437,3 @@ test('structural names read as JSON.parse reads them, escaped or not; empty part
     assert.deepEqual(p.errors, []);
   }
 });
-
-test('onStateRooms takes the rooms\' state 250 rooms at a time as processing goes, in order; the result keeps the rest', () => {
-  const join: Record<string, unknown> = {};
-  for (let i = 0; i < 600; i++) {
-    join[`!r${i}:x`] = { state: { events: [{ type: 'm.room.name', state_key: '', event_id: `$n${i}`, sender: '@a:x', origin_server_ts: 1, content: { name: `room ${i}` } }] }, timeline: { events: [] } };
-  }
-  join['!quiet:x'] = { timeline: { events: [] } }; // no state change: nothing for the cache
-  const taken: string[][] = [];
-  const p = processSync(JSON.stringify({ next_batch: 's1', rooms: { join, leave: { '!gone:x': { timeline: { events: [] } } } } }), {
-    wantedTypes: null,
-    onStateRooms: (rooms) => taken.push(rooms.map((r) => r.roomId)),
-  });
-  assert.deepEqual(taken.map((t) => t.length), [250, 250]);
-  const all = [...taken.flat(), ...p.state.rooms.map((r) => r.roomId)];
-  assert.deepEqual(all, [...Array.from({ length: 600 }, (_, i) => `!r${i}:x`), '!gone:x']);
-  assert.deepEqual(p.left, ['!gone:x']);
-});
