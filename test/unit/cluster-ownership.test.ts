@@ -140,6 +140,40 @@ test('planOwnership by load: a 12/8 split of 20 equal rooms is evened out by one
   assert.deepEqual(loads(after.owners, ['a', 'b'], w), [200, 200]);
 });
 
+/** Weights of partitions of `rooms[p]` equal rooms each (20 events a room) and the two workers' halves: a owns `aOwns`. */
+function equalRooms(rooms: readonly number[], aOwns: readonly number[]): { w: number[]; owners: Map<number, string> } {
+  const owners = new Map<number, string>();
+  for (let p = 0; p < rooms.length; p++) owners.set(p, aOwns.includes(p) ? 'a' : 'b');
+  return { w: rooms.map((r) => r * 20), owners };
+}
+
+test('planOwnership by load: an 11/9 split of 20 equal rooms is evened out by two workers', () => {
+  // The bench's stuck case: 11 rooms are exactly 10 % of a share above it.
+  const { w, owners } = equalRooms([2, 1, 3, 1, 4, 0, 1, 2, 1, 2, 0, 3, 0, 0, 0, 0], [0, 1, 2, 3, 4]);
+  assert.deepEqual(loads(owners, ['a', 'b'], w), [220, 180]);
+  const plan = planOwnership(16, 2, [0, 1, 2, 3, 4], new Set(owners.keys()), 0, w);
+  assert.equal(plan.give.length, 1, 'one partition moves');
+  assert.equal(w[plan.give[0]!], 20, 'the one that evens the split: one room');
+  const after = settle(16, ['a', 'b'], owners, w);
+  assert.equal(after.moves, 1);
+  assert.deepEqual(loads(after.owners, ['a', 'b'], w), [200, 200]);
+});
+
+test('planOwnership by load: a 10/10 split of equal rooms whose figures drift a little moves nothing', () => {
+  const { w, owners } = equalRooms([2, 1, 3, 1, 3, 0, 1, 2, 1, 2, 0, 3, 1, 0, 0, 0], [0, 1, 2, 3, 4]);
+  // Drift: a's rooms a little busier lately (a is 7 % of a share above it, under the margin).
+  for (const p of [0, 1, 2, 3, 4]) w[p]! *= 1.15;
+  const [x, y] = loads(owners, ['a', 'b'], w);
+  assert.ok(x! > 1.06 * ((x! + y!) / 2) && x! < 1.075 * ((x! + y!) / 2), `a: ${x} of ${x! + y!}`);
+  assert.equal(settle(16, ['a', 'b'], new Map(owners), w).moves, 0);
+  // Three workers with 7/7/6 rooms: 5 % above a share, nothing to better by a move.
+  const three = new Map<number, string>();
+  for (let p = 0; p < 16; p++) three.set(p, p < 4 ? 'a' : p < 9 ? 'b' : 'c');
+  const eq = [2, 2, 2, 1, 1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 0, 0].map((r) => r * 20);
+  assert.deepEqual(loads(three, ['a', 'b', 'c'], eq), [140, 140, 120]);
+  assert.equal(settle(16, ['a', 'b', 'c'], three, eq).moves, 0);
+});
+
 test('planOwnership by load: 3 workers converge to within a margin of their share; every partition owned once', () => {
   for (let seed = 1; seed <= 40; seed++) {
     const w = roomWeights(16, 30, seed);
