@@ -140,6 +140,40 @@ test('planOwnership by load: a 12/8 split of 20 equal rooms is evened out by one
   assert.deepEqual(loads(after.owners, ['a', 'b'], w), [200, 200]);
 });
 
+/** Weights of partitions of `rooms[p]` equal rooms each (20 events a room) and the two workers' halves: a owns `aOwns`. */
+function equalRooms(rooms: readonly number[], aOwns: readonly number[]): { w: number[]; owners: Map<number, string> } {
+  const owners = new Map<number, string>();
+  for (let p = 0; p < rooms.length; p++) owners.set(p, aOwns.includes(p) ? 'a' : 'b');
+  return { w: rooms.map((r) => r * 20), owners };
+}
+
+test('planOwnership by load: an 11/9 split of 20 equal rooms is evened out by two workers', () => {
+  // The bench's stuck case: 11 rooms are exactly 10 % of a share above it.
+  const { w, owners } = equalRooms([2, 1, 3, 1, 4, 0, 1, 2, 1, 2, 0, 3, 0, 0, 0, 0], [0, 1, 2, 3, 4]);
+  assert.deepEqual(loads(owners, ['a', 'b'], w), [220, 180]);
+  const plan = planOwnership(16, 2, [0, 1, 2, 3, 4], new Set(owners.keys()), 0, w);
+  assert.equal(plan.give.length, 1, 'one partition moves');
+  assert.equal(w[plan.give[0]!], 20, 'the one that evens the split: one room');
+  const after = settle(16, ['a', 'b'], owners, w);
+  assert.equal(after.moves, 1);
+  assert.deepEqual(loads(after.owners, ['a', 'b'], w), [200, 200]);
+});
+
+test('planOwnership by load: a 10/10 split of equal rooms whose figures drift a little moves nothing', () => {
+  const { w, owners } = equalRooms([2, 1, 3, 1, 3, 0, 1, 2, 1, 2, 0, 3, 1, 0, 0, 0], [0, 1, 2, 3, 4]);
+  // Drift: a's rooms a little busier lately (a is 7 % of a share above it, under the margin).
+  for (const p of [0, 1, 2, 3, 4]) w[p]! *= 1.15;
+  const [x, y] = loads(owners, ['a', 'b'], w);
+  assert.ok(x! > 1.06 * ((x! + y!) / 2) && x! < 1.075 * ((x! + y!) / 2), `a: ${x} of ${x! + y!}`);
+  assert.equal(settle(16, ['a', 'b'], new Map(owners), w).moves, 0);
+  // Three workers with 7/7/6 rooms: 5 % above a share, nothing to better by a move.
+  const three = new Map<number, string>();
+  for (let p = 0; p < 16; p++) three.set(p, p < 4 ? 'a' : p < 9 ? 'b' : 'c');
+  const eq = [2, 2, 2, 1, 1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 0, 0].map((r) => r * 20);
+  assert.deepEqual(loads(three, ['a', 'b', 'c'], eq), [140, 140, 120]);
+  assert.equal(settle(16, ['a', 'b', 'c'], three, eq).moves, 0);
+});
+
 test('planOwnership by load: 3 workers converge to within a margin of their share; every partition owned once', () => {
   for (let seed = 1; seed <= 40; seed++) {
     const w = roomWeights(16, 30, seed);
@@ -209,14 +243,33 @@ test('planOwnership by load: a worker joining takes a share of the load; one lea
   }
 });
 
+test('PartitionLoad: the events of one write weigh alike, however they were published; the writes before decay', () => {
+  // The bench's backlog: 20 rooms of 20 events, published in one go (a room after another, the worst order) and
+  // then written once. Decayed per event, the first room weighed 0.67 of the last.
+  const rooms = [0, 1, 1, 4, 5, 5, 6, 6, 8, 11, 12, 12, 14, 15, 15, 15, 2, 5, 8, 11];
+  const load = new PartitionLoad(16);
+  for (const p of rooms) for (let e = 0; e < 20; e++) load.add(p);
+  const f = load.figures();
+  for (let p = 0; p < 16; p++) assert.equal(f[p], 20 * rooms.filter((q) => q === p).length, `partition ${p}: ${f.join(', ')}`);
+  // The next write's 100 events: the earlier figures lose 1/LOAD_WINDOW per event of it.
+  for (let e = 0; e < 100; e++) load.add(3);
+  const g = load.figures();
+  assert.equal(g[3], 100);
+  assert.equal(g[0], Math.round(20 * (1 - 1 / LOAD_WINDOW) ** 100 * 10) / 10);
+  assert.deepEqual(load.figures(), g, 'no events since: the figures stay');
+});
+
 test('PartitionLoad: a decayed count of the events of each partition; parseLoad reads it back, or nothing', () => {
   const load = new PartitionLoad(4);
-  for (let i = 0; i < 300; i++) load.add(i % 3 === 0 ? 0 : 1); // two thirds to partition 1
+  for (let i = 0; i < 300; i++) {
+    load.add(i % 3 === 0 ? 0 : 1); // two thirds to partition 1
+    if (i % 10 === 9) load.figures(); // written every 10 events
+  }
   const f = load.figures();
   assert.equal(f.length, 4);
   assert.ok(f[1]! > 1.9 * f[0]! && f[1]! < 2.1 * f[0]!, `the split of the events: ${f.join(', ')}`);
   assert.ok(load.total > 250 && load.total < 300, `older events weigh less: ${load.total}`);
-  for (let i = 0; i < 8 * LOAD_WINDOW; i++) load.add(2); // the bot's traffic moves to partition 2
+  for (let i = 0; i < 8 * LOAD_WINDOW; i++) load.add(2), load.figures(); // the bot's traffic moves to partition 2
   const g = load.figures();
   assert.ok(g[2]! > 0.99 * load.total && g[0]! < 1 && g[1]! < 1, `the old split has faded: ${g.join(', ')}`);
   assert.ok(Math.abs(load.total - LOAD_WINDOW) < 2, 'the total tends to the window');
@@ -289,15 +342,15 @@ test('LoadReport: a backlog taken in at once is not written until published, so 
 test('LoadReport: a backlog that is never caught up with still has its figures written, once a second', async (t) => {
   const { report, written } = await loadReport(t, 4);
   for (let i = 0; i < 1_000; i++) report.takenIn();
-  for (let e = 0; e < 300; e++) {
+  for (let e = 0; e < 310; e++) {
     report.published(e % 4);
     t.mock.timers.tick(10);
   }
-  // 3 s of publishing, never caught up: written once a second (LOAD_CATCH_UP_MS), not every 250 ms (LOAD_WRITE_MS).
+  // 3.1 s of publishing, never caught up: written once a second (LOAD_CATCH_UP_MS), not every 250 ms (LOAD_WRITE_MS).
   assert.ok(written.length >= 2 && written.length <= 3, `${written.length} writes`);
   const n = written.length;
-  for (let i = 300; i < 1_000; i++) report.published(null); // tasks that published nothing (no event ID, or a stop) are done too
-  t.mock.timers.tick(250);
+  for (let i = 310; i < 1_000; i++) report.published(null); // tasks that published nothing (no event ID, or a stop) are done too
+  t.mock.timers.tick(150); // the last write was at 3 s: the next may come 250 ms after it
   assert.equal(written.length, n + 1, 'caught up: the figures are written');
-  assert.ok(written.at(-1)!.every((x) => x > 60), `all 300 events: ${written.at(-1)!.join(', ')}`);
+  assert.ok(written.at(-1)!.every((x) => x > 65), `all 310 events (decayed: 280 in all): ${written.at(-1)!.join(', ')}`);
 });
