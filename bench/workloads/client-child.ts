@@ -152,7 +152,7 @@ async function load({ contender, mode, dataDir }: ChildArgs): Promise<Runner> {
   }
   if (contender === 'halcyon' || contender === 'halcyon-e2ee') {
     // The built package, as users run it (its workers load plain JS bundles).
-    const { Client } = (await import((process.env.CS_DIST ?? '../../dist') + '/index.js')) as typeof import('../../src/index.ts');
+    const { Client } = (await import('../../dist/index.js' as string)) as typeof import('../../src/index.ts');
     return {
       async login(url) {
         // Login takes the client's encryption setting: with it on, login also sets up the device's identity.
