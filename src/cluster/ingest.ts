@@ -33,11 +33,6 @@ const PUBLISH_RETRY_MS = 250;
  * that two workers clear in a second or two (the benchmark's) must be shared out near its start to be shared at all.
  */
 const LOAD_WRITE_MS = 250;
-/**
- * How long at most the figures wait for the ingest to catch up (see {@link LoadReport}). A second: the bench's
- * backlog (400 events) took 0.3 to 0.75 s to publish; a backlog longer than that gets figures once a second.
- */
-const LOAD_CATCH_UP_MS = 1_000;
 
 /** The ingest's part of a clustered client; see the module comment. */
 export class IngestRole implements ClusterRole {
@@ -103,22 +98,14 @@ export class IngestRole implements ClusterRole {
 
   /** The task that publishes event `i` of `r` to its room's partition; it settles once the stream has it. */
   publishTask(r: BatchReader, i: number, roomId: string): HandlerTask {
-    this.load.takenIn();
+    const p = partitionOf(roomId, this.partitions);
+    this.load.takenIn(p);
     return (done) => {
       const eventId = r.str(i, OFF.eventId);
-      if (eventId === null) {
-        this.load.published(null);
-        return done(); // a timeline event without an ID is refused by the sync actor already
-      }
+      if (eventId === null) return done(); // a timeline event without an ID is refused by the sync actor already
       const data = encodeEvent({ roomId, flags: r.batch.events.flags[i]!, summary: this.core.mirror.get(roomId) ?? null, redelivered: r.batch.redelivered }, r.rawText(i));
-      const p = partitionOf(roomId, this.partitions);
-      return this.publish(p, eventId, data).then(
-        () => {
-          this.load.published(p);
-          done();
-        },
-        () => this.load.published(null), // a stop abandons it: the journal keeps it
-      );
+      // A stop abandons it: the journal keeps it.
+      return this.publish(p, eventId, data).then(done, () => {});
     };
   }
 
@@ -202,26 +189,24 @@ export class IngestRole implements ClusterRole {
 }
 
 /**
- * The partitions' load as the workers read it (ownership.ts): a decayed count of the events published to each
- * ({@link PartitionLoad}), written to the lease bucket's {@link LOAD_KEY} at most every {@link LOAD_WRITE_MS} and
- * only when its figures changed, and again every third of the bucket's TTL so that it does not expire while this
- * ingest leads. It goes on from the figures it finds there (a restarted ingest, a standby that took over).
- * Nothing is written below {@link LOAD_FLOOR}: the workers would share by count anyway.
+ * The partitions' load as the workers read it (ownership.ts): a decayed count of the events taken in to be
+ * published to each ({@link PartitionLoad}), written to the lease bucket's {@link LOAD_KEY} at most every
+ * {@link LOAD_WRITE_MS} and only when its figures changed, and again every third of the bucket's TTL so that it does
+ * not expire while this ingest leads. It goes on from the figures it finds there (a restarted ingest, a standby
+ * that took over). Nothing is written below {@link LOAD_FLOOR}: the workers would share by count anyway.
  *
- * Nor while events taken in wait to be published (for up to {@link LOAD_CATCH_UP_MS}): the figures would lack
- * them. A sync batch is taken in at once, but the dispatcher publishes the client's `concurrency` rooms at a time
- * (16): the bench's first figures (written at 106 of the backlog's 330) lacked 4 of its 20 rooms, and workers
- * handed partitions over on them that the whole backlog's figures, 250 ms later, did not call for.
+ * Counted when taken in, not when published: a sync batch is taken in at once, so its figures are whole at once,
+ * and the workers share the backlog out before its events reach them. Counted as published (the dispatcher
+ * publishes the client's `concurrency` rooms at a time, 16), the bench's first figures lacked 4 of its 20 rooms;
+ * made to wait until the batch was published (0.3–0.75 s for the bench's 400 events), they came once the workers
+ * held its events, and the hand-over most room layouts still needed cost two workers ×1.58–1.70 of one, against
+ * ×1.70–1.79 for the layouts that needed none.
  */
 export class LoadReport {
   private readonly meter: PartitionLoad;
   private store: KeyStore | null = null;
   private written = '';
-  private lastAt = 0;
-  /** Events taken in ({@link takenIn}) and not yet published: while there are, the figures lack them. */
-  private unpublished = 0;
-  /** When the first event not in the figures written was published (null: they are up to date). */
-  private staleSince: number | null = null;
+  private lastAt = Number.NEGATIVE_INFINITY;
   /** When the write timer fires. */
   private timerAt = 0;
   private timer: NodeJS.Timeout | null = null;
@@ -253,31 +238,16 @@ export class LoadReport {
     })().catch((err: unknown) => this.logger.warn({ err: (err as Error).message }, "cluster: cannot keep the partitions' load; workers share them by count"));
   }
 
-  /** An event was taken in to be published (its publish task made): the figures wait for it. */
-  takenIn(): void {
-    this.unpublished++;
-  }
-
-  /** An event taken in was published to partition `p` (null: its task ended without a publish). */
-  published(p: number | null): void {
-    // Not below 0: after a step-down, tasks taken in by the previous report end here.
-    this.unpublished = Math.max(0, this.unpublished - 1);
-    if (p !== null) {
-      this.meter.add(p);
-      this.staleSince ??= Date.now();
-    }
+  /** An event was taken in to be published to partition `p` (its publish task made). */
+  takenIn(p: number): void {
+    this.meter.add(p);
     this.schedule();
-  }
-
-  /** Whether the figures wait for events taken in (not for longer than {@link LOAD_CATCH_UP_MS}). */
-  private waiting(): boolean {
-    return this.unpublished > 0 && this.staleSince !== null && Date.now() - this.staleSince < LOAD_CATCH_UP_MS;
   }
 
   /** Sets the write timer for the next write allowed; sooner if the ingest caught up meanwhile. */
   private schedule(): void {
     if (!this.store || this.closed) return;
-    const at = Math.max(this.lastAt + LOAD_WRITE_MS, this.waiting() ? this.staleSince! + LOAD_CATCH_UP_MS : 0);
+    const at = this.lastAt + LOAD_WRITE_MS;
     if (this.timer && this.timerAt <= at) return;
     if (this.timer) clearTimeout(this.timer);
     this.timerAt = at;
@@ -291,13 +261,12 @@ export class LoadReport {
     this.timer.unref();
   }
 
-  /** Writes the figures if they changed (or, with `again`, to keep the key alive: the last ones, while waiting). */
+  /** Writes the figures if they changed (or, with `again`, to keep the key alive). */
   private async write(again: boolean): Promise<void> {
     const store = this.store;
     if (!store || this.closed || this.meter.total < LOAD_FLOOR) return;
-    const text = this.waiting() ? this.written : JSON.stringify(this.meter.figures());
-    if (text === '' || (text === this.written && !again)) return;
-    if (!this.waiting()) this.staleSince = null;
+    const text = JSON.stringify(this.meter.figures());
+    if (text === this.written && !again) return;
     this.written = text;
     this.lastAt = Date.now();
     await store.put(LOAD_KEY, text).catch((err: unknown) => {

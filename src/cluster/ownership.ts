@@ -3,8 +3,8 @@
  * the key `p.<partition>` of the lease bucket (a {@link Lease}: renewed every sixth of the bucket's TTL, given up
  * on a clean hand-over, stepped down from when it cannot be renewed). Live workers announce themselves with a
  * lease of their own, `w.<worker>`. Every {@link Ownership.pollMs}, and whenever the ingest writes new figures of
- * the partitions' load (key {@link LOAD_KEY}: a decayed count of the events published to each, the same for every
- * worker), each worker counts the live workers and the partitions taken, and {@link planOwnership} says what to
+ * the partitions' load (key {@link LOAD_KEY}: a decayed count of the events taken in to be published to each, the
+ * same for every worker), each worker counts the live workers and the partitions taken, and {@link planOwnership} says what to
  * do: each aims at an equal share of the load, takes free partitions while below it and gives partitions up (a
  * graceful hand-over, see partition.ts) while clearly above it; without enough load to go by, each targets
  * ceil(P / live workers) partitions. A dead worker's keys expire after the TTL; the others then take its partitions.
@@ -155,8 +155,8 @@ export function parseLoad(text: string | null, partitions: number): number[] | n
 }
 
 /**
- * A decayed count of the events published to each partition (the ingest keeps it, see {@link LOAD_KEY}), decayed
- * per write of the figures ({@link figures}): at each, every figure loses 1/{@link LOAD_WINDOW} of itself per event
+ * A decayed count of the events taken in to be published to each partition (the ingest keeps it, see
+ * {@link LOAD_KEY}), decayed per write of the figures ({@link figures}): at each, every figure loses 1/{@link LOAD_WINDOW} of itself per event
  * since the one before, and those events then add one each to their partitions. So the figures are the split of
  * the latest ~{@link LOAD_WINDOW} events (or of the last write's, if more: a write comes at least once a second
  * while events flow), over seconds when the bot is busy and hours when it is quiet. Decayed by events, not time:
