@@ -7,9 +7,10 @@ import type { MainToSync } from '../protocol.ts';
 
 /**
  * Collects progress (batches with newly handled events) and complete batches, and sends them to the sync actor
- * in one message per turn of the event loop: a burst of handlers costs one message, not one per event. Handled
- * events are read from each batch's {@link HeldBatch} at send time (a batch that completed meanwhile is sent as
- * complete, without indices: the journal deletes it whole), so recording one costs a set insertion.
+ * in one message per turn of the event loop: a burst of handlers costs one message, not one per event. The events
+ * handled since the last message are taken from each batch's {@link HeldBatch} at send time (a batch that completed
+ * meanwhile is sent as complete, without indices: the journal deletes it whole), so recording one costs a set
+ * insertion.
  */
 export class AckTracker {
   private touched = new Set<number>();
@@ -20,6 +21,7 @@ export class AckTracker {
 
   constructor(
     private readonly send: (msg: MainToSync) => void,
+    /** The events of batch `seq` handled since the last call (null: the batch is no longer held). */
     private readonly doneEvents: (seq: number) => number[] | null,
     /** Settles once every send called so far is in the outbox (on disk); null when none is on its way there. */
     private readonly sendsQueued: () => Promise<unknown> | null = () => null,
@@ -81,22 +83,28 @@ export const DONE = 2;
 export class HeldBatch {
   readonly state: Uint8Array;
   private readonly waiters = new Map<number, Array<() => void>>();
+  /** Events (not other items) done since the last {@link takeDone}. */
+  private fresh: number[] = [];
   constructor(
     private readonly events: number,
     others: number,
   ) {
     this.state = new Uint8Array(events + others);
   }
-  /** The events (not other items) done so far. */
-  doneEvents(): number[] {
-    const out: number[] = [];
-    for (let i = 0; i < this.events; i++) if (this.state[i] === DONE) out.push(i);
+  /**
+   * The events (not other items) done since the last call: each acknowledgement carries an event once. Read as all
+   * done so far, a batch whose events settled one a turn (an ingest's publishes) sent ~n²/2 indices in all.
+   */
+  takeDone(): number[] {
+    const out = this.fresh;
+    this.fresh = [];
     return out;
   }
   start(i: number): void {
     this.state[i] = STARTED;
   }
   done(i: number): void {
+    if (i < this.events && this.state[i] !== DONE) this.fresh.push(i);
     this.state[i] = DONE;
     const w = this.waiters.get(i);
     if (!w) return;

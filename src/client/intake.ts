@@ -53,7 +53,7 @@ export class Intake {
     this.delivery = new Delivery(core);
     this.acks = new AckTracker(
       (msg) => core.actors.set?.port.post(msg),
-      (seq) => this.held.get(seq)?.doneEvents() ?? null,
+      (seq) => this.held.get(seq)?.takeDone() ?? null,
       () => sendsQueued(core),
     );
   }

@@ -9,7 +9,7 @@ import type { MainToSync } from '../../src/protocol.ts';
 
 const turn = () => new Promise<void>((r) => setImmediate(r));
 
-test('HeldBatch: items go not started → started → done; waiters of an item run when it is done; doneEvents lists events only', () => {
+test('HeldBatch: items go not started → started → done; waiters of an item run when it is done; takeDone lists events only, each once', () => {
   const held = new HeldBatch(3, 2); // 3 events, then 2 other items (an invite, a receipt, ...)
   assert.deepEqual([...held.state], [0, 0, 0, 0, 0]);
   held.start(1);
@@ -24,13 +24,16 @@ test('HeldBatch: items go not started → started → done; waiters of an item r
   held.done(1);
   assert.deepEqual(woken, [1, 11], 'not again');
   assert.equal(held.state[3], DONE);
-  assert.deepEqual(held.doneEvents(), [1], 'item 3 is not an event');
+  assert.deepEqual(held.takeDone(), [1], 'item 3 is not an event');
+  held.done(0);
+  assert.deepEqual(held.takeDone(), [0], 'only what was done since the last take');
+  assert.deepEqual(held.takeDone(), []);
 });
 
 test('AckTracker: a burst of handled events costs one message per turn, with the indices read at send time; complete batches go whole', async () => {
   const sent: MainToSync[] = [];
   const helds = new Map([[7, new HeldBatch(4, 0)], [8, new HeldBatch(2, 0)]]);
-  const acks = new AckTracker((m) => void sent.push(m), (seq) => helds.get(seq)?.doneEvents() ?? null);
+  const acks = new AckTracker((m) => void sent.push(m), (seq) => helds.get(seq)?.takeDone() ?? null);
   for (const i of [0, 2]) {
     helds.get(7)!.done(i);
     acks.done(7);
@@ -40,6 +43,12 @@ test('AckTracker: a burst of handled events costs one message per turn, with the
   assert.deepEqual(sent, [], 'nothing before the turn ends');
   await turn();
   assert.deepEqual(sent, [{ kind: 'acks', progress: [{ seq: 7, indices: [0, 2] }, { seq: 8, indices: [0] }], complete: [] }]);
+  // The next turn's message carries only what was handled since: a batch's acknowledgements cost its events once,
+  // not its done events again at every turn (an ingest whose publishes settle one a turn sent ~n²/2 indices).
+  helds.get(7)!.done(3);
+  acks.done(7);
+  await turn();
+  assert.deepEqual(sent.splice(1), [{ kind: 'acks', progress: [{ seq: 7, indices: [3] }], complete: [] }]);
   // Batch 8 completes in the next turn, after more progress: it goes as complete, without indices.
   helds.get(8)!.done(1);
   acks.done(8);
