@@ -207,8 +207,6 @@ export class LoadReport {
   private store: KeyStore | null = null;
   private written = '';
   private lastAt = Number.NEGATIVE_INFINITY;
-  /** When the write timer fires. */
-  private timerAt = 0;
   private timer: NodeJS.Timeout | null = null;
   private refresh: NodeJS.Timeout | null = null;
   private opened = false;
@@ -244,19 +242,15 @@ export class LoadReport {
     this.schedule();
   }
 
-  /** Sets the write timer for the next write allowed; sooner if the ingest caught up meanwhile. */
+  /** Sets the write timer for the next write allowed, unless it is set. */
   private schedule(): void {
-    if (!this.store || this.closed) return;
-    const at = this.lastAt + LOAD_WRITE_MS;
-    if (this.timer && this.timerAt <= at) return;
-    if (this.timer) clearTimeout(this.timer);
-    this.timerAt = at;
+    if (this.timer || !this.store || this.closed) return;
     this.timer = setTimeout(
       () => {
         this.timer = null;
         void this.write(false);
       },
-      Math.max(0, at - Date.now()),
+      Math.max(0, this.lastAt + LOAD_WRITE_MS - Date.now()),
     );
     this.timer.unref();
   }

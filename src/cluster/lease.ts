@@ -2,8 +2,8 @@
  * A lease in the cluster's KV: the ingest's (one active ingest per bot device), and, by the same rules, a worker's
  * membership and its claim on each partition it owns (ownership.ts). One ingest per device because Matrix gives one
  * event stream per device — the server deletes to-device messages (room keys among them) once the next `since`
- * token is used — so two processes syncing one device would lose keys. The lease is a key in a JetStream KV bucket whose entries expire `ttlMs`
- * after their last write: the holder rewrites it (compare-and-set on its revision) every sixth of the TTL; a
+ * token is used — so two processes syncing one device would lose keys. The lease is a key in a JetStream KV bucket
+ * whose entries expire `ttlMs` after their last write: the holder rewrites it (compare-and-set on its revision) every sixth of the TTL; a
  * standby tries to create it every {@link Lease.pollMs} (and at once when the connection to NATS is back) and gets
  * it once the holder released it or it expired.
  *

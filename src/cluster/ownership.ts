@@ -4,8 +4,8 @@
  * on a clean hand-over, stepped down from when it cannot be renewed). Live workers announce themselves with a
  * lease of their own, `w.<worker>`. Every {@link Ownership.pollMs}, and whenever the ingest writes new figures of
  * the partitions' load (key {@link LOAD_KEY}: a decayed count of the events taken in to be published to each, the
- * same for every worker), each worker counts the live workers and the partitions taken, and {@link planOwnership} says what to
- * do: each aims at an equal share of the load, takes free partitions while below it and gives partitions up (a
+ * same for every worker), each worker counts the live workers and the partitions taken, and {@link planOwnership}
+ * says what to do: each aims at an equal share of the load, takes free partitions while below it and gives partitions up (a
  * graceful hand-over, see partition.ts) while clearly above it; without enough load to go by, each targets
  * ceil(P / live workers) partitions. A dead worker's keys expire after the TTL; the others then take its partitions.
  *
@@ -156,10 +156,10 @@ export function parseLoad(text: string | null, partitions: number): number[] | n
 
 /**
  * A decayed count of the events taken in to be published to each partition (the ingest keeps it, see
- * {@link LOAD_KEY}), decayed per write of the figures ({@link figures}): at each, every figure loses 1/{@link LOAD_WINDOW} of itself per event
- * since the one before, and those events then add one each to their partitions. So the figures are the split of
- * the latest ~{@link LOAD_WINDOW} events (or of the last write's, if more: a write comes at least once a second
- * while events flow), over seconds when the bot is busy and hours when it is quiet. Decayed by events, not time:
+ * {@link LOAD_KEY}), decayed per write of the figures ({@link figures}): at each, every figure loses
+ * 1/{@link LOAD_WINDOW} of itself per event since the one before, and those events then add one each to their
+ * partitions. So the figures are the split of the latest ~{@link LOAD_WINDOW} events (or of the last write's, if
+ * more: a write comes every quarter second or so while events flow), over seconds when the bot is busy and hours when it is quiet. Decayed by events, not time:
  * an idle bot's figures stay as they were, so nothing moves while nothing happens. Per write, not per event: the
  * events of one write weigh alike, whatever order they were published in. Decayed per event, a backlog published
  * in one go (the bench's: 400 events, 20 rooms of 20) had its rooms weigh 15.7 to 19.2 (the last published the
@@ -169,7 +169,7 @@ export function parseLoad(text: string | null, partitions: number): number[] | n
 export class PartitionLoad {
   /** The figures as last written (or seeded). */
   private readonly weights: Float64Array;
-  /** Events published to each partition since then. */
+  /** Events taken in for each partition since then. */
   private readonly pending: Float64Array;
   private pendingTotal = 0;
 
@@ -178,7 +178,7 @@ export class PartitionLoad {
     this.pending = new Float64Array(partitions);
   }
 
-  /** One more event published to partition `p`: it counts from the next {@link figures} on. */
+  /** One more event taken in for partition `p`: it counts from the next {@link figures} on. */
   add(p: number): void {
     this.pending[p]! += 1;
     this.pendingTotal++;
