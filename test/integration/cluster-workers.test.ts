@@ -12,9 +12,9 @@ import { after, before, test } from 'node:test';
 import { MAX_ACK_PENDING } from '../../src/cluster/nats.ts';
 import { type NatsServer, startNats } from '../harness/nats.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
-import { type BotLine, countBy } from '../helpers/fault-stream.ts';
-import { checkHandled, checkOneReplyEach, explainTwice, waitAllReplied, clusterName, sendOverRooms, startClusterBot } from '../helpers/cluster.ts';
-import { newBot, newClient, newPeer, tempDataDir, waitUntil } from './util.ts';
+import { type BotLine, clusterLogger, countBy } from '../helpers/fault-stream.ts';
+import { checkHandled, checkOneReplyEach, explainTwice, waitAllHandled, waitAllReplied, clusterName, sendOverRooms, startClusterBot } from '../helpers/cluster.ts';
+import { newBot, newClient, newPeer, tempDataDir } from './util.ts';
 
 let hs: Homeserver;
 let nats: NatsServer;
@@ -33,13 +33,14 @@ test(`${MESSAGES} messages over ${ROOMS} rooms to three workers, one killed with
   const t0 = Date.now();
   const name = clusterName();
   const cluster = { servers: nats.url, name, role: 'ingest' as const, partitions: PARTITIONS, ackWaitMs: 2_000 };
-  const bot = await newBot(t, hs, { encryption: false, cluster });
+  // The workers' lines and the ingest's `cluster:` log lines: the story a timeout prints (waitAllHandled).
+  const lines: BotLine[] = [];
+  const bot = await newBot(t, hs, { encryption: false, logger: clusterLogger('ingest', lines), cluster });
   await bot.client.run(bot.token);
   const peer = await newPeer(hs);
   const rooms = await Promise.all(Array.from({ length: ROOMS }, () => peer.createRoom({ invite: [bot.user.userId] })));
   await Promise.all(rooms.map((r) => peer.waitForJoined(r, bot.user.userId, 30_000)));
 
-  const lines: BotLine[] = [];
   const env = (dir: string, extra: Record<string, string> = {}) => ({ HC_TOKEN: bot.token, HC_DIR: dir, HC_NATS: nats.url, HC_NAME: name, ...extra });
   const victim = startClusterBot(t, 'w0', env(tempDataDir(t), { HC_HANDLER_MS: '600000' }), lines);
   const workers = [victim, startClusterBot(t, 'w1', env(tempDataDir(t)), lines), startClusterBot(t, 'w2', env(tempDataDir(t)), lines)];
@@ -54,10 +55,7 @@ test(`${MESSAGES} messages over ${ROOMS} rooms to three workers, one killed with
   const sent = await sending;
 
   const survivors = new Set(['w1', 'w2']);
-  await waitUntil(() => {
-    const handled = new Set(lines.filter((l) => l.kind === 'message' && survivors.has(l.run)).map((l) => l.eventId));
-    return sent.every((s) => handled.has(s.eventId));
-  }, 90_000, 'every message handled by a surviving worker');
+  await waitAllHandled(lines, sent, [...survivors], PARTITIONS, bot, 90_000);
   await waitAllReplied(lines, sent, 30_000);
 
   const { twice, firstRedelivered } = checkHandled(lines, sent, survivors);
