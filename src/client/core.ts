@@ -174,6 +174,7 @@ export class ClientCore {
     if (this.opts.trimMainHeap) this.releaseMainTrim = holdMainHeapTrim((before, after, info) => this.traceTrim(before, after, info));
     this.state = 'running';
     await ready;
+    this.cluster?.ready();
     traceStartup('ready');
   }
 

@@ -40,6 +40,8 @@ export interface ClusterRole {
   sharedPacer(local: Pacer): Pacer | null;
   /** The client's actors run (again, after a restart): the ingest starts answering the workers' requests. */
   running(): void;
+  /** The client is ready: its first batch is in, so main knows the rooms the bot is joined to. */
+  ready(): void;
   /**
    * Resolves once this process may run its actors: at once, except on an ingest that lost its lease, where it
    * waits until it holds the lease again (rejects with `HALCYON_STOPPED` when the client stops first).

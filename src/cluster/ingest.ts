@@ -21,7 +21,7 @@ import type { ClusterRole } from './index.ts';
 import type { Logger } from '../log.ts';
 import type { Lease } from './lease.ts';
 import type { Broker, KeyStore } from './nats.ts';
-import { LOAD_FLOOR, LOAD_KEY, PartitionLoad, parseLoad } from './ownership.ts';
+import { LOAD_FLOOR, LOAD_KEY, PartitionLoad, parseLoad, roomPrior } from './ownership.ts';
 import { type ClusterRpc, encodeEvent, partitionOf } from './wire.ts';
 
 /** Summaries a worker gets per `summaries` request. */
@@ -86,6 +86,12 @@ export class IngestRole implements ClusterRole {
       () => {}, // the client stopped: whoever waits on it sees the rejection
     );
     core.supervisor.standBy(err);
+  }
+
+  /** A new bot's load starts from its rooms, each weighing alike (see {@link roomPrior}): the first sync is in. */
+  ready(): void {
+    const rooms = this.core.mirror.joinedRooms().map((s) => partitionOf(s.roomId, this.partitions));
+    this.load.startFrom(roomPrior(rooms, this.partitions));
   }
 
   leading(): Promise<void> {
@@ -193,7 +199,8 @@ export class IngestRole implements ClusterRole {
  * published to each ({@link PartitionLoad}), written to the lease bucket's {@link LOAD_KEY} at most every
  * {@link LOAD_WRITE_MS} and only when its figures changed, and again every third of the bucket's TTL so that it does
  * not expire while this ingest leads. It goes on from the figures it finds there (a restarted ingest, a standby
- * that took over). Nothing is written below {@link LOAD_FLOOR}: the workers would share by count anyway.
+ * that took over); finding none (a new bot), it starts from the bot's rooms once the client is ready
+ * ({@link roomPrior}). Nothing is written below {@link LOAD_FLOOR}: the workers would share by count anyway.
  *
  * Counted when taken in, not when published: a sync batch is taken in at once, so its figures are whole at once,
  * and the workers share the backlog out before its events reach them. Counted as published (the dispatcher
@@ -211,6 +218,10 @@ export class LoadReport {
   private refresh: NodeJS.Timeout | null = null;
   private opened = false;
   private closed = false;
+  /** Figures were in the bucket at open: this ingest goes on from them, not from a {@link roomPrior}. */
+  private found = false;
+  /** A {@link roomPrior} waiting for the bucket to be open. */
+  private prior: number[] | null = null;
 
   constructor(
     private readonly broker: Broker,
@@ -229,11 +240,28 @@ export class LoadReport {
       const before = parseLoad(await store.get(LOAD_KEY), this.partitions);
       if (this.closed) return;
       if (before) this.meter.seed(before);
+      this.found = before !== null;
       this.store = store;
       this.refresh = setInterval(() => void this.write(true), Math.max(100, Math.round(store.ttlMs / 3)));
       this.refresh.unref();
+      this.usePrior();
       this.schedule();
     })().catch((err: unknown) => this.logger.warn({ err: (err as Error).message }, "cluster: cannot keep the partitions' load; workers share them by count"));
+  }
+
+  /** Figures to start from if the bucket has none (see {@link roomPrior}): written at once, or once it is open. */
+  startFrom(prior: number[] | null): void {
+    this.prior = prior;
+    this.usePrior();
+  }
+
+  private usePrior(): void {
+    if (!this.store || this.closed || !this.prior) return;
+    const prior = this.prior;
+    this.prior = null;
+    if (this.found || this.meter.total >= LOAD_FLOOR) return;
+    this.meter.seed(prior);
+    void this.write(false);
   }
 
   /** An event was taken in to be published to partition `p` (its publish task made). */

@@ -94,6 +94,8 @@ export class WorkerRole implements ClusterRole {
 
   running(): void {}
 
+  ready(): void {}
+
   leading(): Promise<void> {
     return Promise.resolve();
   }

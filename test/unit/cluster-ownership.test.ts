@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
 import { LoadReport } from '../../src/cluster/ingest.ts';
 import type { Broker, KeyStore } from '../../src/cluster/nats.ts';
-import { LOAD_WINDOW, PartitionLoad, parseLoad, planOwnership } from '../../src/cluster/ownership.ts';
+import { LOAD_FLOOR, LOAD_WINDOW, PartitionLoad, parseLoad, planOwnership, roomPrior } from '../../src/cluster/ownership.ts';
 
 const quiet = { debug() {}, info() {}, warn() {}, error() {} };
 
@@ -309,10 +309,10 @@ test('planOwnership by load: a partition handed over on figures that then moved 
 });
 
 /** A LoadReport on a fake bucket that records each figures written, on mocked timers. */
-async function loadReport(t: TestContext, partitions: number) {
+async function loadReport(t: TestContext, partitions: number, found: number[] | null = null) {
   t.mock.timers.enable({ apis: ['setInterval', 'setTimeout', 'Date'], now: 0 });
   const written: number[][] = [];
-  const store = { ttlMs: 10_000, get: async () => null, put: async (_k: string, v: string) => void written.push(JSON.parse(v) as number[]) } as unknown as KeyStore;
+  const store = { ttlMs: 10_000, get: async () => (found ? JSON.stringify(found) : null), put: async (_k: string, v: string) => void written.push(JSON.parse(v) as number[]) } as unknown as KeyStore;
   const report = new LoadReport({ leaseStore: async () => store } as unknown as Broker, partitions, quiet);
   report.open(new AbortController().signal);
   await new Promise((r) => setImmediate(r)); // the bucket opened
@@ -343,4 +343,44 @@ test('LoadReport: while events keep coming the figures are written at most every
   t.mock.timers.tick(250);
   const last = written.at(-1)!;
   assert.ok(last.reduce((x, y) => x + y, 0) > 600, `all 1,000 events (decayed): ${last.join(', ')}`);
+});
+
+test('roomPrior: every joined room weighs alike, just over the floor in all; no rooms, no figures', () => {
+  assert.equal(roomPrior([], 16), null);
+  for (const n of [1, 3, 7, 20, 1_000, 10_000]) {
+    const prior = roomPrior(Array.from({ length: n }, (_, i) => i % 16), 16)!;
+    assert.equal(prior.length, 16);
+    // Read back as the workers read it (rounded to tenths, as written): still at the floor, so they go by it.
+    const read = parseLoad(JSON.stringify(prior.map((x) => Math.round(x * 10) / 10)), 16)!;
+    assert.ok(read.reduce((a, b) => a + b, 0) >= LOAD_FLOOR, `${n} rooms: ${read.join(', ')}`);
+  }
+  const [a, b, c] = roomPrior([0, 0, 2], 3)!;
+  assert.equal(a, 2 * c!, 'two rooms weigh twice one');
+  assert.equal(b, 0);
+});
+
+test('roomPrior: before any event, two workers split the rooms evenly instead of the partitions', () => {
+  for (let seed = 1; seed <= 40; seed++) {
+    const w = roomWeights(16, 20, seed); // 20 rooms of weight 20 on 16 partitions
+    const prior = roomPrior(w.flatMap((x, p) => Array<number>(x / 20).fill(p)), 16)!;
+    const byCount = settle(16, ['a', 'b'], new Map(), null).owners;
+    const { owners } = settle(16, ['a', 'b'], new Map(byCount), prior);
+    // The backlog's figures (its 20 events a room, on top of the decayed prior) then move nothing.
+    const backlog = prior.map((x, p) => x * 0.67 + w[p]!);
+    assert.equal(settle(16, ['a', 'b'], new Map(owners), backlog).moves, 0, `seed ${seed}: ${loads(owners, ['a', 'b'], w).join(' / ')} rooms' events`);
+  }
+});
+
+test('LoadReport: a new bot starts from its rooms once ready; figures found in the bucket are gone on from instead', async (t) => {
+  const fresh = await loadReport(t, 4);
+  fresh.report.startFrom(roomPrior([0, 1, 1, 3], 4));
+  assert.deepEqual(fresh.written, [[25.3, 50.6, 0, 25.3]], 'written at once, each room alike');
+  t.mock.timers.reset();
+  const found = [10, 80, 10, 0];
+  const again = await loadReport(t, 4, found);
+  again.report.startFrom(roomPrior([0, 1, 1, 3], 4));
+  for (let e = 0; e < 100; e++) again.report.takenIn(2);
+  t.mock.timers.tick(1);
+  const [f] = again.written;
+  assert.ok(f![1]! > 70 && f![3] === 0, `the earlier figures go on, no prior: ${f!.join(', ')}`);
 });
