@@ -62,9 +62,12 @@ class Bot {
     const name = `bench${randomBytes(4).toString('hex')}`;
     const cluster = { HC_NATS: this.nats.url, HC_NAME: name };
     const burn = { HC_BURN_MS: String(BURN_MS) };
-    this.ingestEnv = { HC_TOKEN: token, HC_DIR: dataDir, ...(this.workers === 0 ? burn : { ...cluster, HC_ROLE: 'ingest', HC_PARTITIONS: '16' }) };
+    // No debug lines (as a bot with debug logging off): two per event per worker, written and then parsed here,
+    // would take CPU from the workers.
+    const quiet = { HC_NO_DEBUG_LINES: '1' };
+    this.ingestEnv = { HC_TOKEN: token, HC_DIR: dataDir, ...quiet, ...(this.workers === 0 ? burn : { ...cluster, HC_ROLE: 'ingest', HC_PARTITIONS: '16' }) };
     await this.spawn(this.ingestEnv);
-    await Promise.all(Array.from({ length: this.workers }, () => this.spawn({ HC_TOKEN: token, HC_DIR: this.dir(), ...cluster, ...burn })));
+    await Promise.all(Array.from({ length: this.workers }, () => this.spawn({ HC_TOKEN: token, HC_DIR: this.dir(), ...quiet, ...cluster, ...burn })));
   }
 
   /** Stops the ingest (or single process) cleanly: its token is saved, what comes next waits on the server. */
