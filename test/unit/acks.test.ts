@@ -1,10 +1,10 @@
 /**
  * The main thread's acknowledgement bookkeeping (src/client/acks.ts), as pure objects: which items of a batch run
- * or are done, and the one coalesced message per turn of the loop the sync actor's journal gets.
+ * or are done, and the coalesced messages the sync actor's journal gets.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { AckTracker, DONE, HeldBatch, STARTED } from '../../src/client/acks.ts';
+import { AckTracker, DONE, HeldBatch, PROGRESS_ACK_MS, STARTED } from '../../src/client/acks.ts';
 import type { MainToSync } from '../../src/protocol.ts';
 
 const turn = () => new Promise<void>((r) => setImmediate(r));
@@ -30,7 +30,8 @@ test('HeldBatch: items go not started → started → done; waiters of an item r
   assert.deepEqual(held.takeDone(), []);
 });
 
-test('AckTracker: a burst of handled events costs one message per turn, with the indices read at send time; complete batches go whole', async () => {
+test('AckTracker: a burst of handled events costs one message, progress alone after PROGRESS_ACK_MS, with the indices read at send time; a complete batch goes at the end of its turn', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout'] });
   const sent: MainToSync[] = [];
   const helds = new Map([[7, new HeldBatch(4, 0)], [8, new HeldBatch(2, 0)]]);
   const acks = new AckTracker((m) => void sent.push(m), (seq) => helds.get(seq)?.takeDone() ?? null);
@@ -40,23 +41,28 @@ test('AckTracker: a burst of handled events costs one message per turn, with the
   }
   helds.get(8)!.done(0);
   acks.done(8);
-  assert.deepEqual(sent, [], 'nothing before the turn ends');
   await turn();
+  assert.deepEqual(sent, [], 'progress alone waits: handlers that settle one a turn cost a message per PROGRESS_ACK_MS, not per event');
+  t.mock.timers.tick(PROGRESS_ACK_MS);
   assert.deepEqual(sent, [{ kind: 'acks', progress: [{ seq: 7, indices: [0, 2] }, { seq: 8, indices: [0] }], complete: [] }]);
-  // The next turn's message carries only what was handled since: a batch's acknowledgements cost its events once,
-  // not its done events again at every turn (an ingest whose publishes settle one a turn sent ~n²/2 indices).
+  // The next message carries only what was handled since: a batch's acknowledgements cost its events once,
+  // not its done events again at every message (an ingest whose publishes settle one a turn sent ~n²/2 indices).
   helds.get(7)!.done(3);
   acks.done(7);
-  await turn();
+  t.mock.timers.tick(PROGRESS_ACK_MS);
   assert.deepEqual(sent.splice(1), [{ kind: 'acks', progress: [{ seq: 7, indices: [3] }], complete: [] }]);
-  // Batch 8 completes in the next turn, after more progress: it goes as complete, without indices.
+  // Batch 8 completes after more progress, with progress of batch 7 waiting: both go at the end of the turn, 8 as
+  // complete, without indices (its room in the sync actor is freed at once).
+  helds.get(7)!.done(1);
+  acks.done(7);
   helds.get(8)!.done(1);
   acks.done(8);
   acks.finish(8);
   await turn();
-  assert.deepEqual(sent[1], { kind: 'acks', progress: [], complete: [8] });
+  assert.deepEqual(sent[1], { kind: 'acks', progress: [{ seq: 7, indices: [1] }], complete: [8] });
+  t.mock.timers.tick(PROGRESS_ACK_MS);
   await turn();
-  assert.equal(sent.length, 2, 'an idle turn sends nothing');
+  assert.equal(sent.length, 2, 'nothing more: the progress timer went with that message');
 });
 
 test('AckTracker.flush sends at once; a batch whose held state is gone (completed meanwhile) sends no progress', () => {
