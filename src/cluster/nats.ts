@@ -80,6 +80,12 @@ export interface LeaseStore {
    * answer: the key may still be there, until its TTL.
    */
   release(key: string, rev: number): Promise<{ value: string; rev: number } | null>;
+  /**
+   * Writes the key again if it holds `value` (a holder's value is unique to it: a lease that stepped down and was
+   * never released), by the revision it has now. Resolves with the new revision; null if the key holds another
+   * value, is gone, or moved between the read and the write (the caller tries again later).
+   */
+  retake(key: string, value: string): Promise<number | null>;
   /** The key's value, or null. */
   get(key: string): Promise<string | null>;
   /**
@@ -367,6 +373,11 @@ export class Broker {
           const now = await kv.get(key);
           return now?.operation === 'PUT' && now.string() === value ? now.revision : null;
         }),
+      retake: async (key, value) => {
+        const now = await kv.get(key);
+        if (now?.operation !== 'PUT' || now.string() !== value) return null;
+        return kv.update(key, value, now.revision).catch((e: unknown) => (wrongRevision(e) ? null : Promise.reject(e)));
+      },
       release: async (key, rev) => {
         try {
           await kv.delete(key, { previousSeq: rev });

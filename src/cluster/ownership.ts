@@ -342,7 +342,7 @@ export class Ownership {
   /** One look: renews nothing (the leases do), takes and gives partitions by {@link planOwnership} and the load. */
   private async look(): Promise<void> {
     try {
-      if (!this.member.held && !(await this.member.tryAcquire())) return; // our own key still there from before: it expires
+      if (!this.member.held && !(await this.member.tryAcquire())) return; // not ours (or NATS away): the next look tries again
       const [workers, keys, load] = await Promise.all([this.store.keys('w.*'), this.store.keys('p.*'), this.store.get(LOAD_KEY)]);
       this.load = load;
       const taken = new Set(keys.map((k) => Number(k.slice(2))));

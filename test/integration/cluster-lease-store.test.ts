@@ -2,7 +2,8 @@
  * The lease bucket on a real nats-server (src/cluster/nats.ts, `Broker.leaseStore`): compare-and-set on the
  * revision, and a renewal whose answer was lost (the server stored it, then restarted or the connection dropped
  * before the answer came) is recognised on the next try instead of being taken for another holder's write, and by a
- * release, which then deletes the key by its current revision; a release NATS does not answer fails (a closed
+ * release, which then deletes the key by its current revision; a holder takes its own key back by its revision
+ * (retake); a release NATS does not answer fails (a closed
  * connection, a stopped server) and the key is freed after the restart; a listing of the keys names each once, even
  * while they are renewed.
  */
@@ -48,6 +49,23 @@ test('lease store: a renewal sent again after its answer was lost resolves with 
   assert.equal(await store.get('ingest'), 'me');
   const r3 = await store.update('ingest', 'me', r2);
   assert.ok(r3 !== null && r3 > r2, 'renewals go on from the recognised revision');
+});
+
+test('lease store: retake writes a key that holds the holder\'s value again by its current revision; another holder\'s key, or none, it leaves', async (t) => {
+  const broker = await Broker.connect(resolveCluster({ servers: nats.url, name: clusterName(), role: 'ingest' }), quiet, 'ingest');
+  t.after(() => broker.close());
+  const store = await broker.leaseStore(10_000);
+  const r1 = await store.create('ingest', 'me');
+  assert.ok(r1 !== null);
+  const r2 = await store.update('ingest', 'me', r1); // a renewal the holder never saw the answer of
+  assert.ok(r2 !== null);
+  const r3 = await store.retake('ingest', 'me');
+  assert.ok(r3 !== null && r3 > r2, 'written again, by the revision the key had');
+  assert.equal(await store.update('ingest', 'me', r3), r3 + 1, 'renewals go on from it');
+  assert.equal(await store.retake('ingest', 'other'), null, 'another holder\'s key is left');
+  assert.equal(await store.get('ingest'), 'me');
+  assert.equal(await store.retake('absent', 'me'), null, 'no key, nothing taken');
+  assert.equal(await store.get('absent'), null);
 });
 
 test('lease store: keys() lists each key once while keys are renewed during the listing (a worker listed twice made the others count one worker too many and hand partitions over)', async (t) => {

@@ -31,6 +31,7 @@ function fakeStore() {
   const store: LeaseStore = {
     create: async (_k, v) => (value === null ? ((value = v), ++rev) : null),
     update: async (_k, v, r) => (r === rev ? ((value = v), ++rev) : null),
+    retake: async (_k, v) => (value === v ? ++rev : null),
     release: async (_k, r) => (r === rev ? ((value = null), null) : value === null ? null : { value, rev }),
     get: async () => value,
     onReconnect: () => () => {},
