@@ -489,10 +489,14 @@ export const run: Workload = async (ctx): Promise<WorkloadReport> => {
     );
   };
   const goals: GoalEntry[] = [
+    // Issue 14's figures: events/s ≥1.0× the floor and ≥2× matrix-bot-sdk; all-threads CPU per event after
+    // start-up ≤1.3× the floor's, main-thread ≤0.35× (until 2026-12-07 the bench held main to 0.5× and
+    // matrix-bot-sdk to 2.5×, figures older than the issue, and had no all-threads goal).
     goal('Throughput ≥1.0× the single-thread floor', 'events/s', 'floor', 'higher', 1.0),
-    goal('Throughput ≥2.5× matrix-bot-sdk', 'events/s', 'matrix-bot-sdk', 'higher', 2.5),
-    goal("Main-thread CPU per delivered event ≤0.5× the floor's (from the first to the last handler call)", 'main CPU/event after start-up', 'floor', 'lower', 0.5),
-    goal("Main-thread CPU per delivered event ≤0.5× the floor's, Halcyon's start-up on main included", 'main CPU/event', 'floor', 'lower', 0.5),
+    goal('Throughput ≥2× matrix-bot-sdk', 'events/s', 'matrix-bot-sdk', 'higher', 2),
+    goal("All-threads CPU per delivered event ≤1.3× the floor's (from the first to the last handler call)", 'all-threads CPU/event', 'floor', 'lower', 1.3),
+    goal("Main-thread CPU per delivered event ≤0.35× the floor's (from the first to the last handler call)", 'main CPU/event after start-up', 'floor', 'lower', 0.35),
+    goal("Main-thread CPU per delivered event ≤0.35× the floor's, Halcyon's start-up on main included", 'main CPU/event', 'floor', 'lower', 0.35),
     firstCallGoal(results),
   ];
   const busiest = busiestThreadGoal(results, rx);
