@@ -361,75 +361,7 @@ export class Broker {
         await delay(1_000, signal);
       }
     }
-    const ttl = ttlMs ?? (await kv.status()).ttl;
-    const wrongRevision = (e: unknown) => /wrong last sequence|key exists/i.test((e as Error).message ?? '');
-    return {
-      ttlMs: ttl,
-      create: (key, value) => kv.create(key, value).catch((e: unknown) => (wrongRevision(e) ? null : Promise.reject(e))),
-      update: (key, value, rev) =>
-        kv.update(key, value, rev).catch(async (e: unknown) => {
-          if (!wrongRevision(e)) throw e;
-          // Still this holder's value (unique to it): its own other renewal moved it.
-          const now = await kv.get(key);
-          return now?.operation === 'PUT' && now.string() === value ? now.revision : null;
-        }),
-      retake: async (key, value) => {
-        const now = await kv.get(key);
-        if (now?.operation !== 'PUT' || now.string() !== value) return null;
-        return kv.update(key, value, now.revision).catch((e: unknown) => (wrongRevision(e) ? null : Promise.reject(e)));
-      },
-      release: async (key, rev) => {
-        try {
-          await kv.delete(key, { previousSeq: rev });
-          return null;
-        } catch (err) {
-          if (!wrongRevision(err)) throw clusterError(`cannot release lease key ${key}`, err);
-        }
-        const now = await kv.get(key).catch((err: unknown) => Promise.reject(clusterError(`cannot read lease key ${key}`, err)));
-        return now?.operation === 'PUT' ? { value: now.string(), rev: now.revision } : null;
-      },
-      get: async (key) => {
-        const e = await kv.get(key);
-        return e && e.operation === 'PUT' ? e.string() : null;
-      },
-      onReconnect: (cb) => {
-        this.reconnected.add(cb);
-        return () => void this.reconnected.delete(cb);
-      },
-      state: async (key) => {
-        const e = await kv.get(key);
-        return e === null ? 'absent' : e.operation === 'PUT' ? 'held' : 'released';
-      },
-      keys: async (filter) => {
-        // A key written again while it is listed (a renewal) comes twice: its last value, then the new one.
-        const out = new Set<string>();
-        for await (const k of await kv.keys(filter)) out.add(k);
-        return [...out];
-      },
-      watch: (onChange) => {
-        const seen = new Set<string>();
-        const watching = kv.watch({ key: '>', include: 'updates' });
-        void (async () => {
-          for await (const e of await watching) {
-            if (e.operation === 'PUT' && seen.has(e.key)) continue; // a renewal
-            if (e.operation === 'PUT') seen.add(e.key);
-            else seen.delete(e.key);
-            onChange();
-          }
-        })().catch(() => {}); // watching is a shortcut: the poll still finds every change
-        return () => void watching.then((w) => w.stop(), () => {});
-      },
-      put: async (key, value) => {
-        await kv.put(key, value);
-      },
-      watchKey: (key, onValue) => {
-        const watching = kv.watch({ key, include: 'updates' });
-        void (async () => {
-          for await (const e of await watching) onValue(e.operation === 'PUT' ? e.string() : null);
-        })().catch(() => {}); // a shortcut too: the poll reads the key
-        return () => void watching.then((w) => w.stop(), () => {});
-      },
-    };
+    return keyStore(kv, ttlMs ?? (await kv.status()).ttl, this.reconnected);
   }
 
   /** Ends the connection (pending publishes and requests settle first, for a moment). */
@@ -438,6 +370,78 @@ export class Broker {
     this.closing = true;
     await this.nc.drain().catch(() => this.nc.close());
   }
+}
+
+/** The {@link KeyStore} over an opened lease bucket `kv` whose entries live `ttl` ms; see {@link Broker.leaseStore}. */
+function keyStore(kv: KV, ttl: number, reconnected: Set<() => void>): KeyStore {
+  const wrongRevision = (e: unknown) => /wrong last sequence|key exists/i.test((e as Error).message ?? '');
+  return {
+    ttlMs: ttl,
+    create: (key, value) => kv.create(key, value).catch((e: unknown) => (wrongRevision(e) ? null : Promise.reject(e))),
+    update: (key, value, rev) =>
+      kv.update(key, value, rev).catch(async (e: unknown) => {
+        if (!wrongRevision(e)) throw e;
+        // Still this holder's value (unique to it): its own other renewal moved it.
+        const now = await kv.get(key);
+        return now?.operation === 'PUT' && now.string() === value ? now.revision : null;
+      }),
+    retake: async (key, value) => {
+      const now = await kv.get(key);
+      if (now?.operation !== 'PUT' || now.string() !== value) return null;
+      return kv.update(key, value, now.revision).catch((e: unknown) => (wrongRevision(e) ? null : Promise.reject(e)));
+    },
+    release: async (key, rev) => {
+      try {
+        await kv.delete(key, { previousSeq: rev });
+        return null;
+      } catch (err) {
+        if (!wrongRevision(err)) throw clusterError(`cannot release lease key ${key}`, err);
+      }
+      const now = await kv.get(key).catch((err: unknown) => Promise.reject(clusterError(`cannot read lease key ${key}`, err)));
+      return now?.operation === 'PUT' ? { value: now.string(), rev: now.revision } : null;
+    },
+    get: async (key) => {
+      const e = await kv.get(key);
+      return e && e.operation === 'PUT' ? e.string() : null;
+    },
+    onReconnect: (cb) => {
+      reconnected.add(cb);
+      return () => void reconnected.delete(cb);
+    },
+    state: async (key) => {
+      const e = await kv.get(key);
+      return e === null ? 'absent' : e.operation === 'PUT' ? 'held' : 'released';
+    },
+    keys: async (filter) => {
+      // A key written again while it is listed (a renewal) comes twice: its last value, then the new one.
+      const out = new Set<string>();
+      for await (const k of await kv.keys(filter)) out.add(k);
+      return [...out];
+    },
+    watch: (onChange) => {
+      const seen = new Set<string>();
+      const watching = kv.watch({ key: '>', include: 'updates' });
+      void (async () => {
+        for await (const e of await watching) {
+          if (e.operation === 'PUT' && seen.has(e.key)) continue; // a renewal
+          if (e.operation === 'PUT') seen.add(e.key);
+          else seen.delete(e.key);
+          onChange();
+        }
+      })().catch(() => {}); // watching is a shortcut: the poll still finds every change
+      return () => void watching.then((w) => w.stop(), () => {});
+    },
+    put: async (key, value) => {
+      await kv.put(key, value);
+    },
+    watchKey: (key, onValue) => {
+      const watching = kv.watch({ key, include: 'updates' });
+      void (async () => {
+        for await (const e of await watching) onValue(e.operation === 'PUT' ? e.string() : null);
+      })().catch(() => {}); // a shortcut too: the poll reads the key
+      return () => void watching.then((w) => w.stop(), () => {});
+    },
+  };
 }
 
 /** Whether a JetStream error says the stream or consumer does not exist. */
