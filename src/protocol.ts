@@ -330,8 +330,9 @@ export interface CacheConfig {
 /** RPC surface of the cache actor. */
 export interface CacheActorApi {
   open(config: CacheConfig): Promise<void>;
-  /** Applies a batch of state changes; resolves with the summaries that changed. */
-  apply(changes: StateChanges): Promise<RoomSummary[]>;
+  /** Applies a batch of state changes; resolves with the summaries that changed. `deferWrite`: in SQLite at commit(). */
+  apply(changes: StateChanges, deferWrite?: boolean): Promise<RoomSummary[]>;
+  commit(): Promise<void>;
   getRoom(roomId: string): Promise<RoomInfo | undefined>;
   /** Summaries of every known room (main mirrors them at start). */
   summaries(): Promise<RoomSummary[]>;

@@ -23,6 +23,8 @@ export class CacheActor implements CacheActorApi {
   private db: Database | null = null;
   private rooms: LRUCache<string, RoomState> | null = null;
   private sql: ReturnType<typeof prepare> | null = null;
+  /** Batches applied in memory and not yet written (`apply(…, true)`), in order; written by {@link writeHeld}. */
+  private held: HeldBatch[] = [];
 
   async open(config: CacheConfig): Promise<void> {
     const db = openDatabase(config.dataDir, 'cache.sqlite');
@@ -39,12 +41,15 @@ export class CacheActor implements CacheActorApi {
     this.rooms = new LRUCache({ max: Math.max(1, config.maxRoomsInMemory) });
   }
 
-  async apply(changes: StateChanges): Promise<RoomSummary[]> {
+  async apply(changes: StateChanges, deferWrite = false): Promise<RoomSummary[]> {
     const db = this.need();
+    // Held rooms must stay in memory until written: a batch the LRU cannot hold whole is written at once.
+    const defer = deferWrite && changes.rooms.length <= this.rooms!.max;
+    if (!defer) this.writeHeld(); // in order, and never inside this batch's transaction
+    const held: HeldBatch = { rooms: [], accountData: changes.accountData ?? [] };
     const changed: RoomSummary[] = [];
-    const { saveRoom, saveMember } = this.sql!;
     // One transaction per sync batch: the batch's state lands whole or not at all.
-    db.exec('BEGIN');
+    if (!defer) db.exec('BEGIN');
     try {
       for (const change of changes.rooms) {
         const existing = this.load(change.roomId);
@@ -55,27 +60,70 @@ export class CacheActor implements CacheActorApi {
         if (s && typeof s['m.joined_member_count'] === 'number') room.joinedCount = s['m.joined_member_count'];
         if (s && typeof s['m.invited_member_count'] === 'number') room.invitedCount = s['m.invited_member_count'];
         const after = summarize(room);
-        saveRoom.run(room.roomId, JSON.stringify(Object.fromEntries(SCALARS.map((k) => [k, room[k]]))), JSON.stringify(after));
-        for (const uid of touched) {
-          const m = room.members.get(uid)!;
-          saveMember.run(room.roomId, uid, m.displayName, m.avatarUrl, m.membership, m.eventId);
-        }
+        if (defer) held.rooms.push({ room, touched });
+        else this.save(room, touched, after);
         this.rooms!.set(room.roomId, room);
         if (!before || !sameSummary(before, after)) changed.push(after);
       }
-      // Global account data is stored under the room ID '' (SQLite primary keys cannot be null).
-      for (const a of changes.accountData ?? []) this.sql!.saveAccountData.run(a.roomId ?? '', a.type, JSON.stringify(a.content));
-      db.exec('COMMIT');
+      if (defer) this.held.push(held);
+      else {
+        this.saveAccountData(held.accountData);
+        db.exec('COMMIT');
+      }
     } catch (err) {
-      db.exec('ROLLBACK');
+      if (!defer) db.exec('ROLLBACK');
       // Drop what this batch put in memory, so memory never runs ahead of the database.
       for (const change of changes.rooms) this.rooms!.delete(change.roomId);
-      throw new HalcyonError('HALCYON_STORE', `cache: cannot save room state: ${(err as Error).message}`, { cause: err });
+      throw storeError(err);
     }
     // A big account's initial sync leaves this worker a heap of garbage it would otherwise keep: collect it once
     // the answer is on its way.
     if (changes.rooms.length >= LARGE_BATCH_ROOMS) setImmediate(collectGarbage);
     return changed;
+  }
+
+  async commit(): Promise<void> {
+    this.need();
+    this.writeHeld();
+  }
+
+  /**
+   * Writes the held batches in one transaction. On failure their rooms are dropped from memory, so memory never
+   * runs ahead of a database that refused them (reads then load them from SQLite).
+   */
+  private writeHeld(): void {
+    const batches = this.held;
+    if (batches.length === 0) return;
+    this.held = [];
+    const db = this.db!;
+    db.exec('BEGIN');
+    try {
+      for (const b of batches) {
+        for (const { room, touched } of b.rooms) this.save(room, touched, summarize(room));
+        this.saveAccountData(b.accountData);
+      }
+      db.exec('COMMIT');
+    } catch (err) {
+      db.exec('ROLLBACK');
+      for (const b of batches) for (const { room } of b.rooms) this.rooms!.delete(room.roomId);
+      throw storeError(err);
+    }
+  }
+
+  /** A room's row and its touched members' rows (inside the caller's transaction). */
+  private save(room: RoomState, touched: Iterable<string>, summary: RoomSummary): void {
+    const { saveRoom, saveMember } = this.sql!;
+    saveRoom.run(room.roomId, JSON.stringify(Object.fromEntries(SCALARS.map((k) => [k, room[k]]))), JSON.stringify(summary));
+    for (const uid of touched) {
+      const m = room.members.get(uid)!;
+      saveMember.run(room.roomId, uid, m.displayName, m.avatarUrl, m.membership, m.eventId);
+    }
+  }
+
+  /** Account data rows (inside the caller's transaction); global account data is stored under the room ID ''. */
+  private saveAccountData(entries: NonNullable<StateChanges['accountData']>): void {
+    // SQLite primary keys cannot be null, hence '' for global account data.
+    for (const a of entries) this.sql!.saveAccountData.run(a.roomId ?? '', a.type, JSON.stringify(a.content));
   }
 
   async getRoom(roomId: string): Promise<RoomInfo | undefined> {
@@ -85,21 +133,27 @@ export class CacheActor implements CacheActorApi {
 
   async accountData(roomId: string | null, type: string): Promise<Record<string, unknown> | undefined> {
     this.need();
+    this.writeHeld(); // read from SQLite: what is held goes there first
     const row = this.sql!.loadAccountData.get(roomId ?? '', type) as { content: string } | undefined;
     return row ? (JSON.parse(row.content) as Record<string, unknown>) : undefined;
   }
 
   async summaries(): Promise<RoomSummary[]> {
     this.need();
+    this.writeHeld(); // read from SQLite: what is held goes there first
     const rows = this.sql!.allSummaries.all() as Array<{ summary: string }>;
     return rows.map((r) => JSON.parse(r.summary) as RoomSummary);
   }
 
   async close(): Promise<void> {
-    this.db?.close();
-    this.db = null;
-    this.sql = null;
-    this.rooms = null;
+    try {
+      if (this.db) this.writeHeld();
+    } finally {
+      this.db?.close();
+      this.db = null;
+      this.sql = null;
+      this.rooms = null;
+    }
   }
 
   private need(): Database {
@@ -112,6 +166,8 @@ export class CacheActor implements CacheActorApi {
     const hit = this.rooms!.get(roomId);
     if (hit) return hit;
     this.need();
+    // Read from SQLite: what is held goes there first (held rooms are in memory, but not every room in memory is held).
+    this.writeHeld();
     const row = this.sql!.loadRoom.get(roomId) as { data: string } | undefined;
     if (!row) return undefined;
     const data = JSON.parse(row.data) as Partial<RoomState> & LegacyFields;
@@ -135,6 +191,16 @@ export class CacheActor implements CacheActorApi {
     this.rooms!.set(roomId, room);
     return room;
   }
+}
+
+/** A batch applied in memory and not yet written: its rooms with the members it touched, and its account data. */
+interface HeldBatch {
+  rooms: Array<{ room: RoomState; touched: Iterable<string> }>;
+  accountData: NonNullable<StateChanges['accountData']>;
+}
+
+function storeError(err: unknown): HalcyonError {
+  return err instanceof HalcyonError ? err : new HalcyonError('HALCYON_STORE', `cache: cannot save room state: ${(err as Error).message}`, { cause: err });
 }
 
 /** What rows saved by earlier versions hold instead of `create`. */

@@ -265,6 +265,8 @@ export class RemoteCache implements CacheActorApi {
   apply(changes: StateChanges): Promise<RoomSummary[]> {
     return this.broker.request('apply', changes, RPC_MS);
   }
+  /** Nothing is held here: the ingest's cache writes what it applies at once. */
+  async commit(): Promise<void> {}
   async getRoom(roomId: string): Promise<RoomInfo | undefined> {
     return (await this.broker.request('getRoom', { roomId }, RPC_MS)) ?? undefined;
   }

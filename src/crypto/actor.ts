@@ -19,7 +19,7 @@ import type * as Wasm from '@matrix-org/matrix-sdk-crypto-wasm';
 import { createHash } from 'node:crypto';
 import { HalcyonError, toWireError } from '../errors.ts';
 import { MatrixHttp } from '../http.ts';
-import { type Port, traceStartup } from '../actors.ts';
+import { type Port } from '../actors.ts';
 import { free, threadMemory, watchWasmMemory } from '../memory.ts';
 import {
   type ActorMemory,
@@ -148,16 +148,20 @@ export class CryptoActor implements CryptoActorApi {
     });
     // A new store's device keys go up before the run goes on: the server refusing them means the store was lost
     // (HALCYON_CRYPTO_STORE fails the run). An existing store's keys are on the server already (or their upload
-    // failed and is retried now): its requests (one-time keys, key queries) go out beside the first sync instead
-    // of before it. A failure other than a lost store's keys is reported and retried with the next sync's changes.
-    const flushing = this.outgoing.flush().catch((e: unknown) => {
-      if ((e as HalcyonError).code === 'HALCYON_CRYPTO_STORE') throw e;
-      this.report(e);
-    });
-    this.firstFlush = flushing;
-    if (config.holdRequests) flushing.catch(() => {}); // release() awaits it
-    else if (this.freshStore) await flushing;
-    else void flushing.then(() => traceStartup('crypto keys flushed'));
+    // failed and is retried now): its requests (one-time keys, key queries) go out with the first sync's changes
+    // (receiveSyncChanges flushes after each batch), not at open, where they ran beside the first sync's reading
+    // and scanning and took the cores that needed (run()→ready with encryption, cold-start bench: see README).
+    // A cluster ingest's requests are held until release() either way. A failure other than a lost store's keys
+    // is reported and retried with the next sync's changes.
+    if (this.freshStore || config.holdRequests) {
+      const flushing = this.outgoing.flush().catch((e: unknown) => {
+        if ((e as HalcyonError).code === 'HALCYON_CRYPTO_STORE') throw e;
+        this.report(e);
+      });
+      this.firstFlush = flushing;
+      if (config.holdRequests) flushing.catch(() => {}); // release() awaits it
+      else await flushing;
+    }
     // Events kept from an earlier run whose key came meanwhile (or whose late delivery was not handled).
     this.pending.unpostAll();
     void this.queue.run(() => this.retryPending(null)).catch((e) => this.report(e));

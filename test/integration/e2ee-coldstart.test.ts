@@ -5,13 +5,11 @@
  * run the crypto store refuses saves no sync token of the refused device.
  */
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
-import { DatabaseSync } from 'node:sqlite';
 import { after, before, test } from 'node:test';
 import { Client, type HalcyonError } from '../../src/index.ts';
 import { newJsPeer } from '../harness/js-peer.ts';
 import { testHomeserver, type Homeserver } from '../harness/synapse.ts';
-import { loggingProxy, newBot, newClient, recordingClient, tempDataDir, WAIT_MS, waitUntil } from './util.ts';
+import { loggingProxy, newBot, newClient, recordingClient, savedSince, tempDataDir, WAIT_MS, waitUntil } from './util.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -20,16 +18,6 @@ before(async () => {
 after(async () => {
   await hs?.stop();
 });
-
-/** The since token the sync actor saved in the data dir, or null. */
-function savedSince(dataDir: string): string | null {
-  const db = new DatabaseSync(join(dataDir, 'sync.sqlite'), { readOnly: true });
-  try {
-    return (db.prepare("SELECT v FROM kv WHERE k = 'since'").get() as { v: string } | undefined)?.v ?? null;
-  } finally {
-    db.close();
-  }
-}
 
 for (const threads of ['worker', 'inline'] as const) {
   test(`a run's first batch waits for the crypto store opening beside it (threads: ${threads}): the messages encrypted while stopped are delivered decrypted, once, in order`, async (t) => {

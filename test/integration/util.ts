@@ -5,10 +5,21 @@ import type { AddressInfo } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
 import type { TestContext } from 'node:test';
 import { Client, type ClientOptions, type DecryptionErrorInfo, type HalcyonError, type Message } from '../../src/index.ts';
 import { Peer } from '../harness/peer.ts';
 import type { Homeserver, TestUser } from '../harness/synapse.ts';
+
+/** The since token the sync actor saved in the data dir (`sync.sqlite`), or null. */
+export function savedSince(dataDir: string): string | null {
+  const db = new DatabaseSync(join(dataDir, 'sync.sqlite'), { readOnly: true });
+  try {
+    return (db.prepare("SELECT v FROM kv WHERE k = 'since'").get() as { v: string } | undefined)?.v ?? null;
+  } finally {
+    db.close();
+  }
+}
 
 /** Default bound of every wait in these tests. */
 export const WAIT_MS = 20_000;

@@ -340,3 +340,47 @@ test('cache actor: room-wide types with a non-empty state key are other state, n
   assert.deepEqual(info.powerLevels, { users: {} });
   await a.close();
 });
+
+test("cache actor: a batch applied with deferWrite is answered from memory at once and written by commit(), or before anything reads SQLite", async (t) => {
+  const dataDir = tempDataDir(t);
+  const rows = (table: string) => {
+    const db = openDatabase(dataDir, 'cache.sqlite');
+    try {
+      return (db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
+    } finally {
+      db.close();
+    }
+  };
+  const a = new CacheActor();
+  await a.open({ dataDir, maxRoomsInMemory: 2 });
+  const room = (id: string, name: string) => ({ roomId: id, membership: 'join' as const, state: [st('m.room.name', '', { name }), st('m.room.member', '@bot:x', { membership: 'join' })] });
+  const changed = await a.apply({ rooms: [room('!a:x', 'A'), room('!b:x', 'B')], accountData: [{ roomId: null, type: 'm.x', content: { v: 1 } }] }, true);
+  assert.deepEqual(changed.map((s) => s.name), ['A', 'B']);
+  assert.equal(rows('rooms'), 0, 'held: nothing written yet');
+  assert.equal((await a.getRoom('!b:x'))?.name, 'B', 'answered from memory');
+  await a.commit();
+  assert.deepEqual([rows('rooms'), rows('members'), rows('account_data')], [2, 2, 1], 'written whole by commit()');
+  await a.commit(); // nothing held: a no-op
+
+  // Held again, then a room not in memory is read: what is held goes to SQLite first, in one transaction.
+  await a.apply({ rooms: [room('!a:x', 'A2')] }, true);
+  assert.equal(await a.getRoom('!c:x'), undefined);
+  assert.equal(rows('rooms'), 2);
+  const b = new CacheActor();
+  await b.open({ dataDir, maxRoomsInMemory: 2 });
+  assert.equal((await b.getRoom('!a:x'))?.name, 'A2', 'the held change was written before the read');
+  await b.close();
+
+  // A batch larger than memory holds is written at once (held rooms must stay in memory until written).
+  await a.apply({ rooms: [room('!c:x', 'C'), room('!d:x', 'D'), room('!e:x', 'E')] }, true);
+  assert.equal(rows('rooms'), 5);
+  // Held at close: written before the database closes.
+  await a.apply({ rooms: [room('!f:x', 'F')] }, true);
+  await a.close();
+  assert.equal(rows('rooms'), 6);
+  const c = new CacheActor();
+  await c.open({ dataDir, maxRoomsInMemory: 10 });
+  assert.deepEqual((await c.summaries()).map((s) => s.name).sort(), ['A2', 'B', 'C', 'D', 'E', 'F']);
+  assert.deepEqual(await c.accountData(null, 'm.x'), { v: 1 });
+  await c.close();
+});
