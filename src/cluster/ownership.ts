@@ -156,7 +156,7 @@ export function parseLoad(text: string | null, partitions: number): number[] | n
 
 /**
  * The figures a bucket starts with when it has none: the rooms the bot is joined to, each weighing alike,
- * `partitions[i]` being the partition of room i, scaled to just over {@link LOAD_FLOOR} in all (so that the workers
+ * `partitionOfRooms[i]` being the partition of room i, scaled to just over {@link LOAD_FLOOR} in all (so that the workers
  * go by them, a room's weight rounded up to a tenth) — or null without rooms. Before any event is counted the
  * workers know nothing better than "every room alike"; sharing by partition count instead split the benchmark's
  * 20 rooms 12/8 and the like (16 partitions, from 0 to 3 rooms each), and the first backlog's figures then moved
