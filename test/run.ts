@@ -35,6 +35,12 @@ const filter = process.argv.slice(2);
 const files = testFiles(join(root, 'test'))
   .filter((f) => filter.length === 0 || filter.some((x) => f.includes(x)))
   .sort((a, b) => rank(a) - rank(b));
+// Given no files, `node --test` finds its own: every file under test/, fixtures too (record.ts re-recorded the sync
+// fixtures when a filter matched nothing).
+if (files.length === 0) {
+  process.stderr.write(`npm test: no test file's path contains ${filter.map((x) => JSON.stringify(x)).join(' or ')}\n`);
+  process.exit(2);
+}
 
 let hs;
 try {
