@@ -8,9 +8,9 @@
  * while they are renewed.
  */
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { after, before, test, type TestContext } from 'node:test';
 import { Lease } from '../../src/cluster/lease.ts';
-import { Broker, type LeaseStore } from '../../src/cluster/nats.ts';
+import { Broker, type KeyStore, type LeaseStore } from '../../src/cluster/nats.ts';
 import { resolveCluster } from '../../src/cluster/options.ts';
 import type { HalcyonError } from '../../src/errors.ts';
 import { type NatsServer, startNats } from '../harness/nats.ts';
@@ -34,10 +34,15 @@ const RESTART_TTL_MS = 15_000;
  */
 const RELEASE_DEADLINE_MS = 11_000;
 
-test('lease store: a renewal sent again after its answer was lost resolves with the revision it wrote; another holder still gets null', async (t) => {
+/** The lease bucket of a fresh cluster name (its TTL `ttlMs`), on a connection closed after the test. */
+async function freshStore(t: TestContext, ttlMs: number): Promise<KeyStore> {
   const broker = await Broker.connect(resolveCluster({ servers: nats.url, name: clusterName(), role: 'ingest' }), quiet, 'ingest');
   t.after(() => broker.close());
-  const store = await broker.leaseStore(10_000);
+  return broker.leaseStore(ttlMs);
+}
+
+test('lease store: a renewal sent again after its answer was lost resolves with the revision it wrote; another holder still gets null', async (t) => {
+  const store = await freshStore(t, 10_000);
   const r1 = await store.create('ingest', 'me');
   assert.ok(r1 !== null);
   assert.equal(await store.create('ingest', 'other'), null, 'held: nobody else creates it');
@@ -52,9 +57,7 @@ test('lease store: a renewal sent again after its answer was lost resolves with 
 });
 
 test('lease store: retake writes a key that holds the holder\'s value again by its current revision; another holder\'s key, or none, it leaves', async (t) => {
-  const broker = await Broker.connect(resolveCluster({ servers: nats.url, name: clusterName(), role: 'ingest' }), quiet, 'ingest');
-  t.after(() => broker.close());
-  const store = await broker.leaseStore(10_000);
+  const store = await freshStore(t, 10_000);
   const r1 = await store.create('ingest', 'me');
   assert.ok(r1 !== null);
   const r2 = await store.update('ingest', 'me', r1); // a renewal the holder never saw the answer of
@@ -69,9 +72,7 @@ test('lease store: retake writes a key that holds the holder\'s value again by i
 });
 
 test('lease store: keys() lists each key once while keys are renewed during the listing (a worker listed twice made the others count one worker too many and hand partitions over)', async (t) => {
-  const broker = await Broker.connect(resolveCluster({ servers: nats.url, name: clusterName(), role: 'ingest' }), quiet, 'ingest');
-  t.after(() => broker.close());
-  const store = await broker.leaseStore(10_000);
+  const store = await freshStore(t, 10_000);
   const revs = new Map<string, number>();
   for (let i = 0; i < 200; i++) revs.set(`w.k${i}`, (await store.create(`w.k${i}`, `v${i}`))!);
   // Renewals, one after the other, all through the listings (a renewal of a key already listed appends it again).
@@ -102,9 +103,7 @@ async function revOf(store: LeaseStore, key: string): Promise<number> {
 }
 
 test('lease store: a lease released by a stale revision of its own key (a renewal whose answer was lost) deletes it by the current one; another holder\'s key stays (the refused delete once passed for a clean release, and the key stayed until its TTL)', async (t) => {
-  const broker = await Broker.connect(resolveCluster({ servers: nats.url, name: clusterName(), role: 'ingest' }), quiet, 'ingest');
-  t.after(() => broker.close());
-  const store = await broker.leaseStore(10_000);
+  const store = await freshStore(t, 10_000);
   const lease = new Lease(store, 10_000, 'me', quiet, 'p.0');
   assert.equal(await lease.tryAcquire(), true);
   // A renewal the server applied and whose answer was lost: the lease still knows the revision before it.
@@ -136,9 +135,7 @@ test('lease: released while nats-server is stopped, release rejects with HALCYON
   const onUnhandled = (err: unknown) => unhandled.push(err);
   process.on('unhandledRejection', onUnhandled);
   t.after(() => process.off('unhandledRejection', onUnhandled));
-  const broker = await Broker.connect(resolveCluster({ servers: nats.url, name: clusterName(), role: 'ingest' }), quiet, 'ingest');
-  t.after(() => broker.close());
-  const store = await broker.leaseStore(RESTART_TTL_MS);
+  const store = await freshStore(t, RESTART_TTL_MS);
   const left = new Lease(store, RESTART_TTL_MS, 'me', quiet, 'ingest');
   const retried = new Lease(store, RESTART_TTL_MS, 'me', quiet, 'w.me');
   assert.equal(await left.tryAcquire(), true);
