@@ -103,11 +103,11 @@ async function waitListening(port: number, proc: ChildProcess, output: () => str
 
 /**
  * Where the servers' JetStream stores go: in memory (`/dev/shm`) where the machine has it with 1 GB free (a
- * container's is often 64 MB), else the temp dir. A
- * busy durable consumer rewrites its state file about ten times a second (a temp file, written, renamed): on this
- * VM's ext4 that cost NATS ~0.5 ms of system CPU per event of the cluster bench, on the same two cores as the
- * workers it measures (its store on /dev/shm: half of NATS's CPU). A production NATS runs on machines of its own.
- * A store in memory still outlives the server's process, so the restart tests keep what they test.
+ * container's is often 64 MB), else the temp dir. A busy durable consumer rewrites its state file about ten times
+ * a second (a temp file, written, renamed): on this VM's ext4 that cost NATS ~0.5 ms of system CPU per event of
+ * the cluster bench, on the same two cores as the workers it measures (its store on /dev/shm: half of NATS's CPU).
+ * A production NATS runs on machines of its own. A store in memory still outlives the server's process, so the
+ * restart tests keep what they test.
  */
 const STORE_ROOT = shmFree() >= 1024 ** 3 ? '/dev/shm' : tmpdir();
 
