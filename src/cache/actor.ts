@@ -60,7 +60,7 @@ export class CacheActor implements CacheActorApi {
         if (s && typeof s['m.joined_member_count'] === 'number') room.joinedCount = s['m.joined_member_count'];
         if (s && typeof s['m.invited_member_count'] === 'number') room.invitedCount = s['m.invited_member_count'];
         const after = summarize(room);
-        if (defer) held.rooms.push({ room, touched });
+        if (defer) held.rooms.push({ room, touched, summary: after });
         else this.save(room, touched, after);
         this.rooms!.set(room.roomId, room);
         if (!before || !sameSummary(before, after)) changed.push(after);
@@ -82,6 +82,7 @@ export class CacheActor implements CacheActorApi {
     return changed;
   }
 
+  /** Writes what `apply(…, true)` holds in memory to SQLite, in one transaction (nothing when nothing is held). */
   async commit(): Promise<void> {
     this.need();
     this.writeHeld();
@@ -99,7 +100,7 @@ export class CacheActor implements CacheActorApi {
     db.exec('BEGIN');
     try {
       for (const b of batches) {
-        for (const { room, touched } of b.rooms) this.save(room, touched, summarize(room));
+        for (const { room, touched, summary } of b.rooms) this.save(room, touched, summary);
         this.saveAccountData(b.accountData);
       }
       db.exec('COMMIT');
@@ -195,7 +196,8 @@ export class CacheActor implements CacheActorApi {
 
 /** A batch applied in memory and not yet written: its rooms with the members it touched, and its account data. */
 interface HeldBatch {
-  rooms: Array<{ room: RoomState; touched: Iterable<string> }>;
+  /** Each room with the members the batch touched and its summary as applied (not computed twice). */
+  rooms: Array<{ room: RoomState; touched: Iterable<string>; summary: RoomSummary }>;
   accountData: NonNullable<StateChanges['accountData']>;
 }
 
