@@ -375,6 +375,11 @@ export class Broker {
 /** The {@link KeyStore} over an opened lease bucket `kv` whose entries live `ttl` ms; see {@link Broker.leaseStore}. */
 function keyStore(kv: KV, ttl: number, reconnected: Set<() => void>): KeyStore {
   const wrongRevision = (e: unknown) => /wrong last sequence|key exists/i.test((e as Error).message ?? '');
+  /** The key's entry while it holds a value (not deleted, not expired), else null. */
+  const held = async (key: string) => {
+    const e = await kv.get(key);
+    return e?.operation === 'PUT' ? e : null;
+  };
   return {
     ttlMs: ttl,
     create: (key, value) => kv.create(key, value).catch((e: unknown) => (wrongRevision(e) ? null : Promise.reject(e))),
@@ -382,12 +387,12 @@ function keyStore(kv: KV, ttl: number, reconnected: Set<() => void>): KeyStore {
       kv.update(key, value, rev).catch(async (e: unknown) => {
         if (!wrongRevision(e)) throw e;
         // Still this holder's value (unique to it): its own other renewal moved it.
-        const now = await kv.get(key);
-        return now?.operation === 'PUT' && now.string() === value ? now.revision : null;
+        const now = await held(key);
+        return now?.string() === value ? now.revision : null;
       }),
     retake: async (key, value) => {
-      const now = await kv.get(key);
-      if (now?.operation !== 'PUT' || now.string() !== value) return null;
+      const now = await held(key);
+      if (now?.string() !== value) return null;
       return kv.update(key, value, now.revision).catch((e: unknown) => (wrongRevision(e) ? null : Promise.reject(e)));
     },
     release: async (key, rev) => {
@@ -397,13 +402,10 @@ function keyStore(kv: KV, ttl: number, reconnected: Set<() => void>): KeyStore {
       } catch (err) {
         if (!wrongRevision(err)) throw clusterError(`cannot release lease key ${key}`, err);
       }
-      const now = await kv.get(key).catch((err: unknown) => Promise.reject(clusterError(`cannot read lease key ${key}`, err)));
-      return now?.operation === 'PUT' ? { value: now.string(), rev: now.revision } : null;
+      const now = await held(key).catch((err: unknown) => Promise.reject(clusterError(`cannot read lease key ${key}`, err)));
+      return now ? { value: now.string(), rev: now.revision } : null;
     },
-    get: async (key) => {
-      const e = await kv.get(key);
-      return e && e.operation === 'PUT' ? e.string() : null;
-    },
+    get: async (key) => (await held(key))?.string() ?? null,
     onReconnect: (cb) => {
       reconnected.add(cb);
       return () => void reconnected.delete(cb);
