@@ -5,9 +5,10 @@
  * lease of their own, `w.<worker>`. Every {@link Ownership.pollMs}, and whenever the ingest writes new figures of
  * the partitions' load (key {@link LOAD_KEY}: a decayed count of the events taken in to be published to each, the
  * same for every worker), each worker counts the live workers and the partitions taken, and {@link planOwnership}
- * says what to do: each aims at an equal share of the load, takes free partitions while below it and gives partitions up (a
- * graceful hand-over, see partition.ts) while clearly above it; without enough load to go by, each targets
- * ceil(P / live workers) partitions. A dead worker's keys expire after the TTL; the others then take its partitions.
+ * says what to do: each aims at an equal share of the load, takes free partitions while below it and gives
+ * partitions up (a graceful hand-over, see partition.ts) while clearly above it; without enough load to go by, each
+ * targets ceil(P / live workers) partitions. A dead worker's keys expire after the TTL; the others then take its
+ * partitions.
  *
  * How a partition is taken decides when its new owner may pull (see partition.ts): a key its holder deleted was
  * handed over cleanly (everything the old owner had was acknowledged or given back), one that is absent was
@@ -156,8 +157,8 @@ export function parseLoad(text: string | null, partitions: number): number[] | n
 
 /**
  * The figures a bucket starts with when it has none: the rooms the bot is joined to, each weighing alike,
- * `partitionOfRooms[i]` being the partition of room i, scaled to just over {@link LOAD_FLOOR} in all (so that the workers
- * go by them, a room's weight rounded up to a tenth) — or null without rooms. Before any event is counted the
+ * `partitionOfRooms[i]` being the partition of room i, scaled to just over {@link LOAD_FLOOR} in all (so that the
+ * workers go by them, a room's weight rounded up to a tenth) — or null without rooms. Before any event is counted the
  * workers know nothing better than "every room alike"; sharing by partition count instead split the benchmark's
  * 20 rooms 12/8 and the like (16 partitions, from 0 to 3 rooms each), and the first backlog's figures then moved
  * a partition while its events were being handled. Real traffic soon outweighs this: it decays like any figure.
@@ -176,12 +177,13 @@ export function roomPrior(partitionOfRooms: readonly number[], partitions: numbe
  * {@link LOAD_KEY}), decayed per write of the figures ({@link figures}): at each, every figure loses
  * 1/{@link LOAD_WINDOW} of itself per event since the one before, and those events then add one each to their
  * partitions. So the figures are the split of the latest ~{@link LOAD_WINDOW} events (or of the last write's, if
- * more: a write comes every quarter second or so while events flow), over seconds when the bot is busy and hours when it is quiet. Decayed by events, not time:
- * an idle bot's figures stay as they were, so nothing moves while nothing happens. Per write, not per event: the
- * events of one write weigh alike, whatever order they were published in. Decayed per event, a backlog published
- * in one go (the bench's: 400 events, 20 rooms of 20) had its rooms weigh 15.7 to 19.2 (the last published the
- * most; one published a room after another would have weighed its first ~0.67 of its last), and an 11/9 split of
- * the rooms read as +5.5 to +9.6 % of a share, under the 10 % {@link REBALANCE_MARGIN} of then.
+ * more: a write comes every quarter second or so while events flow), over seconds when the bot is busy and hours
+ * when it is quiet. Decayed by events, not time: an idle bot's figures stay as they were, so nothing moves while
+ * nothing happens. Per write, not per event: the events of one write weigh alike, whatever order they were
+ * published in. Decayed per event, a backlog published in one go (the bench's: 400 events, 20 rooms of 20) had its
+ * rooms weigh 15.7 to 19.2 (the last published the most; one published a room after another would have weighed its
+ * first ~0.67 of its last), and an 11/9 split of the rooms read as +5.5 to +9.6 % of a share, under the 10 %
+ * {@link REBALANCE_MARGIN} of then.
  */
 export class PartitionLoad {
   /** The figures as last written (or seeded). */
