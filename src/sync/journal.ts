@@ -50,6 +50,8 @@ export class EventJournal {
   constructor(
     private readonly db: Database,
     private readonly dir: string,
+    /** Segment size (a test makes it small). */
+    private readonly segmentBytes = SEGMENT_BYTES,
   ) {
     db.exec(`CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY, segment INTEGER NOT NULL, offset INTEGER NOT NULL,
       meta_length INTEGER NOT NULL, body_length INTEGER NOT NULL, events INTEGER NOT NULL,
@@ -87,8 +89,10 @@ export class EventJournal {
    * commit saves what {@link markPosted}'s own would (a crash in between only flags its events as redeliveries).
    */
   append(rows: ReadonlyArray<{ seq: number; batch: JournaledBatch; posted?: boolean }>, since: string): void {
+    // Before the first row, never between two: a row placed but not yet committed is not counted in its segment,
+    // which rotate() would delete as if nothing pointed into it.
+    if (this.size > this.segmentBytes) this.rotate();
     const placed = rows.map(({ seq, batch, posted }) => {
-      if (this.size > SEGMENT_BYTES) this.rotate();
       // The body is written as it is; the rest (columns, invites, ...) is serialised beside it.
       const meta = serialize({ ...batch, body: null });
       const offset = this.size;

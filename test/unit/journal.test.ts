@@ -134,3 +134,18 @@ test('a batch appended as posted (the sync actor posts it at once) reads back po
   j.close();
   db.close();
 });
+
+test('two batches appended together (a gap and its batch) go to one segment: the second never deletes the first', (t) => {
+  const dir = tempDataDir(t);
+  const db = openDatabase(dir, 'sync.sqlite');
+  t.after(() => db.close());
+  const j = new EventJournal(db, dir, 1); // every append past the first starts the next segment
+  j.append([{ seq: 1, batch: batchOf(3, 'a') }], 's1');
+  j.ack([], [1]);
+  const gap = batchOf(4, 'gap');
+  const batch = batchOf(2, 'b');
+  j.append([{ seq: 2, batch: gap }, { seq: 3, batch }], 's3');
+  assert.deepEqual(Buffer.from(j.load(2)!.batch.body), Buffer.from(gap.body));
+  assert.deepEqual(Buffer.from(j.load(3)!.batch.body), Buffer.from(batch.body));
+  j.close();
+});
