@@ -1,5 +1,5 @@
 /**
- * Cluster mode, send pacing (real Synapse that rate-limits messages, rc_message 1/s in bursts of 3, + real
+ * Cluster mode, send pacing (real Synapse that rate-limits messages, rc_message 2/s in bursts of 3, + real
  * nats-server): the account has one budget, however many workers send. Two workers fire their sends at once
  * into one room; every send arrives once, and the 429s stay at what one process draws (the first burst, one per
  * worker racing into it), where two pacers each learning the limit for themselves would each send at the
@@ -18,7 +18,7 @@ import { loggingProxy, newClient, roomWithBot, tempDataDir } from './util.ts';
 let limited: Homeserver;
 let nats: NatsServer;
 before(async () => {
-  [limited, nats] = await Promise.all([startSynapse({ config: { rc_message: { per_second: 1, burst_count: 3 } } }), startNats()]);
+  [limited, nats] = await Promise.all([startSynapse({ config: { rc_message: { per_second: 2, burst_count: 3 } } }), startNats()]);
 });
 after(async () => {
   await Promise.all([limited?.stop(), nats?.stop()]);
