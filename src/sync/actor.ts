@@ -37,7 +37,6 @@ import { type Database, kvGet, openDatabase } from '../store.ts';
 import { EventJournal, type JournaledBatch } from './journal.ts';
 import { processSync, type ProcessedSync } from './process.ts';
 import { backfill, type Backfill } from './backfill.ts';
-import { MAX_SYNC_BYTES, Poller } from './poller.ts';
 import { processStream } from './split.ts';
 import { countsOnly, CRYPTO_STATE, cryptoChanges } from './crypto-changes.ts';
 
@@ -64,8 +63,11 @@ function emptyColumns(): EventColumns {
   return { count: 0, room: new Int32Array(0), type: new Int32Array(0), relType: new Int32Array(0), strings: [], ts: new Float64Array(0), flags: new Uint8Array(0), offsets: new Int32Array(0) };
 }
 
+const SYNC_PATH = '/_matrix/client/v3/sync';
 /** A streamed first sync's joined rooms go to the cache this many at a time (see streamFirst). */
 const APPLY_ROOMS = 500;
+/** A big account's initial sync runs to 100s of MB; the limit only stops a server that never ends its answer. */
+const MAX_SYNC_BYTES = 512 * 1024 * 1024;
 
 /** Batches waiting for room in main stay in memory, the next to go first, while their bodies add up to at most this. */
 const KEEP_WAITING_BYTES = 16 * 1024 * 1024;
@@ -74,6 +76,14 @@ const KEEP_WAITING_BYTES = 16 * 1024 * 1024;
 const LARGE_BODY_BYTES = 32 * 1024 * 1024;
 /** A poll not answered within this long is held by the server (nothing new): the worker is idle meanwhile. */
 const HELD_POLL_MS = 100;
+
+const FILTER = JSON.stringify({
+  room: {
+    state: { lazy_load_members: true },
+    // 50 rather than the server's default 10: a busy room between two polls should rarely come back gappy.
+    timeline: { lazy_load_members: true, limit: 50 },
+  },
+});
 
 /** Long-polls /sync on its own thread; see the module comment. */
 export class SyncActor implements SyncActorApi {
@@ -90,7 +100,10 @@ export class SyncActor implements SyncActorApi {
   private polls = 0;
   private consecutiveErrors = 0;
   private lastError: SyncStatus['lastError'];
-  private poller!: Poller;
+  private lastPollStartAt: number | null = null;
+  /** Aborts the poll waiting for its answer (null when none is), and the `set_presence` that poll carries. */
+  private pollAbort: AbortController | null = null;
+  private pollPresence: SyncConfig['setPresence'];
   private lastSuccessAt: number | null = null;
   /** When the poll after a failure is due (null when none is waiting). */
   private nextPollAt: number | null = null;
@@ -134,7 +147,6 @@ export class SyncActor implements SyncActorApi {
       if (msg.kind === 'acks') this.acked(msg.progress, msg.complete);
     });
     this.abort = new AbortController();
-    this.poller = new Poller(this.http, config, this.abort.signal);
     this.running = true;
     const resumed = this.since !== null;
     this.loop = this.run(resumed);
@@ -194,7 +206,7 @@ export class SyncActor implements SyncActorApi {
     this.config.setPresence = state;
     // A poll already out carries the old value, and the server applies it when the poll reaches it: after the
     // caller's presence PUT, if its connection was still being made. It goes again at once with the new value.
-    this.poller.presenceChanged();
+    if (this.pollAbort && this.pollPresence !== state) this.pollAbort.abort();
   }
 
   /**
@@ -233,7 +245,7 @@ export class SyncActor implements SyncActorApi {
       backlogEvents: this.backlog,
       waitingForCredit: this.creditWaiter !== null,
       nextPollAt: this.nextPollAt,
-      lastPollStartAt: this.poller.lastStartAt,
+      lastPollStartAt: this.lastPollStartAt,
       lastSuccessAt: this.lastSuccessAt,
     };
     if (this.lastError) s.lastError = this.lastError;
@@ -292,19 +304,40 @@ export class SyncActor implements SyncActorApi {
    */
   private async pollOnce(first: boolean, deliverTimeline: boolean): Promise<number> {
     if (first) traceStartup('first /sync sent');
+    this.lastPollStartAt = Date.now();
+    const request = {
+      query: {
+        since: this.since ?? undefined,
+        // The first poll of a run answers at once, whatever it brings: `ready` must not wait out a long-poll on
+        // a quiet account (a restart took 30 s to become ready).
+        timeout: first ? 0 : this.config.pollTimeoutMs,
+        // Inline (the spec allows a filter's JSON in place of its ID): no upload, so a fresh start's first poll
+        // goes out a round trip sooner.
+        filter: FILTER,
+        set_presence: this.config.setPresence,
+      },
+      // Client-side deadline: a silently dead connection must not stall the loop forever.
+      // An initial sync or a catch-up after downtime can take the server a while to assemble.
+      timeoutMs: (first ? Math.max(this.config.pollTimeoutMs, 120_000) : this.config.pollTimeoutMs) + this.config.deadlineMarginMs,
+      signal: this.abort.signal,
+      maxRateLimitRetries: 0,
+    };
     // A run's first sync whose timelines are not delivered (a fresh start's: as big as the account) is processed
     // as it arrives, its joined rooms' state applied slice by slice: never the whole body in memory.
-    if (first && !deliverTimeline) return this.streamFirst(this.poller.request(this.since, true));
-    const poll = this.poller.take(this.since, first);
+    if (first && !deliverTimeline) return this.streamFirst(request);
+    const pollAbort = new AbortController();
+    this.pollAbort = pollAbort;
+    this.pollPresence = request.query.set_presence;
+    const fetching = this.http.bytes('GET', SYNC_PATH, { ...request, signal: AbortSignal.any([this.abort.signal, pollAbort.signal]), maxBytes: MAX_SYNC_BYTES });
     let body: Uint8Array;
     try {
-      body = this.collectWhenHeld ? await this.collectingWhileHeld(poll.answer) : await poll.answer;
+      body = this.collectWhenHeld ? await this.collectingWhileHeld(fetching) : await fetching;
     } catch (err) {
       // Aborted for a presence change (setPresence): nothing was received, so nothing moves; poll again at once.
-      if (poll.abort.signal.aborted && this.running) return -1;
+      if (pollAbort.signal.aborted && this.running) return -1;
       throw err;
     } finally {
-      this.poller.settled(poll);
+      this.pollAbort = null;
     }
     if (first) traceStartup('first /sync received');
     this.polls++;
@@ -317,7 +350,6 @@ export class SyncActor implements SyncActorApi {
     }
     // A repeated next_batch means nothing new: polling again with the same token is all there is to do.
     if (processed.nextBatch === this.since && !first) return -1;
-    this.pollAhead(processed);
     const deliver = first ? deliverTimeline : true;
     // Events a gappy (limited) timeline left out, fetched before the batch is handed over.
     const gaps = this.since === null ? [] : processed.gaps.filter((g) => g.prevBatch !== this.since);
@@ -325,18 +357,6 @@ export class SyncActor implements SyncActorApi {
     const size = body.byteLength; // before the hand-off, which may transfer the buffer away
     await this.handOff(processed, body, first, deliver, gap);
     return size;
-  }
-
-  /**
-   * Sends the next poll now, while this body is applied, journaled and handed over, if nothing in it depends on
-   * the order. A to-device event must be applied by the crypto actor before the next poll: that poll's since token
-   * lets the server delete it. And the poll must have credit with this body's events journaled too. A body that
-   * then fails is polled again with its own token, and the poll sent ahead is dropped (see Poller.take). A crash
-   * meanwhile loses nothing: the token saved is still this body's `since`.
-   */
-  private pollAhead(p: ProcessedSync): void {
-    if (p.crypto.toDevice.length > 0 || this.backlog + p.events.count >= this.config.maxJournalEvents) return;
-    this.poller.sendAhead(p.nextBatch);
   }
 
   /** Awaits a poll's answer, collecting garbage if the server holds the poll past {@link HELD_POLL_MS} (idle). */
@@ -368,7 +388,7 @@ export class SyncActor implements SyncActorApi {
    * them: a failed attempt's are not lost to its retry, which finds those rooms unchanged.
    */
   private async streamFirst(request: RequestOptions): Promise<number> {
-    const res = await this.poller.stream(request);
+    const res = await this.http.stream('GET', SYNC_PATH, request);
     const errors: WireError[] = [];
     const cryptoRooms: StateChanges['rooms'] = [];
     const verification: ProcessedSync['crypto']['verification'] = [];
