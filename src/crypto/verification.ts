@@ -48,15 +48,27 @@ interface Flow {
 }
 
 const REQUEST_TYPE = 'm.key.verification.request';
+/** Retries of a request whose sender device is unknown, before it is given up (the device never came). */
+const MAX_RETRIES = 5;
+/** A request still unknown after a retry is retried this long after it (doubling), without waiting for a batch. */
+const RETRY_MS = 1000;
+
+/** A request the engine ignored because its sender device was unknown: to-device (`raw`) or in-room (`roomId`, `event`). */
+interface Parked {
+  sender: string;
+  raw?: string;
+  roomId?: string;
+  event?: Record<string, unknown>;
+  /** Retries it had. */
+  tries: number;
+}
 
 /** The verification flows of one crypto actor; see the module comment. */
 export class Verifications {
   private readonly flows = new Map<string, Flow>();
-  /**
-   * Requests the engine ignored because their sender device was unknown, to retry once its keys are fetched:
-   * to-device ones (`raw`), and in-room ones (`roomId`, `event`).
-   */
-  private unknownSenders: Array<{ sender: string; raw?: string; roomId?: string; event?: Record<string, unknown> }> = [];
+  /** Requests the engine ignored because their sender device was unknown, to retry once its keys are fetched. */
+  private unknownSenders: Parked[] = [];
+  private retryTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(
     private readonly W: Wasm,
@@ -72,7 +84,7 @@ export class Verifications {
       const content = ev?.content as Record<string, unknown> | undefined;
       if (ev?.type !== REQUEST_TYPE || typeof ev.sender !== 'string' || typeof content?.transaction_id !== 'string') continue;
       // The engine ignores a request from a device it does not know (a user it does not track): fetched, then retried.
-      if (!this.follow(ev.sender, content.transaction_id, null)) this.unknownSenders.push({ sender: ev.sender, raw: (p as { rawEvent: string }).rawEvent });
+      if (!this.follow(ev.sender, content.transaction_id, null)) this.unknownSenders.push({ sender: ev.sender, raw: (p as { rawEvent: string }).rawEvent, tries: 0 });
     }
   }
 
@@ -93,16 +105,40 @@ export class Verifications {
         const content = ev?.content as Record<string, unknown> | undefined;
         if (typeof ev?.sender === 'string' && typeof content?.transaction_id === 'string') this.follow(ev.sender, content.transaction_id, null);
       }
-      for (const p of pending) if (p.roomId !== undefined && p.event !== undefined) await this.noticeRoomEvent(p.roomId, p.event, false);
+      for (const p of pending) {
+        if (p.roomId !== undefined && p.event !== undefined) await this.noticeRoomEvent(p.roomId, p.event, p.tries + 1);
+        else if (p.raw !== undefined) {
+          const ev = parse(p.raw);
+          const txn = (ev?.content as Record<string, unknown> | undefined)?.transaction_id;
+          if (typeof ev?.sender === 'string' && typeof txn === 'string' && !this.follow(ev.sender, txn, null)) this.park({ ...p, tries: p.tries + 1 });
+        }
+      }
     });
+  }
+
+  /**
+   * Keeps a request whose sender device is still unknown for another retry, up to {@link MAX_RETRIES}. The device
+   * can be missing at a retry (the key query that fetches it still out, or answered before the device was
+   * uploaded); dropping the request there left the peer waiting for an answer that never came. The next retry
+   * comes with the next batch or decryption, or after a delay: a quiet room may bring neither for a long-poll.
+   */
+  private park(p: Parked): void {
+    if (p.tries >= MAX_RETRIES) return;
+    this.unknownSenders.push(p);
+    if (p.tries === 0 || this.retryTimer) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.retryUnknownSenders().catch((err: unknown) => this.host.post({ kind: 'warning', message: `verification: retrying a request from an unknown device failed: ${(err as Error)?.message ?? String(err)}` }));
+    }, RETRY_MS * 2 ** (p.tries - 1));
+    this.retryTimer.unref?.();
   }
 
   /**
    * In the queue: hands an in-room event (decrypted, or clear from the sync) to the engine if it belongs to a
    * verification. A request to the bot the engine ignored (its sender's devices are not known: a user the bot does
-   * not track) is kept for {@link retryUnknownSenders} when `retry`.
+   * not track) is kept for {@link retryUnknownSenders} ({@link park}); `tries` counts the retries it had.
    */
-  async noticeRoomEvent(roomId: string, event: Record<string, unknown>, retry = true): Promise<void> {
+  async noticeRoomEvent(roomId: string, event: Record<string, unknown>, tries = 0): Promise<void> {
     const type = event.type;
     const content = event.content as Record<string, unknown> | undefined;
     const isRequest = type === 'm.room.message' && content?.msgtype === REQUEST_TYPE;
@@ -110,7 +146,7 @@ export class Verifications {
     await this.host.machine.receiveVerificationEvent(JSON.stringify({ ...event, room_id: roomId }), new this.W.RoomId(roomId));
     const { sender, event_id: flowId } = event;
     if (!isRequest || typeof sender !== 'string' || typeof flowId !== 'string' || content?.to !== this.ownUserId()) return;
-    if (!this.follow(sender, flowId, null) && retry) this.unknownSenders.push({ sender, roomId, event });
+    if (!this.follow(sender, flowId, null)) this.park({ sender, roomId, event, tries });
   }
 
   /** Accepts a request whose sender main allows (SAS only: the bot can neither show nor scan a QR code), or cancels it. */
