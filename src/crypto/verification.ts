@@ -56,6 +56,8 @@ const RETRY_MS = 1000;
 /** A request the engine ignored because its sender device was unknown: to-device (`raw`) or in-room (`roomId`, `event`). */
 interface Parked {
   sender: string;
+  /** Its flow: the to-device request's transaction ID, the in-room request's event ID. */
+  flowId: string;
   raw?: string;
   roomId?: string;
   event?: Record<string, unknown>;
@@ -84,7 +86,7 @@ export class Verifications {
       const content = ev?.content as Record<string, unknown> | undefined;
       if (ev?.type !== REQUEST_TYPE || typeof ev.sender !== 'string' || typeof content?.transaction_id !== 'string') continue;
       // The engine ignores a request from a device it does not know (a user it does not track): fetched, then retried.
-      if (!this.follow(ev.sender, content.transaction_id, null)) this.unknownSenders.push({ sender: ev.sender, raw: (p as { rawEvent: string }).rawEvent, tries: 0 });
+      if (!this.follow(ev.sender, content.transaction_id, null)) this.park({ sender: ev.sender, flowId: content.transaction_id, raw: (p as { rawEvent: string }).rawEvent, tries: 0 });
     }
   }
 
@@ -99,19 +101,11 @@ export class Verifications {
       const toDevice = pending.flatMap((p) => (p.raw === undefined ? [] : [JSON.parse(p.raw) as unknown]));
       // Without key counts: the variant that reads missing counts as unknown, not zero.
       const settings = new W.DecryptionSettings(W.TrustRequirement.Untrusted);
-      const processed = toDevice.length === 0 ? [] : await this.host.machine.receiveSyncChangesMsc4186(JSON.stringify(toDevice), new W.DeviceLists([], []), new Map(), undefined, settings);
-      for (const p of processed) {
-        const ev = parse((p as { rawEvent: string }).rawEvent);
-        const content = ev?.content as Record<string, unknown> | undefined;
-        if (typeof ev?.sender === 'string' && typeof content?.transaction_id === 'string') this.follow(ev.sender, content.transaction_id, null);
-      }
+      // The engine sees the to-device requests again, now that their senders' devices were fetched.
+      if (toDevice.length > 0) await this.host.machine.receiveSyncChangesMsc4186(JSON.stringify(toDevice), new W.DeviceLists([], []), new Map(), undefined, settings);
       for (const p of pending) {
         if (p.roomId !== undefined && p.event !== undefined) await this.noticeRoomEvent(p.roomId, p.event, p.tries + 1);
-        else if (p.raw !== undefined) {
-          const ev = parse(p.raw);
-          const txn = (ev?.content as Record<string, unknown> | undefined)?.transaction_id;
-          if (typeof ev?.sender === 'string' && typeof txn === 'string' && !this.follow(ev.sender, txn, null)) this.park({ ...p, tries: p.tries + 1 });
-        }
+        else if (!this.follow(p.sender, p.flowId, null)) this.park({ ...p, tries: p.tries + 1 });
       }
     });
   }
@@ -146,7 +140,7 @@ export class Verifications {
     await this.host.machine.receiveVerificationEvent(JSON.stringify({ ...event, room_id: roomId }), new this.W.RoomId(roomId));
     const { sender, event_id: flowId } = event;
     if (!isRequest || typeof sender !== 'string' || typeof flowId !== 'string' || content?.to !== this.ownUserId()) return;
-    if (!this.follow(sender, flowId, null)) this.park({ sender, roomId, event, tries });
+    if (!this.follow(sender, flowId, null)) this.park({ sender, flowId, roomId, event, tries });
   }
 
   /** Accepts a request whose sender main allows (SAS only: the bot can neither show nor scan a QR code), or cancels it. */

@@ -40,6 +40,7 @@ function host(unknownFor: number) {
       userId: new Id('@bot:x'),
       receiveVerificationEvent: async () => {},
       updateTrackedUsers: async () => {},
+      receiveSyncChangesMsc4186: async () => [],
       getVerificationRequest: () => (++lookups > unknownFor ? request : undefined),
     },
     ownDeviceId: 'BOTDEV',
@@ -76,4 +77,15 @@ test('a request whose sender stays unknown is given up after a bounded number of
   for (let i = 0; i < 20; i++) await v.retryUnknownSenders();
   assert.ok(lookups() <= 8, `${lookups()} lookups: the retries stop`);
   assert.deepEqual(posted, []);
+});
+
+test('a to-device request whose sender device is still unknown at the first retry is retried again too', async () => {
+  const { h, posted, lookups } = host(2);
+  const v = new Verifications(W, h);
+  const raw = JSON.stringify({ type: 'm.key.verification.request', sender: '@peer:x', content: { transaction_id: 'txn1', from_device: 'PEERDEV', methods: ['m.sas.v1'] } });
+  v.noticeToDevice([{ type: 0, rawEvent: raw }] as never);
+  await v.retryUnknownSenders();
+  assert.equal(lookups(), 2);
+  await v.retryUnknownSenders();
+  await waitUntil(() => posted.some((m) => m.kind === 'verificationAsked'), 10_000, 'main to be asked about the request');
 });
