@@ -438,13 +438,25 @@ class JsPeerImpl implements JsPeer {
         verifier = await this.until(() => request.verifier, timeoutMs, () => `the other side to start SAS on ${request.transactionId} (phase ${VerificationPhase[request.phase]})`);
       }
       let emoji: string[] = [];
+      let sasShown = false;
       const shown = new Promise<void>((resolve) => verifier.on(VerifierEvent.ShowSas, (sas) => {
+        sasShown = true;
         emoji = (sas.sas.emoji ?? []).map(([, name]) => name);
         if (opts.match === false) sas.mismatch();
         else void sas.confirm();
         resolve();
       }));
-      await Promise.all([verifier.verify(), shown]);
+      // Bounded: a side that stops answering fails the test with where it stopped, not at the test's timeout.
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<never>((_, reject) => {
+        const why = () => `SAS on ${request.transactionId} to finish (phase ${VerificationPhase[request.phase]}, SAS ${sasShown ? 'shown and confirmed here' : 'not shown yet'})`;
+        timer = peerContext.exit(() => setTimeout(() => reject(new Error(`js-peer ${this.userId}/${this.deviceId}: timed out after ${timeoutMs} ms waiting for ${why()}`)), timeoutMs));
+      });
+      try {
+        await Promise.race([Promise.all([verifier.verify(), shown]), timedOut]);
+      } finally {
+        clearTimeout(timer);
+      }
       return { emoji };
     });
   }
