@@ -39,6 +39,8 @@ const BACKOFF_MAX_MS = 400;
 const SLACK_MS = 3_000;
 /** Date.now() and timers disagree by a millisecond or two. */
 const CLOCK_MS = 5;
+/** How much of a client-side deadline a request may spend before the proxy records its start (loaded machine). */
+const TRANSIT_MS = 250;
 const isSync = (r: RequestRecord) => r.method === 'GET' && r.path.endsWith('/sync');
 const isSend = (r: RequestRecord) => r.method === 'PUT' && r.path.includes('/send/');
 
@@ -195,9 +197,11 @@ test('faults on sends: 5xx, resets, truncated answers, 429 storms, a stall: each
     results.push(`${p.label}: ${p.times} faulted attempt(s) on ${paths.size} send(s); retry ${next.start - faultEnd} ms after the fault ended, ${next.status}`);
     if (!paths.has(next.path) || paths.size !== 1) problems.push(`${p.label}: the retry did not repeat the faulted transaction ID (${[...paths].join(', ')} -> ${next.path})`);
     if (next.status !== 200) problems.push(`${p.label}: the retry got ${next.status}`);
-    // A stalled send is given up at the client's requestTimeoutMs (the proxy sees the client close it).
+    // A stalled send is given up at the client's requestTimeoutMs (the proxy sees the client close it). The
+    // client's deadline runs from before the request reached the proxy (a full run measured 7,992 ms here), so the
+    // proxy may see up to that transit less; what this catches is a deadline of another order (the 30 s default).
     const stalled = p.fault.kind === 'stall' ? rule.records[0]! : null;
-    if (stalled && (stalled.end! - stalled.start < SEND_DEADLINE_MS - CLOCK_MS || stalled.end! - stalled.start >= 30_000)) {
+    if (stalled && (stalled.end! - stalled.start < SEND_DEADLINE_MS - TRANSIT_MS || stalled.end! - stalled.start >= 30_000)) {
       problems.push(`${p.label}: the stalled send was given up after ${stalled.end! - stalled.start} ms, not at requestTimeoutMs (${SEND_DEADLINE_MS} ms)`);
     }
     // The wait really taken after each 429 (the attempt after it, from the proxy's records) honours the server's time.
