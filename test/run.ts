@@ -6,6 +6,7 @@
 import { spawn } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
+import { ensureNatsInstalled } from './harness/nats.ts';
 import { SHARED_HS_ENV, startSynapse } from './harness/synapse.ts';
 
 const root = join(import.meta.dirname, '..');
@@ -40,6 +41,14 @@ const files = testFiles(join(root, 'test'))
 if (files.length === 0) {
   process.stderr.write(`npm test: no test file's path contains ${filter.map((x) => JSON.stringify(x)).join(' or ')}\n`);
   process.exit(2);
+}
+
+// On a fresh machine nats-server is built from source (`go install`, ~90 s): started now, beside Synapse's
+// install, it is ready by the time the cluster files start (after the longest files). Left to the first cluster
+// file's `before`, the build held two test slots idle for its whole length. A failed build is reported here and
+// again by each cluster file, which tries it once more (the harness's lock lets one build at a time).
+if (files.some((f) => f.includes('cluster'))) {
+  ensureNatsInstalled().catch((err: unknown) => process.stderr.write(`[nats] the build started ahead failed: ${(err as Error).message}\n`));
 }
 
 let hs;
