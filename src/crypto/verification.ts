@@ -6,7 +6,8 @@
  *
  * Every engine call runs in the actor's serial queue ({@link VerificationHost.run}); the engine's change callbacks
  * fire from inside queued calls, so they only schedule the next step, which runs after the current call. Requests
- * the engine returns are sent after the queued call that made them (sending waits on the queue too).
+ * the engine returns are sent after the queued call that made them (sending waits on the queue too), and those it
+ * queued among its outgoing requests by a flush after each step.
  */
 import { HalcyonError } from '../errors.ts';
 import type { CryptoToMain, VerificationWire } from '../protocol.ts';
@@ -241,6 +242,11 @@ export class Verifications {
     if (!flow) return;
     const out = await this.host.run(() => this.advance(k, flow));
     await this.sendAll(out);
+    // The change may have come with an answer the engine queued rather than returned (the SAS key after an accept,
+    // `done` after a MAC): a batch's to-device events are followed by a flush, but an in-room event decrypted from
+    // the timeline is not, and the peer waiting for that answer sends nothing that would bring the next one.
+    // Not the flow's failure: what was not sent stays queued in the engine, and the next flush sends it.
+    await this.host.flush().catch((err: unknown) => this.host.post({ kind: 'warning', message: `verification: sending the engine's queued requests failed: ${(err as Error)?.message ?? String(err)}` }));
   }
 
   /** In the queue: moves a flow on by its phase; returns the requests to send. */
