@@ -428,9 +428,12 @@ class JsPeerImpl implements JsPeer {
 
   runSas(request: VerificationRequest, opts: { start: boolean; match?: boolean; timeoutMs?: number }): Promise<{ emoji: string[] }> {
     const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS * 3;
-    return inPeerContext(async () => {
+    let stage = 'its acceptance';
+    let sasShown = false;
+    const run = inPeerContext(async () => {
       if (!request.initiatedByMe && request.phase === VerificationPhase.Requested) await request.accept();
       let verifier = request.verifier;
+      stage = opts.start ? 'the other side to be ready' : 'the other side to start SAS';
       if (opts.start) {
         await this.waitForPhase(request, VerificationPhase.Ready, timeoutMs);
         verifier = await request.startVerification('m.sas.v1');
@@ -438,7 +441,6 @@ class JsPeerImpl implements JsPeer {
         verifier = await this.until(() => request.verifier, timeoutMs, () => `the other side to start SAS on ${request.transactionId} (phase ${VerificationPhase[request.phase]})`);
       }
       let emoji: string[] = [];
-      let sasShown = false;
       const shown = new Promise<void>((resolve) => verifier.on(VerifierEvent.ShowSas, (sas) => {
         sasShown = true;
         emoji = (sas.sas.emoji ?? []).map(([, name]) => name);
@@ -446,19 +448,22 @@ class JsPeerImpl implements JsPeer {
         else void sas.confirm();
         resolve();
       }));
-      // Bounded: a side that stops answering fails the test with where it stopped, not at the test's timeout.
-      let timer: NodeJS.Timeout | undefined;
-      const timedOut = new Promise<never>((_, reject) => {
-        const why = () => `SAS on ${request.transactionId} to finish (phase ${VerificationPhase[request.phase]}, SAS ${sasShown ? 'shown and confirmed here' : 'not shown yet'})`;
-        timer = peerContext.exit(() => setTimeout(() => reject(new Error(`js-peer ${this.userId}/${this.deviceId}: timed out after ${timeoutMs} ms waiting for ${why()}`)), timeoutMs));
-      });
-      try {
-        await Promise.race([Promise.all([verifier.verify(), shown]), timedOut]);
-      } finally {
-        clearTimeout(timer);
-      }
+      stage = 'the SAS exchange to finish';
+      await Promise.all([verifier.verify(), shown]);
       return { emoji };
     });
+    // Bounded as a whole (js-sdk's accept() and verify() are not): a side that stops answering fails the test with
+    // where it stopped, not at the test's timeout.
+    return this.bounded(run, timeoutMs, () => `${stage} on ${request.transactionId} (phase ${VerificationPhase[request.phase]}, SAS ${sasShown ? 'shown and confirmed here' : 'not shown here'})`);
+  }
+
+  /** `p`, or a rejection naming `what()` once `ms` pass (the timer outside the peer's context keeps the process alive). */
+  private bounded<T>(p: Promise<T>, ms: number, what: () => string): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<never>((_, reject) => {
+      timer = peerContext.exit(() => setTimeout(() => reject(new Error(`js-peer ${this.userId}/${this.deviceId}: timed out after ${ms} ms waiting for ${what()}`)), ms));
+    });
+    return Promise.race([p, timedOut]).finally(() => clearTimeout(timer));
   }
 
   async deviceVerified(userId: string, deviceId: string): Promise<boolean> {

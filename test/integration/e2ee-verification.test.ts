@@ -114,7 +114,10 @@ test('the bot starts (requestVerification, autoConfirm): the peer confirms, and 
     console.error('DEBUG', s.bot.errors, await Promise.race([result.catch((x: unknown) => x), Promise.resolve('pending')]));
     throw e;
   });
-  await peer.runSas(request, { start: false });
+  await peer.runSas(request, { start: false }).catch(async (e) => {
+    console.error('DEBUG', s.bot.errors, await Promise.race([result.catch((x: unknown) => x), Promise.resolve('pending')]));
+    throw e;
+  });
   assert.deepEqual(await withTimeout(result, WAIT_MS, 'requestVerification'), { userId: peer.userId, deviceId: peer.deviceId });
   await assertMutualTrust(s, peer);
   assert.deepEqual(s.bot.errors, []);
