@@ -3,7 +3,7 @@
  * main, Halcyon sync actor workers, Halcyon cache actor workers (recognised by the functions they ran). Prints
  * self time by function and by file, summed over every profile of a role, skipping idle time.
  *
- *   node --cpu-prof --cpu-prof-dir=/tmp/prof --import tsx bench/run.ts --quick --only throughput --contenders halcyon-trivial
+ *   node --cpu-prof --cpu-prof-dir=/tmp/prof --import tsx bench/run.ts --quick --only throughput
  *   node --import tsx bench/profile-summary.ts /tmp/prof [topN]
  *
  * Under tsx every module is one line, so functions are named, not located by line.
