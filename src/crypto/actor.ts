@@ -348,6 +348,7 @@ export class CryptoActor implements CryptoActorApi {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.verification?.stop();
     this.http?.dropHeld(); // held requests never went: they fail now, and settle() does not wait for them
     await this.outgoing?.settle();
     // Closed from inside the queue: no machine call can be running or start after it.

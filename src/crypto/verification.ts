@@ -123,7 +123,7 @@ export class Verifications {
     if (p.tries === 0 || this.retryTimer) return;
     this.retryTimer = setTimeout(() => {
       this.retryTimer = null;
-      this.retryUnknownSenders().catch((err: unknown) => this.host.post({ kind: 'warning', message: `verification: retrying a request from an unknown device failed: ${(err as Error)?.message ?? String(err)}` }));
+      this.retryUnknownSenders().catch((err: unknown) => this.warn('retrying a request from an unknown device', err));
     }, RETRY_MS * 2 ** (p.tries - 1));
     this.retryTimer.unref?.();
   }
@@ -204,6 +204,18 @@ export class Verifications {
     return flowIds;
   }
 
+  /** Drops the pending retry's timer (the actor is closing: a retry would find its queue shut). */
+  stop(): void {
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.unknownSenders = [];
+  }
+
+  /** Reports a failure that does not end a flow (what it could not do is tried again later). */
+  private warn(what: string, err: unknown): void {
+    this.host.post({ kind: 'warning', message: `verification: ${what} failed: ${(err as Error)?.message ?? String(err)}` });
+  }
+
   private ownUserId(): string {
     return this.host.machine.userId.toString();
   }
@@ -246,7 +258,7 @@ export class Verifications {
     // `done` after a MAC): a batch's to-device events are followed by a flush, but an in-room event decrypted from
     // the timeline is not, and the peer waiting for that answer sends nothing that would bring the next one.
     // Not the flow's failure: what was not sent stays queued in the engine, and the next flush sends it.
-    await this.host.flush().catch((err: unknown) => this.host.post({ kind: 'warning', message: `verification: sending the engine's queued requests failed: ${(err as Error)?.message ?? String(err)}` }));
+    await this.host.flush().catch((err: unknown) => this.warn("sending the engine's queued requests", err));
   }
 
   /** In the queue: moves a flow on by its phase; returns the requests to send. */

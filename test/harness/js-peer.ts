@@ -29,7 +29,7 @@ import {
 } from 'matrix-js-sdk/lib/crypto-api/index.js';
 import { logger as sdkGlobalLogger, type Logger } from 'matrix-js-sdk/lib/logger.js';
 import type { TestContext } from 'node:test';
-import type { Homeserver } from './synapse.ts';
+import { type Homeserver, withTimeout } from './synapse.ts';
 import { defer, waitUntil } from '../integration/util.ts';
 
 /** The homeserver type of the harness (see synapse.ts). */
@@ -454,16 +454,7 @@ class JsPeerImpl implements JsPeer {
     });
     // Bounded as a whole (js-sdk's accept() and verify() are not): a side that stops answering fails the test with
     // where it stopped, not at the test's timeout.
-    return this.bounded(run, timeoutMs, () => `${stage} on ${request.transactionId} (phase ${VerificationPhase[request.phase]}, SAS ${sasShown ? 'shown and confirmed here' : 'not shown here'})`);
-  }
-
-  /** `p`, or a rejection naming `what()` once `ms` pass (the timer outside the peer's context keeps the process alive). */
-  private bounded<T>(p: Promise<T>, ms: number, what: () => string): Promise<T> {
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<never>((_, reject) => {
-      timer = peerContext.exit(() => setTimeout(() => reject(new Error(`js-peer ${this.userId}/${this.deviceId}: timed out after ${ms} ms waiting for ${what()}`)), ms));
-    });
-    return Promise.race([p, timedOut]).finally(() => clearTimeout(timer));
+    return withTimeout(run, timeoutMs, () => `js-peer ${this.userId}/${this.deviceId} waiting for ${stage} on ${request.transactionId} (phase ${VerificationPhase[request.phase]}, SAS ${sasShown ? 'shown and confirmed here' : 'not shown here'})`);
   }
 
   async deviceVerified(userId: string, deviceId: string): Promise<boolean> {

@@ -43,10 +43,11 @@ const root = () => join(process.env.HALCYON_CACHE_DIR ?? join(homedir(), '.cache
 const tail = (text: string, n: number) => text.trimEnd().split('\n').slice(-n).join('\n');
 
 /** Rejects with "Timed out after <ms> ms: <what>" unless `p` settles within `ms` milliseconds. */
-export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+export function withTimeout<T>(p: Promise<T>, ms: number, what: string | (() => string)): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`Timed out after ${ms} ms: ${what}`)), ms);
+    // A function is asked at the timeout: the state it describes then, not at the call.
+    timer = setTimeout(() => reject(new Error(`Timed out after ${ms} ms: ${typeof what === 'function' ? what() : what}`)), ms);
   });
   return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }

@@ -110,3 +110,14 @@ test('a change of a followed flow sends what the engine queued for it (an in-roo
   await changed();
   await waitUntil(() => flushes() > before, 5_000, "the engine's queued requests to be sent after the flow changed");
 });
+
+test('stop() drops the parked requests and their retry timer (the actor is closing)', async () => {
+  const { h, lookups } = host(Number.POSITIVE_INFINITY);
+  const v = new Verifications(W, h);
+  await v.noticeRoomEvent('!r:x', REQUEST);
+  await v.retryUnknownSenders(); // parked again, with a timer for the next retry
+  const seen = lookups();
+  v.stop();
+  await v.retryUnknownSenders();
+  assert.equal(lookups(), seen, 'nothing was left to retry');
+});
