@@ -9,7 +9,10 @@
  * work done in WebAssembly, src/sync/skipper.ts);
  * serialize + deserialize of the WireBatch as a worker postMessage would (v8.serialize / v8.deserialize use the
  * same ValueSerializer); CacheActor.apply of the batch's StateChanges (the sync actor awaits it before posting);
- * JSON.parse of every event's raw slice (what main pays when handlers read content).
+ * JSON.parse of every event's raw slice (what main pays when handlers read content); deliver: main's side of a batch
+ * with a handler that reads the sender and event ID (the intake, the dispatcher's room lanes, the event objects, the
+ * handler, the acknowledgements), in-process without workers: what main-thread changes are measured with, where the
+ * bench's whole-pipeline figures move ±20% with the machine.
  * @module
  */
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -18,6 +21,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { deserialize, serialize } from 'node:v8';
 import { CacheActor } from '../src/cache/actor.ts';
+import { Client } from '../src/client.ts';
+import { cores } from '../src/client/core.ts';
 import { processSync } from '../src/sync/process.ts';
 import { Scanner } from '../src/sync/scan.ts';
 import { BatchReader } from '../src/events.ts';
@@ -49,7 +54,7 @@ function time(fn: () => void): number {
 }
 
 console.log(`stage breakdown, µs per event (median of ${PASSES} passes after a warm-up), ${BATCHES} bodies per shape, Node ${process.version}`);
-console.log('shape    JSON.parse  processSync       skip  serialize  deserialize  cache.apply(fresh)  cache.apply(steady)  raw JSON.parse');
+console.log('shape    JSON.parse  processSync       skip  serialize  deserialize  cache.apply(fresh)  cache.apply(steady)  raw JSON.parse      deliver');
 for (const s of shapes) {
   const bodies = Array.from({ length: BATCHES }, (_, batch) => makeSyncBody({ rooms: s.rooms, eventsPerRoom: s.perRoom, batch, seed: 42 }));
   const events = s.rooms * s.perRoom * BATCHES;
@@ -112,10 +117,50 @@ for (const s of shapes) {
     }
   };
   const c = await cacheRun();
+  const deliver = await deliverRun(batches);
   const perBody = events / BATCHES;
   console.log(
     `${s.id.padEnd(8)}${per(parse)}  ${per(scan)}  ${per(skip)}  ${per(ser)}  ${per(de)}  ` +
-      `${fmt((c.fresh * 1000) / perBody, 2).padStart(18)}  ${fmt((c.steady * 1000) / perBody, 2).padStart(19)}  ${per(rawParse)}` +
+      `${fmt((c.fresh * 1000) / perBody, 2).padStart(18)}  ${fmt((c.steady * 1000) / perBody, 2).padStart(19)}  ${per(rawParse)}  ${per(deliver)}` +
       `   (cache.apply per body: first ${fmt(c.fresh)} ms, then ${fmt(c.steady)} ms)`,
   );
+}
+
+/**
+ * Median ms (over passes, after a warm-up) that main takes to hand every batch to a handler reading each event's
+ * sender and event ID, until its dispatcher is idle: a client that never runs, fed the batches as its sync port
+ * would (a first one fires `ready`), each pass under new batch numbers.
+ */
+async function deliverRun(batches: Array<Record<string, unknown> & { events: WireBatch['events'] }>): Promise<number> {
+  const dir = mkdtempSync(join(tmpdir(), 'halcyon-breakdown-'));
+  try {
+    const client = new Client({ dataDir: dir, encryption: false });
+    let read = 0;
+    const handler = (m: { sender: string; eventId: string }): void => {
+      read += m.sender.length + m.eventId.length;
+    };
+    client.on('message', handler);
+    client.on('reaction', handler);
+    const core = cores.get(client)!;
+    let seq = 0;
+    const wire = (b: (typeof batches)[number], first: boolean): WireBatch =>
+      ({ ...b, seq: ++seq, first, deliver: !first, events: first ? { ...b.events, count: 0 } : b.events, knocks: [], accountData: [], receipts: [], redelivered: false, done: null }) as unknown as WireBatch;
+    core.intake.receive({ kind: 'batch', batch: wire(batches[0]!, true) });
+    await new Promise((resolve) => setImmediate(resolve)); // `ready` fired: batches go to the dispatcher from now on
+    const pass = async (): Promise<number> => {
+      const t0 = performance.now();
+      for (const b of batches) {
+        core.intake.receive({ kind: 'batch', batch: wire(b, false) });
+        await core.dispatcher.idle();
+      }
+      return performance.now() - t0;
+    };
+    await pass();
+    const t: number[] = [];
+    for (let p = 0; p < PASSES; p++) t.push(await pass());
+    if (read === 0) throw new Error('deliver: no handler ran');
+    return percentile(t, 50);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
