@@ -18,6 +18,7 @@ import type { PeerEvent, StartPeer } from '../peers/types.ts';
 import { combineVerdicts, type Contender, type GoalEntry, goalEntry, type RatioEntry, ratioOf, ratioVerdict, roundsVerdict, runsInRound, sideRoundsNote, type Verdict, type Workload, type WorkloadReport } from '../report.ts';
 import { startReplayServer, type ReplayServer, type ReplayStats } from '../replay-server.ts';
 import { busiestThread, clockOffset, fmt, groupTotals, now, perEventDelta, processCpuMs, type Summary, summarize, type ThreadCpu, threadCpuMs, threadsCpuMs } from '../stats.ts';
+import { FirstCalls, WARM_UP_SHARE } from './first-calls.ts';
 import { busiestThreadGoal, tasksetComparison, threadsMarkdown } from './throughput-child.ts';
 
 /** The contenders of this workload. */
@@ -79,44 +80,6 @@ const JSSDK_TIMEOUT_MS = 300_000;
 /** Goal: Halcyon's response → first handler call at most the floor's plus this (ms). */
 const FIRST_CALL_MARGIN_MS = 10;
 
-/**
- * When each body's first handler call came. Every room has `perRoom` events in every body and a room's events
- * reach handlers in timeline order in every contender, so a room's n-th event (from 0) belongs to body
- * ⌊n / perRoom⌋, and the first call of body k is the first call whose room's count is k × perRoom — exact even
- * where a client runs one room's next body before another room's current one (counting all events would not be).
- */
-class FirstCalls {
-  /** Epoch ms of each body's first handler call; NaN until it came. */
-  readonly at: number[];
-  private readonly seen = new Map<string, number>();
-  constructor(
-    private readonly perRoom: number,
-    bodies: number,
-  ) {
-    this.at = new Array<number>(bodies).fill(NaN);
-  }
-  /** Called in the handler with the event's room. */
-  readonly hit = (roomId: string): void => {
-    const n = this.seen.get(roomId) ?? 0;
-    this.seen.set(roomId, n + 1);
-    if (n % this.perRoom !== 0) return;
-    const k = n / this.perRoom;
-    if (this.at[k] !== this.at[k]) this.at[k] = now(); // NaN: the body's first call
-  };
-  /**
-   * Response → first handler call (ms) of each body after the first (start-up is not in it), the response being
-   * the first the server sent with that body since request `before` (server clock, offset-corrected).
-   */
-  latencies(st: ReplayStats, before: number, offsetMs: number): number[] {
-    const sent = new Array<number>(this.at.length).fill(NaN);
-    for (let i = before; i < st.requestBodies.length; i++) {
-      const k = st.requestBodies[i]!;
-      if (k >= 0 && k < sent.length && Number.isNaN(sent[k])) sent[k] = st.responseTimes[i]! - offsetMs;
-    }
-    return this.at.slice(1).map((t, j) => t - sent[j + 1]!).filter(Number.isFinite);
-  }
-}
-
 /** One contender's run in one shape and round (exported for the CPU-by-thread figures in throughput-child.ts). */
 export interface TpSample {
   round: number;
@@ -127,6 +90,8 @@ export interface TpSample {
   /** From the first /sync response (server clock, offset-corrected) to the last handler call; for json-parse, the parse loop. */
   seconds: number;
   eventsPerSec: number;
+  /** Events/s after the warm-up bodies (see {@link FirstCalls.steadyEventsPerSec}). */
+  steadyEventsPerSec?: number;
   /** Main-thread CPU (user+system) from the start of the run (loop start / `client.run()` / adapter start) to the last handler call. */
   mainCpuMs?: number;
   mainCpuUsPerEvent?: number;
@@ -155,14 +120,16 @@ export interface ShapeResult {
   shape: Shape & { batches: number; events: number; bodyBytes: number; bytesPerEvent: number; messages: number; reactions: number; jsSdkBatches: number; jsSdkEvents: number };
   samples: TpSample[];
   summary: Partial<
-    Record<TpContender, { eventsPerSec: Summary; mainCpuUsPerEvent?: Summary; allThreadsCpuUsPerEvent?: Summary; steadyMainCpuUsPerEvent?: Summary; firstCallMs?: Summary }>
+    Record<TpContender, { eventsPerSec: Summary; steadyEventsPerSec?: Summary; mainCpuUsPerEvent?: Summary; allThreadsCpuUsPerEvent?: Summary; steadyMainCpuUsPerEvent?: Summary; firstCallMs?: Summary }>
   >;
 }
 
 type TimelineEvent = { type: string; sender: string; event_id: string };
 
-/** A sample's response → first handler call figures from its {@link FirstCalls}. */
-function withFirstCalls(s: TpSample, first: FirstCalls, st: ReplayStats, before: number, offsetMs: number): TpSample {
+/** A sample's response → first handler call figures and events/s after warm-up from its {@link FirstCalls}. */
+function withFirstCalls(s: TpSample, first: FirstCalls, st: ReplayStats, before: number, offsetMs: number, lastAt: number, perBatch: number): TpSample {
+  const steady = first.steadyEventsPerSec(st, before, offsetMs, lastAt, perBatch);
+  if (Number.isFinite(steady)) s.steadyEventsPerSec = steady;
   const xs = first.latencies(st, before, offsetMs);
   if (xs.length > 0) {
     s.firstCallsMs = xs;
@@ -215,7 +182,7 @@ async function measureFloor(server: ReplayServer, offsetMs: number, total: numbe
     mainCpuUsPerEvent: (r.mainCpuMs * 1000) / r.events,
     allThreadsCpuUsPerEvent: ((procLast - procFirst) * 1000) / (total - perBatch),
     steadyMainCpuUsPerEvent: ((cpuLast - cpuFirst) * 1000) / (total - perBatch),
-  }, threadsFirst, threadsLast, total - perBatch), first, st, before, offsetMs);
+  }, threadsFirst, threadsLast, total - perBatch), first, st, before, offsetMs, lastAt, perBatch);
 }
 
 /** A sample's CPU by thread from two {@link threadsCpuMs} readings, per event (`n`: events after body 0). */
@@ -255,7 +222,7 @@ async function measureHalcyon(server: ReplayServer, offsetMs: number, total: num
   };
   if (h.problems.length > 0) s.problems = h.problems;
   if (mode === 'trivial') withThreads(s, h.threadsAtFirst, h.threadsAtLast, total - perBatch);
-  return withFirstCalls(s, first, st, before, offsetMs);
+  return withFirstCalls(s, first, st, before, offsetMs, h.lastHandlerAt, perBatch);
 }
 
 /**
@@ -342,7 +309,7 @@ async function measurePeer(
       : {}),
     startupMs: firstResponse - startAt,
     stopMs,
-  }, first, st, before, offsetMs);
+  }, first, st, before, offsetMs, lastAt, perBatch);
 }
 
 function measureParse(bodies: readonly string[], total: number): TpSample {
@@ -427,6 +394,7 @@ async function measureShape(shape: Shape, batches: number, ctx: Parameters<Workl
   for (const c of CONTENDERS) {
     const ss = samples.filter((s) => s.contender === c && !s.error);
     const entry: NonNullable<ShapeResult['summary'][TpContender]> = { eventsPerSec: summarize(ss.map((s) => s.eventsPerSec)) };
+    if (ss.some((s) => s.steadyEventsPerSec !== undefined)) entry.steadyEventsPerSec = summarize(ss.flatMap((s) => s.steadyEventsPerSec ?? []));
     if (ss.some((s) => s.mainCpuUsPerEvent !== undefined)) entry.mainCpuUsPerEvent = summarize(ss.map((s) => s.mainCpuUsPerEvent!));
     if (ss.some((s) => s.allThreadsCpuUsPerEvent !== undefined)) entry.allThreadsCpuUsPerEvent = summarize(ss.map((s) => s.allThreadsCpuUsPerEvent!));
     if (ss.some((s) => s.steadyMainCpuUsPerEvent !== undefined)) entry.steadyMainCpuUsPerEvent = summarize(ss.map((s) => s.steadyMainCpuUsPerEvent!));
@@ -452,10 +420,11 @@ export const run: Workload = async (ctx): Promise<WorkloadReport> => {
     data: { skipped: `failed: ${err.message}` },
   }));
 
-  type Key = 'eventsPerSec' | 'mainCpuUsPerEvent' | 'steadyMainCpuUsPerEvent' | 'allThreadsCpuUsPerEvent' | 'firstCallMs';
+  type Key = 'eventsPerSec' | 'steadyEventsPerSec' | 'mainCpuUsPerEvent' | 'steadyMainCpuUsPerEvent' | 'allThreadsCpuUsPerEvent' | 'firstCallMs';
   const per = (r: ShapeResult, c: TpContender, key: Key) => r.samples.filter((s) => s.contender === c && !s.error).map((s) => ({ round: s.round, value: s[key] ?? NaN }));
   const METRICS: Array<{ key: Key; metric: string; better: 'higher' | 'lower'; unit: (x: number) => string }> = [
     { key: 'eventsPerSec', metric: 'events/s', better: 'higher', unit: (x) => `${fmt(x)} events/s` },
+    { key: 'steadyEventsPerSec', metric: 'events/s after warm-up', better: 'higher', unit: (x) => `${fmt(x)} events/s` },
     { key: 'mainCpuUsPerEvent', metric: 'main CPU/event', better: 'lower', unit: (x) => `${fmt(x, 2)} µs` },
     { key: 'steadyMainCpuUsPerEvent', metric: 'main CPU/event after start-up', better: 'lower', unit: (x) => `${fmt(x, 2)} µs` },
     { key: 'allThreadsCpuUsPerEvent', metric: 'all-threads CPU/event', better: 'lower', unit: (x) => `${fmt(x, 2)} µs` },
@@ -508,7 +477,9 @@ export const run: Workload = async (ctx): Promise<WorkloadReport> => {
     'A replay server in its own process serves Synapse-shaped /sync bodies (`m.room.message` and `m.reaction` events); every contender ' +
       'starts fresh and counts every timeline event, the first sync included, with a handler that reads the sender and event ID ' +
       '(Halcyon also with one that reads the content, which parses the event on the main thread). Events/s runs from the server\'s first ' +
-      '/sync response (server clock, offset-corrected) to the last handler call. Main-thread CPU is `process.threadCpuUsage()` from the ' +
+      '/sync response (server clock, offset-corrected) to the last handler call; "after warm-up" counts the events of the bodies from ' +
+      `the first after the first ${fmt(WARM_UP_SHARE * 100)}% on, from that body's response to the last handler call (a fresh client's first bodies run ` +
+      'code its JIT has not optimized yet, the compilers taking CPU beside it; events of earlier bodies handled meanwhile are not counted). Main-thread CPU is `process.threadCpuUsage()` from the ' +
       'start of the run (so it includes each client\'s start-up on main) to the last handler call, and "after start-up" from the first to the ' +
       'last handler call per event after the first body (the all-threads window); all-threads CPU is `process.cpuUsage()` ' +
       '(main + workers + GC threads) from the first to the last handler call, per event after the first body: what a user pays for in cores. ' +
@@ -533,15 +504,15 @@ export const run: Workload = async (ctx): Promise<WorkloadReport> => {
       '',
     );
     L.push(
-      '| contender | events/s | main-thread CPU µs/event | main-thread CPU µs/event after start-up | all-threads CPU µs/event | response → first handler call ms | start-up ms |',
-      '| --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+      '| contender | events/s | events/s after warm-up | main-thread CPU µs/event | main-thread CPU µs/event after start-up | all-threads CPU µs/event | response → first handler call ms | start-up ms |',
+      '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     );
     for (const c of CONTENDERS) {
       const s = r.summary[c]!;
       const startup = summarize(r.samples.filter((x) => x.contender === c && x.startupMs !== undefined).map((x) => x.startupMs!));
       const label = c === 'matrix-js-sdk' && w.jsSdkEvents !== w.events ? `${LABELS[c]} (**first body only**: ${fmt(w.jsSdkEvents)} events, not comparable)` : LABELS[c];
       L.push(
-        `| ${label} | ${mmm(s.eventsPerSec)} | ${mmm(s.mainCpuUsPerEvent, 2)} | ${mmm(s.steadyMainCpuUsPerEvent, 2)} | ${mmm(s.allThreadsCpuUsPerEvent, 2)} | ${mmm(s.firstCallMs, 1)} | ${mmm(startup)} |`,
+        `| ${label} | ${mmm(s.eventsPerSec)} | ${mmm(s.steadyEventsPerSec)} | ${mmm(s.mainCpuUsPerEvent, 2)} | ${mmm(s.steadyMainCpuUsPerEvent, 2)} | ${mmm(s.allThreadsCpuUsPerEvent, 2)} | ${mmm(s.firstCallMs, 1)} | ${mmm(startup)} |`,
       );
     }
     const failed = r.samples.filter((s) => s.error);
@@ -559,7 +530,7 @@ export const run: Workload = async (ctx): Promise<WorkloadReport> => {
       'lower is better ("main": the main thread, start-up included; "all": every thread, after the first body).',
     '',
   );
-  const cols: Array<[string, string]> = [['events/s', 'events/s'], ['main CPU/event', 'main CPU'], ['all-threads CPU/event', 'all CPU'], ['response → first handler call', 'first call']];
+  const cols: Array<[string, string]> = [['events/s', 'events/s'], ['events/s after warm-up', 'events/s warm'], ['main CPU/event', 'main CPU'], ['all-threads CPU/event', 'all CPU'], ['response → first handler call', 'first call']];
   L.push(`| shape | ${VERSUS.flatMap(([, v]) => cols.map(([, h]) => `÷ ${v} ${h}`)).join(' | ')} |`);
   L.push(`| --- | ${VERSUS.flatMap(() => cols.map(() => '---:')).join(' | ')} |`);
   for (const r of results) {
