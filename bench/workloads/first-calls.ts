@@ -7,7 +7,7 @@ import type { ReplayStats } from '../replay-server.ts';
 import { now } from '../stats.ts';
 
 /**
- * The share of a run's bodies that is its warm-up, left out of {@link FirstCalls.steadyEventsPerSec}: a fresh
+ * The share of a run's bodies that is its warm-up, left out of the events/s after warm-up ({@link FirstCalls.figures}): a fresh
  * client's first bodies run code not yet optimized (V8's JIT tiers, WebAssembly's tier-up, undici's HTTP parser
  * among it) while the compilers take CPU of their own. Traced on Halcyon (2 cores, 10,000-event bodies): the sync
  * worker took 15–50 ms per body for the first four or five bodies and 5–8 ms after, main 20 ms for the first two and
@@ -40,24 +40,20 @@ export class FirstCalls {
     if (this.at[k] !== this.at[k]) this.at[k] = now(); // NaN: the body's first call
   };
   /**
-   * Response → first handler call (ms) of each body after the first (start-up is not in it), the response being
-   * the first the server sent with that body since request `before` (server clock, offset-corrected).
+   * The per-body figures of a run: response → first handler call (ms) of each body after the first (start-up is
+   * not in it), and the events/s after warm-up: the events of the bodies from the first after the warm-up
+   * ({@link WARM_UP_SHARE}) on, from that body's response to the last handler call (`lastAt`; NaN if that body was
+   * not sent). Events of earlier bodies handled in that window are not counted: a client that fetches ahead of its
+   * handlers is not favoured. A body's response is the first the server sent with it since request `before`
+   * (server clock, offset-corrected).
    */
-  latencies(st: ReplayStats, before: number, offsetMs: number): number[] {
+  figures(st: ReplayStats, before: number, offsetMs: number, lastAt: number, perBatch: number): { latencies: number[]; steadyEventsPerSec: number } {
     const sent = this.responses(st, before, offsetMs);
-    return this.at.slice(1).map((t, j) => t - sent[j + 1]!).filter(Number.isFinite);
-  }
-
-  /**
-   * Events/s after warm-up: the events of the bodies from the first after the warm-up ({@link WARM_UP_SHARE}) on,
-   * from that body's response to the last handler call (`lastAt`); NaN if that body was not sent. Events of earlier
-   * bodies handled in the window are not counted: a client that fetches ahead of its handlers is not favoured.
-   */
-  steadyEventsPerSec(st: ReplayStats, before: number, offsetMs: number, lastAt: number, perBatch: number): number {
+    const latencies = this.at.slice(1).map((t, j) => t - sent[j + 1]!).filter(Number.isFinite);
     const k = Math.floor(this.at.length * WARM_UP_SHARE);
-    const from = this.responses(st, before, offsetMs)[k];
-    if (k < 1 || from === undefined || !Number.isFinite(from) || !Number.isFinite(lastAt)) return NaN;
-    return ((this.at.length - k) * perBatch) / ((lastAt - from) / 1000);
+    const from = sent[k];
+    const steady = k < 1 || from === undefined || !Number.isFinite(from) || !Number.isFinite(lastAt) ? NaN : ((this.at.length - k) * perBatch) / ((lastAt - from) / 1000);
+    return { latencies, steadyEventsPerSec: steady };
   }
 
   /** When the server first sent each body since request `before` (server clock, offset-corrected); NaN if never. */

@@ -90,7 +90,7 @@ export interface TpSample {
   /** From the first /sync response (server clock, offset-corrected) to the last handler call; for json-parse, the parse loop. */
   seconds: number;
   eventsPerSec: number;
-  /** Events/s after the warm-up bodies (see {@link FirstCalls.steadyEventsPerSec}). */
+  /** Events/s after the warm-up bodies (see {@link FirstCalls.figures}). */
   steadyEventsPerSec?: number;
   /** Main-thread CPU (user+system) from the start of the run (loop start / `client.run()` / adapter start) to the last handler call. */
   mainCpuMs?: number;
@@ -128,9 +128,8 @@ type TimelineEvent = { type: string; sender: string; event_id: string };
 
 /** A sample's response → first handler call figures and events/s after warm-up from its {@link FirstCalls}. */
 function withFirstCalls(s: TpSample, first: FirstCalls, st: ReplayStats, before: number, offsetMs: number, lastAt: number, perBatch: number): TpSample {
-  const steady = first.steadyEventsPerSec(st, before, offsetMs, lastAt, perBatch);
+  const { latencies: xs, steadyEventsPerSec: steady } = first.figures(st, before, offsetMs, lastAt, perBatch);
   if (Number.isFinite(steady)) s.steadyEventsPerSec = steady;
-  const xs = first.latencies(st, before, offsetMs);
   if (xs.length > 0) {
     s.firstCallsMs = xs;
     s.firstCallMs = summarize(xs).median;

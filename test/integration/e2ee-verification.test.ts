@@ -110,14 +110,13 @@ test('the bot starts (requestVerification, autoConfirm): the peer confirms, and 
   const s = await setup(t, peer, { verification: { from: [], autoConfirm: true } });
   const result = s.bot.client.requestVerification(peer.userId, peer.deviceId);
   result.catch(() => {}); // awaited below
-  const request = await peer.nextVerificationRequest(s.bot.user.userId, WAIT_MS).catch(async (e) => {
+  // If the peer's side fails, the bot's side is printed too: its errors and where its own request stands.
+  const withBotState = async (e: unknown): Promise<never> => {
     console.error('DEBUG', s.bot.errors, await Promise.race([result.catch((x: unknown) => x), Promise.resolve('pending')]));
     throw e;
-  });
-  await peer.runSas(request, { start: false }).catch(async (e) => {
-    console.error('DEBUG', s.bot.errors, await Promise.race([result.catch((x: unknown) => x), Promise.resolve('pending')]));
-    throw e;
-  });
+  };
+  const request = await peer.nextVerificationRequest(s.bot.user.userId, WAIT_MS).catch(withBotState);
+  await peer.runSas(request, { start: false }).catch(withBotState);
   assert.deepEqual(await withTimeout(result, WAIT_MS, 'requestVerification'), { userId: peer.userId, deviceId: peer.deviceId });
   await assertMutualTrust(s, peer);
   assert.deepEqual(s.bot.errors, []);
