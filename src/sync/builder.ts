@@ -62,11 +62,23 @@ const BYTES_PER_EVENT = 200;
 /** The most events the first capacity is made for (~2 MB of columns): past it, the columns grow as needed. */
 const MAX_INITIAL_EVENTS = 32_768;
 
+/**
+ * An empty array already in V8's generic elements kind. An empty `[]` starts as an array of small integers and
+ * changes its hidden class on its first string or object: the scan's code, optimized on an earlier body's arrays,
+ * then met a new body's array of another class at every push and was deoptimized and compiled again, a few times
+ * over a fresh worker's first bodies (each compile on a 2-core machine taking CPU from the pipeline).
+ */
+function objectArray<T>(): T[] {
+  const a: unknown[] = [null];
+  a.length = 0;
+  return a as T[];
+}
+
 /** Collects what one body brings, then {@link Builder.finish} turns it into a {@link ProcessedSync}. */
 export class Builder {
   nextBatch: string | null = null;
-  readonly rooms: string[] = [];
-  readonly strings: string[] = [];
+  readonly rooms: string[] = objectArray();
+  readonly strings: string[] = objectArray();
   private readonly stringIndex = new Map<string, number>();
   /** Events in the columns below, which grow by doubling: written in place, no array of boxed numbers to convert. */
   private count = 0;
@@ -106,7 +118,7 @@ export class Builder {
   }
 
   /** Type strings seen so far, by their token bytes: a batch has few distinct types, so most reads decode nothing. */
-  private readonly tokens: Array<{ bytes: Buffer; value: string }> = [];
+  private readonly tokens: Array<{ bytes: Buffer; value: string }> = objectArray();
 
   /** Reads the string value at the cursor, reusing the string of an identical earlier token. */
   internToken(sc: Scanner): string {
