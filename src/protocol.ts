@@ -144,21 +144,21 @@ export interface EventColumns {
   trust?: Uint8Array;
   /** Decrypted batches only: per event, the index into `strings` of the sender's device ID, or -1 when unknown. */
   device?: Int32Array;
+  /** True when every event_id and sender token here is plain ASCII (no byte ≥ 0x80): main decodes them as Latin-1. */
+  asciiIds?: boolean;
 }
 
 /**
- * What an encrypted event's sender device is to the bot: `verified` (the bot verified the device or its owner),
- * `signed` (cross-signed by its owner, whom the bot has not verified), `unsigned` (not cross-signed by its owner),
- * `unknown-device` (the device is not known, or the key came from a source that cannot vouch for it),
- * `identity-changed` (its owner was verified before and has a new identity since).
+ * What an encrypted event's sender device is to the bot: `verified` (the bot verified it or its owner), `signed`
+ * (cross-signed by its owner, whom the bot has not verified), `unsigned` (not cross-signed by its owner), `unknown-device`
+ * (not known, or its key came from a source that cannot vouch for it), `identity-changed` (its verified owner has a new identity).
  */
 export type TrustLevel = 'verified' | 'signed' | 'unsigned' | 'unknown-device' | 'identity-changed';
 /** {@link EventColumns.trust} codes: level `TRUST_LEVELS[code - 1]` (0: not decrypted). */
 export const TRUST_LEVELS: readonly TrustLevel[] = ['verified', 'signed', 'unsigned', 'unknown-device', 'identity-changed'];
 /**
- * Which devices the bot shares room keys with and accepts encrypted messages from: `all` (every device),
- * `signed` (devices cross-signed by their owner: spec v1.18, MSC4153), `verified` (devices the bot verified, or
- * whose owner it verified).
+ * Which devices the bot shares room keys with and accepts encrypted messages from: `all` (every device), `signed`
+ * (cross-signed by their owner: spec v1.18, MSC4153), `verified` (devices the bot verified, or whose owner it verified).
  */
 export type TrustPolicy = 'all' | 'signed' | 'verified';
 

@@ -275,6 +275,8 @@ const TYPE_ESCAPED = 128;
 const TYPE_WIDE = 256;
 const REL_TYPE_ESCAPED = 512;
 const REL_TYPE_WIDE = 1024;
+/** event_id or sender holds a byte of 0x80 or above (main then decodes them as UTF-8, not Latin-1). */
+const IDS_WIDE = 2048;
 
 /** Top-level names an event is routed on; each may appear once. */
 const N_TYPE = 1;
@@ -380,6 +382,7 @@ export function readEvent(i: i32): i32 {
       slot(k, v);
       slot(k + 1, i);
       if (escaped) flags |= name === N_ID ? ESC_ID : name === N_SENDER ? ESC_SENDER : ESC_STATE_KEY;
+      if ((s & WIDE) !== 0 && name !== N_STATE_KEY) flags |= IDS_WIDE;
     }
   }
   if ((seen & REQUIRED) !== REQUIRED) return -1;

@@ -97,6 +97,8 @@ export class Builder {
   readonly accountData: AccountDataWire[] = [];
   readonly receipts: ReceiptWire[] = [];
   readonly gaps: Array<{ roomId: string; prevBatch: string }> = [];
+  /** Whether an event's event_id or sender token has a byte of 0x80 or above (the columns' `asciiIds` is its negation). */
+  idsWide = false;
   /** The bot's user ID as the JSON string token a server writes, to flag own events without decoding senders. */
   readonly ownToken: Buffer | null;
   /**
@@ -203,6 +205,7 @@ export class Builder {
         ts: this.ts.slice(0, n),
         flags: this.flags.slice(0, n),
         offsets: this.offsets.slice(0, n * OFFSET_STRIDE),
+        asciiIds: !this.idsWide,
       },
       invites: this.invites,
       knocks: this.knocks,

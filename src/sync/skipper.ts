@@ -39,7 +39,8 @@ interface Exports {
  * the type's and rel_type's tokens, the flags ({@link EVENT_RECORD_FLAGS}); the timestamp is f64 number `ts`.
  */
 export const EVENT_SLOTS = { type: 10, relType: 12, flags: 14, ts: 8 } as const;
-export const EVENT_RECORD_FLAGS = { columns: 2 | 4 | 8 | 16 | 32, verificationRequest: 64, typeEscaped: 128, typeWide: 256, relTypeEscaped: 512, relTypeWide: 1024 } as const;
+/** The record's flag bits: the columns' own (EVENT_FLAGS), then the reader's; `idsWide`: event_id or sender has a byte ≥ 0x80. */
+export const EVENT_RECORD_FLAGS = { columns: 2 | 4 | 8 | 16 | 32, verificationRequest: 64, typeEscaped: 128, typeWide: 256, relTypeEscaped: 512, relTypeWide: 1024, idsWide: 2048 } as const;
 
 /**
  * The flag bits of a skip's result: the string (or the last one a value held) was escaped, wide, present; for

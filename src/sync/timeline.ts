@@ -30,6 +30,11 @@ const span = new Int32Array(OFFSET_STRIDE);
 /** Marks a field that is present but not a string. */
 const WRONG_TYPE = -2;
 
+/** Bits `1 << slot` of the {@link span} strings read with a byte of 0x80 or above (reset with the span). */
+let wideSlots = 0;
+/** The event_id and sender slots' {@link wideSlots} bits: either set, and the batch's IDs are not all ASCII. */
+const ID_SLOTS = (1 << OFF.eventId) | (1 << OFF.sender);
+
 /** Records the span of the string at the cursor in slot `slot` (or marks it mistyped); returns its escape flag. */
 function readSpan(sc: Scanner, slot: number): number {
   if (!sc.atString()) {
@@ -39,6 +44,7 @@ function readSpan(sc: Scanner, slot: number): number {
   }
   span[slot] = sc.skipStringToken();
   span[slot + 1] = sc.i;
+  if (sc.wide) wideSlots |= 1 << slot;
   return sc.escaped ? EVENT_FLAGS.escaped(slot) : 0;
 }
 
@@ -73,6 +79,7 @@ function fromRecord(sc: Scanner, b: Builder, roomId: string, roomIndex: number):
   const rs = r[EVENT_SLOTS.relType]!;
   const relType = rs < 0 ? null : b.internSpan(sc, rs, r[EVENT_SLOTS.relType + 1]!, (f & EVENT_RECORD_FLAGS.relTypeEscaped) !== 0, (f & EVENT_RECORD_FLAGS.relTypeWide) !== 0);
   const verificationRequest = (f & EVENT_RECORD_FLAGS.verificationRequest) !== 0;
+  if ((f & EVENT_RECORD_FLAGS.idsWide) !== 0) b.idsWide = true;
   return toColumns(sc, b, roomId, roomIndex, type, relType, eventTs[EVENT_SLOTS.ts]!, f & EVENT_RECORD_FLAGS.columns, verificationRequest, eventOffsets);
 }
 
@@ -89,6 +96,7 @@ function readInJs(sc: Scanner, b: Builder, roomId: string, roomIndex: number): M
   let tsSeen = false;
   let seen = 0;
   span.fill(-1);
+  wideSlots = 0;
   sc.openObject();
   for (let first = true; sc.keyToken(first); first = false) {
     if (sc.escaped) {
@@ -132,6 +140,7 @@ function readInJs(sc: Scanner, b: Builder, roomId: string, roomIndex: number): M
   }
   span[OFF.rawStart] = start;
   span[OFF.rawEnd] = sc.i;
+  if ((wideSlots & ID_SLOTS) !== 0) b.idsWide = true;
   return toColumns(sc, b, roomId, roomIndex, type!, relType, ts!, flags, rel.verificationRequest, span);
 }
 

@@ -7,8 +7,9 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { Membership, MessageContent } from '../../src/index.ts';
 import { BatchReader, MemberEvent, Message, Room, type ContentInput, type MessageOptions, type RoomActions } from '../../src/events.ts';
-import type { WireBatch } from '../../src/protocol.ts';
+import { OFF, type WireBatch } from '../../src/protocol.ts';
 import { processSync } from '../../src/sync/process.ts';
+import { MIN_WASM_BODY } from '../../src/sync/scan.ts';
 
 /** A reader that counts how often an event is parsed. */
 class CountingReader extends BatchReader {
@@ -99,6 +100,29 @@ test('lazy: an event nobody reads is never parsed; reading fields parses it once
     assert.equal(m.formattedBody, '<b>b</b>');
   }
   assert.equal(reader.parses, 1);
+});
+
+test('event IDs and senders: decoded as Latin-1 only when the sync actor saw them all ASCII, else (and in batches without the flag) as UTF-8', () => {
+  const cases: Array<{ ids: string[]; senders: string[]; ascii: boolean }> = [
+    { ids: ['$a', '$b'], senders: ['@alice:x', '@bob:x'], ascii: true },
+    { ids: ['$a', '$b'], senders: ['@alice:x', '@zoë:x'], ascii: false },
+    { ids: ['$a', '$é'], senders: ['@alice:x', '@bob:x'], ascii: false },
+  ];
+  // Below MIN_WASM_BODY bytes the JS reader reads the events; padded past it, the WebAssembly one.
+  for (const pad of [0, MIN_WASM_BODY]) {
+    for (const { ids, senders, ascii } of cases) {
+      const events = ids.map((id, n) => ({ type: 'm.room.message', event_id: id, sender: senders[n], origin_server_ts: n, content: { msgtype: 'm.text', body: 'ü' } }));
+      const body = Buffer.from(' '.repeat(pad) + JSON.stringify({ next_batch: 's', rooms: { join: { '!r:x': { timeline: { events } } } } }), 'utf8');
+      const p = processSync(body, { wantedTypes: null });
+      assert.equal(p.events.asciiIds, ascii, `${pad}: ${senders} ${ids}`);
+      // A batch journaled before the flag existed has none: read as UTF-8, as then.
+      for (const columns of [p.events, { ...p.events, asciiIds: undefined }]) {
+        const reader = new BatchReader({ body, events: columns } as unknown as WireBatch);
+        assert.deepEqual([0, 1].map((i) => reader.str(i, OFF.sender)), senders);
+        assert.deepEqual([0, 1].map((i) => reader.str(i, OFF.eventId)), ids);
+      }
+    }
+  }
 });
 
 test('notices: isNotice, and reply()/replyInThread() on one reject (the spec: never answer m.notice automatically) unless forced', async () => {
