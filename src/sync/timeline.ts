@@ -6,7 +6,7 @@
 import { EVENT_FLAGS, type MatrixEvent, OFF, OFFSET_STRIDE } from '../protocol.ts';
 import { keyBytes, Scanner } from './scan.ts';
 import { EVENT_RECORD_FLAGS, EVENT_SLOTS, eventOffsets, eventRecord, eventTs } from './skipper.ts';
-import type { Builder } from './builder.ts';
+import type { Builder, TypeToken } from './builder.ts';
 
 const K = {
   type: keyBytes('type'),
@@ -86,8 +86,8 @@ function fromRecord(sc: Scanner, b: Builder, roomId: string, roomIndex: number):
 /** {@link readTimelineEvent} in JS: the reference, which reports what makes an event unusable. */
 function readInJs(sc: Scanner, b: Builder, roomId: string, roomIndex: number): MatrixEvent | undefined {
   const start = sc.i;
-  let type: string | null = null;
-  let relType: string | null = null;
+  let type: TypeToken | null = null;
+  let relType: TypeToken | null = null;
   let ts: number | null = null;
   let contentOk = false;
   let bad: string | null = null;
@@ -149,21 +149,21 @@ function readInJs(sc: Scanner, b: Builder, roomId: string, roomIndex: number): M
  * a redaction (the cache needs them). `offsets` holds its span and string tokens in the columns' order (OFF): the
  * JS reader's {@link span}, or the WebAssembly reader's record.
  */
-function toColumns(sc: Scanner, b: Builder, roomId: string, roomIndex: number, type: string, relType: string | null, ts: number, flags: number, verificationRequest: boolean, offsets: Int32Array): MatrixEvent | undefined {
+function toColumns(sc: Scanner, b: Builder, roomId: string, roomIndex: number, type: TypeToken, relType: TypeToken | null, ts: number, flags: number, verificationRequest: boolean, offsets: Int32Array): MatrixEvent | undefined {
   const start = offsets[OFF.rawStart]!;
   const end = offsets[OFF.rawEnd]!;
   // Clear in-room verification events go to the crypto actor whatever handlers want (encrypted ones reach it anyway).
-  if (type.startsWith('m.key.verification.') || (type === 'm.room.message' && verificationRequest)) {
+  if (type.verification || (type.value === 'm.room.message' && verificationRequest)) {
     b.crypto.verification.push({ roomId, event: JSON.parse(sc.b.toString('utf8', start, end)) as MatrixEvent });
   }
-  if (b.opts.wantedTypes === null || b.opts.wantedTypes.has(type)) {
+  if (type.wanted) {
     const own = b.ownToken;
     const senderS = offsets[OFF.sender]!;
     const senderE = offsets[OFF.sender + 1]!;
     if (own !== null && senderE - senderS === own.length && sc.b.compare(own, 0, own.length, senderS, senderE) === 0) flags |= EVENT_FLAGS.own;
-    b.addEvent(roomIndex, b.intern(type), relType === null ? -1 : b.intern(relType), ts, flags, offsets);
+    b.addEvent(roomIndex, b.indexOf(type), relType === null ? -1 : b.indexOf(relType), ts, flags, offsets);
   }
-  return offsets[OFF.stateKey]! >= 0 || type === 'm.room.redaction' ? (JSON.parse(sc.b.toString('utf8', start, end)) as MatrixEvent) : undefined;
+  return offsets[OFF.stateKey]! >= 0 || type.value === 'm.room.redaction' ? (JSON.parse(sc.b.toString('utf8', start, end)) as MatrixEvent) : undefined;
 }
 
 /**
@@ -198,7 +198,7 @@ function escapedAs(sc: Scanner, name: string): boolean {
 }
 
 /** What {@link readContent} found: `m.relates_to` and the notice flag (reused: events are read one at a time, on the hot path). */
-const rel = { type: null as string | null, flags: 0, verificationRequest: false };
+const rel = { type: null as TypeToken | null, flags: 0, verificationRequest: false };
 
 /**
  * Reads an event's `content` object at the cursor for its `m.relates_to`: the relation type and event ID span
