@@ -308,7 +308,10 @@ export function makeInitialSync(opts: InitialSyncOptions): string {
     device_lists: { changed: [], left: [] },
     presence: { events: presence },
     rooms: { join },
-    device_one_time_keys_count: { signed_curve25519: 0 },
+    // What Synapse answers a device whose login uploaded its keys (Halcyon's, encryption on: device keys and 50
+    // one-time keys, no fallback key). Until 7ee462c this said 0, as if every key had been claimed since, and the
+    // crypto actor made and uploaded 50 more on the path to `ready`.
+    device_one_time_keys_count: { signed_curve25519: 50 },
     'org.matrix.msc2732.device_unused_fallback_key_types': [],
     device_unused_fallback_key_types: [],
     next_batch: `s1_${9000 + opts.rooms}_0_1_1_1_1_${500 + opts.rooms}_0_1`,
