@@ -309,8 +309,7 @@ export function makeInitialSync(opts: InitialSyncOptions): string {
     presence: { events: presence },
     rooms: { join },
     // What Synapse answers a device whose login uploaded its keys (Halcyon's, encryption on: device keys and 50
-    // one-time keys, no fallback key). Until 7ee462c this said 0, as if every key had been claimed since, and the
-    // crypto actor made and uploaded 50 more on the path to `ready`.
+    // one-time keys, no fallback key). 0 would say every key was claimed since, and have the client make 50 more.
     device_one_time_keys_count: { signed_curve25519: 50 },
     'org.matrix.msc2732.device_unused_fallback_key_types': [],
     device_unused_fallback_key_types: [],
