@@ -135,10 +135,8 @@ export interface EventColumns {
   ts: Float64Array;
   /** {@link EVENT_FLAGS} bits per event. */
   flags: Uint8Array;
-  /**
-   * Byte offsets into the body, {@link OFFSET_STRIDE} per event: the event's JSON [start, end), then the string
-   * tokens (quotes included) of event_id, sender, state_key and `m.relates_to`.event_id; -1 where absent.
-   */
+  /** Body offsets, {@link OFFSET_STRIDE} per event: its JSON [start, end), then the string tokens (quotes
+   * included) of event_id, sender, state_key and `m.relates_to`.event_id; -1 where absent. */
   offsets: Int32Array;
   /** Decrypted batches only (absent on clear ones): per event, the sender device's trust as 1 + its index in {@link TRUST_LEVELS}. */
   trust?: Uint8Array;
@@ -325,6 +323,8 @@ export interface CacheConfig {
   dataDir: string;
   /** Rooms held fully in memory; the rest stay in SQLite and load on demand. */
   maxRoomsInMemory: number;
+  /** Shared memory whose Int32 at 0 the actor adds one to whenever a room becomes encrypted (src/client/plain-rooms.ts). */
+  encryptedRooms?: Int32Array;
 }
 
 /** RPC surface of the cache actor. */

@@ -23,6 +23,8 @@ export class CacheActor implements CacheActorApi {
   private db: Database | null = null;
   private rooms: LRUCache<string, RoomState> | null = null;
   private sql: ReturnType<typeof prepare> | null = null;
+  /** Rooms made encrypted so far, in memory shared with main (see CacheConfig.encryptedRooms); null without it. */
+  private encryptedRooms: Int32Array | null = null;
   /** Batches applied in memory and not yet written (`apply(…, true)`), in order; written by {@link writeHeld}. */
   private held: HeldBatch[] = [];
 
@@ -39,6 +41,7 @@ export class CacheActor implements CacheActorApi {
     this.db = db;
     this.sql = prepare(db);
     this.rooms = new LRUCache({ max: Math.max(1, config.maxRoomsInMemory) });
+    this.encryptedRooms = config.encryptedRooms ?? null;
   }
 
   async apply(changes: StateChanges, deferWrite = false): Promise<RoomSummary[]> {
@@ -60,6 +63,8 @@ export class CacheActor implements CacheActorApi {
         if (s && typeof s['m.joined_member_count'] === 'number') room.joinedCount = s['m.joined_member_count'];
         if (s && typeof s['m.invited_member_count'] === 'number') room.invitedCount = s['m.invited_member_count'];
         const after = summarize(room);
+        // Counted before the room can be read as encrypted: main trusts an earlier "not encrypted" while this count stays.
+        if (after.encrypted && !before?.encrypted && this.encryptedRooms) Atomics.add(this.encryptedRooms, 0, 1);
         if (defer) held.rooms.push({ room, touched, summary: after });
         else this.save(room, touched, after);
         this.rooms!.set(room.roomId, room);

@@ -28,6 +28,7 @@ import { storePassphrase } from '../store.ts';
 import { SyncActor, type SyncDeps } from '../sync/actor.ts';
 import type { Session } from '../token.ts';
 import type { ResolvedOptions } from './options.ts';
+import { PlainRoomMemo } from './plain-rooms.ts';
 
 /** Bound of each call to the actors while restarting them (one of them is dead or stuck). */
 const RESTART_CALL_MS = 5_000;
@@ -41,6 +42,8 @@ export interface ActorSet {
   port: Port<SyncToMain, MainToSync>;
   /** Late decryptions and crypto problems from the crypto actor; their acknowledgements to it. */
   cryptoPort: Port<CryptoToMain, MainToCrypto> | null;
+  /** The cache's "not encrypted" answers to sends with encryption off, valid for this set's cache (made by start()). */
+  plainRooms?: PlainRoomMemo;
 }
 
 /** How an actor set is built: where its actors run. */
@@ -200,7 +203,8 @@ export class Actors {
       claimDataDir(o.dataDir, session.homeserver, session.userId, session.deviceId);
     });
     const starting = (async () => {
-      await set.cache.api.open({ dataDir: o.dataDir, maxRoomsInMemory: o.maxRoomsInMemory });
+      const memo = (set.plainRooms = new PlainRoomMemo());
+      await set.cache.api.open({ dataDir: o.dataDir, maxRoomsInMemory: o.maxRoomsInMemory, encryptedRooms: memo.counter });
       traceStartup('cache open');
       for (const s of await set.cache.api.summaries()) this.hooks.onSummary(s);
       if (!leads()) return;

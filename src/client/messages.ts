@@ -169,15 +169,24 @@ export async function redactEvent(core: ClientCore, roomId: string, eventId: str
  * Whether a room is encrypted. With encryption on, the crypto store decides (asking the server once for rooms it
  * has not seen); otherwise main's mirror and the cache do, and a room the cache has not seen joined (just
  * joined, or not synced yet) is asked of the server. Fail closed: an error is no answer. A plain answer is
- * remembered (an encryption event later reaches the mirror, which is asked first).
+ * remembered: the server's until an encryption event reaches the mirror, which is asked first; the cache's while
+ * the cache has made no room encrypted since (src/client/plain-rooms.ts).
  */
 export async function isRoomEncrypted(core: ClientCore, roomId: string): Promise<boolean> {
   core.need();
   if (core.opts.encryption) return (await core.openCrypto()).isRoomEncrypted(roomId);
   if (core.mirror.get(roomId)?.encrypted) return true;
   if (core.plainRooms.has(roomId)) return false;
-  const cached = await core.actors.set?.cache.api.getRoom(roomId).catch(() => undefined);
-  if (cached?.membership === 'join') return cached.encrypted;
+  const set = core.actors.set;
+  // A joined room the cache said was not encrypted, while the cache has made no room encrypted since (plain-rooms.ts).
+  const memo = set?.plainRooms;
+  if (memo?.plain(roomId)) return false;
+  const at = memo?.now() ?? 0;
+  const cached = await set?.cache.api.getRoom(roomId).catch(() => undefined);
+  if (cached?.membership === 'join') {
+    if (!cached.encrypted) memo?.remember(roomId, at);
+    return cached.encrypted;
+  }
   const content = await getStateEvent(core, roomId, 'm.room.encryption');
   const encrypted = content !== null && typeof content.algorithm === 'string';
   if (!encrypted && core.plainRooms.size < MAX_OTHER_ROOMS) core.plainRooms.add(roomId);

@@ -13,6 +13,7 @@ import { repliesInRoom } from '../helpers/fault-stream.ts';
 import { proxiedBot } from '../helpers/proxied-bot.ts';
 import { defer, deferred, loggingProxy, newBot, newClient, newPeer, roomWithBot, tempDataDir, WAIT_MS, waitUntil } from './util.ts';
 import { crashActorForTests } from '../../src/client/testing.ts';
+import { cores } from '../../src/client/core.ts';
 
 let hs: Homeserver;
 before(async () => {
@@ -88,6 +89,35 @@ test('encryption off: concurrent sends into a room the bot has not synced yet go
   assert.equal(slow.hits, 1, 'the server was asked');
   assert.deepEqual((await repliesInRoom(hs.baseUrl, peer.user.accessToken, roomId, bot.user.userId)).map((r) => r.body), ['c0', 'c1', 'c2', 'c3', 'c4'], 'in call order');
   assert.deepEqual((await repliesInRoom(hs.baseUrl, peer.user.accessToken, roomId, bot.user.userId)).map((r) => r.eventId), ids);
+});
+
+test('encryption off: the cache\'s "not encrypted" holds, unasked, until it makes a room encrypted; a room it made encrypted is refused even where main\'s mirror lags', async (t) => {
+  const bot = await newBot(t, hs, { encryption: false });
+  await bot.client.run(bot.token);
+  const peer = await newPeer(hs);
+  const plain = await roomWithBot(peer, bot.user.userId);
+  const other = await roomWithBot(peer, bot.user.userId);
+  await waitUntil(async () => (await bot.client.getRoom(other)) !== undefined && (await bot.client.getRoom(plain)) !== undefined, WAIT_MS, 'both rooms in the cache');
+  // The cache actor's handle, counting what sends ask it (its api is a proxy: wrapped, not patched).
+  const set = cores.get(bot.client)!.actors.set!;
+  const api = set.cache.api;
+  let asked = 0;
+  set.cache = { ...set.cache, api: new Proxy(api, { get: (target, key) => (key === 'getRoom' ? (roomId: string) => (asked++, api.getRoom(roomId)) : Reflect.get(target, key)) }) };
+  await bot.client.sendMessage(plain, 'one');
+  await bot.client.sendMessage(plain, 'two');
+  assert.equal(asked, 1, 'the second send trusts the first answer');
+  // Another room becomes encrypted: every answer from before is asked again.
+  await peer.sendState(other, 'm.room.encryption', '', { algorithm: 'm.megolm.v1.aes-sha2' });
+  await waitUntil(async () => (await bot.client.getRoom(other))?.encrypted === true, WAIT_MS, 'the cache to see the other room encrypted');
+  asked = 0;
+  await bot.client.sendMessage(plain, 'three');
+  assert.equal(asked, 1);
+  // The room itself becomes encrypted; main's mirror is made to lag (as while main works through earlier batches).
+  await peer.sendState(plain, 'm.room.encryption', '', { algorithm: 'm.megolm.v1.aes-sha2' });
+  await waitUntil(async () => (await bot.client.getRoom(plain))?.encrypted === true, WAIT_MS, 'the cache to see the room encrypted');
+  const mirror = cores.get(bot.client)!.mirror;
+  mirror.set({ ...mirror.get(plain)!, encrypted: false });
+  await assert.rejects(bot.client.sendMessage(plain, 'secret'), (e: HalcyonError) => e.code === 'HALCYON_ROOM_ENCRYPTED');
 });
 
 test('a send into a room the bot is not in fails at once, naming the send, with the server\'s errcode', async (t) => {

@@ -384,3 +384,24 @@ test("cache actor: a batch applied with deferWrite is answered from memory at on
   assert.deepEqual(await c.accountData(null, 'm.x'), { v: 1 });
   await c.close();
 });
+
+test('cache actor: counts the rooms it makes encrypted in the shared counter main trusts "not encrypted" answers by', async (t) => {
+  const counter = new Int32Array(new SharedArrayBuffer(4));
+  const a = new CacheActor();
+  await a.open({ dataDir: tempDataDir(t), maxRoomsInMemory: 1, encryptedRooms: counter });
+  const count = (): number => Atomics.load(counter, 0);
+  await a.apply({ rooms: [{ roomId: '!plain:x', membership: 'join', state: [st('m.room.name', '', { name: 'P' })] }] });
+  assert.equal(count(), 0, 'a plain room is not counted');
+  // Joined already encrypted, and made encrypted later (evicted from memory meanwhile: maxRoomsInMemory is 1).
+  await a.apply({ rooms: [{ roomId: '!enc:x', membership: 'join', state: [st('m.room.encryption', '', { algorithm: 'm.megolm.v1.aes-sha2' })] }] });
+  assert.equal(count(), 1);
+  await a.apply({ rooms: [{ roomId: '!plain:x', membership: 'join', state: [st('m.room.encryption', '', { algorithm: 'm.megolm.v1.aes-sha2' })] }] });
+  assert.equal(count(), 2);
+  // Other changes to encrypted rooms, a repeated encryption event, and a deferred (held) batch that encrypts a room.
+  await a.apply({ rooms: [{ roomId: '!enc:x', membership: 'join', state: [st('m.room.name', '', { name: 'E' }), st('m.room.encryption', '', { algorithm: 'x' })] }] });
+  assert.equal(count(), 2);
+  await a.apply({ rooms: [{ roomId: '!held:x', membership: 'join', state: [st('m.room.encryption', '', { algorithm: 'm.megolm.v1.aes-sha2' })] }] }, true);
+  assert.equal(count(), 3);
+  assert.equal((await a.getRoom('!plain:x'))?.encrypted, true);
+  await a.close();
+});
