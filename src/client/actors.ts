@@ -43,7 +43,7 @@ export interface ActorSet {
   /** Late decryptions and crypto problems from the crypto actor; their acknowledgements to it. */
   cryptoPort: Port<CryptoToMain, MainToCrypto> | null;
   /** The cache's "not encrypted" answers to sends with encryption off, valid for this set's cache (made by start()). */
-  plainRooms?: PlainRoomMemo;
+  plainJoined?: PlainRoomMemo;
 }
 
 /** How an actor set is built: where its actors run. */
@@ -203,7 +203,7 @@ export class Actors {
       claimDataDir(o.dataDir, session.homeserver, session.userId, session.deviceId);
     });
     const starting = (async () => {
-      const memo = (set.plainRooms = new PlainRoomMemo());
+      const memo = (set.plainJoined = new PlainRoomMemo());
       await set.cache.api.open({ dataDir: o.dataDir, maxRoomsInMemory: o.maxRoomsInMemory, encryptedRooms: memo.counter });
       traceStartup('cache open');
       for (const s of await set.cache.api.summaries()) this.hooks.onSummary(s);

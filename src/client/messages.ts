@@ -179,7 +179,7 @@ export async function isRoomEncrypted(core: ClientCore, roomId: string): Promise
   if (core.plainRooms.has(roomId)) return false;
   const set = core.actors.set;
   // A joined room the cache said was not encrypted, while the cache has made no room encrypted since (plain-rooms.ts).
-  const memo = set?.plainRooms;
+  const memo = set?.plainJoined;
   if (memo?.plain(roomId)) return false;
   const at = memo?.now() ?? 0;
   const cached = await set?.cache.api.getRoom(roomId).catch(() => undefined);

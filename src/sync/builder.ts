@@ -169,7 +169,8 @@ export class Builder {
     return t.index >= 0 ? t.index : (t.index = this.intern(t.value));
   }
 
-  intern(s: string): number {
+  /** The index of `s` in the batch's strings, added on first use (two tokens may decode to one string: one escaped). */
+  private intern(s: string): number {
     let k = this.stringIndex.get(s);
     if (k === undefined) {
       k = this.strings.push(s) - 1;
