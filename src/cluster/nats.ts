@@ -101,7 +101,7 @@ export interface KeyStore extends LeaseStore {
   readonly ttlMs: number;
   /** `held` (a value), `released` (deleted by its holder: a clean hand-over) or `absent` (never written, or expired). */
   state(key: string): Promise<'held' | 'released' | 'absent'>;
-  /** The keys that hold a value and match `filter` (`w.*`), each once. */
+  /** The keys that hold a value and match `filter` (`w.*`), each once; rejects (`HALCYON_CLUSTER`) within 5 s if NATS does not answer. */
   keys(filter: string): Promise<string[]>;
   /**
    * Calls `onChange` when a key appears or is deleted (not on renewals, nor on expiry, which has no event: a
@@ -361,7 +361,7 @@ export class Broker {
         await delay(1_000, signal);
       }
     }
-    return keyStore(kv, ttlMs ?? (await kv.status()).ttl, this.reconnected);
+    return keyStore(kv, ttlMs ?? (await kv.status()).ttl, this.reconnected, (filter) => listKeys(this.jsm, bucket, filter));
   }
 
   /** Ends the connection (pending publishes and requests settle first, for a moment). */
@@ -373,7 +373,7 @@ export class Broker {
 }
 
 /** The {@link KeyStore} over an opened lease bucket `kv` whose entries live `ttl` ms; see {@link Broker.leaseStore}. */
-function keyStore(kv: KV, ttl: number, reconnected: Set<() => void>): KeyStore {
+function keyStore(kv: KV, ttl: number, reconnected: Set<() => void>, keys: (filter: string) => Promise<string[]>): KeyStore {
   const wrongRevision = (e: unknown) => /wrong last sequence|key exists/i.test((e as Error).message ?? '');
   /** The key's entry while it holds a value (not deleted, not expired), else null. */
   const held = async (key: string) => {
@@ -414,12 +414,7 @@ function keyStore(kv: KV, ttl: number, reconnected: Set<() => void>): KeyStore {
       const e = await kv.get(key);
       return e === null ? 'absent' : e.operation === 'PUT' ? 'held' : 'released';
     },
-    keys: async (filter) => {
-      // A key written again while it is listed (a renewal) comes twice: its last value, then the new one.
-      const out = new Set<string>();
-      for await (const k of await kv.keys(filter)) out.add(k);
-      return [...out];
-    },
+    keys,
     watch: (onChange) => {
       const seen = new Set<string>();
       const watching = kv.watch({ key: '>', include: 'updates' });
@@ -444,6 +439,38 @@ function keyStore(kv: KV, ttl: number, reconnected: Set<() => void>): KeyStore {
       return () => void watching.then((w) => w.stop(), () => {});
     },
   };
+}
+
+/** How long a listing of the lease bucket's keys ({@link listKeys}) may take before it is given up. */
+export const LIST_KEYS_MS = 5_000;
+
+/**
+ * The keys of lease bucket `bucket` that hold a value and match `filter` (`w.*`), each once: one batch direct get
+ * of the last message of each matching subject (nats-server 2.11 and later, as the README asks), deleted keys left
+ * out. Not `kv.keys()`: that makes an ordered consumer per listing, which the server keeps for 5 minutes (nats.js
+ * sets that inactive threshold), and it refuses a stream's 1,001st consumer, so a worker's looks (two listings a
+ * second) failed after ~4 minutes; and a listing in flight when NATS restarted waited for its consumer's missed
+ * heartbeats, 100 s and more, with the worker's ownership stuck behind it. This one is a request: it ends by the
+ * server's end-of-batch, or rejects with `HALCYON_CLUSTER` after {@link LIST_KEYS_MS}. Up to 1,024 keys match (the
+ * server's bound on one answer; partitions are at most 1,024, and a worker's key lasts the TTL after it stops).
+ */
+async function listKeys(jsm: JetStreamManager, bucket: string, filter: string): Promise<string[]> {
+  const prefix = `$KV.${bucket}.`;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    const answers = await jsm.direct.getLastMessagesFor(`KV_${bucket}`, { multi_last: [prefix + filter] });
+    timer = setTimeout(() => answers.stop(new Error(`no answer within ${LIST_KEYS_MS} ms`)), LIST_KEYS_MS);
+    const out = new Set<string>();
+    for await (const m of answers) {
+      const op = m.header.get('KV-Operation');
+      if (op !== 'DEL' && op !== 'PURGE') out.add(m.subject.slice(prefix.length));
+    }
+    return [...out];
+  } catch (err) {
+    throw clusterError(`cannot list the keys ${filter} of the lease bucket`, err);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Whether a JetStream error says the stream or consumer does not exist. */

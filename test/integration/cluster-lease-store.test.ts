@@ -33,6 +33,8 @@ const RESTART_TTL_MS = 15_000;
  * nats.js's 5 s timeout), with a second for a loaded machine.
  */
 const RELEASE_DEADLINE_MS = 11_000;
+/** How long a listing of the keys may take when NATS does not answer (nats.ts: its own deadline, 5 s). */
+const KEYS_DEADLINE_MS = 5_000;
 
 /** The lease bucket of a fresh cluster name (its TTL `ttlMs`), on a connection closed after the test. */
 async function freshStore(t: TestContext, ttlMs: number): Promise<KeyStore> {
@@ -90,6 +92,45 @@ test('lease store: keys() lists each key once while keys are renewed during the 
     renewing = false;
     await renewer;
   }
+});
+
+test('lease store: keys() leaves nothing behind on the server: 1,050 listings all answer (each once left a consumer for 5 minutes, and the server refuses a stream\'s 1,001st: a worker\'s looks failed after ~4 minutes)', async (t) => {
+  const store = await freshStore(t, 10_000);
+  for (let i = 0; i < 8; i++) await store.create(`p.${i}`, 'me');
+  await store.create('w.me', 'me');
+  await store.release('p.7', (await store.update('p.7', 'me', 1e9))!);
+  for (let i = 0; i < 1_050; i++) {
+    const keys = await store.keys(i % 2 === 0 ? 'p.*' : 'w.*');
+    assert.deepEqual(keys.sort(), i % 2 === 0 ? ['p.0', 'p.1', 'p.2', 'p.3', 'p.4', 'p.5', 'p.6'] : ['w.me'], `listing ${i}`);
+  }
+  assert.deepEqual(await store.keys('x.*'), [], 'no key, an empty list');
+});
+
+test('lease store: listings in flight when nats-server stops each settle within their deadline (one once waited 100 s and more, and the worker\'s ownership with it: a partition stayed unowned)', { timeout: 90_000 }, async (t) => {
+  const store = await freshStore(t, RESTART_TTL_MS);
+  for (let i = 0; i < 200; i++) await store.create(`w.k${i}`, `v${i}`);
+  const open = new Map<number, number>();
+  const took: number[] = [];
+  let listing = true;
+  let n = 0;
+  // Listings one after another, four at a time, from before the stop until the server is back.
+  const listers = Array.from({ length: 4 }, async () => {
+    while (listing) {
+      const id = n++;
+      const at = Date.now();
+      open.set(id, at);
+      await store.keys('w.*').catch(() => []);
+      open.delete(id);
+      took.push(Date.now() - at);
+    }
+  });
+  await waitUntil(() => took.length >= 20, 10_000, 'listings under way');
+  await nats.restart(() => waitUntil(() => open.size > 0, 5_000, 'a listing in flight while stopped'), 'SIGTERM');
+  listing = false;
+  await waitUntil(() => open.size === 0, KEYS_DEADLINE_MS + 2_000, 'every listing settled');
+  await Promise.all(listers);
+  t.diagnostic(`${took.length} listings; the slowest took ${Math.max(...took)} ms`);
+  assert.equal((await store.keys('w.*')).length, 200, 'listing works after the restart');
 });
 
 /**
