@@ -236,8 +236,9 @@ export type Takeover = 'released' | 'absent';
 /**
  * How a hand-over ended: `clean` (everything given back or acked: the key is deleted, the next owner pulls at once),
  * `unclean` (deliveries may be out that the worker never saw: the key is left to expire) or `kept` (a handler on one
- * of its events still runs: the worker keeps the partition, and the key, until it settles; or the hand-over was
- * called off, no longer wanted by the time its last pull was over).
+ * of its events still runs: the worker keeps the partition, and the key, until it settles; or it is not pulling
+ * yet, or waits out a failed pull, and would be handed over unclean; or the hand-over was called off, no longer
+ * wanted by the time its last pull was over).
  */
 export type HandOver = 'clean' | 'unclean' | 'kept';
 

@@ -338,8 +338,9 @@ export class OwnedPartition {
    * `clean` if the next owner may pull at once; `unclean` if deliveries may be out that this worker never saw (it
    * had not started pulling, a pull failed, or the stopped pull had a delivery on the wire: the consumer's delivery
    * sequence is past the last one seen here): its key is then left to expire, and the next owner waits as after a
-   * crash. With `keep` (a rebalance, not a stop), an event whose handler still runs is never given back — the next
-   * owner would run it again, beside this one: the partition is kept (`kept`), pulling again, and no hand-over is
+   * crash. With `keep` (a rebalance, not a stop), a partition that is not pulling yet, or waits out a failed pull,
+   * is kept (`kept`) rather than handed over unclean; an event whose handler still runs is never given back — the
+   * next owner would run it again, beside this one: the partition is kept, pulling again, and no hand-over is
    * tried until those handlers settle; and the pull under way gets a moment to end by itself first (one stopped as
    * it is made loses the deliveries the server answered it with), its events handled meanwhile. That wait lasts
    * as long as the pull brings events (half a second in a backlog), and the partitions' load may have moved
@@ -348,6 +349,13 @@ export class OwnedPartition {
    */
   async handOver(drainMs: number, keep: boolean, wanted: () => boolean = () => true): Promise<HandOver> {
     if (this.state === 'gone') return 'unclean';
+    // Waiting before it pulls (a dead owner's pulls or events may still be out), or after a pull that failed (what
+    // it had on the wire may be lost): given up now it would be unclean, the key left to expire and the next owner
+    // waiting out its TTL and the ack wait. A rebalance waits instead for pulling to start (again), at most the
+    // pull's expiry and the ack wait, handling meanwhile what it holds. Seen after a NATS restart: a partition whose
+    // pull had failed was given up that way, then taken back and given up a second later, over and over (its
+    // events waited 16 s a round, for good when the other worker's looks were stuck).
+    if (keep && (this.state === 'waiting' || (this.state === 'pulling' && this.suspect && !this.pulling))) return 'kept';
     // A handler that outlived the last try still runs: trying again would only hold the partition's other rooms up.
     if (keep && [...this.outlived].some((seq) => this.held.has(seq))) return 'kept';
     this.outlived.clear();

@@ -407,3 +407,83 @@ test("a rebalance's hand-over of a partition with a backlog ends at once: a pull
   assert.deepEqual(naked, Array.from({ length: naked.length }, (_, i) => handled.length + 1 + i), 'the rest given back, in order');
   assert.equal(handled.length + naked.length, dseq, 'every delivery handled or given back');
 });
+
+test("a rebalance keeps a partition still waiting out a dead owner's pulls (given up then, it went unclean: the key was left to expire and the next owner waited again, over and over); a stop gives it up", { timeout: 15_000 }, async () => {
+  // A dead owner left six events out: the new owner waits for its pulls to expire before pulling.
+  let out = 6;
+  let pulls = 0;
+  let delivered = 6;
+  const broker = {
+    pending: async () => ({ ackPending: out, waiting: 0, delivered, undelivered: 0 }),
+    pull: async () => {
+      pulls++;
+      // The first pull brings the six again (their ack wait expired); later ones have nothing to bring.
+      const batch: Delivery[] = pulls === 1 ? [1, 2, 3, 4, 5, 6].map((seq) => ({ data: new Uint8Array(), redelivered: true, seq, dseq: 6 + seq, deliveries: 2, ack: () => void out--, nak: async () => {}, working() {} })) : [];
+      delivered += batch.length;
+      // Like a real pull, one with nothing to bring waits (here until stopped).
+      let stop = () => {};
+      const stopped = new Promise<void>((r) => (stop = r));
+      return {
+        messages: (async function* () {
+          yield* batch;
+          if (batch.length === 0) await stopped;
+        })(),
+        stop: () => stop(),
+      };
+    },
+  };
+  const handled: number[] = [];
+  const logger = recorder();
+  const sink = { ...handlingSink(handled, logger), ackWaitMs: 1_000 };
+  const part = new OwnedPartition(0, broker as unknown as Broker, sink, 'absent', Date.now());
+  await waitUntil(() => logger.lines.some((l) => l.includes('from a worker that is gone')), 5_000, 'waiting out the dead owner');
+  assert.equal(await part.handOver(1_000, true), 'kept', 'a rebalance waits for a clean hand-over');
+  assert.equal(pulls, 0, 'still waiting');
+  await waitUntil(() => handled.length === 6, 10_000, "the dead owner's events handled once its pulls expired");
+  assert.deepEqual(handled, [1, 2, 3, 4, 5, 6]);
+  assert.equal(await part.handOver(1_000, true), 'clean', 'now pulling: a clean hand-over');
+
+  out = 6;
+  pulls = 0;
+  const stopped = new OwnedPartition(1, broker as unknown as Broker, sink, 'absent', Date.now());
+  await waitUntil(() => logger.lines.filter((l) => l.includes('from a worker that is gone')).length === 2, 5_000, 'the second waiting');
+  assert.equal(await stopped.handOver(0, false), 'unclean', 'a stop gives it up; its key is left to expire');
+});
+
+test('a rebalance keeps a partition whose last pull failed until it has waited out what may have been lost (given up then, it went unclean: seen after a NATS restart, its events then waited for the key to expire)', { timeout: 15_000 }, async () => {
+  // The first pull fails (NATS went away) after the server sent two deliveries that never arrived.
+  let out = 0;
+  let pulls = 0;
+  let delivered = 0;
+  const broker = {
+    pending: async () => ({ ackPending: out, waiting: 0, delivered, undelivered: 0 }),
+    pull: async () => {
+      pulls++;
+      if (pulls === 1) {
+        out = delivered = 2;
+        return { messages: (async function* () { throw new Error('server shutdown'); })(), stop() {} };
+      }
+      // Their ack wait expired: the next pull brings them again; later ones have nothing to bring, and wait.
+      const batch: Delivery[] = pulls === 2 ? [1, 2].map((seq) => ({ data: new Uint8Array(), redelivered: true, seq, dseq: 2 + seq, deliveries: 2, ack: () => void out--, nak: async () => {}, working() {} })) : [];
+      delivered += batch.length;
+      let stop = () => {};
+      const stopped = new Promise<void>((r) => (stop = r));
+      return {
+        messages: (async function* () {
+          yield* batch;
+          if (batch.length === 0) await stopped;
+        })(),
+        stop: () => stop(),
+      };
+    },
+  };
+  const handled: number[] = [];
+  const logger = recorder();
+  const sink = { ...handlingSink(handled, logger), ackWaitMs: 1_000 };
+  const part = new OwnedPartition(0, broker as unknown as Broker, sink, 'released', Date.now());
+  await waitUntil(() => logger.lines.some((l) => l.includes('pulling a partition failed')), 5_000, 'the failed pull');
+  assert.equal(await part.handOver(1_000, true), 'kept', 'a rebalance waits for a clean hand-over');
+  await waitUntil(() => handled.length === 2, 10_000, 'the lost deliveries handled once their ack wait expired');
+  assert.deepEqual(handled, [1, 2]);
+  assert.equal(await part.handOver(1_000, true), 'clean', 'pulling again: a clean hand-over');
+});
