@@ -4,7 +4,8 @@
  * the test says), and an ingest-side broker publishes. Checked: a handler that runs longer than the ack wait keeps
  * its event (no redelivery, handled once); a hand-over while such a handler runs does not give its event to the next
  * owner (handled once, the room's next event after it); a delivery of an event already acked (the server's
- * redelivery crossed the ack, after a late progress signal) is not handled again.
+ * redelivery crossed the ack, after a late progress signal) is not handled again; a rebalance keeps a partition
+ * that would go unclean (not pulling yet, or after a failed pull) until it may hand it over cleanly.
  */
 import assert from 'node:assert/strict';
 import { after, before, test, type TestContext } from 'node:test';
@@ -408,19 +409,26 @@ test("a rebalance's hand-over of a partition with a backlog ends at once: a pull
   assert.equal(handled.length + naked.length, dseq, 'every delivery handled or given back');
 });
 
-test("a rebalance keeps a partition still waiting out a dead owner's pulls (given up then, it went unclean: the key was left to expire and the next owner waited again, over and over); a stop gives it up", { timeout: 15_000 }, async () => {
-  // A dead owner left six events out: the new owner waits for its pulls to expire before pulling.
-  let out = 6;
+/**
+ * A partition's consumer with `lost` events out that no live worker holds: a dead owner's, or, with `failFirst`,
+ * those the server sent to this worker's first pull, which then failed (NATS went away). The next pull brings them
+ * again (their ack wait expired); later ones have nothing to bring and wait, as a real pull does, until stopped.
+ */
+function lostEventsBroker(lost: number, failFirst: boolean) {
+  let out = failFirst ? 0 : lost;
+  let delivered = out;
   let pulls = 0;
-  let delivered = 6;
   const broker = {
     pending: async () => ({ ackPending: out, waiting: 0, delivered, undelivered: 0 }),
     pull: async () => {
       pulls++;
-      // The first pull brings the six again (their ack wait expired); later ones have nothing to bring.
-      const batch: Delivery[] = pulls === 1 ? [1, 2, 3, 4, 5, 6].map((seq) => ({ data: new Uint8Array(), redelivered: true, seq, dseq: 6 + seq, deliveries: 2, ack: () => void out--, nak: async () => {}, working() {} })) : [];
+      if (failFirst && pulls === 1) {
+        out = delivered = lost;
+        return { messages: (async function* () { throw new Error('server shutdown'); })(), stop() {} };
+      }
+      const again = pulls === (failFirst ? 2 : 1);
+      const batch: Delivery[] = Array.from({ length: again ? lost : 0 }, (_, i) => ({ data: new Uint8Array(), redelivered: true, seq: i + 1, dseq: lost + i + 1, deliveries: 2, ack: () => void out--, nak: async () => {}, working() {} }));
       delivered += batch.length;
-      // Like a real pull, one with nothing to bring waits (here until stopped).
       let stop = () => {};
       const stopped = new Promise<void>((r) => (stop = r));
       return {
@@ -432,55 +440,33 @@ test("a rebalance keeps a partition still waiting out a dead owner's pulls (give
       };
     },
   };
+  return { broker: broker as unknown as Broker, pulls: () => pulls };
+}
+
+test("a rebalance keeps a partition still waiting out a dead owner's pulls (given up then, it went unclean: the key was left to expire and the next owner waited again, over and over); a stop gives it up", { timeout: 15_000 }, async () => {
+  const consumer = lostEventsBroker(6, false);
   const handled: number[] = [];
   const logger = recorder();
   const sink = { ...handlingSink(handled, logger), ackWaitMs: 1_000 };
-  const part = new OwnedPartition(0, broker as unknown as Broker, sink, 'absent', Date.now());
+  const part = new OwnedPartition(0, consumer.broker, sink, 'absent', Date.now());
   await waitUntil(() => logger.lines.some((l) => l.includes('from a worker that is gone')), 5_000, 'waiting out the dead owner');
   assert.equal(await part.handOver(1_000, true), 'kept', 'a rebalance waits for a clean hand-over');
-  assert.equal(pulls, 0, 'still waiting');
+  assert.equal(consumer.pulls(), 0, 'still waiting');
   await waitUntil(() => handled.length === 6, 10_000, "the dead owner's events handled once its pulls expired");
   assert.deepEqual(handled, [1, 2, 3, 4, 5, 6]);
   assert.equal(await part.handOver(1_000, true), 'clean', 'now pulling: a clean hand-over');
 
-  out = 6;
-  pulls = 0;
-  const stopped = new OwnedPartition(1, broker as unknown as Broker, sink, 'absent', Date.now());
+  const stopped = new OwnedPartition(1, lostEventsBroker(6, false).broker, sink, 'absent', Date.now());
   await waitUntil(() => logger.lines.filter((l) => l.includes('from a worker that is gone')).length === 2, 5_000, 'the second waiting');
   assert.equal(await stopped.handOver(0, false), 'unclean', 'a stop gives it up; its key is left to expire');
 });
 
 test('a rebalance keeps a partition whose last pull failed until it has waited out what may have been lost (given up then, it went unclean: seen after a NATS restart, its events then waited for the key to expire)', { timeout: 15_000 }, async () => {
-  // The first pull fails (NATS went away) after the server sent two deliveries that never arrived.
-  let out = 0;
-  let pulls = 0;
-  let delivered = 0;
-  const broker = {
-    pending: async () => ({ ackPending: out, waiting: 0, delivered, undelivered: 0 }),
-    pull: async () => {
-      pulls++;
-      if (pulls === 1) {
-        out = delivered = 2;
-        return { messages: (async function* () { throw new Error('server shutdown'); })(), stop() {} };
-      }
-      // Their ack wait expired: the next pull brings them again; later ones have nothing to bring, and wait.
-      const batch: Delivery[] = pulls === 2 ? [1, 2].map((seq) => ({ data: new Uint8Array(), redelivered: true, seq, dseq: 2 + seq, deliveries: 2, ack: () => void out--, nak: async () => {}, working() {} })) : [];
-      delivered += batch.length;
-      let stop = () => {};
-      const stopped = new Promise<void>((r) => (stop = r));
-      return {
-        messages: (async function* () {
-          yield* batch;
-          if (batch.length === 0) await stopped;
-        })(),
-        stop: () => stop(),
-      };
-    },
-  };
+  const consumer = lostEventsBroker(2, true);
   const handled: number[] = [];
   const logger = recorder();
   const sink = { ...handlingSink(handled, logger), ackWaitMs: 1_000 };
-  const part = new OwnedPartition(0, broker as unknown as Broker, sink, 'released', Date.now());
+  const part = new OwnedPartition(0, consumer.broker, sink, 'released', Date.now());
   await waitUntil(() => logger.lines.some((l) => l.includes('pulling a partition failed')), 5_000, 'the failed pull');
   assert.equal(await part.handOver(1_000, true), 'kept', 'a rebalance waits for a clean hand-over');
   await waitUntil(() => handled.length === 2, 10_000, 'the lost deliveries handled once their ack wait expired');
