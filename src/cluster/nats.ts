@@ -448,9 +448,9 @@ export const LIST_KEYS_MS = 5_000;
  * The keys of lease bucket `bucket` that hold a value and match `filter` (`w.*`), each once: one batch direct get
  * of the last message of each matching subject (nats-server 2.11 and later, as the README asks), deleted keys left
  * out. Not `kv.keys()`: that makes an ordered consumer per listing, which the server keeps for 5 minutes (nats.js
- * sets that inactive threshold), and it refuses a stream's 1,001st consumer, so a worker's looks (two listings a
- * second) failed after ~4 minutes; and a listing in flight when NATS restarted waited for its consumer's missed
- * heartbeats, 100 s and more, with the worker's ownership stuck behind it. This one is a request: it ends by the
+ * sets that inactive threshold), and the server refuses a stream's 1,001st consumer: two workers, a look a second
+ * each with two listings, reach that in about 4 minutes. And a listing in flight when NATS restarted did not end
+ * (100 s and more, in a test), the worker's ownership stuck behind it. This one is a request: it ends by the
  * server's end-of-batch, or rejects with `HALCYON_CLUSTER` after {@link LIST_KEYS_MS}. Up to 1,024 keys match (the
  * server's bound on one answer; partitions are at most 1,024, and a worker's key lasts the TTL after it stops).
  */
