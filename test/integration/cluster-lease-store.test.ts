@@ -10,7 +10,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test, type TestContext } from 'node:test';
 import { Lease } from '../../src/cluster/lease.ts';
-import { Broker, type KeyStore, type LeaseStore } from '../../src/cluster/nats.ts';
+import { Broker, type KeyStore, LIST_KEYS_MS, type LeaseStore } from '../../src/cluster/nats.ts';
 import { resolveCluster } from '../../src/cluster/options.ts';
 import type { HalcyonError } from '../../src/errors.ts';
 import { type NatsServer, startNats } from '../harness/nats.ts';
@@ -33,8 +33,6 @@ const RESTART_TTL_MS = 15_000;
  * nats.js's 5 s timeout), with a second for a loaded machine.
  */
 const RELEASE_DEADLINE_MS = 11_000;
-/** How long a listing of the keys may take when NATS does not answer (nats.ts: its own deadline, 5 s). */
-const KEYS_DEADLINE_MS = 5_000;
 
 /** The lease bucket of a fresh cluster name (its TTL `ttlMs`), on a connection closed after the test. */
 async function freshStore(t: TestContext, ttlMs: number): Promise<KeyStore> {
@@ -127,7 +125,7 @@ test('lease store: listings in flight when nats-server stops each settle within 
   await waitUntil(() => took.length >= 20, 10_000, 'listings under way');
   await nats.restart(() => waitUntil(() => open.size > 0, 5_000, 'a listing in flight while stopped'), 'SIGTERM');
   listing = false;
-  await waitUntil(() => open.size === 0, KEYS_DEADLINE_MS + 2_000, 'every listing settled');
+  await waitUntil(() => open.size === 0, LIST_KEYS_MS + 2_000, 'every listing settled');
   await Promise.all(listers);
   t.diagnostic(`${took.length} listings; the slowest took ${Math.max(...took)} ms`);
   assert.equal((await store.keys('w.*')).length, 200, 'listing works after the restart');
