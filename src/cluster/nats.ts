@@ -460,12 +460,13 @@ async function listKeys(jsm: JetStreamManager, bucket: string, filter: string): 
   try {
     const answers = await jsm.direct.getLastMessagesFor(`KV_${bucket}`, { multi_last: [prefix + filter] });
     timer = setTimeout(() => answers.stop(new Error(`no answer within ${LIST_KEYS_MS} ms`)), LIST_KEYS_MS);
-    const out = new Set<string>();
+    // One answer per subject (its last message): no key comes twice, renewed while listed or not.
+    const out: string[] = [];
     for await (const m of answers) {
       const op = m.header.get('KV-Operation');
-      if (op !== 'DEL' && op !== 'PURGE') out.add(m.subject.slice(prefix.length));
+      if (op !== 'DEL' && op !== 'PURGE') out.push(m.subject.slice(prefix.length));
     }
-    return [...out];
+    return out;
   } catch (err) {
     throw clusterError(`cannot list the keys ${filter} of the lease bucket`, err);
   } finally {
