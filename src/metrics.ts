@@ -4,7 +4,7 @@
  * it, every recording call is a no-op on a null object, so the hot path pays nothing, and prom-client is never
  * loaded (src/lazy-require.ts).
  */
-import { createServer, type Server } from 'node:http';
+import type { Server } from 'node:http';
 import type { Registry } from 'prom-client';
 import { HalcyonError } from './errors.ts';
 import { lazyModule } from './lazy-require.ts';
@@ -214,6 +214,10 @@ function eventMetrics(on: Registering, roomLabel: boolean) {
 
 /** Serves the registry at `http://<host>:<port>/metrics`; a port that cannot be listened on is a coded error. */
 async function serve(registry: Registry, port: number, host: string): Promise<Server> {
+  // Taken when a server is asked for, not imported: an ES import of node:http builds its namespace from every
+  // export, so Node's lazy getters (WebSocket, EventSource: its own copy of undici, with tls and http2) ran at
+  // import, +13 MB of RSS for every bot (src/lazy-require.ts has the rule).
+  const { createServer } = process.getBuiltinModule('node:http');
   const server = createServer((req, res) => {
     if (req.url !== '/metrics') {
       res.writeHead(404).end();
