@@ -1,44 +1,13 @@
 /**
- * The HTTP door: the only module that imports undici. A small Matrix client-server transport with keep-alive,
+ * The HTTP transport over undici (src/undici.ts loads it). A small Matrix client-server transport with keep-alive,
  * client-side deadlines, coded errors, 429 handling, and no redirect following (a redirect would carry the
  * token to wherever it points).
  */
-import { createRequire } from 'node:module';
 import { Readable } from 'node:stream';
-import type * as Undici from 'undici';
 import { delay } from './abort.ts';
 import { HalcyonError } from './errors.ts';
-import { lazyModule, resolveModule } from './lazy-require.ts';
+import { loadUndici, type Undici } from './undici.ts';
 
-/** What Halcyon uses of undici: its connection-pooling agent, the request API and its error classes. */
-export interface UndiciParts {
-  Agent: typeof Undici.Agent;
-  errors: typeof Undici.errors;
-  request: (opts: Undici.Dispatcher.RequestOptions & { dispatcher: Undici.Dispatcher }) => Promise<Undici.Dispatcher.ResponseData>;
-}
-
-/** The files of undici that hold {@link UndiciParts}, relative to its index. */
-export const UNDICI_FILES = { agent: './lib/dispatcher/agent.js', request: './lib/api/api-request.js', errors: './lib/core/errors.js' } as const;
-
-/**
- * undici's agent, request API and errors, loaded from the files that hold them ({@link UNDICI_FILES}). Its index
- * also loads fetch, WebSocket, EventSource, its caches, interceptors and mocks: in a worker that was 57 of the
- * 70 ms its module took to load (on the critical path of `run()`: the first /sync waits for the sync worker) and
- * +14 MB of RSS per thread. An undici whose files moved is loaded whole instead (the same parts, slower).
- */
-export function loadUndici(files: Record<keyof typeof UNDICI_FILES, string> = UNDICI_FILES): UndiciParts {
-  try {
-    const from = createRequire(resolveModule('undici'));
-    const Agent = from(files.agent) as typeof Undici.Agent;
-    const api = from(files.request) as (this: Undici.Dispatcher, opts: Undici.Dispatcher.RequestOptions) => Promise<Undici.Dispatcher.ResponseData>;
-    const errors = from(files.errors) as typeof Undici.errors;
-    if (typeof Agent !== 'function' || typeof api !== 'function' || typeof errors?.HeadersTimeoutError !== 'function') throw new Error('undici layout changed');
-    return { Agent, errors, request: (opts) => api.call(opts.dispatcher, opts) };
-  } catch {
-    const whole = lazyModule<typeof Undici>('undici')();
-    return { Agent: whole.Agent, errors: whole.errors, request: (opts) => opts.dispatcher.request(opts) };
-  }
-}
 const { Agent, errors: undiciErrors, request: dispatch } = loadUndici();
 type Agent = Undici.Agent;
 

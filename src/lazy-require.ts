@@ -1,7 +1,7 @@
 /**
  * Dependencies a bot may never use, loaded on first use: prom-client (metrics), htmlparser2 (HTML bodies),
  * piscina (media work), the NATS client (cluster mode), crypto-wasm and fake-indexeddb (on the main thread, which
- * runs no crypto actor by default) and undici's index when its parts cannot be loaded alone (src/http.ts). Loaded
+ * runs no crypto actor by default) and undici's index when its parts cannot be loaded alone (src/undici.ts). Loaded
  * at import, they cost every bot ~110 ms and tens of MB of start-up on main whether it uses them or not.
  *
  * With `require`, not `import()`: an `import(` in the bundle makes loaders such as tsx transform the whole bundle

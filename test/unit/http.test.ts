@@ -4,6 +4,7 @@
  * access token kept out of inspection.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -12,7 +13,8 @@ import { test, type TestContext } from 'node:test';
 import { inspect } from 'node:util';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { loadUndici, MatrixHttp, MAX_RETRY_AFTER_MS, parseRetryAfter, UNDICI_FILES } from '../../src/http.ts';
+import { MatrixHttp, MAX_RETRY_AFTER_MS, parseRetryAfter } from '../../src/http.ts';
+import { loadUndici, UNDICI_FILES } from '../../src/undici.ts';
 import { withTimeout } from '../harness/synapse.ts';
 
 /** A scripted server: `handle` answers every request; it counts them and keeps its sockets' close events. */
@@ -325,6 +327,35 @@ test('undici is loaded from the files Halcyon uses; an undici whose files moved 
     assert.equal(res.statusCode, 200);
     assert.deepEqual(await res.body.json(), { path: '/x?y=1' });
   }
+});
+
+test("importing Halcyon loads neither node:http2 nor Node's own undici; undici's HTTP/2 connector loads at its first call", async () => {
+  // A fresh process: this one has loaded both long ago. Per thread that imports the package (main and each worker)
+  // node:http2 with tls cost ~5 MB of RSS, Node's own undici (an ES import of node:http runs its getters) ~13 MB.
+  const src = `const before = new Set(process.moduleLoadList);
+    await import(${JSON.stringify(new URL('../../src/index.ts', import.meta.url).href)});
+    const loaded = () => process.moduleLoadList.filter((m) => !before.has(m) && /^NativeModule (http2|internal\\/deps\\/undici\\/undici)$/.test(m));
+    const { createRequire } = await import('node:module');
+    const from = createRequire(${JSON.stringify(new URL('../../src/lazy-require.ts', import.meta.url).href)});
+    const h2 = createRequire(from.resolve('undici')).resolve('./lib/dispatcher/client-h2.js');
+    const atImport = loaded();
+    const stub = from.cache[h2].exports;
+    let threw = '';
+    try { stub({}, {}); } catch (err) { threw = err.code ?? err.message; }
+    process.stdout.write(JSON.stringify({ atImport, threw, afterCall: loaded(), real: from.cache[h2].exports !== stub && from.cache[h2].exports.name }));`;
+  const out = await new Promise<string>((resolve, reject) => {
+    const p = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', src], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let text = '';
+    p.stdout.setEncoding('utf8').on('data', (d: string) => (text += d));
+    p.on('error', reject);
+    p.on('close', (code) => (code === 0 ? resolve(text) : reject(new Error(`probe exited ${code}`))));
+  });
+  const r = JSON.parse(out) as { atImport: string[]; threw: string; afterCall: string[]; real: string | false };
+  assert.deepEqual(r.atImport, []);
+  // The first call is the real connector's: it loaded node:http2 and refused the empty client as undici would.
+  assert.deepEqual(r.afterCall, ['NativeModule http2']);
+  assert.equal(r.real, 'connectH2');
+  assert.notEqual(r.threw, '');
 });
 
 test('held requests are not sent until released; dropped, they fail as HALCYON_NOT_RUNNING and none is sent', async (t) => {

@@ -51,7 +51,7 @@ test('every error code is documented in the README, and every code used in src/ 
 
 test('one door per dependency: undici, comlink, worker_threads, lru-cache, node:sqlite, the crypto binding, fake-indexeddb and the scanner\'s wasm module are each imported by one module', () => {
   const doors: Record<string, string> = {
-    undici: 'src/http.ts',
+    undici: 'src/undici.ts',
     comlink: 'src/actors.ts',
     'node:worker_threads': 'src/actors.ts',
     'lru-cache': 'src/cache/actor.ts',
