@@ -108,7 +108,7 @@ class Settler {
   }
 }
 
-let fullGc: ((opts?: object) => void) | null = null;
+let exposedGc: ((opts?: object) => void) | null = null;
 
 /**
  * A full, memory-reducing garbage collection of this worker's isolate, for an actor that has just handled an
@@ -120,6 +120,17 @@ let fullGc: ((opts?: object) => void) | null = null;
 export function collectGarbage(): void {
   if (isMainThread) return;
   compactHeap();
+}
+
+/**
+ * A collection of this worker's young generation (a scavenge: a fraction of a millisecond when little in it is
+ * alive), for an actor that makes garbage V8 would not collect soon by itself: the sync actor while it reads an
+ * initial sync whole (src/sync/split.ts). A no-op on the main thread, as {@link collectGarbage}.
+ */
+export function collectYoungGeneration(): void {
+  if (isMainThread) return;
+  exposedGc ??= exposeGc();
+  exposedGc({ type: 'minor', execution: 'sync' });
 }
 
 /**
@@ -135,14 +146,14 @@ export function collectGarbage(): void {
  *   collection in that window compacts too, which costs it some time and nothing else.
  */
 export function compactHeap(flavor: 'compacting' | 'last-resort' = 'last-resort'): void {
-  fullGc ??= exposeGc();
+  exposedGc ??= exposeGc();
   if (flavor === 'last-resort') {
-    fullGc({ type: 'major', execution: 'sync', flavor });
+    exposedGc({ type: 'major', execution: 'sync', flavor });
     return;
   }
   setFlagsFromString('--compact-on-every-full-gc');
   try {
-    fullGc({ type: 'major', execution: 'sync' });
+    exposedGc({ type: 'major', execution: 'sync' });
   } finally {
     setFlagsFromString('--no-compact-on-every-full-gc');
   }

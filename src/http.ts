@@ -400,8 +400,9 @@ const EMPTY = new Uint8Array(0);
  * concatenating at the end (what `arrayBuffer()` does) holds the body twice at its peak, 200 MB for a big
  * account's initial sync. The caller destroys the body afterwards, whatever happened. `alloc` makes that buffer
  * (a caller may read into memory of its own: the sync scanner's WebAssembly memory; that body cannot be transferred).
+ * `progress` hears the bytes read so far after each chunk.
  */
-export async function readBody(what: string, body: AsyncIterable<Uint8Array>, contentLength: string | string[] | undefined, maxBytes: number, cut = false, alloc: (length: number) => Uint8Array = Buffer.allocUnsafeSlow): Promise<Uint8Array> {
+export async function readBody(what: string, body: AsyncIterable<Uint8Array>, contentLength: string | string[] | undefined, maxBytes: number, cut = false, alloc: (length: number) => Uint8Array = Buffer.allocUnsafeSlow, progress?: (bytesRead: number) => void): Promise<Uint8Array> {
   const length = typeof contentLength === 'string' && /^\d+$/.test(contentLength) ? Number(contentLength) : NaN;
   if (length > maxBytes) throw tooLarge(what, `${length} bytes`, maxBytes);
   // Not zero-filled: every byte is written below (a body shorter than its Content-Length fails), and zeroing a
@@ -421,6 +422,7 @@ export async function readBody(what: string, body: AsyncIterable<Uint8Array>, co
       out.set(chunk, at);
     } else chunks.push(chunk);
     at += chunk.byteLength;
+    progress?.(at);
   }
   if (length > 0) {
     if (at !== length) throw new Error(`the body ended after ${at} of its ${length} bytes`);

@@ -8,6 +8,7 @@
  * Every byte of the body is in exactly one of them, and each is then processed (so validated) by
  * {@link processSync} like any body: a malformed body fails as it would whole, only later.
  */
+import { collectYoungGeneration } from '../actors.ts';
 import { HalcyonError } from '../errors.ts';
 import { readBody } from '../http.ts';
 import { type ProcessedSync, type ProcessOptions, processSync } from './process.ts';
@@ -225,6 +226,15 @@ export class JoinSplitter {
  */
 export const STREAM_MIN_BYTES = 16 * 1024 * 1024;
 
+/**
+ * While a body is read whole (below {@link STREAM_MIN_BYTES}: a fresh start's initial sync), the young generation
+ * is collected each time this many more bytes have arrived. Each socket read comes in a 64 KiB buffer of its own,
+ * garbage once copied into the body; nothing else allocates on the sync worker meanwhile, so V8 did not collect
+ * until the body was in, and a 10 MB initial sync left 10–13 MB of dead buffers in the process's peak RSS at cold
+ * start. Collected every MiB (a scavenge with little alive: ~0.2 ms), their memory is reused by the next reads.
+ */
+export const COLLECT_EVERY_BYTES = 1024 * 1024;
+
 /** Options of {@link processStream}. */
 export interface StreamOptions extends ProcessOptions {
   /** Longest body accepted, bytes; past it `HALCYON_RESPONSE_TOO_LARGE`. */
@@ -235,6 +245,10 @@ export interface StreamOptions extends ProcessOptions {
   sliceBytes?: number;
   /** Takes each slice's processing (joined rooms only) before the next bytes are read. */
   onSlice(slice: ProcessedSync): Promise<void>;
+  /** Bytes between collections while a body is read whole (default {@link COLLECT_EVERY_BYTES}). */
+  collectEvery?: number;
+  /** Collects the young generation (default {@link collectYoungGeneration}: the worker's; nothing on main). */
+  collectYoung?: () => void;
 }
 
 /**
@@ -248,7 +262,15 @@ export async function processStream(body: AsyncIterable<Uint8Array>, opts: Strea
     // Read straight into the scanner's WebAssembly memory: the body is not delivered (its timelines are not), so
     // it need not be transferable, and it is then never held twice (10 MB with 1,000 rooms).
     const into = (n: number): Uint8Array => (n >= MIN_WASM_BODY ? reserve(n) : null) ?? Buffer.allocUnsafeSlow(n);
-    const whole = await readBody('GET /sync', body, String(opts.contentLength), opts.maxBytes, false, into).catch((err: unknown) => {
+    const every = opts.collectEvery ?? COLLECT_EVERY_BYTES;
+    const collect = opts.collectYoung ?? collectYoungGeneration;
+    let next = every;
+    const progress = (at: number): void => {
+      if (at < next) return;
+      next = at - (at % every) + every;
+      collect();
+    };
+    const whole = await readBody('GET /sync', body, String(opts.contentLength), opts.maxBytes, false, into, progress).catch((err: unknown) => {
       throw err instanceof HalcyonError ? err : new HalcyonError('HALCYON_HTTP', `GET /sync: ${(err as Error).message}`, { cause: err });
     });
     return { rest: processSync(whole, opts), bytes: whole.byteLength };

@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 import { HalcyonError } from '../../src/errors.ts';
 import { type ProcessedSync, processSync } from '../../src/sync/process.ts';
-import { processStream } from '../../src/sync/split.ts';
+import { COLLECT_EVERY_BYTES, processStream } from '../../src/sync/split.ts';
 
 const OPTS = { wantedTypes: null, ownUserId: '@bot:x' };
 
@@ -127,4 +127,17 @@ test('a body announced under STREAM_MIN_BYTES is read whole (into the scanner me
   assert.equal(n, bytes.length);
   assert.equal(slices.length, 0);
   assert.deepEqual(outcome([], rest), outcome([], whole));
+});
+
+test('a body read whole has the young generation collected every COLLECT_EVERY_BYTES read, and gives the same result', async () => {
+  const bytes = Buffer.from(trickyBody(400));
+  const whole = processSync(bytes, OPTS);
+  const every = 16 * 1024;
+  assert.ok(bytes.length > 5 * every);
+  let collected = 0;
+  const { rest } = await processStream(chunks(bytes, 4096), { ...OPTS, maxBytes: 1e9, contentLength: bytes.length, collectEvery: every, collectYoung: () => collected++, onSlice: async () => {} });
+  // Once per whole `every` read; the chunks (4 KiB) divide it, so the count is exact.
+  assert.equal(collected, Math.floor(bytes.length / every));
+  assert.deepEqual(outcome([], rest), outcome([], whole));
+  assert.ok(COLLECT_EVERY_BYTES >= 256 * 1024 && COLLECT_EVERY_BYTES <= 4 * 1024 * 1024);
 });
