@@ -14,7 +14,6 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { request } from 'undici';
 import type { ReplayServer } from '../replay-server.ts';
 import { fmt, type Summary } from '../stats.ts';
 
@@ -111,7 +110,7 @@ const SILENT = { trace() {}, debug() {}, info() {}, warn() {}, error() {}, getCh
 const gc = (globalThis as { gc?: () => void }).gc ?? (() => {});
 
 /** POSTs a password login with undici, as the floor (the least a client must do). */
-async function floorLogin(url: string): Promise<{ userId: string; deviceId: string; accessToken: string }> {
+async function floorLogin(request: typeof import('undici').request, url: string): Promise<{ userId: string; deviceId: string; accessToken: string }> {
   const { statusCode, body } = await request(`${url}/_matrix/client/v3/login`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
@@ -125,10 +124,12 @@ async function floorLogin(url: string): Promise<{ userId: string; deviceId: stri
 /** Loads one contender's library (before the clock starts) and returns its runner. */
 async function load({ contender, mode, dataDir }: ChildArgs): Promise<Runner> {
   if (contender === 'floor') {
+    // undici is the floor's alone: imported here, before the clock, so no other contender's process carries it.
+    const { request } = await import('undici');
     // Kept for the memory mode: the state events of every room, as parsed, and nothing else.
     const kept = new Map<string, unknown[]>();
     return {
-      login: floorLogin,
+      login: (url) => floorLogin(request, url),
       async start(url, session, note) {
         const { statusCode, body } = await request(`${url}/_matrix/client/v3/sync?timeout=0`, { headers: { authorization: `Bearer ${session.accessToken}` } });
         const text = await body.text();
