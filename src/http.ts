@@ -6,14 +6,26 @@
 import { Readable } from 'node:stream';
 import { delay } from './abort.ts';
 import { HalcyonError } from './errors.ts';
-import { loadUndici, type Undici } from './undici.ts';
+import { loadUndici, type Undici, type UndiciParts } from './undici.ts';
 
-const { Agent, errors: undiciErrors, request: dispatch } = loadUndici();
 type Agent = Undici.Agent;
+
+/**
+ * undici, loaded by this thread's first request rather than with this module: ~10 ms of CPU per thread. The crypto
+ * worker makes its first request after the first sync's changes are applied (an existing store's), so its loading
+ * is no longer among what three starting threads share two cores for before `ready`.
+ */
+let parts: UndiciParts | null = null;
+const undici = (): UndiciParts => (parts ??= loadUndici());
+
+/** Whether `err` is undici's `name` error (false while undici is not loaded: nothing of it can have failed). */
+function isUndiciError(err: unknown, name: 'ConnectTimeoutError' | 'HeadersTimeoutError' | 'BodyTimeoutError'): boolean {
+  return parts !== null && err instanceof parts.errors[name];
+}
 
 /** One request to `url` through `opts.dispatcher` (what undici's top-level `request` does with a URL). */
 function request(url: URL, opts: Omit<Undici.Dispatcher.RequestOptions, 'origin' | 'path'> & { dispatcher: Undici.Dispatcher }): Promise<Undici.Dispatcher.ResponseData> {
-  return dispatch({ ...opts, origin: url.origin, path: `${url.pathname}${url.search}` });
+  return undici().request({ ...opts, origin: url.origin, path: `${url.pathname}${url.search}` });
 }
 
 /** Options of one request. */
@@ -95,7 +107,10 @@ export class MatrixHttp {
   readonly baseUrl: string;
   // #private, not TS-private: util.inspect and JSON.stringify show TS-private fields, and the auth header (and the
   // agent, whose queued requests hold it while in flight) must never be printed.
-  readonly #agent: Agent;
+  /** Made by the first request ({@link dispatcher}), with `#agentOptions`. */
+  #agent: Agent | null = null;
+  readonly #agentOptions: Undici.Agent.Options;
+  #closed = false;
   readonly #authHeader: string | undefined;
   readonly #timeoutMs: number;
   readonly #maxRetryAfterMs: number;
@@ -125,7 +140,16 @@ export class MatrixHttp {
     // machine takes milliseconds: one that has not finished in 2 s is a plain-HTTP server (Synapse's stays
     // silent on a ClientHello), so it fails then with a message saying so instead of after 10 s with a bare timeout.
     const connect = this.#https && this.#loopback ? { connect: { timeout: LOOPBACK_TLS_TIMEOUT_MS } } : {};
-    this.#agent = new Agent({ keepAliveTimeout: 60_000, keepAliveMaxTimeout: 600_000, connections: 16, ...connect });
+    this.#agentOptions = { keepAliveTimeout: 60_000, keepAliveMaxTimeout: 600_000, connections: 16, ...connect };
+  }
+
+  /** The connection pool, made (and undici loaded) at the first request; after {@link close}, a closed one. */
+  get #dispatcher(): Agent {
+    if (this.#agent === null) {
+      this.#agent = new (undici().Agent)(this.#agentOptions);
+      if (this.#closed) void this.#agent.close(); // its requests fail as they would on the closed pool
+    }
+    return this.#agent;
   }
 
   /** Sends a request and returns the parsed JSON body; non-2xx answers become coded errors. */
@@ -259,7 +283,7 @@ export class MatrixHttp {
         headers,
         body: Readable.from(chunks(), { objectMode: false }),
         signal,
-        dispatcher: this.#agent,
+        dispatcher: this.#dispatcher,
         headersTimeout: timeoutMs,
         bodyTimeout: timeoutMs,
       });
@@ -286,7 +310,7 @@ export class MatrixHttp {
         method: method as 'GET',
         headers: this.headers(opts),
         signal: opts.signal,
-        dispatcher: this.#agent,
+        dispatcher: this.#dispatcher,
         headersTimeout: timeoutMs,
         bodyTimeout: timeoutMs,
       });
@@ -345,7 +369,7 @@ export class MatrixHttp {
         headers,
         body,
         signal,
-        dispatcher: this.#agent,
+        dispatcher: this.#dispatcher,
         headersTimeout: timeoutMs,
         bodyTimeout: timeoutMs,
       });
@@ -368,7 +392,7 @@ export class MatrixHttp {
     const code = (err as { code?: unknown } | null)?.code;
     // A plain-HTTP answer to a ClientHello (Node's 400) is a TLS record error; silence from loopback is a connect timeout.
     const notTls = typeof code === 'string' && NOT_TLS_CODES.has(code);
-    if (this.#https && !signal?.aborted && (notTls || (this.#loopback && err instanceof undiciErrors.ConnectTimeoutError))) {
+    if (this.#https && !signal?.aborted && (notTls || (this.#loopback && isUndiciError(err, 'ConnectTimeoutError')))) {
       return new HalcyonError('HALCYON_HTTP', `${what}: the server does not speak TLS on that port: use http:// for a local homeserver`, { cause: err });
     }
     return transportError(what, err, signal, deadlinePassed, timeoutMs);
@@ -376,7 +400,8 @@ export class MatrixHttp {
 
   /** Closes pooled connections. */
   async close(): Promise<void> {
-    await this.#agent.close();
+    this.#closed = true;
+    await this.#agent?.close();
   }
 }
 
@@ -453,7 +478,7 @@ function tooLarge(what: string, size: string, maxBytes: number): HalcyonError {
 /** A transport failure as a coded error: the caller's abort, a deadline, or anything else (reset, DNS, TLS). */
 function transportError(what: string, err: unknown, signal: AbortSignal | undefined, deadlinePassed: boolean, timeoutMs: number): HalcyonError {
   if (signal?.aborted) return new HalcyonError('HALCYON_STOPPED', `${what}: aborted`, { cause: err });
-  if (deadlinePassed || err instanceof undiciErrors.HeadersTimeoutError || err instanceof undiciErrors.BodyTimeoutError) {
+  if (deadlinePassed || isUndiciError(err, 'HeadersTimeoutError') || isUndiciError(err, 'BodyTimeoutError')) {
     return new HalcyonError('HALCYON_TIMEOUT', `${what}: no answer within ${timeoutMs} ms`, { cause: err });
   }
   return new HalcyonError('HALCYON_HTTP', `${what}: ${(err as Error).message}`, { cause: err });

@@ -329,20 +329,33 @@ test('undici is loaded from the files Halcyon uses; an undici whose files moved 
   }
 });
 
-test("importing Halcyon loads neither node:http2 nor Node's own undici; undici's HTTP/2 connector loads at its first call", async () => {
-  // A fresh process: this one has loaded both long ago. Per thread that imports the package (main and each worker)
-  // node:http2 with tls cost ~5 MB of RSS, Node's own undici (an ES import of node:http runs its getters) ~13 MB.
+test("importing Halcyon loads neither undici, node:http2 nor Node's own undici; the first request loads undici, its HTTP/2 connector its first call", async () => {
+  // A fresh process: this one has loaded all of them long ago. Per thread that imports the package (main and each
+  // worker) undici costs ~10 ms of CPU (the crypto worker's is off run()'s path when loaded at its first request),
+  // node:http2 with tls ~5 MB of RSS, Node's own undici (an ES import of node:http runs its getters) ~13 MB.
   const src = `const before = new Set(process.moduleLoadList);
     await import(${JSON.stringify(new URL('../../src/index.ts', import.meta.url).href)});
     const loaded = () => process.moduleLoadList.filter((m) => !before.has(m) && /^NativeModule (http2|internal\\/deps\\/undici\\/undici)$/.test(m));
     const { createRequire } = await import('node:module');
     const from = createRequire(${JSON.stringify(new URL('../../src/lazy-require.ts', import.meta.url).href)});
-    const h2 = createRequire(from.resolve('undici')).resolve('./lib/dispatcher/client-h2.js');
+    const undiciDir = from.resolve('undici').replace(/index\\.js$/, '');
+    const undiciFiles = () => Object.keys(from.cache).filter((f) => f.startsWith(undiciDir)).length;
     const atImport = loaded();
+    const undiciAtImport = undiciFiles();
+    const server = process.getBuiltinModule('node:http').createServer((req, res) => res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}'));
+    await new Promise((r) => server.listen(0, '127.0.0.1', r));
+    const { MatrixHttp } = await import(${JSON.stringify(new URL('../../src/http.ts', import.meta.url).href)});
+    const http = new MatrixHttp('http://127.0.0.1:' + server.address().port);
+    const undiciBeforeRequest = undiciFiles();
+    const answer = await http.json('GET', '/x');
+    await http.close();
+    server.close();
+    const h2 = createRequire(from.resolve('undici')).resolve('./lib/dispatcher/client-h2.js');
+    const atRequest = loaded();
     const stub = from.cache[h2].exports;
     let threw = '';
     try { stub({}, {}); } catch (err) { threw = err.code ?? err.message; }
-    process.stdout.write(JSON.stringify({ atImport, threw, afterCall: loaded(), real: from.cache[h2].exports !== stub && from.cache[h2].exports.name }));`;
+    process.stdout.write(JSON.stringify({ atImport, undiciAtImport, undiciBeforeRequest, undiciAfterRequest: undiciFiles(), answer, atRequest, threw, afterCall: loaded(), real: from.cache[h2].exports !== stub && from.cache[h2].exports.name }));`;
   const out = await new Promise<string>((resolve, reject) => {
     const p = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', src], { stdio: ['ignore', 'pipe', 'inherit'] });
     let text = '';
@@ -350,8 +363,13 @@ test("importing Halcyon loads neither node:http2 nor Node's own undici; undici's
     p.on('error', reject);
     p.on('close', (code) => (code === 0 ? resolve(text) : reject(new Error(`probe exited ${code}`))));
   });
-  const r = JSON.parse(out) as { atImport: string[]; threw: string; afterCall: string[]; real: string | false };
+  const r = JSON.parse(out) as { atImport: string[]; undiciAtImport: number; undiciBeforeRequest: number; undiciAfterRequest: number; answer: unknown; atRequest: string[]; threw: string; afterCall: string[]; real: string | false };
   assert.deepEqual(r.atImport, []);
+  assert.equal(r.undiciAtImport, 0, 'no file of undici is loaded by the import');
+  assert.equal(r.undiciBeforeRequest, 0, 'nor by making a transport');
+  assert.ok(r.undiciAfterRequest > 0, 'the first request loads it');
+  assert.deepEqual(r.answer, { ok: true });
+  assert.deepEqual(r.atRequest, []);
   // The first call is the real connector's: it loaded node:http2 and refused the empty client as undici would.
   assert.deepEqual(r.afterCall, ['NativeModule http2']);
   assert.equal(r.real, 'connectH2');
