@@ -5,18 +5,21 @@
  */
 import { Readable } from 'node:stream';
 import { delay } from './abort.ts';
+import { isWorkerThread } from './actors.ts';
 import { HalcyonError } from './errors.ts';
 import { loadUndici, type Undici, type UndiciParts } from './undici.ts';
 
 type Agent = Undici.Agent;
 
 /**
- * undici, loaded by this thread's first request rather than with this module: ~10 ms of CPU per thread. The crypto
- * worker makes its first request after the first sync's changes are applied (an existing store's), so its loading
- * is no longer among what three starting threads share two cores for before `ready`.
+ * undici, ~10 ms of CPU per thread to load. A worker loads it at its first request: the crypto worker's comes after
+ * the first sync's changes are applied (an existing store's), so its loading is not among what three starting
+ * threads share two cores for before `ready`. Main loads it with this module: its first request (login, whoami)
+ * follows the import at once, and the cost belongs with the import, which a bot pays before it starts.
  */
 let parts: UndiciParts | null = null;
 const undici = (): UndiciParts => (parts ??= loadUndici());
+if (!isWorkerThread()) undici();
 
 /** Whether `err` is undici's `name` error (false while undici is not loaded: nothing of it can have failed). */
 function isUndiciError(err: unknown, name: 'ConnectTimeoutError' | 'HeadersTimeoutError' | 'BodyTimeoutError'): boolean {

@@ -329,52 +329,76 @@ test('undici is loaded from the files Halcyon uses; an undici whose files moved 
   }
 });
 
-test("importing Halcyon loads neither undici, node:http2 nor Node's own undici; the first request loads undici, its HTTP/2 connector its first call", async () => {
-  // A fresh process: this one has loaded all of them long ago. Per thread that imports the package (main and each
-  // worker) undici costs ~10 ms of CPU (the crypto worker's is off run()'s path when loaded at its first request),
-  // node:http2 with tls ~5 MB of RSS, Node's own undici (an ES import of node:http runs its getters) ~13 MB.
+test("importing Halcyon loads neither node:http2 nor Node's own undici; undici's HTTP/2 connector loads at its first call", async () => {
+  // A fresh process: this one has loaded both long ago. Per thread that imports the package (main and each worker)
+  // node:http2 with tls cost ~5 MB of RSS, Node's own undici (an ES import of node:http runs its getters) ~13 MB.
   const src = `const before = new Set(process.moduleLoadList);
     await import(${JSON.stringify(new URL('../../src/index.ts', import.meta.url).href)});
     const loaded = () => process.moduleLoadList.filter((m) => !before.has(m) && /^NativeModule (http2|internal\\/deps\\/undici\\/undici)$/.test(m));
     const { createRequire } = await import('node:module');
     const from = createRequire(${JSON.stringify(new URL('../../src/lazy-require.ts', import.meta.url).href)});
-    const undiciDir = from.resolve('undici').replace(/index\\.js$/, '');
-    const undiciFiles = () => Object.keys(from.cache).filter((f) => f.startsWith(undiciDir)).length;
-    const atImport = loaded();
-    const undiciAtImport = undiciFiles();
-    const server = process.getBuiltinModule('node:http').createServer((req, res) => res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}'));
-    await new Promise((r) => server.listen(0, '127.0.0.1', r));
-    const { MatrixHttp } = await import(${JSON.stringify(new URL('../../src/http.ts', import.meta.url).href)});
-    const http = new MatrixHttp('http://127.0.0.1:' + server.address().port);
-    const undiciBeforeRequest = undiciFiles();
-    const answer = await http.json('GET', '/x');
-    await http.close();
-    server.close();
     const h2 = createRequire(from.resolve('undici')).resolve('./lib/dispatcher/client-h2.js');
-    const atRequest = loaded();
+    const atImport = loaded();
     const stub = from.cache[h2].exports;
     let threw = '';
     try { stub({}, {}); } catch (err) { threw = err.code ?? err.message; }
-    process.stdout.write(JSON.stringify({ atImport, undiciAtImport, undiciBeforeRequest, undiciAfterRequest: undiciFiles(), answer, atRequest, threw, afterCall: loaded(), real: from.cache[h2].exports !== stub && from.cache[h2].exports.name }));`;
-  const out = await new Promise<string>((resolve, reject) => {
+    process.stdout.write(JSON.stringify({ atImport, threw, afterCall: loaded(), real: from.cache[h2].exports !== stub && from.cache[h2].exports.name }));`;
+  const r = JSON.parse(await probe(src)) as { atImport: string[]; threw: string; afterCall: string[]; real: string | false };
+  assert.deepEqual(r.atImport, []);
+  // The first call is the real connector's: it loaded node:http2 and refused the empty client as undici would.
+  assert.deepEqual(r.afterCall, ['NativeModule http2']);
+  assert.equal(r.real, 'connectH2');
+  assert.notEqual(r.threw, '');
+});
+
+test("a worker thread loads undici at its first request, not when it imports the transport; main loads it with the package", async () => {
+  // ~10 ms of CPU per thread. The crypto worker's first request comes after the first sync's changes are applied,
+  // so its loading leaves the start-up window where three threads share two cores; main's first request (login,
+  // whoami) follows its import at once, and its loading stays with the import, where a bot pays it before starting.
+  const http = JSON.stringify(new URL('../../src/http.ts', import.meta.url).href);
+  const src = `const { Worker } = await import('node:worker_threads');
+    const undiciFiles = ${UNDICI_FILES_SRC};
+    const worker = await new Promise((resolve, reject) => {
+      const w = new Worker(\`(async () => {
+        const { parentPort } = process.getBuiltinModule('node:worker_threads');
+        const undiciFiles = ${UNDICI_FILES_SRC};
+        const { MatrixHttp } = await import(${http});
+        const afterImport = undiciFiles();
+        const server = process.getBuiltinModule('node:http').createServer((req, res) => res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}'));
+        await new Promise((r) => server.listen(0, '127.0.0.1', r));
+        const t = new MatrixHttp('http://127.0.0.1:' + server.address().port);
+        const afterTransport = undiciFiles();
+        const answer = await t.json('GET', '/x');
+        await t.close();
+        server.close();
+        parentPort.postMessage({ afterImport, afterTransport, afterRequest: undiciFiles(), answer });
+      })()\`, { eval: true });
+      w.once('message', (m) => (resolve(m), w.terminate()));
+      w.once('error', reject);
+    });
+    await import(${JSON.stringify(new URL('../../src/index.ts', import.meta.url).href)});
+    process.stdout.write(JSON.stringify({ worker, mainAfterImport: undiciFiles() }));`;
+  const r = JSON.parse(await probe(src)) as { worker: { afterImport: number; afterTransport: number; afterRequest: number; answer: unknown }; mainAfterImport: number };
+  assert.equal(r.worker.afterImport, 0, 'no file of undici is loaded by a worker importing the transport');
+  assert.equal(r.worker.afterTransport, 0, 'nor by making a transport');
+  assert.ok(r.worker.afterRequest > 0, 'its first request loads it');
+  assert.deepEqual(r.worker.answer, { ok: true });
+  assert.ok(r.mainAfterImport > 0, "main's import of the package loads it");
+});
+
+/** Source of a function counting the files of undici in the calling thread's CommonJS cache. */
+const UNDICI_FILES_SRC = `(() => { const { createRequire } = process.getBuiltinModule('node:module'); const from = createRequire(${JSON.stringify(new URL('../../src/lazy-require.ts', import.meta.url).href)}); const dir = from.resolve('undici').replace(/index\\.js$/, ''); return () => Object.keys(from.cache).filter((f) => f.startsWith(dir)).length; })()`;
+
+/** Runs `src` as an ES module in a fresh Node process (with tsx) and resolves with what it wrote to stdout. */
+function probe(src: string): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
     const p = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', src], { stdio: ['ignore', 'pipe', 'inherit'] });
     let text = '';
     p.stdout.setEncoding('utf8').on('data', (d: string) => (text += d));
     p.on('error', reject);
     p.on('close', (code) => (code === 0 ? resolve(text) : reject(new Error(`probe exited ${code}`))));
   });
-  const r = JSON.parse(out) as { atImport: string[]; undiciAtImport: number; undiciBeforeRequest: number; undiciAfterRequest: number; answer: unknown; atRequest: string[]; threw: string; afterCall: string[]; real: string | false };
-  assert.deepEqual(r.atImport, []);
-  assert.equal(r.undiciAtImport, 0, 'no file of undici is loaded by the import');
-  assert.equal(r.undiciBeforeRequest, 0, 'nor by making a transport');
-  assert.ok(r.undiciAfterRequest > 0, 'the first request loads it');
-  assert.deepEqual(r.answer, { ok: true });
-  assert.deepEqual(r.atRequest, []);
-  // The first call is the real connector's: it loaded node:http2 and refused the empty client as undici would.
-  assert.deepEqual(r.afterCall, ['NativeModule http2']);
-  assert.equal(r.real, 'connectH2');
-  assert.notEqual(r.threw, '');
-});
+}
 
 test('held requests are not sent until released; dropped, they fail as HALCYON_NOT_RUNNING and none is sent', async (t) => {
   const server = await scripted(t, (_req, res) => res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}'));
