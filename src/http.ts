@@ -110,7 +110,7 @@ export class MatrixHttp {
   readonly baseUrl: string;
   // #private, not TS-private: util.inspect and JSON.stringify show TS-private fields, and the auth header (and the
   // agent, whose queued requests hold it while in flight) must never be printed.
-  /** Made by the first request ({@link dispatcher}), with `#agentOptions`. */
+  /** Made by the first request (`#dispatcher`), with `#agentOptions`. */
   #agent: Agent | null = null;
   readonly #agentOptions: Undici.Agent.Options;
   #closed = false;
