@@ -12,6 +12,7 @@
  *
  * Late decryptions (a room key that came after its events) arrive on the crypto port and go straight to step 3.
  */
+import { performance } from 'node:perf_hooks'; // the binding: the global is a getter, and this clock is read per event
 import { fromWireError, HalcyonError } from '../errors.ts';
 import { BatchReader } from '../events.ts';
 import { noMetrics } from '../metrics.ts';
