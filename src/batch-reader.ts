@@ -6,28 +6,24 @@
 import { EVENT_FLAGS, type MatrixEvent, OFF, OFFSET_STRIDE, type WireBatch } from './protocol.ts';
 
 /**
- * Buffer's own Latin-1 slice, called directly. `toString('latin1', s, e)` gives the same string through an encoding
- * look-up; with it and the UTF-8 decode, the event ID and sender a handler reads cost main ~0.06 µs per event more
- * (bench/breakdown.ts `deliver`). Not in Node's documentation, but on Buffer.prototype since Node 0.x and called so
- * by undici too (`utf8Slice`); should it ever go, `toString` stands in.
- */
-const latin1: (buf: Buffer, s: number, e: number) => string =
-  typeof (Buffer.prototype as { latin1Slice?: unknown }).latin1Slice === 'function'
-    ? (buf, s, e) => (buf as Buffer & { latin1Slice(s: number, e: number): string }).latin1Slice(s, e)
-    : (buf, s, e) => buf.toString('latin1', s, e);
-
-/**
  * Reads the events of one batch from its body bytes. Fields are decoded on demand: an event nobody looks at
- * costs nothing on this thread. Event objects keep the batch's body alive while they are referenced.
+ * costs nothing on this thread. Event objects keep the batch's body alive while they are referenced; an event ID
+ * or sender string kept keeps the batch's ID text (~60 bytes per event of the batch; see {@link str}).
  */
 export class BatchReader {
   private readonly buf: Buffer;
+  /** The batch's `ids` decoded, at the first ID read. */
+  private idText: string | undefined;
   /** @internal */
   constructor(readonly batch: WireBatch) {
     const body = batch.body;
     this.buf = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
   }
-  /** Decodes the string field at `slot` of event `i`, or null when the event has none. */
+  /**
+   * Decodes the string field at `slot` of event `i`, or null when the event has none. An event ID or sender of a
+   * batch with ID columns is a substring of their text, decoded whole at the first read: V8 makes it a slice
+   * (a view on that text, which it keeps alive) rather than a copy.
+   */
   str(i: number, slot: number): string | null {
     const ev = this.batch.events;
     const o = ev.offsets;
@@ -35,8 +31,13 @@ export class BatchReader {
     if (s < 0) return null;
     const e = o[i * OFFSET_STRIDE + slot + 1]!;
     if (ev.flags[i]! & EVENT_FLAGS.escaped(slot)) return JSON.parse(this.buf.toString('utf8', s, e)) as string;
-    // The two strings every handler reads, known to be ASCII (the sync actor saw every byte): Latin-1 is the same text.
-    if (ev.asciiIds === true && (slot === OFF.eventId || slot === OFF.sender)) return latin1(this.buf, s + 1, e - 1);
+    const ids = ev.ids;
+    if (ids !== undefined && (slot === OFF.eventId || slot === OFF.sender)) {
+      // ASCII (src/sync/ids.ts): Latin-1 is the same text, and a byte offset is a string index.
+      const text = (this.idText ??= Buffer.from(ids.buffer, ids.byteOffset, ids.byteLength).toString('latin1'));
+      const at = ev.idAt![2 * i + (slot === OFF.sender ? 1 : 0)]!;
+      return text.substring(at, at + e - s - 2);
+    }
     return this.buf.toString('utf8', s + 1, e - 1);
   }
   /** The key of event `i`'s handler run (its ID; see `RunKeySource` in outbox.ts): its sends' transaction IDs derive from it. */

@@ -118,9 +118,8 @@ export const CACHE_DEADLINES = { default: 30_000 } as const;
 export const CRYPTO_DEADLINES = { default: 30_000, open: 120_000, release: 120_000, encrypt: 120_000, decrypt: 120_000, close: 60_000 } as const;
 
 /**
- * Timeline events of one batch, as an offset table into the body's bytes. Nothing here is a parsed event or a
- * per-event string: the whole table is a few typed arrays, cloned in O(1) per batch, and the body's buffer is
- * transferred, not copied. Main decodes a field when a handler reads it.
+ * Timeline events of one batch, as an offset table into the body's bytes: no parsed event, no per-event string, a
+ * few typed arrays moved (transferred, not copied) with the body's buffer. Main decodes a field when a handler reads it.
  */
 export interface EventColumns {
   count: number;
@@ -135,15 +134,16 @@ export interface EventColumns {
   ts: Float64Array;
   /** {@link EVENT_FLAGS} bits per event. */
   flags: Uint8Array;
-  /** Body offsets, {@link OFFSET_STRIDE} per event: its JSON [start, end), then the string tokens (quotes
-   * included) of event_id, sender, state_key and `m.relates_to`.event_id; -1 where absent. */
+  /** {@link OFFSET_STRIDE} per event: its JSON's [start, end), then the string tokens (quotes included; -1: absent) of event_id, sender, state_key, relation's event_id. */
   offsets: Int32Array;
   /** Decrypted batches only (absent on clear ones): per event, the sender device's trust as 1 + its index in {@link TRUST_LEVELS}. */
   trust?: Uint8Array;
   /** Decrypted batches only: per event, the index into `strings` of the sender's device ID, or -1 when unknown. */
   device?: Int32Array;
-  /** True when every event_id and sender token here is plain ASCII (no byte ≥ 0x80): main decodes them as Latin-1. */
-  asciiIds?: boolean;
+  /** Every event's event_id and sender bytes back to back, when all are ASCII (src/sync/ids.ts): main decodes them once. */
+  ids?: Uint8Array;
+  /** With `ids`: where event i's event_id (at 2i) and sender (2i + 1) start in it. */
+  idAt?: Int32Array;
 }
 
 /**

@@ -324,13 +324,23 @@ function topLevelName(s: i32, e: i32): i32 {
 }
 
 /**
+ * Copies the body's bytes [s, s + n) to address `dst`, 16 at a time: up to 15 bytes past each end are read and
+ * written too (the body's padding covers the reads; the caller's room the writes, and a next copy writes over them).
+ */
+function copy16(dst: usize, s: i32, n: i32): void {
+  const src = base() + <usize>s;
+  for (let k = 0; k < n; k += 16) v128.store(dst + <usize>k, v128.load(src + <usize>k));
+}
+
+/**
  * The routing read of src/sync/timeline.ts for the common event, in one call: at `i`, the event's `{`, reads its
  * members into the record and returns the offset after its `}`. Anything the JS reader would report or treat
  * specially returns -1 and the JS reader reads the event instead (so every message stays the JS one): an escaped
  * member name at any level it reads, a routed name twice, a routed field missing or of another type, a timestamp
- * that is not a plain integer of at most 15 digits, malformed JSON.
+ * that is not a plain integer of at most 15 digits, malformed JSON. With `dst` (an address; -1: none), the event
+ * ID's and the sender's bytes, quotes left out, are copied there back to back (src/sync/ids.ts: the ID columns).
  */
-export function readEvent(i: i32): i32 {
+export function readEvent(i: i32, dst: i32): i32 {
   if (at(i) !== 0x7b) return -1;
   slot(RAW, i);
   for (let k = ID; k < FLAGS_SLOT; k++) slot(k, -1);
@@ -388,6 +398,13 @@ export function readEvent(i: i32): i32 {
   if ((seen & REQUIRED) !== REQUIRED) return -1;
   slot(RAW + 1, i);
   slot(FLAGS_SLOT, flags);
+  if (dst >= 0) {
+    const id = load<i32>(ev + (<usize>ID << 2)) + 1;
+    const idLen = load<i32>(ev + (<usize>(ID + 1) << 2)) - 1 - id;
+    const sender = load<i32>(ev + (<usize>SENDER << 2)) + 1;
+    copy16(<usize>dst, id, idLen);
+    copy16(<usize>dst + <usize>idLen, sender, load<i32>(ev + (<usize>(SENDER + 1) << 2)) - 1 - sender);
+  }
   return i;
 }
 

@@ -175,7 +175,9 @@ export class SyncActor implements SyncActorApi {
       }
       const e = batch.events;
       // Moved, not copied: the body and the offset table change owner; this actor is done with them.
-      this.deps.events.post({ kind: 'batch', batch }, [batch.body.buffer, e.room.buffer, e.type.buffer, e.relType.buffer, e.ts.buffer, e.flags.buffer, e.offsets.buffer] as ArrayBuffer[]);
+      const moved = [batch.body.buffer, e.room.buffer, e.type.buffer, e.relType.buffer, e.ts.buffer, e.flags.buffer, e.offsets.buffer] as ArrayBuffer[];
+      if (e.ids && e.idAt) moved.push(e.ids.buffer as ArrayBuffer, e.idAt.buffer as ArrayBuffer);
+      this.deps.events.post({ kind: 'batch', batch }, moved);
     }
     // Batches kept back wait on disk, not in memory, but for the next ones to go up to KEEP_WAITING_BYTES: they
     // mostly wait only for main's acknowledgement already queued behind this turn, and reading one back (a file
@@ -406,6 +408,7 @@ export class SyncActor implements SyncActorApi {
       out = await processStream(res.body, {
         wantedTypes: this.wanted,
         ownUserId: this.config.userId,
+        ids: false, // its timelines go to no handler
         maxBytes: MAX_SYNC_BYTES,
         contentLength: Number(res.headers['content-length']), // NaN without one: streamed
         onSlice: async (slice) => {

@@ -14,6 +14,7 @@ import {
   type StateChanges,
 } from '../protocol.ts';
 import type { Scanner } from './scan.ts';
+import { IdGather } from './ids.ts';
 
 /** What processing needs to know beyond the body. */
 export interface ProcessOptions {
@@ -21,6 +22,8 @@ export interface ProcessOptions {
   wantedTypes: ReadonlySet<string> | null;
   /** The bot's user ID: its events are flagged {@link EVENT_FLAGS.own}. */
   ownUserId?: string;
+  /** Whether the events get ID columns (src/sync/ids.ts; default true): not for timelines handlers never see. */
+  ids?: boolean;
 }
 
 /** The change batch of one /sync response, before sequencing. */
@@ -112,10 +115,12 @@ export class Builder {
   readonly accountData: AccountDataWire[] = [];
   readonly receipts: ReceiptWire[] = [];
   readonly gaps: Array<{ roomId: string; prevBatch: string }> = [];
-  /** Whether an event's event_id or sender token has a byte of 0x80 or above (the columns' `asciiIds` is its negation). */
+  /** Whether an event's event_id or sender token has a byte of 0x80 or above (then the columns get no `ids`: src/sync/ids.ts). */
   idsWide = false;
   /** The bot's user ID as the JSON string token a server writes, to flag own events without decoding senders. */
   readonly ownToken: Buffer | null;
+  /** Gathers the events' ID columns during the scan (null: the options want none). */
+  readonly idGather: IdGather | null;
   /**
    * `bodyBytes` sizes the columns: growing them by doubling from a small start copied them six times for a body
    * of 10,000 events (~0.04 µs per event on the sync worker).
@@ -132,6 +137,7 @@ export class Builder {
     this.ts = new Float64Array(cap);
     this.flags = new Uint8Array(cap);
     this.offsets = new Int32Array(cap * OFFSET_STRIDE);
+    this.idGather = opts.ids === false ? null : new IdGather(cap);
   }
 
   /** Type strings seen so far, by their token bytes: a batch has few distinct types, so most reads decode nothing. */
@@ -231,7 +237,6 @@ export class Builder {
         ts: this.ts.slice(0, n),
         flags: this.flags.slice(0, n),
         offsets: this.offsets.slice(0, n * OFFSET_STRIDE),
-        asciiIds: !this.idsWide,
       },
       invites: this.invites,
       knocks: this.knocks,

@@ -7,6 +7,7 @@ import { type InviteWire, type MatrixEvent, type RoomSummary, type StateChanges,
 import { redactedEventId } from '../redaction.ts';
 import { keyNames, Scanner, ScanError } from './scan.ts';
 import { Builder, type ProcessedSync, type ProcessOptions } from './builder.ts';
+import { gatherIds } from './ids.ts';
 import { readTimelineEvent } from './timeline.ts';
 
 export type { ProcessedSync, ProcessOptions, SyncCryptoFields } from './builder.ts';
@@ -30,7 +31,7 @@ type StateRoom = StateChanges['rooms'][number];
  */
 export function processSync(body: Uint8Array, opts: ProcessOptions): ProcessedSync {
   const b = new Builder(opts, body.length);
-  const sc = new Scanner(body);
+  const sc = new Scanner(body, b.idGather !== null);
   try {
     if (!sc.atObject()) sc.fail('the body is not a JSON object');
     sc.openObject();
@@ -58,7 +59,11 @@ export function processSync(body: Uint8Array, opts: ProcessOptions): ProcessedSy
     throw err;
   }
   if (b.nextBatch === null) throw new HalcyonError('HALCYON_BAD_SYNC', 'malformed /sync body: no next_batch string');
-  return b.finish();
+  const p = b.finish();
+  // Gathered during the scan (ids.ts IdGather), else after it: a body the skipper did not take (a small one).
+  const ids = b.idGather === null || b.idsWide ? null : (b.idGather.finish(p.events.count) ?? gatherIds(body, p.events));
+  if (ids) p.events = { ...p.events, ...ids };
+  return p;
 }
 
 /** Keeps the well-formed to-device events (type, sender, content); reports the rest. */

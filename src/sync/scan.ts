@@ -12,7 +12,7 @@
  * the first skip of a body of {@link MIN_WASM_BODY} bytes or more; the JS skips below stay the reference: they
  * run for small bodies, and redo any skip the WebAssembly one did not finish, to throw the ScanError.
  */
-import { FLAG_BITS, FLAGS, holds, keySpan, load, keyToken as wasmKeyToken, readEvent as wasmReadEvent, skipString as wasmSkipString, skipValue as wasmSkipValue } from './skipper.ts';
+import { FLAG_BITS, FLAGS, holds, idRegion, keySpan, load, keyToken as wasmKeyToken, readEvent as wasmReadEvent, skipString as wasmSkipString, skipValue as wasmSkipValue } from './skipper.ts';
 
 /** Thrown when the bytes are not valid JSON at `pos`. */
 export class ScanError extends Error {
@@ -75,7 +75,11 @@ export class Scanner {
   /** The id of this body's copy in the skipper's memory (see {@link inWasm}); 0 before the first skip, -1 for none. */
   private wasmId = 0;
 
-  constructor(bytes: Uint8Array) {
+  /** `idRoom`: the body's copy in the skipper's memory gets room for its events' IDs ({@link idRegion}). */
+  constructor(
+    bytes: Uint8Array,
+    private readonly idRoom = false,
+  ) {
     this.b = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   }
 
@@ -258,13 +262,22 @@ export class Scanner {
   }
 
   /**
+   * The skipper's load of this body (see skipper.ts `holds`) and the address of the room for its event IDs there
+   * (see skipper.ts `load`), or null when the body is not in the skipper or has no such room.
+   */
+  idRoomAt(): { load: number; at: number } | null {
+    return this.idRoom && this.inWasm() && idRegion >= 0 ? { load: this.wasmId, at: idRegion } : null;
+  }
+
+  /**
    * Reads the event object at the cursor (after white space) in WebAssembly, its routing fields into the
    * skipper's event record (src/sync/skipper.ts): true with the cursor after it, or false with the cursor
-   * unchanged when the body is not in the skipper or the event needs the JS reader (src/sync/timeline.ts).
+   * unchanged when the body is not in the skipper or the event needs the JS reader (src/sync/timeline.ts). With
+   * `dst` (an address in the skipper's memory), its event ID and sender bytes are copied there (src/sync/ids.ts).
    */
-  readEventFast(): boolean {
+  readEventFast(dst = -1): boolean {
     if (!this.inWasm()) return false;
-    const r = wasmReadEvent(this.i);
+    const r = wasmReadEvent(this.i, dst);
     if (r < 0) return false;
     this.i = r;
     return true;
@@ -388,7 +401,7 @@ export class Scanner {
     const id = this.wasmId;
     if (id > 0 && holds(id)) return true;
     if (id < 0) return false;
-    this.wasmId = this.b.length >= MIN_WASM_BODY ? load(this.b) : -1;
+    this.wasmId = this.b.length >= MIN_WASM_BODY ? load(this.b, this.idRoom) : -1;
     return this.wasmId > 0;
   }
 

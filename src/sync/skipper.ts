@@ -27,8 +27,8 @@ interface Exports {
   keyToken(i: number, first: number): number;
   /** Address of the four i32s where keyToken leaves the name's bounds and its string value's skip. */
   keySpan(): number;
-  /** The routing read of one timeline event at `i` into the event record: the offset after it, or -1 (see wasm/skip.ts). */
-  readEvent(i: number): number;
+  /** The routing read of one timeline event at `i` into the event record: the offset after it, or -1 (see wasm/skip.ts); its IDs copied to address `dst` (-1: not). */
+  readEvent(i: number, dst: number): number;
   /** Address of the event record ({@link EVENT_SLOTS}). */
   eventRecord(): number;
 }
@@ -96,23 +96,28 @@ export function reserve(length: number): Uint8Array | null {
 
 /**
  * Copies `body` into the skipper's memory (or takes it where it is: a view {@link reserve} gave); returns the id
- * to pass to {@link holds}, or -1 if the memory cannot take it (the caller scans with JS alone).
+ * to pass to {@link holds}, or -1 if the memory cannot take it (the caller scans with JS alone). With `idRoom`,
+ * the memory after the body has room for its events' IDs ({@link idRegion}; src/sync/ids.ts).
  */
-export function load(body: Uint8Array): number {
+export function load(body: Uint8Array, idRoom = false): number {
   if (body.length > MAX_WASM_BODY) return -1;
   const own = reservations.get(body.buffer);
   if (own !== undefined && body.byteOffset === own.base()) {
     // The body was read into this instance's memory: it becomes the current one (its memory shrinks away at the
     // next small body, as after any big one).
     reservations.delete(body.buffer);
-    return bind(own);
+    return bind(own, -1);
   }
   wasm ??= instantiate();
   const padding = wasm.PADDING.value as number;
-  let need = wasm.base() + body.length + padding;
+  // The IDs go after the body and its padding, 16-aligned. They are spans of the body: never more bytes than it,
+  // and 16 for the last copy's overrun (wasm/skip.ts copy16).
+  const idsAt = (body.length + padding + 15) & ~15;
+  const room = idRoom ? body.length + 16 : 0;
+  let need = wasm.base() + idsAt + room;
   if (wasm.memory.buffer.byteLength > SHRINK_ABOVE && need <= SHRINK_ABOVE) {
     wasm = instantiate();
-    need = wasm.base() + body.length + padding;
+    need = wasm.base() + idsAt + room;
   }
   const have = wasm.memory.buffer.byteLength;
   if (need > have) {
@@ -127,13 +132,15 @@ export function load(body: Uint8Array): number {
   const at = wasm.base();
   mem.set(body, at);
   mem.fill(0, at + body.length, at + body.length + padding);
-  return bind(wasm);
+  return bind(wasm, idRoom ? at + idsAt : -1);
 }
 
-/** Makes `instance` the current one, its body loaded: the exported skips and views point at it. */
-function bind(instance: Exports): number {
+/** Makes `instance` the current one, its body loaded (its IDs' room at address `ids`, -1: none): the exported skips and views point at it. */
+function bind(instance: Exports, ids: number): number {
   wasm = instance;
   current = ++lastId;
+  idRegion = ids;
+  if (memoryBytes.buffer !== wasm.memory.buffer) memoryBytes = new Uint8Array(wasm.memory.buffer);
   skipString = wasm.skipString;
   skipValue = wasm.skipValue;
   keyToken = wasm.keyToken;
@@ -166,7 +173,11 @@ export let keyToken: (i: number, first: number) => number = () => -1;
 export let keySpan = new Int32Array(4);
 
 /** The loaded instance's readEvent (see {@link Exports.readEvent}); call only while {@link holds} is true. */
-export let readEvent: (i: number) => number = () => -1;
+export let readEvent: (i: number, dst: number) => number = () => -1;
+/** Address of the room for the loaded body's IDs (see {@link load}), or -1 when it has none. */
+export let idRegion = -1;
+/** The loaded instance's whole linear memory (the IDs are copied out of it). */
+export let memoryBytes = new Uint8Array(0);
 /** What {@link readEvent} left ({@link EVENT_SLOTS}). */
 export let eventRecord = new Int32Array(16);
 /** The record's first {@link OFFSET_STRIDE} slots: the event's offsets, in the columns' order. */

@@ -68,11 +68,12 @@ export function readTimelineEvent(sc: Scanner, b: Builder, roomId: string, roomI
     return undefined;
   }
   // The common event in one WebAssembly call; anything it leaves (to report, or unusual) is read in JS below.
-  return sc.readEventFast() ? fromRecord(sc, b, roomId, roomIndex) : readInJs(sc, b, roomId, roomIndex);
+  const dst = b.idGather?.dst(sc) ?? -1;
+  return sc.readEventFast(dst) ? fromRecord(sc, b, roomId, roomIndex, dst >= 0) : readInJs(sc, b, roomId, roomIndex);
 }
 
-/** The event the skipper's readEvent just read, from its record to the columns. */
-function fromRecord(sc: Scanner, b: Builder, roomId: string, roomIndex: number): MatrixEvent | undefined {
+/** The event the skipper's readEvent just read, from its record to the columns (`copied`: its IDs too, see src/sync/ids.ts). */
+function fromRecord(sc: Scanner, b: Builder, roomId: string, roomIndex: number, copied: boolean): MatrixEvent | undefined {
   const r = eventRecord;
   const f = r[EVENT_SLOTS.flags]!;
   const type = b.internSpan(sc, r[EVENT_SLOTS.type]!, r[EVENT_SLOTS.type + 1]!, (f & EVENT_RECORD_FLAGS.typeEscaped) !== 0, (f & EVENT_RECORD_FLAGS.typeWide) !== 0);
@@ -80,7 +81,7 @@ function fromRecord(sc: Scanner, b: Builder, roomId: string, roomIndex: number):
   const relType = rs < 0 ? null : b.internSpan(sc, rs, r[EVENT_SLOTS.relType + 1]!, (f & EVENT_RECORD_FLAGS.relTypeEscaped) !== 0, (f & EVENT_RECORD_FLAGS.relTypeWide) !== 0);
   const verificationRequest = (f & EVENT_RECORD_FLAGS.verificationRequest) !== 0;
   if ((f & EVENT_RECORD_FLAGS.idsWide) !== 0) b.idsWide = true;
-  return toColumns(sc, b, roomId, roomIndex, type, relType, eventTs[EVENT_SLOTS.ts]!, f & EVENT_RECORD_FLAGS.columns, verificationRequest, eventOffsets);
+  return toColumns(sc, b, roomId, roomIndex, type, relType, eventTs[EVENT_SLOTS.ts]!, f & EVENT_RECORD_FLAGS.columns, verificationRequest, eventOffsets, copied);
 }
 
 /** {@link readTimelineEvent} in JS: the reference, which reports what makes an event unusable. */
@@ -141,7 +142,7 @@ function readInJs(sc: Scanner, b: Builder, roomId: string, roomIndex: number): M
   span[OFF.rawStart] = start;
   span[OFF.rawEnd] = sc.i;
   if ((wideSlots & ID_SLOTS) !== 0) b.idsWide = true;
-  return toColumns(sc, b, roomId, roomIndex, type!, relType, ts!, flags, rel.verificationRequest, span);
+  return toColumns(sc, b, roomId, roomIndex, type!, relType, ts!, flags, rel.verificationRequest, span, false);
 }
 
 /**
@@ -149,7 +150,7 @@ function readInJs(sc: Scanner, b: Builder, roomId: string, roomIndex: number): M
  * a redaction (the cache needs them). `offsets` holds its span and string tokens in the columns' order (OFF): the
  * JS reader's {@link span}, or the WebAssembly reader's record.
  */
-function toColumns(sc: Scanner, b: Builder, roomId: string, roomIndex: number, type: TypeToken, relType: TypeToken | null, ts: number, flags: number, verificationRequest: boolean, offsets: Int32Array): MatrixEvent | undefined {
+function toColumns(sc: Scanner, b: Builder, roomId: string, roomIndex: number, type: TypeToken, relType: TypeToken | null, ts: number, flags: number, verificationRequest: boolean, offsets: Int32Array, idsCopied: boolean): MatrixEvent | undefined {
   const start = offsets[OFF.rawStart]!;
   const end = offsets[OFF.rawEnd]!;
   // Clear in-room verification events go to the crypto actor whatever handlers want (encrypted ones reach it anyway).
@@ -162,6 +163,7 @@ function toColumns(sc: Scanner, b: Builder, roomId: string, roomIndex: number, t
     const senderE = offsets[OFF.sender + 1]!;
     if (own !== null && senderE - senderS === own.length && sc.b.compare(own, 0, own.length, senderS, senderE) === 0) flags |= EVENT_FLAGS.own;
     b.addEvent(roomIndex, b.indexOf(type), relType === null ? -1 : b.indexOf(relType), ts, flags, offsets);
+    b.idGather?.keep(sc, offsets, idsCopied);
   }
   return offsets[OFF.stateKey]! >= 0 || type.value === 'm.room.redaction' ? (JSON.parse(sc.b.toString('utf8', start, end)) as MatrixEvent) : undefined;
 }

@@ -102,24 +102,31 @@ test('lazy: an event nobody reads is never parsed; reading fields parses it once
   assert.equal(reader.parses, 1);
 });
 
-test('event IDs and senders: decoded as Latin-1 only when the sync actor saw them all ASCII, else (and in batches without the flag) as UTF-8', () => {
-  const cases: Array<{ ids: string[]; senders: string[]; ascii: boolean }> = [
+test('event IDs and senders: from the ID columns when the sync actor saw them all ASCII (escaped ones from the body), else and without the columns from the body as UTF-8', () => {
+  const cases: Array<{ ids: string[]; senders: string[]; ascii: boolean; escape?: Record<string, string> }> = [
     { ids: ['$a', '$b'], senders: ['@alice:x', '@bob:x'], ascii: true },
     { ids: ['$a', '$b'], senders: ['@alice:x', '@zoë:x'], ascii: false },
     { ids: ['$a', '$é'], senders: ['@alice:x', '@bob:x'], ascii: false },
+    // Escaped tokens (ASCII bytes, one of them standing for a non-ASCII character): their raw bytes are gathered
+    // too, and the reader decodes them from the body with their escapes.
+    { ids: ['$ab', '$c"d'], senders: ['@zoë:x', '@bob:x'], ascii: true, escape: { '"$ab"': '"$\\u0061b"', '"@zoë:x"': '"@zo\\u00eb:x"' } },
+    { ids: ['$a'.repeat(30), '$b'], senders: ['@alice:x', '@bob:x'], ascii: true },
   ];
   // Below MIN_WASM_BODY bytes the JS reader reads the events; padded past it, the WebAssembly one.
   for (const pad of [0, MIN_WASM_BODY]) {
-    for (const { ids, senders, ascii } of cases) {
+    for (const { ids, senders, ascii, escape } of cases) {
       const events = ids.map((id, n) => ({ type: 'm.room.message', event_id: id, sender: senders[n], origin_server_ts: n, content: { msgtype: 'm.text', body: 'ü' } }));
-      const body = Buffer.from(' '.repeat(pad) + JSON.stringify({ next_batch: 's', rooms: { join: { '!r:x': { timeline: { events } } } } }), 'utf8');
+      let json = JSON.stringify({ next_batch: 's', rooms: { join: { '!r:x': { timeline: { events } } } } });
+      for (const [plain, escaped] of Object.entries(escape ?? {})) json = json.replace(plain, escaped);
+      const body = Buffer.from(' '.repeat(pad) + json, 'utf8');
       const p = processSync(body, { wantedTypes: null });
-      assert.equal(p.events.asciiIds, ascii, `${pad}: ${senders} ${ids}`);
-      // A batch journaled before the flag existed has none: read as UTF-8, as then.
-      for (const columns of [p.events, { ...p.events, asciiIds: undefined }]) {
+      assert.equal(p.events.ids !== undefined && p.events.idAt !== undefined, ascii, `${pad}: ${senders} ${ids}`);
+      // A batch journaled by a version without ID columns has none (and the journal gathers them again on load).
+      for (const columns of [p.events, { ...p.events, ids: undefined, idAt: undefined }]) {
         const reader = new BatchReader({ body, events: columns } as unknown as WireBatch);
         assert.deepEqual([0, 1].map((i) => reader.str(i, OFF.sender)), senders);
         assert.deepEqual([0, 1].map((i) => reader.str(i, OFF.eventId)), ids);
+        assert.equal(reader.str(0, OFF.stateKey), null);
       }
     }
   }

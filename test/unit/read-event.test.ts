@@ -110,7 +110,7 @@ function outcome(bytes: Buffer, offset: number, wanted: Set<string> | null): unk
       e.flags[i],
       Array.from(e.offsets.subarray(i * OFFSET_STRIDE, (i + 1) * OFFSET_STRIDE), (o) => (o < 0 ? o : o - offset)),
     ]);
-    return { events, asciiIds: e.asciiIds, errors: p.errors, state: p.state, verification: p.crypto.verification };
+    return { events, ids: e.ids ? [Buffer.from(e.ids).toString('latin1'), Array.from(e.idAt!)] : null, errors: p.errors, state: p.state, verification: p.crypto.verification };
   } catch (err) {
     assert.ok(err instanceof HalcyonError, String(err));
     const cause = err.cause;
