@@ -64,3 +64,15 @@ test('ID columns: none for timelines no handler sees (ids: false), nor for non-A
   const p = processSync(Buffer.from(JSON.stringify({ next_batch: 's', rooms: { join: { '!r:x': { timeline: { events: [message(0), wide] } } } } })), { wantedTypes: null });
   assert.equal(p.events.ids, undefined);
 });
+
+test('ID columns: a batch past one decoded piece (1,024 events) reads right in every piece, at its edges and out of order', () => {
+  const events = Array.from({ length: 2_500 }, (_, n) => message(n));
+  const body = Buffer.from(JSON.stringify({ next_batch: 's', rooms: { join: { '!r:x': { timeline: { events } } } } }), 'utf8');
+  const p = processSync(body, { wantedTypes: null });
+  const reader = new BatchReader({ body, events: p.events } as unknown as WireBatch);
+  for (const i of [2_499, 1_024, 1_023, 0, 2_048, 2_047, 1, 1_500]) {
+    assert.equal(reader.str(i, OFF.sender), events[i]!.sender);
+    assert.equal(reader.str(i, OFF.eventId), events[i]!.event_id);
+  }
+  for (let i = 0; i < events.length; i++) assert.equal(reader.str(i, OFF.eventId), events[i]!.event_id);
+});
