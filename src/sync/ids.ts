@@ -73,10 +73,13 @@ export class IdGather {
     this.idAt = new Int32Array(2 * Math.max(capacity, 1));
   }
 
-  /** Where the WebAssembly reader copies the next event's IDs (an address), or -1 for nowhere. */
+  /**
+   * Where the WebAssembly reader copies the next event's IDs (an address), or -1 for nowhere: also once another
+   * body took the skipper's memory (the scanner's own then comes back with a new load, maybe in a new memory).
+   */
   dst(sc: Scanner): number {
     const room = (this.room ??= sc.idRoomAt());
-    return room === null || this.failed ? -1 : room.at + this.at;
+    return room === null || this.failed || !holds(room.load) ? -1 : room.at + this.at;
   }
 
   /** The event with offsets `o` went into the columns; `copied`: the WebAssembly reader copied its IDs to {@link dst}. */

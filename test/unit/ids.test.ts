@@ -11,6 +11,7 @@ import { OFF, type WireBatch } from '../../src/protocol.ts';
 import { gatherIds } from '../../src/sync/ids.ts';
 import { processSync } from '../../src/sync/process.ts';
 import { MIN_WASM_BODY } from '../../src/sync/scan.ts';
+import { SHRINK_ABOVE } from '../../src/sync/skipper.ts';
 
 const message = (n: number, extra: Record<string, unknown> = {}) => ({
   type: 'm.room.message',
@@ -55,6 +56,10 @@ test('ID columns: an event skipped with a long event ID (its report decodes it i
   assert.equal(p.errors.length, 1);
   assert.equal(p.errors[0]!.eventId, bad.event_id);
   check(events, 0, [message(0), message(1), message(2), message(3)]);
+  // A body past half of SHRINK_ABOVE: its load's memory (body and ID room) is past SHRINK_ABOVE, so the report's
+  // small load gets a fresh instance of its own, and the body's next load a memory of another size.
+  const many = Array.from({ length: SHRINK_ABOVE / 300 }, (_, n) => message(n));
+  check([...many.slice(0, 100), bad, ...many.slice(100)], 0, many);
 });
 
 test('ID columns: none for timelines no handler sees (ids: false), nor for non-ASCII IDs', () => {
